@@ -1,1 +1,29 @@
-//! Sluice core
+//! # sluice-core
+//!
+//! Everything the Sluice gateway *decides*, with no sockets, no runtime and no clock reads.
+//! It takes bytes (and, where time matters, `now`) in and returns decisions and bytes out, the
+//! way rustls and quinn-proto keep protocol logic apart from I/O. `sluice-proxy` is the thin
+//! shell that moves the bytes.
+//!
+//! ```text
+//!  client bytes ──► http1::parse_request_head ─► inspect::inspect ─► config::Config::model
+//!                   http1::ChunkedDecoder                             route::pick_weighted
+//!                                                                          │
+//!  upstream bytes ◄── inspect::rewrite (splice model, include_usage) ◄─────┘
+//!  upstream bytes ──► http1::parse_response_head ─► sse::SseScanner / usage::from_body
+//!                                                         │
+//!  client bytes   ◄── http1::encode_chunk ◄───────────────┘    error::GatewayError on any failure
+//! ```
+//!
+//! Nothing here panics on input: every parser returns an error that maps to an OpenAI-style
+//! JSON answer ([`error::GatewayError`]).
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod http1;
+pub mod inspect;
+pub mod route;
+pub mod sse;
+pub mod usage;

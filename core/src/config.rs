@@ -1,0 +1,820 @@
+//! Configuration in two stages: raw serde types that mirror the TOML file
+//! (`deny_unknown_fields`, so a typo fails with its path), then a validated [`Config`] of typed
+//! values that the data plane uses without further checks.
+//!
+//! Secrets are referenced, never inlined: `api_key = "env:OPENAI_API_KEY"` is read through a
+//! [`SecretSource`], which tests fill without touching the process environment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// Where `env:NAME` references are looked up.
+pub trait SecretSource {
+    /// The value of variable `name`, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl SecretSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl SecretSource for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// A secret value. Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A configuration that could not be accepted; the message names the offending key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw stage
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    providers: Vec<RawProvider>,
+    #[serde(default)]
+    models: Vec<RawModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawWorkers {
+    Count(u32),
+    Word(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    workers: Option<RawWorkers>,
+    driver: Option<String>,
+    pin_workers: Option<bool>,
+    max_connections_per_worker: Option<u32>,
+    max_header_bytes: Option<u32>,
+    max_body_bytes: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    keepalive_idle_timeout_ms: Option<u64>,
+    drain_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
+    access_log: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    kind: Option<String>,
+    base_url: String,
+    api_key: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    connect_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    total_timeout_ms: Option<u64>,
+    pool_max_idle: Option<u32>,
+    pool_idle_timeout_ms: Option<u64>,
+    dns_refresh_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: String,
+    deployments: Vec<RawDeployment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    provider: String,
+    model: String,
+    weight: Option<u32>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated stage
+// ---------------------------------------------------------------------------------------------
+
+/// How many worker threads to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workers {
+    /// One per available core.
+    Auto,
+    /// Exactly this many.
+    Count(usize),
+}
+
+/// Which I/O driver the workers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring when the kernel allows it, else epoll.
+    Auto,
+    /// io_uring or fail.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+/// Listener, limits and timeouts of the client-facing server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address every worker listens on (SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// Worker thread count.
+    pub workers: Workers,
+    /// I/O driver.
+    pub driver: Driver,
+    /// Pin worker `i` to core `i`.
+    pub pin_workers: bool,
+    /// Connections a worker holds at most; more are answered 503 and closed.
+    pub max_connections_per_worker: usize,
+    /// Largest request head (431 past it).
+    pub max_header_bytes: usize,
+    /// Largest request body (413 past it).
+    pub max_body_bytes: u64,
+    /// Time allowed to receive a whole request head once its first byte arrived (408 past it).
+    pub header_read_timeout_ms: u64,
+    /// Time allowed to receive a whole body (408 past it).
+    pub body_read_timeout_ms: u64,
+    /// Time an idle keep-alive connection is kept.
+    pub keepalive_idle_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight requests get to finish.
+    pub drain_timeout_ms: u64,
+}
+
+/// Access and diagnostic logging.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info`; `RUST_LOG` overrides it.
+    pub level: String,
+    /// JSON lines or human text.
+    pub json: bool,
+    /// One line per request.
+    pub access_log: bool,
+}
+
+/// The wire dialect a provider speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OpenAI and every OpenAI-compatible server: passthrough.
+    OpenAi,
+}
+
+/// Where a provider is, parsed from its base URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `https` or not.
+    pub tls: bool,
+    /// Host name or IP literal (without brackets), used for DNS, SNI and `Host`.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Path prefix without a trailing slash, e.g. `/v1`.
+    pub path_prefix: String,
+    /// The `Host` header value (with the port when not the scheme's default).
+    pub host_header: String,
+}
+
+/// One upstream provider.
+#[derive(Clone, Debug)]
+pub struct Provider {
+    /// Unique name, referenced by deployments and shown in logs.
+    pub name: String,
+    /// Dialect.
+    pub kind: ProviderKind,
+    /// Where it is.
+    pub endpoint: Endpoint,
+    /// Sent as `Authorization: Bearer`.
+    pub api_key: Option<Secret>,
+    /// Extra headers sent on every request.
+    pub headers: Vec<(String, String)>,
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout_ms: u64,
+    /// From request sent to the first byte of the response head.
+    pub first_byte_timeout_ms: u64,
+    /// Longest silence between two body reads.
+    pub idle_timeout_ms: u64,
+    /// Whole exchange.
+    pub total_timeout_ms: u64,
+    /// Idle keep-alive connections a worker keeps for this provider.
+    pub pool_max_idle: usize,
+    /// How long an idle pooled connection may be reused.
+    pub pool_idle_timeout_ms: u64,
+    /// How often the host name is resolved again.
+    pub dns_refresh_ms: u64,
+}
+
+/// A provider plus the model name it knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    /// Index into [`Config::providers`].
+    pub provider: usize,
+    /// Upstream model name; `*` keeps the name the client asked for.
+    pub model: String,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// `provider/model`, for headers and logs.
+    pub label: String,
+}
+
+/// A public model name and the deployments that serve it.
+#[derive(Clone, Debug)]
+pub struct ModelGroup {
+    /// Public name, or a prefix pattern ending in `*`.
+    pub name: String,
+    /// At least one.
+    pub deployments: Vec<Deployment>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Client-facing server.
+    pub server: ServerConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Providers, referenced by index.
+    pub providers: Vec<Provider>,
+    /// Model groups in config order (the order of `/v1/models`).
+    pub models: Vec<ModelGroup>,
+    exact: HashMap<String, usize>,
+    /// (prefix, group index), longest prefix first.
+    patterns: Vec<(String, usize)>,
+}
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str, secrets: &dyn SecretSource) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_string();
+            if path.is_empty() || path == "." {
+                ConfigError(format!("invalid config: {msg}"))
+            } else {
+                ConfigError(format!("invalid config at `{path}`: {msg}"))
+            }
+        })?;
+        validate(raw, secrets)
+    }
+
+    /// The embedded default: 127.0.0.1:8080 and the providers whose keys are in the
+    /// environment (`OPENAI_API_KEY`, with `OPENAI_BASE_URL` to point elsewhere).
+    pub fn embedded_default(secrets: &dyn SecretSource) -> Result<Config, ConfigError> {
+        let mut text = String::from("[server]\nlisten = \"127.0.0.1:8080\"\n");
+        if secrets.var("OPENAI_API_KEY").is_some() {
+            let base = secrets
+                .var("OPENAI_BASE_URL")
+                .unwrap_or_else(|| "https://api.openai.com/v1".to_string());
+            let base = toml::Value::String(base);
+            text.push_str(&format!(
+                "[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = {base}\napi_key = \"env:OPENAI_API_KEY\"\n"
+            ));
+            for pattern in [
+                "gpt-*",
+                "chatgpt-*",
+                "o1*",
+                "o3*",
+                "o4*",
+                "text-embedding-*",
+                "omni-moderation-*",
+            ] {
+                text.push_str(&format!(
+                    "[[models]]\nname = \"{pattern}\"\ndeployments = [{{ provider = \"openai\", model = \"*\" }}]\n"
+                ));
+            }
+        }
+        Config::from_toml(&text, secrets)
+    }
+
+    /// The group serving public model `name`: an exact name first, then the longest matching
+    /// `prefix*` pattern.
+    pub fn model(&self, name: &str) -> Option<&ModelGroup> {
+        if let Some(i) = self.exact.get(name) {
+            return self.models.get(*i);
+        }
+        self.patterns
+            .iter()
+            .find(|(prefix, _)| name.starts_with(prefix.as_str()))
+            .and_then(|(_, i)| self.models.get(*i))
+    }
+
+    /// A human summary of what would be served, for `sluice check-config`.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "listen {} ({} workers, driver {:?})\n",
+            self.server.listen,
+            match self.server.workers {
+                Workers::Auto => "auto".to_string(),
+                Workers::Count(n) => n.to_string(),
+            },
+            self.server.driver
+        );
+        for p in &self.providers {
+            out.push_str(&format!(
+                "provider {} ({:?}) {}://{}:{}{}{}\n",
+                p.name,
+                p.kind,
+                if p.endpoint.tls { "https" } else { "http" },
+                p.endpoint.host,
+                p.endpoint.port,
+                p.endpoint.path_prefix,
+                if p.api_key.is_some() {
+                    " [key set]"
+                } else {
+                    ""
+                }
+            ));
+        }
+        for m in &self.models {
+            let deps: Vec<String> = m
+                .deployments
+                .iter()
+                .map(|d| format!("{} (weight {})", d.label, d.weight))
+                .collect();
+            out.push_str(&format!("model {} -> {}\n", m.name, deps.join(", ")));
+        }
+        out
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().or_else(|_| {
+        err(format!(
+            "invalid config at `server.listen`: `{s}` is not an address like 127.0.0.1:8080"
+        ))
+    })
+}
+
+fn positive(path: &str, v: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    match v {
+        Some(0) => err(format!(
+            "invalid config at `{path}`: must be greater than 0"
+        )),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
+fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, ConfigError> {
+    let s = raw.server;
+    let workers = match s.workers {
+        None => Workers::Auto,
+        Some(RawWorkers::Word(w)) if w == "auto" => Workers::Auto,
+        Some(RawWorkers::Count(n)) if (1..=1024).contains(&n) => Workers::Count(n as usize),
+        Some(other) => {
+            return err(format!(
+                "invalid config at `server.workers`: expected \"auto\" or 1..=1024, got {other:?}"
+            ))
+        }
+    };
+    let driver = match s.driver.as_deref() {
+        None | Some("auto") => Driver::Auto,
+        Some("io_uring") | Some("iouring") => Driver::IoUring,
+        Some("epoll") | Some("legacy") => Driver::Epoll,
+        Some(other) => {
+            return err(format!(
+                "invalid config at `server.driver`: expected auto, io_uring or epoll, got `{other}`"
+            ))
+        }
+    };
+    let server = ServerConfig {
+        listen: parse_listen(s.listen.as_deref().unwrap_or("127.0.0.1:8080"))?,
+        workers,
+        driver,
+        pin_workers: s.pin_workers.unwrap_or(true),
+        max_connections_per_worker: positive(
+            "server.max_connections_per_worker",
+            s.max_connections_per_worker.map(u64::from),
+            16_384,
+        )? as usize,
+        max_header_bytes: positive(
+            "server.max_header_bytes",
+            s.max_header_bytes.map(u64::from),
+            32 * 1024,
+        )? as usize,
+        max_body_bytes: positive("server.max_body_bytes", s.max_body_bytes, 16 * 1024 * 1024)?,
+        header_read_timeout_ms: positive(
+            "server.header_read_timeout_ms",
+            s.header_read_timeout_ms,
+            10_000,
+        )?,
+        body_read_timeout_ms: positive(
+            "server.body_read_timeout_ms",
+            s.body_read_timeout_ms,
+            60_000,
+        )?,
+        keepalive_idle_timeout_ms: positive(
+            "server.keepalive_idle_timeout_ms",
+            s.keepalive_idle_timeout_ms,
+            75_000,
+        )?,
+        drain_timeout_ms: positive("server.drain_timeout_ms", s.drain_timeout_ms, 30_000)?,
+    };
+    let log = LogConfig {
+        level: raw.log.level.unwrap_or_else(|| "info".to_string()),
+        json: match raw.log.format.as_deref() {
+            None | Some("json") => true,
+            Some("human") | Some("text") => false,
+            Some(other) => {
+                return err(format!(
+                    "invalid config at `log.format`: expected json or human, got `{other}`"
+                ))
+            }
+        },
+        access_log: raw.log.access_log.unwrap_or(true),
+    };
+
+    let mut providers = Vec::with_capacity(raw.providers.len());
+    let mut provider_index = HashMap::new();
+    for (i, p) in raw.providers.into_iter().enumerate() {
+        let at = |field: &str| format!("providers[{i}].{field}");
+        if p.name.is_empty() {
+            return err(format!("invalid config at `{}`: empty name", at("name")));
+        }
+        if provider_index.insert(p.name.clone(), i).is_some() {
+            return err(format!(
+                "invalid config at `{}`: duplicate provider `{}`",
+                at("name"),
+                p.name
+            ));
+        }
+        let kind = match p.kind.as_deref() {
+            None | Some("openai") => ProviderKind::OpenAi,
+            Some(other) => {
+                return err(format!(
+                    "invalid config at `{}`: unknown provider kind `{other}` (supported: openai)",
+                    at("kind")
+                ))
+            }
+        };
+        let endpoint = parse_endpoint(&p.base_url)
+            .map_err(|m| ConfigError(format!("invalid config at `{}`: {m}", at("base_url"))))?;
+        let api_key =
+            match p.api_key {
+                None => None,
+                Some(r) => Some(resolve_secret(&r, secrets).map_err(|m| {
+                    ConfigError(format!("invalid config at `{}`: {m}", at("api_key")))
+                })?),
+            };
+        let mut headers = Vec::with_capacity(p.headers.len());
+        for (k, v) in p.headers {
+            if httparse_token(&k).is_err() || crate::http1::is_hop_by_hop(&k) {
+                return err(format!(
+                    "invalid config at `{}`: `{k}` is not a header we can send",
+                    at("headers")
+                ));
+            }
+            let v = if v.starts_with("env:") {
+                resolve_secret(&v, secrets)
+                    .map_err(|m| {
+                        ConfigError(format!("invalid config at `{}.{k}`: {m}", at("headers")))
+                    })?
+                    .expose()
+                    .to_string()
+            } else {
+                v
+            };
+            if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                return err(format!(
+                    "invalid config at `{}.{k}`: control characters in value",
+                    at("headers")
+                ));
+            }
+            headers.push((k, v));
+        }
+        providers.push(Provider {
+            name: p.name,
+            kind,
+            endpoint,
+            api_key,
+            headers,
+            connect_timeout_ms: positive(&at("connect_timeout_ms"), p.connect_timeout_ms, 3_000)?,
+            first_byte_timeout_ms: positive(
+                &at("first_byte_timeout_ms"),
+                p.first_byte_timeout_ms,
+                120_000,
+            )?,
+            idle_timeout_ms: positive(&at("idle_timeout_ms"), p.idle_timeout_ms, 60_000)?,
+            total_timeout_ms: positive(&at("total_timeout_ms"), p.total_timeout_ms, 600_000)?,
+            pool_max_idle: p.pool_max_idle.unwrap_or(64) as usize,
+            pool_idle_timeout_ms: positive(
+                &at("pool_idle_timeout_ms"),
+                p.pool_idle_timeout_ms,
+                60_000,
+            )?,
+            dns_refresh_ms: positive(&at("dns_refresh_ms"), p.dns_refresh_ms, 30_000)?,
+        });
+    }
+
+    let mut models = Vec::with_capacity(raw.models.len());
+    let mut exact = HashMap::new();
+    let mut patterns = Vec::new();
+    for (i, m) in raw.models.into_iter().enumerate() {
+        if m.name.is_empty() {
+            return err(format!("invalid config at `models[{i}].name`: empty name"));
+        }
+        if m.deployments.is_empty() {
+            return err(format!(
+                "invalid config at `models[{i}].deployments`: a model needs at least one deployment"
+            ));
+        }
+        let mut deployments = Vec::with_capacity(m.deployments.len());
+        for (j, d) in m.deployments.into_iter().enumerate() {
+            let at = format!("models[{i}].deployments[{j}]");
+            let Some(&provider) = provider_index.get(&d.provider) else {
+                return err(format!(
+                    "invalid config at `{at}.provider`: no provider named `{}`",
+                    d.provider
+                ));
+            };
+            if d.model.is_empty() {
+                return err(format!("invalid config at `{at}.model`: empty model name"));
+            }
+            let weight = d.weight.unwrap_or(1);
+            if weight == 0 {
+                return err(format!(
+                    "invalid config at `{at}.weight`: must be greater than 0"
+                ));
+            }
+            deployments.push(Deployment {
+                provider,
+                label: format!("{}/{}", d.provider, d.model),
+                model: d.model,
+                weight,
+            });
+        }
+        let group = models.len();
+        if let Some(prefix) = m.name.strip_suffix('*') {
+            if patterns.iter().any(|(p, _)| p == prefix) {
+                return err(format!(
+                    "invalid config at `models[{i}].name`: duplicate model `{}`",
+                    m.name
+                ));
+            }
+            patterns.push((prefix.to_string(), group));
+        } else {
+            if m.name.contains('*') {
+                return err(format!(
+                    "invalid config at `models[{i}].name`: `*` is only allowed at the end"
+                ));
+            }
+            if deployments.iter().any(|d| d.model == "*") {
+                return err(format!(
+                    "invalid config at `models[{i}].deployments`: model `*` needs a pattern name ending in `*`"
+                ));
+            }
+            if exact.insert(m.name.clone(), group).is_some() {
+                return err(format!(
+                    "invalid config at `models[{i}].name`: duplicate model `{}`",
+                    m.name
+                ));
+            }
+        }
+        models.push(ModelGroup {
+            name: m.name,
+            deployments,
+        });
+    }
+    patterns.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+
+    Ok(Config {
+        server,
+        log,
+        providers,
+        models,
+        exact,
+        patterns,
+    })
+}
+
+fn httparse_token(name: &str) -> Result<(), ()> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// Resolves `env:NAME`. Inline secrets are refused, so a config file can be shared safely.
+fn resolve_secret(reference: &str, secrets: &dyn SecretSource) -> Result<Secret, String> {
+    let Some(name) = reference.strip_prefix("env:") else {
+        return Err("secrets must be referenced as `env:VARIABLE`, never inlined".to_string());
+    };
+    secrets
+        .var(name)
+        .map(Secret)
+        .ok_or_else(|| format!("environment variable `{name}` is not set"))
+}
+
+fn parse_endpoint(base_url: &str) -> Result<Endpoint, String> {
+    let url = url::Url::parse(base_url).map_err(|e| format!("`{base_url}`: {e}"))?;
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        other => return Err(format!("unsupported scheme `{other}` (http or https)")),
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials in the URL are not allowed; use api_key".to_string());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("a base URL has no query or fragment".to_string());
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => return Err("missing host".to_string()),
+    };
+    let default_port = if tls { 443 } else { 80 };
+    let port = url.port().unwrap_or(default_port);
+    let host_literal = match url.host() {
+        Some(url::Host::Ipv6(_)) => format!("[{host}]"),
+        _ => host.clone(),
+    };
+    let host_header = if port == default_port {
+        host_literal
+    } else {
+        format!("{host_literal}:{port}")
+    };
+    Ok(Endpoint {
+        tls,
+        host,
+        port,
+        path_prefix: url.path().trim_end_matches('/').to_string(),
+        host_header,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const MOCK: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+workers = 2
+
+[[providers]]
+name = "mock"
+base_url = "http://127.0.0.1:9000/v1/"
+api_key = "env:MOCK_KEY"
+headers = { "x-team" = "search" }
+
+[[models]]
+name = "mock-fast"
+deployments = [{ provider = "mock", model = "gpt-4o-mini", weight = 3 }]
+
+[[models]]
+name = "mock-*"
+deployments = [{ provider = "mock", model = "*" }]
+"#;
+
+    #[test]
+    fn parses_the_mock_config() {
+        let cfg = Config::from_toml(MOCK, &env(&[("MOCK_KEY", "sk-test")])).unwrap();
+        assert_eq!(cfg.server.workers, Workers::Count(2));
+        assert_eq!(cfg.server.max_header_bytes, 32 * 1024);
+        let p = &cfg.providers[0];
+        assert_eq!(p.endpoint.path_prefix, "/v1");
+        assert_eq!(p.endpoint.host_header, "127.0.0.1:9000");
+        assert_eq!(p.api_key.as_ref().unwrap().expose(), "sk-test");
+        assert_eq!(format!("{:?}", p.api_key), "Some(Secret(***))");
+        assert_eq!(cfg.model("mock-fast").unwrap().deployments[0].weight, 3);
+        assert_eq!(cfg.model("mock-other").unwrap().name, "mock-*");
+        assert!(cfg.model("gpt-4").is_none());
+        assert!(cfg.summary().contains("mock-fast -> mock/gpt-4o-mini"));
+        assert!(!cfg.summary().contains("sk-test"));
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let e = Config::from_toml("[server]\nlisten = \"x\"\nbogus = 1\n", &env(&[])).unwrap_err();
+        assert!(e.0.contains("server"), "{e}");
+        let e = Config::from_toml("[server]\nlisten = \"nope\"\n", &env(&[])).unwrap_err();
+        assert!(e.0.contains("server.listen"), "{e}");
+        let e = Config::from_toml(MOCK, &env(&[])).unwrap_err();
+        assert!(
+            e.0.contains("providers[0].api_key") && e.0.contains("MOCK_KEY"),
+            "{e}"
+        );
+        let e = Config::from_toml(
+            &MOCK.replace("api_key = \"env:MOCK_KEY\"", "api_key = \"sk-inline\""),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains("never inlined") && !e.0.contains("sk-inline"),
+            "{e}"
+        );
+        let e = Config::from_toml(
+            &MOCK.replace(
+                "provider = \"mock\", model = \"gpt",
+                "provider = \"nope\", model = \"gpt",
+            ),
+            &env(&[("MOCK_KEY", "k")]),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("models[0].deployments[0].provider"), "{e}");
+        let e = Config::from_toml("[[models]]\nname = \"a\"\ndeployments = []\n", &env(&[]))
+            .unwrap_err();
+        assert!(e.0.contains("models[0].deployments"), "{e}");
+        let e = Config::from_toml("[server]\nworkers = \"many\"\n", &env(&[])).unwrap_err();
+        assert!(e.0.contains("server.workers"), "{e}");
+    }
+
+    #[test]
+    fn embedded_default_registers_env_providers() {
+        let cfg = Config::embedded_default(&env(&[])).unwrap();
+        assert!(cfg.providers.is_empty());
+        assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
+        let cfg = Config::embedded_default(&env(&[("OPENAI_API_KEY", "sk-x")])).unwrap();
+        assert_eq!(cfg.providers[0].endpoint.host, "api.openai.com");
+        assert!(cfg.providers[0].endpoint.tls);
+        assert_eq!(cfg.model("gpt-4o").unwrap().deployments[0].model, "*");
+        assert_eq!(
+            cfg.model("text-embedding-3-small").unwrap().name,
+            "text-embedding-*"
+        );
+    }
+
+    #[test]
+    fn endpoints() {
+        let e = parse_endpoint("https://[::1]:8443/openai").unwrap();
+        assert_eq!(e.host, "::1");
+        assert_eq!(e.host_header, "[::1]:8443");
+        assert_eq!(e.path_prefix, "/openai");
+        let e = parse_endpoint("https://api.example.com").unwrap();
+        assert_eq!(
+            (e.port, e.path_prefix.as_str(), e.host_header.as_str()),
+            (443, "", "api.example.com")
+        );
+        assert!(parse_endpoint("ftp://x").is_err());
+        assert!(parse_endpoint("http://u:p@x").is_err());
+    }
+}

@@ -1,0 +1,314 @@
+//! Request inspection and rewrite, without building a DOM.
+//!
+//! [`inspect`] reads the few top-level fields the gateway decides on (`model`, `stream`,
+//! `stream_options`, `max_tokens`) into borrowed values, remembering where they are in the
+//! body. [`rewrite`] then splices new bytes into those places — the upstream model name, a
+//! `stream_options.include_usage` the client did not ask for — and copies every other byte as
+//! it came, so the upstream sees the client's JSON untouched but for the edits.
+
+use std::ops::Range;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::error::{ErrorKind, GatewayError};
+
+/// What the gateway needs to know about a request body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inspected {
+    /// The `model` the client asked for.
+    pub model: String,
+    /// Where the `model` string literal (quotes included) is in the body.
+    model_span: Range<usize>,
+    /// `"stream": true`.
+    pub stream: bool,
+    /// What the client asked for in `stream_options.include_usage`.
+    pub include_usage: bool,
+    /// Where the `stream_options` value is in the body, if present.
+    stream_options_span: Option<Range<usize>>,
+    /// `max_tokens` or `max_completion_tokens` or `max_output_tokens`, if set.
+    pub max_tokens: Option<u64>,
+    /// Offset just after the opening `{` of the body.
+    object_start: usize,
+}
+
+fn some_raw<'de, D>(d: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow, default, deserialize_with = "some_raw")]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(borrow, default, deserialize_with = "some_raw")]
+    stream_options: Option<&'a RawValue>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+fn invalid(msg: impl Into<String>) -> GatewayError {
+    GatewayError::new(ErrorKind::InvalidRequest, msg)
+}
+
+/// Where `inner` (a sub-slice of `outer`) starts in `outer`.
+fn span_of(outer: &str, inner: &str) -> Option<Range<usize>> {
+    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    let end = start + inner.len();
+    (end <= outer.len()).then_some(start..end)
+}
+
+/// Reads the routing fields of a JSON request body.
+///
+/// Fails with 400 when the body is not a JSON object, a field has the wrong type, a field is
+/// repeated, or `model` is missing.
+pub fn inspect(body: &[u8]) -> Result<Inspected, GatewayError> {
+    let text = std::str::from_utf8(body).map_err(|_| invalid("request body is not valid UTF-8"))?;
+    let object_start = match text.find(|c: char| !c.is_ascii_whitespace()) {
+        Some(i) if text.as_bytes()[i] == b'{' => i + 1,
+        _ => return Err(invalid("request body must be a JSON object")),
+    };
+    let probe: Probe<'_> =
+        serde_json::from_str(text).map_err(|e| invalid(format!("invalid JSON body: {e}")))?;
+    let raw_model = probe
+        .model
+        .ok_or_else(|| invalid("you must provide a model parameter").with_param("model"))?;
+    let model: String = serde_json::from_str(raw_model.get())
+        .map_err(|_| invalid("`model` must be a string").with_param("model"))?;
+    if model.is_empty() {
+        return Err(invalid("`model` must not be empty").with_param("model"));
+    }
+    let model_span = span_of(text, raw_model.get())
+        .ok_or_else(|| GatewayError::new(ErrorKind::Internal, "model span"))?;
+    let (include_usage, stream_options_span) = match probe.stream_options {
+        None => (false, None),
+        Some(raw) => {
+            let opts: Option<StreamOptions> = serde_json::from_str(raw.get()).map_err(|_| {
+                invalid("`stream_options` must be an object").with_param("stream_options")
+            })?;
+            (
+                opts.and_then(|o| o.include_usage).unwrap_or(false),
+                span_of(text, raw.get()),
+            )
+        }
+    };
+    Ok(Inspected {
+        model,
+        model_span,
+        stream: probe.stream.unwrap_or(false),
+        include_usage,
+        stream_options_span,
+        max_tokens: probe
+            .max_tokens
+            .or(probe.max_completion_tokens)
+            .or(probe.max_output_tokens),
+        object_start,
+    })
+}
+
+/// Edits to make while copying a body upstream.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rewrite<'a> {
+    /// Replace `model` with this name.
+    pub model: Option<&'a str>,
+    /// Make sure `stream_options.include_usage` is true.
+    pub force_include_usage: bool,
+}
+
+impl Rewrite<'_> {
+    /// Whether there is nothing to change.
+    pub fn is_noop(&self, inspected: &Inspected) -> bool {
+        self.model.is_none_or(|m| m == inspected.model)
+            && (inspected.include_usage || !self.force_include_usage)
+    }
+}
+
+/// Copies `body` into `out` with the edits of `rewrite` spliced in. Bytes outside the edited
+/// values are copied unchanged.
+pub fn rewrite(body: &[u8], inspected: &Inspected, edits: Rewrite<'_>, out: &mut Vec<u8>) {
+    out.reserve(body.len() + 64);
+    // (position, bytes removed, bytes inserted), applied in order of position.
+    let mut splices: [(usize, usize, Vec<u8>); 2] = Default::default();
+    let mut n = 0;
+    if let Some(model) = edits.model.filter(|m| *m != inspected.model) {
+        let literal = serde_json::to_vec(model).unwrap_or_default();
+        splices[n] = (
+            inspected.model_span.start,
+            inspected.model_span.len(),
+            literal,
+        );
+        n += 1;
+    }
+    if edits.force_include_usage && !inspected.include_usage {
+        match &inspected.stream_options_span {
+            Some(span) => {
+                let raw = &body[span.clone()];
+                let mut opts: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(raw).unwrap_or_default();
+                opts.insert("include_usage".into(), serde_json::Value::Bool(true));
+                let bytes = serde_json::to_vec(&opts).unwrap_or_default();
+                splices[n] = (span.start, span.len(), bytes);
+            }
+            None => {
+                splices[n] = (
+                    inspected.object_start,
+                    0,
+                    b"\"stream_options\":{\"include_usage\":true},".to_vec(),
+                );
+            }
+        }
+        n += 1;
+    }
+    let splices = &mut splices[..n];
+    splices.sort_by_key(|s| s.0);
+    let mut pos = 0;
+    for (at, removed, inserted) in splices.iter() {
+        out.extend_from_slice(&body[pos..*at]);
+        out.extend_from_slice(inserted);
+        pos = at + removed;
+    }
+    out.extend_from_slice(&body[pos..]);
+}
+
+/// A cheap estimate of a request's prompt tokens from its body size (about four bytes a
+/// token for English JSON), used to reserve before the real count is known.
+pub fn estimate_prompt_tokens(body_len: usize) -> u64 {
+    (body_len as u64).div_ceil(4).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn apply(body: &str, model: Option<&str>, force: bool) -> String {
+        let ins = inspect(body.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        rewrite(
+            body.as_bytes(),
+            &ins,
+            Rewrite {
+                model,
+                force_include_usage: force,
+            },
+            &mut out,
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn reads_fields() {
+        let ins = inspect(
+            br#" {"messages":[{"role":"user","content":"hi \"model\""}],"model":"gpt-4o","stream":true,"max_tokens":7}"#,
+        )
+        .unwrap();
+        assert_eq!(ins.model, "gpt-4o");
+        assert!(ins.stream);
+        assert!(!ins.include_usage);
+        assert_eq!(ins.max_tokens, Some(7));
+    }
+
+    #[test]
+    fn rewrites_model_only_in_place() {
+        let body = r#"{"model":"mock-fast","messages":[{"role":"user","content":"model"}],"x":{"model":"keep"}}"#;
+        assert_eq!(
+            apply(body, Some("gpt-4o-mini"), false),
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"model"}],"x":{"model":"keep"}}"#
+        );
+        assert_eq!(apply(body, Some("mock-fast"), false), body);
+        assert_eq!(
+            apply(body, Some("we\"ird"), false).find(r#""we\"ird""#),
+            Some(9)
+        );
+    }
+
+    #[test]
+    fn injects_include_usage() {
+        let body = r#"{"model":"m","stream":true}"#;
+        let out = apply(body, Some("up"), true);
+        assert_eq!(
+            out,
+            r#"{"stream_options":{"include_usage":true},"model":"up","stream":true}"#
+        );
+        let body = r#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#;
+        let v: serde_json::Value = serde_json::from_str(&apply(body, None, true)).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["stream_options"]["x"], 1);
+        let body = r#"{"model":"m","stream":true,"stream_options":null}"#;
+        let v: serde_json::Value = serde_json::from_str(&apply(body, None, true)).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        let body = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#;
+        assert_eq!(apply(body, None, true), body);
+    }
+
+    #[test]
+    fn refuses_bad_bodies() {
+        for bad in [
+            &b"[]"[..],
+            b"not json",
+            b"{}",
+            br#"{"model":1}"#,
+            br#"{"model":""}"#,
+            br#"{"model":"a","model":"b"}"#,
+            br#"{"model":"a","stream":"yes"}"#,
+            br#"{"model":"a","stream_options":3}"#,
+            b"\xff\xfe",
+            br#"{"model":"a""#,
+        ] {
+            let e = inspect(bad).unwrap_err();
+            assert_eq!(
+                e.kind,
+                ErrorKind::InvalidRequest,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    proptest! {
+        /// Any JSON object with a string model rewrites to valid JSON where only `model` (and
+        /// stream_options) changed.
+        #[test]
+        fn rewrite_keeps_everything_else(
+            model in "[a-zA-Z0-9\"\\\\/ é-]{1,20}",
+            upstream in "[a-zA-Z0-9\"\\\\/ é-]{1,20}",
+            extra in prop::collection::btree_map("[a-z]{1,6}", any::<i32>(), 0..5),
+            stream in any::<bool>(),
+        ) {
+            let mut obj = serde_json::Map::new();
+            for (k, v) in &extra { obj.insert(k.clone(), (*v).into()); }
+            obj.insert("model".into(), model.clone().into());
+            obj.insert("stream".into(), stream.into());
+            let body = serde_json::to_vec(&obj).unwrap();
+            let ins = inspect(&body).unwrap();
+            prop_assert_eq!(&ins.model, &model);
+            let mut out = Vec::new();
+            rewrite(&body, &ins, Rewrite { model: Some(&upstream), force_include_usage: stream }, &mut out);
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(v["model"].as_str().unwrap(), upstream.as_str());
+            for (k, val) in &extra {
+                if k != "model" && k != "stream" { prop_assert_eq!(v[k].as_i64().unwrap(), i64::from(*val)); }
+            }
+            if stream { prop_assert_eq!(v["stream_options"]["include_usage"].as_bool(), Some(true)); }
+        }
+
+        #[test]
+        fn inspect_never_panics(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = inspect(&body);
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Token usage, read from whichever shape the provider answered with.
+//!
+//! Chat and text completions and embeddings report `prompt_tokens` / `completion_tokens`; the
+//! Responses API reports `input_tokens` / `output_tokens`, at the top level of a body or inside
+//! `response` of its `response.completed` stream event. All land in one [`Usage`].
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+/// Tokens one request used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Prompt (input) tokens, cached ones included.
+    pub input_tokens: u64,
+    /// Completion (output) tokens, reasoning ones included.
+    pub output_tokens: u64,
+    /// Input tokens served from the provider's prompt cache.
+    pub cached_tokens: u64,
+    /// Output tokens spent on hidden reasoning.
+    pub reasoning_tokens: u64,
+    /// `true` when counted by the gateway (e.g. a cancelled stream), not reported by the
+    /// provider.
+    pub estimated: bool,
+}
+
+impl Usage {
+    /// Input plus output.
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Details {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+/// Every spelling of usage we know, as the provider sent it.
+#[derive(Deserialize)]
+pub(crate) struct RawUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<Details>,
+    #[serde(default)]
+    input_tokens_details: Option<Details>,
+    #[serde(default)]
+    completion_tokens_details: Option<Details>,
+    #[serde(default)]
+    output_tokens_details: Option<Details>,
+}
+
+impl From<RawUsage> for Usage {
+    fn from(r: RawUsage) -> Self {
+        let cached = r
+            .prompt_tokens_details
+            .or(r.input_tokens_details)
+            .and_then(|d| d.cached_tokens);
+        let reasoning = r
+            .completion_tokens_details
+            .or(r.output_tokens_details)
+            .and_then(|d| d.reasoning_tokens);
+        Usage {
+            input_tokens: r.prompt_tokens.or(r.input_tokens).unwrap_or(0),
+            output_tokens: r.completion_tokens.or(r.output_tokens).unwrap_or(0),
+            cached_tokens: cached.unwrap_or(0),
+            reasoning_tokens: reasoning.unwrap_or(0),
+            estimated: false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Nested {
+    #[serde(default)]
+    usage: Option<RawUsage>,
+}
+
+/// The top-level fields of a response body or a stream event that usage can hide in.
+#[derive(Deserialize)]
+pub(crate) struct UsageProbe {
+    #[serde(default)]
+    pub(crate) choices: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    usage: Option<RawUsage>,
+    #[serde(default)]
+    response: Option<Nested>,
+}
+
+impl UsageProbe {
+    /// Parses a JSON object; `None` when it is not one.
+    pub(crate) fn parse(json: &[u8]) -> Option<UsageProbe> {
+        serde_json::from_slice(json).ok()
+    }
+
+    /// The usage found, if any.
+    pub(crate) fn usage(self) -> Option<Usage> {
+        self.usage
+            .or(self.response.and_then(|r| r.usage))
+            .map(Usage::from)
+    }
+}
+
+/// Usage of a non-streaming response body, when it reports one.
+pub fn from_body(body: &[u8]) -> Option<Usage> {
+    memchr::memmem::find(body, b"\"usage\"")?;
+    UsageProbe::parse(body).and_then(UsageProbe::usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_completion_usage() {
+        let u = from_body(br#"{"id":"x","choices":[{"message":{"content":"usage"}}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#).unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                input_tokens: 9,
+                output_tokens: 12,
+                cached_tokens: 4,
+                reasoning_tokens: 2,
+                estimated: false
+            }
+        );
+        assert_eq!(u.total_tokens(), 21);
+    }
+
+    #[test]
+    fn responses_and_embeddings_usage() {
+        let u = from_body(br#"{"object":"response","usage":{"input_tokens":5,"output_tokens":3,"input_tokens_details":{"cached_tokens":1}}}"#).unwrap();
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.cached_tokens),
+            (5, 3, 1)
+        );
+        let u = from_body(br#"{"type":"response.completed","response":{"usage":{"input_tokens":2,"output_tokens":1}}}"#).unwrap();
+        assert_eq!((u.input_tokens, u.output_tokens), (2, 1));
+        let u = from_body(
+            br#"{"object":"list","data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+        )
+        .unwrap();
+        assert_eq!((u.input_tokens, u.output_tokens), (8, 0));
+    }
+
+    #[test]
+    fn no_usage() {
+        assert!(from_body(br#"{"choices":[]}"#).is_none());
+        assert!(from_body(br#"{"usage":null}"#).is_none());
+        assert!(from_body(b"\"usage\" not json").is_none());
+    }
+}
