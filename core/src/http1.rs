@@ -657,6 +657,29 @@ pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Starts a chunk whose data the caller appends next, then closes with [`end_chunk`]; the size
+/// is written afterwards into a fixed-width placeholder (leading zeros are valid hex), so the
+/// data is copied once.
+pub fn begin_chunk(out: &mut Vec<u8>) -> usize {
+    let at = out.len();
+    out.extend_from_slice(b"00000000\r\n");
+    at
+}
+
+/// Finishes the chunk started at `at`; an empty chunk is removed (it would end the body).
+pub fn end_chunk(out: &mut Vec<u8>, at: usize) {
+    let len = out.len() - at - 10;
+    if len == 0 {
+        out.truncate(at);
+        return;
+    }
+    debug_assert!(len <= u32::MAX as usize);
+    for i in 0..8 {
+        out[at + 7 - i] = b"0123456789abcdef"[(len >> (4 * i)) & 0xf];
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The last chunk of a chunked body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
@@ -848,6 +871,22 @@ mod tests {
         assert_eq!(&out[..4], b"1a\r\n");
         let (decoded, _, _) = decode_all(&[&out[..], LAST_CHUNK].concat()).unwrap();
         assert_eq!(decoded, vec![b'a'; 26]);
+    }
+
+    #[test]
+    fn placeholder_chunks_decode() {
+        let mut out = Vec::new();
+        let at = begin_chunk(&mut out);
+        out.extend_from_slice(&[b'z'; 300]);
+        end_chunk(&mut out, at);
+        let at = begin_chunk(&mut out);
+        end_chunk(&mut out, at);
+        assert_eq!(&out[..10], b"0000012c\r\n");
+        assert_eq!(out.len(), 312);
+        out.extend_from_slice(LAST_CHUNK);
+        let (decoded, _, done) = decode_all(&out).unwrap();
+        assert!(done);
+        assert_eq!(decoded, vec![b'z'; 300]);
     }
 
     proptest! {

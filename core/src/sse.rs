@@ -85,6 +85,13 @@ impl SseScanner {
         self.done
     }
 
+    /// Whether the client has received part of an event whose end has not arrived yet
+    /// (passthrough mode only; strip mode holds partial events back). An error event injected
+    /// now must first end that event with a blank line.
+    pub fn client_mid_event(&self) -> bool {
+        !self.strip_usage_chunk && !self.pending.is_empty()
+    }
+
     /// Data events seen (each about one output token in a chat stream), `[DONE]` excluded.
     pub fn data_events(&self) -> u64 {
         self.data_events

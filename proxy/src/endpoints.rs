@@ -1,0 +1,195 @@
+//! The gateway's own endpoints and the routing table.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sluice_core::error::{ErrorKind, GatewayError};
+
+use crate::state::Worker;
+
+/// An OpenAI endpoint forwarded upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiEndpoint {
+    /// `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// `POST /v1/completions`.
+    Completions,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+    /// `POST /v1/responses`.
+    Responses,
+}
+
+impl ApiEndpoint {
+    /// The path under the provider's base URL.
+    pub fn upstream_suffix(self) -> &'static str {
+        match self {
+            ApiEndpoint::ChatCompletions => "/chat/completions",
+            ApiEndpoint::Completions => "/completions",
+            ApiEndpoint::Embeddings => "/embeddings",
+            ApiEndpoint::Responses => "/responses",
+        }
+    }
+
+    /// Whether the endpoint streams with `stream_options.include_usage` (the Responses API
+    /// always reports usage in `response.completed`).
+    pub fn takes_stream_options(self) -> bool {
+        matches!(
+            self,
+            ApiEndpoint::ChatCompletions | ApiEndpoint::Completions
+        )
+    }
+}
+
+/// Where a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /healthz`: the process is alive.
+    Healthz,
+    /// `GET /readyz`: config loaded, listeners up, an upstream reachable.
+    Readyz,
+    /// `GET /v1/models`.
+    Models,
+    /// Forwarded upstream.
+    Api(ApiEndpoint),
+}
+
+/// The `Allow` header of a path, for 405s.
+pub fn allow_for(route: Route) -> &'static [u8] {
+    match route {
+        Route::Healthz | Route::Readyz | Route::Models => b"GET, HEAD",
+        Route::Api(_) => b"POST",
+    }
+}
+
+/// Maps method and path to a route: 404 for an unknown path, 405 (with the route, for its
+/// `Allow` header) for a known path with the wrong method.
+pub fn route(method: &str, path: &str) -> Result<Route, (GatewayError, Option<Route>)> {
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    let route = match path {
+        "/healthz" => Route::Healthz,
+        "/readyz" => Route::Readyz,
+        "/v1/models" => Route::Models,
+        "/v1/chat/completions" => Route::Api(ApiEndpoint::ChatCompletions),
+        "/v1/completions" => Route::Api(ApiEndpoint::Completions),
+        "/v1/embeddings" => Route::Api(ApiEndpoint::Embeddings),
+        "/v1/responses" => Route::Api(ApiEndpoint::Responses),
+        _ => {
+            return Err((
+                GatewayError::new(
+                    ErrorKind::RouteNotFound,
+                    format!("Unknown request URL: {method} {path}"),
+                ),
+                None,
+            ))
+        }
+    };
+    let ok = match route {
+        Route::Api(_) => method == "POST",
+        _ => method == "GET" || method == "HEAD",
+    };
+    if ok {
+        Ok(route)
+    } else {
+        Err((
+            GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                format!("method {method} is not allowed on {path}"),
+            ),
+            Some(route),
+        ))
+    }
+}
+
+/// The `/v1/models` body: every exact model name in config order, in OpenAI's list format.
+pub fn models_body(worker: &Worker) -> Vec<u8> {
+    let cfg = &worker.shared.config;
+    let data: Vec<serde_json::Value> = cfg
+        .models
+        .iter()
+        .filter(|m| !m.name.ends_with('*'))
+        .map(|m| {
+            serde_json::json!({
+                "id": m.name,
+                "object": "model",
+                "created": worker.shared.started_unix,
+                "owned_by": "sluice",
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "object": "list", "data": data })).unwrap_or_default()
+}
+
+/// How long a readiness answer is reused before probing again.
+const READY_CACHE: Duration = Duration::from_secs(2);
+/// How long a readiness probe waits for a TCP connect.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Readiness: listeners up on every worker, not draining, and at least one provider accepting
+/// TCP connections. Returns the verdict and a reason.
+pub async fn readiness(worker: &Worker) -> (bool, &'static str) {
+    let shared = &worker.shared;
+    if shared.is_draining() {
+        return (false, "draining");
+    }
+    if shared
+        .listeners_up
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < shared.workers
+    {
+        return (false, "listeners starting");
+    }
+    if shared.config.providers.is_empty() {
+        return (false, "no upstream provider configured");
+    }
+    let now = Instant::now();
+    if let Some((at, ok)) = worker.ready_cache.get() {
+        if now.saturating_duration_since(at) < READY_CACHE {
+            return (ok, if ok { "ready" } else { "no upstream reachable" });
+        }
+    }
+    let mut ok = false;
+    'providers: for i in 0..shared.config.providers.len() {
+        if worker.pool.borrow().idle_count(i) > 0 {
+            ok = true;
+            break;
+        }
+        for addr in shared.dns.addrs(i).iter() {
+            if probe(*addr).await {
+                ok = true;
+                break 'providers;
+            }
+        }
+    }
+    worker.ready_cache.set(Some((Instant::now(), ok)));
+    (ok, if ok { "ready" } else { "no upstream reachable" })
+}
+
+async fn probe(addr: SocketAddr) -> bool {
+    matches!(
+        monoio::time::timeout(PROBE_TIMEOUT, monoio::net::TcpStream::connect_addr(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            route("POST", "/v1/chat/completions").unwrap(),
+            Route::Api(ApiEndpoint::ChatCompletions)
+        );
+        assert_eq!(route("GET", "/v1/models/").unwrap(), Route::Models);
+        let (e, r) = route("GET", "/v1/chat/completions").unwrap_err();
+        assert_eq!(e.status(), 405);
+        assert_eq!(allow_for(r.unwrap()), b"POST");
+        let (e, r) = route("POST", "/nope").unwrap_err();
+        assert_eq!((e.status(), r), (404, None));
+    }
+}

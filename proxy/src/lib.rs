@@ -1,0 +1,24 @@
+//! # sluice-proxy
+//!
+//! The I/O shell around `sluice-core`: one monoio runtime per core, each with its own
+//! SO_REUSEPORT listener, its own upstream connection pools and its own view of the world;
+//! only the config, DNS answers and a few flags are shared, through `Arc` and atomics.
+//!
+//! ```text
+//! server::serve ─► worker thread × N (pinned, io_uring or epoll)
+//!                    └─ accept ─► conn::serve_connection (HTTP/1.1, keep-alive, pipelining)
+//!                                   ├─ endpoints (healthz, readyz, models, errors)
+//!                                   └─ forward ─► upstream (pool, TLS) ─► relay (SSE scan)
+//! ```
+
+pub mod cli;
+pub mod conn;
+pub mod dns;
+pub mod endpoints;
+pub mod forward;
+pub mod log;
+pub mod relay;
+pub mod respond;
+pub mod server;
+pub mod state;
+pub mod upstream;

@@ -1,0 +1,111 @@
+//! Logging: diagnostics and one access line per request, through `tracing`, written by a
+//! background thread so a slow terminal or disk never blocks a worker.
+
+use std::sync::OnceLock;
+
+use sluice_core::config::LogConfig;
+use sluice_core::usage::Usage;
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::EnvFilter;
+
+static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped because the writer fell behind (its buffer is bounded).
+pub fn dropped_lines() -> usize {
+    DROPPED.get().map_or(0, |c| c.dropped_lines())
+}
+
+/// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes.
+pub fn init(cfg: &LogConfig) -> Option<WorkerGuard> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(64 * 1024)
+        .lossy(true)
+        .finish(std::io::stdout());
+    let _ = DROPPED.set(writer.error_counter());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_target(true);
+    let installed = if cfg.json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+    installed.ok().map(|_| guard)
+}
+
+/// What one request did, logged as one line when it ends. Never holds a key.
+#[derive(Debug, Default)]
+pub struct AccessRecord {
+    /// `x-request-id`.
+    pub request_id: String,
+    /// HTTP method.
+    pub method: String,
+    /// Request path.
+    pub path: String,
+    /// Model the client asked for.
+    pub model: Option<String>,
+    /// `provider/model` that answered.
+    pub deployment: Option<String>,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Whether the answer was an event stream.
+    pub stream: bool,
+    /// Tokens, when known.
+    pub usage: Option<Usage>,
+    /// Microseconds from the request head to the first response byte sent.
+    pub ttfb_us: Option<u64>,
+    /// Microseconds from the request head to the end of the response.
+    pub total_us: u64,
+    /// Microseconds spent waiting on the upstream (head and body).
+    pub upstream_us: Option<u64>,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response bytes written.
+    pub bytes_out: u64,
+    /// Whether the upstream connection was reused.
+    pub upstream_reused: Option<bool>,
+    /// Error label, when the request failed.
+    pub error: Option<String>,
+    /// The client went away before the end.
+    pub client_cancelled: bool,
+}
+
+impl AccessRecord {
+    /// Emits the access line.
+    pub fn emit(&self) {
+        let usage = self.usage.unwrap_or_default();
+        let has_usage = self.usage.is_some();
+        tracing::info!(
+            target: "sluice::access",
+            request_id = %self.request_id,
+            method = %self.method,
+            path = %self.path,
+            model = self.model.as_deref(),
+            deployment = self.deployment.as_deref(),
+            status = self.status,
+            stream = self.stream,
+            input_tokens = has_usage.then_some(usage.input_tokens),
+            output_tokens = has_usage.then_some(usage.output_tokens),
+            cached_tokens = has_usage.then_some(usage.cached_tokens),
+            reasoning_tokens = has_usage.then_some(usage.reasoning_tokens),
+            tokens_estimated = has_usage.then_some(usage.estimated),
+            ttfb_ms = self.ttfb_us.map(|u| u as f64 / 1000.0),
+            total_ms = self.total_us as f64 / 1000.0,
+            overhead_ms = self.upstream_us.map(|u| self.total_us.saturating_sub(u) as f64 / 1000.0),
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            upstream_reused = self.upstream_reused,
+            error = self.error.as_deref(),
+            client_cancelled = self.client_cancelled,
+            "request"
+        );
+    }
+}

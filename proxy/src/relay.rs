@@ -1,0 +1,415 @@
+//! Relaying an upstream response body to the client as it arrives.
+//!
+//! Every upstream read is scanned (SSE events for usage, or a bounded copy of a JSON body) and
+//! written to the client at once, re-framed as chunked when needed; nothing waits for the end
+//! of the body. A [`ClientWatch`] keeps a read posted on the client socket for the whole
+//! exchange, so a client that goes away cancels the upstream request at once, even while the
+//! upstream is silent.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use monoio::io::{
+    AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, OwnedReadHalf, OwnedWriteHalf,
+};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+use sluice_core::http1::{begin_chunk, end_chunk, BodyFraming, ChunkedDecoder, LAST_CHUNK};
+use sluice_core::sse::SseScanner;
+use sluice_core::usage::{self, Usage};
+
+use crate::respond::ClientFraming;
+use crate::upstream::{UpstreamConn, UpstreamError};
+
+type WatchFuture<'a> = Pin<Box<dyn Future<Output = BufResult<usize, Vec<u8>>> + 'a>>;
+
+/// A read kept posted on the client connection while an exchange is under way.
+///
+/// Call order: [`ClientWatch::new`], any number of [`ClientWatch::race`], then
+/// [`ClientWatch::finish`] to cancel the read and recover anything the client sent meanwhile
+/// (a pipelined request).
+pub struct ClientWatch<'a> {
+    fut: Option<WatchFuture<'a>>,
+    canceller: Canceller,
+    gone: bool,
+    early: Vec<u8>,
+}
+
+impl<'a> ClientWatch<'a> {
+    /// Posts the read.
+    pub fn new(rd: &'a mut OwnedReadHalf<TcpStream>) -> Self {
+        let canceller = Canceller::new();
+        let handle = canceller.handle();
+        let fut: WatchFuture<'a> = Box::pin(rd.cancelable_read(Vec::with_capacity(4096), handle));
+        ClientWatch {
+            fut: Some(fut),
+            canceller,
+            gone: false,
+            early: Vec::new(),
+        }
+    }
+
+    /// Whether the client closed its side or reset the connection.
+    pub fn is_gone(&self) -> bool {
+        self.gone
+    }
+
+    /// Runs `fut` to completion, unless the client goes away first (`None`; `fut` is dropped,
+    /// which cancels it).
+    pub async fn race<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+        if self.gone {
+            return None;
+        }
+        let mut fut = std::pin::pin!(fut);
+        if let Some(watch) = self.fut.as_mut() {
+            monoio::select! {
+                out = &mut fut => return Some(out),
+                (res, buf) = watch => {
+                    self.fut = None;
+                    self.on_read(res, buf);
+                    if self.gone {
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(fut.await)
+    }
+
+    fn on_read(&mut self, res: io::Result<usize>, buf: Vec<u8>) {
+        match res {
+            Ok(0) => self.gone = true,
+            Ok(_) => self.early = buf,
+            Err(e) if is_cancelled(&e) => {}
+            Err(_) => self.gone = true,
+        }
+    }
+
+    /// Cancels the read; returns the bytes the client sent meanwhile and whether it is gone.
+    pub async fn finish(mut self) -> (Vec<u8>, bool) {
+        if let Some(watch) = self.fut.take() {
+            let _ = std::mem::take(&mut self.canceller).cancel();
+            let (res, buf) = watch.await;
+            self.on_read(res, buf);
+        }
+        (self.early, self.gone)
+    }
+}
+
+fn is_cancelled(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ECANCELED) || e.kind() == io::ErrorKind::Interrupted
+}
+
+/// What the relay does with body bytes.
+pub enum BodyMode {
+    /// An event stream: scan for usage (and strip the usage chunk the gateway asked for).
+    Sse(SseScanner),
+    /// Any other body: forward, keeping a bounded copy to read usage from at the end.
+    Buffered(Vec<u8>),
+}
+
+/// Largest body copy kept to read usage from.
+const MAX_CAPTURE: usize = 8 * 1024 * 1024;
+
+/// Timing limits of the body.
+pub struct BodyLimits {
+    /// Longest silence between two reads.
+    pub idle: Duration,
+    /// End of the whole exchange.
+    pub deadline: Instant,
+    /// Provider name, for errors.
+    pub provider: String,
+}
+
+/// How the relay ended.
+pub struct RelayEnd {
+    /// The upstream body was read to its end with framing intact: the connection can be pooled.
+    pub upstream_reusable: bool,
+    /// The client connection's framing is intact: it can be kept alive.
+    pub client_reusable: bool,
+    /// The client went away.
+    pub client_gone: bool,
+    /// Usage reported by the upstream, if any.
+    pub usage: Option<Usage>,
+    /// Data events relayed (streams), for estimating a cancelled stream.
+    pub data_events: u64,
+    /// Bytes written to the client, head included.
+    pub bytes_out: u64,
+    /// What went wrong upstream, if anything.
+    pub error: Option<UpstreamError>,
+    /// When the first byte went to the client.
+    pub first_write: Option<Instant>,
+    /// Time spent waiting on upstream reads.
+    pub upstream_wait: Duration,
+}
+
+/// The state of the upstream body framing.
+enum Framing {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Done,
+}
+
+/// Everything the relay works on.
+pub struct Relay<'c, 'w, 'a> {
+    upstream: &'c mut UpstreamConn,
+    client: &'c mut OwnedWriteHalf<TcpStream>,
+    watch: &'w mut ClientWatch<'a>,
+    client_framing: ClientFraming,
+    mode: BodyMode,
+    limits: BodyLimits,
+    /// The upstream sent bytes past the end of its body: never reuse the connection.
+    trailing_bytes: bool,
+}
+
+impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
+    /// A relay from `upstream` to `client`.
+    pub fn new(
+        upstream: &'c mut UpstreamConn,
+        client: &'c mut OwnedWriteHalf<TcpStream>,
+        watch: &'w mut ClientWatch<'a>,
+        client_framing: ClientFraming,
+        mode: BodyMode,
+        limits: BodyLimits,
+    ) -> Self {
+        Relay {
+            upstream,
+            client,
+            watch,
+            client_framing,
+            mode,
+            limits,
+            trailing_bytes: false,
+        }
+    }
+
+    /// Relays the body. `wire` holds the response head, not yet written; `ubuf[body_at..]`
+    /// holds the body bytes that came with the upstream head.
+    pub async fn run(
+        mut self,
+        framing: BodyFraming,
+        mut wire: Vec<u8>,
+        mut ubuf: Vec<u8>,
+        body_at: usize,
+    ) -> RelayEnd {
+        let mut end = RelayEnd {
+            upstream_reusable: false,
+            client_reusable: true,
+            client_gone: false,
+            usage: None,
+            data_events: 0,
+            bytes_out: 0,
+            error: None,
+            first_write: None,
+            upstream_wait: Duration::ZERO,
+        };
+        let mut state = match framing {
+            BodyFraming::Empty => Framing::Done,
+            BodyFraming::Length(n) => Framing::Length(n),
+            BodyFraming::Chunked => Framing::Chunked(ChunkedDecoder::new(u64::MAX)),
+            BodyFraming::UntilClose => Framing::UntilClose,
+        };
+        let mut start = body_at;
+        let mut eof = false;
+        loop {
+            if let Err(e) = self.consume(&mut state, &ubuf[start.min(ubuf.len())..], eof, &mut wire)
+            {
+                end.error = Some(e);
+                break;
+            }
+            ubuf.clear();
+            start = 0;
+            if matches!(state, Framing::Done) {
+                break;
+            }
+            if !wire.is_empty() {
+                match self.write(wire, &mut end).await {
+                    Some(w) => wire = w,
+                    None => return self.cancelled(end),
+                }
+            }
+            if eof {
+                end.error = Some(UpstreamError::Io {
+                    provider: self.limits.provider.clone(),
+                    message: "connection closed before the end of the body".into(),
+                });
+                break;
+            }
+            let now = Instant::now();
+            let left = self.limits.deadline.saturating_duration_since(now);
+            let wait = self.limits.idle.min(left);
+            let read = monoio::time::timeout(wait, self.upstream.io.read_append(ubuf));
+            let raced = self.watch.race(read).await;
+            end.upstream_wait += now.elapsed();
+            match raced {
+                None => return self.cancelled(end),
+                Some(Err(_)) => {
+                    end.error = Some(if left <= self.limits.idle {
+                        UpstreamError::TotalTimeout(self.limits.provider.clone())
+                    } else {
+                        UpstreamError::IdleTimeout(self.limits.provider.clone())
+                    });
+                    ubuf = Vec::new();
+                    wire.clear();
+                    break;
+                }
+                Some(Ok((Ok(0), buf))) => {
+                    ubuf = buf;
+                    eof = true;
+                }
+                Some(Ok((Ok(_), buf))) => ubuf = buf,
+                Some(Ok((Err(e), _))) => {
+                    end.error = Some(UpstreamError::Io {
+                        provider: self.limits.provider.clone(),
+                        message: e.to_string(),
+                    });
+                    ubuf = Vec::new();
+                    wire.clear();
+                    break;
+                }
+            }
+        }
+        drop(ubuf);
+        self.finish(state, wire, end).await
+    }
+
+    /// Appends the payload of `input` to `wire` (framed for the client), advancing `state`.
+    fn consume(
+        &mut self,
+        state: &mut Framing,
+        input: &[u8],
+        eof: bool,
+        wire: &mut Vec<u8>,
+    ) -> Result<(), UpstreamError> {
+        let chunked_out = self.client_framing == ClientFraming::Chunked;
+        let mut pos = 0;
+        while pos < input.len() || (eof && matches!(state, Framing::UntilClose)) {
+            let (data, next) = match state {
+                Framing::Done => {
+                    // Bytes after the end of the body: the upstream broke framing.
+                    self.trailing_bytes = true;
+                    return Ok(());
+                }
+                Framing::Length(remaining) => {
+                    let take = (*remaining).min((input.len() - pos) as u64) as usize;
+                    *remaining -= take as u64;
+                    let data = pos..pos + take;
+                    if *remaining == 0 {
+                        *state = Framing::Done;
+                    }
+                    (data, pos + take)
+                }
+                Framing::Chunked(dec) => {
+                    let step = dec
+                        .decode(&input[pos..])
+                        .map_err(|e| UpstreamError::Protocol {
+                            provider: self.limits.provider.clone(),
+                            message: e.to_string(),
+                        })?;
+                    if step.done {
+                        *state = Framing::Done;
+                    }
+                    (
+                        pos + step.data.start..pos + step.data.end,
+                        pos + step.consumed,
+                    )
+                }
+                Framing::UntilClose => {
+                    if eof && pos >= input.len() {
+                        *state = Framing::Done;
+                        break;
+                    }
+                    (pos..input.len(), input.len())
+                }
+            };
+            let data = &input[data];
+            if !data.is_empty() {
+                let at = chunked_out.then(|| begin_chunk(wire));
+                match &mut self.mode {
+                    BodyMode::Sse(scanner) => scanner.handle_bytes(data, wire),
+                    BodyMode::Buffered(copy) => {
+                        wire.extend_from_slice(data);
+                        if copy.len() + data.len() <= MAX_CAPTURE {
+                            copy.extend_from_slice(data);
+                        }
+                    }
+                }
+                if let Some(at) = at {
+                    end_chunk(wire, at);
+                }
+            }
+            pos = next;
+        }
+        Ok(())
+    }
+
+    /// Writes `wire` to the client; `None` when the client is gone.
+    async fn write(&mut self, wire: Vec<u8>, end: &mut RelayEnd) -> Option<Vec<u8>> {
+        let len = wire.len() as u64;
+        let (res, mut wire) = self.watch.race(self.client.write_all(wire)).await?;
+        res.ok()?;
+        end.first_write.get_or_insert_with(Instant::now);
+        end.bytes_out += len;
+        wire.clear();
+        Some(wire)
+    }
+
+    /// The client went away: the upstream connection is dropped (closed, not drained).
+    fn cancelled(self, mut end: RelayEnd) -> RelayEnd {
+        end.client_gone = true;
+        end.client_reusable = false;
+        end.upstream_reusable = false;
+        if let BodyMode::Sse(scanner) = &self.mode {
+            end.usage = scanner.usage();
+            end.data_events = scanner.data_events();
+        }
+        end
+    }
+
+    async fn finish(mut self, state: Framing, mut wire: Vec<u8>, mut end: RelayEnd) -> RelayEnd {
+        let complete = matches!(state, Framing::Done) && end.error.is_none();
+        let chunked_out = self.client_framing == ClientFraming::Chunked;
+        let is_sse = matches!(self.mode, BodyMode::Sse(_));
+        match &mut self.mode {
+            BodyMode::Sse(scanner) => {
+                let at = chunked_out.then(|| begin_chunk(&mut wire));
+                scanner.finish(&mut wire);
+                if let Some(err) = &end.error {
+                    // The stream broke after its head: end it with an error event, never a cut.
+                    if scanner.client_mid_event() {
+                        wire.extend_from_slice(b"\n\n");
+                    }
+                    let mut ge = err.to_gateway();
+                    ge.message = format!("stream interrupted: {}", ge.message);
+                    wire.extend_from_slice(&ge.to_sse());
+                }
+                if let Some(at) = at {
+                    end_chunk(&mut wire, at);
+                }
+                end.usage = scanner.usage();
+                end.data_events = scanner.data_events();
+            }
+            BodyMode::Buffered(copy) => {
+                if complete {
+                    end.usage = usage::from_body(copy);
+                }
+            }
+        }
+        let framing_intact = complete || is_sse;
+        if chunked_out && framing_intact {
+            wire.extend_from_slice(LAST_CHUNK);
+        }
+        if !framing_intact || self.client_framing == ClientFraming::Close {
+            end.client_reusable = false;
+        }
+        if !wire.is_empty() && self.write(wire, &mut end).await.is_none() {
+            end.client_gone = true;
+            end.client_reusable = false;
+        }
+        end.upstream_reusable = complete && !self.trailing_bytes;
+        end
+    }
+}

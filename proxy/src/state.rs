@@ -1,0 +1,85 @@
+//! What the workers share (read-mostly, behind `Arc` and atomics) and what each worker keeps to
+//! itself (behind `Rc` and `Cell`, never crossing a thread).
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_core::config::Config;
+
+use crate::dns::DnsTable;
+use crate::upstream::Pool;
+
+/// State shared by every worker. Nothing here is locked on the request path.
+pub struct Shared {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// Resolved addresses per provider, refreshed by the DNS thread.
+    pub dns: DnsTable,
+    /// TLS settings for upstream connections.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Set once on SIGTERM/SIGINT: stop accepting, finish what is in flight.
+    pub draining: AtomicBool,
+    /// Workers whose listener is accepting.
+    pub listeners_up: AtomicUsize,
+    /// Worker count, for readiness.
+    pub workers: usize,
+    /// When the process started serving, as a unix time (the `created` of `/v1/models`).
+    pub started_unix: u64,
+}
+
+impl Shared {
+    /// Whether the gateway is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// One worker's own state, shared by its connection tasks on one thread.
+pub struct Worker {
+    /// Worker index (also its core when pinned).
+    pub id: usize,
+    /// The shared state.
+    pub shared: Arc<Shared>,
+    /// Keep-alive connections to upstreams, per provider.
+    pub pool: RefCell<Pool>,
+    /// Open client connections.
+    pub connections: Cell<usize>,
+    /// Requests being handled.
+    pub inflight: Cell<usize>,
+    /// Last readiness probe: (when, result).
+    pub ready_cache: Cell<Option<(Instant, bool)>>,
+}
+
+impl Worker {
+    /// A worker with empty pools.
+    pub fn new(id: usize, shared: Arc<Shared>) -> Self {
+        let providers = shared.config.providers.len();
+        Worker {
+            id,
+            shared,
+            pool: RefCell::new(Pool::new(providers)),
+            connections: Cell::new(0),
+            inflight: Cell::new(0),
+            ready_cache: Cell::new(None),
+        }
+    }
+}
+
+/// Counts a request as in flight for as long as it lives.
+pub struct InflightGuard<'a>(&'a Worker);
+
+impl<'a> InflightGuard<'a> {
+    /// Starts counting.
+    pub fn new(worker: &'a Worker) -> Self {
+        worker.inflight.set(worker.inflight.get() + 1);
+        InflightGuard(worker)
+    }
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.set(self.0.inflight.get().saturating_sub(1));
+    }
+}

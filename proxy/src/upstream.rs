@@ -1,0 +1,291 @@
+//! Upstream connections: plain or TLS, and each worker's keep-alive pool.
+//!
+//! A worker owns its pool outright (share-nothing): no lock, no cross-thread hand-off. A
+//! connection goes back to the pool only when its response was read to the end and the
+//! upstream did not ask to close.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio_rustls::{ClientTlsStream, TlsConnector};
+use rustls::pki_types::ServerName;
+use sluice_core::config::Provider;
+use sluice_core::error::{ErrorKind, GatewayError};
+
+/// Why talking to an upstream failed. Messages never carry secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The host name has no address (yet).
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    /// TCP connect failed.
+    #[error("cannot connect to {provider}: {source}")]
+    Connect {
+        /// Provider name.
+        provider: String,
+        /// Cause.
+        source: io::Error,
+    },
+    /// TCP or TLS connect took too long.
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(String),
+    /// TLS handshake failed.
+    #[error("TLS handshake with {provider} failed: {message}")]
+    Tls {
+        /// Provider name.
+        provider: String,
+        /// Cause.
+        message: String,
+    },
+    /// Reading or writing failed, or the upstream closed early.
+    #[error("connection to {provider} failed: {message}")]
+    Io {
+        /// Provider name.
+        provider: String,
+        /// Cause.
+        message: String,
+    },
+    /// No response head within the first-byte timeout.
+    #[error("{0} did not answer within the first-byte timeout")]
+    FirstByteTimeout(String),
+    /// The body stalled longer than the idle timeout.
+    #[error("{0} stalled longer than the idle timeout")]
+    IdleTimeout(String),
+    /// The whole exchange took longer than the total timeout.
+    #[error("{0} exceeded the total timeout")]
+    TotalTimeout(String),
+    /// The upstream broke HTTP/1.1.
+    #[error("invalid response from {provider}: {message}")]
+    Protocol {
+        /// Provider name.
+        provider: String,
+        /// Cause.
+        message: String,
+    },
+}
+
+impl UpstreamError {
+    /// The client-facing error: 504 for timeouts, 502 otherwise.
+    pub fn to_gateway(&self) -> GatewayError {
+        let kind = match self {
+            UpstreamError::ConnectTimeout(_)
+            | UpstreamError::FirstByteTimeout(_)
+            | UpstreamError::IdleTimeout(_)
+            | UpstreamError::TotalTimeout(_) => ErrorKind::UpstreamTimeout,
+            _ => ErrorKind::UpstreamUnreachable,
+        };
+        GatewayError::new(kind, format!("upstream error: {self}"))
+    }
+
+    /// A short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            UpstreamError::Resolve(_) => "resolve",
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::ConnectTimeout(_) => "connect_timeout",
+            UpstreamError::Tls { .. } => "tls",
+            UpstreamError::Io { .. } => "io",
+            UpstreamError::FirstByteTimeout(_) => "first_byte_timeout",
+            UpstreamError::IdleTimeout(_) => "idle_timeout",
+            UpstreamError::TotalTimeout(_) => "total_timeout",
+            UpstreamError::Protocol { .. } => "protocol",
+        }
+    }
+}
+
+/// The byte stream to an upstream.
+pub enum UpstreamIo {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<ClientTlsStream<TcpStream>>),
+}
+
+impl UpstreamIo {
+    /// Reads into the spare capacity of `buf` (appending), returning the buffer.
+    pub async fn read_append(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let len = buf.len();
+        let slice = buf.slice_mut(len..);
+        let (res, slice) = match self {
+            UpstreamIo::Plain(s) => s.read(slice).await,
+            UpstreamIo::Tls(s) => s.read(slice).await,
+        };
+        (res, slice.into_inner())
+    }
+
+    /// Writes all of `buf`, returning it.
+    pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            UpstreamIo::Plain(s) => {
+                let (res, buf) = s.write_all(buf).await;
+                (res.map(|_| ()), buf)
+            }
+            UpstreamIo::Tls(s) => {
+                let (res, buf) = s.write_all(buf).await;
+                if let Err(e) = res {
+                    return (Err(e), buf);
+                }
+                (s.flush().await, buf)
+            }
+        }
+    }
+}
+
+/// A connection to an upstream with its bookkeeping.
+pub struct UpstreamConn {
+    /// The stream.
+    pub io: UpstreamIo,
+    /// Requests already carried before this one (0 for a fresh connection).
+    pub reuses: u32,
+    idle_since: Instant,
+}
+
+/// One worker's idle upstream connections, per provider.
+pub struct Pool {
+    idle: Vec<VecDeque<UpstreamConn>>,
+    /// Connections opened by this worker.
+    pub opened: u64,
+    /// Requests sent on a reused connection.
+    pub reused: u64,
+}
+
+impl Pool {
+    /// An empty pool for `providers` providers.
+    pub fn new(providers: usize) -> Self {
+        Pool {
+            idle: (0..providers).map(|_| VecDeque::new()).collect(),
+            opened: 0,
+            reused: 0,
+        }
+    }
+
+    /// The most recently used idle connection to `provider` that is still fresh enough.
+    pub fn take(
+        &mut self,
+        provider: usize,
+        now: Instant,
+        max_idle: Duration,
+    ) -> Option<UpstreamConn> {
+        let queue = self.idle.get_mut(provider)?;
+        while let Some(conn) = queue.pop_back() {
+            if now.saturating_duration_since(conn.idle_since) < max_idle {
+                self.reused += 1;
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection after a complete exchange; the oldest is dropped past `max_idle`.
+    pub fn put(&mut self, provider: usize, mut conn: UpstreamConn, now: Instant, max_idle: usize) {
+        let Some(queue) = self.idle.get_mut(provider) else {
+            return;
+        };
+        if max_idle == 0 {
+            return;
+        }
+        conn.reuses += 1;
+        conn.idle_since = now;
+        if queue.len() >= max_idle {
+            queue.pop_front();
+        }
+        queue.push_back(conn);
+    }
+
+    /// Idle connections held for `provider`.
+    pub fn idle_count(&self, provider: usize) -> usize {
+        self.idle.get(provider).map_or(0, VecDeque::len)
+    }
+}
+
+/// The TLS client settings: webpki roots plus the system's, ALPN http/1.1.
+pub fn tls_client_config() -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A system certificate rustls cannot parse is skipped, as browsers do.
+        let _ = roots.add(cert);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions();
+    let mut config = match builder {
+        Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
+        // The ring provider always supports the default versions; fall back to the process
+        // default provider if it somehow does not.
+        Err(_) => rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Opens a new connection to `provider` at one of `addrs`, within its connect timeout.
+pub async fn connect(
+    provider: &Provider,
+    addrs: &[SocketAddr],
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<UpstreamConn, UpstreamError> {
+    if addrs.is_empty() {
+        return Err(UpstreamError::Resolve(provider.endpoint.host.clone()));
+    }
+    let timeout = Duration::from_millis(provider.connect_timeout_ms);
+    match monoio::time::timeout(timeout, connect_inner(provider, addrs, tls)).await {
+        Ok(res) => res,
+        Err(_) => Err(UpstreamError::ConnectTimeout(provider.name.clone())),
+    }
+}
+
+async fn connect_inner(
+    provider: &Provider,
+    addrs: &[SocketAddr],
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<UpstreamConn, UpstreamError> {
+    let mut last = None;
+    let mut stream = None;
+    for addr in addrs {
+        match TcpStream::connect_addr(*addr).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let stream = stream.ok_or_else(|| UpstreamError::Connect {
+        provider: provider.name.clone(),
+        source: last.unwrap_or_else(|| io::Error::other("no address")),
+    })?;
+    let _ = stream.set_nodelay(true);
+    let io = if provider.endpoint.tls {
+        let name = ServerName::try_from(provider.endpoint.host.clone()).map_err(|e| {
+            UpstreamError::Tls {
+                provider: provider.name.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let tls = TlsConnector::from(tls.clone())
+            .connect(name, stream)
+            .await
+            .map_err(|e| UpstreamError::Tls {
+                provider: provider.name.clone(),
+                message: e.to_string(),
+            })?;
+        UpstreamIo::Tls(Box::new(tls))
+    } else {
+        UpstreamIo::Plain(stream)
+    };
+    Ok(UpstreamConn {
+        io,
+        reuses: 0,
+        idle_since: Instant::now(),
+    })
+}
