@@ -1,1 +1,2 @@
 //! loadtest
+pub mod mock;

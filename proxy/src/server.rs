@@ -98,14 +98,15 @@ pub fn serve(config: Config) -> io::Result<()> {
         Workers::Count(n) => n,
     };
     let driver = effective_driver(config.server.driver);
-    let listen = config.server.listen;
-    // Bind every listener before starting anything, so a busy port fails fast.
+    // Bind every listener before starting anything, so a busy port fails fast. With port 0
+    // the first listener picks the port and the others join it.
+    let mut listen = config.server.listen;
     let mut listeners = Vec::with_capacity(workers);
     for _ in 0..workers {
-        listeners
-            .push(bind_reuseport(listen).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))
-            })?);
+        let listener = bind_reuseport(listen)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+        listen = listener.local_addr()?;
+        listeners.push(listener);
     }
     let dns = DnsTable::resolve_all(&config);
     let started_unix = SystemTime::now()
