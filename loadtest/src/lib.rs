@@ -1,2 +1,3 @@
 //! loadtest
 pub mod mock;
+pub mod load;

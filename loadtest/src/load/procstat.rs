@@ -1,0 +1,268 @@
+//! CPU time and resident memory of other processes, read from `/proc`.
+//!
+//! `--pid PID` attaches a [`Sampler`] to a run: it reads each process's CPU
+//! time (`utime + stime` from `/proc/PID/stat`) and resident set (`VmRSS` from
+//! `/proc/PID/status`) before the run, every [`SAMPLE_INTERVAL`] during it
+//! (keeping the peak RSS) and after it. The report divides the CPU spent during
+//! the run by the requests completed, which is what a gateway costs per request.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How often a running [`Sampler`] reads `/proc`.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// One reading of a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcSample {
+    /// User plus system CPU time consumed so far, in microseconds.
+    pub cpu_us: u64,
+    /// Resident set size in bytes.
+    pub rss_bytes: u64,
+}
+
+/// Reads the CPU time and RSS of `pid` now.
+pub fn sample(pid: u32) -> io::Result<ProcSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(ProcSample {
+        cpu_us: parse_stat_cpu_us(&stat, clock_ticks_per_sec())?,
+        rss_bytes: parse_status_rss_bytes(&status)?,
+    })
+}
+
+/// Clock ticks per second used by `/proc/PID/stat` (`sysconf(_SC_CLK_TCK)`).
+fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf only reads a configuration value; it has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
+/// `utime + stime` from the text of `/proc/PID/stat`, in microseconds.
+///
+/// The command name (field 2) may contain spaces and parentheses, so fields
+/// are counted from the last `)`: `utime` and `stime` are fields 14 and 15.
+fn parse_stat_cpu_us(stat: &str, ticks_per_sec: u64) -> io::Result<u64> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat");
+    let rest = stat.rsplit_once(')').ok_or_else(bad)?.1;
+    // `rest` starts at field 3 (state), so utime (14) is at index 11.
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let mut next =
+        || -> io::Result<u64> { fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad) };
+    let ticks = next()? + next()?;
+    Ok(ticks.saturating_mul(1_000_000) / ticks_per_sec)
+}
+
+/// `VmRSS` from the text of `/proc/PID/status`, in bytes (0 for kernel threads).
+fn parse_status_rss_bytes(status: &str) -> io::Result<u64> {
+    let Some(line) = status.lines().find(|l| l.starts_with("VmRSS:")) else {
+        return Ok(0);
+    };
+    let kib: u64 = line["VmRSS:".len()..]
+        .split_ascii_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed VmRSS"))?;
+    Ok(kib * 1024)
+}
+
+/// What one sampled process spent during a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PidReport {
+    /// The process id.
+    pub pid: u32,
+    /// CPU time (user + system) consumed during the run, in microseconds.
+    pub cpu_us: u64,
+    /// Requests completed during the run (the denominator below).
+    pub requests: u64,
+    /// `cpu_us / requests`.
+    pub cpu_us_per_request: f64,
+    /// RSS before the run, in MiB.
+    pub rss_idle_mib: f64,
+    /// Highest RSS seen during the run, in MiB.
+    pub rss_peak_mib: f64,
+    /// RSS right after the run, in MiB.
+    pub rss_after_mib: f64,
+}
+
+impl PidReport {
+    /// Folds a later run's report for the same pid into this one: CPU and
+    /// requests add up, the peak is the highest, idle stays the first and
+    /// after becomes the last.
+    pub fn merge(&mut self, later: &PidReport) {
+        self.cpu_us += later.cpu_us;
+        self.requests += later.requests;
+        self.cpu_us_per_request = per_request(self.cpu_us, self.requests);
+        self.rss_peak_mib = self.rss_peak_mib.max(later.rss_peak_mib);
+        self.rss_after_mib = later.rss_after_mib;
+    }
+}
+
+/// Merges per-run pid reports (same pids, later runs last) into `acc`.
+pub fn merge_reports(acc: &mut Vec<PidReport>, later: &[PidReport]) {
+    for r in later {
+        match acc.iter_mut().find(|a| a.pid == r.pid) {
+            Some(a) => a.merge(r),
+            None => acc.push(r.clone()),
+        }
+    }
+}
+
+fn per_request(cpu_us: u64, requests: u64) -> f64 {
+    if requests == 0 {
+        0.0
+    } else {
+        cpu_us as f64 / requests as f64
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Track {
+    pid: u32,
+    before: ProcSample,
+    peak_rss: u64,
+}
+
+/// Samples a set of processes around a run. Call order: [`Sampler::start`]
+/// before the load begins, [`Sampler::finish`] after it ends.
+#[derive(Debug)]
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<Track>>>,
+}
+
+impl Sampler {
+    /// Takes the "before" sample of every pid and starts the peak sampler.
+    /// Fails if a pid cannot be read, so a typo is reported before the load.
+    pub fn start(pids: &[u32]) -> io::Result<Self> {
+        let mut tracks = Vec::with_capacity(pids.len());
+        for &pid in pids {
+            let before =
+                sample(pid).map_err(|e| io::Error::new(e.kind(), format!("--pid {pid}: {e}")))?;
+            tracks.push(Track {
+                pid,
+                before,
+                peak_rss: before.rss_bytes,
+            });
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = if tracks.is_empty() {
+            None
+        } else {
+            let stop = Arc::clone(&stop);
+            Some(
+                std::thread::Builder::new()
+                    .name("sluice-load-procstat".into())
+                    .spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(SAMPLE_INTERVAL);
+                            for t in &mut tracks {
+                                if let Ok(s) = sample(t.pid) {
+                                    t.peak_rss = t.peak_rss.max(s.rss_bytes);
+                                }
+                            }
+                        }
+                        tracks
+                    })?,
+            )
+        };
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops sampling, takes the "after" sample and reports each pid, with
+    /// CPU per request computed over `requests`. A process that exited
+    /// during the run reports its last known values.
+    pub fn finish(mut self, requests: u64) -> Vec<PidReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        let Some(tracks) = self.thread.take().and_then(|t| t.join().ok()) else {
+            return Vec::new();
+        };
+        tracks
+            .into_iter()
+            .map(|t| {
+                let after = sample(t.pid).unwrap_or(ProcSample {
+                    cpu_us: t.before.cpu_us,
+                    rss_bytes: 0,
+                });
+                let cpu_us = after.cpu_us.saturating_sub(t.before.cpu_us);
+                PidReport {
+                    pid: t.pid,
+                    cpu_us,
+                    requests,
+                    cpu_us_per_request: per_request(cpu_us, requests),
+                    rss_idle_mib: t.before.rss_bytes as f64 / MIB,
+                    rss_peak_mib: t.peak_rss.max(after.rss_bytes) as f64 / MIB,
+                    rss_after_mib: after.rss_bytes as f64 / MIB,
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_command_names() {
+        let stat =
+            "42 (my (odd) proc) S 1 42 42 0 -1 4194560 100 0 0 0 250 150 0 0 20 0 1 0 5 1000 10";
+        assert_eq!(parse_stat_cpu_us(stat, 100).unwrap(), 4_000_000);
+        assert!(parse_stat_cpu_us("garbage", 100).is_err());
+    }
+
+    #[test]
+    fn parses_rss() {
+        let status = "Name:\tx\nVmPeak:\t  10 kB\nVmRSS:\t    2048 kB\n";
+        assert_eq!(parse_status_rss_bytes(status).unwrap(), 2 * 1024 * 1024);
+        assert_eq!(parse_status_rss_bytes("Name:\tkthreadd\n").unwrap(), 0);
+    }
+
+    #[test]
+    fn merge_accumulates() {
+        let mut acc = Vec::new();
+        let a = PidReport {
+            pid: 1,
+            cpu_us: 100,
+            requests: 10,
+            rss_idle_mib: 1.0,
+            rss_peak_mib: 3.0,
+            rss_after_mib: 2.0,
+            ..Default::default()
+        };
+        let b = PidReport {
+            pid: 1,
+            cpu_us: 300,
+            requests: 10,
+            rss_idle_mib: 2.0,
+            rss_peak_mib: 5.0,
+            rss_after_mib: 4.0,
+            ..Default::default()
+        };
+        merge_reports(&mut acc, &[a]);
+        merge_reports(&mut acc, &[b]);
+        assert_eq!(acc.len(), 1);
+        assert_eq!(acc[0].cpu_us_per_request, 20.0);
+        assert_eq!(
+            (
+                acc[0].rss_idle_mib,
+                acc[0].rss_peak_mib,
+                acc[0].rss_after_mib
+            ),
+            (1.0, 5.0, 4.0)
+        );
+    }
+}
