@@ -118,6 +118,7 @@ struct RawProvider {
     kind: Option<String>,
     base_url: String,
     api_key: Option<String>,
+    ca_file: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     connect_timeout_ms: Option<u64>,
@@ -239,6 +240,9 @@ pub struct Provider {
     pub endpoint: Endpoint,
     /// Sent as `Authorization: Bearer`.
     pub api_key: Option<Secret>,
+    /// A PEM bundle of extra trusted roots for this provider (a private CA), on top of the
+    /// system and webpki roots.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Extra headers sent on every request.
     pub headers: Vec<(String, String)>,
     /// TCP (and TLS) connect timeout.
@@ -542,6 +546,7 @@ fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Config
             kind,
             endpoint,
             api_key,
+            ca_file: p.ca_file.map(std::path::PathBuf::from),
             headers,
             connect_timeout_ms: positive(&at("connect_timeout_ms"), p.connect_timeout_ms, 3_000)?,
             first_byte_timeout_ms: positive(

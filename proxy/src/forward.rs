@@ -363,8 +363,13 @@ async fn send(
             None => {
                 fresh_tried = true;
                 let addrs = shared.dns.addrs(provider_index);
+                let Some(tls) = shared.tls.get(provider_index) else {
+                    return Err(SendError::Upstream(UpstreamError::Resolve(
+                        provider.name.clone(),
+                    )));
+                };
                 let connected = watch
-                    .race(upstream::connect(provider, &addrs, &shared.tls))
+                    .race(upstream::connect(provider, &addrs, tls))
                     .await
                     .ok_or(SendError::ClientGone)?;
                 worker.pool.borrow_mut().opened += 1;

@@ -18,7 +18,7 @@ use crate::conn::serve_connection;
 use crate::dns::{self, DnsTable};
 use crate::respond;
 use crate::state::{Shared, Worker};
-use crate::upstream::tls_client_config;
+use crate::upstream::tls_per_provider;
 
 type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
 
@@ -93,6 +93,7 @@ fn raise_nofile_limit() {
 pub fn serve(config: Config) -> io::Result<()> {
     let _log_guard = crate::log::init(&config.log);
     raise_nofile_limit();
+    let tls = tls_per_provider(&config)?;
     let workers = match config.server.workers {
         Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
         Workers::Count(n) => n,
@@ -115,7 +116,7 @@ pub fn serve(config: Config) -> io::Result<()> {
     let shared = Arc::new(Shared {
         config: Arc::new(config),
         dns,
-        tls: tls_client_config(),
+        tls,
         draining: Default::default(),
         listeners_up: Default::default(),
         workers,

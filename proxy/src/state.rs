@@ -17,8 +17,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// Resolved addresses per provider, refreshed by the DNS thread.
     pub dns: DnsTable,
-    /// TLS settings for upstream connections.
-    pub tls: Arc<rustls::ClientConfig>,
+    /// TLS settings for upstream connections, per provider.
+    pub tls: Vec<Arc<rustls::ClientConfig>>,
     /// Set once on SIGTERM/SIGINT: stop accepting, finish what is in flight.
     pub draining: AtomicBool,
     /// Workers whose listener is accepting.

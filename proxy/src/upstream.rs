@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +15,9 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio_rustls::{ClientTlsStream, TlsConnector};
-use rustls::pki_types::ServerName;
-use sluice_core::config::Provider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use sluice_core::config::{Config, Provider};
 use sluice_core::error::{ErrorKind, GatewayError};
 
 /// Why talking to an upstream failed. Messages never carry secrets.
@@ -204,28 +206,53 @@ impl Pool {
     }
 }
 
-/// The TLS client settings: webpki roots plus the system's, ALPN http/1.1.
-pub fn tls_client_config() -> Arc<rustls::ClientConfig> {
+/// The TLS client settings: webpki roots plus the system's, plus the PEM certificates of
+/// `extra_ca` (a private CA) when given; ALPN http/1.1.
+pub fn tls_client_config(extra_ca: Option<&Path>) -> io::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
+    for cert in rustls_native_certs::load_native_certs().certs {
         // A system certificate rustls cannot parse is skipped, as browsers do.
         let _ = roots.add(cert);
     }
+    if let Some(path) = extra_ca {
+        let bad = |e: &dyn std::fmt::Display| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("cannot load CA file {}: {e}", path.display()),
+            )
+        };
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))?;
+        let mut added = 0;
+        for cert in certs {
+            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(bad(&"no certificate in the file"));
+        }
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder =
-        rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions();
-    let mut config = match builder {
-        Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
-        // The ring provider always supports the default versions; fall back to the process
-        // default provider if it somehow does not.
-        Err(_) => rustls::ClientConfig::builder()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
-    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    Ok(Arc::new(config))
+}
+
+/// One TLS client config per provider: the shared default, or one with the provider's CA.
+pub fn tls_per_provider(config: &Config) -> io::Result<Vec<Arc<rustls::ClientConfig>>> {
+    let default = tls_client_config(None)?;
+    config
+        .providers
+        .iter()
+        .map(|p| match &p.ca_file {
+            None => Ok(default.clone()),
+            Some(path) => tls_client_config(Some(path)),
+        })
+        .collect()
 }
 
 /// Opens a new connection to `provider` at one of `addrs`, within its connect timeout.
