@@ -1,6 +1,8 @@
 //! End-to-end tests of the data plane: the real `sluice` binary on 127.0.0.1, the mock
 //! provider behind it, a plain client in front. Each runs under io_uring and epoll.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::{Duration, Instant};

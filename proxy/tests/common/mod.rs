@@ -1,7 +1,7 @@
 //! Test harness: the real `sluice` binary in front of the in-process mock provider, and a
 //! small blocking HTTP/1.1 client that records when each byte arrived.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
