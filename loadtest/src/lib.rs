@@ -1,3 +1,3 @@
 //! loadtest
-pub mod mock;
 pub mod load;
+pub mod mock;

@@ -1,0 +1,247 @@
+"""Fixtures: the bundled mock provider and a real `sluice` gateway in front of it.
+
+Both processes are started once per session from prebuilt binaries:
+
+- `SLUICE_BIN_DIR` (default `target/debug`, relative to the repository root) holds
+  `sluice` and `sluice-mock`; `cargo build --workspace --bins` produces them.
+- The environment is passed through, so `SLUICE_DRIVER=epoll` runs both processes on the
+  epoll driver. `RUST_LOG` is removed for the gateway: the suite reads its info-level lines.
+
+Ports are never guessed: both listen on port 0 and the suite reads the address each one
+prints (the mock on stderr, the gateway in its first JSON log line on stdout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import openai
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 15.0
+STOP_GRACE_S = 5.0
+# Fixed mock answer shape, so tests can assert exact text and token counts.
+MOCK_CHUNKS = 8
+MOCK_CHUNK_SIZE = 4
+API_KEY = "sk-test"
+
+
+def bin_dir() -> Path:
+    d = Path(os.environ.get("SLUICE_BIN_DIR", "target/debug"))
+    return d if d.is_absolute() else REPO / d
+
+
+def binary(name: str) -> Path:
+    path = bin_dir() / name
+    if not path.is_file():
+        pytest.exit(
+            f"{path} not found: run `cargo build --workspace --bins` or set SLUICE_BIN_DIR",
+            returncode=2,
+        )
+    return path
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if the process is still there after the grace period."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=STOP_GRACE_S)
+
+
+def wait_for(what: str, probe: Callable[[], object], proc: subprocess.Popen, logs: list[Path]):
+    """Polls `probe` until it returns something truthy; fails with the logs on timeout or exit."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    status = proc.poll()
+    stop(proc)
+    tails = "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-4000:]}" for p in logs if p.exists())
+    pytest.fail(
+        f"{what} not seen within {STARTUP_TIMEOUT_S:.0f} s (exit status {status}):\n{tails}",
+        pytrace=False,
+    )
+
+
+@dataclass
+class Mock:
+    addr: str
+    proc: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}"
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/mock/stats", timeout=5) as r:
+            return json.loads(r.read())
+
+
+@dataclass
+class Gateway:
+    addr: str
+    proc: subprocess.Popen
+    stdout: Path
+    config: Path
+    _seen: int = field(default=0)
+
+    @property
+    def root(self) -> str:
+        return f"http://{self.addr}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.addr}/v1"
+
+    def log_lines(self) -> list[dict]:
+        """Every JSON line the gateway wrote to stdout so far."""
+        out = []
+        for line in self.stdout.read_text(errors="replace").splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+        return out
+
+    def access_line(self, request_id: str, timeout: float = 5.0) -> dict:
+        """The access-log line of `request_id` (logs are written by a background thread)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for rec in self.log_lines():
+                if rec.get("target") == "sluice::access" and rec.get("request_id") == request_id:
+                    return rec
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no access-log line for request id {request_id!r} in {self.stdout}")
+            time.sleep(0.05)
+
+
+MOCK_LISTENING = re.compile(r"sluice-mock listening on (\S+)")
+
+
+@pytest.fixture(scope="session")
+def mock(tmp_path_factory) -> Mock:
+    d = tmp_path_factory.mktemp("mock")
+    stderr = d / "mock.stderr"
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen(
+            [
+                str(binary("sluice-mock")),
+                "--listen", "127.0.0.1:0",
+                "--workers", "2",
+                "--chunks", str(MOCK_CHUNKS),
+                "--chunk-size", str(MOCK_CHUNK_SIZE),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=os.environ.copy(),
+        )
+
+    def listening():
+        m = MOCK_LISTENING.search(stderr.read_text(errors="replace"))
+        return m and m.group(1)
+
+    addr = wait_for("the mock's listening line", listening, proc, [stderr])
+    yield Mock(addr=addr, proc=proc)
+    stop(proc)
+
+
+def gateway_config(mock_addr: str) -> str:
+    return f"""\
+[server]
+listen = "127.0.0.1:0"
+workers = 2
+
+[log]
+level = "info"
+format = "json"
+
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "http://{mock_addr}/v1"
+
+[[models]]
+name = "mock-fast"
+deployments = [{{ provider = "mock", model = "mock-model" }}]
+
+[[models]]
+name = "mock-stream"
+deployments = [{{ provider = "mock", model = "mock-stream-model" }}]
+"""
+
+
+@pytest.fixture(scope="session")
+def gateway(mock, tmp_path_factory) -> Gateway:
+    d = tmp_path_factory.mktemp("gateway")
+    config = d / "sluice.toml"
+    config.write_text(gateway_config(mock.addr))
+    stdout, stderr = d / "sluice.stdout", d / "sluice.stderr"
+    env = os.environ.copy()
+    env.pop("RUST_LOG", None)
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        proc = subprocess.Popen(
+            [str(binary("sluice")), "serve", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=env,
+        )
+    logs = [stdout, stderr]
+
+    def listening():
+        for line in stdout.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("message") == "sluice listening" and rec.get("listen"):
+                return rec["listen"]
+        return None
+
+    addr = wait_for("the gateway's `sluice listening` line", listening, proc, logs)
+
+    def ready():
+        try:
+            with urllib.request.urlopen(f"http://{addr}/readyz", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    wait_for("GET /readyz answering 200", ready, proc, logs)
+    gw = Gateway(addr=addr, proc=proc, stdout=stdout, config=config)
+    yield gw
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def base_url(gateway) -> str:
+    return gateway.base_url
+
+
+@pytest.fixture()
+def client(base_url) -> openai.OpenAI:
+    c = openai.OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0, timeout=10)
+    yield c
+    c.close()
