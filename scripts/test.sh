@@ -14,9 +14,9 @@ step() {
 }
 
 # System packages some steps may need, installed only when one is missing (apt-get update
-# runs at most once). Nothing is needed yet; later steps append to APT_PACKAGES, e.g.
+# runs at most once). promtool checks the /metrics output; later steps append to APT_PACKAGES, e.g.
 # nginx or prometheus for comparison runs. Pass `command:package` pairs.
-APT_PACKAGES=()
+APT_PACKAGES=(promtool:prometheus)
 ensure_apt_packages() {
     local missing=() pair cmd pkg
     for pair in "$@"; do

@@ -75,6 +75,8 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
     providers: Vec<RawProvider>,
     #[serde(default)]
     models: Vec<RawModel>,
@@ -109,6 +111,15 @@ struct RawLog {
     level: Option<String>,
     format: Option<String>,
     access_log: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    enabled: Option<bool>,
+    listen: Option<String>,
+    metrics_on_main: Option<bool>,
+    per_key_metrics: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +218,19 @@ pub struct LogConfig {
     pub access_log: bool,
 }
 
+/// The admin listener: metrics (and the admin API), off the data plane.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// Whether the admin listener runs.
+    pub enabled: bool,
+    /// Where it listens (default 127.0.0.1:8081; keep it private).
+    pub listen: SocketAddr,
+    /// Also serve `GET /metrics` on the client listener.
+    pub metrics_on_main: bool,
+    /// Label request metrics by key and team (bounded by the number of keys).
+    pub per_key_metrics: bool,
+}
+
 /// The wire dialect a provider speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProviderKind {
@@ -290,6 +314,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Admin listener and metrics.
+    pub admin: AdminConfig,
     /// Providers, referenced by index.
     pub providers: Vec<Provider>,
     /// Model groups in config order (the order of `/v1/models`).
@@ -348,13 +374,18 @@ impl Config {
     /// The group serving public model `name`: an exact name first, then the longest matching
     /// `prefix*` pattern.
     pub fn model(&self, name: &str) -> Option<&ModelGroup> {
+        self.model_index(name).and_then(|i| self.models.get(i))
+    }
+
+    /// The index in [`Config::models`] of the group serving `name` (see [`Config::model`]).
+    pub fn model_index(&self, name: &str) -> Option<usize> {
         if let Some(i) = self.exact.get(name) {
-            return self.models.get(*i);
+            return Some(*i);
         }
         self.patterns
             .iter()
             .find(|(prefix, _)| name.starts_with(prefix.as_str()))
-            .and_then(|(_, i)| self.models.get(*i))
+            .map(|(_, i)| *i)
     }
 
     /// A human summary of what would be served, for `sluice check-config`.
@@ -481,6 +512,20 @@ fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Config
             }
         },
         access_log: raw.log.access_log.unwrap_or(true),
+    };
+
+    let admin = AdminConfig {
+        enabled: raw.admin.enabled.unwrap_or(true),
+        listen: match raw.admin.listen.as_deref() {
+            None => SocketAddr::from(([127, 0, 0, 1], 8081)),
+            Some(s) => s.parse().or_else(|_| {
+                err(format!(
+                    "invalid config at `admin.listen`: `{s}` is not an address like 127.0.0.1:8081"
+                ))
+            })?,
+        },
+        metrics_on_main: raw.admin.metrics_on_main.unwrap_or(false),
+        per_key_metrics: raw.admin.per_key_metrics.unwrap_or(false),
     };
 
     let mut providers = Vec::with_capacity(raw.providers.len());
@@ -640,6 +685,7 @@ fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Config
     Ok(Config {
         server,
         log,
+        admin,
         providers,
         models,
         exact,

@@ -124,6 +124,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
 }
 
 fn log_access(worker: &Worker, rec: &AccessRecord) {
+    worker.metrics.observe(&worker.shared.config, rec);
     if worker.shared.config.log.access_log {
         rec.emit();
     }
@@ -295,6 +296,18 @@ async fn respond_to(
             .unwrap_or_default();
             let bytes = local(status, &body);
             write_local(client, bytes, status, keep_alive, rec).await
+        }
+        Route::Metrics if worker.shared.config.admin.metrics_on_main => {
+            let bytes = crate::admin::metrics_response(keep_alive);
+            write_local(client, bytes, 200, keep_alive, rec).await
+        }
+        Route::Metrics => {
+            let err = GatewayError::new(
+                ErrorKind::RouteNotFound,
+                "Unknown request URL: GET /metrics (metrics are on the admin listener)",
+            );
+            let bytes = respond::error(&err, keep_alive, &request_id);
+            write_local(client, bytes, 404, keep_alive, rec).await
         }
         Route::Models => {
             let bytes = local(200, &endpoints::models_body(worker));

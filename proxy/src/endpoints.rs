@@ -50,6 +50,8 @@ pub enum Route {
     Readyz,
     /// `GET /v1/models`.
     Models,
+    /// `GET /metrics`, when `admin.metrics_on_main` is set.
+    Metrics,
     /// Forwarded upstream.
     Api(ApiEndpoint),
 }
@@ -57,7 +59,7 @@ pub enum Route {
 /// The `Allow` header of a path, for 405s.
 pub fn allow_for(route: Route) -> &'static [u8] {
     match route {
-        Route::Healthz | Route::Readyz | Route::Models => b"GET, HEAD",
+        Route::Healthz | Route::Readyz | Route::Models | Route::Metrics => b"GET, HEAD",
         Route::Api(_) => b"POST",
     }
 }
@@ -73,6 +75,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, (GatewayError, Option<Ro
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
         "/v1/models" => Route::Models,
+        "/metrics" => Route::Metrics,
         "/v1/chat/completions" => Route::Api(ApiEndpoint::ChatCompletions),
         "/v1/completions" => Route::Api(ApiEndpoint::Completions),
         "/v1/embeddings" => Route::Api(ApiEndpoint::Embeddings),

@@ -76,16 +76,22 @@ pub fn plan(
     rec.model = Some(inspected.model.clone());
     rec.stream = inspected.stream;
     let cfg = &worker.shared.config;
-    let group = cfg.model(&inspected.model).ok_or_else(|| {
+    let not_found = || {
         GatewayError::new(
             ErrorKind::ModelNotFound,
             format!("The model `{}` does not exist", inspected.model),
         )
         .with_param("model")
-    })?;
-    let pick = pick_weighted(&group.deployments, fastrand::u64(..))
-        .and_then(|i| group.deployments.get(i))
+    };
+    let group_index = cfg.model_index(&inspected.model).ok_or_else(not_found)?;
+    let group = cfg.models.get(group_index).ok_or_else(not_found)?;
+    let pick_index = pick_weighted(&group.deployments, fastrand::u64(..))
         .ok_or_else(|| GatewayError::new(ErrorKind::UpstreamUnavailable, "no deployment"))?;
+    let pick = group
+        .deployments
+        .get(pick_index)
+        .ok_or_else(|| GatewayError::new(ErrorKind::UpstreamUnavailable, "no deployment"))?;
+    rec.route = Some((group_index, pick_index));
     let provider = cfg
         .providers
         .get(pick.provider)
@@ -260,6 +266,9 @@ async fn exchange(
         }
         Err(SendError::Upstream(e)) => {
             rec.error = Some(e.label().into());
+            worker
+                .metrics
+                .upstream_error(&shared.config, plan.provider, e.label());
             tracing::debug!(provider = %provider.name, error = %e, "upstream request failed");
             return answer_error(wr, e.to_gateway(), client, rec).await;
         }
@@ -299,9 +308,15 @@ async fn exchange(
         deadline,
         provider: provider.name.clone(),
     };
+    if is_sse {
+        worker.metrics.open_streams.increment(1.0);
+    }
     let end = Relay::new(&mut conn, wr, watch, client_framing, mode, limits)
         .run(head.body, wire, ubuf, body_at)
         .await;
+    if is_sse {
+        worker.metrics.open_streams.decrement(1.0);
+    }
 
     rec.ttfb_us = end
         .first_write
@@ -316,8 +331,14 @@ async fn exchange(
             ..Usage::default()
         })
     });
+    rec.first_token_us = end
+        .first_data
+        .map(|t| t.saturating_duration_since(client.started).as_micros() as u64);
     if let Some(e) = &end.error {
         rec.error = Some(e.label().into());
+        worker
+            .metrics
+            .upstream_error(&shared.config, plan.provider, e.label());
         tracing::debug!(provider = %provider.name, error = %e, "upstream body failed");
     }
     if end.client_gone {
@@ -356,6 +377,9 @@ async fn send(
         Duration::from_millis(provider.pool_idle_timeout_ms),
     );
     let mut fresh_tried = false;
+    if pooled.is_some() {
+        worker.metrics.connection_reused(provider_index);
+    }
     let mut conn = pooled;
     loop {
         let mut c = match conn.take() {
@@ -373,6 +397,7 @@ async fn send(
                     .await
                     .ok_or(SendError::ClientGone)?;
                 worker.pool.borrow_mut().opened += 1;
+                worker.metrics.connection_opened(provider_index);
                 connected.map_err(SendError::Upstream)?
             }
         };

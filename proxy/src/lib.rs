@@ -11,12 +11,14 @@
 //!                                   └─ forward ─► upstream (pool, TLS) ─► relay (SSE scan)
 //! ```
 
+pub mod admin;
 pub mod cli;
 pub mod conn;
 pub mod dns;
 pub mod endpoints;
 pub mod forward;
 pub mod log;
+pub mod metrics;
 pub mod relay;
 pub mod respond;
 pub mod server;

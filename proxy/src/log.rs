@@ -60,8 +60,12 @@ pub struct AccessRecord {
     pub stream: bool,
     /// Tokens, when known.
     pub usage: Option<Usage>,
+    /// (model group, deployment) indices into the config, once routed.
+    pub route: Option<(usize, usize)>,
     /// Microseconds from the request head to the first response byte sent.
     pub ttfb_us: Option<u64>,
+    /// Microseconds from the request head to the first byte of the upstream's answer body.
+    pub first_token_us: Option<u64>,
     /// Microseconds from the request head to the end of the response.
     pub total_us: u64,
     /// Microseconds spent waiting on the upstream (head and body).

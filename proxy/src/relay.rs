@@ -141,6 +141,8 @@ pub struct RelayEnd {
     pub error: Option<UpstreamError>,
     /// When the first byte went to the client.
     pub first_write: Option<Instant>,
+    /// When the first byte of the upstream's body arrived.
+    pub first_data: Option<Instant>,
     /// Time spent waiting on upstream reads.
     pub upstream_wait: Duration,
 }
@@ -163,6 +165,8 @@ pub struct Relay<'c, 'w, 'a> {
     limits: BodyLimits,
     /// The upstream sent bytes past the end of its body: never reuse the connection.
     trailing_bytes: bool,
+    /// When the first body byte arrived.
+    first_data: Option<Instant>,
 }
 
 impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
@@ -183,6 +187,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
             mode,
             limits,
             trailing_bytes: false,
+            first_data: None,
         }
     }
 
@@ -204,6 +209,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
             bytes_out: 0,
             error: None,
             first_write: None,
+            first_data: None,
             upstream_wait: Duration::ZERO,
         };
         let mut state = match framing {
@@ -327,6 +333,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
             };
             let data = &input[data];
             if !data.is_empty() {
+                self.first_data.get_or_insert_with(Instant::now);
                 let at = chunked_out.then(|| begin_chunk(wire));
                 match &mut self.mode {
                     BodyMode::Sse(scanner) => scanner.handle_bytes(data, wire),
@@ -359,6 +366,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
 
     /// The client went away: the upstream connection is dropped (closed, not drained).
     fn cancelled(self, mut end: RelayEnd) -> RelayEnd {
+        end.first_data = self.first_data;
         end.client_gone = true;
         end.client_reusable = false;
         end.upstream_reusable = false;
@@ -370,6 +378,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
     }
 
     async fn finish(mut self, state: Framing, mut wire: Vec<u8>, mut end: RelayEnd) -> RelayEnd {
+        end.first_data = self.first_data;
         let complete = matches!(state, Framing::Done) && end.error.is_none();
         let chunked_out = self.client_framing == ClientFraming::Chunked;
         let is_sse = matches!(self.mode, BodyMode::Sse(_));

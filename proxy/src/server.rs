@@ -123,6 +123,10 @@ pub fn serve(config: Config) -> io::Result<()> {
         started_unix,
     });
     dns::spawn_refresher(shared.clone());
+    crate::metrics::install();
+    if let Some(admin) = crate::admin::spawn(shared.clone())? {
+        tracing::info!(%admin, "admin listener (metrics) up");
+    }
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut stops = Vec::with_capacity(workers);
@@ -230,8 +234,10 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, mut stop: ones
         let w = worker.clone();
         monoio::spawn(async move {
             w.connections.set(w.connections.get() + 1);
+            w.metrics.connections.increment(1.0);
             serve_connection(w.clone(), stream).await;
             w.connections.set(w.connections.get().saturating_sub(1));
+            w.metrics.connections.decrement(1.0);
         });
     }
 }

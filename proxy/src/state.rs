@@ -9,6 +9,7 @@ use std::time::Instant;
 use sluice_core::config::Config;
 
 use crate::dns::DnsTable;
+use crate::metrics::WorkerMetrics;
 use crate::upstream::Pool;
 
 /// State shared by every worker. Nothing here is locked on the request path.
@@ -50,12 +51,15 @@ pub struct Worker {
     pub inflight: Cell<usize>,
     /// Last readiness probe: (when, result).
     pub ready_cache: Cell<Option<(Instant, bool)>>,
+    /// Cached metric handles.
+    pub metrics: WorkerMetrics,
 }
 
 impl Worker {
     /// A worker with empty pools.
     pub fn new(id: usize, shared: Arc<Shared>) -> Self {
         let providers = shared.config.providers.len();
+        let metrics = WorkerMetrics::new(id, &shared.config);
         Worker {
             id,
             shared,
@@ -63,6 +67,7 @@ impl Worker {
             connections: Cell::new(0),
             inflight: Cell::new(0),
             ready_cache: Cell::new(None),
+            metrics,
         }
     }
 }
@@ -74,6 +79,7 @@ impl<'a> InflightGuard<'a> {
     /// Starts counting.
     pub fn new(worker: &'a Worker) -> Self {
         worker.inflight.set(worker.inflight.get() + 1);
+        worker.metrics.inflight.increment(1.0);
         InflightGuard(worker)
     }
 }
@@ -81,5 +87,6 @@ impl<'a> InflightGuard<'a> {
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
         self.0.inflight.set(self.0.inflight.get().saturating_sub(1));
+        self.0.metrics.inflight.decrement(1.0);
     }
 }

@@ -112,6 +112,9 @@ fn tls_config(port: u16, ca_file: Option<&std::path::Path>) -> String {
 listen = "127.0.0.1:0"
 workers = 1
 
+[admin]
+listen = "127.0.0.1:0"
+
 [[providers]]
 name = "secure"
 base_url = "https://localhost:{port}/v1"

@@ -177,6 +177,9 @@ workers = 2
 level = "info"
 format = "json"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [[providers]]
 name = "mock"
 kind = "openai"

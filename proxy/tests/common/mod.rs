@@ -64,6 +64,8 @@ pub struct Gateway {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where the admin listener is, when enabled.
+    pub admin: Option<SocketAddr>,
     lines: Arc<Mutex<Vec<String>>>,
     config_path: std::path::PathBuf,
 }
@@ -81,6 +83,9 @@ workers = 1
 
 [log]
 level = "info"
+
+[admin]
+listen = "127.0.0.1:0"
 
 [[providers]]
 name = "mock"
@@ -126,21 +131,31 @@ impl Gateway {
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    if line.contains("admin listener") {
+                        let _ = tx.send(("admin", v["admin"].as_str().unwrap().parse().unwrap()));
+                    }
                     if line.contains("sluice listening") {
-                        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                        let _ =
-                            tx.send(v["listen"].as_str().unwrap().parse::<SocketAddr>().unwrap());
+                        let _ = tx.send(("main", v["listen"].as_str().unwrap().parse().unwrap()));
                     }
                     lines.lock().unwrap().push(line);
                 }
             });
         }
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway reports its address");
+        let mut admin = None;
+        let addr: SocketAddr = loop {
+            let (which, addr) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("gateway reports its address");
+            if which == "main" {
+                break addr;
+            }
+            admin = Some(addr);
+        };
         let gw = Gateway {
             child,
             addr,
+            admin,
             lines,
             config_path: path,
         };

@@ -1,0 +1,157 @@
+//! The admin listener: `GET /metrics` (Prometheus text) and `GET /healthz`, on its own
+//! thread with blocking sockets, entirely off the data plane. Scrapes and admin calls are rare;
+//! a thread per connection keeps this simple and never slows a worker.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::error::{ErrorKind, GatewayError};
+use sluice_core::http1::{parse_request_head, BodyFraming, HeadLimits, RequestHead};
+
+use crate::respond;
+use crate::state::Shared;
+
+/// Largest admin request head or body.
+const MAX_ADMIN_BYTES: usize = 1 << 20;
+/// How often histogram buffers are drained.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Binds the admin listener and serves it on background threads. Returns the bound address.
+pub fn spawn(shared: Arc<Shared>) -> io::Result<Option<SocketAddr>> {
+    let cfg = &shared.config.admin;
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind(cfg.listen).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {} (admin): {e}", cfg.listen),
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("sluice-metrics-upkeep".into())
+        .spawn(|| loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            crate::metrics::upkeep();
+        })?;
+    std::thread::Builder::new()
+        .name("sluice-admin".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let shared = shared.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("sluice-admin-conn".into())
+                    .spawn(move || serve(&shared, stream));
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "admin: cannot start a connection thread");
+                }
+            }
+        })?;
+    Ok(Some(addr))
+}
+
+fn serve(shared: &Shared, mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = stream.set_nodelay(true);
+    let limits = HeadLimits {
+        max_header_bytes: 64 * 1024,
+        max_body_bytes: MAX_ADMIN_BYTES as u64,
+    };
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let (head, body) = match read_request(&mut stream, &mut buf, &limits) {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
+            Err(err) => {
+                let _ = stream.write_all(&respond::error(&err, false, "admin"));
+                return;
+            }
+        };
+        let keep_alive = head.keep_alive;
+        let response = handle(shared, &head, &body, keep_alive);
+        if stream.write_all(&response).is_err() || !keep_alive {
+            return;
+        }
+    }
+}
+
+/// Reads one request (head and Content-Length body); `None` on a clean close.
+fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limits: &HeadLimits,
+) -> Result<Option<(RequestHead, Vec<u8>)>, GatewayError> {
+    let mut chunk = [0u8; 4096];
+    let (head, len) = loop {
+        if let Some(parsed) = parse_request_head(buf, limits)? {
+            break parsed;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    buf.drain(..len);
+    let want = match head.body {
+        BodyFraming::Length(n) => n as usize,
+        BodyFraming::Empty | BodyFraming::UntilClose => 0,
+        BodyFraming::Chunked => {
+            return Err(GatewayError::new(
+                ErrorKind::InvalidRequest,
+                "the admin API takes Content-Length bodies",
+            ))
+        }
+    };
+    while buf.len() < want {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = buf.drain(..want).collect();
+    Ok(Some((head, body)))
+}
+
+fn handle(shared: &Shared, head: &RequestHead, _body: &[u8], keep_alive: bool) -> Vec<u8> {
+    match (head.method(), head.path()) {
+        ("GET", "/metrics") => metrics_response(keep_alive),
+        ("GET", "/healthz") => respond::json(200, br#"{"status":"ok"}"#, &[], keep_alive, "admin"),
+        (_, "/metrics") | (_, "/healthz") => respond::error_with(
+            &GatewayError::new(ErrorKind::MethodNotAllowed, "use GET"),
+            &[("allow", b"GET")],
+            keep_alive,
+            "admin",
+        ),
+        (method, path) => {
+            let _ = shared;
+            respond::error(
+                &GatewayError::new(
+                    ErrorKind::RouteNotFound,
+                    format!("Unknown admin URL: {method} {path}"),
+                ),
+                keep_alive,
+                "admin",
+            )
+        }
+    }
+}
+
+/// The `/metrics` response (also served on the client listener when `metrics_on_main`).
+pub fn metrics_response(keep_alive: bool) -> Vec<u8> {
+    let text = crate::metrics::render();
+    let mut out = Vec::with_capacity(text.len() + 200);
+    respond::write_head(
+        &mut out,
+        200,
+        &[("content-type", b"text/plain; version=0.0.4; charset=utf-8")],
+        respond::ClientFraming::Length(text.len() as u64),
+        keep_alive,
+        "metrics",
+    );
+    out.extend_from_slice(text.as_bytes());
+    out
+}

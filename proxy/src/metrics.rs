@@ -1,0 +1,325 @@
+//! Prometheus metrics through the `metrics` facade, rendered by
+//! `metrics-exporter-prometheus` from our own handlers (no second HTTP server, no extra
+//! runtime).
+//!
+//! Recording takes no lock on the request path: each worker looks a label set up in the
+//! registry once, keeps the handles in its own cache (keyed by small integers, never by
+//! strings), and from then on only touches atomics. Label values come from the config (model
+//! group names, deployment labels, provider names), never from requests, so cardinality is
+//! bounded by the config.
+//!
+//! Names follow the Prometheus rules (units in names, `_total` counters) and the OpenTelemetry
+//! GenAI conventions where they exist (`gen_ai.client.token.usage` →
+//! `gen_ai_client_token_usage`, `gen_ai.server.time_to_first_token` →
+//! `gen_ai_server_time_to_first_token_seconds`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sluice_core::config::Config;
+
+use crate::log::AccessRecord;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Latency buckets in seconds: 100 µs to 2 minutes.
+const LATENCY_BUCKETS: [f64; 20] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+];
+/// Gateway overhead buckets in seconds: 5 µs to 100 ms.
+const OVERHEAD_BUCKETS: [f64; 14] = [
+    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1,
+];
+/// Token-count buckets (the GenAI convention's advice).
+const TOKEN_BUCKETS: [f64; 14] = [
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+
+/// Installs the global recorder once; later calls return the same handle.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("sluice_gateway_overhead_seconds".into()),
+                    &OVERHEAD_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("gen_ai_client_token_usage".into()),
+                    &TOKEN_BUCKETS,
+                )
+            })
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Only fails when another recorder is installed, which never happens in the binary.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+/// The current metrics in the Prometheus text format.
+pub fn render() -> String {
+    let handle = install();
+    metrics::gauge!("sluice_log_lines_dropped").set(crate::log::dropped_lines() as f64);
+    handle.render()
+}
+
+/// Drains histogram buffers; call periodically or they grow without bound.
+pub fn upkeep() {
+    install().run_upkeep();
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "sluice_requests_total",
+        "Requests answered, by model group, deployment, provider, status class and stream."
+    );
+    describe_histogram!(
+        "sluice_request_duration_seconds",
+        Unit::Seconds,
+        "Time from the request head to the end of the response."
+    );
+    describe_histogram!(
+        "gen_ai_server_time_to_first_token_seconds",
+        Unit::Seconds,
+        "Time from the request head to the first byte of the upstream's answer body."
+    );
+    describe_histogram!(
+        "gen_ai_server_time_per_output_token_seconds",
+        Unit::Seconds,
+        "Streaming: time after the first token divided by the remaining output tokens."
+    );
+    describe_histogram!(
+        "sluice_gateway_overhead_seconds",
+        Unit::Seconds,
+        "Time spent in Sluice, excluding waiting on the upstream."
+    );
+    describe_histogram!(
+        "gen_ai_client_token_usage",
+        "Tokens per request by gen_ai_token_type (input, output)."
+    );
+    describe_counter!(
+        "sluice_tokens_total",
+        "Tokens by model group and type (input, output, cached, reasoning)."
+    );
+    describe_counter!(
+        "sluice_upstream_errors_total",
+        "Upstream failures by provider and kind."
+    );
+    describe_counter!(
+        "sluice_upstream_connections_opened_total",
+        "Upstream connections opened, by provider."
+    );
+    describe_counter!(
+        "sluice_upstream_connections_reused_total",
+        "Requests sent on a pooled upstream connection, by provider."
+    );
+    describe_counter!(
+        "sluice_client_cancelled_total",
+        "Requests whose client went away before the end."
+    );
+    describe_gauge!(
+        "sluice_inflight_requests",
+        "Requests being handled, by worker."
+    );
+    describe_gauge!(
+        "sluice_open_streams",
+        "Event streams being relayed, by worker."
+    );
+    describe_gauge!(
+        "sluice_client_connections",
+        "Open client connections, by worker."
+    );
+    describe_gauge!(
+        "sluice_log_lines_dropped",
+        "Log lines dropped because the writer fell behind."
+    );
+    describe_gauge!("sluice_build_info", "Build information.");
+}
+
+/// One request's label set, as indices into the config.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct RequestKey {
+    group: usize,
+    deployment: usize,
+    status_class: u8,
+    stream: bool,
+}
+
+struct RequestHandles {
+    requests: Counter,
+    duration: Histogram,
+    ttft: Histogram,
+    tpot: Histogram,
+    overhead: Histogram,
+    usage_input: Histogram,
+    usage_output: Histogram,
+    tokens: [Counter; 4],
+}
+
+/// A worker's metric handles.
+pub struct WorkerMetrics {
+    requests: RefCell<HashMap<RequestKey, RequestHandles>>,
+    errors: RefCell<HashMap<(usize, &'static str), Counter>>,
+    /// Requests in flight on this worker.
+    pub inflight: Gauge,
+    /// Event streams being relayed by this worker.
+    pub open_streams: Gauge,
+    /// Client connections held by this worker.
+    pub connections: Gauge,
+    opened: Vec<Counter>,
+    reused: Vec<Counter>,
+    cancelled: Counter,
+}
+
+const NONE: usize = usize::MAX;
+
+impl WorkerMetrics {
+    /// Handles for worker `id`.
+    pub fn new(id: usize, config: &Config) -> Self {
+        install();
+        let worker = id.to_string();
+        let per_provider = |name: &'static str| {
+            config
+                .providers
+                .iter()
+                .map(|p| metrics::counter!(name, "provider" => p.name.clone()))
+                .collect()
+        };
+        metrics::gauge!("sluice_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        WorkerMetrics {
+            requests: RefCell::new(HashMap::new()),
+            errors: RefCell::new(HashMap::new()),
+            inflight: metrics::gauge!("sluice_inflight_requests", "worker" => worker.clone()),
+            open_streams: metrics::gauge!("sluice_open_streams", "worker" => worker.clone()),
+            connections: metrics::gauge!("sluice_client_connections", "worker" => worker),
+            opened: per_provider("sluice_upstream_connections_opened_total"),
+            reused: per_provider("sluice_upstream_connections_reused_total"),
+            cancelled: metrics::counter!("sluice_client_cancelled_total"),
+        }
+    }
+
+    /// Counts a new upstream connection to provider `p`.
+    pub fn connection_opened(&self, p: usize) {
+        if let Some(c) = self.opened.get(p) {
+            c.increment(1);
+        }
+    }
+
+    /// Counts a request sent on a pooled connection to provider `p`.
+    pub fn connection_reused(&self, p: usize) {
+        if let Some(c) = self.reused.get(p) {
+            c.increment(1);
+        }
+    }
+
+    /// Counts an upstream failure of `kind` at provider `p`.
+    pub fn upstream_error(&self, config: &Config, p: usize, kind: &'static str) {
+        let mut errors = self.errors.borrow_mut();
+        errors
+            .entry((p, kind))
+            .or_insert_with(|| {
+                let provider = config.providers.get(p).map_or("none", |p| p.name.as_str());
+                metrics::counter!("sluice_upstream_errors_total", "provider" => provider.to_string(), "kind" => kind)
+            })
+            .increment(1);
+    }
+
+    /// Records a finished request.
+    pub fn observe(&self, config: &Config, rec: &AccessRecord) {
+        let (group, deployment) = rec.route.unwrap_or((NONE, NONE));
+        let key = RequestKey {
+            group,
+            deployment,
+            status_class: (rec.status / 100).min(9) as u8,
+            stream: rec.stream,
+        };
+        let mut cache = self.requests.borrow_mut();
+        let h = cache
+            .entry(key)
+            .or_insert_with(|| RequestHandles::new(config, key));
+        h.requests.increment(1);
+        if rec.client_cancelled {
+            self.cancelled.increment(1);
+        }
+        let total_s = rec.total_us as f64 / 1e6;
+        h.duration.record(total_s);
+        if let Some(up) = rec.upstream_us {
+            h.overhead
+                .record(rec.total_us.saturating_sub(up) as f64 / 1e6);
+        }
+        if let Some(first) = rec.first_token_us {
+            h.ttft.record(first as f64 / 1e6);
+            if let Some(u) = rec.usage.filter(|_| rec.stream) {
+                if u.output_tokens > 1 {
+                    let rest = rec.total_us.saturating_sub(first) as f64 / 1e6;
+                    h.tpot.record(rest / (u.output_tokens - 1) as f64);
+                }
+            }
+        }
+        if let Some(u) = rec.usage {
+            h.usage_input.record(u.input_tokens as f64);
+            h.usage_output.record(u.output_tokens as f64);
+            for (c, n) in h.tokens.iter().zip([
+                u.input_tokens,
+                u.output_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens,
+            ]) {
+                c.increment(n);
+            }
+        }
+    }
+}
+
+impl RequestHandles {
+    fn new(config: &Config, key: RequestKey) -> Self {
+        let group = config.models.get(key.group);
+        let model = group.map_or("none".to_string(), |g| g.name.clone());
+        let dep = group.and_then(|g| g.deployments.get(key.deployment));
+        let deployment = dep.map_or("none".to_string(), |d| d.label.clone());
+        let provider = dep
+            .and_then(|d| config.providers.get(d.provider))
+            .map_or("none".to_string(), |p| p.name.clone());
+        let status_class = match key.status_class {
+            0 => "none".to_string(),
+            c => format!("{c}xx"),
+        };
+        let stream = if key.stream { "true" } else { "false" };
+        let tokens = |kind: &'static str| metrics::counter!("sluice_tokens_total", "model" => model.clone(), "gen_ai_token_type" => kind);
+        RequestHandles {
+            requests: metrics::counter!(
+                "sluice_requests_total",
+                "model" => model.clone(),
+                "deployment" => deployment,
+                "provider" => provider,
+                "status_class" => status_class,
+                "stream" => stream
+            ),
+            duration: metrics::histogram!("sluice_request_duration_seconds", "model" => model.clone(), "stream" => stream),
+            ttft: metrics::histogram!("gen_ai_server_time_to_first_token_seconds", "model" => model.clone()),
+            tpot: metrics::histogram!("gen_ai_server_time_per_output_token_seconds", "model" => model.clone()),
+            overhead: metrics::histogram!("sluice_gateway_overhead_seconds", "model" => model.clone()),
+            usage_input: metrics::histogram!("gen_ai_client_token_usage", "model" => model.clone(), "gen_ai_token_type" => "input"),
+            usage_output: metrics::histogram!("gen_ai_client_token_usage", "model" => model.clone(), "gen_ai_token_type" => "output"),
+            tokens: [
+                tokens("input"),
+                tokens("output"),
+                tokens("cached"),
+                tokens("reasoning"),
+            ],
+        }
+    }
+}

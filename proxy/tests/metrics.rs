@@ -1,0 +1,297 @@
+//! Metrics change as expected after known traffic, and the output is valid Prometheus text.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+/// Parses Prometheus text into `name{labels}` → value (labels as written).
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of the sample named `name` whose labels include all of `labels`.
+fn value(s: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<f64> = s
+        .iter()
+        .filter(|(k, _)| {
+            k.split('{').next() == Some(name)
+                && labels
+                    .iter()
+                    .all(|(l, v)| k.contains(&format!("{l}=\"{v}\"")))
+        })
+        .map(|(_, v)| *v)
+        .collect();
+    assert!(
+        found.len() <= 1,
+        "{name} {labels:?} is ambiguous: {found:?}"
+    );
+    found.first().copied().unwrap_or(0.0)
+}
+
+fn scrape(gw: &Gateway) -> String {
+    let mut c = Client::connect(gw.admin.expect("admin listener"));
+    let r = c.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    r.text()
+}
+
+fn metrics_after_known_traffic(driver: &str) {
+    let mock = mock();
+    let gw = Gateway::start(&config(mock.addr(), "", ""), driver);
+    let mut c = gw.connect();
+    for _ in 0..3 {
+        assert_eq!(
+            c.post("/v1/chat/completions", &chat("mock-fast", false), "")
+                .status,
+            200
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            c.post("/v1/chat/completions", &chat("mock-stream", true), "")
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        c.post("/v1/chat/completions", &chat("nope", false), "")
+            .status,
+        404
+    );
+    assert_eq!(
+        c.post(
+            "/v1/chat/completions",
+            &chat("mock-fast", false),
+            "x-mock-status: 503\r\n"
+        )
+        .status,
+        503
+    );
+    // The access line is written after the metrics are recorded.
+    gw.access_lines(7);
+    let text = scrape(&gw);
+    let s = samples(&text);
+    let fast_ok = [
+        ("model", "mock-fast"),
+        ("status_class", "2xx"),
+        ("stream", "false"),
+    ];
+    assert_eq!(value(&s, "sluice_requests_total", &fast_ok), 3.0, "{text}");
+    assert_eq!(
+        value(
+            &s,
+            "sluice_requests_total",
+            &[
+                ("model", "mock-stream"),
+                ("stream", "true"),
+                ("deployment", "mock/mock-stream-model"),
+                ("provider", "mock")
+            ]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "sluice_requests_total",
+            &[("model", "none"), ("status_class", "4xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "sluice_requests_total",
+            &[("model", "mock-fast"), ("status_class", "5xx")]
+        ),
+        1.0
+    );
+    // Tokens: the mock answers 8 output tokens per request.
+    assert_eq!(
+        value(
+            &s,
+            "sluice_tokens_total",
+            &[("model", "mock-fast"), ("gen_ai_token_type", "output")]
+        ),
+        24.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "sluice_tokens_total",
+            &[("model", "mock-stream"), ("gen_ai_token_type", "output")]
+        ),
+        16.0
+    );
+    assert!(
+        value(
+            &s,
+            "sluice_tokens_total",
+            &[("model", "mock-fast"), ("gen_ai_token_type", "input")]
+        ) > 0.0
+    );
+    // Histograms: counts and buckets.
+    assert_eq!(
+        value(
+            &s,
+            "sluice_request_duration_seconds_count",
+            &[("model", "mock-fast"), ("stream", "false")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "sluice_request_duration_seconds_bucket",
+            &[("model", "mock-fast"), ("stream", "false"), ("le", "+Inf")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "gen_ai_server_time_to_first_token_seconds_count",
+            &[("model", "mock-stream")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "gen_ai_server_time_per_output_token_seconds_count",
+            &[("model", "mock-stream")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "gen_ai_client_token_usage_count",
+            &[("model", "mock-fast"), ("gen_ai_token_type", "output")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "gen_ai_client_token_usage_sum",
+            &[("model", "mock-fast"), ("gen_ai_token_type", "output")]
+        ),
+        24.0
+    );
+    assert!(
+        value(
+            &s,
+            "sluice_gateway_overhead_seconds_count",
+            &[("model", "mock-fast")]
+        ) >= 3.0
+    );
+    // One keep-alive client connection, one upstream connection reused for the rest.
+    assert_eq!(
+        value(
+            &s,
+            "sluice_upstream_connections_opened_total",
+            &[("provider", "mock")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "sluice_upstream_connections_reused_total",
+            &[("provider", "mock")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        value(&s, "sluice_inflight_requests", &[("worker", "0")]),
+        0.0
+    );
+    assert_eq!(value(&s, "sluice_open_streams", &[("worker", "0")]), 0.0);
+    assert_eq!(
+        value(&s, "sluice_client_connections", &[("worker", "0")]),
+        1.0
+    );
+
+    // Upstream errors by kind.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw2 = Gateway::start(&config(dead, "", ""), driver);
+    assert_eq!(
+        gw2.connect()
+            .post("/v1/chat/completions", &chat("mock-fast", false), "")
+            .status,
+        502
+    );
+    gw2.access_lines(1);
+    let s2 = samples(&scrape(&gw2));
+    assert_eq!(
+        value(
+            &s2,
+            "sluice_upstream_errors_total",
+            &[("provider", "mock"), ("kind", "connect")]
+        ),
+        1.0
+    );
+
+    // promtool, when installed (CI installs it), accepts the output.
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install promtool (Debian package prometheus)"
+        );
+        eprintln!("promtool not installed: skipping `promtool check metrics`");
+    }
+}
+
+fn metrics_on_main_listener_only_when_enabled(driver: &str) {
+    let mock = mock();
+    let gw = Gateway::start(&config(mock.addr(), "", ""), driver);
+    assert_eq!(gw.connect().get("/metrics").status, 404);
+    let cfg = config(mock.addr(), "", "").replace("[admin]\n", "[admin]\nmetrics_on_main = true\n");
+    let gw = Gateway::start(&cfg, driver);
+    let r = gw.connect().get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("sluice_build_info"));
+    let _ = Duration::ZERO;
+}
+
+both_drivers!(
+    metrics_after_known_traffic,
+    metrics_on_main_listener_only_when_enabled
+);
