@@ -77,6 +77,8 @@ struct RawConfig {
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
+    tracing: RawTracing,
+    #[serde(default)]
     providers: Vec<RawProvider>,
     #[serde(default)]
     models: Vec<RawModel>,
@@ -111,6 +113,18 @@ struct RawLog {
     level: Option<String>,
     format: Option<String>,
     access_log: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTracing {
+    otlp_endpoint: Option<String>,
+    service_name: Option<String>,
+    sample_ratio: Option<f64>,
+    max_queue_spans: Option<u32>,
+    max_batch_spans: Option<u32>,
+    flush_interval_ms: Option<u64>,
+    export_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,6 +245,25 @@ pub struct AdminConfig {
     pub per_key_metrics: bool,
 }
 
+/// OpenTelemetry trace export (OTLP over HTTP/protobuf).
+#[derive(Clone, Debug)]
+pub struct TracingConfig {
+    /// Where spans go, e.g. `http://127.0.0.1:4318/v1/traces`; `None` disables tracing.
+    pub otlp_endpoint: Option<Endpoint>,
+    /// `service.name` of the exported resource.
+    pub service_name: String,
+    /// Share of requests traced when the client sent no sampled `traceparent` (0..=1).
+    pub sample_ratio: f64,
+    /// Spans queued for export at most; more are dropped and counted.
+    pub max_queue_spans: usize,
+    /// Spans per export request at most.
+    pub max_batch_spans: usize,
+    /// Longest time a span waits before its batch is sent.
+    pub flush_interval_ms: u64,
+    /// Timeout of one export request.
+    pub export_timeout_ms: u64,
+}
+
 /// The wire dialect a provider speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProviderKind {
@@ -316,6 +349,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Admin listener and metrics.
     pub admin: AdminConfig,
+    /// Trace export.
+    pub tracing: TracingConfig,
     /// Providers, referenced by index.
     pub providers: Vec<Provider>,
     /// Model groups in config order (the order of `/v1/models`).
@@ -528,6 +563,44 @@ fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Config
         per_key_metrics: raw.admin.per_key_metrics.unwrap_or(false),
     };
 
+    let t = raw.tracing;
+    let otlp_endpoint = match t.otlp_endpoint {
+        None => None,
+        Some(url) => {
+            let e = parse_endpoint(&url).map_err(|m| {
+                ConfigError(format!("invalid config at `tracing.otlp_endpoint`: {m}"))
+            })?;
+            if e.tls {
+                return err(
+                    "invalid config at `tracing.otlp_endpoint`: export over https is not supported; \
+                     send to a local collector over http",
+                );
+            }
+            Some(e)
+        }
+    };
+    let sample_ratio = t.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        return err("invalid config at `tracing.sample_ratio`: must be in 0..=1");
+    }
+    let tracing = TracingConfig {
+        otlp_endpoint,
+        service_name: t.service_name.unwrap_or_else(|| "sluice".to_string()),
+        sample_ratio,
+        max_queue_spans: positive(
+            "tracing.max_queue_spans",
+            t.max_queue_spans.map(u64::from),
+            8192,
+        )? as usize,
+        max_batch_spans: positive(
+            "tracing.max_batch_spans",
+            t.max_batch_spans.map(u64::from),
+            512,
+        )? as usize,
+        flush_interval_ms: positive("tracing.flush_interval_ms", t.flush_interval_ms, 1000)?,
+        export_timeout_ms: positive("tracing.export_timeout_ms", t.export_timeout_ms, 2000)?,
+    };
+
     let mut providers = Vec::with_capacity(raw.providers.len());
     let mut provider_index = HashMap::new();
     for (i, p) in raw.providers.into_iter().enumerate() {
@@ -686,6 +759,7 @@ fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Config
         server,
         log,
         admin,
+        tracing,
         providers,
         models,
         exact,

@@ -26,4 +26,5 @@ pub mod http1;
 pub mod inspect;
 pub mod route;
 pub mod sse;
+pub mod traceparent;
 pub mod usage;

@@ -2,7 +2,7 @@
 //! them in order, close when asked or when the framing can no longer be trusted.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
@@ -15,6 +15,7 @@ use crate::forward::{self, ClientSide};
 use crate::log::AccessRecord;
 use crate::respond;
 use crate::state::{InflightGuard, Worker};
+use crate::trace::RequestTrace;
 
 /// Initial size of a connection's read buffer.
 const READ_BUF: usize = 8 * 1024;
@@ -90,6 +91,18 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
             path: head.path().to_string(),
             ..AccessRecord::default()
         };
+        if crate::trace::enabled() {
+            rec.trace = RequestTrace::start(
+                head.header("traceparent"),
+                worker.shared.config.tracing.sample_ratio,
+            );
+            if rec.trace.is_some() {
+                let since_start = started.elapsed();
+                rec.start_unix_ns = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.saturating_sub(since_start).as_nanos() as u64);
+            }
+        }
         let body = match read_body(&worker, &mut client, &head, &limits).await {
             Ok(body) => body,
             Err(stop) => {
@@ -125,6 +138,9 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
 
 fn log_access(worker: &Worker, rec: &AccessRecord) {
     worker.metrics.observe(&worker.shared.config, rec);
+    if rec.trace.is_some() {
+        crate::trace::export(crate::trace::request_spans(rec, &worker.shared.config));
+    }
     if worker.shared.config.log.access_log {
         rec.emit();
     }

@@ -16,7 +16,7 @@ use sluice_core::sse::SseScanner;
 use sluice_core::usage::Usage;
 
 use crate::endpoints::ApiEndpoint;
-use crate::log::AccessRecord;
+use crate::log::{AccessRecord, Attempt};
 use crate::relay::{BodyLimits, BodyMode, ClientWatch, Relay};
 use crate::respond::{self, write_head, ClientFraming};
 use crate::state::Worker;
@@ -39,13 +39,15 @@ pub struct Plan {
     pub strip_usage: bool,
     /// The client's request body size, for estimates.
     pub body_len: usize,
+    /// Span id of the attempt, when traced.
+    pub span_id: Option<[u8; 8]>,
 }
 
 /// Client headers never forwarded: credentials meant for the gateway, and what the gateway
 /// sets itself. `accept-encoding` is dropped so the upstream answers uncompressed and usage
 /// can be read.
 fn forwardable(name: &str) -> bool {
-    const DROP: [&str; 9] = [
+    const DROP: [&str; 8] = [
         "authorization",
         "x-api-key",
         "api-key",
@@ -54,7 +56,6 @@ fn forwardable(name: &str) -> bool {
         "content-type",
         "accept-encoding",
         "x-request-id",
-        "traceparent-sluice",
     ];
     !is_hop_by_hop(name)
         && !DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
@@ -112,7 +113,15 @@ pub fn plan(
         endpoint,
         request_id,
         inspected.stream,
+        rec.trace.is_some(),
     );
+    // A traced request continues as our attempt span; otherwise the client's own
+    // `traceparent` passes through untouched.
+    let span_id = rec.trace.map(|t| {
+        let span = crate::trace::new_span_id();
+        push_header(&mut req, "traceparent", t.traceparent_for(span).as_bytes());
+        span
+    });
     if edits.is_noop(&inspected) {
         push_content_length(&mut req, body.len());
         req.extend_from_slice(body);
@@ -130,6 +139,7 @@ pub fn plan(
         stream: inspected.stream,
         strip_usage,
         body_len: body.len(),
+        span_id,
     })
 }
 
@@ -140,6 +150,7 @@ fn build_head(
     endpoint: ApiEndpoint,
     request_id: &str,
     stream: bool,
+    traced: bool,
 ) {
     req.extend_from_slice(b"POST ");
     req.extend_from_slice(provider.endpoint.path_prefix.as_bytes());
@@ -164,6 +175,7 @@ fn build_head(
     let mut saw_accept = false;
     for (name, value) in head.headers() {
         if forwardable(name)
+            && !(traced && name.eq_ignore_ascii_case("traceparent"))
             && !provider
                 .headers
                 .iter()
@@ -211,10 +223,9 @@ pub async fn execute(
 ) -> Exchanged {
     let mut watch = ClientWatch::new(rd);
     let keep_alive = exchange(worker, plan, wr, &mut watch, &client, rec).await;
+    // A client that closes after its answer was written is not a cancellation: only a race
+    // lost during the exchange (recorded there) is.
     let (early, gone) = watch.finish().await;
-    if gone {
-        rec.client_cancelled |= rec.status == 0 || rec.error.is_some();
-    }
     Exchanged {
         keep_alive: keep_alive && !gone,
         early,
@@ -253,6 +264,16 @@ async fn exchange(
     };
     let deadline = client.started + Duration::from_millis(provider.total_timeout_ms);
     let upstream_started = Instant::now();
+    let since_start = |t: Instant| t.saturating_duration_since(client.started).as_micros() as u64;
+    let mut attempt = Attempt {
+        deployment: plan.deployment.clone(),
+        provider: plan.provider,
+        span_id: plan.span_id,
+        start_us: since_start(upstream_started),
+        end_us: 0,
+        status: 0,
+        error: None,
+    };
 
     let request = std::mem::take(&mut plan.request);
     let sent = send(worker, provider, plan.provider, request, watch, deadline).await;
@@ -262,10 +283,16 @@ async fn exchange(
             rec.client_cancelled = true;
             rec.status = 499;
             rec.error = Some("client_gone".into());
+            attempt.end_us = since_start(Instant::now());
+            attempt.error = Some("client_gone");
+            rec.attempts.push(attempt);
             return false;
         }
         Err(SendError::Upstream(e)) => {
             rec.error = Some(e.label().into());
+            attempt.end_us = since_start(Instant::now());
+            attempt.error = Some(e.label());
+            rec.attempts.push(attempt);
             worker
                 .metrics
                 .upstream_error(&shared.config, plan.provider, e.label());
@@ -344,6 +371,14 @@ async fn exchange(
     if end.client_gone {
         rec.client_cancelled = true;
     }
+    attempt.end_us = since_start(Instant::now());
+    attempt.status = head.status;
+    attempt.error = end
+        .error
+        .as_ref()
+        .map(UpstreamError::label)
+        .or(end.client_gone.then_some("client_gone"));
+    rec.attempts.push(attempt);
     if end.upstream_reusable && head.keep_alive {
         worker
             .pool

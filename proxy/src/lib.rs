@@ -23,4 +23,5 @@ pub mod relay;
 pub mod respond;
 pub mod server;
 pub mod state;
+pub mod trace;
 pub mod upstream;

@@ -41,6 +41,27 @@ pub fn init(cfg: &LogConfig) -> Option<WorkerGuard> {
     installed.ok().map(|_| guard)
 }
 
+/// One upstream attempt of a request.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Attempt {
+    /// `provider/model`.
+    pub deployment: String,
+    /// Provider index (not logged).
+    #[serde(skip)]
+    pub provider: usize,
+    /// Its span id when traced (not logged).
+    #[serde(skip)]
+    pub span_id: Option<[u8; 8]>,
+    /// Microseconds after the request head when the attempt started.
+    pub start_us: u64,
+    /// Microseconds after the request head when it ended.
+    pub end_us: u64,
+    /// Upstream status, 0 when none arrived.
+    pub status: u16,
+    /// Failure label, if it failed.
+    pub error: Option<&'static str>,
+}
+
 /// What one request did, logged as one line when it ends. Never holds a key.
 #[derive(Debug, Default)]
 pub struct AccessRecord {
@@ -80,6 +101,12 @@ pub struct AccessRecord {
     pub error: Option<String>,
     /// The client went away before the end.
     pub client_cancelled: bool,
+    /// Every upstream attempt, in order.
+    pub attempts: Vec<Attempt>,
+    /// The request's place in a trace, when traced.
+    pub trace: Option<crate::trace::RequestTrace>,
+    /// Wall-clock start, in unix nanoseconds (set when traced).
+    pub start_unix_ns: u64,
 }
 
 impl AccessRecord {
@@ -87,6 +114,8 @@ impl AccessRecord {
     pub fn emit(&self) {
         let usage = self.usage.unwrap_or_default();
         let has_usage = self.usage.is_some();
+        let attempts = (!self.attempts.is_empty())
+            .then(|| serde_json::to_string(&self.attempts).unwrap_or_default());
         tracing::info!(
             target: "sluice::access",
             request_id = %self.request_id,
@@ -108,6 +137,7 @@ impl AccessRecord {
             bytes_out = self.bytes_out,
             upstream_reused = self.upstream_reused,
             error = self.error.as_deref(),
+            attempts = attempts.as_deref(),
             client_cancelled = self.client_cancelled,
             "request"
         );

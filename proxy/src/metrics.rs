@@ -72,6 +72,11 @@ pub fn install() -> &'static PrometheusHandle {
 pub fn render() -> String {
     let handle = install();
     metrics::gauge!("sluice_log_lines_dropped").set(crate::log::dropped_lines() as f64);
+    let spans = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    metrics::counter!("sluice_trace_spans_exported_total")
+        .absolute(spans(&crate::trace::EXPORTED_SPANS));
+    metrics::counter!("sluice_trace_spans_dropped_total")
+        .absolute(spans(&crate::trace::DROPPED_SPANS));
     handle.render()
 }
 
@@ -147,6 +152,14 @@ fn describe() {
         "Log lines dropped because the writer fell behind."
     );
     describe_gauge!("sluice_build_info", "Build information.");
+    describe_counter!(
+        "sluice_trace_spans_exported_total",
+        "Spans the OTLP collector accepted."
+    );
+    describe_counter!(
+        "sluice_trace_spans_dropped_total",
+        "Spans dropped: export queue full or collector unreachable."
+    );
 }
 
 /// One request's label set, as indices into the config.

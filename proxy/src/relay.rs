@@ -64,7 +64,10 @@ impl<'a> ClientWatch<'a> {
         }
         let mut fut = std::pin::pin!(fut);
         if let Some(watch) = self.fut.as_mut() {
+            // Biased: when the operation and the client's close complete together (a client
+            // that hangs up right after reading the whole answer), the operation wins.
             monoio::select! {
+                biased;
                 out = &mut fut => return Some(out),
                 (res, buf) = watch => {
                     self.fut = None;

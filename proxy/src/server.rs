@@ -124,6 +124,7 @@ pub fn serve(config: Config) -> io::Result<()> {
     });
     dns::spawn_refresher(shared.clone());
     crate::metrics::install();
+    crate::trace::spawn(&shared.config.tracing)?;
     if let Some(admin) = crate::admin::spawn(shared.clone())? {
         tracing::info!(%admin, "admin listener (metrics) up");
     }

@@ -79,8 +79,28 @@ fn metrics_after_known_traffic(driver: &str) {
         .status,
         503
     );
+    // Clients that hang up right after reading their whole answer did not cancel anything.
+    for _ in 0..10 {
+        let mut once = gw.connect();
+        assert_eq!(
+            once.post(
+                "/v1/chat/completions",
+                &chat("mock-fast", false),
+                "x-mock-status: 503\r\n"
+            )
+            .status,
+            503
+        );
+        drop(once);
+        let mut once = gw.connect();
+        assert_eq!(
+            once.post("/v1/chat/completions", &chat("mock-stream", true), "")
+                .status,
+            200
+        );
+    }
     // The access line is written after the metrics are recorded.
-    gw.access_lines(7);
+    gw.access_lines(27);
     let text = scrape(&gw);
     let s = samples(&text);
     let fast_ok = [
@@ -89,6 +109,11 @@ fn metrics_after_known_traffic(driver: &str) {
         ("stream", "false"),
     ];
     assert_eq!(value(&s, "sluice_requests_total", &fast_ok), 3.0, "{text}");
+    assert_eq!(
+        value(&s, "sluice_client_cancelled_total", &[]),
+        0.0,
+        "{text}"
+    );
     assert_eq!(
         value(
             &s,
@@ -100,7 +125,7 @@ fn metrics_after_known_traffic(driver: &str) {
                 ("provider", "mock")
             ]
         ),
-        2.0
+        12.0
     );
     assert_eq!(
         value(
@@ -116,7 +141,7 @@ fn metrics_after_known_traffic(driver: &str) {
             "sluice_requests_total",
             &[("model", "mock-fast"), ("status_class", "5xx")]
         ),
-        1.0
+        11.0
     );
     // Tokens: the mock answers 8 output tokens per request.
     assert_eq!(
@@ -133,7 +158,7 @@ fn metrics_after_known_traffic(driver: &str) {
             "sluice_tokens_total",
             &[("model", "mock-stream"), ("gen_ai_token_type", "output")]
         ),
-        16.0
+        96.0
     );
     assert!(
         value(
@@ -149,7 +174,7 @@ fn metrics_after_known_traffic(driver: &str) {
             "sluice_request_duration_seconds_count",
             &[("model", "mock-fast"), ("stream", "false")]
         ),
-        4.0
+        14.0
     );
     assert_eq!(
         value(
@@ -157,7 +182,7 @@ fn metrics_after_known_traffic(driver: &str) {
             "sluice_request_duration_seconds_bucket",
             &[("model", "mock-fast"), ("stream", "false"), ("le", "+Inf")]
         ),
-        4.0
+        14.0
     );
     assert_eq!(
         value(
@@ -165,7 +190,7 @@ fn metrics_after_known_traffic(driver: &str) {
             "gen_ai_server_time_to_first_token_seconds_count",
             &[("model", "mock-stream")]
         ),
-        2.0
+        12.0
     );
     assert_eq!(
         value(
@@ -173,7 +198,7 @@ fn metrics_after_known_traffic(driver: &str) {
             "gen_ai_server_time_per_output_token_seconds_count",
             &[("model", "mock-stream")]
         ),
-        2.0
+        12.0
     );
     assert_eq!(
         value(
@@ -213,17 +238,19 @@ fn metrics_after_known_traffic(driver: &str) {
             "sluice_upstream_connections_reused_total",
             &[("provider", "mock")]
         ),
-        5.0
+        25.0
     );
     assert_eq!(
         value(&s, "sluice_inflight_requests", &[("worker", "0")]),
         0.0
     );
     assert_eq!(value(&s, "sluice_open_streams", &[("worker", "0")]), 0.0);
-    assert_eq!(
-        value(&s, "sluice_client_connections", &[("worker", "0")]),
-        1.0
-    );
+    // The one-shot connections close shortly after their answers.
+    assert!(eventually(Duration::from_secs(2), || value(
+        &samples(&scrape(&gw)),
+        "sluice_client_connections",
+        &[("worker", "0")]
+    ) == 1.0));
 
     // Upstream errors by kind.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
