@@ -20,10 +20,15 @@
 
 #![warn(missing_docs)]
 
+pub mod balance;
+pub mod breaker;
 pub mod config;
+pub mod dialect;
 pub mod error;
+pub mod hedge;
 pub mod http1;
 pub mod inspect;
+pub mod retry;
 pub mod route;
 pub mod sse;
 pub mod traceparent;
