@@ -1,4 +1,5 @@
-//! Command line: `sluice serve [--config FILE]` and `sluice check-config FILE`.
+//! Command line: `sluice serve [--config FILE]`, `sluice check-config FILE` and
+//! `sluice doctor [--config FILE]`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,6 +34,12 @@ pub enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Check this host (io_uring, limits, sysctls, CPUs, clock) and print what to change.
+    Doctor {
+        /// Config file to check against (workers, driver, port); without it, the defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Loads a config file, or the embedded default.
@@ -61,6 +68,23 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Doctor { config } => {
+            let cfg = match config.as_deref().map(|p| load_config(Some(p))) {
+                None => None,
+                Some(Ok(cfg)) => Some(cfg),
+                Some(Err(e)) => {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let checks = crate::doctor::run(cfg.as_ref());
+            print!("{}", crate::doctor::render(&checks));
+            if crate::doctor::has_failure(&checks) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Command::Serve { config } => {
             let cfg = match load_config(config.as_deref()) {
                 Ok(cfg) => cfg,

@@ -103,12 +103,35 @@ pub fn serve(config: Config) -> io::Result<()> {
     // the first listener picks the port and the others join it.
     let mut listen = config.server.listen;
     let mut listeners = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let listener = bind_reuseport(listen)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
-        listen = listener.local_addr()?;
-        listeners.push(listener);
+    // Socket activation (tuning/sluice.socket): systemd hands the listening socket in; every
+    // worker accepts on a dup of it and server.listen is ignored.
+    let activated = crate::sdnotify::listen_fds();
+    if let Some(first) = activated.first() {
+        listen = first.local_addr()?;
+        if activated.len() > 1 {
+            tracing::warn!(
+                sockets = activated.len(),
+                "socket activation: only the first socket is served"
+            );
+        }
+        for _ in 0..workers {
+            listeners.push(first.try_clone()?);
+        }
+        tracing::info!(%listen, "socket activation: serving the socket systemd passed; server.listen ignored");
+    } else {
+        for _ in 0..workers {
+            let listener = bind_reuseport(listen)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+            listen = listener.local_addr()?;
+            listeners.push(listener);
+        }
     }
+    // Signals are registered before READY=1: SIGHUP's default action would kill the process,
+    // and systemd counts a SIGHUP death as clean, so Restart=on-failure would not restart it.
+    let signals = {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?
+    };
     let dns = DnsTable::resolve_all(&config);
     let started_unix = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -120,6 +143,9 @@ pub fn serve(config: Config) -> io::Result<()> {
         draining: Default::default(),
         listeners_up: Default::default(),
         workers,
+        heartbeats: (0..workers)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect(),
         started_unix,
     });
     dns::spawn_refresher(shared.clone());
@@ -150,7 +176,28 @@ pub fn serve(config: Config) -> io::Result<()> {
     }
     tracing::info!(%listen, workers, "sluice listening");
 
-    wait_for_signal(&shared)?;
+    // systemd (Type=notify): READY=1 once every worker accepts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shared.listeners_up.load(Ordering::SeqCst) < workers
+        && !handles.iter().any(|h| h.is_finished())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if shared.listeners_up.load(Ordering::SeqCst) == workers {
+        let msg = format!("READY=1\nSTATUS=serving on {listen} with {workers} workers");
+        if let Err(e) = crate::sdnotify::notify(&msg) {
+            tracing::warn!(error = %e, "sd_notify READY failed");
+        }
+        spawn_watchdog(&shared)?;
+    }
+
+    wait_for_signal(&shared, signals)?;
+    let _ = crate::sdnotify::stopping();
+    // Keep systemd from killing a long drain (TimeoutStopSec covers the default 30 s).
+    let _ = crate::sdnotify::extend_timeout(
+        Duration::from_millis(shared.config.server.drain_timeout_ms) + Duration::from_secs(5),
+    );
     tracing::info!(
         drain_timeout_ms = shared.config.server.drain_timeout_ms,
         "shutting down: draining in-flight requests"
@@ -170,18 +217,63 @@ pub fn serve(config: Config) -> io::Result<()> {
     result
 }
 
+/// Feeds the systemd watchdog (WatchdogSec= in the unit) every half period, while every
+/// worker's heartbeat moves: a stuck event loop stops the pings and systemd restarts us.
+fn spawn_watchdog(shared: &Arc<Shared>) -> io::Result<()> {
+    let Some(every) = crate::sdnotify::watchdog_interval() else {
+        return Ok(());
+    };
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name("sluice-watchdog".into())
+        .spawn(move || {
+            let mut last: Vec<u64> = shared
+                .heartbeats
+                .iter()
+                .map(|h| h.load(Ordering::Relaxed))
+                .collect();
+            loop {
+                std::thread::sleep(every);
+                let now: Vec<u64> = shared
+                    .heartbeats
+                    .iter()
+                    .map(|h| h.load(Ordering::Relaxed))
+                    .collect();
+                let stuck = now.iter().zip(&last).position(|(n, l)| n == l);
+                match stuck {
+                    None => {
+                        let _ = crate::sdnotify::watchdog();
+                    }
+                    Some(id) => tracing::error!(
+                        worker = id,
+                        "worker event loop stalled; not feeding the watchdog"
+                    ),
+                }
+                last = now;
+            }
+        })?;
+    Ok(())
+}
+
 /// Blocks until SIGTERM or SIGINT and sets the draining flag. A second signal exits at once.
-fn wait_for_signal(shared: &Shared) -> io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-    if let Some(sig) = signals.forever().next() {
+fn wait_for_signal(shared: &Shared, mut signals: signal_hook::iterator::Signals) -> io::Result<()> {
+    use signal_hook::consts::SIGHUP;
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            let _ = crate::sdnotify::reloading();
+            // The reload goes here: validate, swap on success, keep the old config on error.
+            tracing::info!("SIGHUP: reload");
+            let _ = crate::sdnotify::notify("READY=1\nSTATUS=reloaded");
+            continue;
+        }
         tracing::info!(signal = sig, "signal received");
+        break;
     }
     shared.draining.store(true, Ordering::SeqCst);
     std::thread::Builder::new()
         .name("sluice-signal".into())
         .spawn(move || {
-            if signals.forever().next().is_some() {
+            if signals.forever().any(|sig| sig != SIGHUP) {
                 eprintln!("sluice: second signal, exiting without draining");
                 std::process::exit(1);
             }
@@ -205,6 +297,15 @@ fn run_worker(
         let listener = TcpListener::from_std(listener)?;
         let worker = Rc::new(Worker::new(id, shared));
         worker.shared.listeners_up.fetch_add(1, Ordering::SeqCst);
+        let beat = worker.shared.clone();
+        monoio::spawn(async move {
+            loop {
+                if let Some(h) = beat.heartbeats.get(id) {
+                    h.fetch_add(1, Ordering::Relaxed);
+                }
+                monoio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
         accept_loop(&worker, &listener, stop).await;
         drop(listener);
         drain(&worker).await;

@@ -26,6 +26,9 @@ pub struct Shared {
     pub listeners_up: AtomicUsize,
     /// Worker count, for readiness.
     pub workers: usize,
+    /// One counter per worker, bumped every 250 ms by a task on its runtime; the systemd
+    /// watchdog is fed only while every running worker's counter moves.
+    pub heartbeats: Box<[std::sync::atomic::AtomicU64]>,
     /// When the process started serving, as a unix time (the `created` of `/v1/models`).
     pub started_unix: u64,
 }

@@ -338,52 +338,6 @@ impl Exporter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sampled_incoming_parent_is_continued() {
-        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let t = RequestTrace::start(Some(tp), 0.0).unwrap();
-        assert_eq!(
-            t.parent,
-            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
-        );
-        assert_eq!(t.trace_id[0], 0x4b);
-        let unsampled = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        assert!(RequestTrace::start(Some(unsampled), 1.0).is_none());
-        assert!(RequestTrace::start(None, 0.0).is_none());
-        let fresh = RequestTrace::start(None, 1.0).unwrap();
-        assert!(fresh.parent.is_none());
-        let header = fresh.traceparent_for([1; 8]);
-        assert!(header.ends_with("-0101010101010101-01"));
-    }
-
-    #[test]
-    fn spans_encode_and_decode() {
-        let req = otlp::ExportTraceServiceRequest {
-            resource_spans: vec![otlp::ResourceSpans {
-                resource: None,
-                scope_spans: vec![otlp::ScopeSpans {
-                    scope: None,
-                    spans: vec![otlp::Span {
-                        trace_id: vec![1; 16],
-                        span_id: vec![2; 8],
-                        name: "chat m".into(),
-                        kind: otlp::SPAN_KIND_SERVER,
-                        attributes: vec![attr_int("gen_ai.usage.input_tokens", 5)],
-                        ..Default::default()
-                    }],
-                }],
-            }],
-        };
-        let bytes = prost::Message::encode_to_vec(&req);
-        let back: otlp::ExportTraceServiceRequest = prost::Message::decode(&bytes[..]).unwrap();
-        assert_eq!(back, req);
-    }
-}
-
 /// GenAI `gen_ai.operation.name` for a request path.
 fn operation(path: &str) -> &'static str {
     match path {
@@ -492,4 +446,50 @@ pub fn request_spans(
         });
     }
     spans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampled_incoming_parent_is_continued() {
+        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t = RequestTrace::start(Some(tp), 0.0).unwrap();
+        assert_eq!(
+            t.parent,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        assert_eq!(t.trace_id[0], 0x4b);
+        let unsampled = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert!(RequestTrace::start(Some(unsampled), 1.0).is_none());
+        assert!(RequestTrace::start(None, 0.0).is_none());
+        let fresh = RequestTrace::start(None, 1.0).unwrap();
+        assert!(fresh.parent.is_none());
+        let header = fresh.traceparent_for([1; 8]);
+        assert!(header.ends_with("-0101010101010101-01"));
+    }
+
+    #[test]
+    fn spans_encode_and_decode() {
+        let req = otlp::ExportTraceServiceRequest {
+            resource_spans: vec![otlp::ResourceSpans {
+                resource: None,
+                scope_spans: vec![otlp::ScopeSpans {
+                    scope: None,
+                    spans: vec![otlp::Span {
+                        trace_id: vec![1; 16],
+                        span_id: vec![2; 8],
+                        name: "chat m".into(),
+                        kind: otlp::SPAN_KIND_SERVER,
+                        attributes: vec![attr_int("gen_ai.usage.input_tokens", 5)],
+                        ..Default::default()
+                    }],
+                }],
+            }],
+        };
+        let bytes = prost::Message::encode_to_vec(&req);
+        let back: otlp::ExportTraceServiceRequest = prost::Message::decode(&bytes[..]).unwrap();
+        assert_eq!(back, req);
+    }
 }
