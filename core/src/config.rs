@@ -11,6 +11,11 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+use crate::balance::{BalanceConfig, RawBalance, Strategy};
+use crate::breaker::{BreakerConfig, RawBreaker};
+use crate::hedge::{HedgePolicy, RawHedge};
+use crate::retry::{RawRetry, RetryPolicy};
+
 /// Where `env:NAME` references are looked up.
 pub trait SecretSource {
     /// The value of variable `name`, if set.
@@ -160,6 +165,14 @@ struct RawProvider {
 struct RawModel {
     name: String,
     deployments: Vec<RawDeployment>,
+    strategy: Option<Strategy>,
+    #[serde(default)]
+    fallbacks: Vec<String>,
+    context_window_fallback: Option<String>,
+    balance: Option<RawBalance>,
+    retry: Option<RawRetry>,
+    breaker: Option<RawBreaker>,
+    hedge: Option<RawHedge>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,6 +351,20 @@ pub struct ModelGroup {
     pub name: String,
     /// At least one.
     pub deployments: Vec<Deployment>,
+    /// How a deployment is chosen.
+    pub strategy: Strategy,
+    /// Balancer tuning (EWMA decay, penalties).
+    pub balance: BalanceConfig,
+    /// Retries within the group and the request deadline.
+    pub retry: RetryPolicy,
+    /// Circuit breaker per deployment.
+    pub breaker: BreakerConfig,
+    /// Hedged requests, when enabled.
+    pub hedge: Option<HedgePolicy>,
+    /// Groups tried in order when this one is exhausted (indices into [`Config::models`]).
+    pub fallbacks: Vec<usize>,
+    /// The group tried when the prompt does not fit this group's context window.
+    pub context_window_fallback: Option<usize>,
 }
 
 /// A validated configuration.
@@ -685,6 +712,7 @@ fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Config
     }
 
     let mut models = Vec::with_capacity(raw.models.len());
+    let mut fallback_names = Vec::with_capacity(raw.models.len());
     let mut exact = HashMap::new();
     let mut patterns = Vec::new();
     for (i, m) in raw.models.into_iter().enumerate() {
@@ -748,10 +776,49 @@ fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Config
                 ));
             }
         }
+        let at = |what: &str, e: String| ConfigError(format!("invalid config at `models[{i}]`: {what}{e}"));
+        let balance = m.balance.unwrap_or_default().validate().map_err(|e| at("", e))?;
+        let retry = m.retry.unwrap_or_default().validate().map_err(|e| at("", e))?;
+        let breaker = m.breaker.unwrap_or_default().validate().map_err(|e| at("", e))?;
+        let hedge = m.hedge.map(|h| h.validate()).transpose().map_err(|e| at("", e))?;
+        if hedge.is_some() && deployments.len() < 2 {
+            return err(format!(
+                "invalid config at `models[{i}].hedge`: hedging needs at least two deployments"
+            ));
+        }
+        fallback_names.push((m.fallbacks, m.context_window_fallback));
         models.push(ModelGroup {
             name: m.name,
             deployments,
+            strategy: m.strategy.unwrap_or_default(),
+            balance,
+            retry,
+            breaker,
+            hedge,
+            fallbacks: Vec::new(),
+            context_window_fallback: None,
         });
+    }
+    // Fallbacks name other groups by their exact name; resolved once every group is known.
+    for (i, (names, context)) in fallback_names.into_iter().enumerate() {
+        let find = |name: &str, field: &str| {
+            exact.get(name).copied().filter(|g| *g != i).ok_or_else(|| {
+                ConfigError(format!(
+                    "invalid config at `models[{i}].{field}`: no other model named `{name}`"
+                ))
+            })
+        };
+        let fallbacks = names
+            .iter()
+            .map(|n| find(n, "fallbacks"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let context = context
+            .map(|n| find(&n, "context_window_fallback"))
+            .transpose()?;
+        if let Some(g) = models.get_mut(i) {
+            g.fallbacks = fallbacks;
+            g.context_window_fallback = context;
+        }
     }
     patterns.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
 

@@ -23,11 +23,14 @@
 pub mod balance;
 pub mod breaker;
 pub mod config;
+pub mod cost;
 pub mod dialect;
 pub mod error;
 pub mod hedge;
 pub mod http1;
 pub mod inspect;
+pub mod keys;
+pub mod limits;
 pub mod retry;
 pub mod route;
 pub mod sse;

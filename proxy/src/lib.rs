@@ -25,5 +25,6 @@ pub mod respond;
 pub mod sdnotify;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod trace;
 pub mod upstream;

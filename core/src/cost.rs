@@ -1,0 +1,272 @@
+//! What a request cost: prices per model and the arithmetic from [`Usage`] to micro-USD.
+//!
+//! Prices are USD per million tokens, which is exactly micro-USD per token, so a cost is
+//! `tokens * price` micro-USD. Spend is kept as integer micro-USD everywhere (buckets, budgets,
+//! the ledger); only prices are floating point.
+//!
+//! Lookup ([`PriceTable::price`]): the longest name that is the model or a prefix of it at a
+//! boundary (`gpt-4o` for `gpt-4o-2024-08-06`), across the config's prices and the bundled table
+//! ([`bundled_price`]); the config wins a tie. A model with no price costs 0
+//! and cannot exhaust a budget: operators should price every model they route.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use crate::usage::Usage;
+
+/// A model's list price, USD per million tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(from = "RawPrice")]
+pub struct Price {
+    /// Uncached input (prompt) tokens.
+    pub input_per_mtok: f64,
+    /// Output tokens, reasoning included.
+    pub output_per_mtok: f64,
+    /// Input tokens read from the provider's prompt cache.
+    pub cached_input_per_mtok: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input_per_mtok: f64,
+    #[serde(default)]
+    output_per_mtok: f64,
+    #[serde(default)]
+    cached_input_per_mtok: Option<f64>,
+}
+
+impl From<RawPrice> for Price {
+    fn from(r: RawPrice) -> Self {
+        Price::new(r.input_per_mtok, r.output_per_mtok, r.cached_input_per_mtok)
+    }
+}
+
+impl Price {
+    /// A price; cached input costs as much as input when not given. Negative or NaN rates
+    /// become 0.
+    pub fn new(input_per_mtok: f64, output_per_mtok: f64, cached: Option<f64>) -> Self {
+        let clean = |v: f64| if v.is_nan() || v < 0.0 { 0.0 } else { v };
+        Price {
+            input_per_mtok: clean(input_per_mtok),
+            output_per_mtok: clean(output_per_mtok),
+            cached_input_per_mtok: clean(cached.unwrap_or(input_per_mtok)),
+        }
+    }
+}
+
+/// Micro-USD a request cost: cached input at the cached rate, the rest of the input at the
+/// input rate, all output (reasoning included) at the output rate. Rounded to nearest.
+pub fn cost_micros(price: &Price, usage: &Usage) -> u64 {
+    let cached = usage.cached_tokens.min(usage.input_tokens);
+    let uncached = usage.input_tokens - cached;
+    let micros = uncached as f64 * price.input_per_mtok
+        + cached as f64 * price.cached_input_per_mtok
+        + usage.output_tokens as f64 * price.output_per_mtok;
+    // `as` saturates; NaN cannot occur since rates are cleaned.
+    micros.round() as u64
+}
+
+/// Micro-USD to reserve before a request runs: every prompt token at the full input rate (no
+/// cache hit assumed) and `max_output_tokens` at the output rate, rounded up.
+pub fn estimate_micros(price: &Price, prompt_tokens: u64, max_output_tokens: u64) -> u64 {
+    let micros = prompt_tokens as f64 * price.input_per_mtok
+        + max_output_tokens as f64 * price.output_per_mtok;
+    micros.ceil() as u64
+}
+
+/// Micro-USD as a decimal USD string with six places, for `x-sluice-cost-usd`: `0.001234`.
+pub fn format_usd(micros: u64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+/// (model, input, output, cached input), USD per million tokens: the providers' public list
+/// prices for standard (non-batch) use at the time of writing, the lowest context tier where
+/// prices are tiered. Prices change: operators should override them with `[prices]` in the
+/// config, which always wins over this table.
+const BUNDLED: &[(&str, f64, f64, f64)] = &[
+    // OpenAI
+    ("gpt-4o", 2.50, 10.00, 1.25),
+    ("gpt-4o-mini", 0.15, 0.60, 0.075),
+    ("gpt-4.1", 2.00, 8.00, 0.50),
+    ("gpt-4.1-mini", 0.40, 1.60, 0.10),
+    ("gpt-4.1-nano", 0.10, 0.40, 0.025),
+    ("o1", 15.00, 60.00, 7.50),
+    ("o1-mini", 1.10, 4.40, 0.55),
+    ("o3", 2.00, 8.00, 0.50),
+    ("o3-mini", 1.10, 4.40, 0.55),
+    ("o3-pro", 20.00, 80.00, 20.00),
+    ("o4-mini", 1.10, 4.40, 0.275),
+    ("text-embedding-3-small", 0.02, 0.0, 0.02),
+    ("text-embedding-3-large", 0.13, 0.0, 0.13),
+    // Anthropic (cached = cache reads)
+    ("claude-3-5-haiku", 0.80, 4.00, 0.08),
+    ("claude-3-5-sonnet", 3.00, 15.00, 0.30),
+    ("claude-sonnet-4", 3.00, 15.00, 0.30),
+    ("claude-opus-4", 15.00, 75.00, 1.50),
+    // Google (prompts up to 128k / 200k tokens)
+    ("gemini-1.5-flash", 0.075, 0.30, 0.01875),
+    ("gemini-1.5-pro", 1.25, 5.00, 0.3125),
+    ("gemini-2.0-flash", 0.10, 0.40, 0.025),
+    ("gemini-2.5-flash", 0.30, 2.50, 0.075),
+    ("gemini-2.5-flash-lite", 0.10, 0.40, 0.025),
+    ("gemini-2.5-pro", 1.25, 10.00, 0.31),
+];
+
+/// Whether `name` is `model` or `model` followed by a version suffix (`-2024-08-06`,
+/// `@20241022`, `:latest`, …): the character after the prefix is not a letter or digit.
+fn prefix_matches(name: &str, model: &str) -> bool {
+    model.starts_with(name)
+        && model[name.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !c.is_ascii_alphanumeric())
+}
+
+/// The best entry for `model` and the length of its name: exact, then the longest prefix; a
+/// `provider/` path before the name (`openai/gpt-4o`) is ignored when the full name matches
+/// nothing.
+fn lookup<'a, T>(
+    entries: impl Iterator<Item = (&'a str, T)> + Clone,
+    model: &str,
+) -> Option<(usize, T)> {
+    let best = |m: &str| {
+        entries
+            .clone()
+            .filter(|(name, _)| prefix_matches(name, m))
+            .max_by_key(|(name, _)| name.len())
+            .map(|(name, v)| (name.len(), v))
+    };
+    best(model).or_else(|| model.rsplit_once('/').and_then(|(_, tail)| best(tail)))
+}
+
+fn bundled_lookup(model: &str) -> Option<(usize, Price)> {
+    lookup(
+        BUNDLED
+            .iter()
+            .map(|&(name, i, o, c)| (name, Price::new(i, o, Some(c)))),
+        model,
+    )
+}
+
+/// The bundled list price for `model`, by exact name then longest prefix
+/// (`gpt-4o-mini-2024-07-18` → `gpt-4o-mini`).
+pub fn bundled_price(model: &str) -> Option<Price> {
+    bundled_lookup(model).map(|(_, p)| p)
+}
+
+/// Prices from the config over the bundled table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PriceTable {
+    overrides: HashMap<String, Price>,
+}
+
+impl PriceTable {
+    /// A table with the config's prices (model name or prefix → price).
+    pub fn new(overrides: HashMap<String, Price>) -> Self {
+        PriceTable { overrides }
+    }
+
+    /// The price for `model`: the longest matching name in either table, the config's on a
+    /// tie. So a config `gpt-4o` covers `gpt-4o-2024-11-20` but not `gpt-4o-mini`, which the
+    /// bundled table names exactly.
+    pub fn price(&self, model: &str) -> Option<Price> {
+        let config = lookup(
+            self.overrides.iter().map(|(name, p)| (name.as_str(), *p)),
+            model,
+        );
+        match (config, bundled_lookup(model)) {
+            (Some((cl, c)), Some((bl, _))) if cl >= bl => Some(c),
+            (_, Some((_, b))) => Some(b),
+            (c, None) => c.map(|(_, c)| c),
+        }
+    }
+
+    /// What `usage` cost on `model`; 0 for an unpriced model.
+    pub fn cost_micros(&self, model: &str, usage: &Usage) -> u64 {
+        self.price(model).map_or(0, |p| cost_micros(&p, usage))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(input: u64, output: u64, cached: u64, reasoning: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cached_tokens: cached,
+            reasoning_tokens: reasoning,
+            estimated: false,
+        }
+    }
+
+    #[test]
+    fn costs_by_token_kind() {
+        let p = Price::new(2.5, 10.0, Some(1.25));
+        // 1000 input (400 cached), 500 output (200 of them reasoning).
+        // 600 * 2.5 + 400 * 1.25 + 500 * 10 = 1500 + 500 + 5000.
+        assert_eq!(cost_micros(&p, &usage(1000, 500, 400, 200)), 7000);
+        assert_eq!(cost_micros(&p, &usage(0, 0, 0, 0)), 0);
+        // Cached more than input (a confused provider): capped at input.
+        assert_eq!(cost_micros(&p, &usage(10, 0, 50, 0)), 13);
+        // A million output tokens of claude-opus-4 is $75.
+        let opus = bundled_price("claude-opus-4-20250514").unwrap();
+        assert_eq!(cost_micros(&opus, &usage(0, 1_000_000, 0, 0)), 75_000_000);
+        assert_eq!(estimate_micros(&p, 1000, 100), 3500);
+        assert_eq!(estimate_micros(&Price::new(0.15, 0.6, None), 1, 0), 1);
+        let huge = cost_micros(&p, &usage(u64::MAX, u64::MAX, 0, 0));
+        assert_eq!(huge, u64::MAX);
+    }
+
+    #[test]
+    fn bundled_matching() {
+        let p = |m| bundled_price(m).map(|p| (p.input_per_mtok, p.output_per_mtok));
+        assert_eq!(p("gpt-4o"), Some((2.5, 10.0)));
+        assert_eq!(p("gpt-4o-2024-08-06"), Some((2.5, 10.0)));
+        assert_eq!(p("gpt-4o-mini-2024-07-18"), Some((0.15, 0.6)));
+        assert_eq!(p("gpt-4.1-nano"), Some((0.1, 0.4)));
+        assert_eq!(p("o3-mini-2025-01-31"), Some((1.1, 4.4)));
+        assert_eq!(p("o3"), Some((2.0, 8.0)));
+        assert_eq!(p("o1-preview"), Some((15.0, 60.0)));
+        assert_eq!(p("claude-3-5-sonnet-20241022"), Some((3.0, 15.0)));
+        assert_eq!(p("claude-3-5-haiku@20241022"), Some((0.8, 4.0)));
+        assert_eq!(p("gemini-2.5-flash-lite"), Some((0.1, 0.4)));
+        assert_eq!(p("gemini-2.5-flash-preview-05-20"), Some((0.3, 2.5)));
+        assert_eq!(p("openai/gpt-4.1-mini"), Some((0.4, 1.6)));
+        assert_eq!(p("text-embedding-3-large"), Some((0.13, 0.0)));
+        // Not a prefix at a boundary, or unknown.
+        assert_eq!(p("o30"), None);
+        assert_eq!(p("gpt-4"), None);
+        assert_eq!(p("llama-3"), None);
+        let e = bundled_price("text-embedding-3-small").unwrap();
+        assert_eq!(e.cached_input_per_mtok, 0.02);
+    }
+
+    #[test]
+    fn config_overrides_bundled() {
+        let cfg: HashMap<String, Price> = serde_json::from_str(
+            r#"{"gpt-4o": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
+                "my-llama": {"input_per_mtok": 0.5, "output_per_mtok": 0.5, "cached_input_per_mtok": 0.1}}"#,
+        )
+        .unwrap();
+        let t = PriceTable::new(cfg);
+        let gpt = t.price("gpt-4o-2024-11-20").unwrap();
+        assert_eq!(gpt, Price::new(1.0, 2.0, Some(1.0)));
+        assert_eq!(t.price("gpt-4o-mini").unwrap().input_per_mtok, 0.15);
+        assert_eq!(t.cost_micros("my-llama-70b", &usage(100, 100, 50, 0)), 80);
+        assert_eq!(t.cost_micros("unknown", &usage(100, 100, 0, 0)), 0);
+        let bad: Result<Price, _> = serde_json::from_str(r#"{"input_per_mtok": 1.0, "typo": 2.0}"#);
+        assert!(bad.is_err());
+        assert_eq!(Price::new(-1.0, f64::NAN, None).input_per_mtok, 0.0);
+    }
+
+    #[test]
+    fn usd_strings() {
+        assert_eq!(format_usd(0), "0.000000");
+        assert_eq!(format_usd(1_234), "0.001234");
+        assert_eq!(format_usd(12_500_000), "12.500000");
+    }
+}

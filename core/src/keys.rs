@@ -1,0 +1,382 @@
+//! Virtual keys: how they look, how they are stored and how they are checked.
+//!
+//! A key is `sk-sluice-` followed by 43 base62 characters encoding 256 random bits that the
+//! caller supplies (core reads no randomness source: the proxy passes bytes from the OS). Only
+//! its SHA-256 hash and a short visible prefix are ever stored; a presented key is hashed and
+//! looked up by hash, and the final comparison is constant-time.
+//!
+//! ```text
+//! issue:   random [u8; 32] ─► format_key ─► shown once to the caller
+//!                                  └─────► hash_key + visible_prefix ─► KeyRecord (stored)
+//! request: Authorization ─► parse_bearer ─► hash_key ─► index lookup ─► constant_time_eq
+//! ```
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::limits::BudgetPeriod;
+
+/// What every Sluice key starts with.
+pub const KEY_PREFIX: &str = "sk-sluice-";
+
+/// Base62 characters of a 256-bit body: ceil(256 / log2(62)).
+pub const KEY_BODY_LEN: usize = 43;
+
+/// Characters of the body kept in the visible prefix.
+const VISIBLE_BODY_CHARS: usize = 6;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A key from 32 random bytes: `sk-sluice-` and the bytes in base62, zero-padded to 43
+/// characters so every key has the same length.
+pub fn format_key(random: &[u8; 32]) -> String {
+    // Big-endian base62 by repeated division of the 256-bit number, in 32-bit limbs.
+    let mut limbs = [0u32; 8];
+    for (limb, chunk) in limbs.iter_mut().zip(random.chunks_exact(4)) {
+        *limb = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    let mut digits = [b'0'; KEY_BODY_LEN];
+    for slot in digits.iter_mut().rev() {
+        let mut rem = 0u64;
+        for limb in limbs.iter_mut() {
+            let cur = (rem << 32) | u64::from(*limb);
+            *limb = (cur / 62) as u32;
+            rem = cur % 62;
+        }
+        *slot = BASE62[rem as usize];
+    }
+    let mut key = String::with_capacity(KEY_PREFIX.len() + KEY_BODY_LEN);
+    key.push_str(KEY_PREFIX);
+    key.extend(digits.iter().map(|&b| char::from(b)));
+    key
+}
+
+/// Whether `key` has the shape of a Sluice key (prefix, 43 base62 characters). A cheap check
+/// before hashing; it says nothing about whether the key exists.
+pub fn looks_like_key(key: &str) -> bool {
+    key.strip_prefix(KEY_PREFIX).is_some_and(|body| {
+        body.len() == KEY_BODY_LEN && body.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+/// SHA-256 of the key's bytes: what the store keeps and the index is keyed by.
+///
+/// A plain (unsalted) hash is enough because keys carry 256 bits of randomness: there is
+/// nothing to brute-force, and the hash must be deterministic to look keys up.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// [`hash_key`] as 64 lowercase hex characters.
+pub fn hash_hex(key: &str) -> String {
+    to_hex(&hash_key(key))
+}
+
+/// Lowercase hex of any bytes.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// Parses 64 hex characters back into a hash.
+pub fn parse_hash_hex(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *o = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+/// The part of a key that may be shown and logged: `sk-sluice-` and the first 6 characters of
+/// the body, then `…` (e.g. `sk-sluice-4fZq9a…`). Too little to guess the rest.
+pub fn visible_prefix(key: &str) -> String {
+    let body = key.strip_prefix(KEY_PREFIX).unwrap_or(key);
+    let shown: String = body.chars().take(VISIBLE_BODY_CHARS).collect();
+    format!("{KEY_PREFIX}{shown}…")
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// The token of an `Authorization: Bearer <token>` header value (scheme case-insensitive,
+/// surrounding spaces trimmed). `None` for another scheme, an empty token or non-UTF-8 bytes.
+pub fn parse_bearer(authorization: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(authorization).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty() && !token.contains(char::is_whitespace)).then_some(token)
+}
+
+/// A virtual key as stored: everything but the key itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Stable id (not secret), e.g. `key_…`; what admin calls and the ledger use.
+    pub id: String,
+    /// A human name.
+    #[serde(default)]
+    pub name: String,
+    /// The team it belongs to.
+    pub team: String,
+    /// The user it was issued to, if any.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// SHA-256 of the key, hex ([`hash_hex`]). Never the key.
+    pub hash: String,
+    /// The visible prefix ([`visible_prefix`]).
+    pub prefix: String,
+    /// Model names or groups it may call; empty for all.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Requests in flight.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Budget per period, in USD.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// When the budget starts over.
+    #[serde(default)]
+    pub budget_period: BudgetPeriod,
+    /// Unix second after which the key is refused.
+    #[serde(default)]
+    pub expires_at_unix: Option<u64>,
+    /// Refused while set.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Free-form JSON the operator attaches.
+    #[serde(default)]
+    pub metadata: serde_json::Value,
+    /// Unix second of issue.
+    #[serde(default)]
+    pub created_at_unix: u64,
+}
+
+/// Why a key that exists is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRefusal {
+    /// Disabled by an operator.
+    Disabled,
+    /// Past `expires_at_unix`.
+    Expired,
+    /// The model is not in its list.
+    ModelNotAllowed,
+}
+
+impl KeyRecord {
+    /// Whether the key may be used at `unix_s` (not disabled, not expired).
+    pub fn check_usable(&self, unix_s: u64) -> Result<(), KeyRefusal> {
+        if self.disabled {
+            return Err(KeyRefusal::Disabled);
+        }
+        if self.expires_at_unix.is_some_and(|e| unix_s >= e) {
+            return Err(KeyRefusal::Expired);
+        }
+        Ok(())
+    }
+
+    /// Whether it may call `model` (exact name, or any model when the list is empty).
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|m| m == model)
+    }
+
+    /// Whether `presented` is this key: its hash, compared in constant time.
+    pub fn matches(&self, presented: &str) -> bool {
+        constant_time_eq(hash_hex(presented).as_bytes(), self.hash.as_bytes())
+    }
+
+    /// The budget in micro-USD, if any.
+    pub fn budget_micros(&self) -> Option<u64> {
+        self.budget_usd.map(usd_to_micros)
+    }
+}
+
+/// A team: limits and a budget shared by all its keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeamRecord {
+    /// Unique name.
+    pub name: String,
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Requests in flight.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Budget per period, in USD.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// When the budget starts over.
+    #[serde(default)]
+    pub budget_period: BudgetPeriod,
+}
+
+impl TeamRecord {
+    /// The budget in micro-USD, if any.
+    pub fn budget_micros(&self) -> Option<u64> {
+        self.budget_usd.map(usd_to_micros)
+    }
+}
+
+/// USD to micro-USD, rounded to nearest; negative and NaN become 0.
+pub fn usd_to_micros(usd: f64) -> u64 {
+    if usd.is_nan() || usd <= 0.0 {
+        0
+    } else {
+        // `as` saturates on overflow.
+        (usd * 1_000_000.0).round() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_fixed_shape() {
+        let zero = format_key(&[0; 32]);
+        assert_eq!(zero, format!("sk-sluice-{}", "0".repeat(43)));
+        let max = format_key(&[0xff; 32]);
+        assert_eq!(max.len(), KEY_PREFIX.len() + KEY_BODY_LEN);
+        // 2^256 - 1 needs all 43 base62 digits.
+        assert!(!max.starts_with("sk-sluice-0"));
+        assert!(looks_like_key(&zero) && looks_like_key(&max));
+        let mut one = [0u8; 32];
+        one[31] = 61;
+        assert!(format_key(&one).ends_with("0z"));
+        one[31] = 62;
+        assert!(format_key(&one).ends_with("10"));
+        assert!(!looks_like_key("sk-sluice-short"));
+        assert!(!looks_like_key(&format!("sk-other-{}", "0".repeat(43))));
+        assert!(!looks_like_key(&format!("sk-sluice-{}-", "0".repeat(42))));
+    }
+
+    #[test]
+    fn different_bytes_give_different_keys() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..=255u8 {
+            let mut r = [7u8; 32];
+            r[(i % 32) as usize] = i;
+            r[0] = i;
+            seen.insert(format_key(&r));
+        }
+        assert_eq!(seen.len(), 256);
+    }
+
+    #[test]
+    fn hashing_and_prefixes() {
+        // SHA-256("abc"), FIPS 180-2.
+        assert_eq!(
+            hash_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let key = format_key(&[42; 32]);
+        assert_eq!(parse_hash_hex(&hash_hex(&key)), Some(hash_key(&key)));
+        assert_eq!(parse_hash_hex("zz"), None);
+        assert_eq!(parse_hash_hex(&"g".repeat(64)), None);
+        let p = visible_prefix(&key);
+        assert_eq!(p.chars().count(), KEY_PREFIX.len() + 7);
+        assert!(key.starts_with(p.trim_end_matches('…')));
+        assert!(p.ends_with('…'));
+        assert_eq!(visible_prefix("abc"), "sk-sluice-abc…");
+    }
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(parse_bearer(b"Bearer sk-sluice-x"), Some("sk-sluice-x"));
+        assert_eq!(parse_bearer(b"bearer   tok  "), Some("tok"));
+        assert_eq!(parse_bearer(b"  BEARER tok"), Some("tok"));
+        assert_eq!(parse_bearer(b"Basic dXNlcg=="), None);
+        assert_eq!(parse_bearer(b"Bearer"), None);
+        assert_eq!(parse_bearer(b"Bearer "), None);
+        assert_eq!(parse_bearer(b"Bearer a b"), None);
+        assert_eq!(parse_bearer(b"Bearer \xff"), None);
+    }
+
+    fn record(key: &str) -> KeyRecord {
+        KeyRecord {
+            id: "key_1".into(),
+            name: "ci".into(),
+            team: "core".into(),
+            user: None,
+            hash: hash_hex(key),
+            prefix: visible_prefix(key),
+            models: vec!["gpt-4o".into()],
+            rpm: Some(60),
+            tpm: None,
+            max_concurrency: None,
+            budget_usd: Some(12.5),
+            budget_period: BudgetPeriod::Weekly,
+            expires_at_unix: Some(1_000),
+            disabled: false,
+            metadata: serde_json::json!({"owner": "ops"}),
+            created_at_unix: 10,
+        }
+    }
+
+    #[test]
+    fn records_check_and_never_hold_the_key() {
+        let key = format_key(&[9; 32]);
+        let r = record(&key);
+        assert!(r.matches(&key));
+        assert!(!r.matches(&format_key(&[8; 32])));
+        assert_eq!(r.check_usable(999), Ok(()));
+        assert_eq!(r.check_usable(1_000), Err(KeyRefusal::Expired));
+        assert!(r.allows_model("gpt-4o") && !r.allows_model("gpt-4o-mini"));
+        assert_eq!(r.budget_micros(), Some(12_500_000));
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(!json.contains(&key[KEY_PREFIX.len()..]));
+        assert!(json.contains("\"budget_period\":\"weekly\""));
+        let back: KeyRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        let disabled = KeyRecord {
+            disabled: true,
+            models: vec![],
+            ..r
+        };
+        assert_eq!(disabled.check_usable(0), Err(KeyRefusal::Disabled));
+        assert!(disabled.allows_model("anything"));
+        let team: TeamRecord = serde_json::from_str(r#"{"name":"core","tpm":1000}"#).unwrap();
+        assert_eq!(team.tpm, Some(1000));
+        assert_eq!(team.budget_period, BudgetPeriod::Monthly);
+        assert_eq!(team.budget_micros(), None);
+        assert_eq!(usd_to_micros(-1.0), 0);
+        assert_eq!(usd_to_micros(f64::NAN), 0);
+        assert_eq!(usd_to_micros(0.000_001_4), 1);
+    }
+}
