@@ -330,7 +330,7 @@ async fn respond_to(
             write_local(client, bytes, 200, keep_alive, rec).await
         }
         Route::Api(endpoint) => {
-            let plan = match forward::plan(worker, head, &body, endpoint, &request_id, rec) {
+            let plan = match forward::plan(worker, head, body, endpoint, rec) {
                 Ok(p) => p,
                 Err(err) => {
                     let bytes = respond::error(&err, keep_alive, &request_id);
@@ -338,12 +338,12 @@ async fn respond_to(
                     return write_local(client, bytes, err.status(), keep, rec).await;
                 }
             };
-            drop(body);
             let side = ClientSide {
                 request_id: &request_id,
                 http10: head.version == 0,
                 keep_alive,
                 started,
+                extra_headers: Vec::new(),
             };
             let done =
                 forward::execute(worker, plan, &mut client.rd, &mut client.wr, side, rec).await;

@@ -1,52 +1,72 @@
-//! Forwarding one API request: choose a deployment, build the upstream request, send it on a
-//! pooled (or new) connection, read the response head, and hand the body to the relay.
+//! Forwarding one API request: inspect it, then attempt deployments of its model group —
+//! balancer pick, circuit breakers, retries with backoff, fallback groups, hedging — until one
+//! answers or the request's deadline passes, and hand the answer to the relay.
+//!
+//! ```text
+//! plan ─► loop { pick (balancer ∩ breakers) ─► send (maybe hedged) ─► classify
+//!                 ├─ answer worth keeping ─► relay (stream) or buffer (small JSON + cost) ─► done
+//!                 └─ failure ─► RetryPolicy::decide ─► Retry (backoff) | Fallback group | GiveUp }
+//! ```
+//! Every attempt happens before anything reaches the client, so a stream is retried or failed
+//! over only while nothing has been sent; once the head is out, failures end the stream with
+//! an SSE error event (see the relay).
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf};
 use monoio::net::TcpStream;
-use sluice_core::config::Provider;
+use sluice_core::balance::Outcome;
+use sluice_core::config::{Deployment, ModelGroup, Provider};
 use sluice_core::error::{ErrorKind, GatewayError};
-use sluice_core::http1::{
-    is_hop_by_hop, parse_response_head, BodyFraming, RequestHead, ResponseHead,
-};
-use sluice_core::inspect::{self, Rewrite};
-use sluice_core::route::pick_weighted;
+use sluice_core::http1::{is_hop_by_hop, BodyFraming, RequestHead, ResponseHead};
+use sluice_core::inspect::{self, Inspected, Rewrite};
+use sluice_core::retry::{self, Decision, Failure};
 use sluice_core::sse::SseScanner;
-use sluice_core::usage::Usage;
+use sluice_core::usage::{self, Usage};
 
+use crate::attempt::{self, Sent};
 use crate::endpoints::ApiEndpoint;
 use crate::log::{AccessRecord, Attempt};
 use crate::relay::{BodyLimits, BodyMode, ClientWatch, Relay};
 use crate::respond::{self, write_head, ClientFraming};
+use crate::routing::Pick;
 use crate::state::Worker;
-use crate::upstream::{self, UpstreamConn, UpstreamError};
+use crate::upstream::UpstreamError;
 
-/// Largest upstream response head accepted.
-const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
+/// Largest error body read to decide on a retry (and passed through when it is the answer).
+const MAX_ERROR_BODY: usize = 1 << 20;
+/// Largest successful non-streaming body buffered so its cost can go in a header.
+const MAX_BUFFERED_BODY: u64 = 1 << 20;
+/// Largest deadline a client may ask for with `x-sluice-deadline-ms`.
+const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 
-/// A request ready to send: where, and the exact bytes.
+/// What the request asks for, fixed across attempts.
 pub struct Plan {
-    /// Provider index.
-    pub provider: usize,
-    /// `provider/model`, sent back as `x-sluice-deployment`.
-    pub deployment: String,
-    /// Request head and body for the upstream.
-    pub request: Vec<u8>,
-    /// The client asked for a stream.
-    pub stream: bool,
-    /// The gateway added `include_usage`: strip the usage chunk from what the client sees.
+    /// Model group index.
+    pub group: usize,
+    /// The routing fields of the body.
+    pub inspected: Inspected,
+    /// The client's body.
+    pub body: Vec<u8>,
+    /// Which API.
+    pub endpoint: ApiEndpoint,
+    /// Client header lines passed through to every attempt.
+    forwarded: Vec<u8>,
+    /// The client's query string.
+    query: Option<String>,
+    /// The client sent `accept`.
+    has_accept: bool,
+    /// The gateway adds `include_usage` and strips the usage chunk from what the client sees.
     pub strip_usage: bool,
-    /// The client's request body size, for estimates.
-    pub body_len: usize,
-    /// Span id of the attempt, when traced.
-    pub span_id: Option<[u8; 8]>,
+    /// `x-sluice-deadline-ms`.
+    deadline_override: Option<Duration>,
 }
 
 /// Client headers never forwarded: credentials meant for the gateway, and what the gateway
 /// sets itself. `accept-encoding` is dropped so the upstream answers uncompressed and usage
 /// can be read.
-fn forwardable(name: &str) -> bool {
+fn forwardable(name: &str, traced: bool) -> bool {
     const DROP: [&str; 8] = [
         "authorization",
         "x-api-key",
@@ -57,105 +77,87 @@ fn forwardable(name: &str) -> bool {
         "accept-encoding",
         "x-request-id",
     ];
-    !is_hop_by_hop(name)
-        && !DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
-        && !name
+    let dropped = is_hop_by_hop(name)
+        || DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
+        || (traced && name.eq_ignore_ascii_case("traceparent"))
+        || name
             .get(..9)
-            .is_some_and(|p| p.eq_ignore_ascii_case("x-sluice-"))
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-sluice-"));
+    !dropped
 }
 
-/// Inspects the body, picks a deployment and builds the upstream request.
+/// Inspects the body and resolves its model group.
 pub fn plan(
     worker: &Worker,
     head: &RequestHead,
-    body: &[u8],
+    body: Vec<u8>,
     endpoint: ApiEndpoint,
-    request_id: &str,
     rec: &mut AccessRecord,
 ) -> Result<Plan, GatewayError> {
-    let inspected = inspect::inspect(body)?;
+    let inspected = inspect::inspect(&body)?;
     rec.model = Some(inspected.model.clone());
     rec.stream = inspected.stream;
     let cfg = &worker.shared.config;
-    let not_found = || {
+    let group = cfg.model_index(&inspected.model).ok_or_else(|| {
         GatewayError::new(
             ErrorKind::ModelNotFound,
             format!("The model `{}` does not exist", inspected.model),
         )
         .with_param("model")
+    })?;
+    let deadline_override = match head.header_str("x-sluice-deadline-ms") {
+        None => None,
+        Some(v) => Some(
+            v.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(|ms| Duration::from_millis(ms).min(MAX_DEADLINE))
+                .ok_or_else(|| {
+                    GatewayError::new(
+                        ErrorKind::InvalidRequest,
+                        "x-sluice-deadline-ms must be a positive number of milliseconds",
+                    )
+                })?,
+        ),
     };
-    let group_index = cfg.model_index(&inspected.model).ok_or_else(not_found)?;
-    let group = cfg.models.get(group_index).ok_or_else(not_found)?;
-    let pick_index = pick_weighted(&group.deployments, fastrand::u64(..))
-        .ok_or_else(|| GatewayError::new(ErrorKind::UpstreamUnavailable, "no deployment"))?;
-    let pick = group
-        .deployments
-        .get(pick_index)
-        .ok_or_else(|| GatewayError::new(ErrorKind::UpstreamUnavailable, "no deployment"))?;
-    rec.route = Some((group_index, pick_index));
-    let provider = cfg
-        .providers
-        .get(pick.provider)
-        .ok_or_else(|| GatewayError::new(ErrorKind::Internal, "deployment without provider"))?;
-    let upstream_model = (pick.model != "*").then_some(pick.model.as_str());
+    let traced = rec.trace.is_some();
+    let mut forwarded = Vec::with_capacity(256);
+    let mut has_accept = false;
+    for (name, value) in head.headers() {
+        if forwardable(name, traced) {
+            has_accept |= name.eq_ignore_ascii_case("accept");
+            push_header(&mut forwarded, name, value);
+        }
+    }
     let strip_usage =
         inspected.stream && endpoint.takes_stream_options() && !inspected.include_usage;
-    let edits = Rewrite {
-        model: upstream_model,
-        force_include_usage: strip_usage,
-    };
-
-    let mut req = Vec::with_capacity(512 + body.len() + 64);
-    build_head(
-        &mut req,
-        provider,
-        head,
-        endpoint,
-        request_id,
-        inspected.stream,
-        rec.trace.is_some(),
-    );
-    // A traced request continues as our attempt span; otherwise the client's own
-    // `traceparent` passes through untouched.
-    let span_id = rec.trace.map(|t| {
-        let span = crate::trace::new_span_id();
-        push_header(&mut req, "traceparent", t.traceparent_for(span).as_bytes());
-        span
-    });
-    if edits.is_noop(&inspected) {
-        push_content_length(&mut req, body.len());
-        req.extend_from_slice(body);
-    } else {
-        let mut rewritten = Vec::with_capacity(body.len() + 64);
-        inspect::rewrite(body, &inspected, edits, &mut rewritten);
-        push_content_length(&mut req, rewritten.len());
-        req.extend_from_slice(&rewritten);
-    }
-    rec.deployment = Some(pick.label.clone());
     Ok(Plan {
-        provider: pick.provider,
-        deployment: pick.label.clone(),
-        request: req,
-        stream: inspected.stream,
+        group,
+        query: head.target().split_once('?').map(|(_, q)| q.to_string()),
+        inspected,
+        body,
+        endpoint,
+        forwarded,
+        has_accept,
         strip_usage,
-        body_len: body.len(),
-        span_id,
+        deadline_override,
     })
 }
 
-fn build_head(
-    req: &mut Vec<u8>,
+/// The upstream request for one attempt at `deployment` of `provider`.
+fn build_request(
+    plan: &Plan,
     provider: &Provider,
-    head: &RequestHead,
-    endpoint: ApiEndpoint,
+    deployment: &Deployment,
     request_id: &str,
-    stream: bool,
-    traced: bool,
-) {
+    traceparent: Option<&str>,
+) -> Vec<u8> {
+    let mut req = Vec::with_capacity(512 + plan.forwarded.len() + plan.body.len() + 64);
     req.extend_from_slice(b"POST ");
     req.extend_from_slice(provider.endpoint.path_prefix.as_bytes());
-    req.extend_from_slice(endpoint.upstream_suffix().as_bytes());
-    if let Some((_, query)) = head.target().split_once('?') {
+    req.extend_from_slice(plan.endpoint.upstream_suffix().as_bytes());
+    if let Some(query) = &plan.query {
         req.push(b'?');
         req.extend_from_slice(query.as_bytes());
     }
@@ -165,29 +167,53 @@ fn build_head(
     req.extend_from_slice(request_id.as_bytes());
     req.extend_from_slice(b"\r\n");
     if let Some(key) = &provider.api_key {
-        req.extend_from_slice(b"authorization: Bearer ");
-        req.extend_from_slice(key.expose().as_bytes());
-        req.extend_from_slice(b"\r\n");
+        push_header(
+            &mut req,
+            "authorization",
+            format!("Bearer {}", key.expose()).as_bytes(),
+        );
     }
     for (name, value) in &provider.headers {
-        push_header(req, name, value.as_bytes());
+        push_header(&mut req, name, value.as_bytes());
     }
-    let mut saw_accept = false;
-    for (name, value) in head.headers() {
-        if forwardable(name)
-            && !(traced && name.eq_ignore_ascii_case("traceparent"))
-            && !provider
-                .headers
-                .iter()
-                .any(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
-            saw_accept |= name.eq_ignore_ascii_case("accept");
-            push_header(req, name, value);
+    // Client headers, unless the provider config sets the same one.
+    let mut rest = &plan.forwarded[..];
+    while let Some(end) = memchr_crlf(rest) {
+        let line = &rest[..end + 2];
+        let name = line.split(|b| *b == b':').next().unwrap_or_default();
+        let overridden = provider
+            .headers
+            .iter()
+            .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name));
+        if !overridden {
+            req.extend_from_slice(line);
         }
+        rest = &rest[end + 2..];
     }
-    if stream && !saw_accept {
+    if plan.inspected.stream && !plan.has_accept {
         req.extend_from_slice(b"accept: text/event-stream\r\n");
     }
+    if let Some(tp) = traceparent {
+        push_header(&mut req, "traceparent", tp.as_bytes());
+    }
+    let edits = Rewrite {
+        model: (deployment.model != "*").then_some(deployment.model.as_str()),
+        force_include_usage: plan.strip_usage,
+    };
+    if edits.is_noop(&plan.inspected) {
+        push_content_length(&mut req, plan.body.len());
+        req.extend_from_slice(&plan.body);
+    } else {
+        let mut rewritten = Vec::with_capacity(plan.body.len() + 64);
+        inspect::rewrite(&plan.body, &plan.inspected, edits, &mut rewritten);
+        push_content_length(&mut req, rewritten.len());
+        req.extend_from_slice(&rewritten);
+    }
+    req
+}
+
+fn memchr_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
 }
 
 fn push_header(req: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -211,8 +237,22 @@ pub struct Exchanged {
     pub early: Vec<u8>,
 }
 
-/// Runs the exchange: sends `plan` upstream and relays the answer to the client. Errors before
-/// the response head reached the client are answered as JSON here.
+/// What the client asked of the connection, and what the caller adds to the answer.
+pub struct ClientSide<'r> {
+    /// `x-request-id`.
+    pub request_id: &'r str,
+    /// The client speaks HTTP/1.0 (no chunked responses).
+    pub http10: bool,
+    /// The client wants to keep the connection.
+    pub keep_alive: bool,
+    /// When the request head arrived.
+    pub started: Instant,
+    /// Headers to add to whatever answer goes out (e.g. `x-ratelimit-*`).
+    pub extra_headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// Runs the exchange: attempts deployments until one answers and relays its answer to the
+/// client. Errors before the response head reached the client are answered as JSON here.
 pub async fn execute(
     worker: &Worker,
     plan: Plan,
@@ -232,103 +272,794 @@ pub async fn execute(
     }
 }
 
-/// What the client asked of the connection.
-pub struct ClientSide<'r> {
-    /// `x-request-id`.
-    pub request_id: &'r str,
-    /// The client speaks HTTP/1.0 (no chunked responses).
-    pub http10: bool,
-    /// The client wants to keep the connection.
-    pub keep_alive: bool,
-    /// When the request head arrived.
-    pub started: Instant,
+/// Why an attempt failed, kept to answer with when no attempt succeeds.
+enum Failed {
+    /// The upstream could not be reached or timed out.
+    Transport(UpstreamError),
+    /// The upstream answered with an error worth retrying; its answer, whole.
+    Answer {
+        head: ResponseHead,
+        body: Vec<u8>,
+        deployment: String,
+    },
+}
+
+/// State of the attempt loop.
+struct Attempts {
+    group: usize,
+    visited: Vec<usize>,
+    fallbacks: VecDeque<usize>,
+    tried: Vec<usize>,
+    refused: Vec<usize>,
+    in_group: u32,
+    deployments_tried: usize,
+    last: Option<Failed>,
+}
+
+impl Attempts {
+    /// Moves to the next fallback group (the context-window fallback first when asked).
+    fn next_group(&mut self, groups: &[ModelGroup], context: bool) -> bool {
+        let context_fallback = context
+            .then(|| {
+                groups
+                    .get(self.group)
+                    .and_then(|g| g.context_window_fallback)
+            })
+            .flatten()
+            .filter(|g| !self.visited.contains(g));
+        let next = context_fallback.or_else(|| {
+            while let Some(g) = self.fallbacks.pop_front() {
+                if !self.visited.contains(&g) {
+                    return Some(g);
+                }
+            }
+            None
+        });
+        let Some(next) = next else { return false };
+        self.group = next;
+        self.visited.push(next);
+        if let Some(g) = groups.get(next) {
+            // A fallback's own fallbacks come after the ones already queued.
+            self.fallbacks.extend(g.fallbacks.iter().copied());
+        }
+        self.tried.clear();
+        self.refused.clear();
+        self.in_group = 0;
+        true
+    }
 }
 
 async fn exchange(
     worker: &Worker,
-    mut plan: Plan,
+    plan: Plan,
     wr: &mut OwnedWriteHalf<TcpStream>,
     watch: &mut ClientWatch<'_>,
     client: &ClientSide<'_>,
     rec: &mut AccessRecord,
 ) -> bool {
-    let shared = &worker.shared;
-    let Some(provider) = shared.config.providers.get(plan.provider) else {
-        return answer_error(
-            wr,
-            GatewayError::new(ErrorKind::Internal, "no provider"),
-            client,
-            rec,
-        )
-        .await;
+    let cfg = &worker.shared.config;
+    let Some(first) = cfg.models.get(plan.group) else {
+        let err = GatewayError::new(ErrorKind::Internal, "model group vanished");
+        return answer_error(wr, err, client, rec).await;
     };
-    let deadline = client.started + Duration::from_millis(provider.total_timeout_ms);
-    let upstream_started = Instant::now();
-    let since_start = |t: Instant| t.saturating_duration_since(client.started).as_micros() as u64;
-    let mut attempt = Attempt {
-        deployment: plan.deployment.clone(),
-        provider: plan.provider,
-        span_id: plan.span_id,
-        start_us: since_start(upstream_started),
-        end_us: 0,
-        status: 0,
-        error: None,
+    let longest_provider_timeout = first
+        .deployments
+        .iter()
+        .filter_map(|d| cfg.providers.get(d.provider))
+        .map(|p| p.total_timeout_ms)
+        .max()
+        .unwrap_or(600_000);
+    let budget = plan
+        .deadline_override
+        .or(first.retry.deadline)
+        .unwrap_or(Duration::from_millis(longest_provider_timeout));
+    let deadline = client.started + budget;
+    if let Some(h) = worker
+        .routes
+        .borrow_mut()
+        .group(plan.group)
+        .and_then(|g| g.hedger.as_mut())
+    {
+        h.on_request();
+    }
+    let mut state = Attempts {
+        group: plan.group,
+        visited: vec![plan.group],
+        fallbacks: first.fallbacks.iter().copied().collect(),
+        tried: Vec::new(),
+        refused: Vec::new(),
+        in_group: 0,
+        deployments_tried: 0,
+        last: None,
     };
-
-    let request = std::mem::take(&mut plan.request);
-    let sent = send(worker, provider, plan.provider, request, watch, deadline).await;
-    let (mut conn, head, ubuf, body_at) = match sent {
-        Ok(x) => x,
-        Err(SendError::ClientGone) => {
-            rec.client_cancelled = true;
-            rec.status = 499;
-            rec.error = Some("client_gone".into());
-            attempt.end_us = since_start(Instant::now());
-            attempt.error = Some("client_gone");
-            rec.attempts.push(attempt);
-            return false;
+    loop {
+        let now = Instant::now();
+        let Some(group) = cfg.models.get(state.group) else {
+            break;
+        };
+        if now >= deadline {
+            if state.last.is_none() {
+                state.last = Some(Failed::Transport(UpstreamError::TotalTimeout(
+                    "the request deadline".into(),
+                )));
+            }
+            break;
         }
-        Err(SendError::Upstream(e)) => {
-            rec.error = Some(e.label().into());
-            attempt.end_us = since_start(Instant::now());
-            attempt.error = Some(e.label());
-            rec.attempts.push(attempt);
+        let pick =
+            worker
+                .routes
+                .borrow_mut()
+                .pick(state.group, now, fastrand::u64(..), &state.tried);
+        let i = match pick {
+            Some(Pick::Deployment(i)) if !state.refused.contains(&i) => i,
+            Some(Pick::AllOpen(wait)) if state.last.is_none() && state.fallbacks.is_empty() => {
+                // Nothing could even be tried: fail fast.
+                rec.route = Some((state.group, usize::MAX));
+                let err = GatewayError::new(
+                    ErrorKind::UpstreamUnavailable,
+                    format!(
+                        "every deployment of `{}` is unavailable (circuit breakers open)",
+                        group.name
+                    ),
+                )
+                .with_retry_after(retry::retry_after_secs(wait));
+                return answer_error(wr, err, client, rec).await;
+            }
+            _ => {
+                if state.next_group(&cfg.models, false) {
+                    worker.metrics.fallback(state.visited[0]);
+                    continue;
+                }
+                break;
+            }
+        };
+        if !worker.routes.borrow_mut().start(state.group, i, now) {
+            state.refused.push(i);
+            continue;
+        }
+        state.in_group += 1;
+        if !state.tried.contains(&i) {
+            state.tried.push(i);
+            state.deployments_tried += 1;
+        }
+        let outcome = attempt(worker, &plan, &mut state, i, deadline, watch, client, rec).await;
+        let failure = match outcome {
+            AttemptEnd::Answered(sent, started) => {
+                return deliver(
+                    worker,
+                    &plan,
+                    sent,
+                    (state.group, i),
+                    started,
+                    wr,
+                    watch,
+                    client,
+                    rec,
+                    deadline,
+                )
+                .await;
+            }
+            AttemptEnd::ClientGone => {
+                rec.client_cancelled = true;
+                rec.status = 499;
+                rec.error = Some("client_gone".into());
+                return false;
+            }
+            AttemptEnd::Failed(f) => f,
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let others = worker
+            .routes
+            .borrow()
+            .has_untried(state.group, Instant::now(), &state.tried);
+        match group.retry.decide(
+            state.in_group,
+            &failure,
+            remaining,
+            others,
+            fastrand::u64(..),
+        ) {
+            Decision::Retry { after } => {
+                worker.metrics.retry(plan.group);
+                if !after.is_zero() && watch.race(monoio::time::sleep(after)).await.is_none() {
+                    rec.client_cancelled = true;
+                    rec.status = 499;
+                    rec.error = Some("client_gone".into());
+                    return false;
+                }
+            }
+            Decision::Fallback => {
+                let context = failure == Failure::ContextWindow;
+                if state.next_group(&cfg.models, context) {
+                    worker.metrics.fallback(plan.group);
+                    continue;
+                }
+                break;
+            }
+            Decision::GiveUp => break,
+        }
+    }
+    answer_last(worker, state, wr, client, rec).await
+}
+
+/// How one attempt ended.
+enum AttemptEnd {
+    /// An answer to give the client (success, or an error not worth retrying).
+    Answered(Sent, Instant),
+    /// A failure to decide on; recorded in the state's `last`.
+    Failed(Failure),
+    /// The client went away.
+    ClientGone,
+}
+
+/// Sends the request to deployment `i` of the current group (hedged when the group says so)
+/// and classifies the result.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    worker: &Worker,
+    plan: &Plan,
+    state: &mut Attempts,
+    i: usize,
+    deadline: Instant,
+    watch: &mut ClientWatch<'_>,
+    client: &ClientSide<'_>,
+    rec: &mut AccessRecord,
+) -> AttemptEnd {
+    let cfg = &worker.shared.config;
+    let g = state.group;
+    let Some(group) = cfg.models.get(g) else {
+        return AttemptEnd::Failed(Failure::Connect);
+    };
+    let started = Instant::now();
+    let mut primary = Launch::new(worker, plan, group, i, client, rec);
+    let hedge_delay = (state.in_group == 1)
+        .then(|| {
+            worker
+                .routes
+                .borrow_mut()
+                .group(g)
+                .and_then(|s| s.hedger.as_ref())
+                .and_then(|h| h.delay())
+        })
+        .flatten();
+    let fut_a = attempt::send(
+        worker,
+        primary.provider,
+        std::mem::take(&mut primary.request),
+        deadline,
+    );
+    let raced = match hedge_delay {
+        None => watch.race(fut_a).await.map(|r| (primary, r, None)),
+        Some(delay) => {
+            watch
+                .race(hedged(
+                    worker, plan, state, group, primary, fut_a, delay, deadline, client, rec,
+                ))
+                .await
+        }
+    };
+    let Some((winner, result, loser)) = raced else {
+        worker.routes.borrow_mut().cancel(g, i);
+        rec.attempts
+            .push(primary_attempt_gone(i, started, client, group, rec));
+        return AttemptEnd::ClientGone;
+    };
+    if let Some(loser) = loser {
+        worker.routes.borrow_mut().cancel(g, loser.index);
+        rec.attempts
+            .push(loser.record(started, client, 0, Some("hedge_cancelled")));
+    }
+    // The access log and metrics name the deployment of the latest attempt.
+    rec.route = Some((g, winner.index));
+    rec.deployment = Some(winner.label.clone());
+    let provider_name = cfg
+        .providers
+        .get(winner.provider)
+        .map_or("?", |p| p.name.as_str());
+    let mut sent = match result {
+        Ok(sent) => sent,
+        Err(e) => {
+            let failure = match e {
+                UpstreamError::ConnectTimeout(_)
+                | UpstreamError::FirstByteTimeout(_)
+                | UpstreamError::IdleTimeout(_)
+                | UpstreamError::TotalTimeout(_) => Failure::Timeout,
+                _ => Failure::Connect,
+            };
             worker
                 .metrics
-                .upstream_error(&shared.config, plan.provider, e.label());
-            tracing::debug!(provider = %provider.name, error = %e, "upstream request failed");
-            return answer_error(wr, e.to_gateway(), client, rec).await;
+                .upstream_error(cfg, winner.provider, e.label());
+            tracing::debug!(provider = provider_name, error = %e, "upstream attempt failed");
+            worker.routes.borrow_mut().finish(
+                cfg,
+                g,
+                winner.index,
+                Instant::now(),
+                Outcome::failure(started.elapsed()),
+            );
+            rec.attempts
+                .push(winner.record(started, client, 0, Some(e.label())));
+            state.last = Some(Failed::Transport(e));
+            return AttemptEnd::Failed(failure);
         }
     };
-    let head_wait = upstream_started.elapsed();
-    rec.upstream_reused = Some(conn.reuses > 0);
-    rec.status = head.status;
+    let ttfb = started.elapsed();
+    if let Some(h) = worker
+        .routes
+        .borrow_mut()
+        .group(g)
+        .and_then(|s| s.hedger.as_mut())
+    {
+        h.record_ttfb(ttfb);
+    }
+    let status = sent.head.status;
+    let may_be_context = status == 400 && group.context_window_fallback.is_some();
+    if !group.retry.retry_on.contains(&status) && !may_be_context {
+        rec.attempts
+            .push(winner.record(started, client, status, None));
+        rec.route = Some((g, winner.index));
+        rec.deployment = Some(winner.label.clone());
+        return AttemptEnd::Answered(sent, started);
+    }
+    // An error answer: read it whole to decide (and to pass it on if it is the last word).
+    let read = attempt::read_small_body(&mut sent, provider_name, MAX_ERROR_BODY, deadline);
+    let body = match watch.race(read).await {
+        None => {
+            worker.routes.borrow_mut().cancel(g, winner.index);
+            return AttemptEnd::ClientGone;
+        }
+        Some(Ok((body, reusable))) => {
+            if reusable {
+                if let Some(p) = cfg.providers.get(winner.provider) {
+                    worker.pool.borrow_mut().put(
+                        winner.provider,
+                        sent.conn,
+                        Instant::now(),
+                        p.pool_max_idle,
+                    );
+                }
+            }
+            body
+        }
+        Some(Err(e)) => {
+            worker.routes.borrow_mut().finish(
+                cfg,
+                g,
+                winner.index,
+                Instant::now(),
+                Outcome::failure(started.elapsed()),
+            );
+            rec.attempts
+                .push(winner.record(started, client, status, Some(e.label())));
+            state.last = Some(Failed::Transport(e));
+            return AttemptEnd::Failed(Failure::Connect);
+        }
+    };
+    let failure = if status == 400 {
+        if !retry::is_context_window_error(status, &body) {
+            // A plain client error: the deployment did its job. Hand the answer over.
+            worker.routes.borrow_mut().finish(
+                cfg,
+                g,
+                winner.index,
+                Instant::now(),
+                Outcome::success(started.elapsed()),
+            );
+            rec.attempts
+                .push(winner.record(started, client, status, None));
+            rec.route = Some((g, winner.index));
+            rec.deployment = Some(winner.label.clone());
+            let head = sent.head.clone();
+            state.last = Some(Failed::Answer {
+                head,
+                body,
+                deployment: winner.label.clone(),
+            });
+            return AttemptEnd::Failed(Failure::Status {
+                code: 400,
+                retry_after: None,
+            });
+        }
+        Failure::ContextWindow
+    } else {
+        let retry_after = sent
+            .head
+            .header("retry-after-ms")
+            .and_then(retry::parse_retry_after_ms)
+            .or_else(|| {
+                sent.head
+                    .header("retry-after")
+                    .and_then(retry::parse_retry_after)
+            });
+        Failure::Status {
+            code: status,
+            retry_after,
+        }
+    };
+    worker.routes.borrow_mut().finish(
+        cfg,
+        g,
+        winner.index,
+        Instant::now(),
+        if failure == Failure::ContextWindow {
+            Outcome::success(started.elapsed())
+        } else {
+            Outcome::failure(started.elapsed())
+        },
+    );
+    rec.attempts.push(winner.record(
+        started,
+        client,
+        status,
+        Some(if failure == Failure::ContextWindow {
+            "context_window"
+        } else {
+            "status"
+        }),
+    ));
+    state.last = Some(Failed::Answer {
+        head: sent.head,
+        body,
+        deployment: winner.label.clone(),
+    });
+    AttemptEnd::Failed(failure)
+}
 
-    let is_sse = head.is_event_stream() && (200..300).contains(&head.status);
+/// One launched attempt: where it went and what it sent.
+struct Launch {
+    index: usize,
+    provider: usize,
+    label: String,
+    request: Vec<u8>,
+    span_id: Option<[u8; 8]>,
+}
+
+impl Launch {
+    fn new(
+        worker: &Worker,
+        plan: &Plan,
+        group: &ModelGroup,
+        index: usize,
+        client: &ClientSide<'_>,
+        rec: &AccessRecord,
+    ) -> Launch {
+        let cfg = &worker.shared.config;
+        let dep = group.deployments.get(index);
+        let provider = dep.map_or(0, |d| d.provider);
+        let span_id = rec.trace.map(|_| crate::trace::new_span_id());
+        let traceparent = rec.trace.zip(span_id).map(|(t, s)| t.traceparent_for(s));
+        let request = match (dep, cfg.providers.get(provider)) {
+            (Some(d), Some(p)) => {
+                build_request(plan, p, d, client.request_id, traceparent.as_deref())
+            }
+            _ => Vec::new(),
+        };
+        Launch {
+            index,
+            provider,
+            label: dep.map_or_else(String::new, |d| d.label.clone()),
+            request,
+            span_id,
+        }
+    }
+
+    fn record(
+        &self,
+        started: Instant,
+        client: &ClientSide<'_>,
+        status: u16,
+        error: Option<&'static str>,
+    ) -> Attempt {
+        let since = |t: Instant| t.saturating_duration_since(client.started).as_micros() as u64;
+        Attempt {
+            deployment: self.label.clone(),
+            provider: self.provider,
+            span_id: self.span_id,
+            start_us: since(started),
+            end_us: since(Instant::now()),
+            status,
+            error,
+        }
+    }
+}
+
+fn primary_attempt_gone(
+    i: usize,
+    started: Instant,
+    client: &ClientSide<'_>,
+    group: &ModelGroup,
+    _rec: &AccessRecord,
+) -> Attempt {
+    let since = |t: Instant| t.saturating_duration_since(client.started).as_micros() as u64;
+    let dep = group.deployments.get(i);
+    Attempt {
+        deployment: dep.map_or_else(String::new, |d| d.label.clone()),
+        provider: dep.map_or(0, |d| d.provider),
+        span_id: None,
+        start_us: since(started),
+        end_us: since(Instant::now()),
+        status: 0,
+        error: Some("client_gone"),
+    }
+}
+
+type Hedged = (Launch, Result<Sent, UpstreamError>, Option<Launch>);
+
+/// Sends to the primary; if it has not answered after `delay` and the hedge budget allows,
+/// sends the same request to a second deployment. The first to answer wins and the other is
+/// dropped, which closes its connection.
+#[allow(clippy::too_many_arguments)]
+async fn hedged<F>(
+    worker: &Worker,
+    plan: &Plan,
+    state: &mut Attempts,
+    group: &ModelGroup,
+    primary: Launch,
+    fut_a: F,
+    delay: Duration,
+    deadline: Instant,
+    client: &ClientSide<'_>,
+    rec: &AccessRecord,
+) -> Hedged
+where
+    F: std::future::Future<Output = Result<Sent, UpstreamError>>,
+{
+    let mut fut_a = std::pin::pin!(fut_a);
+    monoio::select! {
+        biased;
+        r = &mut fut_a => return (primary, r, None),
+        _ = monoio::time::sleep(delay) => {}
+    }
+    let g = state.group;
+    let now = Instant::now();
+    let allowed = {
+        let mut routes = worker.routes.borrow_mut();
+        let budget = routes
+            .group(g)
+            .and_then(|s| s.hedger.as_mut())
+            .is_some_and(|h| h.should_hedge());
+        let mut exclude = state.tried.clone();
+        exclude.push(primary.index);
+        match routes.pick(g, now, fastrand::u64(..), &exclude) {
+            Some(Pick::Deployment(j)) if budget && j != primary.index => {
+                routes.start(g, j, now).then_some(j)
+            }
+            _ => None,
+        }
+    };
+    let Some(j) = allowed else {
+        let r = fut_a.await;
+        return (primary, r, None);
+    };
+    worker.metrics.hedge(plan.group);
+    state.tried.push(j);
+    state.deployments_tried += 1;
+    let mut second = Launch::new(worker, plan, group, j, client, rec);
+    let mut fut_b = std::pin::pin!(attempt::send(
+        worker,
+        second.provider,
+        std::mem::take(&mut second.request),
+        deadline
+    ));
+    let first_done = monoio::select! {
+        biased;
+        r = &mut fut_a => (true, r),
+        r = &mut fut_b => (false, r),
+    };
+    match first_done {
+        (true, Ok(sent)) => (primary, Ok(sent), Some(second)),
+        (false, Ok(sent)) => (second, Ok(sent), Some(primary)),
+        // The first to finish failed: the other one is the answer, whatever it is.
+        (true, Err(_)) => {
+            let r = fut_b.await;
+            (second, r, Some(primary))
+        }
+        (false, Err(_)) => {
+            let r = fut_a.await;
+            (primary, r, Some(second))
+        }
+    }
+}
+
+/// No attempt succeeded: answer with the last failure.
+async fn answer_last(
+    worker: &Worker,
+    state: Attempts,
+    wr: &mut OwnedWriteHalf<TcpStream>,
+    client: &ClientSide<'_>,
+    rec: &mut AccessRecord,
+) -> bool {
+    let err = match state.last {
+        Some(Failed::Answer {
+            head,
+            body,
+            deployment,
+        }) => {
+            // The provider's own answer, passed through whole.
+            rec.status = head.status;
+            rec.deployment = Some(deployment.clone());
+            let mut wire = Vec::with_capacity(512 + body.len());
+            write_response_head(
+                &mut wire,
+                &head,
+                &deployment,
+                ClientFraming::Length(body.len() as u64),
+                client.keep_alive,
+                client,
+                None,
+            );
+            wire.extend_from_slice(&body);
+            rec.bytes_out = wire.len() as u64;
+            let (res, _) = wr.write_all(wire).await;
+            rec.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
+            return res.is_ok() && client.keep_alive;
+        }
+        Some(Failed::Transport(e)) => {
+            rec.error = Some(e.label().into());
+            if state.deployments_tried >= 2 || state.visited.len() >= 2 {
+                // Several deployments or groups failed: the service is unavailable for now.
+                GatewayError::new(
+                    ErrorKind::UpstreamUnavailable,
+                    format!("every deployment tried failed; last: {e}"),
+                )
+                .with_retry_after(1)
+            } else {
+                e.to_gateway()
+            }
+        }
+        None => GatewayError::new(
+            ErrorKind::UpstreamUnavailable,
+            "no deployment is available for this model",
+        )
+        .with_retry_after(1),
+    };
+    if let Some(w) = worker.shared.config.models.get(state.group) {
+        tracing::debug!(model = %w.name, error = %err, "request failed after all attempts");
+    }
+    answer_error(wr, err, client, rec).await
+}
+
+/// Hands a successful (or final) answer to the client: small JSON bodies are buffered so the
+/// cost can go in a header; everything else is relayed as it arrives.
+#[allow(clippy::too_many_arguments)]
+async fn deliver(
+    worker: &Worker,
+    plan: &Plan,
+    mut sent: Sent,
+    (g, i): (usize, usize),
+    started: Instant,
+    wr: &mut OwnedWriteHalf<TcpStream>,
+    watch: &mut ClientWatch<'_>,
+    client: &ClientSide<'_>,
+    rec: &mut AccessRecord,
+    deadline: Instant,
+) -> bool {
+    let shared = &worker.shared;
+    let cfg = &shared.config;
+    let Some(dep) = cfg.models.get(g).and_then(|m| m.deployments.get(i)) else {
+        return false;
+    };
+    let Some(provider) = cfg.providers.get(dep.provider) else {
+        return false;
+    };
+    let upstream_model = if dep.model == "*" {
+        plan.inspected.model.as_str()
+    } else {
+        dep.model.as_str()
+    };
+    rec.upstream_reused = Some(sent.conn.reuses > 0);
+    rec.status = sent.head.status;
+    let head_wait = started.elapsed();
+    let keep_alive = client.keep_alive && !shared.is_draining();
+    let is_sse = sent.head.is_event_stream() && (200..300).contains(&sent.head.status);
+    rec.stream = is_sse;
+    let success = (200..300).contains(&sent.head.status);
+
+    // Small complete bodies: read whole, price, answer in one write.
+    if !is_sse && success {
+        if let BodyFraming::Length(n) = sent.head.body {
+            if n <= MAX_BUFFERED_BODY {
+                let read = attempt::read_small_body(
+                    &mut sent,
+                    &provider.name,
+                    MAX_BUFFERED_BODY as usize,
+                    deadline,
+                );
+                let (body, reusable) = match watch.race(read).await {
+                    None => {
+                        rec.client_cancelled = true;
+                        worker.routes.borrow_mut().cancel(g, i);
+                        return false;
+                    }
+                    Some(Ok(x)) => x,
+                    Some(Err(e)) => {
+                        rec.error = Some(e.label().into());
+                        worker.routes.borrow_mut().finish(
+                            cfg,
+                            g,
+                            i,
+                            Instant::now(),
+                            Outcome::failure(started.elapsed()),
+                        );
+                        return answer_error(wr, e.to_gateway(), client, rec).await;
+                    }
+                };
+                rec.first_token_us = Some(
+                    Instant::now()
+                        .saturating_duration_since(client.started)
+                        .as_micros() as u64,
+                );
+                rec.upstream_us = Some(started.elapsed().as_micros() as u64);
+                rec.usage = usage::from_body(&body);
+                let cost = rec
+                    .usage
+                    .map(|u| shared.prices.cost_micros(upstream_model, &u));
+                rec.cost_micros = cost;
+                let cost_text = cost.map(sluice_core::cost::format_usd);
+                let mut wire = Vec::with_capacity(1024 + body.len());
+                write_response_head(
+                    &mut wire,
+                    &sent.head,
+                    &dep.label,
+                    if client.http10 {
+                        ClientFraming::Close
+                    } else {
+                        ClientFraming::Length(body.len() as u64)
+                    },
+                    keep_alive,
+                    client,
+                    cost_text.as_deref(),
+                );
+                wire.extend_from_slice(&body);
+                rec.bytes_out = wire.len() as u64;
+                let (res, _) = wr.write_all(wire).await;
+                rec.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
+                worker.routes.borrow_mut().finish(
+                    cfg,
+                    g,
+                    i,
+                    Instant::now(),
+                    Outcome::success(started.elapsed()),
+                );
+                if reusable {
+                    worker.pool.borrow_mut().put(
+                        dep.provider,
+                        sent.conn,
+                        Instant::now(),
+                        provider.pool_max_idle,
+                    );
+                }
+                if res.is_err() {
+                    rec.client_cancelled = true;
+                }
+                return res.is_ok() && keep_alive && !client.http10;
+            }
+        }
+    }
+
     let mode = if is_sse {
         BodyMode::Sse(SseScanner::new(plan.strip_usage))
     } else {
         BodyMode::Buffered(Vec::new())
     };
-    rec.stream = is_sse;
     let client_framing = if client.http10 {
         ClientFraming::Close
     } else {
-        match head.body {
+        match sent.head.body {
             BodyFraming::Empty => ClientFraming::Length(0),
             BodyFraming::Length(n) if !is_sse => ClientFraming::Length(n),
             _ => ClientFraming::Chunked,
         }
     };
-    let keep_alive = client.keep_alive && !shared.is_draining();
-    let mut wire = Vec::with_capacity(1024 + ubuf.len());
+    let mut wire = Vec::with_capacity(1024 + sent.buf.len());
     write_response_head(
         &mut wire,
-        &head,
-        &plan.deployment,
+        &sent.head,
+        &dep.label,
         client_framing,
         keep_alive,
-        client.request_id,
+        client,
+        None,
     );
     let limits = BodyLimits {
         idle: Duration::from_millis(provider.idle_timeout_ms),
@@ -338,213 +1069,92 @@ async fn exchange(
     if is_sse {
         worker.metrics.open_streams.increment(1.0);
     }
+    let Sent {
+        mut conn,
+        head,
+        buf,
+        body_at,
+    } = sent;
     let end = Relay::new(&mut conn, wr, watch, client_framing, mode, limits)
-        .run(head.body, wire, ubuf, body_at)
+        .run(head.body, wire, buf, body_at)
         .await;
     if is_sse {
         worker.metrics.open_streams.decrement(1.0);
     }
-
     rec.ttfb_us = end
         .first_write
+        .map(|t| t.saturating_duration_since(client.started).as_micros() as u64);
+    rec.first_token_us = end
+        .first_data
         .map(|t| t.saturating_duration_since(client.started).as_micros() as u64);
     rec.upstream_us = Some((head_wait + end.upstream_wait).as_micros() as u64);
     rec.bytes_out = end.bytes_out;
     rec.usage = end.usage.or_else(|| {
         (is_sse && end.data_events > 0).then(|| Usage {
-            input_tokens: inspect::estimate_prompt_tokens(plan.body_len),
+            input_tokens: inspect::estimate_prompt_tokens(plan.body.len()),
             output_tokens: end.data_events,
             estimated: true,
             ..Usage::default()
         })
     });
-    rec.first_token_us = end
-        .first_data
-        .map(|t| t.saturating_duration_since(client.started).as_micros() as u64);
+    rec.cost_micros = rec
+        .usage
+        .map(|u| shared.prices.cost_micros(upstream_model, &u));
     if let Some(e) = &end.error {
         rec.error = Some(e.label().into());
-        worker
-            .metrics
-            .upstream_error(&shared.config, plan.provider, e.label());
+        worker.metrics.upstream_error(cfg, dep.provider, e.label());
         tracing::debug!(provider = %provider.name, error = %e, "upstream body failed");
     }
     if end.client_gone {
         rec.client_cancelled = true;
     }
-    attempt.end_us = since_start(Instant::now());
-    attempt.status = head.status;
-    attempt.error = end
-        .error
-        .as_ref()
-        .map(UpstreamError::label)
-        .or(end.client_gone.then_some("client_gone"));
-    rec.attempts.push(attempt);
+    if let Some(a) = rec.attempts.last_mut() {
+        a.end_us = Instant::now()
+            .saturating_duration_since(client.started)
+            .as_micros() as u64;
+        a.error = end
+            .error
+            .as_ref()
+            .map(UpstreamError::label)
+            .or(end.client_gone.then_some("client_gone"));
+    }
+    // The balancer learns time to first token for streams, total time otherwise.
+    let latency = match (is_sse, end.first_data) {
+        (true, Some(t)) => t.saturating_duration_since(started),
+        _ => started.elapsed(),
+    };
+    {
+        let mut routes = worker.routes.borrow_mut();
+        if end.client_gone {
+            routes.cancel(g, i);
+        } else if end.error.is_some() {
+            routes.finish(cfg, g, i, Instant::now(), Outcome::failure(latency));
+        } else {
+            routes.finish(cfg, g, i, Instant::now(), Outcome::success(latency));
+        }
+    }
     if end.upstream_reusable && head.keep_alive {
         worker
             .pool
             .borrow_mut()
-            .put(plan.provider, conn, Instant::now(), provider.pool_max_idle);
+            .put(dep.provider, conn, Instant::now(), provider.pool_max_idle);
     }
     keep_alive && end.client_reusable
 }
 
-enum SendError {
-    ClientGone,
-    Upstream(UpstreamError),
-}
-
-type Sent = (UpstreamConn, ResponseHead, Vec<u8>, usize);
-
-/// Sends the request and reads the response head. A pooled connection that fails before any
-/// response byte (the upstream closed it while idle) is replaced by a new one, once.
-async fn send(
-    worker: &Worker,
-    provider: &Provider,
-    provider_index: usize,
-    mut request: Vec<u8>,
-    watch: &mut ClientWatch<'_>,
-    deadline: Instant,
-) -> Result<Sent, SendError> {
-    let shared = &worker.shared;
-    let pooled = worker.pool.borrow_mut().take(
-        provider_index,
-        Instant::now(),
-        Duration::from_millis(provider.pool_idle_timeout_ms),
-    );
-    let mut fresh_tried = false;
-    if pooled.is_some() {
-        worker.metrics.connection_reused(provider_index);
-    }
-    let mut conn = pooled;
-    loop {
-        let mut c = match conn.take() {
-            Some(c) => c,
-            None => {
-                fresh_tried = true;
-                let addrs = shared.dns.addrs(provider_index);
-                let Some(tls) = shared.tls.get(provider_index) else {
-                    return Err(SendError::Upstream(UpstreamError::Resolve(
-                        provider.name.clone(),
-                    )));
-                };
-                let connected = watch
-                    .race(upstream::connect(provider, &addrs, tls))
-                    .await
-                    .ok_or(SendError::ClientGone)?;
-                worker.pool.borrow_mut().opened += 1;
-                worker.metrics.connection_opened(provider_index);
-                connected.map_err(SendError::Upstream)?
-            }
-        };
-        let (res, req_back) = watch
-            .race(c.io.write_all(request))
-            .await
-            .ok_or(SendError::ClientGone)?;
-        request = req_back;
-        if let Err(e) = res {
-            if !fresh_tried {
-                continue;
-            }
-            return Err(SendError::Upstream(UpstreamError::Io {
-                provider: provider.name.clone(),
-                message: e.to_string(),
-            }));
-        }
-        match read_head(&mut c, provider, watch, deadline).await {
-            Ok((head, buf, at)) => return Ok((c, head, buf, at)),
-            Err(HeadError::ClientGone) => return Err(SendError::ClientGone),
-            Err(HeadError::Stale(_)) if !fresh_tried => continue,
-            Err(HeadError::Stale(e)) | Err(HeadError::Failed(e)) => {
-                return Err(SendError::Upstream(e))
-            }
-        }
-    }
-}
-
-enum HeadError {
-    ClientGone,
-    /// Closed or reset before any byte of the response: maybe a stale pooled connection.
-    Stale(UpstreamError),
-    Failed(UpstreamError),
-}
-
-async fn read_head(
-    conn: &mut UpstreamConn,
-    provider: &Provider,
-    watch: &mut ClientWatch<'_>,
-    deadline: Instant,
-) -> Result<(ResponseHead, Vec<u8>, usize), HeadError> {
-    let first_byte = Instant::now() + Duration::from_millis(provider.first_byte_timeout_ms);
-    let until = first_byte.min(deadline);
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut start = 0;
-    loop {
-        if buf.len() > start {
-            match parse_response_head(&buf[start..], MAX_UPSTREAM_HEAD, false) {
-                Ok(Some((head, len))) if (100..200).contains(&head.status) => {
-                    // Interim answer (100 Continue): skip it.
-                    start += len;
-                    continue;
-                }
-                Ok(Some((head, len))) => return Ok((head, buf, start + len)),
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(HeadError::Failed(UpstreamError::Protocol {
-                        provider: provider.name.clone(),
-                        message: e.to_string(),
-                    }))
-                }
-            }
-        }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
-        let wait = until.saturating_duration_since(Instant::now());
-        let read = monoio::time::timeout(wait, conn.io.read_append(buf));
-        match watch.race(read).await {
-            None => return Err(HeadError::ClientGone),
-            Some(Err(_)) => {
-                let e = if until == deadline {
-                    UpstreamError::TotalTimeout(provider.name.clone())
-                } else {
-                    UpstreamError::FirstByteTimeout(provider.name.clone())
-                };
-                return Err(HeadError::Failed(e));
-            }
-            Some(Ok((Ok(0), b))) | Some(Ok((Err(_), b))) if b.is_empty() => {
-                return Err(HeadError::Stale(UpstreamError::Io {
-                    provider: provider.name.clone(),
-                    message: "connection closed before the response".into(),
-                }))
-            }
-            Some(Ok((Ok(0), _))) => {
-                return Err(HeadError::Failed(UpstreamError::Io {
-                    provider: provider.name.clone(),
-                    message: "connection closed inside the response head".into(),
-                }))
-            }
-            Some(Ok((Ok(_), b))) => buf = b,
-            Some(Ok((Err(e), _))) => {
-                return Err(HeadError::Failed(UpstreamError::Io {
-                    provider: provider.name.clone(),
-                    message: e.to_string(),
-                }))
-            }
-        }
-    }
-}
-
-/// Response headers never passed back: framing (set here), and the upstream's request id,
-/// which is renamed so the client sees ours.
+/// Writes the response head: the upstream's end-to-end headers (its request id renamed so the
+/// client sees ours), which deployment answered, the cost when known, and the caller's extras.
 fn write_response_head(
     wire: &mut Vec<u8>,
     head: &ResponseHead,
     deployment: &str,
     framing: ClientFraming,
     keep_alive: bool,
-    request_id: &str,
+    client: &ClientSide<'_>,
+    cost_usd: Option<&str>,
 ) {
-    let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(head.headers.len() + 2);
+    let mut headers: Vec<(&str, &[u8])> =
+        Vec::with_capacity(head.headers.len() + 3 + client.extra_headers.len());
     for (name, value) in &head.headers {
         if is_hop_by_hop(name) {
             continue;
@@ -556,7 +1166,20 @@ fn write_response_head(
         }
     }
     headers.push(("x-sluice-deployment", deployment.as_bytes()));
-    write_head(wire, head.status, &headers, framing, keep_alive, request_id);
+    if let Some(cost) = cost_usd {
+        headers.push(("x-sluice-cost-usd", cost.as_bytes()));
+    }
+    for (name, value) in &client.extra_headers {
+        headers.push((name, value));
+    }
+    write_head(
+        wire,
+        head.status,
+        &headers,
+        framing,
+        keep_alive,
+        client.request_id,
+    );
 }
 
 /// Answers an error as JSON when nothing was sent to the client yet.
@@ -567,7 +1190,12 @@ async fn answer_error(
     rec: &mut AccessRecord,
 ) -> bool {
     let keep_alive = client.keep_alive && !err.kind.closes_connection();
-    let bytes = respond::error(&err, keep_alive, client.request_id);
+    let extra: Vec<(&str, &[u8])> = client
+        .extra_headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_slice()))
+        .collect();
+    let bytes = respond::error_with(&err, &extra, keep_alive, client.request_id);
     rec.status = err.status();
     rec.bytes_out = bytes.len() as u64;
     let (res, _) = wr.write_all(bytes).await;

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod admin;
+pub mod attempt;
 pub mod cli;
 pub mod conn;
 pub mod dns;
@@ -22,6 +23,7 @@ pub mod log;
 pub mod metrics;
 pub mod relay;
 pub mod respond;
+pub mod routing;
 pub mod sdnotify;
 pub mod server;
 pub mod state;

@@ -81,6 +81,8 @@ pub struct AccessRecord {
     pub stream: bool,
     /// Tokens, when known.
     pub usage: Option<Usage>,
+    /// What the request cost, in micro-USD, when its usage and price are known.
+    pub cost_micros: Option<u64>,
     /// (model group, deployment) indices into the config, once routed.
     pub route: Option<(usize, usize)>,
     /// Microseconds from the request head to the first response byte sent.
@@ -130,6 +132,7 @@ impl AccessRecord {
             cached_tokens = has_usage.then_some(usage.cached_tokens),
             reasoning_tokens = has_usage.then_some(usage.reasoning_tokens),
             tokens_estimated = has_usage.then_some(usage.estimated),
+            cost_usd = self.cost_micros.map(|m| m as f64 / 1e6),
             ttfb_ms = self.ttfb_us.map(|u| u as f64 / 1000.0),
             total_ms = self.total_us as f64 / 1000.0,
             overhead_ms = self.upstream_us.map(|u| self.total_us.saturating_sub(u) as f64 / 1000.0),

@@ -135,6 +135,22 @@ fn describe() {
         "sluice_client_cancelled_total",
         "Requests whose client went away before the end."
     );
+    describe_counter!(
+        "sluice_retries_total",
+        "Attempts repeated after a retryable failure, by model group."
+    );
+    describe_counter!(
+        "sluice_fallbacks_total",
+        "Requests moved to a fallback group, by the requested model group."
+    );
+    describe_counter!(
+        "sluice_hedges_total",
+        "Hedged second attempts sent, by model group."
+    );
+    describe_gauge!(
+        "sluice_circuit_breaker_state",
+        "Circuit breaker per deployment and worker: 0 closed, 1 half-open, 2 open."
+    );
     describe_gauge!(
         "sluice_inflight_requests",
         "Requests being handled, by worker."
@@ -195,6 +211,8 @@ pub struct WorkerMetrics {
     opened: Vec<Counter>,
     reused: Vec<Counter>,
     cancelled: Counter,
+    /// Per model group: retries, fallbacks, hedges.
+    resilience: Vec<[Counter; 3]>,
 }
 
 const NONE: usize = usize::MAX;
@@ -221,6 +239,39 @@ impl WorkerMetrics {
             opened: per_provider("sluice_upstream_connections_opened_total"),
             reused: per_provider("sluice_upstream_connections_reused_total"),
             cancelled: metrics::counter!("sluice_client_cancelled_total"),
+            resilience: config
+                .models
+                .iter()
+                .map(|m| {
+                    let c = |name: &'static str| metrics::counter!(name, "model" => m.name.clone());
+                    [
+                        c("sluice_retries_total"),
+                        c("sluice_fallbacks_total"),
+                        c("sluice_hedges_total"),
+                    ]
+                })
+                .collect(),
+        }
+    }
+
+    /// Counts a retry for model group `g`.
+    pub fn retry(&self, g: usize) {
+        if let Some(c) = self.resilience.get(g) {
+            c[0].increment(1);
+        }
+    }
+
+    /// Counts a move to a fallback group, for the request's model group `g`.
+    pub fn fallback(&self, g: usize) {
+        if let Some(c) = self.resilience.get(g) {
+            c[1].increment(1);
+        }
+    }
+
+    /// Counts a hedged request for model group `g`.
+    pub fn hedge(&self, g: usize) {
+        if let Some(c) = self.resilience.get(g) {
+            c[2].increment(1);
         }
     }
 

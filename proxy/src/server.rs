@@ -147,6 +147,7 @@ pub fn serve(config: Config) -> io::Result<()> {
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),
         started_unix,
+        prices: sluice_core::cost::PriceTable::new(Default::default()),
     });
     dns::spawn_refresher(shared.clone());
     crate::metrics::install();

@@ -10,6 +10,7 @@ use sluice_core::config::Config;
 
 use crate::dns::DnsTable;
 use crate::metrics::WorkerMetrics;
+use crate::routing::Routes;
 use crate::upstream::Pool;
 
 /// State shared by every worker. Nothing here is locked on the request path.
@@ -31,6 +32,8 @@ pub struct Shared {
     pub heartbeats: Box<[std::sync::atomic::AtomicU64]>,
     /// When the process started serving, as a unix time (the `created` of `/v1/models`).
     pub started_unix: u64,
+    /// Prices per model, for the cost of each request.
+    pub prices: sluice_core::cost::PriceTable,
 }
 
 impl Shared {
@@ -56,6 +59,8 @@ pub struct Worker {
     pub ready_cache: Cell<Option<(Instant, bool)>>,
     /// Cached metric handles.
     pub metrics: WorkerMetrics,
+    /// Balancers, breakers and hedgers of every model group, as this worker sees them.
+    pub routes: RefCell<Routes>,
 }
 
 impl Worker {
@@ -63,6 +68,7 @@ impl Worker {
     pub fn new(id: usize, shared: Arc<Shared>) -> Self {
         let providers = shared.config.providers.len();
         let metrics = WorkerMetrics::new(id, &shared.config);
+        let routes = RefCell::new(Routes::new(&shared.config, id));
         Worker {
             id,
             shared,
@@ -71,6 +77,7 @@ impl Worker {
             inflight: Cell::new(0),
             ready_cache: Cell::new(None),
             metrics,
+            routes,
         }
     }
 }

@@ -34,6 +34,29 @@ fn check_config_prints_what_would_be_served() {
 }
 
 #[test]
+fn every_example_config_is_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = sluice().arg("check-config").arg(&path).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "examples/ should hold the mock and resilience configs"
+    );
+}
+
+#[test]
 fn bad_config_fails_with_the_path_and_exit_64() {
     let dir = std::env::temp_dir();
     let cases = [

@@ -49,7 +49,12 @@ fn scrape(gw: &Gateway) -> String {
 
 fn metrics_after_known_traffic(driver: &str) {
     let mock = mock();
-    let gw = Gateway::start(&config(mock.addr(), "", ""), driver);
+    // One attempt per request and no breaker, so every request is counted as it was sent.
+    let cfg = config(mock.addr(), "", "").replace(
+        "model = \"mock-model\" }]\n",
+        "model = \"mock-model\" }]\nretry = { max_attempts = 1 }\nbreaker = { enabled = false }\n",
+    );
+    let gw = Gateway::start(&cfg, driver);
     let mut c = gw.connect();
     for _ in 0..3 {
         assert_eq!(
@@ -272,7 +277,8 @@ fn metrics_after_known_traffic(driver: &str) {
             "sluice_upstream_errors_total",
             &[("provider", "mock"), ("kind", "connect")]
         ),
-        1.0
+        3.0,
+        "three attempts (the default retry policy) each failed to connect"
     );
 
     // promtool, when installed (CI installs it), accepts the output.

@@ -1,0 +1,236 @@
+//! One attempt at one deployment: take a pooled connection (or open one), send the request,
+//! read the response head; and, for an answer worth retrying, read its (small) body.
+//!
+//! Nothing here watches the client: callers race these futures against the client watch, and
+//! a hedged request races two of them against each other. Dropping an attempt closes its
+//! connection, which is how a loser or a request whose client left is cancelled upstream.
+
+use std::time::{Duration, Instant};
+
+use sluice_core::http1::{parse_response_head, BodyFraming, ChunkedDecoder, ResponseHead};
+
+use crate::state::Worker;
+use crate::upstream::{self, UpstreamConn, UpstreamError};
+
+/// Largest upstream response head accepted.
+const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
+/// Initial size of an upstream read buffer.
+const READ_BUF: usize = 8 * 1024;
+
+/// A response head and the connection it came on; `buf[body_at..]` is the start of the body.
+pub struct Sent {
+    /// The connection, positioned after the head.
+    pub conn: UpstreamConn,
+    /// The response head.
+    pub head: ResponseHead,
+    /// Bytes read so far.
+    pub buf: Vec<u8>,
+    /// Where the body starts in `buf`.
+    pub body_at: usize,
+}
+
+/// Sends `request` to provider `index` and reads the response head, within `deadline`. A
+/// pooled connection that fails before any response byte (the upstream closed it while idle)
+/// is replaced by a new one, once.
+pub async fn send(
+    worker: &Worker,
+    index: usize,
+    mut request: Vec<u8>,
+    deadline: Instant,
+) -> Result<Sent, UpstreamError> {
+    let shared = &worker.shared;
+    let Some(provider) = shared.config.providers.get(index) else {
+        return Err(UpstreamError::Resolve(format!("provider #{index}")));
+    };
+    let mut conn = worker.pool.borrow_mut().take(
+        index,
+        Instant::now(),
+        Duration::from_millis(provider.pool_idle_timeout_ms),
+    );
+    if conn.is_some() {
+        worker.metrics.connection_reused(index);
+    }
+    let mut fresh = false;
+    loop {
+        let mut c = match conn.take() {
+            Some(c) => c,
+            None => {
+                fresh = true;
+                let addrs = shared.dns.addrs(index);
+                let tls = shared
+                    .tls
+                    .get(index)
+                    .ok_or_else(|| UpstreamError::Resolve(provider.name.clone()))?;
+                let c = upstream::connect(provider, &addrs, tls).await?;
+                worker.pool.borrow_mut().opened += 1;
+                worker.metrics.connection_opened(index);
+                c
+            }
+        };
+        let (res, back) = c.io.write_all(request).await;
+        request = back;
+        if let Err(e) = res {
+            if !fresh {
+                continue;
+            }
+            return Err(io_error(&provider.name, e.to_string()));
+        }
+        let first_byte = Instant::now() + Duration::from_millis(provider.first_byte_timeout_ms);
+        match read_head(
+            &mut c,
+            &provider.name,
+            first_byte.min(deadline),
+            first_byte >= deadline,
+        )
+        .await
+        {
+            Ok((head, buf, body_at)) => {
+                return Ok(Sent {
+                    conn: c,
+                    head,
+                    buf,
+                    body_at,
+                })
+            }
+            Err(HeadError::Stale(_)) if !fresh => continue,
+            Err(HeadError::Stale(e)) | Err(HeadError::Failed(e)) => return Err(e),
+        }
+    }
+}
+
+fn io_error(provider: &str, message: String) -> UpstreamError {
+    UpstreamError::Io {
+        provider: provider.to_string(),
+        message,
+    }
+}
+
+enum HeadError {
+    /// Closed or reset before any byte of the response: maybe a stale pooled connection.
+    Stale(UpstreamError),
+    Failed(UpstreamError),
+}
+
+async fn read_head(
+    conn: &mut UpstreamConn,
+    provider: &str,
+    until: Instant,
+    until_is_deadline: bool,
+) -> Result<(ResponseHead, Vec<u8>, usize), HeadError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
+    let mut start = 0;
+    loop {
+        if buf.len() > start {
+            match parse_response_head(&buf[start..], MAX_UPSTREAM_HEAD, false) {
+                Ok(Some((head, len))) if (100..200).contains(&head.status) => {
+                    // Interim answer (100 Continue): skip it.
+                    start += len;
+                    continue;
+                }
+                Ok(Some((head, len))) => return Ok((head, buf, start + len)),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(HeadError::Failed(UpstreamError::Protocol {
+                        provider: provider.to_string(),
+                        message: e.to_string(),
+                    }))
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_BUF);
+        }
+        let wait = until.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(wait, conn.io.read_append(buf)).await {
+            Err(_) => {
+                return Err(HeadError::Failed(if until_is_deadline {
+                    UpstreamError::TotalTimeout(provider.to_string())
+                } else {
+                    UpstreamError::FirstByteTimeout(provider.to_string())
+                }))
+            }
+            Ok((Ok(0), b)) | Ok((Err(_), b)) if b.is_empty() => {
+                return Err(HeadError::Stale(io_error(
+                    provider,
+                    "connection closed before the response".into(),
+                )))
+            }
+            Ok((Ok(0), _)) => {
+                return Err(HeadError::Failed(io_error(
+                    provider,
+                    "connection closed inside the response head".into(),
+                )))
+            }
+            Ok((Ok(_), b)) => buf = b,
+            Ok((Err(e), _)) => return Err(HeadError::Failed(io_error(provider, e.to_string()))),
+        }
+    }
+}
+
+/// Reads a whole (error) body of at most `max` bytes. Returns it and whether the connection
+/// can be pooled again.
+pub async fn read_small_body(
+    sent: &mut Sent,
+    provider: &str,
+    max: usize,
+    deadline: Instant,
+) -> Result<(Vec<u8>, bool), UpstreamError> {
+    let mut body = Vec::new();
+    let mut input = std::mem::take(&mut sent.buf);
+    let mut pos = sent.body_at;
+    let mut decoder = ChunkedDecoder::new(max as u64);
+    let too_big = || UpstreamError::Protocol {
+        provider: provider.to_string(),
+        message: format!("error body larger than {max} bytes"),
+    };
+    loop {
+        let done = match sent.head.body {
+            BodyFraming::Empty => true,
+            BodyFraming::Length(n) => {
+                let want = (n as usize).saturating_sub(body.len());
+                let take = want.min(input.len().saturating_sub(pos));
+                body.extend_from_slice(&input[pos..pos + take]);
+                if body.len() > max {
+                    return Err(too_big());
+                }
+                body.len() as u64 >= n
+            }
+            BodyFraming::Chunked => {
+                let (_, done) = decoder
+                    .decode_into(&input[pos.min(input.len())..], &mut body)
+                    .map_err(|e| UpstreamError::Protocol {
+                        provider: provider.to_string(),
+                        message: e.to_string(),
+                    })?;
+                done
+            }
+            BodyFraming::UntilClose => {
+                body.extend_from_slice(&input[pos.min(input.len())..]);
+                if body.len() > max {
+                    return Err(too_big());
+                }
+                false
+            }
+        };
+        if done {
+            return Ok((body, sent.head.keep_alive));
+        }
+        input.clear();
+        pos = 0;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(wait, sent.conn.io.read_append(input)).await {
+            Err(_) => return Err(UpstreamError::TotalTimeout(provider.to_string())),
+            Ok((Ok(0), _)) if sent.head.body == BodyFraming::UntilClose => {
+                return Ok((body, false))
+            }
+            Ok((Ok(0), _)) => {
+                return Err(io_error(
+                    provider,
+                    "connection closed inside the body".into(),
+                ))
+            }
+            Ok((Ok(_), b)) => input = b,
+            Ok((Err(e), _)) => return Err(io_error(provider, e.to_string())),
+        }
+    }
+}
