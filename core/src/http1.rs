@@ -257,13 +257,14 @@ fn parse_content_length(value: &[u8]) -> Result<u64, GatewayError> {
     Ok(n)
 }
 
-/// A parsed upstream response head.
+/// A parsed upstream response head. Like [`RequestHead`], names and values are offsets into
+/// one copy of the raw head.
 #[derive(Clone, Debug)]
 pub struct ResponseHead {
     /// Status code.
     pub status: u16,
-    /// Headers as (lower-case name, value), in order.
-    pub headers: Vec<(String, Vec<u8>)>,
+    raw: Vec<u8>,
+    fields: Vec<(Range<usize>, Range<usize>)>,
     /// How the body is framed.
     pub body: BodyFraming,
     /// Whether the upstream connection can be reused after the body.
@@ -271,12 +272,21 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
-    /// The first value of header `name` (pass it lower-case).
+    /// All headers in order, as (name as sent, value).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.fields.iter().map(|(n, v)| {
+            (
+                std::str::from_utf8(&self.raw[n.clone()]).unwrap_or(""),
+                &self.raw[v.clone()],
+            )
+        })
+    }
+
+    /// The first value of header `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 
     /// Whether the body is an event stream.
@@ -323,10 +333,17 @@ pub fn parse_response_head(
     };
     let status = res.code.unwrap_or(0);
     let version = res.version.unwrap_or(1);
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| -> Range<usize> {
+        match (s.as_ptr() as usize).checked_sub(base) {
+            Some(start) if start + s.len() <= len => start..start + s.len(),
+            _ => 0..0,
+        }
+    };
     let mut keep_alive = version == 1;
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
-    let mut headers = Vec::with_capacity(res.headers.len());
+    let mut fields = Vec::with_capacity(res.headers.len());
     for h in res.headers.iter() {
         let value = trim(h.value);
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -356,7 +373,7 @@ pub fn parse_response_head(
                 }
             }
         }
-        headers.push((h.name.to_ascii_lowercase(), h.value.to_vec()));
+        fields.push((offset(h.name.as_bytes()), offset(h.value)));
     }
     let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
         BodyFraming::Empty
@@ -380,7 +397,8 @@ pub fn parse_response_head(
     Ok(Some((
         ResponseHead {
             status,
-            headers,
+            raw: buf[..len].to_vec(),
+            fields,
             body,
             keep_alive,
         },

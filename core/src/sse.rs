@@ -155,7 +155,7 @@ impl SseScanner {
                 continue;
             }
             self.data_events += 1;
-            if memmem::find(data, b"\"usage\"").is_none() {
+            if !crate::usage::mentions_usage_object(data) {
                 continue;
             }
             if let Some(probe) = UsageProbe::parse(data) {

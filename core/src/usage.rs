@@ -110,9 +110,27 @@ impl UsageProbe {
     }
 }
 
+/// Whether `json` has a `"usage"` member whose value is an object — the cheap test run before
+/// parsing. Providers put `"usage":null` in every stream chunk once usage is requested; those
+/// must not cost a parse.
+pub fn mentions_usage_object(json: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(i) = memchr::memmem::find(&json[from..], b"\"usage\"") {
+        let after = &json[from + i + 7..];
+        let mut rest = after.iter().skip_while(|b| b.is_ascii_whitespace());
+        if rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+            return true;
+        }
+        from += i + 7;
+    }
+    false
+}
+
 /// Usage of a non-streaming response body, when it reports one.
 pub fn from_body(body: &[u8]) -> Option<Usage> {
-    memchr::memmem::find(body, b"\"usage\"")?;
+    if !mentions_usage_object(body) {
+        return None;
+    }
     UsageProbe::parse(body).and_then(UsageProbe::usage)
 }
 
@@ -150,6 +168,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!((u.input_tokens, u.output_tokens), (8, 0));
+    }
+
+    #[test]
+    fn usage_object_test_skips_nulls() {
+        assert!(mentions_usage_object(br#"{"usage" : {"a":1}}"#));
+        assert!(mentions_usage_object(br#"{"x":"usage","usage":{}}"#));
+        assert!(!mentions_usage_object(br#"{"choices":[],"usage":null}"#));
+        assert!(!mentions_usage_object(br#"{"content":"\"usage\""}"#));
+        assert!(!mentions_usage_object(b"\"usage\""));
     }
 
     #[test]

@@ -1153,13 +1153,12 @@ fn write_response_head(
     client: &ClientSide<'_>,
     cost_usd: Option<&str>,
 ) {
-    let mut headers: Vec<(&str, &[u8])> =
-        Vec::with_capacity(head.headers.len() + 3 + client.extra_headers.len());
-    for (name, value) in &head.headers {
+    let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(24 + client.extra_headers.len());
+    for (name, value) in head.headers() {
         if is_hop_by_hop(name) {
             continue;
         }
-        if name == "x-request-id" {
+        if name.eq_ignore_ascii_case("x-request-id") {
             headers.push(("x-upstream-request-id", value));
         } else {
             headers.push((name, value));

@@ -42,7 +42,7 @@ impl<'a> ClientWatch<'a> {
     pub fn new(rd: &'a mut OwnedReadHalf<TcpStream>) -> Self {
         let canceller = Canceller::new();
         let handle = canceller.handle();
-        let fut: WatchFuture<'a> = Box::pin(rd.cancelable_read(Vec::with_capacity(4096), handle));
+        let fut: WatchFuture<'a> = Box::pin(rd.cancelable_read(Vec::with_capacity(1024), handle));
         ClientWatch {
             fut: Some(fut),
             canceller,

@@ -372,9 +372,13 @@ impl Client {
             }
         }
         let headers = head
-            .headers
-            .iter()
-            .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+            .headers()
+            .map(|(n, v)| {
+                (
+                    n.to_ascii_lowercase(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
             .collect();
         let closed = closed || head.header("connection") == Some(b"close");
         Response {
