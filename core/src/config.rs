@@ -149,6 +149,9 @@ struct RawProvider {
     base_url: String,
     api_key: Option<String>,
     ca_file: Option<String>,
+    default_max_tokens: Option<u32>,
+    api_version: Option<String>,
+    extra: Option<toml::Table>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     connect_timeout_ms: Option<u64>,
@@ -277,12 +280,9 @@ pub struct TracingConfig {
     pub export_timeout_ms: u64,
 }
 
-/// The wire dialect a provider speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProviderKind {
-    /// OpenAI and every OpenAI-compatible server: passthrough.
-    OpenAi,
-}
+/// The wire dialect a provider speaks: `openai` (and every OpenAI-compatible server),
+/// `azure`, `anthropic` or `gemini`.
+pub use crate::dialect::Dialect as ProviderKind;
 
 /// Where a provider is, parsed from its base URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -329,6 +329,12 @@ pub struct Provider {
     pub pool_idle_timeout_ms: u64,
     /// How often the host name is resolved again.
     pub dns_refresh_ms: u64,
+    /// `max_tokens` sent to Anthropic when the client set none (it is required there).
+    pub default_max_tokens: u32,
+    /// Azure OpenAI `api-version`.
+    pub api_version: Option<String>,
+    /// Provider-specific fields merged into every translated request body.
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A provider plus the model name it knows.
@@ -643,13 +649,25 @@ fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Config
             ));
         }
         let kind = match p.kind.as_deref() {
-            None | Some("openai") => ProviderKind::OpenAi,
-            Some(other) => {
-                return err(format!(
-                    "invalid config at `{}`: unknown provider kind `{other}` (supported: openai)",
+            None => ProviderKind::OpenAi,
+            Some(name) => ProviderKind::from_name(name).ok_or_else(|| {
+                ConfigError(format!(
+                    "invalid config at `{}`: unknown provider kind `{name}` (supported: openai, azure, anthropic, gemini)",
                     at("kind")
                 ))
-            }
+            })?,
+        };
+        let extra = match p.extra {
+            None => None,
+            Some(table) => match serde_json::to_value(table) {
+                Ok(serde_json::Value::Object(map)) => Some(map),
+                _ => {
+                    return err(format!(
+                        "invalid config at `{}`: must be a table",
+                        at("extra")
+                    ))
+                }
+            },
         };
         let endpoint = parse_endpoint(&p.base_url)
             .map_err(|m| ConfigError(format!("invalid config at `{}`: {m}", at("base_url"))))?;
@@ -708,6 +726,13 @@ fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Config
                 60_000,
             )?,
             dns_refresh_ms: positive(&at("dns_refresh_ms"), p.dns_refresh_ms, 30_000)?,
+            default_max_tokens: positive(
+                &at("default_max_tokens"),
+                p.default_max_tokens.map(u64::from),
+                u64::from(crate::dialect::DEFAULT_MAX_TOKENS),
+            )? as u32,
+            api_version: p.api_version,
+            extra,
         });
     }
 
@@ -776,11 +801,29 @@ fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Config
                 ));
             }
         }
-        let at = |what: &str, e: String| ConfigError(format!("invalid config at `models[{i}]`: {what}{e}"));
-        let balance = m.balance.unwrap_or_default().validate().map_err(|e| at("", e))?;
-        let retry = m.retry.unwrap_or_default().validate().map_err(|e| at("", e))?;
-        let breaker = m.breaker.unwrap_or_default().validate().map_err(|e| at("", e))?;
-        let hedge = m.hedge.map(|h| h.validate()).transpose().map_err(|e| at("", e))?;
+        let at = |what: &str, e: String| {
+            ConfigError(format!("invalid config at `models[{i}]`: {what}{e}"))
+        };
+        let balance = m
+            .balance
+            .unwrap_or_default()
+            .validate()
+            .map_err(|e| at("", e))?;
+        let retry = m
+            .retry
+            .unwrap_or_default()
+            .validate()
+            .map_err(|e| at("", e))?;
+        let breaker = m
+            .breaker
+            .unwrap_or_default()
+            .validate()
+            .map_err(|e| at("", e))?;
+        let hedge = m
+            .hedge
+            .map(|h| h.validate())
+            .transpose()
+            .map_err(|e| at("", e))?;
         if hedge.is_some() && deployments.len() < 2 {
             return err(format!(
                 "invalid config at `models[{i}].hedge`: hedging needs at least two deployments"

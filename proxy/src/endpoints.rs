@@ -18,6 +18,8 @@ pub enum ApiEndpoint {
     Embeddings,
     /// `POST /v1/responses`.
     Responses,
+    /// `POST /v1/messages` (Anthropic clients).
+    Messages,
 }
 
 impl ApiEndpoint {
@@ -28,6 +30,16 @@ impl ApiEndpoint {
             ApiEndpoint::Completions => "/completions",
             ApiEndpoint::Embeddings => "/embeddings",
             ApiEndpoint::Responses => "/responses",
+            ApiEndpoint::Messages => "/messages",
+        }
+    }
+
+    /// The API a translating dialect understands this endpoint as, if any.
+    pub fn inbound(self) -> Option<sluice_core::dialect::Inbound> {
+        match self {
+            ApiEndpoint::ChatCompletions => Some(sluice_core::dialect::Inbound::OpenAiChat),
+            ApiEndpoint::Messages => Some(sluice_core::dialect::Inbound::AnthropicMessages),
+            _ => None,
         }
     }
 
@@ -80,6 +92,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, (GatewayError, Option<Ro
         "/v1/completions" => Route::Api(ApiEndpoint::Completions),
         "/v1/embeddings" => Route::Api(ApiEndpoint::Embeddings),
         "/v1/responses" => Route::Api(ApiEndpoint::Responses),
+        "/v1/messages" => Route::Api(ApiEndpoint::Messages),
         _ => {
             return Err((
                 GatewayError::new(

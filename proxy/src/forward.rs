@@ -18,6 +18,9 @@ use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf};
 use monoio::net::TcpStream;
 use sluice_core::balance::Outcome;
 use sluice_core::config::{Deployment, ModelGroup, Provider};
+use sluice_core::dialect::{
+    self, Dialect, Inbound, RequestOptions, ResponseContext, StreamTranslator,
+};
 use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::{is_hop_by_hop, BodyFraming, RequestHead, ResponseHead};
 use sluice_core::inspect::{self, Inspected, Rewrite};
@@ -145,32 +148,94 @@ pub fn plan(
     })
 }
 
-/// The upstream request for one attempt at `deployment` of `provider`.
+/// How an attempt's answer must be turned into what the client speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    /// What the upstream speaks.
+    pub from: Dialect,
+    /// What the client called.
+    pub to: Inbound,
+}
+
+/// The upstream request for one attempt at `deployment` of `provider`, and the translation
+/// its answer needs (none for OpenAI-to-OpenAI passthrough). A request the provider's dialect
+/// cannot express is a 400 naming the field.
 fn build_request(
     plan: &Plan,
     provider: &Provider,
     deployment: &Deployment,
     request_id: &str,
     traceparent: Option<&str>,
-) -> Vec<u8> {
+) -> Result<(Vec<u8>, Option<Translation>), GatewayError> {
+    let upstream_model = if deployment.model == "*" {
+        plan.inspected.model.as_str()
+    } else {
+        deployment.model.as_str()
+    };
+    let dialect = provider.kind;
+    let passthrough = dialect == Dialect::OpenAi && plan.endpoint != ApiEndpoint::Messages;
+    let translated = if passthrough {
+        None
+    } else {
+        let inbound = plan.endpoint.inbound().ok_or_else(|| {
+            GatewayError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "{} is not available on `{}` providers",
+                    plan.endpoint.upstream_suffix(),
+                    dialect.name()
+                ),
+            )
+        })?;
+        let opts = RequestOptions {
+            upstream_model,
+            default_max_tokens: provider.default_max_tokens,
+            extra: provider.extra.as_ref(),
+            azure_deployment: None,
+            azure_api_version: provider.api_version.as_deref(),
+        };
+        let t = dialect::translate_request(inbound, dialect, &plan.body, &opts)?;
+        if !t.dropped_fields.is_empty() {
+            tracing::debug!(dropped = ?t.dropped_fields, dialect = dialect.name(), "fields the upstream dialect has no equivalent for");
+        }
+        Some((t, inbound))
+    };
     let mut req = Vec::with_capacity(512 + plan.forwarded.len() + plan.body.len() + 64);
     req.extend_from_slice(b"POST ");
     req.extend_from_slice(provider.endpoint.path_prefix.as_bytes());
-    req.extend_from_slice(plan.endpoint.upstream_suffix().as_bytes());
-    if let Some(query) = &plan.query {
-        req.push(b'?');
-        req.extend_from_slice(query.as_bytes());
+    match &translated {
+        None => {
+            req.extend_from_slice(plan.endpoint.upstream_suffix().as_bytes());
+            if let Some(query) = &plan.query {
+                req.push(b'?');
+                req.extend_from_slice(query.as_bytes());
+            }
+        }
+        Some((t, _)) => req.extend_from_slice(t.path.as_bytes()),
     }
     req.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     req.extend_from_slice(provider.endpoint.host_header.as_bytes());
     req.extend_from_slice(b"\r\ncontent-type: application/json\r\nx-request-id: ");
     req.extend_from_slice(request_id.as_bytes());
     req.extend_from_slice(b"\r\n");
+    let forwarded_has = |name: &[u8]| {
+        plan.forwarded.split(|b| *b == b'\n').any(|line| {
+            line.len() > name.len()
+                && line[..name.len()].eq_ignore_ascii_case(name)
+                && line[name.len()] == b':'
+        })
+    };
     if let Some(key) = &provider.api_key {
+        for (name, value) in dialect::auth_headers(dialect, key.expose()) {
+            if !forwarded_has(name.as_bytes()) {
+                push_header(&mut req, name, value.as_bytes());
+            }
+        }
+    } else if dialect == Dialect::Anthropic && !forwarded_has(b"anthropic-version") {
         push_header(
             &mut req,
-            "authorization",
-            format!("Bearer {}", key.expose()).as_bytes(),
+            "anthropic-version",
+            dialect::ANTHROPIC_VERSION.as_bytes(),
         );
     }
     for (name, value) in &provider.headers {
@@ -196,6 +261,17 @@ fn build_request(
     if let Some(tp) = traceparent {
         push_header(&mut req, "traceparent", tp.as_bytes());
     }
+    if let Some((t, inbound)) = translated {
+        push_content_length(&mut req, t.body.len());
+        req.extend_from_slice(&t.body);
+        return Ok((
+            req,
+            Some(Translation {
+                from: dialect,
+                to: inbound,
+            }),
+        ));
+    }
     let edits = Rewrite {
         model: (deployment.model != "*").then_some(deployment.model.as_str()),
         force_include_usage: plan.strip_usage,
@@ -209,7 +285,7 @@ fn build_request(
         push_content_length(&mut req, rewritten.len());
         req.extend_from_slice(&rewritten);
     }
-    req
+    Ok((req, None))
 }
 
 fn memchr_crlf(buf: &[u8]) -> Option<usize> {
@@ -281,6 +357,7 @@ enum Failed {
         head: ResponseHead,
         body: Vec<u8>,
         deployment: String,
+        translation: Option<Translation>,
     },
 }
 
@@ -424,11 +501,12 @@ async fn exchange(
         }
         let outcome = attempt(worker, &plan, &mut state, i, deadline, watch, client, rec).await;
         let failure = match outcome {
-            AttemptEnd::Answered(sent, started) => {
+            AttemptEnd::Answered(sent, started, translation) => {
                 return deliver(
                     worker,
                     &plan,
                     sent,
+                    translation,
                     (state.group, i),
                     started,
                     wr,
@@ -445,6 +523,7 @@ async fn exchange(
                 rec.error = Some("client_gone".into());
                 return false;
             }
+            AttemptEnd::Refused(err) => return answer_error(wr, err, client, rec).await,
             AttemptEnd::Failed(f) => f,
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -479,17 +558,19 @@ async fn exchange(
             Decision::GiveUp => break,
         }
     }
-    answer_last(worker, state, wr, client, rec).await
+    answer_last(worker, state, &plan.inspected.model, wr, client, rec).await
 }
 
 /// How one attempt ended.
 enum AttemptEnd {
     /// An answer to give the client (success, or an error not worth retrying).
-    Answered(Sent, Instant),
+    Answered(Sent, Instant, Option<Translation>),
     /// A failure to decide on; recorded in the state's `last`.
     Failed(Failure),
     /// The client went away.
     ClientGone,
+    /// The request cannot be sent to this deployment's dialect: answer this (a 400).
+    Refused(GatewayError),
 }
 
 /// Sends the request to deployment `i` of the current group (hedged when the group says so)
@@ -511,7 +592,13 @@ async fn attempt(
         return AttemptEnd::Failed(Failure::Connect);
     };
     let started = Instant::now();
-    let mut primary = Launch::new(worker, plan, group, i, client, rec);
+    let mut primary = match Launch::new(worker, plan, group, i, client, rec) {
+        Ok(l) => l,
+        Err(e) => {
+            worker.routes.borrow_mut().cancel(g, i);
+            return AttemptEnd::Refused(e);
+        }
+    };
     let hedge_delay = (state.in_group == 1)
         .then(|| {
             worker
@@ -599,7 +686,7 @@ async fn attempt(
             .push(winner.record(started, client, status, None));
         rec.route = Some((g, winner.index));
         rec.deployment = Some(winner.label.clone());
-        return AttemptEnd::Answered(sent, started);
+        return AttemptEnd::Answered(sent, started, winner.translation);
     }
     // An error answer: read it whole to decide (and to pass it on if it is the last word).
     let read = attempt::read_small_body(&mut sent, provider_name, MAX_ERROR_BODY, deadline);
@@ -654,6 +741,7 @@ async fn attempt(
                 head,
                 body,
                 deployment: winner.label.clone(),
+                translation: winner.translation,
             });
             return AttemptEnd::Failed(Failure::Status {
                 code: 400,
@@ -701,6 +789,7 @@ async fn attempt(
         head: sent.head,
         body,
         deployment: winner.label.clone(),
+        translation: winner.translation,
     });
     AttemptEnd::Failed(failure)
 }
@@ -712,6 +801,7 @@ struct Launch {
     label: String,
     request: Vec<u8>,
     span_id: Option<[u8; 8]>,
+    translation: Option<Translation>,
 }
 
 impl Launch {
@@ -722,25 +812,31 @@ impl Launch {
         index: usize,
         client: &ClientSide<'_>,
         rec: &AccessRecord,
-    ) -> Launch {
+    ) -> Result<Launch, GatewayError> {
         let cfg = &worker.shared.config;
         let dep = group.deployments.get(index);
         let provider = dep.map_or(0, |d| d.provider);
         let span_id = rec.trace.map(|_| crate::trace::new_span_id());
         let traceparent = rec.trace.zip(span_id).map(|(t, s)| t.traceparent_for(s));
-        let request = match (dep, cfg.providers.get(provider)) {
+        let (request, translation) = match (dep, cfg.providers.get(provider)) {
             (Some(d), Some(p)) => {
-                build_request(plan, p, d, client.request_id, traceparent.as_deref())
+                build_request(plan, p, d, client.request_id, traceparent.as_deref())?
             }
-            _ => Vec::new(),
+            _ => {
+                return Err(GatewayError::new(
+                    ErrorKind::Internal,
+                    "deployment vanished",
+                ))
+            }
         };
-        Launch {
+        Ok(Launch {
             index,
             provider,
             label: dep.map_or_else(String::new, |d| d.label.clone()),
             request,
             span_id,
-        }
+            translation,
+        })
     }
 
     fn record(
@@ -834,7 +930,11 @@ where
     worker.metrics.hedge(plan.group);
     state.tried.push(j);
     state.deployments_tried += 1;
-    let mut second = Launch::new(worker, plan, group, j, client, rec);
+    let Ok(mut second) = Launch::new(worker, plan, group, j, client, rec) else {
+        worker.routes.borrow_mut().cancel(g, j);
+        let r = fut_a.await;
+        return (primary, r, None);
+    };
     let mut fut_b = std::pin::pin!(attempt::send(
         worker,
         second.provider,
@@ -865,6 +965,7 @@ where
 async fn answer_last(
     worker: &Worker,
     state: Attempts,
+    model: &str,
     wr: &mut OwnedWriteHalf<TcpStream>,
     client: &ClientSide<'_>,
     rec: &mut AccessRecord,
@@ -874,10 +975,24 @@ async fn answer_last(
             head,
             body,
             deployment,
+            translation,
         }) => {
-            // The provider's own answer, passed through whole.
+            // The provider's own answer, passed through whole (in the client's dialect).
             rec.status = head.status;
             rec.deployment = Some(deployment.clone());
+            let body = match translation {
+                None => body,
+                Some(t) => {
+                    let id = format!("gen-{}", client.request_id);
+                    let ctx = ResponseContext {
+                        model,
+                        id: &id,
+                        created: unix_now(),
+                        include_usage: false,
+                    };
+                    dialect::translate_response(t.from, t.to, head.status, &body, &ctx).0
+                }
+            };
             let mut wire = Vec::with_capacity(512 + body.len());
             write_response_head(
                 &mut wire,
@@ -887,6 +1002,7 @@ async fn answer_last(
                 client.keep_alive,
                 client,
                 None,
+                translation.map(|_| &b"application/json"[..]),
             );
             wire.extend_from_slice(&body);
             rec.bytes_out = wire.len() as u64;
@@ -926,6 +1042,7 @@ async fn deliver(
     worker: &Worker,
     plan: &Plan,
     mut sent: Sent,
+    translation: Option<Translation>,
     (g, i): (usize, usize),
     started: Instant,
     wr: &mut OwnedWriteHalf<TcpStream>,
@@ -954,6 +1071,89 @@ async fn deliver(
     let is_sse = sent.head.is_event_stream() && (200..300).contains(&sent.head.status);
     rec.stream = is_sse;
     let success = (200..300).contains(&sent.head.status);
+    let answer_id = format!(
+        "{}{}",
+        if plan.endpoint == ApiEndpoint::Messages {
+            "msg_"
+        } else {
+            "chatcmpl-"
+        },
+        client.request_id
+    );
+    let ctx = ResponseContext {
+        model: &plan.inspected.model,
+        id: &answer_id,
+        created: unix_now(),
+        include_usage: plan.inspected.include_usage,
+    };
+
+    // Another dialect's whole answer: read it, translate it, price it, answer in one write.
+    if let (Some(t), false) = (translation, is_sse) {
+        let read = attempt::read_small_body(&mut sent, &provider.name, 16 << 20, deadline);
+        let (body, reusable) = match watch.race(read).await {
+            None => {
+                rec.client_cancelled = true;
+                worker.routes.borrow_mut().cancel(g, i);
+                return false;
+            }
+            Some(Ok(x)) => x,
+            Some(Err(e)) => {
+                rec.error = Some(e.label().into());
+                worker.routes.borrow_mut().finish(
+                    cfg,
+                    g,
+                    i,
+                    Instant::now(),
+                    Outcome::failure(started.elapsed()),
+                );
+                return answer_error(wr, e.to_gateway(), client, rec).await;
+            }
+        };
+        let (out, used) = dialect::translate_response(t.from, t.to, sent.head.status, &body, &ctx);
+        rec.upstream_us = Some(started.elapsed().as_micros() as u64);
+        rec.first_token_us = rec.upstream_us;
+        rec.usage = used;
+        rec.cost_micros = used.and_then(|u| cost_of(shared, upstream_model, &u));
+        let cost_text = rec
+            .cost_micros
+            .filter(|_| success)
+            .map(sluice_core::cost::format_usd);
+        let mut wire = Vec::with_capacity(1024 + out.len());
+        write_response_head(
+            &mut wire,
+            &sent.head,
+            &dep.label,
+            if client.http10 {
+                ClientFraming::Close
+            } else {
+                ClientFraming::Length(out.len() as u64)
+            },
+            keep_alive,
+            client,
+            cost_text.as_deref(),
+            Some(&b"application/json"[..]),
+        );
+        wire.extend_from_slice(&out);
+        rec.bytes_out = wire.len() as u64;
+        let (res, _) = wr.write_all(wire).await;
+        rec.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
+        worker.routes.borrow_mut().finish(
+            cfg,
+            g,
+            i,
+            Instant::now(),
+            Outcome::success(started.elapsed()),
+        );
+        if reusable {
+            worker.pool.borrow_mut().put(
+                dep.provider,
+                sent.conn,
+                Instant::now(),
+                provider.pool_max_idle,
+            );
+        }
+        return res.is_ok() && keep_alive && !client.http10;
+    }
 
     // Small complete bodies: read whole, price, answer in one write.
     if !is_sse && success {
@@ -991,9 +1191,7 @@ async fn deliver(
                 );
                 rec.upstream_us = Some(started.elapsed().as_micros() as u64);
                 rec.usage = usage::from_body(&body);
-                let cost = rec
-                    .usage
-                    .map(|u| shared.prices.cost_micros(upstream_model, &u));
+                let cost = rec.usage.and_then(|u| cost_of(shared, upstream_model, &u));
                 rec.cost_micros = cost;
                 let cost_text = cost.map(sluice_core::cost::format_usd);
                 let mut wire = Vec::with_capacity(1024 + body.len());
@@ -1009,6 +1207,7 @@ async fn deliver(
                     keep_alive,
                     client,
                     cost_text.as_deref(),
+                    None,
                 );
                 wire.extend_from_slice(&body);
                 rec.bytes_out = wire.len() as u64;
@@ -1037,10 +1236,12 @@ async fn deliver(
         }
     }
 
-    let mode = if is_sse {
-        BodyMode::Sse(SseScanner::new(plan.strip_usage))
-    } else {
-        BodyMode::Buffered(Vec::new())
+    let mode = match translation {
+        Some(t) if is_sse => {
+            BodyMode::Translate(Box::new(StreamTranslator::new(t.from, t.to, ctx)))
+        }
+        _ if is_sse => BodyMode::Sse(SseScanner::new(plan.strip_usage)),
+        _ => BodyMode::Buffered(Vec::new()),
     };
     let client_framing = if client.http10 {
         ClientFraming::Close
@@ -1060,6 +1261,7 @@ async fn deliver(
         keep_alive,
         client,
         None,
+        translation.map(|_| &b"text/event-stream"[..]),
     );
     let limits = BodyLimits {
         idle: Duration::from_millis(provider.idle_timeout_ms),
@@ -1097,9 +1299,7 @@ async fn deliver(
             ..Usage::default()
         })
     });
-    rec.cost_micros = rec
-        .usage
-        .map(|u| shared.prices.cost_micros(upstream_model, &u));
+    rec.cost_micros = rec.usage.and_then(|u| cost_of(shared, upstream_model, &u));
     if let Some(e) = &end.error {
         rec.error = Some(e.label().into());
         worker.metrics.upstream_error(cfg, dep.provider, e.label());
@@ -1142,6 +1342,21 @@ async fn deliver(
     keep_alive && end.client_reusable
 }
 
+/// What `usage` cost at `model`'s price; `None` for a model with no known price.
+fn cost_of(shared: &crate::state::Shared, model: &str, usage: &Usage) -> Option<u64> {
+    shared
+        .prices
+        .price(model)
+        .map(|p| sluice_core::cost::cost_micros(&p, usage))
+}
+
+/// Seconds since the epoch, for the `created` of translated answers.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Writes the response head: the upstream's end-to-end headers (its request id renamed so the
 /// client sees ours), which deployment answered, the cost when known, and the caller's extras.
 fn write_response_head(
@@ -1152,10 +1367,18 @@ fn write_response_head(
     keep_alive: bool,
     client: &ClientSide<'_>,
     cost_usd: Option<&str>,
+    content_type: Option<&[u8]>,
 ) {
     let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(24 + client.extra_headers.len());
+    if let Some(ct) = content_type {
+        headers.push(("content-type", ct));
+    }
     for (name, value) in head.headers() {
-        if is_hop_by_hop(name) {
+        // A translated body has our content type, and never the upstream's encoding.
+        let replaced = content_type.is_some()
+            && (name.eq_ignore_ascii_case("content-type")
+                || name.eq_ignore_ascii_case("content-encoding"));
+        if is_hop_by_hop(name) || replaced {
             continue;
         }
         if name.eq_ignore_ascii_case("x-request-id") {

@@ -16,6 +16,7 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 use monoio::BufResult;
+use sluice_core::dialect::StreamTranslator;
 use sluice_core::http1::{begin_chunk, end_chunk, BodyFraming, ChunkedDecoder, LAST_CHUNK};
 use sluice_core::sse::SseScanner;
 use sluice_core::usage::{self, Usage};
@@ -111,6 +112,8 @@ pub enum BodyMode {
     Sse(SseScanner),
     /// Any other body: forward, keeping a bounded copy to read usage from at the end.
     Buffered(Vec<u8>),
+    /// An event stream in another dialect, translated event by event.
+    Translate(Box<StreamTranslator>),
 }
 
 /// Largest body copy kept to read usage from.
@@ -340,6 +343,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
                 let at = chunked_out.then(|| begin_chunk(wire));
                 match &mut self.mode {
                     BodyMode::Sse(scanner) => scanner.handle_bytes(data, wire),
+                    BodyMode::Translate(t) => t.handle_bytes(data, wire),
                     BodyMode::Buffered(copy) => {
                         wire.extend_from_slice(data);
                         if copy.len() + data.len() <= MAX_CAPTURE {
@@ -373,9 +377,13 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         end.client_gone = true;
         end.client_reusable = false;
         end.upstream_reusable = false;
-        if let BodyMode::Sse(scanner) = &self.mode {
-            end.usage = scanner.usage();
-            end.data_events = scanner.data_events();
+        match &self.mode {
+            BodyMode::Sse(scanner) => {
+                end.usage = scanner.usage();
+                end.data_events = scanner.data_events();
+            }
+            BodyMode::Translate(t) => end.usage = t.usage(),
+            BodyMode::Buffered(_) => {}
         }
         end
     }
@@ -384,7 +392,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         end.first_data = self.first_data;
         let complete = matches!(state, Framing::Done) && end.error.is_none();
         let chunked_out = self.client_framing == ClientFraming::Chunked;
-        let is_sse = matches!(self.mode, BodyMode::Sse(_));
+        let is_sse = matches!(self.mode, BodyMode::Sse(_) | BodyMode::Translate(_));
         match &mut self.mode {
             BodyMode::Sse(scanner) => {
                 let at = chunked_out.then(|| begin_chunk(&mut wire));
@@ -408,6 +416,28 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
                 if complete {
                     end.usage = usage::from_body(copy);
                 }
+            }
+            BodyMode::Translate(t) => {
+                let at = chunked_out.then(|| begin_chunk(&mut wire));
+                match &end.error {
+                    None if t.upstream_complete() => t.finish(&mut wire),
+                    None => t.error_event(
+                        &sluice_core::error::GatewayError::new(
+                            sluice_core::error::ErrorKind::UpstreamUnreachable,
+                            "stream interrupted: the upstream ended the stream early",
+                        ),
+                        &mut wire,
+                    ),
+                    Some(err) => {
+                        let mut ge = err.to_gateway();
+                        ge.message = format!("stream interrupted: {}", ge.message);
+                        t.error_event(&ge, &mut wire);
+                    }
+                }
+                if let Some(at) = at {
+                    end_chunk(&mut wire, at);
+                }
+                end.usage = t.usage();
             }
         }
         let framing_intact = complete || is_sse;
