@@ -201,7 +201,10 @@ taskset -c "$XCORE_CORE" "$BIN/sluice-mock" --listen "127.0.0.1:$XCORE_PORT" --w
 PIDS+=($!)
 
 cat >"$WORK/sluice.toml" <<EOF
-# Written by bench/compare.sh: examples/mock.toml on the bench's ports.
+# Written by bench/compare.sh: examples/mock.toml on the bench's ports, without keys (the
+# load generator sends none) and so without a store.
+auth = "none"
+
 [server]
 listen = "127.0.0.1:$SLUICE_PORT"
 workers = $GW_WORKERS

@@ -16,6 +16,10 @@ use crate::breaker::{BreakerConfig, RawBreaker};
 use crate::hedge::{HedgePolicy, RawHedge};
 use crate::retry::{RawRetry, RetryPolicy};
 
+mod access;
+
+pub use access::{AuthMode, LimitsConfig, StaticKey, StoreConfig};
+
 /// Where `env:NAME` references are looked up.
 pub trait SecretSource {
     /// The value of variable `name`, if set.
@@ -75,6 +79,7 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    auth: Option<String>,
     #[serde(default)]
     server: RawServer,
     #[serde(default)]
@@ -87,6 +92,13 @@ struct RawConfig {
     providers: Vec<RawProvider>,
     #[serde(default)]
     models: Vec<RawModel>,
+    store: Option<access::RawStore>,
+    #[serde(default)]
+    limits: access::RawLimits,
+    #[serde(default)]
+    prices: HashMap<String, crate::cost::Price>,
+    #[serde(default)]
+    keys: Vec<access::RawKey>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +164,7 @@ struct RawProvider {
     default_max_tokens: Option<u32>,
     api_version: Option<String>,
     extra: Option<toml::Table>,
+    health_check: Option<RawHealthCheck>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     connect_timeout_ms: Option<u64>,
@@ -161,6 +174,14 @@ struct RawProvider {
     pool_max_idle: Option<u32>,
     pool_idle_timeout_ms: Option<u64>,
     dns_refresh_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    path: Option<String>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +356,21 @@ pub struct Provider {
     pub api_version: Option<String>,
     /// Provider-specific fields merged into every translated request body.
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Active health checks, when configured.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// An active health check: `GET {base_url}{path}` every `interval_ms`; a failure or a status
+/// of 500 and above counts against the breakers of the provider's deployments, a success lets
+/// an open breaker's probe through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path under the base URL, e.g. `/models`.
+    pub path: String,
+    /// Time between checks.
+    pub interval_ms: u64,
+    /// Time a check may take.
+    pub timeout_ms: u64,
 }
 
 /// A provider plus the model name it knows.
@@ -388,6 +424,16 @@ pub struct Config {
     pub providers: Vec<Provider>,
     /// Model groups in config order (the order of `/v1/models`).
     pub models: Vec<ModelGroup>,
+    /// Whether API requests need a virtual key (`auth = "none"` turns it off).
+    pub auth: AuthMode,
+    /// The embedded store.
+    pub store: StoreConfig,
+    /// Admission defaults.
+    pub limits: LimitsConfig,
+    /// `[prices]`: USD per million tokens by model name or prefix, over the bundled table.
+    pub prices: HashMap<String, crate::cost::Price>,
+    /// Keys declared in the config (hashed at load).
+    pub keys: Vec<StaticKey>,
     exact: HashMap<String, usize>,
     /// (prefix, group index), longest prefix first.
     patterns: Vec<(String, usize)>,
@@ -412,8 +458,20 @@ impl Config {
 
     /// The embedded default: 127.0.0.1:8080 and the providers whose keys are in the
     /// environment (`OPENAI_API_KEY`, with `OPENAI_BASE_URL` to point elsewhere).
+    ///
+    /// It listens on loopback only and runs without authentication and without a store, so
+    /// trying the gateway needs nothing; `SLUICE_AUTH=keys` turns keys (and the store) on.
     pub fn embedded_default(secrets: &dyn SecretSource) -> Result<Config, ConfigError> {
-        let mut text = String::from("[server]\nlisten = \"127.0.0.1:8080\"\n");
+        let auth = match secrets.var("SLUICE_AUTH").as_deref() {
+            None | Some("none") => "none",
+            Some("keys") => "keys",
+            Some(other) => {
+                return err(format!(
+                    "SLUICE_AUTH: expected \"keys\" or \"none\", got `{other}`"
+                ))
+            }
+        };
+        let mut text = format!("auth = \"{auth}\"\n[server]\nlisten = \"127.0.0.1:8080\"\n");
         if secrets.var("OPENAI_API_KEY").is_some() {
             let base = secrets
                 .var("OPENAI_BASE_URL")
@@ -483,6 +541,29 @@ impl Config {
                 }
             ));
         }
+        match (self.auth, &self.store.path) {
+            (AuthMode::None, _) => out.push_str("auth none (any key or none is accepted)\n"),
+            (AuthMode::Keys, _) => out.push_str(&format!(
+                "auth keys ({} declared in the config; more through the admin API)\n",
+                self.keys.len()
+            )),
+        }
+        if let Some(path) = &self.store.path {
+            out.push_str(&format!("store {}\n", path.display()));
+        }
+        for k in &self.keys {
+            out.push_str(&format!(
+                "key {} ({}, team {}){}\n",
+                k.record.name,
+                k.record.prefix,
+                k.record.team,
+                if k.literal {
+                    " [literal in the file: demo only]"
+                } else {
+                    ""
+                }
+            ));
+        }
         for m in &self.models {
             let deps: Vec<String> = m
                 .deployments
@@ -514,6 +595,9 @@ fn positive(path: &str, v: Option<u64>, default: u64) -> Result<u64, ConfigError
 }
 
 fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, ConfigError> {
+    let access = access::validate(
+        raw.auth, raw.store, raw.limits, raw.prices, raw.keys, secrets,
+    )?;
     let s = raw.server;
     let workers = match s.workers {
         None => Workers::Auto,
@@ -733,6 +817,31 @@ fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Config
             )? as u32,
             api_version: p.api_version,
             extra,
+            health_check: match p.health_check {
+                None => None,
+                Some(h) => {
+                    let path = h.path.unwrap_or_else(|| "/models".to_string());
+                    if !path.starts_with('/')
+                        || path
+                            .bytes()
+                            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+                    {
+                        return err(format!(
+                            "invalid config at `{}`: must be a path starting with `/`",
+                            at("health_check.path")
+                        ));
+                    }
+                    Some(HealthCheck {
+                        path,
+                        interval_ms: positive(
+                            &at("health_check.interval_ms"),
+                            h.interval_ms,
+                            10_000,
+                        )?,
+                        timeout_ms: positive(&at("health_check.timeout_ms"), h.timeout_ms, 2_000)?,
+                    })
+                }
+            },
         });
     }
 
@@ -872,6 +981,11 @@ fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Config
         tracing,
         providers,
         models,
+        auth: access.auth,
+        store: access.store,
+        limits: access.limits,
+        prices: access.prices,
+        keys: access.keys,
         exact,
         patterns,
     })
@@ -1051,5 +1165,101 @@ deployments = [{ provider = "mock", model = "*" }]
         );
         assert!(parse_endpoint("ftp://x").is_err());
         assert!(parse_endpoint("http://u:p@x").is_err());
+    }
+
+    #[test]
+    fn access_settings() {
+        let base = "[server]\nlisten = \"127.0.0.1:1\"\n";
+        // A config file requires keys and opens a store by default.
+        let cfg = Config::from_toml(base, &env(&[])).unwrap();
+        assert_eq!(cfg.auth, AuthMode::Keys);
+        assert_eq!(
+            cfg.store.path.as_deref(),
+            Some(std::path::Path::new("sluice.db"))
+        );
+        assert_eq!(cfg.limits.default_max_tokens, 1024);
+        let cfg =
+            Config::from_toml(base, &env(&[("STATE_DIRECTORY", "/var/lib/sluice:/x")])).unwrap();
+        assert_eq!(
+            cfg.store.path.as_deref(),
+            Some(std::path::Path::new("/var/lib/sluice/sluice.db"))
+        );
+        let cfg = Config::from_toml(&format!("auth = \"none\"\n{base}"), &env(&[])).unwrap();
+        assert_eq!((cfg.auth, cfg.store.path.is_none()), (AuthMode::None, true));
+        let e = Config::from_toml(&format!("auth = \"maybe\"\n{base}"), &env(&[])).unwrap_err();
+        assert!(e.0.contains("`auth`"), "{e}");
+
+        let text = r#"
+[store]
+path = "/tmp/x.db"
+synchronous = "full"
+[limits]
+default_max_tokens = 256
+[prices."mock-model"]
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+[[keys]]
+name = "demo"
+key = "sk-sluice-demo"
+models = ["mock-fast"]
+rpm = 10
+[[keys]]
+name = "ci"
+key = "env:CI_KEY"
+team = "search"
+budget_usd = 5.0
+budget_period = "daily"
+metadata = { owner = "ops" }
+"#;
+        let cfg = Config::from_toml(text, &env(&[("CI_KEY", "sk-sluice-fromenv")])).unwrap();
+        assert!(cfg.store.synchronous_full);
+        assert_eq!(cfg.limits.default_max_tokens, 256);
+        assert_eq!(cfg.prices["mock-model"].output_per_mtok, 2.0);
+        let demo = &cfg.keys[0];
+        assert!(demo.literal && demo.record.matches("sk-sluice-demo"));
+        assert_eq!(demo.record.id, "cfg_demo");
+        assert_eq!(demo.record.team, "default");
+        let ci = &cfg.keys[1];
+        assert!(!ci.literal && ci.record.matches("sk-sluice-fromenv"));
+        assert_eq!(ci.record.budget_period, crate::limits::BudgetPeriod::Daily);
+        assert_eq!(ci.record.metadata["owner"], "ops");
+        // The key never shows: not in Debug, not in the summary.
+        let shown = format!("{cfg:?}{}", cfg.summary());
+        assert!(!shown.contains("sk-sluice-fromenv") && !shown.contains("sk-sluice-demo\""));
+        assert!(cfg.summary().contains("demo only"));
+
+        // Literal provider-looking secrets are refused, without echoing them.
+        let bad = text.replace("sk-sluice-demo", "sk-proj-abcdef");
+        let e = Config::from_toml(&bad, &env(&[("CI_KEY", "k")])).unwrap_err();
+        assert!(
+            e.0.contains("keys[0].key") && !e.0.contains("sk-proj-abcdef"),
+            "{e}"
+        );
+        let e = Config::from_toml(text, &env(&[])).unwrap_err();
+        assert!(e.0.contains("keys[1].key") && e.0.contains("CI_KEY"), "{e}");
+        let e = Config::from_toml(text, &env(&[("CI_KEY", "sk-sluice-demo")])).unwrap_err();
+        assert!(e.0.contains("same key"), "{e}");
+        let e = Config::from_toml(
+            &text.replace("name = \"ci\"", "name = \"demo\""),
+            &env(&[("CI_KEY", "x")]),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("duplicate key name"), "{e}");
+        let e = Config::from_toml(
+            &text.replace("rpm = 10", "rpn = 10"),
+            &env(&[("CI_KEY", "x")]),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("keys"), "{e}");
+    }
+
+    #[test]
+    fn embedded_default_auth() {
+        let cfg = Config::embedded_default(&env(&[])).unwrap();
+        assert_eq!(cfg.auth, AuthMode::None);
+        assert!(cfg.store.path.is_none());
+        let cfg = Config::embedded_default(&env(&[("SLUICE_AUTH", "keys")])).unwrap();
+        assert_eq!(cfg.auth, AuthMode::Keys);
+        assert!(Config::embedded_default(&env(&[("SLUICE_AUTH", "x")])).is_err());
     }
 }

@@ -1,5 +1,6 @@
-//! The admin listener: `GET /metrics` (Prometheus text) and `GET /healthz`, on its own
-//! thread with blocking sockets, entirely off the data plane. Scrapes and admin calls are rare;
+//! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz` and the admin API
+//! (`/admin/…`, see `admin_api`), on its own thread with blocking sockets, entirely off the
+//! data plane. Scrapes and admin calls are rare;
 //! a thread per connection keeps this simple and never slows a worker.
 
 use std::io::{self, Read, Write};
@@ -15,8 +16,6 @@ use crate::state::Shared;
 
 /// Largest admin request head or body.
 const MAX_ADMIN_BYTES: usize = 1 << 20;
-/// How often histogram buffers are drained.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Binds the admin listener and serves it on background threads. Returns the bound address.
 pub fn spawn(shared: Arc<Shared>) -> io::Result<Option<SocketAddr>> {
@@ -31,12 +30,6 @@ pub fn spawn(shared: Arc<Shared>) -> io::Result<Option<SocketAddr>> {
         )
     })?;
     let addr = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("sluice-metrics-upkeep".into())
-        .spawn(|| loop {
-            std::thread::sleep(UPKEEP_EVERY);
-            crate::metrics::upkeep();
-        })?;
     std::thread::Builder::new()
         .name("sluice-admin".into())
         .spawn(move || {
@@ -116,9 +109,12 @@ fn read_request(
     Ok(Some((head, body)))
 }
 
-fn handle(shared: &Shared, head: &RequestHead, _body: &[u8], keep_alive: bool) -> Vec<u8> {
+fn handle(shared: &Shared, head: &RequestHead, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    if crate::admin_api::is_admin_path(head.path()) {
+        return crate::admin_api::handle(shared, head, body, keep_alive);
+    }
     match (head.method(), head.path()) {
-        ("GET", "/metrics") => metrics_response(keep_alive),
+        ("GET", "/metrics") => metrics_response(shared, keep_alive),
         ("GET", "/healthz") => respond::json(200, br#"{"status":"ok"}"#, &[], keep_alive, "admin"),
         (_, "/metrics") | (_, "/healthz") => respond::error_with(
             &GatewayError::new(ErrorKind::MethodNotAllowed, "use GET"),
@@ -126,23 +122,21 @@ fn handle(shared: &Shared, head: &RequestHead, _body: &[u8], keep_alive: bool) -
             keep_alive,
             "admin",
         ),
-        (method, path) => {
-            let _ = shared;
-            respond::error(
-                &GatewayError::new(
-                    ErrorKind::RouteNotFound,
-                    format!("Unknown admin URL: {method} {path}"),
-                ),
-                keep_alive,
-                "admin",
-            )
-        }
+        (method, path) => respond::error(
+            &GatewayError::new(
+                ErrorKind::RouteNotFound,
+                format!("Unknown admin URL: {method} {path}"),
+            ),
+            keep_alive,
+            "admin",
+        ),
     }
 }
 
 /// The `/metrics` response (also served on the client listener when `metrics_on_main`).
-pub fn metrics_response(keep_alive: bool) -> Vec<u8> {
-    let text = crate::metrics::render();
+pub fn metrics_response(shared: &Shared, keep_alive: bool) -> Vec<u8> {
+    let mut text = crate::metrics::render();
+    cost_metrics(shared, &mut text);
     let mut out = Vec::with_capacity(text.len() + 200);
     respond::write_head(
         &mut out,
@@ -154,4 +148,55 @@ pub fn metrics_response(keep_alive: bool) -> Vec<u8> {
     );
     out.extend_from_slice(text.as_bytes());
     out
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `sluice_cost_usd_total`: a float counter (USD, from integer micro-USD), which the `metrics`
+/// facade cannot hold, so it is written here. Labelled by model group; with
+/// `admin.per_key_metrics`, requests with a key are counted in `{model, team}` series instead
+/// (the `{model}` series then holds requests without a key), so every series adds up.
+fn cost_metrics(shared: &Shared, out: &mut String) {
+    use std::fmt::Write as _;
+    let models = &shared.config.models;
+    let _ = writeln!(
+        out,
+        "# HELP sluice_cost_usd_total Spend in USD at list prices, by model group."
+    );
+    let _ = writeln!(out, "# TYPE sluice_cost_usd_total counter");
+    for (g, micros) in shared.auth.cost_by_group().into_iter().enumerate() {
+        let Some(m) = models.get(g) else { continue };
+        let _ = writeln!(
+            out,
+            "sluice_cost_usd_total{{model=\"{}\"}} {}",
+            label(&m.name),
+            micros as f64 / 1e6
+        );
+    }
+    if !shared.config.admin.per_key_metrics {
+        return;
+    }
+    let index = shared.auth.index();
+    let mut teams: Vec<_> = index.teams().collect();
+    teams.sort_by(|a, b| a.name.cmp(&b.name));
+    for t in teams {
+        for (g, c) in t.cost_by_group.iter().enumerate() {
+            let micros = c.load(std::sync::atomic::Ordering::Relaxed);
+            let Some(m) = models.get(g).filter(|_| micros > 0) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "sluice_cost_usd_total{{model=\"{}\",team=\"{}\"}} {}",
+                label(&m.name),
+                label(&t.name),
+                micros as f64 / 1e6
+            );
+        }
+    }
 }

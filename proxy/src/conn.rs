@@ -2,6 +2,7 @@
 //! them in order, close when asked or when the framing can no longer be trusted.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use monoio::buf::IoBufMut;
@@ -10,7 +11,8 @@ use monoio::net::TcpStream;
 use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::{self, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead};
 
-use crate::endpoints::{self, Route};
+use crate::auth::{self, KeyEntry};
+use crate::endpoints::{self, ApiEndpoint, Route};
 use crate::forward::{self, ClientSide};
 use crate::log::AccessRecord;
 use crate::respond;
@@ -314,7 +316,7 @@ async fn respond_to(
             write_local(client, bytes, status, keep_alive, rec).await
         }
         Route::Metrics if worker.shared.config.admin.metrics_on_main => {
-            let bytes = crate::admin::metrics_response(keep_alive);
+            let bytes = crate::admin::metrics_response(&worker.shared, keep_alive);
             write_local(client, bytes, 200, keep_alive, rec).await
         }
         Route::Metrics => {
@@ -330,28 +332,111 @@ async fn respond_to(
             write_local(client, bytes, 200, keep_alive, rec).await
         }
         Route::Api(endpoint) => {
-            let plan = match forward::plan(worker, head, body, endpoint, rec) {
-                Ok(p) => p,
-                Err(err) => {
-                    let bytes = respond::error(&err, keep_alive, &request_id);
-                    let keep = keep_alive && !err.kind.closes_connection();
-                    return write_local(client, bytes, err.status(), keep, rec).await;
-                }
-            };
-            let side = ClientSide {
-                request_id: &request_id,
-                http10: head.version == 0,
+            let call = ApiCall {
+                head,
+                endpoint,
                 keep_alive,
                 started,
-                extra_headers: Vec::new(),
             };
-            let done =
-                forward::execute(worker, plan, &mut client.rd, &mut client.wr, side, rec).await;
-            // Pipelined bytes that arrived during the exchange follow those read before it.
-            client.buf.extend_from_slice(&done.early);
-            done.keep_alive
+            api(worker, client, call, body, rec).await
         }
     }
+}
+
+/// An API request's context.
+struct ApiCall<'h> {
+    head: &'h RequestHead,
+    endpoint: ApiEndpoint,
+    keep_alive: bool,
+    started: Instant,
+}
+
+/// An API request: authenticate (401), plan (400, 404), the key's model list (403), admit
+/// (429), forward, then settle what it used and hand its usage to the ledger.
+async fn api(
+    worker: &Worker,
+    client: &mut Client,
+    call: ApiCall<'_>,
+    body: Vec<u8>,
+    rec: &mut AccessRecord,
+) -> bool {
+    let shared = &worker.shared;
+    let auth = &shared.auth;
+    let key = match auth.authenticate(call.head, auth::unix_now()) {
+        Ok(k) => k,
+        Err(err) => {
+            // Unauthenticated requests are not written to the ledger (the access log and
+            // metrics have them), so nobody without a key can grow the database.
+            let bytes = respond::error(&err, call.keep_alive, &rec.request_id);
+            return write_local(client, bytes, err.status(), call.keep_alive, rec).await;
+        }
+    };
+    let plan = match forward::plan(worker, call.head, body, call.endpoint, rec) {
+        Ok(p) => p,
+        Err(err) => return refuse(worker, client, key, &err, &call, rec).await,
+    };
+    let mut admission = None;
+    if let Some(k) = &key {
+        if !auth::allows_model(&k.record, &plan.inspected.model) {
+            let err = GatewayError::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "This API key may not use the model `{}`.",
+                    plan.inspected.model
+                ),
+            )
+            .with_param("model");
+            return refuse(worker, client, key, &err, &call, rec).await;
+        }
+        match auth.admit(k, &shared.config, &shared.prices, &plan) {
+            Ok(a) => admission = Some(a),
+            Err(err) => return refuse(worker, client, key, &err, &call, rec).await,
+        }
+    }
+    let request_id = rec.request_id.clone();
+    let side = ClientSide {
+        request_id: &request_id,
+        http10: call.head.version == 0,
+        keep_alive: call.keep_alive,
+        started: call.started,
+        extra_headers: key
+            .as_ref()
+            .map(|k| auth.ratelimit_headers(k))
+            .unwrap_or_default(),
+    };
+    let done = forward::execute(worker, plan, &mut client.rd, &mut client.wr, side, rec).await;
+    if let Some(a) = admission {
+        a.settle(rec);
+    }
+    rec.total_us = call.started.elapsed().as_micros() as u64;
+    auth.record(&shared.config, key.as_deref(), rec);
+    // Pipelined bytes that arrived during the exchange follow those read before it.
+    client.buf.extend_from_slice(&done.early);
+    done.keep_alive
+}
+
+/// Answers an authenticated API request locally with `err` (and the key's `x-ratelimit-*`
+/// headers), and records it in the ledger.
+async fn refuse(
+    worker: &Worker,
+    client: &mut Client,
+    key: Option<Arc<KeyEntry>>,
+    err: &GatewayError,
+    call: &ApiCall<'_>,
+    rec: &mut AccessRecord,
+) -> bool {
+    let auth = &worker.shared.auth;
+    let headers = key
+        .as_ref()
+        .map(|k| auth.ratelimit_headers(k))
+        .unwrap_or_default();
+    let extra: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+    let keep = call.keep_alive && !err.kind.closes_connection();
+    let bytes = respond::error_with(err, &extra, keep, &rec.request_id);
+    let keep = write_local(client, bytes, err.status(), keep, rec).await;
+    rec.total_us = call.started.elapsed().as_micros() as u64;
+    auth.record(&worker.shared.config, key.as_deref(), rec);
+    keep
 }
 
 async fn write_local(

@@ -169,6 +169,18 @@ pub async fn readiness(worker: &Worker) -> (bool, &'static str) {
     }
     let mut ok = false;
     'providers: for i in 0..shared.config.providers.len() {
+        match shared
+            .health
+            .get(i)
+            .map(|h| h.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            Some(crate::health::HEALTHY) => {
+                ok = true;
+                break;
+            }
+            Some(crate::health::UNHEALTHY) => continue,
+            _ => {}
+        }
         if worker.pool.borrow().idle_count(i) > 0 {
             ok = true;
             break;

@@ -1357,6 +1357,7 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Writes the response head: the upstream's end-to-end headers (its request id renamed so the
 /// client sees ours), which deployment answered, the cost when known, and the caller's extras.
 fn write_response_head(

@@ -12,13 +12,16 @@
 //! ```
 
 pub mod admin;
+pub mod admin_api;
 pub mod attempt;
+pub mod auth;
 pub mod cli;
 pub mod conn;
 pub mod dns;
 pub mod doctor;
 pub mod endpoints;
 pub mod forward;
+pub mod health;
 pub mod log;
 pub mod metrics;
 pub mod relay;

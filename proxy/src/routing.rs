@@ -144,6 +144,32 @@ impl Routes {
         self.publish(g, i, now);
     }
 
+    /// Feeds a health-check result for provider `p` to the breakers of its deployments.
+    pub fn health(&mut self, config: &Config, p: usize, ok: bool, now: Instant) {
+        for (g, group) in config.models.iter().enumerate() {
+            for (i, d) in group.deployments.iter().enumerate() {
+                if d.provider != p {
+                    continue;
+                }
+                let transition = self
+                    .groups
+                    .get_mut(g)
+                    .and_then(|s| s.breakers.get_mut(i))
+                    .and_then(|b| {
+                        if ok {
+                            b.on_success(now)
+                        } else {
+                            b.on_failure(now)
+                        }
+                    });
+                if let Some(t) = transition {
+                    log_transition(config, g, i, &t);
+                }
+                self.publish(g, i, now);
+            }
+        }
+    }
+
     /// A request to deployment `i` of group `g` was abandoned (hedge loser, client gone).
     pub fn cancel(&mut self, g: usize, i: usize) {
         if let Some(group) = self.groups.get_mut(g) {

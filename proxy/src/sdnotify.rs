@@ -382,11 +382,16 @@ mod tests {
             .env("NOTIFY_SOCKET", &sock_path)
             .env("WATCHDOG_USEC", "2000000")
             .env("LISTEN_FDS", "1");
-        // SAFETY (test): dup2 is async-signal-safe; it puts the listener at fd 3 without
+        // SAFETY (test): dup2 and fcntl are async-signal-safe; they put the listener at fd 3 without
         // close-on-exec in the child only, where systemd would put it.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(fd, LISTEN_FDS_START) < 0 {
+                if fd == LISTEN_FDS_START {
+                    // dup2 onto itself keeps close-on-exec: clear the flag instead.
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, LISTEN_FDS_START) < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())

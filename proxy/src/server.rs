@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -136,21 +137,30 @@ pub fn serve(config: Config) -> io::Result<()> {
     let started_unix = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    // The recorder first: the admission counters are created with it.
+    crate::metrics::install();
+    let (access, ledger_handle) = open_access(&config)?;
     let shared = Arc::new(Shared {
-        config: Arc::new(config),
         dns,
         tls,
         draining: Default::default(),
         listeners_up: Default::default(),
+        active: Default::default(),
+        health: crate::health::table(config.providers.len()),
         workers,
         heartbeats: (0..workers)
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),
         started_unix,
-        prices: sluice_core::cost::PriceTable::new(Default::default()),
+        prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
+        auth: access.auth,
+        registry: access.registry,
+        admin_token: access.admin_token,
+        config: Arc::new(config),
     });
     dns::spawn_refresher(shared.clone());
     crate::metrics::install();
+    spawn_upkeep(shared.clone())?;
     crate::trace::spawn(&shared.config.tracing)?;
     if let Some(admin) = crate::admin::spawn(shared.clone())? {
         tracing::info!(%admin, "admin listener (metrics) up");
@@ -214,8 +224,115 @@ pub fn serve(config: Config) -> io::Result<()> {
             Err(_) => result = Err(io::Error::other("a worker panicked")),
         }
     }
+    // Every worker is done: commit the usage of the requests they finished.
+    if let Some(ledger) = &shared.auth.ledger {
+        if ledger.flush_and_wait(Duration::from_secs(10)) {
+            tracing::info!(records = ledger.committed(), "ledger flushed");
+        } else {
+            tracing::error!(pending = ledger.pending(), "ledger flush timed out");
+        }
+    }
+    drop(ledger_handle);
     tracing::info!("stopped");
     result
+}
+
+/// What `open_access` sets up for `Shared`.
+struct Access {
+    auth: crate::auth::Auth,
+    registry: Option<crate::admin_api::SharedRegistry>,
+    admin_token: Option<[u8; 32]>,
+}
+
+/// Opens the store (keys, teams, spend) and the ledger writer, and builds the key index.
+fn open_access(config: &Config) -> io::Result<(Access, Option<crate::store::LedgerHandle>)> {
+    use crate::admin_api::Registry;
+    use crate::store::{LedgerWriter, Store, WriterOptions};
+    let admin_token = std::env::var("SLUICE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| sluice_core::keys::hash_key(t.trim()));
+    for k in config.keys.iter().filter(|k| k.literal) {
+        tracing::warn!(key = %k.record.name, prefix = %k.record.prefix, "a key is written literally in the config: fine for a demo, never for production");
+    }
+    let Some(path) = &config.store.path else {
+        let auth = crate::auth::Auth::new(config, crate::auth::Index::default(), None);
+        return Ok((
+            Access {
+                auth,
+                registry: None,
+                admin_token,
+            },
+            None,
+        ));
+    };
+    if admin_token.is_none() {
+        tracing::info!("admin API off: set SLUICE_ADMIN_TOKEN to manage keys, teams and spend");
+    }
+    let store_err =
+        |e: crate::store::StoreError| io::Error::other(format!("{}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    }
+    let store = Store::open(path).map_err(store_err)?;
+    let (registry, index) = Registry::open(config, store).map_err(store_err)?;
+    let opts = WriterOptions {
+        flush_interval: Duration::from_millis(config.store.flush_interval_ms),
+        synchronous_full: config.store.synchronous_full,
+        ..WriterOptions::default()
+    };
+    let (ledger, handle) = LedgerWriter::spawn_with(path, opts).map_err(store_err)?;
+    tracing::info!(
+        store = %path.display(),
+        keys = index.keys().count(),
+        auth = ?config.auth,
+        "store opened"
+    );
+    let auth = crate::auth::Auth::new(config, index, Some(ledger));
+    Ok((
+        Access {
+            auth,
+            registry: Some(std::sync::Mutex::new(registry)),
+            admin_token,
+        },
+        Some(handle),
+    ))
+}
+
+/// How often housekeeping runs.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Housekeeping off the data plane: drains metric histogram buffers (they grow without
+/// bound otherwise) and, once the gateway is idle after a busy spell, hands freed heap memory
+/// back to the OS, so RSS returns to its idle size after a load peak.
+fn spawn_upkeep(shared: Arc<Shared>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("sluice-upkeep".into())
+        .spawn(move || {
+            let mut busy_since_trim = false;
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                crate::metrics::upkeep();
+                if shared.active.load(Ordering::Relaxed) > 0 {
+                    busy_since_trim = true;
+                } else if busy_since_trim {
+                    busy_since_trim = false;
+                    release_free_memory();
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Returns free heap pages to the OS (glibc keeps them in its arenas otherwise).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims glibc's own arenas under their locks; it takes
+    // no pointer from us and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Feeds the systemd watchdog (WatchdogSec= in the unit) every half period, while every
@@ -297,6 +414,11 @@ fn run_worker(
     rt.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
         let worker = Rc::new(Worker::new(id, shared));
+        for (index, p) in worker.shared.config.providers.iter().enumerate() {
+            if p.health_check.is_some() {
+                monoio::spawn(crate::health::run(worker.clone(), index));
+            }
+        }
         worker.shared.listeners_up.fetch_add(1, Ordering::SeqCst);
         let beat = worker.shared.clone();
         monoio::spawn(async move {
@@ -373,5 +495,20 @@ async fn drain(worker: &Worker) {
             return;
         }
         monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releasing_free_memory_is_safe_after_churn() {
+        let blocks: Vec<Vec<u8>> = (0..256).map(|i| vec![i as u8; 64 * 1024]).collect();
+        drop(blocks);
+        release_free_memory();
+        release_free_memory();
+        let again = vec![7u8; 1 << 20];
+        assert_eq!(again[12345], 7);
     }
 }

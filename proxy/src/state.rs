@@ -27,6 +27,10 @@ pub struct Shared {
     pub listeners_up: AtomicUsize,
     /// Worker count, for readiness.
     pub workers: usize,
+    /// Requests in flight across all workers (for idle-time housekeeping only).
+    pub active: AtomicUsize,
+    /// Latest active health-check result per provider (see `health`).
+    pub health: Box<[std::sync::atomic::AtomicU8]>,
     /// One counter per worker, bumped every 250 ms by a task on its runtime; the systemd
     /// watchdog is fed only while every running worker's counter moves.
     pub heartbeats: Box<[std::sync::atomic::AtomicU64]>,
@@ -34,6 +38,12 @@ pub struct Shared {
     pub started_unix: u64,
     /// Prices per model, for the cost of each request.
     pub prices: sluice_core::cost::PriceTable,
+    /// Virtual keys, limits and the ledger (see `auth`).
+    pub auth: crate::auth::Auth,
+    /// The admin side of the store, when one is configured.
+    pub registry: Option<crate::admin_api::SharedRegistry>,
+    /// SHA-256 of `SLUICE_ADMIN_TOKEN`; `None` turns the admin API off.
+    pub admin_token: Option<[u8; 32]>,
 }
 
 impl Shared {
@@ -89,6 +99,7 @@ impl<'a> InflightGuard<'a> {
     /// Starts counting.
     pub fn new(worker: &'a Worker) -> Self {
         worker.inflight.set(worker.inflight.get() + 1);
+        worker.shared.active.fetch_add(1, Ordering::Relaxed);
         worker.metrics.inflight.increment(1.0);
         InflightGuard(worker)
     }
@@ -97,6 +108,7 @@ impl<'a> InflightGuard<'a> {
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
         self.0.inflight.set(self.0.inflight.get().saturating_sub(1));
+        self.0.shared.active.fetch_sub(1, Ordering::Relaxed);
         self.0.metrics.inflight.decrement(1.0);
     }
 }

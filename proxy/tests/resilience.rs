@@ -13,7 +13,7 @@ use common::*;
 /// A config with one provider per address and one model group `m` over them.
 fn group_config(addrs: &[SocketAddr], group_extra: &str, rest: &str) -> String {
     let mut out = String::from(
-        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
+        "auth = \"none\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
     );
     for (i, a) in addrs.iter().enumerate() {
         out.push_str(&format!(
@@ -357,7 +357,48 @@ fn hedging_cuts_the_slow_tail(driver: &str) {
     );
 }
 
+fn health_checks_open_breakers_before_any_request(driver: &str) {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let good = mock();
+    let cfg = group_config(
+        &[dead, good.addr()],
+        "strategy = \"priority\"\nbreaker = { consecutive_failures = 2, cooldown_ms = 60000 }\n",
+        "",
+    )
+    .replace(
+        "first_byte_timeout_ms = 400\n",
+        "first_byte_timeout_ms = 400\nhealth_check = { path = \"/models\", interval_ms = 100, timeout_ms = 200 }\n",
+    );
+    let gw = Gateway::start(&cfg, driver);
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let m = Client::connect(gw.admin.unwrap()).get("/metrics").text();
+            m.lines().any(|l| {
+                l.starts_with("sluice_circuit_breaker_state")
+                    && l.contains("p0/m0")
+                    && l.ends_with(" 2")
+            })
+        }),
+        "the dead provider's breaker never opened from health checks"
+    );
+    // The first request goes straight to the healthy deployment.
+    let r = ask(&mut gw.connect(), "");
+    assert_eq!(r.status, 200);
+    let log = gw.access_lines(1);
+    let attempts: serde_json::Value =
+        serde_json::from_str(log[0]["attempts"].as_str().unwrap()).unwrap();
+    assert_eq!(attempts.as_array().unwrap().len(), 1, "{attempts}");
+    assert_eq!(attempts[0]["deployment"], "p1/m1");
+    // The healthy mock saw the health checks too, and /readyz stays ready.
+    assert!(eventually(Duration::from_secs(2), || good.stats().requests >= 3));
+    assert_eq!(gw.connect().get("/readyz").status, 200);
+}
+
 both_drivers!(
+    health_checks_open_breakers_before_any_request,
     failing_deployment_is_hidden_and_tripped,
     latency_strategy_prefers_the_fast_one_and_recovers,
     hung_deployment_is_left_within_the_deadline,

@@ -108,7 +108,8 @@ fn tls_config(port: u16, ca_file: Option<&std::path::Path>) -> String {
         .map(|p| format!("ca_file = \"{}\"", p.display()))
         .unwrap_or_default();
     format!(
-        r#"[server]
+        r#"auth = "none"
+[server]
 listen = "127.0.0.1:0"
 workers = 1
 

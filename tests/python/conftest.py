@@ -33,7 +33,9 @@ STOP_GRACE_S = 5.0
 # Fixed mock answer shape, so tests can assert exact text and token counts.
 MOCK_CHUNKS = 8
 MOCK_CHUNK_SIZE = 4
-API_KEY = "sk-test"
+# The gateway requires keys: the suite's key is declared in the config (a literal key, as in
+# examples/mock.toml: fine for tests and demos only).
+API_KEY = "sk-sluice-pytest-3f9c2a7e"
 
 
 def bin_dir() -> Path:
@@ -167,7 +169,7 @@ def mock(tmp_path_factory) -> Mock:
     stop(proc)
 
 
-def gateway_config(mock_addr: str) -> str:
+def gateway_config(mock_addr: str, store: Path) -> str:
     return f"""\
 [server]
 listen = "127.0.0.1:0"
@@ -179,6 +181,13 @@ format = "json"
 
 [admin]
 listen = "127.0.0.1:0"
+
+[store]
+path = "{store}"
+
+[[keys]]
+name = "pytest"
+key = "{API_KEY}"
 
 [[providers]]
 name = "mock"
@@ -192,6 +201,16 @@ deployments = [{{ provider = "mock", model = "mock-model" }}]
 [[models]]
 name = "mock-stream"
 deployments = [{{ provider = "mock", model = "mock-stream-model" }}]
+
+# The same mock, spoken to in Anthropic's Messages dialect.
+[[providers]]
+name = "mock-anthropic"
+kind = "anthropic"
+base_url = "http://{mock_addr}/v1"
+
+[[models]]
+name = "mock-anthropic"
+deployments = [{{ provider = "mock-anthropic", model = "claude-mock" }}]
 """
 
 
@@ -199,7 +218,7 @@ deployments = [{{ provider = "mock", model = "mock-stream-model" }}]
 def gateway(mock, tmp_path_factory) -> Gateway:
     d = tmp_path_factory.mktemp("gateway")
     config = d / "sluice.toml"
-    config.write_text(gateway_config(mock.addr))
+    config.write_text(gateway_config(mock.addr, d / "sluice.db"))
     stdout, stderr = d / "sluice.stdout", d / "sluice.stderr"
     env = os.environ.copy()
     env.pop("RUST_LOG", None)

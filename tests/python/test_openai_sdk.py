@@ -64,7 +64,12 @@ def test_chat_streaming_without_usage(client):
 def test_chat_streaming_raw_bytes_carry_no_usage(gateway):
     """Byte level: neither the usage chunk nor the `"usage":null` members the upstream adds."""
     body = {"model": "mock-stream", "messages": MESSAGES, "stream": True}
-    r = httpx.post(f"{gateway.base_url}/chat/completions", json=body, timeout=10)
+    r = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {API_KEY}"},
+        timeout=10,
+    )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
     assert '"usage"' not in r.text
@@ -151,7 +156,7 @@ def test_responses(client):
 
 def test_models_list(client):
     ids = [m.id for m in client.models.list()]
-    assert ids == ["mock-fast", "mock-stream"]
+    assert ids == ["mock-fast", "mock-stream", "mock-anthropic"]
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -179,6 +184,14 @@ def test_invalid_json_is_400_in_openai_shape(gateway):
     assert isinstance(err["message"], str) and err["message"]
     assert err["type"] == "invalid_request_error"
     assert "code" in err
+
+
+def test_wrong_key_is_an_authentication_error(base_url):
+    with openai.OpenAI(base_url=base_url, api_key="sk-sluice-wrong", max_retries=0, timeout=10) as c:
+        with pytest.raises(openai.AuthenticationError) as exc:
+            c.chat.completions.create(model="mock-fast", messages=MESSAGES)
+    assert exc.value.status_code == 401
+    assert exc.value.code == "invalid_api_key"
 
 
 def test_upstream_error_status_passes_through(client):

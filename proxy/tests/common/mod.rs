@@ -76,7 +76,9 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 /// `server_extra` and `provider_extra` are appended to those sections.
 pub fn config(mock: SocketAddr, server_extra: &str, provider_extra: &str) -> String {
     format!(
-        r#"[server]
+        r#"auth = "none"
+
+[server]
 listen = "127.0.0.1:0"
 workers = 1
 {server_extra}

@@ -1,0 +1,717 @@
+//! Virtual keys on the request path: who is calling ([`Auth::authenticate`]), may they
+//! ([`allows_model`], [`Auth::admit`]), and what it cost ([`Admission::settle`], the ledger).
+//!
+//! ```text
+//! conn ─► authenticate (Bearer / x-api-key → SHA-256 → index)      401
+//!      ─► forward::plan (inspect, model group)                       400 / 404
+//!      ─► allows_model (the key's list)                              403
+//!      ─► admit (key and team: concurrency, rpm, tpm, budget)        429 + Retry-After
+//!      ─► forward::execute (x-ratelimit-* on the answer)
+//!      ─► Admission::settle (real tokens and cost) ─► ledger (never blocks)
+//! ```
+//!
+//! The key index is an immutable [`Index`] behind an `ArcSwap`: workers only load it (one
+//! atomic load per request), the admin thread builds a new one and swaps it in, so a created,
+//! changed or revoked key takes effect on the next request. Limit state (buckets, concurrency,
+//! budgets) lives in `Arc<LimitSet>`s that a rebuild carries over when a key's limit numbers
+//! did not change; when they did, the new set starts with the old set's spend.
+//!
+//! Concurrency note: a request admitted before a limit change settles on the set it was
+//! admitted against, so right after a change the new set can admit up to one extra
+//! `max_concurrency` while old requests finish.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use metrics::Counter;
+use sluice_core::config::{AuthMode, Config};
+use sluice_core::cost::{self, PriceTable};
+use sluice_core::error::{ErrorKind, GatewayError};
+use sluice_core::http1::RequestHead;
+use sluice_core::inspect;
+use sluice_core::keys::{self, KeyRecord, KeyRefusal, TeamRecord};
+use sluice_core::limits::{self, period_start, Ask, BudgetPeriod, LimitSet, Refusal, Reservation};
+
+use crate::log::AccessRecord;
+use crate::store::{LedgerSender, Scope, UsageRecord};
+
+/// Milliseconds on a monotonic clock shared by every worker (the buckets' `now_ms`).
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Wall-clock unix seconds (budget periods, expiry).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Wall-clock unix milliseconds (ledger timestamps).
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A team as the data plane sees it: its limits (if it was created through the admin API)
+/// and its spend this period.
+pub struct TeamEntry {
+    /// Name.
+    pub name: Arc<str>,
+    /// Its record, when the team exists in the store; `None` for a name keys merely mention.
+    pub record: Option<TeamRecord>,
+    /// Limits and spend, shared by every key of the team.
+    pub limits: Arc<LimitSet>,
+    /// Micro-USD per model group, for `sluice_cost_usd_total{team}`.
+    pub cost_by_group: Arc<[AtomicU64]>,
+    shape: Shape,
+}
+
+/// A key as the data plane sees it.
+pub struct KeyEntry {
+    /// The record (hash and visible prefix, never the key).
+    pub record: KeyRecord,
+    /// `record.id`, shared cheaply with ledger records.
+    pub id: Arc<str>,
+    /// SHA-256 of the key.
+    hash: [u8; 32],
+    /// Declared in the config (read-only through the admin API).
+    pub from_config: bool,
+    /// The key's own limits and spend.
+    pub limits: Arc<LimitSet>,
+    /// Its team.
+    pub team: Arc<TeamEntry>,
+    shape: Shape,
+}
+
+/// The limit numbers of a key or team: a rebuild keeps its `LimitSet` while they are equal.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Shape {
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    max_concurrency: Option<u32>,
+    budget_micros: Option<u64>,
+    period: BudgetPeriod,
+}
+
+impl Shape {
+    fn new(
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        max_concurrency: Option<u32>,
+        budget_micros: Option<u64>,
+        period: BudgetPeriod,
+    ) -> Self {
+        Shape {
+            rpm,
+            tpm,
+            max_concurrency,
+            budget_micros,
+            // Without a budget, spend is still counted (for reports), over the key's life.
+            period: if budget_micros.is_some() {
+                period
+            } else {
+                BudgetPeriod::Lifetime
+            },
+        }
+    }
+
+    fn of_key(r: &KeyRecord) -> Self {
+        Shape::new(
+            r.rpm,
+            r.tpm,
+            r.max_concurrency,
+            r.budget_micros(),
+            r.budget_period,
+        )
+    }
+
+    fn of_team(r: Option<&TeamRecord>) -> Self {
+        match r {
+            Some(t) => Shape::new(
+                t.rpm,
+                t.tpm,
+                t.max_concurrency,
+                t.budget_micros(),
+                t.budget_period,
+            ),
+            None => Shape::new(None, None, None, None, BudgetPeriod::Lifetime),
+        }
+    }
+}
+
+/// Every key and team, immutable once built.
+#[derive(Default)]
+pub struct Index {
+    by_hash: HashMap<[u8; 32], Arc<KeyEntry>>,
+    by_id: HashMap<String, Arc<KeyEntry>>,
+    teams: HashMap<String, Arc<TeamEntry>>,
+}
+
+impl Index {
+    /// The key with `id`.
+    pub fn key(&self, id: &str) -> Option<&Arc<KeyEntry>> {
+        self.by_id.get(id)
+    }
+
+    /// Every key, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<KeyEntry>> {
+        self.by_id.values()
+    }
+
+    /// The team called `name` (created, or mentioned by a key).
+    pub fn team(&self, name: &str) -> Option<&Arc<TeamEntry>> {
+        self.teams.get(name)
+    }
+
+    /// Every team.
+    pub fn teams(&self) -> impl Iterator<Item = &Arc<TeamEntry>> {
+        self.teams.values()
+    }
+}
+
+/// Where a rebuild gets the spend of a limit set it cannot carry over: micro-USD spent by a
+/// key id or team name in the current `period`.
+pub type SpendOf<'a> = &'a dyn Fn(Scope, &str, BudgetPeriod) -> u64;
+
+/// A limit set for `shape`, reusing `prev` when its numbers are the same; otherwise a new set
+/// that starts with `prev`'s spend (same period) or the store's.
+fn limit_set(
+    shape: Shape,
+    prev: Option<(Shape, &Arc<LimitSet>)>,
+    scope: Scope,
+    id: &str,
+    spend_of: SpendOf<'_>,
+    unix_s: u64,
+) -> Arc<LimitSet> {
+    if let Some((s, set)) = prev {
+        if s == shape {
+            return set.clone();
+        }
+    }
+    let start = period_start(shape.period, unix_s);
+    let spend = match prev {
+        Some((s, set)) if s.period == shape.period && set.budget.period_start() == start => {
+            set.budget.spend()
+        }
+        _ => spend_of(scope, id, shape.period),
+    };
+    Arc::new(LimitSet::new(
+        shape.rpm,
+        shape.tpm,
+        shape.max_concurrency,
+        shape.budget_micros.map(|b| (b, shape.period)),
+        spend,
+        unix_s,
+    ))
+}
+
+/// Builds the index from every key (`(record, from_config)`) and team, carrying limit state
+/// over from `prev`.
+pub fn build_index(
+    keys: Vec<(KeyRecord, bool)>,
+    teams: Vec<TeamRecord>,
+    prev: &Index,
+    groups: usize,
+    spend_of: SpendOf<'_>,
+    unix_s: u64,
+) -> Index {
+    let mut records: HashMap<String, Option<TeamRecord>> = HashMap::new();
+    for t in teams {
+        records.insert(t.name.clone(), Some(t));
+    }
+    for (k, _) in &keys {
+        records.entry(k.team.clone()).or_insert(None);
+    }
+    let mut team_map = HashMap::with_capacity(records.len());
+    for (name, record) in records {
+        let shape = Shape::of_team(record.as_ref());
+        let old = prev.teams.get(&name);
+        let limits = limit_set(
+            shape,
+            old.map(|t| (t.shape, &t.limits)),
+            Scope::Team,
+            &name,
+            spend_of,
+            unix_s,
+        );
+        let cost_by_group = match old {
+            Some(t) if t.cost_by_group.len() == groups => t.cost_by_group.clone(),
+            _ => (0..groups).map(|_| AtomicU64::new(0)).collect(),
+        };
+        let entry = TeamEntry {
+            name: Arc::from(name.as_str()),
+            record,
+            limits,
+            cost_by_group,
+            shape,
+        };
+        team_map.insert(name, Arc::new(entry));
+    }
+    let mut index = Index {
+        by_hash: HashMap::with_capacity(keys.len()),
+        by_id: HashMap::with_capacity(keys.len()),
+        teams: HashMap::new(),
+    };
+    for (record, from_config) in keys {
+        let Some(hash) = keys::parse_hash_hex(&record.hash) else {
+            tracing::warn!(key_id = %record.id, "key with a malformed hash skipped");
+            continue;
+        };
+        let Some(team) = team_map.get(&record.team).cloned() else {
+            continue;
+        };
+        let shape = Shape::of_key(&record);
+        let old = prev.by_id.get(&record.id);
+        let limits = limit_set(
+            shape,
+            old.map(|k| (k.shape, &k.limits)),
+            Scope::Key,
+            &record.id,
+            spend_of,
+            unix_s,
+        );
+        let entry = Arc::new(KeyEntry {
+            id: Arc::from(record.id.as_str()),
+            record,
+            hash,
+            from_config,
+            limits,
+            team,
+            shape,
+        });
+        index.by_hash.insert(hash, entry.clone());
+        index.by_id.insert(entry.record.id.clone(), entry);
+    }
+    index.teams = team_map;
+    index
+}
+
+/// Whether `key` may call `model`: every model when its list is empty, else an entry equal to
+/// the model name, or a `prefix*` entry the name starts with.
+pub fn allows_model(key: &KeyRecord, model: &str) -> bool {
+    key.models.is_empty()
+        || key.models.iter().any(|m| match m.strip_suffix('*') {
+            Some(prefix) => model.starts_with(prefix),
+            None => m == model,
+        })
+}
+
+/// Metric handles for admission.
+struct Meters {
+    rate_limited: [Counter; 3],
+    budget: Counter,
+    ledger_dropped: Counter,
+}
+
+impl Meters {
+    fn new() -> Self {
+        metrics::describe_counter!(
+            "sluice_rate_limited_total",
+            "Requests refused by a rate limit, by scope (requests, tokens, concurrency)."
+        );
+        metrics::describe_counter!(
+            "sluice_budget_rejections_total",
+            "Requests refused because a key's or team's budget is spent."
+        );
+        metrics::describe_counter!(
+            "sluice_ledger_dropped_total",
+            "Usage records dropped because the ledger writer fell behind."
+        );
+        Meters {
+            rate_limited: ["requests", "tokens", "concurrency"]
+                .map(|s| metrics::counter!("sluice_rate_limited_total", "scope" => s)),
+            budget: metrics::counter!("sluice_budget_rejections_total"),
+            ledger_dropped: metrics::counter!("sluice_ledger_dropped_total"),
+        }
+    }
+}
+
+/// Authentication and admission, shared by every worker.
+pub struct Auth {
+    mode: AuthMode,
+    index: ArcSwap<Index>,
+    default_max_tokens: u64,
+    meters: Meters,
+    /// Micro-USD per model group, for `sluice_cost_usd_total`.
+    cost_by_group: Box<[AtomicU64]>,
+    /// The ledger writer, when a store is configured.
+    pub ledger: Option<LedgerSender>,
+}
+
+impl Auth {
+    /// Auth for `config` with a first `index` (install the metrics recorder first).
+    pub fn new(config: &Config, index: Index, ledger: Option<LedgerSender>) -> Self {
+        Auth {
+            mode: config.auth,
+            index: ArcSwap::from_pointee(index),
+            default_max_tokens: config.limits.default_max_tokens,
+            meters: Meters::new(),
+            cost_by_group: (0..config.models.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            ledger,
+        }
+    }
+
+    /// Whether keys are required.
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// The current index.
+    pub fn index(&self) -> Arc<Index> {
+        self.index.load_full()
+    }
+
+    /// Swaps in a new index (the admin thread, after a change).
+    pub fn replace(&self, index: Index) {
+        self.index.store(Arc::new(index));
+    }
+
+    /// Micro-USD spent per model group since start (indices into `config.models`).
+    pub fn cost_by_group(&self) -> Vec<u64> {
+        self.cost_by_group
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The key a request presents (`Authorization: Bearer`, `x-api-key` or `api-key`), checked:
+    /// `Ok(None)` when auth is off; 401 when missing, unknown, disabled or expired.
+    pub fn authenticate(
+        &self,
+        head: &RequestHead,
+        unix_s: u64,
+    ) -> Result<Option<Arc<KeyEntry>>, GatewayError> {
+        if self.mode == AuthMode::None {
+            return Ok(None);
+        }
+        let unauthorized = |msg: &str| GatewayError::new(ErrorKind::Unauthorized, msg);
+        // OpenAI clients send `Authorization: Bearer`, Anthropic's `x-api-key`, Azure's `api-key`.
+        let token = head
+            .header("authorization")
+            .and_then(keys::parse_bearer)
+            .or_else(|| {
+                ["x-api-key", "api-key"]
+                    .iter()
+                    .find_map(|h| head.header_str(h))
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+            });
+        let Some(token) = token else {
+            return Err(unauthorized(
+                "Missing API key: send it as `Authorization: Bearer sk-sluice-…` or `x-api-key`.",
+            ));
+        };
+        let hash = keys::hash_key(token);
+        let index = self.index.load();
+        // The map finds the entry by hash; the final check is constant-time.
+        let entry = index
+            .by_hash
+            .get(&hash)
+            .filter(|e| keys::constant_time_eq(&e.hash, &hash))
+            .ok_or_else(|| unauthorized("Incorrect API key provided."))?;
+        match entry.record.check_usable(unix_s) {
+            Ok(()) => Ok(Some(entry.clone())),
+            Err(KeyRefusal::Expired) => Err(unauthorized("This API key has expired.")),
+            Err(_) => Err(unauthorized("This API key has been revoked.")),
+        }
+    }
+
+    /// Reserves the request's tokens and cost against the key and its team, all or nothing.
+    /// On refusal: 429 with `Retry-After` (when waiting helps) and the reason.
+    pub fn admit(
+        &self,
+        key: &Arc<KeyEntry>,
+        config: &Config,
+        prices: &PriceTable,
+        plan: &crate::forward::Plan,
+    ) -> Result<Admission, GatewayError> {
+        let prompt = inspect::estimate_prompt_tokens(plan.body.len());
+        let output = plan.inspected.max_tokens.unwrap_or(self.default_max_tokens);
+        let ask = Ask {
+            tokens: prompt.saturating_add(output),
+            cost_micros: estimate_cost(
+                config,
+                prices,
+                plan.group,
+                &plan.inspected.model,
+                prompt,
+                output,
+            ),
+            now_ms: now_ms(),
+            unix_s: unix_now(),
+        };
+        let sets = [&*key.limits, &*key.team.limits];
+        match limits::admit(&sets, &ask) {
+            Ok(reservation) => Ok(Admission {
+                key: key.clone(),
+                reservation,
+                open: true,
+            }),
+            Err(denied) => {
+                let whose = if denied.set == 0 {
+                    format!("key `{}`", key.record.name)
+                } else {
+                    format!("team `{}`", key.team.name)
+                };
+                let set = sets.get(denied.set).copied().unwrap_or(&*key.limits);
+                let (kind, message) = match denied.refusal {
+                    Refusal::Requests(_) => {
+                        self.meters.rate_limited[0].increment(1);
+                        let limit = set.requests.as_ref().map_or(0, |b| b.capacity());
+                        (
+                            ErrorKind::RateLimited,
+                            format!("Rate limit reached for {whose}: {limit} requests per minute."),
+                        )
+                    }
+                    Refusal::Tokens(r) => {
+                        self.meters.rate_limited[1].increment(1);
+                        let limit = set.tokens.as_ref().map_or(0, |b| b.capacity());
+                        let msg = if r.is_never() {
+                            format!(
+                                "Request too large for {whose}: it reserves {} tokens (prompt estimate plus max_tokens), the limit is {limit} tokens per minute. Lower max_tokens.",
+                                ask.tokens
+                            )
+                        } else {
+                            format!("Rate limit reached for {whose}: {limit} tokens per minute.")
+                        };
+                        (ErrorKind::RateLimited, msg)
+                    }
+                    Refusal::Concurrency => {
+                        self.meters.rate_limited[2].increment(1);
+                        let limit = set.concurrency.as_ref().map_or(0, |c| c.limit());
+                        (
+                            ErrorKind::RateLimited,
+                            format!("Too many requests in flight for {whose} (limit {limit})."),
+                        )
+                    }
+                    Refusal::Budget(_) => {
+                        self.meters.budget.increment(1);
+                        let limit = set.budget_limit_micros.unwrap_or(0);
+                        (
+                            ErrorKind::BudgetExceeded,
+                            format!(
+                                "Budget exceeded for {whose}: {} USD per {} period, {} USD used.",
+                                cost::format_usd(limit),
+                                set.budget_period.as_str(),
+                                cost::format_usd(set.budget.used())
+                            ),
+                        )
+                    }
+                };
+                let mut err = GatewayError::new(kind, message);
+                if let Some(s) = denied.refusal.retry_after_s() {
+                    err = err.with_retry_after(s);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// OpenAI's `x-ratelimit-*` headers for `key`: its own buckets, else its team's; none when
+    /// neither has a request or token limit.
+    pub fn ratelimit_headers(&self, key: &KeyEntry) -> Vec<(&'static str, Vec<u8>)> {
+        let now = now_ms();
+        let requests = key
+            .limits
+            .requests
+            .as_ref()
+            .or(key.team.limits.requests.as_ref());
+        let tokens = key
+            .limits
+            .tokens
+            .as_ref()
+            .or(key.team.limits.tokens.as_ref());
+        limits::ratelimit_headers(
+            requests.map(|b| b.snapshot(now)),
+            tokens.map(|b| b.snapshot(now)),
+        )
+        .into_iter()
+        .map(|(n, v)| (n, v.into_bytes()))
+        .collect()
+    }
+
+    /// Counts `rec`'s cost and hands its usage record to the ledger (never blocking).
+    pub fn record(&self, config: &Config, key: Option<&KeyEntry>, rec: &AccessRecord) {
+        let cost = rec.cost_micros.unwrap_or(0);
+        if cost > 0 {
+            if let Some((group, _)) = rec.route {
+                // With per-key metrics a key's cost is counted under its team only, so the
+                // series of `sluice_cost_usd_total` add up to the total.
+                let team = key
+                    .filter(|_| config.admin.per_key_metrics)
+                    .and_then(|k| k.team.cost_by_group.get(group));
+                if let Some(c) = team.or_else(|| self.cost_by_group.get(group)) {
+                    c.fetch_add(cost, Ordering::Relaxed);
+                }
+            }
+        }
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let deployment = rec.route.and_then(|(g, d)| {
+            config
+                .models
+                .get(g)
+                .and_then(|m| m.deployments.get(d))
+                .map(|d| Arc::from(d.label.as_str()))
+        });
+        let usage = UsageRecord {
+            request_id: rec.request_id.clone(),
+            ts_ms: unix_now_ms(),
+            key_id: key.map(|k| k.id.clone()),
+            team: key.map(|k| k.team.name.clone()),
+            model: Arc::from(rec.model.as_deref().unwrap_or("")),
+            deployment,
+            usage: rec.usage.unwrap_or_default(),
+            cost_micros: cost,
+            status: rec.status,
+            latency_ms: rec.total_us / 1000,
+        };
+        if ledger.record(usage).is_err() {
+            self.meters.ledger_dropped.increment(1);
+        }
+    }
+}
+
+/// The cost to reserve for a request to `group`: the dearest of its deployments, every prompt
+/// token at the input rate and `output` tokens at the output rate.
+pub fn estimate_cost(
+    config: &Config,
+    prices: &PriceTable,
+    group: usize,
+    model: &str,
+    prompt: u64,
+    output: u64,
+) -> u64 {
+    let Some(g) = config.models.get(group) else {
+        return 0;
+    };
+    g.deployments
+        .iter()
+        .filter_map(|d| prices.price(if d.model == "*" { model } else { &d.model }))
+        .map(|p| cost::estimate_micros(&p, prompt, output))
+        .max()
+        .unwrap_or(0)
+}
+
+/// What an admitted request reserved. Settle it with the real usage when the request ends;
+/// dropped unsettled (the request never ran), it gives everything back.
+pub struct Admission {
+    key: Arc<KeyEntry>,
+    reservation: Reservation,
+    open: bool,
+}
+
+impl Admission {
+    /// Settles with what the request used (`rec.usage`, the delivered estimate of a cancelled
+    /// stream included) and cost (`rec.cost_micros`): refunds or charges the difference and
+    /// frees the concurrency slot.
+    pub fn settle(mut self, rec: &AccessRecord) {
+        let tokens = rec.usage.map_or(0, |u| u.total_tokens());
+        let cost = rec.cost_micros.unwrap_or(0);
+        self.finish(tokens, cost);
+    }
+
+    fn finish(&mut self, tokens: u64, cost: u64) {
+        if !self.open {
+            return;
+        }
+        self.open = false;
+        let sets = [&*self.key.limits, &*self.key.team.limits];
+        limits::settle(&sets, &self.reservation, tokens, cost, now_ms());
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.finish(0, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, team: &str, rpm: Option<u64>) -> KeyRecord {
+        let secret = format!("sk-sluice-{id}");
+        KeyRecord {
+            id: id.into(),
+            name: id.into(),
+            team: team.into(),
+            user: None,
+            hash: keys::hash_hex(&secret),
+            prefix: keys::visible_prefix(&secret),
+            models: vec!["gpt-*".into(), "mock-fast".into()],
+            rpm,
+            tpm: None,
+            max_concurrency: None,
+            budget_usd: None,
+            budget_period: BudgetPeriod::Monthly,
+            expires_at_unix: None,
+            disabled: false,
+            metadata: serde_json::Value::Null,
+            created_at_unix: 0,
+        }
+    }
+
+    #[test]
+    fn rebuild_keeps_unchanged_limits_and_spend() {
+        let none = |_: Scope, _: &str, _: BudgetPeriod| 7;
+        let a = build_index(
+            vec![(key("a", "t", Some(5)), false), (key("b", "t", None), true)],
+            vec![],
+            &Index::default(),
+            2,
+            &none,
+            100,
+        );
+        let ka = a.key("a").unwrap().clone();
+        assert!(ka.limits.requests.is_some());
+        assert_eq!(ka.limits.budget.spend(), 7);
+        ka.limits.budget.add_spend(10);
+        assert!(Arc::ptr_eq(&ka.team, a.team("t").unwrap()));
+        // Same numbers: same set. New numbers: new set, spend carried over.
+        let b = build_index(
+            vec![(key("a", "t", Some(5)), false)],
+            vec![],
+            &a,
+            2,
+            &none,
+            100,
+        );
+        assert!(Arc::ptr_eq(&b.key("a").unwrap().limits, &ka.limits));
+        assert!(b.key("b").is_none());
+        let c = build_index(
+            vec![(key("a", "t", Some(9)), false)],
+            vec![],
+            &b,
+            2,
+            &none,
+            100,
+        );
+        let kc = c.key("a").unwrap();
+        assert!(!Arc::ptr_eq(&kc.limits, &ka.limits));
+        assert_eq!(kc.limits.budget.spend(), 17);
+        assert_eq!(kc.limits.requests.as_ref().unwrap().capacity(), 9);
+    }
+
+    #[test]
+    fn model_lists() {
+        let k = key("a", "t", None);
+        assert!(allows_model(&k, "mock-fast") && allows_model(&k, "gpt-4o"));
+        assert!(!allows_model(&k, "mock-stream"));
+        let all = KeyRecord {
+            models: vec![],
+            ..k
+        };
+        assert!(allows_model(&all, "anything"));
+    }
+}
