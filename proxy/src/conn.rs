@@ -371,6 +371,10 @@ async fn api(
             return write_local(client, bytes, err.status(), call.keep_alive, rec).await;
         }
     };
+    if let Some(k) = &key {
+        rec.key_id = Some(k.id.to_string());
+        rec.team = Some(k.team.name.to_string());
+    }
     let plan = match forward::plan(worker, call.head, body, call.endpoint, rec) {
         Ok(p) => p,
         Err(err) => return refuse(worker, client, key, &err, &call, rec).await,

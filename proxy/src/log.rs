@@ -71,6 +71,10 @@ pub struct AccessRecord {
     pub method: String,
     /// Request path.
     pub path: String,
+    /// The virtual key's id (never the key itself).
+    pub key_id: Option<String>,
+    /// The key's team.
+    pub team: Option<String>,
     /// Model the client asked for.
     pub model: Option<String>,
     /// `provider/model` that answered.
@@ -123,6 +127,8 @@ impl AccessRecord {
             request_id = %self.request_id,
             method = %self.method,
             path = %self.path,
+            key_id = self.key_id.as_deref(),
+            team = self.team.as_deref(),
             model = self.model.as_deref(),
             deployment = self.deployment.as_deref(),
             status = self.status,
