@@ -122,6 +122,14 @@ struct RawServer {
     body_read_timeout_ms: Option<u64>,
     keepalive_idle_timeout_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
+    tls: Option<RawServerTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTls {
+    cert_file: String,
+    key_file: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,6 +264,18 @@ pub struct ServerConfig {
     pub keepalive_idle_timeout_ms: u64,
     /// On SIGTERM, how long in-flight requests get to finish.
     pub drain_timeout_ms: u64,
+    /// TLS termination on the client listener; `None` serves plain HTTP.
+    pub tls: Option<ServerTls>,
+}
+
+/// Certificate and key of the client listener (`[server.tls]`), both PEM. The files are read
+/// by the proxy at start-up and again on SIGHUP or when they change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 RSA or SEC1).
+    pub key_file: std::path::PathBuf,
 }
 
 /// Access and diagnostic logging.
@@ -525,6 +545,13 @@ impl Config {
             },
             self.server.driver
         );
+        if let Some(tls) = &self.server.tls {
+            out.push_str(&format!(
+                "tls on the listener: cert {} key {}\n",
+                tls.cert_file.display(),
+                tls.key_file.display()
+            ));
+        }
         for p in &self.providers {
             out.push_str(&format!(
                 "provider {} ({:?}) {}://{}:{}{}{}\n",
@@ -651,6 +678,22 @@ fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Config
             75_000,
         )?,
         drain_timeout_ms: positive("server.drain_timeout_ms", s.drain_timeout_ms, 30_000)?,
+        tls: match s.tls {
+            None => None,
+            Some(t) => {
+                for (name, v) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
+                    if v.trim().is_empty() {
+                        return err(format!(
+                            "invalid config at `server.tls.{name}`: must name a PEM file"
+                        ));
+                    }
+                }
+                Some(ServerTls {
+                    cert_file: t.cert_file.into(),
+                    key_file: t.key_file.into(),
+                })
+            }
+        },
     };
     let log = LogConfig {
         level: raw.log.level.unwrap_or_else(|| "info".to_string()),
@@ -1261,5 +1304,43 @@ metadata = { owner = "ops" }
         let cfg = Config::embedded_default(&env(&[("SLUICE_AUTH", "keys")])).unwrap();
         assert_eq!(cfg.auth, AuthMode::Keys);
         assert!(Config::embedded_default(&env(&[("SLUICE_AUTH", "x")])).is_err());
+    }
+
+    #[test]
+    fn server_tls_table() {
+        let with = MOCK.replace(
+            "workers = 2",
+            "workers = 2\n[server.tls]\ncert_file = \"/etc/sluice/cert.pem\"\nkey_file = \"/etc/sluice/key.pem\"",
+        );
+        let cfg = Config::from_toml(&with, &env(&[("MOCK_KEY", "sk-test")])).unwrap();
+        let tls = cfg.server.tls.clone().unwrap();
+        assert_eq!(
+            tls.cert_file,
+            std::path::PathBuf::from("/etc/sluice/cert.pem")
+        );
+        assert_eq!(
+            tls.key_file,
+            std::path::PathBuf::from("/etc/sluice/key.pem")
+        );
+        assert!(cfg
+            .summary()
+            .contains("tls on the listener: cert /etc/sluice/cert.pem"));
+        assert!(Config::from_toml(MOCK, &env(&[("MOCK_KEY", "sk-test")]))
+            .unwrap()
+            .server
+            .tls
+            .is_none());
+        let missing = MOCK.replace(
+            "workers = 2",
+            "workers = 2\n[server.tls]\ncert_file = \"/c.pem\"",
+        );
+        let e = Config::from_toml(&missing, &env(&[("MOCK_KEY", "sk-test")])).unwrap_err();
+        assert!(e.0.contains("server.tls"), "{e:?}");
+        let empty = MOCK.replace(
+            "workers = 2",
+            "workers = 2\n[server.tls]\ncert_file = \"\"\nkey_file = \"/k.pem\"",
+        );
+        let e = Config::from_toml(&empty, &env(&[("MOCK_KEY", "sk-test")])).unwrap_err();
+        assert!(e.0.contains("server.tls.cert_file"), "{e:?}");
     }
 }

@@ -116,14 +116,20 @@ pub enum KeysAction {
 
 /// Loads a config file, or the embedded default.
 pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
-    match path {
-        None => Config::embedded_default(&ProcessEnv),
+    let cfg = match path {
+        None => Config::embedded_default(&ProcessEnv)?,
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| ConfigError(format!("cannot read {}: {e}", p.display())))?;
-            Config::from_toml(&text, &ProcessEnv)
+            Config::from_toml(&text, &ProcessEnv)?
         }
+    };
+    // The listener's certificate and key must load before anything binds.
+    if let Some(tls) = &cfg.server.tls {
+        crate::tls_server::load(tls)
+            .map_err(|e| ConfigError(format!("invalid config at `server.tls`: {e}")))?;
     }
+    Ok(cfg)
 }
 
 /// Runs the parsed command line.

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
-use monoio::net::TcpStream;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::{self, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead};
 
 use crate::auth::{self, KeyEntry};
+use crate::client_io::{ClientRead, ClientWrite};
 use crate::endpoints::{self, ApiEndpoint, Route};
 use crate::forward::{self, ClientSide};
 use crate::log::AccessRecord;
@@ -32,7 +32,7 @@ enum Read {
 
 /// Reads more bytes, appending to `buf`. On timeout the buffer is lost with the cancelled
 /// read; the caller then closes the connection anyway.
-async fn read_more(rd: &mut OwnedReadHalf<TcpStream>, mut buf: Vec<u8>, limit: Duration) -> Read {
+async fn read_more(rd: &mut ClientRead, mut buf: Vec<u8>, limit: Duration) -> Read {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_BUF);
     }
@@ -42,6 +42,36 @@ async fn read_more(rd: &mut OwnedReadHalf<TcpStream>, mut buf: Vec<u8>, limit: D
         Ok((Ok(0), _)) => Read::Eof,
         Ok((Ok(_), slice)) => Read::Data(slice.into_inner()),
         Ok((Err(_), _)) => Read::Failed,
+    }
+}
+
+/// How long an idle keep-alive connection of a draining gateway still waits for a request.
+///
+/// Closing idle connections the moment the drain starts races with clients that picked the
+/// connection from their pool and are sending on it: their request would meet a closed socket
+/// (a reset, no answer). Instead the connection keeps its read posted for this grace: a
+/// request that arrives is answered with `connection: close`, and only a connection that
+/// stays silent is closed. A client can still send in the instant the grace ends; that is the
+/// HTTP/1.1 idle-close race every keep-alive client has to retry anyway, now confined to
+/// connections idle for the whole grace.
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(500);
+
+/// Waits for the first bytes of the next request on an idle connection: up to the keep-alive
+/// idle timeout, or, once the worker drains, up to [`DRAIN_IDLE_GRACE`] more. The read is
+/// never dropped when the drain starts (it stays pinned and keeps running), so bytes that
+/// arrive at that moment are not lost with a cancelled read.
+async fn idle_read(worker: &Worker, rd: &mut ClientRead, buf: Vec<u8>) -> Read {
+    let keepalive = Duration::from_millis(worker.shared.config.server.keepalive_idle_timeout_ms);
+    let mut read = std::pin::pin!(read_more(rd, buf, keepalive));
+    if !worker.shared.is_draining() {
+        monoio::select! {
+            r = &mut read => return r,
+            _ = worker.drain_started() => {}
+        }
+    }
+    match monoio::time::timeout(DRAIN_IDLE_GRACE.min(keepalive), read).await {
+        Ok(r) => r,
+        Err(_) => Read::TimedOut,
     }
 }
 
@@ -55,28 +85,32 @@ enum Stop {
 
 /// The client connection's halves and its pending input.
 struct Client {
-    rd: OwnedReadHalf<TcpStream>,
-    wr: OwnedWriteHalf<TcpStream>,
+    rd: ClientRead,
+    wr: ClientWrite,
     /// Bytes received and not yet consumed (the start of the next request).
     buf: Vec<u8>,
 }
 
-/// Serves one accepted connection to its end.
-pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
+/// Serves one accepted connection (plain, or TLS after its handshake) to its end.
+pub async fn serve_connection(worker: Rc<Worker>, (rd, wr): (ClientRead, ClientWrite)) {
     let mut client = Client {
         rd,
         wr,
         buf: Vec::with_capacity(READ_BUF),
     };
+    serve_requests(&worker, &mut client).await;
+    client.wr.close().await;
+}
+
+/// The request loop of [`serve_connection`]; returns when the connection should close.
+async fn serve_requests(worker: &Rc<Worker>, client: &mut Client) {
     let cfg = &worker.shared.config.server;
     let limits = HeadLimits {
         max_header_bytes: cfg.max_header_bytes,
         max_body_bytes: cfg.max_body_bytes,
     };
     loop {
-        let (head, started) = match read_head(&worker, &mut client, &limits).await {
+        let (head, started) = match read_head(worker, client, &limits).await {
             Ok(x) => x,
             Err(Stop::Close) => return,
             Err(Stop::Answer(err)) => {
@@ -85,7 +119,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
                 return;
             }
         };
-        let _inflight = InflightGuard::new(&worker);
+        let _inflight = InflightGuard::new(worker);
         let request_id = request_id(&head);
         let mut rec = AccessRecord {
             request_id: request_id.clone(),
@@ -105,7 +139,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
                     .map_or(0, |d| d.saturating_sub(since_start).as_nanos() as u64);
             }
         }
-        let body = match read_body(&worker, &mut client, &head, &limits).await {
+        let body = match read_body(worker, client, &head, &limits).await {
             Ok(body) => body,
             Err(stop) => {
                 if let Stop::Answer(err) = stop {
@@ -114,24 +148,15 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
                     let _ = client.wr.write_all(bytes).await;
                 }
                 rec.total_us = started.elapsed().as_micros() as u64;
-                log_access(&worker, &rec);
+                log_access(worker, &rec);
                 return;
             }
         };
         rec.bytes_in = body.len() as u64;
         let keep_alive = head.keep_alive && !worker.shared.is_draining();
-        let keep = respond_to(
-            &worker,
-            &mut client,
-            &head,
-            body,
-            keep_alive,
-            started,
-            &mut rec,
-        )
-        .await;
+        let keep = respond_to(worker, client, &head, body, keep_alive, started, &mut rec).await;
         rec.total_us = started.elapsed().as_micros() as u64;
-        log_access(&worker, &rec);
+        log_access(worker, &rec);
         if !keep {
             return;
         }
@@ -168,15 +193,16 @@ async fn read_head(
                 Err(e) => return Err(Stop::Answer(e)),
             }
         }
-        let limit = match started {
-            None if worker.shared.is_draining() => return Err(Stop::Close),
-            None => Duration::from_millis(cfg.keepalive_idle_timeout_ms),
+        let buf = std::mem::take(&mut client.buf);
+        let read = match started {
+            None => idle_read(worker, &mut client.rd, buf).await,
             Some(t) => {
-                Duration::from_millis(cfg.header_read_timeout_ms).saturating_sub(t.elapsed())
+                let limit =
+                    Duration::from_millis(cfg.header_read_timeout_ms).saturating_sub(t.elapsed());
+                read_more(&mut client.rd, buf, limit).await
             }
         };
-        let buf = std::mem::take(&mut client.buf);
-        match read_more(&mut client.rd, buf, limit).await {
+        match read {
             Read::Data(b) => {
                 client.buf = b;
                 started.get_or_insert_with(Instant::now);

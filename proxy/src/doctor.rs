@@ -27,7 +27,7 @@ const DEFAULT_CONNECTIONS_PER_WORKER: u64 = 16_384;
 
 /// Names of the checks every run reports, in order (a `listen port` check is added when the
 /// config listens on a privileged port).
-pub const CHECK_NAMES: [&str; 11] = [
+pub const CHECK_NAMES: [&str; 12] = [
     "io_uring",
     "open files",
     "memlock",
@@ -35,6 +35,7 @@ pub const CHECK_NAMES: [&str; 11] = [
     "local port range",
     "tcp_tw_reuse",
     "netdev_max_backlog",
+    "tcp_migrate_req",
     "workers",
     "clock source",
     "transparent hugepages",
@@ -157,6 +158,7 @@ pub fn run(config: Option<&Config>) -> Vec<Check> {
         check_port_range(read_trim("/proc/sys/net/ipv4/ip_local_port_range").as_deref()),
         check_tw_reuse(read_u64("/proc/sys/net/ipv4/tcp_tw_reuse")),
         check_netdev_backlog(read_u64("/proc/sys/net/core/netdev_max_backlog")),
+        check_migrate_req(read_u64("/proc/sys/net/ipv4/tcp_migrate_req"), kernel),
         check_workers(
             cores,
             workers_setting,
@@ -497,6 +499,32 @@ fn check_tw_reuse(value: Option<u64>) -> Check {
     }
 }
 
+fn check_migrate_req(value: Option<u64>, kernel: Option<(u32, u32)>) -> Check {
+    const NAME: &str = "tcp_migrate_req";
+    match value {
+        Some(v) if v != 0 => Check::ok(
+            NAME,
+            format!(
+                "net.ipv4.tcp_migrate_req = {v}: connections queued on a closing listener move \
+                 to the new process during a zero-downtime restart"
+            ),
+        ),
+        Some(_) => Check::warn(
+            NAME,
+            "net.ipv4.tcp_migrate_req = 0: during a zero-downtime restart, connections still \
+             queued on the old process's listeners are reset when it stops",
+            Some("sysctl -w net.ipv4.tcp_migrate_req=1".to_string()),
+        ),
+        None if kernel.is_some_and(|k| k < (5, 14)) => Check::warn(
+            NAME,
+            "kernel older than 5.14 has no net.ipv4.tcp_migrate_req: a zero-downtime restart \
+             resets connections queued on the old process's listeners",
+            None,
+        ),
+        None => Check::warn(NAME, "cannot read /proc/sys/net/ipv4/tcp_migrate_req", None),
+    }
+}
+
 fn check_netdev_backlog(value: Option<u64>) -> Check {
     const NAME: &str = "netdev_max_backlog";
     match value {
@@ -787,6 +815,20 @@ mod tests {
         );
         assert_eq!(unlimited.status, Status::Ok);
         assert!(unlimited.detail.contains("unlimited"));
+    }
+
+    #[test]
+    fn migrate_req_verdicts() {
+        assert_eq!(check_migrate_req(Some(1), Some((6, 1))).status, Status::Ok);
+        let off = check_migrate_req(Some(0), Some((6, 1)));
+        assert_eq!(off.status, Status::Warn);
+        assert_eq!(
+            off.fix.as_deref(),
+            Some("sysctl -w net.ipv4.tcp_migrate_req=1")
+        );
+        let old = check_migrate_req(None, Some((5, 4)));
+        assert_eq!(old.status, Status::Warn);
+        assert!(old.detail.contains("5.14"));
     }
 
     #[test]

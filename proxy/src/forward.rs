@@ -14,8 +14,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf};
-use monoio::net::TcpStream;
+use monoio::io::AsyncWriteRentExt;
 use sluice_core::balance::Outcome;
 use sluice_core::config::{Deployment, ModelGroup, Provider};
 use sluice_core::dialect::{
@@ -29,6 +28,7 @@ use sluice_core::sse::SseScanner;
 use sluice_core::usage::{self, Usage};
 
 use crate::attempt::{self, Sent};
+use crate::client_io::{ClientRead, ClientWrite};
 use crate::endpoints::ApiEndpoint;
 use crate::log::{AccessRecord, Attempt};
 use crate::relay::{BodyLimits, BodyMode, ClientWatch, Relay};
@@ -332,8 +332,8 @@ pub struct ClientSide<'r> {
 pub async fn execute(
     worker: &Worker,
     plan: Plan,
-    rd: &mut OwnedReadHalf<TcpStream>,
-    wr: &mut OwnedWriteHalf<TcpStream>,
+    rd: &mut ClientRead,
+    wr: &mut ClientWrite,
     client: ClientSide<'_>,
     rec: &mut AccessRecord,
 ) -> Exchanged {
@@ -409,7 +409,7 @@ impl Attempts {
 async fn exchange(
     worker: &Worker,
     plan: Plan,
-    wr: &mut OwnedWriteHalf<TcpStream>,
+    wr: &mut ClientWrite,
     watch: &mut ClientWatch<'_>,
     client: &ClientSide<'_>,
     rec: &mut AccessRecord,
@@ -966,7 +966,7 @@ async fn answer_last(
     worker: &Worker,
     state: Attempts,
     model: &str,
-    wr: &mut OwnedWriteHalf<TcpStream>,
+    wr: &mut ClientWrite,
     client: &ClientSide<'_>,
     rec: &mut AccessRecord,
 ) -> bool {
@@ -1045,7 +1045,7 @@ async fn deliver(
     translation: Option<Translation>,
     (g, i): (usize, usize),
     started: Instant,
-    wr: &mut OwnedWriteHalf<TcpStream>,
+    wr: &mut ClientWrite,
     watch: &mut ClientWatch<'_>,
     client: &ClientSide<'_>,
     rec: &mut AccessRecord,
@@ -1087,9 +1087,17 @@ async fn deliver(
         include_usage: plan.inspected.include_usage,
     };
 
-    // Another dialect's whole answer: read it, translate it, price it, answer in one write.
-    if let (Some(t), false) = (translation, is_sse) {
-        let read = attempt::read_small_body(&mut sent, &provider.name, 16 << 20, deadline);
+    // Whole answers, read first and written in one go: another dialect's (any framing; it is
+    // translated), or a small OpenAI JSON body (so its cost can go in a header).
+    let whole = match (translation, is_sse, sent.head.body) {
+        (Some(_), false, _) => Some(16 << 20),
+        (None, false, BodyFraming::Length(n)) if success && n <= MAX_BUFFERED_BODY => {
+            Some(MAX_BUFFERED_BODY as usize)
+        }
+        _ => None,
+    };
+    if let Some(max) = whole {
+        let read = attempt::read_small_body(&mut sent, &provider.name, max, deadline);
         let (body, reusable) = match watch.race(read).await {
             None => {
                 rec.client_cancelled = true;
@@ -1109,16 +1117,30 @@ async fn deliver(
                 return answer_error(wr, e.to_gateway(), client, rec).await;
             }
         };
-        let (out, used) = dialect::translate_response(t.from, t.to, sent.head.status, &body, &ctx);
+        let (body, used, content_type) = match translation {
+            Some(t) => {
+                let (out, used) =
+                    dialect::translate_response(t.from, t.to, sent.head.status, &body, &ctx);
+                (out, used, Some(&b"application/json"[..]))
+            }
+            None => {
+                let used = usage::from_body(&body);
+                (body, used, None)
+            }
+        };
         rec.upstream_us = Some(started.elapsed().as_micros() as u64);
-        rec.first_token_us = rec.upstream_us;
+        rec.first_token_us = Some(
+            Instant::now()
+                .saturating_duration_since(client.started)
+                .as_micros() as u64,
+        );
         rec.usage = used;
         rec.cost_micros = used.and_then(|u| cost_of(shared, upstream_model, &u));
         let cost_text = rec
             .cost_micros
             .filter(|_| success)
             .map(sluice_core::cost::format_usd);
-        let mut wire = Vec::with_capacity(1024 + out.len());
+        let mut wire = Vec::with_capacity(1024 + body.len());
         write_response_head(
             &mut wire,
             &sent.head,
@@ -1126,17 +1148,20 @@ async fn deliver(
             if client.http10 {
                 ClientFraming::Close
             } else {
-                ClientFraming::Length(out.len() as u64)
+                ClientFraming::Length(body.len() as u64)
             },
             keep_alive,
             client,
             cost_text.as_deref(),
-            Some(&b"application/json"[..]),
+            content_type,
         );
-        wire.extend_from_slice(&out);
+        wire.extend_from_slice(&body);
         rec.bytes_out = wire.len() as u64;
         let (res, _) = wr.write_all(wire).await;
         rec.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
+        if res.is_err() {
+            rec.client_cancelled = true;
+        }
         worker.routes.borrow_mut().finish(
             cfg,
             g,
@@ -1153,87 +1178,6 @@ async fn deliver(
             );
         }
         return res.is_ok() && keep_alive && !client.http10;
-    }
-
-    // Small complete bodies: read whole, price, answer in one write.
-    if !is_sse && success {
-        if let BodyFraming::Length(n) = sent.head.body {
-            if n <= MAX_BUFFERED_BODY {
-                let read = attempt::read_small_body(
-                    &mut sent,
-                    &provider.name,
-                    MAX_BUFFERED_BODY as usize,
-                    deadline,
-                );
-                let (body, reusable) = match watch.race(read).await {
-                    None => {
-                        rec.client_cancelled = true;
-                        worker.routes.borrow_mut().cancel(g, i);
-                        return false;
-                    }
-                    Some(Ok(x)) => x,
-                    Some(Err(e)) => {
-                        rec.error = Some(e.label().into());
-                        worker.routes.borrow_mut().finish(
-                            cfg,
-                            g,
-                            i,
-                            Instant::now(),
-                            Outcome::failure(started.elapsed()),
-                        );
-                        return answer_error(wr, e.to_gateway(), client, rec).await;
-                    }
-                };
-                rec.first_token_us = Some(
-                    Instant::now()
-                        .saturating_duration_since(client.started)
-                        .as_micros() as u64,
-                );
-                rec.upstream_us = Some(started.elapsed().as_micros() as u64);
-                rec.usage = usage::from_body(&body);
-                let cost = rec.usage.and_then(|u| cost_of(shared, upstream_model, &u));
-                rec.cost_micros = cost;
-                let cost_text = cost.map(sluice_core::cost::format_usd);
-                let mut wire = Vec::with_capacity(1024 + body.len());
-                write_response_head(
-                    &mut wire,
-                    &sent.head,
-                    &dep.label,
-                    if client.http10 {
-                        ClientFraming::Close
-                    } else {
-                        ClientFraming::Length(body.len() as u64)
-                    },
-                    keep_alive,
-                    client,
-                    cost_text.as_deref(),
-                    None,
-                );
-                wire.extend_from_slice(&body);
-                rec.bytes_out = wire.len() as u64;
-                let (res, _) = wr.write_all(wire).await;
-                rec.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
-                worker.routes.borrow_mut().finish(
-                    cfg,
-                    g,
-                    i,
-                    Instant::now(),
-                    Outcome::success(started.elapsed()),
-                );
-                if reusable {
-                    worker.pool.borrow_mut().put(
-                        dep.provider,
-                        sent.conn,
-                        Instant::now(),
-                        provider.pool_max_idle,
-                    );
-                }
-                if res.is_err() {
-                    rec.client_cancelled = true;
-                }
-                return res.is_ok() && keep_alive && !client.http10;
-            }
-        }
     }
 
     let mode = match translation {
@@ -1407,7 +1351,7 @@ fn write_response_head(
 
 /// Answers an error as JSON when nothing was sent to the client yet.
 async fn answer_error(
-    wr: &mut OwnedWriteHalf<TcpStream>,
+    wr: &mut ClientWrite,
     err: GatewayError,
     client: &ClientSide<'_>,
     rec: &mut AccessRecord,

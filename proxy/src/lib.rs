@@ -10,12 +10,16 @@
 //!                                   ├─ endpoints (healthz, readyz, models, errors)
 //!                                   └─ forward ─► upstream (pool, TLS) ─► relay (SSE scan)
 //! ```
+//!
+//! With `[server.tls]`, each accepted connection does its TLS handshake (`tls_server`) before
+//! `conn` sees it; `client_io` hides which kind a connection is.
 
 pub mod admin;
 pub mod admin_api;
 pub mod attempt;
 pub mod auth;
 pub mod cli;
+pub mod client_io;
 pub mod conn;
 pub mod dns;
 pub mod doctor;
@@ -31,5 +35,6 @@ pub mod sdnotify;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls_server;
 pub mod trace;
 pub mod upstream;

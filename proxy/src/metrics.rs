@@ -136,6 +136,10 @@ fn describe() {
         "Requests whose client went away before the end."
     );
     describe_counter!(
+        "sluice_tls_handshake_failures_total",
+        "TLS handshakes with clients that failed or timed out."
+    );
+    describe_counter!(
         "sluice_retries_total",
         "Attempts repeated after a retryable failure, by model group."
     );
@@ -211,6 +215,8 @@ pub struct WorkerMetrics {
     opened: Vec<Counter>,
     reused: Vec<Counter>,
     cancelled: Counter,
+    /// TLS handshakes with clients that failed or timed out (TLS listener only).
+    pub tls_handshake_failures: Counter,
     /// Per model group: retries, fallbacks, hedges.
     resilience: Vec<[Counter; 3]>,
 }
@@ -239,6 +245,7 @@ impl WorkerMetrics {
             opened: per_provider("sluice_upstream_connections_opened_total"),
             reused: per_provider("sluice_upstream_connections_reused_total"),
             cancelled: metrics::counter!("sluice_client_cancelled_total"),
+            tls_handshake_failures: metrics::counter!("sluice_tls_handshake_failures_total"),
             resilience: config
                 .models
                 .iter()

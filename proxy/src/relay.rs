@@ -5,22 +5,29 @@
 //! of the body. A [`ClientWatch`] keeps a read posted on the client socket for the whole
 //! exchange, so a client that goes away cancels the upstream request at once, even while the
 //! upstream is silent.
+//!
+//! Trade-off for TLS clients: the watch runs *disabled* (no posted read). A TLS read cannot be
+//! cancelled safely: cancelling it mid-record loses bytes the rustls session has not seen and
+//! breaks the connection, and a read pending on the shared session while the relay writes is
+//! not sound either (see `client_io`). So on a TLS connection a client that goes away is
+//! noticed only when a write to it fails: a streaming answer stops at its next event, but a
+//! non-streaming request whose upstream is still thinking runs to its end (or its timeouts)
+//! and is paid for. Pipelined bytes sent during the exchange stay in the socket and are read
+//! by the connection loop afterwards, so nothing is lost.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use monoio::io::{
-    AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, OwnedReadHalf, OwnedWriteHalf,
-};
-use monoio::net::TcpStream;
+use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::BufResult;
 use sluice_core::dialect::StreamTranslator;
 use sluice_core::http1::{begin_chunk, end_chunk, BodyFraming, ChunkedDecoder, LAST_CHUNK};
 use sluice_core::sse::SseScanner;
 use sluice_core::usage::{self, Usage};
 
+use crate::client_io::{ClientRead, ClientWrite};
 use crate::respond::ClientFraming;
 use crate::upstream::{UpstreamConn, UpstreamError};
 
@@ -31,6 +38,9 @@ type WatchFuture<'a> = Pin<Box<dyn Future<Output = BufResult<usize, Vec<u8>>> + 
 /// Call order: [`ClientWatch::new`], any number of [`ClientWatch::race`], then
 /// [`ClientWatch::finish`] to cancel the read and recover anything the client sent meanwhile
 /// (a pipelined request).
+///
+/// On a TLS connection the watch is disabled: `race` just runs the operation and `finish`
+/// reports nothing (see the module docs for why and what it costs).
 pub struct ClientWatch<'a> {
     fut: Option<WatchFuture<'a>>,
     canceller: Canceller,
@@ -39,13 +49,17 @@ pub struct ClientWatch<'a> {
 }
 
 impl<'a> ClientWatch<'a> {
-    /// Posts the read.
-    pub fn new(rd: &'a mut OwnedReadHalf<TcpStream>) -> Self {
+    /// Posts the read (plain TCP only; a TLS connection gets a disabled watch).
+    pub fn new(rd: &'a mut ClientRead) -> Self {
         let canceller = Canceller::new();
-        let handle = canceller.handle();
-        let fut: WatchFuture<'a> = Box::pin(rd.cancelable_read(Vec::with_capacity(1024), handle));
+        let fut = rd.watchable().map(|rd| {
+            let handle = canceller.handle();
+            let fut: WatchFuture<'a> =
+                Box::pin(rd.cancelable_read(Vec::with_capacity(1024), handle));
+            fut
+        });
         ClientWatch {
-            fut: Some(fut),
+            fut,
             canceller,
             gone: false,
             early: Vec::new(),
@@ -164,7 +178,7 @@ enum Framing {
 /// Everything the relay works on.
 pub struct Relay<'c, 'w, 'a> {
     upstream: &'c mut UpstreamConn,
-    client: &'c mut OwnedWriteHalf<TcpStream>,
+    client: &'c mut ClientWrite,
     watch: &'w mut ClientWatch<'a>,
     client_framing: ClientFraming,
     mode: BodyMode,
@@ -179,7 +193,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
     /// A relay from `upstream` to `client`.
     pub fn new(
         upstream: &'c mut UpstreamConn,
-        client: &'c mut OwnedWriteHalf<TcpStream>,
+        client: &'c mut ClientWrite,
         watch: &'w mut ClientWatch<'a>,
         client_framing: ClientFraming,
         mode: BodyMode,

@@ -15,10 +15,12 @@ use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 use sluice_core::config::{Config, Driver, Workers};
 
+use crate::client_io;
 use crate::conn::serve_connection;
 use crate::dns::{self, DnsTable};
 use crate::respond;
 use crate::state::{Shared, Worker};
+use crate::tls_server::TlsTerminator;
 use crate::upstream::tls_per_provider;
 
 type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
@@ -95,6 +97,14 @@ pub fn serve(config: Config) -> io::Result<()> {
     let _log_guard = crate::log::init(&config.log);
     raise_nofile_limit();
     let tls = tls_per_provider(&config)?;
+    let tls_listener = match &config.server.tls {
+        None => None,
+        Some(files) => {
+            Some(Arc::new(TlsTerminator::new(files).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, e)
+            })?))
+        }
+    };
     let workers = match config.server.workers {
         Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
         Workers::Count(n) => n,
@@ -143,6 +153,7 @@ pub fn serve(config: Config) -> io::Result<()> {
     let shared = Arc::new(Shared {
         dns,
         tls,
+        tls_listener,
         draining: Default::default(),
         listeners_up: Default::default(),
         active: Default::default(),
@@ -159,6 +170,9 @@ pub fn serve(config: Config) -> io::Result<()> {
         config: Arc::new(config),
     });
     dns::spawn_refresher(shared.clone());
+    if let Some(t) = &shared.tls_listener {
+        t.spawn_watcher()?;
+    }
     crate::metrics::install();
     spawn_upkeep(shared.clone())?;
     crate::trace::spawn(&shared.config.tracing)?;
@@ -379,8 +393,11 @@ fn wait_for_signal(shared: &Shared, mut signals: signal_hook::iterator::Signals)
     for sig in signals.forever() {
         if sig == SIGHUP {
             let _ = crate::sdnotify::reloading();
-            // The reload goes here: validate, swap on success, keep the old config on error.
             tracing::info!("SIGHUP: reload");
+            // The listener's certificate; a bad new one keeps the old (and is logged).
+            if let Some(t) = &shared.tls_listener {
+                let _ = t.reload("SIGHUP");
+            }
             let _ = crate::sdnotify::notify("READY=1\nSTATUS=reloaded");
             continue;
         }
@@ -431,40 +448,127 @@ fn run_worker(
         });
         accept_loop(&worker, &listener, stop).await;
         drop(listener);
+        worker.start_drain();
         drain(&worker).await;
         Ok(())
     })
 }
 
 async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, mut stop: oneshot::Receiver<()>) {
-    let max = worker.shared.config.server.max_connections_per_worker;
+    // After the stop: until the shut-down listener fails the accept, take what is left.
+    let mut stopping: Option<Instant> = None;
     loop {
-        let accepted = monoio::select! {
-            _ = &mut stop => return,
-            r = listener.accept() => r,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(worker = worker.id, error = %e, "accept failed");
-                monoio::time::sleep(Duration::from_millis(10)).await;
-                continue;
+        // The accept stays pinned across the stop, never dropped mid-flight (see
+        // `stop_listening`).
+        let mut accept = std::pin::pin!(listener.accept());
+        if stopping.is_none() {
+            monoio::select! {
+                _ = &mut stop => {
+                    stopping = Some(Instant::now() + STOP_ACCEPT_LIMIT);
+                    if let Err(e) = stop_listening(listener) {
+                        tracing::warn!(worker = worker.id, error = %e, "cannot shut the listener down");
+                        return;
+                    }
+                }
+                r = &mut accept => {
+                    on_accept(worker, r).await;
+                    continue;
+                }
             }
-        };
-        if worker.connections.get() >= max {
-            monoio::spawn(refuse(stream));
-            continue;
         }
-        let w = worker.clone();
-        monoio::spawn(async move {
-            w.connections.set(w.connections.get() + 1);
-            w.metrics.connections.increment(1.0);
-            serve_connection(w.clone(), stream).await;
-            w.connections.set(w.connections.get().saturating_sub(1));
-            w.metrics.connections.decrement(1.0);
+        let left = stopping.map_or(Duration::ZERO, |until| {
+            until.saturating_duration_since(Instant::now())
         });
+        match monoio::time::timeout(left, accept).await {
+            Ok(Ok(r)) => on_accept(worker, Ok(r)).await,
+            Ok(Err(_)) | Err(_) => return,
+        }
     }
+}
+
+/// Starts serving an accepted connection (or answers it 503 when the worker is full).
+async fn on_accept(
+    worker: &Rc<Worker>,
+    accepted: io::Result<(monoio::net::TcpStream, SocketAddr)>,
+) {
+    let max = worker.shared.config.server.max_connections_per_worker;
+    let stream = match accepted {
+        Ok((stream, _)) => stream,
+        Err(e) => {
+            // EMFILE and friends: back off briefly instead of spinning.
+            tracing::warn!(worker = worker.id, error = %e, "accept failed");
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    if worker.connections.get() >= max {
+        // A TLS client cannot read a plain 503: it is just closed.
+        if worker.shared.tls_listener.is_none() {
+            monoio::spawn(refuse(stream));
+        }
+        return;
+    }
+    let w = worker.clone();
+    monoio::spawn(async move {
+        w.connections.set(w.connections.get() + 1);
+        w.metrics.connections.increment(1.0);
+        let halves = match &w.shared.tls_listener {
+            None => Some(client_io::plain(stream)),
+            Some(t) => handshake(&w, t, stream).await,
+        };
+        if let Some(halves) = halves {
+            serve_connection(w.clone(), halves).await;
+        }
+        w.connections.set(w.connections.get().saturating_sub(1));
+        w.metrics.connections.decrement(1.0);
+    });
+}
+
+/// Longest wait, after the stop, for the shut-down listener's pending accept to end.
+const STOP_ACCEPT_LIMIT: Duration = Duration::from_secs(1);
+
+/// Stops accepting on `listener` without dropping the accept that is under way.
+///
+/// Dropping an accept future does not stop an io_uring accept the kernel already completed:
+/// that connection's descriptor would be lost with the cancelled operation and its client left
+/// hanging. `shutdown(SHUT_RD)` on a listening socket closes it for new connections instead
+/// (the kernel takes it out of the SO_REUSEPORT group, and with `net.ipv4.tcp_migrate_req = 1`
+/// hands the connections still queued on it to the group's other listeners, e.g. those of the
+/// new process during a restart) and makes the pending accept fail, so the accept loop sees
+/// every connection it was given before it ends.
+fn stop_listening(listener: &TcpListener) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor belongs to `listener`, borrowed for the whole call, so it is open
+    // and is a socket; shutdown(2) takes no pointers and only changes the socket's state.
+    let rc = unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The TLS handshake of a new client connection, with the config current at this moment and
+/// within the header read timeout. A failure (a plain-HTTP client, a bad ClientHello, a
+/// timeout) is logged at debug and counted; the connection is closed and nothing else moves.
+async fn handshake(
+    worker: &Worker,
+    tls: &TlsTerminator,
+    stream: monoio::net::TcpStream,
+) -> Option<(client_io::ClientRead, client_io::ClientWrite)> {
+    let peer = stream.peer_addr().ok();
+    let acceptor = monoio_rustls::TlsAcceptor::from(tls.current());
+    let limit = Duration::from_millis(worker.shared.config.server.header_read_timeout_ms);
+    let error = match monoio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => return Some(client_io::tls(stream)),
+        Ok(Err(monoio_rustls::TlsError::Io(e))) => e.to_string(),
+        Ok(Err(monoio_rustls::TlsError::Rustls(e))) => e.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
+    worker.metrics.tls_handshake_failures.increment(1);
+    tracing::debug!(worker = worker.id, peer = ?peer, %error, "TLS handshake failed");
+    None
 }
 
 /// Answers a connection over the limit with 503 and closes it.
@@ -481,15 +585,18 @@ async fn refuse(stream: monoio::net::TcpStream) {
         .await;
 }
 
-/// Waits for this worker's in-flight requests to finish, up to the drain deadline.
+/// Waits for this worker's connections to finish, up to the drain deadline: in-flight
+/// requests run to their end (answered with `connection: close`), idle keep-alive connections
+/// get their short grace (`conn::DRAIN_IDLE_GRACE`) and close.
 async fn drain(worker: &Worker) {
     let deadline =
         Instant::now() + Duration::from_millis(worker.shared.config.server.drain_timeout_ms);
-    while worker.inflight.get() > 0 {
+    while worker.inflight.get() > 0 || worker.connections.get() > 0 {
         if Instant::now() >= deadline {
             tracing::warn!(
                 worker = worker.id,
                 inflight = worker.inflight.get(),
+                connections = worker.connections.get(),
                 "drain deadline reached; abandoning in-flight requests"
             );
             return;
@@ -500,7 +607,47 @@ async fn drain(worker: &Worker) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    /// `stop_listening` fails the accept that is under way (it is not left hanging, and its
+    /// future is never dropped), on both drivers.
+    fn stop_listening_ends_a_pending_accept(driver: Driver) {
+        let (mut rt, _) = build_runtime(driver).unwrap();
+        rt.block_on(async {
+            let std_listener = bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = std_listener.local_addr().unwrap();
+            let listener = TcpListener::from_std(std_listener).unwrap();
+            // A connection queued before the stop is still accepted.
+            let _queued = std::net::TcpStream::connect(addr).unwrap();
+            let mut accept = std::pin::pin!(listener.accept());
+            let first = monoio::time::timeout(Duration::from_secs(5), &mut accept).await;
+            assert!(matches!(first, Ok(Ok(_))));
+            let mut accept = std::pin::pin!(listener.accept());
+            let idle = monoio::time::timeout(Duration::from_millis(50), &mut accept).await;
+            assert!(idle.is_err(), "nothing to accept yet");
+            stop_listening(&listener).unwrap();
+            let end = monoio::time::timeout(Duration::from_secs(5), accept).await;
+            assert!(
+                matches!(end, Ok(Err(_))),
+                "the pending accept fails after the stop"
+            );
+            // The port takes no new connections from this listener.
+            assert!(std::net::TcpStream::connect(addr).is_err());
+        });
+    }
+
+    #[test]
+    fn stop_listening_epoll() {
+        stop_listening_ends_a_pending_accept(Driver::Epoll);
+    }
+
+    #[test]
+    fn stop_listening_io_uring() {
+        if monoio::utils::detect_uring() {
+            stop_listening_ends_a_pending_accept(Driver::IoUring);
+        }
+    }
 
     #[test]
     fn releasing_free_memory_is_safe_after_churn() {

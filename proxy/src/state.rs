@@ -2,8 +2,12 @@
 //! itself (behind `Rc` and `Cell`, never crossing a thread).
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use sluice_core::config::Config;
@@ -21,6 +25,8 @@ pub struct Shared {
     pub dns: DnsTable,
     /// TLS settings for upstream connections, per provider.
     pub tls: Vec<Arc<rustls::ClientConfig>>,
+    /// TLS termination on the client listener (`[server.tls]`), reloadable.
+    pub tls_listener: Option<Arc<crate::tls_server::TlsTerminator>>,
     /// Set once on SIGTERM/SIGINT: stop accepting, finish what is in flight.
     pub draining: AtomicBool,
     /// Workers whose listener is accepting.
@@ -71,6 +77,10 @@ pub struct Worker {
     pub metrics: WorkerMetrics,
     /// Balancers, breakers and hedgers of every model group, as this worker sees them.
     pub routes: RefCell<Routes>,
+    /// Tasks waiting for the drain to start (idle keep-alive connections), by ticket.
+    drain_waiters: RefCell<HashMap<u64, Waker>>,
+    /// Next ticket for `drain_waiters`.
+    next_waiter: Cell<u64>,
 }
 
 impl Worker {
@@ -88,6 +98,65 @@ impl Worker {
             ready_cache: Cell::new(None),
             metrics,
             routes,
+            drain_waiters: RefCell::new(HashMap::new()),
+            next_waiter: Cell::new(0),
+        }
+    }
+
+    /// Resolves once the gateway is draining and this worker has stopped accepting (see
+    /// [`Worker::start_drain`]); at once if it already drains.
+    pub fn drain_started(&self) -> DrainStarted<'_> {
+        DrainStarted {
+            worker: self,
+            ticket: None,
+        }
+    }
+
+    /// Wakes every task waiting in [`Worker::drain_started`]. Call after the draining flag
+    /// is set.
+    pub fn start_drain(&self) {
+        let waiters = std::mem::take(&mut *self.drain_waiters.borrow_mut());
+        for (_, w) in waiters {
+            w.wake();
+        }
+    }
+}
+
+/// The future of [`Worker::drain_started`]. Dropping it unregisters its waker, so the waiter
+/// table holds only tasks that are waiting right now.
+pub struct DrainStarted<'a> {
+    worker: &'a Worker,
+    ticket: Option<u64>,
+}
+
+impl Future for DrainStarted<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.worker.shared.is_draining() {
+            return Poll::Ready(());
+        }
+        let ticket = match self.ticket {
+            Some(t) => t,
+            None => {
+                let t = self.worker.next_waiter.get();
+                self.worker.next_waiter.set(t.wrapping_add(1));
+                self.ticket = Some(t);
+                t
+            }
+        };
+        self.worker
+            .drain_waiters
+            .borrow_mut()
+            .insert(ticket, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for DrainStarted<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket {
+            self.worker.drain_waiters.borrow_mut().remove(&t);
         }
     }
 }

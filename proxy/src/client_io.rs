@@ -1,0 +1,118 @@
+//! The client connection's byte stream: plain TCP or TLS terminated here.
+//!
+//! [`ClientRead`] and [`ClientWrite`] are the two halves of one accepted connection. Both
+//! implement monoio's rent-style I/O traits, so the connection loop, the exchange and the
+//! relay are written once for both kinds.
+//!
+//! Concurrency note: the halves of a TLS connection share one rustls session (monoio's
+//! `Split` over an `UnsafeCell`). That is sound only while at most one operation runs on the
+//! session at a time, so nothing may keep a read posted on a TLS read half while the write
+//! half writes: [`ClientRead::watchable`] is `None` for TLS, and the relay's `ClientWatch`
+//! then runs without a posted read (see `relay`).
+
+use std::io;
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+use monoio_rustls::ServerTlsStream;
+
+/// A TLS connection accepted from a client.
+pub type TlsClient = ServerTlsStream<TcpStream>;
+
+/// The read half of a client connection.
+pub enum ClientRead {
+    /// Plain TCP.
+    Plain(OwnedReadHalf<TcpStream>),
+    /// TLS over TCP.
+    Tls(OwnedReadHalf<TlsClient>),
+}
+
+/// The write half of a client connection.
+pub enum ClientWrite {
+    /// Plain TCP.
+    Plain(OwnedWriteHalf<TcpStream>),
+    /// TLS over TCP.
+    Tls(OwnedWriteHalf<TlsClient>),
+}
+
+/// Splits a plain connection.
+pub fn plain(stream: TcpStream) -> (ClientRead, ClientWrite) {
+    let (rd, wr) = stream.into_split();
+    (ClientRead::Plain(rd), ClientWrite::Plain(wr))
+}
+
+/// Splits a TLS connection whose handshake is done.
+pub fn tls(stream: TlsClient) -> (ClientRead, ClientWrite) {
+    let (rd, wr) = stream.into_split();
+    (ClientRead::Tls(rd), ClientWrite::Tls(wr))
+}
+
+impl ClientRead {
+    /// The plain TCP read half, on which a cancelable read may stay posted while the write
+    /// half writes; `None` for TLS (see the module's concurrency note).
+    pub fn watchable(&mut self) -> Option<&mut OwnedReadHalf<TcpStream>> {
+        match self {
+            ClientRead::Plain(rd) => Some(rd),
+            ClientRead::Tls(_) => None,
+        }
+    }
+}
+
+impl ClientWrite {
+    /// Ends the connection politely: a TLS `close_notify` (so a client reading until close
+    /// can tell the end from a truncation); nothing for plain TCP, which is closed on drop.
+    pub async fn close(&mut self) {
+        if let ClientWrite::Tls(wr) = self {
+            let limit = std::time::Duration::from_secs(1);
+            let _ = monoio::time::timeout(limit, wr.shutdown()).await;
+        }
+    }
+}
+
+impl AsyncReadRent for ClientRead {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientRead::Plain(rd) => rd.read(buf).await,
+            ClientRead::Tls(rd) => rd.read(buf).await,
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientRead::Plain(rd) => rd.readv(buf).await,
+            ClientRead::Tls(rd) => rd.readv(buf).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for ClientWrite {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientWrite::Plain(wr) => wr.write(buf).await,
+            ClientWrite::Tls(wr) => wr.write(buf).await,
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientWrite::Plain(wr) => wr.writev(buf).await,
+            ClientWrite::Tls(wr) => wr.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ClientWrite::Plain(wr) => wr.flush().await,
+            ClientWrite::Tls(wr) => wr.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            ClientWrite::Plain(wr) => wr.shutdown().await,
+            ClientWrite::Tls(wr) => wr.shutdown().await,
+        }
+    }
+}
