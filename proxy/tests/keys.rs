@@ -396,9 +396,24 @@ fn restart_keeps_keys_and_spend() {
     for _ in 0..5 {
         assert_eq!(gw.chat_as(&key, &chat("mock-fast", false), "").status, 200);
     }
-    let (_, before) = gw.admin("GET", &format!("/admin/keys/{id}"), None);
-    let spend = before["spend_usd"].as_f64().unwrap();
-    assert!(spend > 0.0, "{before}");
+    // A request settles just after its answer is written: wait until all five have.
+    let mut spend = 0.0;
+    let settled = (0..200).any(|_| {
+        // Ledger rows are written after settlement, so once all five are there the spend
+        // read next is final.
+        let (_, usage) = gw.admin("GET", "/admin/usage", None);
+        let (_, before) = gw.admin("GET", &format!("/admin/keys/{id}"), None);
+        spend = before["spend_usd"].as_f64().unwrap_or(0.0);
+        if usage["data"].as_array().map_or(0, Vec::len) >= 5 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        false
+    });
+    assert!(
+        settled && spend > 0.0,
+        "requests never settled (spend {spend})"
+    );
     gw.sigterm();
     assert!(gw.wait_exit(Duration::from_secs(10)).unwrap().success());
     assert!(gw.lines().iter().any(|l| l.contains("ledger flushed")));
