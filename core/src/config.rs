@@ -279,7 +279,7 @@ pub struct ServerTls {
 }
 
 /// Access and diagnostic logging.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LogConfig {
     /// `tracing` filter directive, e.g. `info`; `RUST_LOG` overrides it.
     pub level: String,
@@ -290,7 +290,7 @@ pub struct LogConfig {
 }
 
 /// The admin listener: metrics (and the admin API), off the data plane.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AdminConfig {
     /// Whether the admin listener runs.
     pub enabled: bool,
@@ -303,7 +303,7 @@ pub struct AdminConfig {
 }
 
 /// OpenTelemetry trace export (OTLP over HTTP/protobuf).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TracingConfig {
     /// Where spans go, e.g. `http://127.0.0.1:4318/v1/traces`; `None` disables tracing.
     pub otlp_endpoint: Option<Endpoint>,

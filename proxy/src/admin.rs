@@ -5,7 +5,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::error::{ErrorKind, GatewayError};
@@ -18,8 +17,9 @@ use crate::state::Shared;
 const MAX_ADMIN_BYTES: usize = 1 << 20;
 
 /// Binds the admin listener and serves it on background threads. Returns the bound address.
-pub fn spawn(shared: Arc<Shared>) -> io::Result<Option<SocketAddr>> {
-    let cfg = &shared.config.admin;
+pub fn spawn(generations: crate::state::Generations) -> io::Result<Option<SocketAddr>> {
+    let first = generations.load_full();
+    let cfg = &first.config.admin;
     if !cfg.enabled {
         return Ok(None);
     }
@@ -35,10 +35,10 @@ pub fn spawn(shared: Arc<Shared>) -> io::Result<Option<SocketAddr>> {
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let shared = shared.clone();
+                let generations = generations.clone();
                 let spawned = std::thread::Builder::new()
                     .name("sluice-admin-conn".into())
-                    .spawn(move || serve(&shared, stream));
+                    .spawn(move || serve(&generations, stream));
                 if let Err(e) = spawned {
                     tracing::warn!(error = %e, "admin: cannot start a connection thread");
                 }
@@ -47,7 +47,7 @@ pub fn spawn(shared: Arc<Shared>) -> io::Result<Option<SocketAddr>> {
     Ok(Some(addr))
 }
 
-fn serve(shared: &Shared, mut stream: TcpStream) {
+fn serve(generations: &crate::state::Generations, mut stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let _ = stream.set_nodelay(true);
     let limits = HeadLimits {
@@ -65,7 +65,7 @@ fn serve(shared: &Shared, mut stream: TcpStream) {
             }
         };
         let keep_alive = head.keep_alive;
-        let response = handle(shared, &head, &body, keep_alive);
+        let response = handle(&generations.load_full(), &head, &body, keep_alive);
         if stream.write_all(&response).is_err() || !keep_alive {
             return;
         }

@@ -84,6 +84,14 @@ impl Registry {
         Ok(out)
     }
 
+    /// Takes a reloaded config's static keys and group count and rebuilds the index (keys
+    /// whose limits are unchanged keep their limit state).
+    pub fn reconfigure(&mut self, config: &Config, auth: &Auth) -> Result<(), StoreError> {
+        self.static_keys = config.keys.clone();
+        self.groups = config.models.len();
+        self.rebuild(auth)
+    }
+
     /// Builds a new index from the store and swaps it in.
     fn rebuild(&self, auth: &Auth) -> Result<(), StoreError> {
         let unix_s = auth::unix_now();

@@ -339,7 +339,8 @@ pub struct Auth {
     default_max_tokens: u64,
     meters: Meters,
     /// Micro-USD per model group, for `sluice_cost_usd_total`.
-    cost_by_group: Box<[AtomicU64]>,
+    /// Swapped on a config reload (see [`Auth::regroup`]).
+    cost_by_group: ArcSwap<Box<[AtomicU64]>>,
     /// The ledger writer, when a store is configured.
     pub ledger: Option<LedgerSender>,
 }
@@ -352,9 +353,11 @@ impl Auth {
             index: ArcSwap::from_pointee(index),
             default_max_tokens: config.limits.default_max_tokens,
             meters: Meters::new(),
-            cost_by_group: (0..config.models.len())
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            cost_by_group: ArcSwap::from_pointee(
+                (0..config.models.len())
+                    .map(|_| AtomicU64::new(0))
+                    .collect(),
+            ),
             ledger,
         }
     }
@@ -377,9 +380,30 @@ impl Auth {
     /// Micro-USD spent per model group since start (indices into `config.models`).
     pub fn cost_by_group(&self) -> Vec<u64> {
         self.cost_by_group
+            .load()
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .collect()
+    }
+
+    /// Re-indexes the per-group cost for a reloaded config: each group keeps its total by
+    /// name; new groups start at zero.
+    pub fn regroup(&self, old: &Config, new: &Config) {
+        let current = self.cost_by_group.load();
+        let table: Box<[AtomicU64]> = new
+            .models
+            .iter()
+            .map(|m| {
+                let spent = old
+                    .models
+                    .iter()
+                    .position(|o| o.name == m.name)
+                    .and_then(|g| current.get(g))
+                    .map_or(0, |c| c.load(Ordering::Relaxed));
+                AtomicU64::new(spent)
+            })
+            .collect();
+        self.cost_by_group.store(Arc::new(table));
     }
 
     /// The key a request presents (`Authorization: Bearer`, `x-api-key` or `api-key`), checked:
@@ -548,7 +572,8 @@ impl Auth {
                 let team = key
                     .filter(|_| config.admin.per_key_metrics)
                     .and_then(|k| k.team.cost_by_group.get(group));
-                if let Some(c) = team.or_else(|| self.cost_by_group.get(group)) {
+                let all = self.cost_by_group.load();
+                if let Some(c) = team.or_else(|| all.get(group)) {
                     c.fetch_add(cost, Ordering::Relaxed);
                 }
             }

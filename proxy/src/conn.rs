@@ -16,7 +16,7 @@ use crate::endpoints::{self, ApiEndpoint, Route};
 use crate::forward::{self, ClientSide};
 use crate::log::AccessRecord;
 use crate::respond;
-use crate::state::{InflightGuard, Worker};
+use crate::state::{InflightGuard, Slot, Worker};
 use crate::trace::RequestTrace;
 
 /// Initial size of a connection's read buffer.
@@ -92,24 +92,28 @@ struct Client {
 }
 
 /// Serves one accepted connection (plain, or TLS after its handshake) to its end.
-pub async fn serve_connection(worker: Rc<Worker>, (rd, wr): (ClientRead, ClientWrite)) {
+pub async fn serve_connection(slot: Rc<Slot>, (rd, wr): (ClientRead, ClientWrite)) {
     let mut client = Client {
         rd,
         wr,
         buf: Vec::with_capacity(READ_BUF),
     };
-    serve_requests(&worker, &mut client).await;
+    serve_requests(&slot, &mut client).await;
     client.wr.close().await;
 }
 
 /// The request loop of [`serve_connection`]; returns when the connection should close.
-async fn serve_requests(worker: &Rc<Worker>, client: &mut Client) {
-    let cfg = &worker.shared.config.server;
-    let limits = HeadLimits {
-        max_header_bytes: cfg.max_header_bytes,
-        max_body_bytes: cfg.max_body_bytes,
-    };
+///
+/// Each request runs on the worker of the config generation current when it starts, and
+/// keeps it to its end, so a reload never changes a request under way.
+async fn serve_requests(slot: &Rc<Slot>, client: &mut Client) {
     loop {
+        let worker = &slot.current();
+        let cfg = &worker.shared.config.server;
+        let limits = HeadLimits {
+            max_header_bytes: cfg.max_header_bytes,
+            max_body_bytes: cfg.max_body_bytes,
+        };
         let (head, started) = match read_head(worker, client, &limits).await {
             Ok(x) => x,
             Err(Stop::Close) => return,
@@ -119,6 +123,8 @@ async fn serve_requests(worker: &Rc<Worker>, client: &mut Client) {
                 return;
             }
         };
+        // A reload while the connection was idle applies to this request.
+        let worker = &slot.current();
         let _inflight = InflightGuard::new(worker);
         let request_id = request_id(&head);
         let mut rec = AccessRecord {

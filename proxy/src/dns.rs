@@ -69,8 +69,8 @@ fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
 
 /// Starts the refresh thread when some provider is named by a host name (IP literals never
 /// change). The thread lives as long as the process.
-pub fn spawn_refresher(shared: Arc<crate::state::Shared>) {
-    let config = shared.config.clone();
+pub fn spawn_refresher(generations: crate::state::Generations) {
+    let config = generations.load().config.clone();
     let names = config
         .providers
         .iter()
@@ -89,10 +89,12 @@ pub fn spawn_refresher(shared: Arc<crate::state::Shared>) {
         .name("sluice-dns".into())
         .spawn(move || loop {
             std::thread::sleep(Duration::from_millis(every_ms));
+            // The current generation's table (a reload resolves its own names first).
+            let shared = generations.load_full();
             if shared.is_draining() {
                 return;
             }
-            shared.dns.refresh(&config);
+            shared.dns.refresh(&shared.config);
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the DNS refresh thread");

@@ -11,7 +11,7 @@ use sluice_core::config::Provider;
 use sluice_core::dialect;
 use sluice_core::http1::parse_response_head;
 
-use crate::state::Worker;
+use crate::state::{Slot, Worker};
 use crate::upstream;
 
 /// No result yet.
@@ -26,8 +26,17 @@ pub fn table(providers: usize) -> Box<[AtomicU8]> {
     (0..providers).map(|_| AtomicU8::new(UNKNOWN)).collect()
 }
 
-/// Probes provider `index` forever (until the worker stops).
-pub async fn run(worker: Rc<Worker>, index: usize) {
+/// Starts `worker`'s health checks, one task per provider that has one configured.
+pub fn spawn_all(slot: &Rc<Slot>, worker: &Rc<Worker>) {
+    for (index, p) in worker.shared.config.providers.iter().enumerate() {
+        if p.health_check.is_some() {
+            monoio::spawn(run(slot.clone(), worker.clone(), index));
+        }
+    }
+}
+
+/// Probes provider `index` until the worker stops or a reload replaces it.
+pub async fn run(slot: Rc<Slot>, worker: Rc<Worker>, index: usize) {
     let shared = worker.shared.clone();
     let Some(provider) = shared.config.providers.get(index) else {
         return;
@@ -41,7 +50,7 @@ pub async fn run(worker: Rc<Worker>, index: usize) {
         Duration::from_millis(check.interval_ms * worker.id as u64 / shared.workers.max(1) as u64);
     monoio::time::sleep(stagger).await;
     loop {
-        if shared.is_draining() {
+        if shared.is_draining() || !slot.is_current(&worker) {
             return;
         }
         let ok = matches!(

@@ -70,6 +70,54 @@ impl Routes {
         Routes { groups }
     }
 
+    /// Takes over `old`'s state (built for `old_config`) for this one's `config`: each
+    /// deployment's breaker, matched by group name and deployment label, and a group's
+    /// balancer when its deployment list is unchanged.
+    pub fn carry_over(&mut self, old_config: &Config, old: &Routes, config: &Config) {
+        for (group, model) in self.groups.iter_mut().zip(&config.models) {
+            let Some((og, old_model)) = old_config
+                .models
+                .iter()
+                .enumerate()
+                .find(|(_, m)| m.name == model.name)
+            else {
+                continue;
+            };
+            let Some(old_group) = old.groups.get(og) else {
+                continue;
+            };
+            let labels = |m: &sluice_core::config::ModelGroup| {
+                m.deployments
+                    .iter()
+                    .map(|d| (d.label.clone(), d.weight))
+                    .collect::<Vec<_>>()
+            };
+            if labels(model) == labels(old_model) && model.strategy == old_model.strategy {
+                group.balancer = old_group.balancer.clone();
+            }
+            for (i, d) in model.deployments.iter().enumerate() {
+                let Some(oi) = old_model
+                    .deployments
+                    .iter()
+                    .position(|o| o.label == d.label)
+                else {
+                    continue;
+                };
+                if let (Some(b), Some(ob)) = (group.breakers.get_mut(i), old_group.breakers.get(oi))
+                {
+                    *b = ob.clone();
+                }
+            }
+        }
+        let now = Instant::now();
+        for g in 0..self.groups.len() {
+            let n = self.groups.get(g).map_or(0, |s| s.breakers.len());
+            for i in 0..n {
+                self.publish(g, i, now);
+            }
+        }
+    }
+
     /// The state of group `g`.
     pub fn group(&mut self, g: usize) -> Option<&mut GroupState> {
         self.groups.get_mut(g)

@@ -19,7 +19,7 @@ use crate::client_io;
 use crate::conn::serve_connection;
 use crate::dns::{self, DnsTable};
 use crate::respond;
-use crate::state::{Shared, Worker};
+use crate::state::{Generations, Shared, Slot, Worker};
 use crate::tls_server::TlsTerminator;
 use crate::upstream::tls_per_provider;
 
@@ -93,7 +93,7 @@ fn raise_nofile_limit() {
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
-pub fn serve(config: Config) -> io::Result<()> {
+pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Result<()> {
     let _log_guard = crate::log::init(&config.log);
     raise_nofile_limit();
     let tls = tls_per_provider(&config)?;
@@ -151,6 +151,8 @@ pub fn serve(config: Config) -> io::Result<()> {
     crate::metrics::install();
     let (access, ledger_handle) = open_access(&config)?;
     let shared = Arc::new(Shared {
+        generation: 1,
+        config_path,
         dns,
         tls,
         tls_listener,
@@ -164,19 +166,20 @@ pub fn serve(config: Config) -> io::Result<()> {
             .collect(),
         started_unix,
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
-        auth: access.auth,
-        registry: access.registry,
+        auth: Arc::new(access.auth),
+        registry: access.registry.map(Arc::new),
         admin_token: access.admin_token,
         config: Arc::new(config),
     });
-    dns::spawn_refresher(shared.clone());
+    let generations: Generations = Arc::new(arc_swap::ArcSwap::new(shared.clone()));
+    dns::spawn_refresher(generations.clone());
     if let Some(t) = &shared.tls_listener {
         t.spawn_watcher()?;
     }
     crate::metrics::install();
     spawn_upkeep(shared.clone())?;
     crate::trace::spawn(&shared.config.tracing)?;
-    if let Some(admin) = crate::admin::spawn(shared.clone())? {
+    if let Some(admin) = crate::admin::spawn(generations.clone())? {
         tracing::info!(%admin, "admin listener (metrics) up");
     }
 
@@ -186,7 +189,7 @@ pub fn serve(config: Config) -> io::Result<()> {
     for (id, listener) in listeners.into_iter().enumerate() {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);
-        let shared = shared.clone();
+        let generations = generations.clone();
         let core = (shared.config.server.pin_workers && !cores.is_empty())
             .then(|| cores[id % cores.len()]);
         let handle = std::thread::Builder::new()
@@ -195,7 +198,7 @@ pub fn serve(config: Config) -> io::Result<()> {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                run_worker(id, shared, listener, driver, stop_rx)
+                run_worker(id, generations, listener, driver, stop_rx)
             })?;
         handles.push(handle);
     }
@@ -217,7 +220,7 @@ pub fn serve(config: Config) -> io::Result<()> {
         spawn_watchdog(&shared)?;
     }
 
-    wait_for_signal(&shared, signals)?;
+    wait_for_signal(&generations, signals)?;
     let _ = crate::sdnotify::stopping();
     // Keep systemd from killing a long drain (TimeoutStopSec covers the default 30 s).
     let _ = crate::sdnotify::extend_timeout(
@@ -314,6 +317,92 @@ fn open_access(config: &Config) -> io::Result<(Access, Option<crate::store::Ledg
     ))
 }
 
+/// Reloads the config file into a new generation and swaps it in: `Ok(Some(generation))`
+/// when it did, `Ok(None)` when there is no file (the embedded default), `Err` when the new
+/// config is refused (the current one keeps serving). Runs on the signal thread: reading,
+/// validating, resolving and building TLS client configs never block a worker.
+fn reload(generations: &Generations) -> Result<Option<u64>, String> {
+    let old = generations.load_full();
+    let Some(path) = old.config_path.clone() else {
+        return Ok(None);
+    };
+    let mut config = crate::cli::load_config(Some(&path)).map_err(|e| e.to_string())?;
+    keep_restart_only(&old.config, &mut config);
+    let tls = tls_per_provider(&config).map_err(|e| e.to_string())?;
+    let dns = DnsTable::resolve_all(&config);
+    // The last health-check result of each provider that is still there, by name.
+    let health = crate::health::table(config.providers.len());
+    for (slot, p) in health.iter().zip(&config.providers) {
+        let last = old
+            .config
+            .providers
+            .iter()
+            .position(|o| o.name == p.name)
+            .and_then(|i| old.health.get(i))
+            .map_or(crate::health::UNKNOWN, |h| h.load(Ordering::Relaxed));
+        slot.store(last, Ordering::Relaxed);
+    }
+    // Static keys: rebuild the key index (unchanged keys keep their limit state).
+    if let Some(registry) = &old.registry {
+        let mut reg = registry
+            .lock()
+            .map_err(|_| "the key registry is poisoned".to_string())?;
+        reg.reconfigure(&config, &old.auth)
+            .map_err(|e| format!("cannot rebuild the key index: {e}"))?;
+    }
+    old.auth.regroup(&old.config, &config);
+    let next = Shared {
+        generation: old.generation + 1,
+        config_path: Some(path),
+        dns,
+        tls,
+        tls_listener: old.tls_listener.clone(),
+        draining: old.draining.clone(),
+        listeners_up: old.listeners_up.clone(),
+        workers: old.workers,
+        active: old.active.clone(),
+        health,
+        heartbeats: old.heartbeats.clone(),
+        started_unix: old.started_unix,
+        prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
+        auth: old.auth.clone(),
+        registry: old.registry.clone(),
+        admin_token: old.admin_token,
+        config: Arc::new(config),
+    };
+    let generation = next.generation;
+    generations.store(Arc::new(next));
+    Ok(Some(generation))
+}
+
+/// Settings a reload cannot change (they need a restart): the new config keeps the running
+/// values, and each one that differs is logged.
+fn keep_restart_only(running: &Config, new: &mut Config) {
+    macro_rules! keep {
+        ($($field:ident).+, $name:literal) => {
+            if new.$($field).+ != running.$($field).+ {
+                tracing::warn!(
+                    setting = $name,
+                    "config reload: `{}` changes only on restart; keeping the running value",
+                    $name
+                );
+                new.$($field).+ = running.$($field).+.clone();
+            }
+        };
+    }
+    keep!(server.listen, "server.listen");
+    keep!(server.workers, "server.workers");
+    keep!(server.driver, "server.driver");
+    keep!(server.pin_workers, "server.pin_workers");
+    keep!(server.tls, "server.tls");
+    keep!(admin, "admin");
+    keep!(tracing, "tracing");
+    keep!(store, "store");
+    keep!(auth, "auth");
+    keep!(log, "log");
+    keep!(limits.default_max_tokens, "limits.default_max_tokens");
+}
+
 /// How often housekeeping runs.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -388,14 +477,25 @@ fn spawn_watchdog(shared: &Arc<Shared>) -> io::Result<()> {
 }
 
 /// Blocks until SIGTERM or SIGINT and sets the draining flag. A second signal exits at once.
-fn wait_for_signal(shared: &Shared, mut signals: signal_hook::iterator::Signals) -> io::Result<()> {
+/// SIGHUP reloads the config (see [`reload`]) and the listener's certificate.
+fn wait_for_signal(
+    generations: &Generations,
+    mut signals: signal_hook::iterator::Signals,
+) -> io::Result<()> {
     use signal_hook::consts::SIGHUP;
     for sig in signals.forever() {
         if sig == SIGHUP {
             let _ = crate::sdnotify::reloading();
             tracing::info!("SIGHUP: reload");
+            match reload(generations) {
+                Ok(Some(generation)) => tracing::info!(generation, "config reloaded"),
+                Ok(None) => {
+                    tracing::info!("no config file to reload (serving the embedded default)")
+                }
+                Err(e) => tracing::error!("config reload refused: {e}"),
+            }
             // The listener's certificate; a bad new one keeps the old (and is logged).
-            if let Some(t) = &shared.tls_listener {
+            if let Some(t) = &generations.load().tls_listener {
                 let _ = t.reload("SIGHUP");
             }
             let _ = crate::sdnotify::notify("READY=1\nSTATUS=reloaded");
@@ -404,7 +504,7 @@ fn wait_for_signal(shared: &Shared, mut signals: signal_hook::iterator::Signals)
         tracing::info!(signal = sig, "signal received");
         break;
     }
-    shared.draining.store(true, Ordering::SeqCst);
+    generations.load().draining.store(true, Ordering::SeqCst);
     std::thread::Builder::new()
         .name("sluice-signal".into())
         .spawn(move || {
@@ -418,7 +518,7 @@ fn wait_for_signal(shared: &Shared, mut signals: signal_hook::iterator::Signals)
 
 fn run_worker(
     id: usize,
-    shared: Arc<Shared>,
+    generations: Generations,
     listener: std::net::TcpListener,
     driver: Driver,
     stop: oneshot::Receiver<()>,
@@ -430,31 +530,32 @@ fn run_worker(
     tracing::info!(worker = id, driver = driver_name, "worker started");
     rt.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
-        let worker = Rc::new(Worker::new(id, shared));
-        for (index, p) in worker.shared.config.providers.iter().enumerate() {
-            if p.health_check.is_some() {
-                monoio::spawn(crate::health::run(worker.clone(), index));
-            }
-        }
+        let slot = Rc::new(Slot::new(id, generations));
+        let worker = slot.worker();
+        crate::health::spawn_all(&slot, &worker);
         worker.shared.listeners_up.fetch_add(1, Ordering::SeqCst);
-        let beat = worker.shared.clone();
+        let beat = slot.clone();
         monoio::spawn(async move {
             loop {
-                if let Some(h) = beat.heartbeats.get(id) {
+                // Also moves an idle worker to a new generation (and its health checks).
+                let worker = beat.current();
+                if let Some(h) = worker.shared.heartbeats.get(id) {
                     h.fetch_add(1, Ordering::Relaxed);
                 }
+                drop(worker);
                 monoio::time::sleep(Duration::from_millis(250)).await;
             }
         });
-        accept_loop(&worker, &listener, stop).await;
+        accept_loop(&slot, &listener, stop).await;
         drop(listener);
+        let worker = slot.current();
         worker.start_drain();
         drain(&worker).await;
         Ok(())
     })
 }
 
-async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, mut stop: oneshot::Receiver<()>) {
+async fn accept_loop(slot: &Rc<Slot>, listener: &TcpListener, mut stop: oneshot::Receiver<()>) {
     // After the stop: until the shut-down listener fails the accept, take what is left.
     let mut stopping: Option<Instant> = None;
     loop {
@@ -466,12 +567,12 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, mut stop: ones
                 _ = &mut stop => {
                     stopping = Some(Instant::now() + STOP_ACCEPT_LIMIT);
                     if let Err(e) = stop_listening(listener) {
-                        tracing::warn!(worker = worker.id, error = %e, "cannot shut the listener down");
+                        tracing::warn!(worker = slot.worker().id, error = %e, "cannot shut the listener down");
                         return;
                     }
                 }
                 r = &mut accept => {
-                    on_accept(worker, r).await;
+                    on_accept(slot, r).await;
                     continue;
                 }
             }
@@ -480,17 +581,15 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, mut stop: ones
             until.saturating_duration_since(Instant::now())
         });
         match monoio::time::timeout(left, accept).await {
-            Ok(Ok(r)) => on_accept(worker, Ok(r)).await,
+            Ok(Ok(r)) => on_accept(slot, Ok(r)).await,
             Ok(Err(_)) | Err(_) => return,
         }
     }
 }
 
 /// Starts serving an accepted connection (or answers it 503 when the worker is full).
-async fn on_accept(
-    worker: &Rc<Worker>,
-    accepted: io::Result<(monoio::net::TcpStream, SocketAddr)>,
-) {
+async fn on_accept(slot: &Rc<Slot>, accepted: io::Result<(monoio::net::TcpStream, SocketAddr)>) {
+    let worker = &slot.current();
     let max = worker.shared.config.server.max_connections_per_worker;
     let stream = match accepted {
         Ok((stream, _)) => stream,
@@ -502,7 +601,7 @@ async fn on_accept(
         }
     };
     let _ = stream.set_nodelay(true);
-    if worker.connections.get() >= max {
+    if worker.counters.connections.get() >= max {
         // A TLS client cannot read a plain 503: it is just closed.
         if worker.shared.tls_listener.is_none() {
             monoio::spawn(refuse(stream));
@@ -510,17 +609,19 @@ async fn on_accept(
         return;
     }
     let w = worker.clone();
+    let slot = slot.clone();
     monoio::spawn(async move {
-        w.connections.set(w.connections.get() + 1);
+        let c = &w.counters;
+        c.connections.set(c.connections.get() + 1);
         w.metrics.connections.increment(1.0);
         let halves = match &w.shared.tls_listener {
             None => Some(client_io::plain(stream)),
             Some(t) => handshake(&w, t, stream).await,
         };
         if let Some(halves) = halves {
-            serve_connection(w.clone(), halves).await;
+            serve_connection(slot, halves).await;
         }
-        w.connections.set(w.connections.get().saturating_sub(1));
+        c.connections.set(c.connections.get().saturating_sub(1));
         w.metrics.connections.decrement(1.0);
     });
 }
@@ -591,12 +692,13 @@ async fn refuse(stream: monoio::net::TcpStream) {
 async fn drain(worker: &Worker) {
     let deadline =
         Instant::now() + Duration::from_millis(worker.shared.config.server.drain_timeout_ms);
-    while worker.inflight.get() > 0 || worker.connections.get() > 0 {
+    let c = &worker.counters;
+    while c.inflight.get() > 0 || c.connections.get() > 0 {
         if Instant::now() >= deadline {
             tracing::warn!(
                 worker = worker.id,
-                inflight = worker.inflight.get(),
-                connections = worker.connections.get(),
+                inflight = c.inflight.get(),
+                connections = c.connections.get(),
                 "drain deadline reached; abandoning in-flight requests"
             );
             return;

@@ -5,8 +5,11 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -18,9 +21,18 @@ use crate::routing::Routes;
 use crate::upstream::Pool;
 
 /// State shared by every worker. Nothing here is locked on the request path.
+///
+/// One `Shared` is one *generation*: the state built from one config. A reload (SIGHUP)
+/// builds a new generation and swaps it into [`Generations`]; what must outlive a generation
+/// (the drain flag, counters, keys and limits, the store, the TLS terminator) sits behind
+/// `Arc`s every generation shares.
 pub struct Shared {
     /// The validated config.
     pub config: Arc<Config>,
+    /// Which generation this is (1 at start, +1 per reload).
+    pub generation: u64,
+    /// The config file it came from; `None` for the embedded default.
+    pub config_path: Option<std::path::PathBuf>,
     /// Resolved addresses per provider, refreshed by the DNS thread.
     pub dns: DnsTable,
     /// TLS settings for upstream connections, per provider.
@@ -28,26 +40,26 @@ pub struct Shared {
     /// TLS termination on the client listener (`[server.tls]`), reloadable.
     pub tls_listener: Option<Arc<crate::tls_server::TlsTerminator>>,
     /// Set once on SIGTERM/SIGINT: stop accepting, finish what is in flight.
-    pub draining: AtomicBool,
+    pub draining: Arc<AtomicBool>,
     /// Workers whose listener is accepting.
-    pub listeners_up: AtomicUsize,
+    pub listeners_up: Arc<AtomicUsize>,
     /// Worker count, for readiness.
     pub workers: usize,
     /// Requests in flight across all workers (for idle-time housekeeping only).
-    pub active: AtomicUsize,
+    pub active: Arc<AtomicUsize>,
     /// Latest active health-check result per provider (see `health`).
     pub health: Box<[std::sync::atomic::AtomicU8]>,
     /// One counter per worker, bumped every 250 ms by a task on its runtime; the systemd
     /// watchdog is fed only while every running worker's counter moves.
-    pub heartbeats: Box<[std::sync::atomic::AtomicU64]>,
+    pub heartbeats: Arc<[std::sync::atomic::AtomicU64]>,
     /// When the process started serving, as a unix time (the `created` of `/v1/models`).
     pub started_unix: u64,
     /// Prices per model, for the cost of each request.
     pub prices: sluice_core::cost::PriceTable,
     /// Virtual keys, limits and the ledger (see `auth`).
-    pub auth: crate::auth::Auth,
+    pub auth: Arc<crate::auth::Auth>,
     /// The admin side of the store, when one is configured.
-    pub registry: Option<crate::admin_api::SharedRegistry>,
+    pub registry: Option<Arc<crate::admin_api::SharedRegistry>>,
     /// SHA-256 of `SLUICE_ADMIN_TOKEN`; `None` turns the admin API off.
     pub admin_token: Option<[u8; 32]>,
 }
@@ -67,25 +79,41 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     /// Keep-alive connections to upstreams, per provider.
     pub pool: RefCell<Pool>,
-    /// Open client connections.
-    pub connections: Cell<usize>,
-    /// Requests being handled.
-    pub inflight: Cell<usize>,
+    /// This thread's counters, shared by every generation's worker on it.
+    pub counters: Rc<Counters>,
     /// Last readiness probe: (when, result).
     pub ready_cache: Cell<Option<(Instant, bool)>>,
     /// Cached metric handles.
     pub metrics: WorkerMetrics,
     /// Balancers, breakers and hedgers of every model group, as this worker sees them.
     pub routes: RefCell<Routes>,
+}
+
+/// What a worker thread counts across generations: its connections, requests and the tasks
+/// waiting for the drain.
+#[derive(Default)]
+pub struct Counters {
+    /// Open client connections.
+    pub connections: Cell<usize>,
+    /// Requests being handled.
+    pub inflight: Cell<usize>,
     /// Tasks waiting for the drain to start (idle keep-alive connections), by ticket.
     drain_waiters: RefCell<HashMap<u64, Waker>>,
     /// Next ticket for `drain_waiters`.
     next_waiter: Cell<u64>,
 }
 
+/// Every generation's shared state: the current one, swapped on reload.
+pub type Generations = Arc<ArcSwap<Shared>>;
+
 impl Worker {
     /// A worker with empty pools.
     pub fn new(id: usize, shared: Arc<Shared>) -> Self {
+        Self::with_counters(id, shared, Rc::new(Counters::default()))
+    }
+
+    /// A worker with empty pools that counts into `counters`.
+    pub fn with_counters(id: usize, shared: Arc<Shared>, counters: Rc<Counters>) -> Self {
         let providers = shared.config.providers.len();
         let metrics = WorkerMetrics::new(id, &shared.config);
         let routes = RefCell::new(Routes::new(&shared.config, id));
@@ -93,14 +121,24 @@ impl Worker {
             id,
             shared,
             pool: RefCell::new(Pool::new(providers)),
-            connections: Cell::new(0),
-            inflight: Cell::new(0),
+            counters,
             ready_cache: Cell::new(None),
             metrics,
             routes,
-            drain_waiters: RefCell::new(HashMap::new()),
-            next_waiter: Cell::new(0),
         }
+    }
+
+    /// The worker of the next generation, on the same thread: fresh pools, the same
+    /// counters, and the breakers (by deployment label) and balancers (of groups whose
+    /// deployments are unchanged) of this one.
+    pub fn successor(&self, shared: Arc<Shared>) -> Self {
+        let next = Self::with_counters(self.id, shared, self.counters.clone());
+        next.routes.borrow_mut().carry_over(
+            &self.shared.config,
+            &self.routes.borrow(),
+            &next.shared.config,
+        );
+        next
     }
 
     /// Resolves once the gateway is draining and this worker has stopped accepting (see
@@ -115,7 +153,7 @@ impl Worker {
     /// Wakes every task waiting in [`Worker::drain_started`]. Call after the draining flag
     /// is set.
     pub fn start_drain(&self) {
-        let waiters = std::mem::take(&mut *self.drain_waiters.borrow_mut());
+        let waiters = std::mem::take(&mut *self.counters.drain_waiters.borrow_mut());
         for (_, w) in waiters {
             w.wake();
         }
@@ -139,13 +177,14 @@ impl Future for DrainStarted<'_> {
         let ticket = match self.ticket {
             Some(t) => t,
             None => {
-                let t = self.worker.next_waiter.get();
-                self.worker.next_waiter.set(t.wrapping_add(1));
+                let t = self.worker.counters.next_waiter.get();
+                self.worker.counters.next_waiter.set(t.wrapping_add(1));
                 self.ticket = Some(t);
                 t
             }
         };
         self.worker
+            .counters
             .drain_waiters
             .borrow_mut()
             .insert(ticket, cx.waker().clone());
@@ -156,7 +195,7 @@ impl Future for DrainStarted<'_> {
 impl Drop for DrainStarted<'_> {
     fn drop(&mut self) {
         if let Some(t) = self.ticket {
-            self.worker.drain_waiters.borrow_mut().remove(&t);
+            self.worker.counters.drain_waiters.borrow_mut().remove(&t);
         }
     }
 }
@@ -167,7 +206,8 @@ pub struct InflightGuard<'a>(&'a Worker);
 impl<'a> InflightGuard<'a> {
     /// Starts counting.
     pub fn new(worker: &'a Worker) -> Self {
-        worker.inflight.set(worker.inflight.get() + 1);
+        let c = &worker.counters;
+        c.inflight.set(c.inflight.get() + 1);
         worker.shared.active.fetch_add(1, Ordering::Relaxed);
         worker.metrics.inflight.increment(1.0);
         InflightGuard(worker)
@@ -176,8 +216,65 @@ impl<'a> InflightGuard<'a> {
 
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
-        self.0.inflight.set(self.0.inflight.get().saturating_sub(1));
+        let c = &self.0.counters;
+        c.inflight.set(c.inflight.get().saturating_sub(1));
         self.0.shared.active.fetch_sub(1, Ordering::Relaxed);
         self.0.metrics.inflight.decrement(1.0);
+    }
+}
+
+/// One worker thread's view of the generations: the worker of the current one, rebuilt (see
+/// [`Worker::successor`]) the first time it is asked after a reload.
+pub struct Slot {
+    generations: Generations,
+    current: RefCell<Rc<Worker>>,
+}
+
+impl Slot {
+    /// The slot of worker `id`, starting on the current generation.
+    pub fn new(id: usize, generations: Generations) -> Self {
+        let worker = Rc::new(Worker::new(id, generations.load_full()));
+        Slot {
+            generations,
+            current: RefCell::new(worker),
+        }
+    }
+
+    /// The worker of the current generation; the second value is `true` when it was built
+    /// by this call (the caller starts its health checks).
+    pub fn refresh(&self) -> (Rc<Worker>, bool) {
+        let current = self.current.borrow().clone();
+        let latest = self.generations.load();
+        if Arc::ptr_eq(&current.shared, &latest) {
+            return (current, false);
+        }
+        let next = Rc::new(current.successor(Arc::clone(&latest)));
+        *self.current.borrow_mut() = next.clone();
+        (next, true)
+    }
+
+    /// The worker of the current generation, built (with its health checks started) the
+    /// first time it is asked for after a reload.
+    pub fn current(self: &Rc<Self>) -> Rc<Worker> {
+        let (worker, fresh) = self.refresh();
+        if fresh {
+            tracing::debug!(
+                worker = worker.id,
+                generation = worker.shared.generation,
+                "worker moved to a new config generation"
+            );
+            crate::health::spawn_all(self, &worker);
+        }
+        worker
+    }
+
+    /// Whether `worker` is still this thread's current worker.
+    pub fn is_current(&self, worker: &Rc<Worker>) -> bool {
+        Rc::ptr_eq(&self.current.borrow(), worker)
+    }
+
+    /// The worker of the current generation, without looking for a newer one.
+    pub fn worker(&self) -> Rc<Worker> {
+        self.current.borrow().clone()
     }
 }

@@ -58,7 +58,7 @@ pub enum AuthMode {
 }
 
 /// The embedded store (keys, teams, spend, usage ledger).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoreConfig {
     /// The SQLite file; `None` when no store is used (`auth = "none"` without `[store]`).
     pub path: Option<PathBuf>,

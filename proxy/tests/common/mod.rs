@@ -197,6 +197,11 @@ impl Gateway {
         self.child.id()
     }
 
+    /// The config file it was started with (rewrite it, then [`Gateway::sighup`]).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
     /// Sends SIGHUP (reload).
     pub fn sighup(&self) {
         let pid = self.child.id().to_string();
