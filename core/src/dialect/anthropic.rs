@@ -367,45 +367,26 @@ fn stop_sequences(value: Value) -> Result<Vec<Value>, GatewayError> {
 
 /// Anthropic tools for OpenAI function tools.
 fn tools(value: Value, dropped: &mut Vec<String>) -> Result<Vec<Value>, GatewayError> {
-    let Value::Array(items) = value else {
-        return Err(invalid("`tools` must be an array").with_param("tools"));
-    };
-    let mut out = Vec::with_capacity(items.len());
-    for (i, tool) in items.iter().enumerate() {
-        let kind = tool
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("function");
-        let Some(function) = tool.get("function").filter(|_| kind == "function") else {
-            note(dropped, format!("tools[{i}] (type `{kind}`)"));
-            continue;
-        };
-        let name = function
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                invalid(format!("`tools[{i}].function.name` must be a string")).with_param("tools")
-            })?;
-        let mut t = JsonMap::new();
-        t.insert("name".into(), name.into());
-        if let Some(d) = function.get("description").filter(|d| !d.is_null()) {
-            t.insert("description".into(), d.clone());
-        }
-        let schema = function
-            .get("parameters")
-            .filter(|p| p.is_object())
-            .cloned()
-            .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
-        t.insert("input_schema".into(), schema);
-        if function.get("strict").and_then(Value::as_bool) == Some(true) {
-            note(dropped, format!("tools[{i}].function.strict"));
-        }
-        if let Some(cc) = tool.get("cache_control") {
-            t.insert("cache_control".into(), cc.clone());
-        }
-        out.push(Value::Object(t));
-    }
-    Ok(out)
+    let read = super::function_tools(&value, dropped)?;
+    Ok(read
+        .into_iter()
+        .map(|f| {
+            let mut t = JsonMap::new();
+            t.insert("name".into(), f.name.into());
+            if let Some(d) = f.description {
+                t.insert("description".into(), d.clone());
+            }
+            let schema = f
+                .parameters
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+            t.insert("input_schema".into(), schema);
+            if let Some(cc) = f.tool.get("cache_control") {
+                t.insert("cache_control".into(), cc.clone());
+            }
+            Value::Object(t)
+        })
+        .collect())
 }
 
 fn convert_tool_choice(choice: &Value) -> Result<Value, GatewayError> {

@@ -341,47 +341,29 @@ fn guess_mime(url: &str) -> &'static str {
 
 /// Gemini function declarations for OpenAI function tools.
 fn tools(value: Value, dropped: &mut Vec<String>) -> Result<Vec<Value>, GatewayError> {
-    let Value::Array(items) = value else {
-        return Err(invalid("`tools` must be an array").with_param("tools"));
-    };
-    let mut out = Vec::with_capacity(items.len());
-    for (i, tool) in items.iter().enumerate() {
-        let kind = tool
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("function");
-        let Some(function) = tool.get("function").filter(|_| kind == "function") else {
-            note(dropped, format!("tools[{i}] (type `{kind}`)"));
-            continue;
-        };
-        let name = function
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                invalid(format!("`tools[{i}].function.name` must be a string")).with_param("tools")
-            })?;
-        let mut decl = JsonMap::new();
-        decl.insert("name".into(), name.into());
-        if let Some(d) = function.get("description").filter(|d| !d.is_null()) {
-            decl.insert("description".into(), d.clone());
-        }
-        if let Some(params) = function.get("parameters").filter(|p| p.is_object()) {
-            let mut params = params.clone();
-            clean_schema(&mut params);
-            // Gemini refuses an object schema without properties.
-            if params
-                .get("properties")
-                .is_some_and(|p| p.as_object().is_some_and(|o| !o.is_empty()))
-            {
-                decl.insert("parameters".into(), params);
+    let read = super::function_tools(&value, dropped)?;
+    Ok(read
+        .into_iter()
+        .map(|f| {
+            let mut decl = JsonMap::new();
+            decl.insert("name".into(), f.name.into());
+            if let Some(d) = f.description {
+                decl.insert("description".into(), d.clone());
             }
-        }
-        if function.get("strict").and_then(Value::as_bool) == Some(true) {
-            note(dropped, format!("tools[{i}].function.strict"));
-        }
-        out.push(Value::Object(decl));
-    }
-    Ok(out)
+            if let Some(params) = f.parameters {
+                let mut params = params.clone();
+                clean_schema(&mut params);
+                // Gemini refuses an object schema without properties.
+                if params
+                    .get("properties")
+                    .is_some_and(|p| p.as_object().is_some_and(|o| !o.is_empty()))
+                {
+                    decl.insert("parameters".into(), params);
+                }
+            }
+            Value::Object(decl)
+        })
+        .collect())
 }
 
 /// Removes the JSON Schema keywords Gemini's OpenAPI subset refuses.

@@ -661,6 +661,56 @@ pub(crate) fn check_single_choice(req: &JsonMap, target: Dialect) -> Result<(), 
 }
 
 /// Notes a dropped field once.
+/// One OpenAI function tool, as both translating dialects read it.
+pub(crate) struct FunctionTool<'a> {
+    /// `tools[i]`, for extras a dialect keeps (e.g. Anthropic's `cache_control`).
+    pub tool: &'a Value,
+    /// `function.name`.
+    pub name: &'a str,
+    /// `function.description`, when set.
+    pub description: Option<&'a Value>,
+    /// `function.parameters`, when it is an object.
+    pub parameters: Option<&'a Value>,
+}
+
+/// Reads OpenAI's `tools`: function tools are returned, other kinds are dropped (noted), a
+/// function without a string name is a 400.
+pub(crate) fn function_tools<'a>(
+    value: &'a Value,
+    dropped: &mut Vec<String>,
+) -> Result<Vec<FunctionTool<'a>>, GatewayError> {
+    let Value::Array(items) = value else {
+        return Err(invalid("`tools` must be an array").with_param("tools"));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, tool) in items.iter().enumerate() {
+        let kind = tool
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("function");
+        let Some(function) = tool.get("function").filter(|_| kind == "function") else {
+            note(dropped, format!("tools[{i}] (type `{kind}`)"));
+            continue;
+        };
+        let name = function
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                invalid(format!("`tools[{i}].function.name` must be a string")).with_param("tools")
+            })?;
+        if function.get("strict").and_then(Value::as_bool) == Some(true) {
+            note(dropped, format!("tools[{i}].function.strict"));
+        }
+        out.push(FunctionTool {
+            tool,
+            name,
+            description: function.get("description").filter(|d| !d.is_null()),
+            parameters: function.get("parameters").filter(|p| p.is_object()),
+        });
+    }
+    Ok(out)
+}
+
 pub(crate) fn note(dropped: &mut Vec<String>, path: impl Into<String>) {
     let path = path.into();
     if !dropped.contains(&path) {
