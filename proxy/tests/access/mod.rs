@@ -3,17 +3,14 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Client, Response, UPSTREAM_KEY};
+use crate::common::{Client, Gateway, Response};
 
 /// The admin token every gateway here is started with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-9f8e7d6c5b4a";
@@ -79,76 +76,38 @@ output_per_mtok = 10.0
     )
 }
 
-/// A running gateway with its store.
+/// A running gateway with its store: the common harness's [`Gateway`] plus its admin address.
 pub struct Gw {
-    pub child: Child,
+    gw: Gateway,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    lines: Arc<Mutex<Vec<String>>>,
-    config_path: PathBuf,
+}
+
+impl std::ops::Deref for Gw {
+    type Target = Gateway;
+    fn deref(&self) -> &Gateway {
+        &self.gw
+    }
+}
+
+impl std::ops::DerefMut for Gw {
+    fn deref_mut(&mut self) -> &mut Gateway {
+        &mut self.gw
+    }
 }
 
 /// Starts `sluice serve` with `config` under `driver`, with the admin token set (unless
 /// `admin_token` is false) and `env` added.
 pub fn start_with(config: &str, driver: &str, admin_token: bool, env: &[(&str, &str)]) -> Gw {
-    let path = temp_dir("cfg").join("sluice.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.args(["serve", "--config"])
-        .arg(&path)
-        .env("SLUICE_DRIVER", driver)
-        .env("SLUICE_TEST_UPSTREAM_KEY", UPSTREAM_KEY)
-        .env("RUST_LOG", "info")
-        .env_remove("SLUICE_ADMIN_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut all: Vec<(&str, &str)> = env.to_vec();
     if admin_token {
-        cmd.env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN);
+        all.push(("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN));
     }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("sluice starts");
-    let stdout = child.stdout.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let v: Value = serde_json::from_str(&line).unwrap_or_default();
-                if line.contains("admin listener") {
-                    let _ = tx.send(("admin", v["admin"].as_str().unwrap().parse().unwrap()));
-                }
-                if line.contains("sluice listening") {
-                    let _ = tx.send(("main", v["listen"].as_str().unwrap().parse().unwrap()));
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
-    let mut admin = None;
-    let addr: SocketAddr = loop {
-        let (which, addr) = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway reports its address");
-        if which == "main" {
-            break addr;
-        }
-        admin = Some(addr);
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "gateway never accepted");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let gw = Gateway::start_with_env(config, driver, &all);
     Gw {
-        child,
-        addr,
-        admin: admin.expect("admin listener"),
-        lines,
-        config_path: path,
+        addr: gw.addr,
+        admin: gw.admin.expect("admin listener"),
+        gw,
     }
 }
 
@@ -158,11 +117,6 @@ pub fn start(config: &str, driver: &str) -> Gw {
 }
 
 impl Gw {
-    /// Every stdout line so far.
-    pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
     /// One admin API call with the right token: (status, JSON).
     pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         self.admin_as(Some(ADMIN_TOKEN), method, path, body)
@@ -215,50 +169,10 @@ impl Gw {
         )
     }
 
-    /// A new client connection.
-    pub fn connect(&self) -> Client {
-        Client::connect(self.addr)
-    }
-
     /// The Prometheus text of the admin listener.
     pub fn metrics(&self) -> String {
         let mut c = Client::connect(self.admin);
         c.get("/metrics").text()
-    }
-
-    /// SIGTERM.
-    pub fn sigterm(&self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    }
-
-    /// SIGKILL, and reap.
-    pub fn sigkill(&mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-KILL", &pid]).status().unwrap();
-        let _ = self.child.wait();
-    }
-
-    /// Waits for the process to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.config_path);
     }
 }
 

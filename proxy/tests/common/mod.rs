@@ -109,22 +109,31 @@ deployments = [{{ provider = "mock", model = "mock-stream-model" }}]
 impl Gateway {
     /// Starts `sluice serve` with `config` under `driver`; returns once it listens.
     pub fn start(config: &str, driver: &str) -> Gateway {
+        Gateway::start_with_env(config, driver, &[])
+    }
+
+    /// [`Gateway::start`] with `env` set for the process (`SLUICE_ADMIN_TOKEN` is removed
+    /// unless `env` sets it).
+    pub fn start_with_env(config: &str, driver: &str, env: &[(&str, &str)]) -> Gateway {
         let path = std::env::temp_dir().join(format!(
             "sluice-test-{}-{}.toml",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.args(["serve", "--config"])
             .arg(&path)
             .env("SLUICE_DRIVER", driver)
             .env("SLUICE_TEST_UPSTREAM_KEY", UPSTREAM_KEY)
             .env("RUST_LOG", "info")
+            .env_remove("SLUICE_ADMIN_TOKEN")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("sluice starts");
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("sluice starts");
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -212,6 +221,12 @@ impl Gateway {
     pub fn sigterm(&self) {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    }
+
+    /// SIGKILL, and reap.
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Waits for the process to exit.
