@@ -1,0 +1,366 @@
+//! Handing an upstream's answer to the client: whole answers (another dialect's, translated;
+//! or a small JSON body, priced for `x-sluice-cost-usd`) are read first and written at once;
+//! everything else goes through the relay as it arrives. Settles the balancer, the breaker
+//! and the pool either way.
+
+use std::time::{Duration, Instant};
+
+use monoio::io::AsyncWriteRentExt;
+use sluice_core::balance::Outcome;
+use sluice_core::dialect::{self, ResponseContext, StreamTranslator};
+use sluice_core::error::GatewayError;
+use sluice_core::http1::{is_hop_by_hop, BodyFraming, ResponseHead};
+use sluice_core::inspect;
+use sluice_core::sse::SseScanner;
+use sluice_core::usage::{self, Usage};
+
+use crate::attempt::{self, Sent};
+use crate::client_io::ClientWrite;
+use crate::endpoints::ApiEndpoint;
+use crate::forward::ClientSide;
+use crate::log::AccessRecord;
+use crate::plan::{Plan, Translation};
+use crate::relay::{BodyLimits, BodyMode, ClientWatch, Relay};
+use crate::respond::{self, write_head, ClientFraming};
+use crate::state::Worker;
+use crate::upstream::UpstreamError;
+
+/// Largest successful non-streaming body buffered so its cost can go in a header.
+const MAX_BUFFERED_BODY: u64 = 1 << 20;
+
+/// Hands a successful (or final) answer to the client: small JSON bodies are buffered so the
+/// cost can go in a header; everything else is relayed as it arrives.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn deliver(
+    worker: &Worker,
+    plan: &Plan,
+    mut sent: Sent,
+    translation: Option<Translation>,
+    (g, i): (usize, usize),
+    started: Instant,
+    wr: &mut ClientWrite,
+    watch: &mut ClientWatch<'_>,
+    client: &ClientSide<'_>,
+    rec: &mut AccessRecord,
+    deadline: Instant,
+) -> bool {
+    let shared = &worker.shared;
+    let cfg = &shared.config;
+    let Some(dep) = cfg.models.get(g).and_then(|m| m.deployments.get(i)) else {
+        return false;
+    };
+    let Some(provider) = cfg.providers.get(dep.provider) else {
+        return false;
+    };
+    let upstream_model = if dep.model == "*" {
+        plan.inspected.model.as_str()
+    } else {
+        dep.model.as_str()
+    };
+    rec.upstream_reused = Some(sent.conn.reuses > 0);
+    rec.status = sent.head.status;
+    let head_wait = started.elapsed();
+    let keep_alive = client.keep_alive && !shared.is_draining();
+    let is_sse = sent.head.is_event_stream() && (200..300).contains(&sent.head.status);
+    rec.stream = is_sse;
+    let success = (200..300).contains(&sent.head.status);
+    let answer_id = format!(
+        "{}{}",
+        if plan.endpoint == ApiEndpoint::Messages {
+            "msg_"
+        } else {
+            "chatcmpl-"
+        },
+        client.request_id
+    );
+    let ctx = ResponseContext {
+        model: &plan.inspected.model,
+        id: &answer_id,
+        created: unix_now(),
+        include_usage: plan.inspected.include_usage,
+    };
+
+    // Whole answers, read first and written in one go: another dialect's (any framing; it is
+    // translated), or a small OpenAI JSON body (so its cost can go in a header).
+    let whole = match (translation, is_sse, sent.head.body) {
+        (Some(_), false, _) => Some(16 << 20),
+        (None, false, BodyFraming::Length(n)) if success && n <= MAX_BUFFERED_BODY => {
+            Some(MAX_BUFFERED_BODY as usize)
+        }
+        _ => None,
+    };
+    if let Some(max) = whole {
+        let read = attempt::read_small_body(&mut sent, &provider.name, max, deadline);
+        let (body, reusable) = match watch.race(read).await {
+            None => {
+                rec.client_cancelled = true;
+                worker.routes.borrow_mut().cancel(g, i);
+                return false;
+            }
+            Some(Ok(x)) => x,
+            Some(Err(e)) => {
+                rec.error = Some(e.label().into());
+                worker.routes.borrow_mut().finish(
+                    cfg,
+                    g,
+                    i,
+                    Instant::now(),
+                    Outcome::failure(started.elapsed()),
+                );
+                return answer_error(wr, e.to_gateway(), client, rec).await;
+            }
+        };
+        let (body, used, content_type) = match translation {
+            Some(t) => {
+                let (out, used) =
+                    dialect::translate_response(t.from, t.to, sent.head.status, &body, &ctx);
+                (out, used, Some(&b"application/json"[..]))
+            }
+            None => {
+                let used = usage::from_body(&body);
+                (body, used, None)
+            }
+        };
+        rec.upstream_us = Some(started.elapsed().as_micros() as u64);
+        rec.first_token_us = Some(
+            Instant::now()
+                .saturating_duration_since(client.started)
+                .as_micros() as u64,
+        );
+        rec.usage = used;
+        rec.cost_micros = used.and_then(|u| cost_of(shared, upstream_model, &u));
+        let cost_text = rec
+            .cost_micros
+            .filter(|_| success)
+            .map(sluice_core::cost::format_usd);
+        let mut wire = Vec::with_capacity(1024 + body.len());
+        write_response_head(
+            &mut wire,
+            &sent.head,
+            &dep.label,
+            if client.http10 {
+                ClientFraming::Close
+            } else {
+                ClientFraming::Length(body.len() as u64)
+            },
+            keep_alive,
+            client,
+            cost_text.as_deref(),
+            content_type,
+        );
+        wire.extend_from_slice(&body);
+        rec.bytes_out = wire.len() as u64;
+        let (res, _) = wr.write_all(wire).await;
+        rec.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
+        if res.is_err() {
+            rec.client_cancelled = true;
+        }
+        worker.routes.borrow_mut().finish(
+            cfg,
+            g,
+            i,
+            Instant::now(),
+            Outcome::success(started.elapsed()),
+        );
+        if reusable {
+            worker.pool.borrow_mut().put(
+                dep.provider,
+                sent.conn,
+                Instant::now(),
+                provider.pool_max_idle,
+            );
+        }
+        return res.is_ok() && keep_alive && !client.http10;
+    }
+
+    let mode = match translation {
+        Some(t) if is_sse => {
+            BodyMode::Translate(Box::new(StreamTranslator::new(t.from, t.to, ctx)))
+        }
+        _ if is_sse => BodyMode::Sse(SseScanner::new(plan.strip_usage)),
+        _ => BodyMode::Buffered(Vec::new()),
+    };
+    let client_framing = if client.http10 {
+        ClientFraming::Close
+    } else {
+        match sent.head.body {
+            BodyFraming::Empty => ClientFraming::Length(0),
+            BodyFraming::Length(n) if !is_sse => ClientFraming::Length(n),
+            _ => ClientFraming::Chunked,
+        }
+    };
+    let mut wire = Vec::with_capacity(1024 + sent.buf.len());
+    write_response_head(
+        &mut wire,
+        &sent.head,
+        &dep.label,
+        client_framing,
+        keep_alive,
+        client,
+        None,
+        translation.map(|_| &b"text/event-stream"[..]),
+    );
+    let limits = BodyLimits {
+        idle: Duration::from_millis(provider.idle_timeout_ms),
+        deadline,
+        provider: provider.name.clone(),
+    };
+    if is_sse {
+        worker.metrics.open_streams.increment(1.0);
+    }
+    let Sent {
+        mut conn,
+        head,
+        buf,
+        body_at,
+    } = sent;
+    let end = Relay::new(&mut conn, wr, watch, client_framing, mode, limits)
+        .run(head.body, wire, buf, body_at)
+        .await;
+    if is_sse {
+        worker.metrics.open_streams.decrement(1.0);
+    }
+    rec.ttfb_us = end
+        .first_write
+        .map(|t| t.saturating_duration_since(client.started).as_micros() as u64);
+    rec.first_token_us = end
+        .first_data
+        .map(|t| t.saturating_duration_since(client.started).as_micros() as u64);
+    rec.upstream_us = Some((head_wait + end.upstream_wait).as_micros() as u64);
+    rec.bytes_out = end.bytes_out;
+    rec.usage = end.usage.or_else(|| {
+        (is_sse && end.data_events > 0).then(|| Usage {
+            input_tokens: inspect::estimate_prompt_tokens(plan.body.len()),
+            output_tokens: end.data_events,
+            estimated: true,
+            ..Usage::default()
+        })
+    });
+    rec.cost_micros = rec.usage.and_then(|u| cost_of(shared, upstream_model, &u));
+    if let Some(e) = &end.error {
+        rec.error = Some(e.label().into());
+        worker.metrics.upstream_error(cfg, dep.provider, e.label());
+        tracing::debug!(provider = %provider.name, error = %e, "upstream body failed");
+    }
+    if end.client_gone {
+        rec.client_cancelled = true;
+    }
+    if let Some(a) = rec.attempts.last_mut() {
+        a.end_us = Instant::now()
+            .saturating_duration_since(client.started)
+            .as_micros() as u64;
+        a.error = end
+            .error
+            .as_ref()
+            .map(UpstreamError::label)
+            .or(end.client_gone.then_some("client_gone"));
+    }
+    // The balancer learns time to first token for streams, total time otherwise.
+    let latency = match (is_sse, end.first_data) {
+        (true, Some(t)) => t.saturating_duration_since(started),
+        _ => started.elapsed(),
+    };
+    {
+        let mut routes = worker.routes.borrow_mut();
+        if end.client_gone {
+            routes.cancel(g, i);
+        } else if end.error.is_some() {
+            routes.finish(cfg, g, i, Instant::now(), Outcome::failure(latency));
+        } else {
+            routes.finish(cfg, g, i, Instant::now(), Outcome::success(latency));
+        }
+    }
+    if end.upstream_reusable && head.keep_alive {
+        worker
+            .pool
+            .borrow_mut()
+            .put(dep.provider, conn, Instant::now(), provider.pool_max_idle);
+    }
+    keep_alive && end.client_reusable
+}
+
+/// What `usage` cost at `model`'s price; `None` for a model with no known price.
+fn cost_of(shared: &crate::state::Shared, model: &str, usage: &Usage) -> Option<u64> {
+    shared
+        .prices
+        .price(model)
+        .map(|p| sluice_core::cost::cost_micros(&p, usage))
+}
+
+/// Seconds since the epoch, for the `created` of translated answers.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Writes the response head: the upstream's end-to-end headers (its request id renamed so the
+/// client sees ours), which deployment answered, the cost when known, and the caller's extras.
+pub(crate) fn write_response_head(
+    wire: &mut Vec<u8>,
+    head: &ResponseHead,
+    deployment: &str,
+    framing: ClientFraming,
+    keep_alive: bool,
+    client: &ClientSide<'_>,
+    cost_usd: Option<&str>,
+    content_type: Option<&[u8]>,
+) {
+    let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(24 + client.extra_headers.len());
+    if let Some(ct) = content_type {
+        headers.push(("content-type", ct));
+    }
+    for (name, value) in head.headers() {
+        // A translated body has our content type, and never the upstream's encoding.
+        let replaced = content_type.is_some()
+            && (name.eq_ignore_ascii_case("content-type")
+                || name.eq_ignore_ascii_case("content-encoding"));
+        if is_hop_by_hop(name) || replaced {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-request-id") {
+            headers.push(("x-upstream-request-id", value));
+        } else {
+            headers.push((name, value));
+        }
+    }
+    headers.push(("x-sluice-deployment", deployment.as_bytes()));
+    if let Some(cost) = cost_usd {
+        headers.push(("x-sluice-cost-usd", cost.as_bytes()));
+    }
+    for (name, value) in &client.extra_headers {
+        headers.push((name, value));
+    }
+    write_head(
+        wire,
+        head.status,
+        &headers,
+        framing,
+        keep_alive,
+        client.request_id,
+    );
+}
+
+/// Answers an error as JSON when nothing was sent to the client yet.
+pub(crate) async fn answer_error(
+    wr: &mut ClientWrite,
+    err: GatewayError,
+    client: &ClientSide<'_>,
+    rec: &mut AccessRecord,
+) -> bool {
+    let keep_alive = client.keep_alive && !err.kind.closes_connection();
+    let extra: Vec<(&str, &[u8])> = client
+        .extra_headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_slice()))
+        .collect();
+    let bytes = respond::error_with(&err, &extra, keep_alive, client.request_id);
+    rec.status = err.status();
+    rec.bytes_out = bytes.len() as u64;
+    let (res, _) = wr.write_all(bytes).await;
+    if res.is_ok() {
+        rec.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
+    }
+    keep_alive && res.is_ok()
+}

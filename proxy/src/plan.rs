@@ -1,0 +1,281 @@
+//! What a request asks of the upstream, fixed across attempts ([`Plan`]), and the exact
+//! bytes of one attempt at one deployment ([`build_request`]): the client's headers that pass
+//! through, the provider's auth and extras, and the body — passed through with the model name
+//! spliced in, or translated into the deployment's dialect.
+
+use std::time::Duration;
+
+use sluice_core::config::{Deployment, Provider};
+use sluice_core::dialect::{self, Dialect, Inbound, RequestOptions};
+use sluice_core::error::{ErrorKind, GatewayError};
+use sluice_core::http1::{is_hop_by_hop, RequestHead};
+use sluice_core::inspect::{self, Inspected, Rewrite};
+
+use crate::endpoints::ApiEndpoint;
+use crate::log::AccessRecord;
+use crate::respond;
+use crate::state::Worker;
+
+/// Largest deadline a client may ask for with `x-sluice-deadline-ms`.
+const MAX_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// What the request asks for, fixed across attempts.
+pub struct Plan {
+    /// Model group index.
+    pub group: usize,
+    /// The routing fields of the body.
+    pub inspected: Inspected,
+    /// The client's body.
+    pub body: Vec<u8>,
+    /// Which API.
+    pub endpoint: ApiEndpoint,
+    /// Client header lines passed through to every attempt.
+    forwarded: Vec<u8>,
+    /// The client's query string.
+    query: Option<String>,
+    /// The client sent `accept`.
+    has_accept: bool,
+    /// The gateway adds `include_usage` and strips the usage chunk from what the client sees.
+    pub strip_usage: bool,
+    /// `x-sluice-deadline-ms`.
+    pub(crate) deadline_override: Option<Duration>,
+}
+
+/// Client headers never forwarded: credentials meant for the gateway, and what the gateway
+/// sets itself. `accept-encoding` is dropped so the upstream answers uncompressed and usage
+/// can be read.
+fn forwardable(name: &str, traced: bool) -> bool {
+    const DROP: [&str; 8] = [
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "proxy-authorization",
+        "cookie",
+        "content-type",
+        "accept-encoding",
+        "x-request-id",
+    ];
+    let dropped = is_hop_by_hop(name)
+        || DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
+        || (traced && name.eq_ignore_ascii_case("traceparent"))
+        || name
+            .get(..9)
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-sluice-"));
+    !dropped
+}
+
+/// Inspects the body and resolves its model group.
+pub fn plan(
+    worker: &Worker,
+    head: &RequestHead,
+    body: Vec<u8>,
+    endpoint: ApiEndpoint,
+    rec: &mut AccessRecord,
+) -> Result<Plan, GatewayError> {
+    let inspected = inspect::inspect(&body)?;
+    rec.model = Some(inspected.model.clone());
+    rec.stream = inspected.stream;
+    let cfg = &worker.shared.config;
+    let group = cfg.model_index(&inspected.model).ok_or_else(|| {
+        GatewayError::new(
+            ErrorKind::ModelNotFound,
+            format!("The model `{}` does not exist", inspected.model),
+        )
+        .with_param("model")
+    })?;
+    let deadline_override = match head.header_str("x-sluice-deadline-ms") {
+        None => None,
+        Some(v) => Some(
+            v.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(|ms| Duration::from_millis(ms).min(MAX_DEADLINE))
+                .ok_or_else(|| {
+                    GatewayError::new(
+                        ErrorKind::InvalidRequest,
+                        "x-sluice-deadline-ms must be a positive number of milliseconds",
+                    )
+                })?,
+        ),
+    };
+    let traced = rec.trace.is_some();
+    let mut forwarded = Vec::with_capacity(256);
+    let mut has_accept = false;
+    for (name, value) in head.headers() {
+        if forwardable(name, traced) {
+            has_accept |= name.eq_ignore_ascii_case("accept");
+            push_header(&mut forwarded, name, value);
+        }
+    }
+    let strip_usage =
+        inspected.stream && endpoint.takes_stream_options() && !inspected.include_usage;
+    Ok(Plan {
+        group,
+        query: head.target().split_once('?').map(|(_, q)| q.to_string()),
+        inspected,
+        body,
+        endpoint,
+        forwarded,
+        has_accept,
+        strip_usage,
+        deadline_override,
+    })
+}
+
+/// How an attempt's answer must be turned into what the client speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    /// What the upstream speaks.
+    pub from: Dialect,
+    /// What the client called.
+    pub to: Inbound,
+}
+
+/// The upstream request for one attempt at `deployment` of `provider`, and the translation
+/// its answer needs (none for OpenAI-to-OpenAI passthrough). A request the provider's dialect
+/// cannot express is a 400 naming the field.
+pub(crate) fn build_request(
+    plan: &Plan,
+    provider: &Provider,
+    deployment: &Deployment,
+    request_id: &str,
+    traceparent: Option<&str>,
+) -> Result<(Vec<u8>, Option<Translation>), GatewayError> {
+    let upstream_model = if deployment.model == "*" {
+        plan.inspected.model.as_str()
+    } else {
+        deployment.model.as_str()
+    };
+    let dialect = provider.kind;
+    let passthrough = dialect == Dialect::OpenAi && plan.endpoint != ApiEndpoint::Messages;
+    let translated = if passthrough {
+        None
+    } else {
+        let inbound = plan.endpoint.inbound().ok_or_else(|| {
+            GatewayError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "{} is not available on `{}` providers",
+                    plan.endpoint.upstream_suffix(),
+                    dialect.name()
+                ),
+            )
+        })?;
+        let opts = RequestOptions {
+            upstream_model,
+            default_max_tokens: provider.default_max_tokens,
+            extra: provider.extra.as_ref(),
+            azure_deployment: None,
+            azure_api_version: provider.api_version.as_deref(),
+        };
+        let t = dialect::translate_request(inbound, dialect, &plan.body, &opts)?;
+        if !t.dropped_fields.is_empty() {
+            tracing::debug!(dropped = ?t.dropped_fields, dialect = dialect.name(), "fields the upstream dialect has no equivalent for");
+        }
+        Some((t, inbound))
+    };
+    let mut req = Vec::with_capacity(512 + plan.forwarded.len() + plan.body.len() + 64);
+    req.extend_from_slice(b"POST ");
+    req.extend_from_slice(provider.endpoint.path_prefix.as_bytes());
+    match &translated {
+        None => {
+            req.extend_from_slice(plan.endpoint.upstream_suffix().as_bytes());
+            if let Some(query) = &plan.query {
+                req.push(b'?');
+                req.extend_from_slice(query.as_bytes());
+            }
+        }
+        Some((t, _)) => req.extend_from_slice(t.path.as_bytes()),
+    }
+    req.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    req.extend_from_slice(provider.endpoint.host_header.as_bytes());
+    req.extend_from_slice(b"\r\ncontent-type: application/json\r\nx-request-id: ");
+    req.extend_from_slice(request_id.as_bytes());
+    req.extend_from_slice(b"\r\n");
+    let forwarded_has = |name: &[u8]| {
+        plan.forwarded.split(|b| *b == b'\n').any(|line| {
+            line.len() > name.len()
+                && line[..name.len()].eq_ignore_ascii_case(name)
+                && line[name.len()] == b':'
+        })
+    };
+    if let Some(key) = &provider.api_key {
+        for (name, value) in dialect::auth_headers(dialect, key.expose()) {
+            if !forwarded_has(name.as_bytes()) {
+                push_header(&mut req, name, value.as_bytes());
+            }
+        }
+    } else if dialect == Dialect::Anthropic && !forwarded_has(b"anthropic-version") {
+        push_header(
+            &mut req,
+            "anthropic-version",
+            dialect::ANTHROPIC_VERSION.as_bytes(),
+        );
+    }
+    for (name, value) in &provider.headers {
+        push_header(&mut req, name, value.as_bytes());
+    }
+    // Client headers, unless the provider config sets the same one.
+    let mut rest = &plan.forwarded[..];
+    while let Some(end) = memchr_crlf(rest) {
+        let line = &rest[..end + 2];
+        let name = line.split(|b| *b == b':').next().unwrap_or_default();
+        let overridden = provider
+            .headers
+            .iter()
+            .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name));
+        if !overridden {
+            req.extend_from_slice(line);
+        }
+        rest = &rest[end + 2..];
+    }
+    if plan.inspected.stream && !plan.has_accept {
+        req.extend_from_slice(b"accept: text/event-stream\r\n");
+    }
+    if let Some(tp) = traceparent {
+        push_header(&mut req, "traceparent", tp.as_bytes());
+    }
+    if let Some((t, inbound)) = translated {
+        push_content_length(&mut req, t.body.len());
+        req.extend_from_slice(&t.body);
+        return Ok((
+            req,
+            Some(Translation {
+                from: dialect,
+                to: inbound,
+            }),
+        ));
+    }
+    let edits = Rewrite {
+        model: (deployment.model != "*").then_some(deployment.model.as_str()),
+        force_include_usage: plan.strip_usage,
+    };
+    if edits.is_noop(&plan.inspected) {
+        push_content_length(&mut req, plan.body.len());
+        req.extend_from_slice(&plan.body);
+    } else {
+        let mut rewritten = Vec::with_capacity(plan.body.len() + 64);
+        inspect::rewrite(&plan.body, &plan.inspected, edits, &mut rewritten);
+        push_content_length(&mut req, rewritten.len());
+        req.extend_from_slice(&rewritten);
+    }
+    Ok((req, None))
+}
+
+fn memchr_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+fn push_header(req: &mut Vec<u8>, name: &str, value: &[u8]) {
+    req.extend_from_slice(name.as_bytes());
+    req.extend_from_slice(b": ");
+    req.extend_from_slice(value);
+    req.extend_from_slice(b"\r\n");
+}
+
+fn push_content_length(req: &mut Vec<u8>, len: usize) {
+    req.extend_from_slice(b"content-length: ");
+    req.extend_from_slice(respond::itoa_u64(len as u64).as_bytes());
+    req.extend_from_slice(b"\r\n\r\n");
+}
