@@ -19,6 +19,8 @@ fn deployments(n: usize) -> Vec<Deployment> {
             model: format!("model-{i}"),
             weight: rng.range(1, 100) as u32,
             label: format!("p{}/model-{i}", i % 3),
+            rpm: None,
+            tpm: None,
         })
         .collect()
 }

@@ -213,6 +213,8 @@ struct RawDeployment {
     provider: String,
     model: String,
     weight: Option<u32>,
+    rpm: Option<u32>,
+    tpm: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -404,6 +406,12 @@ pub struct Deployment {
     pub weight: u32,
     /// `provider/model`, for headers and logs.
     pub label: String,
+    /// The provider's own requests-per-minute limit for this deployment: Sluice sends no
+    /// more, so it never triggers the provider's 429.
+    pub rpm: Option<u32>,
+    /// The provider's own tokens-per-minute limit (prompt estimate + `max_tokens` reserved,
+    /// settled with the real usage).
+    pub tpm: Option<u64>,
 }
 
 /// A public model name and the deployments that serve it.
@@ -919,11 +927,18 @@ fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Config
                     "invalid config at `{at}.weight`: must be greater than 0"
                 ));
             }
+            if d.rpm == Some(0) || d.tpm == Some(0) {
+                return err(format!(
+                    "invalid config at `{at}`: `rpm` and `tpm` must be greater than 0"
+                ));
+            }
             deployments.push(Deployment {
                 provider,
                 label: format!("{}/{}", d.provider, d.model),
                 model: d.model,
                 weight,
+                rpm: d.rpm,
+                tpm: d.tpm,
             });
         }
         let group = models.len();

@@ -34,6 +34,8 @@ mod tests {
             model: "m".into(),
             weight,
             label: "p/m".into(),
+            rpm: None,
+            tpm: None,
         }
     }
 

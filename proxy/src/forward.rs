@@ -104,6 +104,9 @@ struct Attempts {
     in_group: u32,
     deployments_tried: usize,
     last: Option<Failed>,
+    /// A deployment was skipped for its provider's limit; the shortest wait seen (`None`
+    /// inside: the request is larger than a token limit).
+    provider_limited: Option<Option<Duration>>,
 }
 
 impl Attempts {
@@ -164,6 +167,12 @@ async fn exchange(
         .or(first.retry.deadline)
         .unwrap_or(Duration::from_millis(longest_provider_timeout));
     let deadline = client.started + budget;
+    // Tokens held against a deployment's provider limit while an attempt runs.
+    let reserve_tokens = sluice_core::inspect::estimate_prompt_tokens(plan.body.len())
+        + plan
+            .inspected
+            .max_tokens
+            .unwrap_or(cfg.limits.default_max_tokens);
     if let Some(h) = worker
         .routes
         .borrow_mut()
@@ -181,6 +190,7 @@ async fn exchange(
         in_group: 0,
         deployments_tried: 0,
         last: None,
+        provider_limited: None,
     };
     loop {
         let now = Instant::now();
@@ -223,7 +233,25 @@ async fn exchange(
                 break;
             }
         };
+        // The provider's own limits for this deployment: skip it rather than earn its 429.
+        let limit = worker.shared.provider_limits.get(state.group, i).cloned();
+        if let Some(l) = &limit {
+            if let Err(wait) = l.take(reserve_tokens, crate::auth::now_ms()) {
+                state.provider_limited = Some(match (state.provider_limited.flatten(), wait) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                });
+                state.refused.push(i);
+                if !state.tried.contains(&i) {
+                    state.tried.push(i);
+                }
+                continue;
+            }
+        }
         if !worker.routes.borrow_mut().start(state.group, i, now) {
+            if let Some(l) = &limit {
+                l.release(reserve_tokens, crate::auth::now_ms());
+            }
             state.refused.push(i);
             continue;
         }
@@ -235,7 +263,7 @@ async fn exchange(
         let outcome = attempt(worker, &plan, &mut state, i, deadline, watch, client, rec).await;
         let failure = match outcome {
             AttemptEnd::Answered(sent, started, translation) => {
-                return deliver(
+                let keep = deliver(
                     worker,
                     &plan,
                     sent,
@@ -249,15 +277,34 @@ async fn exchange(
                     deadline,
                 )
                 .await;
+                if let Some(l) = &limit {
+                    let used = rec.usage.map_or(0, |u| u.total_tokens());
+                    l.settle(reserve_tokens, used, crate::auth::now_ms());
+                }
+                return keep;
             }
             AttemptEnd::ClientGone => {
+                if let Some(l) = &limit {
+                    l.settle(reserve_tokens, 0, crate::auth::now_ms());
+                }
                 rec.client_cancelled = true;
                 rec.status = 499;
                 rec.error = Some("client_gone".into());
                 return false;
             }
-            AttemptEnd::Refused(err) => return answer_error(wr, err, client, rec).await,
-            AttemptEnd::Failed(f) => f,
+            AttemptEnd::Refused(err) => {
+                if let Some(l) = &limit {
+                    l.release(reserve_tokens, crate::auth::now_ms());
+                }
+                return answer_error(wr, err, client, rec).await;
+            }
+            AttemptEnd::Failed(f) => {
+                // The upstream produced nothing: its tokens go back (the request counts).
+                if let Some(l) = &limit {
+                    l.settle(reserve_tokens, 0, crate::auth::now_ms());
+                }
+                f
+            }
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         let others = worker
@@ -756,11 +803,23 @@ async fn answer_last(
                 e.to_gateway()
             }
         }
-        None => GatewayError::new(
-            ErrorKind::UpstreamUnavailable,
-            "no deployment is available for this model",
-        )
-        .with_retry_after(1),
+        None => match state.provider_limited {
+            Some(wait) => {
+                let err = GatewayError::new(
+                    ErrorKind::RateLimited,
+                    "every deployment of this model is at its provider's rate limit",
+                );
+                match wait {
+                    Some(w) => err.with_retry_after(retry::retry_after_secs(w)),
+                    None => err,
+                }
+            }
+            None => GatewayError::new(
+                ErrorKind::UpstreamUnavailable,
+                "no deployment is available for this model",
+            )
+            .with_retry_after(1),
+        },
     };
     if let Some(w) = worker.shared.config.models.get(state.group) {
         tracing::debug!(model = %w.name, error = %err, "request failed after all attempts");

@@ -30,6 +30,7 @@ pub mod health;
 pub mod log;
 pub mod metrics;
 pub mod plan;
+pub mod provider_limits;
 pub mod relay;
 pub mod respond;
 pub mod routing;

@@ -166,6 +166,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
             .collect(),
         started_unix,
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
+        provider_limits: Arc::new(crate::provider_limits::ProviderLimits::build(&config, None)),
         auth: Arc::new(access.auth),
         registry: access.registry.map(Arc::new),
         admin_token: access.admin_token,
@@ -365,6 +366,10 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
         heartbeats: old.heartbeats.clone(),
         started_unix: old.started_unix,
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
+        provider_limits: Arc::new(crate::provider_limits::ProviderLimits::build(
+            &config,
+            Some(&old.provider_limits),
+        )),
         auth: old.auth.clone(),
         registry: old.registry.clone(),
         admin_token: old.admin_token,

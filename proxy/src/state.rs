@@ -56,6 +56,8 @@ pub struct Shared {
     pub started_unix: u64,
     /// Prices per model, for the cost of each request.
     pub prices: sluice_core::cost::PriceTable,
+    /// The providers' own limits per deployment (kept across reloads while unchanged).
+    pub provider_limits: Arc<crate::provider_limits::ProviderLimits>,
     /// Virtual keys, limits and the ledger (see `auth`).
     pub auth: Arc<crate::auth::Auth>,
     /// The admin side of the store, when one is configured.

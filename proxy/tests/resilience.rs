@@ -397,7 +397,51 @@ fn health_checks_open_breakers_before_any_request(driver: &str) {
     assert_eq!(gw.connect().get("/readyz").status, 200);
 }
 
+fn provider_limits_are_never_exceeded(driver: &str) {
+    let a = mock();
+    let b = mock();
+    let cfg = group_config(&[a.addr(), b.addr()], "strategy = \"priority\"\n", "")
+        .replace("model = \"m0\" }", "model = \"m0\", rpm = 3 }");
+    let gw = Gateway::start(&cfg, driver);
+    let mut c = gw.connect();
+    let served: Vec<String> = (0..5)
+        .map(|_| {
+            let r = ask(&mut c, "");
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.header("x-sluice-deployment").unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(served, ["p0/m0", "p0/m0", "p0/m0", "p1/m1", "p1/m1"]);
+    assert_eq!(a.stats().requests, 3, "the provider's rpm was exceeded");
+
+    // Alone at its limit: 429 from the gateway, nothing sent upstream.
+    let only = mock();
+    let cfg = group_config(&[only.addr()], "", "")
+        .replace("model = \"m0\" }", "model = \"m0\", rpm = 2, tpm = 10000 }");
+    let gw = Gateway::start(&cfg, driver);
+    let mut c = gw.connect();
+    assert_eq!(ask(&mut c, "").status, 200);
+    assert_eq!(ask(&mut c, "").status, 200);
+    let r = ask(&mut c, "");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (429, "rate_limit_exceeded")
+    );
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(only.stats().requests, 2);
+    // A request larger than the token limit can never pass: 429 without Retry-After.
+    let gw = Gateway::start(&cfg, driver);
+    let r = gw.connect().post(
+        "/v1/chat/completions",
+        r#"{"model":"m","max_tokens":50000,"messages":[{"role":"user","content":"hi"}]}"#,
+        "",
+    );
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_none());
+}
+
 both_drivers!(
+    provider_limits_are_never_exceeded,
     health_checks_open_breakers_before_any_request,
     failing_deployment_is_hidden_and_tripped,
     latency_strategy_prefers_the_fast_one_and_recovers,
