@@ -134,17 +134,12 @@ impl ChatStream {
                 self.end(out);
             }
             "error" => {
-                let err = v.get("error");
-                let kind = err.and_then(|e| e.get("type")).and_then(Value::as_str);
-                let e = UpstreamError {
-                    message: err
-                        .and_then(|e| e.get("message"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("the upstream stream failed")
-                        .to_owned(),
-                    kind: kind.map(str::to_owned),
-                };
-                openai::write_stream_error(out, status_of(kind.unwrap_or("")), &e);
+                let (e, _) = UpstreamError::from_stream_event(
+                    v.get("error").unwrap_or(&Value::Null),
+                    "type",
+                );
+                let status = status_of(e.kind.as_deref().unwrap_or(""));
+                openai::write_stream_error(out, status, &e);
                 self.done = true;
             }
             _ => {}

@@ -46,19 +46,8 @@ impl ChatStream {
             return;
         };
         if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-            let e = UpstreamError {
-                message: err
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("the upstream stream failed")
-                    .to_owned(),
-                kind: err.get("status").and_then(Value::as_str).map(str::to_owned),
-            };
-            let status = err
-                .get("code")
-                .and_then(Value::as_u64)
-                .and_then(|c| u16::try_from(c).ok())
-                .unwrap_or(500);
+            let (e, status) = UpstreamError::from_stream_event(err, "status");
+            let status = status.unwrap_or(500);
             openai::write_stream_error(out, status, &e);
             self.done = true;
             return;

@@ -68,19 +68,8 @@ impl MessagesStream {
             return;
         };
         if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-            let e = UpstreamError {
-                message: err
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("the upstream stream failed")
-                    .to_owned(),
-                kind: err.get("type").and_then(Value::as_str).map(str::to_owned),
-            };
-            let status = err
-                .get("code")
-                .and_then(Value::as_u64)
-                .and_then(|c| u16::try_from(c).ok())
-                .unwrap_or(500);
+            let (e, status) = UpstreamError::from_stream_event(err, "type");
+            let status = status.unwrap_or(500);
             write_named(out, "error", &error_json(status, &e));
             self.done = true;
             return;

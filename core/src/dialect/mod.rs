@@ -576,6 +576,28 @@ pub(crate) struct UpstreamError {
 }
 
 impl UpstreamError {
+    /// Reads the `error` object of a stream's error event: its `message`, its kind from
+    /// `kind_field` (`type` for OpenAI and Anthropic, `status` for Gemini), and the status in
+    /// its numeric `code`, when it has one.
+    pub(crate) fn from_stream_event(err: &Value, kind_field: &str) -> (UpstreamError, Option<u16>) {
+        let error = UpstreamError {
+            message: err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("the upstream stream failed")
+                .to_owned(),
+            kind: err
+                .get(kind_field)
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        };
+        let status = err
+            .get("code")
+            .and_then(Value::as_u64)
+            .and_then(|c| u16::try_from(c).ok());
+        (error, status)
+    }
+
     /// Reads an error body; a body that is not JSON becomes the message, shortened.
     pub(crate) fn parse(body: &[u8]) -> UpstreamError {
         let v: Option<Value> = serde_json::from_slice(body).ok();
