@@ -1,4 +1,4 @@
-//! Routing: weighted deployment pick (`sluice_core::route::pick_weighted`) and model group
+//! Routing: the balancer's weighted pick (`sluice_core::balance::Balancer::pick`) and model group
 //! lookup (`sluice_core::config::Config::model`) in a 50-model config.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -8,8 +8,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use sluice_bench::SplitMix64;
+use sluice_core::balance::{BalanceConfig, Balancer, Strategy};
 use sluice_core::config::{Config, Deployment};
-use sluice_core::route::pick_weighted;
 
 fn deployments(n: usize) -> Vec<Deployment> {
     let mut rng = SplitMix64::new(n as u64);
@@ -29,13 +29,17 @@ fn bench_pick(c: &mut Criterion) {
     let mut rng = SplitMix64::new(7);
     let rolls: Vec<u64> = (0..1024).map(|_| rng.next_u64()).collect();
     let mut g = c.benchmark_group("pick_weighted");
+    let now = std::time::Instant::now();
     for n in [2, 4, 16] {
         let ds = deployments(n);
+        let weights: Vec<u32> = ds.iter().map(|d| d.weight).collect();
+        let mut balancer =
+            Balancer::with_config(Strategy::Weighted, &weights, &BalanceConfig::default());
         let mut i = 0;
         g.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
                 i = (i + 1) & 1023;
-                pick_weighted(black_box(&ds), rolls[i]).unwrap()
+                balancer.pick(now, rolls[i], |_| true).unwrap()
             })
         });
     }

@@ -20,16 +20,20 @@
 
 #![warn(missing_docs)]
 
+pub mod attempt;
 pub mod balance;
 pub mod breaker;
+pub mod cache;
 pub mod config;
 pub mod cost;
 pub mod dialect;
 pub mod error;
+pub mod filter;
 pub mod hedge;
 pub mod http1;
 pub mod inspect;
 pub mod keys;
+pub mod limiter;
 pub mod limits;
 pub mod retry;
 pub mod route;

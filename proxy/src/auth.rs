@@ -33,7 +33,8 @@ use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::RequestHead;
 use sluice_core::inspect;
 use sluice_core::keys::{self, KeyRecord, KeyRefusal, TeamRecord};
-use sluice_core::limits::{self, period_start, Ask, BudgetPeriod, LimitSet, Refusal, Reservation};
+use sluice_core::limiter::{Ask, Limiter, LocalLimiter, Permit, Refusal};
+use sluice_core::limits::{self, period_start, BudgetPeriod, LimitSet};
 
 use crate::log::AccessRecord;
 use crate::store::{LedgerSender, Scope, UsageRecord};
@@ -473,11 +474,20 @@ impl Auth {
             unix_s: unix_now(),
         };
         let sets = [&*key.limits, &*key.team.limits];
-        match limits::admit(&sets, &ask) {
-            Ok(reservation) => Ok(Admission {
+        let admitted = LocalLimiter.admit(&sets, ask.now_ms).and_then(|mut permit| {
+            match LocalLimiter.reserve(&sets, &mut permit, &ask) {
+                Ok(()) => Ok(permit),
+                Err(denied) => {
+                    // Refused for tokens or budget: the request itself still counts.
+                    LocalLimiter.settle(&sets, permit, 0, 0, ask.now_ms);
+                    Err(denied)
+                }
+            }
+        });
+        match admitted {
+            Ok(permit) => Ok(Admission {
                 key: key.clone(),
-                reservation,
-                open: true,
+                permit: Some(permit),
             }),
             Err(denied) => {
                 let whose = if denied.set == 0 {
@@ -631,8 +641,7 @@ pub fn estimate_cost(
 /// dropped unsettled (the request never ran), it gives everything back.
 pub struct Admission {
     key: Arc<KeyEntry>,
-    reservation: Reservation,
-    open: bool,
+    permit: Option<Permit>,
 }
 
 impl Admission {
@@ -646,12 +655,11 @@ impl Admission {
     }
 
     fn finish(&mut self, tokens: u64, cost: u64) {
-        if !self.open {
+        let Some(permit) = self.permit.take() else {
             return;
-        }
-        self.open = false;
+        };
         let sets = [&*self.key.limits, &*self.key.team.limits];
-        limits::settle(&sets, &self.reservation, tokens, cost, now_ms());
+        LocalLimiter.settle(&sets, permit, tokens, cost, now_ms());
     }
 }
 
