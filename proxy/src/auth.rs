@@ -474,16 +474,18 @@ impl Auth {
             unix_s: unix_now(),
         };
         let sets = [&*key.limits, &*key.team.limits];
-        let admitted = LocalLimiter.admit(&sets, ask.now_ms).and_then(|mut permit| {
-            match LocalLimiter.reserve(&sets, &mut permit, &ask) {
-                Ok(()) => Ok(permit),
-                Err(denied) => {
-                    // Refused for tokens or budget: the request itself still counts.
-                    LocalLimiter.settle(&sets, permit, 0, 0, ask.now_ms);
-                    Err(denied)
+        let admitted = LocalLimiter
+            .admit(&sets, ask.now_ms)
+            .and_then(|mut permit| {
+                match LocalLimiter.reserve(&sets, &mut permit, &ask) {
+                    Ok(()) => Ok(permit),
+                    Err(denied) => {
+                        // Refused for tokens or budget: the request itself still counts.
+                        LocalLimiter.settle(&sets, permit, 0, 0, ask.now_ms);
+                        Err(denied)
+                    }
                 }
-            }
-        });
+            });
         match admitted {
             Ok(permit) => Ok(Admission {
                 key: key.clone(),
@@ -595,7 +597,7 @@ impl Auth {
             config
                 .models
                 .get(g)
-                .and_then(|m| m.deployments.get(d))
+                .and_then(|m| m.deployments.get(d?))
                 .map(|d| Arc::from(d.label.as_str()))
         });
         let usage = UsageRecord {

@@ -1,12 +1,13 @@
 //! Handing an upstream's answer to the client: whole answers (another dialect's, translated;
 //! or a small JSON body, priced for `x-sluice-cost-usd`) are read first and written at once;
-//! everything else goes through the relay as it arrives. Settles the balancer, the breaker
-//! and the pool either way.
+//! everything else goes through the relay as it arrives. Puts the upstream connection back in
+//! the pool when it can; says how the answer ended so the attempt loop settles the balancer
+//! and breaker.
 
 use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
-use sluice_core::balance::Outcome;
+use sluice_core::attempt::Relayed;
 use sluice_core::dialect::{self, ResponseContext, StreamTranslator};
 use sluice_core::error::GatewayError;
 use sluice_core::http1::{is_hop_by_hop, BodyFraming, ResponseHead};
@@ -23,10 +24,19 @@ use crate::plan::{Plan, Translation};
 use crate::relay::{BodyLimits, BodyMode, ClientWatch, Relay};
 use crate::respond::{self, write_head, ClientFraming};
 use crate::state::Worker;
-use crate::upstream::UpstreamError;
 
 /// Largest successful non-streaming body buffered so its cost can go in a header.
 const MAX_BUFFERED_BODY: u64 = 1 << 20;
+
+/// How a delivered answer ended.
+pub(crate) struct Delivered {
+    /// The client connection can carry another request.
+    pub keep_alive: bool,
+    /// Whether the body reached the client.
+    pub relayed: Relayed,
+    /// What the balancer learns: time to first token for streams, total time otherwise.
+    pub latency: Duration,
+}
 
 /// Hands a successful (or final) answer to the client: small JSON bodies are buffered so the
 /// cost can go in a header; everything else is relayed as it arrives.
@@ -43,14 +53,19 @@ pub(crate) async fn deliver(
     client: &ClientSide<'_>,
     rec: &mut AccessRecord,
     deadline: Instant,
-) -> bool {
+) -> Delivered {
+    let gone = |latency| Delivered {
+        keep_alive: false,
+        relayed: Relayed::ClientGone,
+        latency,
+    };
     let shared = &worker.shared;
     let cfg = &shared.config;
     let Some(dep) = cfg.models.get(g).and_then(|m| m.deployments.get(i)) else {
-        return false;
+        return gone(Duration::ZERO);
     };
     let Some(provider) = cfg.providers.get(dep.provider) else {
-        return false;
+        return gone(Duration::ZERO);
     };
     let upstream_model = if dep.model == "*" {
         plan.inspected.model.as_str()
@@ -94,20 +109,18 @@ pub(crate) async fn deliver(
         let (body, reusable) = match watch.race(read).await {
             None => {
                 rec.client_cancelled = true;
-                worker.routes.borrow_mut().cancel(g, i);
-                return false;
+                return gone(started.elapsed());
             }
             Some(Ok(x)) => x,
             Some(Err(e)) => {
                 rec.error = Some(e.label().into());
-                worker.routes.borrow_mut().finish(
-                    cfg,
-                    g,
-                    i,
-                    Instant::now(),
-                    Outcome::failure(started.elapsed()),
-                );
-                return answer_error(wr, e.to_gateway(), client, rec).await;
+                let latency = started.elapsed();
+                let keep_alive = answer_error(wr, e.to_gateway(), client, rec).await;
+                return Delivered {
+                    keep_alive,
+                    relayed: Relayed::UpstreamFailed(e.label()),
+                    latency,
+                };
             }
         };
         let (body, used, content_type) = match translation {
@@ -155,13 +168,6 @@ pub(crate) async fn deliver(
         if res.is_err() {
             rec.client_cancelled = true;
         }
-        worker.routes.borrow_mut().finish(
-            cfg,
-            g,
-            i,
-            Instant::now(),
-            Outcome::success(started.elapsed()),
-        );
         if reusable {
             worker.pool.borrow_mut().put(
                 dep.provider,
@@ -170,7 +176,12 @@ pub(crate) async fn deliver(
                 provider.pool_max_idle,
             );
         }
-        return res.is_ok() && keep_alive && !client.http10;
+        // The upstream did its job even if the client left while we wrote.
+        return Delivered {
+            keep_alive: res.is_ok() && keep_alive && !client.http10,
+            relayed: Relayed::Complete,
+            latency: started.elapsed(),
+        };
     }
 
     let mode = match translation {
@@ -245,38 +256,27 @@ pub(crate) async fn deliver(
     if end.client_gone {
         rec.client_cancelled = true;
     }
-    if let Some(a) = rec.attempts.last_mut() {
-        a.end_us = Instant::now()
-            .saturating_duration_since(client.started)
-            .as_micros() as u64;
-        a.error = end
-            .error
-            .as_ref()
-            .map(UpstreamError::label)
-            .or(end.client_gone.then_some("client_gone"));
-    }
     // The balancer learns time to first token for streams, total time otherwise.
     let latency = match (is_sse, end.first_data) {
         (true, Some(t)) => t.saturating_duration_since(started),
         _ => started.elapsed(),
     };
-    {
-        let mut routes = worker.routes.borrow_mut();
-        if end.client_gone {
-            routes.cancel(g, i);
-        } else if end.error.is_some() {
-            routes.finish(cfg, g, i, Instant::now(), Outcome::failure(latency));
-        } else {
-            routes.finish(cfg, g, i, Instant::now(), Outcome::success(latency));
-        }
-    }
+    let relayed = match (&end.error, end.client_gone) {
+        (_, true) => Relayed::ClientGone,
+        (Some(e), false) => Relayed::UpstreamFailed(e.label()),
+        (None, false) => Relayed::Complete,
+    };
     if end.upstream_reusable && head.keep_alive {
         worker
             .pool
             .borrow_mut()
             .put(dep.provider, conn, Instant::now(), provider.pool_max_idle);
     }
-    keep_alive && end.client_reusable
+    Delivered {
+        keep_alive: keep_alive && end.client_reusable,
+        relayed,
+        latency,
+    }
 }
 
 /// What `usage` cost at `model`'s price; `None` for a model with no known price.

@@ -87,8 +87,9 @@ pub struct AccessRecord {
     pub usage: Option<Usage>,
     /// What the request cost, in micro-USD, when its usage and price are known.
     pub cost_micros: Option<u64>,
-    /// (model group, deployment) indices into the config, once routed.
-    pub route: Option<(usize, usize)>,
+    /// (model group, deployment) indices into the config, once routed; the deployment is
+    /// `None` when the request failed before any could be tried.
+    pub route: Option<(usize, Option<usize>)>,
     /// Microseconds from the request head to the first response byte sent.
     pub ttfb_us: Option<u64>,
     /// Microseconds from the request head to the first byte of the upstream's answer body.

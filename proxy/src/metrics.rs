@@ -310,7 +310,9 @@ impl WorkerMetrics {
 
     /// Records a finished request.
     pub fn observe(&self, config: &Config, rec: &AccessRecord) {
-        let (group, deployment) = rec.route.unwrap_or((NONE, NONE));
+        let (group, deployment) = rec
+            .route
+            .map_or((NONE, NONE), |(g, d)| (g, d.unwrap_or(NONE)));
         let key = RequestKey {
             group,
             deployment,
