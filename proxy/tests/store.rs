@@ -192,7 +192,7 @@ fn crud_round_trip() {
         Err(StoreError::NotFound("key"))
     ));
     assert_eq!(store.all_keys().unwrap(), vec![b]);
-    assert_eq!(store.path(), dir.db());
+    assert_eq!(store.location(), dir.db().display().to_string());
 }
 
 #[test]
