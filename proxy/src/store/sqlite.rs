@@ -1,0 +1,667 @@
+//! The embedded backend: one local SQLite file in WAL mode.
+//!
+//! Each [`Sqlite`] is one connection; the admin side and the ledger writer each open their
+//! own on the same file. Opening migrates the schema ([`MIGRATIONS`], version in
+//! `PRAGMA user_version`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::types::ToSql;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use sluice_core::keys::{KeyRecord, TeamRecord};
+use sluice_core::usage::Usage;
+
+use super::migrate::{self, Migration, Schema};
+use super::{
+    int, period, spend_by_day, uint, Backend, Limits, Result, Scope, SpendGroup, SpendRow,
+    StoreError, UsageRecord,
+};
+
+/// SQLite's schema, version by version. Append only: a shipped migration never changes.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "keys, teams, spend and ledger",
+    sql: r#"
+CREATE TABLE teams (
+    name TEXT PRIMARY KEY,
+    rpm INTEGER,
+    tpm INTEGER,
+    max_concurrency INTEGER,
+    budget_usd REAL,
+    budget_period TEXT NOT NULL
+);
+CREATE TABLE keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    team TEXT NOT NULL,
+    user TEXT,
+    hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    models TEXT NOT NULL,
+    rpm INTEGER,
+    tpm INTEGER,
+    max_concurrency INTEGER,
+    budget_usd REAL,
+    budget_period TEXT NOT NULL,
+    expires_at_unix INTEGER,
+    disabled INTEGER NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at_unix INTEGER NOT NULL
+);
+CREATE INDEX keys_team ON keys(team);
+CREATE TABLE spend (
+    scope TEXT NOT NULL CHECK (scope IN ('key', 'team')),
+    id TEXT NOT NULL,
+    day_start INTEGER NOT NULL,
+    micros INTEGER NOT NULL,
+    PRIMARY KEY (scope, id, day_start)
+) WITHOUT ROWID;
+CREATE TABLE ledger (
+    seq INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    key_id TEXT,
+    team TEXT,
+    model TEXT NOT NULL,
+    deployment TEXT,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    estimated INTEGER NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    latency_ms INTEGER NOT NULL
+);
+CREATE INDEX ledger_ts ON ledger(ts_ms);
+CREATE INDEX ledger_key_ts ON ledger(key_id, ts_ms);
+CREATE INDEX ledger_team_ts ON ledger(team, ts_ms);
+"#,
+}];
+
+/// A connection's schema for [`migrate::migrate`]: the version is `PRAGMA user_version`,
+/// which SQLite changes inside the transaction like any other write.
+pub struct SqliteSchema<'a>(pub &'a Connection);
+
+fn user_version(conn: &Connection) -> Result<u32> {
+    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    u32::try_from(v).map_err(|_| StoreError::BadValue(format!("schema version {v}")))
+}
+
+impl Schema for SqliteSchema<'_> {
+    fn version(&mut self) -> Result<u32> {
+        user_version(self.0)
+    }
+
+    fn begin(&mut self) -> Result<u32> {
+        self.0.execute_batch("BEGIN IMMEDIATE")?;
+        match user_version(self.0) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let _ = self.0.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn apply(&mut self, m: &Migration) -> Result<()> {
+        self.0.execute_batch(m.sql)?;
+        self.0
+            .pragma_update(None, "user_version", i64::from(m.version))?;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        Ok(self.0.execute_batch("COMMIT")?)
+    }
+
+    fn rollback(&mut self) -> Result<()> {
+        if !self.0.is_autocommit() {
+            self.0.execute_batch("ROLLBACK")?;
+        }
+        Ok(())
+    }
+}
+
+/// One connection to the SQLite store.
+pub struct Sqlite {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// The key columns besides the limits, in the order [`key_from_row`] reads them; the limit
+/// columns ([`Limits::COLUMNS`]) follow.
+const KEY_OWN_COLUMNS: [&str; 11] = [
+    "id",
+    "name",
+    "team",
+    "user",
+    "hash",
+    "prefix",
+    "models",
+    "expires_at_unix",
+    "disabled",
+    "metadata",
+    "created_at_unix",
+];
+
+/// Every column of `keys`, own then limits, comma-separated.
+fn key_columns() -> String {
+    KEY_OWN_COLUMNS
+        .iter()
+        .chain(Limits::COLUMNS.iter())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every column of `teams`: the name, then the limits.
+fn team_columns() -> String {
+    std::iter::once("name")
+        .chain(Limits::COLUMNS)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `?first, ?first+1, …` for `n` parameters.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `col = ?first, …` for an UPDATE.
+fn assignments(cols: &[&str], first: usize) -> String {
+    cols.iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} = ?{}", first + i))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The limit columns' values as SQLite takes them, owned so parameters can borrow them.
+struct LimitValues {
+    rpm: Option<i64>,
+    tpm: Option<i64>,
+    max_concurrency: Option<u32>,
+    budget_usd: Option<f64>,
+    budget_period: &'static str,
+}
+
+impl LimitValues {
+    fn new(l: Limits) -> Self {
+        LimitValues {
+            rpm: l.rpm.map(int),
+            tpm: l.tpm.map(int),
+            max_concurrency: l.max_concurrency,
+            budget_usd: l.budget_usd,
+            budget_period: l.budget_period.as_str(),
+        }
+    }
+
+    /// Parameters in [`Limits::COLUMNS`] order.
+    fn params(&self) -> [&dyn ToSql; 5] {
+        [
+            &self.rpm,
+            &self.tpm,
+            &self.max_concurrency,
+            &self.budget_usd,
+            &self.budget_period,
+        ]
+    }
+}
+
+/// The limit columns read at `at..at + 5`; the period comes back raw and is parsed outside,
+/// so its error stays ours.
+fn limits_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<(Limits, String)> {
+    Ok((
+        Limits {
+            rpm: r.get::<_, Option<i64>>(at)?.map(uint),
+            tpm: r.get::<_, Option<i64>>(at + 1)?.map(uint),
+            max_concurrency: r
+                .get::<_, Option<i64>>(at + 2)?
+                .map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
+            budget_usd: r.get(at + 3)?,
+            budget_period: Default::default(),
+        },
+        r.get(at + 4)?,
+    ))
+}
+
+/// A key row as read, with its JSON and period columns still raw.
+struct RawKey {
+    key: KeyRecord,
+    limits: Limits,
+    models: String,
+    metadata: String,
+    period: String,
+}
+
+fn key_from_row(r: &Row<'_>) -> rusqlite::Result<RawKey> {
+    let (limits, period) = limits_from_row(r, KEY_OWN_COLUMNS.len())?;
+    Ok(RawKey {
+        key: KeyRecord {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            team: r.get(2)?,
+            user: r.get(3)?,
+            hash: r.get(4)?,
+            prefix: r.get(5)?,
+            models: Vec::new(),
+            rpm: None,
+            tpm: None,
+            max_concurrency: None,
+            budget_usd: None,
+            budget_period: Default::default(),
+            expires_at_unix: r.get::<_, Option<i64>>(7)?.map(uint),
+            disabled: r.get::<_, i64>(8)? != 0,
+            metadata: serde_json::Value::Null,
+            created_at_unix: uint(r.get(10)?),
+        },
+        limits,
+        models: r.get(6)?,
+        metadata: r.get(9)?,
+        period,
+    })
+}
+
+fn finish_key(raw: RawKey) -> Result<KeyRecord> {
+    let RawKey {
+        mut key,
+        mut limits,
+        models,
+        metadata,
+        period: p,
+    } = raw;
+    limits.budget_period = period(&p)?;
+    limits.put_key(&mut key);
+    key.models = serde_json::from_str(&models)?;
+    key.metadata = serde_json::from_str(&metadata)?;
+    Ok(key)
+}
+
+fn team_from_row(r: &Row<'_>) -> rusqlite::Result<(TeamRecord, Limits, String)> {
+    let (limits, period) = limits_from_row(r, 1)?;
+    let team = TeamRecord {
+        name: r.get(0)?,
+        rpm: None,
+        tpm: None,
+        max_concurrency: None,
+        budget_usd: None,
+        budget_period: Default::default(),
+    };
+    Ok((team, limits, period))
+}
+
+fn finish_team(raw: (TeamRecord, Limits, String)) -> Result<TeamRecord> {
+    let (mut team, mut limits, p) = raw;
+    limits.budget_period = period(&p)?;
+    limits.put_team(&mut team);
+    Ok(team)
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+/// An INSERT's error: a constraint violation is a conflict on `what`.
+fn conflict_or(e: rusqlite::Error, what: impl FnOnce() -> String) -> StoreError {
+    if is_constraint(&e) {
+        StoreError::Conflict(what())
+    } else {
+        e.into()
+    }
+}
+
+impl Sqlite {
+    /// Opens (creating if need be) the file at `path` in WAL mode and migrates it;
+    /// `synchronous_full` syncs every commit (the ledger writer's option).
+    pub fn open(path: &Path, synchronous_full: bool) -> Result<Sqlite> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // Before anything writes (even the journal mode): a newer schema is not ours to touch.
+        let found = user_version(&conn)?;
+        let known = migrate::latest(MIGRATIONS);
+        if found > known {
+            return Err(StoreError::SchemaTooNew { found, known });
+        }
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::BadValue(format!(
+                "journal_mode is {mode}, not wal"
+            )));
+        }
+        let sync = if synchronous_full { "FULL" } else { "NORMAL" };
+        conn.pragma_update(None, "synchronous", sync)?;
+        migrate::migrate(&mut SqliteSchema(&conn), MIGRATIONS)?;
+        Ok(Sqlite {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn key_where(&self, cond: &str, arg: &str) -> Result<Option<KeyRecord>> {
+        let raw = self
+            .conn
+            .query_row(
+                &format!("SELECT {} FROM keys WHERE {cond}", key_columns()),
+                [arg],
+                key_from_row,
+            )
+            .optional()?;
+        raw.map(finish_key).transpose()
+    }
+
+    fn keys_where(&self, cond: &str, args: &[&dyn ToSql]) -> Result<Vec<KeyRecord>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {} FROM keys {cond} ORDER BY created_at_unix, id",
+            key_columns()
+        ))?;
+        let rows = stmt.query_map(args, key_from_row)?;
+        rows.map(|r| finish_key(r?)).collect()
+    }
+}
+
+impl Backend for Sqlite {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn schema_version(&self) -> Result<u32> {
+        user_version(&self.conn)
+    }
+
+    // -- keys ---------------------------------------------------------------------------------
+
+    fn create_key(&self, k: &KeyRecord) -> Result<()> {
+        let (models, metadata) = (
+            serde_json::to_string(&k.models)?,
+            serde_json::to_string(&k.metadata)?,
+        );
+        let (expires, created) = (k.expires_at_unix.map(int), int(k.created_at_unix));
+        let limits = LimitValues::new(Limits::of_key(k));
+        let own: [&dyn ToSql; 11] = [
+            &k.id,
+            &k.name,
+            &k.team,
+            &k.user,
+            &k.hash,
+            &k.prefix,
+            &models,
+            &expires,
+            &k.disabled,
+            &metadata,
+            &created,
+        ];
+        let args: Vec<&dyn ToSql> = own.into_iter().chain(limits.params()).collect();
+        let sql = format!(
+            "INSERT INTO keys ({}) VALUES ({})",
+            key_columns(),
+            placeholders(1, args.len())
+        );
+        match self.conn.execute(&sql, &*args) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(conflict_or(e, || format!("key {}", k.id))),
+        }
+    }
+
+    fn update_key(&self, k: &KeyRecord) -> Result<()> {
+        let (models, metadata) = (
+            serde_json::to_string(&k.models)?,
+            serde_json::to_string(&k.metadata)?,
+        );
+        let expires = k.expires_at_unix.map(int);
+        let limits = LimitValues::new(Limits::of_key(k));
+        // `?1` is the id; the hash, prefix and creation time never change.
+        let own_cols = [
+            "name",
+            "team",
+            "user",
+            "models",
+            "expires_at_unix",
+            "disabled",
+            "metadata",
+        ];
+        let own: [&dyn ToSql; 8] = [
+            &k.id,
+            &k.name,
+            &k.team,
+            &k.user,
+            &models,
+            &expires,
+            &k.disabled,
+            &metadata,
+        ];
+        let args: Vec<&dyn ToSql> = own.into_iter().chain(limits.params()).collect();
+        let sql = format!(
+            "UPDATE keys SET {}, {} WHERE id = ?1",
+            assignments(&own_cols, 2),
+            assignments(&Limits::COLUMNS, 2 + own_cols.len())
+        );
+        if self.conn.execute(&sql, &*args)? == 0 {
+            return Err(StoreError::NotFound("key"));
+        }
+        Ok(())
+    }
+
+    fn delete_key(&self, id: &str) -> Result<()> {
+        if self.conn.execute("DELETE FROM keys WHERE id = ?1", [id])? == 0 {
+            return Err(StoreError::NotFound("key"));
+        }
+        Ok(())
+    }
+
+    fn get_key(&self, id: &str) -> Result<Option<KeyRecord>> {
+        self.key_where("id = ?1", id)
+    }
+
+    fn find_key_by_hash(&self, hash_hex: &str) -> Result<Option<KeyRecord>> {
+        self.key_where("hash = ?1", hash_hex)
+    }
+
+    fn all_keys(&self) -> Result<Vec<KeyRecord>> {
+        self.keys_where("", &[])
+    }
+
+    fn keys_of_team(&self, team: &str) -> Result<Vec<KeyRecord>> {
+        self.keys_where("WHERE team = ?1", &[&team])
+    }
+
+    // -- teams --------------------------------------------------------------------------------
+
+    fn create_team(&self, t: &TeamRecord) -> Result<()> {
+        let limits = LimitValues::new(Limits::of_team(t));
+        let args: Vec<&dyn ToSql> = std::iter::once(&t.name as &dyn ToSql)
+            .chain(limits.params())
+            .collect();
+        let sql = format!(
+            "INSERT INTO teams ({}) VALUES ({})",
+            team_columns(),
+            placeholders(1, args.len())
+        );
+        match self.conn.execute(&sql, &*args) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(conflict_or(e, || format!("team {}", t.name))),
+        }
+    }
+
+    fn update_team(&self, t: &TeamRecord) -> Result<()> {
+        let limits = LimitValues::new(Limits::of_team(t));
+        let args: Vec<&dyn ToSql> = std::iter::once(&t.name as &dyn ToSql)
+            .chain(limits.params())
+            .collect();
+        let sql = format!(
+            "UPDATE teams SET {} WHERE name = ?1",
+            assignments(&Limits::COLUMNS, 2)
+        );
+        if self.conn.execute(&sql, &*args)? == 0 {
+            return Err(StoreError::NotFound("team"));
+        }
+        Ok(())
+    }
+
+    fn delete_team(&self, name: &str) -> Result<()> {
+        if self
+            .conn
+            .execute("DELETE FROM teams WHERE name = ?1", [name])?
+            == 0
+        {
+            return Err(StoreError::NotFound("team"));
+        }
+        Ok(())
+    }
+
+    fn get_team(&self, name: &str) -> Result<Option<TeamRecord>> {
+        let raw = self
+            .conn
+            .query_row(
+                &format!("SELECT {} FROM teams WHERE name = ?1", team_columns()),
+                [name],
+                team_from_row,
+            )
+            .optional()?;
+        raw.map(finish_team).transpose()
+    }
+
+    fn all_teams(&self) -> Result<Vec<TeamRecord>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {} FROM teams ORDER BY name",
+            team_columns()
+        ))?;
+        let rows = stmt.query_map([], team_from_row)?;
+        rows.map(|r| finish_team(r?)).collect()
+    }
+
+    // -- spend and ledger ---------------------------------------------------------------------
+
+    fn spend_totals_since(&self, scope: Scope, since_unix: u64) -> Result<HashMap<String, u64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, SUM(micros) FROM spend WHERE scope = ?1 AND day_start >= ?2 GROUP BY id",
+        )?;
+        let rows = stmt.query_map(params![scope.as_str(), int(since_unix)], |r| {
+            Ok((r.get::<_, String>(0)?, uint(r.get(1)?)))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn spend_since(&self, scope: Scope, id: &str, since_unix: u64) -> Result<u64> {
+        let v: Option<i64> = self.conn.query_row(
+            "SELECT SUM(micros) FROM spend WHERE scope = ?1 AND id = ?2 AND day_start >= ?3",
+            params![scope.as_str(), id, int(since_unix)],
+            |r| r.get(0),
+        )?;
+        Ok(v.map_or(0, uint))
+    }
+
+    fn spend_by(&self, group: SpendGroup, from_ms: u64, to_ms: u64) -> Result<Vec<SpendRow>> {
+        let column = match group {
+            SpendGroup::Key => "COALESCE(key_id, '')",
+            SpendGroup::Team => "COALESCE(team, '')",
+            SpendGroup::Model => "model",
+            SpendGroup::Deployment => "COALESCE(deployment, '')",
+            SpendGroup::Day => "CAST(ts_ms / 86400000 AS TEXT)",
+        };
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {column}, COUNT(*), SUM(input_tokens), SUM(output_tokens), \
+             SUM(cached_tokens), SUM(reasoning_tokens), SUM(cost_micros) \
+             FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY 1 ORDER BY 7 DESC, 1"
+        ))?;
+        let rows = stmt.query_map(params![int(from_ms), int(to_ms)], |r| {
+            Ok(SpendRow {
+                group: r.get(0)?,
+                requests: uint(r.get(1)?),
+                input_tokens: uint(r.get(2)?),
+                output_tokens: uint(r.get(3)?),
+                cached_tokens: uint(r.get(4)?),
+                reasoning_tokens: uint(r.get(5)?),
+                cost_micros: uint(r.get(6)?),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn ledger(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<UsageRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT request_id, ts_ms, key_id, team, model, deployment, input_tokens, \
+             output_tokens, cached_tokens, reasoning_tokens, estimated, cost_micros, status, \
+             latency_ms FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY ts_ms, seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![int(from_ms), int(to_ms), int(limit as u64)], |r| {
+            Ok(UsageRecord {
+                request_id: r.get(0)?,
+                ts_ms: uint(r.get(1)?),
+                key_id: r.get::<_, Option<String>>(2)?.map(Arc::from),
+                team: r.get::<_, Option<String>>(3)?.map(Arc::from),
+                model: Arc::from(r.get::<_, String>(4)?),
+                deployment: r.get::<_, Option<String>>(5)?.map(Arc::from),
+                usage: Usage {
+                    input_tokens: uint(r.get(6)?),
+                    output_tokens: uint(r.get(7)?),
+                    cached_tokens: uint(r.get(8)?),
+                    reasoning_tokens: uint(r.get(9)?),
+                    estimated: r.get::<_, i64>(10)? != 0,
+                },
+                cost_micros: uint(r.get(11)?),
+                status: u16::try_from(r.get::<_, i64>(12)?).unwrap_or(0),
+                latency_ms: uint(r.get(13)?),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn ledger_count(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0))?;
+        Ok(uint(n))
+    }
+
+    fn insert_usage(&self, batch: &[UsageRecord]) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO ledger (request_id, ts_ms, key_id, team, model, deployment, \
+                 input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, \
+                 cost_micros, status, latency_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?;
+            for r in batch {
+                insert.execute(params![
+                    r.request_id,
+                    int(r.ts_ms),
+                    r.key_id.as_deref(),
+                    r.team.as_deref(),
+                    &*r.model,
+                    r.deployment.as_deref(),
+                    int(r.usage.input_tokens),
+                    int(r.usage.output_tokens),
+                    int(r.usage.cached_tokens),
+                    int(r.usage.reasoning_tokens),
+                    r.usage.estimated,
+                    int(r.cost_micros),
+                    r.status,
+                    int(r.latency_ms),
+                ])?;
+            }
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO spend (scope, id, day_start, micros) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (scope, id, day_start) DO UPDATE SET micros = micros + excluded.micros",
+            )?;
+            for ((scope, id, day), micros) in spend_by_day(batch) {
+                upsert.execute(params![scope.as_str(), id, int(day), int(micros)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,304 @@
+//! The migration runner on SQLite, with made-up migration lists, and the ledger writer over a
+//! backend that fails on demand. The store's behaviour, backend by backend, is tested in
+//! `proxy/tests/store.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use sluice_core::keys::{KeyRecord, TeamRecord};
+use sluice_core::usage::Usage;
+
+use super::migrate::{check_list, latest, migrate, Migration};
+use super::sqlite::{SqliteSchema, MIGRATIONS};
+use super::{
+    Backend, LedgerHandle, LedgerSender, LedgerWriter, Result, Scope, SpendGroup, SpendRow,
+    StoreError, UsageRecord, WriterOptions, WriterReport,
+};
+
+const V1: Migration = Migration {
+    version: 1,
+    name: "a",
+    sql: "CREATE TABLE a (x INTEGER);",
+};
+const V2: Migration = Migration {
+    version: 2,
+    name: "b",
+    sql: "CREATE TABLE b (y TEXT); INSERT INTO a (x) VALUES (1);",
+};
+const V3: Migration = Migration {
+    version: 3,
+    name: "a.z",
+    sql: "ALTER TABLE a ADD COLUMN z TEXT NOT NULL DEFAULT 'zed';",
+};
+/// Its first statement works, its second does not.
+const V4_BAD: Migration = Migration {
+    version: 4,
+    name: "half done",
+    sql: "CREATE TABLE c (w INTEGER); INSERT INTO no_such_table VALUES (1);",
+};
+
+fn version(conn: &Connection) -> u32 {
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    u32::try_from(v).unwrap()
+}
+
+fn has_table(conn: &Connection, name: &str) -> bool {
+    conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap()
+        == 1
+}
+
+#[test]
+fn empty_database_reaches_the_latest_version_and_stays_there() {
+    let conn = Connection::open_in_memory().unwrap();
+    let list = [V1, V2, V3];
+    assert_eq!(migrate(&mut SqliteSchema(&conn), &list).unwrap(), 3);
+    assert_eq!(version(&conn), 3);
+    assert!(has_table(&conn, "a") && has_table(&conn, "b"));
+    // Again: nothing to do, nothing run twice (V2's insert would add a second row).
+    assert_eq!(migrate(&mut SqliteSchema(&conn), &list).unwrap(), 3);
+    let rows: i64 = conn
+        .query_row("SELECT COUNT(*) FROM a", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[test]
+fn an_older_database_gets_only_the_newer_migrations() {
+    let conn = Connection::open_in_memory().unwrap();
+    migrate(&mut SqliteSchema(&conn), &[V1, V2]).unwrap();
+    conn.execute("INSERT INTO a (x) VALUES (7)", []).unwrap();
+    assert_eq!(migrate(&mut SqliteSchema(&conn), &[V1, V2, V3]).unwrap(), 3);
+    let z: String = conn
+        .query_row("SELECT z FROM a WHERE x = 7", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(z, "zed");
+}
+
+#[test]
+fn a_failed_migration_rolls_back_whole() {
+    let conn = Connection::open_in_memory().unwrap();
+    let err = migrate(&mut SqliteSchema(&conn), &[V1, V2, V3, V4_BAD]).unwrap_err();
+    match &err {
+        StoreError::Migration { version, name, .. } => {
+            assert_eq!((*version, *name), (4, "half done"));
+        }
+        other => panic!("not a migration error: {other:?}"),
+    }
+    assert!(err.to_string().contains("migration 4 (half done) failed"));
+    // The ones before it stay; its first statement is undone with it.
+    assert_eq!(version(&conn), 3);
+    assert!(!has_table(&conn, "c"));
+    assert!(conn.is_autocommit(), "no transaction left open");
+    // Fixed in a later binary: it applies.
+    let fixed = Migration {
+        sql: "CREATE TABLE c (w INTEGER);",
+        ..V4_BAD
+    };
+    assert_eq!(
+        migrate(&mut SqliteSchema(&conn), &[V1, V2, V3, fixed]).unwrap(),
+        4
+    );
+    assert!(has_table(&conn, "c"));
+}
+
+#[test]
+fn a_newer_database_is_refused_untouched() {
+    let conn = Connection::open_in_memory().unwrap();
+    migrate(&mut SqliteSchema(&conn), &[V1, V2, V3]).unwrap();
+    let err = migrate(&mut SqliteSchema(&conn), &[V1, V2]).unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 3, known: 2 }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("version 3") && msg.contains("version 2"),
+        "{msg}"
+    );
+    assert_eq!(version(&conn), 3);
+}
+
+#[test]
+fn migration_lists_are_numbered_without_gaps() {
+    check_list(MIGRATIONS).unwrap();
+    assert_eq!(latest(MIGRATIONS), MIGRATIONS.len() as u32);
+    assert_eq!(latest(&[]), 0);
+    assert!(check_list(&[V1, V3]).is_err());
+    assert!(check_list(&[V2]).is_err());
+    let conn = Connection::open_in_memory().unwrap();
+    assert!(matches!(
+        migrate(&mut SqliteSchema(&conn), &[V1, V3]),
+        Err(StoreError::BadValue(_))
+    ));
+    assert_eq!(version(&conn), 0);
+}
+
+/// A backend for the writer alone: `insert_usage` fails while `fails_left` > 0, then keeps
+/// what it is given; nothing else is called.
+struct Flaky {
+    fails_left: Mutex<u32>,
+    rows: Arc<Mutex<Vec<UsageRecord>>>,
+}
+
+impl Backend for Flaky {
+    fn location(&self) -> String {
+        "flaky".into()
+    }
+    fn schema_version(&self) -> Result<u32> {
+        Ok(1)
+    }
+    fn create_key(&self, _: &KeyRecord) -> Result<()> {
+        unimplemented!()
+    }
+    fn update_key(&self, _: &KeyRecord) -> Result<()> {
+        unimplemented!()
+    }
+    fn delete_key(&self, _: &str) -> Result<()> {
+        unimplemented!()
+    }
+    fn get_key(&self, _: &str) -> Result<Option<KeyRecord>> {
+        unimplemented!()
+    }
+    fn find_key_by_hash(&self, _: &str) -> Result<Option<KeyRecord>> {
+        unimplemented!()
+    }
+    fn all_keys(&self) -> Result<Vec<KeyRecord>> {
+        unimplemented!()
+    }
+    fn keys_of_team(&self, _: &str) -> Result<Vec<KeyRecord>> {
+        unimplemented!()
+    }
+    fn create_team(&self, _: &TeamRecord) -> Result<()> {
+        unimplemented!()
+    }
+    fn update_team(&self, _: &TeamRecord) -> Result<()> {
+        unimplemented!()
+    }
+    fn delete_team(&self, _: &str) -> Result<()> {
+        unimplemented!()
+    }
+    fn get_team(&self, _: &str) -> Result<Option<TeamRecord>> {
+        unimplemented!()
+    }
+    fn all_teams(&self) -> Result<Vec<TeamRecord>> {
+        unimplemented!()
+    }
+    fn spend_totals_since(&self, _: Scope, _: u64) -> Result<HashMap<String, u64>> {
+        unimplemented!()
+    }
+    fn spend_since(&self, _: Scope, _: &str, _: u64) -> Result<u64> {
+        unimplemented!()
+    }
+    fn spend_by(&self, _: SpendGroup, _: u64, _: u64) -> Result<Vec<SpendRow>> {
+        unimplemented!()
+    }
+    fn ledger(&self, _: u64, _: u64, _: usize) -> Result<Vec<UsageRecord>> {
+        unimplemented!()
+    }
+    fn ledger_count(&self) -> Result<u64> {
+        unimplemented!()
+    }
+    fn insert_usage(&self, batch: &[UsageRecord]) -> Result<()> {
+        let mut left = self.fails_left.lock().unwrap();
+        if *left > 0 {
+            *left -= 1;
+            return Err(StoreError::BadValue("disk on fire".into()));
+        }
+        self.rows.lock().unwrap().extend_from_slice(batch);
+        Ok(())
+    }
+}
+
+fn record(i: u64) -> UsageRecord {
+    UsageRecord {
+        request_id: format!("r{i}"),
+        ts_ms: 1_000 + i,
+        key_id: Some(Arc::from("k")),
+        team: None,
+        model: Arc::from("m"),
+        deployment: None,
+        usage: Usage::default(),
+        cost_micros: i,
+        status: 200,
+        latency_ms: 1,
+    }
+}
+
+fn flaky_writer(fails: u32) -> (LedgerSender, LedgerHandle, Arc<Mutex<Vec<UsageRecord>>>) {
+    let rows = Arc::new(Mutex::new(Vec::new()));
+    let backend = Flaky {
+        fails_left: Mutex::new(fails),
+        rows: rows.clone(),
+    };
+    let opts = WriterOptions {
+        flush_interval: Duration::from_millis(5),
+        ..WriterOptions::default()
+    };
+    let (tx, handle) =
+        LedgerWriter::spawn_on(move || Ok(Box::new(backend) as Box<dyn Backend>), opts).unwrap();
+    (tx, handle, rows)
+}
+
+#[test]
+fn the_writer_keeps_a_failed_batch_and_retries_it() {
+    let (tx, handle, rows) = flaky_writer(2);
+    for i in 0..10 {
+        tx.record(record(i)).unwrap();
+    }
+    assert!(tx.flush_and_wait(Duration::from_secs(10)));
+    assert_eq!(tx.committed(), 10);
+    assert_eq!(tx.failed_commits(), 2);
+    assert_eq!(tx.pending(), 0);
+    let got: Vec<u64> = rows.lock().unwrap().iter().map(|r| r.cost_micros).collect();
+    assert_eq!(got, (0..10).collect::<Vec<_>>(), "in order, once each");
+    drop(tx);
+    assert_eq!(
+        handle.join(),
+        WriterReport {
+            committed: 10,
+            lost: 0
+        }
+    );
+}
+
+#[test]
+fn the_writer_gives_up_at_shutdown_and_counts_the_loss() {
+    let (tx, handle, rows) = flaky_writer(u32::MAX);
+    for i in 0..3 {
+        tx.record(record(i)).unwrap();
+    }
+    drop(tx);
+    assert_eq!(
+        handle.join(),
+        WriterReport {
+            committed: 0,
+            lost: 3
+        }
+    );
+    assert!(rows.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_backend_that_cannot_open_fails_the_spawn() {
+    let err = LedgerWriter::spawn_on(
+        || Err(StoreError::SchemaTooNew { found: 9, known: 1 }),
+        WriterOptions::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(
+        err,
+        StoreError::SchemaTooNew { found: 9, known: 1 }
+    ));
+}

@@ -1,0 +1,544 @@
+//! The store's test suite, written once over a [`Fixture`] and run for every backend:
+//! `store_suite!(sqlite, SqliteFixture::new);` in `proxy/tests/store.rs` runs every case
+//! below on SQLite, and a new backend adds one such line.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_core::keys::{format_key, hash_hex, visible_prefix, KeyRecord, TeamRecord};
+use sluice_core::limits::{period_start, BudgetPeriod};
+use sluice_core::usage::Usage;
+use sluice_proxy::store::{
+    LedgerHandle, LedgerSender, Scope, SpendGroup, Store, StoreError, UsageRecord, WriterOptions,
+};
+
+/// One fresh, empty database of one backend, for one test case.
+pub trait Fixture {
+    /// Opens a new connection to the store (migrating it, as the gateway does).
+    fn open(&self) -> Result<Store, StoreError>;
+    /// Starts a ledger writer on its own connection to the same store.
+    fn writer(&self, opts: WriterOptions) -> Result<(LedgerSender, LedgerHandle), StoreError>;
+    /// The latest schema version this binary knows for the backend.
+    fn latest_version(&self) -> u32;
+    /// Records `version` as the database's schema version, behind the store's back.
+    fn set_schema_version(&self, version: u32);
+}
+
+/// Generates `mod $backend` with one `#[test]` per case of the suite; `$new` makes a
+/// [`Fixture`] from the case's name (`fn(&str) -> impl Fixture`).
+macro_rules! store_suite {
+    ($backend:ident, $new:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            store_suite!(@cases $new;
+                crud_round_trip,
+                limit_columns_round_trip,
+                ledger_writer_commits_within_100ms,
+                restart_keeps_keys_and_spend,
+                ten_thousand_records_from_several_threads_all_land,
+                flush_and_wait_and_closed_writer,
+                a_new_store_is_at_the_latest_schema,
+                reopening_is_idempotent,
+                a_newer_schema_is_refused,
+            );
+        }
+    };
+    (@cases $new:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let fixture = ($new)(stringify!($case));
+                crate::store_suite::$case(&fixture);
+            }
+        )*
+    };
+}
+
+pub fn key_record(id: &str, team: &str, key: &str) -> KeyRecord {
+    KeyRecord {
+        id: id.into(),
+        name: format!("{id} name"),
+        team: team.into(),
+        user: Some("ada@example.com".into()),
+        hash: hash_hex(key),
+        prefix: visible_prefix(key),
+        models: vec!["gpt-4o".into(), "claude-sonnet-4".into()],
+        rpm: Some(600),
+        tpm: Some(100_000),
+        max_concurrency: Some(8),
+        budget_usd: Some(25.5),
+        budget_period: BudgetPeriod::Weekly,
+        expires_at_unix: Some(2_000_000_000),
+        disabled: false,
+        metadata: serde_json::json!({"cost_center": 42, "tags": ["a", "b"]}),
+        created_at_unix: 1_700_000_000,
+    }
+}
+
+pub fn team_record(name: &str) -> TeamRecord {
+    TeamRecord {
+        name: name.into(),
+        rpm: Some(1_000),
+        tpm: None,
+        max_concurrency: None,
+        budget_usd: Some(100.0),
+        budget_period: BudgetPeriod::Monthly,
+    }
+}
+
+/// 2024-03-15 12:00:00 UTC, in ms.
+pub const T0_MS: u64 = 1_710_504_000_000;
+
+pub fn usage_record(i: u64, key: &str, team: &str, cost: u64) -> UsageRecord {
+    UsageRecord {
+        request_id: format!("req-{i}"),
+        ts_ms: T0_MS + i,
+        key_id: Some(Arc::from(key)),
+        team: Some(Arc::from(team)),
+        model: Arc::from(if i % 2 == 0 { "gpt-4o" } else { "gpt-4o-mini" }),
+        deployment: Some(Arc::from("openai-east")),
+        usage: Usage {
+            input_tokens: 100,
+            output_tokens: 20,
+            cached_tokens: 10,
+            reasoning_tokens: 5,
+            estimated: false,
+        },
+        cost_micros: cost,
+        status: 200,
+        latency_ms: 123,
+    }
+}
+
+/// One case of the suite.
+pub fn crud_round_trip(f: &dyn Fixture) {
+    let store = f.open().unwrap();
+
+    let team = team_record("core");
+    store.create_team(&team).unwrap();
+    assert!(matches!(
+        store.create_team(&team),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.get_team("core").unwrap(), Some(team.clone()));
+    let team2 = TeamRecord {
+        tpm: Some(5),
+        budget_period: BudgetPeriod::Daily,
+        ..team.clone()
+    };
+    store.update_team(&team2).unwrap();
+    assert_eq!(store.get_team("core").unwrap(), Some(team2.clone()));
+    store.create_team(&team_record("alpha")).unwrap();
+    let names: Vec<_> = store
+        .list_teams()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["alpha", "core"]);
+    store.delete_team("alpha").unwrap();
+    assert!(matches!(
+        store.delete_team("alpha"),
+        Err(StoreError::NotFound("team"))
+    ));
+    assert!(matches!(
+        store.update_team(&team_record("ghost")),
+        Err(StoreError::NotFound("team"))
+    ));
+
+    let key_a = format_key(&[1; 32]);
+    let key_b = format_key(&[2; 32]);
+    let a = key_record("key_a", "core", &key_a);
+    let b = KeyRecord {
+        user: None,
+        models: vec![],
+        rpm: None,
+        tpm: None,
+        max_concurrency: None,
+        budget_usd: None,
+        budget_period: BudgetPeriod::Lifetime,
+        expires_at_unix: None,
+        metadata: serde_json::Value::Null,
+        created_at_unix: 1_700_000_001,
+        ..key_record("key_b", "core", &key_b)
+    };
+    store.create_key(&a).unwrap();
+    store.create_key(&b).unwrap();
+    assert_eq!(store.get_key("key_a").unwrap(), Some(a.clone()));
+    assert_eq!(store.get_key("key_b").unwrap(), Some(b.clone()));
+    assert_eq!(store.get_key("nope").unwrap(), None);
+    // Same id, or same hash under another id: refused.
+    assert!(matches!(store.create_key(&a), Err(StoreError::Conflict(_))));
+    let dup_hash = KeyRecord {
+        id: "key_c".into(),
+        ..a.clone()
+    };
+    assert!(matches!(
+        store.create_key(&dup_hash),
+        Err(StoreError::Conflict(_))
+    ));
+
+    assert_eq!(
+        store.find_key_by_hash(&hash_hex(&key_b)).unwrap(),
+        Some(b.clone())
+    );
+    assert_eq!(
+        store.find_key_by_hash(&hash_hex("sk-sluice-x")).unwrap(),
+        None
+    );
+
+    let a2 = KeyRecord {
+        disabled: true,
+        models: vec!["o3".into()],
+        metadata: serde_json::json!({"note": "rotated"}),
+        ..a.clone()
+    };
+    store.update_key(&a2).unwrap();
+    assert_eq!(store.get_key("key_a").unwrap(), Some(a2.clone()));
+    assert_eq!(store.all_keys().unwrap(), vec![a2.clone(), b.clone()]);
+    assert_eq!(store.list_keys().unwrap().len(), 2);
+    assert_eq!(store.keys_of_team("core").unwrap().len(), 2);
+    assert!(store.keys_of_team("other").unwrap().is_empty());
+
+    store.delete_key("key_a").unwrap();
+    assert!(matches!(
+        store.delete_key("key_a"),
+        Err(StoreError::NotFound("key"))
+    ));
+    assert!(matches!(
+        store.update_key(&a2),
+        Err(StoreError::NotFound("key"))
+    ));
+    assert_eq!(store.all_keys().unwrap(), vec![b]);
+}
+
+/// One case of the suite.
+pub fn ledger_writer_commits_within_100ms(f: &dyn Fixture) {
+    let (tx, handle) = f.writer(WriterOptions::default()).unwrap();
+    // Warm up: the first commit creates pages.
+    tx.record(usage_record(0, "k", "t", 1)).unwrap();
+    assert!(tx.flush_and_wait(Duration::from_secs(5)));
+    assert_eq!(tx.committed(), 1);
+
+    for round in 1..=3u64 {
+        let sent = Instant::now();
+        tx.record(usage_record(round, "k", "t", 1)).unwrap();
+        while tx.committed() < 1 + round {
+            assert!(
+                sent.elapsed() < Duration::from_millis(100),
+                "record {round} not committed after {:?}",
+                sent.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(tx.pending(), 0);
+    }
+    // Acknowledged means readable by another connection.
+    let store = f.open().unwrap();
+    assert_eq!(store.ledger_count().unwrap(), 4);
+    drop(tx);
+    let report = handle.join();
+    assert_eq!((report.committed, report.lost), (4, 0));
+}
+
+/// One case of the suite.
+pub fn restart_keeps_keys_and_spend(f: &dyn Fixture) {
+    let key = format_key(&[7; 32]);
+    let now_s = T0_MS / 1000 + 3_600;
+    {
+        let store = f.open().unwrap();
+        store.create_team(&team_record("core")).unwrap();
+        store
+            .create_key(&key_record("key_1", "core", &key))
+            .unwrap();
+        let (tx, handle) = f.writer(WriterOptions::default()).unwrap();
+        for i in 0..10 {
+            tx.record(usage_record(i, "key_1", "core", 1_500)).unwrap();
+        }
+        // Yesterday's and last month's spend count in some periods only.
+        let mut old = usage_record(100, "key_1", "core", 7);
+        old.ts_ms = T0_MS - 86_400_000;
+        tx.record(old).unwrap();
+        let mut older = usage_record(101, "key_1", "core", 1_000_000);
+        older.ts_ms = T0_MS - 20 * 86_400_000;
+        tx.record(older).unwrap();
+        // A request without a key still lands in the ledger.
+        let mut anon = usage_record(102, "x", "y", 50);
+        anon.key_id = None;
+        anon.team = None;
+        tx.record(anon).unwrap();
+        drop(tx);
+        assert_eq!(handle.join().committed, 13);
+    }
+
+    let store = f.open().unwrap();
+    let k = store.find_key_by_hash(&hash_hex(&key)).unwrap().unwrap();
+    assert_eq!(k, key_record("key_1", "core", &key));
+    assert!(k.matches(&key));
+    assert_eq!(store.get_team("core").unwrap(), Some(team_record("core")));
+
+    let spend = store.rebuild_spend(now_s).unwrap();
+    assert_eq!(
+        spend.spend(Scope::Key, "key_1", BudgetPeriod::Daily),
+        15_000
+    );
+    assert_eq!(
+        spend.spend(Scope::Key, "key_1", BudgetPeriod::Weekly),
+        15_007
+    );
+    assert_eq!(
+        spend.spend(Scope::Team, "core", BudgetPeriod::Monthly),
+        15_007
+    );
+    assert_eq!(
+        spend.spend(Scope::Team, "core", BudgetPeriod::Lifetime),
+        1_015_007
+    );
+    assert_eq!(spend.spend(Scope::Key, "nobody", BudgetPeriod::Daily), 0);
+    assert_eq!(
+        store
+            .spend_since(
+                Scope::Key,
+                "key_1",
+                period_start(BudgetPeriod::Weekly, now_s)
+            )
+            .unwrap(),
+        15_007
+    );
+
+    let by_model = store
+        .spend_by(SpendGroup::Model, T0_MS - 86_400_000, T0_MS + 86_400_000)
+        .unwrap();
+    assert_eq!(by_model.len(), 2);
+    assert_eq!(by_model.iter().map(|r| r.requests).sum::<u64>(), 12);
+    assert_eq!(by_model.iter().map(|r| r.cost_micros).sum::<u64>(), 15_057);
+    let by_key = store.spend_by(SpendGroup::Key, 0, u64::MAX).unwrap();
+    assert_eq!(by_key[0].group, "key_1");
+    assert_eq!(by_key[0].cost_micros, 1_015_007);
+    assert_eq!(by_key[0].input_tokens, 1_200);
+    assert_eq!(by_key[1].group, "");
+    let by_day = store.spend_by(SpendGroup::Day, 0, u64::MAX).unwrap();
+    let days: Vec<_> = by_day.iter().map(|r| r.group.as_str()).collect();
+    assert_eq!(days, ["2024-02-24", "2024-03-14", "2024-03-15"]);
+    let by_team = store.spend_by(SpendGroup::Team, 0, u64::MAX).unwrap();
+    assert_eq!(by_team[0].group, "core");
+    let by_dep = store.spend_by(SpendGroup::Deployment, 0, u64::MAX).unwrap();
+    assert_eq!(by_dep[0].group, "openai-east");
+
+    let rows = store.ledger(T0_MS, T0_MS + 5, 100).unwrap();
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows[0], usage_record(0, "key_1", "core", 1_500));
+
+    // A third open (migrations already done) changes nothing.
+    drop(store);
+    let store = f.open().unwrap();
+    assert_eq!(store.ledger_count().unwrap(), 13);
+}
+
+/// One case of the suite.
+pub fn ten_thousand_records_from_several_threads_all_land(f: &dyn Fixture) {
+    let (tx, handle) = f
+        .writer(WriterOptions {
+            capacity: 1_024,
+            ..WriterOptions::default()
+        })
+        .unwrap();
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut retries = 0u64;
+                for i in 0..1_250u64 {
+                    let mut r = usage_record(t * 10_000 + i, &format!("key_{t}"), "core", 3);
+                    // A full channel hands the record back; the caller decides. Here: retry.
+                    loop {
+                        match tx.record(r) {
+                            Ok(()) => break,
+                            Err(full) => {
+                                retries += 1;
+                                r = *full.0;
+                                std::thread::sleep(Duration::from_micros(200));
+                            }
+                        }
+                    }
+                }
+                retries
+            })
+        })
+        .collect();
+    let retries: u64 = threads.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(tx.rejected(), retries);
+    assert_eq!(tx.sent(), 10_000);
+    drop(tx);
+    let report = handle.join();
+    assert_eq!((report.committed, report.lost), (10_000, 0));
+
+    let store = f.open().unwrap();
+    assert_eq!(store.ledger_count().unwrap(), 10_000);
+    let totals = store.spend_totals_since(Scope::Key, 0).unwrap();
+    assert_eq!(totals.len(), 8);
+    assert!(totals.values().all(|&v| v == 3 * 1_250));
+    assert_eq!(
+        store.spend_totals_since(Scope::Team, 0).unwrap()["core"],
+        30_000
+    );
+}
+
+/// One case of the suite.
+pub fn flush_and_wait_and_closed_writer(f: &dyn Fixture) {
+    let (tx, handle) = f
+        .writer(WriterOptions {
+            // Long interval: only the flush can make these commit quickly.
+            flush_interval: Duration::from_secs(30),
+            ..WriterOptions::default()
+        })
+        .unwrap();
+    for i in 0..100 {
+        tx.record(usage_record(i, "k", "t", 1)).unwrap();
+    }
+    assert!(tx.flush_and_wait(Duration::from_secs(5)));
+    assert_eq!(tx.committed(), 100);
+    assert_eq!(tx.failed_commits(), 0);
+    let tx2 = tx.clone();
+    drop(tx);
+    drop(tx2);
+    assert_eq!(handle.join().committed, 100);
+}
+
+/// One case of the suite: every limit column, on keys and teams alike, in every period.
+pub fn limit_columns_round_trip(f: &dyn Fixture) {
+    let store = f.open().unwrap();
+    let periods = [
+        BudgetPeriod::Daily,
+        BudgetPeriod::Weekly,
+        BudgetPeriod::Monthly,
+        BudgetPeriod::Lifetime,
+    ];
+    for (i, p) in periods.into_iter().enumerate() {
+        let n = i as u64 + 1;
+        let team = TeamRecord {
+            name: format!("team-{n}"),
+            rpm: Some(10 * n),
+            tpm: Some(1_000 * n),
+            max_concurrency: Some(n as u32),
+            budget_usd: Some(0.25 * n as f64),
+            budget_period: p,
+        };
+        store.create_team(&team).unwrap();
+        let secret = format_key(&[n as u8; 32]);
+        let key = KeyRecord {
+            rpm: team.tpm,
+            tpm: team.rpm,
+            max_concurrency: Some(100 + n as u32),
+            budget_usd: Some(1.5 * n as f64),
+            budget_period: periods[(i + 1) % periods.len()],
+            ..key_record(&format!("key_{n}"), &team.name, &secret)
+        };
+        store.create_key(&key).unwrap();
+        assert_eq!(store.get_team(&team.name).unwrap(), Some(team.clone()));
+        assert_eq!(store.get_key(&key.id).unwrap(), Some(key.clone()));
+
+        // Clearing every limit clears every column, on both tables.
+        let bare_team = TeamRecord {
+            rpm: None,
+            tpm: None,
+            max_concurrency: None,
+            budget_usd: None,
+            ..team.clone()
+        };
+        store.update_team(&bare_team).unwrap();
+        let bare_key = KeyRecord {
+            rpm: None,
+            tpm: None,
+            max_concurrency: None,
+            budget_usd: None,
+            budget_period: p,
+            ..key.clone()
+        };
+        store.update_key(&bare_key).unwrap();
+        assert_eq!(store.get_team(&team.name).unwrap(), Some(bare_team));
+        assert_eq!(store.get_key(&key.id).unwrap(), Some(bare_key));
+    }
+    assert_eq!(store.all_teams().unwrap().len(), 4);
+    assert_eq!(store.keys_of_team("team-2").unwrap().len(), 1);
+}
+
+/// One case of the suite: migrations take an empty database to the latest version.
+pub fn a_new_store_is_at_the_latest_schema(f: &dyn Fixture) {
+    let store = f.open().unwrap();
+    assert!(f.latest_version() >= 1);
+    assert_eq!(store.schema_version().unwrap(), f.latest_version());
+    assert_eq!(store.ledger_count().unwrap(), 0);
+    assert!(store.all_keys().unwrap().is_empty());
+    // The writer's connection migrates too, and finds nothing to do.
+    let (tx, handle) = f.writer(WriterOptions::default()).unwrap();
+    drop(tx);
+    handle.join();
+    assert_eq!(store.schema_version().unwrap(), f.latest_version());
+}
+
+/// One case of the suite: opening an up-to-date store again changes nothing, whichever
+/// connection opens it and however often.
+pub fn reopening_is_idempotent(f: &dyn Fixture) {
+    let key = format_key(&[3; 32]);
+    {
+        let store = f.open().unwrap();
+        store.create_team(&team_record("core")).unwrap();
+        store
+            .create_key(&key_record("key_1", "core", &key))
+            .unwrap();
+    }
+    {
+        let (tx, handle) = f.writer(WriterOptions::default()).unwrap();
+        tx.record(usage_record(1, "key_1", "core", 5)).unwrap();
+        drop(tx);
+        assert_eq!(handle.join().committed, 1);
+    }
+    // Two connections at once, then one after the other.
+    let a = f.open().unwrap();
+    let b = f.open().unwrap();
+    drop((a, b));
+    let store = f.open().unwrap();
+    assert_eq!(store.schema_version().unwrap(), f.latest_version());
+    assert_eq!(
+        store.all_keys().unwrap(),
+        vec![key_record("key_1", "core", &key)]
+    );
+    assert_eq!(store.all_teams().unwrap(), vec![team_record("core")]);
+    assert_eq!(store.ledger_count().unwrap(), 1);
+    assert_eq!(store.spend_since(Scope::Key, "key_1", 0).unwrap(), 5);
+}
+
+/// One case of the suite: a database migrated by a newer binary is refused, by the admin
+/// side and by the ledger writer, with both versions in the message, and left as it was.
+pub fn a_newer_schema_is_refused(f: &dyn Fixture) {
+    let store = f.open().unwrap();
+    store.create_team(&team_record("core")).unwrap();
+    drop(store);
+    let known = f.latest_version();
+    f.set_schema_version(known + 1);
+
+    let err = f.open().err().expect("a newer schema is refused");
+    match err {
+        StoreError::SchemaTooNew { found, known: k } => assert_eq!((found, k), (known + 1, known)),
+        other => panic!("not SchemaTooNew: {other:?}"),
+    }
+    let msg = f.open().err().unwrap().to_string();
+    assert!(
+        msg.contains(&format!("version {}", known + 1))
+            && msg.contains(&format!("up to version {known}")),
+        "{msg}"
+    );
+    assert!(matches!(
+        f.writer(WriterOptions::default()).err(),
+        Some(StoreError::SchemaTooNew { .. })
+    ));
+
+    // Back to a version it knows: untouched, it opens again.
+    f.set_schema_version(known);
+    let store = f.open().unwrap();
+    assert_eq!(store.get_team("core").unwrap(), Some(team_record("core")));
+}
