@@ -35,6 +35,7 @@ pub mod inspect;
 pub mod keys;
 pub mod limiter;
 pub mod limits;
+pub mod request;
 pub mod retry;
 pub mod route;
 pub mod sse;
