@@ -22,6 +22,7 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod calendar;
 pub mod config;
 pub mod cost;
 pub mod dialect;
