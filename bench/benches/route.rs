@@ -1,47 +1,57 @@
-//! Routing: the balancer's weighted pick (`sluice_core::balance::Balancer::pick`) and model group
-//! lookup (`sluice_core::config::Config::model`) in a 50-model config.
+//! Routing as the gateway runs it: a deployment pick by `sluice_core::balance::Balancer::pick`
+//! for every strategy the config offers, on 2 and 8 deployments, and the model group lookup
+//! (`sluice_core::config::Config::model`) in a 50-model config.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use sluice_bench::SplitMix64;
-use sluice_core::balance::{BalanceConfig, Balancer, Strategy};
-use sluice_core::config::{Config, Deployment};
+use sluice_core::balance::{BalanceConfig, Balancer, Outcome, Strategy};
+use sluice_core::config::Config;
 
-fn deployments(n: usize) -> Vec<Deployment> {
+/// A balancer over `n` deployments with random weights, warmed like a worker's after some
+/// traffic: every deployment has a latency estimate, and some have requests in flight.
+fn warm_balancer(strategy: Strategy, n: usize, t0: Instant) -> Balancer {
     let mut rng = SplitMix64::new(n as u64);
-    (0..n)
-        .map(|i| Deployment {
-            provider: i % 3,
-            model: format!("model-{i}"),
-            weight: rng.range(1, 100) as u32,
-            label: format!("p{}/model-{i}", i % 3),
-            rpm: None,
-            tpm: None,
-        })
-        .collect()
+    let weights: Vec<u32> = (0..n).map(|_| rng.range(1, 100) as u32).collect();
+    let mut b = Balancer::with_config(strategy, &weights, &BalanceConfig::default());
+    for i in 0..n {
+        b.on_start(i, t0);
+        let latency = Duration::from_millis(rng.range(50, 500) as u64);
+        b.on_end(i, t0 + latency, Outcome::success(latency));
+        for _ in 0..rng.range(0, 3) {
+            b.on_start(i, t0 + latency);
+        }
+    }
+    b
 }
 
+/// One pick, every deployment usable (a request's first attempt with all breakers closed).
+/// Time moves on by a millisecond a pick, so `latency` decays its estimates as it would live;
+/// the rolls are precomputed.
 fn bench_pick(c: &mut Criterion) {
     let mut rng = SplitMix64::new(7);
     let rolls: Vec<u64> = (0..1024).map(|_| rng.next_u64()).collect();
-    let mut g = c.benchmark_group("pick_weighted");
-    let now = std::time::Instant::now();
-    for n in [2, 4, 16] {
-        let ds = deployments(n);
-        let weights: Vec<u32> = ds.iter().map(|d| d.weight).collect();
-        let mut balancer =
-            Balancer::with_config(Strategy::Weighted, &weights, &BalanceConfig::default());
-        let mut i = 0;
-        g.bench_function(BenchmarkId::from_parameter(n), |b| {
-            b.iter(|| {
-                i = (i + 1) & 1023;
-                balancer.pick(now, rolls[i], |_| true).unwrap()
-            })
-        });
+    // The only clock read: a base for synthetic time.
+    let t0 = Instant::now();
+    let mut g = c.benchmark_group("balancer_pick");
+    for strategy in Strategy::ALL {
+        for n in [2, 8] {
+            let mut b = warm_balancer(strategy, n, t0);
+            let mut now = t0 + Duration::from_secs(1);
+            let mut i = 0;
+            g.bench_function(BenchmarkId::new(strategy.as_str(), n), |bench| {
+                bench.iter(|| {
+                    i = (i + 1) & 1023;
+                    now += Duration::from_millis(1);
+                    b.pick(now, rolls[i], |_| true).unwrap()
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -200,9 +200,14 @@ impl KeyRecord {
         Ok(())
     }
 
-    /// Whether it may call `model` (exact name, or any model when the list is empty).
+    /// Whether it may call `model`: every model when its list is empty, else an entry equal to
+    /// the model name, or a `prefix*` entry the name starts with (`"*"` allows every model).
     pub fn allows_model(&self, model: &str) -> bool {
-        self.models.is_empty() || self.models.iter().any(|m| m == model)
+        self.models.is_empty()
+            || self.models.iter().any(|m| match m.strip_suffix('*') {
+                Some(prefix) => model.starts_with(prefix),
+                None => m == model,
+            })
     }
 
     /// Whether `presented` is this key: its hash, compared in constant time.
@@ -371,6 +376,18 @@ mod tests {
         };
         assert_eq!(disabled.check_usable(0), Err(KeyRefusal::Disabled));
         assert!(disabled.allows_model("anything"));
+        let listed = KeyRecord {
+            models: vec!["gpt-4o".into(), "mock-*".into()],
+            ..disabled.clone()
+        };
+        assert!(listed.allows_model("gpt-4o") && !listed.allows_model("gpt-4o-mini"));
+        assert!(listed.allows_model("mock-fast") && listed.allows_model("mock-"));
+        assert!(!listed.allows_model("mock") && !listed.allows_model("xmock-fast"));
+        let star = KeyRecord {
+            models: vec!["*".into()],
+            ..disabled.clone()
+        };
+        assert!(star.allows_model("anything"));
         let team: TeamRecord = serde_json::from_str(r#"{"name":"core","tpm":1000}"#).unwrap();
         assert_eq!(team.tpm, Some(1000));
         assert_eq!(team.budget_period, BudgetPeriod::Monthly);

@@ -24,6 +24,7 @@ pub mod attempt;
 pub mod balance;
 pub mod breaker;
 pub mod cache;
+pub mod calendar;
 pub mod config;
 pub mod cost;
 pub mod dialect;

@@ -32,6 +32,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::calendar::{Date, DAY_S};
+
 /// Time units per millisecond inside a [`TokenBucket`]: 2^20, about a nanosecond each, so the
 /// emission interval of even a billion-tokens-per-minute bucket stays exact to a few percent
 /// (and is always rounded *up*, which is stricter, never looser).
@@ -348,35 +350,10 @@ impl BudgetPeriod {
     }
 }
 
-const DAY_S: u64 = 86_400;
-
 /// The UTC date of a unix second: (year, month 1-12, day 1-31).
 pub fn civil_date(unix_s: u64) -> (i64, u32, u32) {
-    civil_from_days((unix_s / DAY_S) as i64)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day count since 1970-01-01 (`civil_from_days`): (year, month, day).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    let d = Date::from_unix_s(unix_s);
+    (d.year(), d.month(), d.day())
 }
 
 /// The unix second at which the period containing `unix_s` started (UTC). `Lifetime` is 0.
@@ -387,8 +364,8 @@ pub fn period_start(period: BudgetPeriod, unix_s: u64) -> u64 {
         // 1970-01-01 was a Thursday: (day + 3) % 7 counts days since Monday.
         BudgetPeriod::Weekly => day.saturating_sub((day + 3) % 7) * DAY_S,
         BudgetPeriod::Monthly => {
-            let (y, m, _) = civil_from_days(day as i64);
-            days_from_civil(y, m, 1) as u64 * DAY_S
+            let first = Date::from_days(day as i64).month_start();
+            first.days() as u64 * DAY_S
         }
         BudgetPeriod::Lifetime => 0,
     }
@@ -402,9 +379,8 @@ pub fn next_period_start(period: BudgetPeriod, unix_s: u64) -> u64 {
         BudgetPeriod::Daily => start + DAY_S,
         BudgetPeriod::Weekly => start + 7 * DAY_S,
         BudgetPeriod::Monthly => {
-            let (y, m, _) = civil_from_days((start / DAY_S) as i64);
-            let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-            days_from_civil(y, m, 1) as u64 * DAY_S
+            let next = Date::from_unix_s(start).next_month_start();
+            next.days() as u64 * DAY_S
         }
         BudgetPeriod::Lifetime => u64::MAX,
     }
@@ -915,13 +891,10 @@ mod tests {
             prop_assert_eq!(b.remaining(reset), capacity);
         }
 
-        /// The civil-date math round-trips and the periods contain their instant.
+        /// The periods contain their instant (the calendar itself is tested in `calendar`).
         #[test]
         fn periods_contain_their_instant(unix_s in 7 * DAY_S..8_000_000_000) {
-            let day = (unix_s / DAY_S) as i64;
-            let (y, m, d) = civil_from_days(day);
-            prop_assert_eq!(days_from_civil(y, m, d), day);
-            prop_assert!((1..=12).contains(&m) && (1..=31).contains(&d));
+            let (y, m, _) = civil_date(unix_s);
             for p in [BudgetPeriod::Daily, BudgetPeriod::Weekly, BudgetPeriod::Monthly] {
                 let (s, e) = (period_start(p, unix_s), next_period_start(p, unix_s));
                 prop_assert!(s <= unix_s && unix_s < e);
@@ -931,7 +904,7 @@ mod tests {
             let w = period_start(BudgetPeriod::Weekly, unix_s) / DAY_S;
             prop_assert_eq!((w + 3) % 7, 0);
             let mo = period_start(BudgetPeriod::Monthly, unix_s) / DAY_S;
-            prop_assert_eq!(civil_from_days(mo as i64), (y, m, 1));
+            prop_assert_eq!(civil_date(mo * DAY_S), (y, m, 1));
         }
     }
 }

@@ -1,4 +1,9 @@
-//! Server-sent events relay scanning: find the usage in a stream without re-serialising it.
+//! Server-sent events: the one event splitter, and relay scanning that finds the usage in a
+//! stream without re-serialising it.
+//!
+//! [`EventSplitter`] cuts a byte stream into events however the reads split it; everything
+//! that reads SSE in the gateway goes through it: [`SseScanner`] here and the stream
+//! translators in [`crate::dialect`]. [`Event::parse`] reads an event's fields.
 //!
 //! The relay hands every upstream read to [`SseScanner::handle_bytes`], which appends what the
 //! client should receive to an output buffer and keeps the few facts the gateway needs: the
@@ -14,169 +19,175 @@
 //!   asked for. A trailing partial event is held until its end arrives — providers write whole
 //!   events, so in practice nothing waits.
 
+use std::borrow::Cow;
+
 use memchr::memmem;
+use serde_json::Value;
 
 use crate::usage::{Usage, UsageProbe};
 
 /// Largest event the scanner holds back; a longer one is forwarded unscanned.
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
 
-/// Scans an SSE stream for usage; see the module docs for the two modes.
+// ---------------------------------------------------------------------------------------------
+// Splitting
+// ---------------------------------------------------------------------------------------------
+
+/// A run of stream bytes handed out by [`EventSplitter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// One whole event, its terminating blank line included — except the last one handed out by
+    /// [`EventSplitter::finish`], which lacked it.
+    Event(&'a [u8]),
+    /// Part of an event longer than the splitter's cap, handed out unread.
+    Oversized(&'a [u8]),
+}
+
+impl<'a> Piece<'a> {
+    /// The event's fields, for an [`Piece::Event`] that has data.
+    pub fn event(&self) -> Option<Event<'a>> {
+        match *self {
+            Piece::Event(raw) => Event::parse(raw),
+            Piece::Oversized(_) => None,
+        }
+    }
+}
+
+/// Splits a byte stream into SSE events, holding only a trailing partial event between reads.
+///
+/// Call [`handle_bytes`](Self::handle_bytes) with every read, then [`finish`](Self::finish)
+/// once. Every input byte is handed out exactly once, in order, so the pieces joined are the
+/// input. Events end at a blank line (`\n\n` or `\n\r\n`). An event longer than the cap (its
+/// blank line included) comes out as [`Piece::Oversized`] pieces, whatever the reads were: the
+/// pieces' kinds and event bounds depend only on the bytes, never on how they were split.
 #[derive(Debug)]
-pub struct SseScanner {
-    strip_usage_chunk: bool,
+pub struct EventSplitter {
+    max_event_bytes: usize,
+    /// The start of an event whose end has not arrived; never holds a whole event. Inside an
+    /// oversized event only its last two bytes, so a blank line split across reads is seen.
     pending: Vec<u8>,
-    usage: Option<Usage>,
-    data_events: u64,
-    done: bool,
+    /// How far `pending` was searched for an event end: the search resumes there, so an event
+    /// trickling in over many reads is searched once, not once per read.
+    searched: usize,
+    /// Inside an oversized event: pieces are [`Piece::Oversized`] until its end.
     oversized: bool,
 }
 
-impl SseScanner {
-    /// A scanner; `strip_usage_chunk` selects strip mode.
-    pub fn new(strip_usage_chunk: bool) -> Self {
-        SseScanner {
-            strip_usage_chunk,
+impl EventSplitter {
+    /// A splitter that holds at most `max_event_bytes` of an event (at least 3).
+    pub fn new(max_event_bytes: usize) -> Self {
+        EventSplitter {
+            max_event_bytes: max_event_bytes.max(3),
             pending: Vec::new(),
-            usage: None,
-            data_events: 0,
-            done: false,
+            searched: 0,
             oversized: false,
         }
     }
 
-    /// Scans `input` (the next bytes of the stream) and appends what the client should receive
-    /// to `out`.
-    pub fn handle_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        if !self.strip_usage_chunk {
-            out.extend_from_slice(input);
-        }
+    /// Hands every piece `input` completes to `on_piece`.
+    pub fn handle_bytes(&mut self, input: &[u8], mut on_piece: impl FnMut(Piece<'_>)) {
         if self.pending.is_empty() {
-            let rest = self.scan(input, out);
-            self.hold(&input[rest..], out);
+            // No copy: scan the read where it lies and keep only its partial tail.
+            let rest = self.scan(input, 0, &mut on_piece);
+            self.pending
+                .extend_from_slice(input.get(rest..).unwrap_or_default());
         } else {
             let mut buf = std::mem::take(&mut self.pending);
+            let from = self.searched;
             buf.extend_from_slice(input);
-            let rest = self.scan(&buf, out);
-            buf.drain(..rest);
-            self.pending = Vec::new();
-            self.hold(&buf, out);
+            let rest = self.scan(&buf, from, &mut on_piece);
+            buf.drain(..rest.min(buf.len()));
+            self.pending = buf;
         }
+        // Every position but the last two was looked at; those two may start a blank line.
+        self.searched = self.pending.len().saturating_sub(2);
+        self.cap(&mut on_piece);
     }
 
-    /// Call when the upstream body ended: flushes a held partial event (strip mode) to `out`.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.strip_usage_chunk && !self.pending.is_empty() {
-            let tail = std::mem::take(&mut self.pending);
-            if self.on_event(&tail) {
-                out.extend_from_slice(&tail);
+    /// Same as [`handle_bytes`](Self::handle_bytes), handing out only the events that have data
+    /// (oversized events, comments and keep-alives are skipped).
+    pub fn handle_events(&mut self, input: &[u8], mut on_event: impl FnMut(&Event<'_>)) {
+        self.handle_bytes(input, |piece| {
+            if let Some(ev) = piece.event() {
+                on_event(&ev);
             }
-        }
-        self.pending.clear();
+        });
     }
 
-    /// The last usage the stream reported.
-    pub fn usage(&self) -> Option<Usage> {
-        self.usage
-    }
-
-    /// Whether `data: [DONE]` was seen.
-    pub fn saw_done(&self) -> bool {
-        self.done
-    }
-
-    /// Whether the client has received part of an event whose end has not arrived yet
-    /// (passthrough mode only; strip mode holds partial events back). An error event injected
-    /// now must first end that event with a blank line.
-    pub fn client_mid_event(&self) -> bool {
-        !self.strip_usage_chunk && !self.pending.is_empty()
-    }
-
-    /// Data events seen (each about one output token in a chat stream), `[DONE]` excluded.
-    pub fn data_events(&self) -> u64 {
-        self.data_events
-    }
-
-    /// Keeps a partial event for the next read.
-    fn hold(&mut self, tail: &[u8], out: &mut Vec<u8>) {
+    /// The stream ended: hands out the held bytes, a final event that lacked its blank line.
+    pub fn finish(&mut self, mut on_piece: impl FnMut(Piece<'_>)) {
+        let tail = std::mem::take(&mut self.pending);
+        self.searched = 0;
+        let oversized = std::mem::replace(&mut self.oversized, false);
         if tail.is_empty() {
             return;
         }
-        if self.pending.len() + tail.len() > MAX_EVENT_BYTES {
-            // Too long to hold: give up on scanning this event and let it through.
-            if self.strip_usage_chunk {
-                out.extend_from_slice(&self.pending);
-                out.extend_from_slice(tail);
-            }
-            self.pending.clear();
-            self.oversized = true;
-            return;
-        }
-        self.pending.extend_from_slice(tail);
+        on_piece(if oversized {
+            Piece::Oversized(&tail)
+        } else {
+            Piece::Event(&tail)
+        });
     }
 
-    /// Handles every complete event in `buf`; returns where the trailing partial event starts.
-    fn scan(&mut self, buf: &[u8], out: &mut Vec<u8>) -> usize {
+    /// Same as [`finish`](Self::finish), handing out only an event that has data.
+    pub fn finish_events(&mut self, mut on_event: impl FnMut(&Event<'_>)) {
+        self.finish(|piece| {
+            if let Some(ev) = piece.event() {
+                on_event(&ev);
+            }
+        });
+    }
+
+    /// Whether the bytes so far end inside an event (held, or oversized and passed on).
+    pub fn mid_event(&self) -> bool {
+        !self.pending.is_empty() || self.oversized
+    }
+
+    /// Whether the bytes so far end inside an oversized event.
+    pub fn in_oversized(&self) -> bool {
+        self.oversized
+    }
+
+    /// Hands out every event ending in `buf`, searching for the first end from `from`; returns
+    /// where the trailing partial event starts.
+    fn scan(&mut self, buf: &[u8], from: usize, on_piece: &mut impl FnMut(Piece<'_>)) -> usize {
         let mut start = 0;
-        while let Some(end) = event_end(&buf[start..]) {
-            let event = &buf[start..start + end];
-            if self.oversized {
-                // The rest of an event we let through unscanned.
-                self.oversized = false;
-                if self.strip_usage_chunk {
-                    out.extend_from_slice(event);
-                }
-            } else if self.on_event(event) && self.strip_usage_chunk {
-                write_without_null_usage(event, out);
+        let mut from = from;
+        while let Some(end) = event_end(buf, from) {
+            let raw = buf.get(start..end).unwrap_or_default();
+            if std::mem::replace(&mut self.oversized, false) || raw.len() > self.max_event_bytes {
+                on_piece(Piece::Oversized(raw));
+            } else {
+                on_piece(Piece::Event(raw));
             }
-            start += end;
-        }
-        if self.oversized {
-            // Still inside the event we let through: no need to hold any of it.
-            if self.strip_usage_chunk {
-                out.extend_from_slice(&buf[start..]);
-            }
-            return buf.len();
+            start = end;
+            from = end;
         }
         start
     }
 
-    /// Reads one complete event; returns whether it is forwarded.
-    fn on_event(&mut self, event: &[u8]) -> bool {
-        let mut keep = true;
-        for line in event.split(|b| *b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(data) = line.strip_prefix(b"data:") else {
-                continue;
-            };
-            let data = data.strip_prefix(b" ").unwrap_or(data);
-            if data == b"[DONE]" {
-                self.done = true;
-                continue;
-            }
-            self.data_events += 1;
-            if !crate::usage::mentions_usage_object(data) {
-                continue;
-            }
-            if let Some(probe) = UsageProbe::parse(data) {
-                let usage_only = probe.choices.as_ref().is_some_and(Vec::is_empty);
-                if let Some(u) = probe.usage() {
-                    self.usage = Some(u);
-                    if usage_only && self.strip_usage_chunk {
-                        keep = false;
-                        self.data_events -= 1;
-                    }
-                }
-            }
+    /// Passes on all but the last two held bytes once the held event is oversized.
+    fn cap(&mut self, on_piece: &mut impl FnMut(Piece<'_>)) {
+        if !self.oversized && self.pending.len() <= self.max_event_bytes {
+            return;
         }
-        keep
+        self.oversized = true;
+        let cut = self.pending.len().saturating_sub(2);
+        if cut > 0 {
+            on_piece(Piece::Oversized(
+                self.pending.get(..cut).unwrap_or_default(),
+            ));
+            self.pending.drain(..cut);
+        }
+        self.searched = 0;
     }
 }
 
-/// The length of the first complete event in `buf`, its terminating blank line included.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(i) = memchr::memchr(b'\n', &buf[from..]) {
+/// The end (exclusive) of the first event in `buf`, its blank line included, looking for the
+/// blank line's first `\n` from `from` on.
+fn event_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut from = from;
+    while let Some(i) = buf.get(from..).and_then(|b| memchr::memchr(b'\n', b)) {
         let nl = from + i;
         match buf.get(nl + 1) {
             Some(b'\n') => return Some(nl + 2),
@@ -185,6 +196,202 @@ fn event_end(buf: &[u8]) -> Option<usize> {
         }
     }
     None
+}
+
+/// One event's fields: its `event:` name (empty when none) and its `data:` lines joined.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Event<'a> {
+    /// The `event:` field, empty when none.
+    pub name: &'a [u8],
+    /// The `data:` lines, joined with `\n`; borrowed unless there were several.
+    pub data: Cow<'a, [u8]>,
+}
+
+impl<'a> Event<'a> {
+    /// Reads the fields of one event; `None` when it has no data (comments, keep-alives).
+    pub fn parse(raw: &'a [u8]) -> Option<Event<'a>> {
+        let mut name: &[u8] = b"";
+        let mut data: Option<Cow<'_, [u8]>> = None;
+        for line in raw.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() || line.starts_with(b":") {
+                continue;
+            }
+            let (field, value) = match memchr::memchr(b':', line) {
+                Some(i) => (
+                    line.get(..i).unwrap_or_default(),
+                    line.get(i + 1..).unwrap_or_default(),
+                ),
+                None => (line, &b""[..]),
+            };
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            match field {
+                b"event" => name = value,
+                b"data" => {
+                    data = Some(match data {
+                        None => Cow::Borrowed(value),
+                        Some(prev) => {
+                            let mut joined = prev.into_owned();
+                            joined.push(b'\n');
+                            joined.extend_from_slice(value);
+                            Cow::Owned(joined)
+                        }
+                    })
+                }
+                _ => {}
+            }
+        }
+        data.map(|data| Event { name, data })
+    }
+
+    /// `data: [DONE]`.
+    pub fn is_done(&self) -> bool {
+        self.data.as_ref() == b"[DONE]"
+    }
+
+    /// The data as JSON, if it is.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.data).ok()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Relay scanning
+// ---------------------------------------------------------------------------------------------
+
+/// Scans an SSE stream for usage; see the module docs for the two modes.
+#[derive(Debug)]
+pub struct SseScanner {
+    strip_usage_chunk: bool,
+    splitter: EventSplitter,
+    facts: Facts,
+    /// The bytes written to the client so far end inside an event.
+    client_mid_event: bool,
+}
+
+/// What the scanner learnt from the events so far.
+#[derive(Debug, Default)]
+struct Facts {
+    usage: Option<Usage>,
+    data_events: u64,
+    done: bool,
+}
+
+impl SseScanner {
+    /// A scanner; `strip_usage_chunk` selects strip mode.
+    pub fn new(strip_usage_chunk: bool) -> Self {
+        SseScanner {
+            strip_usage_chunk,
+            splitter: EventSplitter::new(MAX_EVENT_BYTES),
+            facts: Facts::default(),
+            client_mid_event: false,
+        }
+    }
+
+    /// Scans `input` (the next bytes of the stream) and appends what the client should receive
+    /// to `out`.
+    pub fn handle_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let strip = self.strip_usage_chunk;
+        if !strip {
+            out.extend_from_slice(input);
+        }
+        let facts = &mut self.facts;
+        self.splitter.handle_bytes(input, |piece| match piece {
+            Piece::Event(raw) => {
+                if facts.on_event(raw, strip) && strip {
+                    write_without_null_usage(raw, out);
+                }
+            }
+            // Too long to hold: let it through unscanned.
+            Piece::Oversized(raw) => {
+                if strip {
+                    out.extend_from_slice(raw);
+                }
+            }
+        });
+        self.client_mid_event = if strip {
+            self.splitter.in_oversized()
+        } else {
+            self.splitter.mid_event()
+        };
+    }
+
+    /// Call when the upstream body ended: flushes a held partial event (strip mode) to `out`.
+    /// In passthrough mode the client already has those bytes and they are not read.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.strip_usage_chunk {
+            self.splitter.finish(|_| {});
+            return;
+        }
+        let facts = &mut self.facts;
+        let mut wrote = false;
+        self.splitter.finish(|piece| match piece {
+            Piece::Event(raw) => {
+                if facts.on_event(raw, true) {
+                    write_without_null_usage(raw, out);
+                    wrote = true;
+                }
+            }
+            Piece::Oversized(raw) => {
+                out.extend_from_slice(raw);
+                wrote = true;
+            }
+        });
+        // What was flushed lacked its blank line.
+        self.client_mid_event = wrote;
+    }
+
+    /// The last usage the stream reported.
+    pub fn usage(&self) -> Option<Usage> {
+        self.facts.usage
+    }
+
+    /// Whether `data: [DONE]` was seen.
+    pub fn saw_done(&self) -> bool {
+        self.facts.done
+    }
+
+    /// Whether the client has received part of an event whose end has not arrived yet (still
+    /// true after [`finish`](Self::finish) when the stream ended so). An error event injected
+    /// now must first end that event with a blank line.
+    pub fn client_mid_event(&self) -> bool {
+        self.client_mid_event
+    }
+
+    /// Data events seen (each about one output token in a chat stream), `[DONE]` excluded.
+    pub fn data_events(&self) -> u64 {
+        self.facts.data_events
+    }
+}
+
+impl Facts {
+    /// Reads one complete event; returns whether strip mode forwards it.
+    fn on_event(&mut self, raw: &[u8], strip: bool) -> bool {
+        let Some(ev) = Event::parse(raw) else {
+            return true;
+        };
+        if ev.is_done() {
+            self.done = true;
+            return true;
+        }
+        self.data_events += 1;
+        if !crate::usage::mentions_usage_object(&ev.data) {
+            return true;
+        }
+        let Some(probe) = UsageProbe::parse(&ev.data) else {
+            return true;
+        };
+        let usage_only = probe.choices.as_ref().is_some_and(Vec::is_empty);
+        let Some(u) = probe.usage() else {
+            return true;
+        };
+        self.usage = Some(u);
+        if usage_only && strip {
+            self.data_events -= 1;
+            return false;
+        }
+        true
+    }
 }
 
 /// Copies `event` to `out` without the `"usage":null` member providers add to every chunk
@@ -274,6 +481,119 @@ mod tests {
         assert_eq!(out, big.as_bytes());
     }
 
+    /// Pieces of `input` cut at `cuts`, consecutive oversized pieces joined (how an oversized
+    /// event is chunked depends on the reads; its bounds do not).
+    fn pieces(max: usize, input: &[u8], cuts: &[usize]) -> Vec<(bool, Vec<u8>)> {
+        let mut s = EventSplitter::new(max);
+        let mut got: Vec<(bool, Vec<u8>)> = Vec::new();
+        let mut push = |piece: Piece<'_>| match piece {
+            Piece::Event(raw) => got.push((false, raw.to_vec())),
+            Piece::Oversized(raw) => match got.last_mut() {
+                Some((true, prev)) => prev.extend_from_slice(raw),
+                _ => got.push((true, raw.to_vec())),
+            },
+        };
+        let mut start = 0;
+        for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+            let c = c.clamp(start, input.len());
+            s.handle_bytes(&input[start..c], &mut push);
+            start = c;
+        }
+        s.finish(&mut push);
+        got
+    }
+
+    fn events(chunks: &[&[u8]]) -> Vec<(String, String)> {
+        let mut s = EventSplitter::new(1 << 22);
+        let mut got = Vec::new();
+        let mut push = |ev: &Event<'_>| {
+            got.push((
+                String::from_utf8_lossy(ev.name).into_owned(),
+                String::from_utf8_lossy(&ev.data).into_owned(),
+            ))
+        };
+        for c in chunks {
+            s.handle_events(c, &mut push);
+        }
+        s.finish_events(&mut push);
+        got
+    }
+
+    #[test]
+    fn splits_across_reads_and_line_endings() {
+        let want = vec![
+            ("a".to_owned(), "{\"x\":1}".to_owned()),
+            (String::new(), "l1\nl2".to_owned()),
+            (String::new(), "tail".to_owned()),
+        ];
+        let input =
+            b"event: a\ndata: {\"x\":1}\r\n\r\n: comment\n\ndata: l1\ndata:l2\n\ndata: tail";
+        assert_eq!(events(&[input]), want);
+        let parts: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(events(&parts), want);
+    }
+
+    #[test]
+    fn oversized_event_is_skipped_by_readers() {
+        let big = vec![b'x'; (1 << 22) + 10];
+        let got = events(&[b"data: ", &big, b"\n", b"\ndata: after\n\n"]);
+        assert_eq!(got, vec![(String::new(), "after".to_owned())]);
+    }
+
+    #[test]
+    fn oversized_whatever_the_reads() {
+        let input = b"data: 0123456789\n\ndata: ok\n\n";
+        let want = vec![
+            (true, b"data: 0123456789\n\n".to_vec()),
+            (false, b"data: ok\n\n".to_vec()),
+        ];
+        assert_eq!(pieces(12, input, &[]), want);
+        assert_eq!(pieces(12, input, &[3, 16, 17]), want);
+        // The blank line ending the oversized event straddles two reads.
+        assert_eq!(pieces(12, input, &[17]), want);
+    }
+
+    #[test]
+    fn mid_event_tracks_held_bytes() {
+        let mut s = EventSplitter::new(8);
+        s.handle_bytes(b"data: a\n\nda", |_| {});
+        assert!(s.mid_event() && !s.in_oversized());
+        s.handle_bytes(b"ta: long event\n", |_| {});
+        assert!(s.mid_event() && s.in_oversized());
+        s.handle_bytes(b"\n", |_| {});
+        assert!(!s.mid_event());
+    }
+
+    #[test]
+    fn passthrough_ending_mid_event_stays_mid_event_after_finish() {
+        let mut s = SseScanner::new(false);
+        let mut out = Vec::new();
+        s.handle_bytes(b"data: {\"choices\":[]}\n\ndata: {\"cho", &mut out);
+        assert!(s.client_mid_event());
+        s.finish(&mut out);
+        assert!(s.client_mid_event());
+    }
+
+    /// SSE-shaped bytes: fields, line endings, blank lines, usage chunks, stray bytes.
+    fn sse_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let token = prop::sample::select(vec![
+            &b"data: "[..],
+            b"data:",
+            b"event: e",
+            b": c",
+            b"\n",
+            b"\r\n",
+            b"\r",
+            b"\n\n",
+            b"{\"choices\":[{\"delta\":{}}],\"usage\":null}",
+            b"{\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}",
+            b"[DONE]",
+            b"x",
+            b"0123456789abcdef",
+        ]);
+        prop::collection::vec(token, 0..48).prop_map(|t| t.concat())
+    }
+
     proptest! {
         /// However the stream is split across reads, the client receives the same bytes and the
         /// gateway the same usage.
@@ -292,6 +612,40 @@ mod tests {
         fn arbitrary_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..512), strip in any::<bool>()) {
             let (out, _) = run(strip, &input, &[7, 100]);
             if !strip { prop_assert_eq!(out, input); }
+        }
+
+        /// For any input and any split of it into reads, the splitter hands out the same events
+        /// (and the same oversized runs) as for the whole input, and every byte exactly once.
+        #[test]
+        fn splitter_events_do_not_depend_on_reads(
+            input in prop_oneof![sse_bytes(), prop::collection::vec(any::<u8>(), 0..256)],
+            cuts in prop::collection::vec(0usize..400, 0..12),
+            max in 3usize..64,
+        ) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let whole = pieces(max, &input, &[]);
+            let split = pieces(max, &input, &cuts);
+            prop_assert_eq!(&whole, &split);
+            let joined: Vec<u8> = whole.into_iter().flat_map(|(_, b)| b).collect();
+            prop_assert_eq!(joined, input);
+        }
+
+        /// The scanner's output and facts do not depend on the reads either.
+        #[test]
+        fn scanner_does_not_depend_on_reads(
+            input in sse_bytes(),
+            cuts in prop::collection::vec(0usize..400, 0..12),
+            strip in any::<bool>(),
+        ) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let (whole, s1) = run(strip, &input, &[]);
+            let (split, s2) = run(strip, &input, &cuts);
+            prop_assert_eq!(whole, split);
+            prop_assert_eq!(s1.usage(), s2.usage());
+            prop_assert_eq!(s1.data_events(), s2.data_events());
+            prop_assert_eq!(s1.saw_done(), s2.saw_done());
         }
     }
 }

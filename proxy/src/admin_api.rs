@@ -21,6 +21,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use sluice_core::calendar::Date;
 use sluice_core::config::{Config, StaticKey};
 use sluice_core::cost::format_usd;
 use sluice_core::http1::RequestHead;
@@ -623,27 +624,14 @@ fn query_params(query: &str) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
-}
-
 /// A time bound in unix milliseconds: unix seconds, or a UTC date `YYYY-MM-DD`.
 fn parse_time(name: &str, v: &str) -> Result<u64, Answer> {
     if let Ok(s) = v.parse::<u64>() {
         return Ok(s.saturating_mul(1000));
     }
-    let parts: Vec<&str> = v.split('-').collect();
-    if let [y, m, d] = parts.as_slice() {
-        if let (Ok(y), Ok(m), Ok(d)) = (y.parse::<i64>(), m.parse::<i64>(), d.parse::<i64>()) {
-            if (1970..=9999).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&d) {
-                return Ok(days_from_civil(y, m, d) as u64 * 86_400_000);
-            }
-        }
+    // A date that exists, from 1970 on (`2025-02-31` is refused).
+    if let Some(s) = Date::parse(v).and_then(Date::unix_s) {
+        return Ok(s.saturating_mul(1000));
     }
     Err(fail(
         400,
@@ -769,6 +757,20 @@ mod tests {
             Some(1_710_460_800_000)
         );
         assert!(parse_time("from", "yesterday").is_err());
+        for bad in [
+            "2025-02-31",
+            "2023-02-29",
+            "2025-04-31",
+            "1969-12-31",
+            "2025-13-01",
+        ] {
+            let Err(Answer(status, body)) = parse_time("from", bad) else {
+                panic!("{bad} accepted");
+            };
+            assert_eq!(status, 400, "{bad}");
+            assert_eq!(body["error"]["code"], "invalid_request", "{bad}: {body}");
+        }
+        assert_eq!(parse_time("to", "2024-02-29").ok(), Some(1_709_164_800_000));
         assert_eq!(
             query_params("group_by=team&from=1"),
             vec![("group_by", "team"), ("from", "1")]

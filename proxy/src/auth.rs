@@ -1,5 +1,6 @@
 //! Virtual keys on the request path: who is calling ([`Auth::authenticate`]), may they
-//! ([`allows_model`], [`Auth::admit`]), and what it cost ([`Admission::settle`], the ledger).
+//! ([`KeyRecord::allows_model`], [`Auth::admit`]), and what it cost ([`Admission::settle`],
+//! the ledger).
 //!
 //! ```text
 //! conn ─► authenticate (Bearer / x-api-key → SHA-256 → index)      401
@@ -291,16 +292,6 @@ pub fn build_index(
     }
     index.teams = team_map;
     index
-}
-
-/// Whether `key` may call `model`: every model when its list is empty, else an entry equal to
-/// the model name, or a `prefix*` entry the name starts with.
-pub fn allows_model(key: &KeyRecord, model: &str) -> bool {
-    key.models.is_empty()
-        || key.models.iter().any(|m| match m.strip_suffix('*') {
-            Some(prefix) => model.starts_with(prefix),
-            None => m == model,
-        })
 }
 
 /// Metric handles for admission.
@@ -741,12 +732,12 @@ mod tests {
     #[test]
     fn model_lists() {
         let k = key("a", "t", None);
-        assert!(allows_model(&k, "mock-fast") && allows_model(&k, "gpt-4o"));
-        assert!(!allows_model(&k, "mock-stream"));
+        assert!(k.allows_model("mock-fast") && k.allows_model("gpt-4o"));
+        assert!(!k.allows_model("mock-stream"));
         let all = KeyRecord {
             models: vec![],
             ..k
         };
-        assert!(allows_model(&all, "anything"));
+        assert!(all.allows_model("anything"));
     }
 }

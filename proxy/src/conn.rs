@@ -413,7 +413,7 @@ async fn api(
     };
     let mut admission = None;
     if let Some(k) = &key {
-        if !auth::allows_model(&k.record, &plan.inspected.model) {
+        if !k.record.allows_model(&plan.inspected.model) {
             let err = GatewayError::new(
                 ErrorKind::Forbidden,
                 format!(

@@ -17,9 +17,9 @@ use serde_json::Value;
 use crate::usage::Usage;
 
 use super::anthropic::{finish_reason, AnthropicUsage};
-use super::events::Event;
 use super::openai::{self, delta1, ChunkWriter};
 use super::{ResponseContext, UpstreamError};
+use crate::sse::Event;
 
 /// The event an Anthropic stream ends with, for one that ended without it.
 pub(crate) const MESSAGE_STOP: &[u8] =

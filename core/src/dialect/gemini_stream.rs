@@ -10,10 +10,10 @@ use serde_json::Value;
 
 use crate::usage::Usage;
 
-use super::events::Event;
 use super::gemini::{finish_reason, read_parts, usage};
 use super::openai::{self, ChunkWriter};
 use super::{JsonMap, ResponseContext, UpstreamError};
+use crate::sse::Event;
 
 #[derive(Debug)]
 pub(crate) struct ChatStream {

@@ -19,9 +19,10 @@ use serde_json::{json, Value};
 
 use crate::usage::Usage;
 
-use super::events::{write_named, Event};
+use super::events::write_named;
 use super::messages::{error_json, stop_reason, usage_json};
 use super::{tool_call_id, ResponseContext, UpstreamError};
+use crate::sse::Event;
 
 #[derive(Debug)]
 pub(crate) struct MessagesStream {

@@ -63,10 +63,8 @@ mod tests;
 use serde_json::Value;
 
 use crate::error::{ErrorKind, GatewayError};
-use crate::sse::SseScanner;
+use crate::sse::{Event, EventSplitter, SseScanner};
 use crate::usage::{self, Usage};
-
-use events::EventSplitter;
 
 /// A JSON object.
 pub type JsonMap = serde_json::Map<String, Value>;
@@ -351,7 +349,7 @@ enum Translator {
 }
 
 impl Translator {
-    fn on_event(&mut self, ev: &events::Event<'_>, out: &mut Vec<u8>) {
+    fn on_event(&mut self, ev: &Event<'_>, out: &mut Vec<u8>) {
         match self {
             Translator::Anthropic(t) => t.on_event(ev, out),
             Translator::Gemini(t) => t.on_event(ev, out),
@@ -396,7 +394,7 @@ impl StreamTranslator {
                 Stage::OpenAiPass(SseScanner::new(!ctx.include_usage))
             }
             (Dialect::Anthropic, Inbound::AnthropicMessages) => {
-                Stage::AnthropicPass(EventSplitter::default(), Default::default())
+                Stage::AnthropicPass(events::splitter(), Default::default())
             }
             (Dialect::Anthropic, Inbound::OpenAiChat) => Stage::translate(
                 Translator::Anthropic(anthropic_stream::ChatStream::new(&ctx)),
@@ -431,7 +429,7 @@ impl StreamTranslator {
             Stage::OpenAiPass(scanner) => scanner.handle_bytes(input, out),
             Stage::AnthropicPass(splitter, scan) => {
                 out.extend_from_slice(input);
-                splitter.feed(input, |ev| scan.on_event(ev));
+                splitter.handle_events(input, |ev| scan.on_event(ev));
             }
             Stage::Translate {
                 splitter,
@@ -439,11 +437,11 @@ impl StreamTranslator {
                 second,
                 scratch,
             } => match second {
-                None => splitter.feed(input, |ev| first.on_event(ev, out)),
+                None => splitter.handle_events(input, |ev| first.on_event(ev, out)),
                 Some(pair) => {
-                    splitter.feed(input, |ev| first.on_event(ev, scratch));
+                    splitter.handle_events(input, |ev| first.on_event(ev, scratch));
                     let (split2, t2) = &mut **pair;
-                    split2.feed(scratch, |ev| t2.on_event(ev, out));
+                    split2.handle_events(scratch, |ev| t2.on_event(ev, out));
                     scratch.clear();
                 }
             },
@@ -475,7 +473,7 @@ impl StreamTranslator {
                 if splitter.mid_event() {
                     out.extend_from_slice(b"\n\n");
                 }
-                splitter.finish(|ev| scan.on_event(ev));
+                splitter.finish_events(|ev| scan.on_event(ev));
                 if !scan.complete() {
                     out.extend_from_slice(anthropic_stream::MESSAGE_STOP);
                 }
@@ -487,15 +485,15 @@ impl StreamTranslator {
                 scratch,
             } => match second {
                 None => {
-                    splitter.finish(|ev| first.on_event(ev, out));
+                    splitter.finish_events(|ev| first.on_event(ev, out));
                     first.finish(out);
                 }
                 Some(pair) => {
-                    splitter.finish(|ev| first.on_event(ev, scratch));
+                    splitter.finish_events(|ev| first.on_event(ev, scratch));
                     first.finish(scratch);
                     let (split2, t2) = &mut **pair;
-                    split2.feed(scratch, |ev| t2.on_event(ev, out));
-                    split2.finish(|ev| t2.on_event(ev, out));
+                    split2.handle_events(scratch, |ev| t2.on_event(ev, out));
+                    split2.finish_events(|ev| t2.on_event(ev, out));
                     t2.finish(out);
                     scratch.clear();
                 }
@@ -554,9 +552,9 @@ impl StreamTranslator {
 impl Stage {
     fn translate(first: Translator, second: Option<messages_stream::MessagesStream>) -> Stage {
         Stage::Translate {
-            splitter: EventSplitter::default(),
+            splitter: events::splitter(),
             first,
-            second: second.map(|t| Box::new((EventSplitter::default(), t))),
+            second: second.map(|t| Box::new((events::splitter(), t))),
             scratch: Vec::new(),
         }
     }
