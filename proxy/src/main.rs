@@ -6,6 +6,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = sluice_proxy::cli::Cli::parse();
-    sluice_proxy::cli::run(cli)
+    let cli = sluice_proxy::ops::cli::Cli::parse();
+    sluice_proxy::ops::cli::run(cli)
 }

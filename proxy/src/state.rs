@@ -15,10 +15,10 @@ use std::time::Instant;
 
 use sluice_core::config::Config;
 
-use crate::dns::DnsTable;
-use crate::metrics::WorkerMetrics;
-use crate::routing::Routes;
-use crate::upstream::Pool;
+use crate::telemetry::metrics::WorkerMetrics;
+use crate::upstream::dns::DnsTable;
+use crate::upstream::pool::Pool;
+use crate::upstream::routing::Routes;
 
 /// State shared by every worker. Nothing here is locked on the request path.
 ///
@@ -38,7 +38,7 @@ pub struct Shared {
     /// TLS settings for upstream connections, per provider.
     pub tls: Vec<Arc<rustls::ClientConfig>>,
     /// TLS termination on the client listener (`[server.tls]`), reloadable.
-    pub tls_listener: Option<Arc<crate::tls_server::TlsTerminator>>,
+    pub tls_listener: Option<Arc<crate::listen::tls_server::TlsTerminator>>,
     /// Set once on SIGTERM/SIGINT: stop accepting, finish what is in flight.
     pub draining: Arc<AtomicBool>,
     /// Workers whose listener is accepting.
@@ -57,11 +57,11 @@ pub struct Shared {
     /// Prices per model, for the cost of each request.
     pub prices: sluice_core::cost::PriceTable,
     /// The providers' own limits per deployment (kept across reloads while unchanged).
-    pub provider_limits: Arc<crate::provider_limits::ProviderLimits>,
+    pub provider_limits: Arc<crate::upstream::provider_limits::ProviderLimits>,
     /// Virtual keys, limits and the ledger (see `auth`).
-    pub auth: Arc<crate::auth::Auth>,
+    pub auth: Arc<crate::request::auth::Auth>,
     /// The admin side of the store, when one is configured.
-    pub registry: Option<Arc<crate::admin_api::SharedRegistry>>,
+    pub registry: Option<Arc<crate::admin::api::SharedRegistry>>,
     /// SHA-256 of `SLUICE_ADMIN_TOKEN`; `None` turns the admin API off.
     pub admin_token: Option<[u8; 32]>,
 }
@@ -265,7 +265,7 @@ impl Slot {
                 generation = worker.shared.generation,
                 "worker moved to a new config generation"
             );
-            crate::health::spawn_all(self, &worker);
+            crate::upstream::health::spawn_all(self, &worker);
         }
         worker
     }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sluice_proxy::doctor::CHECK_NAMES;
+use sluice_proxy::ops::doctor::CHECK_NAMES;
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use sluice_core::http1::{parse_request_head, BodyFraming, HeadLimits};
 use sluice_core::traceparent::TraceParent;
-use sluice_proxy::trace::otlp;
+use sluice_proxy::telemetry::trace::otlp;
 
 /// A minimal OTLP/HTTP receiver collecting every span it is sent.
 fn receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<otlp::Span>>>) {

@@ -28,17 +28,17 @@ use sluice_core::http1::ResponseHead;
 use sluice_core::retry::{self, Failure};
 use sluice_core::route::Target;
 
-pub use crate::plan::{plan, Plan, Translation};
+pub use crate::request::plan::{plan, Plan, Translation};
 
-use crate::attempt::{self, Sent};
-use crate::client_io::{ClientRead, ClientWrite};
-use crate::deliver::{answer_error, deliver, unix_now, write_response_head};
-use crate::log::{AccessRecord, Attempt};
-use crate::plan::build_request;
-use crate::relay::ClientWatch;
-use crate::respond::ClientFraming;
+use crate::listen::client_io::{ClientRead, ClientWrite};
+use crate::listen::respond::ClientFraming;
+use crate::request::deliver::{answer_error, deliver, unix_now, write_response_head};
+use crate::request::plan::build_request;
+use crate::request::relay::ClientWatch;
 use crate::state::Worker;
-use crate::upstream::UpstreamError;
+use crate::telemetry::log::{AccessRecord, Attempt};
+use crate::upstream::attempt::{self, Sent};
+use crate::upstream::pool::UpstreamError;
 
 /// Largest error body read to decide on a retry (and passed through when it is the answer).
 const MAX_ERROR_BODY: usize = 1 << 20;
@@ -87,7 +87,7 @@ pub async fn execute(
 }
 
 /// The providers' limits are core's deployment limiter.
-impl DeploymentLimiter for crate::provider_limits::ProviderLimits {
+impl DeploymentLimiter for crate::upstream::provider_limits::ProviderLimits {
     fn take(&self, t: Target, tokens: u64, now_ms: u64) -> Result<(), Option<Duration>> {
         self.get(t.group, t.deployment)
             .map_or(Ok(()), |l| l.take(tokens, now_ms))
@@ -115,7 +115,7 @@ fn with_env<R>(worker: &Worker, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
         routes: &mut routes.table,
         limits: &*shared.provider_limits,
         now: Instant::now(),
-        now_ms: crate::auth::now_ms(),
+        now_ms: crate::request::auth::now_ms(),
         rng: &mut rng,
     };
     let out = f(&mut env);
@@ -533,7 +533,7 @@ impl Launch {
             .get(target.group)
             .and_then(|g: &ModelGroup| g.deployments.get(target.deployment));
         let provider = dep.map_or(0, |d| d.provider);
-        let span_id = rec.trace.map(|_| crate::trace::new_span_id());
+        let span_id = rec.trace.map(|_| crate::telemetry::trace::new_span_id());
         let traceparent = rec.trace.zip(span_id).map(|(t, s)| t.traceparent_for(s));
         let (request, translation) = match (dep, cfg.providers.get(provider)) {
             (Some(d), Some(p)) => {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use sluice_core::http1::{parse_response_head, BodyFraming, ChunkedDecoder, ResponseHead};
 
 use crate::state::Worker;
-use crate::upstream::{self, UpstreamConn, UpstreamError};
+use crate::upstream::pool::{self, UpstreamConn, UpstreamError};
 
 /// Largest upstream response head accepted.
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
@@ -61,7 +61,7 @@ pub async fn send(
                     .tls
                     .get(index)
                     .ok_or_else(|| UpstreamError::Resolve(provider.name.clone()))?;
-                let c = upstream::connect(provider, &addrs, tls).await?;
+                let c = pool::connect(provider, &addrs, tls).await?;
                 worker.pool.borrow_mut().opened += 1;
                 worker.metrics.connection_opened(index);
                 c

@@ -3,7 +3,7 @@
 //! Guarded by `SLUICE_ADMIN_TOKEN` (`Authorization: Bearer …`, compared by hash in constant
 //! time); without it in the environment the API refuses every call with 503 and says how to
 //! turn it on. Every change is written to the store first, then a new key index is built and
-//! swapped in ([`crate::auth::Auth::replace`]), so it takes effect on the next request.
+//! swapped in ([`crate::request::auth::Auth::replace`]), so it takes effect on the next request.
 //!
 //! | call | what it does |
 //! | --- | --- |
@@ -28,8 +28,8 @@ use sluice_core::http1::RequestHead;
 use sluice_core::keys::{self, KeyRecord, TeamRecord};
 use sluice_core::limits::{period_start, BudgetPeriod};
 
-use crate::auth::{self, build_index, Auth, Index, KeyEntry, TeamEntry};
-use crate::respond;
+use crate::listen::respond;
+use crate::request::auth::{self, build_index, Auth, Index, KeyEntry, TeamEntry};
 use crate::state::Shared;
 use crate::store::{Scope, SpendGroup, Store, StoreError};
 

@@ -37,8 +37,8 @@ use sluice_core::keys::{self, KeyRecord, KeyRefusal, TeamRecord};
 use sluice_core::limiter::{Ask, Limiter, LocalLimiter, Permit, Refusal};
 use sluice_core::limits::{self, period_start, BudgetPeriod, LimitSet};
 
-use crate::log::AccessRecord;
 use crate::store::{LedgerSender, Scope, UsageRecord};
+use crate::telemetry::log::AccessRecord;
 
 /// Milliseconds on a monotonic clock shared by every worker (the buckets' `now_ms`).
 pub fn now_ms() -> u64 {
@@ -447,7 +447,7 @@ impl Auth {
         key: &Arc<KeyEntry>,
         config: &Config,
         prices: &PriceTable,
-        plan: &crate::forward::Plan,
+        plan: &crate::request::forward::Plan,
     ) -> Result<Admission, GatewayError> {
         let prompt = inspect::estimate_prompt_tokens(plan.body.len());
         let output = plan.inspected.max_tokens.unwrap_or(self.default_max_tokens);

@@ -21,7 +21,7 @@ use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sluice_core::config::Config;
 
-use crate::log::AccessRecord;
+use crate::telemetry::log::AccessRecord;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -71,12 +71,12 @@ pub fn install() -> &'static PrometheusHandle {
 /// The current metrics in the Prometheus text format.
 pub fn render() -> String {
     let handle = install();
-    metrics::gauge!("sluice_log_lines_dropped").set(crate::log::dropped_lines() as f64);
+    metrics::gauge!("sluice_log_lines_dropped").set(crate::telemetry::log::dropped_lines() as f64);
     let spans = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     metrics::counter!("sluice_trace_spans_exported_total")
-        .absolute(spans(&crate::trace::EXPORTED_SPANS));
+        .absolute(spans(&crate::telemetry::trace::EXPORTED_SPANS));
     metrics::counter!("sluice_trace_spans_dropped_total")
-        .absolute(spans(&crate::trace::DROPPED_SPANS));
+        .absolute(spans(&crate::telemetry::trace::DROPPED_SPANS));
     handle.render()
 }
 

@@ -352,7 +352,7 @@ fn operation(path: &str) -> &'static str {
 /// The spans of a finished traced request: its server span and one client span per
 /// upstream attempt.
 pub fn request_spans(
-    rec: &crate::log::AccessRecord,
+    rec: &crate::telemetry::log::AccessRecord,
     config: &sluice_core::config::Config,
 ) -> Vec<otlp::Span> {
     let Some(t) = rec.trace else {

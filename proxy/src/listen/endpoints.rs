@@ -174,11 +174,11 @@ pub async fn readiness(worker: &Worker) -> (bool, &'static str) {
             .get(i)
             .map(|h| h.load(std::sync::atomic::Ordering::Relaxed))
         {
-            Some(crate::health::HEALTHY) => {
+            Some(crate::upstream::health::HEALTHY) => {
                 ok = true;
                 break;
             }
-            Some(crate::health::UNHEALTHY) => continue,
+            Some(crate::upstream::health::UNHEALTHY) => continue,
             _ => {}
         }
         if worker.pool.borrow().idle_count(i) > 0 {

@@ -126,7 +126,7 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     };
     // The listener's certificate and key must load before anything binds.
     if let Some(tls) = &cfg.server.tls {
-        crate::tls_server::load(tls)
+        crate::listen::tls_server::load(tls)
             .map_err(|e| ConfigError(format!("invalid config at `server.tls`: {e}")))?;
     }
     Ok(cfg)
@@ -155,9 +155,9 @@ pub fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let checks = crate::doctor::run(cfg.as_ref());
-            print!("{}", crate::doctor::render(&checks));
-            if crate::doctor::has_failure(&checks) {
+            let checks = crate::ops::doctor::run(cfg.as_ref());
+            print!("{}", crate::ops::doctor::render(&checks));
+            if crate::ops::doctor::has_failure(&checks) {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
@@ -176,7 +176,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            match crate::server::serve(cfg, config) {
+            match crate::listen::server::serve(cfg, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sluice: {e}");

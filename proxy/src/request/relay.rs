@@ -27,9 +27,9 @@ use sluice_core::http1::{begin_chunk, end_chunk, BodyFraming, ChunkedDecoder, LA
 use sluice_core::sse::SseScanner;
 use sluice_core::usage::{self, Usage};
 
-use crate::client_io::{ClientRead, ClientWrite};
-use crate::respond::ClientFraming;
-use crate::upstream::{UpstreamConn, UpstreamError};
+use crate::listen::client_io::{ClientRead, ClientWrite};
+use crate::listen::respond::ClientFraming;
+use crate::upstream::pool::{UpstreamConn, UpstreamError};
 
 type WatchFuture<'a> = Pin<Box<dyn Future<Output = BufResult<usize, Vec<u8>>> + 'a>>;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::{parse_request_head, BodyFraming, HeadLimits, RequestHead};
 
-use crate::respond;
+use crate::listen::respond;
 use crate::state::Shared;
 
 /// Largest admin request head or body.
@@ -110,8 +110,8 @@ fn read_request(
 }
 
 fn handle(shared: &Shared, head: &RequestHead, body: &[u8], keep_alive: bool) -> Vec<u8> {
-    if crate::admin_api::is_admin_path(head.path()) {
-        return crate::admin_api::handle(shared, head, body, keep_alive);
+    if crate::admin::api::is_admin_path(head.path()) {
+        return crate::admin::api::handle(shared, head, body, keep_alive);
     }
     match (head.method(), head.path()) {
         ("GET", "/metrics") => metrics_response(shared, keep_alive),
@@ -135,7 +135,7 @@ fn handle(shared: &Shared, head: &RequestHead, body: &[u8], keep_alive: bool) ->
 
 /// The `/metrics` response (also served on the client listener when `metrics_on_main`).
 pub fn metrics_response(shared: &Shared, keep_alive: bool) -> Vec<u8> {
-    let mut text = crate::metrics::render();
+    let mut text = crate::telemetry::metrics::render();
     cost_metrics(shared, &mut text);
     let mut out = Vec::with_capacity(text.len() + 200);
     respond::write_head(

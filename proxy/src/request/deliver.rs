@@ -15,15 +15,15 @@ use sluice_core::inspect;
 use sluice_core::sse::SseScanner;
 use sluice_core::usage::{self, Usage};
 
-use crate::attempt::{self, Sent};
-use crate::client_io::ClientWrite;
-use crate::endpoints::ApiEndpoint;
-use crate::forward::ClientSide;
-use crate::log::AccessRecord;
-use crate::plan::{Plan, Translation};
-use crate::relay::{BodyLimits, BodyMode, ClientWatch, Relay};
-use crate::respond::{self, write_head, ClientFraming};
+use crate::listen::client_io::ClientWrite;
+use crate::listen::endpoints::ApiEndpoint;
+use crate::listen::respond::{self, write_head, ClientFraming};
+use crate::request::forward::ClientSide;
+use crate::request::plan::{Plan, Translation};
+use crate::request::relay::{BodyLimits, BodyMode, ClientWatch, Relay};
 use crate::state::Worker;
+use crate::telemetry::log::AccessRecord;
+use crate::upstream::attempt::{self, Sent};
 
 /// Largest successful non-streaming body buffered so its cost can go in a header.
 const MAX_BUFFERED_BODY: u64 = 1 << 20;

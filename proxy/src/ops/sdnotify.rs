@@ -374,7 +374,7 @@ mod tests {
             .arg(&exe)
             .args([
                 "--exact",
-                "sdnotify::tests::child_reads_systemd_environment",
+                "ops::sdnotify::tests::child_reads_systemd_environment",
                 "--nocapture",
                 "--test-threads=1",
             ])

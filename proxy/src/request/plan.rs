@@ -11,10 +11,10 @@ use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::{is_hop_by_hop, RequestHead};
 use sluice_core::inspect::{self, Inspected, Rewrite};
 
-use crate::endpoints::ApiEndpoint;
-use crate::log::AccessRecord;
-use crate::respond;
+use crate::listen::endpoints::ApiEndpoint;
+use crate::listen::respond;
 use crate::state::Worker;
+use crate::telemetry::log::AccessRecord;
 
 /// Largest deadline a client may ask for with `x-sluice-deadline-ms`.
 const MAX_DEADLINE: Duration = Duration::from_secs(3600);

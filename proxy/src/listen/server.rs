@@ -15,13 +15,13 @@ use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 use sluice_core::config::{Config, Driver, Workers};
 
-use crate::client_io;
-use crate::conn::serve_connection;
-use crate::dns::{self, DnsTable};
-use crate::respond;
+use crate::listen::client_io;
+use crate::listen::conn::serve_connection;
+use crate::listen::respond;
+use crate::listen::tls_server::TlsTerminator;
 use crate::state::{Generations, Shared, Slot, Worker};
-use crate::tls_server::TlsTerminator;
-use crate::upstream::tls_per_provider;
+use crate::upstream::dns::{self, DnsTable};
+use crate::upstream::pool::tls_per_provider;
 
 type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
 
@@ -94,7 +94,7 @@ fn raise_nofile_limit() {
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
 pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Result<()> {
-    let _log_guard = crate::log::init(&config.log);
+    let _log_guard = crate::telemetry::log::init(&config.log);
     raise_nofile_limit();
     let tls = tls_per_provider(&config)?;
     let tls_listener = match &config.server.tls {
@@ -116,7 +116,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
     let mut listeners = Vec::with_capacity(workers);
     // Socket activation (tuning/sluice.socket): systemd hands the listening socket in; every
     // worker accepts on a dup of it and server.listen is ignored.
-    let activated = crate::sdnotify::listen_fds();
+    let activated = crate::ops::sdnotify::listen_fds();
     if let Some(first) = activated.first() {
         listen = first.local_addr()?;
         if activated.len() > 1 {
@@ -148,7 +148,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     // The recorder first: the admission counters are created with it.
-    crate::metrics::install();
+    crate::telemetry::metrics::install();
     let (access, ledger_handle) = open_access(&config)?;
     let shared = Arc::new(Shared {
         generation: 1,
@@ -159,14 +159,16 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         draining: Default::default(),
         listeners_up: Default::default(),
         active: Default::default(),
-        health: crate::health::table(config.providers.len()),
+        health: crate::upstream::health::table(config.providers.len()),
         workers,
         heartbeats: (0..workers)
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),
         started_unix,
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
-        provider_limits: Arc::new(crate::provider_limits::ProviderLimits::build(&config, None)),
+        provider_limits: Arc::new(crate::upstream::provider_limits::ProviderLimits::build(
+            &config, None,
+        )),
         auth: Arc::new(access.auth),
         registry: access.registry.map(Arc::new),
         admin_token: access.admin_token,
@@ -177,10 +179,10 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
     if let Some(t) = &shared.tls_listener {
         t.spawn_watcher()?;
     }
-    crate::metrics::install();
+    crate::telemetry::metrics::install();
     spawn_upkeep(shared.clone())?;
-    crate::trace::spawn(&shared.config.tracing)?;
-    if let Some(admin) = crate::admin::spawn(generations.clone())? {
+    crate::telemetry::trace::spawn(&shared.config.tracing)?;
+    if let Some(admin) = crate::admin::listener::spawn(generations.clone())? {
         tracing::info!(%admin, "admin listener (metrics) up");
     }
 
@@ -215,16 +217,16 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
     }
     if shared.listeners_up.load(Ordering::SeqCst) == workers {
         let msg = format!("READY=1\nSTATUS=serving on {listen} with {workers} workers");
-        if let Err(e) = crate::sdnotify::notify(&msg) {
+        if let Err(e) = crate::ops::sdnotify::notify(&msg) {
             tracing::warn!(error = %e, "sd_notify READY failed");
         }
         spawn_watchdog(&shared)?;
     }
 
     wait_for_signal(&generations, signals)?;
-    let _ = crate::sdnotify::stopping();
+    let _ = crate::ops::sdnotify::stopping();
     // Keep systemd from killing a long drain (TimeoutStopSec covers the default 30 s).
-    let _ = crate::sdnotify::extend_timeout(
+    let _ = crate::ops::sdnotify::extend_timeout(
         Duration::from_millis(shared.config.server.drain_timeout_ms) + Duration::from_secs(5),
     );
     tracing::info!(
@@ -257,14 +259,14 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
 
 /// What `open_access` sets up for `Shared`.
 struct Access {
-    auth: crate::auth::Auth,
-    registry: Option<crate::admin_api::SharedRegistry>,
+    auth: crate::request::auth::Auth,
+    registry: Option<crate::admin::api::SharedRegistry>,
     admin_token: Option<[u8; 32]>,
 }
 
 /// Opens the store (keys, teams, spend) and the ledger writer, and builds the key index.
 fn open_access(config: &Config) -> io::Result<(Access, Option<crate::store::LedgerHandle>)> {
-    use crate::admin_api::Registry;
+    use crate::admin::api::Registry;
     use crate::store::{LedgerWriter, Store, WriterOptions};
     let admin_token = std::env::var("SLUICE_ADMIN_TOKEN")
         .ok()
@@ -274,7 +276,8 @@ fn open_access(config: &Config) -> io::Result<(Access, Option<crate::store::Ledg
         tracing::warn!(key = %k.record.name, prefix = %k.record.prefix, "a key is written literally in the config: fine for a demo, never for production");
     }
     let Some(path) = &config.store.path else {
-        let auth = crate::auth::Auth::new(config, crate::auth::Index::default(), None);
+        let auth =
+            crate::request::auth::Auth::new(config, crate::request::auth::Index::default(), None);
         return Ok((
             Access {
                 auth,
@@ -307,7 +310,7 @@ fn open_access(config: &Config) -> io::Result<(Access, Option<crate::store::Ledg
         auth = ?config.auth,
         "store opened"
     );
-    let auth = crate::auth::Auth::new(config, index, Some(ledger));
+    let auth = crate::request::auth::Auth::new(config, index, Some(ledger));
     Ok((
         Access {
             auth,
@@ -327,12 +330,12 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
     let Some(path) = old.config_path.clone() else {
         return Ok(None);
     };
-    let mut config = crate::cli::load_config(Some(&path)).map_err(|e| e.to_string())?;
+    let mut config = crate::ops::cli::load_config(Some(&path)).map_err(|e| e.to_string())?;
     keep_restart_only(&old.config, &mut config);
     let tls = tls_per_provider(&config).map_err(|e| e.to_string())?;
     let dns = DnsTable::resolve_all(&config);
     // The last health-check result of each provider that is still there, by name.
-    let health = crate::health::table(config.providers.len());
+    let health = crate::upstream::health::table(config.providers.len());
     for (slot, p) in health.iter().zip(&config.providers) {
         let last = old
             .config
@@ -340,7 +343,9 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
             .iter()
             .position(|o| o.name == p.name)
             .and_then(|i| old.health.get(i))
-            .map_or(crate::health::UNKNOWN, |h| h.load(Ordering::Relaxed));
+            .map_or(crate::upstream::health::UNKNOWN, |h| {
+                h.load(Ordering::Relaxed)
+            });
         slot.store(last, Ordering::Relaxed);
     }
     // Static keys: rebuild the key index (unchanged keys keep their limit state).
@@ -366,7 +371,7 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
         heartbeats: old.heartbeats.clone(),
         started_unix: old.started_unix,
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
-        provider_limits: Arc::new(crate::provider_limits::ProviderLimits::build(
+        provider_limits: Arc::new(crate::upstream::provider_limits::ProviderLimits::build(
             &config,
             Some(&old.provider_limits),
         )),
@@ -421,7 +426,7 @@ fn spawn_upkeep(shared: Arc<Shared>) -> io::Result<()> {
             let mut busy_since_trim = false;
             loop {
                 std::thread::sleep(UPKEEP_EVERY);
-                crate::metrics::upkeep();
+                crate::telemetry::metrics::upkeep();
                 if shared.active.load(Ordering::Relaxed) > 0 {
                     busy_since_trim = true;
                 } else if busy_since_trim {
@@ -446,7 +451,7 @@ pub fn release_free_memory() {
 /// Feeds the systemd watchdog (WatchdogSec= in the unit) every half period, while every
 /// worker's heartbeat moves: a stuck event loop stops the pings and systemd restarts us.
 fn spawn_watchdog(shared: &Arc<Shared>) -> io::Result<()> {
-    let Some(every) = crate::sdnotify::watchdog_interval() else {
+    let Some(every) = crate::ops::sdnotify::watchdog_interval() else {
         return Ok(());
     };
     let shared = shared.clone();
@@ -468,7 +473,7 @@ fn spawn_watchdog(shared: &Arc<Shared>) -> io::Result<()> {
                 let stuck = now.iter().zip(&last).position(|(n, l)| n == l);
                 match stuck {
                     None => {
-                        let _ = crate::sdnotify::watchdog();
+                        let _ = crate::ops::sdnotify::watchdog();
                     }
                     Some(id) => tracing::error!(
                         worker = id,
@@ -490,7 +495,7 @@ fn wait_for_signal(
     use signal_hook::consts::SIGHUP;
     for sig in signals.forever() {
         if sig == SIGHUP {
-            let _ = crate::sdnotify::reloading();
+            let _ = crate::ops::sdnotify::reloading();
             tracing::info!("SIGHUP: reload");
             match reload(generations) {
                 Ok(Some(generation)) => tracing::info!(generation, "config reloaded"),
@@ -503,7 +508,7 @@ fn wait_for_signal(
             if let Some(t) = &generations.load().tls_listener {
                 let _ = t.reload("SIGHUP");
             }
-            let _ = crate::sdnotify::notify("READY=1\nSTATUS=reloaded");
+            let _ = crate::ops::sdnotify::notify("READY=1\nSTATUS=reloaded");
             continue;
         }
         tracing::info!(signal = sig, "signal received");
@@ -537,7 +542,7 @@ fn run_worker(
         let listener = TcpListener::from_std(listener)?;
         let slot = Rc::new(Slot::new(id, generations));
         let worker = slot.worker();
-        crate::health::spawn_all(&slot, &worker);
+        crate::upstream::health::spawn_all(&slot, &worker);
         worker.shared.listeners_up.fetch_add(1, Ordering::SeqCst);
         let beat = slot.clone();
         monoio::spawn(async move {

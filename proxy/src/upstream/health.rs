@@ -12,7 +12,7 @@ use sluice_core::dialect;
 use sluice_core::http1::parse_response_head;
 
 use crate::state::{Slot, Worker};
-use crate::upstream;
+use crate::upstream::pool;
 
 /// No result yet.
 pub const UNKNOWN: u8 = 0;
@@ -99,7 +99,7 @@ async fn probe(worker: &Worker, provider: &Provider, index: usize, request: Vec<
     let Some(tls) = shared.tls.get(index) else {
         return false;
     };
-    let Ok(mut conn) = upstream::connect(provider, &addrs, tls).await else {
+    let Ok(mut conn) = pool::connect(provider, &addrs, tls).await else {
         return false;
     };
     let (res, _) = conn.io.write_all(request).await;

@@ -10,14 +10,14 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::{self, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead};
 
-use crate::auth::{self, KeyEntry};
-use crate::client_io::{ClientRead, ClientWrite};
-use crate::endpoints::{self, ApiEndpoint, Route};
-use crate::forward::{self, ClientSide};
-use crate::log::AccessRecord;
-use crate::respond;
+use crate::listen::client_io::{ClientRead, ClientWrite};
+use crate::listen::endpoints::{self, ApiEndpoint, Route};
+use crate::listen::respond;
+use crate::request::auth::{self, KeyEntry};
+use crate::request::forward::{self, ClientSide};
 use crate::state::{InflightGuard, Slot, Worker};
-use crate::trace::RequestTrace;
+use crate::telemetry::log::AccessRecord;
+use crate::telemetry::trace::RequestTrace;
 
 /// Initial size of a connection's read buffer.
 const READ_BUF: usize = 8 * 1024;
@@ -133,7 +133,7 @@ async fn serve_requests(slot: &Rc<Slot>, client: &mut Client) {
             path: head.path().to_string(),
             ..AccessRecord::default()
         };
-        if crate::trace::enabled() {
+        if crate::telemetry::trace::enabled() {
             rec.trace = RequestTrace::start(
                 head.header("traceparent"),
                 worker.shared.config.tracing.sample_ratio,
@@ -172,7 +172,10 @@ async fn serve_requests(slot: &Rc<Slot>, client: &mut Client) {
 fn log_access(worker: &Worker, rec: &AccessRecord) {
     worker.metrics.observe(&worker.shared.config, rec);
     if rec.trace.is_some() {
-        crate::trace::export(crate::trace::request_spans(rec, &worker.shared.config));
+        crate::telemetry::trace::export(crate::telemetry::trace::request_spans(
+            rec,
+            &worker.shared.config,
+        ));
     }
     if worker.shared.config.log.access_log {
         rec.emit();
@@ -348,7 +351,7 @@ async fn respond_to(
             write_local(client, bytes, status, keep_alive, rec).await
         }
         Route::Metrics if worker.shared.config.admin.metrics_on_main => {
-            let bytes = crate::admin::metrics_response(&worker.shared, keep_alive);
+            let bytes = crate::admin::listener::metrics_response(&worker.shared, keep_alive);
             write_local(client, bytes, 200, keep_alive, rec).await
         }
         Route::Metrics => {

@@ -1,0 +1,9 @@
+//! The client side: runtimes and listeners, each client connection, and the answers the
+//! gateway gives itself (health, readiness, models, errors).
+
+pub mod client_io;
+pub mod conn;
+pub mod endpoints;
+pub mod respond;
+pub mod server;
+pub mod tls_server;
