@@ -16,8 +16,8 @@ use crate::listen::respond;
 use crate::request::auth::{self, KeyEntry};
 use crate::request::forward::{self, ClientSide};
 use crate::state::{InflightGuard, Slot, Worker};
+use crate::telemetry::context::RequestTrace;
 use crate::telemetry::log::AccessRecord;
-use crate::telemetry::trace::RequestTrace;
 
 /// Initial size of a connection's read buffer.
 const READ_BUF: usize = 8 * 1024;

@@ -533,7 +533,7 @@ impl Launch {
             .get(target.group)
             .and_then(|g: &ModelGroup| g.deployments.get(target.deployment));
         let provider = dep.map_or(0, |d| d.provider);
-        let span_id = rec.trace.map(|_| crate::telemetry::trace::new_span_id());
+        let span_id = rec.trace.map(|_| crate::telemetry::context::new_span_id());
         let traceparent = rec.trace.zip(span_id).map(|(t, s)| t.traceparent_for(s));
         let (request, translation) = match (dep, cfg.providers.get(provider)) {
             (Some(d), Some(p)) => {

@@ -111,7 +111,7 @@ pub struct AccessRecord {
     /// Every upstream attempt, in order.
     pub attempts: Vec<Attempt>,
     /// The request's place in a trace, when traced.
-    pub trace: Option<crate::telemetry::trace::RequestTrace>,
+    pub trace: Option<crate::telemetry::context::RequestTrace>,
     /// Wall-clock start, in unix nanoseconds (set when traced).
     pub start_unix_ns: u64,
 }
