@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
@@ -13,12 +14,12 @@ use futures_channel::oneshot;
 use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
-use sluice_core::config::{Config, Driver, Workers};
+use sluice_core::config::{Config, ConfigError, Driver, ProcessEnv, Workers};
 
 use crate::listen::client_io;
 use crate::listen::conn::serve_connection;
 use crate::listen::respond;
-use crate::listen::tls_server::TlsTerminator;
+use crate::listen::tls_server::{self, TlsTerminator};
 use crate::state::{Generations, Shared, Slot, Worker};
 use crate::upstream::dns::{self, DnsTable};
 use crate::upstream::pool::tls_per_provider;
@@ -90,6 +91,24 @@ fn raise_nofile_limit() {
         Ok(n) => tracing::debug!(limit = n, "open-files limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }
+}
+
+/// Loads a config file, or the embedded default.
+pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let cfg = match path {
+        None => Config::embedded_default(&ProcessEnv)?,
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| ConfigError(format!("cannot read {}: {e}", p.display())))?;
+            Config::from_toml(&text, &ProcessEnv)?
+        }
+    };
+    // The listener's certificate and key must load before anything binds.
+    if let Some(tls) = &cfg.server.tls {
+        tls_server::load(tls)
+            .map_err(|e| ConfigError(format!("invalid config at `server.tls`: {e}")))?;
+    }
+    Ok(cfg)
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
@@ -330,7 +349,7 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
     let Some(path) = old.config_path.clone() else {
         return Ok(None);
     };
-    let mut config = crate::ops::cli::load_config(Some(&path)).map_err(|e| e.to_string())?;
+    let mut config = load_config(Some(&path)).map_err(|e| e.to_string())?;
     keep_restart_only(&old.config, &mut config);
     let tls = tls_per_provider(&config).map_err(|e| e.to_string())?;
     let dns = DnsTable::resolve_all(&config);

@@ -2,11 +2,12 @@
 //! `sluice doctor [--config FILE]` and `sluice keys create|list|show|rotate|revoke` (a client of
 //! the admin API).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice_core::config::{Config, ConfigError, ProcessEnv};
+
+use crate::listen::server;
 
 /// Exit status for a configuration that was refused (EX_USAGE), before any port is bound.
 const EXIT_CONFIG: u8 = 64;
@@ -114,28 +115,10 @@ pub enum KeysAction {
     },
 }
 
-/// Loads a config file, or the embedded default.
-pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
-    let cfg = match path {
-        None => Config::embedded_default(&ProcessEnv)?,
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| ConfigError(format!("cannot read {}: {e}", p.display())))?;
-            Config::from_toml(&text, &ProcessEnv)?
-        }
-    };
-    // The listener's certificate and key must load before anything binds.
-    if let Some(tls) = &cfg.server.tls {
-        crate::listen::tls_server::load(tls)
-            .map_err(|e| ConfigError(format!("invalid config at `server.tls`: {e}")))?;
-    }
-    Ok(cfg)
-}
-
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command.unwrap_or(Command::Serve { config: None }) {
-        Command::CheckConfig { file } => match load_config(Some(&file)) {
+        Command::CheckConfig { file } => match server::load_config(Some(&file)) {
             Ok(cfg) => {
                 print!("{}", cfg.summary());
                 println!("config ok: {}", file.display());
@@ -147,7 +130,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Doctor { config } => {
-            let cfg = match config.as_deref().map(|p| load_config(Some(p))) {
+            let cfg = match config.as_deref().map(|p| server::load_config(Some(p))) {
                 None => None,
                 Some(Ok(cfg)) => Some(cfg),
                 Some(Err(e)) => {
@@ -169,14 +152,14 @@ pub fn run(cli: Cli) -> ExitCode {
             action,
         } => keys(&admin, json, action),
         Command::Serve { config } => {
-            let cfg = match load_config(config.as_deref()) {
+            let cfg = match server::load_config(config.as_deref()) {
                 Ok(cfg) => cfg,
                 Err(e) => {
                     eprintln!("sluice: {e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            match crate::listen::server::serve(cfg, config) {
+            match server::serve(cfg, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sluice: {e}");
