@@ -29,6 +29,7 @@
 pub mod admin;
 pub mod listen;
 pub mod ops;
+pub mod registry;
 pub mod request;
 pub mod state;
 pub mod store;

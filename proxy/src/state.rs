@@ -61,7 +61,7 @@ pub struct Shared {
     /// Virtual keys, limits and the ledger (see `auth`).
     pub auth: Arc<crate::request::auth::Auth>,
     /// The admin side of the store, when one is configured.
-    pub registry: Option<Arc<crate::admin::api::SharedRegistry>>,
+    pub registry: Option<Arc<crate::registry::SharedRegistry>>,
     /// SHA-256 of `SLUICE_ADMIN_TOKEN`; `None` turns the admin API off.
     pub admin_token: Option<[u8; 32]>,
 }

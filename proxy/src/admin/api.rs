@@ -17,28 +17,21 @@
 //! | `GET /admin/spend?group_by=key\|team\|model\|deployment\|day&from=&to=` | ledger totals |
 //! | `GET /admin/usage?from=&to=&limit=&key_id=&team=` | ledger rows |
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sluice_core::calendar::Date;
-use sluice_core::config::{Config, StaticKey};
 use sluice_core::cost::format_usd;
 use sluice_core::http1::RequestHead;
 use sluice_core::keys::{self, KeyRecord, TeamRecord};
-use sluice_core::limits::{period_start, BudgetPeriod};
+use sluice_core::limits::BudgetPeriod;
 
 use crate::listen::respond;
-use crate::request::auth::{self, build_index, Auth, Index, KeyEntry, TeamEntry};
+use crate::registry::Registry;
+use crate::request::auth::{self, KeyEntry, TeamEntry};
 use crate::state::Shared;
-use crate::store::{Scope, SpendGroup, Store, StoreError};
-
-/// The admin side of the store: CRUD that rebuilds the data plane's key index.
-pub struct Registry {
-    store: Store,
-    static_keys: Vec<StaticKey>,
-    groups: usize,
-}
+use crate::store::{SpendGroup, StoreError};
 
 fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
     use std::io::Read;
@@ -50,68 +43,6 @@ fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
 /// A new key from 256 bits of the OS's randomness: (key, its record's hash and prefix).
 pub fn new_key() -> std::io::Result<String> {
     Ok(keys::format_key(&random_bytes::<32>()?))
-}
-
-impl Registry {
-    /// Opens the store, loads every key and team, rebuilds spend and returns the first index.
-    pub fn open(config: &Config, store: Store) -> Result<(Registry, Index), StoreError> {
-        let unix_s = auth::unix_now();
-        let reg = Registry {
-            store,
-            static_keys: config.keys.clone(),
-            groups: config.models.len(),
-        };
-        let snapshot = reg.store.rebuild_spend(unix_s)?;
-        let spend_of =
-            |scope: Scope, id: &str, period: BudgetPeriod| snapshot.spend(scope, id, period);
-        let index = build_index(
-            reg.all_keys()?,
-            reg.store.all_teams()?,
-            &Index::default(),
-            reg.groups,
-            &spend_of,
-            unix_s,
-        );
-        Ok((reg, index))
-    }
-
-    fn all_keys(&self) -> Result<Vec<(KeyRecord, bool)>, StoreError> {
-        let mut out: Vec<(KeyRecord, bool)> = self
-            .static_keys
-            .iter()
-            .map(|k| (k.record.clone(), true))
-            .collect();
-        out.extend(self.store.all_keys()?.into_iter().map(|k| (k, false)));
-        Ok(out)
-    }
-
-    /// Takes a reloaded config's static keys and group count and rebuilds the index (keys
-    /// whose limits are unchanged keep their limit state).
-    pub fn reconfigure(&mut self, config: &Config, auth: &Auth) -> Result<(), StoreError> {
-        self.static_keys = config.keys.clone();
-        self.groups = config.models.len();
-        self.rebuild(auth)
-    }
-
-    /// Builds a new index from the store and swaps it in.
-    fn rebuild(&self, auth: &Auth) -> Result<(), StoreError> {
-        let unix_s = auth::unix_now();
-        let spend_of = |scope: Scope, id: &str, period: BudgetPeriod| {
-            self.store
-                .spend_since(scope, id, period_start(period, unix_s))
-                .unwrap_or(0)
-        };
-        let index = build_index(
-            self.all_keys()?,
-            self.store.all_teams()?,
-            &auth.index(),
-            self.groups,
-            &spend_of,
-            unix_s,
-        );
-        auth.replace(index);
-        Ok(())
-    }
 }
 
 /// An admin answer: status and JSON body.
@@ -741,9 +672,6 @@ fn usage(shared: &Shared, query: &str) -> Res {
         .collect();
     Ok(Answer(200, json!({"object": "list", "data": data})))
 }
-
-/// The registry, once opened, behind the lock the admin threads share.
-pub type SharedRegistry = Mutex<Registry>;
 
 #[cfg(test)]
 mod tests {

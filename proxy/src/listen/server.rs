@@ -279,13 +279,13 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
 /// What `open_access` sets up for `Shared`.
 struct Access {
     auth: crate::request::auth::Auth,
-    registry: Option<crate::admin::api::SharedRegistry>,
+    registry: Option<crate::registry::SharedRegistry>,
     admin_token: Option<[u8; 32]>,
 }
 
 /// Opens the store (keys, teams, spend) and the ledger writer, and builds the key index.
 fn open_access(config: &Config) -> io::Result<(Access, Option<crate::store::LedgerHandle>)> {
-    use crate::admin::api::Registry;
+    use crate::registry::Registry;
     use crate::store::{LedgerWriter, Store, WriterOptions};
     let admin_token = std::env::var("SLUICE_ADMIN_TOKEN")
         .ok()
