@@ -427,7 +427,14 @@ async fn api(
             .with_param("model");
             return refuse(worker, client, key, &err, &call, rec).await;
         }
-        match auth.admit(k, &shared.config, &shared.prices, &plan) {
+        match auth.admit(
+            k,
+            &shared.config,
+            &shared.prices,
+            plan.group,
+            &plan.inspected,
+            plan.body.len(),
+        ) {
             Ok(a) => admission = Some(a),
             Err(err) => return refuse(worker, client, key, &err, &call, rec).await,
         }

@@ -32,7 +32,7 @@ use sluice_core::config::{AuthMode, Config};
 use sluice_core::cost::{self, PriceTable};
 use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::RequestHead;
-use sluice_core::inspect;
+use sluice_core::inspect::{self, Inspected};
 use sluice_core::keys::{self, KeyRecord, KeyRefusal, TeamRecord};
 use sluice_core::limiter::{Ask, Limiter, LocalLimiter, Permit, Refusal};
 use sluice_core::limits::{self, period_start, BudgetPeriod, LimitSet};
@@ -440,27 +440,24 @@ impl Auth {
         }
     }
 
-    /// Reserves the request's tokens and cost against the key and its team, all or nothing.
+    /// Reserves the request's tokens and cost against the key and its team, all or nothing:
+    /// a request to model group `group`, with the routing fields `inspected` and a body of
+    /// `body_len` bytes.
     /// On refusal: 429 with `Retry-After` (when waiting helps) and the reason.
     pub fn admit(
         &self,
         key: &Arc<KeyEntry>,
         config: &Config,
         prices: &PriceTable,
-        plan: &crate::request::forward::Plan,
+        group: usize,
+        inspected: &Inspected,
+        body_len: usize,
     ) -> Result<Admission, GatewayError> {
-        let prompt = inspect::estimate_prompt_tokens(plan.body.len());
-        let output = plan.inspected.max_tokens.unwrap_or(self.default_max_tokens);
+        let prompt = inspect::estimate_prompt_tokens(body_len);
+        let output = inspected.max_tokens.unwrap_or(self.default_max_tokens);
         let ask = Ask {
             tokens: prompt.saturating_add(output),
-            cost_micros: estimate_cost(
-                config,
-                prices,
-                plan.group,
-                &plan.inspected.model,
-                prompt,
-                output,
-            ),
+            cost_micros: estimate_cost(config, prices, group, &inspected.model, prompt, output),
             now_ms: now_ms(),
             unix_s: unix_now(),
         };
