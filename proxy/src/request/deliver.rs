@@ -9,16 +9,15 @@ use std::time::{Duration, Instant};
 use monoio::io::AsyncWriteRentExt;
 use sluice_core::attempt::Relayed;
 use sluice_core::dialect::{self, ResponseContext, StreamTranslator};
-use sluice_core::error::GatewayError;
-use sluice_core::http1::{is_hop_by_hop, BodyFraming, ResponseHead};
+use sluice_core::http1::BodyFraming;
 use sluice_core::inspect;
 use sluice_core::sse::SseScanner;
 use sluice_core::usage::{self, Usage};
 
 use crate::listen::client_io::ClientWrite;
 use crate::listen::endpoints::ApiEndpoint;
-use crate::listen::respond::{self, write_head, ClientFraming};
-use crate::request::forward::ClientSide;
+use crate::listen::respond::ClientFraming;
+use crate::request::client::{answer_error, unix_now, write_response_head, ClientSide};
 use crate::request::plan::{Plan, Translation};
 use crate::request::relay::{BodyLimits, BodyMode, ClientWatch, Relay};
 use crate::state::Worker;
@@ -285,82 +284,4 @@ fn cost_of(shared: &crate::state::Shared, model: &str, usage: &Usage) -> Option<
         .prices
         .price(model)
         .map(|p| sluice_core::cost::cost_micros(&p, usage))
-}
-
-/// Seconds since the epoch, for the `created` of translated answers.
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-#[allow(clippy::too_many_arguments)]
-/// Writes the response head: the upstream's end-to-end headers (its request id renamed so the
-/// client sees ours), which deployment answered, the cost when known, and the caller's extras.
-pub(crate) fn write_response_head(
-    wire: &mut Vec<u8>,
-    head: &ResponseHead,
-    deployment: &str,
-    framing: ClientFraming,
-    keep_alive: bool,
-    client: &ClientSide<'_>,
-    cost_usd: Option<&str>,
-    content_type: Option<&[u8]>,
-) {
-    let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(24 + client.extra_headers.len());
-    if let Some(ct) = content_type {
-        headers.push(("content-type", ct));
-    }
-    for (name, value) in head.headers() {
-        // A translated body has our content type, and never the upstream's encoding.
-        let replaced = content_type.is_some()
-            && (name.eq_ignore_ascii_case("content-type")
-                || name.eq_ignore_ascii_case("content-encoding"));
-        if is_hop_by_hop(name) || replaced {
-            continue;
-        }
-        if name.eq_ignore_ascii_case("x-request-id") {
-            headers.push(("x-upstream-request-id", value));
-        } else {
-            headers.push((name, value));
-        }
-    }
-    headers.push(("x-sluice-deployment", deployment.as_bytes()));
-    if let Some(cost) = cost_usd {
-        headers.push(("x-sluice-cost-usd", cost.as_bytes()));
-    }
-    for (name, value) in &client.extra_headers {
-        headers.push((name, value));
-    }
-    write_head(
-        wire,
-        head.status,
-        &headers,
-        framing,
-        keep_alive,
-        client.request_id,
-    );
-}
-
-/// Answers an error as JSON when nothing was sent to the client yet.
-pub(crate) async fn answer_error(
-    wr: &mut ClientWrite,
-    err: GatewayError,
-    client: &ClientSide<'_>,
-    rec: &mut AccessRecord,
-) -> bool {
-    let keep_alive = client.keep_alive && !err.kind.closes_connection();
-    let extra: Vec<(&str, &[u8])> = client
-        .extra_headers
-        .iter()
-        .map(|(n, v)| (*n, v.as_slice()))
-        .collect();
-    let bytes = respond::error_with(&err, &extra, keep_alive, client.request_id);
-    rec.status = err.status();
-    rec.bytes_out = bytes.len() as u64;
-    let (res, _) = wr.write_all(bytes).await;
-    if res.is_ok() {
-        rec.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
-    }
-    keep_alive && res.is_ok()
 }

@@ -32,7 +32,8 @@ pub use crate::request::plan::{plan, Plan, Translation};
 
 use crate::listen::client_io::{ClientRead, ClientWrite};
 use crate::listen::respond::ClientFraming;
-use crate::request::deliver::{answer_error, deliver, unix_now, write_response_head};
+use crate::request::client::{answer_error, unix_now, write_response_head, ClientSide};
+use crate::request::deliver::deliver;
 use crate::request::plan::build_request;
 use crate::request::relay::ClientWatch;
 use crate::state::Worker;
@@ -49,20 +50,6 @@ pub struct Exchanged {
     pub keep_alive: bool,
     /// Bytes of the client's next request that arrived during the exchange.
     pub early: Vec<u8>,
-}
-
-/// What the client asked of the connection, and what the caller adds to the answer.
-pub struct ClientSide<'r> {
-    /// `x-request-id`.
-    pub request_id: &'r str,
-    /// The client speaks HTTP/1.0 (no chunked responses).
-    pub http10: bool,
-    /// The client wants to keep the connection.
-    pub keep_alive: bool,
-    /// When the request head arrived.
-    pub started: Instant,
-    /// Headers to add to whatever answer goes out (e.g. `x-ratelimit-*`).
-    pub extra_headers: Vec<(&'static str, Vec<u8>)>,
 }
 
 /// Runs the exchange: attempts deployments until one answers and relays its answer to the

@@ -3,6 +3,7 @@
 //! (the answer to the client) and `relay` (a streamed body, as it arrives).
 
 pub mod auth;
+pub mod client;
 pub mod deliver;
 pub mod forward;
 pub mod plan;
