@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sluice_core::config::Config;
 
@@ -230,15 +230,24 @@ impl Drop for InflightGuard<'_> {
 pub struct Slot {
     generations: Generations,
     current: RefCell<Rc<Worker>>,
+    /// Called with each worker [`Slot::current`] builds after a reload; the server passes
+    /// `upstream::health::spawn_all`, which starts the worker's health checks.
+    on_new_worker: fn(&Rc<Slot>, &Rc<Worker>),
 }
 
 impl Slot {
-    /// The slot of worker `id`, starting on the current generation.
-    pub fn new(id: usize, generations: Generations) -> Self {
+    /// The slot of worker `id`, starting on the current generation. `on_new_worker` is
+    /// called with each worker built after a reload (not with the first one).
+    pub fn new(
+        id: usize,
+        generations: Generations,
+        on_new_worker: fn(&Rc<Slot>, &Rc<Worker>),
+    ) -> Self {
         let worker = Rc::new(Worker::new(id, generations.load_full()));
         Slot {
             generations,
             current: RefCell::new(worker),
+            on_new_worker,
         }
     }
 
@@ -265,7 +274,7 @@ impl Slot {
                 generation = worker.shared.generation,
                 "worker moved to a new config generation"
             );
-            crate::upstream::health::spawn_all(self, &worker);
+            (self.on_new_worker)(self, &worker);
         }
         worker
     }
@@ -278,5 +287,39 @@ impl Slot {
     /// The worker of the current generation, without looking for a newer one.
     pub fn worker(&self) -> Rc<Worker> {
         self.current.borrow().clone()
+    }
+}
+
+/// Starts the DNS refresh thread when some provider is named by a host name (IP literals never
+/// change). The thread lives as long as the process.
+pub fn spawn_dns_refresher(generations: Generations) {
+    let config = generations.load().config.clone();
+    let names = config
+        .providers
+        .iter()
+        .filter(|p| p.endpoint.host.parse::<std::net::IpAddr>().is_err())
+        .count();
+    if names == 0 {
+        return;
+    }
+    let every_ms = config
+        .providers
+        .iter()
+        .map(|p| p.dns_refresh_ms)
+        .min()
+        .unwrap_or(30_000);
+    let spawned = std::thread::Builder::new()
+        .name("sluice-dns".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(every_ms));
+            // The current generation's table (a reload resolves its own names first).
+            let shared = generations.load_full();
+            if shared.is_draining() {
+                return;
+            }
+            shared.dns.refresh(&shared.config);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the DNS refresh thread");
     }
 }

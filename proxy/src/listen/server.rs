@@ -21,7 +21,8 @@ use crate::listen::conn::serve_connection;
 use crate::listen::respond;
 use crate::listen::tls_server::{self, TlsTerminator};
 use crate::state::{Generations, Shared, Slot, Worker};
-use crate::upstream::dns::{self, DnsTable};
+use crate::upstream::dns::DnsTable;
+use crate::upstream::health;
 use crate::upstream::pool::tls_per_provider;
 
 type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
@@ -194,7 +195,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         config: Arc::new(config),
     });
     let generations: Generations = Arc::new(arc_swap::ArcSwap::new(shared.clone()));
-    dns::spawn_refresher(generations.clone());
+    crate::state::spawn_dns_refresher(generations.clone());
     if let Some(t) = &shared.tls_listener {
         t.spawn_watcher()?;
     }
@@ -559,9 +560,9 @@ fn run_worker(
     tracing::info!(worker = id, driver = driver_name, "worker started");
     rt.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
-        let slot = Rc::new(Slot::new(id, generations));
+        let slot = Rc::new(Slot::new(id, generations, health::spawn_all));
         let worker = slot.worker();
-        crate::upstream::health::spawn_all(&slot, &worker);
+        health::spawn_all(&slot, &worker);
         worker.shared.listeners_up.fetch_add(1, Ordering::SeqCst);
         let beat = slot.clone();
         monoio::spawn(async move {

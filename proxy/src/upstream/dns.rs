@@ -1,12 +1,12 @@
 //! Upstream host names, resolved off the data plane.
 //!
 //! Resolution blocks, so it never runs on a worker: addresses are resolved once before the
-//! listeners open and then again every `dns_refresh_ms` on a background thread, which swaps
+//! listeners open and then again every `dns_refresh_ms` on a background thread (started by
+//! `state::spawn_dns_refresher`), which swaps
 //! each provider's answer in atomically. Workers only load the current answer.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sluice_core::config::Config;
@@ -42,7 +42,9 @@ impl DnsTable {
             .unwrap_or_default()
     }
 
-    fn refresh(&self, config: &Config) {
+    /// Resolves every provider's name again and swaps in each answer that changed; a failed
+    /// lookup keeps the last answer. Blocks, so it runs on the refresh thread only.
+    pub fn refresh(&self, config: &Config) {
         for (p, entry) in config.providers.iter().zip(&self.entries) {
             match resolve(&p.endpoint.host, p.endpoint.port) {
                 Ok(addrs) if !addrs.is_empty() => {
@@ -65,38 +67,4 @@ fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
     Ok((host, port).to_socket_addrs()?.collect())
-}
-
-/// Starts the refresh thread when some provider is named by a host name (IP literals never
-/// change). The thread lives as long as the process.
-pub fn spawn_refresher(generations: crate::state::Generations) {
-    let config = generations.load().config.clone();
-    let names = config
-        .providers
-        .iter()
-        .filter(|p| p.endpoint.host.parse::<std::net::IpAddr>().is_err())
-        .count();
-    if names == 0 {
-        return;
-    }
-    let every_ms = config
-        .providers
-        .iter()
-        .map(|p| p.dns_refresh_ms)
-        .min()
-        .unwrap_or(30_000);
-    let spawned = std::thread::Builder::new()
-        .name("sluice-dns".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(every_ms));
-            // The current generation's table (a reload resolves its own names first).
-            let shared = generations.load_full();
-            if shared.is_draining() {
-                return;
-            }
-            shared.dns.refresh(&shared.config);
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the DNS refresh thread");
-    }
 }
