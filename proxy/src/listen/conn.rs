@@ -11,11 +11,12 @@ use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::{self, BodyFraming, ChunkedDecoder, HeadLimits, RequestHead};
 
 use crate::listen::client_io::{ClientRead, ClientWrite};
-use crate::listen::endpoints::{self, ApiEndpoint, Route};
+use crate::listen::endpoints::{self, Route};
 use crate::listen::respond;
 use crate::request::auth::{self, KeyEntry};
 use crate::request::client::ClientSide;
 use crate::request::forward;
+use crate::request::plan::ApiEndpoint;
 use crate::state::{InflightGuard, Slot, Worker};
 use crate::telemetry::context::RequestTrace;
 use crate::telemetry::log::AccessRecord;

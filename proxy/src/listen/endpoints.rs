@@ -5,53 +5,8 @@ use std::time::{Duration, Instant};
 
 use sluice_core::error::{ErrorKind, GatewayError};
 
+use crate::request::plan::ApiEndpoint;
 use crate::state::Worker;
-
-/// An OpenAI endpoint forwarded upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ApiEndpoint {
-    /// `POST /v1/chat/completions`.
-    ChatCompletions,
-    /// `POST /v1/completions`.
-    Completions,
-    /// `POST /v1/embeddings`.
-    Embeddings,
-    /// `POST /v1/responses`.
-    Responses,
-    /// `POST /v1/messages` (Anthropic clients).
-    Messages,
-}
-
-impl ApiEndpoint {
-    /// The path under the provider's base URL.
-    pub fn upstream_suffix(self) -> &'static str {
-        match self {
-            ApiEndpoint::ChatCompletions => "/chat/completions",
-            ApiEndpoint::Completions => "/completions",
-            ApiEndpoint::Embeddings => "/embeddings",
-            ApiEndpoint::Responses => "/responses",
-            ApiEndpoint::Messages => "/messages",
-        }
-    }
-
-    /// The API a translating dialect understands this endpoint as, if any.
-    pub fn inbound(self) -> Option<sluice_core::dialect::Inbound> {
-        match self {
-            ApiEndpoint::ChatCompletions => Some(sluice_core::dialect::Inbound::OpenAiChat),
-            ApiEndpoint::Messages => Some(sluice_core::dialect::Inbound::AnthropicMessages),
-            _ => None,
-        }
-    }
-
-    /// Whether the endpoint streams with `stream_options.include_usage` (the Responses API
-    /// always reports usage in `response.completed`).
-    pub fn takes_stream_options(self) -> bool {
-        matches!(
-            self,
-            ApiEndpoint::ChatCompletions | ApiEndpoint::Completions
-        )
-    }
-}
 
 /// Where a request goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

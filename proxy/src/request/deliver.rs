@@ -15,9 +15,9 @@ use sluice_core::sse::SseScanner;
 use sluice_core::usage::{self, Usage};
 
 use crate::listen::client_io::ClientWrite;
-use crate::listen::endpoints::ApiEndpoint;
 use crate::listen::respond::ClientFraming;
 use crate::request::client::{answer_error, unix_now, write_response_head, ClientSide};
+use crate::request::plan::ApiEndpoint;
 use crate::request::plan::{Plan, Translation};
 use crate::request::relay::{BodyLimits, BodyMode, ClientWatch, Relay};
 use crate::state::Worker;

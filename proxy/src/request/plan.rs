@@ -11,13 +11,58 @@ use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::{is_hop_by_hop, RequestHead};
 use sluice_core::inspect::{self, Inspected, Rewrite};
 
-use crate::listen::endpoints::ApiEndpoint;
 use crate::listen::respond;
 use crate::state::Worker;
 use crate::telemetry::log::AccessRecord;
 
 /// Largest deadline a client may ask for with `x-sluice-deadline-ms`.
 const MAX_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// An OpenAI endpoint forwarded upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiEndpoint {
+    /// `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// `POST /v1/completions`.
+    Completions,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+    /// `POST /v1/responses`.
+    Responses,
+    /// `POST /v1/messages` (Anthropic clients).
+    Messages,
+}
+
+impl ApiEndpoint {
+    /// The path under the provider's base URL.
+    pub fn upstream_suffix(self) -> &'static str {
+        match self {
+            ApiEndpoint::ChatCompletions => "/chat/completions",
+            ApiEndpoint::Completions => "/completions",
+            ApiEndpoint::Embeddings => "/embeddings",
+            ApiEndpoint::Responses => "/responses",
+            ApiEndpoint::Messages => "/messages",
+        }
+    }
+
+    /// The API a translating dialect understands this endpoint as, if any.
+    pub fn inbound(self) -> Option<sluice_core::dialect::Inbound> {
+        match self {
+            ApiEndpoint::ChatCompletions => Some(sluice_core::dialect::Inbound::OpenAiChat),
+            ApiEndpoint::Messages => Some(sluice_core::dialect::Inbound::AnthropicMessages),
+            _ => None,
+        }
+    }
+
+    /// Whether the endpoint streams with `stream_options.include_usage` (the Responses API
+    /// always reports usage in `response.completed`).
+    pub fn takes_stream_options(self) -> bool {
+        matches!(
+            self,
+            ApiEndpoint::ChatCompletions | ApiEndpoint::Completions
+        )
+    }
+}
 
 /// What the request asks for, fixed across attempts.
 pub struct Plan {
