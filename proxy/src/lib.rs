@@ -16,11 +16,22 @@
 //!                                                              provider_limits
 //!
 //! admin     the admin listener (metrics) and the admin API (keys, teams, spend)
-//! telemetry log (access line), trace (OTLP), metrics (Prometheus)
+//! telemetry log (access line), trace (OTLP, ids in context), metrics (Prometheus)
 //! ops       cli, doctor, sdnotify
 //! state     what the workers share, and what each keeps to itself
+//! registry  the admin side of the store: keys and teams, rebuilt into the key index
 //! store     keys, teams and the spend ledger (SQLite)
 //! ```
+//!
+//! No two modules import each other, directly or around a circle. Dependencies mostly
+//! point down: `telemetry` and the upstream connections at the bottom, `state` (and the key
+//! `registry`) above them, the `request` stages above `state`, `listen` above those, `admin`
+//! and `ops` on top. The exceptions point at leaves or at data: `upstream::attempt` and
+//! `upstream::health` run on a `state::Worker`; `state` holds the key index
+//! (`request::auth`) and the listener's TLS terminator (`listen::tls_server`); the request
+//! stages write through `listen::client_io` and `listen::respond`; `listen` starts the admin
+//! listener, serves its `/metrics` answer when `metrics_on_main` is set, and talks to
+//! systemd through `ops::sdnotify`.
 //!
 //! With `[server.tls]`, each accepted connection does its TLS handshake
 //! (`listen::tls_server`) before `listen::conn` sees it; `listen::client_io` hides which kind

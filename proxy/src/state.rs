@@ -47,7 +47,7 @@ pub struct Shared {
     pub workers: usize,
     /// Requests in flight across all workers (for idle-time housekeeping only).
     pub active: Arc<AtomicUsize>,
-    /// Latest active health-check result per provider (see `health`).
+    /// Latest active health-check result per provider (see `upstream::health`).
     pub health: Box<[std::sync::atomic::AtomicU8]>,
     /// One counter per worker, bumped every 250 ms by a task on its runtime; the systemd
     /// watchdog is fed only while every running worker's counter moves.
@@ -58,7 +58,7 @@ pub struct Shared {
     pub prices: sluice_core::cost::PriceTable,
     /// The providers' own limits per deployment (kept across reloads while unchanged).
     pub provider_limits: Arc<crate::upstream::provider_limits::ProviderLimits>,
-    /// Virtual keys, limits and the ledger (see `auth`).
+    /// Virtual keys, limits and the ledger (see `request::auth`).
     pub auth: Arc<crate::request::auth::Auth>,
     /// The admin side of the store, when one is configured.
     pub registry: Option<Arc<crate::registry::SharedRegistry>>,

@@ -1,5 +1,5 @@
 //! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz` and the admin API
-//! (`/admin/…`, see `admin_api`), on its own thread with blocking sockets, entirely off the
+//! (`/admin/…`, see `admin::api`), on its own thread with blocking sockets, entirely off the
 //! data plane. Scrapes and admin calls are rare;
 //! a thread per connection keeps this simple and never slows a worker.
 

@@ -8,7 +8,7 @@
 //! `Split` over an `UnsafeCell`). That is sound only while at most one operation runs on the
 //! session at a time, so nothing may keep a read posted on a TLS read half while the write
 //! half writes: [`ClientRead::watchable`] is `None` for TLS, and the relay's `ClientWatch`
-//! then runs without a posted read (see `relay`).
+//! then runs without a posted read (see `request::relay`).
 
 use std::io;
 

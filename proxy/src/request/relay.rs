@@ -9,7 +9,7 @@
 //! Trade-off for TLS clients: the watch runs *disabled* (no posted read). A TLS read cannot be
 //! cancelled safely: cancelling it mid-record loses bytes the rustls session has not seen and
 //! breaks the connection, and a read pending on the shared session while the relay writes is
-//! not sound either (see `client_io`). So on a TLS connection a client that goes away is
+//! not sound either (see `listen::client_io`). So on a TLS connection a client that goes away is
 //! noticed only when a write to it fails: a streaming answer stops at its next event, but a
 //! non-streaming request whose upstream is still thinking runs to its end (or its timeouts)
 //! and is paid for. Pipelined bytes sent during the exchange stay in the socket and are read
