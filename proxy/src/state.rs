@@ -57,7 +57,11 @@ pub struct Shared {
     /// Prices per model, for the cost of each request.
     pub prices: sluice_core::cost::PriceTable,
     /// The providers' own limits per deployment (kept across reloads while unchanged).
-    pub provider_limits: Arc<crate::upstream::provider_limits::ProviderLimits>,
+    pub provider_limits: Arc<sluice_core::limiter::DeploymentLimits>,
+    /// The limiter backend every admission goes through (keys, teams, deployments).
+    pub limiter: Arc<dyn sluice_core::limiter::Limiter>,
+    /// The response store consulted before tokens are reserved.
+    pub responses: Arc<dyn sluice_core::cache::ResponseStore>,
     /// Virtual keys, limits and the ledger (see `request::auth`).
     pub auth: Arc<crate::request::auth::Auth>,
     /// The admin side of the store, when one is configured.

@@ -14,7 +14,9 @@ use futures_channel::oneshot;
 use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
+use sluice_core::cache::NoStore;
 use sluice_core::config::{Config, ConfigError, Driver, ProcessEnv, Workers};
+use sluice_core::limiter::{DeploymentLimits, Limiter, LocalLimiter};
 
 use crate::listen::client_io;
 use crate::listen::conn::serve_connection;
@@ -170,6 +172,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
     // The recorder first: the admission counters are created with it.
     crate::telemetry::metrics::install();
     let (access, ledger_handle) = open_access(&config)?;
+    let limiter: Arc<dyn Limiter> = Arc::new(LocalLimiter);
     let shared = Arc::new(Shared {
         generation: 1,
         config_path,
@@ -186,9 +189,9 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
             .collect(),
         started_unix,
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
-        provider_limits: Arc::new(crate::upstream::provider_limits::ProviderLimits::build(
-            &config, None,
-        )),
+        provider_limits: Arc::new(DeploymentLimits::build(&config, limiter.clone(), None)),
+        limiter,
+        responses: Arc::new(NoStore),
         auth: Arc::new(access.auth),
         registry: access.registry.map(Arc::new),
         admin_token: access.admin_token,
@@ -391,10 +394,13 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
         heartbeats: old.heartbeats.clone(),
         started_unix: old.started_unix,
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
-        provider_limits: Arc::new(crate::upstream::provider_limits::ProviderLimits::build(
+        provider_limits: Arc::new(DeploymentLimits::build(
             &config,
+            old.limiter.clone(),
             Some(&old.provider_limits),
         )),
+        limiter: old.limiter.clone(),
+        responses: old.responses.clone(),
         auth: old.auth.clone(),
         registry: old.registry.clone(),
         admin_token: old.admin_token,

@@ -34,7 +34,7 @@ use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::RequestHead;
 use sluice_core::inspect::{self, Inspected};
 use sluice_core::keys::{self, KeyRecord, KeyRefusal, TeamRecord};
-use sluice_core::limiter::{Ask, Limiter, LocalLimiter, Permit, Refusal};
+use sluice_core::limiter::{Ask, Denied, Refusal};
 use sluice_core::limits::{self, period_start, BudgetPeriod, LimitSet};
 
 use crate::store::{LedgerSender, Scope, UsageRecord};
@@ -89,6 +89,13 @@ pub struct KeyEntry {
     /// Its team.
     pub team: Arc<TeamEntry>,
     shape: Shape,
+}
+
+impl KeyEntry {
+    /// The limits a request of this key is admitted against: the key's, then its team's.
+    pub fn limit_sets(&self) -> [&LimitSet; 2] {
+        [&self.limits, &self.team.limits]
+    }
 }
 
 /// The limit numbers of a key or team: a rebuild keeps its `LimitSet` while they are equal.
@@ -440,103 +447,91 @@ impl Auth {
         }
     }
 
-    /// Reserves the request's tokens and cost against the key and its team, all or nothing:
-    /// a request to model group `group`, with the routing fields `inspected` and a body of
-    /// `body_len` bytes.
-    /// On refusal: 429 with `Retry-After` (when waiting helps) and the reason.
-    pub fn admit(
+    /// What a request to model group `group` with the routing fields `inspected` and a body
+    /// of `body_len` bytes reserves: the prompt estimate plus `max_tokens` (or the default),
+    /// and their cost at the dearest of the group's deployments.
+    pub fn ask(
         &self,
-        key: &Arc<KeyEntry>,
         config: &Config,
         prices: &PriceTable,
         group: usize,
         inspected: &Inspected,
         body_len: usize,
-    ) -> Result<Admission, GatewayError> {
+    ) -> Ask {
         let prompt = inspect::estimate_prompt_tokens(body_len);
         let output = inspected.max_tokens.unwrap_or(self.default_max_tokens);
-        let ask = Ask {
+        Ask {
             tokens: prompt.saturating_add(output),
             cost_micros: estimate_cost(config, prices, group, &inspected.model, prompt, output),
             now_ms: now_ms(),
             unix_s: unix_now(),
-        };
-        let sets = [&*key.limits, &*key.team.limits];
-        let admitted = LocalLimiter
-            .admit(&sets, ask.now_ms)
-            .and_then(|mut permit| {
-                match LocalLimiter.reserve(&sets, &mut permit, &ask) {
-                    Ok(()) => Ok(permit),
-                    Err(denied) => {
-                        // Refused for tokens or budget: the request itself still counts.
-                        LocalLimiter.settle(&sets, permit, 0, 0, ask.now_ms);
-                        Err(denied)
-                    }
-                }
-            });
-        match admitted {
-            Ok(permit) => Ok(Admission {
-                key: key.clone(),
-                permit: Some(permit),
-            }),
-            Err(denied) => {
-                let whose = if denied.set == 0 {
-                    format!("key `{}`", key.record.name)
-                } else {
-                    format!("team `{}`", key.team.name)
-                };
-                let set = sets.get(denied.set).copied().unwrap_or(&*key.limits);
-                let (kind, message) = match denied.refusal {
-                    Refusal::Requests(_) => {
-                        self.meters.rate_limited[0].increment(1);
-                        let limit = set.requests.as_ref().map_or(0, |b| b.capacity());
-                        (
-                            ErrorKind::RateLimited,
-                            format!("Rate limit reached for {whose}: {limit} requests per minute."),
-                        )
-                    }
-                    Refusal::Tokens(r) => {
-                        self.meters.rate_limited[1].increment(1);
-                        let limit = set.tokens.as_ref().map_or(0, |b| b.capacity());
-                        let msg = if r.is_never() {
-                            format!(
-                                "Request too large for {whose}: it reserves {} tokens (prompt estimate plus max_tokens), the limit is {limit} tokens per minute. Lower max_tokens.",
-                                ask.tokens
-                            )
-                        } else {
-                            format!("Rate limit reached for {whose}: {limit} tokens per minute.")
-                        };
-                        (ErrorKind::RateLimited, msg)
-                    }
-                    Refusal::Concurrency => {
-                        self.meters.rate_limited[2].increment(1);
-                        let limit = set.concurrency.as_ref().map_or(0, |c| c.limit());
-                        (
-                            ErrorKind::RateLimited,
-                            format!("Too many requests in flight for {whose} (limit {limit})."),
-                        )
-                    }
-                    Refusal::Budget(_) => {
-                        self.meters.budget.increment(1);
-                        let limit = set.budget_limit_micros.unwrap_or(0);
-                        (
-                            ErrorKind::BudgetExceeded,
-                            format!(
-                                "Budget exceeded for {whose}: {} USD per {} period, {} USD used.",
-                                cost::format_usd(limit),
-                                set.budget_period.as_str(),
-                                cost::format_usd(set.budget.used())
-                            ),
-                        )
-                    }
-                };
-                let mut err = GatewayError::new(kind, message);
-                if let Some(s) = denied.refusal.retry_after_s() {
-                    err = err.with_retry_after(s);
-                }
-                Err(err)
-            }
         }
+    }
+
+    /// The 429 for a refusal by `key`'s limits (its own, or its team's), counted; `tokens` is
+    /// what the request asked to reserve. With `Retry-After` when waiting helps.
+    pub fn refusal(&self, key: Option<&KeyEntry>, denied: &Denied, tokens: u64) -> GatewayError {
+        let Some(key) = key else {
+            return GatewayError::new(ErrorKind::RateLimited, "Rate limit reached.");
+        };
+        let whose = if denied.set == 0 {
+            format!("key `{}`", key.record.name)
+        } else {
+            format!("team `{}`", key.team.name)
+        };
+        let set = if denied.set == 0 {
+            &*key.limits
+        } else {
+            &*key.team.limits
+        };
+        let (kind, message) = match denied.refusal {
+            Refusal::Requests(_) => {
+                self.meters.rate_limited[0].increment(1);
+                let limit = set.requests.as_ref().map_or(0, |b| b.capacity());
+                (
+                    ErrorKind::RateLimited,
+                    format!("Rate limit reached for {whose}: {limit} requests per minute."),
+                )
+            }
+            Refusal::Tokens(r) => {
+                self.meters.rate_limited[1].increment(1);
+                let limit = set.tokens.as_ref().map_or(0, |b| b.capacity());
+                let msg = if r.is_never() {
+                    format!(
+                        "Request too large for {whose}: it reserves {tokens} tokens (prompt estimate plus max_tokens), the limit is {limit} tokens per minute. Lower max_tokens."
+                    )
+                } else {
+                    format!("Rate limit reached for {whose}: {limit} tokens per minute.")
+                };
+                (ErrorKind::RateLimited, msg)
+            }
+            Refusal::Concurrency => {
+                self.meters.rate_limited[2].increment(1);
+                let limit = set.concurrency.as_ref().map_or(0, |c| c.limit());
+                (
+                    ErrorKind::RateLimited,
+                    format!("Too many requests in flight for {whose} (limit {limit})."),
+                )
+            }
+            Refusal::Budget(_) => {
+                self.meters.budget.increment(1);
+                let limit = set.budget_limit_micros.unwrap_or(0);
+                (
+                    ErrorKind::BudgetExceeded,
+                    format!(
+                        "Budget exceeded for {whose}: {} USD per {} period, {} USD used.",
+                        cost::format_usd(limit),
+                        set.budget_period.as_str(),
+                        cost::format_usd(set.budget.used())
+                    ),
+                )
+            }
+        };
+        let mut err = GatewayError::new(kind, message);
+        if let Some(s) = denied.refusal.retry_after_s() {
+            err = err.with_retry_after(s);
+        }
+        err
     }
 
     /// OpenAI's `x-ratelimit-*` headers for `key`: its own buckets, else its team's; none when
@@ -625,38 +620,6 @@ pub fn estimate_cost(
         .map(|p| cost::estimate_micros(&p, prompt, output))
         .max()
         .unwrap_or(0)
-}
-
-/// What an admitted request reserved. Settle it with the real usage when the request ends;
-/// dropped unsettled (the request never ran), it gives everything back.
-pub struct Admission {
-    key: Arc<KeyEntry>,
-    permit: Option<Permit>,
-}
-
-impl Admission {
-    /// Settles with what the request used (`rec.usage`, the delivered estimate of a cancelled
-    /// stream included) and cost (`rec.cost_micros`): refunds or charges the difference and
-    /// frees the concurrency slot.
-    pub fn settle(mut self, rec: &AccessRecord) {
-        let tokens = rec.usage.map_or(0, |u| u.total_tokens());
-        let cost = rec.cost_micros.unwrap_or(0);
-        self.finish(tokens, cost);
-    }
-
-    fn finish(&mut self, tokens: u64, cost: u64) {
-        let Some(permit) = self.permit.take() else {
-            return;
-        };
-        let sets = [&*self.key.limits, &*self.key.team.limits];
-        LocalLimiter.settle(&sets, permit, tokens, cost, now_ms());
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.finish(0, 0);
-    }
 }
 
 #[cfg(test)]

@@ -20,8 +20,8 @@ use crate::request::client::{answer_error, unix_now, write_response_head, Client
 use crate::request::plan::ApiEndpoint;
 use crate::request::plan::{Plan, Translation};
 use crate::request::relay::{BodyLimits, BodyMode, ClientWatch, Relay};
+use crate::request::settle::Answer;
 use crate::state::Worker;
-use crate::telemetry::log::AccessRecord;
 use crate::upstream::attempt::{self, Sent};
 
 /// Largest successful non-streaming body buffered so its cost can go in a header.
@@ -50,7 +50,7 @@ pub(crate) async fn deliver(
     wr: &mut ClientWrite,
     watch: &mut ClientWatch<'_>,
     client: &ClientSide<'_>,
-    rec: &mut AccessRecord,
+    answer: &mut Answer,
     deadline: Instant,
 ) -> Delivered {
     let gone = |latency| Delivered {
@@ -71,12 +71,12 @@ pub(crate) async fn deliver(
     } else {
         dep.model.as_str()
     };
-    rec.upstream_reused = Some(sent.conn.reuses > 0);
-    rec.status = sent.head.status;
+    answer.upstream_reused = Some(sent.conn.reuses > 0);
+    answer.status = sent.head.status;
     let head_wait = started.elapsed();
     let keep_alive = client.keep_alive && !shared.is_draining();
     let is_sse = sent.head.is_event_stream() && (200..300).contains(&sent.head.status);
-    rec.stream = is_sse;
+    answer.stream = is_sse;
     let success = (200..300).contains(&sent.head.status);
     let answer_id = format!(
         "{}{}",
@@ -107,14 +107,14 @@ pub(crate) async fn deliver(
         let read = attempt::read_small_body(&mut sent, &provider.name, max, deadline);
         let (body, reusable) = match watch.race(read).await {
             None => {
-                rec.client_cancelled = true;
+                answer.client_cancelled = true;
                 return gone(started.elapsed());
             }
             Some(Ok(x)) => x,
             Some(Err(e)) => {
-                rec.error = Some(e.label().into());
+                answer.error = Some(e.label().into());
                 let latency = started.elapsed();
-                let keep_alive = answer_error(wr, e.to_gateway(), client, rec).await;
+                let keep_alive = answer_error(wr, e.to_gateway(), client, answer).await;
                 return Delivered {
                     keep_alive,
                     relayed: Relayed::UpstreamFailed(e.label()),
@@ -133,15 +133,15 @@ pub(crate) async fn deliver(
                 (body, used, None)
             }
         };
-        rec.upstream_us = Some(started.elapsed().as_micros() as u64);
-        rec.first_token_us = Some(
+        answer.upstream_us = Some(started.elapsed().as_micros() as u64);
+        answer.first_token_us = Some(
             Instant::now()
                 .saturating_duration_since(client.started)
                 .as_micros() as u64,
         );
-        rec.usage = used;
-        rec.cost_micros = used.and_then(|u| cost_of(shared, upstream_model, &u));
-        let cost_text = rec
+        answer.usage = used;
+        answer.cost_micros = used.and_then(|u| cost_of(shared, upstream_model, &u));
+        let cost_text = answer
             .cost_micros
             .filter(|_| success)
             .map(sluice_core::cost::format_usd);
@@ -161,11 +161,11 @@ pub(crate) async fn deliver(
             content_type,
         );
         wire.extend_from_slice(&body);
-        rec.bytes_out = wire.len() as u64;
+        answer.bytes_out = wire.len() as u64;
         let (res, _) = wr.write_all(wire).await;
-        rec.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
+        answer.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
         if res.is_err() {
-            rec.client_cancelled = true;
+            answer.client_cancelled = true;
         }
         if reusable {
             worker.pool.borrow_mut().put(
@@ -230,15 +230,15 @@ pub(crate) async fn deliver(
     if is_sse {
         worker.metrics.open_streams.decrement(1.0);
     }
-    rec.ttfb_us = end
+    answer.ttfb_us = end
         .first_write
         .map(|t| t.saturating_duration_since(client.started).as_micros() as u64);
-    rec.first_token_us = end
+    answer.first_token_us = end
         .first_data
         .map(|t| t.saturating_duration_since(client.started).as_micros() as u64);
-    rec.upstream_us = Some((head_wait + end.upstream_wait).as_micros() as u64);
-    rec.bytes_out = end.bytes_out;
-    rec.usage = end.usage.or_else(|| {
+    answer.upstream_us = Some((head_wait + end.upstream_wait).as_micros() as u64);
+    answer.bytes_out = end.bytes_out;
+    answer.usage = end.usage.or_else(|| {
         (is_sse && end.data_events > 0).then(|| Usage {
             input_tokens: inspect::estimate_prompt_tokens(plan.body.len()),
             output_tokens: end.data_events,
@@ -246,14 +246,16 @@ pub(crate) async fn deliver(
             ..Usage::default()
         })
     });
-    rec.cost_micros = rec.usage.and_then(|u| cost_of(shared, upstream_model, &u));
+    answer.cost_micros = answer
+        .usage
+        .and_then(|u| cost_of(shared, upstream_model, &u));
     if let Some(e) = &end.error {
-        rec.error = Some(e.label().into());
+        answer.error = Some(e.label().into());
         worker.metrics.upstream_error(cfg, dep.provider, e.label());
         tracing::debug!(provider = %provider.name, error = %e, "upstream body failed");
     }
     if end.client_gone {
-        rec.client_cancelled = true;
+        answer.client_cancelled = true;
     }
     // The balancer learns time to first token for streams, total time otherwise.
     let latency = match (is_sse, end.first_data) {

@@ -12,8 +12,6 @@ use sluice_core::http1::{is_hop_by_hop, RequestHead};
 use sluice_core::inspect::{self, Inspected, Rewrite};
 
 use crate::listen::respond;
-use crate::state::Worker;
-use crate::telemetry::log::AccessRecord;
 
 /// Largest deadline a client may ask for with `x-sluice-deadline-ms`.
 const MAX_DEADLINE: Duration = Duration::from_secs(3600);
@@ -109,25 +107,18 @@ fn forwardable(name: &str, traced: bool) -> bool {
     !dropped
 }
 
-/// Inspects the body and resolves its model group.
+/// What to ask the upstream for a request to model group `group` whose body (`body`) has
+/// the routing fields `inspected`: the client headers that pass through, its query, its
+/// deadline. `traced`: the gateway sets `traceparent` itself. A bad `x-sluice-deadline-ms` is
+/// a 400.
 pub fn plan(
-    worker: &Worker,
     head: &RequestHead,
     body: Vec<u8>,
     endpoint: ApiEndpoint,
-    rec: &mut AccessRecord,
+    inspected: Inspected,
+    group: usize,
+    traced: bool,
 ) -> Result<Plan, GatewayError> {
-    let inspected = inspect::inspect(&body)?;
-    rec.model = Some(inspected.model.clone());
-    rec.stream = inspected.stream;
-    let cfg = &worker.shared.config;
-    let group = cfg.model_index(&inspected.model).ok_or_else(|| {
-        GatewayError::new(
-            ErrorKind::ModelNotFound,
-            format!("The model `{}` does not exist", inspected.model),
-        )
-        .with_param("model")
-    })?;
     let deadline_override = match head.header_str("x-sluice-deadline-ms") {
         None => None,
         Some(v) => Some(
@@ -144,7 +135,6 @@ pub fn plan(
                 })?,
         ),
     };
-    let traced = rec.trace.is_some();
     let mut forwarded = Vec::with_capacity(256);
     let mut has_accept = false;
     for (name, value) in head.headers() {
