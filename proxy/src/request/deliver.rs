@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use monoio::io::AsyncWriteRentExt;
 use sluice_core::attempt::Relayed;
 use sluice_core::dialect::{self, ResponseContext, StreamTranslator};
+use sluice_core::filter::{Capture, Chain};
 use sluice_core::http1::BodyFraming;
 use sluice_core::inspect;
 use sluice_core::sse::SseScanner;
@@ -19,7 +20,7 @@ use crate::listen::respond::ClientFraming;
 use crate::request::client::{answer_error, unix_now, write_response_head, ClientSide};
 use crate::request::plan::ApiEndpoint;
 use crate::request::plan::{Plan, Translation};
-use crate::request::relay::{BodyLimits, BodyMode, ClientWatch, Relay};
+use crate::request::relay::{BodyLimits, ClientWatch, Relay, MAX_CAPTURE};
 use crate::request::settle::Answer;
 use crate::state::Worker;
 use crate::upstream::attempt::{self, Sent};
@@ -183,13 +184,12 @@ pub(crate) async fn deliver(
         };
     }
 
-    let mode = match translation {
-        Some(t) if is_sse => {
-            BodyMode::Translate(Box::new(StreamTranslator::new(t.from, t.to, ctx)))
-        }
-        _ if is_sse => BodyMode::Sse(SseScanner::new(plan.strip_usage)),
-        _ => BodyMode::Buffered(Vec::new()),
-    };
+    let mut chain = Chain::new();
+    match translation {
+        Some(t) if is_sse => chain.push(Box::new(StreamTranslator::new(t.from, t.to, ctx))),
+        _ if is_sse => chain.push(Box::new(SseScanner::new(plan.strip_usage))),
+        _ => chain.push(Box::new(Capture::new(MAX_CAPTURE, true))),
+    }
     let client_framing = if client.http10 {
         ClientFraming::Close
     } else {
@@ -224,7 +224,7 @@ pub(crate) async fn deliver(
         buf,
         body_at,
     } = sent;
-    let end = Relay::new(&mut conn, wr, watch, client_framing, mode, limits)
+    let end = Relay::new(&mut conn, wr, watch, client_framing, chain, is_sse, limits)
         .run(head.body, wire, buf, body_at)
         .await;
     if is_sse {
