@@ -14,14 +14,14 @@ use sluice_core::cache::CacheRequest;
 use sluice_core::error::GatewayError;
 use sluice_core::http1::RequestHead;
 use sluice_core::limits::LimitSet;
-use sluice_core::request::{Authenticated, Lookup, Refused, Settled};
+use sluice_core::request::{Authenticated, Inspected, Lookup, Refused, Settled};
 
 use crate::listen::client_io::{ClientRead, ClientWrite};
 use crate::listen::respond;
 use crate::request::auth::{self, KeyEntry};
 use crate::request::client::ClientSide;
 use crate::request::forward;
-use crate::request::plan::{self, ApiEndpoint};
+use crate::request::plan::{self, ApiEndpoint, Plan};
 use crate::request::settle::{Answer, RequestFacts, Settlement};
 use crate::state::Worker;
 
@@ -95,6 +95,42 @@ pub async fn serve(
             return refuse(worker, wr, &call, request, refused).await;
         }
     };
+    let stages = Stages {
+        worker,
+        key,
+        call: &call,
+        request,
+    };
+    admit_and_forward(stages, inspected, plan, rd, wr).await
+}
+
+/// What the admission stages share.
+struct Stages<'a, 'h> {
+    worker: &'a Worker,
+    key: Option<Arc<KeyEntry>>,
+    call: &'a Call<'h>,
+    request: RequestFacts,
+}
+
+/// From the model allow-list to the answer: authorize (403), admit (429), the response
+/// store, reserve (429), forward.
+async fn admit_and_forward(
+    stages: Stages<'_, '_>,
+    inspected: Inspected<Arc<KeyEntry>>,
+    plan: Plan,
+    rd: &mut ClientRead,
+    wr: &mut ClientWrite,
+) -> Served {
+    let Stages {
+        worker,
+        key,
+        call,
+        request,
+    } = stages;
+    let shared = &worker.shared;
+    let auth = &shared.auth;
+    let model = Some(plan.inspected.model.clone());
+    let group = plan.group;
     let no_sets: [&LimitSet; 0] = [];
     let key_sets = key.as_deref().map(KeyEntry::limit_sets);
     let sets: &[&LimitSet] = key_sets.as_ref().map_or(&no_sets[..], |s| &s[..]);
@@ -108,7 +144,7 @@ pub async fn serve(
         });
     let admitted = match admitted {
         Ok(a) => a,
-        Err(refused) => return refuse(worker, wr, &call, request, refused).await,
+        Err(refused) => return refuse(worker, wr, call, request, refused).await,
     };
     let cache_request = CacheRequest {
         scope: key.as_ref().map_or("", |k| &k.team.name),
@@ -153,7 +189,7 @@ pub async fn serve(
         auth.refusal(key.as_deref(), d, ask.tokens)
     }) {
         Ok(r) => r,
-        Err(refused) => return refuse(worker, wr, &call, request, refused).await,
+        Err(refused) => return refuse(worker, wr, call, request, refused).await,
     };
     let side = ClientSide {
         request_id: &request.request_id,

@@ -21,7 +21,7 @@ use crate::listen::respond::ClientFraming;
 use crate::request::client::{answer_error, unix_now, write_response_head, ClientSide};
 use crate::request::plan::ApiEndpoint;
 use crate::request::plan::{Plan, Translation};
-use crate::request::relay::{BodyLimits, ClientWatch, Relay, MAX_CAPTURE};
+use crate::request::relay::{BodyLimits, ClientWatch, Relay, RelayEnd, MAX_CAPTURE};
 use crate::request::settle::Answer;
 use crate::state::Worker;
 use crate::upstream::attempt::{self, Sent};
@@ -298,6 +298,41 @@ async fn relay(
     if is_sse {
         worker.metrics.open_streams.decrement(1.0);
     }
+    record_relay(d, &end, head_wait, is_sse, answer);
+    if end.upstream_reusable && head.keep_alive {
+        worker.pool.borrow_mut().put(
+            d.dep.provider,
+            conn,
+            Instant::now(),
+            d.provider.pool_max_idle,
+        );
+    }
+    // The balancer learns time to first token for streams, total time otherwise.
+    let latency = match (is_sse, end.first_data) {
+        (true, Some(t)) => t.saturating_duration_since(d.started),
+        _ => d.started.elapsed(),
+    };
+    Delivered {
+        keep_alive: d.keep_alive && end.client_reusable,
+        relayed: match (&end.error, end.client_gone) {
+            (_, true) => Relayed::ClientGone,
+            (Some(e), false) => Relayed::UpstreamFailed(e.label()),
+            (None, false) => Relayed::Complete,
+        },
+        latency,
+    }
+}
+
+/// What the relay's end tells settlement: timings, bytes, usage (estimated for a stream cut
+/// short), cost, the upstream's failure.
+fn record_relay(
+    d: &Delivery<'_, '_, '_>,
+    end: &RelayEnd,
+    head_wait: Duration,
+    is_sse: bool,
+    answer: &mut Answer,
+) {
+    let (worker, plan, client) = (d.worker, d.plan, d.client);
     let since_client = |t: Instant| t.saturating_duration_since(client.started).as_micros() as u64;
     answer.ttfb_us = end.first_write.map(since_client);
     answer.first_token_us = end.first_data.map(since_client);
@@ -324,28 +359,6 @@ async fn relay(
     }
     if end.client_gone {
         answer.client_cancelled = true;
-    }
-    if end.upstream_reusable && head.keep_alive {
-        worker.pool.borrow_mut().put(
-            d.dep.provider,
-            conn,
-            Instant::now(),
-            d.provider.pool_max_idle,
-        );
-    }
-    // The balancer learns time to first token for streams, total time otherwise.
-    let latency = match (is_sse, end.first_data) {
-        (true, Some(t)) => t.saturating_duration_since(d.started),
-        _ => d.started.elapsed(),
-    };
-    Delivered {
-        keep_alive: d.keep_alive && end.client_reusable,
-        relayed: match (&end.error, end.client_gone) {
-            (_, true) => Relayed::ClientGone,
-            (Some(e), false) => Relayed::UpstreamFailed(e.label()),
-            (None, false) => Relayed::Complete,
-        },
-        latency,
     }
 }
 

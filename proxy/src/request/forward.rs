@@ -147,7 +147,6 @@ async fn exchange(
     client: &ClientSide<'_>,
     answer: &mut Answer,
 ) -> bool {
-    let cfg = &worker.shared.config;
     let deadline = lp.deadline();
     let mut sends = Sends {
         flights: Vec::with_capacity(2),
@@ -176,7 +175,9 @@ async fn exchange(
                         continue;
                     }
                     Err(error) => {
-                        sends.launched.push(Launch::placeholder(cfg, target));
+                        sends
+                            .launched
+                            .push(Launch::placeholder(&worker.shared.config, target));
                         Event::Refused { attempt, error }
                     }
                 }
@@ -192,33 +193,11 @@ async fn exchange(
                 read_error_body(worker, &mut sends, attempt, deadline, watch).await
             }
             Command::Deliver { attempt } => {
-                let Some(sent) = sends.take_answered(attempt) else {
-                    let err = GatewayError::new(ErrorKind::Internal, "answer vanished");
-                    break answer_error(wr, err, client, answer).await;
-                };
-                let translation = launch_of(&sends, attempt).and_then(|l| l.translation);
-                let target = lp.target(attempt);
-                let (group, i) = target.map_or((plan.group, 0), |t| (t.group, t.deployment));
-                let started = lp.started(attempt).unwrap_or_else(Instant::now);
-                let done = deliver(
-                    worker,
-                    plan,
-                    sent,
-                    translation,
-                    (group, i),
-                    started,
-                    wr,
-                    watch,
-                    client,
-                    answer,
-                    deadline,
+                let io = (&mut *wr, &mut *watch);
+                break deliver_attempt(
+                    worker, &mut lp, plan, &mut sends, attempt, io, client, answer,
                 )
                 .await;
-                let used = answer.usage.map_or(0, |u| u.total_tokens());
-                with_env(worker, |env| {
-                    lp.settle_delivered(env, done.relayed, done.latency, used)
-                });
-                break done.keep_alive;
             }
             Command::PassThrough { attempt } => {
                 break pass_through(plan, &mut sends, attempt, wr, client, answer).await;
@@ -245,6 +224,48 @@ async fn exchange(
         answer,
     );
     keep
+}
+
+/// Hands `attempt`'s answer to the client, then settles the attempt with how the relay ended.
+#[allow(clippy::too_many_arguments)]
+async fn deliver_attempt(
+    worker: &Worker,
+    lp: &mut AttemptLoop,
+    plan: &Plan,
+    sends: &mut Sends<'_>,
+    attempt: AttemptId,
+    (wr, watch): (&mut ClientWrite, &mut ClientWatch<'_>),
+    client: &ClientSide<'_>,
+    answer: &mut Answer,
+) -> bool {
+    let Some(sent) = sends.take_answered(attempt) else {
+        let err = GatewayError::new(ErrorKind::Internal, "answer vanished");
+        return answer_error(wr, err, client, answer).await;
+    };
+    let translation = launch_of(sends, attempt).and_then(|l| l.translation);
+    let target = lp.target(attempt);
+    let (group, i) = target.map_or((plan.group, 0), |t| (t.group, t.deployment));
+    let started = lp.started(attempt).unwrap_or_else(Instant::now);
+    let deadline = lp.deadline();
+    let done = deliver(
+        worker,
+        plan,
+        sent,
+        translation,
+        (group, i),
+        started,
+        wr,
+        watch,
+        client,
+        answer,
+        deadline,
+    )
+    .await;
+    let used = answer.usage.map_or(0, |u| u.total_tokens());
+    with_env(worker, |env| {
+        lp.settle_delivered(env, done.relayed, done.latency, used)
+    });
+    done.keep_alive
 }
 
 fn launch_of<'a>(sends: &'a Sends<'_>, id: AttemptId) -> Option<&'a Launch> {
