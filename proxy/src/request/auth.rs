@@ -1,14 +1,13 @@
-//! Virtual keys on the request path: who is calling ([`Auth::authenticate`]), may they
-//! ([`KeyRecord::allows_model`], [`Auth::admit`]), and what it cost ([`Admission::settle`],
-//! the ledger).
+//! Virtual keys on the request path: who is calling ([`Auth::authenticate`]), within which
+//! limits ([`KeyEntry::limit_sets`], admitted by core's limiter; [`Auth::ask`] says what a
+//! request reserves, [`Auth::refusal`] words a 429), and what it cost ([`Auth::record`], the
+//! ledger).
 //!
 //! ```text
-//! conn ─► authenticate (Bearer / x-api-key → SHA-256 → index)      401
-//!      ─► forward::plan (inspect, model group)                       400 / 404
-//!      ─► allows_model (the key's list)                              403
-//!      ─► admit (key and team: concurrency, rpm, tpm, budget)        429 + Retry-After
-//!      ─► forward::execute (x-ratelimit-* on the answer)
-//!      ─► Admission::settle (real tokens and cost) ─► ledger (never blocks)
+//! api ─► authenticate (Bearer / x-api-key → SHA-256 → index)        401
+//!     ─► core stages: inspect 400/404, allows_model 403, admit and reserve 429 + Retry-After
+//!     ─► forward (x-ratelimit-* on the answer)
+//!     ─► settle: the permit with real tokens and cost ─► record ─► ledger (never blocks)
 //! ```
 //!
 //! The key index is an immutable [`Index`] behind an `ArcSwap`: workers only load it (one

@@ -1,5 +1,5 @@
 //! What a request asks of the upstream, fixed across attempts ([`Plan`]), and the exact
-//! bytes of one attempt at one deployment ([`build_request`]): the client's headers that pass
+//! bytes of one attempt at one deployment (`build_request`): the client's headers that pass
 //! through, the provider's auth and extras, and the body — passed through with the model name
 //! spliced in, or translated into the deployment's dialect.
 
