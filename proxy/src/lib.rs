@@ -40,6 +40,7 @@
 //! a connection is.
 
 pub mod admin;
+pub mod clock;
 pub mod listen;
 pub mod ops;
 pub mod registry;

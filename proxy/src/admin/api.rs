@@ -29,7 +29,7 @@ use sluice_core::limits::BudgetPeriod;
 
 use crate::listen::respond;
 use crate::registry::Registry;
-use crate::request::auth::{self, KeyEntry, TeamEntry};
+use crate::request::auth::{KeyEntry, TeamEntry};
 use crate::state::Shared;
 use crate::store::{SpendGroup, StoreError};
 
@@ -283,7 +283,7 @@ fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
                 expires_at_unix: c.expires_at,
                 disabled: false,
                 metadata: c.metadata.unwrap_or(Value::Null),
-                created_at_unix: auth::unix_now(),
+                created_at_unix: crate::clock::unix_s(),
             };
             reg.store.create_key(&record).map_err(store_error)?;
             reg.rebuild(auth).map_err(store_error)?;

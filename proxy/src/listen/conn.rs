@@ -2,7 +2,7 @@
 //! them in order, close when asked or when the framing can no longer be trusted.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -139,10 +139,7 @@ async fn serve_requests(slot: &Rc<Slot>, client: &mut Client) {
                 worker.shared.config.tracing.sample_ratio,
             );
             if request.trace.is_some() {
-                let since_start = started.elapsed();
-                request.start_unix_ns = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.saturating_sub(since_start).as_nanos() as u64);
+                request.start_unix_ns = crate::clock::unix_ns_ago(started.elapsed());
             }
         }
         let body = match read_body(worker, client, &head, &limits).await {

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use monoio::net::TcpListener;
@@ -166,9 +166,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?
     };
     let dns = DnsTable::resolve_all(&config);
-    let started_unix = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let started_unix = crate::clock::unix_s();
     // The recorder first: the admission counters are created with it.
     crate::telemetry::metrics::install();
     let (access, ledger_handle) = open_access(&config)?;

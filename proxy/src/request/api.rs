@@ -18,7 +18,7 @@ use sluice_core::request::{Authenticated, Inspected, Lookup, Refused, Settled};
 
 use crate::listen::client_io::{ClientRead, ClientWrite};
 use crate::listen::respond;
-use crate::request::auth::{self, KeyEntry};
+use crate::request::auth::KeyEntry;
 use crate::request::client::ClientSide;
 use crate::request::forward;
 use crate::request::plan::{self, ApiEndpoint, Plan};
@@ -56,7 +56,7 @@ pub async fn serve(
 ) -> Served {
     let shared = &worker.shared;
     let auth = &shared.auth;
-    let key = match auth.authenticate(call.head, auth::unix_now()) {
+    let key = match auth.authenticate(call.head, crate::clock::unix_s()) {
         Ok(k) => k,
         Err(err) => {
             let bytes = respond::error(&err, call.keep_alive, &request.request_id);
@@ -138,7 +138,7 @@ async fn admit_and_forward(
     let admitted = inspected
         .authorize(|m| key.as_ref().is_none_or(|k| k.record.allows_model(m)))
         .and_then(|i| {
-            i.admit(limiter, sets, auth::now_ms(), |d| {
+            i.admit(limiter, sets, crate::clock::now_ms(), |d| {
                 auth.refusal(key.as_deref(), d, 0)
             })
         });
@@ -152,7 +152,8 @@ async fn admit_and_forward(
         model: &plan.inspected.model,
         body: &plan.body,
     };
-    let admitted = match admitted.lookup(&*shared.responses, &cache_request, auth::now_ms()) {
+    let admitted = match admitted.lookup(&*shared.responses, &cache_request, crate::clock::now_ms())
+    {
         Lookup::Miss(a) => a,
         Lookup::Hit(stage, stored) => {
             // A stored answer, whole: the request counts, and costs no tokens.

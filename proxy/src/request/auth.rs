@@ -22,8 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use metrics::Counter;
@@ -38,26 +37,6 @@ use sluice_core::limits::{self, period_start, BudgetPeriod, LimitSet};
 
 use crate::store::{LedgerSender, Scope, UsageRecord};
 use crate::telemetry::log::AccessRecord;
-
-/// Milliseconds on a monotonic clock shared by every worker (the buckets' `now_ms`).
-pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-/// Wall-clock unix seconds (budget periods, expiry).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Wall-clock unix milliseconds (ledger timestamps).
-pub fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// A team as the data plane sees it: its limits (if it was created through the admin API)
 /// and its spend this period.
@@ -462,8 +441,8 @@ impl Auth {
         Ask {
             tokens: prompt.saturating_add(output),
             cost_micros: estimate_cost(config, prices, group, &inspected.model, prompt, output),
-            now_ms: now_ms(),
-            unix_s: unix_now(),
+            now_ms: crate::clock::now_ms(),
+            unix_s: crate::clock::unix_s(),
         }
     }
 
@@ -536,7 +515,7 @@ impl Auth {
     /// OpenAI's `x-ratelimit-*` headers for `key`: its own buckets, else its team's; none when
     /// neither has a request or token limit.
     pub fn ratelimit_headers(&self, key: &KeyEntry) -> Vec<(&'static str, Vec<u8>)> {
-        let now = now_ms();
+        let now = crate::clock::now_ms();
         let requests = key
             .limits
             .requests
@@ -584,7 +563,7 @@ impl Auth {
         });
         let usage = UsageRecord {
             request_id: rec.request_id.clone(),
-            ts_ms: unix_now_ms(),
+            ts_ms: crate::clock::unix_ms(),
             key_id: key.map(|k| k.id.clone()),
             team: key.map(|k| k.team.name.clone()),
             model: Arc::from(rec.model.as_deref().unwrap_or("")),

@@ -28,13 +28,6 @@ pub struct ClientSide<'r> {
     pub trace: Option<crate::telemetry::context::RequestTrace>,
 }
 
-/// Seconds since the epoch, for the `created` of translated answers.
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[allow(clippy::too_many_arguments)]
 /// Writes the response head: the upstream's end-to-end headers (its request id renamed so the
 /// client sees ours), which deployment answered, the cost when known, and the caller's extras.

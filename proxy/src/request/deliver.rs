@@ -18,7 +18,7 @@ use sluice_core::usage::{self, Usage};
 
 use crate::listen::client_io::ClientWrite;
 use crate::listen::respond::ClientFraming;
-use crate::request::client::{answer_error, unix_now, write_response_head, ClientSide};
+use crate::request::client::{answer_error, write_response_head, ClientSide};
 use crate::request::plan::ApiEndpoint;
 use crate::request::plan::{Plan, Translation};
 use crate::request::relay::{BodyLimits, ClientWatch, Relay, RelayEnd, MAX_CAPTURE};
@@ -123,7 +123,7 @@ fn response_context<'p>(plan: &'p Plan, id: &'p str) -> ResponseContext<'p> {
     ResponseContext {
         model: &plan.inspected.model,
         id,
-        created: unix_now(),
+        created: crate::clock::unix_s(),
         include_usage: plan.inspected.include_usage,
     }
 }

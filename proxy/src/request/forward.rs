@@ -35,7 +35,7 @@ pub use crate::request::plan::{plan, Plan, Translation};
 use crate::listen::client_io::{ClientRead, ClientWrite};
 use crate::listen::respond::ClientFraming;
 use crate::request::auth::KeyEntry;
-use crate::request::client::{answer_error, unix_now, write_response_head, ClientSide};
+use crate::request::client::{answer_error, write_response_head, ClientSide};
 use crate::request::deliver::deliver;
 use crate::request::plan::build_request;
 use crate::request::relay::ClientWatch;
@@ -101,7 +101,7 @@ fn with_env<R>(worker: &Worker, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
         routes: &mut routes.table,
         limits: &*shared.provider_limits,
         now: Instant::now(),
-        now_ms: crate::request::auth::now_ms(),
+        now_ms: crate::clock::now_ms(),
         rng: &mut rng,
     };
     let out = f(&mut env);
@@ -439,7 +439,7 @@ async fn pass_through(
             let ctx = ResponseContext {
                 model: &plan.inspected.model,
                 id: &id,
-                created: unix_now(),
+                created: crate::clock::unix_s(),
                 include_usage: false,
             };
             dialect::translate_response(t.from, t.to, head.status, &body, &ctx).0

@@ -15,7 +15,7 @@ use std::time::Instant;
 use sluice_core::request::Settled;
 use sluice_core::usage::Usage;
 
-use crate::request::auth::{self, KeyEntry};
+use crate::request::auth::KeyEntry;
 use crate::state::Worker;
 use crate::telemetry::context::RequestTrace;
 use crate::telemetry::log::{AccessRecord, Attempt};
@@ -119,9 +119,13 @@ pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
     if let (Some(k), Some(permit)) = (&key, stage.permit) {
         let tokens = answer.usage.map_or(0, |u| u.total_tokens());
         let cost = answer.cost_micros.unwrap_or(0);
-        shared
-            .limiter
-            .settle(&k.limit_sets(), permit, tokens, cost, auth::now_ms());
+        shared.limiter.settle(
+            &k.limit_sets(),
+            permit,
+            tokens,
+            cost,
+            crate::clock::now_ms(),
+        );
     }
     let rec = AccessRecord {
         request_id: request.request_id,
