@@ -14,14 +14,42 @@ pub enum ChunkedError {
     /// The decoded body is over the limit.
     #[error("chunked body exceeds the limit")]
     TooLarge,
+    /// A chunk extension that is not `;name[=token|"quoted"]` (RFC 9112 §7.1.1).
+    #[error("malformed chunk extension")]
+    BadExtension,
+    /// The chunk extensions of the body together are over [`MAX_CHUNK_EXT_BYTES`].
+    #[error("chunk extensions exceed {MAX_CHUNK_EXT_BYTES} bytes")]
+    ExtensionsTooLong,
+    /// A trailer line that is not a field line `name: value` (RFC 9112 §7.1.2).
+    #[error("malformed trailer field")]
+    BadTrailer,
+    /// The trailer section is over [`MAX_TRAILER_BYTES`].
+    #[error("trailer section exceeds {MAX_TRAILER_BYTES} bytes")]
+    TrailersTooLarge,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ChunkState {
     /// Reading hex digits of the size.
     Size { digits: u8 },
-    /// Inside a chunk extension (`;name=value`), until CR.
-    Extension,
+    /// White space after the size or a value (`BWS`); only `;` may follow.
+    ExtBws,
+    /// After `;`: white space, then an extension name.
+    ExtNameStart,
+    /// Inside an extension name (a token).
+    ExtName,
+    /// White space after a name: `=` or `;` follows.
+    ExtNameBws,
+    /// After `=`: white space, then a token or a quoted string.
+    ExtValueStart,
+    /// Inside a token value.
+    ExtValueToken,
+    /// Inside a quoted-string value.
+    ExtQuoted,
+    /// After a backslash in a quoted string.
+    ExtQuotedPair,
+    /// After the closing quote.
+    ExtValueEnd,
     /// Expecting LF after the size line's CR.
     SizeLf,
     /// Inside chunk data.
@@ -32,14 +60,33 @@ enum ChunkState {
     DataLf,
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
-    /// Inside a trailer line, until CR.
-    TrailerLine,
+    /// Inside a trailer field name, until the colon.
+    TrailerName,
+    /// Inside a trailer field value, until CR.
+    TrailerValue,
     /// Expecting LF after a trailer line.
     TrailerLf,
     /// Expecting the final LF.
     FinalLf,
     /// The body is complete.
     Done,
+}
+
+impl ChunkState {
+    fn in_extension(self) -> bool {
+        matches!(
+            self,
+            ChunkState::ExtBws
+                | ChunkState::ExtNameStart
+                | ChunkState::ExtName
+                | ChunkState::ExtNameBws
+                | ChunkState::ExtValueStart
+                | ChunkState::ExtValueToken
+                | ChunkState::ExtQuoted
+                | ChunkState::ExtQuotedPair
+                | ChunkState::ExtValueEnd
+        )
+    }
 }
 
 /// One step of chunked decoding.
@@ -53,8 +100,13 @@ pub struct ChunkedStep {
     pub done: bool,
 }
 
-/// A streaming, strict chunked decoder. It never copies: each call returns where the body bytes
-/// are in the input. Feed it every byte in order; it keeps partial size lines in its state.
+/// A streaming, strict chunked decoder (RFC 9112 §7.1). It never copies: each call returns
+/// where the body bytes are in the input. Feed it every byte in order; it keeps partial size
+/// lines in its state.
+///
+/// Chunk extensions are checked against their grammar and ignored, bounded together to
+/// [`MAX_CHUNK_EXT_BYTES`]; trailer fields are checked against the field-line grammar and
+/// discarded (never merged into the header section), bounded to [`MAX_TRAILER_BYTES`].
 ///
 /// Call order: `decode(input)` repeatedly on `&input[consumed..]` until `consumed` reaches the
 /// end of the input or `done` is true; bytes after `done` belong to the next message.
@@ -65,11 +117,29 @@ pub struct ChunkedDecoder {
     remaining: u64,
     total: u64,
     max_total: u64,
+    ext_bytes: usize,
     trailer_bytes: usize,
 }
 
 /// Longest trailer section accepted.
-const MAX_TRAILER_BYTES: usize = 8 * 1024;
+pub const MAX_TRAILER_BYTES: usize = 8 * 1024;
+
+/// Most bytes of chunk extensions accepted in one body, all chunks together.
+pub const MAX_CHUNK_EXT_BYTES: usize = 4 * 1024;
+
+fn is_ws(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// `qdtext` (RFC 9110 §5.6.4).
+fn is_qdtext(b: u8) -> bool {
+    matches!(b, b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff)
+}
+
+/// `field-vchar / SP / HTAB` (RFC 9110 §5.5): no CR, LF, NUL or other control.
+fn is_field_value_byte(b: u8) -> bool {
+    b == b'\t' || !b.is_ascii_control()
+}
 
 impl ChunkedDecoder {
     /// A decoder refusing bodies larger than `max_total` bytes.
@@ -80,6 +150,7 @@ impl ChunkedDecoder {
             remaining: 0,
             total: 0,
             max_total,
+            ext_bytes: 0,
             trailer_bytes: 0,
         }
     }
@@ -91,21 +162,34 @@ impl ChunkedDecoder {
 
     /// Decodes from `input` until a run of body bytes is found, the input ends, or the body ends.
     pub fn decode(&mut self, input: &[u8]) -> Result<ChunkedStep, ChunkedError> {
+        use ChunkState as S;
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
+            if self.state.in_extension() {
+                self.ext_bytes += 1;
+                if self.ext_bytes > MAX_CHUNK_EXT_BYTES {
+                    return Err(ChunkedError::ExtensionsTooLong);
+                }
+                self.state = self.extension(b)?;
+                i += 1;
+                continue;
+            }
             match self.state {
-                ChunkState::Size { digits } => {
+                S::Size { digits } => {
                     let v = match b {
                         b'0'..=b'9' => b - b'0',
                         b'a'..=b'f' => b - b'a' + 10,
                         b'A'..=b'F' => b - b'A' + 10,
-                        b';' | b'\r' if digits > 0 => {
-                            self.state = if b == b';' {
-                                ChunkState::Extension
-                            } else {
-                                ChunkState::SizeLf
+                        b';' | b'\r' | b' ' | b'\t' if digits > 0 => {
+                            self.state = match b {
+                                b'\r' => S::SizeLf,
+                                b';' => S::ExtNameStart,
+                                _ => S::ExtBws,
                             };
+                            if b != b'\r' {
+                                self.ext_bytes += 1;
+                            }
                             i += 1;
                             continue;
                         }
@@ -115,18 +199,10 @@ impl ChunkedDecoder {
                         return Err(ChunkedError::BadSize);
                     }
                     self.size = (self.size << 4) | u64::from(v);
-                    self.state = ChunkState::Size { digits: digits + 1 };
+                    self.state = S::Size { digits: digits + 1 };
                     i += 1;
                 }
-                ChunkState::Extension => {
-                    match b {
-                        b'\r' => self.state = ChunkState::SizeLf,
-                        b'\n' => return Err(ChunkedError::BadFraming),
-                        _ => {}
-                    }
-                    i += 1;
-                }
-                ChunkState::SizeLf => {
+                S::SizeLf => {
                     if b != b'\n' {
                         return Err(ChunkedError::BadFraming);
                     }
@@ -136,19 +212,19 @@ impl ChunkedDecoder {
                         return Err(ChunkedError::TooLarge);
                     }
                     if self.size == 0 {
-                        self.state = ChunkState::TrailerStart;
+                        self.state = S::TrailerStart;
                     } else {
                         self.remaining = self.size;
-                        self.state = ChunkState::Data;
+                        self.state = S::Data;
                     }
                     self.size = 0;
                 }
-                ChunkState::Data => {
+                S::Data => {
                     let avail = (input.len() - i) as u64;
                     let take = avail.min(self.remaining) as usize;
                     self.remaining -= take as u64;
                     if self.remaining == 0 {
-                        self.state = ChunkState::DataCr;
+                        self.state = S::DataCr;
                     }
                     return Ok(ChunkedStep {
                         consumed: i + take,
@@ -156,76 +232,109 @@ impl ChunkedDecoder {
                         done: false,
                     });
                 }
-                ChunkState::DataCr => {
+                S::DataCr => {
                     if b != b'\r' {
                         return Err(ChunkedError::BadFraming);
                     }
-                    self.state = ChunkState::DataLf;
+                    self.state = S::DataLf;
                     i += 1;
                 }
-                ChunkState::DataLf => {
+                S::DataLf => {
                     if b != b'\n' {
                         return Err(ChunkedError::BadFraming);
                     }
-                    self.state = ChunkState::Size { digits: 0 };
+                    self.state = S::Size { digits: 0 };
                     i += 1;
                 }
-                ChunkState::TrailerStart => {
-                    self.state = if b == b'\r' {
-                        ChunkState::FinalLf
-                    } else {
-                        ChunkState::TrailerLine
+                S::TrailerStart | S::TrailerName | S::TrailerValue => {
+                    self.bump_trailer()?;
+                    self.state = match (self.state, b) {
+                        (S::TrailerStart, b'\r') => S::FinalLf,
+                        // A field name is a token; white space before it is obsolete line
+                        // folding, white space before the colon is refused as in a header.
+                        (S::TrailerStart | S::TrailerName, _) if super::is_tchar(b) => {
+                            S::TrailerName
+                        }
+                        (S::TrailerName, b':') => S::TrailerValue,
+                        (S::TrailerValue, b'\r') => S::TrailerLf,
+                        (S::TrailerValue, _) if is_field_value_byte(b) => S::TrailerValue,
+                        _ => return Err(ChunkedError::BadTrailer),
                     };
-                    self.bump_trailer()?;
                     i += 1;
                 }
-                ChunkState::TrailerLine => {
-                    match b {
-                        b'\r' => self.state = ChunkState::TrailerLf,
-                        b'\n' => return Err(ChunkedError::BadFraming),
-                        _ => {}
-                    }
+                S::TrailerLf => {
                     self.bump_trailer()?;
-                    i += 1;
-                }
-                ChunkState::TrailerLf => {
                     if b != b'\n' {
                         return Err(ChunkedError::BadFraming);
                     }
-                    self.state = ChunkState::TrailerStart;
+                    self.state = S::TrailerStart;
                     i += 1;
                 }
-                ChunkState::FinalLf => {
+                S::FinalLf => {
                     if b != b'\n' {
                         return Err(ChunkedError::BadFraming);
                     }
-                    self.state = ChunkState::Done;
+                    self.state = S::Done;
                     return Ok(ChunkedStep {
                         consumed: i + 1,
                         data: 0..0,
                         done: true,
                     });
                 }
-                ChunkState::Done => {
+                S::Done => {
                     return Ok(ChunkedStep {
                         consumed: i,
                         data: 0..0,
                         done: true,
                     })
                 }
+                _ => return Err(ChunkedError::BadExtension),
             }
         }
         Ok(ChunkedStep {
             consumed: i,
             data: 0..0,
-            done: self.state == ChunkState::Done,
+            done: self.state == S::Done,
+        })
+    }
+
+    /// One byte of `chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )`, ending at
+    /// the CR of the size line (RFC 9112 §7.1.1). Names and values are checked and ignored.
+    fn extension(&self, b: u8) -> Result<ChunkState, ChunkedError> {
+        use ChunkState as S;
+        let tchar = super::is_tchar(b);
+        Ok(match (self.state, b) {
+            (S::ExtBws | S::ExtNameStart | S::ExtNameBws | S::ExtValueStart, _) if is_ws(b) => {
+                self.state
+            }
+            (S::ExtBws | S::ExtName | S::ExtNameBws | S::ExtValueToken | S::ExtValueEnd, b';') => {
+                S::ExtNameStart
+            }
+            (S::ExtNameStart | S::ExtName, _) if tchar => S::ExtName,
+            (S::ExtName | S::ExtNameBws, b'=') => S::ExtValueStart,
+            (S::ExtName | S::ExtValueToken | S::ExtValueEnd, b'\r') => S::SizeLf,
+            (S::ExtName, _) | (S::ExtValueToken | S::ExtValueEnd, _) if is_ws(b) => {
+                if self.state == S::ExtName {
+                    S::ExtNameBws
+                } else {
+                    S::ExtBws
+                }
+            }
+            (S::ExtValueStart | S::ExtValueToken, _) if tchar => S::ExtValueToken,
+            (S::ExtValueStart, b'"') => S::ExtQuoted,
+            (S::ExtQuoted, b'"') => S::ExtValueEnd,
+            (S::ExtQuoted, b'\\') => S::ExtQuotedPair,
+            (S::ExtQuoted, _) if is_qdtext(b) => S::ExtQuoted,
+            // quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text )
+            (S::ExtQuotedPair, _) if b == b'\t' || !b.is_ascii_control() => S::ExtQuoted,
+            _ => return Err(ChunkedError::BadExtension),
         })
     }
 
     fn bump_trailer(&mut self) -> Result<(), ChunkedError> {
         self.trailer_bytes += 1;
         if self.trailer_bytes > MAX_TRAILER_BYTES {
-            return Err(ChunkedError::TooLarge);
+            return Err(ChunkedError::TrailersTooLarge);
         }
         Ok(())
     }

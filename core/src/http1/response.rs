@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use super::{parse_content_length, trim, BodyFraming, MAX_HEADERS};
 
-/// A parsed upstream response head. Like [`RequestHead`], names and values are offsets into
+/// A parsed upstream response head. Like [`RequestHead`](super::RequestHead), names and values are offsets into
 /// one copy of the raw head.
 #[derive(Clone, Debug)]
 pub struct ResponseHead {

@@ -72,7 +72,7 @@ fn body_over_limit_is_413() {
 
 #[test]
 fn connection_and_expect() {
-    let (h, _) = parse("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n")
+    let (h, _) = parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n")
         .unwrap()
         .unwrap();
     assert!(!h.keep_alive);
@@ -82,10 +82,11 @@ fn connection_and_expect() {
         .unwrap()
         .unwrap();
     assert!(h.keep_alive);
-    let (h, _) =
-        parse("POST / HTTP/1.1\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n")
-            .unwrap()
-            .unwrap();
+    let (h, _) = parse(
+        "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .unwrap()
+    .unwrap();
     assert!(h.expect_continue);
     assert_eq!(h.body, BodyFraming::Chunked);
 }
