@@ -504,20 +504,23 @@ fn chunk_extensions_follow_their_grammar_and_are_ignored() {
 
 #[test]
 fn chunk_extensions_are_bounded() {
-    let long = format!(
-        "5;{}\r\nhello\r\n0\r\n\r\n",
-        "a".repeat(MAX_CHUNK_EXT_BYTES)
-    );
+    let n = MAX_CHUNK_EXT_BYTES as usize;
+    let long = format!("5;{}\r\nhello\r\n0\r\n\r\n", "a".repeat(n));
     assert_eq!(
         decode(long.as_bytes()).unwrap_err(),
         ChunkedError::ExtensionsTooLong
     );
-    // All chunks together: many small extensions add up.
-    let many = "1;abcdefghijklmnop\r\nx\r\n".repeat(MAX_CHUNK_EXT_BYTES / 16);
+    // All chunks together: small extensions add up once they outweigh the body.
+    let many = "1;abcdefghijklmnop\r\nx\r\n".repeat(n / 8);
     assert_eq!(
         decode(many.as_bytes()).unwrap_err(),
         ChunkedError::ExtensionsTooLong
     );
+    // A long stream whose extensions stay smaller than its data never trips the bound.
+    let chunk = format!("40;id=1234567890\r\n{}\r\n", "d".repeat(64));
+    let stream = format!("{}0\r\n\r\n", chunk.repeat(4 * n / 16));
+    let (body, done) = decode(stream.as_bytes()).unwrap();
+    assert!(done && body.len() == 64 * 4 * n / 16);
 }
 
 #[test]

@@ -17,7 +17,8 @@ pub enum ChunkedError {
     /// A chunk extension that is not `;name[=token|"quoted"]` (RFC 9112 §7.1.1).
     #[error("malformed chunk extension")]
     BadExtension,
-    /// The chunk extensions of the body together are over [`MAX_CHUNK_EXT_BYTES`].
+    /// The extensions of one chunk are over [`MAX_CHUNK_EXT_BYTES`], or those of the whole
+    /// body are over that plus the body's size.
     #[error("chunk extensions exceed {MAX_CHUNK_EXT_BYTES} bytes")]
     ExtensionsTooLong,
     /// A trailer line that is not a field line `name: value` (RFC 9112 §7.1.2).
@@ -104,8 +105,9 @@ pub struct ChunkedStep {
 /// where the body bytes are in the input. Feed it every byte in order; it keeps partial size
 /// lines in its state.
 ///
-/// Chunk extensions are checked against their grammar and ignored, bounded together to
-/// [`MAX_CHUNK_EXT_BYTES`]; trailer fields are checked against the field-line grammar and
+/// Chunk extensions are checked against their grammar and ignored, bounded to
+/// [`MAX_CHUNK_EXT_BYTES`] per chunk and, all chunks together, to that plus the body bytes
+/// announced so far (so extensions cannot outweigh the body, however long a stream); trailer fields are checked against the field-line grammar and
 /// discarded (never merged into the header section), bounded to [`MAX_TRAILER_BYTES`].
 ///
 /// Call order: `decode(input)` repeatedly on `&input[consumed..]` until `consumed` reaches the
@@ -117,15 +119,19 @@ pub struct ChunkedDecoder {
     remaining: u64,
     total: u64,
     max_total: u64,
-    ext_bytes: usize,
+    /// Extension bytes of the current size line.
+    ext_line_bytes: u64,
+    /// Extension bytes of the whole body.
+    ext_bytes: u64,
     trailer_bytes: usize,
 }
 
 /// Longest trailer section accepted.
 pub const MAX_TRAILER_BYTES: usize = 8 * 1024;
 
-/// Most bytes of chunk extensions accepted in one body, all chunks together.
-pub const MAX_CHUNK_EXT_BYTES: usize = 4 * 1024;
+/// Most bytes of chunk extensions accepted on one chunk; all chunks of a body together may
+/// have this many plus the body's size.
+pub const MAX_CHUNK_EXT_BYTES: u64 = 4 * 1024;
 
 fn is_ws(b: u8) -> bool {
     b == b' ' || b == b'\t'
@@ -150,6 +156,7 @@ impl ChunkedDecoder {
             remaining: 0,
             total: 0,
             max_total,
+            ext_line_bytes: 0,
             ext_bytes: 0,
             trailer_bytes: 0,
         }
@@ -167,10 +174,7 @@ impl ChunkedDecoder {
         while i < input.len() {
             let b = input[i];
             if self.state.in_extension() {
-                self.ext_bytes += 1;
-                if self.ext_bytes > MAX_CHUNK_EXT_BYTES {
-                    return Err(ChunkedError::ExtensionsTooLong);
-                }
+                self.bump_ext()?;
                 self.state = self.extension(b)?;
                 i += 1;
                 continue;
@@ -188,7 +192,7 @@ impl ChunkedDecoder {
                                 _ => S::ExtBws,
                             };
                             if b != b'\r' {
-                                self.ext_bytes += 1;
+                                self.bump_ext()?;
                             }
                             i += 1;
                             continue;
@@ -218,6 +222,7 @@ impl ChunkedDecoder {
                         self.state = S::Data;
                     }
                     self.size = 0;
+                    self.ext_line_bytes = 0;
                 }
                 S::Data => {
                     let avail = (input.len() - i) as u64;
@@ -329,6 +334,17 @@ impl ChunkedDecoder {
             (S::ExtQuotedPair, _) if b == b'\t' || !b.is_ascii_control() => S::ExtQuoted,
             _ => return Err(ChunkedError::BadExtension),
         })
+    }
+
+    fn bump_ext(&mut self) -> Result<(), ChunkedError> {
+        self.ext_line_bytes += 1;
+        self.ext_bytes += 1;
+        if self.ext_line_bytes > MAX_CHUNK_EXT_BYTES
+            || self.ext_bytes > MAX_CHUNK_EXT_BYTES.saturating_add(self.total)
+        {
+            return Err(ChunkedError::ExtensionsTooLong);
+        }
+        Ok(())
     }
 
     fn bump_trailer(&mut self) -> Result<(), ChunkedError> {

@@ -53,7 +53,7 @@
 //! | §7.1 chunk-size is 1*HEXDIG; overflow MUST be handled | [`ChunkedDecoder`] | `chunk_size_is_hex_and_bounded` |
 //! | §7.1 chunk-data ends in CRLF | [`ChunkedDecoder`] | `chunk_data_ends_in_crlf` |
 //! | §7.1.1 chunk-ext grammar; MUST ignore unknown extensions | `ChunkedDecoder::extension` | `chunk_extensions_follow_their_grammar_and_are_ignored` |
-//! | §7.1.1 bound the total length of extensions → 4xx | [`MAX_CHUNK_EXT_BYTES`] | `chunk_extensions_are_bounded` |
+//! | §7.1.1 bound the total length of extensions → 4xx | [`MAX_CHUNK_EXT_BYTES`] per chunk; all together at most that plus the body size | `chunk_extensions_are_bounded` |
 //! | §7.1.2 trailer section is field lines; never merged into the header section (discarded) | [`ChunkedDecoder`] | `trailer_fields_follow_the_field_grammar` |
 //! | §7.1.2 bounded trailer section | [`MAX_TRAILER_BYTES`] | `trailer_section_is_bounded` |
 //! | §7.1 last-chunk is `1*"0" [chunk-ext] CRLF` | [`ChunkedDecoder`] | `last_chunk_is_one_or_more_zeros` |
