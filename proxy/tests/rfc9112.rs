@@ -15,25 +15,9 @@ both_drivers!(
     host_rules,
     request_line_and_field_rules,
     chunked_body_rules,
+    a_huge_model_name_is_not_echoed,
     a_huge_invalid_field_is_not_echoed,
 );
-
-// `proxy/src/plan.rs` builds its own 404 with `format!("The model `{}` does not exist",
-// inspected.model)`, the whole name; it should use `sluice_core::request::bounded` (as
-// `core/src/request.rs` does). proxy/src is outside this branch: run with `--ignored` to see
-// it fail, and drop the `#[ignore]` with that fix.
-mod a_huge_model_name_is_not_echoed {
-    #[test]
-    #[ignore = "proxy/src/plan.rs echoes the model name unbounded"]
-    fn io_uring() {
-        super::a_huge_model_name_is_not_echoed(crate::common::driver_name(true));
-    }
-    #[test]
-    #[ignore = "proxy/src/plan.rs echoes the model name unbounded"]
-    fn epoll() {
-        super::a_huge_model_name_is_not_echoed(crate::common::driver_name(false));
-    }
-}
 
 /// Sends `raw` on a new connection; asserts `status`, the error `code`, and that the server
 /// closed the connection after answering.
