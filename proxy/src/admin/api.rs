@@ -26,6 +26,7 @@ use sluice_core::cost::format_usd;
 use sluice_core::http1::RequestHead;
 use sluice_core::keys::{self, KeyRecord, TeamRecord};
 use sluice_core::limits::BudgetPeriod;
+use sluice_core::request::bounded;
 
 use crate::listen::respond;
 use crate::registry::Registry;
@@ -141,7 +142,7 @@ fn route(shared: &Shared, head: &RequestHead, body: &[u8]) -> Answer {
         _ => Err(fail(
             404,
             "unknown_url",
-            format!("Unknown admin URL: {method} {path}"),
+            format!("Unknown admin URL: {} {}", bounded(method), bounded(path)),
         )),
     };
     result.unwrap_or_else(|a| a)
@@ -295,7 +296,11 @@ fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
         (_, [id, tail @ ..]) => {
             let index = auth.index();
             let Some(entry) = index.key(id).cloned() else {
-                return Err(fail(404, "not_found", format!("No key with id `{id}`.")));
+                return Err(fail(
+                    404,
+                    "not_found",
+                    format!("No key with id `{}`.", bounded(id)),
+                ));
             };
             if method == "GET" && tail.is_empty() {
                 return Ok(Answer(
@@ -307,16 +312,21 @@ fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
                 return Err(fail(
                     409,
                     "declared_in_config",
-                    format!("Key `{id}` is declared in the config file; change it there."),
+                    format!(
+                        "Key `{}` is declared in the config file; change it there.",
+                        bounded(id)
+                    ),
                 ));
             }
             let reg = registry(shared)?;
             // The store is the truth: re-read under the lock.
-            let mut record = reg
-                .store
-                .get_key(id)
-                .map_err(store_error)?
-                .ok_or_else(|| fail(404, "not_found", format!("No key with id `{id}`.")))?;
+            let mut record = reg.store.get_key(id).map_err(store_error)?.ok_or_else(|| {
+                fail(
+                    404,
+                    "not_found",
+                    format!("No key with id `{}`.", bounded(id)),
+                )
+            })?;
             let mut shown = None;
             match (method, tail) {
                 ("PATCH", []) => {
@@ -356,7 +366,7 @@ fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
                     return Err(fail(
                         405,
                         "method_not_allowed",
-                        format!("{method} is not allowed here"),
+                        format!("{} is not allowed here", bounded(method)),
                     ))
                 }
             }
@@ -372,7 +382,7 @@ fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
         _ => Err(fail(
             405,
             "method_not_allowed",
-            format!("{method} is not allowed here"),
+            format!("{} is not allowed here", bounded(method)),
         )),
     }
 }
@@ -389,8 +399,13 @@ fn check_budget(b: Option<f64>) -> Result<(), Answer> {
 }
 
 fn field<T: for<'de> Deserialize<'de>>(name: &str, v: Value) -> Result<T, Answer> {
-    serde_json::from_value(v)
-        .map_err(|e| fail(400, "invalid_request", format!("invalid `{name}`: {e}")))
+    serde_json::from_value(v).map_err(|e| {
+        fail(
+            400,
+            "invalid_request",
+            format!("invalid `{}`: {e}", bounded(name)),
+        )
+    })
 }
 
 fn patch_key(k: &mut KeyRecord, patch: Map<String, Value>) -> Result<(), Answer> {
@@ -427,7 +442,7 @@ fn patch_key(k: &mut KeyRecord, patch: Map<String, Value>) -> Result<(), Answer>
                 return Err(fail(
                     400,
                     "invalid_request",
-                    format!("unknown or read-only field `{other}`"),
+                    format!("unknown or read-only field `{}`", bounded(other)),
                 ))
             }
         }
@@ -459,7 +474,11 @@ fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
         }
         ("GET", [name]) => match index.team(name) {
             Some(t) => Ok(Answer(200, team_view(t, count(name)))),
-            None => Err(fail(404, "not_found", format!("No team `{name}`."))),
+            None => Err(fail(
+                404,
+                "not_found",
+                format!("No team `{}`.", bounded(name)),
+            )),
         },
         ("POST", []) => {
             let c: CreateTeam = parse_body(body)?;
@@ -496,7 +515,10 @@ fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
                     fail(
                         404,
                         "not_found",
-                        format!("No team `{name}` (create it with POST /admin/teams)."),
+                        format!(
+                            "No team `{}` (create it with POST /admin/teams).",
+                            bounded(name)
+                        ),
                     )
                 })?;
             for (f, v) in patch {
@@ -515,7 +537,7 @@ fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
                         return Err(fail(
                             400,
                             "invalid_request",
-                            format!("unknown or read-only field `{other}`"),
+                            format!("unknown or read-only field `{}`", bounded(other)),
                         ))
                     }
                 }
@@ -540,7 +562,7 @@ fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
         _ => Err(fail(
             405,
             "method_not_allowed",
-            format!("{method} is not allowed here"),
+            format!("{} is not allowed here", bounded(method)),
         )),
     }
 }
@@ -567,7 +589,10 @@ fn parse_time(name: &str, v: &str) -> Result<u64, Answer> {
     Err(fail(
         400,
         "invalid_request",
-        format!("`{name}` must be unix seconds or a date YYYY-MM-DD (UTC)"),
+        format!(
+            "`{}` must be unix seconds or a date YYYY-MM-DD (UTC)",
+            bounded(name)
+        ),
     ))
 }
 
@@ -601,7 +626,10 @@ fn spend(shared: &Shared, query: &str) -> Res {
             return Err(fail(
                 400,
                 "invalid_request",
-                format!("`group_by` must be key, team, model, deployment or day, not `{other}`"),
+                format!(
+                    "`group_by` must be key, team, model, deployment or day, not `{}`",
+                    bounded(other)
+                ),
             ))
         }
     };
