@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 use sluice_core::calendar::Date;
 use sluice_core::cost::format_usd;
 use sluice_core::http1::RequestHead;
-use sluice_core::keys::{self, KeyRecord, TeamRecord};
+use sluice_core::keys::{self, KeyRecord, Limits, TeamRecord};
 use sluice_core::limits::BudgetPeriod;
 use sluice_core::request::bounded;
 
@@ -184,11 +184,11 @@ fn key_view(k: &KeyRecord, entry: Option<&KeyEntry>, from_config: bool) -> Value
         "user": k.user,
         "prefix": k.prefix,
         "models": k.models,
-        "rpm": k.rpm,
-        "tpm": k.tpm,
-        "max_concurrency": k.max_concurrency,
-        "budget_usd": k.budget_usd,
-        "budget_period": k.budget_period,
+        "rpm": k.limits.rpm,
+        "tpm": k.limits.tpm,
+        "max_concurrency": k.limits.max_concurrency,
+        "budget_usd": k.limits.budget_usd,
+        "budget_period": k.limits.budget_period,
         "expires_at": k.expires_at_unix,
         "disabled": k.disabled,
         "metadata": k.metadata,
@@ -203,7 +203,7 @@ fn key_view(k: &KeyRecord, entry: Option<&KeyEntry>, from_config: bool) -> Value
 }
 
 fn team_view(t: &TeamEntry, keys: usize) -> Value {
-    let r = t.record.as_ref();
+    let r = t.record.as_ref().map(|r| &r.limits);
     json!({
         "object": "team",
         "name": &*t.name,
@@ -235,6 +235,37 @@ struct CreateKey {
     metadata: Option<Value>,
 }
 
+impl CreateKey {
+    /// Its limit fields as a key carries them. [`CreateKey`] and [`CreateTeam`] spell them out
+    /// because serde's `flatten` does not work with `deny_unknown_fields`.
+    fn limits(&self) -> Limits {
+        limits(
+            self.rpm,
+            self.tpm,
+            self.max_concurrency,
+            self.budget_usd,
+            self.budget_period,
+        )
+    }
+}
+
+/// Limits from the fields of a create body; no `budget_period` means the default.
+fn limits(
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    max_concurrency: Option<u32>,
+    budget_usd: Option<f64>,
+    budget_period: Option<BudgetPeriod>,
+) -> Limits {
+    Limits {
+        rpm,
+        tpm,
+        max_concurrency,
+        budget_usd,
+        budget_period: budget_period.unwrap_or_default(),
+    }
+}
+
 fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
     let auth = &shared.auth;
     match (method, rest) {
@@ -253,6 +284,7 @@ fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
         }
         ("POST", []) => {
             let c: CreateKey = parse_body(body)?;
+            let limits = c.limits();
             let team = c.team.unwrap_or_else(|| "default".to_string());
             if !valid_name(&c.name) {
                 return Err(name_error("name"));
@@ -275,12 +307,8 @@ fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
                 user: c.user,
                 hash: keys::hash_hex(&secret),
                 prefix: keys::visible_prefix(&secret),
+                limits,
                 models: c.models,
-                rpm: c.rpm,
-                tpm: c.tpm,
-                max_concurrency: c.max_concurrency,
-                budget_usd: c.budget_usd,
-                budget_period: c.budget_period.unwrap_or_default(),
                 expires_at_unix: c.expires_at,
                 disabled: false,
                 metadata: c.metadata.unwrap_or(Value::Null),
@@ -408,8 +436,30 @@ fn field<T: for<'de> Deserialize<'de>>(name: &str, v: Value) -> Result<T, Answer
     })
 }
 
+/// Sets the limit field `name` (`null` clears it; a cleared period is the default) and
+/// returns `None`, or gives `v` back when `name` is not a limit field.
+fn patch_limit(l: &mut Limits, name: &str, v: Value) -> Result<Option<Value>, Answer> {
+    match name {
+        "rpm" => l.rpm = field(name, v)?,
+        "tpm" => l.tpm = field(name, v)?,
+        "max_concurrency" => l.max_concurrency = field(name, v)?,
+        "budget_usd" => {
+            l.budget_usd = field(name, v)?;
+            check_budget(l.budget_usd)?;
+        }
+        "budget_period" => {
+            l.budget_period = field::<Option<BudgetPeriod>>(name, v)?.unwrap_or_default()
+        }
+        _ => return Ok(Some(v)),
+    }
+    Ok(None)
+}
+
 fn patch_key(k: &mut KeyRecord, patch: Map<String, Value>) -> Result<(), Answer> {
     for (name, v) in patch {
+        let Some(v) = patch_limit(&mut k.limits, &name, v)? else {
+            continue;
+        };
         match name.as_str() {
             "name" => {
                 k.name = field(&name, v)?;
@@ -425,16 +475,6 @@ fn patch_key(k: &mut KeyRecord, patch: Map<String, Value>) -> Result<(), Answer>
             }
             "user" => k.user = field(&name, v)?,
             "models" => k.models = field::<Option<Vec<String>>>(&name, v)?.unwrap_or_default(),
-            "rpm" => k.rpm = field(&name, v)?,
-            "tpm" => k.tpm = field(&name, v)?,
-            "max_concurrency" => k.max_concurrency = field(&name, v)?,
-            "budget_usd" => {
-                k.budget_usd = field(&name, v)?;
-                check_budget(k.budget_usd)?;
-            }
-            "budget_period" => {
-                k.budget_period = field::<Option<BudgetPeriod>>(&name, v)?.unwrap_or_default()
-            }
             "expires_at" => k.expires_at_unix = field(&name, v)?,
             "disabled" => k.disabled = field(&name, v)?,
             "metadata" => k.metadata = v,
@@ -459,6 +499,19 @@ struct CreateTeam {
     max_concurrency: Option<u32>,
     budget_usd: Option<f64>,
     budget_period: Option<BudgetPeriod>,
+}
+
+impl CreateTeam {
+    /// Its limit fields as a team carries them.
+    fn limits(&self) -> Limits {
+        limits(
+            self.rpm,
+            self.tpm,
+            self.max_concurrency,
+            self.budget_usd,
+            self.budget_period,
+        )
+    }
 }
 
 fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
@@ -487,12 +540,8 @@ fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
             }
             check_budget(c.budget_usd)?;
             let record = TeamRecord {
+                limits: c.limits(),
                 name: c.name,
-                rpm: c.rpm,
-                tpm: c.tpm,
-                max_concurrency: c.max_concurrency,
-                budget_usd: c.budget_usd,
-                budget_period: c.budget_period.unwrap_or_default(),
             };
             let reg = registry(shared)?;
             reg.store.create_team(&record).map_err(store_error)?;
@@ -522,24 +571,12 @@ fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
                     )
                 })?;
             for (f, v) in patch {
-                match f.as_str() {
-                    "rpm" => t.rpm = field(&f, v)?,
-                    "tpm" => t.tpm = field(&f, v)?,
-                    "max_concurrency" => t.max_concurrency = field(&f, v)?,
-                    "budget_usd" => {
-                        t.budget_usd = field(&f, v)?;
-                        check_budget(t.budget_usd)?;
-                    }
-                    "budget_period" => {
-                        t.budget_period = field::<Option<BudgetPeriod>>(&f, v)?.unwrap_or_default()
-                    }
-                    other => {
-                        return Err(fail(
-                            400,
-                            "invalid_request",
-                            format!("unknown or read-only field `{}`", bounded(other)),
-                        ))
-                    }
+                if patch_limit(&mut t.limits, &f, v)?.is_some() {
+                    return Err(fail(
+                        400,
+                        "invalid_request",
+                        format!("unknown or read-only field `{}`", bounded(&f)),
+                    ));
                 }
             }
             reg.store.update_team(&t).map_err(store_error)?;
@@ -751,11 +788,10 @@ mod tests {
             hash: String::new(),
             prefix: String::new(),
             models: vec![],
-            rpm: Some(1),
-            tpm: None,
-            max_concurrency: None,
-            budget_usd: None,
-            budget_period: BudgetPeriod::Monthly,
+            limits: Limits {
+                rpm: Some(1),
+                ..Limits::default()
+            },
             expires_at_unix: None,
             disabled: false,
             metadata: Value::Null,
@@ -766,8 +802,11 @@ mod tests {
         )
         .unwrap();
         assert!(patch_key(&mut k, p).is_ok());
-        assert_eq!((k.rpm, k.tpm, k.models.len()), (None, Some(5), 1));
-        assert_eq!(k.budget_period, BudgetPeriod::Daily);
+        assert_eq!(
+            (k.limits.rpm, k.limits.tpm, k.models.len()),
+            (None, Some(5), 1)
+        );
+        assert_eq!(k.limits.budget_period, BudgetPeriod::Daily);
         let bad: Map<String, Value> = serde_json::from_str(r#"{"hash": "x"}"#).unwrap();
         assert!(patch_key(&mut k, bad).is_err());
         let neg: Map<String, Value> = serde_json::from_str(r#"{"budget_usd": -1}"#).unwrap();

@@ -31,7 +31,7 @@ use sluice_core::cost::{self, PriceTable};
 use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::RequestHead;
 use sluice_core::inspect::{self, Inspected};
-use sluice_core::keys::{self, KeyRecord, KeyRefusal, TeamRecord};
+use sluice_core::keys::{self, KeyRecord, KeyRefusal, Limits, TeamRecord};
 use sluice_core::limiter::{Ask, Denied, Refusal};
 use sluice_core::limits::{self, period_start, BudgetPeriod, LimitSet};
 
@@ -49,7 +49,8 @@ pub struct TeamEntry {
     pub limits: Arc<LimitSet>,
     /// Micro-USD per model group, for `sluice_cost_usd_total{team}`.
     pub cost_by_group: Arc<[AtomicU64]>,
-    shape: Shape,
+    /// Its limits, [`Limits::normalized`]: a rebuild keeps `limits` while they are equal.
+    shape: Limits,
 }
 
 /// A key as the data plane sees it.
@@ -66,69 +67,14 @@ pub struct KeyEntry {
     pub limits: Arc<LimitSet>,
     /// Its team.
     pub team: Arc<TeamEntry>,
-    shape: Shape,
+    /// Its limits, [`Limits::normalized`]: a rebuild keeps `limits` while they are equal.
+    shape: Limits,
 }
 
 impl KeyEntry {
     /// The limits a request of this key is admitted against: the key's, then its team's.
     pub fn limit_sets(&self) -> [&LimitSet; 2] {
         [&self.limits, &self.team.limits]
-    }
-}
-
-/// The limit numbers of a key or team: a rebuild keeps its `LimitSet` while they are equal.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Shape {
-    rpm: Option<u64>,
-    tpm: Option<u64>,
-    max_concurrency: Option<u32>,
-    budget_micros: Option<u64>,
-    period: BudgetPeriod,
-}
-
-impl Shape {
-    fn new(
-        rpm: Option<u64>,
-        tpm: Option<u64>,
-        max_concurrency: Option<u32>,
-        budget_micros: Option<u64>,
-        period: BudgetPeriod,
-    ) -> Self {
-        Shape {
-            rpm,
-            tpm,
-            max_concurrency,
-            budget_micros,
-            // Without a budget, spend is still counted (for reports), over the key's life.
-            period: if budget_micros.is_some() {
-                period
-            } else {
-                BudgetPeriod::Lifetime
-            },
-        }
-    }
-
-    fn of_key(r: &KeyRecord) -> Self {
-        Shape::new(
-            r.rpm,
-            r.tpm,
-            r.max_concurrency,
-            r.budget_micros(),
-            r.budget_period,
-        )
-    }
-
-    fn of_team(r: Option<&TeamRecord>) -> Self {
-        match r {
-            Some(t) => Shape::new(
-                t.rpm,
-                t.tpm,
-                t.max_concurrency,
-                t.budget_micros(),
-                t.budget_period,
-            ),
-            None => Shape::new(None, None, None, None, BudgetPeriod::Lifetime),
-        }
     }
 }
 
@@ -166,11 +112,11 @@ impl Index {
 /// key id or team name in the current `period`.
 pub type SpendOf<'a> = &'a dyn Fn(Scope, &str, BudgetPeriod) -> u64;
 
-/// A limit set for `shape`, reusing `prev` when its numbers are the same; otherwise a new set
-/// that starts with `prev`'s spend (same period) or the store's.
+/// A limit set for `shape` (normalized limits), reusing `prev` when its numbers are the same;
+/// otherwise a new set that starts with `prev`'s spend (same period) or the store's.
 fn limit_set(
-    shape: Shape,
-    prev: Option<(Shape, &Arc<LimitSet>)>,
+    shape: Limits,
+    prev: Option<(Limits, &Arc<LimitSet>)>,
     scope: Scope,
     id: &str,
     spend_of: SpendOf<'_>,
@@ -181,21 +127,16 @@ fn limit_set(
             return set.clone();
         }
     }
-    let start = period_start(shape.period, unix_s);
+    let start = period_start(shape.budget_period, unix_s);
     let spend = match prev {
-        Some((s, set)) if s.period == shape.period && set.budget.period_start() == start => {
+        Some((s, set))
+            if s.budget_period == shape.budget_period && set.budget.period_start() == start =>
+        {
             set.budget.spend()
         }
-        _ => spend_of(scope, id, shape.period),
+        _ => spend_of(scope, id, shape.budget_period),
     };
-    Arc::new(LimitSet::new(
-        shape.rpm,
-        shape.tpm,
-        shape.max_concurrency,
-        shape.budget_micros.map(|b| (b, shape.period)),
-        spend,
-        unix_s,
-    ))
+    Arc::new(LimitSet::from_limits(&shape, spend, unix_s))
 }
 
 /// Builds the index from every key (`(record, from_config)`) and team, carrying limit state
@@ -217,7 +158,11 @@ pub fn build_index(
     }
     let mut team_map = HashMap::with_capacity(records.len());
     for (name, record) in records {
-        let shape = Shape::of_team(record.as_ref());
+        let shape = record
+            .as_ref()
+            .map(|t| t.limits)
+            .unwrap_or_default()
+            .normalized();
         let old = prev.teams.get(&name);
         let limits = limit_set(
             shape,
@@ -253,7 +198,7 @@ pub fn build_index(
         let Some(team) = team_map.get(&record.team).cloned() else {
             continue;
         };
-        let shape = Shape::of_key(&record);
+        let shape = record.limits.normalized();
         let old = prev.by_id.get(&record.id);
         let limits = limit_set(
             shape,
@@ -614,11 +559,10 @@ mod tests {
             hash: keys::hash_hex(&secret),
             prefix: keys::visible_prefix(&secret),
             models: vec!["gpt-*".into(), "mock-fast".into()],
-            rpm,
-            tpm: None,
-            max_concurrency: None,
-            budget_usd: None,
-            budget_period: BudgetPeriod::Monthly,
+            limits: Limits {
+                rpm,
+                ..Limits::default()
+            },
             expires_at_unix: None,
             disabled: false,
             metadata: serde_json::Value::Null,
