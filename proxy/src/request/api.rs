@@ -70,7 +70,7 @@ pub async fn serve(
     };
     let inspected = match Authenticated::new(key.clone()).inspect(&shared.config, &body) {
         Ok(i) => i,
-        Err(refused) => return refuse(worker, wr, &call, request, refused).await,
+        Err(refused) => return refuse(worker, wr, &call, request, refused, false).await,
     };
     let model = Some(inspected.fields.model.clone());
     let traced = request.trace.is_some();
@@ -92,7 +92,7 @@ pub async fn serve(
                 denied: None,
                 model,
             });
-            return refuse(worker, wr, &call, request, refused).await;
+            return refuse(worker, wr, &call, request, refused, inspected.fields.stream).await;
         }
     };
     let stages = Stages {
@@ -144,7 +144,9 @@ async fn admit_and_forward(
         });
     let admitted = match admitted {
         Ok(a) => a,
-        Err(refused) => return refuse(worker, wr, call, request, refused).await,
+        Err(refused) => {
+            return refuse(worker, wr, call, request, refused, plan.inspected.stream).await
+        }
     };
     let cache_request = CacheRequest {
         scope: key.as_ref().map_or("", |k| &k.team.name),
@@ -190,7 +192,9 @@ async fn admit_and_forward(
         auth.refusal(key.as_deref(), d, ask.tokens)
     }) {
         Ok(r) => r,
-        Err(refused) => return refuse(worker, wr, call, request, refused).await,
+        Err(refused) => {
+            return refuse(worker, wr, call, request, refused, plan.inspected.stream).await
+        }
     };
     let side = ClientSide {
         request_id: &request.request_id,
@@ -224,6 +228,7 @@ async fn refuse(
     call: &Call<'_>,
     request: RequestFacts,
     refused: Box<Refused<Arc<KeyEntry>>>,
+    stream: bool,
 ) -> Served {
     let auth = &worker.shared.auth;
     let model = refused.model.clone();
@@ -236,7 +241,9 @@ async fn refuse(
     let extra: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
     let keep = call.keep_alive && !err.kind.closes_connection();
     let bytes = respond::error_with(&err, &extra, keep, &request.request_id);
-    let (keep_alive, answer) = write(wr, bytes, err.status(), keep).await;
+    let (keep_alive, mut answer) = write(wr, bytes, err.status(), keep).await;
+    // The access log and metrics say whether the refused request asked for a stream.
+    answer.stream = stream;
     Served {
         keep_alive,
         early: Vec::new(),
