@@ -13,6 +13,7 @@ use sluice_core::dialect::{self, ResponseContext, StreamTranslator};
 use sluice_core::filter::{Capture, Chain};
 use sluice_core::http1::BodyFraming;
 use sluice_core::inspect;
+use sluice_core::route::Target;
 use sluice_core::sse::SseScanner;
 use sluice_core::usage::{self, Usage};
 
@@ -66,7 +67,7 @@ pub(crate) async fn deliver(
     plan: &Plan,
     sent: Sent,
     translation: Option<Translation>,
-    (g, i): (usize, usize),
+    target: Target,
     started: Instant,
     wr: &mut ClientWrite,
     watch: &mut ClientWatch<'_>,
@@ -75,7 +76,10 @@ pub(crate) async fn deliver(
     deadline: Instant,
 ) -> Delivered {
     let cfg = &worker.shared.config;
-    let dep = cfg.models.get(g).and_then(|m| m.deployments.get(i));
+    let dep = cfg
+        .models
+        .get(target.group)
+        .and_then(|m| m.deployments.get(target.deployment));
     let Some((dep, provider)) = dep.and_then(|d| Some((d, cfg.providers.get(d.provider)?))) else {
         return Delivered {
             keep_alive: false,

@@ -243,8 +243,10 @@ async fn deliver_attempt(
         return answer_error(wr, err, client, answer).await;
     };
     let translation = launch_of(sends, attempt).and_then(|l| l.translation);
-    let target = lp.target(attempt);
-    let (group, i) = target.map_or((plan.group, 0), |t| (t.group, t.deployment));
+    let target = lp.target(attempt).unwrap_or(Target {
+        group: plan.group,
+        deployment: 0,
+    });
     let started = lp.started(attempt).unwrap_or_else(Instant::now);
     let deadline = lp.deadline();
     let done = deliver(
@@ -252,7 +254,7 @@ async fn deliver_attempt(
         plan,
         sent,
         translation,
-        (group, i),
+        target,
         started,
         wr,
         watch,
