@@ -1,4 +1,5 @@
-//! Circuit breakers: one per deployment per worker, so a failing upstream is skipped quickly.
+//! Circuit breakers: one per deployment, shared by every worker (lock-free atomics), so a
+//! failing upstream is skipped quickly and trips once for the process.
 //!
 //! ```text
 //!            N consecutive failures, or error rate ≥ limit over the window
@@ -13,8 +14,16 @@
 //! The breaker is a plain state machine: time comes in as `now`, and every change of state is
 //! returned as a [`Transition`] for the caller to log and count. Open turns half-open by the
 //! passing of time alone, so that step is not a transition: [`Breaker::state`] reports it.
+//!
+//! Blast-radius guard: a failure is reported with its [`Blame`]. Failing to reach the
+//! deployment at all is the provider's whoever asked, and a trip on it is *hard* (known down).
+//! An error answer or a timeout may be the request's own fault (a prompt the provider chokes
+//! on): with a caller identity it counts toward a trip only while `min_distinct_callers`
+//! distinct callers are failing, and a caller whose own requests keep failing (with no
+//! success in the window) is short-circuited alone ([`Breaker::isolated`]).
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -41,6 +50,12 @@ pub struct BreakerConfig {
     pub max_cooldown: Duration,
     /// Probe requests allowed in flight while half-open.
     pub half_open_probes: u32,
+    /// When fewer than this share (percent) of the group's deployments admit requests, the
+    /// group balances over all of them again, open breakers or not (panic mode); 0 = never.
+    pub panic_percent: u32,
+    /// With caller identities (keys), failures trip only once this many distinct callers are
+    /// failing; 1 = any caller alone may trip it.
+    pub min_distinct_callers: u32,
 }
 
 impl Default for BreakerConfig {
@@ -54,6 +69,8 @@ impl Default for BreakerConfig {
             cooldown: Duration::from_secs(5),
             max_cooldown: Duration::from_secs(60),
             half_open_probes: 1,
+            panic_percent: 50,
+            min_distinct_callers: 2,
         }
     }
 }
@@ -70,7 +87,10 @@ impl Default for BreakerConfig {
 /// min_requests = 20             #   once it holds this many requests, at least 1 (default 20)
 /// cooldown_ms = 5000            # stay open this long; doubles on each repeated trip (default 5 s)
 /// max_cooldown_ms = 60000       # up to this, at least cooldown_ms (default 60 s)
-/// half_open_probes = 1          # then let this many probe requests through, at least 1 (default 1)
+/// half_open_probes = 1          # then let this many probe requests through, 1..=31 (default 1)
+/// panic_percent = 50            # below this share of admitting deployments, ignore the
+///                               #   breakers and balance over all of them, 0..=100 (default 50)
+/// min_distinct_callers = 2      # with keys: distinct failing callers needed to trip, ≥ 1 (default 2)
 /// ```
 ///
 /// A failure is a connect error, a timeout, a 429 or a 5xx; other answers (even 4xx) are
@@ -95,8 +115,12 @@ pub struct RawBreaker {
     pub cooldown_ms: Option<u64>,
     /// Longest cool-down in milliseconds, ≥ `cooldown_ms`.
     pub max_cooldown_ms: Option<u64>,
-    /// Probes in flight while half-open, ≥ 1.
+    /// Probes in flight while half-open, 1..=31.
     pub half_open_probes: Option<u32>,
+    /// Panic threshold in percent of admitting deployments, 0..=100.
+    pub panic_percent: Option<u32>,
+    /// Distinct failing callers needed to trip, ≥ 1.
+    pub min_distinct_callers: Option<u32>,
 }
 
 impl RawBreaker {
@@ -115,8 +139,20 @@ impl RawBreaker {
             return Err("`breaker.min_requests` must be at least 1, got 0".to_string());
         }
         let half_open_probes = self.half_open_probes.unwrap_or(d.half_open_probes);
-        if half_open_probes == 0 {
-            return Err("`breaker.half_open_probes` must be at least 1, got 0".to_string());
+        if !(1..=MAX_PROBES).contains(&half_open_probes) {
+            return Err(format!(
+                "`breaker.half_open_probes` must be in 1..={MAX_PROBES}, got {half_open_probes}"
+            ));
+        }
+        let panic_percent = self.panic_percent.unwrap_or(d.panic_percent);
+        if panic_percent > 100 {
+            return Err(format!(
+                "`breaker.panic_percent` must be in 0..=100, got {panic_percent}"
+            ));
+        }
+        let min_distinct_callers = self.min_distinct_callers.unwrap_or(d.min_distinct_callers);
+        if min_distinct_callers == 0 {
+            return Err("`breaker.min_distinct_callers` must be at least 1, got 0".to_string());
         }
         let cooldown = ms_setting("breaker.cooldown_ms", self.cooldown_ms, 1, d.cooldown)?;
         let max_cooldown = ms_setting(
@@ -141,6 +177,8 @@ impl RawBreaker {
             cooldown,
             max_cooldown,
             half_open_probes,
+            panic_percent,
+            min_distinct_callers,
         })
     }
 }
@@ -209,6 +247,11 @@ pub enum TripReason {
         /// Requests in the window.
         requests: u32,
     },
+    /// This many failures in a row to reach the deployment: it is known down.
+    Unreachable {
+        /// Failures in a row.
+        count: u32,
+    },
 }
 
 /// A change of state, to log and count.
@@ -265,6 +308,14 @@ impl fmt::Display for Transition {
                 f,
                 "breaker opened for {cooldown:?} after {failures} failures in {requests} requests"
             ),
+            Transition::Tripped {
+                reason: TripReason::Unreachable { count },
+                cooldown,
+                ..
+            } => write!(
+                f,
+                "breaker opened for {cooldown:?} after {count} failures to reach the deployment"
+            ),
             Transition::Reopened { cooldown, .. } => {
                 write!(f, "breaker reopened for {cooldown:?}: probe failed")
             }
@@ -274,121 +325,312 @@ impl fmt::Display for Transition {
 }
 
 const BUCKETS: usize = 10;
+/// Caller slots: the distinct callers whose requests failed lately, per breaker.
+const CALLER_SLOTS: usize = 8;
 
-/// Request and failure counts over a rolling window of `BUCKETS` buckets.
-#[derive(Clone, Debug)]
+/// Microseconds from `base` to `now` (0 before it).
+fn micros(base: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(base).as_micros()).unwrap_or(u64::MAX)
+}
+
+fn duration_us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The phase as one word, so every change is a single compare-and-swap:
+/// `kind (2 bits) | hard (1) | probes (5) | time (56, µs since the breaker's base)`.
+/// Open: `time` is the end of the cool-down; half-open: when the probe slots free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Word(u64);
+
+const KIND_CLOSED: u64 = 0;
+const KIND_OPEN: u64 = 1;
+const KIND_HALF_OPEN: u64 = 2;
+const TIME_BITS: u32 = 56;
+const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+const MAX_PROBES: u32 = 31;
+
+impl Word {
+    const CLOSED: Word = Word(0);
+
+    fn new(kind: u64, hard: bool, probes: u32, time_us: u64) -> Word {
+        Word(
+            kind << 62
+                | u64::from(hard) << 61
+                | u64::from(probes.min(MAX_PROBES)) << TIME_BITS
+                | time_us.min(TIME_MASK),
+        )
+    }
+    fn kind(self) -> u64 {
+        self.0 >> 62
+    }
+    fn hard(self) -> bool {
+        self.0 >> 61 & 1 == 1
+    }
+    fn probes(self) -> u32 {
+        (self.0 >> TIME_BITS & 0x1f) as u32
+    }
+    fn time_us(self) -> u64 {
+        self.0 & TIME_MASK
+    }
+}
+
+/// Request and failure counts over a rolling window of `BUCKETS` buckets, lock-free: each
+/// bucket is one word `tick (32 bits) | requests (16) | failures (16)`, reset by the first
+/// record of a newer tick. Ticks count bucket widths since the breaker's base.
+#[derive(Debug)]
 struct Window {
-    width_ns: u128,
-    /// The instant bucket ticks are counted from; set by the first record.
-    origin: Option<Instant>,
-    /// Tick of the newest bucket. Invariant: buckets older than `head - BUCKETS + 1` are zero.
-    head: u64,
-    /// (requests, failures) per bucket, indexed by tick modulo `BUCKETS`.
-    buckets: [(u32, u32); BUCKETS],
+    width_us: u64,
+    buckets: [AtomicU64; BUCKETS],
 }
 
 impl Window {
     fn new(window: Duration) -> Self {
         Window {
-            width_ns: (window.as_nanos() / BUCKETS as u128).max(1),
-            origin: None,
-            head: 0,
-            buckets: [(0, 0); BUCKETS],
+            width_us: (duration_us(window) / BUCKETS as u64).max(1),
+            buckets: Default::default(),
         }
     }
 
-    fn tick(&self, now: Instant) -> u64 {
-        self.origin.map_or(0, |o| {
-            u64::try_from(now.saturating_duration_since(o).as_nanos() / self.width_ns)
-                .unwrap_or(u64::MAX)
+    fn tick(&self, now_us: u64) -> u32 {
+        (now_us / self.width_us) as u32
+    }
+
+    fn record(&self, now_us: u64, failed: bool) {
+        let tick = self.tick(now_us);
+        let b = &self.buckets[tick as usize % BUCKETS];
+        let _ = b.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            let (r, f) = if (w >> 32) as u32 == tick {
+                ((w >> 16) & 0xffff, w & 0xffff)
+            } else {
+                (0, 0)
+            };
+            let r = (r + 1).min(0xffff);
+            let f = (f + u64::from(failed)).min(0xffff);
+            Some(u64::from(tick) << 32 | r << 16 | f)
+        });
+    }
+
+    /// (requests, failures) in the buckets of the last window.
+    fn totals(&self, now_us: u64) -> (u32, u32) {
+        let tick = self.tick(now_us);
+        self.buckets.iter().fold((0, 0), |(r, f), b| {
+            let w = b.load(Ordering::Acquire);
+            if tick.wrapping_sub((w >> 32) as u32) < BUCKETS as u32 {
+                (r + ((w >> 16) & 0xffff) as u32, f + (w & 0xffff) as u32)
+            } else {
+                (r, f)
+            }
         })
     }
 
-    fn rotate(&mut self, now: Instant) {
-        let t = self.tick(now);
-        if t <= self.head {
-            return;
+    fn clear(&self) {
+        for b in &self.buckets {
+            b.store(0, Ordering::Release);
         }
-        let steps = (t - self.head).min(BUCKETS as u64);
-        for k in 1..=steps {
-            self.buckets[((self.head + k) % BUCKETS as u64) as usize] = (0, 0);
-        }
-        self.head = t;
-    }
-
-    fn record(&mut self, now: Instant, failed: bool) {
-        if self.origin.is_none() {
-            self.origin = Some(now);
-        }
-        self.rotate(now);
-        let b = &mut self.buckets[(self.head % BUCKETS as u64) as usize];
-        b.0 = b.0.saturating_add(1);
-        b.1 = b.1.saturating_add(u32::from(failed));
-    }
-
-    fn totals(&self) -> (u32, u32) {
-        self.buckets.iter().fold((0u32, 0u32), |(r, f), b| {
-            (r.saturating_add(b.0), f.saturating_add(b.1))
-        })
-    }
-
-    fn clear(&mut self) {
-        self.buckets = [(0, 0); BUCKETS];
     }
 }
 
+/// The callers whose requests failed lately (the blast-radius guard), lock-free: each slot is
+/// one word `caller hash (24 bits) | failures in a row (8) | last failure (32, ms since base)`,
+/// plus the time of the caller's last success (ms + 1; 0: none). A caller's success resets its
+/// run. Slots are taken by the least recently failing caller when full; races between two
+/// updates of one slot may lose a count, which only makes the guard more lenient.
+#[derive(Debug, Default)]
+struct Callers {
+    slots: [AtomicU64; CALLER_SLOTS],
+    ok_ms: [AtomicU32; CALLER_SLOTS],
+}
+
+/// Milliseconds from `then` to `now` on the wrapping clock of the caller slots. Workers pass
+/// their own `now`, so a slot may be stamped slightly after it: up to a second ahead reads as 0.
+fn age_ms(now: u32, then: u32) -> u32 {
+    let age = now.wrapping_sub(then);
+    if age > u32::MAX - 1000 {
+        0
+    } else {
+        age
+    }
+}
+
+fn caller_tag(caller: u64) -> u64 {
+    ((caller >> 40) & 0xff_ffff).max(1)
+}
+
+impl Callers {
+    fn find(&self, tag: u64) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.load(Ordering::Acquire) >> 40 == tag)
+    }
+
+    /// Counts a failure of `caller`; its failures in a row.
+    fn failure(&self, caller: u64, now_ms: u32) -> u32 {
+        let tag = caller_tag(caller);
+        loop {
+            if let Some(i) = self.find(tag) {
+                let mut count = 0;
+                let updated =
+                    self.slots[i].fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                        (w >> 40 == tag).then(|| {
+                            count = ((w >> 32 & 0xff) + 1).min(0xff);
+                            tag << 40 | count << 32 | u64::from(now_ms)
+                        })
+                    });
+                if updated.is_ok() {
+                    return count as u32;
+                }
+                continue;
+            }
+            // A free slot, else the one whose last failure is oldest.
+            let (i, old) = self
+                .slots
+                .iter()
+                .map(|s| s.load(Ordering::Acquire))
+                .enumerate()
+                .max_by_key(|(_, w)| {
+                    if *w == 0 {
+                        u32::MAX
+                    } else {
+                        age_ms(now_ms, *w as u32)
+                    }
+                })
+                .unwrap_or((0, 0));
+            let new = tag << 40 | 1 << 32 | u64::from(now_ms);
+            if self.slots[i]
+                .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.ok_ms[i].store(0, Ordering::Release);
+                return 1;
+            }
+        }
+    }
+
+    /// Counts a success of `caller`: its run of failures ends.
+    fn success(&self, caller: u64, now_ms: u32) {
+        let tag = caller_tag(caller);
+        if let Some(i) = self.find(tag) {
+            let _ = self.slots[i].fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w >> 40 == tag).then_some(w & !(0xff << 32))
+            });
+            self.ok_ms[i].store(now_ms.wrapping_add(1).max(1), Ordering::Release);
+        }
+    }
+
+    /// Callers in a run of failures whose last one is younger than `window_ms`.
+    fn failing(&self, now_ms: u32, window_ms: u32) -> u32 {
+        self.slots
+            .iter()
+            .map(|s| s.load(Ordering::Acquire))
+            .filter(|w| w >> 32 & 0xff > 0 && age_ms(now_ms, *w as u32) < window_ms)
+            .count() as u32
+    }
+
+    /// How long `caller` stays short-circuited: `run` failures in a row, the last one less
+    /// than `cooldown_ms` ago, and no success within `window_ms`.
+    fn isolated(
+        &self,
+        caller: u64,
+        now_ms: u32,
+        run: u32,
+        cooldown_ms: u32,
+        window_ms: u32,
+    ) -> Option<Duration> {
+        if run == 0 {
+            return None;
+        }
+        let i = self.find(caller_tag(caller))?;
+        let w = self.slots[i].load(Ordering::Acquire);
+        let age = age_ms(now_ms, w as u32);
+        if ((w >> 32) & 0xff) < u64::from(run.min(0xff)) || age >= cooldown_ms {
+            return None;
+        }
+        let ok = self.ok_ms[i].load(Ordering::Acquire);
+        if ok != 0 && age_ms(now_ms, ok - 1) < window_ms {
+            return None;
+        }
+        Some(Duration::from_millis(u64::from(cooldown_ms - age)))
+    }
+}
+
+/// A caller identity for the breakers from a key id: a stable 64-bit hash (FNV-1a, then a
+/// SplitMix64 finalizer so the high bits the caller slots use are well mixed).
+pub fn caller_id(key_id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// How a failure is to be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Closed,
-    Open {
-        until: Instant,
-    },
-    /// `probes` probes are out; all their slots free at `release_at` if they never report.
-    HalfOpen {
-        probes: u32,
-        release_at: Option<Instant>,
-    },
+pub enum Blame {
+    /// The deployment could not be reached at all (connect, DNS, TLS, a failed health check):
+    /// the provider's, whoever asked. A trip on it is *hard*: the deployment is known down
+    /// and the panic threshold does not send to it.
+    Unreachable,
+    /// An error answer or a timeout, for the request of this caller (`None`: unknown). It may
+    /// be the request's own fault, so with a caller it counts toward a trip only once
+    /// `min_distinct_callers` callers are failing.
+    Answer(Option<u64>),
 }
 
-/// One worker's circuit breaker for one deployment.
+/// One deployment's circuit breaker, shared by every worker: all its state is atomics, every
+/// change of phase a compare-and-swap, so concurrent reports trip it once.
 ///
 /// Call order, per attempt:
 /// 1. [`would_admit`](Self::would_admit) inside the balancer's `allowed` filter (pure);
 /// 2. [`admit`](Self::admit) on the deployment actually picked: `Allow` or `Probe` means send;
 /// 3. [`on_success`](Self::on_success) or [`on_failure`](Self::on_failure) once the outcome
-///    is known — report at the response head (status known), not at the end of a long stream.
-///    A cancelled attempt reports nothing.
+///    is known. A cancelled attempt reports nothing.
 ///
-/// Log and count every [`Transition`] returned; export [`state`](Self::state) and
-/// [`trips`](Self::trips) as metrics. Outcomes of requests sent before the breaker opened
-/// that arrive while it is open are ignored; once the cool-down has passed, any outcome counts
-/// as the probe's.
-#[derive(Clone, Debug)]
+/// Log and count every [`Transition`] returned (only the caller whose report made the change
+/// gets it); export [`state`](Self::state) and [`trips`](Self::trips) as metrics. Outcomes of
+/// requests sent before the breaker opened that arrive while it is open are ignored; once the
+/// cool-down has passed, any outcome counts as the probe's.
+///
+/// Time is microseconds since `base`, an instant fixed when the breaker is made; every worker
+/// passes its own `now`. Concurrency note: the counters (failures in a row, the window, the
+/// caller slots) are updated apart from the phase word, so a report racing a trip may be
+/// counted toward the next closed period; the phase itself never takes two transitions from
+/// one state.
+#[derive(Debug)]
 pub struct Breaker {
     config: BreakerConfig,
-    phase: Phase,
+    base: Instant,
+    phase: AtomicU64,
     /// Failures in a row while closed.
-    consecutive: u32,
+    consecutive: AtomicU32,
     window: Window,
+    callers: Callers,
     /// Trips since the last successful close.
-    streak: u32,
-    /// The cool-down of the latest trip (the base one before any trip); also how long a probe
-    /// slot stays taken.
-    cooldown: Duration,
-    trips: u64,
+    streak: AtomicU32,
+    /// The cool-down of the latest trip in µs (the base one before any trip); also how long a
+    /// probe slot stays taken.
+    cooldown_us: AtomicU64,
+    trips: AtomicU64,
 }
 
 impl Breaker {
-    /// A closed breaker.
-    pub fn new(config: BreakerConfig) -> Self {
+    /// A closed breaker whose clock starts at `base` (any instant not after the first `now`).
+    pub fn new(config: BreakerConfig, base: Instant) -> Self {
         Breaker {
             window: Window::new(config.window),
-            cooldown: config.cooldown,
+            cooldown_us: AtomicU64::new(duration_us(config.cooldown)),
             config,
-            phase: Phase::Closed,
-            consecutive: 0,
-            streak: 0,
-            trips: 0,
+            base,
+            phase: AtomicU64::new(Word::CLOSED.0),
+            consecutive: AtomicU32::new(0),
+            callers: Callers::default(),
+            streak: AtomicU32::new(0),
+            trips: AtomicU64::new(0),
         }
     }
 
@@ -397,25 +639,48 @@ impl Breaker {
         &self.config
     }
 
+    fn word(&self) -> Word {
+        Word(self.phase.load(Ordering::Acquire))
+    }
+
+    fn at(&self, us: u64) -> Instant {
+        self.base
+            .checked_add(Duration::from_micros(us))
+            .unwrap_or(self.base)
+    }
+
+    fn now_ms(&self, now: Instant) -> u32 {
+        (micros(self.base, now) / 1000) as u32
+    }
+
     /// The state at `now`: Open turns HalfOpen once its `until` has passed.
     pub fn state(&self, now: Instant) -> BreakerState {
-        match self.phase {
-            Phase::Closed => BreakerState::Closed,
-            Phase::Open { until } if now >= until => BreakerState::HalfOpen,
-            Phase::Open { until } => BreakerState::Open { until },
-            Phase::HalfOpen { .. } => BreakerState::HalfOpen,
+        let w = self.word();
+        match w.kind() {
+            KIND_OPEN if micros(self.base, now) < w.time_us() => BreakerState::Open {
+                until: self.at(w.time_us()),
+            },
+            KIND_OPEN | KIND_HALF_OPEN => BreakerState::HalfOpen,
+            _ => BreakerState::Closed,
         }
+    }
+
+    /// Whether the deployment is known down at `now`: open (or half-open with every probe
+    /// slot taken) after a failure to reach it. The panic threshold never sends to it.
+    pub fn is_down(&self, now: Instant) -> bool {
+        self.config.enabled && self.word().hard() && !self.would_admit(now)
     }
 
     /// How many times the breaker has tripped (Closed → Open and HalfOpen → Open), ever.
     pub fn trips(&self) -> u64 {
-        self.trips
+        self.trips.load(Ordering::Relaxed)
     }
 
     /// Probe slots taken at `now`.
     pub fn probes_in_flight(&self, now: Instant) -> u32 {
-        match self.phase {
-            Phase::HalfOpen { probes, release_at } if release_at.is_none_or(|r| now < r) => probes,
+        let w = self.word();
+        match w.kind() {
+            KIND_HALF_OPEN if micros(self.base, now) < w.time_us() => w.probes(),
             _ => 0,
         }
     }
@@ -425,23 +690,26 @@ impl Breaker {
         if !self.config.enabled {
             return Admission::Allow;
         }
-        match self.phase {
-            Phase::Closed => Admission::Allow,
-            Phase::Open { until } if now < until => Admission::Reject {
-                retry_after: nonzero(until - now),
+        self.check_word(self.word(), micros(self.base, now))
+    }
+
+    fn check_word(&self, w: Word, now_us: u64) -> Admission {
+        match w.kind() {
+            KIND_OPEN if now_us < w.time_us() => Admission::Reject {
+                retry_after: nonzero(Duration::from_micros(w.time_us() - now_us)),
             },
-            Phase::Open { .. } => Admission::Probe,
-            Phase::HalfOpen { release_at, .. } => {
-                if self.probes_in_flight(now) < self.config.half_open_probes {
+            KIND_OPEN => Admission::Probe,
+            KIND_HALF_OPEN => {
+                let live = if now_us < w.time_us() { w.probes() } else { 0 };
+                if live < self.config.half_open_probes.min(MAX_PROBES) {
                     Admission::Probe
                 } else {
                     Admission::Reject {
-                        retry_after: nonzero(
-                            release_at.map_or(self.cooldown, |r| r.saturating_duration_since(now)),
-                        ),
+                        retry_after: nonzero(Duration::from_micros(w.time_us() - now_us)),
                     }
                 }
             }
+            _ => Admission::Allow,
         }
     }
 
@@ -459,60 +727,122 @@ impl Breaker {
         }
     }
 
-    /// Asks to send one request at `now`; a `Probe` takes a probe slot until its outcome is
-    /// reported or the slot is released after the current cool-down.
-    pub fn admit(&mut self, now: Instant) -> Admission {
-        self.advance(now);
-        let answer = self.check(now);
-        if answer == Admission::Probe {
-            let probes = self.probes_in_flight(now).saturating_add(1);
-            self.phase = Phase::HalfOpen {
-                probes,
-                release_at: now.checked_add(self.cooldown),
-            };
-        }
-        answer
+    /// How long `caller`'s own requests to this deployment stay short-circuited: its last
+    /// `consecutive_failures` requests failed, the last less than a cool-down ago, and none
+    /// succeeded within the window. `None`: send.
+    pub fn isolated(&self, now: Instant, caller: Option<u64>) -> Option<Duration> {
+        let caller = caller.filter(|_| self.config.enabled)?;
+        self.callers.isolated(
+            caller,
+            self.now_ms(now),
+            self.config.consecutive_failures,
+            ms_u32(self.config.cooldown),
+            ms_u32(self.config.window),
+        )
     }
 
-    /// The request sent to this deployment succeeded, as known at `now`.
-    pub fn on_success(&mut self, now: Instant) -> Option<Transition> {
-        self.advance(now);
-        match self.phase {
-            Phase::Closed => {
-                self.consecutive = 0;
-                self.window.record(now, false);
-                None
+    /// Asks to send one request at `now`; a `Probe` takes a probe slot until its outcome is
+    /// reported or the slot is released after the current cool-down.
+    pub fn admit(&self, now: Instant) -> Admission {
+        if !self.config.enabled {
+            return Admission::Allow;
+        }
+        let now_us = micros(self.base, now);
+        let mut w = self.word();
+        loop {
+            let answer = self.check_word(w, now_us);
+            if answer != Admission::Probe {
+                return answer;
             }
-            Phase::Open { .. } => None,
-            Phase::HalfOpen { .. } => {
-                self.phase = Phase::Closed;
-                self.consecutive = 0;
-                self.window.clear();
-                self.streak = 0;
-                self.cooldown = self.config.cooldown;
-                Some(Transition::Closed)
+            let live = match w.kind() {
+                KIND_HALF_OPEN if now_us < w.time_us() => w.probes(),
+                _ => 0,
+            };
+            let release = now_us.saturating_add(self.cooldown_us.load(Ordering::Relaxed));
+            let next = Word::new(KIND_HALF_OPEN, w.hard(), live + 1, release);
+            match self
+                .phase
+                .compare_exchange(w.0, next.0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Admission::Probe,
+                Err(seen) => w = Word(seen),
+            }
+        }
+    }
+
+    /// The request of `caller` sent to this deployment succeeded, as known at `now`.
+    pub fn on_success(&self, now: Instant, caller: Option<u64>) -> Option<Transition> {
+        if !self.config.enabled {
+            return None;
+        }
+        if let Some(c) = caller {
+            self.callers.success(c, self.now_ms(now));
+        }
+        let now_us = micros(self.base, now);
+        let mut w = self.word();
+        loop {
+            match w.kind() {
+                KIND_CLOSED => {
+                    self.consecutive.store(0, Ordering::Relaxed);
+                    self.window.record(now_us, false);
+                    return None;
+                }
+                KIND_OPEN if now_us < w.time_us() => return None,
+                _ => {}
+            }
+            match self.phase.compare_exchange(
+                w.0,
+                Word::CLOSED.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.consecutive.store(0, Ordering::Relaxed);
+                    self.window.clear();
+                    self.streak.store(0, Ordering::Relaxed);
+                    self.cooldown_us
+                        .store(duration_us(self.config.cooldown), Ordering::Relaxed);
+                    return Some(Transition::Closed);
+                }
+                Err(seen) => w = Word(seen),
             }
         }
     }
 
     /// The request sent to this deployment failed (connect error, timeout, 429, 5xx), as known
-    /// at `now`.
-    pub fn on_failure(&mut self, now: Instant) -> Option<Transition> {
+    /// at `now`, blamed as `blame`.
+    pub fn on_failure(&self, now: Instant, blame: Blame) -> Option<Transition> {
         if !self.config.enabled {
             return None;
         }
-        self.advance(now);
-        match self.phase {
-            Phase::Closed => {
-                self.consecutive = self.consecutive.saturating_add(1);
-                self.window.record(now, true);
-                let (requests, failures) = self.window.totals();
-                let reason = if self.config.consecutive_failures > 0
-                    && self.consecutive >= self.config.consecutive_failures
+        let now_ms = self.now_ms(now);
+        let caller = match blame {
+            Blame::Answer(c) => c,
+            Blame::Unreachable => None,
+        };
+        if let Some(c) = caller {
+            self.callers.failure(c, now_ms);
+        }
+        let hard = blame == Blame::Unreachable;
+        let now_us = micros(self.base, now);
+        let w = self.word();
+        match w.kind() {
+            KIND_CLOSED => {
+                let count = self
+                    .consecutive
+                    .fetch_add(1, Ordering::AcqRel)
+                    .saturating_add(1);
+                self.window.record(now_us, true);
+                let (requests, failures) = self.window.totals(now_us);
+                let reason = if hard
+                    && self.config.consecutive_failures > 0
+                    && count >= self.config.consecutive_failures
                 {
-                    TripReason::ConsecutiveFailures {
-                        count: self.consecutive,
-                    }
+                    TripReason::Unreachable { count }
+                } else if self.config.consecutive_failures > 0
+                    && count >= self.config.consecutive_failures
+                {
+                    TripReason::ConsecutiveFailures { count }
                 } else if requests >= self.config.min_requests.max(1)
                     && f64::from(failures) >= self.config.error_rate * f64::from(requests)
                 {
@@ -520,50 +850,67 @@ impl Breaker {
                 } else {
                     return None;
                 };
-                let (cooldown, until) = self.open(now);
+                // The blast-radius guard: one caller's failures do not trip it for everyone.
+                if caller.is_some()
+                    && self.callers.failing(now_ms, ms_u32(self.config.window))
+                        < self.config.min_distinct_callers
+                {
+                    return None;
+                }
+                let (cooldown, until) = self.open(w, now_us, hard)?;
                 Some(Transition::Tripped {
                     reason,
                     cooldown,
                     until,
                 })
             }
-            Phase::Open { .. } => None,
-            Phase::HalfOpen { .. } => {
-                let (cooldown, until) = self.open(now);
+            KIND_OPEN if now_us < w.time_us() => {
+                if hard && !w.hard() {
+                    // Known down now: keep the cool-down, stop panic traffic to it.
+                    let next = Word::new(KIND_OPEN, true, 0, w.time_us());
+                    let _ = self.phase.compare_exchange(
+                        w.0,
+                        next.0,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                }
+                None
+            }
+            _ => {
+                let (cooldown, until) = self.open(w, now_us, hard)?;
                 Some(Transition::Reopened { cooldown, until })
             }
         }
     }
 
-    /// Open → HalfOpen once the cool-down has passed.
-    fn advance(&mut self, now: Instant) {
-        if let Phase::Open { until } = self.phase {
-            if now >= until {
-                self.phase = Phase::HalfOpen {
-                    probes: 0,
-                    release_at: None,
-                };
-            }
-        }
-    }
-
-    /// Opens for the next cool-down: `cooldown × 2^(trips in a row - 1)`, at most the maximum.
-    fn open(&mut self, now: Instant) -> (Duration, Instant) {
-        self.streak = self.streak.saturating_add(1);
-        self.trips = self.trips.saturating_add(1);
-        let factor = 1u32.checked_shl(self.streak - 1).unwrap_or(u32::MAX);
+    /// Opens (from the phase `from`) for the next cool-down: `cooldown × 2^(trips in a row -
+    /// 1)`, at most the maximum. `None` when another report changed the phase first.
+    fn open(&self, from: Word, now_us: u64, hard: bool) -> Option<(Duration, Instant)> {
+        let streak = self.streak.load(Ordering::Relaxed).saturating_add(1);
+        let factor = 1u32.checked_shl(streak - 1).unwrap_or(u32::MAX);
         let cooldown = self
             .config
             .cooldown
             .saturating_mul(factor)
             .min(self.config.max_cooldown);
-        self.cooldown = cooldown;
-        let until = now.checked_add(cooldown).unwrap_or(now);
-        self.phase = Phase::Open { until };
-        self.consecutive = 0;
+        let until_us = now_us.saturating_add(duration_us(cooldown));
+        let next = Word::new(KIND_OPEN, hard, 0, until_us);
+        self.phase
+            .compare_exchange(from.0, next.0, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        self.streak.store(streak, Ordering::Relaxed);
+        self.trips.fetch_add(1, Ordering::Relaxed);
+        self.cooldown_us
+            .store(duration_us(cooldown), Ordering::Relaxed);
+        self.consecutive.store(0, Ordering::Relaxed);
         self.window.clear();
-        (cooldown, until)
+        Some((cooldown, self.at(until_us)))
     }
+}
+
+fn ms_u32(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// A `Retry-After` is never zero: the caller would spin.
@@ -590,6 +937,8 @@ mod tests {
             max_cooldown: 30 * S,
             half_open_probes: 1,
             enabled: true,
+            panic_percent: 50,
+            min_distinct_callers: 2,
         }
     }
 
@@ -672,14 +1021,14 @@ mod tests {
     #[test]
     fn trips_on_consecutive_failures_and_rejects_until_cooldown() {
         let t = t0();
-        let mut b = Breaker::new(config());
+        let b = Breaker::new(config(), t);
         assert_eq!(b.admit(t), Admission::Allow);
-        assert_eq!(b.on_failure(t), None);
-        assert_eq!(b.on_failure(t), None);
-        b.on_success(t); // resets the run
-        assert_eq!(b.on_failure(t), None);
-        assert_eq!(b.on_failure(t), None);
-        let tr = b.on_failure(t).unwrap();
+        assert_eq!(b.on_failure(t, Blame::Answer(None)), None);
+        assert_eq!(b.on_failure(t, Blame::Answer(None)), None);
+        b.on_success(t, None); // resets the run
+        assert_eq!(b.on_failure(t, Blame::Answer(None)), None);
+        assert_eq!(b.on_failure(t, Blame::Answer(None)), None);
+        let tr = b.on_failure(t, Blame::Answer(None)).unwrap();
         assert_eq!(
             tr,
             Transition::Tripped {
@@ -696,26 +1045,29 @@ mod tests {
         assert!(!b.would_admit(t + S));
         assert_eq!(b.retry_after(t + S), Some(4 * S));
         // Late outcomes of requests sent before the trip change nothing.
-        assert_eq!(b.on_success(t + S), None);
-        assert_eq!(b.on_failure(t + S), None);
+        assert_eq!(b.on_success(t + S, None), None);
+        assert_eq!(b.on_failure(t + S, Blame::Answer(None)), None);
         assert_eq!(b.state(t + 5 * S), BreakerState::HalfOpen);
     }
 
     #[test]
     fn trips_on_error_rate_once_min_requests_seen() {
         let t = t0();
-        let mut b = Breaker::new(BreakerConfig {
-            consecutive_failures: 0,
-            ..config()
-        });
+        let b = Breaker::new(
+            BreakerConfig {
+                consecutive_failures: 0,
+                ..config()
+            },
+            t,
+        );
         // 5 failures interleaved with 4 successes: 9 requests, below min_requests.
         for _ in 0..4 {
-            assert_eq!(b.on_failure(t), None);
-            b.on_success(t);
+            assert_eq!(b.on_failure(t, Blame::Answer(None)), None);
+            b.on_success(t, None);
         }
-        assert_eq!(b.on_failure(t), None);
+        assert_eq!(b.on_failure(t, Blame::Answer(None)), None);
         // The tenth request is a failure: 6/10 ≥ 0.5.
-        let tr = b.on_failure(t).unwrap();
+        let tr = b.on_failure(t, Blame::Answer(None)).unwrap();
         assert!(matches!(
             tr,
             Transition::Tripped {
@@ -731,32 +1083,38 @@ mod tests {
     #[test]
     fn window_forgets_old_buckets() {
         let t = t0();
-        let mut b = Breaker::new(BreakerConfig {
-            consecutive_failures: 0,
-            ..config()
-        });
+        let b = Breaker::new(
+            BreakerConfig {
+                consecutive_failures: 0,
+                ..config()
+            },
+            t,
+        );
         // 4 failures in 9 requests: below min_requests.
         for _ in 0..4 {
-            assert_eq!(b.on_failure(t), None);
+            assert_eq!(b.on_failure(t, Blame::Answer(None)), None);
         }
         for _ in 0..5 {
-            b.on_success(t);
+            b.on_success(t, None);
         }
         // Had the window (10 s) kept them, a tenth request failing would trip (5/10); eleven
         // seconds later it holds only the new one.
-        assert_eq!(b.on_failure(t + 11 * S), None);
+        assert_eq!(b.on_failure(t + 11 * S, Blame::Answer(None)), None);
         for _ in 0..8 {
-            b.on_success(t + 12 * S);
+            b.on_success(t + 12 * S, None);
         }
         // 10 requests, 2 failures.
-        assert_eq!(b.on_failure(t + 12 * S), None);
+        assert_eq!(b.on_failure(t + 12 * S, Blame::Answer(None)), None);
         // Buckets age one by one: at t + 21.5 s the bucket of t + 11 s has left the window but
         // the one of t + 12 s has not: 9 requests, 1 failure; 7 more failures make 8/16.
         for _ in 0..6 {
-            assert_eq!(b.on_failure(t + 21 * S + 500 * MS), None);
+            assert_eq!(
+                b.on_failure(t + 21 * S + 500 * MS, Blame::Answer(None)),
+                None
+            );
         }
         assert!(matches!(
-            b.on_failure(t + 21 * S + 500 * MS),
+            b.on_failure(t + 21 * S + 500 * MS, Blame::Answer(None)),
             Some(Transition::Tripped {
                 reason: TripReason::ErrorRate {
                     failures: 8,
@@ -770,9 +1128,9 @@ mod tests {
     #[test]
     fn half_open_probes_then_close_or_reopen_with_doubling_cooldown() {
         let t = t0();
-        let mut b = Breaker::new(config());
+        let b = Breaker::new(config(), t);
         for _ in 0..3 {
-            b.on_failure(t);
+            b.on_failure(t, Blame::Answer(None));
         }
         let mut now = t + 5 * S;
         assert_eq!(b.state(now), BreakerState::HalfOpen);
@@ -782,7 +1140,7 @@ mod tests {
         assert_eq!(b.admit(now), Admission::Reject { retry_after: 5 * S });
         // Probe fails: open again for 10 s, then 20 s, then 30 s (the maximum).
         for (k, cd) in [10, 20, 30, 30].into_iter().enumerate() {
-            let tr = b.on_failure(now).unwrap();
+            let tr = b.on_failure(now, Blame::Answer(None)).unwrap();
             assert_eq!(
                 tr,
                 Transition::Reopened {
@@ -795,14 +1153,14 @@ mod tests {
             assert_eq!(b.admit(now), Admission::Probe);
         }
         // Probe succeeds: closed, cool-down back to the base.
-        assert_eq!(b.on_success(now), Some(Transition::Closed));
+        assert_eq!(b.on_success(now, None), Some(Transition::Closed));
         assert_eq!(b.state(now), BreakerState::Closed);
         assert_eq!(b.admit(now), Admission::Allow);
         for _ in 0..2 {
-            assert_eq!(b.on_failure(now), None);
+            assert_eq!(b.on_failure(now, Blame::Answer(None)), None);
         }
         assert!(matches!(
-            b.on_failure(now),
+            b.on_failure(now, Blame::Answer(None)),
             Some(Transition::Tripped { cooldown, .. }) if cooldown == 5 * S
         ));
     }
@@ -810,12 +1168,15 @@ mod tests {
     #[test]
     fn lost_probe_is_released_after_the_cooldown() {
         let t = t0();
-        let mut b = Breaker::new(BreakerConfig {
-            half_open_probes: 2,
-            ..config()
-        });
+        let b = Breaker::new(
+            BreakerConfig {
+                half_open_probes: 2,
+                ..config()
+            },
+            t,
+        );
         for _ in 0..3 {
-            b.on_failure(t);
+            b.on_failure(t, Blame::Answer(None));
         }
         let now = t + 5 * S;
         assert_eq!(b.admit(now), Admission::Probe);
@@ -835,15 +1196,122 @@ mod tests {
     #[test]
     fn disabled_breaker_always_allows() {
         let t = t0();
-        let mut b = Breaker::new(BreakerConfig {
-            enabled: false,
-            ..config()
-        });
+        let b = Breaker::new(
+            BreakerConfig {
+                enabled: false,
+                ..config()
+            },
+            t,
+        );
         for _ in 0..100 {
-            assert_eq!(b.on_failure(t), None);
+            assert_eq!(b.on_failure(t, Blame::Answer(None)), None);
         }
         assert_eq!(b.admit(t), Admission::Allow);
         assert_eq!(b.state(t), BreakerState::Closed);
+    }
+
+    #[test]
+    fn one_failing_caller_does_not_trip_it_for_everyone() {
+        let t = t0();
+        let b = Breaker::new(config(), t);
+        let (bad, good) = (Some(1u64 << 50), Some(2u64 << 50));
+        // Key `bad` fails 20 times in a row: no trip (one distinct caller), but it is
+        // short-circuited alone once its run reaches `consecutive_failures`.
+        for k in 0..20 {
+            assert_eq!(b.on_failure(t + k * MS, Blame::Answer(bad)), None);
+        }
+        assert_eq!(b.state(t + 20 * MS), BreakerState::Closed);
+        let wait = b.isolated(t + 20 * MS, bad).unwrap();
+        assert!(wait <= 5 * S && wait > 4 * S, "{wait:?}");
+        assert_eq!(b.isolated(t + 20 * MS, good), None);
+        assert_eq!(b.isolated(t + 20 * MS, None), None);
+        // …until a cool-down after its last failure.
+        assert_eq!(b.isolated(t + 6 * S, bad), None);
+        // A second failing caller meets `min_distinct_callers`: the next failure trips.
+        assert!(matches!(
+            b.on_failure(t + 6 * S, Blame::Answer(good)),
+            Some(Transition::Tripped {
+                reason: TripReason::ConsecutiveFailures { .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_caller_with_recent_successes_is_not_isolated() {
+        let t = t0();
+        let b = Breaker::new(config(), t);
+        let shared_key = Some(7u64 << 50);
+        // Successes are remembered for callers that failed lately.
+        b.on_failure(t, Blame::Answer(shared_key));
+        b.on_success(t, shared_key);
+        for k in 1..=10 {
+            b.on_failure(t + k * MS, Blame::Answer(shared_key));
+        }
+        assert_eq!(b.isolated(t + 11 * MS, shared_key), None);
+        // Ten seconds later with no success in the window, its failures isolate it.
+        let later = t + 11 * S;
+        for k in 0..3 {
+            b.on_failure(later + k * MS, Blame::Answer(shared_key));
+        }
+        assert!(b.isolated(later + 3 * MS, shared_key).is_some());
+    }
+
+    #[test]
+    fn unreachable_trips_hard_and_answers_do_not() {
+        let t = t0();
+        let b = Breaker::new(config(), t);
+        for _ in 0..2 {
+            assert_eq!(b.on_failure(t, Blame::Unreachable), None);
+        }
+        assert!(!b.is_down(t));
+        let tr = b.on_failure(t, Blame::Unreachable).unwrap();
+        assert!(tr.to_string().contains("3 failures to reach"), "{tr}");
+        assert!(b.is_down(t + S));
+        // After the cool-down a probe may go: no longer refusing, so not down.
+        assert!(!b.is_down(t + 5 * S));
+        assert_eq!(b.admit(t + 5 * S), Admission::Probe);
+        assert!(b.is_down(t + 5 * S), "probe slot taken");
+        assert_eq!(b.on_success(t + 5 * S, None), Some(Transition::Closed));
+        // Error answers trip it soft: open but not known down.
+        for _ in 0..3 {
+            b.on_failure(t + 6 * S, Blame::Answer(None));
+        }
+        assert!(matches!(b.state(t + 6 * S), BreakerState::Open { .. }));
+        assert!(!b.is_down(t + 6 * S));
+        // An unreachable report while open makes it hard.
+        b.on_failure(t + 6 * S, Blame::Unreachable);
+        assert!(b.is_down(t + 6 * S));
+    }
+
+    #[test]
+    fn threads_hammering_one_breaker_trip_it_once() {
+        let t = t0();
+        let b = std::sync::Arc::new(Breaker::new(config(), t));
+        let threads: Vec<_> = (0..8)
+            .map(|k| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    for n in 0..2_000u64 {
+                        let now = t + Duration::from_micros(n);
+                        b.admit(now);
+                        let caller = Some((k as u64 + 1) << 50);
+                        if let Some(tr) = b.on_failure(now, Blame::Answer(caller)) {
+                            seen.push(tr);
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let transitions: Vec<_> = threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(transitions.len(), 1, "{transitions:?}");
+        assert!(matches!(transitions[0], Transition::Tripped { .. }));
+        assert_eq!(b.trips(), 1);
     }
 
     #[derive(Clone, Debug)]
@@ -877,8 +1345,8 @@ mod tests {
                 window: Duration::from_secs(2),
                 ..config()
             };
-            let mut b = Breaker::new(cfg.clone());
             let mut now = t0();
+            let b = Breaker::new(cfg.clone(), now);
             let mut trips = 0;
             for (op, advance_ms) in ops {
                 now += Duration::from_millis(advance_ms);
@@ -901,8 +1369,8 @@ mod tests {
                         }
                         None
                     }
-                    Op::Success => b.on_success(now),
-                    Op::Failure => b.on_failure(now),
+                    Op::Success => b.on_success(now, None),
+                    Op::Failure => b.on_failure(now, Blame::Answer(None)),
                 };
                 let after = b.state(now);
                 prop_assert!(b.probes_in_flight(now) <= probes);

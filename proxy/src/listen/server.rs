@@ -189,6 +189,11 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         provider_limits: Arc::new(crate::upstream::provider_limits::ProviderLimits::build(
             &config, None,
         )),
+        routes: Arc::new(sluice_core::route::SharedRoutes::build(
+            &config,
+            None,
+            Instant::now(),
+        )),
         auth: Arc::new(access.auth),
         registry: access.registry.map(Arc::new),
         admin_token: access.admin_token,
@@ -394,6 +399,11 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
         provider_limits: Arc::new(crate::upstream::provider_limits::ProviderLimits::build(
             &config,
             Some(&old.provider_limits),
+        )),
+        routes: Arc::new(sluice_core::route::SharedRoutes::build(
+            &config,
+            Some(&old.routes),
+            Instant::now(),
         )),
         auth: old.auth.clone(),
         registry: old.registry.clone(),

@@ -156,8 +156,10 @@ async fn exchange(
             .inspected
             .max_tokens
             .unwrap_or(cfg.limits.default_max_tokens);
+    // The caller, for the breakers' blast-radius guard: the key id authentication recorded.
+    let caller = rec.key_id.as_deref().map(sluice_core::breaker::caller_id);
     let mut lp = with_env(worker, |env| {
-        AttemptLoop::new(env, plan.group, deadline, reserve_tokens)
+        AttemptLoop::new(env, plan.group, deadline, reserve_tokens, caller)
     });
     let mut sends = Sends {
         flights: Vec::with_capacity(2),
