@@ -432,14 +432,29 @@ impl Window {
 }
 
 /// The callers whose requests failed lately (the blast-radius guard), lock-free: each slot is
-/// one word `caller hash (24 bits) | failures in a row (8) | last failure (32, ms since base)`,
-/// plus the time of the caller's last success (ms + 1; 0: none). A caller's success resets its
-/// run. Slots are taken by the least recently failing caller when full; races between two
-/// updates of one slot may lose a count, which only makes the guard more lenient.
+/// one word `caller hash (24 bits) | failures in a row (8) | last failure (32, ms since base)`.
+/// A caller's success resets its run. Slots are taken by the least recently failing caller
+/// when full; races between two updates of one slot may lose a count, which only makes the
+/// guard more lenient.
+///
+/// Which callers succeeded lately is a small filter apart from the slots (every success is
+/// recorded, not only those of callers that failed): 256 bits per window-long epoch, the
+/// current and the previous one. A collision reads as a success, so with many callers the
+/// short-circuit grows more lenient, never stricter; a success racing the clearing of a new
+/// epoch may be lost.
 #[derive(Debug, Default)]
 struct Callers {
     slots: [AtomicU64; CALLER_SLOTS],
-    ok_ms: [AtomicU32; CALLER_SLOTS],
+    ok_epochs: [AtomicU32; 2],
+    ok_bits: [[AtomicU64; OK_WORDS]; 2],
+}
+
+const OK_WORDS: usize = 4;
+
+/// The success filter's word and bit for `caller` (bits apart from the slot tag's).
+fn ok_bit(caller: u64) -> (usize, u64) {
+    let b = (caller >> 16) as usize % (OK_WORDS * 64);
+    (b / 64, 1 << (b % 64))
 }
 
 /// Milliseconds from `then` to `now` on the wrapping clock of the caller slots. Workers pass
@@ -501,21 +516,45 @@ impl Callers {
                 .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                self.ok_ms[i].store(0, Ordering::Release);
                 return 1;
             }
         }
     }
 
-    /// Counts a success of `caller`: its run of failures ends.
-    fn success(&self, caller: u64, now_ms: u32) {
+    /// Counts a success of `caller`: its run of failures ends, and the filter remembers it
+    /// for one to two windows.
+    fn success(&self, caller: u64, now_ms: u32, window_ms: u32) {
         let tag = caller_tag(caller);
         if let Some(i) = self.find(tag) {
             let _ = self.slots[i].fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                 (w >> 40 == tag).then_some(w & !(0xff << 32))
             });
-            self.ok_ms[i].store(now_ms.wrapping_add(1).max(1), Ordering::Release);
         }
+        let epoch = now_ms / window_ms.max(1);
+        let g = epoch as usize % 2;
+        let stamp = self.ok_epochs[g].load(Ordering::Acquire);
+        if stamp != epoch
+            && self.ok_epochs[g]
+                .compare_exchange(stamp, epoch, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            for w in &self.ok_bits[g] {
+                w.store(0, Ordering::Release);
+            }
+        }
+        let (word, mask) = ok_bit(caller);
+        self.ok_bits[g][word].fetch_or(mask, Ordering::AcqRel);
+    }
+
+    /// Whether `caller` succeeded in this epoch or the previous one.
+    fn succeeded(&self, caller: u64, now_ms: u32, window_ms: u32) -> bool {
+        let epoch = now_ms / window_ms.max(1);
+        let (word, mask) = ok_bit(caller);
+        (0..2).any(|g| {
+            let stamp = self.ok_epochs[g].load(Ordering::Acquire);
+            (stamp == epoch || stamp.wrapping_add(1) == epoch)
+                && self.ok_bits[g][word].load(Ordering::Acquire) & mask != 0
+        })
     }
 
     /// Callers in a run of failures whose last one is younger than `window_ms`.
@@ -546,8 +585,7 @@ impl Callers {
         if ((w >> 32) & 0xff) < u64::from(run.min(0xff)) || age >= cooldown_ms {
             return None;
         }
-        let ok = self.ok_ms[i].load(Ordering::Acquire);
-        if ok != 0 && age_ms(now_ms, ok - 1) < window_ms {
+        if self.succeeded(caller, now_ms, window_ms) {
             return None;
         }
         Some(Duration::from_millis(u64::from(cooldown_ms - age)))
@@ -776,7 +814,8 @@ impl Breaker {
             return None;
         }
         if let Some(c) = caller {
-            self.callers.success(c, self.now_ms(now));
+            self.callers
+                .success(c, self.now_ms(now), ms_u32(self.config.window));
         }
         let now_us = micros(self.base, now);
         let mut w = self.word();
@@ -1241,16 +1280,14 @@ mod tests {
     fn a_caller_with_recent_successes_is_not_isolated() {
         let t = t0();
         let b = Breaker::new(config(), t);
-        let shared_key = Some(7u64 << 50);
-        // Successes are remembered for callers that failed lately.
-        b.on_failure(t, Blame::Answer(shared_key));
+        let shared_key = Some(7u64 << 50 | 3 << 16);
         b.on_success(t, shared_key);
         for k in 1..=10 {
             b.on_failure(t + k * MS, Blame::Answer(shared_key));
         }
         assert_eq!(b.isolated(t + 11 * MS, shared_key), None);
-        // Ten seconds later with no success in the window, its failures isolate it.
-        let later = t + 11 * S;
+        // Twenty seconds later with no success in two windows, its failures isolate it.
+        let later = t + 21 * S;
         for k in 0..3 {
             b.on_failure(later + k * MS, Blame::Answer(shared_key));
         }
