@@ -162,6 +162,8 @@ pub struct RouteTable {
     groups: Vec<GroupRoutes>,
     changes: Vec<Change>,
     counts: Vec<GroupCounts>,
+    /// Some group's counts moved since the last [`RouteTable::drain_counts`].
+    counted: bool,
 }
 
 impl RouteTable {
@@ -178,6 +180,7 @@ impl RouteTable {
             counts: vec![GroupCounts::default(); groups.len()],
             groups,
             changes: Vec::new(),
+            counted: false,
         }
     }
 
@@ -250,6 +253,7 @@ impl RouteTable {
         }
         if let Some(c) = self.counts.get_mut(g) {
             c.budget_exhausted += 1;
+            self.counted = true;
         }
         false
     }
@@ -287,6 +291,7 @@ impl RouteTable {
             group.panicking = panic;
             if let Some(c) = counts {
                 c.panic_mode = Some(panic);
+                self.counted = true;
             }
         }
         let counts = self.counts.get_mut(g);
@@ -294,6 +299,7 @@ impl RouteTable {
             if panic {
                 if let Some(c) = counts {
                     c.panics += 1;
+                    self.counted = true;
                 }
             }
             return Some(Pick::Deployment(i));
@@ -307,6 +313,7 @@ impl RouteTable {
         if let Some(wait) = isolated {
             if let Some(c) = counts {
                 c.isolated += 1;
+                self.counted = true;
             }
             return Some(Pick::Isolated(wait));
         }
@@ -488,7 +495,12 @@ impl RouteTable {
 
     /// What each group counted since the last call, by group index (zero counts skipped).
     pub fn drain_counts(&mut self) -> impl Iterator<Item = (usize, GroupCounts)> + '_ {
-        self.counts
+        let upto = if std::mem::take(&mut self.counted) {
+            self.counts.len()
+        } else {
+            0
+        };
+        self.counts[..upto]
             .iter_mut()
             .enumerate()
             .filter(|(_, c)| **c != GroupCounts::default())
