@@ -1279,7 +1279,7 @@ metadata = { owner = "ops" }
         assert_eq!(demo.record.team, "default");
         let ci = &cfg.keys[1];
         assert!(!ci.literal && ci.record.matches("sk-sluice-fromenv"));
-        assert_eq!(ci.record.budget_period, crate::limits::BudgetPeriod::Daily);
+        assert_eq!(ci.record.limits.budget_period.as_str(), "daily");
         assert_eq!(ci.record.metadata["owner"], "ops");
         // The key never shows: not in Debug, not in the summary.
         let shown = format!("{cfg:?}{}", cfg.summary());

@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::error::{ErrorKind, GatewayError};
+use crate::request::bounded;
 
 /// What the gateway needs to know about a request body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,8 +83,8 @@ pub fn inspect(body: &[u8]) -> Result<Inspected, GatewayError> {
         Some(i) if text.as_bytes()[i] == b'{' => i + 1,
         _ => return Err(invalid("request body must be a JSON object")),
     };
-    let probe: Probe<'_> =
-        serde_json::from_str(text).map_err(|e| invalid(format!("invalid JSON body: {e}")))?;
+    let probe: Probe<'_> = serde_json::from_str(text)
+        .map_err(|e| invalid(format!("invalid JSON body: {}", bounded(&e.to_string()))))?;
     let raw_model = probe
         .model
         .ok_or_else(|| invalid("you must provide a model parameter").with_param("model"))?;

@@ -148,21 +148,9 @@ pub struct KeyRecord {
     /// Model names or groups it may call; empty for all.
     #[serde(default)]
     pub models: Vec<String>,
-    /// Requests per minute.
-    #[serde(default)]
-    pub rpm: Option<u64>,
-    /// Tokens per minute.
-    #[serde(default)]
-    pub tpm: Option<u64>,
-    /// Requests in flight.
-    #[serde(default)]
-    pub max_concurrency: Option<u32>,
-    /// Budget per period, in USD.
-    #[serde(default)]
-    pub budget_usd: Option<f64>,
-    /// When the budget starts over.
-    #[serde(default)]
-    pub budget_period: BudgetPeriod,
+    /// Rate, concurrency and budget limits (flattened: the same JSON fields as before).
+    #[serde(flatten)]
+    pub limits: Limits,
     /// Unix second after which the key is refused.
     #[serde(default)]
     pub expires_at_unix: Option<u64>,
@@ -214,11 +202,6 @@ impl KeyRecord {
     pub fn matches(&self, presented: &str) -> bool {
         constant_time_eq(hash_hex(presented).as_bytes(), self.hash.as_bytes())
     }
-
-    /// The budget in micro-USD, if any.
-    pub fn budget_micros(&self) -> Option<u64> {
-        self.budget_usd.map(usd_to_micros)
-    }
 }
 
 /// A team: limits and a budget shared by all its keys.
@@ -226,6 +209,18 @@ impl KeyRecord {
 pub struct TeamRecord {
     /// Unique name.
     pub name: String,
+    /// Rate, concurrency and budget limits (flattened: the same JSON fields as before).
+    #[serde(flatten)]
+    pub limits: Limits,
+}
+
+/// The limits a key or a team carries, written once for both: [`KeyRecord`] and
+/// [`TeamRecord`] flatten it into their own JSON, the store keeps it in the same columns of
+/// both tables, and [`crate::limits::LimitSet::from_limits`] turns it into limit state.
+///
+/// `None` means no such limit. Without a budget, spend is still counted (for reports).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
     /// Requests per minute.
     #[serde(default)]
     pub rpm: Option<u64>,
@@ -243,10 +238,28 @@ pub struct TeamRecord {
     pub budget_period: BudgetPeriod,
 }
 
-impl TeamRecord {
+impl Limits {
     /// The budget in micro-USD, if any.
     pub fn budget_micros(&self) -> Option<u64> {
         self.budget_usd.map(usd_to_micros)
+    }
+
+    /// These limits as a [`crate::limits::LimitSet`] sees them: the budget rounded to whole
+    /// micro-USD (negative and NaN as 0), and the period [`BudgetPeriod::Lifetime`] when there
+    /// is no budget (spend is then counted over the key's life). Two limits whose normalized
+    /// forms are equal build the same limit set, so a rebuild may keep the old one.
+    pub fn normalized(&self) -> Limits {
+        let budget_micros = self.budget_micros();
+        Limits {
+            // Exact for any budget below 2^53 micro-USD.
+            budget_usd: budget_micros.map(|m| m as f64 / 1_000_000.0),
+            budget_period: if budget_micros.is_some() {
+                self.budget_period
+            } else {
+                BudgetPeriod::Lifetime
+            },
+            ..*self
+        }
     }
 }
 
@@ -342,11 +355,13 @@ mod tests {
             hash: hash_hex(key),
             prefix: visible_prefix(key),
             models: vec!["gpt-4o".into()],
-            rpm: Some(60),
-            tpm: None,
-            max_concurrency: None,
-            budget_usd: Some(12.5),
-            budget_period: BudgetPeriod::Weekly,
+            limits: Limits {
+                rpm: Some(60),
+                tpm: None,
+                max_concurrency: None,
+                budget_usd: Some(12.5),
+                budget_period: BudgetPeriod::Weekly,
+            },
             expires_at_unix: Some(1_000),
             disabled: false,
             metadata: serde_json::json!({"owner": "ops"}),
@@ -363,7 +378,7 @@ mod tests {
         assert_eq!(r.check_usable(999), Ok(()));
         assert_eq!(r.check_usable(1_000), Err(KeyRefusal::Expired));
         assert!(r.allows_model("gpt-4o") && !r.allows_model("gpt-4o-mini"));
-        assert_eq!(r.budget_micros(), Some(12_500_000));
+        assert_eq!(r.limits.budget_micros(), Some(12_500_000));
         let json = serde_json::to_string(&r).unwrap();
         assert!(!json.contains(&key[KEY_PREFIX.len()..]));
         assert!(json.contains("\"budget_period\":\"weekly\""));
@@ -389,11 +404,84 @@ mod tests {
         };
         assert!(star.allows_model("anything"));
         let team: TeamRecord = serde_json::from_str(r#"{"name":"core","tpm":1000}"#).unwrap();
-        assert_eq!(team.tpm, Some(1000));
-        assert_eq!(team.budget_period, BudgetPeriod::Monthly);
-        assert_eq!(team.budget_micros(), None);
+        assert_eq!(team.limits.tpm, Some(1000));
+        assert_eq!(team.limits.budget_period, BudgetPeriod::Monthly);
+        assert_eq!(team.limits.budget_micros(), None);
         assert_eq!(usd_to_micros(-1.0), 0);
         assert_eq!(usd_to_micros(f64::NAN), 0);
         assert_eq!(usd_to_micros(0.000_001_4), 1);
+    }
+
+    #[test]
+    fn records_keep_their_json_field_names() {
+        // The limits are flattened: the same fields, in the same places, as when each record
+        // spelled them out.
+        let key_json = concat!(
+            r#"{"id":"key_1","name":"ci","team":"core","user":null,"#,
+            r#""hash":"ab","prefix":"sk-sluice-abc…","models":["gpt-4o"],"#,
+            r#""rpm":60,"tpm":null,"max_concurrency":4,"budget_usd":12.5,"#,
+            r#""budget_period":"weekly","expires_at_unix":1000,"disabled":false,"#,
+            r#""metadata":{"owner":"ops"},"created_at_unix":10}"#
+        );
+        let key = KeyRecord {
+            hash: "ab".into(),
+            prefix: "sk-sluice-abc…".into(),
+            limits: Limits {
+                max_concurrency: Some(4),
+                ..record("x").limits
+            },
+            ..record("x")
+        };
+        assert_eq!(serde_json::to_string(&key).unwrap(), key_json);
+        assert_eq!(serde_json::from_str::<KeyRecord>(key_json).unwrap(), key);
+
+        let team_json = concat!(
+            r#"{"name":"core","rpm":null,"tpm":1000,"max_concurrency":null,"#,
+            r#""budget_usd":3.0,"budget_period":"daily"}"#
+        );
+        let team = TeamRecord {
+            name: "core".into(),
+            limits: Limits {
+                tpm: Some(1000),
+                budget_usd: Some(3.0),
+                budget_period: BudgetPeriod::Daily,
+                ..Limits::default()
+            },
+        };
+        assert_eq!(serde_json::to_string(&team).unwrap(), team_json);
+        assert_eq!(serde_json::from_str::<TeamRecord>(team_json).unwrap(), team);
+        // Integers are read as a budget too, and missing limit fields take their defaults.
+        let bare: TeamRecord = serde_json::from_str(r#"{"name":"t","budget_usd":3}"#).unwrap();
+        assert_eq!(bare.limits.budget_micros(), Some(3_000_000));
+        assert_eq!(bare.limits.budget_period, BudgetPeriod::Monthly);
+    }
+
+    #[test]
+    fn normalized_limits_compare_as_limit_sets_do() {
+        let none = Limits {
+            budget_period: BudgetPeriod::Daily,
+            ..Limits::default()
+        };
+        assert_eq!(none.normalized().budget_period, BudgetPeriod::Lifetime);
+        assert_eq!(none.normalized(), Limits::default().normalized());
+        let a = Limits {
+            rpm: Some(5),
+            budget_usd: Some(1.000_000_1),
+            budget_period: BudgetPeriod::Weekly,
+            ..Limits::default()
+        };
+        let b = Limits {
+            budget_usd: Some(1.0),
+            ..a
+        };
+        assert_eq!(a.normalized(), b.normalized());
+        assert_eq!(a.normalized().budget_period, BudgetPeriod::Weekly);
+        assert_ne!(a.normalized(), Limits { rpm: None, ..b }.normalized());
+        let neg = Limits {
+            budget_usd: Some(-2.0),
+            ..Limits::default()
+        };
+        assert_eq!(neg.normalized().budget_usd, Some(0.0));
+        assert_eq!(neg.normalized().budget_period, BudgetPeriod::Monthly);
     }
 }

@@ -6,14 +6,21 @@
 //! shell that moves the bytes.
 //!
 //! ```text
-//!  client bytes ──► http1::parse_request_head ─► inspect::inspect ─► config::Config::model
-//!                   http1::ChunkedDecoder                             route::pick_weighted
-//!                                                                          │
-//!  upstream bytes ◄── inspect::rewrite (splice model, include_usage) ◄─────┘
-//!  upstream bytes ──► http1::parse_response_head ─► sse::SseScanner / usage::from_body
-//!                                                         │
-//!  client bytes   ◄── http1::encode_chunk ◄───────────────┘    error::GatewayError on any failure
+//!  client bytes ─► http1::parse_request_head / ChunkedDecoder
+//!   request::Authenticated ─inspect─► Inspected ─admit─► Admitted ─lookup─► (cache::ResponseStore)
+//!     (inspect::inspect,                (limiter::Limiter:      └─reserve─► Reserved
+//!      config::Config::model_index)      requests, concurrency)  (tokens, budget)  │
+//!   attempt::AttemptLoop  ◄──────────────────────────────────────────────────────┘
+//!     handle(event) / poll() -> Command     over route::RouteTable (balance, breaker, hedge),
+//!     retry::RetryPolicy, limiter::DeploymentLimits; dialect::translate_request,
+//!     inspect::rewrite (splice model, include_usage)
+//!  upstream bytes ─► http1::parse_response_head ─► filter::Chain (sse::SseScanner |
+//!     dialect::StreamTranslator, filter::Capture) ─► client bytes; usage, cost
+//!   request::Settled (principal, permit) ─► settled once, in the proxy
 //! ```
+//!
+//! Each request stage consumes itself and returns the next, so a spent stage cannot be
+//! reused; every command of the attempt loop takes `now` from the caller.
 //!
 //! Nothing here panics on input: every parser returns an error that maps to an OpenAI-style
 //! JSON answer ([`error::GatewayError`]).

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::{Date, DAY_S};
+use crate::keys::Limits;
 
 /// Time units per millisecond inside a [`TokenBucket`]: 2^20, about a nanosecond each, so the
 /// emission interval of even a billion-tokens-per-minute bucket stays exact to a few percent
@@ -535,6 +536,20 @@ impl LimitSet {
             budget_limit_micros: budget.map(|b| b.0),
             budget_period: period,
         }
+    }
+
+    /// The limit set of a key's or a team's [`Limits`], with `spend_micros` already spent in
+    /// the period containing `unix_s`. Without a budget the period is
+    /// [`BudgetPeriod::Lifetime`], as [`Limits::normalized`] says.
+    pub fn from_limits(limits: &Limits, spend_micros: u64, unix_s: u64) -> Self {
+        LimitSet::new(
+            limits.rpm,
+            limits.tpm,
+            limits.max_concurrency,
+            limits.budget_micros().map(|b| (b, limits.budget_period)),
+            spend_micros,
+            unix_s,
+        )
     }
 
     /// The `x-ratelimit-*` headers of this set at `now_ms`.

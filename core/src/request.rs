@@ -51,6 +51,8 @@ pub struct Refused<P> {
     pub permit: Option<Permit>,
     /// The limit that refused, when one did.
     pub denied: Option<Denied>,
+    /// The model the client asked for, when the body said.
+    pub model: Option<String>,
 }
 
 /// Stage 1: the caller is known — a virtual key, or nobody when keys are off.
@@ -72,16 +74,18 @@ impl<P> Authenticated<P> {
 
     /// Reads the routing fields of `body` (borrowed, no full parse) and resolves the model
     /// group: 400 for a body that is not a request, 404 for a model nobody serves.
-    pub fn inspect(self, config: &Config, body: &[u8]) -> Result<Inspected<P>, Refused<P>> {
-        let refuse = |error, principal| Refused {
-            error,
-            principal,
-            permit: None,
-            denied: None,
-        };
+    pub fn inspect(self, config: &Config, body: &[u8]) -> Result<Inspected<P>, Box<Refused<P>>> {
         let fields = match inspect::inspect(body) {
             Ok(f) => f,
-            Err(e) => return Err(refuse(e, self.principal)),
+            Err(error) => {
+                return Err(Box::new(Refused {
+                    error,
+                    principal: self.principal,
+                    permit: None,
+                    denied: None,
+                    model: None,
+                }))
+            }
         };
         let Some(group) = config.model_index(&fields.model) else {
             let err = GatewayError::new(
@@ -89,7 +93,13 @@ impl<P> Authenticated<P> {
                 format!("The model `{}` does not exist", bounded(&fields.model)),
             )
             .with_param("model");
-            return Err(refuse(err, self.principal));
+            return Err(Box::new(Refused {
+                error: err,
+                principal: self.principal,
+                permit: None,
+                denied: None,
+                model: Some(fields.model),
+            }));
         };
         Ok(Inspected {
             principal: self.principal,
@@ -116,7 +126,7 @@ impl<P> Inspected<P> {
     }
 
     /// 403 unless `allowed` says the caller may use the model.
-    pub fn authorize(self, allowed: impl FnOnce(&str) -> bool) -> Result<Self, Refused<P>> {
+    pub fn authorize(self, allowed: impl FnOnce(&str) -> bool) -> Result<Self, Box<Refused<P>>> {
         if allowed(&self.fields.model) {
             return Ok(self);
         }
@@ -128,12 +138,13 @@ impl<P> Inspected<P> {
             ),
         )
         .with_param("model");
-        Err(Refused {
+        Err(Box::new(Refused {
             error: err,
             principal: self.principal,
             permit: None,
             denied: None,
-        })
+            model: Some(self.fields.model),
+        }))
     }
 
     /// Admission's request part: one request and a concurrency slot from each of `sets` (the
@@ -144,19 +155,20 @@ impl<P> Inspected<P> {
         sets: &[&LimitSet],
         now_ms: u64,
         refusal: impl FnOnce(&Denied) -> GatewayError,
-    ) -> Result<Admitted<P>, Refused<P>> {
+    ) -> Result<Admitted<P>, Box<Refused<P>>> {
         let permit = if sets.is_empty() {
             None
         } else {
             match limiter.admit(sets, now_ms) {
                 Ok(p) => Some(p),
                 Err(d) => {
-                    return Err(Refused {
+                    return Err(Box::new(Refused {
                         error: refusal(&d),
                         principal: self.principal,
                         permit: None,
                         denied: Some(d),
-                    })
+                        model: Some(self.fields.model),
+                    }))
                 }
             }
         };
@@ -226,15 +238,16 @@ impl<P> Admitted<P> {
         sets: &[&LimitSet],
         ask: &Ask,
         refusal: impl FnOnce(&Denied) -> GatewayError,
-    ) -> Result<Reserved<P>, Refused<P>> {
+    ) -> Result<Reserved<P>, Box<Refused<P>>> {
         if let Some(permit) = self.permit.as_mut() {
             if let Err(d) = limiter.reserve(sets, permit, ask) {
-                return Err(Refused {
+                return Err(Box::new(Refused {
                     error: refusal(&d),
                     principal: self.principal,
                     permit: self.permit,
                     denied: Some(d),
-                });
+                    model: Some(self.fields.model),
+                }));
             }
         }
         Ok(Reserved {
@@ -364,7 +377,7 @@ mod tests {
             .reserve(&LocalLimiter, &sets, &ask, no_words)
             .unwrap_err();
         assert_eq!(refused.principal, Some("k1"));
-        let (settled, err) = Settled::refused(refused);
+        let (settled, err) = Settled::refused(*refused);
         assert_eq!(err.kind, ErrorKind::RateLimited);
         let permit = settled.permit.unwrap();
         assert_eq!(key.concurrency.as_ref().unwrap().in_flight(), 1);

@@ -10,17 +10,19 @@
 //! listen::server::serve ─► worker thread × N (pinned, io_uring or epoll)
 //!   └─ accept ─► listen::conn::serve_connection (HTTP/1.1, keep-alive, pipelining)
 //!                  ├─ listen::endpoints (healthz, readyz, models; errors via listen::respond)
-//!                  └─ request: auth ─► plan ─► forward ─► deliver ─► relay (SSE scan)
-//!                                                 └─ upstream: attempt ─► pool (TLS)
-//!                                                              routing, health, dns,
-//!                                                              provider_limits
+//!                  └─ request::api: auth ─► core's stages ─► plan ─► forward ─► deliver
+//!                                    (401..429)                  │ (attempt   ─► relay
+//!                                                                │  loop)        (filters)
+//!                        request::settle ◄── every request ends ─┘   └─ upstream: attempt
+//!                                                                        ─► pool (TLS);
+//!                                                                        routing, health, dns
 //!
 //! admin     the admin listener (metrics) and the admin API (keys, teams, spend)
 //! telemetry log (access line), trace (OTLP, ids in context), metrics (Prometheus)
 //! ops       cli, doctor, sdnotify
 //! state     what the workers share, and what each keeps to itself
 //! registry  the admin side of the store: keys and teams, rebuilt into the key index
-//! store     keys, teams and the spend ledger (SQLite)
+//! store     keys, teams and the spend ledger behind a backend trait (SQLite), migrations
 //! ```
 //!
 //! No two modules import each other, directly or around a circle. Dependencies mostly
@@ -38,6 +40,7 @@
 //! a connection is.
 
 pub mod admin;
+pub mod clock;
 pub mod listen;
 pub mod ops;
 pub mod registry;

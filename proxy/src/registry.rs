@@ -8,7 +8,7 @@ use sluice_core::config::{Config, StaticKey};
 use sluice_core::keys::KeyRecord;
 use sluice_core::limits::{period_start, BudgetPeriod};
 
-use crate::request::auth::{self, build_index, Auth, Index};
+use crate::request::auth::{build_index, Auth, Index};
 use crate::store::{Scope, Store, StoreError};
 
 /// The admin side of the store: CRUD that rebuilds the data plane's key index.
@@ -22,7 +22,7 @@ pub struct Registry {
 impl Registry {
     /// Opens the store, loads every key and team, rebuilds spend and returns the first index.
     pub fn open(config: &Config, store: Store) -> Result<(Registry, Index), StoreError> {
-        let unix_s = auth::unix_now();
+        let unix_s = crate::clock::unix_s();
         let reg = Registry {
             store,
             static_keys: config.keys.clone(),
@@ -62,7 +62,7 @@ impl Registry {
 
     /// Builds a new index from the store and swaps it in.
     pub(crate) fn rebuild(&self, auth: &Auth) -> Result<(), StoreError> {
-        let unix_s = auth::unix_now();
+        let unix_s = crate::clock::unix_s();
         let spend_of = |scope: Scope, id: &str, period: BudgetPeriod| {
             self.store
                 .spend_since(scope, id, period_start(period, unix_s))

@@ -57,7 +57,11 @@ pub struct Shared {
     /// Prices per model, for the cost of each request.
     pub prices: sluice_core::cost::PriceTable,
     /// The providers' own limits per deployment (kept across reloads while unchanged).
-    pub provider_limits: Arc<crate::upstream::provider_limits::ProviderLimits>,
+    pub provider_limits: Arc<sluice_core::limiter::DeploymentLimits>,
+    /// The limiter backend every admission goes through (keys, teams, deployments).
+    pub limiter: Arc<dyn sluice_core::limiter::Limiter>,
+    /// The response store consulted before tokens are reserved.
+    pub responses: Arc<dyn sluice_core::cache::ResponseStore>,
     /// Circuit breakers and retry budgets, one per deployment and per group, shared by every
     /// worker (kept across reloads while a deployment's label and settings are unchanged).
     pub routes: Arc<sluice_core::route::SharedRoutes>,

@@ -291,24 +291,24 @@ fn limits_and_smuggling_are_refused(driver: &str) {
         "headers_too_large",
     );
     check(
-        "POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 5000\r\n\r\n".into(),
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 5000\r\n\r\n".into(),
         413,
         "payload_too_large",
     );
     check(
         format!(
-            "POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n1388\r\n{}\r\n0\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n1388\r\n{}\r\n0\r\n\r\n",
             "a".repeat(5000)
         ),
         413,
         "payload_too_large",
     );
     for smuggle in [
-        "POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
-        "POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}",
-        "POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n{}",
-        "POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
-        "POST /v1/chat/completions HTTP/1.1\r\nx-a: b\r\n folded\r\ncontent-length: 2\r\n\r\n{}",
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}",
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n{}",
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nx-a: b\r\n folded\r\ncontent-length: 2\r\n\r\n{}",
     ] {
         check(smuggle.to_string(), 400, "bad_framing");
     }

@@ -148,18 +148,28 @@ fn a_file_written_before_versioned_migrations_opens() {
     assert_eq!(store.schema_version().unwrap(), latest(MIGRATIONS));
     let team = store.get_team("core").unwrap().unwrap();
     assert_eq!(
-        (team.rpm, team.tpm, team.max_concurrency, team.budget_usd),
+        (
+            team.limits.rpm,
+            team.limits.tpm,
+            team.limits.max_concurrency,
+            team.limits.budget_usd
+        ),
         (Some(100), None, Some(4), Some(12.5))
     );
-    assert_eq!(team.budget_period.as_str(), "weekly");
+    assert_eq!(team.limits.budget_period.as_str(), "weekly");
     let key = store.find_key_by_hash("abc123").unwrap().unwrap();
     assert_eq!(key.id, "key_old");
     assert_eq!(key.models, ["gpt-4o"]);
     assert_eq!(
-        (key.rpm, key.tpm, key.max_concurrency, key.budget_usd),
+        (
+            key.limits.rpm,
+            key.limits.tpm,
+            key.limits.max_concurrency,
+            key.limits.budget_usd
+        ),
         (Some(60), Some(6000), None, Some(2.0))
     );
-    assert_eq!(key.budget_period.as_str(), "daily");
+    assert_eq!(key.limits.budget_period.as_str(), "daily");
     assert_eq!(key.metadata, serde_json::json!({"a": 1}));
     assert_eq!((key.disabled, key.created_at_unix), (false, 1_700_000_000));
     assert_eq!(store.spend_since(Scope::Key, "key_old", 0).unwrap(), 70);

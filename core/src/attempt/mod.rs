@@ -381,6 +381,11 @@ impl AttemptLoop {
         self.report.attempts.get(attempt.0).map(|a| a.started)
     }
 
+    /// When the request must be answered by.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// The model group the request asked for.
     pub fn first_group(&self) -> usize {
         self.first_group

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::{err, ConfigError, SecretSource};
 use crate::cost::Price;
-use crate::keys::{self, KeyRecord, KEY_PREFIX};
+use crate::keys::{self, KeyRecord, Limits, KEY_PREFIX};
 use crate::limits::BudgetPeriod;
 
 #[derive(Debug, Default, Deserialize)]
@@ -46,6 +46,20 @@ pub(super) struct RawKey {
     #[serde(default)]
     disabled: bool,
     metadata: Option<serde_json::Value>,
+}
+
+impl RawKey {
+    /// Its limit fields as a key carries them. They are spelled out above rather than
+    /// flattened, because serde's `flatten` does not work with `deny_unknown_fields`.
+    fn limits(&self) -> Limits {
+        Limits {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_concurrency: self.max_concurrency,
+            budget_usd: self.budget_usd,
+            budget_period: self.budget_period.unwrap_or_default(),
+        }
+    }
 }
 
 /// Whether requests need a virtual key.
@@ -168,6 +182,7 @@ pub(super) fn validate(
     let mut names = HashMap::new();
     let mut hashes = HashMap::new();
     for (i, k) in raw_keys.into_iter().enumerate() {
+        let limits = k.limits();
         let at = |field: &str| format!("keys[{i}].{field}");
         if !valid_name(&k.name) {
             return err(format!(
@@ -245,11 +260,7 @@ pub(super) fn validate(
                 user: k.user,
                 hash,
                 models: k.models,
-                rpm: k.rpm,
-                tpm: k.tpm,
-                max_concurrency: k.max_concurrency,
-                budget_usd: k.budget_usd,
-                budget_period: k.budget_period.unwrap_or_default(),
+                limits,
                 expires_at_unix: k.expires_at,
                 disabled: k.disabled,
                 metadata: k.metadata.unwrap_or(serde_json::Value::Null),

@@ -15,6 +15,7 @@
 use serde_json::{json, Value};
 
 use crate::error::GatewayError;
+use crate::request::bounded;
 use crate::usage::Usage;
 
 use super::Translated;
@@ -179,7 +180,8 @@ fn convert_messages(
             }
             other => {
                 return Err(invalid(format!(
-                    "`messages[{i}].role` `{other}` cannot be sent to an Anthropic upstream"
+                    "`messages[{i}].role` `{}` cannot be sent to an Anthropic upstream",
+                    bounded(other)
                 ))
                 .with_param("messages"))
             }

@@ -15,6 +15,7 @@
 use serde_json::{json, Value};
 
 use crate::error::GatewayError;
+use crate::request::bounded;
 use crate::usage::Usage;
 
 use super::{content_text, finish_body, invalid, note, openai, parse_data_url, percent_encode};
@@ -218,7 +219,8 @@ fn convert_messages(
             }
             other => {
                 return Err(bad(&format!(
-                    ".role` `{other}` cannot be sent to a Gemini upstream"
+                    ".role` `{}` cannot be sent to a Gemini upstream",
+                    bounded(other)
                 )))
             }
         };

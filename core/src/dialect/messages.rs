@@ -15,6 +15,7 @@
 use serde_json::{json, Value};
 
 use crate::error::GatewayError;
+use crate::request::bounded;
 
 use super::{invalid, note, JsonMap, RequestOptions, ResponseContext, UpstreamError};
 
@@ -220,7 +221,8 @@ fn convert_message(
         }
         other => {
             return Err(bad(&format!(
-                ".role` `{other}` must be `user` or `assistant`"
+                ".role` `{}` must be `user` or `assistant`",
+                bounded(other)
             )));
         }
     }

@@ -63,6 +63,7 @@ mod tests;
 use serde_json::Value;
 
 use crate::error::{ErrorKind, GatewayError};
+use crate::request::bounded;
 use crate::sse::{Event, EventSplitter, SseScanner};
 use crate::usage::{self, Usage};
 
@@ -651,7 +652,10 @@ pub(crate) fn parse_object(body: &[u8]) -> Result<JsonMap, GatewayError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(invalid("request body must be a JSON object")),
-        Err(e) => Err(invalid(format!("invalid JSON body: {e}"))),
+        Err(e) => Err(invalid(format!(
+            "invalid JSON body: {}",
+            bounded(&e.to_string())
+        ))),
     }
 }
 
@@ -672,8 +676,9 @@ pub(crate) fn check_single_choice(req: &JsonMap, target: Dialect) -> Result<(), 
         None | Some(Value::Null) => Ok(()),
         Some(n) if n.as_f64() == Some(1.0) => Ok(()),
         Some(n) => Err(invalid(format!(
-            "`n` = {n} is not supported by the {} upstream of this model: it answers with one \
+            "`n` = {} is not supported by the {} upstream of this model: it answers with one \
              choice; send `n` = 1 or several requests",
+            bounded(&n.to_string()),
             target.name()
         ))
         .with_param("n")),
@@ -731,8 +736,13 @@ pub(crate) fn function_tools<'a>(
     Ok(out)
 }
 
+/// Names a dropped field, for the debug log; a client-chosen part (a `type`) is bounded.
 pub(crate) fn note(dropped: &mut Vec<String>, path: impl Into<String>) {
     let path = path.into();
+    let path = match bounded(&path) {
+        std::borrow::Cow::Borrowed(_) => path,
+        std::borrow::Cow::Owned(short) => short,
+    };
     if !dropped.contains(&path) {
         dropped.push(path);
     }

@@ -24,12 +24,13 @@ use serde_json::{json, Map, Value};
 use sluice_core::calendar::Date;
 use sluice_core::cost::format_usd;
 use sluice_core::http1::RequestHead;
-use sluice_core::keys::{self, KeyRecord, TeamRecord};
+use sluice_core::keys::{self, KeyRecord, Limits, TeamRecord};
 use sluice_core::limits::BudgetPeriod;
+use sluice_core::request::bounded;
 
 use crate::listen::respond;
 use crate::registry::Registry;
-use crate::request::auth::{self, KeyEntry, TeamEntry};
+use crate::request::auth::{KeyEntry, TeamEntry};
 use crate::state::Shared;
 use crate::store::{SpendGroup, StoreError};
 
@@ -141,7 +142,7 @@ fn route(shared: &Shared, head: &RequestHead, body: &[u8]) -> Answer {
         _ => Err(fail(
             404,
             "unknown_url",
-            format!("Unknown admin URL: {method} {path}"),
+            format!("Unknown admin URL: {} {}", bounded(method), bounded(path)),
         )),
     };
     result.unwrap_or_else(|a| a)
@@ -183,11 +184,11 @@ fn key_view(k: &KeyRecord, entry: Option<&KeyEntry>, from_config: bool) -> Value
         "user": k.user,
         "prefix": k.prefix,
         "models": k.models,
-        "rpm": k.rpm,
-        "tpm": k.tpm,
-        "max_concurrency": k.max_concurrency,
-        "budget_usd": k.budget_usd,
-        "budget_period": k.budget_period,
+        "rpm": k.limits.rpm,
+        "tpm": k.limits.tpm,
+        "max_concurrency": k.limits.max_concurrency,
+        "budget_usd": k.limits.budget_usd,
+        "budget_period": k.limits.budget_period,
         "expires_at": k.expires_at_unix,
         "disabled": k.disabled,
         "metadata": k.metadata,
@@ -202,7 +203,7 @@ fn key_view(k: &KeyRecord, entry: Option<&KeyEntry>, from_config: bool) -> Value
 }
 
 fn team_view(t: &TeamEntry, keys: usize) -> Value {
-    let r = t.record.as_ref();
+    let r = t.record.as_ref().map(|r| &r.limits);
     json!({
         "object": "team",
         "name": &*t.name,
@@ -234,6 +235,37 @@ struct CreateKey {
     metadata: Option<Value>,
 }
 
+impl CreateKey {
+    /// Its limit fields as a key carries them. [`CreateKey`] and [`CreateTeam`] spell them out
+    /// because serde's `flatten` does not work with `deny_unknown_fields`.
+    fn limits(&self) -> Limits {
+        limits(
+            self.rpm,
+            self.tpm,
+            self.max_concurrency,
+            self.budget_usd,
+            self.budget_period,
+        )
+    }
+}
+
+/// Limits from the fields of a create body; no `budget_period` means the default.
+fn limits(
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    max_concurrency: Option<u32>,
+    budget_usd: Option<f64>,
+    budget_period: Option<BudgetPeriod>,
+) -> Limits {
+    Limits {
+        rpm,
+        tpm,
+        max_concurrency,
+        budget_usd,
+        budget_period: budget_period.unwrap_or_default(),
+    }
+}
+
 fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
     let auth = &shared.auth;
     match (method, rest) {
@@ -252,6 +284,7 @@ fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
         }
         ("POST", []) => {
             let c: CreateKey = parse_body(body)?;
+            let limits = c.limits();
             let team = c.team.unwrap_or_else(|| "default".to_string());
             if !valid_name(&c.name) {
                 return Err(name_error("name"));
@@ -274,16 +307,12 @@ fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
                 user: c.user,
                 hash: keys::hash_hex(&secret),
                 prefix: keys::visible_prefix(&secret),
+                limits,
                 models: c.models,
-                rpm: c.rpm,
-                tpm: c.tpm,
-                max_concurrency: c.max_concurrency,
-                budget_usd: c.budget_usd,
-                budget_period: c.budget_period.unwrap_or_default(),
                 expires_at_unix: c.expires_at,
                 disabled: false,
                 metadata: c.metadata.unwrap_or(Value::Null),
-                created_at_unix: auth::unix_now(),
+                created_at_unix: crate::clock::unix_s(),
             };
             reg.store.create_key(&record).map_err(store_error)?;
             reg.rebuild(auth).map_err(store_error)?;
@@ -295,7 +324,11 @@ fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
         (_, [id, tail @ ..]) => {
             let index = auth.index();
             let Some(entry) = index.key(id).cloned() else {
-                return Err(fail(404, "not_found", format!("No key with id `{id}`.")));
+                return Err(fail(
+                    404,
+                    "not_found",
+                    format!("No key with id `{}`.", bounded(id)),
+                ));
             };
             if method == "GET" && tail.is_empty() {
                 return Ok(Answer(
@@ -307,16 +340,21 @@ fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
                 return Err(fail(
                     409,
                     "declared_in_config",
-                    format!("Key `{id}` is declared in the config file; change it there."),
+                    format!(
+                        "Key `{}` is declared in the config file; change it there.",
+                        bounded(id)
+                    ),
                 ));
             }
             let reg = registry(shared)?;
             // The store is the truth: re-read under the lock.
-            let mut record = reg
-                .store
-                .get_key(id)
-                .map_err(store_error)?
-                .ok_or_else(|| fail(404, "not_found", format!("No key with id `{id}`.")))?;
+            let mut record = reg.store.get_key(id).map_err(store_error)?.ok_or_else(|| {
+                fail(
+                    404,
+                    "not_found",
+                    format!("No key with id `{}`.", bounded(id)),
+                )
+            })?;
             let mut shown = None;
             match (method, tail) {
                 ("PATCH", []) => {
@@ -356,7 +394,7 @@ fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
                     return Err(fail(
                         405,
                         "method_not_allowed",
-                        format!("{method} is not allowed here"),
+                        format!("{} is not allowed here", bounded(method)),
                     ))
                 }
             }
@@ -372,7 +410,7 @@ fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
         _ => Err(fail(
             405,
             "method_not_allowed",
-            format!("{method} is not allowed here"),
+            format!("{} is not allowed here", bounded(method)),
         )),
     }
 }
@@ -389,12 +427,39 @@ fn check_budget(b: Option<f64>) -> Result<(), Answer> {
 }
 
 fn field<T: for<'de> Deserialize<'de>>(name: &str, v: Value) -> Result<T, Answer> {
-    serde_json::from_value(v)
-        .map_err(|e| fail(400, "invalid_request", format!("invalid `{name}`: {e}")))
+    serde_json::from_value(v).map_err(|e| {
+        fail(
+            400,
+            "invalid_request",
+            format!("invalid `{}`: {e}", bounded(name)),
+        )
+    })
+}
+
+/// Sets the limit field `name` (`null` clears it; a cleared period is the default) and
+/// returns `None`, or gives `v` back when `name` is not a limit field.
+fn patch_limit(l: &mut Limits, name: &str, v: Value) -> Result<Option<Value>, Answer> {
+    match name {
+        "rpm" => l.rpm = field(name, v)?,
+        "tpm" => l.tpm = field(name, v)?,
+        "max_concurrency" => l.max_concurrency = field(name, v)?,
+        "budget_usd" => {
+            l.budget_usd = field(name, v)?;
+            check_budget(l.budget_usd)?;
+        }
+        "budget_period" => {
+            l.budget_period = field::<Option<BudgetPeriod>>(name, v)?.unwrap_or_default()
+        }
+        _ => return Ok(Some(v)),
+    }
+    Ok(None)
 }
 
 fn patch_key(k: &mut KeyRecord, patch: Map<String, Value>) -> Result<(), Answer> {
     for (name, v) in patch {
+        let Some(v) = patch_limit(&mut k.limits, &name, v)? else {
+            continue;
+        };
         match name.as_str() {
             "name" => {
                 k.name = field(&name, v)?;
@@ -410,16 +475,6 @@ fn patch_key(k: &mut KeyRecord, patch: Map<String, Value>) -> Result<(), Answer>
             }
             "user" => k.user = field(&name, v)?,
             "models" => k.models = field::<Option<Vec<String>>>(&name, v)?.unwrap_or_default(),
-            "rpm" => k.rpm = field(&name, v)?,
-            "tpm" => k.tpm = field(&name, v)?,
-            "max_concurrency" => k.max_concurrency = field(&name, v)?,
-            "budget_usd" => {
-                k.budget_usd = field(&name, v)?;
-                check_budget(k.budget_usd)?;
-            }
-            "budget_period" => {
-                k.budget_period = field::<Option<BudgetPeriod>>(&name, v)?.unwrap_or_default()
-            }
             "expires_at" => k.expires_at_unix = field(&name, v)?,
             "disabled" => k.disabled = field(&name, v)?,
             "metadata" => k.metadata = v,
@@ -427,7 +482,7 @@ fn patch_key(k: &mut KeyRecord, patch: Map<String, Value>) -> Result<(), Answer>
                 return Err(fail(
                     400,
                     "invalid_request",
-                    format!("unknown or read-only field `{other}`"),
+                    format!("unknown or read-only field `{}`", bounded(other)),
                 ))
             }
         }
@@ -446,6 +501,19 @@ struct CreateTeam {
     budget_period: Option<BudgetPeriod>,
 }
 
+impl CreateTeam {
+    /// Its limit fields as a team carries them.
+    fn limits(&self) -> Limits {
+        limits(
+            self.rpm,
+            self.tpm,
+            self.max_concurrency,
+            self.budget_usd,
+            self.budget_period,
+        )
+    }
+}
+
 fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
     let auth = &shared.auth;
     let index = auth.index();
@@ -459,7 +527,11 @@ fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
         }
         ("GET", [name]) => match index.team(name) {
             Some(t) => Ok(Answer(200, team_view(t, count(name)))),
-            None => Err(fail(404, "not_found", format!("No team `{name}`."))),
+            None => Err(fail(
+                404,
+                "not_found",
+                format!("No team `{}`.", bounded(name)),
+            )),
         },
         ("POST", []) => {
             let c: CreateTeam = parse_body(body)?;
@@ -468,12 +540,8 @@ fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
             }
             check_budget(c.budget_usd)?;
             let record = TeamRecord {
+                limits: c.limits(),
                 name: c.name,
-                rpm: c.rpm,
-                tpm: c.tpm,
-                max_concurrency: c.max_concurrency,
-                budget_usd: c.budget_usd,
-                budget_period: c.budget_period.unwrap_or_default(),
             };
             let reg = registry(shared)?;
             reg.store.create_team(&record).map_err(store_error)?;
@@ -496,28 +564,19 @@ fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
                     fail(
                         404,
                         "not_found",
-                        format!("No team `{name}` (create it with POST /admin/teams)."),
+                        format!(
+                            "No team `{}` (create it with POST /admin/teams).",
+                            bounded(name)
+                        ),
                     )
                 })?;
             for (f, v) in patch {
-                match f.as_str() {
-                    "rpm" => t.rpm = field(&f, v)?,
-                    "tpm" => t.tpm = field(&f, v)?,
-                    "max_concurrency" => t.max_concurrency = field(&f, v)?,
-                    "budget_usd" => {
-                        t.budget_usd = field(&f, v)?;
-                        check_budget(t.budget_usd)?;
-                    }
-                    "budget_period" => {
-                        t.budget_period = field::<Option<BudgetPeriod>>(&f, v)?.unwrap_or_default()
-                    }
-                    other => {
-                        return Err(fail(
-                            400,
-                            "invalid_request",
-                            format!("unknown or read-only field `{other}`"),
-                        ))
-                    }
+                if patch_limit(&mut t.limits, &f, v)?.is_some() {
+                    return Err(fail(
+                        400,
+                        "invalid_request",
+                        format!("unknown or read-only field `{}`", bounded(&f)),
+                    ));
                 }
             }
             reg.store.update_team(&t).map_err(store_error)?;
@@ -540,7 +599,7 @@ fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
         _ => Err(fail(
             405,
             "method_not_allowed",
-            format!("{method} is not allowed here"),
+            format!("{} is not allowed here", bounded(method)),
         )),
     }
 }
@@ -567,7 +626,10 @@ fn parse_time(name: &str, v: &str) -> Result<u64, Answer> {
     Err(fail(
         400,
         "invalid_request",
-        format!("`{name}` must be unix seconds or a date YYYY-MM-DD (UTC)"),
+        format!(
+            "`{}` must be unix seconds or a date YYYY-MM-DD (UTC)",
+            bounded(name)
+        ),
     ))
 }
 
@@ -601,7 +663,10 @@ fn spend(shared: &Shared, query: &str) -> Res {
             return Err(fail(
                 400,
                 "invalid_request",
-                format!("`group_by` must be key, team, model, deployment or day, not `{other}`"),
+                format!(
+                    "`group_by` must be key, team, model, deployment or day, not `{}`",
+                    bounded(other)
+                ),
             ))
         }
     };
@@ -723,11 +788,10 @@ mod tests {
             hash: String::new(),
             prefix: String::new(),
             models: vec![],
-            rpm: Some(1),
-            tpm: None,
-            max_concurrency: None,
-            budget_usd: None,
-            budget_period: BudgetPeriod::Monthly,
+            limits: Limits {
+                rpm: Some(1),
+                ..Limits::default()
+            },
             expires_at_unix: None,
             disabled: false,
             metadata: Value::Null,
@@ -738,8 +802,11 @@ mod tests {
         )
         .unwrap();
         assert!(patch_key(&mut k, p).is_ok());
-        assert_eq!((k.rpm, k.tpm, k.models.len()), (None, Some(5), 1));
-        assert_eq!(k.budget_period, BudgetPeriod::Daily);
+        assert_eq!(
+            (k.limits.rpm, k.limits.tpm, k.models.len()),
+            (None, Some(5), 1)
+        );
+        assert_eq!(k.limits.budget_period, BudgetPeriod::Daily);
         let bad: Map<String, Value> = serde_json::from_str(r#"{"hash": "x"}"#).unwrap();
         assert!(patch_key(&mut k, bad).is_err());
         let neg: Map<String, Value> = serde_json::from_str(r#"{"budget_usd": -1}"#).unwrap();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::{parse_request_head, BodyFraming, HeadLimits, RequestHead};
+use sluice_core::request::bounded;
 
 use crate::listen::respond;
 use crate::state::Shared;
@@ -125,7 +126,7 @@ fn handle(shared: &Shared, head: &RequestHead, body: &[u8], keep_alive: bool) ->
         (method, path) => respond::error(
             &GatewayError::new(
                 ErrorKind::RouteNotFound,
-                format!("Unknown admin URL: {method} {path}"),
+                format!("Unknown admin URL: {} {}", bounded(method), bounded(path)),
             ),
             keep_alive,
             "admin",

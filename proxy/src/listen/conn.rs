@@ -2,8 +2,7 @@
 //! them in order, close when asked or when the framing can no longer be trusted.
 
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -13,13 +12,10 @@ use sluice_core::http1::{self, BodyFraming, ChunkedDecoder, HeadLimits, RequestH
 use crate::listen::client_io::{ClientRead, ClientWrite};
 use crate::listen::endpoints::{self, Route};
 use crate::listen::respond;
-use crate::request::auth::{self, KeyEntry};
-use crate::request::client::ClientSide;
-use crate::request::forward;
-use crate::request::plan::ApiEndpoint;
+use crate::request::api;
+use crate::request::settle::{settle, Answer, RequestFacts, Settlement};
 use crate::state::{InflightGuard, Slot, Worker};
 use crate::telemetry::context::RequestTrace;
-use crate::telemetry::log::AccessRecord;
 
 /// Initial size of a connection's read buffer.
 const READ_BUF: usize = 8 * 1024;
@@ -128,59 +124,43 @@ async fn serve_requests(slot: &Rc<Slot>, client: &mut Client) {
         // A reload while the connection was idle applies to this request.
         let worker = &slot.current();
         let _inflight = InflightGuard::new(worker);
-        let request_id = request_id(&head);
-        let mut rec = AccessRecord {
-            request_id: request_id.clone(),
+        let mut request = RequestFacts {
+            request_id: request_id(&head),
             method: head.method().to_string(),
             path: head.path().to_string(),
-            ..AccessRecord::default()
+            started,
+            bytes_in: 0,
+            trace: None,
+            start_unix_ns: 0,
         };
         if crate::telemetry::trace::enabled() {
-            rec.trace = RequestTrace::start(
+            request.trace = RequestTrace::start(
                 head.header("traceparent"),
                 worker.shared.config.tracing.sample_ratio,
             );
-            if rec.trace.is_some() {
-                let since_start = started.elapsed();
-                rec.start_unix_ns = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.saturating_sub(since_start).as_nanos() as u64);
+            if request.trace.is_some() {
+                request.start_unix_ns = crate::clock::unix_ns_ago(started.elapsed());
             }
         }
         let body = match read_body(worker, client, &head, &limits).await {
             Ok(body) => body,
             Err(stop) => {
+                let mut answer = Answer::default();
                 if let Stop::Answer(err) = stop {
-                    rec.status = err.status();
-                    let bytes = respond::error(&err, false, &request_id);
-                    let _ = client.wr.write_all(bytes).await;
+                    let bytes = respond::error(&err, false, &request.request_id);
+                    (_, answer) = api::write(&mut client.wr, bytes, err.status(), false).await;
                 }
-                rec.total_us = started.elapsed().as_micros() as u64;
-                log_access(worker, &rec);
+                settle(worker, Settlement::local(request, answer));
                 return;
             }
         };
-        rec.bytes_in = body.len() as u64;
+        request.bytes_in = body.len() as u64;
         let keep_alive = head.keep_alive && !worker.shared.is_draining();
-        let keep = respond_to(worker, client, &head, body, keep_alive, started, &mut rec).await;
-        rec.total_us = started.elapsed().as_micros() as u64;
-        log_access(worker, &rec);
+        let (keep, settlement) = respond_to(worker, client, &head, body, keep_alive, request).await;
+        settle(worker, settlement);
         if !keep {
             return;
         }
-    }
-}
-
-fn log_access(worker: &Worker, rec: &AccessRecord) {
-    worker.metrics.observe(&worker.shared.config, rec);
-    if rec.trace.is_some() {
-        crate::telemetry::trace::export(crate::telemetry::trace::request_spans(
-            rec,
-            &worker.shared.config,
-        ));
-    }
-    if worker.shared.config.log.access_log {
-        rec.emit();
     }
 }
 
@@ -308,39 +288,35 @@ fn body_timeout() -> GatewayError {
     )
 }
 
-/// Answers one request; returns whether the connection stays open.
+/// Answers one request; returns whether the connection stays open, and what to settle.
 async fn respond_to(
     worker: &Worker,
     client: &mut Client,
     head: &RequestHead,
     body: Vec<u8>,
     keep_alive: bool,
-    started: Instant,
-    rec: &mut AccessRecord,
-) -> bool {
-    let request_id = rec.request_id.clone();
+    request: RequestFacts,
+) -> (bool, Settlement) {
+    let request_id = &request.request_id;
     let route = match endpoints::route(head.method(), head.path()) {
         Ok(r) => r,
         Err((err, route)) => {
             let allow = route.map(endpoints::allow_for);
             let extra: Vec<(&str, &[u8])> = allow.map(|a| ("allow", a)).into_iter().collect();
-            let bytes = respond::error_with(&err, &extra, keep_alive, &request_id);
-            return write_local(client, bytes, err.status(), keep_alive, rec).await;
+            let bytes = respond::error_with(&err, &extra, keep_alive, request_id);
+            return local(client, bytes, err.status(), keep_alive, request).await;
         }
     };
     let head_only = head.method() == "HEAD";
-    let local = |status: u16, body: &[u8]| {
-        let mut bytes = respond::json(status, body, &[], keep_alive, &request_id);
+    let json = |status: u16, body: &[u8]| {
+        let mut bytes = respond::json(status, body, &[], keep_alive, request_id);
         if head_only {
             bytes.truncate(bytes.len() - body.len());
         }
         bytes
     };
-    match route {
-        Route::Healthz => {
-            let bytes = local(200, br#"{"status":"ok"}"#);
-            write_local(client, bytes, 200, keep_alive, rec).await
-        }
+    let (status, bytes) = match route {
+        Route::Healthz => (200, json(200, br#"{"status":"ok"}"#)),
         Route::Readyz => {
             let (ready, reason) = endpoints::readiness(worker).await;
             let status = if ready { 200 } else { 503 };
@@ -349,155 +325,46 @@ async fn respond_to(
                 "reason": reason,
             }))
             .unwrap_or_default();
-            let bytes = local(status, &body);
-            write_local(client, bytes, status, keep_alive, rec).await
+            (status, json(status, &body))
         }
-        Route::Metrics if worker.shared.config.admin.metrics_on_main => {
-            let bytes = crate::admin::listener::metrics_response(&worker.shared, keep_alive);
-            write_local(client, bytes, 200, keep_alive, rec).await
-        }
+        Route::Metrics if worker.shared.config.admin.metrics_on_main => (
+            200,
+            crate::admin::listener::metrics_response(&worker.shared, keep_alive),
+        ),
         Route::Metrics => {
             let err = GatewayError::new(
                 ErrorKind::RouteNotFound,
                 "Unknown request URL: GET /metrics (metrics are on the admin listener)",
             );
-            let bytes = respond::error(&err, keep_alive, &request_id);
-            write_local(client, bytes, 404, keep_alive, rec).await
+            (404, respond::error(&err, keep_alive, request_id))
         }
-        Route::Models => {
-            let bytes = local(200, &endpoints::models_body(worker));
-            write_local(client, bytes, 200, keep_alive, rec).await
-        }
+        Route::Models => (200, json(200, &endpoints::models_body(worker))),
         Route::Api(endpoint) => {
-            let call = ApiCall {
+            let call = api::Call {
                 head,
                 endpoint,
                 keep_alive,
-                started,
             };
-            api(worker, client, call, body, rec).await
-        }
-    }
-}
-
-/// An API request's context.
-struct ApiCall<'h> {
-    head: &'h RequestHead,
-    endpoint: ApiEndpoint,
-    keep_alive: bool,
-    started: Instant,
-}
-
-/// An API request: authenticate (401), plan (400, 404), the key's model list (403), admit
-/// (429), forward, then settle what it used and hand its usage to the ledger.
-async fn api(
-    worker: &Worker,
-    client: &mut Client,
-    call: ApiCall<'_>,
-    body: Vec<u8>,
-    rec: &mut AccessRecord,
-) -> bool {
-    let shared = &worker.shared;
-    let auth = &shared.auth;
-    let key = match auth.authenticate(call.head, auth::unix_now()) {
-        Ok(k) => k,
-        Err(err) => {
-            // Unauthenticated requests are not written to the ledger (the access log and
-            // metrics have them), so nobody without a key can grow the database.
-            let bytes = respond::error(&err, call.keep_alive, &rec.request_id);
-            return write_local(client, bytes, err.status(), call.keep_alive, rec).await;
+            let served =
+                api::serve(worker, call, body, request, &mut client.rd, &mut client.wr).await;
+            // Pipelined bytes that arrived during the exchange follow those read before it.
+            client.buf.extend_from_slice(&served.early);
+            return (served.keep_alive, served.settlement);
         }
     };
-    if let Some(k) = &key {
-        rec.key_id = Some(k.id.to_string());
-        rec.team = Some(k.team.name.to_string());
-    }
-    let plan = match forward::plan(worker, call.head, body, call.endpoint, rec) {
-        Ok(p) => p,
-        Err(err) => return refuse(worker, client, key, &err, &call, rec).await,
-    };
-    let mut admission = None;
-    if let Some(k) = &key {
-        if !k.record.allows_model(&plan.inspected.model) {
-            let err = GatewayError::new(
-                ErrorKind::Forbidden,
-                format!(
-                    "This API key may not use the model `{}`.",
-                    plan.inspected.model
-                ),
-            )
-            .with_param("model");
-            return refuse(worker, client, key, &err, &call, rec).await;
-        }
-        match auth.admit(
-            k,
-            &shared.config,
-            &shared.prices,
-            plan.group,
-            &plan.inspected,
-            plan.body.len(),
-        ) {
-            Ok(a) => admission = Some(a),
-            Err(err) => return refuse(worker, client, key, &err, &call, rec).await,
-        }
-    }
-    let request_id = rec.request_id.clone();
-    let side = ClientSide {
-        request_id: &request_id,
-        http10: call.head.version == 0,
-        keep_alive: call.keep_alive,
-        started: call.started,
-        extra_headers: key
-            .as_ref()
-            .map(|k| auth.ratelimit_headers(k))
-            .unwrap_or_default(),
-    };
-    let done = forward::execute(worker, plan, &mut client.rd, &mut client.wr, side, rec).await;
-    if let Some(a) = admission {
-        a.settle(rec);
-    }
-    rec.total_us = call.started.elapsed().as_micros() as u64;
-    auth.record(&shared.config, key.as_deref(), rec);
-    // Pipelined bytes that arrived during the exchange follow those read before it.
-    client.buf.extend_from_slice(&done.early);
-    done.keep_alive
+    local(client, bytes, status, keep_alive, request).await
 }
 
-/// Answers an authenticated API request locally with `err` (and the key's `x-ratelimit-*`
-/// headers), and records it in the ledger.
-async fn refuse(
-    worker: &Worker,
-    client: &mut Client,
-    key: Option<Arc<KeyEntry>>,
-    err: &GatewayError,
-    call: &ApiCall<'_>,
-    rec: &mut AccessRecord,
-) -> bool {
-    let auth = &worker.shared.auth;
-    let headers = key
-        .as_ref()
-        .map(|k| auth.ratelimit_headers(k))
-        .unwrap_or_default();
-    let extra: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-    let keep = call.keep_alive && !err.kind.closes_connection();
-    let bytes = respond::error_with(err, &extra, keep, &rec.request_id);
-    let keep = write_local(client, bytes, err.status(), keep, rec).await;
-    rec.total_us = call.started.elapsed().as_micros() as u64;
-    auth.record(&worker.shared.config, key.as_deref(), rec);
-    keep
-}
-
-async fn write_local(
+/// Writes an answer the gateway makes itself.
+async fn local(
     client: &mut Client,
     bytes: Vec<u8>,
     status: u16,
     keep_alive: bool,
-    rec: &mut AccessRecord,
-) -> bool {
-    rec.status = status;
-    rec.bytes_out = bytes.len() as u64;
-    let (res, _) = client.wr.write_all(bytes).await;
-    res.is_ok() && keep_alive
+    request: RequestFacts,
+) -> (bool, Settlement) {
+    let (keep, answer) = api::write(&mut client.wr, bytes, status, keep_alive).await;
+    (keep, Settlement::local(request, answer))
 }
 
 /// The client's `x-request-id` when it is a sane token, else a new one.

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sluice_core::error::{ErrorKind, GatewayError};
+use sluice_core::request::bounded;
 
 use crate::request::plan::ApiEndpoint;
 use crate::state::Worker;
@@ -52,7 +53,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, (GatewayError, Option<Ro
             return Err((
                 GatewayError::new(
                     ErrorKind::RouteNotFound,
-                    format!("Unknown request URL: {method} {path}"),
+                    format!("Unknown request URL: {} {}", bounded(method), bounded(path)),
                 ),
                 None,
             ))
@@ -68,7 +69,11 @@ pub fn route(method: &str, path: &str) -> Result<Route, (GatewayError, Option<Ro
         Err((
             GatewayError::new(
                 ErrorKind::MethodNotAllowed,
-                format!("method {method} is not allowed on {path}"),
+                format!(
+                    "method {} is not allowed on {}",
+                    bounded(method),
+                    bounded(path)
+                ),
             ),
             Some(route),
         ))

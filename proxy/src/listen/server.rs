@@ -8,13 +8,15 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
+use sluice_core::cache::NoStore;
 use sluice_core::config::{Config, ConfigError, Driver, ProcessEnv, Workers};
+use sluice_core::limiter::{DeploymentLimits, Limiter, LocalLimiter};
 
 use crate::listen::client_io;
 use crate::listen::conn::serve_connection;
@@ -164,12 +166,11 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?
     };
     let dns = DnsTable::resolve_all(&config);
-    let started_unix = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let started_unix = crate::clock::unix_s();
     // The recorder first: the admission counters are created with it.
     crate::telemetry::metrics::install();
     let (access, ledger_handle) = open_access(&config)?;
+    let limiter: Arc<dyn Limiter> = Arc::new(LocalLimiter);
     let shared = Arc::new(Shared {
         generation: 1,
         config_path,
@@ -186,9 +187,9 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
             .collect(),
         started_unix,
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
-        provider_limits: Arc::new(crate::upstream::provider_limits::ProviderLimits::build(
-            &config, None,
-        )),
+        provider_limits: Arc::new(DeploymentLimits::build(&config, limiter.clone(), None)),
+        limiter,
+        responses: Arc::new(NoStore),
         routes: Arc::new(sluice_core::route::SharedRoutes::build(
             &config,
             None,
@@ -396,8 +397,9 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
         heartbeats: old.heartbeats.clone(),
         started_unix: old.started_unix,
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
-        provider_limits: Arc::new(crate::upstream::provider_limits::ProviderLimits::build(
+        provider_limits: Arc::new(DeploymentLimits::build(
             &config,
+            old.limiter.clone(),
             Some(&old.provider_limits),
         )),
         routes: Arc::new(sluice_core::route::SharedRoutes::build(
@@ -405,6 +407,8 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
             Some(&old.routes),
             Instant::now(),
         )),
+        limiter: old.limiter.clone(),
+        responses: old.responses.clone(),
         auth: old.auth.clone(),
         registry: old.registry.clone(),
         admin_token: old.admin_token,

@@ -1,14 +1,13 @@
-//! Virtual keys on the request path: who is calling ([`Auth::authenticate`]), may they
-//! ([`KeyRecord::allows_model`], [`Auth::admit`]), and what it cost ([`Admission::settle`],
-//! the ledger).
+//! Virtual keys on the request path: who is calling ([`Auth::authenticate`]), within which
+//! limits ([`KeyEntry::limit_sets`], admitted by core's limiter; [`Auth::ask`] says what a
+//! request reserves, [`Auth::refusal`] words a 429), and what it cost ([`Auth::record`], the
+//! ledger).
 //!
 //! ```text
-//! conn ─► authenticate (Bearer / x-api-key → SHA-256 → index)      401
-//!      ─► forward::plan (inspect, model group)                       400 / 404
-//!      ─► allows_model (the key's list)                              403
-//!      ─► admit (key and team: concurrency, rpm, tpm, budget)        429 + Retry-After
-//!      ─► forward::execute (x-ratelimit-* on the answer)
-//!      ─► Admission::settle (real tokens and cost) ─► ledger (never blocks)
+//! api ─► authenticate (Bearer / x-api-key → SHA-256 → index)        401
+//!     ─► core stages: inspect 400/404, allows_model 403, admit and reserve 429 + Retry-After
+//!     ─► forward (x-ratelimit-* on the answer)
+//!     ─► settle: the permit with real tokens and cost ─► record ─► ledger (never blocks)
 //! ```
 //!
 //! The key index is an immutable [`Index`] behind an `ArcSwap`: workers only load it (one
@@ -23,8 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use metrics::Counter;
@@ -33,32 +31,12 @@ use sluice_core::cost::{self, PriceTable};
 use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::RequestHead;
 use sluice_core::inspect::{self, Inspected};
-use sluice_core::keys::{self, KeyRecord, KeyRefusal, TeamRecord};
-use sluice_core::limiter::{Ask, Limiter, LocalLimiter, Permit, Refusal};
+use sluice_core::keys::{self, KeyRecord, KeyRefusal, Limits, TeamRecord};
+use sluice_core::limiter::{Ask, Denied, Refusal};
 use sluice_core::limits::{self, period_start, BudgetPeriod, LimitSet};
 
 use crate::store::{LedgerSender, Scope, UsageRecord};
 use crate::telemetry::log::AccessRecord;
-
-/// Milliseconds on a monotonic clock shared by every worker (the buckets' `now_ms`).
-pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-/// Wall-clock unix seconds (budget periods, expiry).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Wall-clock unix milliseconds (ledger timestamps).
-pub fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// A team as the data plane sees it: its limits (if it was created through the admin API)
 /// and its spend this period.
@@ -71,7 +49,8 @@ pub struct TeamEntry {
     pub limits: Arc<LimitSet>,
     /// Micro-USD per model group, for `sluice_cost_usd_total{team}`.
     pub cost_by_group: Arc<[AtomicU64]>,
-    shape: Shape,
+    /// Its limits, [`Limits::normalized`]: a rebuild keeps `limits` while they are equal.
+    shape: Limits,
 }
 
 /// A key as the data plane sees it.
@@ -88,62 +67,14 @@ pub struct KeyEntry {
     pub limits: Arc<LimitSet>,
     /// Its team.
     pub team: Arc<TeamEntry>,
-    shape: Shape,
+    /// Its limits, [`Limits::normalized`]: a rebuild keeps `limits` while they are equal.
+    shape: Limits,
 }
 
-/// The limit numbers of a key or team: a rebuild keeps its `LimitSet` while they are equal.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Shape {
-    rpm: Option<u64>,
-    tpm: Option<u64>,
-    max_concurrency: Option<u32>,
-    budget_micros: Option<u64>,
-    period: BudgetPeriod,
-}
-
-impl Shape {
-    fn new(
-        rpm: Option<u64>,
-        tpm: Option<u64>,
-        max_concurrency: Option<u32>,
-        budget_micros: Option<u64>,
-        period: BudgetPeriod,
-    ) -> Self {
-        Shape {
-            rpm,
-            tpm,
-            max_concurrency,
-            budget_micros,
-            // Without a budget, spend is still counted (for reports), over the key's life.
-            period: if budget_micros.is_some() {
-                period
-            } else {
-                BudgetPeriod::Lifetime
-            },
-        }
-    }
-
-    fn of_key(r: &KeyRecord) -> Self {
-        Shape::new(
-            r.rpm,
-            r.tpm,
-            r.max_concurrency,
-            r.budget_micros(),
-            r.budget_period,
-        )
-    }
-
-    fn of_team(r: Option<&TeamRecord>) -> Self {
-        match r {
-            Some(t) => Shape::new(
-                t.rpm,
-                t.tpm,
-                t.max_concurrency,
-                t.budget_micros(),
-                t.budget_period,
-            ),
-            None => Shape::new(None, None, None, None, BudgetPeriod::Lifetime),
-        }
+impl KeyEntry {
+    /// The limits a request of this key is admitted against: the key's, then its team's.
+    pub fn limit_sets(&self) -> [&LimitSet; 2] {
+        [&self.limits, &self.team.limits]
     }
 }
 
@@ -181,11 +112,11 @@ impl Index {
 /// key id or team name in the current `period`.
 pub type SpendOf<'a> = &'a dyn Fn(Scope, &str, BudgetPeriod) -> u64;
 
-/// A limit set for `shape`, reusing `prev` when its numbers are the same; otherwise a new set
-/// that starts with `prev`'s spend (same period) or the store's.
+/// A limit set for `shape` (normalized limits), reusing `prev` when its numbers are the same;
+/// otherwise a new set that starts with `prev`'s spend (same period) or the store's.
 fn limit_set(
-    shape: Shape,
-    prev: Option<(Shape, &Arc<LimitSet>)>,
+    shape: Limits,
+    prev: Option<(Limits, &Arc<LimitSet>)>,
     scope: Scope,
     id: &str,
     spend_of: SpendOf<'_>,
@@ -196,21 +127,16 @@ fn limit_set(
             return set.clone();
         }
     }
-    let start = period_start(shape.period, unix_s);
+    let start = period_start(shape.budget_period, unix_s);
     let spend = match prev {
-        Some((s, set)) if s.period == shape.period && set.budget.period_start() == start => {
+        Some((s, set))
+            if s.budget_period == shape.budget_period && set.budget.period_start() == start =>
+        {
             set.budget.spend()
         }
-        _ => spend_of(scope, id, shape.period),
+        _ => spend_of(scope, id, shape.budget_period),
     };
-    Arc::new(LimitSet::new(
-        shape.rpm,
-        shape.tpm,
-        shape.max_concurrency,
-        shape.budget_micros.map(|b| (b, shape.period)),
-        spend,
-        unix_s,
-    ))
+    Arc::new(LimitSet::from_limits(&shape, spend, unix_s))
 }
 
 /// Builds the index from every key (`(record, from_config)`) and team, carrying limit state
@@ -232,7 +158,11 @@ pub fn build_index(
     }
     let mut team_map = HashMap::with_capacity(records.len());
     for (name, record) in records {
-        let shape = Shape::of_team(record.as_ref());
+        let shape = record
+            .as_ref()
+            .map(|t| t.limits)
+            .unwrap_or_default()
+            .normalized();
         let old = prev.teams.get(&name);
         let limits = limit_set(
             shape,
@@ -268,7 +198,7 @@ pub fn build_index(
         let Some(team) = team_map.get(&record.team).cloned() else {
             continue;
         };
-        let shape = Shape::of_key(&record);
+        let shape = record.limits.normalized();
         let old = prev.by_id.get(&record.id);
         let limits = limit_set(
             shape,
@@ -440,109 +370,97 @@ impl Auth {
         }
     }
 
-    /// Reserves the request's tokens and cost against the key and its team, all or nothing:
-    /// a request to model group `group`, with the routing fields `inspected` and a body of
-    /// `body_len` bytes.
-    /// On refusal: 429 with `Retry-After` (when waiting helps) and the reason.
-    pub fn admit(
+    /// What a request to model group `group` with the routing fields `inspected` and a body
+    /// of `body_len` bytes reserves: the prompt estimate plus `max_tokens` (or the default),
+    /// and their cost at the dearest of the group's deployments.
+    pub fn ask(
         &self,
-        key: &Arc<KeyEntry>,
         config: &Config,
         prices: &PriceTable,
         group: usize,
         inspected: &Inspected,
         body_len: usize,
-    ) -> Result<Admission, GatewayError> {
+    ) -> Ask {
         let prompt = inspect::estimate_prompt_tokens(body_len);
         let output = inspected.max_tokens.unwrap_or(self.default_max_tokens);
-        let ask = Ask {
+        Ask {
             tokens: prompt.saturating_add(output),
             cost_micros: estimate_cost(config, prices, group, &inspected.model, prompt, output),
-            now_ms: now_ms(),
-            unix_s: unix_now(),
-        };
-        let sets = [&*key.limits, &*key.team.limits];
-        let admitted = LocalLimiter
-            .admit(&sets, ask.now_ms)
-            .and_then(|mut permit| {
-                match LocalLimiter.reserve(&sets, &mut permit, &ask) {
-                    Ok(()) => Ok(permit),
-                    Err(denied) => {
-                        // Refused for tokens or budget: the request itself still counts.
-                        LocalLimiter.settle(&sets, permit, 0, 0, ask.now_ms);
-                        Err(denied)
-                    }
-                }
-            });
-        match admitted {
-            Ok(permit) => Ok(Admission {
-                key: key.clone(),
-                permit: Some(permit),
-            }),
-            Err(denied) => {
-                let whose = if denied.set == 0 {
-                    format!("key `{}`", key.record.name)
-                } else {
-                    format!("team `{}`", key.team.name)
-                };
-                let set = sets.get(denied.set).copied().unwrap_or(&*key.limits);
-                let (kind, message) = match denied.refusal {
-                    Refusal::Requests(_) => {
-                        self.meters.rate_limited[0].increment(1);
-                        let limit = set.requests.as_ref().map_or(0, |b| b.capacity());
-                        (
-                            ErrorKind::RateLimited,
-                            format!("Rate limit reached for {whose}: {limit} requests per minute."),
-                        )
-                    }
-                    Refusal::Tokens(r) => {
-                        self.meters.rate_limited[1].increment(1);
-                        let limit = set.tokens.as_ref().map_or(0, |b| b.capacity());
-                        let msg = if r.is_never() {
-                            format!(
-                                "Request too large for {whose}: it reserves {} tokens (prompt estimate plus max_tokens), the limit is {limit} tokens per minute. Lower max_tokens.",
-                                ask.tokens
-                            )
-                        } else {
-                            format!("Rate limit reached for {whose}: {limit} tokens per minute.")
-                        };
-                        (ErrorKind::RateLimited, msg)
-                    }
-                    Refusal::Concurrency => {
-                        self.meters.rate_limited[2].increment(1);
-                        let limit = set.concurrency.as_ref().map_or(0, |c| c.limit());
-                        (
-                            ErrorKind::RateLimited,
-                            format!("Too many requests in flight for {whose} (limit {limit})."),
-                        )
-                    }
-                    Refusal::Budget(_) => {
-                        self.meters.budget.increment(1);
-                        let limit = set.budget_limit_micros.unwrap_or(0);
-                        (
-                            ErrorKind::BudgetExceeded,
-                            format!(
-                                "Budget exceeded for {whose}: {} USD per {} period, {} USD used.",
-                                cost::format_usd(limit),
-                                set.budget_period.as_str(),
-                                cost::format_usd(set.budget.used())
-                            ),
-                        )
-                    }
-                };
-                let mut err = GatewayError::new(kind, message);
-                if let Some(s) = denied.refusal.retry_after_s() {
-                    err = err.with_retry_after(s);
-                }
-                Err(err)
-            }
+            now_ms: crate::clock::now_ms(),
+            unix_s: crate::clock::unix_s(),
         }
+    }
+
+    /// The 429 for a refusal by `key`'s limits (its own, or its team's), counted; `tokens` is
+    /// what the request asked to reserve. With `Retry-After` when waiting helps.
+    pub fn refusal(&self, key: Option<&KeyEntry>, denied: &Denied, tokens: u64) -> GatewayError {
+        let Some(key) = key else {
+            return GatewayError::new(ErrorKind::RateLimited, "Rate limit reached.");
+        };
+        let whose = if denied.set == 0 {
+            format!("key `{}`", key.record.name)
+        } else {
+            format!("team `{}`", key.team.name)
+        };
+        let set = if denied.set == 0 {
+            &*key.limits
+        } else {
+            &*key.team.limits
+        };
+        let (kind, message) = match denied.refusal {
+            Refusal::Requests(_) => {
+                self.meters.rate_limited[0].increment(1);
+                let limit = set.requests.as_ref().map_or(0, |b| b.capacity());
+                (
+                    ErrorKind::RateLimited,
+                    format!("Rate limit reached for {whose}: {limit} requests per minute."),
+                )
+            }
+            Refusal::Tokens(r) => {
+                self.meters.rate_limited[1].increment(1);
+                let limit = set.tokens.as_ref().map_or(0, |b| b.capacity());
+                let msg = if r.is_never() {
+                    format!(
+                        "Request too large for {whose}: it reserves {tokens} tokens (prompt estimate plus max_tokens), the limit is {limit} tokens per minute. Lower max_tokens."
+                    )
+                } else {
+                    format!("Rate limit reached for {whose}: {limit} tokens per minute.")
+                };
+                (ErrorKind::RateLimited, msg)
+            }
+            Refusal::Concurrency => {
+                self.meters.rate_limited[2].increment(1);
+                let limit = set.concurrency.as_ref().map_or(0, |c| c.limit());
+                (
+                    ErrorKind::RateLimited,
+                    format!("Too many requests in flight for {whose} (limit {limit})."),
+                )
+            }
+            Refusal::Budget(_) => {
+                self.meters.budget.increment(1);
+                let limit = set.budget_limit_micros.unwrap_or(0);
+                (
+                    ErrorKind::BudgetExceeded,
+                    format!(
+                        "Budget exceeded for {whose}: {} USD per {} period, {} USD used.",
+                        cost::format_usd(limit),
+                        set.budget_period.as_str(),
+                        cost::format_usd(set.budget.used())
+                    ),
+                )
+            }
+        };
+        let mut err = GatewayError::new(kind, message);
+        if let Some(s) = denied.refusal.retry_after_s() {
+            err = err.with_retry_after(s);
+        }
+        err
     }
 
     /// OpenAI's `x-ratelimit-*` headers for `key`: its own buckets, else its team's; none when
     /// neither has a request or token limit.
     pub fn ratelimit_headers(&self, key: &KeyEntry) -> Vec<(&'static str, Vec<u8>)> {
-        let now = now_ms();
+        let now = crate::clock::now_ms();
         let requests = key
             .limits
             .requests
@@ -590,7 +508,7 @@ impl Auth {
         });
         let usage = UsageRecord {
             request_id: rec.request_id.clone(),
-            ts_ms: unix_now_ms(),
+            ts_ms: crate::clock::unix_ms(),
             key_id: key.map(|k| k.id.clone()),
             team: key.map(|k| k.team.name.clone()),
             model: Arc::from(rec.model.as_deref().unwrap_or("")),
@@ -627,38 +545,6 @@ pub fn estimate_cost(
         .unwrap_or(0)
 }
 
-/// What an admitted request reserved. Settle it with the real usage when the request ends;
-/// dropped unsettled (the request never ran), it gives everything back.
-pub struct Admission {
-    key: Arc<KeyEntry>,
-    permit: Option<Permit>,
-}
-
-impl Admission {
-    /// Settles with what the request used (`rec.usage`, the delivered estimate of a cancelled
-    /// stream included) and cost (`rec.cost_micros`): refunds or charges the difference and
-    /// frees the concurrency slot.
-    pub fn settle(mut self, rec: &AccessRecord) {
-        let tokens = rec.usage.map_or(0, |u| u.total_tokens());
-        let cost = rec.cost_micros.unwrap_or(0);
-        self.finish(tokens, cost);
-    }
-
-    fn finish(&mut self, tokens: u64, cost: u64) {
-        let Some(permit) = self.permit.take() else {
-            return;
-        };
-        let sets = [&*self.key.limits, &*self.key.team.limits];
-        LocalLimiter.settle(&sets, permit, tokens, cost, now_ms());
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.finish(0, 0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,11 +559,10 @@ mod tests {
             hash: keys::hash_hex(&secret),
             prefix: keys::visible_prefix(&secret),
             models: vec!["gpt-*".into(), "mock-fast".into()],
-            rpm,
-            tpm: None,
-            max_concurrency: None,
-            budget_usd: None,
-            budget_period: BudgetPeriod::Monthly,
+            limits: Limits {
+                rpm,
+                ..Limits::default()
+            },
             expires_at_unix: None,
             disabled: false,
             metadata: serde_json::Value::Null,

@@ -10,7 +10,7 @@ use sluice_core::http1::{is_hop_by_hop, ResponseHead};
 
 use crate::listen::client_io::ClientWrite;
 use crate::listen::respond::{self, write_head, ClientFraming};
-use crate::telemetry::log::AccessRecord;
+use crate::request::settle::Answer;
 
 /// What the client asked of the connection, and what the caller adds to the answer.
 pub struct ClientSide<'r> {
@@ -24,13 +24,8 @@ pub struct ClientSide<'r> {
     pub started: Instant,
     /// Headers to add to whatever answer goes out (e.g. `x-ratelimit-*`).
     pub extra_headers: Vec<(&'static str, Vec<u8>)>,
-}
-
-/// Seconds since the epoch, for the `created` of translated answers.
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    /// The request's place in a trace, when traced (each attempt gets a span).
+    pub trace: Option<crate::telemetry::context::RequestTrace>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -86,7 +81,7 @@ pub(crate) async fn answer_error(
     wr: &mut ClientWrite,
     err: GatewayError,
     client: &ClientSide<'_>,
-    rec: &mut AccessRecord,
+    answer: &mut Answer,
 ) -> bool {
     let keep_alive = client.keep_alive && !err.kind.closes_connection();
     let extra: Vec<(&str, &[u8])> = client
@@ -95,11 +90,11 @@ pub(crate) async fn answer_error(
         .map(|(n, v)| (*n, v.as_slice()))
         .collect();
     let bytes = respond::error_with(&err, &extra, keep_alive, client.request_id);
-    rec.status = err.status();
-    rec.bytes_out = bytes.len() as u64;
+    answer.status = err.status();
+    answer.bytes_out = bytes.len() as u64;
     let (res, _) = wr.write_all(bytes).await;
     if res.is_ok() {
-        rec.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
+        answer.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
     }
     keep_alive && res.is_ok()
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 use sluice_core::attempt::Relayed;
+use sluice_core::config::{Deployment, Provider};
 use sluice_core::dialect::{self, ResponseContext, StreamTranslator};
+use sluice_core::filter::{Capture, Chain};
 use sluice_core::http1::BodyFraming;
 use sluice_core::inspect;
 use sluice_core::sse::SseScanner;
@@ -16,12 +18,12 @@ use sluice_core::usage::{self, Usage};
 
 use crate::listen::client_io::ClientWrite;
 use crate::listen::respond::ClientFraming;
-use crate::request::client::{answer_error, unix_now, write_response_head, ClientSide};
+use crate::request::client::{answer_error, write_response_head, ClientSide};
 use crate::request::plan::ApiEndpoint;
 use crate::request::plan::{Plan, Translation};
-use crate::request::relay::{BodyLimits, BodyMode, ClientWatch, Relay};
+use crate::request::relay::{BodyLimits, ClientWatch, Relay, RelayEnd, MAX_CAPTURE};
+use crate::request::settle::Answer;
 use crate::state::Worker;
-use crate::telemetry::log::AccessRecord;
 use crate::upstream::attempt::{self, Sent};
 
 /// Largest successful non-streaming body buffered so its cost can go in a header.
@@ -37,159 +39,217 @@ pub(crate) struct Delivered {
     pub latency: Duration,
 }
 
+/// What one delivery works with.
+struct Delivery<'a, 'w, 'c> {
+    worker: &'a Worker,
+    plan: &'a Plan,
+    dep: &'a Deployment,
+    provider: &'a Provider,
+    /// The upstream model name (for its price).
+    upstream_model: &'a str,
+    translation: Option<Translation>,
+    /// When the attempt was sent.
+    started: Instant,
+    deadline: Instant,
+    wr: &'a mut ClientWrite,
+    watch: &'a mut ClientWatch<'w>,
+    client: &'a ClientSide<'c>,
+    /// The client connection may be kept (asked, and the gateway is not draining).
+    keep_alive: bool,
+}
+
 /// Hands a successful (or final) answer to the client: small JSON bodies are buffered so the
 /// cost can go in a header; everything else is relayed as it arrives.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn deliver(
     worker: &Worker,
     plan: &Plan,
-    mut sent: Sent,
+    sent: Sent,
     translation: Option<Translation>,
     (g, i): (usize, usize),
     started: Instant,
     wr: &mut ClientWrite,
     watch: &mut ClientWatch<'_>,
     client: &ClientSide<'_>,
-    rec: &mut AccessRecord,
+    answer: &mut Answer,
     deadline: Instant,
 ) -> Delivered {
-    let gone = |latency| Delivered {
-        keep_alive: false,
-        relayed: Relayed::ClientGone,
-        latency,
+    let cfg = &worker.shared.config;
+    let dep = cfg.models.get(g).and_then(|m| m.deployments.get(i));
+    let Some((dep, provider)) = dep.and_then(|d| Some((d, cfg.providers.get(d.provider)?))) else {
+        return Delivered {
+            keep_alive: false,
+            relayed: Relayed::ClientGone,
+            latency: Duration::ZERO,
+        };
     };
-    let shared = &worker.shared;
-    let cfg = &shared.config;
-    let Some(dep) = cfg.models.get(g).and_then(|m| m.deployments.get(i)) else {
-        return gone(Duration::ZERO);
-    };
-    let Some(provider) = cfg.providers.get(dep.provider) else {
-        return gone(Duration::ZERO);
-    };
-    let upstream_model = if dep.model == "*" {
-        plan.inspected.model.as_str()
-    } else {
-        dep.model.as_str()
-    };
-    rec.upstream_reused = Some(sent.conn.reuses > 0);
-    rec.status = sent.head.status;
-    let head_wait = started.elapsed();
-    let keep_alive = client.keep_alive && !shared.is_draining();
-    let is_sse = sent.head.is_event_stream() && (200..300).contains(&sent.head.status);
-    rec.stream = is_sse;
-    let success = (200..300).contains(&sent.head.status);
-    let answer_id = format!(
-        "{}{}",
-        if plan.endpoint == ApiEndpoint::Messages {
-            "msg_"
+    let status = sent.head.status;
+    answer.upstream_reused = Some(sent.conn.reuses > 0);
+    answer.status = status;
+    let success = (200..300).contains(&status);
+    let is_sse = sent.head.is_event_stream() && success;
+    answer.stream = is_sse;
+    let mut d = Delivery {
+        worker,
+        plan,
+        dep,
+        provider,
+        upstream_model: if dep.model == "*" {
+            plan.inspected.model.as_str()
         } else {
-            "chatcmpl-"
+            dep.model.as_str()
         },
-        client.request_id
-    );
-    let ctx = ResponseContext {
-        model: &plan.inspected.model,
-        id: &answer_id,
-        created: unix_now(),
-        include_usage: plan.inspected.include_usage,
+        translation,
+        started,
+        deadline,
+        wr,
+        watch,
+        client,
+        keep_alive: client.keep_alive && !worker.shared.is_draining(),
     };
-
     // Whole answers, read first and written in one go: another dialect's (any framing; it is
     // translated), or a small OpenAI JSON body (so its cost can go in a header).
-    let whole = match (translation, is_sse, sent.head.body) {
-        (Some(_), false, _) => Some(16 << 20),
+    match (translation, is_sse, sent.head.body) {
+        (Some(_), false, _) => whole(&mut d, sent, 16 << 20, answer).await,
         (None, false, BodyFraming::Length(n)) if success && n <= MAX_BUFFERED_BODY => {
-            Some(MAX_BUFFERED_BODY as usize)
+            whole(&mut d, sent, MAX_BUFFERED_BODY as usize, answer).await
         }
-        _ => None,
-    };
-    if let Some(max) = whole {
-        let read = attempt::read_small_body(&mut sent, &provider.name, max, deadline);
-        let (body, reusable) = match watch.race(read).await {
-            None => {
-                rec.client_cancelled = true;
-                return gone(started.elapsed());
-            }
-            Some(Ok(x)) => x,
-            Some(Err(e)) => {
-                rec.error = Some(e.label().into());
-                let latency = started.elapsed();
-                let keep_alive = answer_error(wr, e.to_gateway(), client, rec).await;
-                return Delivered {
-                    keep_alive,
-                    relayed: Relayed::UpstreamFailed(e.label()),
-                    latency,
-                };
-            }
-        };
-        let (body, used, content_type) = match translation {
-            Some(t) => {
-                let (out, used) =
-                    dialect::translate_response(t.from, t.to, sent.head.status, &body, &ctx);
-                (out, used, Some(&b"application/json"[..]))
-            }
-            None => {
-                let used = usage::from_body(&body);
-                (body, used, None)
-            }
-        };
-        rec.upstream_us = Some(started.elapsed().as_micros() as u64);
-        rec.first_token_us = Some(
-            Instant::now()
-                .saturating_duration_since(client.started)
-                .as_micros() as u64,
-        );
-        rec.usage = used;
-        rec.cost_micros = used.and_then(|u| cost_of(shared, upstream_model, &u));
-        let cost_text = rec
-            .cost_micros
-            .filter(|_| success)
-            .map(sluice_core::cost::format_usd);
-        let mut wire = Vec::with_capacity(1024 + body.len());
-        write_response_head(
-            &mut wire,
-            &sent.head,
-            &dep.label,
-            if client.http10 {
-                ClientFraming::Close
-            } else {
-                ClientFraming::Length(body.len() as u64)
-            },
-            keep_alive,
-            client,
-            cost_text.as_deref(),
-            content_type,
-        );
-        wire.extend_from_slice(&body);
-        rec.bytes_out = wire.len() as u64;
-        let (res, _) = wr.write_all(wire).await;
-        rec.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
-        if res.is_err() {
-            rec.client_cancelled = true;
-        }
-        if reusable {
-            worker.pool.borrow_mut().put(
-                dep.provider,
-                sent.conn,
-                Instant::now(),
-                provider.pool_max_idle,
-            );
-        }
-        // The upstream did its job even if the client left while we wrote.
-        return Delivered {
-            keep_alive: res.is_ok() && keep_alive && !client.http10,
-            relayed: Relayed::Complete,
-            latency: started.elapsed(),
-        };
+        _ => relay(&mut d, sent, is_sse, answer).await,
     }
+}
 
-    let mode = match translation {
-        Some(t) if is_sse => {
-            BodyMode::Translate(Box::new(StreamTranslator::new(t.from, t.to, ctx)))
-        }
-        _ if is_sse => BodyMode::Sse(SseScanner::new(plan.strip_usage)),
-        _ => BodyMode::Buffered(Vec::new()),
+/// The context a translated answer is written in: our id, the client's model, now.
+fn response_context<'p>(plan: &'p Plan, id: &'p str) -> ResponseContext<'p> {
+    ResponseContext {
+        model: &plan.inspected.model,
+        id,
+        created: crate::clock::unix_s(),
+        include_usage: plan.inspected.include_usage,
+    }
+}
+
+/// The id of a translated answer: `msg_…` for Messages clients, `chatcmpl-…` otherwise.
+fn answer_id(plan: &Plan, client: &ClientSide<'_>) -> String {
+    let prefix = if plan.endpoint == ApiEndpoint::Messages {
+        "msg_"
+    } else {
+        "chatcmpl-"
     };
+    format!("{prefix}{}", client.request_id)
+}
+
+/// Reads the whole body (at most `max` bytes), translates it if needed, prices it, and writes
+/// head and body at once.
+async fn whole(
+    d: &mut Delivery<'_, '_, '_>,
+    mut sent: Sent,
+    max: usize,
+    answer: &mut Answer,
+) -> Delivered {
+    let read = attempt::read_small_body(&mut sent, &d.provider.name, max, d.deadline);
+    let (body, reusable) = match d.watch.race(read).await {
+        None => {
+            answer.client_cancelled = true;
+            return Delivered {
+                keep_alive: false,
+                relayed: Relayed::ClientGone,
+                latency: d.started.elapsed(),
+            };
+        }
+        Some(Ok(x)) => x,
+        Some(Err(e)) => {
+            answer.error = Some(e.label().into());
+            let latency = d.started.elapsed();
+            let keep_alive = answer_error(d.wr, e.to_gateway(), d.client, answer).await;
+            return Delivered {
+                keep_alive,
+                relayed: Relayed::UpstreamFailed(e.label()),
+                latency,
+            };
+        }
+    };
+    let client = d.client;
+    let success = (200..300).contains(&sent.head.status);
+    let (body, used, content_type) = match d.translation {
+        Some(t) => {
+            let id = answer_id(d.plan, client);
+            let ctx = response_context(d.plan, &id);
+            let (out, used) =
+                dialect::translate_response(t.from, t.to, sent.head.status, &body, &ctx);
+            (out, used, Some(&b"application/json"[..]))
+        }
+        None => {
+            let used = usage::from_body(&body);
+            (body, used, None)
+        }
+    };
+    answer.upstream_us = Some(d.started.elapsed().as_micros() as u64);
+    answer.first_token_us = Some(client.started.elapsed().as_micros() as u64);
+    answer.usage = used;
+    answer.cost_micros = used.and_then(|u| cost_of(&d.worker.shared, d.upstream_model, &u));
+    let cost_text = answer
+        .cost_micros
+        .filter(|_| success)
+        .map(sluice_core::cost::format_usd);
+    let framing = if client.http10 {
+        ClientFraming::Close
+    } else {
+        ClientFraming::Length(body.len() as u64)
+    };
+    let mut wire = Vec::with_capacity(1024 + body.len());
+    write_response_head(
+        &mut wire,
+        &sent.head,
+        &d.dep.label,
+        framing,
+        d.keep_alive,
+        client,
+        cost_text.as_deref(),
+        content_type,
+    );
+    wire.extend_from_slice(&body);
+    answer.bytes_out = wire.len() as u64;
+    let (res, _) = d.wr.write_all(wire).await;
+    answer.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
+    if res.is_err() {
+        answer.client_cancelled = true;
+    }
+    if reusable {
+        d.worker.pool.borrow_mut().put(
+            d.dep.provider,
+            sent.conn,
+            Instant::now(),
+            d.provider.pool_max_idle,
+        );
+    }
+    // The upstream did its job even if the client left while we wrote.
+    Delivered {
+        keep_alive: res.is_ok() && d.keep_alive && !client.http10,
+        relayed: Relayed::Complete,
+        latency: d.started.elapsed(),
+    }
+}
+
+/// Relays the body as it arrives, through the filter chain: a translated or scanned event
+/// stream, or any other body with a bounded copy to read usage from.
+async fn relay(
+    d: &mut Delivery<'_, '_, '_>,
+    sent: Sent,
+    is_sse: bool,
+    answer: &mut Answer,
+) -> Delivered {
+    let (worker, plan, client) = (d.worker, d.plan, d.client);
+    let head_wait = d.started.elapsed();
+    let id = answer_id(plan, client);
+    let mut chain = Chain::new();
+    match d.translation {
+        Some(t) if is_sse => {
+            let ctx = response_context(plan, &id);
+            chain.push(Box::new(StreamTranslator::new(t.from, t.to, ctx)));
+        }
+        _ if is_sse => chain.push(Box::new(SseScanner::new(plan.strip_usage))),
+        _ => chain.push(Box::new(Capture::new(MAX_CAPTURE, true))),
+    }
     let client_framing = if client.http10 {
         ClientFraming::Close
     } else {
@@ -203,17 +263,17 @@ pub(crate) async fn deliver(
     write_response_head(
         &mut wire,
         &sent.head,
-        &dep.label,
+        &d.dep.label,
         client_framing,
-        keep_alive,
+        d.keep_alive,
         client,
         None,
-        translation.map(|_| &b"text/event-stream"[..]),
+        d.translation.map(|_| &b"text/event-stream"[..]),
     );
     let limits = BodyLimits {
-        idle: Duration::from_millis(provider.idle_timeout_ms),
-        deadline,
-        provider: provider.name.clone(),
+        idle: Duration::from_millis(d.provider.idle_timeout_ms),
+        deadline: d.deadline,
+        provider: d.provider.name.clone(),
     };
     if is_sse {
         worker.metrics.open_streams.increment(1.0);
@@ -224,21 +284,62 @@ pub(crate) async fn deliver(
         buf,
         body_at,
     } = sent;
-    let end = Relay::new(&mut conn, wr, watch, client_framing, mode, limits)
-        .run(head.body, wire, buf, body_at)
-        .await;
+    let end = Relay::new(
+        &mut conn,
+        d.wr,
+        d.watch,
+        client_framing,
+        chain,
+        is_sse,
+        limits,
+    )
+    .run(head.body, wire, buf, body_at)
+    .await;
     if is_sse {
         worker.metrics.open_streams.decrement(1.0);
     }
-    rec.ttfb_us = end
-        .first_write
-        .map(|t| t.saturating_duration_since(client.started).as_micros() as u64);
-    rec.first_token_us = end
-        .first_data
-        .map(|t| t.saturating_duration_since(client.started).as_micros() as u64);
-    rec.upstream_us = Some((head_wait + end.upstream_wait).as_micros() as u64);
-    rec.bytes_out = end.bytes_out;
-    rec.usage = end.usage.or_else(|| {
+    record_relay(d, &end, head_wait, is_sse, answer);
+    if end.upstream_reusable && head.keep_alive {
+        worker.pool.borrow_mut().put(
+            d.dep.provider,
+            conn,
+            Instant::now(),
+            d.provider.pool_max_idle,
+        );
+    }
+    // The balancer learns time to first token for streams, total time otherwise.
+    let latency = match (is_sse, end.first_data) {
+        (true, Some(t)) => t.saturating_duration_since(d.started),
+        _ => d.started.elapsed(),
+    };
+    Delivered {
+        keep_alive: d.keep_alive && end.client_reusable,
+        relayed: match (&end.error, end.client_gone) {
+            (_, true) => Relayed::ClientGone,
+            (Some(e), false) => Relayed::UpstreamFailed(e.label()),
+            (None, false) => Relayed::Complete,
+        },
+        latency,
+    }
+}
+
+/// What the relay's end tells settlement: timings, bytes, usage (estimated for a stream cut
+/// short), cost, the upstream's failure.
+fn record_relay(
+    d: &Delivery<'_, '_, '_>,
+    end: &RelayEnd,
+    head_wait: Duration,
+    is_sse: bool,
+    answer: &mut Answer,
+) {
+    let (worker, plan, client) = (d.worker, d.plan, d.client);
+    let since_client = |t: Instant| t.saturating_duration_since(client.started).as_micros() as u64;
+    answer.ttfb_us = end.first_write.map(since_client);
+    answer.first_token_us = end.first_data.map(since_client);
+    answer.upstream_us = Some((head_wait + end.upstream_wait).as_micros() as u64);
+    answer.bytes_out = end.bytes_out;
+    answer.usage = end.usage.or_else(|| {
+        // A stream cut short (or without a usage chunk): estimate what was delivered.
         (is_sse && end.data_events > 0).then(|| Usage {
             input_tokens: inspect::estimate_prompt_tokens(plan.body.len()),
             output_tokens: end.data_events,
@@ -246,35 +347,18 @@ pub(crate) async fn deliver(
             ..Usage::default()
         })
     });
-    rec.cost_micros = rec.usage.and_then(|u| cost_of(shared, upstream_model, &u));
+    answer.cost_micros = answer
+        .usage
+        .and_then(|u| cost_of(&worker.shared, d.upstream_model, &u));
     if let Some(e) = &end.error {
-        rec.error = Some(e.label().into());
-        worker.metrics.upstream_error(cfg, dep.provider, e.label());
-        tracing::debug!(provider = %provider.name, error = %e, "upstream body failed");
+        answer.error = Some(e.label().into());
+        worker
+            .metrics
+            .upstream_error(&worker.shared.config, d.dep.provider, e.label());
+        tracing::debug!(provider = %d.provider.name, error = %e, "upstream body failed");
     }
     if end.client_gone {
-        rec.client_cancelled = true;
-    }
-    // The balancer learns time to first token for streams, total time otherwise.
-    let latency = match (is_sse, end.first_data) {
-        (true, Some(t)) => t.saturating_duration_since(started),
-        _ => started.elapsed(),
-    };
-    let relayed = match (&end.error, end.client_gone) {
-        (_, true) => Relayed::ClientGone,
-        (Some(e), false) => Relayed::UpstreamFailed(e.label()),
-        (None, false) => Relayed::Complete,
-    };
-    if end.upstream_reusable && head.keep_alive {
-        worker
-            .pool
-            .borrow_mut()
-            .put(dep.provider, conn, Instant::now(), provider.pool_max_idle);
-    }
-    Delivered {
-        keep_alive: keep_alive && end.client_reusable,
-        relayed,
-        latency,
+        answer.client_cancelled = true;
     }
 }
 

@@ -14,17 +14,19 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::io::AsyncWriteRentExt;
 use sluice_core::attempt::{
-    AttemptId, AttemptLoop, AttemptReport, Command, DeploymentLimiter, Env, Event, TransportFailure,
+    AttemptId, AttemptLoop, AttemptReport, Command, Env, Event, TransportFailure,
 };
 use sluice_core::config::ModelGroup;
 use sluice_core::dialect::{self, ResponseContext};
 use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::ResponseHead;
+use sluice_core::request::{Reserved, Settled};
 use sluice_core::retry::{self, Failure};
 use sluice_core::route::Target;
 
@@ -32,62 +34,63 @@ pub use crate::request::plan::{plan, Plan, Translation};
 
 use crate::listen::client_io::{ClientRead, ClientWrite};
 use crate::listen::respond::ClientFraming;
-use crate::request::client::{answer_error, unix_now, write_response_head, ClientSide};
+use crate::request::auth::KeyEntry;
+use crate::request::client::{answer_error, write_response_head, ClientSide};
 use crate::request::deliver::deliver;
 use crate::request::plan::build_request;
 use crate::request::relay::ClientWatch;
+use crate::request::settle::Answer;
 use crate::state::Worker;
-use crate::telemetry::log::{AccessRecord, Attempt};
+use crate::telemetry::log::Attempt;
 use crate::upstream::attempt::{self, Sent};
 use crate::upstream::pool::UpstreamError;
 
 /// Largest error body read to decide on a retry (and passed through when it is the answer).
 const MAX_ERROR_BODY: usize = 1 << 20;
 
-/// What the exchange left for the client connection.
+/// What the exchange left for the client connection, and for settlement.
 pub struct Exchanged {
     /// The client connection can carry another request.
     pub keep_alive: bool,
     /// Bytes of the client's next request that arrived during the exchange.
     pub early: Vec<u8>,
+    /// What the client got.
+    pub answer: Answer,
+    /// The caller and its permit, to settle.
+    pub stage: Settled<Arc<KeyEntry>>,
 }
 
 /// Runs the exchange: attempts deployments until one answers and relays its answer to the
 /// client. Errors before the response head reached the client are answered as JSON here.
 pub async fn execute(
     worker: &Worker,
+    reserved: Reserved<Arc<KeyEntry>>,
     plan: Plan,
     rd: &mut ClientRead,
     wr: &mut ClientWrite,
     client: ClientSide<'_>,
-    rec: &mut AccessRecord,
 ) -> Exchanged {
     let mut watch = ClientWatch::new(rd);
-    let keep_alive = exchange(worker, &plan, wr, &mut watch, &client, rec).await;
+    let mut answer = Answer {
+        stream: plan.inspected.stream,
+        ..Answer::default()
+    };
+    // The caller, for the breakers' blast-radius guard: a hash of its key id.
+    let caller = reserved
+        .principal()
+        .map(|k| sluice_core::breaker::caller_id(&k.id));
+    let (lp, stage) = with_env(worker, |env| {
+        reserved.attempt(env, client.started, plan.deadline_override, caller)
+    });
+    let keep_alive = exchange(worker, lp, &plan, wr, &mut watch, &client, &mut answer).await;
     // A client that closes after its answer was written is not a cancellation: only a race
     // lost during the exchange (recorded there) is.
     let (early, gone) = watch.finish().await;
     Exchanged {
         keep_alive: keep_alive && !gone,
         early,
-    }
-}
-
-/// The providers' limits are core's deployment limiter.
-impl DeploymentLimiter for crate::upstream::provider_limits::ProviderLimits {
-    fn take(&self, t: Target, tokens: u64, now_ms: u64) -> Result<(), Option<Duration>> {
-        self.get(t.group, t.deployment)
-            .map_or(Ok(()), |l| l.take(tokens, now_ms))
-    }
-    fn release(&self, t: Target, tokens: u64, now_ms: u64) {
-        if let Some(l) = self.get(t.group, t.deployment) {
-            l.release(tokens, now_ms);
-        }
-    }
-    fn settle(&self, t: Target, reserved: u64, used: u64, now_ms: u64) {
-        if let Some(l) = self.get(t.group, t.deployment) {
-            l.settle(reserved, used, now_ms);
-        }
+        answer,
+        stage,
     }
 }
 
@@ -102,7 +105,7 @@ fn with_env<R>(worker: &Worker, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
         routes: &mut routes.table,
         limits: &*shared.provider_limits,
         now: Instant::now(),
-        now_ms: crate::request::auth::now_ms(),
+        now_ms: crate::clock::now_ms(),
         rng: &mut rng,
     };
     let out = f(&mut env);
@@ -141,26 +144,14 @@ impl Sends<'_> {
 /// connection can be kept.
 async fn exchange(
     worker: &Worker,
+    mut lp: AttemptLoop,
     plan: &Plan,
     wr: &mut ClientWrite,
     watch: &mut ClientWatch<'_>,
     client: &ClientSide<'_>,
-    rec: &mut AccessRecord,
+    answer: &mut Answer,
 ) -> bool {
-    let cfg = &worker.shared.config;
-    let deadline =
-        AttemptLoop::deadline_for(cfg, plan.group, client.started, plan.deadline_override);
-    // Tokens held against a deployment's provider limit while an attempt runs.
-    let reserve_tokens = sluice_core::inspect::estimate_prompt_tokens(plan.body.len())
-        + plan
-            .inspected
-            .max_tokens
-            .unwrap_or(cfg.limits.default_max_tokens);
-    // The caller, for the breakers' blast-radius guard: the key id authentication recorded.
-    let caller = rec.key_id.as_deref().map(sluice_core::breaker::caller_id);
-    let mut lp = with_env(worker, |env| {
-        AttemptLoop::new(env, plan.group, deadline, reserve_tokens, caller)
-    });
+    let deadline = lp.deadline();
     let mut sends = Sends {
         flights: Vec::with_capacity(2),
         answered: Vec::new(),
@@ -178,7 +169,7 @@ async fn exchange(
                 if hedge {
                     worker.metrics.hedge(plan.group);
                 }
-                match Launch::new(worker, plan, target, client, rec) {
+                match Launch::new(worker, plan, target, client) {
                     Ok(mut launch) => {
                         let request = std::mem::take(&mut launch.request);
                         let fut =
@@ -188,7 +179,9 @@ async fn exchange(
                         continue;
                     }
                     Err(error) => {
-                        sends.launched.push(Launch::placeholder(cfg, target));
+                        sends
+                            .launched
+                            .push(Launch::placeholder(&worker.shared.config, target));
                         Event::Refused { attempt, error }
                     }
                 }
@@ -204,52 +197,79 @@ async fn exchange(
                 read_error_body(worker, &mut sends, attempt, deadline, watch).await
             }
             Command::Deliver { attempt } => {
-                let Some(sent) = sends.take_answered(attempt) else {
-                    let err = GatewayError::new(ErrorKind::Internal, "answer vanished");
-                    break answer_error(wr, err, client, rec).await;
-                };
-                let translation = launch_of(&sends, attempt).and_then(|l| l.translation);
-                let target = lp.target(attempt);
-                let (group, i) = target.map_or((plan.group, 0), |t| (t.group, t.deployment));
-                let started = lp.started(attempt).unwrap_or_else(Instant::now);
-                let done = deliver(
-                    worker,
-                    plan,
-                    sent,
-                    translation,
-                    (group, i),
-                    started,
-                    wr,
-                    watch,
-                    client,
-                    rec,
-                    deadline,
+                let io = (&mut *wr, &mut *watch);
+                break deliver_attempt(
+                    worker, &mut lp, plan, &mut sends, attempt, io, client, answer,
                 )
                 .await;
-                let used = rec.usage.map_or(0, |u| u.total_tokens());
-                with_env(worker, |env| {
-                    lp.settle_delivered(env, done.relayed, done.latency, used)
-                });
-                break done.keep_alive;
             }
             Command::PassThrough { attempt } => {
-                break pass_through(plan, &mut sends, attempt, wr, client, rec).await;
+                break pass_through(plan, &mut sends, attempt, wr, client, answer).await;
             }
             Command::Fail(err) => {
                 tracing::debug!(model = %plan.inspected.model, error = %err, "request failed after all attempts");
-                break answer_error(wr, err, client, rec).await;
+                break answer_error(wr, err, client, answer).await;
             }
             Command::Abandon => {
-                rec.client_cancelled = true;
-                rec.status = 499;
+                answer.client_cancelled = true;
+                answer.status = 499;
                 break false;
             }
         };
         with_env(worker, |env| lp.handle(env, event));
     };
     let first_group = lp.first_group();
-    record_attempts(worker, &sends, first_group, lp.into_report(), client, rec);
+    record_attempts(
+        worker,
+        &sends,
+        first_group,
+        lp.into_report(),
+        client,
+        answer,
+    );
     keep
+}
+
+/// Hands `attempt`'s answer to the client, then settles the attempt with how the relay ended.
+#[allow(clippy::too_many_arguments)]
+async fn deliver_attempt(
+    worker: &Worker,
+    lp: &mut AttemptLoop,
+    plan: &Plan,
+    sends: &mut Sends<'_>,
+    attempt: AttemptId,
+    (wr, watch): (&mut ClientWrite, &mut ClientWatch<'_>),
+    client: &ClientSide<'_>,
+    answer: &mut Answer,
+) -> bool {
+    let Some(sent) = sends.take_answered(attempt) else {
+        let err = GatewayError::new(ErrorKind::Internal, "answer vanished");
+        return answer_error(wr, err, client, answer).await;
+    };
+    let translation = launch_of(sends, attempt).and_then(|l| l.translation);
+    let target = lp.target(attempt);
+    let (group, i) = target.map_or((plan.group, 0), |t| (t.group, t.deployment));
+    let started = lp.started(attempt).unwrap_or_else(Instant::now);
+    let deadline = lp.deadline();
+    let done = deliver(
+        worker,
+        plan,
+        sent,
+        translation,
+        (group, i),
+        started,
+        wr,
+        watch,
+        client,
+        answer,
+        deadline,
+    )
+    .await;
+    let used = answer.usage.map_or(0, |u| u.total_tokens());
+    with_env(worker, |env| {
+        lp.settle_delivered(env, done.relayed, done.latency, used)
+    });
+    done.keep_alive
 }
 
 fn launch_of<'a>(sends: &'a Sends<'_>, id: AttemptId) -> Option<&'a Launch> {
@@ -406,16 +426,16 @@ async fn pass_through(
     attempt: AttemptId,
     wr: &mut ClientWrite,
     client: &ClientSide<'_>,
-    rec: &mut AccessRecord,
+    answer: &mut Answer,
 ) -> bool {
     let Some((_, head, body)) = sends.error_answer.take().filter(|(a, ..)| *a == attempt) else {
         let err = GatewayError::new(ErrorKind::Internal, "answer vanished");
-        return answer_error(wr, err, client, rec).await;
+        return answer_error(wr, err, client, answer).await;
     };
     let launch = launch_of(sends, attempt);
     let translation = launch.and_then(|l| l.translation);
     let deployment = launch.map_or("", |l| l.label.as_str());
-    rec.status = head.status;
+    answer.status = head.status;
     let body = match translation {
         None => body,
         Some(t) => {
@@ -423,7 +443,7 @@ async fn pass_through(
             let ctx = ResponseContext {
                 model: &plan.inspected.model,
                 id: &id,
-                created: unix_now(),
+                created: crate::clock::unix_s(),
                 include_usage: false,
             };
             dialect::translate_response(t.from, t.to, head.status, &body, &ctx).0
@@ -441,9 +461,9 @@ async fn pass_through(
         translation.map(|_| &b"application/json"[..]),
     );
     wire.extend_from_slice(&body);
-    rec.bytes_out = wire.len() as u64;
+    answer.bytes_out = wire.len() as u64;
     let (res, _) = wr.write_all(wire).await;
-    rec.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
+    answer.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
     res.is_ok() && client.keep_alive
 }
 
@@ -455,11 +475,11 @@ fn record_attempts(
     first_group: usize,
     report: AttemptReport,
     client: &ClientSide<'_>,
-    rec: &mut AccessRecord,
+    answer: &mut Answer,
 ) {
     let since = |t: Instant| t.saturating_duration_since(client.started).as_micros() as u64;
     let now = Instant::now();
-    rec.attempts = report
+    answer.attempts = report
         .attempts
         .iter()
         .enumerate()
@@ -477,19 +497,19 @@ fn record_attempts(
         })
         .collect();
     let cfg = &worker.shared.config;
-    rec.route = report.route;
+    answer.route = report.route;
     if let Some((g, Some(i))) = report.route {
-        rec.deployment = cfg
+        answer.deployment = cfg
             .models
             .get(g)
             .and_then(|m| m.deployments.get(i))
             .map(|d| d.label.clone());
     }
-    if rec.error.is_none() {
-        rec.error = report.error.map(Into::into);
+    if answer.error.is_none() {
+        answer.error = report.error.map(Into::into);
     }
     if report.client_gone {
-        rec.client_cancelled = true;
+        answer.client_cancelled = true;
     }
     for _ in 0..report.retries {
         worker.metrics.retry(first_group);
@@ -514,7 +534,6 @@ impl Launch {
         plan: &Plan,
         target: Target,
         client: &ClientSide<'_>,
-        rec: &AccessRecord,
     ) -> Result<Launch, GatewayError> {
         let cfg = &worker.shared.config;
         let dep = cfg
@@ -522,8 +541,10 @@ impl Launch {
             .get(target.group)
             .and_then(|g: &ModelGroup| g.deployments.get(target.deployment));
         let provider = dep.map_or(0, |d| d.provider);
-        let span_id = rec.trace.map(|_| crate::telemetry::context::new_span_id());
-        let traceparent = rec.trace.zip(span_id).map(|(t, s)| t.traceparent_for(s));
+        let span_id = client
+            .trace
+            .map(|_| crate::telemetry::context::new_span_id());
+        let traceparent = client.trace.zip(span_id).map(|(t, s)| t.traceparent_for(s));
         let (request, translation) = match (dep, cfg.providers.get(provider)) {
             (Some(d), Some(p)) => {
                 build_request(plan, p, d, client.request_id, traceparent.as_deref())?

@@ -1,10 +1,14 @@
-//! The stages of one API request, in order: `auth` (who, and within which limits), `plan`
-//! (what to ask the upstream), `forward` (attempts, retries, fallbacks, hedging), `deliver`
-//! (the answer to the client) and `relay` (a streamed body, as it arrives).
+//! The stages of one API request, in order: `api` (walks core's stages: authenticate with
+//! `auth`, inspect, `plan`, authorize, admit, the response store, reserve), `forward` (drives
+//! core's attempt loop), `deliver` (the answer to the client) and `relay` (a streamed body
+//! through the filter chain), and `settle` (the one place a finished request changes the
+//! world). `client` holds what every answer needs.
 
+pub mod api;
 pub mod auth;
 pub mod client;
 pub mod deliver;
 pub mod forward;
 pub mod plan;
 pub mod relay;
+pub mod settle;

@@ -1,5 +1,5 @@
 //! What a request asks of the upstream, fixed across attempts ([`Plan`]), and the exact
-//! bytes of one attempt at one deployment ([`build_request`]): the client's headers that pass
+//! bytes of one attempt at one deployment (`build_request`): the client's headers that pass
 //! through, the provider's auth and extras, and the body — passed through with the model name
 //! spliced in, or translated into the deployment's dialect.
 
@@ -12,8 +12,6 @@ use sluice_core::http1::{is_hop_by_hop, RequestHead};
 use sluice_core::inspect::{self, Inspected, Rewrite};
 
 use crate::listen::respond;
-use crate::state::Worker;
-use crate::telemetry::log::AccessRecord;
 
 /// Largest deadline a client may ask for with `x-sluice-deadline-ms`.
 const MAX_DEADLINE: Duration = Duration::from_secs(3600);
@@ -109,25 +107,18 @@ fn forwardable(name: &str, traced: bool) -> bool {
     !dropped
 }
 
-/// Inspects the body and resolves its model group.
+/// What to ask the upstream for a request to model group `group` whose body (`body`) has
+/// the routing fields `inspected`: the client headers that pass through, its query, its
+/// deadline. `traced`: the gateway sets `traceparent` itself. A bad `x-sluice-deadline-ms` is
+/// a 400.
 pub fn plan(
-    worker: &Worker,
     head: &RequestHead,
     body: Vec<u8>,
     endpoint: ApiEndpoint,
-    rec: &mut AccessRecord,
+    inspected: Inspected,
+    group: usize,
+    traced: bool,
 ) -> Result<Plan, GatewayError> {
-    let inspected = inspect::inspect(&body)?;
-    rec.model = Some(inspected.model.clone());
-    rec.stream = inspected.stream;
-    let cfg = &worker.shared.config;
-    let group = cfg.model_index(&inspected.model).ok_or_else(|| {
-        GatewayError::new(
-            ErrorKind::ModelNotFound,
-            format!("The model `{}` does not exist", inspected.model),
-        )
-        .with_param("model")
-    })?;
     let deadline_override = match head.header_str("x-sluice-deadline-ms") {
         None => None,
         Some(v) => Some(
@@ -144,7 +135,6 @@ pub fn plan(
                 })?,
         ),
     };
-    let traced = rec.trace.is_some();
     let mut forwarded = Vec::with_capacity(256);
     let mut has_accept = false;
     for (name, value) in head.headers() {
@@ -233,54 +223,7 @@ pub(crate) fn build_request(
         }
         Some((t, _)) => req.extend_from_slice(t.path.as_bytes()),
     }
-    req.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    req.extend_from_slice(provider.endpoint.host_header.as_bytes());
-    req.extend_from_slice(b"\r\ncontent-type: application/json\r\nx-request-id: ");
-    req.extend_from_slice(request_id.as_bytes());
-    req.extend_from_slice(b"\r\n");
-    let forwarded_has = |name: &[u8]| {
-        plan.forwarded.split(|b| *b == b'\n').any(|line| {
-            line.len() > name.len()
-                && line[..name.len()].eq_ignore_ascii_case(name)
-                && line[name.len()] == b':'
-        })
-    };
-    if let Some(key) = &provider.api_key {
-        for (name, value) in dialect::auth_headers(dialect, key.expose()) {
-            if !forwarded_has(name.as_bytes()) {
-                push_header(&mut req, name, value.as_bytes());
-            }
-        }
-    } else if dialect == Dialect::Anthropic && !forwarded_has(b"anthropic-version") {
-        push_header(
-            &mut req,
-            "anthropic-version",
-            dialect::ANTHROPIC_VERSION.as_bytes(),
-        );
-    }
-    for (name, value) in &provider.headers {
-        push_header(&mut req, name, value.as_bytes());
-    }
-    // Client headers, unless the provider config sets the same one.
-    let mut rest = &plan.forwarded[..];
-    while let Some(end) = memchr_crlf(rest) {
-        let line = &rest[..end + 2];
-        let name = line.split(|b| *b == b':').next().unwrap_or_default();
-        let overridden = provider
-            .headers
-            .iter()
-            .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name));
-        if !overridden {
-            req.extend_from_slice(line);
-        }
-        rest = &rest[end + 2..];
-    }
-    if plan.inspected.stream && !plan.has_accept {
-        req.extend_from_slice(b"accept: text/event-stream\r\n");
-    }
-    if let Some(tp) = traceparent {
-        push_header(&mut req, "traceparent", tp.as_bytes());
-    }
+    push_headers(&mut req, plan, provider, request_id, traceparent);
     if let Some((t, inbound)) = translated {
         push_content_length(&mut req, t.body.len());
         req.extend_from_slice(&t.body);
@@ -306,6 +249,67 @@ pub(crate) fn build_request(
         req.extend_from_slice(&rewritten);
     }
     Ok((req, None))
+}
+
+/// The rest of the request line and the headers of an attempt: host, ours, the provider's
+/// auth and extras, the client's that pass through (unless the provider sets the same one),
+/// `accept` for streams, `traceparent`.
+fn push_headers(
+    req: &mut Vec<u8>,
+    plan: &Plan,
+    provider: &Provider,
+    request_id: &str,
+    traceparent: Option<&str>,
+) {
+    let dialect = provider.kind;
+    req.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    req.extend_from_slice(provider.endpoint.host_header.as_bytes());
+    req.extend_from_slice(b"\r\ncontent-type: application/json\r\nx-request-id: ");
+    req.extend_from_slice(request_id.as_bytes());
+    req.extend_from_slice(b"\r\n");
+    let forwarded_has = |name: &[u8]| {
+        plan.forwarded.split(|b| *b == b'\n').any(|line| {
+            line.len() > name.len()
+                && line[..name.len()].eq_ignore_ascii_case(name)
+                && line[name.len()] == b':'
+        })
+    };
+    if let Some(key) = &provider.api_key {
+        for (name, value) in dialect::auth_headers(dialect, key.expose()) {
+            if !forwarded_has(name.as_bytes()) {
+                push_header(req, name, value.as_bytes());
+            }
+        }
+    } else if dialect == Dialect::Anthropic && !forwarded_has(b"anthropic-version") {
+        push_header(
+            req,
+            "anthropic-version",
+            dialect::ANTHROPIC_VERSION.as_bytes(),
+        );
+    }
+    for (name, value) in &provider.headers {
+        push_header(req, name, value.as_bytes());
+    }
+    // Client headers, unless the provider config sets the same one.
+    let mut rest = &plan.forwarded[..];
+    while let Some(end) = memchr_crlf(rest) {
+        let line = &rest[..end + 2];
+        let name = line.split(|b| *b == b':').next().unwrap_or_default();
+        let overridden = provider
+            .headers
+            .iter()
+            .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name));
+        if !overridden {
+            req.extend_from_slice(line);
+        }
+        rest = &rest[end + 2..];
+    }
+    if plan.inspected.stream && !plan.has_accept {
+        req.extend_from_slice(b"accept: text/event-stream\r\n");
+    }
+    if let Some(tp) = traceparent {
+        push_header(req, "traceparent", tp.as_bytes());
+    }
 }
 
 fn memchr_crlf(buf: &[u8]) -> Option<usize> {

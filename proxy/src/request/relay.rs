@@ -22,10 +22,9 @@ use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::BufResult;
-use sluice_core::dialect::StreamTranslator;
+use sluice_core::filter::{BodyEnd, Chain};
 use sluice_core::http1::{begin_chunk, end_chunk, BodyFraming, ChunkedDecoder, LAST_CHUNK};
-use sluice_core::sse::SseScanner;
-use sluice_core::usage::{self, Usage};
+use sluice_core::usage::Usage;
 
 use crate::listen::client_io::{ClientRead, ClientWrite};
 use crate::listen::respond::ClientFraming;
@@ -120,18 +119,8 @@ fn is_cancelled(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ECANCELED) || e.kind() == io::ErrorKind::Interrupted
 }
 
-/// What the relay does with body bytes.
-pub enum BodyMode {
-    /// An event stream: scan for usage (and strip the usage chunk the gateway asked for).
-    Sse(SseScanner),
-    /// Any other body: forward, keeping a bounded copy to read usage from at the end.
-    Buffered(Vec<u8>),
-    /// An event stream in another dialect, translated event by event.
-    Translate(Box<StreamTranslator>),
-}
-
 /// Largest body copy kept to read usage from.
-const MAX_CAPTURE: usize = 8 * 1024 * 1024;
+pub const MAX_CAPTURE: usize = 8 * 1024 * 1024;
 
 /// Timing limits of the body.
 pub struct BodyLimits {
@@ -181,7 +170,11 @@ pub struct Relay<'c, 'w, 'a> {
     client: &'c mut ClientWrite,
     watch: &'w mut ClientWatch<'a>,
     client_framing: ClientFraming,
-    mode: BodyMode,
+    /// The body filters, in order (translate or scan, capture, ...).
+    chain: Chain,
+    /// The body is an event stream: its framing to the client stays intact even when the
+    /// upstream fails (it ends with an error event).
+    is_sse: bool,
     limits: BodyLimits,
     /// The upstream sent bytes past the end of its body: never reuse the connection.
     trailing_bytes: bool,
@@ -196,7 +189,8 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         client: &'c mut ClientWrite,
         watch: &'w mut ClientWatch<'a>,
         client_framing: ClientFraming,
-        mode: BodyMode,
+        chain: Chain,
+        is_sse: bool,
         limits: BodyLimits,
     ) -> Self {
         Relay {
@@ -204,7 +198,8 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
             client,
             watch,
             client_framing,
-            mode,
+            chain,
+            is_sse,
             limits,
             trailing_bytes: false,
             first_data: None,
@@ -355,16 +350,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
             if !data.is_empty() {
                 self.first_data.get_or_insert_with(Instant::now);
                 let at = chunked_out.then(|| begin_chunk(wire));
-                match &mut self.mode {
-                    BodyMode::Sse(scanner) => scanner.handle_bytes(data, wire),
-                    BodyMode::Translate(t) => t.handle_bytes(data, wire),
-                    BodyMode::Buffered(copy) => {
-                        wire.extend_from_slice(data);
-                        if copy.len() + data.len() <= MAX_CAPTURE {
-                            copy.extend_from_slice(data);
-                        }
-                    }
-                }
+                self.chain.handle_bytes(data, wire);
                 if let Some(at) = at {
                     end_chunk(wire, at);
                 }
@@ -391,14 +377,8 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         end.client_gone = true;
         end.client_reusable = false;
         end.upstream_reusable = false;
-        match &self.mode {
-            BodyMode::Sse(scanner) => {
-                end.usage = scanner.usage();
-                end.data_events = scanner.data_events();
-            }
-            BodyMode::Translate(t) => end.usage = t.usage(),
-            BodyMode::Buffered(_) => {}
-        }
+        end.usage = self.chain.usage();
+        end.data_events = self.chain.data_events();
         end
     }
 
@@ -406,54 +386,21 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         end.first_data = self.first_data;
         let complete = matches!(state, Framing::Done) && end.error.is_none();
         let chunked_out = self.client_framing == ClientFraming::Chunked;
-        let is_sse = matches!(self.mode, BodyMode::Sse(_) | BodyMode::Translate(_));
-        match &mut self.mode {
-            BodyMode::Sse(scanner) => {
-                let at = chunked_out.then(|| begin_chunk(&mut wire));
-                scanner.finish(&mut wire);
-                if let Some(err) = &end.error {
-                    // The stream broke after its head: end it with an error event, never a cut.
-                    if scanner.client_mid_event() {
-                        wire.extend_from_slice(b"\n\n");
-                    }
-                    let mut ge = err.to_gateway();
-                    ge.message = format!("stream interrupted: {}", ge.message);
-                    wire.extend_from_slice(&ge.to_sse());
-                }
-                if let Some(at) = at {
-                    end_chunk(&mut wire, at);
-                }
-                end.usage = scanner.usage();
-                end.data_events = scanner.data_events();
-            }
-            BodyMode::Buffered(copy) => {
-                if complete {
-                    end.usage = usage::from_body(copy);
-                }
-            }
-            BodyMode::Translate(t) => {
-                let at = chunked_out.then(|| begin_chunk(&mut wire));
-                match &end.error {
-                    None if t.upstream_complete() => t.finish(&mut wire),
-                    None => t.error_event(
-                        &sluice_core::error::GatewayError::new(
-                            sluice_core::error::ErrorKind::UpstreamUnreachable,
-                            "stream interrupted: the upstream ended the stream early",
-                        ),
-                        &mut wire,
-                    ),
-                    Some(err) => {
-                        let mut ge = err.to_gateway();
-                        ge.message = format!("stream interrupted: {}", ge.message);
-                        t.error_event(&ge, &mut wire);
-                    }
-                }
-                if let Some(at) = at {
-                    end_chunk(&mut wire, at);
-                }
-                end.usage = t.usage();
-            }
+        let is_sse = self.is_sse;
+        let failure = end.error.as_ref().map(UpstreamError::to_gateway);
+        let body_end = match &failure {
+            Some(err) => BodyEnd::Failed(err),
+            None => BodyEnd::Complete,
+        };
+        // What an event stream's filters add at the end (a held event, the error event) is
+        // one more chunk.
+        let at = (chunked_out && is_sse).then(|| begin_chunk(&mut wire));
+        self.chain.finish(body_end, &mut wire);
+        if let Some(at) = at {
+            end_chunk(&mut wire, at);
         }
+        end.usage = self.chain.usage();
+        end.data_events = self.chain.data_events();
         let framing_intact = complete || is_sse;
         if chunked_out && framing_intact {
             wire.extend_from_slice(LAST_CHUNK);

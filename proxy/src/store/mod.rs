@@ -181,72 +181,15 @@ pub struct UsageRecord {
     pub latency_ms: u64,
 }
 
-/// The limits a key and a team both carry, as stored: the same columns in both tables, read
-/// and written by one helper per backend instead of once per record type.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Limits {
-    /// Requests per minute.
-    pub rpm: Option<u64>,
-    /// Tokens per minute.
-    pub tpm: Option<u64>,
-    /// Requests in flight.
-    pub max_concurrency: Option<u32>,
-    /// Budget per period, in USD.
-    pub budget_usd: Option<f64>,
-    /// When the budget starts over.
-    pub budget_period: BudgetPeriod,
-}
-
-impl Limits {
-    /// The limit columns, in the order backends read and write them.
-    pub const COLUMNS: [&'static str; 5] = [
-        "rpm",
-        "tpm",
-        "max_concurrency",
-        "budget_usd",
-        "budget_period",
-    ];
-
-    /// A key's limits.
-    pub fn of_key(k: &KeyRecord) -> Limits {
-        Limits {
-            rpm: k.rpm,
-            tpm: k.tpm,
-            max_concurrency: k.max_concurrency,
-            budget_usd: k.budget_usd,
-            budget_period: k.budget_period,
-        }
-    }
-
-    /// A team's limits.
-    pub fn of_team(t: &TeamRecord) -> Limits {
-        Limits {
-            rpm: t.rpm,
-            tpm: t.tpm,
-            max_concurrency: t.max_concurrency,
-            budget_usd: t.budget_usd,
-            budget_period: t.budget_period,
-        }
-    }
-
-    /// Sets a key's limits to these.
-    pub fn put_key(self, k: &mut KeyRecord) {
-        k.rpm = self.rpm;
-        k.tpm = self.tpm;
-        k.max_concurrency = self.max_concurrency;
-        k.budget_usd = self.budget_usd;
-        k.budget_period = self.budget_period;
-    }
-
-    /// Sets a team's limits to these.
-    pub fn put_team(self, t: &mut TeamRecord) {
-        t.rpm = self.rpm;
-        t.tpm = self.tpm;
-        t.max_concurrency = self.max_concurrency;
-        t.budget_usd = self.budget_usd;
-        t.budget_period = self.budget_period;
-    }
-}
+/// The columns of [`sluice_core::keys::Limits`], the same in the `keys` and `teams` tables,
+/// in the order backends read and write them (one helper per backend for both record types).
+pub const LIMIT_COLUMNS: [&str; 5] = [
+    "rpm",
+    "tpm",
+    "max_concurrency",
+    "budget_usd",
+    "budget_period",
+];
 
 /// A budget period from its column value.
 pub(crate) fn period(name: &str) -> Result<BudgetPeriod> {

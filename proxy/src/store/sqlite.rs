@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use rusqlite::types::ToSql;
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use sluice_core::keys::{KeyRecord, TeamRecord};
+use sluice_core::keys::{KeyRecord, Limits, TeamRecord};
 use sluice_core::usage::Usage;
 
 use super::migrate::{self, Migration, Schema};
 use super::{
-    int, period, spend_by_day, uint, Backend, Limits, Result, Scope, SpendGroup, SpendRow,
-    StoreError, UsageRecord,
+    int, period, spend_by_day, uint, Backend, Result, Scope, SpendGroup, SpendRow, StoreError,
+    UsageRecord, LIMIT_COLUMNS,
 };
 
 /// SQLite's schema, version by version. Append only: a shipped migration never changes.
@@ -133,7 +133,7 @@ pub struct Sqlite {
 }
 
 /// The key columns besides the limits, in the order [`key_from_row`] reads them; the limit
-/// columns ([`Limits::COLUMNS`]) follow.
+/// columns ([`LIMIT_COLUMNS`]) follow.
 const KEY_OWN_COLUMNS: [&str; 11] = [
     "id",
     "name",
@@ -152,7 +152,7 @@ const KEY_OWN_COLUMNS: [&str; 11] = [
 fn key_columns() -> String {
     KEY_OWN_COLUMNS
         .iter()
-        .chain(Limits::COLUMNS.iter())
+        .chain(LIMIT_COLUMNS.iter())
         .copied()
         .collect::<Vec<_>>()
         .join(", ")
@@ -161,7 +161,7 @@ fn key_columns() -> String {
 /// Every column of `teams`: the name, then the limits.
 fn team_columns() -> String {
     std::iter::once("name")
-        .chain(Limits::COLUMNS)
+        .chain(LIMIT_COLUMNS)
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -193,7 +193,7 @@ struct LimitValues {
 }
 
 impl LimitValues {
-    fn new(l: Limits) -> Self {
+    fn new(l: &Limits) -> Self {
         LimitValues {
             rpm: l.rpm.map(int),
             tpm: l.tpm.map(int),
@@ -203,7 +203,7 @@ impl LimitValues {
         }
     }
 
-    /// Parameters in [`Limits::COLUMNS`] order.
+    /// Parameters in [`LIMIT_COLUMNS`] order.
     fn params(&self) -> [&dyn ToSql; 5] {
         [
             &self.rpm,
@@ -235,7 +235,6 @@ fn limits_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<(Limits, String)>
 /// A key row as read, with its JSON and period columns still raw.
 struct RawKey {
     key: KeyRecord,
-    limits: Limits,
     models: String,
     metadata: String,
     period: String,
@@ -252,17 +251,12 @@ fn key_from_row(r: &Row<'_>) -> rusqlite::Result<RawKey> {
             hash: r.get(4)?,
             prefix: r.get(5)?,
             models: Vec::new(),
-            rpm: None,
-            tpm: None,
-            max_concurrency: None,
-            budget_usd: None,
-            budget_period: Default::default(),
+            limits,
             expires_at_unix: r.get::<_, Option<i64>>(7)?.map(uint),
             disabled: r.get::<_, i64>(8)? != 0,
             metadata: serde_json::Value::Null,
             created_at_unix: uint(r.get(10)?),
         },
-        limits,
         models: r.get(6)?,
         metadata: r.get(9)?,
         period,
@@ -272,35 +266,28 @@ fn key_from_row(r: &Row<'_>) -> rusqlite::Result<RawKey> {
 fn finish_key(raw: RawKey) -> Result<KeyRecord> {
     let RawKey {
         mut key,
-        mut limits,
         models,
         metadata,
         period: p,
     } = raw;
-    limits.budget_period = period(&p)?;
-    limits.put_key(&mut key);
+    key.limits.budget_period = period(&p)?;
     key.models = serde_json::from_str(&models)?;
     key.metadata = serde_json::from_str(&metadata)?;
     Ok(key)
 }
 
-fn team_from_row(r: &Row<'_>) -> rusqlite::Result<(TeamRecord, Limits, String)> {
+fn team_from_row(r: &Row<'_>) -> rusqlite::Result<(TeamRecord, String)> {
     let (limits, period) = limits_from_row(r, 1)?;
     let team = TeamRecord {
         name: r.get(0)?,
-        rpm: None,
-        tpm: None,
-        max_concurrency: None,
-        budget_usd: None,
-        budget_period: Default::default(),
+        limits,
     };
-    Ok((team, limits, period))
+    Ok((team, period))
 }
 
-fn finish_team(raw: (TeamRecord, Limits, String)) -> Result<TeamRecord> {
-    let (mut team, mut limits, p) = raw;
-    limits.budget_period = period(&p)?;
-    limits.put_team(&mut team);
+fn finish_team(raw: (TeamRecord, String)) -> Result<TeamRecord> {
+    let (mut team, p) = raw;
+    team.limits.budget_period = period(&p)?;
     Ok(team)
 }
 
@@ -389,7 +376,7 @@ impl Backend for Sqlite {
             serde_json::to_string(&k.metadata)?,
         );
         let (expires, created) = (k.expires_at_unix.map(int), int(k.created_at_unix));
-        let limits = LimitValues::new(Limits::of_key(k));
+        let limits = LimitValues::new(&k.limits);
         let own: [&dyn ToSql; 11] = [
             &k.id,
             &k.name,
@@ -421,7 +408,7 @@ impl Backend for Sqlite {
             serde_json::to_string(&k.metadata)?,
         );
         let expires = k.expires_at_unix.map(int);
-        let limits = LimitValues::new(Limits::of_key(k));
+        let limits = LimitValues::new(&k.limits);
         // `?1` is the id; the hash, prefix and creation time never change.
         let own_cols = [
             "name",
@@ -446,7 +433,7 @@ impl Backend for Sqlite {
         let sql = format!(
             "UPDATE keys SET {}, {} WHERE id = ?1",
             assignments(&own_cols, 2),
-            assignments(&Limits::COLUMNS, 2 + own_cols.len())
+            assignments(&LIMIT_COLUMNS, 2 + own_cols.len())
         );
         if self.conn.execute(&sql, &*args)? == 0 {
             return Err(StoreError::NotFound("key"));
@@ -480,7 +467,7 @@ impl Backend for Sqlite {
     // -- teams --------------------------------------------------------------------------------
 
     fn create_team(&self, t: &TeamRecord) -> Result<()> {
-        let limits = LimitValues::new(Limits::of_team(t));
+        let limits = LimitValues::new(&t.limits);
         let args: Vec<&dyn ToSql> = std::iter::once(&t.name as &dyn ToSql)
             .chain(limits.params())
             .collect();
@@ -496,13 +483,13 @@ impl Backend for Sqlite {
     }
 
     fn update_team(&self, t: &TeamRecord) -> Result<()> {
-        let limits = LimitValues::new(Limits::of_team(t));
+        let limits = LimitValues::new(&t.limits);
         let args: Vec<&dyn ToSql> = std::iter::once(&t.name as &dyn ToSql)
             .chain(limits.params())
             .collect();
         let sql = format!(
             "UPDATE teams SET {} WHERE name = ?1",
-            assignments(&Limits::COLUMNS, 2)
+            assignments(&LIMIT_COLUMNS, 2)
         );
         if self.conn.execute(&sql, &*args)? == 0 {
             return Err(StoreError::NotFound("team"));

@@ -197,8 +197,8 @@ fn describe() {
 /// One request's label set, as indices into the config.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct RequestKey {
-    group: usize,
-    deployment: usize,
+    /// Model group and deployment, when known (`none` in the labels otherwise).
+    route: Option<(usize, Option<usize>)>,
     status_class: u8,
     stream: bool,
 }
@@ -232,8 +232,6 @@ pub struct WorkerMetrics {
     /// Per model group: retries, fallbacks, hedges.
     resilience: Vec<[Counter; 3]>,
 }
-
-const NONE: usize = usize::MAX;
 
 impl WorkerMetrics {
     /// Handles for worker `id`.
@@ -322,12 +320,8 @@ impl WorkerMetrics {
 
     /// Records a finished request.
     pub fn observe(&self, config: &Config, rec: &AccessRecord) {
-        let (group, deployment) = rec
-            .route
-            .map_or((NONE, NONE), |(g, d)| (g, d.unwrap_or(NONE)));
         let key = RequestKey {
-            group,
-            deployment,
+            route: rec.route,
             status_class: (rec.status / 100).min(9) as u8,
             stream: rec.stream,
         };
@@ -371,9 +365,9 @@ impl WorkerMetrics {
 
 impl RequestHandles {
     fn new(config: &Config, key: RequestKey) -> Self {
-        let group = config.models.get(key.group);
+        let group = key.route.and_then(|(g, _)| config.models.get(g));
         let model = group.map_or("none".to_string(), |g| g.name.clone());
-        let dep = group.and_then(|g| g.deployments.get(key.deployment));
+        let dep = key.route.and_then(|(_, d)| group?.deployments.get(d?));
         let deployment = dep.map_or("none".to_string(), |d| d.label.clone());
         let provider = dep
             .and_then(|d| config.providers.get(d.provider))

@@ -6,5 +6,4 @@ pub mod attempt;
 pub mod dns;
 pub mod health;
 pub mod pool;
-pub mod provider_limits;
 pub mod routing;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_core::keys::{format_key, hash_hex, visible_prefix, KeyRecord, TeamRecord};
+use sluice_core::keys::{format_key, hash_hex, visible_prefix, KeyRecord, Limits, TeamRecord};
 use sluice_core::limits::{period_start, BudgetPeriod};
 use sluice_core::usage::Usage;
 use sluice_proxy::store::{
@@ -66,11 +66,13 @@ pub fn key_record(id: &str, team: &str, key: &str) -> KeyRecord {
         hash: hash_hex(key),
         prefix: visible_prefix(key),
         models: vec!["gpt-4o".into(), "claude-sonnet-4".into()],
-        rpm: Some(600),
-        tpm: Some(100_000),
-        max_concurrency: Some(8),
-        budget_usd: Some(25.5),
-        budget_period: BudgetPeriod::Weekly,
+        limits: Limits {
+            rpm: Some(600),
+            tpm: Some(100_000),
+            max_concurrency: Some(8),
+            budget_usd: Some(25.5),
+            budget_period: BudgetPeriod::Weekly,
+        },
         expires_at_unix: Some(2_000_000_000),
         disabled: false,
         metadata: serde_json::json!({"cost_center": 42, "tags": ["a", "b"]}),
@@ -81,11 +83,13 @@ pub fn key_record(id: &str, team: &str, key: &str) -> KeyRecord {
 pub fn team_record(name: &str) -> TeamRecord {
     TeamRecord {
         name: name.into(),
-        rpm: Some(1_000),
-        tpm: None,
-        max_concurrency: None,
-        budget_usd: Some(100.0),
-        budget_period: BudgetPeriod::Monthly,
+        limits: Limits {
+            rpm: Some(1_000),
+            tpm: None,
+            max_concurrency: None,
+            budget_usd: Some(100.0),
+            budget_period: BudgetPeriod::Monthly,
+        },
     }
 }
 
@@ -125,8 +129,11 @@ pub fn crud_round_trip(f: &dyn Fixture) {
     ));
     assert_eq!(store.get_team("core").unwrap(), Some(team.clone()));
     let team2 = TeamRecord {
-        tpm: Some(5),
-        budget_period: BudgetPeriod::Daily,
+        limits: Limits {
+            tpm: Some(5),
+            budget_period: BudgetPeriod::Daily,
+            ..team.limits
+        },
         ..team.clone()
     };
     store.update_team(&team2).unwrap();
@@ -155,11 +162,10 @@ pub fn crud_round_trip(f: &dyn Fixture) {
     let b = KeyRecord {
         user: None,
         models: vec![],
-        rpm: None,
-        tpm: None,
-        max_concurrency: None,
-        budget_usd: None,
-        budget_period: BudgetPeriod::Lifetime,
+        limits: Limits {
+            budget_period: BudgetPeriod::Lifetime,
+            ..Limits::default()
+        },
         expires_at_unix: None,
         metadata: serde_json::Value::Null,
         created_at_unix: 1_700_000_001,
@@ -421,20 +427,24 @@ pub fn limit_columns_round_trip(f: &dyn Fixture) {
         let n = i as u64 + 1;
         let team = TeamRecord {
             name: format!("team-{n}"),
-            rpm: Some(10 * n),
-            tpm: Some(1_000 * n),
-            max_concurrency: Some(n as u32),
-            budget_usd: Some(0.25 * n as f64),
-            budget_period: p,
+            limits: Limits {
+                rpm: Some(10 * n),
+                tpm: Some(1_000 * n),
+                max_concurrency: Some(n as u32),
+                budget_usd: Some(0.25 * n as f64),
+                budget_period: p,
+            },
         };
         store.create_team(&team).unwrap();
         let secret = format_key(&[n as u8; 32]);
         let key = KeyRecord {
-            rpm: team.tpm,
-            tpm: team.rpm,
-            max_concurrency: Some(100 + n as u32),
-            budget_usd: Some(1.5 * n as f64),
-            budget_period: periods[(i + 1) % periods.len()],
+            limits: Limits {
+                rpm: team.limits.tpm,
+                tpm: team.limits.rpm,
+                max_concurrency: Some(100 + n as u32),
+                budget_usd: Some(1.5 * n as f64),
+                budget_period: periods[(i + 1) % periods.len()],
+            },
             ..key_record(&format!("key_{n}"), &team.name, &secret)
         };
         store.create_key(&key).unwrap();
@@ -443,19 +453,18 @@ pub fn limit_columns_round_trip(f: &dyn Fixture) {
 
         // Clearing every limit clears every column, on both tables.
         let bare_team = TeamRecord {
-            rpm: None,
-            tpm: None,
-            max_concurrency: None,
-            budget_usd: None,
+            limits: Limits {
+                budget_period: team.limits.budget_period,
+                ..Limits::default()
+            },
             ..team.clone()
         };
         store.update_team(&bare_team).unwrap();
         let bare_key = KeyRecord {
-            rpm: None,
-            tpm: None,
-            max_concurrency: None,
-            budget_usd: None,
-            budget_period: p,
+            limits: Limits {
+                budget_period: p,
+                ..Limits::default()
+            },
             ..key.clone()
         };
         store.update_key(&bare_key).unwrap();

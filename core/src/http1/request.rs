@@ -1,0 +1,327 @@
+//! Request heads: the request line, the fields, and the framing rules a server must add.
+
+use std::ops::Range;
+
+use super::target::{parse_request_line, valid_authority, TargetForm};
+use super::{parse_content_length, smuggling, trim, BodyFraming, MAX_HEADERS};
+use crate::error::{ErrorKind, GatewayError};
+
+/// A parsed request head. Names and values are kept as offsets into `raw`, one allocation for
+/// the whole head.
+#[derive(Clone, Debug)]
+pub struct RequestHead {
+    raw: Vec<u8>,
+    method: Range<usize>,
+    /// The path and query, in `raw` (after the head when an absolute-form target had no path).
+    target: Range<usize>,
+    raw_target: Range<usize>,
+    authority: Option<Range<usize>>,
+    host_field: Option<Range<usize>>,
+    form: TargetForm,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+    /// `1` for HTTP/1.1 (or a higher 1.x, read as 1.1), `0` for HTTP/1.0.
+    pub version: u8,
+    /// How the body is framed.
+    pub body: BodyFraming,
+    /// Whether the connection stays open after this exchange, as the client asked.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` was sent.
+    pub expect_continue: bool,
+}
+
+impl RequestHead {
+    /// The method, e.g. `POST`.
+    pub fn method(&self) -> &str {
+        std::str::from_utf8(&self.raw[self.method.clone()]).unwrap_or("")
+    }
+
+    /// The request target in origin-form, e.g. `/v1/chat/completions?x=1`: as sent, or the
+    /// path and query of an absolute-form target (`http://h/v1/models` gives `/v1/models`).
+    pub fn target(&self) -> &str {
+        std::str::from_utf8(&self.raw[self.target.clone()]).unwrap_or("")
+    }
+
+    /// The request target exactly as sent.
+    pub fn raw_target(&self) -> &str {
+        std::str::from_utf8(&self.raw[self.raw_target.clone()]).unwrap_or("")
+    }
+
+    /// Which of the four forms the target has.
+    pub fn target_form(&self) -> TargetForm {
+        self.form
+    }
+
+    /// The host the request is for: the authority of an absolute-form target, which wins over
+    /// the `Host` field (RFC 9112 §3.2.2), else the `Host` field; `None` for an HTTP/1.0
+    /// request without either.
+    pub fn host(&self) -> Option<&str> {
+        let range = self.authority.as_ref().or(self.host_field.as_ref())?;
+        std::str::from_utf8(&self.raw[range.clone()]).ok()
+    }
+
+    /// The path without the query.
+    pub fn path(&self) -> &str {
+        let t = self.target();
+        t.split_once('?').map_or(t, |(p, _)| p)
+    }
+
+    /// The first value of header `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of header `name` as a string, when it is valid UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// All headers in order, as (name, value).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.headers.iter().map(|(n, v)| {
+            (
+                std::str::from_utf8(&self.raw[n.clone()]).unwrap_or(""),
+                &self.raw[v.clone()],
+            )
+        })
+    }
+}
+
+/// Size limits for parsing.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    /// Largest header block, request line included.
+    pub max_header_bytes: usize,
+    /// Largest body, whatever the framing.
+    pub max_body_bytes: u64,
+}
+
+/// Parses a request head from the start of `buf`.
+///
+/// Returns `Ok(None)` while the head is incomplete and still within the limit, `Ok(Some((head,
+/// len)))` with the head's length in bytes once complete, or the error to answer with. The
+/// rules it enforces, and the tests that prove them, are listed in [the module
+/// docs](super).
+pub fn parse_request_head(
+    buf: &[u8],
+    limits: &HeadLimits,
+) -> Result<Option<(RequestHead, usize)>, GatewayError> {
+    let partial = || {
+        if buf.len() > limits.max_header_bytes {
+            Err(too_large_head(limits))
+        } else {
+            Ok(None)
+        }
+    };
+    let Some(line) = parse_request_line(buf)? else {
+        return partial();
+    };
+    if line.form == TargetForm::Authority {
+        // RFC 9110 §9.3.6: a tunnel, which a gateway to model APIs does not open.
+        return Err(GatewayError::new(
+            ErrorKind::NotImplemented,
+            "CONNECT is not supported",
+        ));
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (len, fields) = match httparse::parse_headers(&buf[line.end..], &mut slots) {
+        Ok(httparse::Status::Complete((n, fields))) => {
+            if line.end + n > limits.max_header_bytes {
+                return Err(too_large_head(limits));
+            }
+            (line.end + n, fields)
+        }
+        Ok(httparse::Status::Partial) => return partial(),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(GatewayError::new(
+                ErrorKind::HeadersTooLarge,
+                format!("more than {MAX_HEADERS} request headers"),
+            ))
+        }
+        Err(_) => {
+            // A field name that is not a token, white space before the colon or before the
+            // first field, obsolete line folding, a bare CR, a NUL: the framing cannot be
+            // trusted.
+            return Err(smuggling("malformed header field"));
+        }
+    };
+    let base = buf.as_ptr() as usize;
+    // Every slice httparse hands out borrows from `buf`; anything else maps to an empty range.
+    let offset = |s: &[u8]| -> Range<usize> {
+        match (s.as_ptr() as usize).checked_sub(base) {
+            Some(start) if start + s.len() <= buf.len() => start..start + s.len(),
+            _ => 0..0,
+        }
+    };
+    let version = line.version;
+    let mut headers = Vec::with_capacity(fields.len());
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut hosts = 0usize;
+    let mut host_field = None;
+    let mut keep_alive = version == 1;
+    let mut expect_continue = false;
+    for h in fields.iter() {
+        // RFC 9110 §5.5: CR, LF and NUL in a value MUST be refused (httparse does); the other
+        // controls are no field-vchar either.
+        if h.value.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
+            return Err(smuggling(
+                "malformed header field: control character in a value",
+            ));
+        }
+        headers.push((offset(h.name.as_bytes()), offset(h.value)));
+        let value = trim(h.value);
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = parse_content_length(value)?;
+            if content_length.is_some() {
+                return Err(smuggling("repeated Content-Length"));
+            }
+            content_length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if transfer_encoding.is_some() {
+                return Err(smuggling("repeated Transfer-Encoding"));
+            }
+            transfer_encoding = Some(value);
+        } else if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            host_field = Some(offset(value));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|b| *b == b',').map(trim) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                    keep_alive = true;
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            if value.eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = version == 1;
+            } else {
+                return Err(GatewayError::new(
+                    ErrorKind::InvalidRequest,
+                    "unsupported Expect header",
+                ));
+            }
+        }
+    }
+    // Framing first: these close the connection whatever else is wrong.
+    let chunked = match transfer_encoding {
+        None => false,
+        // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty.
+        Some(_) if version == 0 => {
+            return Err(smuggling("Transfer-Encoding in an HTTP/1.0 request"))
+        }
+        Some(te) => {
+            check_transfer_codings(te)?;
+            true
+        }
+    };
+    if chunked && content_length.is_some() {
+        return Err(smuggling(
+            "both Content-Length and Transfer-Encoding are present",
+        ));
+    }
+    let body = if chunked {
+        BodyFraming::Chunked
+    } else {
+        match content_length {
+            Some(0) | None => BodyFraming::Empty,
+            Some(n) if n > limits.max_body_bytes => {
+                return Err(too_large_body(limits));
+            }
+            Some(n) => BodyFraming::Length(n),
+        }
+    };
+    // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any request with more
+    // than one or with an invalid one.
+    if hosts > 1 {
+        return Err(smuggling("more than one Host header"));
+    }
+    if let Some(range) = &host_field {
+        if !valid_authority(&buf[range.clone()], false, false) {
+            return Err(GatewayError::new(
+                ErrorKind::InvalidRequest,
+                "invalid Host header: expected host[:port]",
+            ));
+        }
+    } else if version == 1 {
+        return Err(GatewayError::new(
+            ErrorKind::InvalidRequest,
+            "an HTTP/1.1 request needs a Host header",
+        ));
+    }
+    let mut raw = buf[..len].to_vec();
+    let mut target = line.path_query.clone();
+    if line.form == TargetForm::Absolute && raw.get(target.start) != Some(&b'/') {
+        // `http://host` and `http://host?q` have the path `/` (RFC 9112 §3.2.2); keep it
+        // after the head so every range stays an offset into one allocation.
+        let at = raw.len();
+        raw.push(b'/');
+        raw.extend_from_slice(&buf[target.clone()]);
+        target = at..raw.len();
+    }
+    Ok(Some((
+        RequestHead {
+            method: line.method,
+            target,
+            raw_target: line.target,
+            authority: line.authority,
+            host_field,
+            form: line.form,
+            raw,
+            headers,
+            version,
+            body,
+            keep_alive,
+            expect_continue,
+        },
+        len,
+    )))
+}
+
+/// RFC 9112 §6.1 and §7: the codings of a request's Transfer-Encoding. Chunked must be the
+/// final one (else 400 and close), applied once; any other coding is one we do not implement
+/// (501). Empty list elements are ignored (RFC 9110 §5.6.1).
+fn check_transfer_codings(te: &[u8]) -> Result<(), GatewayError> {
+    let codings: Vec<&[u8]> = te
+        .split(|b| *b == b',')
+        .map(trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    match codings.split_last() {
+        Some((last, others)) if last.eq_ignore_ascii_case(b"chunked") => {
+            if others.iter().any(|c| c.eq_ignore_ascii_case(b"chunked")) {
+                return Err(smuggling("chunked applied more than once"));
+            }
+            if !others.is_empty() {
+                return Err(GatewayError::new(
+                    ErrorKind::NotImplemented,
+                    "only `Transfer-Encoding: chunked` is supported",
+                ));
+            }
+            Ok(())
+        }
+        _ => Err(smuggling(
+            "chunked must be the final transfer coding of a request",
+        )),
+    }
+}
+
+fn too_large_head(limits: &HeadLimits) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::HeadersTooLarge,
+        format!(
+            "request header block exceeds {} bytes",
+            limits.max_header_bytes
+        ),
+    )
+}
+
+/// The 413 for a body over `limits.max_body_bytes`.
+pub fn too_large_body(limits: &HeadLimits) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::PayloadTooLarge,
+        format!("request body exceeds {} bytes", limits.max_body_bytes),
+    )
+}

@@ -1,0 +1,223 @@
+//! Unit tests of the HTTP/1 framing.
+
+use super::*;
+use proptest::prelude::*;
+
+const LIMITS: HeadLimits = HeadLimits {
+    max_header_bytes: 1024,
+    max_body_bytes: 1 << 20,
+};
+
+fn parse(s: &str) -> Result<Option<(RequestHead, usize)>, GatewayError> {
+    parse_request_head(s.as_bytes(), &LIMITS)
+}
+
+fn kind(s: &str) -> ErrorKind {
+    parse(s).unwrap_err().kind
+}
+
+#[test]
+fn parses_a_post_with_length() {
+    let (head, len) = parse("POST /v1/chat/completions?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\nX-Thing:  v \r\n\r\n{}")
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.method(), "POST");
+    assert_eq!(head.path(), "/v1/chat/completions");
+    assert_eq!(head.target(), "/v1/chat/completions?a=1");
+    assert_eq!(head.body, BodyFraming::Length(12));
+    assert!(head.keep_alive);
+    assert_eq!(head.header("x-thing"), Some(&b"v"[..]));
+    assert_eq!(len, 85);
+}
+
+#[test]
+fn partial_head_waits_then_overflows() {
+    assert!(parse("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+    let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(2000));
+    assert_eq!(kind(&big), ErrorKind::HeadersTooLarge);
+    let big_complete = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
+    assert_eq!(kind(&big_complete), ErrorKind::HeadersTooLarge);
+}
+
+#[test]
+fn smuggling_cases_are_refused() {
+    let cases = [
+        "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nX-A: b\r\n  folded\r\n\r\n",
+        "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "GARBAGE\r\n\r\n",
+    ];
+    for c in cases {
+        assert_eq!(kind(c), ErrorKind::RequestSmuggling, "{c:?}");
+    }
+    assert_eq!(
+        kind("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+        ErrorKind::NotImplemented
+    );
+}
+
+#[test]
+fn body_over_limit_is_413() {
+    assert_eq!(
+        kind("POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"),
+        ErrorKind::PayloadTooLarge
+    );
+}
+
+#[test]
+fn connection_and_expect() {
+    let (h, _) = parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert!(!h.keep_alive);
+    let (h, _) = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+    assert!(!h.keep_alive);
+    let (h, _) = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert!(h.keep_alive);
+    let (h, _) = parse(
+        "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .unwrap()
+    .unwrap();
+    assert!(h.expect_continue);
+    assert_eq!(h.body, BodyFraming::Chunked);
+}
+
+fn decode_all(input: &[u8]) -> Result<(Vec<u8>, usize, bool), ChunkedError> {
+    let mut d = ChunkedDecoder::new(1 << 20);
+    let mut out = Vec::new();
+    let (n, done) = d.decode_into(input, &mut out)?;
+    Ok((out, n, done))
+}
+
+#[test]
+fn chunked_decodes_with_extensions_and_trailers() {
+    let body = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+    let (out, n, done) = decode_all(body).unwrap();
+    assert_eq!(out, b"hello world");
+    assert!(done);
+    assert_eq!(&body[n..], b"NEXT");
+}
+
+#[test]
+fn chunked_rejects_bad_framing() {
+    assert_eq!(decode_all(b"zz\r\n").unwrap_err(), ChunkedError::BadSize);
+    assert_eq!(decode_all(b"\r\n").unwrap_err(), ChunkedError::BadSize);
+    assert_eq!(
+        decode_all(b"3\r\nabcX\r\n").unwrap_err(),
+        ChunkedError::BadFraming
+    );
+    assert_eq!(decode_all(b"3\nabc").unwrap_err(), ChunkedError::BadSize);
+    assert_eq!(
+        decode_all(b"11111111111111111\r\n").unwrap_err(),
+        ChunkedError::BadSize
+    );
+    let mut d = ChunkedDecoder::new(4);
+    assert_eq!(
+        d.decode_into(b"5\r\nhello\r\n", &mut Vec::new())
+            .unwrap_err(),
+        ChunkedError::TooLarge
+    );
+}
+
+#[test]
+fn response_framing() {
+    let (h, len) = parse_response_head(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+        1024,
+        false,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(h.body, BodyFraming::Chunked);
+    assert!(h.is_event_stream());
+    assert!(h.keep_alive);
+    assert_eq!(len, 80);
+    let (h, _) = parse_response_head(b"HTTP/1.1 200 OK\r\n\r\n", 1024, false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.body, BodyFraming::UntilClose);
+    assert!(!h.keep_alive);
+    let (h, _) = parse_response_head(
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+        1024,
+        false,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(h.body, BodyFraming::Empty);
+    assert!(parse_response_head(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        1024,
+        false
+    )
+    .is_err());
+}
+
+#[test]
+fn encode_chunk_frames_hex() {
+    let mut out = Vec::new();
+    encode_chunk(&[b'a'; 26], &mut out);
+    encode_chunk(b"", &mut out);
+    assert_eq!(&out[..4], b"1a\r\n");
+    let (decoded, _, _) = decode_all(&[&out[..], LAST_CHUNK].concat()).unwrap();
+    assert_eq!(decoded, vec![b'a'; 26]);
+}
+
+#[test]
+fn placeholder_chunks_decode() {
+    let mut out = Vec::new();
+    let at = begin_chunk(&mut out);
+    out.extend_from_slice(&[b'z'; 300]);
+    end_chunk(&mut out, at);
+    let at = begin_chunk(&mut out);
+    end_chunk(&mut out, at);
+    assert_eq!(&out[..10], b"0000012c\r\n");
+    assert_eq!(out.len(), 312);
+    out.extend_from_slice(LAST_CHUNK);
+    let (decoded, _, done) = decode_all(&out).unwrap();
+    assert!(done);
+    assert_eq!(decoded, vec![b'z'; 300]);
+}
+
+proptest! {
+    /// However the encoded body is split across reads, the decoder yields the same bytes.
+    #[test]
+    fn chunked_roundtrip_any_split(
+        chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..8),
+        cut in prop::collection::vec(0usize..300, 0..6),
+    ) {
+        let mut wire = Vec::new();
+        for c in &chunks { encode_chunk(c, &mut wire); }
+        wire.extend_from_slice(LAST_CHUNK);
+        let mut cuts: Vec<usize> = cut.into_iter().map(|c| c.min(wire.len())).collect();
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        let mut d = ChunkedDecoder::new(u64::MAX);
+        let mut out = Vec::new();
+        let mut start = 0;
+        for end in cuts {
+            let (n, _) = d.decode_into(&wire[start..end], &mut out).unwrap();
+            prop_assert_eq!(n, end - start);
+            start = end;
+        }
+        prop_assert!(d.is_done());
+        prop_assert_eq!(out, chunks.concat());
+    }
+
+    /// Arbitrary bytes never panic the head parser or the decoder.
+    #[test]
+    fn arbitrary_input_never_panics(input in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = parse_request_head(&input, &LIMITS);
+        let _ = parse_response_head(&input, 1024, false);
+        let _ = ChunkedDecoder::new(1 << 20).decode_into(&input, &mut Vec::new());
+    }
+}

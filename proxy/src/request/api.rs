@@ -1,0 +1,274 @@
+//! One API request through core's stages, in order:
+//!
+//! ```text
+//! authenticate (401) ─► Authenticated ─inspect (400, 404)─► Inspected ─ plan (400) ─ authorize (403)
+//!   ─admit (429: requests, concurrency)─► Admitted ─► response store ─► hit: replay
+//!   ─reserve (429: tokens, budget)─► Reserved ─► forward (attempts, relay) ─► Settlement
+//! ```
+//! Whatever happens, the request ends as one [`Settlement`] for the connection to settle.
+
+use std::sync::Arc;
+
+use monoio::io::AsyncWriteRentExt;
+use sluice_core::cache::CacheRequest;
+use sluice_core::error::GatewayError;
+use sluice_core::http1::RequestHead;
+use sluice_core::limits::LimitSet;
+use sluice_core::request::{Authenticated, Inspected, Lookup, Refused, Settled};
+
+use crate::listen::client_io::{ClientRead, ClientWrite};
+use crate::listen::respond;
+use crate::request::auth::KeyEntry;
+use crate::request::client::ClientSide;
+use crate::request::forward;
+use crate::request::plan::{self, ApiEndpoint, Plan};
+use crate::request::settle::{Answer, RequestFacts, Settlement};
+use crate::state::Worker;
+
+/// An API call as the connection sees it.
+pub struct Call<'h> {
+    /// The request head.
+    pub head: &'h RequestHead,
+    /// Which API.
+    pub endpoint: ApiEndpoint,
+    /// The client wants to keep the connection (and the gateway is not draining).
+    pub keep_alive: bool,
+}
+
+/// How the call ended.
+pub struct Served {
+    /// The client connection can carry another request.
+    pub keep_alive: bool,
+    /// Bytes of the client's next request that arrived meanwhile.
+    pub early: Vec<u8>,
+    /// What settlement needs.
+    pub settlement: Settlement,
+}
+
+/// Serves one API request (see the module docs).
+pub async fn serve(
+    worker: &Worker,
+    call: Call<'_>,
+    body: Vec<u8>,
+    request: RequestFacts,
+    rd: &mut ClientRead,
+    wr: &mut ClientWrite,
+) -> Served {
+    let shared = &worker.shared;
+    let auth = &shared.auth;
+    let key = match auth.authenticate(call.head, crate::clock::unix_s()) {
+        Ok(k) => k,
+        Err(err) => {
+            let bytes = respond::error(&err, call.keep_alive, &request.request_id);
+            let (keep_alive, answer) = write(wr, bytes, err.status(), call.keep_alive).await;
+            return Served {
+                keep_alive,
+                early: Vec::new(),
+                settlement: Settlement::local(request, answer),
+            };
+        }
+    };
+    let inspected = match Authenticated::new(key.clone()).inspect(&shared.config, &body) {
+        Ok(i) => i,
+        Err(refused) => return refuse(worker, wr, &call, request, refused, false).await,
+    };
+    let model = Some(inspected.fields.model.clone());
+    let traced = request.trace.is_some();
+    let group = inspected.group;
+    let plan = match plan::plan(
+        call.head,
+        body,
+        call.endpoint,
+        inspected.fields.clone(),
+        group,
+        traced,
+    ) {
+        Ok(p) => p,
+        Err(error) => {
+            let refused = Box::new(Refused {
+                error,
+                principal: key,
+                permit: None,
+                denied: None,
+                model,
+            });
+            return refuse(worker, wr, &call, request, refused, inspected.fields.stream).await;
+        }
+    };
+    let stages = Stages {
+        worker,
+        key,
+        call: &call,
+        request,
+    };
+    admit_and_forward(stages, inspected, plan, rd, wr).await
+}
+
+/// What the admission stages share.
+struct Stages<'a, 'h> {
+    worker: &'a Worker,
+    key: Option<Arc<KeyEntry>>,
+    call: &'a Call<'h>,
+    request: RequestFacts,
+}
+
+/// From the model allow-list to the answer: authorize (403), admit (429), the response
+/// store, reserve (429), forward.
+async fn admit_and_forward(
+    stages: Stages<'_, '_>,
+    inspected: Inspected<Arc<KeyEntry>>,
+    plan: Plan,
+    rd: &mut ClientRead,
+    wr: &mut ClientWrite,
+) -> Served {
+    let Stages {
+        worker,
+        key,
+        call,
+        request,
+    } = stages;
+    let shared = &worker.shared;
+    let auth = &shared.auth;
+    let model = Some(plan.inspected.model.clone());
+    let group = plan.group;
+    let no_sets: [&LimitSet; 0] = [];
+    let key_sets = key.as_deref().map(KeyEntry::limit_sets);
+    let sets: &[&LimitSet] = key_sets.as_ref().map_or(&no_sets[..], |s| &s[..]);
+    let limiter = &*shared.limiter;
+    let admitted = inspected
+        .authorize(|m| key.as_ref().is_none_or(|k| k.record.allows_model(m)))
+        .and_then(|i| {
+            i.admit(limiter, sets, crate::clock::now_ms(), |d| {
+                auth.refusal(key.as_deref(), d, 0)
+            })
+        });
+    let admitted = match admitted {
+        Ok(a) => a,
+        Err(refused) => {
+            return refuse(worker, wr, call, request, refused, plan.inspected.stream).await
+        }
+    };
+    let cache_request = CacheRequest {
+        scope: key.as_ref().map_or("", |k| &k.team.name),
+        kind: call.endpoint.upstream_suffix(),
+        model: &plan.inspected.model,
+        body: &plan.body,
+    };
+    let admitted = match admitted.lookup(&*shared.responses, &cache_request, crate::clock::now_ms())
+    {
+        Lookup::Miss(a) => a,
+        Lookup::Hit(stage, stored) => {
+            // A stored answer, whole: the request counts, and costs no tokens.
+            let headers: [(&str, &[u8]); 1] = [("x-sluice-cache", b"hit")];
+            let bytes = respond::json(
+                200,
+                &stored.body,
+                &headers,
+                call.keep_alive,
+                &request.request_id,
+            );
+            let (keep_alive, answer) = write(wr, bytes, 200, call.keep_alive).await;
+            return Served {
+                keep_alive,
+                early: Vec::new(),
+                settlement: Settlement {
+                    request,
+                    stage,
+                    model,
+                    authenticated: true,
+                    answer,
+                },
+            };
+        }
+    };
+    let ask = auth.ask(
+        &shared.config,
+        &shared.prices,
+        group,
+        &plan.inspected,
+        plan.body.len(),
+    );
+    let reserved = match admitted.reserve(limiter, sets, &ask, |d| {
+        auth.refusal(key.as_deref(), d, ask.tokens)
+    }) {
+        Ok(r) => r,
+        Err(refused) => {
+            return refuse(worker, wr, call, request, refused, plan.inspected.stream).await
+        }
+    };
+    let side = ClientSide {
+        request_id: &request.request_id,
+        http10: call.head.version == 0,
+        keep_alive: call.keep_alive,
+        started: request.started,
+        extra_headers: key
+            .as_ref()
+            .map(|k| auth.ratelimit_headers(k))
+            .unwrap_or_default(),
+        trace: request.trace,
+    };
+    let done = forward::execute(worker, reserved, plan, rd, wr, side).await;
+    Served {
+        keep_alive: done.keep_alive,
+        early: done.early,
+        settlement: Settlement {
+            request,
+            stage: done.stage,
+            model,
+            authenticated: true,
+            answer: done.answer,
+        },
+    }
+}
+
+/// Answers a request a stage refused with its error (and the key's `x-ratelimit-*` headers).
+async fn refuse(
+    worker: &Worker,
+    wr: &mut ClientWrite,
+    call: &Call<'_>,
+    request: RequestFacts,
+    refused: Box<Refused<Arc<KeyEntry>>>,
+    stream: bool,
+) -> Served {
+    let auth = &worker.shared.auth;
+    let model = refused.model.clone();
+    let (stage, err): (Settled<Arc<KeyEntry>>, GatewayError) = Settled::refused(*refused);
+    let headers = stage
+        .principal
+        .as_ref()
+        .map(|k| auth.ratelimit_headers(k))
+        .unwrap_or_default();
+    let extra: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+    let keep = call.keep_alive && !err.kind.closes_connection();
+    let bytes = respond::error_with(&err, &extra, keep, &request.request_id);
+    let (keep_alive, mut answer) = write(wr, bytes, err.status(), keep).await;
+    // The access log and metrics say whether the refused request asked for a stream.
+    answer.stream = stream;
+    Served {
+        keep_alive,
+        early: Vec::new(),
+        settlement: Settlement {
+            request,
+            stage,
+            model,
+            authenticated: true,
+            answer,
+        },
+    }
+}
+
+/// Writes a local answer; whether the connection stays open, and what the client got.
+pub async fn write(
+    wr: &mut ClientWrite,
+    bytes: Vec<u8>,
+    status: u16,
+    keep_alive: bool,
+) -> (bool, Answer) {
+    let answer = Answer {
+        status,
+        bytes_out: bytes.len() as u64,
+        ..Answer::default()
+    };
+    let (res, _) = wr.write_all(bytes).await;
+    (res.is_ok() && keep_alive, answer)
+}
