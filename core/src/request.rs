@@ -280,15 +280,17 @@ impl<P> Reserved<P> {
 
     /// Routes the request: the attempt loop over its group's deployments, answered by the
     /// client's deadline (`x-sluice-deadline-ms`) or the group's. The loop holds the tokens
-    /// this stage reserved against each deployment's provider limit.
+    /// this stage reserved against each deployment's provider limit. `caller` is a stable hash
+    /// of the caller's key id (`None` without keys), for the breakers' blast-radius guard.
     pub fn attempt(
         self,
         env: &mut Env<'_>,
         started: Instant,
         client_deadline: Option<Duration>,
+        caller: Option<u64>,
     ) -> (AttemptLoop, Settled<P>) {
         let deadline = AttemptLoop::deadline_for(env.config, self.group, started, client_deadline);
-        let lp = AttemptLoop::new(env, self.group, deadline, self.reserve_tokens);
+        let lp = AttemptLoop::new(env, self.group, deadline, self.reserve_tokens, caller);
         (
             lp,
             Settled {

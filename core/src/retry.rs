@@ -3,8 +3,13 @@
 //!
 //! One overall deadline covers every attempt of a request; the caller passes what is left of
 //! it, so a decision never waits past it. Randomness (the jitter) comes in as `roll`.
+//!
+//! A [`RetryBudget`] per model group, shared by every worker, keeps retries and hedges under a
+//! share of the group's recent requests, so an outage does not multiply the load on a provider
+//! by `max_attempts`.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -29,6 +34,11 @@ pub struct RetryPolicy {
     /// The whole request's deadline, covering every attempt and fallback; `None` leaves it to
     /// the provider's `total_timeout_ms`.
     pub deadline: Option<Duration>,
+    /// Retries and hedges of the group stay under this share (percent) of its requests over
+    /// the last [`BUDGET_WINDOW`]…
+    pub budget_percent: u32,
+    /// …or this many per second of the window, whichever allows more.
+    pub budget_min_per_s: u32,
 }
 
 impl Default for RetryPolicy {
@@ -41,6 +51,8 @@ impl Default for RetryPolicy {
             retry_on_connect_error: true,
             retry_on_timeout: true,
             deadline: None,
+            budget_percent: 20,
+            budget_min_per_s: 10,
         }
     }
 }
@@ -57,6 +69,9 @@ impl Default for RetryPolicy {
 /// retry_on_timeout = true             # (default true)
 /// deadline_ms = 120000                # one deadline for all attempts and fallbacks
 ///                                     # (default: the provider's total_timeout_ms)
+/// budget_percent = 20                 # retries + hedges ≤ this % of the group's requests
+///                                     #   over the last 10 s, 0..=1000 (default 20)
+/// budget_min_per_s = 10               # …or this many per second, whichever allows more (default 10)
 /// ```
 ///
 /// Each wait is random in `[0, min(max_backoff, base_backoff × 2^(retry-1))]` ("full jitter"),
@@ -66,6 +81,10 @@ impl Default for RetryPolicy {
 /// a deployment not yet tried when there is one. When the group is exhausted, the groups in
 /// `fallbacks = [..]` are tried in order; a context-window error goes straight to
 /// `context_window_fallback` if set.
+///
+/// Retries and hedges spend the group's retry budget (shared by the workers): when it is spent,
+/// a failed attempt is not retried in the group (the fallbacks are still tried) and no hedge
+/// goes out; `sluice_retry_budget_exhausted_total` counts each refusal.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
@@ -83,6 +102,10 @@ pub struct RawRetry {
     pub retry_on_timeout: Option<bool>,
     /// Overall deadline in milliseconds, ≥ 1.
     pub deadline_ms: Option<u64>,
+    /// Retry budget: percent of recent requests, 0..=1000.
+    pub budget_percent: Option<u32>,
+    /// Retry budget floor: retries per second.
+    pub budget_min_per_s: Option<u32>,
 }
 
 impl RawRetry {
@@ -121,7 +144,21 @@ impl RawRetry {
                 "`retry.retry_on` holds {bad}: only statuses 400..=599 can be retried"
             ));
         }
+        let budget_percent = self.budget_percent.unwrap_or(d.budget_percent);
+        if budget_percent > 1000 {
+            return Err(format!(
+                "`retry.budget_percent` must be in 0..=1000, got {budget_percent}"
+            ));
+        }
+        let budget_min_per_s = self.budget_min_per_s.unwrap_or(d.budget_min_per_s);
+        if budget_min_per_s > 100_000 {
+            return Err(format!(
+                "`retry.budget_min_per_s` must be at most 100000, got {budget_min_per_s}"
+            ));
+        }
         Ok(RetryPolicy {
+            budget_percent,
+            budget_min_per_s,
             max_attempts,
             base_backoff,
             max_backoff,
@@ -237,6 +274,96 @@ impl RetryPolicy {
     }
 }
 
+/// The span of requests a [`RetryBudget`] looks back over.
+pub const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+const BUDGET_BUCKETS: u64 = 10;
+const BUDGET_COUNT_MASK: u64 = (1 << 20) - 1;
+
+/// A model group's retry budget (Finagle's and Envoy's idea), shared by every worker: a retry
+/// or hedge may go when the retries of the last [`BUDGET_WINDOW`] stay within
+/// `max(budget_percent × requests, budget_min_per_s × 10 s)`.
+///
+/// Lock-free: ten one-second buckets, each one word `tick (24 bits) | requests (20) |
+/// retries (20)` updated by compare-and-swap; time is seconds since `base`, passed in.
+/// Concurrency note: the check and the spend are two steps, so racing workers may overspend
+/// by one retry each.
+#[derive(Debug)]
+pub struct RetryBudget {
+    percent: u64,
+    floor: u64,
+    base: Instant,
+    buckets: [AtomicU64; BUDGET_BUCKETS as usize],
+}
+
+impl RetryBudget {
+    /// An empty budget for `policy`, counting time from `base`.
+    pub fn new(policy: &RetryPolicy, base: Instant) -> Self {
+        RetryBudget {
+            percent: u64::from(policy.budget_percent),
+            floor: u64::from(policy.budget_min_per_s) * BUDGET_WINDOW.as_secs(),
+            base,
+            buckets: Default::default(),
+        }
+    }
+
+    /// Whether this budget was made for `policy`'s settings.
+    pub fn fits(&self, policy: &RetryPolicy) -> bool {
+        self.percent == u64::from(policy.budget_percent)
+            && self.floor == u64::from(policy.budget_min_per_s) * BUDGET_WINDOW.as_secs()
+    }
+
+    fn tick(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.base).as_secs() & 0xff_ffff
+    }
+
+    fn add(&self, now: Instant, requests: u64, retries: u64) {
+        let tick = self.tick(now);
+        let b = &self.buckets[(tick % BUDGET_BUCKETS) as usize];
+        let _ = b.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            let (r, t) = if w >> 40 == tick {
+                (w >> 20 & BUDGET_COUNT_MASK, w & BUDGET_COUNT_MASK)
+            } else {
+                (0, 0)
+            };
+            let r = (r + requests).min(BUDGET_COUNT_MASK);
+            let t = (t + retries).min(BUDGET_COUNT_MASK);
+            Some(tick << 40 | r << 20 | t)
+        });
+    }
+
+    /// (requests, retries) over the window.
+    pub fn totals(&self, now: Instant) -> (u64, u64) {
+        let tick = self.tick(now);
+        self.buckets.iter().fold((0, 0), |(r, t), b| {
+            let w = b.load(Ordering::Acquire);
+            if (tick.wrapping_sub(w >> 40) & 0xff_ffff) < BUDGET_BUCKETS {
+                (
+                    r + (w >> 20 & BUDGET_COUNT_MASK),
+                    t + (w & BUDGET_COUNT_MASK),
+                )
+            } else {
+                (r, t)
+            }
+        })
+    }
+
+    /// A request entered the group (its first attempt there).
+    pub fn on_request(&self, now: Instant) {
+        self.add(now, 1, 0);
+    }
+
+    /// Spends one retry (or hedge) if the budget allows it at `now`.
+    pub fn try_spend(&self, now: Instant) -> bool {
+        let (requests, retries) = self.totals(now);
+        let allowed = (requests * self.percent / 100).max(self.floor);
+        if retries >= allowed {
+            return false;
+        }
+        self.add(now, 0, 1);
+        true
+    }
+}
+
 /// Parses a `Retry-After` value in delta-seconds (`"30"`, leniently `"1.5"`). The HTTP-date
 /// form gives `None`: without a clock we cannot subtract it.
 pub fn parse_retry_after(value: &[u8]) -> Option<Duration> {
@@ -300,6 +427,38 @@ mod tests {
             code,
             retry_after: None,
         }
+    }
+
+    #[test]
+    fn budget_keeps_retries_under_the_share_and_refills() {
+        let t = crate::balance::tests::t0();
+        let policy = RetryPolicy {
+            budget_percent: 20,
+            budget_min_per_s: 1,
+            ..RetryPolicy::default()
+        };
+        let b = RetryBudget::new(&policy, t);
+        assert!(b.fits(&policy) && !b.fits(&RetryPolicy::default()));
+        // The floor: 1 per second over 10 s.
+        let spent = (0..100).filter(|_| b.try_spend(t)).count();
+        assert_eq!(spent, 10);
+        // 200 requests later, 20 % of them: 40 in all.
+        for _ in 0..200 {
+            b.on_request(t + S);
+        }
+        let spent = (0..100).filter(|_| b.try_spend(t + S)).count();
+        assert_eq!(spent, 30);
+        assert_eq!(b.totals(t + S), (200, 40));
+        // Ten seconds on, the window has forgotten them.
+        assert_eq!(b.totals(t + 12 * S), (0, 0));
+        assert!(b.try_spend(t + 12 * S));
+        let e = RawRetry {
+            budget_percent: Some(1001),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.starts_with("`retry.budget_percent`"), "{e}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use sluice_core::limiter::{Ask, DeploymentLimits, Limiter, LocalLimiter};
 use sluice_core::limits::{BudgetPeriod, LimitSet};
 use sluice_core::request::{Authenticated, Lookup, Settled};
 use sluice_core::retry::Failure;
-use sluice_core::route::RouteTable;
+use sluice_core::route::{RouteTable, SharedRoutes};
 
 const CONFIG: &str = "auth = \"none\"\n[[providers]]\nname = \"p\"\nbase_url = \"http://127.0.0.1:1/v1\"\n\
 [[models]]\nname = \"m\"\nretry = { max_attempts = 3, base_backoff_ms = 0, max_backoff_ms = 0 }\n\
@@ -71,12 +71,12 @@ proptest! {
         let config = Config::from_toml(CONFIG, &HashMap::new()).unwrap();
         let limiter: Arc<dyn Limiter> = Arc::new(LocalLimiter);
         let deployments = DeploymentLimits::build(&config, limiter.clone(), None);
-        let mut routes = RouteTable::new(&config);
+        #[allow(clippy::disallowed_methods)] // a fixed origin for fake time
+        let t0 = Instant::now();
+        let mut routes = RouteTable::new(&config, &SharedRoutes::build(&config, None, t0));
         let key = LimitSet::new(Some(100), Some(10_000), Some(2), Some((5_000_000, BudgetPeriod::Monthly)), 0, 1_700_000_000);
         let team = LimitSet::new(None, Some(8_000), Some(3), None, 0, 1_700_000_000);
         let sets = [&key, &team];
-        #[allow(clippy::disallowed_methods)] // a fixed origin for fake time
-        let t0 = Instant::now();
         let mut ms = 0u64;
         let mut open: Vec<Settled<&str>> = Vec::new();
         for r in reqs {
@@ -103,7 +103,7 @@ proptest! {
             };
             let mut rng = || 0u64;
             let mut env = Env { config: &config, routes: &mut routes, limits: &deployments, now, now_ms: ms, rng: &mut rng };
-            let (mut lp, settled) = reserved.attempt(&mut env, now, Some(Duration::from_secs(30)));
+            let (mut lp, settled) = reserved.attempt(&mut env, now, Some(Duration::from_secs(30)), None);
             let mut live: Vec<AttemptId> = Vec::new();
             let mut outcomes = r.outcomes.iter().copied();
             let mut t = now;

@@ -62,6 +62,9 @@ pub struct Shared {
     pub limiter: Arc<dyn sluice_core::limiter::Limiter>,
     /// The response store consulted before tokens are reserved.
     pub responses: Arc<dyn sluice_core::cache::ResponseStore>,
+    /// Circuit breakers and retry budgets, one per deployment and per group, shared by every
+    /// worker (kept across reloads while a deployment's label and settings are unchanged).
+    pub routes: Arc<sluice_core::route::SharedRoutes>,
     /// Virtual keys, limits and the ledger (see `request::auth`).
     pub auth: Arc<crate::request::auth::Auth>,
     /// The admin side of the store, when one is configured.
@@ -91,7 +94,8 @@ pub struct Worker {
     pub ready_cache: Cell<Option<(Instant, bool)>>,
     /// Cached metric handles.
     pub metrics: WorkerMetrics,
-    /// Balancers, breakers and hedgers of every model group, as this worker sees them.
+    /// Balancers and hedgers of every model group (this worker's own), over the breakers and
+    /// retry budgets every worker shares.
     pub routes: RefCell<Routes>,
 }
 
@@ -122,7 +126,7 @@ impl Worker {
     pub fn with_counters(id: usize, shared: Arc<Shared>, counters: Rc<Counters>) -> Self {
         let providers = shared.config.providers.len();
         let metrics = WorkerMetrics::new(id, &shared.config);
-        let routes = RefCell::new(Routes::new(&shared.config, id));
+        let routes = RefCell::new(Routes::new(&shared.config, id, &shared.routes));
         Worker {
             id,
             shared,
@@ -135,8 +139,8 @@ impl Worker {
     }
 
     /// The worker of the next generation, on the same thread: fresh pools, the same
-    /// counters, and the breakers (by deployment label) and balancers (of groups whose
-    /// deployments are unchanged) of this one.
+    /// counters, and the balancers (of groups whose deployments are unchanged) of this one; the
+    /// breakers come with the generation's shared routes.
     pub fn successor(&self, shared: Arc<Shared>) -> Self {
         let next = Self::with_counters(self.id, shared, self.counters.clone());
         next.routes.borrow_mut().carry_over(

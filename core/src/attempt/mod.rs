@@ -28,6 +28,14 @@
 //! Every provider-limit take ([`DeploymentLimiter::take`]) is settled or released exactly
 //! once, and every balancer start is finished or cancelled exactly once, whatever the order of
 //! events (see the property test).
+//!
+//! Resilience rules applied here (the state lives in [`crate::route`]): the request's caller
+//! identity goes with every outcome to the breakers (blast-radius guard) and every pick (a
+//! caller short-circuited alone gets 503 `upstream_unavailable` with `Retry-After`); a failure
+//! to reach the deployment is reported as such ([`TransportFailure::unreachable`]); each retry
+//! and hedge spends the group's retry budget, and a retry the budget refuses moves on to the
+//! fallback groups or answers; when nothing in the group would take the request (all known
+//! down), the answer is 503 with `Retry-After` at once, not a retry.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -144,6 +152,18 @@ pub struct TransportFailure {
     pub label: &'static str,
 }
 
+impl TransportFailure {
+    /// Whether the deployment could not be reached at all (`connect`, `connect_timeout`,
+    /// `resolve`, `tls`): the provider's failure whoever asked, unlike a timeout or a broken
+    /// exchange, which may be the request's own doing.
+    pub fn unreachable(&self) -> bool {
+        matches!(
+            self.label,
+            "connect" | "connect_timeout" | "resolve" | "tls"
+        )
+    }
+}
+
 /// What happened.
 #[derive(Debug, PartialEq)]
 pub enum Event {
@@ -224,6 +244,8 @@ pub struct AttemptReport {
     pub fallbacks: u32,
     /// Hedges sent.
     pub hedges: u32,
+    /// Retries and hedges the group's retry budget refused.
+    pub budget_refused: u32,
     /// Label of the failure that decided the answer (`connect`, `client_gone`, ...).
     pub error: Option<&'static str>,
     /// The client went away before an answer was chosen.
@@ -265,6 +287,11 @@ enum Last {
 /// The attempt loop of one request. See the module docs for the call order.
 #[derive(Debug)]
 pub struct AttemptLoop {
+    /// Who asked (a hash of the key id), for the breakers' blast-radius guard.
+    caller: Option<u64>,
+    /// Nothing in the current group would take the request, for this long (all known down,
+    /// or the caller short-circuited): answered as 503 with `Retry-After`.
+    blocked: Option<Duration>,
     deadline: Instant,
     reserve_tokens: u64,
     first_group: usize,
@@ -287,19 +314,26 @@ pub struct AttemptLoop {
 }
 
 impl AttemptLoop {
-    /// A loop for a request to model group `group`, which must be answered by `deadline`, and
-    /// which holds `reserve_tokens` against each deployment's token limit while it runs.
-    pub fn new(env: &mut Env<'_>, group: usize, deadline: Instant, reserve_tokens: u64) -> Self {
+    /// A loop for a request of `caller` (a stable hash of its key id; `None` without keys) to
+    /// model group `group`, which must be answered by `deadline`, and which holds
+    /// `reserve_tokens` against each deployment's token limit while it runs.
+    pub fn new(
+        env: &mut Env<'_>,
+        group: usize,
+        deadline: Instant,
+        reserve_tokens: u64,
+        caller: Option<u64>,
+    ) -> Self {
         let fallbacks = env
             .config
             .models
             .get(group)
             .map(|g| g.fallbacks.iter().copied().collect())
             .unwrap_or_default();
-        if let Some(h) = env.routes.group_mut(group).and_then(|g| g.hedger.as_mut()) {
-            h.on_request();
-        }
+        env.routes.on_request(group, env.now);
         AttemptLoop {
+            caller,
+            blocked: None,
             deadline,
             reserve_tokens,
             first_group: group,
@@ -420,9 +454,13 @@ impl AttemptLoop {
         self.phase = Phase::Done(None);
         let Some(t) = self.target(id) else { return };
         match relayed {
-            Relayed::Complete => env.routes.finish(t, env.now, Outcome::success(latency)),
+            Relayed::Complete => {
+                env.routes
+                    .finish(t, env.now, Outcome::success(latency), self.caller)
+            }
             Relayed::UpstreamFailed(label) => {
-                env.routes.finish(t, env.now, Outcome::failure(latency));
+                env.routes
+                    .finish(t, env.now, Outcome::failure(latency), self.caller);
                 self.end(id, env.now, None, Some(label));
                 self.report.error = Some(label);
             }
@@ -463,9 +501,14 @@ impl AttemptLoop {
             return Some(self.answer_last());
         }
         let roll = (env.rng)();
-        let i = match env.routes.pick(self.group, now, roll, &self.tried) {
+        let i = match env
+            .routes
+            .pick(self.group, now, roll, &self.tried, self.caller)
+        {
             Some(Pick::Deployment(i)) if !self.refused.contains(&i) => i,
-            Some(Pick::AllOpen(wait)) if self.last.is_none() && self.fallbacks.is_empty() => {
+            Some(found @ (Pick::AllOpen(wait) | Pick::Isolated(wait)))
+                if self.last.is_none() && self.fallbacks.is_empty() =>
+            {
                 // Nothing could even be tried: fail fast.
                 let name = env
                     .config
@@ -473,15 +516,29 @@ impl AttemptLoop {
                     .get(self.group)
                     .map_or("?", |g| g.name.as_str());
                 self.report.route = Some((self.group, None));
-                let err = GatewayError::new(
-                    ErrorKind::UpstreamUnavailable,
-                    format!("every deployment of `{name}` is unavailable (circuit breakers open)"),
-                )
-                .with_retry_after(retry::retry_after_secs(wait));
+                let why = match found {
+                    Pick::Isolated(_) => format!(
+                        "requests with this key to `{name}` keep failing; they are paused for this key alone"
+                    ),
+                    _ => format!(
+                        "every deployment of `{name}` is unavailable (circuit breakers open)"
+                    ),
+                };
+                let err = GatewayError::new(ErrorKind::UpstreamUnavailable, why)
+                    .with_retry_after(retry::retry_after_secs(wait));
                 return Some(self.terminal(Command::Fail(err)));
             }
+            Some(Pick::AllOpen(wait) | Pick::Isolated(wait)) => {
+                // Known down (or this caller paused) after a failure: no retry loop.
+                self.blocked.get_or_insert(wait);
+                if self.next_group(env, false) {
+                    self.report.fallbacks += 1;
+                    return None;
+                }
+                return Some(self.answer_last());
+            }
             _ => {
-                if self.next_group(env.config, false) {
+                if self.next_group(env, false) {
                     self.report.fallbacks += 1;
                     return None;
                 }
@@ -528,7 +585,8 @@ impl AttemptLoop {
     }
 
     /// Moves to the next fallback group (the context-window fallback first when asked).
-    fn next_group(&mut self, config: &Config, context: bool) -> bool {
+    fn next_group(&mut self, env: &mut Env<'_>, context: bool) -> bool {
+        let config = env.config;
         let context_fallback = context
             .then(|| {
                 config
@@ -549,6 +607,9 @@ impl AttemptLoop {
         let Some(next) = next else { return false };
         self.group = next;
         self.visited.push(next);
+        // Its first attempt there is a request to that group, not a retry.
+        env.routes.on_request(next, env.now);
+        self.blocked = None;
         if let Some(g) = config.models.get(next) {
             // A fallback's own fallbacks come after the ones already queued.
             self.fallbacks.extend(g.fallbacks.iter().copied());
@@ -697,7 +758,7 @@ impl AttemptLoop {
                 Some("status"),
             )
         };
-        env.routes.finish(live.target, now, outcome);
+        env.routes.finish(live.target, now, outcome, self.caller);
         env.limits
             .settle(live.target, self.reserve_tokens, 0, env.now_ms);
         self.end(id, now, Some(status), label);
@@ -715,8 +776,12 @@ impl AttemptLoop {
         };
         let now = env.now;
         let latency = now.saturating_duration_since(self.started(id).unwrap_or(now));
-        env.routes
-            .finish(live.target, now, Outcome::failure(latency));
+        if f.unreachable() {
+            env.routes.unreachable(live.target, now, latency);
+        } else {
+            env.routes
+                .finish(live.target, now, Outcome::failure(latency), self.caller);
+        }
         env.limits
             .settle(live.target, self.reserve_tokens, 0, env.now_ms);
         self.end(id, now, None, Some(f.label));
@@ -775,11 +840,18 @@ impl AttemptLoop {
             .is_some_and(|h| h.should_hedge());
         let mut exclude = self.tried.clone();
         exclude.push(primary.target.deployment);
+        if !budget {
+            return;
+        }
         let roll = (env.rng)();
-        let j = match env.routes.pick(g, now, roll, &exclude) {
-            Some(Pick::Deployment(j)) if budget && j != primary.target.deployment => j,
+        let j = match env.routes.pick(g, now, roll, &exclude, self.caller) {
+            Some(Pick::Deployment(j)) if j != primary.target.deployment => j,
             _ => return,
         };
+        if !env.routes.try_retry(g, now) {
+            self.report.budget_refused += 1;
+            return;
+        }
         let target = Target {
             group: g,
             deployment: j,
@@ -828,17 +900,31 @@ impl AttemptLoop {
     fn decide(&mut self, env: &mut Env<'_>, failure: &Failure) {
         let now = env.now;
         let remaining = self.deadline.saturating_duration_since(now);
-        let others = env.routes.has_untried(self.group, now, &self.tried);
+        let others = env
+            .routes
+            .has_untried(self.group, now, &self.tried, self.caller);
         let Some(group) = env.config.models.get(self.group) else {
             let cmd = self.answer_last();
             self.queue.push_back(cmd);
             return;
         };
         let roll = (env.rng)();
-        match group
+        let mut decision = group
             .retry
-            .decide(self.in_group, failure, remaining, others, roll)
-        {
+            .decide(self.in_group, failure, remaining, others, roll);
+        if let Decision::Retry { .. } = decision {
+            if let Some(wait) = env.routes.blocked(self.group, now, self.caller) {
+                // Nothing in the group would take it now (known down, or this caller
+                // paused): no retry loop; answered as unavailable with `Retry-After`.
+                self.blocked.get_or_insert(wait);
+                decision = Decision::Fallback;
+            } else if !env.routes.try_retry(self.group, now) {
+                // Over the group's retry budget: no more attempts here.
+                self.report.budget_refused += 1;
+                decision = Decision::Fallback;
+            }
+        }
+        match decision {
             Decision::Retry { after } => {
                 self.report.retries += 1;
                 self.phase = if after.is_zero() {
@@ -848,7 +934,7 @@ impl AttemptLoop {
                 };
             }
             Decision::Fallback => {
-                if self.next_group(env.config, *failure == Failure::ContextWindow) {
+                if self.next_group(env, *failure == Failure::ContextWindow) {
                     self.report.fallbacks += 1;
                     self.phase = Phase::Pick;
                 } else {
@@ -876,7 +962,21 @@ impl AttemptLoop {
             Some(Last::Answer(id)) => Command::PassThrough { attempt: id },
             Some(Last::Transport(f)) => {
                 self.report.error = Some(f.label);
-                if self.deployments_tried >= 2 || self.visited.len() >= 2 {
+                if let Some(wait) = self.blocked {
+                    // Known down: unavailable, come back when its cool-down ends.
+                    let detail = f
+                        .error
+                        .message
+                        .strip_prefix("upstream error: ")
+                        .unwrap_or(&f.error.message);
+                    Command::Fail(
+                        GatewayError::new(
+                            ErrorKind::UpstreamUnavailable,
+                            format!("no deployment is available now; last: {detail}"),
+                        )
+                        .with_retry_after(retry::retry_after_secs(wait)),
+                    )
+                } else if self.deployments_tried >= 2 || self.visited.len() >= 2 {
                     // Several deployments or groups failed: unavailable for now.
                     let detail = f
                         .error

@@ -190,6 +190,11 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         provider_limits: Arc::new(DeploymentLimits::build(&config, limiter.clone(), None)),
         limiter,
         responses: Arc::new(NoStore),
+        routes: Arc::new(sluice_core::route::SharedRoutes::build(
+            &config,
+            None,
+            Instant::now(),
+        )),
         auth: Arc::new(access.auth),
         registry: access.registry.map(Arc::new),
         admin_token: access.admin_token,
@@ -396,6 +401,11 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
             &config,
             old.limiter.clone(),
             Some(&old.provider_limits),
+        )),
+        routes: Arc::new(sluice_core::route::SharedRoutes::build(
+            &config,
+            Some(&old.routes),
+            Instant::now(),
         )),
         limiter: old.limiter.clone(),
         responses: old.responses.clone(),

@@ -75,8 +75,12 @@ pub async fn execute(
         stream: plan.inspected.stream,
         ..Answer::default()
     };
+    // The caller, for the breakers' blast-radius guard: a hash of its key id.
+    let caller = reserved
+        .principal()
+        .map(|k| sluice_core::breaker::caller_id(&k.id));
     let (lp, stage) = with_env(worker, |env| {
-        reserved.attempt(env, client.started, plan.deadline_override)
+        reserved.attempt(env, client.started, plan.deadline_override, caller)
     });
     let keep_alive = exchange(worker, lp, &plan, wr, &mut watch, &client, &mut answer).await;
     // A client that closes after its answer was written is not a cancellation: only a race

@@ -153,7 +153,19 @@ fn describe() {
     );
     describe_gauge!(
         "sluice_circuit_breaker_state",
-        "Circuit breaker per deployment and worker: 0 closed, 1 half-open, 2 open."
+        "Circuit breaker per deployment (shared by the workers), as each worker last saw it: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        "sluice_panic_total",
+        "Deployments picked in panic mode (too few breakers admit requests: all deployments not known down are used), by model group."
+    );
+    describe_counter!(
+        "sluice_retry_budget_exhausted_total",
+        "Retries and hedges refused because the model group's retry budget was spent."
+    );
+    describe_counter!(
+        "sluice_caller_short_circuited_total",
+        "Requests refused for their caller alone, whose own requests kept failing (blast-radius guard), by model group."
     );
     describe_gauge!(
         "sluice_inflight_requests",
