@@ -97,10 +97,12 @@ fn main() -> ExitCode {
         );
         if let Some(path) = report.crash {
             eprintln!(
-                "fuzz: {}: an input panicked; saved to {}\n  replay: cargo run --bin fuzz -- --target {} --seconds 0 --corpus <dir holding it>",
+                "fuzz: {}: an input panicked; saved to {}\n  replay (runs {}/<target>/*): cd fuzz && cargo run --bin fuzz -- --target {} --seconds 0 --corpus {}",
                 t.name,
                 path.display(),
-                t.name
+                artifacts.display(),
+                t.name,
+                artifacts.display(),
             );
             return ExitCode::FAILURE;
         }
