@@ -1,80 +1,82 @@
 //! Edge coverage from LLVM SanitizerCoverage, on stable Rust.
 //!
 //! `scripts/fuzz.sh` builds with `-C passes=sancov-module` and
-//! `-C llvm-args=-sanitizer-coverage-trace-pc-guard` (both stable codegen flags; afl.rs uses the
-//! same ones). LLVM then gives every edge a 32-bit guard and calls
-//! [`__sanitizer_cov_trace_pc_guard`] on it; we number the guards at start-up and count hits in
-//! a 64 KiB map, AFL style. LLVM does not instrument functions named `__sanitizer_*`, and these
-//! two only do raw pointer arithmetic, so they never call back into themselves.
+//! `-C llvm-args=-sanitizer-coverage-inline-8bit-counters` (stable codegen flags; afl.rs and
+//! libFuzzer use the same pass). LLVM then gives every edge an 8-bit counter, incremented
+//! inline, and registers each module's counter array by calling
+//! [`__sanitizer_cov_8bit_counters_init`] before `main`. After each input the engine folds the
+//! counters into AFL-style hit-count classes ([`Seen::merge`]) and clears them.
 //!
-//! Without those flags (`cargo test`, `cargo run` by hand) nothing calls them: [`edges`] is 0
-//! and the engine mutates blindly.
+//! LLVM does not instrument functions named `__sanitizer_*`: the per-input scan and reset are
+//! such functions, so they neither cost an increment per byte scanned nor write the counters
+//! they read. They only do raw pointer arithmetic, so they call nothing instrumented.
+//!
+//! Without those flags (`cargo test`, `cargo run` by hand) no counters are registered:
+//! [`edges`] is 0 and the engine mutates blindly.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Bytes in the hit-count map (a power of two).
-pub const MAP_SIZE: usize = 1 << 16;
+/// Most counter arrays (one per instrumented codegen unit) tracked.
+const MAX_REGIONS: usize = 1 << 14;
 
-/// A hit-count or seen-bits map, aligned so it can be read a word at a time.
-#[repr(C, align(64))]
-pub struct Map([u8; MAP_SIZE]);
+static mut REGIONS: [(usize, usize); MAX_REGIONS] = [(0, 0); MAX_REGIONS];
+static N_REGIONS: AtomicUsize = AtomicUsize::new(0);
+static N_COUNTERS: AtomicUsize = AtomicUsize::new(0);
 
-static mut MAP: Map = Map([0; MAP_SIZE]);
-static GUARDS: AtomicU32 = AtomicU32::new(0);
-
-/// Called once per instrumented module before `main`, with its guard array.
+/// Called once per instrumented module before `main`, with its counter array.
 ///
 /// # Safety
-/// Called by LLVM-inserted code with a valid `[start, stop)` range of guards.
+/// Called by LLVM-inserted code with a valid `[start, stop)` range of counters, before any
+/// other thread runs.
 #[no_mangle]
-pub unsafe extern "C" fn __sanitizer_cov_trace_pc_guard_init(start: *mut u32, stop: *mut u32) {
-    if start == stop || *start != 0 {
+pub unsafe extern "C" fn __sanitizer_cov_8bit_counters_init(start: *mut u8, stop: *mut u8) {
+    let n = N_REGIONS.load(Ordering::Relaxed);
+    if start >= stop || n >= MAX_REGIONS {
         return;
     }
-    let mut p = start;
-    while p < stop {
-        // Ids start at 1; 0 would mean "not numbered".
-        let id = GUARDS.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        *p = id;
-        p = p.wrapping_add(1);
+    let slot = (&raw mut REGIONS as *mut (usize, usize)).wrapping_add(n);
+    *slot = (start as usize, stop as usize);
+    N_REGIONS.store(n + 1, Ordering::Relaxed);
+    N_COUNTERS.fetch_add(stop as usize - start as usize, Ordering::Relaxed);
+}
+
+/// Clears every counter.
+///
+/// # Safety
+/// Single-threaded use, as the engine's.
+#[no_mangle]
+pub unsafe extern "C" fn __sanitizer_sluice_reset() {
+    let regions = &raw const REGIONS as *const (usize, usize);
+    let n = N_REGIONS.load(Ordering::Relaxed);
+    let mut r = 0;
+    while r < n {
+        let (start, stop) = *regions.wrapping_add(r);
+        (start as *mut u8).write_bytes(0, stop - start);
+        r += 1;
     }
 }
 
-/// Called on every instrumented edge.
+/// Folds the counters into `seen` (one bit per AFL hit-count class: 1, 2, 3, 4-7, 8-15,
+/// 16-31, 32-127, 128+, for each edge in registration order); returns whether a bit was new,
+/// and counts newly hit edges in `new_edges`.
 ///
 /// # Safety
-/// Called by LLVM-inserted code with a pointer to one of the guards passed to
-/// [`__sanitizer_cov_trace_pc_guard_init`].
+/// `seen` points to [`edges`] bytes; single-threaded use.
 #[no_mangle]
-pub unsafe extern "C" fn __sanitizer_cov_trace_pc_guard(guard: *const u32) {
-    let i = (*guard as usize) & (MAP_SIZE - 1);
-    let cell = (&raw mut MAP as *mut u8).wrapping_add(i);
-    *cell = (*cell).wrapping_add(1);
-}
-
-/// Merges the hit counts into `seen` (one bit per AFL hit-count class: 1, 2, 3, 4-7, 8-15,
-/// 16-31, 32-127, 128+); returns whether a bit was new and counts newly hit edges in
-/// `new_edges`.
-///
-/// Named `__sanitizer_*` so that LLVM leaves it uninstrumented: it runs after every input
-/// over the whole map, and instrumented it would cost more than most targets and write into
-/// the map it reads. It only does raw pointer reads and arithmetic, so it calls nothing that
-/// is instrumented.
-///
-/// # Safety
-/// `seen` points to a [`Map`]; nothing else touches the map meanwhile.
-#[no_mangle]
-pub unsafe extern "C" fn __sanitizer_sluice_merge(seen: *mut Map, new_edges: *mut usize) -> bool {
-    let hits = &raw const MAP as *const u8;
-    let seen = seen as *mut u8;
+pub unsafe extern "C" fn __sanitizer_sluice_merge(seen: *mut u8, new_edges: *mut usize) -> bool {
+    let regions = &raw const REGIONS as *const (usize, usize);
+    let n = N_REGIONS.load(Ordering::Relaxed);
     let mut new = false;
-    let mut w = 0;
-    while w < MAP_SIZE {
-        // Both maps are 64-byte aligned, so each word read is aligned.
-        if *(hits.wrapping_add(w) as *const u64) != 0 {
-            let mut i = w;
-            while i < w + 8 {
-                let h = *hits.wrapping_add(i);
+    let mut base = 0;
+    let mut r = 0;
+    while r < n {
+        let (start, stop) = *regions.wrapping_add(r);
+        let counters = start as *const u8;
+        let len = stop - start;
+        let mut i = 0;
+        while i < len {
+            let h = *counters.wrapping_add(i);
+            if h != 0 {
                 let class: u8 = if h >= 128 {
                     128
                 } else if h >= 32 {
@@ -90,7 +92,7 @@ pub unsafe extern "C" fn __sanitizer_sluice_merge(seen: *mut Map, new_edges: *mu
                 } else {
                     h
                 };
-                let s = seen.wrapping_add(i);
+                let s = seen.wrapping_add(base + i);
                 if class & !*s != 0 {
                     if *s == 0 {
                         *new_edges = (*new_edges).wrapping_add(1);
@@ -98,29 +100,29 @@ pub unsafe extern "C" fn __sanitizer_sluice_merge(seen: *mut Map, new_edges: *mu
                     *s |= class;
                     new = true;
                 }
-                i += 1;
             }
+            i += 1;
         }
-        w += 8;
+        base += len;
+        r += 1;
     }
     new
 }
 
 /// Instrumented edges in this binary (0 when built without coverage).
-pub fn edges() -> u32 {
-    GUARDS.load(Ordering::Relaxed)
+pub fn edges() -> usize {
+    N_COUNTERS.load(Ordering::Relaxed)
 }
 
-/// Clears the hit counts before running an input.
+/// Clears the counters before running an input.
 pub fn reset() {
-    // SAFETY: the fuzzer is single-threaded; the only other writer is the instrumentation on
-    // this same thread.
-    unsafe { (&raw mut MAP as *mut u8).write_bytes(0, MAP_SIZE) }
+    // SAFETY: the engine is single-threaded; registration finished before `main`.
+    unsafe { __sanitizer_sluice_reset() }
 }
 
 /// Coverage seen so far.
 pub struct Seen {
-    bits: Box<Map>,
+    bits: Vec<u8>,
     /// Edges hit at least once.
     pub edges_hit: usize,
 }
@@ -128,16 +130,19 @@ pub struct Seen {
 impl Default for Seen {
     fn default() -> Self {
         Seen {
-            bits: Box::new(Map([0; MAP_SIZE])),
+            bits: vec![0; edges()],
             edges_hit: 0,
         }
     }
 }
 
 impl Seen {
-    /// Merges the last run's hit counts; true when they show a new edge or hit-count class.
+    /// Merges the last run's counters; true when they show a new edge or hit-count class.
     pub fn merge(&mut self) -> bool {
-        // SAFETY: `bits` is a Map; the map is read between runs, when nothing writes it.
-        unsafe { __sanitizer_sluice_merge(&mut *self.bits, &mut self.edges_hit) }
+        if self.bits.len() < edges() {
+            return false;
+        }
+        // SAFETY: `bits` holds one byte per counter; the counters are read between runs.
+        unsafe { __sanitizer_sluice_merge(self.bits.as_mut_ptr(), &mut self.edges_hit) }
     }
 }

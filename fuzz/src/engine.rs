@@ -30,7 +30,7 @@ pub struct Report {
     /// Edges covered (0 without instrumentation).
     pub edges_hit: usize,
     /// Instrumented edges in the binary.
-    pub edges_total: u32,
+    pub edges_total: usize,
     /// The input that panicked, saved here.
     pub crash: Option<PathBuf>,
 }
