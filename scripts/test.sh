@@ -46,11 +46,11 @@ fi
 step "python deps (tests/python/requirements.txt)"
 PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 
-step "cargo build --workspace --bins"
-cargo build --workspace --bins
+step "cargo build --workspace --bins --locked"
+cargo build --workspace --bins --locked
 
-step "cargo test --workspace"
-cargo test --workspace
+step "cargo test --workspace --locked"
+cargo test --workspace --locked
 
 # The binaries cargo just built (target/ unless CARGO_TARGET_DIR says otherwise).
 export SLUICE_BIN_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug"

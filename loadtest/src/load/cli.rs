@@ -1,6 +1,5 @@
 //! The `sluice-load` command line: argument parsing and turning arguments
-//! into specs for [`run`](super::run), [`compare`](super::compare::compare),
-//! [`frontier`](super::sweep::frontier) and [`streams`](super::sweep::streams).
+//! into specs for [`run`], [`compare`], [`frontier`] and [`streams`].
 //! Bad arguments exit 64 before any load is sent; run failures exit 1.
 
 use std::io::{self, IsTerminal, Write as _};

@@ -102,7 +102,11 @@ pub fn usage_record(i: u64, key: &str, team: &str, cost: u64) -> UsageRecord {
         ts_ms: T0_MS + i,
         key_id: Some(Arc::from(key)),
         team: Some(Arc::from(team)),
-        model: Arc::from(if i % 2 == 0 { "gpt-4o" } else { "gpt-4o-mini" }),
+        model: Arc::from(if i.is_multiple_of(2) {
+            "gpt-4o"
+        } else {
+            "gpt-4o-mini"
+        }),
         deployment: Some(Arc::from("openai-east")),
         usage: Usage {
             input_tokens: 100,
