@@ -1,7 +1,7 @@
 //! The clocks the proxy reads, in one place (core never reads one: time is passed in).
 //!
 //! - [`now_ms`]: a monotonic millisecond count shared by every worker — the limiter's time.
-//! - [`unix_s`], [`unix_ms`], [`unix_ns`]: wall-clock time since the Unix epoch — budget
+//! - [`unix_s`], [`unix_ms`], [`unix_ns_ago`]: wall-clock time since the Unix epoch — budget
 //!   periods and key expiry, ledger timestamps, trace timestamps, the `created` of answers.
 
 use std::sync::OnceLock;
