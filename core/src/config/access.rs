@@ -178,6 +178,25 @@ pub(super) fn validate(
         return err("invalid config at `prices`: empty model name");
     }
 
+    let keys = static_keys(raw_keys, secrets)?;
+    Ok(Access {
+        auth,
+        store: StoreConfig {
+            path,
+            flush_interval_ms,
+            synchronous_full,
+        },
+        limits: LimitsConfig { default_max_tokens },
+        prices,
+        keys,
+    })
+}
+
+/// `[[keys]]`: keys declared in the file, read-only through the admin API.
+fn static_keys(
+    raw_keys: Vec<RawKey>,
+    secrets: &dyn SecretSource,
+) -> Result<Vec<StaticKey>, ConfigError> {
     let mut keys = Vec::with_capacity(raw_keys.len());
     let mut names = HashMap::new();
     let mut hashes = HashMap::new();
@@ -197,32 +216,7 @@ pub(super) fn validate(
                 k.name
             ));
         }
-        // The key's value never appears in an error message.
-        let (value, literal) = match k.key.strip_prefix("env:") {
-            Some(var) => match secrets.var(var) {
-                Some(v) if !v.is_empty() && !v.contains(char::is_whitespace) => (v, false),
-                Some(_) => {
-                    return err(format!(
-                        "invalid config at `{}`: environment variable `{var}` holds an empty or malformed key",
-                        at("key")
-                    ))
-                }
-                None => {
-                    return err(format!(
-                        "invalid config at `{}`: environment variable `{var}` is not set",
-                        at("key")
-                    ))
-                }
-            },
-            None if literal_key_ok(&k.key) => (k.key, true),
-            None => {
-                return err(format!(
-                    "invalid config at `{}`: reference the key as `env:VARIABLE`; a literal is \
-                     accepted only in the form `{KEY_PREFIX}…` (letters, digits, - and _), for demos",
-                    at("key")
-                ))
-            }
-        };
+        let (value, literal) = key_value(&at("key"), k.key, secrets)?;
         let hash = keys::hash_hex(&value);
         if let Some(other) = hashes.insert(hash.clone(), i) {
             return err(format!(
@@ -269,16 +263,40 @@ pub(super) fn validate(
             literal,
         });
     }
-    Ok(Access {
-        auth,
-        store: StoreConfig {
-            path,
-            flush_interval_ms,
-            synchronous_full,
+    Ok(keys)
+}
+
+/// The value of a configured key (`env:VARIABLE`, or a literal in the Sluice shape, for
+/// demos) and whether it was written literally. The value never appears in an error.
+fn key_value(
+    at: &str,
+    key: String,
+    secrets: &dyn SecretSource,
+) -> Result<(String, bool), ConfigError> {
+    Ok(match key.strip_prefix("env:") {
+        Some(var) => match secrets.var(var) {
+            Some(v) if !v.is_empty() && !v.contains(char::is_whitespace) => (v, false),
+            Some(_) => {
+                return err(format!(
+                    "invalid config at `{}`: environment variable `{var}` holds an empty or malformed key",
+                    at
+                ))
+            }
+            None => {
+                return err(format!(
+                    "invalid config at `{}`: environment variable `{var}` is not set",
+                    at
+                ))
+            }
         },
-        limits: LimitsConfig { default_max_tokens },
-        prices,
-        keys,
+        None if literal_key_ok(&key) => (key, true),
+        None => {
+            return err(format!(
+                "invalid config at `{}`: reference the key as `env:VARIABLE`; a literal is \
+                 accepted only in the form `{KEY_PREFIX}…` (letters, digits, - and _), for demos",
+                at
+            ))
+        }
     })
 }
 

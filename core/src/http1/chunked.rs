@@ -168,6 +168,9 @@ impl ChunkedDecoder {
     }
 
     /// Decodes from `input` until a run of body bytes is found, the input ends, or the body ends.
+    // Longer than ~100 lines on purpose: one state machine over the chunk grammar (size,
+    // extensions, data, CRLF, trailers) that the relay calls for every upstream read; each arm
+    // is one RFC 9112 §7.1 production, and the checklist in `http1/mod.rs` maps them to tests.
     pub fn decode(&mut self, input: &[u8]) -> Result<ChunkedStep, ChunkedError> {
         use ChunkState as S;
         let mut i = 0;

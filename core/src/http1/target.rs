@@ -45,6 +45,8 @@ fn invalid(msg: &str) -> GatewayError {
 
 /// Parses the request line at the start of `buf`, skipping empty lines before it (RFC 9112
 /// §2.2). `Ok(None)` while the line is incomplete and what is there could still be valid.
+// Longer than ~100 lines on purpose: the request line's grammar (method, one SP, the four
+// request-target forms, one SP, version) read in one pass, each form a block with its test.
 pub(super) fn parse_request_line(buf: &[u8]) -> Result<Option<RequestLine>, GatewayError> {
     let mut start = 0;
     loop {

@@ -282,137 +282,144 @@ fn keys_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
                 .collect();
             Ok(Answer(200, json!({"object": "list", "data": data})))
         }
-        ("POST", []) => {
-            let c: CreateKey = parse_body(body)?;
-            let limits = c.limits();
-            let team = c.team.unwrap_or_else(|| "default".to_string());
-            if !valid_name(&c.name) {
-                return Err(name_error("name"));
-            }
-            if !valid_name(&team) {
-                return Err(name_error("team"));
-            }
-            check_budget(c.budget_usd)?;
-            let reg = registry(shared)?;
-            let secret = new_key().map_err(|e| {
-                tracing::error!(error = %e, "admin: no randomness for a new key");
-                fail(500, "no_randomness", "cannot read the OS random source")
-            })?;
-            let id_bytes = random_bytes::<8>()
-                .map_err(|_| fail(500, "no_randomness", "cannot read the OS random source"))?;
-            let record = KeyRecord {
-                id: format!("key_{}", keys::to_hex(&id_bytes)),
-                name: c.name,
-                team,
-                user: c.user,
-                hash: keys::hash_hex(&secret),
-                prefix: keys::visible_prefix(&secret),
-                limits,
-                models: c.models,
-                expires_at_unix: c.expires_at,
-                disabled: false,
-                metadata: c.metadata.unwrap_or(Value::Null),
-                created_at_unix: crate::clock::unix_s(),
-            };
-            reg.store.create_key(&record).map_err(store_error)?;
-            reg.rebuild(auth).map_err(store_error)?;
-            tracing::info!(key_id = %record.id, prefix = %record.prefix, team = %record.team, "admin: key created");
-            let mut view = key_view(&record, auth.index().key(&record.id).map(|e| &**e), false);
-            view["key"] = Value::String(secret);
-            Ok(Answer(201, view))
-        }
-        (_, [id, tail @ ..]) => {
-            let index = auth.index();
-            let Some(entry) = index.key(id).cloned() else {
-                return Err(fail(
-                    404,
-                    "not_found",
-                    format!("No key with id `{}`.", bounded(id)),
-                ));
-            };
-            if method == "GET" && tail.is_empty() {
-                return Ok(Answer(
-                    200,
-                    key_view(&entry.record, Some(&entry), entry.from_config),
-                ));
-            }
-            if entry.from_config {
-                return Err(fail(
-                    409,
-                    "declared_in_config",
-                    format!(
-                        "Key `{}` is declared in the config file; change it there.",
-                        bounded(id)
-                    ),
-                ));
-            }
-            let reg = registry(shared)?;
-            // The store is the truth: re-read under the lock.
-            let mut record = reg.store.get_key(id).map_err(store_error)?.ok_or_else(|| {
-                fail(
-                    404,
-                    "not_found",
-                    format!("No key with id `{}`.", bounded(id)),
-                )
-            })?;
-            let mut shown = None;
-            match (method, tail) {
-                ("PATCH", []) => {
-                    let patch: Map<String, Value> = parse_body(body)?;
-                    patch_key(&mut record, patch)?;
-                    reg.store.update_key(&record).map_err(store_error)?;
-                }
-                ("POST", ["disable"]) | ("POST", ["enable"]) => {
-                    record.disabled = tail == ["disable"];
-                    reg.store.update_key(&record).map_err(store_error)?;
-                }
-                ("POST", ["rotate"]) => {
-                    let secret = new_key().map_err(|_| {
-                        fail(500, "no_randomness", "cannot read the OS random source")
-                    })?;
-                    let old = record.clone();
-                    record.hash = keys::hash_hex(&secret);
-                    record.prefix = keys::visible_prefix(&secret);
-                    // Same id (spend and ledger continue), new hash: delete and re-create.
-                    reg.store.delete_key(id).map_err(store_error)?;
-                    if let Err(e) = reg.store.create_key(&record) {
-                        let _ = reg.store.create_key(&old);
-                        return Err(store_error(e));
-                    }
-                    shown = Some(secret);
-                }
-                ("DELETE", []) => {
-                    reg.store.delete_key(id).map_err(store_error)?;
-                    reg.rebuild(auth).map_err(store_error)?;
-                    tracing::info!(key_id = %id, "admin: key deleted");
-                    return Ok(Answer(
-                        200,
-                        json!({"object": "key", "id": id, "deleted": true}),
-                    ));
-                }
-                _ => {
-                    return Err(fail(
-                        405,
-                        "method_not_allowed",
-                        format!("{} is not allowed here", bounded(method)),
-                    ))
-                }
-            }
-            reg.rebuild(auth).map_err(store_error)?;
-            tracing::info!(key_id = %id, change = %tail.first().copied().unwrap_or("patch"), "admin: key changed");
-            let index = auth.index();
-            let mut view = key_view(&record, index.key(id).map(|e| &**e), false);
-            if let Some(secret) = shown {
-                view["key"] = Value::String(secret);
-            }
-            Ok(Answer(200, view))
-        }
+        ("POST", []) => create_key(shared, body),
+        (_, [id, tail @ ..]) => key_action(shared, method, id, tail, body),
         _ => Err(fail(
             405,
             "method_not_allowed",
             format!("{} is not allowed here", bounded(method)),
         )),
     }
+}
+
+/// `POST /admin/keys`: a new key, shown once.
+fn create_key(shared: &Shared, body: &[u8]) -> Res {
+    let auth = &shared.auth;
+    let c: CreateKey = parse_body(body)?;
+    let limits = c.limits();
+    let team = c.team.unwrap_or_else(|| "default".to_string());
+    if !valid_name(&c.name) {
+        return Err(name_error("name"));
+    }
+    if !valid_name(&team) {
+        return Err(name_error("team"));
+    }
+    check_budget(c.budget_usd)?;
+    let reg = registry(shared)?;
+    let secret = new_key().map_err(|e| {
+        tracing::error!(error = %e, "admin: no randomness for a new key");
+        fail(500, "no_randomness", "cannot read the OS random source")
+    })?;
+    let id_bytes = random_bytes::<8>()
+        .map_err(|_| fail(500, "no_randomness", "cannot read the OS random source"))?;
+    let record = KeyRecord {
+        id: format!("key_{}", keys::to_hex(&id_bytes)),
+        name: c.name,
+        team,
+        user: c.user,
+        hash: keys::hash_hex(&secret),
+        prefix: keys::visible_prefix(&secret),
+        limits,
+        models: c.models,
+        expires_at_unix: c.expires_at,
+        disabled: false,
+        metadata: c.metadata.unwrap_or(Value::Null),
+        created_at_unix: crate::clock::unix_s(),
+    };
+    reg.store.create_key(&record).map_err(store_error)?;
+    reg.rebuild(auth).map_err(store_error)?;
+    tracing::info!(key_id = %record.id, prefix = %record.prefix, team = %record.team, "admin: key created");
+    let mut view = key_view(&record, auth.index().key(&record.id).map(|e| &**e), false);
+    view["key"] = Value::String(secret);
+    Ok(Answer(201, view))
+}
+
+/// `GET|PATCH|DELETE /admin/keys/{id}` and `POST /admin/keys/{id}/(disable|enable|rotate)`.
+fn key_action(shared: &Shared, method: &str, id: &str, tail: &[&str], body: &[u8]) -> Res {
+    let auth = &shared.auth;
+    let index = auth.index();
+    let Some(entry) = index.key(id).cloned() else {
+        return Err(fail(
+            404,
+            "not_found",
+            format!("No key with id `{}`.", bounded(id)),
+        ));
+    };
+    if method == "GET" && tail.is_empty() {
+        return Ok(Answer(
+            200,
+            key_view(&entry.record, Some(&entry), entry.from_config),
+        ));
+    }
+    if entry.from_config {
+        return Err(fail(
+            409,
+            "declared_in_config",
+            format!(
+                "Key `{}` is declared in the config file; change it there.",
+                bounded(id)
+            ),
+        ));
+    }
+    let reg = registry(shared)?;
+    // The store is the truth: re-read under the lock.
+    let mut record = reg.store.get_key(id).map_err(store_error)?.ok_or_else(|| {
+        fail(
+            404,
+            "not_found",
+            format!("No key with id `{}`.", bounded(id)),
+        )
+    })?;
+    let mut shown = None;
+    match (method, tail) {
+        ("PATCH", []) => {
+            let patch: Map<String, Value> = parse_body(body)?;
+            patch_key(&mut record, patch)?;
+            reg.store.update_key(&record).map_err(store_error)?;
+        }
+        ("POST", ["disable"]) | ("POST", ["enable"]) => {
+            record.disabled = tail == ["disable"];
+            reg.store.update_key(&record).map_err(store_error)?;
+        }
+        ("POST", ["rotate"]) => {
+            let secret = new_key()
+                .map_err(|_| fail(500, "no_randomness", "cannot read the OS random source"))?;
+            let old = record.clone();
+            record.hash = keys::hash_hex(&secret);
+            record.prefix = keys::visible_prefix(&secret);
+            // Same id (spend and ledger continue), new hash: delete and re-create.
+            reg.store.delete_key(id).map_err(store_error)?;
+            if let Err(e) = reg.store.create_key(&record) {
+                let _ = reg.store.create_key(&old);
+                return Err(store_error(e));
+            }
+            shown = Some(secret);
+        }
+        ("DELETE", []) => {
+            reg.store.delete_key(id).map_err(store_error)?;
+            reg.rebuild(auth).map_err(store_error)?;
+            tracing::info!(key_id = %id, "admin: key deleted");
+            return Ok(Answer(
+                200,
+                json!({"object": "key", "id": id, "deleted": true}),
+            ));
+        }
+        _ => {
+            return Err(fail(
+                405,
+                "method_not_allowed",
+                format!("{} is not allowed here", bounded(method)),
+            ))
+        }
+    }
+    reg.rebuild(auth).map_err(store_error)?;
+    tracing::info!(key_id = %id, change = %tail.first().copied().unwrap_or("patch"), "admin: key changed");
+    let index = auth.index();
+    let mut view = key_view(&record, index.key(id).map(|e| &**e), false);
+    if let Some(secret) = shown {
+        view["key"] = Value::String(secret);
+    }
+    Ok(Answer(200, view))
 }
 
 fn check_budget(b: Option<f64>) -> Result<(), Answer> {

@@ -132,33 +132,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         Workers::Count(n) => n,
     };
     let driver = effective_driver(config.server.driver);
-    // Bind every listener before starting anything, so a busy port fails fast. With port 0
-    // the first listener picks the port and the others join it.
-    let mut listen = config.server.listen;
-    let mut listeners = Vec::with_capacity(workers);
-    // Socket activation (tuning/sluice.socket): systemd hands the listening socket in; every
-    // worker accepts on a dup of it and server.listen is ignored.
-    let activated = crate::ops::sdnotify::listen_fds();
-    if let Some(first) = activated.first() {
-        listen = first.local_addr()?;
-        if activated.len() > 1 {
-            tracing::warn!(
-                sockets = activated.len(),
-                "socket activation: only the first socket is served"
-            );
-        }
-        for _ in 0..workers {
-            listeners.push(first.try_clone()?);
-        }
-        tracing::info!(%listen, "socket activation: serving the socket systemd passed; server.listen ignored");
-    } else {
-        for _ in 0..workers {
-            let listener = bind_reuseport(listen)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
-            listen = listener.local_addr()?;
-            listeners.push(listener);
-        }
-    }
+    let (listeners, listen) = bind_listeners(config.server.listen, workers)?;
     // Signals are registered before READY=1: SIGHUP's default action would kill the process,
     // and systemd counts a SIGHUP death as clean, so Restart=on-failure would not restart it.
     let signals = {
@@ -212,25 +186,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         tracing::info!(%admin, "admin listener (metrics) up");
     }
 
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let mut stops = Vec::with_capacity(workers);
-    let mut handles = Vec::with_capacity(workers);
-    for (id, listener) in listeners.into_iter().enumerate() {
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        stops.push(stop_tx);
-        let generations = generations.clone();
-        let core = (shared.config.server.pin_workers && !cores.is_empty())
-            .then(|| cores[id % cores.len()]);
-        let handle = std::thread::Builder::new()
-            .name(format!("sluice-w{id}"))
-            .spawn(move || {
-                if let Some(core) = core {
-                    core_affinity::set_for_current(core);
-                }
-                run_worker(id, generations, listener, driver, stop_rx)
-            })?;
-        handles.push(handle);
-    }
+    let (stops, handles) = start_workers(&shared, &generations, listeners, driver)?;
     tracing::info!(%listen, workers, "sluice listening");
 
     // systemd (Type=notify): READY=1 once every worker accepts.
@@ -250,6 +206,90 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
     }
 
     wait_for_signal(&generations, signals)?;
+    let result = shut_down(&shared, stops, handles);
+    drop(ledger_handle);
+    tracing::info!("stopped");
+    result
+}
+
+/// One listener per worker, bound before anything starts so a busy port fails fast (with port
+/// 0 the first listener picks the port and the others join it); or, with socket activation,
+/// dups of the socket systemd passed. Returns them and the address served.
+fn bind_listeners(
+    configured: SocketAddr,
+    workers: usize,
+) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let mut listen = configured;
+    let mut listeners = Vec::with_capacity(workers);
+    // Socket activation (tuning/sluice.socket): systemd hands the listening socket in; every
+    // worker accepts on a dup of it and server.listen is ignored.
+    let activated = crate::ops::sdnotify::listen_fds();
+    if let Some(first) = activated.first() {
+        listen = first.local_addr()?;
+        if activated.len() > 1 {
+            tracing::warn!(
+                sockets = activated.len(),
+                "socket activation: only the first socket is served"
+            );
+        }
+        for _ in 0..workers {
+            listeners.push(first.try_clone()?);
+        }
+        tracing::info!(%listen, "socket activation: serving the socket systemd passed; server.listen ignored");
+    } else {
+        for _ in 0..workers {
+            let listener = bind_reuseport(listen)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+            listen = listener.local_addr()?;
+            listeners.push(listener);
+        }
+    }
+    Ok((listeners, listen))
+}
+
+/// The stop signals and join handles of the worker threads.
+type Started = (
+    Vec<oneshot::Sender<()>>,
+    Vec<std::thread::JoinHandle<io::Result<()>>>,
+);
+
+/// Starts one worker thread per listener, pinned to a core when the config says so.
+fn start_workers(
+    shared: &Shared,
+    generations: &Generations,
+    listeners: Vec<std::net::TcpListener>,
+    driver: Driver,
+) -> io::Result<Started> {
+    let workers = listeners.len();
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut stops = Vec::with_capacity(workers);
+    let mut handles = Vec::with_capacity(workers);
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        stops.push(stop_tx);
+        let generations = generations.clone();
+        let core = (shared.config.server.pin_workers && !cores.is_empty())
+            .then(|| cores[id % cores.len()]);
+        let handle = std::thread::Builder::new()
+            .name(format!("sluice-w{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                run_worker(id, generations, listener, driver, stop_rx)
+            })?;
+        handles.push(handle);
+    }
+    Ok((stops, handles))
+}
+
+/// Drains: stops the workers (each finishes what is in flight, up to the drain timeout),
+/// joins them, and flushes the ledger with the usage of the requests they finished.
+fn shut_down(
+    shared: &Shared,
+    stops: Vec<oneshot::Sender<()>>,
+    handles: Vec<std::thread::JoinHandle<io::Result<()>>>,
+) -> io::Result<()> {
     let _ = crate::ops::sdnotify::stopping();
     // Keep systemd from killing a long drain (TimeoutStopSec covers the default 30 s).
     let _ = crate::ops::sdnotify::extend_timeout(
@@ -278,8 +318,6 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
             tracing::error!(pending = ledger.pending(), "ledger flush timed out");
         }
     }
-    drop(ledger_handle);
-    tracing::info!("stopped");
     result
 }
 

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use monoio::io::AsyncWriteRentExt;
-use sluice_core::cache::CacheRequest;
+use sluice_core::cache::{CacheRequest, StoredAnswer};
 use sluice_core::error::GatewayError;
 use sluice_core::http1::RequestHead;
 use sluice_core::limits::LimitSet;
@@ -158,16 +158,7 @@ async fn admit_and_forward(
     {
         Lookup::Miss(a) => a,
         Lookup::Hit(stage, stored) => {
-            // A stored answer, whole: the request counts, and costs no tokens.
-            let headers: [(&str, &[u8]); 1] = [("x-sluice-cache", b"hit")];
-            let bytes = respond::json(
-                200,
-                &stored.body,
-                &headers,
-                call.keep_alive,
-                &request.request_id,
-            );
-            let (keep_alive, answer) = write(wr, bytes, 200, call.keep_alive).await;
+            let (keep_alive, answer) = replay(wr, call, &request, &stored).await;
             return Served {
                 keep_alive,
                 early: Vec::new(),
@@ -219,6 +210,27 @@ async fn admit_and_forward(
             answer: done.answer,
         },
     }
+}
+
+/// Answers from the response store: the stored answer, whole. The request counted against
+/// the caller's request rate and costs no tokens.
+async fn replay(
+    wr: &mut ClientWrite,
+    call: &Call<'_>,
+    request: &RequestFacts,
+    stored: &StoredAnswer,
+) -> (bool, Answer) {
+    let headers: [(&str, &[u8]); 1] = [("x-sluice-cache", b"hit")];
+    let bytes = respond::json(
+        200,
+        &stored.body,
+        &headers,
+        call.keep_alive,
+        &request.request_id,
+    );
+    let (keep_alive, mut answer) = write(wr, bytes, 200, call.keep_alive).await;
+    answer.cost_micros = Some(0);
+    (keep_alive, answer)
 }
 
 /// Answers a request a stage refused with its error (and the key's `x-ratelimit-*` headers).

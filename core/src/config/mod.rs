@@ -1,0 +1,615 @@
+//! Configuration in two stages: raw serde types that mirror the TOML file
+//! (`deny_unknown_fields`, so a typo fails with its path), then a validated [`Config`] of typed
+//! values that the data plane uses without further checks.
+//!
+//! Secrets are referenced, never inlined: `api_key = "env:OPENAI_API_KEY"` is read through a
+//! [`SecretSource`], which tests fill without touching the process environment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use crate::balance::{BalanceConfig, RawBalance, Strategy};
+use crate::breaker::{BreakerConfig, RawBreaker};
+use crate::hedge::{HedgePolicy, RawHedge};
+use crate::retry::{RawRetry, RetryPolicy};
+
+mod access;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub use access::{AuthMode, LimitsConfig, StaticKey, StoreConfig};
+
+/// Where `env:NAME` references are looked up.
+pub trait SecretSource {
+    /// The value of variable `name`, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl SecretSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl SecretSource for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// A secret value. Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A configuration that could not be accepted; the message names the offending key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw stage
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    auth: Option<String>,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    tracing: RawTracing,
+    #[serde(default)]
+    providers: Vec<RawProvider>,
+    #[serde(default)]
+    models: Vec<RawModel>,
+    store: Option<access::RawStore>,
+    #[serde(default)]
+    limits: access::RawLimits,
+    #[serde(default)]
+    prices: HashMap<String, crate::cost::Price>,
+    #[serde(default)]
+    keys: Vec<access::RawKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawWorkers {
+    Count(u32),
+    Word(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    workers: Option<RawWorkers>,
+    driver: Option<String>,
+    pin_workers: Option<bool>,
+    max_connections_per_worker: Option<u32>,
+    max_header_bytes: Option<u32>,
+    max_body_bytes: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    keepalive_idle_timeout_ms: Option<u64>,
+    drain_timeout_ms: Option<u64>,
+    tls: Option<RawServerTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTls {
+    cert_file: String,
+    key_file: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
+    access_log: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTracing {
+    otlp_endpoint: Option<String>,
+    service_name: Option<String>,
+    sample_ratio: Option<f64>,
+    max_queue_spans: Option<u32>,
+    max_batch_spans: Option<u32>,
+    flush_interval_ms: Option<u64>,
+    export_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    enabled: Option<bool>,
+    listen: Option<String>,
+    metrics_on_main: Option<bool>,
+    per_key_metrics: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    kind: Option<String>,
+    base_url: String,
+    api_key: Option<String>,
+    ca_file: Option<String>,
+    default_max_tokens: Option<u32>,
+    api_version: Option<String>,
+    extra: Option<toml::Table>,
+    health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    connect_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    total_timeout_ms: Option<u64>,
+    pool_max_idle: Option<u32>,
+    pool_idle_timeout_ms: Option<u64>,
+    dns_refresh_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    path: Option<String>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: String,
+    deployments: Vec<RawDeployment>,
+    strategy: Option<Strategy>,
+    #[serde(default)]
+    fallbacks: Vec<String>,
+    context_window_fallback: Option<String>,
+    balance: Option<RawBalance>,
+    retry: Option<RawRetry>,
+    breaker: Option<RawBreaker>,
+    hedge: Option<RawHedge>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    provider: String,
+    model: String,
+    weight: Option<u32>,
+    rpm: Option<u32>,
+    tpm: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated stage
+// ---------------------------------------------------------------------------------------------
+
+/// How many worker threads to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workers {
+    /// One per available core.
+    Auto,
+    /// Exactly this many.
+    Count(usize),
+}
+
+/// Which I/O driver the workers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring when the kernel allows it, else epoll.
+    Auto,
+    /// io_uring or fail.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+/// Listener, limits and timeouts of the client-facing server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address every worker listens on (SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// Worker thread count.
+    pub workers: Workers,
+    /// I/O driver.
+    pub driver: Driver,
+    /// Pin worker `i` to core `i`.
+    pub pin_workers: bool,
+    /// Connections a worker holds at most; more are answered 503 and closed.
+    pub max_connections_per_worker: usize,
+    /// Largest request head (431 past it).
+    pub max_header_bytes: usize,
+    /// Largest request body (413 past it).
+    pub max_body_bytes: u64,
+    /// Time allowed to receive a whole request head once its first byte arrived (408 past it).
+    pub header_read_timeout_ms: u64,
+    /// Time allowed to receive a whole body (408 past it).
+    pub body_read_timeout_ms: u64,
+    /// Time an idle keep-alive connection is kept.
+    pub keepalive_idle_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight requests get to finish.
+    pub drain_timeout_ms: u64,
+    /// TLS termination on the client listener; `None` serves plain HTTP.
+    pub tls: Option<ServerTls>,
+}
+
+/// Certificate and key of the client listener (`[server.tls]`), both PEM. The files are read
+/// by the proxy at start-up and again on SIGHUP or when they change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 RSA or SEC1).
+    pub key_file: std::path::PathBuf,
+}
+
+/// Access and diagnostic logging.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info`; `RUST_LOG` overrides it.
+    pub level: String,
+    /// JSON lines or human text.
+    pub json: bool,
+    /// One line per request.
+    pub access_log: bool,
+}
+
+/// The admin listener: metrics (and the admin API), off the data plane.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdminConfig {
+    /// Whether the admin listener runs.
+    pub enabled: bool,
+    /// Where it listens (default 127.0.0.1:8081; keep it private).
+    pub listen: SocketAddr,
+    /// Also serve `GET /metrics` on the client listener.
+    pub metrics_on_main: bool,
+    /// Label request metrics by key and team (bounded by the number of keys).
+    pub per_key_metrics: bool,
+}
+
+/// OpenTelemetry trace export (OTLP over HTTP/protobuf).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TracingConfig {
+    /// Where spans go, e.g. `http://127.0.0.1:4318/v1/traces`; `None` disables tracing.
+    pub otlp_endpoint: Option<Endpoint>,
+    /// `service.name` of the exported resource.
+    pub service_name: String,
+    /// Share of requests traced when the client sent no sampled `traceparent` (0..=1).
+    pub sample_ratio: f64,
+    /// Spans queued for export at most; more are dropped and counted.
+    pub max_queue_spans: usize,
+    /// Spans per export request at most.
+    pub max_batch_spans: usize,
+    /// Longest time a span waits before its batch is sent.
+    pub flush_interval_ms: u64,
+    /// Timeout of one export request.
+    pub export_timeout_ms: u64,
+}
+
+/// The wire dialect a provider speaks: `openai` (and every OpenAI-compatible server),
+/// `azure`, `anthropic` or `gemini`.
+pub use crate::dialect::Dialect as ProviderKind;
+
+/// Where a provider is, parsed from its base URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `https` or not.
+    pub tls: bool,
+    /// Host name or IP literal (without brackets), used for DNS, SNI and `Host`.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Path prefix without a trailing slash, e.g. `/v1`.
+    pub path_prefix: String,
+    /// The `Host` header value (with the port when not the scheme's default).
+    pub host_header: String,
+}
+
+/// One upstream provider.
+#[derive(Clone, Debug)]
+pub struct Provider {
+    /// Unique name, referenced by deployments and shown in logs.
+    pub name: String,
+    /// Dialect.
+    pub kind: ProviderKind,
+    /// Where it is.
+    pub endpoint: Endpoint,
+    /// Sent as `Authorization: Bearer`.
+    pub api_key: Option<Secret>,
+    /// A PEM bundle of extra trusted roots for this provider (a private CA), on top of the
+    /// system and webpki roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Extra headers sent on every request.
+    pub headers: Vec<(String, String)>,
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout_ms: u64,
+    /// From request sent to the first byte of the response head.
+    pub first_byte_timeout_ms: u64,
+    /// Longest silence between two body reads.
+    pub idle_timeout_ms: u64,
+    /// Whole exchange.
+    pub total_timeout_ms: u64,
+    /// Idle keep-alive connections a worker keeps for this provider.
+    pub pool_max_idle: usize,
+    /// How long an idle pooled connection may be reused.
+    pub pool_idle_timeout_ms: u64,
+    /// How often the host name is resolved again.
+    pub dns_refresh_ms: u64,
+    /// `max_tokens` sent to Anthropic when the client set none (it is required there).
+    pub default_max_tokens: u32,
+    /// Azure OpenAI `api-version`.
+    pub api_version: Option<String>,
+    /// Provider-specific fields merged into every translated request body.
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Active health checks, when configured.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// An active health check: `GET {base_url}{path}` every `interval_ms`; a failure or a status
+/// of 500 and above counts against the breakers of the provider's deployments, a success lets
+/// an open breaker's probe through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path under the base URL, e.g. `/models`.
+    pub path: String,
+    /// Time between checks.
+    pub interval_ms: u64,
+    /// Time a check may take.
+    pub timeout_ms: u64,
+}
+
+/// A provider plus the model name it knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    /// Index into [`Config::providers`].
+    pub provider: usize,
+    /// Upstream model name; `*` keeps the name the client asked for.
+    pub model: String,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// `provider/model`, for headers and logs.
+    pub label: String,
+    /// The provider's own requests-per-minute limit for this deployment: Sluice sends no
+    /// more, so it never triggers the provider's 429.
+    pub rpm: Option<u32>,
+    /// The provider's own tokens-per-minute limit (prompt estimate + `max_tokens` reserved,
+    /// settled with the real usage).
+    pub tpm: Option<u64>,
+}
+
+/// A public model name and the deployments that serve it.
+#[derive(Clone, Debug)]
+pub struct ModelGroup {
+    /// Public name, or a prefix pattern ending in `*`.
+    pub name: String,
+    /// At least one.
+    pub deployments: Vec<Deployment>,
+    /// How a deployment is chosen.
+    pub strategy: Strategy,
+    /// Balancer tuning (EWMA decay, penalties).
+    pub balance: BalanceConfig,
+    /// Retries within the group and the request deadline.
+    pub retry: RetryPolicy,
+    /// Circuit breaker per deployment.
+    pub breaker: BreakerConfig,
+    /// Hedged requests, when enabled.
+    pub hedge: Option<HedgePolicy>,
+    /// Groups tried in order when this one is exhausted (indices into [`Config::models`]).
+    pub fallbacks: Vec<usize>,
+    /// The group tried when the prompt does not fit this group's context window.
+    pub context_window_fallback: Option<usize>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Client-facing server.
+    pub server: ServerConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Admin listener and metrics.
+    pub admin: AdminConfig,
+    /// Trace export.
+    pub tracing: TracingConfig,
+    /// Providers, referenced by index.
+    pub providers: Vec<Provider>,
+    /// Model groups in config order (the order of `/v1/models`).
+    pub models: Vec<ModelGroup>,
+    /// Whether API requests need a virtual key (`auth = "none"` turns it off).
+    pub auth: AuthMode,
+    /// The embedded store.
+    pub store: StoreConfig,
+    /// Admission defaults.
+    pub limits: LimitsConfig,
+    /// `[prices]`: USD per million tokens by model name or prefix, over the bundled table.
+    pub prices: HashMap<String, crate::cost::Price>,
+    /// Keys declared in the config (hashed at load).
+    pub keys: Vec<StaticKey>,
+    exact: HashMap<String, usize>,
+    /// (prefix, group index), longest prefix first.
+    patterns: Vec<(String, usize)>,
+}
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str, secrets: &dyn SecretSource) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_string();
+            if path.is_empty() || path == "." {
+                ConfigError(format!("invalid config: {msg}"))
+            } else {
+                ConfigError(format!("invalid config at `{path}`: {msg}"))
+            }
+        })?;
+        validate::validate(raw, secrets)
+    }
+
+    /// The embedded default: 127.0.0.1:8080 and the providers whose keys are in the
+    /// environment (`OPENAI_API_KEY`, with `OPENAI_BASE_URL` to point elsewhere).
+    ///
+    /// It listens on loopback only and runs without authentication and without a store, so
+    /// trying the gateway needs nothing; `SLUICE_AUTH=keys` turns keys (and the store) on.
+    pub fn embedded_default(secrets: &dyn SecretSource) -> Result<Config, ConfigError> {
+        let auth = match secrets.var("SLUICE_AUTH").as_deref() {
+            None | Some("none") => "none",
+            Some("keys") => "keys",
+            Some(other) => {
+                return err(format!(
+                    "SLUICE_AUTH: expected \"keys\" or \"none\", got `{other}`"
+                ))
+            }
+        };
+        let mut text = format!("auth = \"{auth}\"\n[server]\nlisten = \"127.0.0.1:8080\"\n");
+        if secrets.var("OPENAI_API_KEY").is_some() {
+            let base = secrets
+                .var("OPENAI_BASE_URL")
+                .unwrap_or_else(|| "https://api.openai.com/v1".to_string());
+            let base = toml::Value::String(base);
+            text.push_str(&format!(
+                "[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = {base}\napi_key = \"env:OPENAI_API_KEY\"\n"
+            ));
+            for pattern in [
+                "gpt-*",
+                "chatgpt-*",
+                "o1*",
+                "o3*",
+                "o4*",
+                "text-embedding-*",
+                "omni-moderation-*",
+            ] {
+                text.push_str(&format!(
+                    "[[models]]\nname = \"{pattern}\"\ndeployments = [{{ provider = \"openai\", model = \"*\" }}]\n"
+                ));
+            }
+        }
+        Config::from_toml(&text, secrets)
+    }
+
+    /// The group serving public model `name`: an exact name first, then the longest matching
+    /// `prefix*` pattern.
+    pub fn model(&self, name: &str) -> Option<&ModelGroup> {
+        self.model_index(name).and_then(|i| self.models.get(i))
+    }
+
+    /// The index in [`Config::models`] of the group serving `name` (see [`Config::model`]).
+    pub fn model_index(&self, name: &str) -> Option<usize> {
+        if let Some(i) = self.exact.get(name) {
+            return Some(*i);
+        }
+        self.patterns
+            .iter()
+            .find(|(prefix, _)| name.starts_with(prefix.as_str()))
+            .map(|(_, i)| *i)
+    }
+
+    /// A human summary of what would be served, for `sluice check-config`.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "listen {} ({} workers, driver {:?})\n",
+            self.server.listen,
+            match self.server.workers {
+                Workers::Auto => "auto".to_string(),
+                Workers::Count(n) => n.to_string(),
+            },
+            self.server.driver
+        );
+        if let Some(tls) = &self.server.tls {
+            out.push_str(&format!(
+                "tls on the listener: cert {} key {}\n",
+                tls.cert_file.display(),
+                tls.key_file.display()
+            ));
+        }
+        for p in &self.providers {
+            out.push_str(&format!(
+                "provider {} ({:?}) {}://{}:{}{}{}\n",
+                p.name,
+                p.kind,
+                if p.endpoint.tls { "https" } else { "http" },
+                p.endpoint.host,
+                p.endpoint.port,
+                p.endpoint.path_prefix,
+                if p.api_key.is_some() {
+                    " [key set]"
+                } else {
+                    ""
+                }
+            ));
+        }
+        match (self.auth, &self.store.path) {
+            (AuthMode::None, _) => out.push_str("auth none (any key or none is accepted)\n"),
+            (AuthMode::Keys, _) => out.push_str(&format!(
+                "auth keys ({} declared in the config; more through the admin API)\n",
+                self.keys.len()
+            )),
+        }
+        if let Some(path) = &self.store.path {
+            out.push_str(&format!("store {}\n", path.display()));
+        }
+        for k in &self.keys {
+            out.push_str(&format!(
+                "key {} ({}, team {}){}\n",
+                k.record.name,
+                k.record.prefix,
+                k.record.team,
+                if k.literal {
+                    " [literal in the file: demo only]"
+                } else {
+                    ""
+                }
+            ));
+        }
+        for m in &self.models {
+            let deps: Vec<String> = m
+                .deployments
+                .iter()
+                .map(|d| format!("{} (weight {})", d.label, d.weight))
+                .collect();
+            out.push_str(&format!("model {} -> {}\n", m.name, deps.join(", ")));
+        }
+        out
+    }
+}

@@ -1,0 +1,247 @@
+//! Config parsing and validation, from TOML text to errors naming the bad key.
+
+use super::validate::parse_endpoint;
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const MOCK: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+workers = 2
+
+[[providers]]
+name = "mock"
+base_url = "http://127.0.0.1:9000/v1/"
+api_key = "env:MOCK_KEY"
+headers = { "x-team" = "search" }
+
+[[models]]
+name = "mock-fast"
+deployments = [{ provider = "mock", model = "gpt-4o-mini", weight = 3 }]
+
+[[models]]
+name = "mock-*"
+deployments = [{ provider = "mock", model = "*" }]
+"#;
+
+#[test]
+fn parses_the_mock_config() {
+    let cfg = Config::from_toml(MOCK, &env(&[("MOCK_KEY", "sk-test")])).unwrap();
+    assert_eq!(cfg.server.workers, Workers::Count(2));
+    assert_eq!(cfg.server.max_header_bytes, 32 * 1024);
+    let p = &cfg.providers[0];
+    assert_eq!(p.endpoint.path_prefix, "/v1");
+    assert_eq!(p.endpoint.host_header, "127.0.0.1:9000");
+    assert_eq!(p.api_key.as_ref().unwrap().expose(), "sk-test");
+    assert_eq!(format!("{:?}", p.api_key), "Some(Secret(***))");
+    assert_eq!(cfg.model("mock-fast").unwrap().deployments[0].weight, 3);
+    assert_eq!(cfg.model("mock-other").unwrap().name, "mock-*");
+    assert!(cfg.model("gpt-4").is_none());
+    assert!(cfg.summary().contains("mock-fast -> mock/gpt-4o-mini"));
+    assert!(!cfg.summary().contains("sk-test"));
+}
+
+#[test]
+fn errors_name_the_path() {
+    let e = Config::from_toml("[server]\nlisten = \"x\"\nbogus = 1\n", &env(&[])).unwrap_err();
+    assert!(e.0.contains("server"), "{e}");
+    let e = Config::from_toml("[server]\nlisten = \"nope\"\n", &env(&[])).unwrap_err();
+    assert!(e.0.contains("server.listen"), "{e}");
+    let e = Config::from_toml(MOCK, &env(&[])).unwrap_err();
+    assert!(
+        e.0.contains("providers[0].api_key") && e.0.contains("MOCK_KEY"),
+        "{e}"
+    );
+    let e = Config::from_toml(
+        &MOCK.replace("api_key = \"env:MOCK_KEY\"", "api_key = \"sk-inline\""),
+        &env(&[]),
+    )
+    .unwrap_err();
+    assert!(
+        e.0.contains("never inlined") && !e.0.contains("sk-inline"),
+        "{e}"
+    );
+    let e = Config::from_toml(
+        &MOCK.replace(
+            "provider = \"mock\", model = \"gpt",
+            "provider = \"nope\", model = \"gpt",
+        ),
+        &env(&[("MOCK_KEY", "k")]),
+    )
+    .unwrap_err();
+    assert!(e.0.contains("models[0].deployments[0].provider"), "{e}");
+    let e =
+        Config::from_toml("[[models]]\nname = \"a\"\ndeployments = []\n", &env(&[])).unwrap_err();
+    assert!(e.0.contains("models[0].deployments"), "{e}");
+    let e = Config::from_toml("[server]\nworkers = \"many\"\n", &env(&[])).unwrap_err();
+    assert!(e.0.contains("server.workers"), "{e}");
+}
+
+#[test]
+fn embedded_default_registers_env_providers() {
+    let cfg = Config::embedded_default(&env(&[])).unwrap();
+    assert!(cfg.providers.is_empty());
+    assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
+    let cfg = Config::embedded_default(&env(&[("OPENAI_API_KEY", "sk-x")])).unwrap();
+    assert_eq!(cfg.providers[0].endpoint.host, "api.openai.com");
+    assert!(cfg.providers[0].endpoint.tls);
+    assert_eq!(cfg.model("gpt-4o").unwrap().deployments[0].model, "*");
+    assert_eq!(
+        cfg.model("text-embedding-3-small").unwrap().name,
+        "text-embedding-*"
+    );
+}
+
+#[test]
+fn endpoints() {
+    let e = parse_endpoint("https://[::1]:8443/openai").unwrap();
+    assert_eq!(e.host, "::1");
+    assert_eq!(e.host_header, "[::1]:8443");
+    assert_eq!(e.path_prefix, "/openai");
+    let e = parse_endpoint("https://api.example.com").unwrap();
+    assert_eq!(
+        (e.port, e.path_prefix.as_str(), e.host_header.as_str()),
+        (443, "", "api.example.com")
+    );
+    assert!(parse_endpoint("ftp://x").is_err());
+    assert!(parse_endpoint("http://u:p@x").is_err());
+}
+
+#[test]
+fn access_settings() {
+    let base = "[server]\nlisten = \"127.0.0.1:1\"\n";
+    // A config file requires keys and opens a store by default.
+    let cfg = Config::from_toml(base, &env(&[])).unwrap();
+    assert_eq!(cfg.auth, AuthMode::Keys);
+    assert_eq!(
+        cfg.store.path.as_deref(),
+        Some(std::path::Path::new("sluice.db"))
+    );
+    assert_eq!(cfg.limits.default_max_tokens, 1024);
+    let cfg = Config::from_toml(base, &env(&[("STATE_DIRECTORY", "/var/lib/sluice:/x")])).unwrap();
+    assert_eq!(
+        cfg.store.path.as_deref(),
+        Some(std::path::Path::new("/var/lib/sluice/sluice.db"))
+    );
+    let cfg = Config::from_toml(&format!("auth = \"none\"\n{base}"), &env(&[])).unwrap();
+    assert_eq!((cfg.auth, cfg.store.path.is_none()), (AuthMode::None, true));
+    let e = Config::from_toml(&format!("auth = \"maybe\"\n{base}"), &env(&[])).unwrap_err();
+    assert!(e.0.contains("`auth`"), "{e}");
+
+    let text = r#"
+[store]
+path = "/tmp/x.db"
+synchronous = "full"
+[limits]
+default_max_tokens = 256
+[prices."mock-model"]
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+[[keys]]
+name = "demo"
+key = "sk-sluice-demo"
+models = ["mock-fast"]
+rpm = 10
+[[keys]]
+name = "ci"
+key = "env:CI_KEY"
+team = "search"
+budget_usd = 5.0
+budget_period = "daily"
+metadata = { owner = "ops" }
+"#;
+    let cfg = Config::from_toml(text, &env(&[("CI_KEY", "sk-sluice-fromenv")])).unwrap();
+    assert!(cfg.store.synchronous_full);
+    assert_eq!(cfg.limits.default_max_tokens, 256);
+    assert_eq!(cfg.prices["mock-model"].output_per_mtok, 2.0);
+    let demo = &cfg.keys[0];
+    assert!(demo.literal && demo.record.matches("sk-sluice-demo"));
+    assert_eq!(demo.record.id, "cfg_demo");
+    assert_eq!(demo.record.team, "default");
+    let ci = &cfg.keys[1];
+    assert!(!ci.literal && ci.record.matches("sk-sluice-fromenv"));
+    assert_eq!(ci.record.limits.budget_period.as_str(), "daily");
+    assert_eq!(ci.record.metadata["owner"], "ops");
+    // The key never shows: not in Debug, not in the summary.
+    let shown = format!("{cfg:?}{}", cfg.summary());
+    assert!(!shown.contains("sk-sluice-fromenv") && !shown.contains("sk-sluice-demo\""));
+    assert!(cfg.summary().contains("demo only"));
+
+    // Literal provider-looking secrets are refused, without echoing them.
+    let bad = text.replace("sk-sluice-demo", "sk-proj-abcdef");
+    let e = Config::from_toml(&bad, &env(&[("CI_KEY", "k")])).unwrap_err();
+    assert!(
+        e.0.contains("keys[0].key") && !e.0.contains("sk-proj-abcdef"),
+        "{e}"
+    );
+    let e = Config::from_toml(text, &env(&[])).unwrap_err();
+    assert!(e.0.contains("keys[1].key") && e.0.contains("CI_KEY"), "{e}");
+    let e = Config::from_toml(text, &env(&[("CI_KEY", "sk-sluice-demo")])).unwrap_err();
+    assert!(e.0.contains("same key"), "{e}");
+    let e = Config::from_toml(
+        &text.replace("name = \"ci\"", "name = \"demo\""),
+        &env(&[("CI_KEY", "x")]),
+    )
+    .unwrap_err();
+    assert!(e.0.contains("duplicate key name"), "{e}");
+    let e = Config::from_toml(
+        &text.replace("rpm = 10", "rpn = 10"),
+        &env(&[("CI_KEY", "x")]),
+    )
+    .unwrap_err();
+    assert!(e.0.contains("keys"), "{e}");
+}
+
+#[test]
+fn embedded_default_auth() {
+    let cfg = Config::embedded_default(&env(&[])).unwrap();
+    assert_eq!(cfg.auth, AuthMode::None);
+    assert!(cfg.store.path.is_none());
+    let cfg = Config::embedded_default(&env(&[("SLUICE_AUTH", "keys")])).unwrap();
+    assert_eq!(cfg.auth, AuthMode::Keys);
+    assert!(Config::embedded_default(&env(&[("SLUICE_AUTH", "x")])).is_err());
+}
+
+#[test]
+fn server_tls_table() {
+    let with = MOCK.replace(
+        "workers = 2",
+        "workers = 2\n[server.tls]\ncert_file = \"/etc/sluice/cert.pem\"\nkey_file = \"/etc/sluice/key.pem\"",
+    );
+    let cfg = Config::from_toml(&with, &env(&[("MOCK_KEY", "sk-test")])).unwrap();
+    let tls = cfg.server.tls.clone().unwrap();
+    assert_eq!(
+        tls.cert_file,
+        std::path::PathBuf::from("/etc/sluice/cert.pem")
+    );
+    assert_eq!(
+        tls.key_file,
+        std::path::PathBuf::from("/etc/sluice/key.pem")
+    );
+    assert!(cfg
+        .summary()
+        .contains("tls on the listener: cert /etc/sluice/cert.pem"));
+    assert!(Config::from_toml(MOCK, &env(&[("MOCK_KEY", "sk-test")]))
+        .unwrap()
+        .server
+        .tls
+        .is_none());
+    let missing = MOCK.replace(
+        "workers = 2",
+        "workers = 2\n[server.tls]\ncert_file = \"/c.pem\"",
+    );
+    let e = Config::from_toml(&missing, &env(&[("MOCK_KEY", "sk-test")])).unwrap_err();
+    assert!(e.0.contains("server.tls"), "{e:?}");
+    let empty = MOCK.replace(
+        "workers = 2",
+        "workers = 2\n[server.tls]\ncert_file = \"\"\nkey_file = \"/k.pem\"",
+    );
+    let e = Config::from_toml(&empty, &env(&[("MOCK_KEY", "sk-test")])).unwrap_err();
+    assert!(e.0.contains("server.tls.cert_file"), "{e:?}");
+}
