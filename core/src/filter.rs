@@ -12,6 +12,8 @@
 //! (any split), then [`Chain::finish`] once with how the body ended. Read
 //! [`Chain::usage`] and [`Chain::data_events`] after that.
 
+use smallvec::SmallVec;
+
 use crate::dialect::StreamTranslator;
 use crate::error::GatewayError;
 use crate::sse::SseScanner;
@@ -151,11 +153,44 @@ impl BodyFilter for Capture {
     }
 }
 
+/// One stage of a [`Chain`]: the built-in filters inline (no allocation per request on the
+/// hot path), any other behind a box.
+pub enum Stage {
+    /// An OpenAI event stream passed through (usage scan, injected usage stripped).
+    Scan(SseScanner),
+    /// Another dialect's event stream, translated.
+    Translate(Box<StreamTranslator>),
+    /// A bounded copy of the body.
+    Capture(Capture),
+    /// Any other filter.
+    Other(Box<dyn BodyFilter>),
+}
+
+impl Stage {
+    fn filter(&mut self) -> &mut dyn BodyFilter {
+        match self {
+            Stage::Scan(f) => f,
+            Stage::Translate(f) => f.as_mut(),
+            Stage::Capture(f) => f,
+            Stage::Other(f) => f.as_mut(),
+        }
+    }
+
+    fn peek(&self) -> &dyn BodyFilter {
+        match self {
+            Stage::Scan(f) => f,
+            Stage::Translate(f) => f.as_ref(),
+            Stage::Capture(f) => f,
+            Stage::Other(f) => f.as_ref(),
+        }
+    }
+}
+
 /// Filters applied in order: the first stage sees the upstream's bytes, the last one's output
 /// goes to the client.
 #[derive(Default)]
 pub struct Chain {
-    stages: Vec<Box<dyn BodyFilter>>,
+    stages: SmallVec<[Stage; 2]>,
     /// Scratch space between stages, reused for every piece.
     scratch: [Vec<u8>; 2],
 }
@@ -167,7 +202,7 @@ impl Chain {
     }
 
     /// Appends a stage.
-    pub fn push(&mut self, stage: Box<dyn BodyFilter>) {
+    pub fn push(&mut self, stage: Stage) {
         self.stages.push(stage);
     }
 
@@ -188,12 +223,12 @@ impl Chain {
             let [held, next] = &mut self.scratch;
             held.clear();
             if let Some(stage) = self.stages.get_mut(k) {
-                stage.finish(end, held);
+                stage.filter().finish(end, held);
             }
             // What stage k had left goes through the stages after it.
             for stage in self.stages.iter_mut().skip(k + 1) {
                 next.clear();
-                stage.handle_bytes(held, next);
+                stage.filter().handle_bytes(held, next);
                 std::mem::swap(held, next);
             }
             out.extend_from_slice(held);
@@ -208,7 +243,7 @@ impl Chain {
     ) {
         match self.stages.as_mut_slice() {
             [] => out.extend_from_slice(input),
-            [only] => f(only.as_mut(), input, out),
+            [only] => f(only.filter(), input, out),
             stages => {
                 let [a, b] = &mut self.scratch;
                 a.clear();
@@ -216,10 +251,10 @@ impl Chain {
                 let last = stages.len() - 1;
                 for (k, stage) in stages.iter_mut().enumerate() {
                     if k == last {
-                        f(stage.as_mut(), a, out);
+                        f(stage.filter(), a, out);
                     } else {
                         b.clear();
-                        f(stage.as_mut(), a, b);
+                        f(stage.filter(), a, b);
                         std::mem::swap(a, b);
                     }
                 }
@@ -229,14 +264,14 @@ impl Chain {
 
     /// Usage read by the first stage that reads any.
     pub fn usage(&self) -> Option<Usage> {
-        self.stages.iter().find_map(|s| s.usage())
+        self.stages.iter().find_map(|s| s.peek().usage())
     }
 
     /// Data events counted by the first stage that counts them.
     pub fn data_events(&self) -> u64 {
         self.stages
             .iter()
-            .map(|s| s.data_events())
+            .map(|s| s.peek().data_events())
             .find(|n| *n > 0)
             .unwrap_or(0)
     }
@@ -264,8 +299,8 @@ data: [DONE]\n\n";
     #[test]
     fn scan_then_capture_composes() {
         let mut chain = Chain::new();
-        chain.push(Box::new(SseScanner::new(true)));
-        chain.push(Box::new(Capture::new(1 << 20, false)));
+        chain.push(Stage::Scan(SseScanner::new(true)));
+        chain.push(Stage::Capture(Capture::new(1 << 20, false)));
         let out = run(&mut chain, &[STREAM], BodyEnd::Complete);
         let text = String::from_utf8(out.clone()).unwrap();
         assert!(
@@ -280,8 +315,8 @@ data: [DONE]\n\n";
     #[test]
     fn a_cut_stream_ends_with_an_error_event() {
         let mut chain = Chain::new();
-        chain.push(Box::new(SseScanner::new(false)));
-        chain.push(Box::new(Capture::new(1 << 20, false)));
+        chain.push(Stage::Scan(SseScanner::new(false)));
+        chain.push(Stage::Capture(Capture::new(1 << 20, false)));
         let err = GatewayError::new(ErrorKind::UpstreamTimeout, "upstream error: p stalled");
         let out = run(&mut chain, &[&STREAM[..30]], BodyEnd::Failed(&err));
         let text = String::from_utf8(out).unwrap();
@@ -297,12 +332,12 @@ data: [DONE]\n\n";
         let body =
             br#"{"id":"x","usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
         let mut chain = Chain::new();
-        chain.push(Box::new(Capture::new(1 << 20, true)));
+        chain.push(Stage::Capture(Capture::new(1 << 20, true)));
         let out = run(&mut chain, &[&body[..10], &body[10..]], BodyEnd::Complete);
         assert_eq!(out, body);
         assert_eq!(chain.usage().unwrap().total_tokens(), 7);
         let mut cut = Chain::new();
-        cut.push(Box::new(Capture::new(1 << 20, true)));
+        cut.push(Stage::Capture(Capture::new(1 << 20, true)));
         run(&mut cut, &[&body[..10]], BodyEnd::Cancelled);
         assert!(cut.usage().is_none());
         let mut small = Capture::new(8, true);
@@ -327,8 +362,8 @@ data: [DONE]\n\n";
             parts.push(&STREAM[at..]);
             let make = || {
                 let mut c = Chain::new();
-                c.push(Box::new(SseScanner::new(true)));
-                c.push(Box::new(Capture::new(1 << 20, false)));
+                c.push(Stage::Scan(SseScanner::new(true)));
+                c.push(Stage::Capture(Capture::new(1 << 20, false)));
                 c
             };
             let whole = run(&mut make(), &[STREAM], BodyEnd::Complete);

@@ -114,8 +114,11 @@ impl UsageProbe {
 /// parsing. Providers put `"usage":null` in every stream chunk once usage is requested; those
 /// must not cost a parse.
 pub fn mentions_usage_object(json: &[u8]) -> bool {
+    // Built once: `memmem::find` would build a searcher on every call (every stream chunk).
+    static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
     let mut from = 0;
-    while let Some(i) = memchr::memmem::find(&json[from..], b"\"usage\"") {
+    while let Some(i) = USAGE.find(&json[from..]) {
         let after = &json[from + i + 7..];
         let mut rest = after.iter().skip_while(|b| b.is_ascii_whitespace());
         if rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {

@@ -38,6 +38,8 @@
 //! down), the answer is 503 with `Retry-After` at once, not a retry.
 
 use std::collections::VecDeque;
+
+use smallvec::SmallVec;
 use std::time::{Duration, Instant};
 
 use crate::balance::Outcome;
@@ -234,7 +236,7 @@ pub struct AttemptRecord {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AttemptReport {
     /// Every attempt, in the order sent.
-    pub attempts: Vec<AttemptRecord>,
+    pub attempts: SmallVec<[AttemptRecord; 2]>,
     /// The group and deployment that gave the last word (the deployment is `None` when the
     /// request failed before any could be tried).
     pub route: Option<(usize, Option<usize>)>,
@@ -296,20 +298,21 @@ pub struct AttemptLoop {
     reserve_tokens: u64,
     first_group: usize,
     group: usize,
-    visited: Vec<usize>,
+    visited: SmallVec<[usize; 4]>,
     fallbacks: VecDeque<usize>,
-    tried: Vec<usize>,
-    refused: Vec<usize>,
+    tried: SmallVec<[usize; 8]>,
+    refused: SmallVec<[usize; 8]>,
     in_group: u32,
     deployments_tried: usize,
     last: Option<Last>,
     /// A deployment was skipped for its provider's limit; the shortest wait seen (`None`
     /// inside: the request is larger than a token limit).
     provider_limited: Option<Option<Duration>>,
-    live: Vec<Live>,
+    live: SmallVec<[Live; 2]>,
     hedge_at: Option<Instant>,
     phase: Phase,
-    queue: VecDeque<Command>,
+    /// Commands to hand out before deciding anything else, oldest first (a few at most).
+    queue: SmallVec<[Command; 3]>,
     report: AttemptReport,
 }
 
@@ -338,18 +341,18 @@ impl AttemptLoop {
             reserve_tokens,
             first_group: group,
             group,
-            visited: vec![group],
+            visited: smallvec::smallvec![group],
             fallbacks,
-            tried: Vec::new(),
-            refused: Vec::new(),
+            tried: SmallVec::new(),
+            refused: SmallVec::new(),
             in_group: 0,
             deployments_tried: 0,
             last: None,
             provider_limited: None,
-            live: Vec::new(),
+            live: SmallVec::new(),
             hedge_at: None,
             phase: Phase::Pick,
-            queue: VecDeque::new(),
+            queue: SmallVec::new(),
             report: AttemptReport::default(),
         }
     }
@@ -399,7 +402,8 @@ impl AttemptLoop {
     /// The next command. Call until it returns [`Command::Wait`] or a terminal command.
     pub fn poll(&mut self, env: &mut Env<'_>) -> Command {
         loop {
-            if let Some(c) = self.queue.pop_front() {
+            if !self.queue.is_empty() {
+                let c = self.queue.remove(0);
                 return c;
             }
             match self.phase {
@@ -670,7 +674,7 @@ impl AttemptLoop {
             env.limits
                 .settle(other.target, self.reserve_tokens, 0, env.now_ms);
             self.end(other.id, env.now, None, Some(label));
-            self.queue.push_back(Command::Cancel { attempt: other.id });
+            self.queue.push(Command::Cancel { attempt: other.id });
         }
         self.hedge_at = None;
     }
@@ -710,13 +714,13 @@ impl AttemptLoop {
         if !group.retry.retry_on.contains(&status) && !may_be_context {
             self.end(id, now, Some(status), None);
             self.phase = Phase::Done(Some(id));
-            self.queue.push_back(Command::Deliver { attempt: id });
+            self.queue.push(Command::Deliver { attempt: id });
             return;
         }
         // An error answer: read it whole to decide (and to pass it on if it is the last word).
         self.live.push(live);
         self.phase = Phase::ReadingBody(id, retry_after);
-        self.queue.push_back(Command::ReadErrorBody { attempt: id });
+        self.queue.push(Command::ReadErrorBody { attempt: id });
     }
 
     fn on_error_body(&mut self, env: &mut Env<'_>, id: AttemptId, context_window: bool) {
@@ -813,7 +817,7 @@ impl AttemptLoop {
         }
         self.report.route = Some((live.target.group, Some(live.target.deployment)));
         let cmd = self.terminal(Command::Fail(error));
-        self.queue.push_back(cmd);
+        self.queue.push(cmd);
     }
 
     fn on_timer(&mut self, env: &mut Env<'_>) {
@@ -873,7 +877,7 @@ impl AttemptLoop {
             self.deployments_tried += 1;
         }
         let cmd = self.launch(target, now, true);
-        self.queue.push_back(cmd);
+        self.queue.push(cmd);
     }
 
     fn on_client_gone(&mut self, env: &mut Env<'_>) {
@@ -891,7 +895,7 @@ impl AttemptLoop {
         self.report.error = Some("client_gone");
         self.queue.clear();
         let cmd = self.terminal(Command::Abandon);
-        self.queue.push_back(cmd);
+        self.queue.push(cmd);
     }
 
     // -- deciding --------------------------------------------------------------------------
@@ -905,7 +909,7 @@ impl AttemptLoop {
             .has_untried(self.group, now, &self.tried, self.caller);
         let Some(group) = env.config.models.get(self.group) else {
             let cmd = self.answer_last();
-            self.queue.push_back(cmd);
+            self.queue.push(cmd);
             return;
         };
         let roll = (env.rng)();
@@ -939,12 +943,12 @@ impl AttemptLoop {
                     self.phase = Phase::Pick;
                 } else {
                     let cmd = self.answer_last();
-                    self.queue.push_back(cmd);
+                    self.queue.push(cmd);
                 }
             }
             Decision::GiveUp => {
                 let cmd = self.answer_last();
-                self.queue.push_back(cmd);
+                self.queue.push(cmd);
             }
         }
     }

@@ -10,7 +10,7 @@ use monoio::io::AsyncWriteRentExt;
 use sluice_core::attempt::Relayed;
 use sluice_core::config::{Deployment, Provider};
 use sluice_core::dialect::{self, ResponseContext, StreamTranslator};
-use sluice_core::filter::{Capture, Chain};
+use sluice_core::filter::{Capture, Chain, Stage};
 use sluice_core::http1::BodyFraming;
 use sluice_core::inspect;
 use sluice_core::route::Target;
@@ -249,10 +249,12 @@ async fn relay(
     match d.translation {
         Some(t) if is_sse => {
             let ctx = response_context(plan, &id);
-            chain.push(Box::new(StreamTranslator::new(t.from, t.to, ctx)));
+            chain.push(Stage::Translate(Box::new(StreamTranslator::new(
+                t.from, t.to, ctx,
+            ))));
         }
-        _ if is_sse => chain.push(Box::new(SseScanner::new(plan.strip_usage))),
-        _ => chain.push(Box::new(Capture::new(MAX_CAPTURE, true))),
+        _ if is_sse => chain.push(Stage::Scan(SseScanner::new(plan.strip_usage))),
+        _ => chain.push(Stage::Capture(Capture::new(MAX_CAPTURE, true))),
     }
     let client_framing = if client.http10 {
         ClientFraming::Close

@@ -29,6 +29,7 @@ use sluice_core::http1::ResponseHead;
 use sluice_core::request::{Reserved, Settled};
 use sluice_core::retry::{self, Failure};
 use sluice_core::route::Target;
+use smallvec::SmallVec;
 
 pub use crate::request::plan::{plan, Plan, Translation};
 
@@ -113,30 +114,70 @@ fn with_env<R>(worker: &Worker, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
     out
 }
 
-type SendFuture<'w> = Pin<Box<dyn Future<Output = Result<Sent, UpstreamError>> + 'w>>;
+/// Attempts on their way (the request went out, the head is awaited): at most two, a hedged
+/// pair, each in a slot pinned in the exchange's own frame, so an attempt costs no allocation.
+struct Flights<'p, F> {
+    slots: [Pin<&'p mut Option<F>>; 2],
+    ids: [Option<AttemptId>; 2],
+}
 
-/// An attempt on its way: the request went out, its head is awaited.
-struct Flight<'w> {
-    id: AttemptId,
-    fut: SendFuture<'w>,
+impl<F: Future<Output = Result<Sent, UpstreamError>>> Flights<'_, F> {
+    /// Puts `fut` in a free slot (the loop never has more than two attempts in flight).
+    fn start(&mut self, id: AttemptId, fut: F) {
+        let k = usize::from(self.ids[0].is_some());
+        self.slots[k].set(Some(fut));
+        self.ids[k] = Some(id);
+    }
+
+    /// Drops `id`'s attempt, which closes its connection: cancelled upstream.
+    fn cancel(&mut self, id: AttemptId) {
+        for k in 0..2 {
+            if self.ids[k] == Some(id) {
+                self.slots[k].set(None);
+                self.ids[k] = None;
+            }
+        }
+    }
+
+    /// The first attempt to finish, and how.
+    async fn next(&mut self) -> (AttemptId, Result<Sent, UpstreamError>) {
+        let (k, r) = std::future::poll_fn(|cx| {
+            for (k, slot) in self.slots.iter_mut().enumerate() {
+                if let Some(fut) = slot.as_mut().as_pin_mut() {
+                    if let Poll::Ready(r) = fut.poll(cx) {
+                        return Poll::Ready((k, r));
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        self.slots[k].set(None);
+        let id = self.ids[k].take().unwrap_or(AttemptId(usize::MAX));
+        (id, r)
+    }
 }
 
 /// What the driver keeps per attempt.
-struct Sends<'w> {
-    /// Attempts awaiting a head (at most two: a hedged pair).
-    flights: Vec<Flight<'w>>,
-    /// Attempts whose head arrived, by id.
-    answered: Vec<(AttemptId, Sent)>,
+struct Sends {
+    /// The attempt whose head arrived (one at a time: the loop cancels a hedge's partner
+    /// before it reads or delivers the answer).
+    answered: Option<(AttemptId, Sent)>,
     /// Per attempt (by id): provider index, label, span id, translation.
-    launched: Vec<Launch>,
+    launched: SmallVec<[Launch; 2]>,
     /// The error answer read last, kept to pass through: (attempt, head, body).
     error_answer: Option<(AttemptId, ResponseHead, Vec<u8>)>,
 }
 
-impl Sends<'_> {
+impl Sends {
     fn take_answered(&mut self, id: AttemptId) -> Option<Sent> {
-        let at = self.answered.iter().position(|(a, _)| *a == id)?;
-        Some(self.answered.swap_remove(at).1)
+        match self.answered.take() {
+            Some((a, sent)) if a == id => Some(sent),
+            other => {
+                self.answered = other;
+                None
+            }
+        }
     }
 }
 
@@ -153,10 +194,14 @@ async fn exchange(
 ) -> bool {
     let deadline = lp.deadline();
     let mut sends = Sends {
-        flights: Vec::with_capacity(2),
-        answered: Vec::new(),
-        launched: Vec::with_capacity(2),
+        answered: None,
+        launched: SmallVec::new(),
         error_answer: None,
+    };
+    let (a, b) = (std::pin::pin!(None), std::pin::pin!(None));
+    let mut flights = Flights {
+        slots: [a, b],
+        ids: [None, None],
     };
     let keep = loop {
         let command = with_env(worker, |env| lp.poll(env));
@@ -172,10 +217,9 @@ async fn exchange(
                 match Launch::new(worker, plan, target, client) {
                     Ok(mut launch) => {
                         let request = std::mem::take(&mut launch.request);
-                        let fut =
-                            Box::pin(attempt::send(worker, launch.provider, request, deadline));
+                        let fut = attempt::send(worker, launch.provider, request, deadline);
                         sends.launched.push(launch);
-                        sends.flights.push(Flight { id: attempt, fut });
+                        flights.start(attempt, fut);
                         continue;
                     }
                     Err(error) => {
@@ -188,11 +232,11 @@ async fn exchange(
             }
             Command::Cancel { attempt } => {
                 // Dropping the future or the connection closes it: cancelled upstream.
-                sends.flights.retain(|f| f.id != attempt);
+                flights.cancel(attempt);
                 drop(sends.take_answered(attempt));
                 continue;
             }
-            Command::Wait { until } => wait(worker, &mut sends, until, watch).await,
+            Command::Wait { until } => wait(worker, &mut sends, &mut flights, until, watch).await,
             Command::ReadErrorBody { attempt } => {
                 read_error_body(worker, &mut sends, attempt, deadline, watch).await
             }
@@ -236,7 +280,7 @@ async fn deliver_attempt(
     worker: &Worker,
     lp: &mut AttemptLoop,
     plan: &Plan,
-    sends: &mut Sends<'_>,
+    sends: &mut Sends,
     attempt: AttemptId,
     (wr, watch): (&mut ClientWrite, &mut ClientWatch<'_>),
     client: &ClientSide<'_>,
@@ -274,27 +318,20 @@ async fn deliver_attempt(
     done.keep_alive
 }
 
-fn launch_of<'a>(sends: &'a Sends<'_>, id: AttemptId) -> Option<&'a Launch> {
+fn launch_of(sends: &Sends, id: AttemptId) -> Option<&Launch> {
     sends.launched.get(id.0)
 }
 
 /// Waits for the first of: an attempt's head (or failure), the time `until`, the client
 /// leaving.
-async fn wait(
+async fn wait<F: Future<Output = Result<Sent, UpstreamError>>>(
     worker: &Worker,
-    sends: &mut Sends<'_>,
+    sends: &mut Sends,
+    flights: &mut Flights<'_, F>,
     until: Option<Instant>,
     watch: &mut ClientWatch<'_>,
 ) -> Event {
-    let flights = &mut sends.flights;
-    let first = std::future::poll_fn(|cx| {
-        for (k, f) in flights.iter_mut().enumerate() {
-            if let Poll::Ready(r) = f.fut.as_mut().poll(cx) {
-                return Poll::Ready((k, r));
-            }
-        }
-        Poll::Pending
-    });
+    let first = flights.next();
     let timer = async {
         match until {
             Some(t) => monoio::time::sleep(t.saturating_duration_since(Instant::now())).await,
@@ -310,12 +347,11 @@ async fn wait(
             }
         })
         .await;
-    let (k, result) = match raced {
+    let (id, result) = match raced {
         None => return Event::ClientGone,
         Some(None) => return Event::Timer,
         Some(Some(done)) => done,
     };
-    let id = sends.flights.swap_remove(k).id;
     match result {
         Ok(sent) => {
             let retry_after = sent
@@ -328,7 +364,8 @@ async fn wait(
                         .and_then(retry::parse_retry_after)
                 });
             let status = sent.head.status;
-            sends.answered.push((id, sent));
+            // A second head at once would be a hedge partner the loop is about to cancel.
+            sends.answered = Some((id, sent));
             Event::Head {
                 attempt: id,
                 status,
@@ -371,7 +408,7 @@ fn transport_failure(
 /// pass through if it turns out to be the last word.
 async fn read_error_body(
     worker: &Worker,
-    sends: &mut Sends<'_>,
+    sends: &mut Sends,
     attempt: AttemptId,
     deadline: Instant,
     watch: &mut ClientWatch<'_>,
@@ -424,7 +461,7 @@ async fn read_error_body(
 /// through whole (in the client's dialect).
 async fn pass_through(
     plan: &Plan,
-    sends: &mut Sends<'_>,
+    sends: &mut Sends,
     attempt: AttemptId,
     wr: &mut ClientWrite,
     client: &ClientSide<'_>,
@@ -473,7 +510,7 @@ async fn pass_through(
 /// the last word, and the retry, fallback and hedge counts for metrics.
 fn record_attempts(
     worker: &Worker,
-    sends: &Sends<'_>,
+    sends: &Sends,
     first_group: usize,
     report: AttemptReport,
     client: &ClientSide<'_>,
