@@ -7,10 +7,20 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
+/// Where [`now_ms`] counts from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 /// Milliseconds on a monotonic clock shared by every worker (the buckets' `now_ms`).
 pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] at `t`, for a caller that already read the clock.
+pub fn ms_at(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_millis() as u64
 }
 
 /// Time since the Unix epoch (zero if the system clock is set before it).

@@ -101,12 +101,13 @@ fn with_env<R>(worker: &Worker, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
     let shared = &worker.shared;
     let mut routes = worker.routes.borrow_mut();
     let mut rng = || fastrand::u64(..);
+    let now = Instant::now();
     let mut env = Env {
         config: &shared.config,
         routes: &mut routes.table,
         limits: &*shared.provider_limits,
-        now: Instant::now(),
-        now_ms: crate::clock::now_ms(),
+        now,
+        now_ms: crate::clock::ms_at(now),
         rng: &mut rng,
     };
     let out = f(&mut env);
@@ -203,9 +204,16 @@ async fn exchange(
         slots: [a, b],
         ids: [None, None],
     };
+    // An event is handled and the next command polled under one look at the clock.
+    let mut event: Option<Event> = None;
     let keep = loop {
-        let command = with_env(worker, |env| lp.poll(env));
-        let event = match command {
+        let command = with_env(worker, |env| {
+            if let Some(e) = event.take() {
+                lp.handle(env, e);
+            }
+            lp.poll(env)
+        });
+        event = Some(match command {
             Command::Send {
                 attempt,
                 target,
@@ -259,8 +267,7 @@ async fn exchange(
                 answer.status = 499;
                 break false;
             }
-        };
-        with_env(worker, |env| lp.handle(env, event));
+        });
     };
     let first_group = lp.first_group();
     record_attempts(
