@@ -966,13 +966,14 @@ impl AttemptLoop {
             Some(Last::Answer(id)) => Command::PassThrough { attempt: id },
             Some(Last::Transport(f)) => {
                 self.report.error = Some(f.label);
+                // The upstream's own words, without our prefix.
+                let detail = f
+                    .error
+                    .message
+                    .strip_prefix("upstream error: ")
+                    .unwrap_or(&f.error.message);
                 if let Some(wait) = self.blocked {
                     // Known down: unavailable, come back when its cool-down ends.
-                    let detail = f
-                        .error
-                        .message
-                        .strip_prefix("upstream error: ")
-                        .unwrap_or(&f.error.message);
                     Command::Fail(
                         GatewayError::new(
                             ErrorKind::UpstreamUnavailable,
@@ -982,11 +983,6 @@ impl AttemptLoop {
                     )
                 } else if self.deployments_tried >= 2 || self.visited.len() >= 2 {
                     // Several deployments or groups failed: unavailable for now.
-                    let detail = f
-                        .error
-                        .message
-                        .strip_prefix("upstream error: ")
-                        .unwrap_or(&f.error.message);
                     Command::Fail(
                         GatewayError::new(
                             ErrorKind::UpstreamUnavailable,

@@ -45,6 +45,29 @@ pub struct Served {
     pub settlement: Settlement,
 }
 
+impl Served {
+    /// An authenticated request answered by the gateway itself (a refusal, a stored answer).
+    fn local(
+        keep_alive: bool,
+        request: RequestFacts,
+        stage: Settled<Arc<KeyEntry>>,
+        model: Option<String>,
+        answer: Answer,
+    ) -> Self {
+        Served {
+            keep_alive,
+            early: Vec::new(),
+            settlement: Settlement {
+                request,
+                stage,
+                model,
+                authenticated: true,
+                answer,
+            },
+        }
+    }
+}
+
 /// Serves one API request (see the module docs).
 pub async fn serve(
     worker: &Worker,
@@ -159,17 +182,7 @@ async fn admit_and_forward(
         Lookup::Miss(a) => a,
         Lookup::Hit(stage, stored) => {
             let (keep_alive, answer) = replay(wr, call, &request, &stored).await;
-            return Served {
-                keep_alive,
-                early: Vec::new(),
-                settlement: Settlement {
-                    request,
-                    stage,
-                    model,
-                    authenticated: true,
-                    answer,
-                },
-            };
+            return Served::local(keep_alive, request, stage, model, answer);
         }
     };
     let ask = auth.ask(
@@ -256,17 +269,7 @@ async fn refuse(
     let (keep_alive, mut answer) = write(wr, bytes, err.status(), keep).await;
     // The access log and metrics say whether the refused request asked for a stream.
     answer.stream = stream;
-    Served {
-        keep_alive,
-        early: Vec::new(),
-        settlement: Settlement {
-            request,
-            stage,
-            model,
-            authenticated: true,
-            answer,
-        },
-    }
+    Served::local(keep_alive, request, stage, model, answer)
 }
 
 /// Writes a local answer; whether the connection stays open, and what the client got.
