@@ -3,7 +3,7 @@
 //!
 //! The day-count conversions are Howard Hinnant's `days_from_civil` / `civil_from_days`
 //! (<https://howardhinnant.github.io/date_algorithms.html>), exact for every `i64` year range
-//! used here. Budget periods ([`crate::limits::period_start`]) and the admin API's date bounds
+//! used here. Budget periods (`limits::period_start`) and the admin API's date bounds
 //! both go through this module.
 
 use std::fmt;

@@ -163,6 +163,21 @@ impl ErrorKind {
     }
 }
 
+/// Longest piece of anything a client sent that an error message quotes back.
+pub const MAX_ECHO: usize = 256;
+
+/// `text`, cut to at most [`MAX_ECHO`] bytes (on a character boundary) with `…` when cut.
+pub fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_ECHO {
+        return text.into();
+    }
+    let mut end = MAX_ECHO;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
 /// An error to answer a client with: a kind and a human message that never holds a secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewayError {

@@ -11,8 +11,8 @@ use std::ops::Range;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use crate::error::bounded;
 use crate::error::{ErrorKind, GatewayError};
-use crate::request::bounded;
 
 /// What the gateway needs to know about a request body.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,8 +15,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::limits::BudgetPeriod;
-
 /// What every Sluice key starts with.
 pub const KEY_PREFIX: &str = "sk-sluice-";
 
@@ -216,7 +214,7 @@ pub struct TeamRecord {
 
 /// The limits a key or a team carries, written once for both: [`KeyRecord`] and
 /// [`TeamRecord`] flatten it into their own JSON, the store keeps it in the same columns of
-/// both tables, and [`crate::limits::LimitSet::from_limits`] turns it into limit state.
+/// both tables, and `limits::LimitSet::from_limits` turns it into limit state.
 ///
 /// `None` means no such limit. Without a budget, spend is still counted (for reports).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -244,7 +242,7 @@ impl Limits {
         self.budget_usd.map(usd_to_micros)
     }
 
-    /// These limits as a [`crate::limits::LimitSet`] sees them: the budget rounded to whole
+    /// These limits as a `limits::LimitSet` sees them: the budget rounded to whole
     /// micro-USD (negative and NaN as 0), and the period [`BudgetPeriod::Lifetime`] when there
     /// is no budget (spend is then counted over the key's life). Two limits whose normalized
     /// forms are equal build the same limit set, so a rebuild may keep the old one.
@@ -270,6 +268,44 @@ pub fn usd_to_micros(usd: f64) -> u64 {
     } else {
         // `as` saturates on overflow.
         (usd * 1_000_000.0).round() as u64
+    }
+}
+
+/// When a budget starts over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPeriod {
+    /// Every day at 00:00 UTC.
+    Daily,
+    /// Every Monday at 00:00 UTC.
+    Weekly,
+    /// The first of every month at 00:00 UTC.
+    #[default]
+    Monthly,
+    /// Never: one budget for the life of the key.
+    Lifetime,
+}
+
+impl BudgetPeriod {
+    /// The lowercase name, as in config and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetPeriod::Daily => "daily",
+            BudgetPeriod::Weekly => "weekly",
+            BudgetPeriod::Monthly => "monthly",
+            BudgetPeriod::Lifetime => "lifetime",
+        }
+    }
+
+    /// Parses [`as_str`](Self::as_str)'s names.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "daily" => BudgetPeriod::Daily,
+            "weekly" => BudgetPeriod::Weekly,
+            "monthly" => BudgetPeriod::Monthly,
+            "lifetime" => BudgetPeriod::Lifetime,
+            _ => return None,
+        })
     }
 }
 

@@ -30,9 +30,9 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
 
 use crate::calendar::{Date, DAY_S};
+pub use crate::keys::BudgetPeriod;
 use crate::keys::Limits;
 
 /// Time units per millisecond inside a [`TokenBucket`]: 2^20, about a nanosecond each, so the
@@ -313,44 +313,6 @@ impl Concurrency {
     }
 }
 
-/// When a budget starts over.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BudgetPeriod {
-    /// Every day at 00:00 UTC.
-    Daily,
-    /// Every Monday at 00:00 UTC.
-    Weekly,
-    /// The first of every month at 00:00 UTC.
-    #[default]
-    Monthly,
-    /// Never: one budget for the life of the key.
-    Lifetime,
-}
-
-impl BudgetPeriod {
-    /// The lowercase name, as in config and the store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BudgetPeriod::Daily => "daily",
-            BudgetPeriod::Weekly => "weekly",
-            BudgetPeriod::Monthly => "monthly",
-            BudgetPeriod::Lifetime => "lifetime",
-        }
-    }
-
-    /// Parses [`as_str`](Self::as_str)'s names.
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "daily" => BudgetPeriod::Daily,
-            "weekly" => BudgetPeriod::Weekly,
-            "monthly" => BudgetPeriod::Monthly,
-            "lifetime" => BudgetPeriod::Lifetime,
-            _ => return None,
-        })
-    }
-}
-
 /// The UTC date of a unix second: (year, month 1-12, day 1-31).
 pub fn civil_date(unix_s: u64) -> (i64, u32, u32) {
     let d = Date::from_unix_s(unix_s);
@@ -498,7 +460,7 @@ impl Budget {
 
 /// The limits of one principal: a key, a team or a deployment. Every part is optional.
 ///
-/// Share it through `Arc`; a [`crate::limiter::Limiter`] takes a slice of them, so a request
+/// Share it through `Arc`; a limiter backend (`limiter::Limiter`) takes a slice of them, so a request
 /// is checked against its key and its team at once.
 #[derive(Debug, Default)]
 pub struct LimitSet {

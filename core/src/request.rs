@@ -20,25 +20,10 @@ use std::time::{Duration, Instant};
 use crate::attempt::{AttemptLoop, Env};
 use crate::cache::{CacheRequest, ResponseStore, StoredAnswer};
 use crate::config::Config;
-use crate::error::{ErrorKind, GatewayError};
+use crate::error::{bounded, ErrorKind, GatewayError};
 use crate::inspect::{self, Inspected as Fields};
 use crate::limiter::{Ask, Denied, Limiter, Permit};
 use crate::limits::LimitSet;
-
-/// Longest piece of anything a client sent that an error message quotes back.
-pub const MAX_ECHO: usize = 256;
-
-/// `text`, cut to at most [`MAX_ECHO`] bytes (on a character boundary) with `…` when cut.
-pub fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.len() <= MAX_ECHO {
-        return text.into();
-    }
-    let mut end = MAX_ECHO;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end]).into()
-}
 
 /// A stage refused the request: the answer, and what the request held so far.
 #[derive(Debug)]
@@ -332,6 +317,7 @@ impl<P> Settled<P> {
 mod tests {
     use super::*;
     use crate::cache::NoStore;
+    use crate::error::MAX_ECHO;
     use crate::limiter::LocalLimiter;
     use std::collections::HashMap;
 

@@ -7,7 +7,7 @@
 //! per config generation and shared by every worker (lock-free atomics); each worker keeps a
 //! [`RouteTable`] holding `Arc`s to them plus its own balancers and hedgers, and publishes
 //! [`RouteTable::drain_changes`] and [`RouteTable::drain_counts`] to its gauges, counters and
-//! log. The attempt loop ([`crate::attempt`]) is the only caller on the request path.
+//! log. The attempt loop (`attempt`) is the only caller on the request path.
 //!
 //! Rules that live here:
 //! - **Panic threshold** ([`RouteTable::pick`]): when fewer than `panic_percent` of a group's

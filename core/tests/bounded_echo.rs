@@ -5,8 +5,8 @@
 
 use serde_json::json;
 use sluice_core::dialect::{translate_request, Dialect, Inbound, RequestOptions};
+use sluice_core::error::MAX_ECHO;
 use sluice_core::inspect::inspect;
-use sluice_core::request::MAX_ECHO;
 
 /// The error, without printing a megabyte when there is none.
 fn refused(

@@ -14,8 +14,8 @@
 
 use serde_json::{json, Value};
 
+use crate::error::bounded;
 use crate::error::GatewayError;
-use crate::request::bounded;
 use crate::usage::Usage;
 
 use super::Translated;

@@ -14,8 +14,8 @@
 
 use serde_json::{json, Value};
 
+use crate::error::bounded;
 use crate::error::GatewayError;
-use crate::request::bounded;
 use crate::usage::Usage;
 
 use super::{content_text, finish_body, invalid, note, openai, parse_data_url, percent_encode};

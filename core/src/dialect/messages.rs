@@ -14,8 +14,8 @@
 
 use serde_json::{json, Value};
 
+use crate::error::bounded;
 use crate::error::GatewayError;
-use crate::request::bounded;
 
 use super::{invalid, note, JsonMap, RequestOptions, ResponseContext, UpstreamError};
 

@@ -62,8 +62,8 @@ mod tests;
 
 use serde_json::Value;
 
+use crate::error::bounded;
 use crate::error::{ErrorKind, GatewayError};
-use crate::request::bounded;
 use crate::sse::{Event, EventSplitter, SseScanner};
 use crate::usage::{self, Usage};
 

@@ -23,10 +23,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sluice_core::calendar::Date;
 use sluice_core::cost::format_usd;
+use sluice_core::error::bounded;
 use sluice_core::http1::RequestHead;
 use sluice_core::keys::{self, KeyRecord, Limits, TeamRecord};
 use sluice_core::limits::BudgetPeriod;
-use sluice_core::request::bounded;
 
 use crate::listen::respond;
 use crate::registry::Registry;

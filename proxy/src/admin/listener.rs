@@ -7,9 +7,9 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
+use sluice_core::error::bounded;
 use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::{parse_request_head, BodyFraming, HeadLimits, RequestHead};
-use sluice_core::request::bounded;
 
 use crate::listen::respond;
 use crate::state::Shared;

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use sluice_core::error::bounded;
 use sluice_core::error::{ErrorKind, GatewayError};
-use sluice_core::request::bounded;
 
 use crate::request::plan::ApiEndpoint;
 use crate::state::Worker;
