@@ -30,7 +30,6 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-
 use crate::calendar::{Date, DAY_S};
 pub use crate::keys::BudgetPeriod;
 use crate::keys::Limits;
