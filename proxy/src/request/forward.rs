@@ -142,11 +142,12 @@ impl<F: Future<Output = Result<Sent, UpstreamError>>> Flights<'_, F> {
 
     /// The first attempt to finish, and how.
     async fn next(&mut self) -> (AttemptId, Result<Sent, UpstreamError>) {
-        let (k, r) = std::future::poll_fn(|cx| {
-            for (k, slot) in self.slots.iter_mut().enumerate() {
-                if let Some(fut) = slot.as_mut().as_pin_mut() {
+        let (k, id, r) = std::future::poll_fn(|cx| {
+            for k in 0..2 {
+                let Some(id) = self.ids[k] else { continue };
+                if let Some(fut) = self.slots[k].as_mut().as_pin_mut() {
                     if let Poll::Ready(r) = fut.poll(cx) {
-                        return Poll::Ready((k, r));
+                        return Poll::Ready((k, id, r));
                     }
                 }
             }
@@ -154,7 +155,7 @@ impl<F: Future<Output = Result<Sent, UpstreamError>>> Flights<'_, F> {
         })
         .await;
         self.slots[k].set(None);
-        let id = self.ids[k].take().unwrap_or(AttemptId(usize::MAX));
+        self.ids[k] = None;
         (id, r)
     }
 }
