@@ -40,6 +40,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// The header block is over the configured limit.
     HeadersTooLarge,
+    /// The request line (its target) is longer than the gateway parses (RFC 9112 §3).
+    UriTooLong,
     /// A transfer coding we do not implement.
     NotImplemented,
     /// A rate, token or concurrency limit.
@@ -71,6 +73,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::RateLimited | ErrorKind::BudgetExceeded => 429,
             ErrorKind::HeadersTooLarge => 431,
+            ErrorKind::UriTooLong => 414,
             ErrorKind::Internal => 500,
             ErrorKind::NotImplemented => 501,
             ErrorKind::UpstreamUnreachable => 502,
@@ -90,6 +93,7 @@ impl ErrorKind {
             | ErrorKind::RequestTimeout
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeadersTooLarge
+            | ErrorKind::UriTooLong
             | ErrorKind::NotImplemented => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Forbidden => "permission_error",
@@ -115,6 +119,7 @@ impl ErrorKind {
             ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::HeadersTooLarge => "headers_too_large",
+            ErrorKind::UriTooLong => "uri_too_long",
             ErrorKind::NotImplemented => "not_implemented",
             ErrorKind::RateLimited => "rate_limit_exceeded",
             ErrorKind::BudgetExceeded => "budget_exceeded",
@@ -143,6 +148,7 @@ impl ErrorKind {
             | ErrorKind::RequestTimeout
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeadersTooLarge
+            | ErrorKind::UriTooLong
             | ErrorKind::NotImplemented
             | ErrorKind::RateLimited
             | ErrorKind::BudgetExceeded => Side::Client,
@@ -157,6 +163,7 @@ impl ErrorKind {
             ErrorKind::RequestSmuggling
                 | ErrorKind::RequestTimeout
                 | ErrorKind::HeadersTooLarge
+                | ErrorKind::UriTooLong
                 | ErrorKind::PayloadTooLarge
                 | ErrorKind::NotImplemented
         )
@@ -273,6 +280,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         408 => "Request Timeout",
         409 => "Conflict",
         413 => "Payload Too Large",
+        414 => "URI Too Long",
         422 => "Unprocessable Entity",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",

@@ -291,6 +291,11 @@ fn limits_and_smuggling_are_refused(driver: &str) {
         "headers_too_large",
     );
     check(
+        format!("GET /{} HTTP/1.1\r\nhost: t\r\n\r\n", "a".repeat(3000)),
+        414,
+        "uri_too_long",
+    );
+    check(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 5000\r\n\r\n".into(),
         413,
         "payload_too_large",

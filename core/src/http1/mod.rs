@@ -59,9 +59,10 @@
 //! | §7.1 last-chunk is `1*"0" [chunk-ext] CRLF` | [`ChunkedDecoder`] | `last_chunk_is_one_or_more_zeros` |
 //! | Errors never quote the request | every `GatewayError` here | `errors_never_quote_the_request` |
 //!
-//! Known gaps, outside this module's files: RFC 9112 §3 "a request-target longer than any URI
-//! it wishes to parse MUST get 414": a request line over `max_header_bytes` gets 431, since
-//! `error.rs` has no 414 kind; likewise 505 for a major version other than 1 (400 today).
+//! RFC 9112 §3 "a request-target longer than any URI it wishes to parse MUST get 414": a request
+//! line over `max_header_bytes` gets 414 (`partial_head_waits_then_overflows`), the rest of an
+//! oversized head 431. Known gap: a major version other than 1 gets 400 (which the RFC allows),
+//! not 505.
 //! Repeated `Transfer-Encoding` lines are refused rather than combined (stricter, never
 //! ambiguous).
 

@@ -116,9 +116,22 @@ pub fn parse_request_head(
             Ok(None)
         }
     };
-    let Some(line) = parse_request_line(buf)? else {
-        return partial();
+    // RFC 9112 §3: a request-target longer than we parse is a 414, not a 431.
+    let uri_too_long = || {
+        GatewayError::new(
+            ErrorKind::UriTooLong,
+            format!("request line exceeds {} bytes", limits.max_header_bytes),
+        )
     };
+    let Some(line) = parse_request_line(buf)? else {
+        if buf.len() > limits.max_header_bytes {
+            return Err(uri_too_long());
+        }
+        return Ok(None);
+    };
+    if line.end > limits.max_header_bytes {
+        return Err(uri_too_long());
+    }
     if line.form == TargetForm::Authority {
         // RFC 9110 §9.3.6: a tunnel, which a gateway to model APIs does not open.
         return Err(GatewayError::new(

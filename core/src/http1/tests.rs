@@ -37,6 +37,13 @@ fn partial_head_waits_then_overflows() {
     assert_eq!(kind(&big), ErrorKind::HeadersTooLarge);
     let big_complete = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
     assert_eq!(kind(&big_complete), ErrorKind::HeadersTooLarge);
+    // A request line that never ends within the limit: its target is too long (414).
+    let long_target = format!("GET /{} HTTP/1.1\r\n", "a".repeat(2000));
+    assert_eq!(kind(&long_target), ErrorKind::UriTooLong);
+    let unfinished = format!("GET /{}", "a".repeat(2000));
+    assert_eq!(kind(&unfinished), ErrorKind::UriTooLong);
+    assert_eq!(ErrorKind::UriTooLong.status(), 414);
+    assert!(ErrorKind::UriTooLong.closes_connection());
 }
 
 #[test]
