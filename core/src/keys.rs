@@ -309,9 +309,21 @@ impl BudgetPeriod {
     }
 }
 
+/// Whether a budget is acceptable: none, or a number of USD that is 0 or more (not NaN). The
+/// config file and the admin API both check limits with it.
+pub fn budget_is_valid(budget_usd: Option<f64>) -> bool {
+    budget_usd.is_none_or(|b| b >= 0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budgets_are_zero_or_more() {
+        assert!(budget_is_valid(None) && budget_is_valid(Some(0.0)) && budget_is_valid(Some(2.5)));
+        assert!(!budget_is_valid(Some(-1.0)) && !budget_is_valid(Some(f64::NAN)));
+    }
 
     #[test]
     fn keys_have_fixed_shape() {

@@ -231,13 +231,11 @@ fn static_keys(
                 at("team")
             ));
         }
-        if let Some(b) = k.budget_usd {
-            if b.is_nan() || b < 0.0 {
-                return err(format!(
-                    "invalid config at `{}`: must be 0 or more",
-                    at("budget_usd")
-                ));
-            }
+        if !keys::budget_is_valid(k.budget_usd) {
+            return err(format!(
+                "invalid config at `{}`: must be 0 or more",
+                at("budget_usd")
+            ));
         }
         if k.models.iter().any(|m| m.is_empty()) {
             return err(format!(

@@ -423,13 +423,14 @@ fn key_action(shared: &Shared, method: &str, id: &str, tail: &[&str], body: &[u8
 }
 
 fn check_budget(b: Option<f64>) -> Result<(), Answer> {
-    match b {
-        Some(v) if v.is_nan() || v < 0.0 => Err(fail(
+    if keys::budget_is_valid(b) {
+        Ok(())
+    } else {
+        Err(fail(
             400,
             "invalid_request",
             "`budget_usd` must be 0 or more",
-        )),
-        _ => Ok(()),
+        ))
     }
 }
 
