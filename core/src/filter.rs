@@ -162,6 +162,9 @@ pub enum Stage {
     Translate(Box<StreamTranslator>),
     /// A bounded copy of the body.
     Capture(Capture),
+    /// The answer built in the pivot shape for the response cache (placed first: it sees the
+    /// upstream's bytes).
+    Pivot(Box<crate::cache::capture::PivotCapture>),
     /// Any other filter.
     Other(Box<dyn BodyFilter>),
 }
@@ -172,6 +175,7 @@ impl Stage {
             Stage::Scan(f) => f,
             Stage::Translate(f) => f.as_mut(),
             Stage::Capture(f) => f,
+            Stage::Pivot(f) => f.as_mut(),
             Stage::Other(f) => f.as_mut(),
         }
     }
@@ -181,6 +185,7 @@ impl Stage {
             Stage::Scan(f) => f,
             Stage::Translate(f) => f.as_ref(),
             Stage::Capture(f) => f,
+            Stage::Pivot(f) => f.as_ref(),
             Stage::Other(f) => f.as_ref(),
         }
     }
@@ -265,6 +270,14 @@ impl Chain {
     /// Usage read by the first stage that reads any.
     pub fn usage(&self) -> Option<Usage> {
         self.stages.iter().find_map(|s| s.peek().usage())
+    }
+
+    /// The complete answer a [`Stage::Pivot`] built, if any (after [`Chain::finish`]).
+    pub fn take_pivot(&mut self) -> Option<crate::cache::StoredAnswer> {
+        self.stages.iter_mut().find_map(|s| match s {
+            Stage::Pivot(p) => p.take(),
+            _ => None,
+        })
     }
 
     /// Data events counted by the first stage that counts them.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::attempt::{AttemptLoop, Env};
-use crate::cache::{CacheRequest, ResponseStore, StoredAnswer};
+use crate::cache::{CacheKey, ResponseStore, StoredAnswer};
 use crate::config::Config;
 use crate::error::{bounded, ErrorKind, GatewayError};
 use crate::inspect::{self, Inspected as Fields};
@@ -192,27 +192,31 @@ impl<P> Admitted<P> {
         self.principal.as_ref()
     }
 
-    /// Asks `store` for an answer to `req` (only when the group has a cache).
+    /// Asks `store` for the answer stored under `key` (`None`: the group has no cache, or the
+    /// request may not read it — no work at all).
     pub fn lookup(
         self,
         store: &dyn ResponseStore,
-        req: &CacheRequest<'_>,
+        key: Option<&CacheKey>,
         now_ms: u64,
     ) -> Lookup<P> {
-        if !store.enabled(self.group) {
-            return Lookup::Miss(self);
-        }
-        match store.lookup(self.group, req, now_ms) {
-            Some(answer) => Lookup::Hit(
-                Settled {
-                    principal: self.principal,
-                    permit: self.permit,
-                    group: Some(self.group),
-                },
-                answer,
-            ),
+        match key.and_then(|k| store.lookup(k, now_ms)) {
+            Some(answer) => self.hit(answer),
             None => Lookup::Miss(self),
         }
+    }
+
+    /// An answer found another way (the semantic index): the request is answered with it and
+    /// reserves nothing.
+    pub fn hit(self, answer: Arc<StoredAnswer>) -> Lookup<P> {
+        Lookup::Hit(
+            Settled {
+                principal: self.principal,
+                permit: self.permit,
+                group: Some(self.group),
+            },
+            answer,
+        )
     }
 
     /// Admission's token and budget part: the prompt estimate plus `max_tokens`, and their
@@ -343,13 +347,7 @@ mod tests {
             .unwrap()
             .admit(&LocalLimiter, &sets, 0, no_words)
             .unwrap();
-        let req = CacheRequest {
-            scope: "t",
-            kind: "chat",
-            model: "m",
-            body,
-        };
-        let Lookup::Miss(admitted) = admitted.lookup(&NoStore, &req, 0) else {
+        let Lookup::Miss(admitted) = admitted.lookup(&NoStore, None, 0) else {
             panic!("NoStore never hits")
         };
         let ask = Ask {

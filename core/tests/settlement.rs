@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use sluice_core::attempt::{AttemptId, Command, Env, Event, Relayed, TransportFailure};
-use sluice_core::cache::{CacheRequest, NoStore};
+use sluice_core::cache::NoStore;
 use sluice_core::config::Config;
 use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::limiter::{Ask, DeploymentLimits, Limiter, LocalLimiter};
@@ -89,8 +89,7 @@ proptest! {
                 Ok(a) => a,
                 Err(refused) => { prop_assert!(refused.permit.is_none()); continue; }
             };
-            let req = CacheRequest { scope: "t", kind: "chat", model: "m", body: body.as_bytes() };
-            let Lookup::Miss(admitted) = admitted.lookup(&NoStore, &req, ms) else { unreachable!() };
+            let Lookup::Miss(admitted) = admitted.lookup(&NoStore, None, ms) else { unreachable!() };
             let ask = Ask { tokens: r.max_tokens + 10, cost_micros: r.max_tokens * 3, now_ms: ms, unix_s: 1_700_000_000 };
             let reserved = match admitted.reserve(&*limiter, &sets, &ask, refuse) {
                 Ok(x) => x,

@@ -102,6 +102,7 @@ struct RawConfig {
     prices: HashMap<String, crate::cost::Price>,
     #[serde(default)]
     keys: Vec<access::RawKey>,
+    cache: Option<crate::cache::settings::RawCache>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +209,7 @@ struct RawModel {
     retry: Option<RawRetry>,
     breaker: Option<RawBreaker>,
     hedge: Option<RawHedge>,
+    cache: Option<crate::cache::settings::RawGroupCache>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -438,6 +440,8 @@ pub struct ModelGroup {
     pub fallbacks: Vec<usize>,
     /// The group tried when the prompt does not fit this group's context window.
     pub context_window_fallback: Option<usize>,
+    /// The response cache, when on (`cache = {…}`).
+    pub cache: Option<crate::cache::settings::GroupCache>,
 }
 
 /// A validated configuration.
@@ -465,6 +469,8 @@ pub struct Config {
     pub prices: HashMap<String, crate::cost::Price>,
     /// Keys declared in the config (hashed at load).
     pub keys: Vec<StaticKey>,
+    /// `[cache]`: the response store's bounds.
+    pub cache: crate::cache::settings::CacheConfig,
     exact: HashMap<String, usize>,
     /// (prefix, group index), longest prefix first.
     patterns: Vec<(String, usize)>,

@@ -29,7 +29,7 @@ pub(super) fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Con
     )?;
     let (providers, provider_index) = providers(raw.providers, secrets)?;
     let routing = models(raw.models, &provider_index)?;
-    Ok(Config {
+    let config = Config {
         server: server(raw.server)?,
         log: log(raw.log)?,
         admin: admin(raw.admin)?,
@@ -41,9 +41,21 @@ pub(super) fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Con
         limits: access.limits,
         prices: access.prices,
         keys: access.keys,
+        cache: crate::cache::settings::validate(raw.cache)?,
         exact: routing.exact,
         patterns: routing.patterns,
-    })
+    };
+    // A semantic cache's embeddings come from a model this gateway serves (another group).
+    for (i, m) in config.models.iter().enumerate() {
+        if let Some(name) = m.cache.as_ref().and_then(|c| c.embedding_model.as_deref()) {
+            if config.model_index(name).is_none_or(|g| g == i) {
+                return err(format!(
+                    "invalid config at `models[{i}].cache.embedding_model`: `{name}` is not another model of this gateway"
+                ));
+            }
+        }
+    }
+    Ok(config)
 }
 
 /// `[server]`.
@@ -426,6 +438,7 @@ fn models(
                 "invalid config at `models[{i}].hedge`: hedging needs at least two deployments"
             ));
         }
+        let cache = crate::cache::settings::validate_group(&m.name, m.cache)?;
         fallback_names.push((m.fallbacks, m.context_window_fallback));
         models.push(ModelGroup {
             name: m.name,
@@ -437,6 +450,7 @@ fn models(
             hedge,
             fallbacks: Vec::new(),
             context_window_fallback: None,
+            cache,
         });
     }
     resolve_fallbacks(&mut models, fallback_names, &exact)?;

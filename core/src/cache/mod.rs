@@ -1,0 +1,108 @@
+//! The response store seam: consulted once a request is authenticated, inspected and admitted
+//! for its request rate and concurrency, before its tokens and budget are reserved — so a hit
+//! counts as a request and costs no tokens — and fed with the finished answer (a whole body,
+//! or a stream that reached its end) at settlement.
+//!
+//! ```text
+//! Admitted ─► ResponseStore::lookup ─► Hit(answer) ─► replay in the client's dialect ─► Settled
+//!                                  └─► Miss ─► reserve ─► attempts ─► relay (capture) ─► Settled
+//!                                                                       └─ insert (complete only)
+//! ```
+//! Implementations: [`NoStore`] (nothing is kept, every lookup misses) and [`MemoryStore`]
+//! (in-process, bounded in bytes, TinyUFO admission and eviction, lock-free reads).
+//!
+//! The parts, in the order a request meets them: [`settings`] (the `[cache]` table and each
+//! model group's `cache = {…}`), [`directives`] (the request's `cache-control` and
+//! `x-sluice-cache-*` headers), [`key`] (the exact key), the store, [`capture`] (the answer
+//! turned into the pivot shape as it streams by) and [`replay`] (a stored answer written in
+//! the client's dialect, whole or as a stream).
+
+use std::sync::Arc;
+
+use crate::usage::Usage;
+
+pub mod capture;
+pub mod directives;
+pub mod key;
+mod memory;
+pub mod replay;
+pub mod settings;
+
+pub use key::{CacheKey, CallKind, KeyInput};
+pub use memory::MemoryStore;
+
+/// A stored answer, whole, in the pivot shape: an OpenAI chat completion (or an embeddings
+/// answer), with its usage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredAnswer {
+    /// The answer's body (JSON).
+    pub body: Vec<u8>,
+    /// Its usage, for the savings a hit reports.
+    pub usage: Option<Usage>,
+    /// What it cost when it was answered upstream, in micro-USD (what a hit saves).
+    pub cost_micros: Option<u64>,
+    /// The kind of call it answers.
+    pub kind: CallKind,
+}
+
+/// Which entries a clear removes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clear<'a> {
+    /// Only entries of this public model (all when `None`).
+    pub model: Option<&'a str>,
+    /// Only entries of this scope (all when `None`).
+    pub scope: Option<&'a str>,
+}
+
+/// What a store holds and has done, for `GET /admin/cache` and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStats {
+    /// Entries held (expired ones count until evicted or looked up).
+    pub entries: u64,
+    /// Bytes they weigh (body and bookkeeping).
+    pub bytes: u64,
+    /// The bound on `bytes`.
+    pub max_bytes: u64,
+    /// Entries kept.
+    pub inserts: u64,
+    /// Entries evicted to stay within `max_bytes`.
+    pub evictions: u64,
+    /// Answers too large to keep (over `max_entry_bytes`).
+    pub too_large: u64,
+    /// Entries dropped by clears.
+    pub clears: u64,
+}
+
+/// A response store.
+pub trait ResponseStore: Send + Sync {
+    /// The exact key of a request; `None` when it cannot be keyed (a miss, never an error).
+    fn key(&self, input: &KeyInput<'_>) -> Option<CacheKey>;
+    /// The stored answer for `key`, if one is fresh at `now_ms`.
+    fn lookup(&self, key: &CacheKey, now_ms: u64) -> Option<Arc<StoredAnswer>>;
+    /// Keeps a complete answer for `ttl_ms`; whether it was kept (not too large).
+    fn insert(&self, key: &CacheKey, answer: StoredAnswer, ttl_ms: u64, now_ms: u64) -> bool;
+    /// Drops the entries `which` names.
+    fn clear(&self, which: Clear<'_>);
+    /// Counters.
+    fn stats(&self) -> StoreStats;
+}
+
+/// No cache: every lookup misses, nothing is kept.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoStore;
+
+impl ResponseStore for NoStore {
+    fn key(&self, _: &KeyInput<'_>) -> Option<CacheKey> {
+        None
+    }
+    fn lookup(&self, _: &CacheKey, _: u64) -> Option<Arc<StoredAnswer>> {
+        None
+    }
+    fn insert(&self, _: &CacheKey, _: StoredAnswer, _: u64, _: u64) -> bool {
+        false
+    }
+    fn clear(&self, _: Clear<'_>) {}
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
+}
