@@ -18,6 +18,7 @@
 //!                                                                        routing, health, dns
 //!
 //! admin     the admin listener (metrics) and the admin API (keys, teams, spend)
+//! cache     the response cache on the request path: lookup, replay, keep at settlement
 //! telemetry log (access line), trace (OTLP, ids in context), metrics (Prometheus)
 //! ops       cli, doctor, sdnotify
 //! state     what the workers share, and what each keeps to itself
@@ -40,6 +41,7 @@
 //! a connection is.
 
 pub mod admin;
+pub mod cache;
 pub mod clock;
 pub mod listen;
 pub mod ops;

@@ -16,6 +16,7 @@
 //! | `POST/GET/PATCH/DELETE /admin/teams[/{name}]` | the same for teams |
 //! | `GET /admin/spend?group_by=key\|team\|model\|deployment\|day&from=&to=` | ledger totals |
 //! | `GET /admin/usage?from=&to=&limit=&key_id=&team=` | ledger rows |
+//! | `GET /admin/cache`, `DELETE /admin/cache?model=&scope=` | response cache stats, clear |
 
 use std::sync::MutexGuard;
 
@@ -137,6 +138,10 @@ fn route(shared: &Shared, head: &RequestHead, body: &[u8]) -> Answer {
     let result = match (method, parts.as_slice()) {
         ("GET", ["spend"]) => spend(shared, query),
         ("GET", ["usage"]) => usage(shared, query),
+        (_, ["cache"]) => {
+            let (status, value) = crate::cache::admin::handle(shared, method, query);
+            Ok(Answer(status, value))
+        }
         (_, ["keys", rest @ ..]) => keys_api(shared, method, rest, body),
         (_, ["teams", rest @ ..]) => teams_api(shared, method, rest, body),
         _ => Err(fail(
@@ -740,6 +745,8 @@ fn usage(shared: &Shared, query: &str) -> Res {
                 "cost_usd": format_usd(r.cost_micros),
                 "status": r.status,
                 "latency_ms": r.latency_ms,
+                "cache": r.cache,
+                "saved_usd": format_usd(r.saved_micros),
             })
         })
         .collect();

@@ -14,7 +14,7 @@ use futures_channel::oneshot;
 use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
-use sluice_core::cache::NoStore;
+use sluice_core::cache::MemoryStore;
 use sluice_core::config::{Config, ConfigError, Driver, ProcessEnv, Workers};
 use sluice_core::limiter::{DeploymentLimits, Limiter, LocalLimiter};
 
@@ -163,7 +163,8 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
         provider_limits: Arc::new(DeploymentLimits::build(&config, limiter.clone(), None)),
         limiter,
-        responses: Arc::new(NoStore),
+        // The response cache is kept across reloads; `[cache]` bounds apply at start-up.
+        responses: Arc::new(MemoryStore::new(config.cache, crate::cache::secret())),
         routes: Arc::new(sluice_core::route::SharedRoutes::build(
             &config,
             None,

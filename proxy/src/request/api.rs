@@ -10,12 +10,12 @@
 use std::sync::Arc;
 
 use monoio::io::AsyncWriteRentExt;
-use sluice_core::cache::{CacheRequest, StoredAnswer};
 use sluice_core::error::GatewayError;
 use sluice_core::http1::RequestHead;
 use sluice_core::limits::LimitSet;
 use sluice_core::request::{Authenticated, Inspected, Lookup, Refused, Settled};
 
+use crate::cache;
 use crate::listen::client_io::{ClientRead, ClientWrite};
 use crate::listen::respond;
 use crate::request::auth::KeyEntry;
@@ -140,7 +140,7 @@ struct Stages<'a, 'h> {
 async fn admit_and_forward(
     stages: Stages<'_, '_>,
     inspected: Inspected<Arc<KeyEntry>>,
-    plan: Plan,
+    mut plan: Plan,
     rd: &mut ClientRead,
     wr: &mut ClientWrite,
 ) -> Served {
@@ -171,17 +171,25 @@ async fn admit_and_forward(
             return refuse(worker, wr, call, request, refused, plan.inspected.stream).await
         }
     };
-    let cache_request = CacheRequest {
-        scope: key.as_ref().map_or("", |k| &k.team.name),
-        kind: call.endpoint.upstream_suffix(),
-        model: &plan.inspected.model,
-        body: &plan.body,
-    };
-    let admitted = match admitted.lookup(&*shared.responses, &cache_request, crate::clock::now_ms())
-    {
+    let (looked, ticket) = cache::lookup(worker, call.head, &plan, key.as_deref(), admitted);
+    let admitted = match looked {
         Lookup::Miss(a) => a,
         Lookup::Hit(stage, stored) => {
-            let (keep_alive, answer) = replay(wr, call, &request, &stored).await;
+            let extra = key
+                .as_ref()
+                .map(|k| auth.ratelimit_headers(k))
+                .unwrap_or_default();
+            let (keep_alive, answer) = cache::replay(
+                wr,
+                &plan,
+                &stored,
+                cache::Mark::Hit,
+                call.keep_alive,
+                &request.request_id,
+                request.started,
+                &extra,
+            )
+            .await;
             return Served::local(keep_alive, request, stage, model, answer);
         }
     };
@@ -200,7 +208,7 @@ async fn admit_and_forward(
             return refuse(worker, wr, call, request, refused, plan.inspected.stream).await
         }
     };
-    let side = ClientSide {
+    let mut side = ClientSide {
         request_id: &request.request_id,
         http10: call.head.version == 0,
         keep_alive: call.keep_alive,
@@ -211,7 +219,9 @@ async fn admit_and_forward(
             .unwrap_or_default(),
         trace: request.trace,
     };
-    let done = forward::execute(worker, reserved, plan, rd, wr, side).await;
+    cache::on_miss(ticket, &mut plan, &mut side.extra_headers);
+    let mut done = forward::execute(worker, reserved, plan, rd, wr, side).await;
+    cache::after_miss(ticket, &mut done.answer);
     Served {
         keep_alive: done.keep_alive,
         early: done.early,
@@ -223,27 +233,6 @@ async fn admit_and_forward(
             answer: done.answer,
         },
     }
-}
-
-/// Answers from the response store: the stored answer, whole. The request counted against
-/// the caller's request rate and costs no tokens.
-async fn replay(
-    wr: &mut ClientWrite,
-    call: &Call<'_>,
-    request: &RequestFacts,
-    stored: &StoredAnswer,
-) -> (bool, Answer) {
-    let headers: [(&str, &[u8]); 1] = [("x-sluice-cache", b"hit")];
-    let bytes = respond::json(
-        200,
-        &stored.body,
-        &headers,
-        call.keep_alive,
-        &request.request_id,
-    );
-    let (keep_alive, mut answer) = write(wr, bytes, 200, call.keep_alive).await;
-    answer.cost_micros = Some(0);
-    (keep_alive, answer)
 }
 
 /// Answers a request a stage refused with its error (and the key's `x-ratelimit-*` headers).

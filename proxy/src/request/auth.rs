@@ -517,6 +517,8 @@ impl Auth {
             cost_micros: cost,
             status: rec.status,
             latency_ms: rec.total_us / 1000,
+            cache: rec.cache,
+            saved_micros: rec.saved_micros.unwrap_or(0),
         };
         if ledger.record(usage).is_err() {
             self.meters.ledger_dropped.increment(1);

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 use sluice_core::attempt::Relayed;
+use sluice_core::cache::capture::{pivot_from_whole, PivotCapture};
+use sluice_core::cache::CallKind;
 use sluice_core::config::{Deployment, Provider};
 use sluice_core::dialect::{self, ResponseContext, StreamTranslator};
 use sluice_core::filter::{Capture, Chain, Stage};
@@ -17,6 +19,7 @@ use sluice_core::route::Target;
 use sluice_core::sse::SseScanner;
 use sluice_core::usage::{self, Usage};
 
+use crate::cache::note::{CacheNote, Mark};
 use crate::listen::client_io::ClientWrite;
 use crate::listen::respond::ClientFraming;
 use crate::request::client::{answer_error, write_response_head, ClientSide};
@@ -174,6 +177,9 @@ async fn whole(
     };
     let client = d.client;
     let success = (200..300).contains(&sent.head.status);
+    if d.plan.capture && success {
+        capture_whole(d, &body, answer);
+    }
     let (body, used, content_type) = match d.translation {
         Some(t) => {
             let id = answer_id(d.plan, client);
@@ -246,6 +252,9 @@ async fn relay(
     let head_wait = d.started.elapsed();
     let id = answer_id(plan, client);
     let mut chain = Chain::new();
+    if plan.capture && (200..300).contains(&sent.head.status) {
+        chain.push(Stage::Pivot(Box::new(pivot_capture(d, is_sse))));
+    }
     match d.translation {
         Some(t) if is_sse => {
             let ctx = response_context(plan, &id);
@@ -305,6 +314,12 @@ async fn relay(
         worker.metrics.open_streams.decrement(1.0);
     }
     record_relay(d, &end, head_wait, is_sse, answer);
+    if let Some(pivot) = end.pivot {
+        answer
+            .cache
+            .get_or_insert_with(|| Box::new(CacheNote::new(Mark::Miss)))
+            .captured = Some(pivot);
+    }
     if end.upstream_reusable && head.keep_alive {
         worker.pool.borrow_mut().put(
             d.dep.provider,
@@ -326,6 +341,43 @@ async fn relay(
             (None, false) => Relayed::Complete,
         },
         latency,
+    }
+}
+
+/// The response cache's capture of a relayed answer (first in the chain: it sees the
+/// upstream's bytes, in the provider's dialect).
+fn pivot_capture(d: &Delivery<'_, '_, '_>, is_sse: bool) -> PivotCapture {
+    let cfg = &d.worker.shared.config;
+    let kind = crate::cache::call_kind(d.plan.endpoint).unwrap_or(CallKind::Chat);
+    let id = format!("chatcmpl-{}", d.client.request_id);
+    PivotCapture::new(
+        d.provider.kind,
+        kind,
+        is_sse,
+        cfg.cache.max_entry_bytes as usize,
+        (&d.plan.inspected.model, &id, crate::clock::unix_s()),
+    )
+}
+
+/// The response cache's capture of a whole 2xx answer: its pivot, for settlement to keep.
+fn capture_whole(d: &Delivery<'_, '_, '_>, body: &[u8], answer: &mut Answer) {
+    let cfg = &d.worker.shared.config;
+    if body.len() as u64 > cfg.cache.max_entry_bytes {
+        return;
+    }
+    let kind = crate::cache::call_kind(d.plan.endpoint).unwrap_or(CallKind::Chat);
+    let id = format!("chatcmpl-{}", d.client.request_id);
+    let ctx = ResponseContext {
+        model: &d.plan.inspected.model,
+        id: &id,
+        created: crate::clock::unix_s(),
+        include_usage: true,
+    };
+    if let Some(pivot) = pivot_from_whole(d.provider.kind, kind, body, &ctx) {
+        answer
+            .cache
+            .get_or_insert_with(|| Box::new(CacheNote::new(Mark::Miss)))
+            .captured = Some(pivot);
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Plan {
     pub strip_usage: bool,
     /// `x-sluice-deadline-ms`.
     pub(crate) deadline_override: Option<Duration>,
+    /// Build the answer's pivot for the response cache (a miss in a group with a cache).
+    pub capture: bool,
 }
 
 /// Client headers never forwarded: credentials meant for the gateway, and what the gateway
@@ -155,6 +157,7 @@ pub fn plan(
         has_accept,
         strip_usage,
         deadline_override,
+        capture: false,
     })
 }
 

@@ -154,6 +154,8 @@ pub struct RelayEnd {
     pub first_data: Option<Instant>,
     /// Time spent waiting on upstream reads.
     pub upstream_wait: Duration,
+    /// The complete answer in the pivot shape, when the chain captured one for the cache.
+    pub pivot: Option<sluice_core::cache::StoredAnswer>,
 }
 
 /// The state of the upstream body framing.
@@ -226,6 +228,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
             first_write: None,
             first_data: None,
             upstream_wait: Duration::ZERO,
+            pivot: None,
         };
         let mut state = match framing {
             BodyFraming::Empty => Framing::Done,
@@ -401,6 +404,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         }
         end.usage = self.chain.usage();
         end.data_events = self.chain.data_events();
+        end.pivot = self.chain.take_pivot();
         let framing_intact = complete || is_sse;
         if chunked_out && framing_intact {
             wire.extend_from_slice(LAST_CHUNK);

@@ -1,6 +1,6 @@
 //! Settlement: everything a finished request changes, in one place, from one
 //! [`Settlement`] — the caller's limits (the permit, settled with the real usage and cost), the
-//! ledger and cost counters, the request metrics, the trace and the access log. The access
+//! response cache (a miss's complete answer kept), the ledger and cost counters, the request metrics, the trace and the access log. The access
 //! record is what settlement returns, built here from what the stages found; nothing upstream
 //! of this writes it.
 //!
@@ -51,6 +51,8 @@ pub struct Answer {
     pub client_cancelled: bool,
     /// Every upstream attempt, in order.
     pub attempts: Vec<Attempt>,
+    /// What the response cache did (groups with a cache only).
+    pub cache: Option<Box<crate::cache::note::CacheNote>>,
 }
 
 /// What is known of a request from its head.
@@ -115,6 +117,8 @@ pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
         authenticated,
         answer,
     } = s;
+    let mut answer = answer;
+    let cache_note = answer.cache.take();
     let key = stage.principal;
     if let (Some(k), Some(permit)) = (&key, stage.permit) {
         let tokens = answer.usage.map_or(0, |u| u.total_tokens());
@@ -127,7 +131,7 @@ pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
             crate::clock::now_ms(),
         );
     }
-    let rec = AccessRecord {
+    let mut rec = AccessRecord {
         request_id: request.request_id,
         method: request.method,
         path: request.path,
@@ -152,7 +156,10 @@ pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
         attempts: answer.attempts,
         trace: request.trace,
         start_unix_ns: request.start_unix_ns,
+        cache: None,
+        saved_micros: None,
     };
+    crate::cache::keep::settle(worker, cache_note, &mut rec);
     // The ledger has authenticated API requests only (the access log and metrics have them
     // all), so nobody without a key can grow the database.
     if authenticated {

@@ -179,6 +179,20 @@ pub struct UsageRecord {
     pub status: u16,
     /// Time from request to the end of the response, in milliseconds.
     pub latency_ms: u64,
+    /// The response cache's verdict (`hit`, `semantic`, `miss`), in a group with a cache.
+    pub cache: Option<&'static str>,
+    /// What a cache hit saved, micro-USD.
+    pub saved_micros: u64,
+}
+
+/// The ledger's `cache` column read back as one of its three words.
+pub fn cache_label(v: Option<&str>) -> Option<&'static str> {
+    match v? {
+        "hit" => Some("hit"),
+        "semantic" => Some("semantic"),
+        "miss" => Some("miss"),
+        _ => None,
+    }
 }
 
 /// The columns of [`sluice_core::keys::Limits`], the same in the `keys` and `teams` tables,

@@ -16,15 +16,16 @@ use sluice_core::usage::Usage;
 
 use super::migrate::{self, Migration, Schema};
 use super::{
-    int, period, spend_by_day, uint, Backend, Result, Scope, SpendGroup, SpendRow, StoreError,
-    UsageRecord, LIMIT_COLUMNS,
+    cache_label, int, period, spend_by_day, uint, Backend, Result, Scope, SpendGroup, SpendRow,
+    StoreError, UsageRecord, LIMIT_COLUMNS,
 };
 
 /// SQLite's schema, version by version. Append only: a shipped migration never changes.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "keys, teams, spend and ledger",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "keys, teams, spend and ledger",
+        sql: r#"
 CREATE TABLE teams (
     name TEXT PRIMARY KEY,
     rpm INTEGER,
@@ -80,7 +81,16 @@ CREATE INDEX ledger_ts ON ledger(ts_ms);
 CREATE INDEX ledger_key_ts ON ledger(key_id, ts_ms);
 CREATE INDEX ledger_team_ts ON ledger(team, ts_ms);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "ledger: the response cache's verdict and what a hit saved",
+        sql: r#"
+ALTER TABLE ledger ADD COLUMN cache TEXT;
+ALTER TABLE ledger ADD COLUMN saved_micros INTEGER NOT NULL DEFAULT 0;
+"#,
+    },
+];
 
 /// A connection's schema for [`migrate::migrate`]: the version is `PRAGMA user_version`,
 /// which SQLite changes inside the transaction like any other write.
@@ -581,7 +591,7 @@ impl Backend for Sqlite {
         let mut stmt = self.conn.prepare(
             "SELECT request_id, ts_ms, key_id, team, model, deployment, input_tokens, \
              output_tokens, cached_tokens, reasoning_tokens, estimated, cost_micros, status, \
-             latency_ms FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY ts_ms, seq LIMIT ?3",
+             latency_ms, cache, saved_micros FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY ts_ms, seq LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![int(from_ms), int(to_ms), int(limit as u64)], |r| {
             Ok(UsageRecord {
@@ -601,6 +611,8 @@ impl Backend for Sqlite {
                 cost_micros: uint(r.get(11)?),
                 status: u16::try_from(r.get::<_, i64>(12)?).unwrap_or(0),
                 latency_ms: uint(r.get(13)?),
+                cache: cache_label(r.get::<_, Option<String>>(14)?.as_deref()),
+                saved_micros: uint(r.get(15)?),
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -619,8 +631,8 @@ impl Backend for Sqlite {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO ledger (request_id, ts_ms, key_id, team, model, deployment, \
                  input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, \
-                 cost_micros, status, latency_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 cost_micros, status, latency_ms, cache, saved_micros) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?;
             for r in batch {
                 insert.execute(params![
@@ -638,6 +650,8 @@ impl Backend for Sqlite {
                     int(r.cost_micros),
                     r.status,
                     int(r.latency_ms),
+                    r.cache,
+                    int(r.saved_micros),
                 ])?;
             }
             let mut upsert = tx.prepare_cached(

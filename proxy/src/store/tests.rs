@@ -232,6 +232,8 @@ fn record(i: u64) -> UsageRecord {
         cost_micros: i,
         status: 200,
         latency_ms: 1,
+        cache: (i % 2 == 0).then_some("miss"),
+        saved_micros: 0,
     }
 }
 

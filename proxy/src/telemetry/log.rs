@@ -114,6 +114,10 @@ pub struct AccessRecord {
     pub trace: Option<crate::telemetry::context::RequestTrace>,
     /// Wall-clock start, in unix nanoseconds (set when traced).
     pub start_unix_ns: u64,
+    /// The response cache's verdict (`hit`, `semantic`, `miss`) in a group with a cache.
+    pub cache: Option<&'static str>,
+    /// What a cache hit saved, in micro-USD.
+    pub saved_micros: Option<u64>,
 }
 
 impl AccessRecord {
@@ -149,6 +153,8 @@ impl AccessRecord {
             error = self.error.as_deref(),
             attempts = attempts.as_deref(),
             client_cancelled = self.client_cancelled,
+            cache = self.cache,
+            saved_usd = self.saved_micros.map(|m| m as f64 / 1e6),
             "request"
         );
     }

@@ -1,0 +1,211 @@
+//! The response cache on the request path: what `request::api` asks between admission and
+//! reservation, how a stored answer goes back to the client, and what settlement keeps.
+//!
+//! ```text
+//! Admitted ─► lookup(): group has a cache? ── no ─► Miss (no work at all)
+//!                │ yes: directives, scope, key (core::cache::key)
+//!                ├─ store hit ─► replay(): the stored answer in the client's shape ─► Settled
+//!                └─ miss ─► Ticket ─► reserve ─► forward (deliver captures the pivot)
+//!                                                   └─► settle(): insert when complete, 2xx
+//! ```
+//! Decisions (keys, replay bytes, capture) are core's (`sluice_core::cache`); this module reads
+//! headers and the caller, writes bytes and counts.
+
+use std::sync::Arc;
+
+use monoio::io::AsyncWriteRentExt;
+use sluice_core::cache::directives::Directives;
+use sluice_core::cache::replay::{self, Replay};
+use sluice_core::cache::settings::{CacheScope, GroupCache};
+use sluice_core::cache::{CallKind, KeyInput, StoredAnswer};
+use sluice_core::http1::RequestHead;
+use sluice_core::request::{Admitted, Lookup};
+
+use crate::listen::client_io::ClientWrite;
+use crate::listen::respond::{self, ClientFraming};
+use crate::request::auth::KeyEntry;
+use crate::request::plan::{ApiEndpoint, Plan};
+use crate::request::settle::Answer;
+use crate::state::Worker;
+
+pub mod admin;
+pub mod keep;
+pub mod note;
+
+pub use note::{CacheNote, Mark, Ticket};
+
+/// The kind of call an endpoint's answers are cached as (`None`: not cached).
+pub fn call_kind(endpoint: ApiEndpoint) -> Option<CallKind> {
+    match endpoint {
+        ApiEndpoint::ChatCompletions | ApiEndpoint::Messages => Some(CallKind::Chat),
+        ApiEndpoint::Embeddings => Some(CallKind::Embeddings),
+        ApiEndpoint::Completions | ApiEndpoint::Responses => None,
+    }
+}
+
+/// The tenant scope of a request: entries never cross it.
+fn scope_of(scope: CacheScope, key: Option<&KeyEntry>) -> String {
+    match (scope, key) {
+        (CacheScope::Global, _) => "global".to_owned(),
+        (_, None) => "anonymous".to_owned(),
+        (CacheScope::Team, Some(k)) => format!("team:{}", k.team.name),
+        (CacheScope::Key, Some(k)) => format!("key:{}", k.id),
+    }
+}
+
+/// The group's cache, when it has one that this endpoint uses.
+fn group_cache<'c>(worker: &'c Worker, plan: &Plan) -> Option<&'c GroupCache> {
+    let cfg = &worker.shared.config;
+    let cache = cfg.models.get(plan.group)?.cache.as_ref()?;
+    call_kind(plan.endpoint)?;
+    Some(cache)
+}
+
+/// Asks the store for an answer to the request (after admission, before reservation). A
+/// group without a cache costs one lookup in the config. Returns the stage's verdict and, for
+/// a miss in a group with a cache, the ticket settlement needs.
+pub fn lookup(
+    worker: &Worker,
+    head: &RequestHead,
+    plan: &Plan,
+    key: Option<&KeyEntry>,
+    admitted: Admitted<Arc<KeyEntry>>,
+) -> (Lookup<Arc<KeyEntry>>, Option<Ticket>) {
+    let store = &*worker.shared.responses;
+    let now_ms = crate::clock::now_ms();
+    let Some(cache) = group_cache(worker, plan) else {
+        return (admitted.lookup(store, None, now_ms), None);
+    };
+    let directives = Directives::from_headers(head.headers());
+    let scope = scope_of(cache.scope, key);
+    let cache_key = call_kind(plan.endpoint).and_then(|kind| {
+        store.key(&KeyInput {
+            scope: &scope,
+            kind,
+            inbound: plan.endpoint.inbound(),
+            model: &plan.inspected.model,
+            body: &plan.body,
+        })
+    });
+    let read = cache.exact && directives.reads();
+    let looked = admitted.lookup(store, cache_key.as_ref().filter(|_| read), now_ms);
+    let ticket = Ticket {
+        key: cache_key,
+        ttl_ms: directives.ttl_ms.unwrap_or(cache.ttl_ms),
+        write: cache.exact && directives.writes() && cache_key.is_some(),
+    };
+    (looked, Some(ticket))
+}
+
+/// A miss went upstream: what settlement needs to keep its answer. Adds `x-sluice-cache: miss`
+/// to the answer's headers and tells `deliver` to capture the answer.
+pub fn on_miss(
+    ticket: Option<Ticket>,
+    plan: &mut Plan,
+    headers: &mut Vec<(&'static str, Vec<u8>)>,
+) {
+    if let Some(t) = ticket {
+        plan.capture = t.write;
+        headers.push(("x-sluice-cache", b"miss".to_vec()));
+    }
+}
+
+/// The exchange ended: the miss's ticket joins what `deliver` captured.
+pub fn after_miss(ticket: Option<Ticket>, answer: &mut Answer) {
+    if let Some(t) = ticket {
+        let note = answer
+            .cache
+            .get_or_insert_with(|| Box::new(CacheNote::new(Mark::Miss)));
+        note.mark = Mark::Miss;
+        note.ticket = Some(t);
+    }
+}
+
+/// Answers from the store: the stored answer in the client's shape, whole or as a stream,
+/// marked `x-sluice-cache: hit`. The request counted against the caller's request rate; it
+/// reserves and spends no tokens and no money.
+#[allow(clippy::too_many_arguments)]
+pub async fn replay(
+    wr: &mut ClientWrite,
+    plan: &Plan,
+    stored: &StoredAnswer,
+    mark: Mark,
+    keep_alive: bool,
+    request_id: &str,
+    started: std::time::Instant,
+    extra: &[(&'static str, Vec<u8>)],
+) -> (bool, Answer) {
+    let prefix = if plan.endpoint == ApiEndpoint::Messages {
+        "msg_"
+    } else {
+        "chatcmpl-"
+    };
+    let id = format!("{prefix}{request_id}");
+    let r = Replay {
+        inbound: plan.endpoint.inbound(),
+        stream: plan.inspected.stream && stored.kind == CallKind::Chat,
+        include_usage: plan.inspected.include_usage,
+        model: &plan.inspected.model,
+        id: &id,
+        created: crate::clock::unix_s(),
+    };
+    let (body, content_type) = replay::body(stored, &r);
+    let marked = match mark {
+        Mark::Semantic(s) => format!("semantic; similarity={s:.2}"),
+        other => other.label().to_owned(),
+    };
+    let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(3 + extra.len());
+    headers.push(("content-type", content_type.as_bytes()));
+    headers.push(("x-sluice-cache", marked.as_bytes()));
+    if r.stream {
+        headers.push(("cache-control", b"no-cache"));
+    }
+    for (n, v) in extra {
+        headers.push((n, v));
+    }
+    let mut wire = Vec::with_capacity(512 + body.len());
+    respond::write_head(
+        &mut wire,
+        200,
+        &headers,
+        ClientFraming::Length(body.len() as u64),
+        keep_alive,
+        request_id,
+    );
+    wire.extend_from_slice(&body);
+    let mut note = CacheNote::new(mark);
+    note.saved_micros = stored.cost_micros.unwrap_or(0);
+    note.saved_tokens = stored.usage.map_or(0, |u| u.total_tokens());
+    let mut answer = Answer {
+        status: 200,
+        stream: r.stream,
+        cost_micros: Some(0),
+        bytes_out: wire.len() as u64,
+        cache: Some(Box::new(note)),
+        ..Answer::default()
+    };
+    let (res, _) = wr.write_all(wire).await;
+    answer.ttfb_us = Some(started.elapsed().as_micros() as u64);
+    if res.is_err() {
+        answer.client_cancelled = true;
+    }
+    (res.is_ok() && keep_alive, answer)
+}
+
+/// 32 random bytes for the process's cache key (so keys differ per process and nobody can
+/// aim a collision): from the kernel, or, failing that, from std's randomly seeded hasher.
+pub fn secret() -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let read = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut out));
+    if read.is_err() {
+        use std::hash::{BuildHasher, Hasher};
+        for (i, part) in out.chunks_mut(8).enumerate() {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(i);
+            h.write_u64(crate::clock::unix_ms());
+            part.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    out
+}
