@@ -183,6 +183,7 @@ fn exact_hits_are_replayed_in_every_shape_and_accounted(driver: &str) {
     assert_eq!(sample(&text, "sluice_cache_misses_total{model=\"mock-fast\"}"), 2.0);
     assert!(sample(&text, "sluice_cache_saved_tokens_total{model=\"mock-fast\"}") > 0.0);
     assert!(sample(&text, "sluice_cache_entries") >= 2.0);
+    promtool_accepts(&text);
 
     // The admin API: stats, then clearing the model's entries makes the next request a miss.
     let (status, v) = gw.admin("GET", "/admin/cache", None);
@@ -347,4 +348,35 @@ fn a_full_cache_evicts_and_never_grows_past_max_bytes() {
     assert!(v["store"]["evictions"].as_u64().unwrap() > 100, "{v}");
     assert!(v["store"]["entries"].as_u64().unwrap() >= 4, "{v}");
     assert!(sample(&gw.metrics(), "sluice_cache_evictions_total") > 100.0);
+}
+
+/// `promtool check metrics` accepts the text (CI installs promtool).
+fn promtool_accepts(text: &str) {
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(_) => assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install promtool (Debian package prometheus)"
+        ),
+    }
 }

@@ -85,9 +85,50 @@ pub fn upkeep() {
     install().run_upkeep();
 }
 
+/// The response cache's series (`sluice_cache_*`, counted in `cache::keep`).
+fn describe_cache() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "sluice_cache_hits_total",
+        "Requests answered from the exact response cache, by model group."
+    );
+    describe_counter!(
+        "sluice_cache_semantic_hits_total",
+        "Requests answered from the semantic response cache, by model group."
+    );
+    describe_counter!(
+        "sluice_cache_misses_total",
+        "Requests of model groups with a cache that went upstream, by model group."
+    );
+    describe_counter!(
+        "sluice_cache_saved_tokens_total",
+        "Tokens the cache's hits did not spend, by model group."
+    );
+    describe_counter!(
+        "sluice_cache_saved_cost_usd_micros_total",
+        "Micro-USD the cache's hits did not spend (at the stored answer's price), by model group."
+    );
+    describe_gauge!("sluice_cache_entries", "Entries the response cache holds.");
+    describe_gauge!(
+        "sluice_cache_bytes",
+        Unit::Bytes,
+        "Bytes the response cache holds (bounded by [cache] max_bytes)."
+    );
+    describe_counter!(
+        "sluice_cache_evictions_total",
+        "Entries evicted to keep the response cache within max_bytes."
+    );
+    describe_histogram!(
+        "sluice_cache_embedding_seconds",
+        Unit::Seconds,
+        "Time of the semantic cache's embedding calls, by model group."
+    );
+}
+
 // Longer than ~100 lines on purpose: a flat list, one description per metric family.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_cache();
     describe_counter!(
         "sluice_requests_total",
         "Requests answered, by model group, deployment, provider, status class and stream."
