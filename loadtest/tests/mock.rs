@@ -330,7 +330,15 @@ fn embeddings_for_string_and_array() {
         assert_eq!(data.len(), n);
         for (i, item) in data.iter().enumerate() {
             assert_eq!(item["index"], i);
-            assert_eq!(item["embedding"].as_array().unwrap().len(), 8);
+            let v: Vec<f64> = item["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            assert_eq!(v.len(), 256);
+            let norm: f64 = v.iter().map(|x| x * x).sum();
+            assert!((norm - 1.0).abs() < 1e-3, "unit length: {norm}");
         }
         assert_eq!(
             json["usage"]["total_tokens"],

@@ -234,6 +234,7 @@ pub(crate) fn plan(
         chunks,
         chunk_size,
         inputs: fields.inputs.unwrap_or(1),
+        texts: fields.texts,
     };
     if let (true, Some(dialect)) = (stream, dialect) {
         return at(Reply::Stream {

@@ -19,7 +19,7 @@
 //! |---|---|
 //! | `POST /v1/chat/completions` | `chat.completion`, or SSE chunks with `"stream":true` |
 //! | `POST /v1/completions` | `text_completion`, streaming too |
-//! | `POST /v1/embeddings` | one 8-float vector per input |
+//! | `POST /v1/embeddings` | one 256-float vector per input: its words and trigrams hashed, normalised (paraphrases close, strangers far) |
 //! | `POST /v1/responses` | a completed Responses object (no streaming) |
 //! | `POST /v1/messages` | Anthropic message, or its SSE event sequence |
 //! | `GET /v1/models` | a short model list |
@@ -38,6 +38,7 @@
 
 mod behaviour;
 mod connection;
+mod embed;
 mod http;
 mod race;
 mod request;

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::http::Head;
@@ -78,6 +78,8 @@ pub(crate) struct BodyFields {
     pub(crate) include_usage: bool,
     /// Embeddings inputs (1 for a string, the length of an array).
     pub(crate) inputs: Option<usize>,
+    /// Embeddings inputs' texts (token arrays as their numbers), each cut at 8 KiB.
+    pub(crate) texts: Vec<String>,
     /// `max(1, body bytes / 4)`.
     pub(crate) prompt_tokens: u64,
 }
@@ -102,6 +104,7 @@ impl Exchange {
                 stream: false,
                 include_usage: false,
                 inputs: None,
+                texts: Vec::new(),
                 prompt_tokens: 1,
             })
         };
@@ -127,8 +130,21 @@ struct RawStreamOptions {
     include_usage: Option<bool>,
 }
 
-/// Counts embeddings inputs without keeping them.
-struct InputCount(usize);
+/// Embeddings inputs: how many, and (the first [`MAX_TEXTS`]) their texts, for the vectors.
+struct InputCount(usize, Vec<String>);
+
+/// Inputs whose texts are kept (the rest are counted and get the empty text's vector).
+const MAX_TEXTS: usize = 2048;
+/// Bytes of each kept text.
+const MAX_TEXT_BYTES: usize = 8192;
+
+fn cut(s: &str) -> String {
+    let mut end = s.len().min(MAX_TEXT_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
 
 impl<'de> Deserialize<'de> for InputCount {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -138,15 +154,22 @@ impl<'de> Deserialize<'de> for InputCount {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string or an array")
             }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<InputCount, E> {
-                Ok(InputCount(1))
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<InputCount, E> {
+                Ok(InputCount(1, vec![cut(s)]))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<InputCount, A::Error> {
                 let mut n = 0;
-                while seq.next_element::<IgnoredAny>()?.is_some() {
+                let mut texts = Vec::new();
+                while let Some(v) = seq.next_element::<serde_json::Value>()? {
                     n += 1;
+                    if texts.len() < MAX_TEXTS {
+                        texts.push(match v {
+                            serde_json::Value::String(s) => cut(&s),
+                            other => cut(&other.to_string()),
+                        });
+                    }
                 }
-                Ok(InputCount(n))
+                Ok(InputCount(n, texts))
             }
         }
         deserializer.deserialize_any(Count)
@@ -163,7 +186,8 @@ fn parse_body(body: &[u8]) -> Result<BodyFields, String> {
             .stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
-        inputs: raw.input.map(|n| n.0),
+        inputs: raw.input.as_ref().map(|n| n.0),
+        texts: raw.input.map(|n| n.1).unwrap_or_default(),
         prompt_tokens: (body.len() as u64 / 4).max(1),
     })
 }

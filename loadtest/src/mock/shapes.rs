@@ -28,6 +28,8 @@ pub(crate) struct Answer {
     pub(crate) chunk_size: usize,
     /// Embeddings: how many inputs were given.
     pub(crate) inputs: usize,
+    /// Embeddings: the inputs' texts (see `embed`).
+    pub(crate) texts: Vec<String>,
 }
 
 impl Answer {
@@ -135,7 +137,7 @@ pub(crate) fn completion(out: &mut Vec<u8>, a: &Answer) {
     out.push(b'}');
 }
 
-/// `POST /v1/embeddings`: one 8-float vector per input.
+/// `POST /v1/embeddings`: one vector per input, from its text (see `embed`).
 pub(crate) fn embeddings(out: &mut Vec<u8>, a: &Answer) {
     out.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
     for i in 0..a.inputs {
@@ -144,9 +146,10 @@ pub(crate) fn embeddings(out: &mut Vec<u8>, a: &Answer) {
         }
         out.extend_from_slice(b"{\"object\":\"embedding\",\"index\":");
         push_u64(out, i as u64);
-        out.extend_from_slice(
-            b",\"embedding\":[0.125,-0.25,0.375,-0.5,0.0625,-0.125,0.25,-0.375]}",
-        );
+        out.extend_from_slice(b",\"embedding\":");
+        let text = a.texts.get(i).map_or("", String::as_str);
+        super::embed::push_vector(out, &super::embed::embed(text));
+        out.push(b'}');
     }
     out.extend_from_slice(b"],\"model\":");
     push_json_str(out, &a.model);
@@ -262,6 +265,7 @@ mod tests {
             chunks: 2,
             chunk_size: 6,
             inputs: 2,
+            texts: vec!["a".into(), "b".into()],
         }
     }
 

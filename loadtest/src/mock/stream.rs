@@ -206,6 +206,7 @@ mod tests {
             chunks: 2,
             chunk_size: 4,
             inputs: 1,
+            texts: Vec::new(),
         };
         let spec = StreamSpec::new(dialect, answer, include_usage);
         let mut ev = EventWriter::default();
