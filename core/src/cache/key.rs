@@ -12,7 +12,7 @@
 //! prompt's entry), and its speed (GB/s) leaves the cost of a key to the JSON normalisation.
 //! xxh3 is faster on small inputs but not collision-resistant against chosen inputs.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::dialect::{self, Dialect, Inbound, RequestOptions};
 
@@ -64,9 +64,9 @@ pub struct CacheKey {
     pub scope_slot: u8,
 }
 
-/// The normalised request: the chat messages and parameters as canonical JSON, without the
-/// ignored fields. `None` when the body is not a JSON object, or asks for `n > 1`.
-pub fn normalise(input: &KeyInput<'_>) -> Option<Vec<u8>> {
+/// The request in the pivot shape, as a JSON object: an Anthropic Messages request translated
+/// to chat. `None` when the body is not a JSON object, or asks for `n > 1`.
+pub(crate) fn pivot_object(input: &KeyInput<'_>) -> Option<Map<String, Value>> {
     let value: Value = match input.inbound {
         Some(Inbound::AnthropicMessages) => {
             let opts = RequestOptions::new(input.model);
@@ -89,7 +89,11 @@ pub fn normalise(input: &KeyInput<'_>) -> Option<Vec<u8>> {
             return None;
         }
     }
-    let mut out = Vec::with_capacity(input.body.len());
+    Some(map)
+}
+
+/// `map` written canonically without the fields that do not change the answer.
+pub(crate) fn write_request(map: &Map<String, Value>, out: &mut Vec<u8>) {
     out.push(b'{');
     let mut keys: Vec<&String> = map
         .keys()
@@ -100,32 +104,45 @@ pub fn normalise(input: &KeyInput<'_>) -> Option<Vec<u8>> {
         if i > 0 {
             out.push(b',');
         }
-        write_string(k, &mut out);
+        write_string(k, out);
         out.push(b':');
         if let Some(v) = map.get(k) {
-            write_canonical(v, &mut out);
+            write_canonical(v, out);
         }
     }
     out.push(b'}');
+}
+
+/// The normalised request: the chat messages and parameters as canonical JSON, without the
+/// ignored fields. `None` when the body is not a JSON object, or asks for `n > 1`.
+pub fn normalise(input: &KeyInput<'_>) -> Option<Vec<u8>> {
+    let map = pivot_object(input)?;
+    let mut out = Vec::with_capacity(input.body.len());
+    write_request(&map, &mut out);
     Some(out)
+}
+
+/// A keyed hash of `parts` (length-prefixed, so no two splits hash alike) and `tail`.
+pub(crate) fn keyed_hash(secret: &[u8; 32], parts: &[&[u8]], tail: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(secret);
+    for part in parts {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(tail);
+    *h.finalize().as_bytes()
 }
 
 /// The key of `input` under the process's `secret`; `None` when it cannot be keyed.
 pub fn exact_key(secret: &[u8; 32], input: &KeyInput<'_>) -> Option<CacheKey> {
     let normalised = normalise(input)?;
-    let mut h = blake3::Hasher::new_keyed(secret);
-    // Length-prefixed parts, so no two different splits hash alike.
-    for part in [
+    let parts = [
         input.scope.as_bytes(),
         input.kind.name().as_bytes(),
         input.model.as_bytes(),
-    ] {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    h.update(&normalised);
+    ];
     Some(CacheKey {
-        hash: *h.finalize().as_bytes(),
+        hash: keyed_hash(secret, &parts, &normalised),
         model_slot: slot(input.model),
         scope_slot: slot(input.scope),
     })
@@ -170,7 +187,7 @@ pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
-fn write_string(s: &str, out: &mut Vec<u8>) {
+pub(crate) fn write_string(s: &str, out: &mut Vec<u8>) {
     // serde_json's string escaping is canonical (the same text always gives the same bytes).
     if let Ok(bytes) = serde_json::to_vec(s) {
         out.extend_from_slice(&bytes);

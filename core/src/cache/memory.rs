@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tinyufo::TinyUfo;
 
 use super::key::{exact_key, slot, CacheKey, KeyInput};
+use super::semantic::{self, SemanticIndex, SemanticQuery};
 use super::settings::CacheConfig;
 use super::{Clear, ResponseStore, StoreStats, StoredAnswer};
 
@@ -39,6 +40,8 @@ struct Entry {
 /// The in-process response store (see the module docs).
 pub struct MemoryStore {
     ufo: TinyUfo<[u8; 32], Arc<Entry>>,
+    /// Prompt vectors of the semantic cache; their answers are in `ufo`.
+    semantic: SemanticIndex,
     secret: [u8; 32],
     config: CacheConfig,
     all_generation: AtomicU64,
@@ -60,6 +63,7 @@ impl MemoryStore {
         let estimated = (config.max_bytes / (4 * UNIT)).clamp(64, 1 << 20) as usize;
         MemoryStore {
             ufo: TinyUfo::new(units, estimated),
+            semantic: SemanticIndex::new(config.max_bytes / 4),
             secret,
             config,
             all_generation: AtomicU64::new(0),
@@ -168,8 +172,38 @@ impl ResponseStore for MemoryStore {
         self.clears.fetch_add(1, Relaxed);
     }
 
+    fn semantic_query(&self, input: &KeyInput<'_>) -> Option<SemanticQuery> {
+        semantic::query(&self.secret, input)
+    }
+
+    fn similar(
+        &self,
+        q: &SemanticQuery,
+        vector: &[f32],
+        threshold: f32,
+        now_ms: u64,
+    ) -> Option<(Arc<StoredAnswer>, f32)> {
+        let m = self.semantic.search(q, vector, threshold, now_ms)?;
+        Some((self.lookup(&m.key, now_ms)?, m.similarity))
+    }
+
+    fn insert_similar(
+        &self,
+        q: &SemanticQuery,
+        vector: Vec<f32>,
+        key: &CacheKey,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) {
+        self.semantic
+            .insert(q, vector, *key, now_ms.saturating_add(ttl_ms));
+    }
+
     fn stats(&self) -> StoreStats {
+        let (vectors, vector_bytes) = self.semantic.size();
         StoreStats {
+            vectors,
+            vector_bytes,
             entries: self.entries.load(Relaxed),
             bytes: self.weight.load(Relaxed) * UNIT,
             max_bytes: self.config.max_bytes,

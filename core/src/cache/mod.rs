@@ -9,7 +9,8 @@
 //!                                                                       └─ insert (complete only)
 //! ```
 //! Implementations: [`NoStore`] (nothing is kept, every lookup misses) and [`MemoryStore`]
-//! (in-process, bounded in bytes, TinyUFO admission and eviction, lock-free reads).
+//! (in-process, bounded in bytes, TinyUFO admission and eviction, lock-free reads; with the
+//! semantic index beside it, bounded by a quarter of `max_bytes`).
 //!
 //! The parts, in the order a request meets them: [`settings`] (the `[cache]` table and each
 //! model group's `cache = {…}`), [`directives`] (the request's `cache-control` and
@@ -23,13 +24,16 @@ use crate::usage::Usage;
 
 pub mod capture;
 pub mod directives;
+pub mod guard;
 pub mod key;
 mod memory;
 pub mod replay;
+pub mod semantic;
 pub mod settings;
 
 pub use key::{CacheKey, CallKind, KeyInput};
 pub use memory::MemoryStore;
+pub use semantic::SemanticQuery;
 
 /// A stored answer, whole, in the pivot shape: an OpenAI chat completion (or an embeddings
 /// answer), with its usage.
@@ -71,6 +75,10 @@ pub struct StoreStats {
     pub too_large: u64,
     /// Entries dropped by clears.
     pub clears: u64,
+    /// Prompt vectors in the semantic index.
+    pub vectors: u64,
+    /// Bytes the semantic index holds.
+    pub vector_bytes: u64,
 }
 
 /// A response store.
@@ -83,6 +91,32 @@ pub trait ResponseStore: Send + Sync {
     fn insert(&self, key: &CacheKey, answer: StoredAnswer, ttl_ms: u64, now_ms: u64) -> bool;
     /// Drops the entries `which` names.
     fn clear(&self, which: Clear<'_>);
+    /// The semantic query of a request (`None`: it has none, e.g. its last message is not a
+    /// user's text).
+    fn semantic_query(&self, _input: &KeyInput<'_>) -> Option<SemanticQuery> {
+        None
+    }
+    /// The stored answer of the closest fresh prompt to `q` (its `vector`) at or above
+    /// `threshold` that passes the lexical guard, and the similarity.
+    fn similar(
+        &self,
+        _q: &SemanticQuery,
+        _vector: &[f32],
+        _threshold: f32,
+        _now_ms: u64,
+    ) -> Option<(Arc<StoredAnswer>, f32)> {
+        None
+    }
+    /// Remembers that the answer to `q` (embedded as `vector`) is stored under `key`.
+    fn insert_similar(
+        &self,
+        _q: &SemanticQuery,
+        _vector: Vec<f32>,
+        _key: &CacheKey,
+        _ttl_ms: u64,
+        _now_ms: u64,
+    ) {
+    }
     /// Counters.
     fn stats(&self) -> StoreStats;
 }

@@ -1,0 +1,328 @@
+//! The semantic cache's index: answers found by the meaning of the last user message, when
+//! everything else about the request is the same.
+//!
+//! A request's [`SemanticQuery`] is its last user message (the text compared) and a keyed hash
+//! of everything else — scope, kind, model, system prompt, tools, sampling parameters and every
+//! earlier turn — so a semantic hit never crosses conversations. The index keeps, per such
+//! context, the normalised embedding of each answered prompt, its text and the exact key its
+//! answer is stored under (the answer itself lives in the exact store, counted there).
+//!
+//! Search is exact: a dot product with every vector of the context (unit vectors: the dot
+//! product is the cosine), the best at or above the threshold whose text passes the lexical
+//! guard ([`super::guard`]) wins. A context holds at most [`MAX_PER_CONTEXT`] vectors, the whole
+//! index at most its byte bound; the oldest go first.
+//!
+//! Concurrency note: a search takes the read lock, an insert the write lock; inserts happen at
+//! settlement, once per answered semantic miss.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::RwLock;
+
+use serde_json::Value;
+
+use super::guard;
+use super::key::{keyed_hash, pivot_object, write_request, CacheKey, CallKind, KeyInput};
+
+/// Vectors one context holds at most (exact search stays within a bench-proven bound).
+pub const MAX_PER_CONTEXT: usize = 10_000;
+/// Longest text compared (longer prompts are not cached semantically).
+pub const MAX_TEXT_BYTES: usize = 8192;
+
+/// What a request is looked up by in the semantic index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SemanticQuery {
+    /// Keyed hash of everything but the last user message.
+    pub context: [u8; 32],
+    /// The last user message's text.
+    pub text: String,
+}
+
+/// The semantic query of a chat request; `None` when the last message is not a user's text
+/// (or the request cannot be keyed).
+pub fn query(secret: &[u8; 32], input: &KeyInput<'_>) -> Option<SemanticQuery> {
+    if input.kind != CallKind::Chat {
+        return None;
+    }
+    let mut map = pivot_object(input)?;
+    let messages = map.get_mut("messages")?.as_array_mut()?;
+    let last = messages.last_mut()?.as_object_mut()?;
+    if last.get("role")?.as_str()? != "user" {
+        return None;
+    }
+    let text = match last.get("content")? {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for p in parts {
+                // Only text parts: an image makes the prompt more than its words.
+                if p.get("type")?.as_str()? != "text" {
+                    return None;
+                }
+                text.push_str(p.get("text")?.as_str()?);
+                text.push('\n');
+            }
+            text
+        }
+        _ => return None,
+    };
+    if text.trim().is_empty() || text.len() > MAX_TEXT_BYTES {
+        return None;
+    }
+    last.insert("content".into(), Value::Null);
+    let mut rest = Vec::with_capacity(input.body.len());
+    write_request(&map, &mut rest);
+    let parts = [
+        b"semantic".as_slice(),
+        input.scope.as_bytes(),
+        input.kind.name().as_bytes(),
+        input.model.as_bytes(),
+    ];
+    Some(SemanticQuery {
+        context: keyed_hash(secret, &parts, &rest),
+        text,
+    })
+}
+
+/// `v` scaled to unit length (`None` for a zero or non-finite vector).
+pub fn normalised(mut v: Vec<f32>) -> Option<Vec<f32>> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if !(norm.is_finite() && norm > 0.0) {
+        return None;
+    }
+    for x in &mut v {
+        *x /= norm;
+    }
+    Some(v)
+}
+
+struct Item {
+    id: u64,
+    vector: Box<[f32]>,
+    text: String,
+    key: CacheKey,
+    expires_ms: u64,
+}
+
+impl Item {
+    fn bytes(&self) -> u64 {
+        (self.vector.len() * 4 + self.text.len() + 96) as u64
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    contexts: HashMap<[u8; 32], VecDeque<Item>>,
+    /// (context, id) in insertion order, for evicting the oldest.
+    order: VecDeque<([u8; 32], u64)>,
+    bytes: u64,
+    next_id: u64,
+}
+
+impl Inner {
+    /// Drops the oldest item of the index.
+    fn evict_oldest(&mut self) -> bool {
+        let Some((ctx, id)) = self.order.pop_front() else {
+            return false;
+        };
+        if let Some(list) = self.contexts.get_mut(&ctx) {
+            if list.front().is_some_and(|i| i.id == id) {
+                if let Some(item) = list.pop_front() {
+                    self.bytes = self.bytes.saturating_sub(item.bytes());
+                }
+            }
+            if list.is_empty() {
+                self.contexts.remove(&ctx);
+            }
+        }
+        true
+    }
+}
+
+/// The semantic index (see the module docs).
+pub struct SemanticIndex {
+    inner: RwLock<Inner>,
+    max_bytes: u64,
+}
+
+/// A semantic match: the exact key its answer is stored under, and the cosine similarity.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Match {
+    /// Where the answer is.
+    pub key: CacheKey,
+    /// Cosine similarity of the two prompts.
+    pub similarity: f32,
+}
+
+impl SemanticIndex {
+    /// An index of at most `max_bytes` (vectors, texts and bookkeeping).
+    pub fn new(max_bytes: u64) -> Self {
+        SemanticIndex {
+            inner: RwLock::new(Inner::default()),
+            max_bytes,
+        }
+    }
+
+    /// The best match for `q` (its unit `vector`) at or above `threshold` that passes the
+    /// lexical guard and is fresh at `now_ms`.
+    pub fn search(
+        &self,
+        q: &SemanticQuery,
+        vector: &[f32],
+        threshold: f32,
+        now_ms: u64,
+    ) -> Option<Match> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let list = inner.contexts.get(&q.context)?;
+        let mut candidates: Vec<(f32, &Item)> = list
+            .iter()
+            .filter(|i| i.expires_ms > now_ms && i.vector.len() == vector.len())
+            .map(|i| (dot(&i.vector, vector), i))
+            .filter(|(s, _)| *s >= threshold)
+            .collect();
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+        candidates
+            .into_iter()
+            .find(|(_, i)| guard::agree(&i.text, &q.text))
+            .map(|(similarity, i)| Match {
+                key: i.key,
+                similarity: similarity.min(1.0),
+            })
+    }
+
+    /// Remembers that the answer to `q` (unit `vector`) is stored under `key`.
+    pub fn insert(&self, q: &SemanticQuery, vector: Vec<f32>, key: CacheKey, expires_ms: u64) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let item = Item {
+            id,
+            vector: vector.into_boxed_slice(),
+            text: q.text.clone(),
+            key,
+            expires_ms,
+        };
+        let bytes = item.bytes();
+        if bytes > self.max_bytes {
+            return;
+        }
+        while inner.bytes + bytes > self.max_bytes && inner.evict_oldest() {}
+        let list = inner.contexts.entry(q.context).or_default();
+        let mut dropped = 0;
+        if list.len() >= MAX_PER_CONTEXT {
+            if let Some(old) = list.pop_front() {
+                dropped = old.bytes();
+            }
+        }
+        list.push_back(item);
+        inner.bytes = inner.bytes.saturating_sub(dropped) + bytes;
+        inner.order.push_back((q.context, id));
+        // Dangling order entries (items dropped by the per-context cap) are skipped when
+        // popped; keep the queue from growing without bound.
+        if inner.order.len() > 4 * MAX_PER_CONTEXT + inner.contexts.len() * MAX_PER_CONTEXT {
+            let Inner {
+                contexts, order, ..
+            } = &mut *inner;
+            order.retain(|(c, i)| {
+                contexts
+                    .get(c)
+                    .is_some_and(|l| l.iter().any(|it| it.id == *i))
+            });
+        }
+    }
+
+    /// Vectors held and the bytes they weigh.
+    pub fn size(&self) -> (u64, u64) {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let n = inner.contexts.values().map(|l| l.len() as u64).sum();
+        (n, inner.bytes)
+    }
+}
+
+/// The dot product of two vectors of the same length.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Four accumulators: the compiler vectorises this.
+    let mut acc = [0f32; 4];
+    let chunks = a.len() / 4 * 4;
+    for (x, y) in a[..chunks].chunks_exact(4).zip(b[..chunks].chunks_exact(4)) {
+        for k in 0..4 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut sum = acc.iter().sum::<f32>();
+    for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
+        sum += x * y;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect::Inbound;
+
+    const SECRET: [u8; 32] = [3; 32];
+
+    fn q(system: &str, earlier: &str, last: &str) -> SemanticQuery {
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"{earlier}"}},{{"role":"assistant","content":"ok"}},{{"role":"user","content":"{last}"}}]}}"#
+        );
+        query(
+            &SECRET,
+            &KeyInput {
+                scope: "team:a",
+                kind: CallKind::Chat,
+                inbound: Some(Inbound::OpenAiChat),
+                model: "m",
+                body: body.as_bytes(),
+            },
+        )
+        .unwrap()
+    }
+
+    fn key(n: u8) -> CacheKey {
+        CacheKey {
+            hash: [n; 32],
+            model_slot: 0,
+            scope_slot: 0,
+        }
+    }
+
+    #[test]
+    fn the_context_is_everything_but_the_last_user_message() {
+        let a = q("be brief", "hello", "What is the capital of France?");
+        let b = q("be brief", "hello", "what's the capital of France");
+        assert_eq!(a.context, b.context);
+        assert_eq!(b.text, "what's the capital of France");
+        assert_ne!(a.context, q("be verbose", "hello", "x").context);
+        assert_ne!(a.context, q("be brief", "hi", "x").context);
+    }
+
+    #[test]
+    fn search_needs_the_threshold_the_guard_and_freshness() {
+        let index = SemanticIndex::new(1 << 20);
+        let a = q("s", "e", "is it safe to take 2 tablets");
+        index.insert(&a, normalised(vec![1.0, 0.0, 0.0]).unwrap(), key(1), 100);
+        let near = normalised(vec![0.98, 0.2, 0.0]).unwrap();
+        let hit = index.search(&a, &near, 0.95, 0).unwrap();
+        assert_eq!(hit.key, key(1));
+        assert!(hit.similarity > 0.95 && hit.similarity < 1.0);
+        assert!(index.search(&a, &near, 0.99, 0).is_none(), "below the threshold");
+        assert!(index.search(&a, &near, 0.95, 100).is_none(), "expired");
+        let negated = q("s", "e", "is it not safe to take 2 tablets");
+        assert!(index.search(&negated, &near, 0.5, 0).is_none(), "the guard");
+        let other_context = q("t", "e", "is it safe to take 2 tablets");
+        assert!(index.search(&other_context, &near, 0.5, 0).is_none());
+    }
+
+    #[test]
+    fn the_index_stays_within_its_bytes() {
+        let index = SemanticIndex::new(64 << 10);
+        for i in 0..1000u32 {
+            let query = q("s", "e", &format!("question {i}"));
+            let v = normalised(vec![1.0; 64]).unwrap();
+            index.insert(&query, v, key(1), 1000);
+            assert!(index.size().1 <= 64 << 10);
+        }
+        assert!(index.size().0 > 50);
+    }
+}
