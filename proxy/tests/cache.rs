@@ -19,15 +19,20 @@ use serde_json::{json, Value};
 /// The store config with the exact cache on `mock-fast` and `mock-stream`; `cache_table` is
 /// the `[cache]` table's body.
 fn cache_config(mock: std::net::SocketAddr, dir: &std::path::Path, cache_table: &str) -> String {
-    store_config(mock, &dir.join("s.db"), 1, &format!("[cache]\n{cache_table}\n"))
-        .replace(
-            "model = \"mock-model\" }]",
-            "model = \"mock-model\" }]\ncache = { ttl_s = 600 }",
-        )
-        .replace(
-            "model = \"mock-stream-model\" }]",
-            "model = \"mock-stream-model\" }]\ncache = { ttl_s = 600, scope = \"global\" }",
-        )
+    store_config(
+        mock,
+        &dir.join("s.db"),
+        1,
+        &format!("[cache]\n{cache_table}\n"),
+    )
+    .replace(
+        "model = \"mock-model\" }]",
+        "model = \"mock-model\" }]\ncache = { ttl_s = 600 }",
+    )
+    .replace(
+        "model = \"mock-stream-model\" }]",
+        "model = \"mock-stream-model\" }]\ncache = { ttl_s = 600, scope = \"global\" }",
+    )
 }
 
 fn prompt_body(model: &str, stream: bool, prompt: &str, extra: &str) -> String {
@@ -38,7 +43,11 @@ fn prompt_body(model: &str, stream: bool, prompt: &str, extra: &str) -> String {
 
 fn post_as(gw: &Gw, key: &str, path: &str, body: &str, extra: &str) -> Response {
     let mut c = Client::connect(gw.addr);
-    c.post(path, body, &format!("authorization: Bearer {key}\r\n{extra}"))
+    c.post(
+        path,
+        body,
+        &format!("authorization: Bearer {key}\r\n{extra}"),
+    )
 }
 
 /// The text of a chat completion, whole or streamed.
@@ -48,7 +57,11 @@ fn content(r: &Response) -> String {
             .iter()
             .filter(|d| *d != "[DONE]")
             .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(String::from))
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(String::from)
+            })
             .collect()
     } else {
         r.json()["choices"][0]["message"]["content"]
@@ -94,11 +107,20 @@ fn exact_hits_are_replayed_in_every_shape_and_accounted(driver: &str) {
     assert_eq!(second.status, 200);
     assert_eq!(second.header("x-sluice-cache"), Some("hit"));
     assert_eq!(second.body, first.body, "a whole hit is the stored answer");
-    assert!(second.header("x-ratelimit-limit-requests").is_some() || second.header("x-request-id").is_some());
+    assert!(
+        second.header("x-ratelimit-limit-requests").is_some()
+            || second.header("x-request-id").is_some()
+    );
 
     // The same request as a stream: a hit, chunked, role first, finish_reason, [DONE], no
     // usage chunk unless asked.
-    let sse = post_as(&gw, &key, chat, &prompt_body("mock-fast", true, "What is a sluice?", ""), "");
+    let sse = post_as(
+        &gw,
+        &key,
+        chat,
+        &prompt_body("mock-fast", true, "What is a sluice?", ""),
+        "",
+    );
     assert_eq!(sse.status, 200);
     assert_eq!(sse.header("x-sluice-cache"), Some("hit"));
     assert_eq!(sse.header("content-type"), Some("text/event-stream"));
@@ -110,7 +132,10 @@ fn exact_hits_are_replayed_in_every_shape_and_accounted(driver: &str) {
         .collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert!(chunks.len() >= 3, "{data:?}");
-    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
     assert!(chunks.iter().all(|c| c.get("usage").is_none()));
     assert_eq!(content(&sse), original, "byte-equal content");
     let with_usage = post_as(
@@ -136,7 +161,13 @@ fn exact_hits_are_replayed_in_every_shape_and_accounted(driver: &str) {
 
     // An Anthropic client of the same group gets the same answer in its own shape.
     let messages = r#"{"model":"mock-fast","max_tokens":64,"messages":[{"role":"user","content":"What is a sluice?"}]}"#;
-    let whole = post_as(&gw, &key, "/v1/messages", messages, "anthropic-version: 2023-06-01\r\n");
+    let whole = post_as(
+        &gw,
+        &key,
+        "/v1/messages",
+        messages,
+        "anthropic-version: 2023-06-01\r\n",
+    );
     assert_eq!(whole.status, 200, "{}", whole.text());
     assert_eq!(whole.header("x-sluice-cache"), Some("hit"));
     assert_eq!(whole.json()["type"], "message");
@@ -151,12 +182,28 @@ fn exact_hits_are_replayed_in_every_shape_and_accounted(driver: &str) {
     assert_eq!(streamed.header("x-sluice-cache"), Some("hit"));
     assert!(streamed.text().contains("event: message_stop"));
     assert_eq!(anthropic_content(&streamed), original);
-    assert_eq!(mock.stats().requests, 1, "every hit was answered by the gateway");
+    assert_eq!(
+        mock.stats().requests,
+        1,
+        "every hit was answered by the gateway"
+    );
 
     // A stream stored first answers a whole request (and the other way round).
-    let s1 = post_as(&gw, &key, chat, &prompt_body("mock-fast", true, "Stream me", ""), "");
+    let s1 = post_as(
+        &gw,
+        &key,
+        chat,
+        &prompt_body("mock-fast", true, "Stream me", ""),
+        "",
+    );
     assert_eq!(s1.header("x-sluice-cache"), Some("miss"));
-    let w1 = post_as(&gw, &key, chat, &prompt_body("mock-fast", false, "Stream me", ""), "");
+    let w1 = post_as(
+        &gw,
+        &key,
+        chat,
+        &prompt_body("mock-fast", false, "Stream me", ""),
+        "",
+    );
     assert_eq!(w1.header("x-sluice-cache"), Some("hit"), "{}", w1.text());
     assert_eq!(content(&w1), content(&s1));
     assert_eq!(mock.stats().requests, 2);
@@ -171,7 +218,9 @@ fn exact_hits_are_replayed_in_every_shape_and_accounted(driver: &str) {
     let hits: Vec<&Value> = rows.iter().filter(|r| r["cache"] == "hit").collect();
     let misses: Vec<&Value> = rows.iter().filter(|r| r["cache"] == "miss").collect();
     assert_eq!((hits.len(), misses.len()), (6, 2), "{rows:?}");
-    assert!(misses.iter().all(|r| r["cost_micros"].as_u64().unwrap() > 0));
+    assert!(misses
+        .iter()
+        .all(|r| r["cost_micros"].as_u64().unwrap() > 0));
     for h in &hits {
         assert_eq!(h["cost_micros"], 0, "{h}");
         assert_ne!(h["saved_usd"], "0.000000", "{h}");
@@ -179,9 +228,20 @@ fn exact_hits_are_replayed_in_every_shape_and_accounted(driver: &str) {
 
     // Metrics, with the model label.
     let text = gw.metrics();
-    assert_eq!(sample(&text, "sluice_cache_hits_total{model=\"mock-fast\"}"), 6.0);
-    assert_eq!(sample(&text, "sluice_cache_misses_total{model=\"mock-fast\"}"), 2.0);
-    assert!(sample(&text, "sluice_cache_saved_tokens_total{model=\"mock-fast\"}") > 0.0);
+    assert_eq!(
+        sample(&text, "sluice_cache_hits_total{model=\"mock-fast\"}"),
+        6.0
+    );
+    assert_eq!(
+        sample(&text, "sluice_cache_misses_total{model=\"mock-fast\"}"),
+        2.0
+    );
+    assert!(
+        sample(
+            &text,
+            "sluice_cache_saved_tokens_total{model=\"mock-fast\"}"
+        ) > 0.0
+    );
     assert!(sample(&text, "sluice_cache_entries") >= 2.0);
     promtool_accepts(&text);
 
@@ -222,7 +282,13 @@ fn only_complete_answers_are_kept_and_directives_hold(driver: &str) {
 
     // A stream cut by the upstream is not kept.
     let body = prompt_body("mock-fast", true, "cut short", "");
-    let r = post_as(&gw, &key, chat, &body, "x-mock-chunks: 8\r\nx-mock-disconnect-after: 2\r\n");
+    let r = post_as(
+        &gw,
+        &key,
+        chat,
+        &body,
+        "x-mock-chunks: 8\r\nx-mock-disconnect-after: 2\r\n",
+    );
     assert!(r.text().contains("stream interrupted"), "{}", r.text());
     let r = post_as(&gw, &key, chat, &body, "");
     assert_eq!(r.header("x-sluice-cache"), Some("miss"));
@@ -235,7 +301,9 @@ fn only_complete_answers_are_kept_and_directives_hold(driver: &str) {
         post_bytes(
             chat,
             &body,
-            &format!("authorization: Bearer {key}\r\nx-mock-chunks: 50\r\nx-mock-chunk-delay-ms: 40\r\n"),
+            &format!(
+                "authorization: Bearer {key}\r\nx-mock-chunks: 50\r\nx-mock-chunk-delay-ms: 40\r\n"
+            ),
         )
         .as_bytes(),
     )
@@ -245,7 +313,8 @@ fn only_complete_answers_are_kept_and_directives_hold(driver: &str) {
     assert!(n > 0);
     drop(s);
     assert!(
-        eventually(Duration::from_secs(10), || mock.stats().streams_cancelled >= 1),
+        eventually(Duration::from_secs(10), || mock.stats().streams_cancelled
+            >= 1),
         "the gateway cancelled upstream"
     );
     let r = post_as(&gw, &key, chat, &body, "");
@@ -259,7 +328,11 @@ fn only_complete_answers_are_kept_and_directives_hold(driver: &str) {
         assert_eq!(r.header("x-sluice-cache"), Some("miss"));
     }
     let r = post_as(&gw, &key, chat, &body, "");
-    assert_eq!(r.header("x-sluice-cache"), Some("miss"), "no-store kept nothing");
+    assert_eq!(
+        r.header("x-sluice-cache"),
+        Some("miss"),
+        "no-store kept nothing"
+    );
     assert_eq!(requests(), 7);
     // no-cache: the lookup is skipped and the entry refreshed; then a hit again.
     let r = post_as(&gw, &key, chat, &body, "cache-control: no-cache\r\n");
@@ -296,20 +369,43 @@ fn teams_never_see_each_others_entries() {
     let (_, b) = gw.create_key(json!({"name": "b", "team": "beta"}));
     let chat = "/v1/chat/completions";
     let body = prompt_body("mock-fast", false, "team secret", "");
-    assert_eq!(post_as(&gw, &a, chat, &body, "").header("x-sluice-cache"), Some("miss"));
-    assert_eq!(post_as(&gw, &a2, chat, &body, "").header("x-sluice-cache"), Some("hit"), "same team");
-    assert_eq!(post_as(&gw, &b, chat, &body, "").header("x-sluice-cache"), Some("miss"), "other team");
+    assert_eq!(
+        post_as(&gw, &a, chat, &body, "").header("x-sluice-cache"),
+        Some("miss")
+    );
+    assert_eq!(
+        post_as(&gw, &a2, chat, &body, "").header("x-sluice-cache"),
+        Some("hit"),
+        "same team"
+    );
+    assert_eq!(
+        post_as(&gw, &b, chat, &body, "").header("x-sluice-cache"),
+        Some("miss"),
+        "other team"
+    );
     assert_eq!(mock.stats().requests, 2);
     // `mock-stream` is scoped globally: shared across teams.
     let body = prompt_body("mock-stream", false, "public", "");
-    assert_eq!(post_as(&gw, &a, chat, &body, "").header("x-sluice-cache"), Some("miss"));
-    assert_eq!(post_as(&gw, &b, chat, &body, "").header("x-sluice-cache"), Some("hit"));
+    assert_eq!(
+        post_as(&gw, &a, chat, &body, "").header("x-sluice-cache"),
+        Some("miss")
+    );
+    assert_eq!(
+        post_as(&gw, &b, chat, &body, "").header("x-sluice-cache"),
+        Some("hit")
+    );
     // Clearing one team's scope leaves the other's.
     let body = prompt_body("mock-fast", false, "team secret", "");
     let (status, _) = gw.admin("DELETE", "/admin/cache?scope=team:alpha", None);
     assert_eq!(status, 200);
-    assert_eq!(post_as(&gw, &a, chat, &body, "").header("x-sluice-cache"), Some("miss"));
-    assert_eq!(post_as(&gw, &b, chat, &body, "").header("x-sluice-cache"), Some("hit"));
+    assert_eq!(
+        post_as(&gw, &a, chat, &body, "").header("x-sluice-cache"),
+        Some("miss")
+    );
+    assert_eq!(
+        post_as(&gw, &b, chat, &body, "").header("x-sluice-cache"),
+        Some("hit")
+    );
 }
 
 #[test]

@@ -25,7 +25,9 @@ fn marks(text: &str) -> Marks {
     let flush = |word: &mut String, negations: &mut usize| {
         if !word.is_empty() {
             let bare: String = word.chars().filter(|c| *c != '\'' && *c != '’').collect();
-            if NEGATIONS.contains(&bare.as_str()) || (bare.ends_with("nt") && word.contains(['\'', '’'])) {
+            if NEGATIONS.contains(&bare.as_str())
+                || (bare.ends_with("nt") && word.contains(['\'', '’']))
+            {
                 *negations += 1;
             }
             word.clear();

@@ -306,7 +306,10 @@ mod tests {
         let hit = index.search(&a, &near, 0.95, 0).unwrap();
         assert_eq!(hit.key, key(1));
         assert!(hit.similarity > 0.95 && hit.similarity < 1.0);
-        assert!(index.search(&a, &near, 0.99, 0).is_none(), "below the threshold");
+        assert!(
+            index.search(&a, &near, 0.99, 0).is_none(),
+            "below the threshold"
+        );
         assert!(index.search(&a, &near, 0.95, 100).is_none(), "expired");
         let negated = q("s", "e", "is it not safe to take 2 tablets");
         assert!(index.search(&negated, &near, 0.5, 0).is_none(), "the guard");

@@ -76,7 +76,10 @@ mod tests {
             "How can I reset my password please?",
         );
         assert!(para > 0.7, "{para}");
-        let other = cosine("How do I reset my password?", "What is the capital of France?");
+        let other = cosine(
+            "How do I reset my password?",
+            "What is the capital of France?",
+        );
         assert!(other < 0.4, "{other}");
         assert_eq!(embed("   "), [0f32; DIMENSIONS]);
     }

@@ -37,9 +37,13 @@ pub fn settle(worker: &Worker, note: Option<Box<CacheNote>>, rec: &mut AccessRec
             if let (Some(t), Some(mut answer), true) = (note.ticket, note.captured, ok) {
                 if let (Some(key), true) = (t.key, t.write) {
                     answer.cost_micros = rec.cost_micros;
-                    shared
-                        .responses
-                        .insert(&key, answer, t.ttl_ms, crate::clock::now_ms());
+                    let now = crate::clock::now_ms();
+                    let kept = shared.responses.insert(&key, answer, t.ttl_ms, now);
+                    if let (true, Some((q, vector))) = (kept, t.semantic) {
+                        shared
+                            .responses
+                            .insert_similar(&q, vector, &key, t.ttl_ms, now);
+                    }
                 }
             }
         }

@@ -19,7 +19,7 @@ use sluice_core::cache::replay::{self, Replay};
 use sluice_core::cache::settings::{CacheScope, GroupCache};
 use sluice_core::cache::{CallKind, KeyInput, StoredAnswer};
 use sluice_core::http1::RequestHead;
-use sluice_core::request::{Admitted, Lookup};
+use sluice_core::request::{Admitted, Lookup, Settled};
 
 use crate::listen::client_io::ClientWrite;
 use crate::listen::respond::{self, ClientFraming};
@@ -29,6 +29,7 @@ use crate::request::settle::Answer;
 use crate::state::Worker;
 
 pub mod admin;
+pub mod embed;
 pub mod keep;
 pub mod note;
 
@@ -61,46 +62,82 @@ fn group_cache<'c>(worker: &'c Worker, plan: &Plan) -> Option<&'c GroupCache> {
     Some(cache)
 }
 
-/// Asks the store for an answer to the request (after admission, before reservation). A
-/// group without a cache costs one lookup in the config. Returns the stage's verdict and, for
-/// a miss in a group with a cache, the ticket settlement needs.
-pub fn lookup(
+/// What the cache said.
+pub enum Looked {
+    /// A stored answer: replay it (the request reserves nothing).
+    Hit(Settled<Arc<KeyEntry>>, Arc<StoredAnswer>, Mark),
+    /// Go upstream; a group with a cache hands its ticket to settlement.
+    Miss(Admitted<Arc<KeyEntry>>, Option<Ticket>),
+}
+
+/// Asks the store for an answer to the request (after admission, before reservation): the
+/// exact key first, then, in a group with a semantic cache, the prompt's embedding against the
+/// semantic index. A group without a cache costs one look at the config.
+pub async fn lookup(
     worker: &Worker,
     head: &RequestHead,
     plan: &Plan,
     key: Option<&KeyEntry>,
     admitted: Admitted<Arc<KeyEntry>>,
-) -> (Lookup<Arc<KeyEntry>>, Option<Ticket>) {
+) -> Looked {
     let store = &*worker.shared.responses;
-    let now_ms = crate::clock::now_ms();
     let Some(cache) = group_cache(worker, plan) else {
-        return (admitted.lookup(store, None, now_ms), None);
+        return match admitted.lookup(store, None, 0) {
+            Lookup::Hit(s, a) => Looked::Hit(s, a, Mark::Hit),
+            Lookup::Miss(a) => Looked::Miss(a, None),
+        };
     };
     let directives = Directives::from_headers(head.headers());
     let scope = scope_of(cache.scope, key);
-    let cache_key = call_kind(plan.endpoint).and_then(|kind| {
-        store.key(&KeyInput {
-            scope: &scope,
-            kind,
-            inbound: plan.endpoint.inbound(),
-            model: &plan.inspected.model,
-            body: &plan.body,
-        })
+    let input = call_kind(plan.endpoint).map(|kind| KeyInput {
+        scope: &scope,
+        kind,
+        inbound: plan.endpoint.inbound(),
+        model: &plan.inspected.model,
+        body: &plan.body,
     });
-    let read = cache.exact && directives.reads();
-    let looked = admitted.lookup(store, cache_key.as_ref().filter(|_| read), now_ms);
-    let ticket = Ticket {
+    let cache_key = input.as_ref().and_then(|i| store.key(i));
+    let read = directives.reads();
+    let exact = cache_key.as_ref().filter(|_| read && cache.exact);
+    let admitted = match admitted.lookup(store, exact, crate::clock::now_ms()) {
+        Lookup::Hit(s, a) => return Looked::Hit(s, a, Mark::Hit),
+        Lookup::Miss(a) => a,
+    };
+    let mut ticket = Ticket {
         key: cache_key,
         ttl_ms: directives.ttl_ms.unwrap_or(cache.ttl_ms),
-        write: cache.exact && directives.writes() && cache_key.is_some(),
+        write: directives.writes() && cache_key.is_some(),
+        semantic: None,
     };
-    (looked, Some(ticket))
+    let semantic = match (&input, &cache.embedding_model) {
+        (Some(i), Some(model)) if cache.semantic && (read || ticket.write) => {
+            store.semantic_query(i).map(|q| (q, model))
+        }
+        _ => None,
+    };
+    if let Some((q, model)) = semantic {
+        if let Some(vector) = embed::embed(worker, model, &q.text, cache.embedding_timeout_ms).await
+        {
+            let threshold = directives.threshold.unwrap_or(cache.threshold);
+            let now = crate::clock::now_ms();
+            if read {
+                if let Some((answer, sim)) = store.similar(&q, &vector, threshold, now) {
+                    return match admitted.hit(answer) {
+                        Lookup::Hit(s, a) => Looked::Hit(s, a, Mark::Semantic(sim)),
+                        Lookup::Miss(a) => Looked::Miss(a, Some(ticket)),
+                    };
+                }
+            }
+            ticket.semantic = Some((q, vector));
+        }
+    }
+    Looked::Miss(admitted, Some(ticket))
 }
 
 /// A miss went upstream: what settlement needs to keep its answer. Adds `x-sluice-cache: miss`
 /// to the answer's headers and tells `deliver` to capture the answer.
 pub fn on_miss(
-    ticket: Option<Ticket>,
+    ticket: Option<&Ticket>,
     plan: &mut Plan,
     headers: &mut Vec<(&'static str, Vec<u8>)>,
 ) {

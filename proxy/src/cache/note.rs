@@ -1,10 +1,10 @@
 //! What the cache tells settlement about one request (plain data, so the stages that carry it
 //! need nothing else of the cache).
 
-use sluice_core::cache::{CacheKey, StoredAnswer};
+use sluice_core::cache::{CacheKey, SemanticQuery, StoredAnswer};
 
 /// What a request to a group with a cache carries from the lookup to settlement.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Ticket {
     /// The request's key (`None`: it could not be keyed, e.g. `n > 1`).
     pub key: Option<CacheKey>,
@@ -12,6 +12,8 @@ pub struct Ticket {
     pub ttl_ms: u64,
     /// Its answer may be kept.
     pub write: bool,
+    /// Its semantic query and the prompt's embedding, for the semantic index.
+    pub semantic: Option<(SemanticQuery, Vec<f32>)>,
 }
 
 /// How the cache answered a request.

@@ -13,7 +13,7 @@ use monoio::io::AsyncWriteRentExt;
 use sluice_core::error::GatewayError;
 use sluice_core::http1::RequestHead;
 use sluice_core::limits::LimitSet;
-use sluice_core::request::{Authenticated, Inspected, Lookup, Refused, Settled};
+use sluice_core::request::{Authenticated, Inspected, Refused, Settled};
 
 use crate::cache;
 use crate::listen::client_io::{ClientRead, ClientWrite};
@@ -171,10 +171,10 @@ async fn admit_and_forward(
             return refuse(worker, wr, call, request, refused, plan.inspected.stream).await
         }
     };
-    let (looked, ticket) = cache::lookup(worker, call.head, &plan, key.as_deref(), admitted);
-    let admitted = match looked {
-        Lookup::Miss(a) => a,
-        Lookup::Hit(stage, stored) => {
+    let looked = cache::lookup(worker, call.head, &plan, key.as_deref(), admitted).await;
+    let (admitted, ticket) = match looked {
+        cache::Looked::Miss(a, ticket) => (a, ticket),
+        cache::Looked::Hit(stage, stored, mark) => {
             let extra = key
                 .as_ref()
                 .map(|k| auth.ratelimit_headers(k))
@@ -183,7 +183,7 @@ async fn admit_and_forward(
                 wr,
                 &plan,
                 &stored,
-                cache::Mark::Hit,
+                mark,
                 call.keep_alive,
                 &request.request_id,
                 request.started,
@@ -219,7 +219,7 @@ async fn admit_and_forward(
             .unwrap_or_default(),
         trace: request.trace,
     };
-    cache::on_miss(ticket, &mut plan, &mut side.extra_headers);
+    cache::on_miss(ticket.as_ref(), &mut plan, &mut side.extra_headers);
     let mut done = forward::execute(worker, reserved, plan, rd, wr, side).await;
     cache::after_miss(ticket, &mut done.answer);
     Served {
