@@ -96,6 +96,17 @@ impl BodyFilter for StreamTranslator {
     }
 }
 
+/// The response cache's capture: bytes pass unchanged, the answer's pivot is built beside
+/// them and kept only when the body completed.
+impl BodyFilter for crate::cache::capture::PivotCapture {
+    fn handle_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        crate::cache::capture::PivotCapture::handle_bytes(self, input, out);
+    }
+    fn finish(&mut self, end: BodyEnd<'_>, _out: &mut Vec<u8>) {
+        crate::cache::capture::PivotCapture::finish(self, matches!(end, BodyEnd::Complete));
+    }
+}
+
 fn interrupted(err: &GatewayError) -> GatewayError {
     let mut e = err.clone();
     e.message = format!("stream interrupted: {}", e.message);

@@ -240,3 +240,48 @@ fn embeddings_down_or_slow_fail_open() {
     let (_, v) = gw.admin("GET", "/admin/cache", None);
     assert_eq!(v["store"]["vectors"], 0, "{v}");
 }
+
+#[test]
+fn the_example_config_serves_both_caches() {
+    let mock = mock();
+    let dir = temp_dir("cache-example");
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/cache.toml"
+    ))
+    .unwrap()
+    .replace("127.0.0.1:9000", &mock.addr().to_string())
+    .replace("127.0.0.1:8080", "127.0.0.1:0")
+    .replace("127.0.0.1:8081", "127.0.0.1:0")
+    .replace("workers = \"auto\"", "workers = 1")
+    .replace(
+        "[cache]",
+        &format!(
+            "[store]\npath = \"{}\"\n\n[cache]",
+            dir.join("s.db").display()
+        ),
+    );
+    let gw = start(&example, driver_name(false));
+    let key = "sk-sluice-demo";
+    let body =
+        r#"{"model":"mock-fast","messages":[{"role":"user","content":"What is a sluice?"}]}"#;
+    assert_eq!(
+        gw.chat_as(key, body, "").header("x-sluice-cache"),
+        Some("miss")
+    );
+    assert_eq!(
+        gw.chat_as(key, body, "").header("x-sluice-cache"),
+        Some("hit")
+    );
+    let q = |text: &str| {
+        format!(r#"{{"model":"mock-semantic","messages":[{{"role":"user","content":"{text}"}}]}}"#)
+    };
+    let first = gw.chat_as(key, &q("What is the capital city of France?"), "");
+    assert_eq!(first.header("x-sluice-cache"), Some("miss"));
+    let para = gw.chat_as(key, &q("Tell me the capital city of France"), "");
+    let h = para.header("x-sluice-cache").unwrap_or("");
+    assert!(h.starts_with("semantic; similarity="), "{h}");
+    let (status, v) = gw.admin("GET", "/admin/cache", None);
+    assert_eq!(status, 200);
+    assert_eq!(v["groups"].as_array().unwrap().len(), 3, "{v}");
+}

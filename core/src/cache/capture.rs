@@ -15,7 +15,6 @@ use serde_json::{json, Map, Value};
 use super::key::CallKind;
 use super::StoredAnswer;
 use crate::dialect::{self, Dialect, Inbound, ResponseContext, StreamTranslator};
-use crate::filter::{BodyEnd, BodyFilter};
 use crate::sse::{Event, EventSplitter};
 use crate::usage;
 
@@ -171,8 +170,10 @@ impl PivotCapture {
     }
 }
 
-impl BodyFilter for PivotCapture {
-    fn handle_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) {
+impl PivotCapture {
+    /// Takes the next piece of the body (any split), appends it unchanged to `out`, and builds
+    /// the pivot beside it. (It is a body filter: `filter` chains it as `Stage::Pivot`.)
+    pub fn handle_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(input);
         if self.spoiled {
             return;
@@ -189,8 +190,10 @@ impl BodyFilter for PivotCapture {
         self.assemble(input);
     }
 
-    fn finish(&mut self, end: BodyEnd<'_>, _out: &mut Vec<u8>) {
-        if self.spoiled || !matches!(end, BodyEnd::Complete) {
+    /// The body ended; `complete` when the upstream finished it with framing intact (not
+    /// failed, not cancelled). Builds the pivot when the answer is whole.
+    pub fn finish(&mut self, complete: bool) {
+        if self.spoiled || !complete {
             return;
         }
         let ctx = ResponseContext {
@@ -426,6 +429,7 @@ impl Assembler {
 mod tests {
     use super::*;
     use crate::error::{ErrorKind, GatewayError};
+    use crate::filter::{BodyEnd, BodyFilter};
 
     const STREAM: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"gpt\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n\
 data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"gpt\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"finish_reason\":null}]}\n\n\
@@ -447,9 +451,9 @@ data: [DONE]\n\n";
     fn run(c: &mut PivotCapture, parts: &[&[u8]], end: BodyEnd<'_>) -> Vec<u8> {
         let mut out = Vec::new();
         for p in parts {
-            c.handle_bytes(p, &mut out);
+            BodyFilter::handle_bytes(c, p, &mut out);
         }
-        c.finish(end, &mut out);
+        BodyFilter::finish(c, end, &mut out);
         out
     }
 

@@ -240,8 +240,8 @@ mod tests {
             ("m", "x", 0),
         );
         let mut out = Vec::new();
-        c.handle_bytes(&sse, &mut out);
-        c.finish(BodyEnd::Complete, &mut out);
+        BodyFilter::handle_bytes(&mut c, &sse, &mut out);
+        BodyFilter::finish(&mut c, BodyEnd::Complete, &mut out);
         let back: Value = serde_json::from_slice(&c.take().unwrap().body).unwrap();
         let orig: Value = serde_json::from_str(PIVOT).unwrap();
         assert_eq!(back, orig);

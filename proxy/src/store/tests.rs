@@ -232,7 +232,7 @@ fn record(i: u64) -> UsageRecord {
         cost_micros: i,
         status: 200,
         latency_ms: 1,
-        cache: (i % 2 == 0).then_some("miss"),
+        cache: i.is_multiple_of(2).then_some("miss"),
         saved_micros: 0,
     }
 }

@@ -118,8 +118,8 @@ pub fn usage_record(i: u64, key: &str, team: &str, cost: u64) -> UsageRecord {
         cost_micros: cost,
         status: 200,
         latency_ms: 123,
-        cache: (i % 3 == 0).then_some("hit"),
-        saved_micros: if i % 3 == 0 { 7 } else { 0 },
+        cache: i.is_multiple_of(3).then_some("hit"),
+        saved_micros: if i.is_multiple_of(3) { 7 } else { 0 },
     }
 }
 
