@@ -211,6 +211,12 @@ base_url = "http://{mock_addr}/v1"
 [[models]]
 name = "mock-anthropic"
 deployments = [{{ provider = "mock-anthropic", model = "claude-mock" }}]
+
+# The exact response cache (test_cache_sdk.py).
+[[models]]
+name = "mock-cached"
+deployments = [{{ provider = "mock", model = "mock-model" }}]
+cache = {{ ttl_s = 600 }}
 """
 
 

@@ -19,7 +19,7 @@ from conftest import API_KEY, MOCK_CHUNK_SIZE, MOCK_CHUNKS
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 # The mock answers MOCK_CHUNKS pieces of MOCK_CHUNK_SIZE bytes of "tok " cycled.
 EXPECTED_TEXT = ("tok " * MOCK_CHUNK_SIZE)[:MOCK_CHUNK_SIZE] * MOCK_CHUNKS
-EMBEDDING_DIMS = 8
+EMBEDDING_DIMS = 256  # the mock hashes words and trigrams into 256 dimensions
 
 
 def new_request_id() -> str:
@@ -156,7 +156,7 @@ def test_responses(client):
 
 def test_models_list(client):
     ids = [m.id for m in client.models.list()]
-    assert ids == ["mock-fast", "mock-stream", "mock-anthropic"]
+    assert ids == ["mock-fast", "mock-stream", "mock-anthropic", "mock-cached"]
 
 
 # --- errors ------------------------------------------------------------------------------
