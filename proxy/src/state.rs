@@ -62,6 +62,8 @@ pub struct Shared {
     pub limiter: Arc<dyn sluice_core::limiter::Limiter>,
     /// The response store consulted before tokens are reserved.
     pub responses: Arc<dyn sluice_core::cache::ResponseStore>,
+    /// Requests in flight that identical ones wait on (`coalesce = true`).
+    pub flights: Arc<crate::cache::coalesce::Flights>,
     /// Circuit breakers and retry budgets, one per deployment and per group, shared by every
     /// worker (kept across reloads while a deployment's label and settings are unchanged).
     pub routes: Arc<sluice_core::route::SharedRoutes>,

@@ -476,3 +476,62 @@ fn promtool_accepts(text: &str) {
         ),
     }
 }
+
+#[test]
+fn identical_requests_in_flight_are_coalesced() {
+    let mock = mock();
+    let dir = temp_dir("cache-coalesce");
+    let config = cache_config(mock.addr(), &dir, "").replace(
+        "cache = { ttl_s = 600 }",
+        "cache = { ttl_s = 600, coalesce = true }",
+    );
+    let gw = start(&config, driver_name(false));
+    let (_, key) = gw.create_key(json!({"name": "a", "team": "alpha"}));
+    let chat = "/v1/chat/completions";
+    let run = |prompt: &'static str, leader_extra: &'static str| {
+        let body = prompt_body("mock-fast", false, prompt, "");
+        std::thread::scope(|s| {
+            let leader = s.spawn(|| {
+                post_as(
+                    &gw,
+                    &key,
+                    chat,
+                    &body,
+                    &format!("x-mock-latency-ms: 400\r\n{leader_extra}"),
+                )
+            });
+            // The followers arrive while the leader is in flight.
+            std::thread::sleep(Duration::from_millis(100));
+            let followers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| post_as(&gw, &key, chat, &body, "")))
+                .collect();
+            let leader = leader.join().unwrap();
+            let followers: Vec<Response> =
+                followers.into_iter().map(|f| f.join().unwrap()).collect();
+            (leader, followers)
+        })
+    };
+
+    let (leader, followers) = run("coalesce me", "");
+    assert_eq!(leader.header("x-sluice-cache"), Some("miss"));
+    for f in &followers {
+        assert_eq!(f.status, 200);
+        assert_eq!(f.header("x-sluice-cache"), Some("hit; coalesced"));
+        assert_eq!(content(f), content(&leader));
+    }
+    assert_eq!(
+        mock.stats().requests,
+        1,
+        "one upstream request for five clients"
+    );
+
+    // A leader that fails hands nothing: its followers go upstream themselves.
+    let before = mock.stats().requests;
+    let (leader, followers) = run("the leader fails", "x-mock-status: 400\r\n");
+    assert_eq!(leader.status, 400);
+    for f in &followers {
+        assert_eq!(f.status, 200, "{}", f.text());
+        assert_ne!(f.header("x-sluice-cache"), Some("hit; coalesced"));
+    }
+    assert!(mock.stats().requests - before >= 2);
+}

@@ -1,55 +1,71 @@
-//! The cache's part of settlement: a miss's complete 2xx answer is kept; hits, misses and
-//! what hits saved are counted; the access record (and so the ledger row) is marked.
+//! The cache's part of settlement: a miss's complete 2xx answer is kept (and handed to the
+//! identical requests that waited on it); hits, misses and what hits saved are counted; the
+//! access record (and so the ledger row) is marked.
 
-use crate::cache::note::{CacheNote, Mark};
+use crate::cache::note::{CacheNote, Mark, Ticket};
 use crate::state::Worker;
 use crate::telemetry::log::AccessRecord;
 
-/// Settlement's part: keeps a miss's complete 2xx answer, counts hits, misses and savings, and
-/// marks the access record (and so the ledger row).
+/// Settlement's part (see the module docs).
 pub fn settle(worker: &Worker, note: Option<Box<CacheNote>>, rec: &mut AccessRecord) {
     let Some(note) = note else { return };
     let shared = &worker.shared;
     let model = rec
         .route
         .and_then(|(g, _)| shared.config.models.get(g))
-        .map_or("none", |g| g.name.as_str());
+        .map_or("none", |g| g.name.as_str())
+        .to_owned();
     rec.cache = Some(note.mark.label());
     match note.mark {
-        Mark::Hit | Mark::Semantic(_) => {
+        Mark::Hit | Mark::Coalesced | Mark::Semantic(_) => {
             rec.saved_micros = Some(note.saved_micros);
-            let name = if note.mark == Mark::Hit {
-                "sluice_cache_hits_total"
-            } else {
+            let name = if matches!(note.mark, Mark::Semantic(_)) {
                 "sluice_cache_semantic_hits_total"
+            } else {
+                "sluice_cache_hits_total"
             };
-            metrics::counter!(name, "model" => model.to_owned()).increment(1);
-            metrics::counter!("sluice_cache_saved_tokens_total", "model" => model.to_owned())
+            metrics::counter!(name, "model" => model.clone()).increment(1);
+            metrics::counter!("sluice_cache_saved_tokens_total", "model" => model.clone())
                 .increment(note.saved_tokens);
-            metrics::counter!("sluice_cache_saved_cost_usd_micros_total", "model" => model.to_owned())
+            metrics::counter!("sluice_cache_saved_cost_usd_micros_total", "model" => model)
                 .increment(note.saved_micros);
         }
         Mark::Miss => {
-            metrics::counter!("sluice_cache_misses_total", "model" => model.to_owned())
-                .increment(1);
+            metrics::counter!("sluice_cache_misses_total", "model" => model).increment(1);
             let ok =
                 (200..300).contains(&rec.status) && rec.error.is_none() && !rec.client_cancelled;
-            if let (Some(t), Some(mut answer), true) = (note.ticket, note.captured, ok) {
-                if let (Some(key), true) = (t.key, t.write) {
-                    answer.cost_micros = rec.cost_micros;
-                    let now = crate::clock::now_ms();
-                    let kept = shared.responses.insert(&key, answer, t.ttl_ms, now);
-                    if let (true, Some((q, vector))) = (kept, t.semantic) {
-                        shared
-                            .responses
-                            .insert_similar(&q, vector, &key, t.ttl_ms, now);
-                    }
-                }
+            let captured = note.captured.filter(|_| ok);
+            if let (Some(ticket), Some(answer)) = (note.ticket, captured) {
+                keep(worker, *ticket, answer, rec.cost_micros);
             }
+            // Otherwise the ticket (and any leader) is dropped here: waiters go upstream.
         }
     }
     let stats = shared.responses.stats();
     metrics::gauge!("sluice_cache_entries").set(stats.entries as f64);
     metrics::gauge!("sluice_cache_bytes").set(stats.bytes as f64);
     metrics::counter!("sluice_cache_evictions_total").absolute(stats.evictions);
+}
+
+/// Keeps a complete answer under its ticket's key (and in the semantic index), and hands it to
+/// the requests that waited on this one.
+fn keep(
+    worker: &Worker,
+    t: Ticket,
+    mut answer: sluice_core::cache::StoredAnswer,
+    cost_micros: Option<u64>,
+) {
+    let store = &worker.shared.responses;
+    let Some(key) = t.key.filter(|_| t.write) else {
+        return;
+    };
+    answer.cost_micros = cost_micros;
+    let now = crate::clock::now_ms();
+    let kept = store.insert(&key, answer, t.ttl_ms, now);
+    if let (true, Some((q, vector))) = (kept, t.semantic) {
+        store.insert_similar(&q, vector, &key, t.ttl_ms, now);
+    }
+    if let Some(leader) = t.leader {
+        leader.resolve(store.lookup(&key, now));
+    }
 }

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use monoio::io::AsyncWriteRentExt;
+use sluice_core::attempt::AttemptLoop;
 use sluice_core::cache::directives::Directives;
 use sluice_core::cache::replay::{self, Replay};
 use sluice_core::cache::settings::{CacheScope, GroupCache};
@@ -29,6 +30,7 @@ use crate::request::settle::Answer;
 use crate::state::Worker;
 
 pub mod admin;
+pub mod coalesce;
 pub mod embed;
 pub mod keep;
 pub mod note;
@@ -67,7 +69,7 @@ pub enum Looked {
     /// A stored answer: replay it (the request reserves nothing).
     Hit(Settled<Arc<KeyEntry>>, Arc<StoredAnswer>, Mark),
     /// Go upstream; a group with a cache hands its ticket to settlement.
-    Miss(Admitted<Arc<KeyEntry>>, Option<Ticket>),
+    Miss(Admitted<Arc<KeyEntry>>, Option<Box<Ticket>>),
 }
 
 /// Asks the store for an answer to the request (after admission, before reservation): the
@@ -108,6 +110,35 @@ pub async fn lookup(
         ttl_ms: directives.ttl_ms.unwrap_or(cache.ttl_ms),
         write: directives.writes() && cache_key.is_some(),
         semantic: None,
+        leader: None,
+    };
+    // Coalescing: an identical request in flight answers this one.
+    let admitted = match cache_key.filter(|_| cache.coalesce && read && ticket.write) {
+        None => admitted,
+        Some(k) => match worker.shared.flights.join(k.hash) {
+            coalesce::Role::Leader(l) => {
+                ticket.leader = Some(l);
+                admitted
+            }
+            coalesce::Role::Follower(rx) => {
+                let limit = AttemptLoop::deadline_for(
+                    &worker.shared.config,
+                    plan.group,
+                    std::time::Instant::now(),
+                    None,
+                )
+                .saturating_duration_since(std::time::Instant::now());
+                match coalesce::follow(rx, limit).await {
+                    Some(answer) => {
+                        return match admitted.hit(answer) {
+                            Lookup::Hit(s, a) => Looked::Hit(s, a, Mark::Coalesced),
+                            Lookup::Miss(a) => Looked::Miss(a, Some(Box::new(ticket))),
+                        }
+                    }
+                    None => admitted,
+                }
+            }
+        },
     };
     let semantic = match (&input, &cache.embedding_model) {
         (Some(i), Some(model)) if cache.semantic && (read || ticket.write) => {
@@ -124,14 +155,14 @@ pub async fn lookup(
                 if let Some((answer, sim)) = store.similar(&q, &vector, threshold, now) {
                     return match admitted.hit(answer) {
                         Lookup::Hit(s, a) => Looked::Hit(s, a, Mark::Semantic(sim)),
-                        Lookup::Miss(a) => Looked::Miss(a, Some(ticket)),
+                        Lookup::Miss(a) => Looked::Miss(a, Some(Box::new(ticket))),
                     };
                 }
             }
             ticket.semantic = Some((q, vector));
         }
     }
-    Looked::Miss(admitted, Some(ticket))
+    Looked::Miss(admitted, Some(Box::new(ticket)))
 }
 
 /// A miss went upstream: what settlement needs to keep its answer. Adds `x-sluice-cache: miss`
@@ -148,7 +179,7 @@ pub fn on_miss(
 }
 
 /// The exchange ended: the miss's ticket joins what `deliver` captured.
-pub fn after_miss(ticket: Option<Ticket>, answer: &mut Answer) {
+pub fn after_miss(ticket: Option<Box<Ticket>>, answer: &mut Answer) {
     if let Some(t) = ticket {
         let note = answer
             .cache
@@ -189,6 +220,7 @@ pub async fn replay(
     let (body, content_type) = replay::body(stored, &r);
     let marked = match mark {
         Mark::Semantic(s) => format!("semantic; similarity={s:.2}"),
+        Mark::Coalesced => "hit; coalesced".to_owned(),
         other => other.label().to_owned(),
     };
     let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(3 + extra.len());

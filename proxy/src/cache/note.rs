@@ -4,7 +4,7 @@
 use sluice_core::cache::{CacheKey, SemanticQuery, StoredAnswer};
 
 /// What a request to a group with a cache carries from the lookup to settlement.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Ticket {
     /// The request's key (`None`: it could not be keyed, e.g. `n > 1`).
     pub key: Option<CacheKey>,
@@ -14,6 +14,8 @@ pub struct Ticket {
     pub write: bool,
     /// Its semantic query and the prompt's embedding, for the semantic index.
     pub semantic: Option<(SemanticQuery, Vec<f32>)>,
+    /// Identical requests wait for this one (`coalesce = true`): resolved at settlement.
+    pub leader: Option<crate::cache::coalesce::Leader>,
 }
 
 /// How the cache answered a request.
@@ -21,6 +23,8 @@ pub struct Ticket {
 pub enum Mark {
     /// An exact hit.
     Hit,
+    /// The answer of an identical request that was in flight (`coalesce = true`).
+    Coalesced,
     /// A semantic hit, with its cosine similarity.
     Semantic(f32),
     /// Went upstream.
@@ -31,7 +35,7 @@ impl Mark {
     /// The ledger's and the access log's word for it.
     pub fn label(self) -> &'static str {
         match self {
-            Mark::Hit => "hit",
+            Mark::Hit | Mark::Coalesced => "hit",
             Mark::Semantic(_) => "semantic",
             Mark::Miss => "miss",
         }
@@ -44,7 +48,7 @@ pub struct CacheNote {
     /// Hit or miss.
     pub mark: Mark,
     /// A miss's ticket.
-    pub ticket: Option<Ticket>,
+    pub ticket: Option<Box<Ticket>>,
     /// The answer in the pivot shape, when it completed (captured by `deliver`).
     pub captured: Option<StoredAnswer>,
     /// What a hit saved: the stored answer's cost and tokens.

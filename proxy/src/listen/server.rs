@@ -165,6 +165,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         limiter,
         // The response cache is kept across reloads; `[cache]` bounds apply at start-up.
         responses: Arc::new(MemoryStore::new(config.cache, crate::cache::secret())),
+        flights: Default::default(),
         routes: Arc::new(sluice_core::route::SharedRoutes::build(
             &config,
             None,
@@ -448,6 +449,7 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
         )),
         limiter: old.limiter.clone(),
         responses: old.responses.clone(),
+        flights: old.flights.clone(),
         auth: old.auth.clone(),
         registry: old.registry.clone(),
         admin_token: old.admin_token,

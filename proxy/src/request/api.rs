@@ -219,7 +219,7 @@ async fn admit_and_forward(
             .unwrap_or_default(),
         trace: request.trace,
     };
-    cache::on_miss(ticket.as_ref(), &mut plan, &mut side.extra_headers);
+    cache::on_miss(ticket.as_deref(), &mut plan, &mut side.extra_headers);
     let mut done = forward::execute(worker, reserved, plan, rd, wr, side).await;
     cache::after_miss(ticket, &mut done.answer);
     Served {
