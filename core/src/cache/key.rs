@@ -183,15 +183,15 @@ pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         Value::String(s) => write_string(s, out),
-        other => out.extend_from_slice(other.to_string().as_bytes()),
+        other => {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }
     }
 }
 
 pub(crate) fn write_string(s: &str, out: &mut Vec<u8>) {
     // serde_json's string escaping is canonical (the same text always gives the same bytes).
-    if let Ok(bytes) = serde_json::to_vec(s) {
-        out.extend_from_slice(&bytes);
-    }
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 #[cfg(test)]

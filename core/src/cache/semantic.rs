@@ -8,8 +8,8 @@
 //! answer is stored under (the answer itself lives in the exact store, counted there).
 //!
 //! Search is exact: a dot product with every vector of the context (unit vectors: the dot
-//! product is the cosine), the best at or above the threshold whose text passes the lexical
-//! guard ([`super::guard`]) wins. A context holds at most [`MAX_PER_CONTEXT`] vectors, the whole
+//! product is the cosine; stored as `i8`, a quarter of the bytes, within about 0.01), the best
+//! at or above the threshold whose text passes the lexical guard ([`super::guard`]) wins. A context holds at most [`MAX_PER_CONTEXT`] vectors, the whole
 //! index at most its byte bound; the oldest go first.
 //!
 //! Concurrency note: a search takes the read lock, an insert the write lock; inserts happen at
@@ -95,9 +95,34 @@ pub fn normalised(mut v: Vec<f32>) -> Option<Vec<f32>> {
     Some(v)
 }
 
+/// A unit vector quantised to `i8` (`x ≈ q · scale`): a quarter of the memory an `f32` vector
+/// takes, and a search that reads a quarter of the bytes (exact search is bound by memory
+/// bandwidth). The cosine it gives is within about 0.01 of the exact one.
+struct Quantised {
+    q: Box<[i8]>,
+    scale: f32,
+}
+
+impl Quantised {
+    fn new(v: &[f32]) -> Quantised {
+        let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        let q = v
+            .iter()
+            .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8)
+            .collect();
+        Quantised { q, scale }
+    }
+
+    /// The cosine of two quantised unit vectors.
+    fn cosine(&self, other: &Quantised) -> f32 {
+        dot_i8(&self.q, &other.q) as f32 * self.scale * other.scale
+    }
+}
+
 struct Item {
     id: u64,
-    vector: Box<[f32]>,
+    vector: Quantised,
     text: String,
     key: CacheKey,
     expires_ms: u64,
@@ -105,7 +130,7 @@ struct Item {
 
 impl Item {
     fn bytes(&self) -> u64 {
-        (self.vector.len() * 4 + self.text.len() + 96) as u64
+        (self.vector.q.len() + self.text.len() + 100) as u64
     }
 }
 
@@ -171,12 +196,13 @@ impl SemanticIndex {
         threshold: f32,
         now_ms: u64,
     ) -> Option<Match> {
+        let probe = Quantised::new(vector);
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         let list = inner.contexts.get(&q.context)?;
         let mut candidates: Vec<(f32, &Item)> = list
             .iter()
-            .filter(|i| i.expires_ms > now_ms && i.vector.len() == vector.len())
-            .map(|i| (dot(&i.vector, vector), i))
+            .filter(|i| i.expires_ms > now_ms && i.vector.q.len() == vector.len())
+            .map(|i| (i.vector.cosine(&probe), i))
             .filter(|(s, _)| *s >= threshold)
             .collect();
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -196,7 +222,7 @@ impl SemanticIndex {
         inner.next_id += 1;
         let item = Item {
             id,
-            vector: vector.into_boxed_slice(),
+            vector: Quantised::new(&vector),
             text: q.text.clone(),
             key,
             expires_ms,
@@ -238,19 +264,22 @@ impl SemanticIndex {
     }
 }
 
-/// The dot product of two vectors of the same length.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Four accumulators: the compiler vectorises this.
-    let mut acc = [0f32; 4];
-    let chunks = a.len() / 4 * 4;
-    for (x, y) in a[..chunks].chunks_exact(4).zip(b[..chunks].chunks_exact(4)) {
-        for k in 0..4 {
-            acc[k] += x[k] * y[k];
+/// The dot product of two `i8` vectors of the same length.
+fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    // Sixteen lanes of i32: the compiler vectorises the widening multiply-add.
+    let mut acc = [0i32; 16];
+    let chunks = a.len() / 16 * 16;
+    for (x, y) in a[..chunks]
+        .chunks_exact(16)
+        .zip(b[..chunks].chunks_exact(16))
+    {
+        for k in 0..16 {
+            acc[k] += i32::from(x[k]) * i32::from(y[k]);
         }
     }
-    let mut sum = acc.iter().sum::<f32>();
+    let mut sum: i32 = acc.iter().sum();
     for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
-        sum += x * y;
+        sum += i32::from(*x) * i32::from(*y);
     }
     sum
 }
@@ -315,6 +344,25 @@ mod tests {
         assert!(index.search(&negated, &near, 0.5, 0).is_none(), "the guard");
         let other_context = q("t", "e", "is it safe to take 2 tablets");
         assert!(index.search(&other_context, &near, 0.5, 0).is_none());
+    }
+
+    #[test]
+    fn quantised_cosines_are_close_to_exact_ones() {
+        let mut seed = 1u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) % 2001) as f32 / 1000.0 - 1.0
+        };
+        for _ in 0..50 {
+            let a = normalised((0..1536).map(|_| next()).collect()).unwrap();
+            let b: Vec<f32> = a.iter().map(|x| x + 0.3 * next() / 40.0).collect();
+            let b = normalised(b).unwrap();
+            let exact: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            let approx = Quantised::new(&a).cosine(&Quantised::new(&b));
+            assert!((exact - approx).abs() < 0.01, "{exact} {approx}");
+        }
     }
 
     #[test]

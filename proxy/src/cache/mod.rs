@@ -147,8 +147,15 @@ pub async fn lookup(
         _ => None,
     };
     if let Some((q, model)) = semantic {
-        if let Some(vector) = embed::embed(worker, model, &q.text, cache.embedding_timeout_ms).await
-        {
+        // Boxed: the embedding call's future lives on the heap only when it runs, so the
+        // request future of every other request stays small.
+        let call = Box::pin(embed::embed(
+            worker,
+            model,
+            &q.text,
+            cache.embedding_timeout_ms,
+        ));
+        if let Some(vector) = call.await {
             let threshold = directives.threshold.unwrap_or(cache.threshold);
             let now = crate::clock::now_ms();
             if read {

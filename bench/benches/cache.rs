@@ -1,0 +1,113 @@
+//! The response cache (`sluice_core::cache`): the exact key of 1 KB and 100 KB chat bodies,
+//! a lookup that hits and one that misses, and the semantic index's exact search over 10k and
+//! 100k unit vectors of 1,536 dimensions (one context, the worst case).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sluice_bench::{chat_body, chat_response, SplitMix64};
+use sluice_core::cache::semantic::{normalised, SemanticIndex, SemanticQuery};
+use sluice_core::cache::settings::CacheConfig;
+use sluice_core::cache::{CacheKey, CallKind, KeyInput, MemoryStore, ResponseStore, StoredAnswer};
+use sluice_core::dialect::Inbound;
+
+fn input(body: &[u8]) -> KeyInput<'_> {
+    KeyInput {
+        scope: "team:search",
+        kind: CallKind::Chat,
+        inbound: Some(Inbound::OpenAiChat),
+        model: "gpt-4o-mini",
+        body,
+    }
+}
+
+fn key(c: &mut Criterion) {
+    let store = MemoryStore::new(CacheConfig::default(), [9; 32]);
+    let mut g = c.benchmark_group("cache_key");
+    for size in [1024, 100 * 1024] {
+        let body = chat_body(size);
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            b.iter(|| store.key(&input(black_box(body))).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn lookup(c: &mut Criterion) {
+    let store = MemoryStore::new(CacheConfig::default(), [9; 32]);
+    // A store with 10,000 answers of 2 KB in it.
+    let mut keys = Vec::new();
+    for i in 0..10_000u32 {
+        let body = format!(
+            r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"prompt {i}"}}]}}"#
+        );
+        let k = store.key(&input(body.as_bytes())).unwrap();
+        let answer = StoredAnswer {
+            body: chat_response(2048),
+            usage: None,
+            cost_micros: Some(10),
+            kind: CallKind::Chat,
+        };
+        store.insert(&k, answer, 3_600_000, 0);
+        keys.push(k);
+    }
+    let hit = keys[4242];
+    let miss = CacheKey {
+        hash: [7; 32],
+        ..hit
+    };
+    let mut g = c.benchmark_group("cache_lookup");
+    g.bench_function("hit", |b| {
+        b.iter(|| store.lookup(black_box(&hit), 1).unwrap())
+    });
+    g.bench_function("miss", |b| {
+        b.iter(|| assert!(store.lookup(black_box(&miss), 1).is_none()))
+    });
+    g.finish();
+}
+
+fn semantic_search(c: &mut Criterion) {
+    const DIMS: usize = 1536;
+    let mut rng = SplitMix64::new(7);
+    let mut vector = || {
+        let v: Vec<f32> = (0..DIMS)
+            .map(|_| (rng.next_u64() % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        normalised(v).unwrap()
+    };
+    let q = SemanticQuery {
+        context: [1; 32],
+        text: "what is the capital of france".into(),
+    };
+    let k = CacheKey {
+        hash: [2; 32],
+        model_slot: 0,
+        scope_slot: 0,
+    };
+    let mut g = c.benchmark_group("cache_semantic_search");
+    g.sample_size(10);
+    for n in [10_000usize, 100_000] {
+        // 100k vectors of 1,536 floats are 600 MiB: bound the index accordingly. One context
+        // holds at most 10k (`MAX_PER_CONTEXT`), so the 100k case spreads over 10 contexts and
+        // searches one of them, as a request does.
+        let index = SemanticIndex::new(1 << 31);
+        for i in 0..n {
+            let mut ctx = q.clone();
+            // The probe's context (index 0) holds the first 10k.
+            ctx.context[1] = 1 + (i / 10_000) as u8;
+            index.insert(&ctx, vector(), k, u64::MAX);
+        }
+        let probe = vector();
+        g.throughput(Throughput::Elements(n.min(10_000) as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &probe, |b, probe| {
+            b.iter(|| index.search(&q, black_box(probe), 0.95, 0))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, key, lookup, semantic_search);
+criterion_main!(benches);
