@@ -196,6 +196,13 @@ impl KeyRecord {
             })
     }
 
+    /// Whether the response cache serves this key: unless its metadata says `"cache": false`
+    /// (`cache = false` on a key in the config file; `{"metadata": {"cache": false}}` through
+    /// the admin API).
+    pub fn uses_cache(&self) -> bool {
+        self.metadata.get("cache") != Some(&serde_json::Value::Bool(false))
+    }
+
     /// Whether `presented` is this key: its hash, compared in constant time.
     pub fn matches(&self, presented: &str) -> bool {
         constant_time_eq(hash_hex(presented).as_bytes(), self.hash.as_bytes())

@@ -363,7 +363,9 @@ fn only_complete_answers_are_kept_and_directives_hold(driver: &str) {
 fn teams_never_see_each_others_entries() {
     let mock = mock();
     let dir = temp_dir("cache-teams");
-    let gw = start(&cache_config(mock.addr(), &dir, ""), driver_name(false));
+    let config = cache_config(mock.addr(), &dir, "")
+        + "\n[[keys]]\nname = \"off\"\nkey = \"sk-sluice-cache-off-0123456789\"\nteam = \"alpha\"\ncache = false\n";
+    let gw = start(&config, driver_name(false));
     let (_, a) = gw.create_key(json!({"name": "a", "team": "alpha"}));
     let (_, a2) = gw.create_key(json!({"name": "a2", "team": "alpha"}));
     let (_, b) = gw.create_key(json!({"name": "b", "team": "beta"}));
@@ -394,6 +396,22 @@ fn teams_never_see_each_others_entries() {
         post_as(&gw, &b, chat, &body, "").header("x-sluice-cache"),
         Some("hit")
     );
+    // Keys that opt out (`cache = false` in the config, `"cache": false` in an admin key's
+    // metadata) are neither served nor kept.
+    let (_, off) =
+        gw.create_key(json!({"name": "off", "team": "alpha", "metadata": {"cache": false}}));
+    let body = prompt_body("mock-fast", false, "team secret", "");
+    let before = mock.stats().requests;
+    for k in [
+        off.as_str(),
+        "sk-sluice-cache-off-0123456789",
+        "sk-sluice-cache-off-0123456789",
+    ] {
+        let r = post_as(&gw, k, chat, &body, "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-sluice-cache"), None);
+    }
+    assert_eq!(mock.stats().requests - before, 3);
     // Clearing one team's scope leaves the other's.
     let body = prompt_body("mock-fast", false, "team secret", "");
     let (status, _) = gw.admin("DELETE", "/admin/cache?scope=team:alpha", None);

@@ -46,6 +46,9 @@ pub(super) struct RawKey {
     #[serde(default)]
     disabled: bool,
     metadata: Option<serde_json::Value>,
+    /// `false`: the response cache neither serves nor keeps this key's requests (kept in the
+    /// record's metadata as `"cache": false`).
+    cache: Option<bool>,
 }
 
 impl RawKey {
@@ -243,6 +246,15 @@ fn static_keys(
                 at("models")
             ));
         }
+        let mut metadata = k.metadata.unwrap_or(serde_json::Value::Null);
+        if k.cache == Some(false) {
+            if !metadata.is_object() {
+                metadata = serde_json::Value::Object(Default::default());
+            }
+            if let Some(m) = metadata.as_object_mut() {
+                m.insert("cache".into(), serde_json::Value::Bool(false));
+            }
+        }
         keys.push(StaticKey {
             record: KeyRecord {
                 id: format!("cfg_{}", k.name),
@@ -255,7 +267,7 @@ fn static_keys(
                 limits,
                 expires_at_unix: k.expires_at,
                 disabled: k.disabled,
-                metadata: k.metadata.unwrap_or(serde_json::Value::Null),
+                metadata,
                 created_at_unix: 0,
             },
             literal,

@@ -83,7 +83,10 @@ pub async fn lookup(
     admitted: Admitted<Arc<KeyEntry>>,
 ) -> Looked {
     let store = &*worker.shared.responses;
-    let Some(cache) = group_cache(worker, plan) else {
+    // A key with `cache = false` is served as if its group had no cache.
+    let group_cache =
+        group_cache(worker, plan).filter(|_| key.is_none_or(|k| k.record.uses_cache()));
+    let Some(cache) = group_cache else {
         return match admitted.lookup(store, None, 0) {
             Lookup::Hit(s, a) => Looked::Hit(s, a, Mark::Hit),
             Lookup::Miss(a) => Looked::Miss(a, None),
