@@ -357,6 +357,22 @@ fn only_complete_answers_are_kept_and_directives_hold(driver: &str) {
     let r = post_as(&gw, &key, chat, &body, "");
     assert_eq!(r.header("x-sluice-cache"), Some("miss"));
     assert_eq!(requests(), 12);
+
+    // Embeddings answers are cached too (whole).
+    let body = r#"{"model":"mock-fast","input":["a sluice gate","a canal lock"]}"#;
+    let first = post_as(&gw, &key, "/v1/embeddings", body, "");
+    assert_eq!(first.header("x-sluice-cache"), Some("miss"));
+    let again = post_as(&gw, &key, "/v1/embeddings", body, "");
+    assert_eq!(again.header("x-sluice-cache"), Some("hit"));
+    assert_eq!(again.body, first.body);
+    assert_eq!(
+        again.json()["data"][1]["embedding"]
+            .as_array()
+            .unwrap()
+            .len(),
+        256
+    );
+    assert_eq!(requests(), 13);
 }
 
 #[test]
