@@ -162,3 +162,63 @@ pub fn validate_group(
     };
     Ok(cache.is_on().then_some(cache))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::collections::HashMap;
+
+    fn load(cache: &str, extra: &str) -> Result<Config, String> {
+        let text = format!(
+            "auth = \"none\"\n{extra}\n[[providers]]\nname = \"p\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[[models]]\nname = \"m\"\ndeployments = [{{ provider = \"p\", model = \"a\" }}]\n{cache}\n[[models]]\nname = \"emb\"\ndeployments = [{{ provider = \"p\", model = \"e\" }}]\n"
+        );
+        Config::from_toml(&text, &HashMap::new()).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn group_caches_are_validated_with_their_path() {
+        let c = load(
+            "cache = { ttl_s = 60, scope = \"key\", coalesce = true }",
+            "",
+        )
+        .unwrap();
+        let g = c.models[0].cache.as_ref().unwrap();
+        assert_eq!(
+            (g.ttl_ms, g.scope, g.coalesce, g.exact),
+            (60_000, super::CacheScope::Key, true, true)
+        );
+        assert_eq!(c.cache.max_bytes, super::DEFAULT_MAX_BYTES);
+        assert!(load("cache = { exact = false }", "").unwrap().models[0]
+            .cache
+            .is_none());
+        let errors = [
+            ("cache = { scope = \"world\" }", "", "scope"),
+            ("cache = { threshold = 1.5 }", "", "threshold"),
+            ("cache = { ttl_s = 0 }", "", "ttl_s"),
+            ("cache = { semantic = true }", "", "embedding_model"),
+            (
+                "cache = { semantic = true, embedding_model = \"nope\" }",
+                "",
+                "embedding_model",
+            ),
+            (
+                "cache = { semantic = true, embedding_model = \"m\" }",
+                "",
+                "embedding_model",
+            ),
+            ("cache = { colour = 1 }", "", "colour"),
+            (
+                "",
+                "[cache]\nmax_bytes = 10\nmax_entry_bytes = 100",
+                "max_bytes",
+            ),
+            ("", "[cache]\nmax_entry_bytes = 0", "max_entry_bytes"),
+        ];
+        for (cache, extra, word) in errors {
+            let e = load(cache, extra).unwrap_err();
+            assert!(e.contains(word), "{cache} {extra}: {e}");
+        }
+        let ok = load("cache = { semantic = true, embedding_model = \"emb\" }", "").unwrap();
+        assert!(ok.models[0].cache.as_ref().unwrap().semantic);
+    }
+}

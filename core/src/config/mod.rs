@@ -615,6 +615,17 @@ impl Config {
                 .map(|d| format!("{} (weight {})", d.label, d.weight))
                 .collect();
             out.push_str(&format!("model {} -> {}\n", m.name, deps.join(", ")));
+            if let Some(c) = &m.cache {
+                out.push_str(&format!(
+                    "cache on {}: exact {}, semantic {}, ttl {} s, scope {:?}{}\n",
+                    m.name,
+                    c.exact,
+                    c.semantic,
+                    c.ttl_ms / 1000,
+                    c.scope,
+                    if c.coalesce { ", coalesced" } else { "" }
+                ));
+            }
         }
         out
     }
