@@ -32,6 +32,7 @@ pub mod balance;
 pub mod breaker;
 pub mod cache;
 pub mod calendar;
+pub mod compress;
 pub mod config;
 pub mod cost;
 pub mod dialect;

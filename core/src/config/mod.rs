@@ -126,6 +126,22 @@ struct RawServer {
     keepalive_idle_timeout_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
     tls: Option<RawServerTls>,
+    compression: Option<RawCompression>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompression {
+    enabled: Option<bool>,
+    min_bytes: Option<u64>,
+    max_bytes: Option<u64>,
+    inline_max_bytes: Option<u64>,
+    algorithms: Option<Vec<String>>,
+    streams: Option<bool>,
+    gzip_level: Option<u32>,
+    br_level: Option<u32>,
+    zstd_level: Option<i32>,
+    threads: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,6 +287,8 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
     /// TLS termination on the client listener; `None` serves plain HTTP.
     pub tls: Option<ServerTls>,
+    /// Compression of answers for clients that ask (`[server.compression]`).
+    pub compression: crate::compress::CompressionConfig,
 }
 
 /// Certificate and key of the client listener (`[server.tls]`), both PEM. The files are read

@@ -245,3 +245,49 @@ fn server_tls_table() {
     let e = Config::from_toml(&empty, &env(&[("MOCK_KEY", "sk-test")])).unwrap_err();
     assert!(e.0.contains("server.tls.cert_file"), "{e:?}");
 }
+
+#[test]
+fn compression_defaults_and_validation() {
+    use crate::compress::Coding;
+    let cfg = Config::from_toml("", &env(&[])).unwrap();
+    let c = &cfg.server.compression;
+    assert!(c.enabled);
+    assert_eq!(c.min_bytes, 32 * 1024);
+    assert_eq!(c.algorithms, [Coding::Zstd, Coding::Brotli, Coding::Gzip]);
+    assert!(!c.streams);
+    let text = "[server.compression]\nmin_bytes = 1024\nalgorithms = [\"gzip\", \"br\"]\n\
+                gzip_level = 6\nbr_level = 5\nzstd_level = 9\nthreads = 2\n";
+    let cfg = Config::from_toml(text, &env(&[])).unwrap();
+    let c = &cfg.server.compression;
+    assert_eq!(
+        (
+            c.min_bytes,
+            c.gzip_level,
+            c.br_level,
+            c.zstd_level,
+            c.threads
+        ),
+        (1024, 6, 5, 9, 2)
+    );
+    assert_eq!(c.algorithms, [Coding::Gzip, Coding::Brotli]);
+    let off = Config::from_toml("[server.compression]\nalgorithms = []\n", &env(&[])).unwrap();
+    assert!(!off.server.compression.enabled);
+    for (bad, key) in [
+        ("algorithms = [\"deflate\"]", "algorithms"),
+        ("algorithms = [\"gzip\", \"gzip\"]", "algorithms"),
+        ("gzip_level = 0", "gzip_level"),
+        ("gzip_level = 10", "gzip_level"),
+        ("br_level = 12", "br_level"),
+        ("zstd_level = 0", "zstd_level"),
+        ("zstd_level = 20", "zstd_level"),
+        ("min_bytes = 100\nmax_bytes = 10", "min_bytes"),
+        ("max_bytes = 0", "max_bytes"),
+        ("threads = 1000", "threads"),
+        ("streams = true", "streams"),
+        ("level = 3", "level"),
+    ] {
+        let e =
+            Config::from_toml(&format!("[server.compression]\n{bad}\n"), &env(&[])).unwrap_err();
+        assert!(e.0.contains(key), "{bad}: {e}");
+    }
+}
