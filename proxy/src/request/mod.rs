@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod compress;
 pub mod deliver;
 pub mod forward;
 pub mod plan;

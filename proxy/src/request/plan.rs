@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use sluice_core::compress::AcceptEncoding;
 use sluice_core::config::{Deployment, Provider};
 use sluice_core::dialect::{self, Dialect, Inbound, RequestOptions};
 use sluice_core::error::{ErrorKind, GatewayError};
@@ -82,11 +83,14 @@ pub struct Plan {
     pub strip_usage: bool,
     /// `x-sluice-deadline-ms`.
     pub(crate) deadline_override: Option<Duration>,
+    /// What the client's `Accept-Encoding` said (the gateway compresses; the upstream is
+    /// asked for identity).
+    pub accept_encoding: AcceptEncoding,
 }
 
 /// Client headers never forwarded: credentials meant for the gateway, and what the gateway
 /// sets itself. `accept-encoding` is dropped so the upstream answers uncompressed and usage
-/// can be read.
+/// can be read (the gateway compresses for the client, `request::compress`).
 fn forwardable(name: &str, traced: bool) -> bool {
     const DROP: [&str; 8] = [
         "authorization",
@@ -137,10 +141,13 @@ pub fn plan(
     };
     let mut forwarded = Vec::with_capacity(256);
     let mut has_accept = false;
+    let mut accept_encoding = AcceptEncoding::default();
     for (name, value) in head.headers() {
         if forwardable(name, traced) {
             has_accept |= name.eq_ignore_ascii_case("accept");
             push_header(&mut forwarded, name, value);
+        } else if name.eq_ignore_ascii_case("accept-encoding") {
+            accept_encoding.add(value);
         }
     }
     let strip_usage =
@@ -155,6 +162,7 @@ pub fn plan(
         has_accept,
         strip_usage,
         deadline_override,
+        accept_encoding,
     })
 }
 
