@@ -238,6 +238,9 @@ pub struct AnswerFacts<'a> {
     pub content_type: Option<&'a [u8]>,
     /// The upstream already applied a content coding.
     pub encoded: bool,
+    /// The upstream sent `Cache-Control: no-transform`: a proxy MUST NOT change the content
+    /// (RFC 9111 §5.2.2.6, RFC 9110 §7.7).
+    pub no_transform: bool,
 }
 
 impl CompressionConfig {
@@ -265,7 +268,7 @@ impl CompressionConfig {
 
     /// Whether (and how) to compress an answer the client will get whole.
     pub fn decide(&self, accept: &AcceptEncoding, answer: &AnswerFacts<'_>) -> Decision {
-        if !self.enabled || answer.encoded || answer.len > self.max_bytes {
+        if !self.enabled || answer.encoded || answer.no_transform || answer.len > self.max_bytes {
             return Decision::default();
         }
         let Some(ct) = answer.content_type else {
@@ -302,6 +305,13 @@ fn media_type(ct: &[u8]) -> &[u8] {
         .trim_ascii()
 }
 
+/// Whether a `Cache-Control` value carries `no-transform`.
+pub fn has_no_transform(cache_control: &[u8]) -> bool {
+    cache_control
+        .split(|b| *b == b',')
+        .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"no-transform"))
+}
+
 /// Text and JSON compress well; images, audio and already packed formats do not.
 pub fn compressible(ct: &[u8]) -> bool {
     let mt = media_type(ct);
@@ -334,6 +344,7 @@ mod tests {
             len,
             content_type: Some(b"application/json"),
             encoded: false,
+            no_transform: false,
         }
     }
 
@@ -474,6 +485,14 @@ mod tests {
     }
 
     #[test]
+    fn no_transform_is_found_in_a_list() {
+        assert!(has_no_transform(b"no-transform"));
+        assert!(has_no_transform(b"private, No-Transform , max-age=0"));
+        assert!(!has_no_transform(b"no-store"));
+        assert!(!has_no_transform(b"no-transformer"));
+    }
+
+    #[test]
     fn small_answers_go_as_they_are() {
         let c = cfg();
         let a = AcceptEncoding::parse(b"gzip");
@@ -541,6 +560,11 @@ mod tests {
             ..json(1 << 20)
         };
         assert_eq!(c.decide(&a, &encoded), Decision::default());
+        let kept = AnswerFacts {
+            no_transform: true,
+            ..json(1 << 20)
+        };
+        assert_eq!(c.decide(&a, &kept), Decision::default());
         let off = CompressionConfig {
             enabled: false,
             ..cfg()

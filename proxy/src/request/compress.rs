@@ -65,6 +65,9 @@ pub(crate) async fn encode_answer(
         encoded: head
             .header("content-encoding")
             .is_some_and(|v| !v.trim_ascii().eq_ignore_ascii_case(b"identity")),
+        no_transform: head
+            .header("cache-control")
+            .is_some_and(sluice_core::compress::has_no_transform),
     };
     let decision = cfg.decide(accept, &facts);
     let Some(coding) = decision.coding else {
