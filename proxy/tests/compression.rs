@@ -256,6 +256,22 @@ fn answers_over_a_mebibyte_compress_on_the_pool(driver: &str) {
         sizes.iter().any(|s| *s < identity.body.len() as u64 / 4),
         "the access log counts the bytes sent: {sizes:?}"
     );
+    let metrics = Client::connect(gw.admin.expect("admin listener"))
+        .get("/metrics")
+        .text();
+    for coding in ["zstd", "gzip", "br"] {
+        let series =
+            format!("sluice_compressed_responses_total{{coding=\"{coding}\",place=\"pool\"}}");
+        assert!(metrics.contains(&series), "{series} in:\n{metrics}");
+    }
+    let saved: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_compression_saved_bytes_total "))
+        .expect("saved bytes counted")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(saved > 3.0 * identity.body.len() as f64 * 0.75, "{saved}");
 }
 
 fn compression_can_be_turned_off(driver: &str) {

@@ -76,10 +76,7 @@ pub(crate) async fn encode_answer(
     let level = level_of(cfg, coding);
     if body.len() as u64 <= cfg.inline_max_bytes {
         return Some(match encode(coding, level, &body) {
-            Ok(out) => Encoded {
-                body: out,
-                decision,
-            },
+            Ok(out) => compressed(body.len(), out, decision, "inline"),
             Err(e) => {
                 tracing::debug!(coding = coding.token(), error = %e, "compression failed");
                 identity(body, decision.vary)
@@ -87,6 +84,7 @@ pub(crate) async fn encode_answer(
         });
     }
     let (done, rx) = oneshot::channel();
+    let job_len = body.len();
     let job = Job {
         body,
         coding,
@@ -101,15 +99,27 @@ pub(crate) async fn encode_answer(
                 bytes = job.body.len(),
                 "compression threads busy: answer sent uncompressed"
             );
+            metrics::counter!("sluice_compression_busy_total").increment(1);
             return Some(identity(job.body, decision.vary));
         }
     }
+    let len = job_len;
     match rx.await.ok()? {
-        Ok(out) => Some(Encoded {
-            body: out,
-            decision,
-        }),
+        Ok(out) => Some(compressed(len, out, decision, "pool")),
         Err(body) => Some(identity(body, decision.vary)),
+    }
+}
+
+/// A compressed answer, counted.
+fn compressed(len: usize, out: Vec<u8>, decision: Decision, place: &'static str) -> Encoded {
+    let coding = decision.coding.map_or("", Coding::token);
+    metrics::counter!("sluice_compressed_responses_total", "coding" => coding, "place" => place)
+        .increment(1);
+    metrics::counter!("sluice_compression_saved_bytes_total")
+        .increment(len.saturating_sub(out.len()) as u64);
+    Encoded {
+        body: out,
+        decision,
     }
 }
 

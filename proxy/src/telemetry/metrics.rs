@@ -193,6 +193,19 @@ fn describe() {
         "sluice_trace_spans_dropped_total",
         "Spans dropped: export queue full or collector unreachable."
     );
+    describe_counter!(
+        "sluice_compressed_responses_total",
+        "Answers compressed for the client, by coding and where (inline on the worker, pool)."
+    );
+    describe_counter!(
+        "sluice_compression_saved_bytes_total",
+        Unit::Bytes,
+        "Bytes compression kept off the client connections (body in minus body out)."
+    );
+    describe_counter!(
+        "sluice_compression_busy_total",
+        "Answers sent uncompressed because the compression threads' queue was full."
+    );
 }
 
 /// One request's label set, as indices into the config.
