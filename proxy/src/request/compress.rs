@@ -3,11 +3,12 @@
 //!
 //! Where the work runs: a worker is one thread for every connection on its core, so a
 //! multi-millisecond compression on it stalls every other request there. Bodies up to
-//! `inline_max_bytes` (64 KiB by default: well under a millisecond at the default levels, see
-//! `bench/benches/compress.rs`) are compressed inline, where a hand-off would cost more than
-//! the work. Larger ones go to a small pool of compression threads shared by the workers,
-//! through a bounded queue, and come back on a oneshot channel that wakes the worker. When the
-//! queue is full the answer goes uncompressed: a full queue means compression is already
+//! `inline_max_bytes` (16 KiB by default: well under a millisecond at the default levels on a
+//! quiet core, see `bench/benches/compress.rs`) are compressed inline, where a hand-off would
+//! cost about as much as the work; with the default `min_bytes` (32 KiB) that is only a small
+//! answer for a client that refused identity. Larger ones go to a small pool of compression
+//! threads shared by the workers, through a bounded queue, and come back on a oneshot channel
+//! that wakes the worker. When the queue is full the answer goes uncompressed: a full queue means compression is already
 //! using all the CPU it was given, and doing it inline then would trade every other request
 //! on the core (their latency) for one client's bandwidth. Sending identity is always correct;
 //! compression is best effort.
