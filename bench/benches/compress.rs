@@ -234,8 +234,12 @@ fn chat_answer(target: usize) -> Vec<u8> {
             text.push_str(w);
         }
         sentence += 1;
-        if sentence > 6 && rng.next() % 8 == 0 {
-            text.push_str(if rng.next() % 5 == 0 { ".\n\n" } else { ". " });
+        if sentence > 6 && rng.next().is_multiple_of(8) {
+            text.push_str(if rng.next().is_multiple_of(5) {
+                ".\n\n"
+            } else {
+                ". "
+            });
             sentence = 0;
         } else {
             text.push(' ');
