@@ -581,6 +581,20 @@ impl Config {
                 tls.key_file.display()
             ));
         }
+        let c = &self.server.compression;
+        if c.enabled {
+            let codings: Vec<&str> = c.algorithms.iter().map(|a| a.token()).collect();
+            out.push_str(&format!(
+                "compression: {} from {} bytes (zstd {}, br {}, gzip {})\n",
+                codings.join(", "),
+                c.min_bytes,
+                c.zstd_level,
+                c.br_level,
+                c.gzip_level
+            ));
+        } else {
+            out.push_str("compression: off\n");
+        }
         for p in &self.providers {
             out.push_str(&format!(
                 "provider {} ({:?}) {}://{}:{}{}{}\n",

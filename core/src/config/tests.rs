@@ -255,6 +255,9 @@ fn compression_defaults_and_validation() {
     assert_eq!(c.min_bytes, 32 * 1024);
     assert_eq!(c.algorithms, [Coding::Zstd, Coding::Brotli, Coding::Gzip]);
     assert!(!c.streams);
+    assert!(cfg
+        .summary()
+        .contains("compression: zstd, br, gzip from 32768 bytes (zstd 1, br 2, gzip 1)"));
     let text = "[server.compression]\nmin_bytes = 1024\nalgorithms = [\"gzip\", \"br\"]\n\
                 gzip_level = 6\nbr_level = 5\nzstd_level = 9\nthreads = 2\n";
     let cfg = Config::from_toml(text, &env(&[])).unwrap();
@@ -272,6 +275,7 @@ fn compression_defaults_and_validation() {
     assert_eq!(c.algorithms, [Coding::Gzip, Coding::Brotli]);
     let off = Config::from_toml("[server.compression]\nalgorithms = []\n", &env(&[])).unwrap();
     assert!(!off.server.compression.enabled);
+    assert!(off.summary().contains("compression: off"));
     for (bad, key) in [
         ("algorithms = [\"deflate\"]", "algorithms"),
         ("algorithms = [\"gzip\", \"gzip\"]", "algorithms"),
