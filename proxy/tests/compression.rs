@@ -114,6 +114,20 @@ fn codings_follow_the_clients_qvalues(driver: &str) {
         "accept-encoding: zstd;q=0.1\r\naccept-encoding: gzip\r\n",
     );
     assert_coded(&r, Some("gzip"), &identity.body, "two lines");
+    // An HTTP/1.0 client: no chunked, the body ends with the connection.
+    let mut old = gw.connect();
+    old.send_raw(
+        format!(
+            "POST /v1/embeddings HTTP/1.0\r\ncontent-type: application/json\r\ncontent-length: {}\r\naccept-encoding: gzip\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let r = old.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert!(r.closed);
+    assert_eq!(decode("gzip", &r.body), identity.body);
     // The upstream is always asked for identity.
     assert_eq!(mock.last_request().unwrap().header("accept-encoding"), None);
     // A large chat answer too (about 64 KiB of text).
