@@ -338,6 +338,34 @@ pub fn compressible(ct: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_value_parses_without_panic(v in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let a = AcceptEncoding::parse(&v);
+            for c in [Coding::Gzip, Coding::Brotli, Coding::Zstd] {
+                prop_assert!(a.q(c) <= Q_MAX);
+            }
+            prop_assert!(a.identity_q() <= Q_MAX);
+            let _ = cfg().choose(&a);
+        }
+
+        #[test]
+        fn lines_split_at_a_comma_are_one_list(
+            elems in proptest::collection::vec(
+                "(gzip|br|zstd|identity|\\*|deflate)( ?; ?q=(0|1|0\\.[0-9]{1,3}))?",
+                0..6,
+            ),
+            cut in 0usize..6,
+        ) {
+            let cut = cut.min(elems.len());
+            let mut split = AcceptEncoding::default();
+            split.add(elems[..cut].join(", ").as_bytes());
+            split.add(elems[cut..].join(",").as_bytes());
+            prop_assert_eq!(AcceptEncoding::parse(elems.join(" , ").as_bytes()), split);
+        }
+    }
 
     fn cfg() -> CompressionConfig {
         CompressionConfig::default()
