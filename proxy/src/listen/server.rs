@@ -618,7 +618,10 @@ fn run_worker(
         worker.shared.listeners_up.fetch_add(1, Ordering::SeqCst);
         let beat = slot.clone();
         monoio::spawn(async move {
-            loop {
+            for n in 0u64.. {
+                if n % 4 == 0 {
+                    crate::listen::idle::return_free_memory();
+                }
                 // Also moves an idle worker to a new generation (and its health checks).
                 let worker = beat.current();
                 if let Some(h) = worker.shared.heartbeats.get(id) {
@@ -698,7 +701,9 @@ async fn on_accept(slot: &Rc<Slot>, accepted: io::Result<(monoio::net::TcpStream
         w.metrics.connections.increment(1.0);
         let halves = match &w.shared.tls_listener {
             None => Some(client_io::plain(stream)),
-            Some(t) => handshake(&w, t, stream).await,
+            // Boxed: the handshake's state is larger than the connection loop's and is
+            // needed only until the handshake ends.
+            Some(t) => Box::pin(handshake(&w, t, stream)).await,
         };
         if let Some(halves) = halves {
             serve_connection(slot, halves).await;
@@ -770,7 +775,7 @@ async fn refuse(stream: monoio::net::TcpStream) {
 
 /// Waits for this worker's connections to finish, up to the drain deadline: in-flight
 /// requests run to their end (answered with `connection: close`), idle keep-alive connections
-/// get their short grace (`conn::DRAIN_IDLE_GRACE`) and close.
+/// get their short grace (`idle::DRAIN_IDLE_GRACE`) and close.
 async fn drain(worker: &Worker) {
     let deadline =
         Instant::now() + Duration::from_millis(worker.shared.config.server.drain_timeout_ms);
