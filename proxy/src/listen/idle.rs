@@ -129,8 +129,14 @@ pub async fn wait_for_request(worker: &Worker, rd: &mut ClientRead) -> Waited {
     let Some(plain) = rd.watchable() else {
         // TLS: the rustls session may hold decrypted bytes the socket no longer shows, so
         // readiness cannot be trusted; the read stays posted (see `listen::client_io`).
+        // Boxed: only TLS connections carry this larger wait.
         let buf = take_buffer();
-        return match until_drained(worker, keepalive, read_more(rd, buf, keepalive)).await {
+        let wait = Box::pin(until_drained(
+            worker,
+            keepalive,
+            read_more(rd, buf, keepalive),
+        ));
+        return match wait.await {
             Some(Read::Data(b)) => Waited::Data(b),
             _ => Waited::Close,
         };
@@ -212,22 +218,30 @@ pub fn return_free_memory() {
 /// Runs `wait` for up to `limit`; once the worker drains, for at most [`DRAIN_IDLE_GRACE`]
 /// more. `None` when the time ran out. `wait` is never dropped when the drain starts (it keeps
 /// running), so bytes arriving at that moment are not lost with a cancelled read.
+///
+/// One timer, moved forward when the drain starts: a parked connection's whole wait is this
+/// future, so it is kept small.
 async fn until_drained<F: std::future::Future>(
     worker: &Worker,
     limit: Duration,
     wait: F,
 ) -> Option<F::Output> {
-    let mut wait = std::pin::pin!(monoio::time::timeout(limit, wait));
+    let end = monoio::time::Instant::now() + limit;
+    let mut timer = std::pin::pin!(monoio::time::sleep_until(end));
+    let mut wait = std::pin::pin!(wait);
     if !worker.shared.is_draining() {
         monoio::select! {
-            r = &mut wait => return r.ok(),
+            r = &mut wait => return Some(r),
+            _ = &mut timer => return None,
             _ = worker.drain_started() => {}
         }
     }
-    monoio::time::timeout(DRAIN_IDLE_GRACE.min(limit), wait)
-        .await
-        .ok()
-        .and_then(Result::ok)
+    let grace = monoio::time::Instant::now() + DRAIN_IDLE_GRACE;
+    timer.as_mut().reset(grace.min(end));
+    monoio::select! {
+        r = wait => Some(r),
+        _ = timer => None,
+    }
 }
 
 enum Posted {
