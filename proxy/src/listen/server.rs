@@ -616,6 +616,7 @@ fn run_worker(
         let worker = slot.worker();
         health::spawn_all(&slot, &worker);
         worker.shared.listeners_up.fetch_add(1, Ordering::SeqCst);
+        monoio::spawn(crate::listen::idle::deadlines::sweep());
         let beat = slot.clone();
         monoio::spawn(async move {
             for n in 0u64.. {

@@ -15,18 +15,22 @@
 //!   no read — until bytes arrive, the keep-alive timeout ends it, or the drain does.
 //!
 //! The request's own state (the exchange future) is allocated by the connection loop only
-//! while a request is under way (see `listen::conn`), so a parked connection is its socket,
-//! its task and this small wait.
+//! while a request is under way (see `listen::conn`), and the idle time limits are coarse
+//! per-worker [`deadlines`] rather than timers of their own, so a parked connection is its
+//! socket, its task and this small wait.
+
+pub mod deadlines;
 
 use std::cell::RefCell;
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, CancelableAsyncReadRent, Canceller, OwnedReadHalf};
 use monoio::net::TcpStream;
 
 use crate::listen::client_io::ClientRead;
+use crate::listen::idle::deadlines::Deadline;
 use crate::state::Worker;
 
 /// Size of a pooled read buffer (a request head and a small body fit; larger bodies are read
@@ -219,28 +223,26 @@ pub fn return_free_memory() {
 /// more. `None` when the time ran out. `wait` is never dropped when the drain starts (it keeps
 /// running), so bytes arriving at that moment are not lost with a cancelled read.
 ///
-/// One timer, moved forward when the drain starts: a parked connection's whole wait is this
-/// future, so it is kept small.
+/// The time limits are coarse [`Deadline`]s (see [`deadlines`]): a parked connection's whole
+/// wait is this future, so it is kept small.
 async fn until_drained<F: std::future::Future>(
     worker: &Worker,
     limit: Duration,
     wait: F,
 ) -> Option<F::Output> {
-    let end = monoio::time::Instant::now() + limit;
-    let mut timer = std::pin::pin!(monoio::time::sleep_until(end));
+    let end = Instant::now() + limit;
     let mut wait = std::pin::pin!(wait);
     if !worker.shared.is_draining() {
         monoio::select! {
             r = &mut wait => return Some(r),
-            _ = &mut timer => return None,
+            _ = Deadline::at(end) => return None,
             _ = worker.drain_started() => {}
         }
     }
-    let grace = monoio::time::Instant::now() + DRAIN_IDLE_GRACE;
-    timer.as_mut().reset(grace.min(end));
+    let grace = Deadline::at(end.min(Instant::now() + DRAIN_IDLE_GRACE));
     monoio::select! {
         r = wait => Some(r),
-        _ = timer => None,
+        _ = grace => None,
     }
 }
 
