@@ -214,11 +214,11 @@ deployments = [{{ provider = "mock-anthropic", model = "claude-mock" }}]
 """
 
 
-@pytest.fixture(scope="session")
-def gateway(mock, tmp_path_factory) -> Gateway:
-    d = tmp_path_factory.mktemp("gateway")
+def start_gateway(d: Path, config_text: str) -> Gateway:
+    """Starts `sluice serve` with `config_text` (written to `d`) and waits until it is ready.
+    The caller stops it with `stop(gateway.proc)`."""
     config = d / "sluice.toml"
-    config.write_text(gateway_config(mock.addr, d / "sluice.db"))
+    config.write_text(config_text)
     stdout, stderr = d / "sluice.stdout", d / "sluice.stderr"
     env = os.environ.copy()
     env.pop("RUST_LOG", None)
@@ -252,9 +252,15 @@ def gateway(mock, tmp_path_factory) -> Gateway:
             return False
 
     wait_for("GET /readyz answering 200", ready, proc, logs)
-    gw = Gateway(addr=addr, proc=proc, stdout=stdout, config=config)
+    return Gateway(addr=addr, proc=proc, stdout=stdout, config=config)
+
+
+@pytest.fixture(scope="session")
+def gateway(mock, tmp_path_factory) -> Gateway:
+    d = tmp_path_factory.mktemp("gateway")
+    gw = start_gateway(d, gateway_config(mock.addr, d / "sluice.db"))
     yield gw
-    stop(proc)
+    stop(gw.proc)
 
 
 @pytest.fixture(scope="session")

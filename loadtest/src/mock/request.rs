@@ -21,6 +21,14 @@ pub(crate) enum Endpoint {
     Responses,
     Models,
     Messages,
+    /// `POST /v1/messages/count_tokens`.
+    CountTokens,
+    Moderations,
+    ImagesGenerations,
+    /// `multipart/form-data`, `model` a form field.
+    AudioTranscriptions,
+    /// Answers binary audio.
+    AudioSpeech,
     /// `GET /mock/stats`.
     Stats,
     /// `POST /mock/reset`.
@@ -41,6 +49,11 @@ impl Endpoint {
             "/v1/responses" => ("POST", Endpoint::Responses),
             "/v1/messages" => ("POST", Endpoint::Messages),
             "/v1/models" => ("GET", Endpoint::Models),
+            "/v1/messages/count_tokens" => ("POST", Endpoint::CountTokens),
+            "/v1/moderations" => ("POST", Endpoint::Moderations),
+            "/v1/images/generations" => ("POST", Endpoint::ImagesGenerations),
+            "/v1/audio/transcriptions" => ("POST", Endpoint::AudioTranscriptions),
+            "/v1/audio/speech" => ("POST", Endpoint::AudioSpeech),
             "/mock/stats" => ("GET", Endpoint::Stats),
             "/mock/reset" => ("POST", Endpoint::Reset),
             _ => return Endpoint::NotFound,
@@ -66,6 +79,10 @@ impl Endpoint {
                 | Endpoint::Embeddings
                 | Endpoint::Responses
                 | Endpoint::Messages
+                | Endpoint::CountTokens
+                | Endpoint::Moderations
+                | Endpoint::ImagesGenerations
+                | Endpoint::AudioSpeech
         )
     }
 }
@@ -96,6 +113,14 @@ impl Exchange {
         let endpoint = Endpoint::route(head.method, head.path);
         let body = if endpoint.has_json_body() {
             parse_body(body)
+        } else if endpoint == Endpoint::AudioTranscriptions {
+            form_model(body).map(|model| BodyFields {
+                model,
+                stream: false,
+                include_usage: false,
+                inputs: None,
+                prompt_tokens: (body.len() as u64 / 4).max(1),
+            })
         } else {
             Ok(BodyFields {
                 model: DEFAULT_MODEL.to_owned(),
@@ -168,6 +193,20 @@ fn parse_body(body: &[u8]) -> Result<BodyFields, String> {
     })
 }
 
+/// The `model` field of a `multipart/form-data` body (a plain scan: the mock trusts the
+/// gateway's framing, which the gateway's own tests check).
+fn form_model(body: &[u8]) -> Result<String, String> {
+    let at = memchr::memmem::find(body, b"name=\"model\"")
+        .ok_or_else(|| "mock: the form has no `model` field".to_owned())?;
+    let rest = &body[at..];
+    let start = memchr::memmem::find(rest, b"\r\n\r\n")
+        .ok_or_else(|| "mock: the `model` part has no body".to_owned())?
+        + 4;
+    let end = memchr::memmem::find(&rest[start..], b"\r\n")
+        .ok_or_else(|| "mock: the `model` part is not terminated".to_owned())?;
+    Ok(String::from_utf8_lossy(&rest[start..start + end]).into_owned())
+}
+
 /// Copies a request for [`MockServer::last_request`](super::MockServer::last_request).
 pub(crate) fn record(head: &Head<'_, '_>, body: &[u8]) -> RecordedRequest {
     RecordedRequest {
@@ -206,6 +245,13 @@ mod tests {
             Endpoint::MethodNotAllowed
         );
         assert_eq!(Endpoint::route("GET", "/nope"), Endpoint::NotFound);
+        assert_eq!(
+            Endpoint::route("POST", "/v1/audio/speech"),
+            Endpoint::AudioSpeech
+        );
+        let form = b"--b\r\ncontent-disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\r\n--b\r\ncontent-disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b--\r\n";
+        assert_eq!(form_model(form).unwrap(), "whisper-1");
+        assert!(form_model(b"--b--").is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Server-sent events of streaming answers: OpenAI chat and text completion
-//! chunks, and Anthropic's message events.
+//! chunks, Responses API events, and Anthropic's message events.
 //!
 //! A stream is three phases, whatever the dialect: [`StreamSpec::prelude`],
 //! one [`StreamSpec::content`] per chunk, then [`StreamSpec::finish`]. Each
@@ -7,7 +7,8 @@
 
 use super::http::{push_u64, write_chunk, LAST_CHUNK};
 use super::shapes::{
-    push_anthropic_envelope, push_openai_envelope, push_openai_usage, push_piece, Answer,
+    push_anthropic_envelope, push_json_str, push_openai_envelope, push_openai_usage, push_piece,
+    responses, Answer,
 };
 
 /// Which event format a stream speaks.
@@ -19,6 +20,8 @@ pub(crate) enum Dialect {
     OpenAiText,
     /// Anthropic `message_start` .. `message_stop`.
     Anthropic,
+    /// Responses API `response.created` .. `response.completed`.
+    Responses,
 }
 
 /// Everything needed to write one streaming answer.
@@ -70,9 +73,9 @@ impl StreamSpec {
         let (id_prefix, object) = match dialect {
             Dialect::OpenAiChat => ("chatcmpl-mock-", "chat.completion.chunk"),
             Dialect::OpenAiText => ("cmpl-mock-", "text_completion"),
-            Dialect::Anthropic => ("", ""),
+            Dialect::Anthropic | Dialect::Responses => ("", ""),
         };
-        if dialect != Dialect::Anthropic {
+        if matches!(dialect, Dialect::OpenAiChat | Dialect::OpenAiText) {
             chunk_prefix.push(b'{');
             push_openai_envelope(&mut chunk_prefix, id_prefix, object, &answer);
             chunk_prefix.extend_from_slice(b",\"choices\":[");
@@ -99,6 +102,22 @@ impl StreamSpec {
                 )
             }),
             Dialect::OpenAiText => {}
+            Dialect::Responses => {
+                let a = &self.answer;
+                ev.event(out, Some("response.created"), |d| {
+                    d.extend_from_slice(b"{\"type\":\"response.created\",\"response\":{\"id\":\"resp_mock_");
+                    push_u64(d, a.id);
+                    d.extend_from_slice(b"\",\"object\":\"response\",\"status\":\"in_progress\",\"model\":");
+                    push_json_str(d, &a.model);
+                    d.extend_from_slice(b",\"output\":[]}}");
+                });
+                ev.event(out, Some("response.output_item.added"), |d| {
+                    d.extend_from_slice(b"{\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{\"type\":\"message\",\"id\":\"msg_mock\",\"status\":\"in_progress\",\"role\":\"assistant\",\"content\":[]}}");
+                });
+                ev.event(out, Some("response.content_part.added"), |d| {
+                    d.extend_from_slice(b"{\"type\":\"response.content_part.added\",\"item_id\":\"msg_mock\",\"output_index\":0,\"content_index\":0,\"part\":{\"type\":\"output_text\",\"text\":\"\",\"annotations\":[]}}");
+                });
+            }
             Dialect::Anthropic => {
                 let a = &self.answer;
                 ev.event(out, Some("message_start"), |d| {
@@ -129,6 +148,11 @@ impl StreamSpec {
                 push_piece(d, size);
                 d.extend_from_slice(b"\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}");
             }),
+            Dialect::Responses => ev.event(out, Some("response.output_text.delta"), |d| {
+                d.extend_from_slice(b"{\"type\":\"response.output_text.delta\",\"item_id\":\"msg_mock\",\"output_index\":0,\"content_index\":0,\"delta\":\"");
+                push_piece(d, size);
+                d.extend_from_slice(b"\"}");
+            }),
             Dialect::Anthropic => ev.event(out, Some("content_block_delta"), |d| {
                 d.extend_from_slice(b"{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"");
                 push_piece(d, size);
@@ -156,6 +180,20 @@ impl StreamSpec {
                     });
                 }
                 ev.event(out, None, |d| d.extend_from_slice(b"[DONE]"));
+            }
+            Dialect::Responses => {
+                ev.event(out, Some("response.output_item.done"), |d| {
+                    d.extend_from_slice(b"{\"type\":\"response.output_item.done\",\"output_index\":0,\"item\":{\"type\":\"message\",\"id\":\"msg_mock\",\"status\":\"completed\",\"role\":\"assistant\",\"content\":[{\"type\":\"output_text\",\"annotations\":[],\"text\":\"");
+                    for _ in 0..self.answer.chunks {
+                        push_piece(d, self.answer.chunk_size);
+                    }
+                    d.extend_from_slice(b"\"}]}}");
+                });
+                ev.event(out, Some("response.completed"), |d| {
+                    d.extend_from_slice(b"{\"type\":\"response.completed\",\"response\":");
+                    responses(d, &self.answer);
+                    d.push(b'}');
+                });
             }
             Dialect::Anthropic => {
                 ev.event(out, Some("content_block_stop"), |d| {
@@ -256,5 +294,16 @@ mod tests {
             ]
         );
         assert_eq!(data(&ev[5])["usage"]["output_tokens"], 2);
+    }
+
+    #[test]
+    fn responses_sequence() {
+        let ev = events(Dialect::Responses, false);
+        assert_eq!(ev.len(), 7);
+        assert_eq!(data(&ev[3])["delta"], "tok ");
+        let done = data(&ev[6]);
+        assert_eq!(done["type"], "response.completed");
+        assert_eq!(done["response"]["usage"]["output_tokens"], 2);
+        assert_eq!(data(&ev[5])["item"]["content"][0]["text"], "tok tok ");
     }
 }

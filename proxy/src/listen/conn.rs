@@ -339,6 +339,10 @@ async fn respond_to(
             (404, respond::error(&err, keep_alive, request_id))
         }
         Route::Models => (200, json(200, &endpoints::models_body(worker))),
+        Route::Model => match endpoints::model_body(worker, head.path()) {
+            Ok(body) => (200, json(200, &body)),
+            Err(err) => (err.status(), respond::error(&err, keep_alive, request_id)),
+        },
         Route::Api(endpoint) => {
             let call = api::Call {
                 head,
