@@ -308,3 +308,117 @@ fn responses_and_count_tokens(driver: &str) {
 }
 
 both_drivers!(multipart_forms, responses_and_count_tokens);
+
+/// Gemini and Azure deployments on the mock's Gemini and Azure shapes.
+fn cloud_config(mock: std::net::SocketAddr) -> String {
+    let mut cfg = config(mock, "", "");
+    cfg.push_str(&format!(
+        r#"
+[[providers]]
+name = "gem"
+kind = "gemini"
+base_url = "http://{mock}/v1beta"
+api_key = "env:SLUICE_TEST_UPSTREAM_KEY"
+
+[[providers]]
+name = "az"
+kind = "azure"
+base_url = "http://{mock}"
+api_key = "env:SLUICE_TEST_UPSTREAM_KEY"
+api_version = "2024-10-21"
+
+[[models]]
+name = "mock-gemini"
+deployments = [{{ provider = "gem", model = "gemini-2.0-flash" }}]
+
+[[models]]
+name = "mock-azure"
+deployments = [{{ provider = "az", model = "prod-gpt4o" }}]
+"#
+    ));
+    cfg
+}
+
+fn gemini_and_azure_deployments(driver: &str) {
+    let mock = mock();
+    let gw = Gateway::start(&cloud_config(mock.addr()), driver);
+    let mut c = gw.connect();
+    // Chat, whole and streamed, on each.
+    for (model, path, auth) in [
+        (
+            "mock-gemini",
+            "/v1beta/models/gemini-2.0-flash:generateContent",
+            "x-goog-api-key",
+        ),
+        (
+            "mock-azure",
+            "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
+            "api-key",
+        ),
+    ] {
+        let r = c.post("/v1/chat/completions", &chat(model, false), "");
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        let v = r.json();
+        assert!(v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("tok"));
+        assert_eq!(v["usage"]["completion_tokens"], 8, "{model}");
+        let seen = mock.last_request().unwrap();
+        assert_eq!(seen.path, path);
+        assert_eq!(seen.header(auth), Some(UPSTREAM_KEY), "{model}");
+        assert!(seen.header("authorization").is_none(), "{model}");
+
+        let body = chat(model, true).replace(
+            "\"stream\":true",
+            "\"stream\":true,\"stream_options\":{\"include_usage\":true}",
+        );
+        let r = c.post("/v1/chat/completions", &body, "");
+        assert_eq!(r.status, 200);
+        let data = r.sse_data();
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{model}");
+        let usage: serde_json::Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+        assert_eq!(usage["usage"]["completion_tokens"], 8, "{model}");
+        let text: String = data
+            .iter()
+            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(text.matches("tok").count(), 8, "{model}: {text}");
+    }
+    assert_eq!(
+        mock.last_request().unwrap().path,
+        "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21"
+    );
+    // A Responses client of both (stateless translation), streamed from Gemini.
+    for model in ["mock-gemini", "mock-azure"] {
+        let r = c.post(
+            "/v1/responses",
+            &format!(r#"{{"model":"{model}","input":"Say hello"}}"#),
+            "",
+        );
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        assert_eq!(r.json()["usage"]["output_tokens"], 8, "{model}");
+    }
+    let r = c.post(
+        "/v1/responses",
+        r#"{"model":"mock-gemini","input":"Say hello","stream":true}"#,
+        "",
+    );
+    assert_eq!(r.status, 200);
+    assert!(mock
+        .last_request()
+        .unwrap()
+        .path
+        .ends_with(":streamGenerateContent?alt=sse"));
+    let last = r.sse_data().last().cloned().unwrap();
+    let done: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(done["type"], "response.completed");
+    assert_eq!(done["response"]["usage"]["output_tokens"], 8);
+}
+
+both_drivers!(gemini_and_azure_deployments);

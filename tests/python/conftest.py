@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -261,6 +262,24 @@ def gateway(mock, tmp_path_factory) -> Gateway:
     gw = start_gateway(d, gateway_config(mock.addr, d / "sluice.db"))
     yield gw
     stop(gw.proc)
+
+
+def ledger_row(gw, request_id: str, timeout: float = 5.0) -> dict:
+    """The ledger row of `request_id` (the ledger is written in batches off the data plane)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            con = sqlite3.connect(f"file:{gw.db}?mode=ro", uri=True, timeout=1)
+            con.row_factory = sqlite3.Row
+            row = con.execute("SELECT * FROM ledger WHERE request_id = ?", (request_id,)).fetchone()
+            con.close()
+            if row is not None:
+                return dict(row)
+        except sqlite3.OperationalError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no ledger row for {request_id!r}")
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

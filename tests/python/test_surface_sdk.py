@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import math
-import sqlite3
 import struct
 import time
 import wave
@@ -16,7 +15,7 @@ import anthropic
 import openai
 import pytest
 
-from conftest import API_KEY, MOCK_CHUNKS, MOCK_CHUNK_SIZE, start_gateway, stop
+from conftest import API_KEY, MOCK_CHUNKS, MOCK_CHUNK_SIZE, ledger_row, start_gateway, stop
 
 EXPECTED_TEXT = ("tok " * ((MOCK_CHUNKS * MOCK_CHUNK_SIZE) // 4))
 
@@ -116,24 +115,6 @@ def claude(surface) -> anthropic.Anthropic:
     c = anthropic.Anthropic(base_url=surface.root, api_key=API_KEY, max_retries=0, timeout=10)
     yield c
     c.close()
-
-
-def ledger_row(gw, request_id: str, timeout: float = 5.0) -> dict:
-    """The ledger row of `request_id` (the ledger is written in batches off the data plane)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            con = sqlite3.connect(f"file:{gw.db}?mode=ro", uri=True, timeout=1)
-            con.row_factory = sqlite3.Row
-            row = con.execute("SELECT * FROM ledger WHERE request_id = ?", (request_id,)).fetchone()
-            con.close()
-            if row is not None:
-                return dict(row)
-        except sqlite3.OperationalError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no ledger row for {request_id!r}")
-        time.sleep(0.05)
 
 
 def small_wav() -> bytes:

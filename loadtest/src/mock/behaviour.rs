@@ -121,6 +121,8 @@ pub(crate) enum Body {
     Transcription(Answer),
     /// Binary audio (`audio/mpeg`).
     Speech(Answer),
+    /// A Gemini `GenerateContentResponse`.
+    Gemini(Answer),
     Models,
     Stats,
     /// `POST /mock/reset`: zero the counters, answer `{}`.
@@ -189,6 +191,9 @@ pub(crate) fn plan(
         Endpoint::MethodNotAllowed => return Plan::error(405, "mock: method not allowed".into()),
         _ => {}
     }
+    if let Some((status, message)) = exchange.refusal {
+        return Plan::error(status, message);
+    }
     let fields = match exchange.body {
         Ok(fields) => fields,
         Err(message) => return Plan::error(400, message),
@@ -198,6 +203,7 @@ pub(crate) fn plan(
         Endpoint::Completions => Some(Dialect::OpenAiText),
         Endpoint::Messages => Some(Dialect::Anthropic),
         Endpoint::Responses => Some(Dialect::Responses),
+        Endpoint::GeminiStream => Some(Dialect::Gemini),
         _ => None,
     };
     let stream = fields.stream && dialect.is_some();
@@ -267,6 +273,7 @@ pub(crate) fn plan(
         Endpoint::ImagesGenerations => Body::Image(answer),
         Endpoint::AudioTranscriptions => Body::Transcription(answer),
         Endpoint::AudioSpeech => Body::Speech(answer),
+        Endpoint::GeminiGenerate | Endpoint::GeminiStream => Body::Gemini(answer),
         _ => Body::Models,
     };
     at(body_reply(body))

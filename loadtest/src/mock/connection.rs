@@ -461,6 +461,7 @@ impl Writer {
             Body::Image(a) => surface::image(out, a),
             Body::Transcription(a) => surface::transcription(out, a),
             Body::Speech(a) => surface::speech(out, a),
+            Body::Gemini(a) => surface::gemini(out, a),
             Body::Models => shapes::models(out),
             Body::Stats => shapes::stats(out, &shared.snapshot()),
             Body::Reset => {

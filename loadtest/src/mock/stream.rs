@@ -10,6 +10,7 @@ use super::shapes::{
     push_anthropic_envelope, push_json_str, push_openai_envelope, push_openai_usage, push_piece,
     responses, Answer,
 };
+use super::surface::gemini_tail;
 
 /// Which event format a stream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub(crate) enum Dialect {
     Anthropic,
     /// Responses API `response.created` .. `response.completed`.
     Responses,
+    /// Gemini `GenerateContentResponse` events (`alt=sse`), no end marker.
+    Gemini,
 }
 
 /// Everything needed to write one streaming answer.
@@ -73,7 +76,7 @@ impl StreamSpec {
         let (id_prefix, object) = match dialect {
             Dialect::OpenAiChat => ("chatcmpl-mock-", "chat.completion.chunk"),
             Dialect::OpenAiText => ("cmpl-mock-", "text_completion"),
-            Dialect::Anthropic | Dialect::Responses => ("", ""),
+            Dialect::Anthropic | Dialect::Responses | Dialect::Gemini => ("", ""),
         };
         if matches!(dialect, Dialect::OpenAiChat | Dialect::OpenAiText) {
             chunk_prefix.push(b'{');
@@ -101,7 +104,7 @@ impl StreamSpec {
                     b"{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}",
                 )
             }),
-            Dialect::OpenAiText => {}
+            Dialect::OpenAiText | Dialect::Gemini => {}
             Dialect::Responses => {
                 let a = &self.answer;
                 ev.event(out, Some("response.created"), |d| {
@@ -148,6 +151,13 @@ impl StreamSpec {
                 push_piece(d, size);
                 d.extend_from_slice(b"\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}");
             }),
+            Dialect::Gemini => ev.event(out, None, |d| {
+                d.extend_from_slice(b"{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"");
+                push_piece(d, size);
+                d.extend_from_slice(b"\"}],\"role\":\"model\"},\"index\":0}],\"modelVersion\":");
+                push_json_str(d, &self.answer.model);
+                d.push(b'}');
+            }),
             Dialect::Responses => ev.event(out, Some("response.output_text.delta"), |d| {
                 d.extend_from_slice(b"{\"type\":\"response.output_text.delta\",\"item_id\":\"msg_mock\",\"output_index\":0,\"content_index\":0,\"delta\":\"");
                 push_piece(d, size);
@@ -181,6 +191,10 @@ impl StreamSpec {
                 }
                 ev.event(out, None, |d| d.extend_from_slice(b"[DONE]"));
             }
+            Dialect::Gemini => ev.event(out, None, |d| {
+                d.extend_from_slice(b"{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"\"}],\"role\":\"model\"},\"finishReason\":\"STOP\",\"index\":0}],");
+                gemini_tail(d, &self.answer);
+            }),
             Dialect::Responses => {
                 ev.event(out, Some("response.output_item.done"), |d| {
                     d.extend_from_slice(b"{\"type\":\"response.output_item.done\",\"output_index\":0,\"item\":{\"type\":\"message\",\"id\":\"msg_mock\",\"status\":\"completed\",\"role\":\"assistant\",\"content\":[{\"type\":\"output_text\",\"annotations\":[],\"text\":\"");
@@ -294,6 +308,18 @@ mod tests {
             ]
         );
         assert_eq!(data(&ev[5])["usage"]["output_tokens"], 2);
+    }
+
+    #[test]
+    fn gemini_sequence() {
+        let ev = events(Dialect::Gemini, false);
+        assert_eq!(ev.len(), 3);
+        assert_eq!(
+            data(&ev[0])["candidates"][0]["content"]["parts"][0]["text"],
+            "tok "
+        );
+        assert_eq!(data(&ev[2])["candidates"][0]["finishReason"], "STOP");
+        assert_eq!(data(&ev[2])["usageMetadata"]["candidatesTokenCount"], 2);
     }
 
     #[test]

@@ -77,6 +77,32 @@ pub(crate) fn speech(out: &mut Vec<u8>, a: &Answer) {
     out.extend((0..len).map(|i| (i % 256) as u8));
 }
 
+/// A Gemini `GenerateContentResponse` with the whole text and `usageMetadata`.
+pub(crate) fn gemini(out: &mut Vec<u8>, a: &Answer) {
+    out.extend_from_slice(b"{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"");
+    for _ in 0..a.chunks {
+        push_piece(out, a.chunk_size);
+    }
+    out.extend_from_slice(b"\"}],\"role\":\"model\"},\"finishReason\":\"STOP\",\"index\":0}],");
+    gemini_tail(out, a);
+}
+
+/// `"usageMetadata":{…},"modelVersion":M,"responseId":…}`: the end of every Gemini answer
+/// that reports usage.
+pub(crate) fn gemini_tail(out: &mut Vec<u8>, a: &Answer) {
+    out.extend_from_slice(b"\"usageMetadata\":{\"promptTokenCount\":");
+    push_u64(out, a.prompt_tokens);
+    out.extend_from_slice(b",\"candidatesTokenCount\":");
+    push_u64(out, u64::from(a.chunks));
+    out.extend_from_slice(b",\"totalTokenCount\":");
+    push_u64(out, a.prompt_tokens + u64::from(a.chunks));
+    out.extend_from_slice(b"},\"modelVersion\":");
+    push_json_str(out, &a.model);
+    out.extend_from_slice(b",\"responseId\":\"mock-");
+    push_u64(out, a.id);
+    out.extend_from_slice(b"\"}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,7 +120,7 @@ mod tests {
 
     #[test]
     fn bodies_are_valid_json_with_usage() {
-        for write in [count_tokens, moderation, image, transcription] {
+        for write in [count_tokens, moderation, image, transcription, gemini] {
             let mut out = Vec::new();
             write(&mut out, &answer());
             let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
