@@ -86,7 +86,7 @@ both_drivers!(models_list_and_lookup);
 fn surface_config(mock: std::net::SocketAddr) -> String {
     let mut cfg = config(mock, "max_body_bytes = 65536", "");
     cfg.push_str(&format!(
-        "\n[[models]]\nname = \"mock-transcribe\"\ndeployments = [{{ provider = \"mock\", model = \"gpt-4o-transcribe\" }}]\n\n[[providers]]\nname = \"claude\"\nkind = \"anthropic\"\nbase_url = \"http://{mock}/v1\"\napi_key = \"env:SLUICE_TEST_UPSTREAM_KEY\"\n\n[[models]]\nname = \"mock-anthropic\"\ndeployments = [{{ provider = \"claude\", model = \"claude-mock\" }}]\n"
+        "\n[[models]]\nname = \"mock-transcribe\"\ndeployments = [{{ provider = \"mock\", model = \"gpt-4o-transcribe\" }}]\n\n[[providers]]\nname = \"claude\"\nkind = \"anthropic\"\nbase_url = \"http://{mock}/v1\"\napi_key = \"env:SLUICE_TEST_UPSTREAM_KEY\"\n\n[[models]]\nname = \"mock-anthropic\"\ndeployments = [{{ provider = \"claude\", model = \"claude-mock\" }}]\n\n[[providers]]\nname = \"chat-only\"\nbase_url = \"http://{mock}/v1\"\nresponses_api = false\n\n[[models]]\nname = \"mock-chat-only\"\ndeployments = [{{ provider = \"chat-only\", model = \"mock-model\" }}]\n"
     ));
     cfg
 }
@@ -284,6 +284,26 @@ fn responses_and_count_tokens(driver: &str) {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(mock.last_request().unwrap().path, "/v1/responses");
+
+    // An OpenAI-compatible server without /responses: translated to chat completions.
+    let r = c.post(
+        "/v1/responses",
+        r#"{"model":"mock-chat-only","input":"Say hello","stream":true}"#,
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(mock.last_request().unwrap().path, "/v1/chat/completions");
+    let last: serde_json::Value = serde_json::from_str(r.sse_data().last().unwrap()).unwrap();
+    assert_eq!(last["response"]["usage"]["output_tokens"], 8);
+    let r = c.post(
+        "/v1/responses",
+        r#"{"model":"mock-chat-only","input":"x","previous_response_id":"resp_1"}"#,
+        "",
+    );
+    assert_eq!(
+        (r.status, error_param(&r).as_str()),
+        (400, "previous_response_id")
+    );
 
     // count_tokens: passed through to Anthropic, estimated (and marked) otherwise.
     let body = r#"{"model":"mock-anthropic","messages":[{"role":"user","content":"Count me"}]}"#;

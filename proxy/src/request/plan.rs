@@ -216,6 +216,7 @@ pub(crate) fn build_request(
     let passthrough = match plan.endpoint {
         ApiEndpoint::Messages => false,
         ApiEndpoint::CountTokens => dialect == Dialect::Anthropic,
+        ApiEndpoint::Responses => dialect == Dialect::OpenAi && provider.responses_api,
         _ => dialect == Dialect::OpenAi,
     };
     let translated = if passthrough {
