@@ -9,7 +9,6 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::dialect::Dialect;
 
 /// Most ids kept (a catalog is a few hundred).
 const MAX_IDS: usize = 10_000;
@@ -37,17 +36,12 @@ impl Catalog {
     }
 }
 
-/// The providers (indices) that serve a pattern group with `model = "*"` and answer
-/// OpenAI's `GET /models` shape (every dialect but Gemini).
+/// The providers (indices) that serve a pattern group with `model = "*"`.
 pub fn catalog_providers(cfg: &Config) -> Vec<usize> {
     let mut out = Vec::new();
     for group in cfg.models.iter().filter(|m| m.name.ends_with('*')) {
         for d in group.deployments.iter().filter(|d| d.model == "*") {
-            let lists = cfg
-                .providers
-                .get(d.provider)
-                .is_some_and(|p| p.kind != Dialect::Gemini);
-            if lists && !out.contains(&d.provider) {
+            if !out.contains(&d.provider) {
                 out.push(d.provider);
             }
         }
@@ -55,19 +49,24 @@ pub fn catalog_providers(cfg: &Config) -> Vec<usize> {
     out
 }
 
-/// Keeps the ids of a `/models` body (OpenAI and Anthropic both answer `{"data":[{"id"}]}`)
-/// that provider `provider` serves through a pattern group, appending new ones to `out`.
+/// Keeps the ids of a `/models` body that provider `provider` serves through a pattern
+/// group, appending new ones to `out`. OpenAI and Anthropic answer `{"data":[{"id"}]}`;
+/// Gemini answers `{"models":[{"name":"models/…"}]}`.
 pub fn matching_ids(cfg: &Config, provider: usize, body: &[u8], out: &mut Vec<String>) {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return;
     };
-    let data = v.get("data").and_then(Value::as_array);
-    for id in data
-        .map(Vec::as_slice)
+    let listed = |key: &str| v.get(key).and_then(Value::as_array).map(Vec::as_slice);
+    let openai = listed("data")
         .unwrap_or_default()
         .iter()
-        .filter_map(|m| m.get("id").and_then(Value::as_str))
-    {
+        .filter_map(|m| m.get("id").and_then(Value::as_str));
+    let gemini = listed("models")
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m.get("name").and_then(Value::as_str))
+        .map(|n| n.strip_prefix("models/").unwrap_or(n));
+    for id in openai.chain(gemini) {
         if out.len() >= MAX_IDS || id.is_empty() || id.len() > 256 {
             continue;
         }
@@ -115,5 +114,9 @@ deployments = [{ provider = "a", model = "gpt-4o" }]
         assert_eq!(ids, ["gpt-4o", "gpt-4o-mini"]);
         matching_ids(&cfg, 0, b"not json", &mut ids);
         assert_eq!(ids.len(), 2);
+        // Gemini's shape.
+        let body = br#"{"models":[{"name":"models/gpt-5"},{"name":"models/gemini-2.0-flash"}]}"#;
+        matching_ids(&cfg, 0, body, &mut ids);
+        assert_eq!(ids, ["gpt-4o", "gpt-4o-mini", "gpt-5"]);
     }
 }
