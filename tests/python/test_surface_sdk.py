@@ -277,3 +277,22 @@ def test_responses_state_is_refused_on_anthropic_naming_the_field(oai):
     # OpenAI deployments take the request as it came.
     resp = oai.responses.create(model="mock-fast", input="And then?", previous_response_id="resp_1")
     assert resp.status == "completed"
+
+
+def test_responses_function_call_round_trip_on_anthropic(oai):
+    """The SDK's own item shapes (a function call and its output) are accepted and translated."""
+    first = oai.responses.create(model="mock-anthropic", input="Weather in Paris?", tools=[WEATHER])
+    resp = oai.responses.create(
+        model="mock-anthropic",
+        tools=[WEATHER],
+        tool_choice={"type": "function", "name": "get_weather"},
+        input=[
+            {"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+            *[item.model_dump(exclude_none=True) for item in first.output],
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+            {"type": "function_call_output", "call_id": "call_1", "output": "18C and sunny"},
+        ],
+        store=False,
+    )
+    assert resp.status == "completed"
+    assert resp.output_text == EXPECTED_TEXT

@@ -13,7 +13,9 @@
 //! | `data: [DONE]` (or the end) | the open item's `….done` events, `response.completed` (or `response.incomplete`) with every item and the usage |
 //! | `event: error` / `{"error":…}` | `error` |
 //!
-//! Every event carries `sequence_number`, counting from 0.
+//! Every event carries `sequence_number`, counting from 0. Items are sequential: a provider
+//! that interleaves the argument fragments of parallel tool calls gets a new item each time
+//! the call changes (as the Messages translator gets a new block).
 
 use serde_json::{json, Value};
 
