@@ -63,6 +63,33 @@ fn models_list_and_lookup(driver: &str) {
         assert_eq!(r.error_code(), "model_not_found");
         assert!(r.json()["error"]["message"].as_str().unwrap().contains(id));
     }
+    // HEAD: the same head, no body (the connection stays usable).
+    let mut h = gw.connect();
+    h.send_raw(b"HEAD /v1/models/gpt-nope HTTP/1.1\r\nhost: t\r\n\r\n");
+    h.send_raw(b"GET /v1/models/mock-fast HTTP/1.1\r\nhost: t\r\n\r\n");
+    let mut raw = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let stream = &mut h.stream;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while !String::from_utf8_lossy(&raw).contains("\"mock-fast\"")
+        && std::time::Instant::now() < deadline
+    {
+        let mut chunk = [0u8; 4096];
+        if let Ok(n) = std::io::Read::read(stream, &mut chunk) {
+            raw.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    let second = text
+        .find("HTTP/1.1 200")
+        .expect("the GET after the HEAD is answered");
+    assert!(
+        !text[..second].contains("model_not_found"),
+        "HEAD carried a body: {text}"
+    );
     // The echo of a long id is bounded.
     let long = "x".repeat(5000);
     let r = c.get(&format!("/v1/models/{long}"));
