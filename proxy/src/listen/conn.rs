@@ -299,6 +299,18 @@ async fn respond_to(
             (404, respond::error(&err, keep_alive, request_id))
         }
         Route::Models => (200, json(200, &endpoints::models_body(worker))),
+        Route::Model => match endpoints::model_body(worker, head.path()) {
+            Ok(body) => (200, json(200, &body)),
+            Err(err) => {
+                let mut bytes = respond::error(&err, keep_alive, request_id);
+                if head_only {
+                    // A HEAD answer has the GET answer's head and no body.
+                    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n");
+                    bytes.truncate(end.map_or(bytes.len(), |i| i + 4));
+                }
+                (err.status(), bytes)
+            }
+        },
         Route::Api(endpoint) => {
             let call = api::Call {
                 head,

@@ -24,7 +24,6 @@ use crate::listen::respond;
 use crate::listen::tls_server::{self, TlsTerminator};
 use crate::state::{Generations, Shared, Slot, Worker};
 use crate::upstream::dns::DnsTable;
-use crate::upstream::health;
 use crate::upstream::pool::tls_per_provider;
 
 type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
@@ -160,6 +159,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),
         started_unix,
+        catalog: Default::default(),
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
         provider_limits: Arc::new(DeploymentLimits::build(&config, limiter.clone(), None)),
         limiter,
@@ -434,6 +434,7 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
         health,
         heartbeats: old.heartbeats.clone(),
         started_unix: old.started_unix,
+        catalog: Default::default(),
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
         provider_limits: Arc::new(DeploymentLimits::build(
             &config,
@@ -612,9 +613,13 @@ fn run_worker(
     tracing::info!(worker = id, driver = driver_name, "worker started");
     rt.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
-        let slot = Rc::new(Slot::new(id, generations, health::spawn_all));
+        let slot = Rc::new(Slot::new(
+            id,
+            generations,
+            crate::upstream::start_background,
+        ));
         let worker = slot.worker();
-        health::spawn_all(&slot, &worker);
+        crate::upstream::start_background(&slot, &worker);
         worker.shared.listeners_up.fetch_add(1, Ordering::SeqCst);
         monoio::spawn(crate::listen::idle::deadlines::sweep());
         let beat = slot.clone();
