@@ -120,6 +120,11 @@ pub async fn sweep() {
         monoio::time::sleep(TICK).await;
         let now = Instant::now();
         TABLE.with_borrow_mut(|t| {
+            if t.live == 0 && t.entries.capacity() > 1024 {
+                // After a crowd of idle connections, give the table's memory back.
+                *t = Table::default();
+                return;
+            }
             for e in t.entries.iter_mut().flatten() {
                 if !e.passed && e.at <= now {
                     e.passed = true;

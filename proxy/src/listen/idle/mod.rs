@@ -216,7 +216,7 @@ pub fn return_free_memory() {
     // SAFETY: `mi_collect` has no preconditions: it walks the calling thread's mimalloc heap
     // and releases pages nothing is allocated in. Memory allocated by another allocator (the
     // library's tests run under the system allocator) is not touched.
-    unsafe { libmimalloc_sys::mi_collect(false) }
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 /// Runs `wait` for up to `limit`; once the worker drains, for at most [`DRAIN_IDLE_GRACE`]
