@@ -16,10 +16,18 @@
 //! | `POST/GET/PATCH/DELETE /admin/teams[/{name}]` | the same for teams |
 //! | `GET /admin/spend?group_by=key\|team\|model\|deployment\|day&from=&to=` | ledger totals |
 //! | `GET /admin/usage?from=&to=&limit=&key_id=&team=` | ledger rows |
+//! | `GET /admin/audit?from=&to=&limit=` | the audit log of changes, newest first |
+//! | `GET /admin/live` | requests/s, errors, tokens/s, p50/p99 latency and TTFT per model |
+//! | `GET /admin/health` | breaker state per deployment, active health per provider |
+//! | `GET /admin/whoami` | the id of the token presented (for the page) |
+//!
+//! Every call that changes something is written to the audit log (`audit`).
 
+mod audit;
 mod keys;
 mod spend;
 mod teams;
+mod traffic;
 
 use std::sync::MutexGuard;
 
@@ -37,6 +45,7 @@ use crate::state::Shared;
 use crate::store::StoreError;
 
 pub use keys::new_key;
+pub use traffic::started;
 
 /// An admin answer: status and JSON body.
 struct Answer(u16, Value);
@@ -129,6 +138,13 @@ fn route(shared: &Shared, head: &RequestHead, body: &[u8]) -> Answer {
         .collect();
     let method = head.method();
     let result = match (method, parts.as_slice()) {
+        ("GET", ["whoami"]) => Ok(Answer(
+            200,
+            json!({"object": "admin", "token_id": shared.admin_token.as_ref().map(audit::token_id)}),
+        )),
+        ("GET", ["audit"]) => audit::list(shared, query),
+        ("GET", ["live"]) => traffic::live(shared),
+        ("GET", ["health"]) => traffic::health(shared),
         ("GET", ["spend"]) => spend::spend(shared, query),
         ("GET", ["usage"]) => spend::usage(shared, query),
         (_, ["keys", rest @ ..]) => keys::keys_api(shared, method, rest, body),
@@ -139,7 +155,9 @@ fn route(shared: &Shared, head: &RequestHead, body: &[u8]) -> Answer {
             format!("Unknown admin URL: {} {}", bounded(method), bounded(path)),
         )),
     };
-    result.unwrap_or_else(|a| a)
+    let answer = result.unwrap_or_else(|a| a);
+    audit::record(shared, head, &parts, &answer);
+    answer
 }
 
 type Res = Result<Answer, Answer>;
