@@ -12,6 +12,7 @@
 //! | `app.css` | the look |
 //! | `app.js` | the pages (keys, teams, spend, live traffic, upstream health, audit log) |
 //! | `chart.js` | a small SVG bar and line chart, written for this page |
+//! | `favicon.svg` | the tab's icon |
 
 use sluice_core::error::{bounded, ErrorKind, GatewayError};
 
@@ -39,6 +40,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         "/app.js",
         "text/javascript; charset=utf-8",
         include_bytes!("app.js"),
+    ),
+    (
+        "/favicon.svg",
+        "image/svg+xml",
+        include_bytes!("favicon.svg"),
     ),
     (
         "/chart.js",
