@@ -244,6 +244,17 @@ pub enum Driver {
     Epoll,
 }
 
+impl Driver {
+    /// The config name of this driver: `auto`, `io_uring` or `epoll`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Auto => "auto",
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
 /// Listener, limits and timeouts of the client-facing server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -548,13 +559,13 @@ impl Config {
     /// A human summary of what would be served, for `sluice check-config`.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "listen {} ({} workers, driver {:?})\n",
+            "listen {} ({} workers, driver {})\n",
             self.server.listen,
             match self.server.workers {
                 Workers::Auto => "auto".to_string(),
                 Workers::Count(n) => n.to_string(),
             },
-            self.server.driver
+            self.server.driver.name()
         );
         if let Some(tls) = &self.server.tls {
             out.push_str(&format!(
@@ -565,9 +576,9 @@ impl Config {
         }
         for p in &self.providers {
             out.push_str(&format!(
-                "provider {} ({:?}) {}://{}:{}{}{}\n",
+                "provider {} ({}) {}://{}:{}{}{}\n",
                 p.name,
-                p.kind,
+                p.kind.name(),
                 if p.endpoint.tls { "https" } else { "http" },
                 p.endpoint.host,
                 p.endpoint.port,
