@@ -86,7 +86,15 @@ pub fn format_usd(micros: u64) -> String {
 /// prices are tiered. Prices change: operators should override them with `[prices]` in the
 /// config, which always wins over this table.
 const BUNDLED: &[(&str, f64, f64, f64)] = &[
-    // OpenAI
+    // OpenAI (the gpt-5 family: dated ids and `-codex`/`-chat-latest` match by prefix)
+    ("gpt-5", 1.25, 10.00, 0.125),
+    ("gpt-5-mini", 0.25, 2.00, 0.025),
+    ("gpt-5-nano", 0.05, 0.40, 0.005),
+    ("gpt-5-pro", 15.00, 120.00, 15.00),
+    ("gpt-5.1", 1.25, 10.00, 0.125),
+    ("gpt-5.1-codex-mini", 0.25, 2.00, 0.025),
+    ("gpt-5.2", 1.75, 14.00, 0.175),
+    ("gpt-5.2-pro", 21.00, 168.00, 21.00),
     ("gpt-4o", 2.50, 10.00, 1.25),
     ("gpt-4o-mini", 0.15, 0.60, 0.075),
     ("gpt-4.1", 2.00, 8.00, 0.50),
@@ -103,8 +111,16 @@ const BUNDLED: &[(&str, f64, f64, f64)] = &[
     // Anthropic (cached = cache reads)
     ("claude-3-5-haiku", 0.80, 4.00, 0.08),
     ("claude-3-5-sonnet", 3.00, 15.00, 0.30),
+    ("claude-3-7-sonnet", 3.00, 15.00, 0.30),
     ("claude-sonnet-4", 3.00, 15.00, 0.30),
+    ("claude-sonnet-4-5", 3.00, 15.00, 0.30),
+    ("claude-haiku-4-5", 1.00, 5.00, 0.10),
     ("claude-opus-4", 15.00, 75.00, 1.50),
+    ("claude-opus-4-1", 15.00, 75.00, 1.50),
+    // Opus 4.5 and later cost a third of Opus 4 and 4.1: name each, or `claude-opus-4`
+    // would price them at $15/$75.
+    ("claude-opus-4-5", 5.00, 25.00, 0.50),
+    ("claude-opus-4-6", 5.00, 25.00, 0.50),
     // Google (prompts up to 128k / 200k tokens)
     ("gemini-1.5-flash", 0.075, 0.30, 0.01875),
     ("gemini-1.5-pro", 1.25, 5.00, 0.3125),
@@ -154,6 +170,41 @@ fn bundled_lookup(model: &str) -> Option<(usize, Price)> {
 /// (`gpt-4o-mini-2024-07-18` → `gpt-4o-mini`).
 pub fn bundled_price(model: &str) -> Option<Price> {
     bundled_lookup(model).map(|(_, p)| p)
+}
+
+/// Prices from a model price catalog in the format of LiteLLM's
+/// `model_prices_and_context_window.json` (a JSON object of model name → entry, with costs in
+/// USD per token: `input_cost_per_token`, `output_cost_per_token`,
+/// `cache_read_input_token_cost`). Entries without an input cost per token (images, audio,
+/// per-second pricing, the `sample_spec` example) are skipped; the lowest context tier is
+/// used where an entry has tiers. Returns (prices by model name, entries skipped).
+pub fn parse_litellm_catalog(json: &str) -> Result<(HashMap<String, Price>, usize), String> {
+    let all: HashMap<String, serde_json::Value> =
+        serde_json::from_str(json).map_err(|e| format!("not a LiteLLM price catalog: {e}"))?;
+    let per_mtok = |v: &serde_json::Value| -> Option<f64> {
+        let usd_per_token = match v {
+            serde_json::Value::Number(n) => n.as_f64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }?;
+        (usd_per_token.is_finite() && usd_per_token >= 0.0).then_some(usd_per_token * 1e6)
+    };
+    let mut prices = HashMap::new();
+    let mut skipped = 0;
+    for (name, entry) in all {
+        let input = entry.get("input_cost_per_token").and_then(per_mtok);
+        let Some(input) = input.filter(|_| name != "sample_spec" && !name.is_empty()) else {
+            skipped += 1;
+            continue;
+        };
+        let output = entry
+            .get("output_cost_per_token")
+            .and_then(per_mtok)
+            .unwrap_or(0.0);
+        let cached = entry.get("cache_read_input_token_cost").and_then(per_mtok);
+        prices.insert(name, Price::new(input, output, cached));
+    }
+    Ok((prices, skipped))
 }
 
 /// Prices from the config over the bundled table.
@@ -261,6 +312,53 @@ mod tests {
         let bad: Result<Price, _> = serde_json::from_str(r#"{"input_per_mtok": 1.0, "typo": 2.0}"#);
         assert!(bad.is_err());
         assert_eq!(Price::new(-1.0, f64::NAN, None).input_per_mtok, 0.0);
+    }
+
+    #[test]
+    fn current_models_at_their_list_prices() {
+        let p = |m| {
+            bundled_price(m).map(|p| (p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok))
+        };
+        assert_eq!(p("gpt-5"), Some((1.25, 10.0, 0.125)));
+        assert_eq!(p("gpt-5-2025-08-07"), Some((1.25, 10.0, 0.125)));
+        assert_eq!(p("gpt-5-codex"), Some((1.25, 10.0, 0.125)));
+        assert_eq!(p("gpt-5-mini-2025-08-07"), Some((0.25, 2.0, 0.025)));
+        assert_eq!(p("gpt-5-nano"), Some((0.05, 0.4, 0.005)));
+        assert_eq!(p("gpt-5.1-codex"), Some((1.25, 10.0, 0.125)));
+        assert_eq!(p("gpt-5.1-codex-mini"), Some((0.25, 2.0, 0.025)));
+        assert_eq!(p("gpt-5.2-2025-12-11"), Some((1.75, 14.0, 0.175)));
+        // Opus 4.5 and later are not Opus 4's $15/$75.
+        assert_eq!(p("claude-opus-4-5-20251101"), Some((5.0, 25.0, 0.5)));
+        assert_eq!(p("claude-opus-4-5"), Some((5.0, 25.0, 0.5)));
+        assert_eq!(p("claude-opus-4-6"), Some((5.0, 25.0, 0.5)));
+        assert_eq!(p("claude-opus-4-1-20250805"), Some((15.0, 75.0, 1.5)));
+        assert_eq!(p("claude-opus-4-20250514"), Some((15.0, 75.0, 1.5)));
+        assert_eq!(p("claude-haiku-4-5-20251001"), Some((1.0, 5.0, 0.1)));
+        assert_eq!(p("claude-sonnet-4-5@20250929"), Some((3.0, 15.0, 0.3)));
+        // Reasoning tokens are output: 1000 output of which 800 reasoning cost 1000 outputs.
+        let gpt5 = bundled_price("gpt-5").unwrap();
+        assert_eq!(cost_micros(&gpt5, &usage(0, 1000, 0, 800)), 10_000);
+    }
+
+    #[test]
+    fn litellm_catalog() {
+        let json = r#"{
+            "sample_spec": {"input_cost_per_token": 0.0, "mode": "chat"},
+            "my-model": {"input_cost_per_token": 2e-06, "output_cost_per_token": 8e-06,
+                         "cache_read_input_token_cost": 5e-07, "litellm_provider": "openai",
+                         "max_input_tokens": 128000, "mode": "chat"},
+            "vertex_ai/my-model": {"input_cost_per_token": "1.5e-06", "output_cost_per_token": 3e-06},
+            "dall-e-3": {"output_cost_per_image": 0.04, "mode": "image_generation"},
+            "bad": {"input_cost_per_token": -1}
+        }"#;
+        let (prices, skipped) = parse_litellm_catalog(json).unwrap();
+        assert_eq!(skipped, 3, "sample_spec, an image model and a negative price");
+        assert_eq!(prices["my-model"], Price::new(2.0, 8.0, Some(0.5)));
+        assert_eq!(prices["vertex_ai/my-model"], Price::new(1.5, 3.0, None));
+        assert!(parse_litellm_catalog("[1, 2]").is_err());
+        assert!(parse_litellm_catalog("{").is_err());
+        let t = PriceTable::new(prices);
+        assert_eq!(t.cost_micros("my-model-2025", &usage(1000, 100, 0, 0)), 2800);
     }
 
     #[test]
