@@ -352,13 +352,19 @@ mod tests {
             "bad": {"input_cost_per_token": -1}
         }"#;
         let (prices, skipped) = parse_litellm_catalog(json).unwrap();
-        assert_eq!(skipped, 3, "sample_spec, an image model and a negative price");
+        assert_eq!(
+            skipped, 3,
+            "sample_spec, an image model and a negative price"
+        );
         assert_eq!(prices["my-model"], Price::new(2.0, 8.0, Some(0.5)));
         assert_eq!(prices["vertex_ai/my-model"], Price::new(1.5, 3.0, None));
         assert!(parse_litellm_catalog("[1, 2]").is_err());
         assert!(parse_litellm_catalog("{").is_err());
         let t = PriceTable::new(prices);
-        assert_eq!(t.cost_micros("my-model-2025", &usage(1000, 100, 0, 0)), 2800);
+        assert_eq!(
+            t.cost_micros("my-model-2025", &usage(1000, 100, 0, 0)),
+            2800
+        );
     }
 
     #[test]
