@@ -25,6 +25,9 @@ pub struct Price {
     pub output_per_mtok: f64,
     /// Input tokens read from the provider's prompt cache.
     pub cached_input_per_mtok: f64,
+    /// Input tokens written to the provider's prompt cache (Anthropic: 1.25x input for the
+    /// 5-minute cache).
+    pub cache_write_per_mtok: f64,
 }
 
 #[derive(Deserialize)]
@@ -35,34 +38,57 @@ struct RawPrice {
     output_per_mtok: f64,
     #[serde(default)]
     cached_input_per_mtok: Option<f64>,
+    #[serde(default)]
+    cache_write_per_mtok: Option<f64>,
 }
 
 impl From<RawPrice> for Price {
     fn from(r: RawPrice) -> Self {
         Price::new(r.input_per_mtok, r.output_per_mtok, r.cached_input_per_mtok)
+            .with_cache_write(r.cache_write_per_mtok)
     }
 }
 
 impl Price {
-    /// A price; cached input costs as much as input when not given. Negative or NaN rates
-    /// become 0.
+    /// A price; cached input (and cache writes) cost as much as input when not given.
+    /// Negative or NaN rates become 0.
     pub fn new(input_per_mtok: f64, output_per_mtok: f64, cached: Option<f64>) -> Self {
-        let clean = |v: f64| if v.is_nan() || v < 0.0 { 0.0 } else { v };
         Price {
             input_per_mtok: clean(input_per_mtok),
             output_per_mtok: clean(output_per_mtok),
             cached_input_per_mtok: clean(cached.unwrap_or(input_per_mtok)),
+            cache_write_per_mtok: clean(input_per_mtok),
         }
+    }
+
+    /// This price with cache writes at `rate` (USD per million tokens); `None` keeps the
+    /// input rate.
+    pub fn with_cache_write(mut self, rate: Option<f64>) -> Self {
+        if let Some(r) = rate {
+            self.cache_write_per_mtok = clean(r);
+        }
+        self
     }
 }
 
-/// Micro-USD a request cost: cached input at the cached rate, the rest of the input at the
-/// input rate, all output (reasoning included) at the output rate. Rounded to nearest.
+fn clean(v: f64) -> f64 {
+    if v.is_nan() || v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// Micro-USD a request cost: cache reads at the cached rate, cache writes at the cache-write
+/// rate, the rest of the input at the input rate, all output (reasoning included) at the
+/// output rate. Rounded to nearest.
 pub fn cost_micros(price: &Price, usage: &Usage) -> u64 {
     let cached = usage.cached_tokens.min(usage.input_tokens);
-    let uncached = usage.input_tokens - cached;
+    let written = usage.cache_write_tokens.min(usage.input_tokens - cached);
+    let uncached = usage.input_tokens - cached - written;
     let micros = uncached as f64 * price.input_per_mtok
         + cached as f64 * price.cached_input_per_mtok
+        + written as f64 * price.cache_write_per_mtok
         + usage.output_tokens as f64 * price.output_per_mtok;
     // `as` saturates; NaN cannot occur since rates are cleaned.
     micros.round() as u64
@@ -83,7 +109,8 @@ pub fn format_usd(micros: u64) -> String {
 
 /// (model, input, output, cached input), USD per million tokens: the providers' public list
 /// prices for standard (non-batch) use at the time of writing, the lowest context tier where
-/// prices are tiered. Prices change: operators should override them with `[prices]` in the
+/// prices are tiered. Cache writes cost the input rate, except Anthropic's
+/// ([`ANTHROPIC_CACHE_WRITE`] times it). Prices change: operators should override them with `[prices]` in the
 /// config, which always wins over this table.
 const BUNDLED: &[(&str, f64, f64, f64)] = &[
     // OpenAI (the gpt-5 family: dated ids and `-codex`/`-chat-latest` match by prefix)
@@ -130,6 +157,11 @@ const BUNDLED: &[(&str, f64, f64, f64)] = &[
     ("gemini-2.5-pro", 1.25, 10.00, 0.31),
 ];
 
+/// Anthropic bills a write to its 5-minute prompt cache at 1.25x the input price (the 1-hour
+/// cache at 2x, which usage does not tell apart: operators using it set
+/// `cache_write_per_mtok`).
+pub const ANTHROPIC_CACHE_WRITE: f64 = 1.25;
+
 /// Whether `name` is `model` or `model` followed by a version suffix (`-2024-08-06`,
 /// `@20241022`, `:latest`, …): the character after the prefix is not a letter or digit.
 fn prefix_matches(name: &str, model: &str) -> bool {
@@ -159,9 +191,13 @@ fn lookup<'a, T>(
 
 fn bundled_lookup(model: &str) -> Option<(usize, Price)> {
     lookup(
-        BUNDLED
-            .iter()
-            .map(|&(name, i, o, c)| (name, Price::new(i, o, Some(c)))),
+        BUNDLED.iter().map(|&(name, i, o, c)| {
+            let price = Price::new(i, o, Some(c));
+            let write = name
+                .starts_with("claude-")
+                .then_some(i * ANTHROPIC_CACHE_WRITE);
+            (name, price.with_cache_write(write))
+        }),
         model,
     )
 }
@@ -175,7 +211,7 @@ pub fn bundled_price(model: &str) -> Option<Price> {
 /// Prices from a model price catalog in the format of LiteLLM's
 /// `model_prices_and_context_window.json` (a JSON object of model name → entry, with costs in
 /// USD per token: `input_cost_per_token`, `output_cost_per_token`,
-/// `cache_read_input_token_cost`). Entries without an input cost per token (images, audio,
+/// `cache_read_input_token_cost`, `cache_creation_input_token_cost`). Entries without an input cost per token (images, audio,
 /// per-second pricing, the `sample_spec` example) are skipped; the lowest context tier is
 /// used where an entry has tiers. Returns (prices by model name, entries skipped).
 pub fn parse_litellm_catalog(json: &str) -> Result<(HashMap<String, Price>, usize), String> {
@@ -202,7 +238,13 @@ pub fn parse_litellm_catalog(json: &str) -> Result<(HashMap<String, Price>, usiz
             .and_then(per_mtok)
             .unwrap_or(0.0);
         let cached = entry.get("cache_read_input_token_cost").and_then(per_mtok);
-        prices.insert(name, Price::new(input, output, cached));
+        let write = entry
+            .get("cache_creation_input_token_cost")
+            .and_then(per_mtok);
+        prices.insert(
+            name,
+            Price::new(input, output, cached).with_cache_write(write),
+        );
     }
     Ok((prices, skipped))
 }
@@ -249,6 +291,7 @@ mod tests {
             input_tokens: input,
             output_tokens: output,
             cached_tokens: cached,
+            cache_write_tokens: 0,
             reasoning_tokens: reasoning,
             estimated: false,
         }
@@ -341,11 +384,46 @@ mod tests {
     }
 
     #[test]
+    fn cache_writes_at_their_own_rate() {
+        let opus = bundled_price("claude-opus-4-5").unwrap();
+        assert_eq!(opus.cache_write_per_mtok, 6.25);
+        // 1000 input: 200 read from the cache, 300 written to it, 500 plain; no output.
+        // 500 * 5 + 200 * 0.5 + 300 * 6.25 = 2500 + 100 + 1875.
+        let u = Usage {
+            cache_write_tokens: 300,
+            ..usage(1000, 0, 200, 0)
+        };
+        assert_eq!(cost_micros(&opus, &u), 4475);
+        // Writes beyond the uncached input (a confused provider) are capped.
+        let over = Usage {
+            cache_write_tokens: 5000,
+            ..usage(1000, 0, 200, 0)
+        };
+        assert_eq!(
+            cost_micros(&opus, &over),
+            200 * 500 / 1000 + 800 * 6250 / 1000
+        );
+        // OpenAI has no cache-write price: the input rate.
+        assert_eq!(bundled_price("gpt-5").unwrap().cache_write_per_mtok, 1.25);
+        // From the config.
+        let p: Price = serde_json::from_str(
+            r#"{"input_per_mtok": 3.0, "output_per_mtok": 15.0, "cache_write_per_mtok": 6.0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.cached_input_per_mtok, p.cache_write_per_mtok),
+            (3.0, 6.0)
+        );
+        assert_eq!(p.with_cache_write(Some(-1.0)).cache_write_per_mtok, 0.0);
+    }
+
+    #[test]
     fn litellm_catalog() {
         let json = r#"{
             "sample_spec": {"input_cost_per_token": 0.0, "mode": "chat"},
             "my-model": {"input_cost_per_token": 2e-06, "output_cost_per_token": 8e-06,
-                         "cache_read_input_token_cost": 5e-07, "litellm_provider": "openai",
+                         "cache_read_input_token_cost": 5e-07,
+                         "cache_creation_input_token_cost": 2.5e-06, "litellm_provider": "openai",
                          "max_input_tokens": 128000, "mode": "chat"},
             "vertex_ai/my-model": {"input_cost_per_token": "1.5e-06", "output_cost_per_token": 3e-06},
             "dall-e-3": {"output_cost_per_image": 0.04, "mode": "image_generation"},
@@ -356,7 +434,10 @@ mod tests {
             skipped, 3,
             "sample_spec, an image model and a negative price"
         );
-        assert_eq!(prices["my-model"], Price::new(2.0, 8.0, Some(0.5)));
+        assert_eq!(
+            prices["my-model"],
+            Price::new(2.0, 8.0, Some(0.5)).with_cache_write(Some(2.5))
+        );
         assert_eq!(prices["vertex_ai/my-model"], Price::new(1.5, 3.0, None));
         assert!(parse_litellm_catalog("[1, 2]").is_err());
         assert!(parse_litellm_catalog("{").is_err());

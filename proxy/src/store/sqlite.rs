@@ -609,10 +609,12 @@ impl Backend for Sqlite {
                 team: r.get::<_, Option<String>>(3)?.map(Arc::from),
                 model: Arc::from(r.get::<_, String>(4)?),
                 deployment: r.get::<_, Option<String>>(5)?.map(Arc::from),
+                // The ledger keeps no cache writes: their cost is in `cost_micros`.
                 usage: Usage {
                     input_tokens: uint(r.get(6)?),
                     output_tokens: uint(r.get(7)?),
                     cached_tokens: uint(r.get(8)?),
+                    cache_write_tokens: 0,
                     reasoning_tokens: uint(r.get(9)?),
                     estimated: r.get::<_, i64>(10)? != 0,
                 },

@@ -114,6 +114,7 @@ pub fn usage_record(i: u64, key: &str, team: &str, cost: u64) -> UsageRecord {
             input_tokens: 100,
             output_tokens: 20,
             cached_tokens: 10,
+            cache_write_tokens: 0,
             reasoning_tokens: 5,
             estimated: false,
         },
