@@ -362,6 +362,7 @@ async function show() {
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === load);
   clearInterval(liveTimer);
   liveTimer = null;
+  say("");
   if (load === "live") liveTimer = setInterval(() => attempt(loadLive), 3000);
   await attempt(PAGES[load]);
 }
