@@ -197,7 +197,7 @@ fn check_config_takes_the_file_three_ways_and_prints_no_rust_names() {
 fn completions_and_man_page_are_generated() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let text = stdout(&sluice().args(["completions", shell]).output().unwrap());
-        for sub in ["check-config", "spend", "usage", "teams"] {
+        for sub in ["check-config", "spend", "usage", "teams", "audit"] {
             assert!(text.contains(sub), "{shell} completion lacks {sub}");
         }
     }
@@ -445,6 +445,24 @@ fn admin_commands_manage_teams_and_report_spend() {
         cli_actions.contains(&"teams.create") && cli_actions.contains(&"keys.update"),
         "{log}"
     );
+    // And `sluice audit` reads it: a table, CSV, or the API's JSON.
+    let table = stdout(&run(&["audit"]));
+    assert!(table.starts_with("TIME (UTC)"), "{table}");
+    let first = table.lines().nth(1).unwrap();
+    assert!(
+        first.contains("teams.delete") || first.contains("keys.update"),
+        "{table}"
+    );
+    assert!(
+        table.contains("admin-") && table.contains(" cli "),
+        "{table}"
+    );
+    let csv = stdout(&run(&["audit", "--limit", "1", "--csv"]));
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(csv.starts_with("time_utc,actor,via,action,target,status"));
+    let json: Value = serde_json::from_str(&stdout(&run(&["audit", "--json"]))).unwrap();
+    assert_eq!(json, log);
+    assert!(!table.contains(ADMIN_TOKEN));
     // Without the token: a usage error.
     let out = sluice()
         .args(["spend"])

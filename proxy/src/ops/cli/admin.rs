@@ -1,5 +1,5 @@
-//! The commands that talk to a running gateway's admin API: `sluice keys`, `sluice teams`,
-//! `sluice spend` and `sluice usage`. The token comes from `SLUICE_ADMIN_TOKEN`, the address
+//! The commands that manage a running gateway through its admin API (`sluice keys`,
+//! `sluice teams`), and the client they and the reports (`reports`) share. The token comes from `SLUICE_ADMIN_TOKEN`, the address
 //! from `--admin` (or `SLUICE_ADMIN_URL`); each call says `x-sluice-client: cli`, so the audit
 //! log shows the change came from here.
 
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Map, Value};
 
-use super::table::{utc, Table};
+use super::table::Table;
 use super::EXIT_CONFIG;
 
 /// Where the admin API is and how to print its answers (shared by the admin commands).
@@ -201,70 +201,10 @@ pub enum TeamsAction {
     },
 }
 
-/// How `spend` groups the ledger.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum GroupBy {
-    /// By team.
-    Team,
-    /// By key id.
-    Key,
-    /// By model.
-    Model,
-    /// By deployment.
-    Deployment,
-    /// By UTC day.
-    Day,
-}
-
-impl GroupBy {
-    fn name(self) -> &'static str {
-        match self {
-            GroupBy::Team => "team",
-            GroupBy::Key => "key",
-            GroupBy::Model => "model",
-            GroupBy::Deployment => "deployment",
-            GroupBy::Day => "day",
-        }
-    }
-}
-
-/// Output of the reports: a table (default), CSV or the API's JSON.
-#[derive(Debug, Args)]
-pub struct Format {
-    /// CSV with a header row.
-    #[arg(long, conflicts_with = "json")]
-    pub csv: bool,
-    /// The admin API's JSON answer, as it came.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// A time range: unix seconds or UTC dates `YYYY-MM-DD`; `to` is excluded.
-#[derive(Debug, Args)]
-pub struct Range {
-    /// From (unix seconds or YYYY-MM-DD, UTC); default: the beginning.
-    #[arg(long)]
-    pub from: Option<String>,
-    /// To, excluded (unix seconds or YYYY-MM-DD, UTC); default: now.
-    #[arg(long)]
-    pub to: Option<String>,
-}
-
-impl Range {
-    fn query(&self, q: &mut Vec<(&'static str, String)>) {
-        if let Some(f) = &self.from {
-            q.push(("from", f.clone()));
-        }
-        if let Some(t) = &self.to {
-            q.push(("to", t.clone()));
-        }
-    }
-}
-
 /// A failed command: what to print, and the exit status.
-struct Failure(String, u8);
+pub(super) struct Failure(pub(super) String, pub(super) u8);
 
-type Outcome = Result<String, Failure>;
+pub(super) type Outcome = Result<String, Failure>;
 
 /// The admin token from the environment.
 fn token() -> Result<String, Failure> {
@@ -281,7 +221,12 @@ fn token() -> Result<String, Failure> {
 }
 
 /// One call; the answer's raw body on a 2xx, else a failure naming the API's message.
-fn call(admin: &str, method: &str, path: &str, body: Option<&Value>) -> Result<String, Failure> {
+pub(super) fn call(
+    admin: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<String, Failure> {
     let token = token()?;
     let (status, raw) = admin_call(admin, &token, method, path, body)
         .map_err(|e| Failure(format!("admin API at {admin}: {e}"), 1))?;
@@ -295,7 +240,7 @@ fn call(admin: &str, method: &str, path: &str, body: Option<&Value>) -> Result<S
     Ok(raw)
 }
 
-fn parse(raw: &str) -> Result<Value, Failure> {
+pub(super) fn parse(raw: &str) -> Result<Value, Failure> {
     serde_json::from_str(raw).map_err(|e| Failure(format!("the answer is not JSON: {e}"), 1))
 }
 
@@ -312,7 +257,7 @@ fn encode(s: &str) -> String {
     out
 }
 
-fn query(path: &str, q: &[(&str, String)]) -> String {
+pub(super) fn query(path: &str, q: &[(&str, String)]) -> String {
     if q.is_empty() {
         return path.to_string();
     }
@@ -323,7 +268,7 @@ fn query(path: &str, q: &[(&str, String)]) -> String {
     format!("{path}?{}", parts.join("&"))
 }
 
-fn finish(outcome: Outcome) -> ExitCode {
+pub(super) fn finish(outcome: Outcome) -> ExitCode {
     match outcome {
         Ok(text) => {
             print!("{text}");
@@ -336,7 +281,7 @@ fn finish(outcome: Outcome) -> ExitCode {
     }
 }
 
-fn opt_num(v: &Value) -> String {
+pub(super) fn opt_num(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::Number(n) => n.to_string(),
@@ -418,7 +363,7 @@ fn teams_table(list: &[Value]) -> String {
     t.render()
 }
 
-fn list_of(v: &Value) -> &[Value] {
+pub(super) fn list_of(v: &Value) -> &[Value] {
     v["data"].as_array().map_or(&[], Vec::as_slice)
 }
 
@@ -572,146 +517,6 @@ pub fn teams(admin: &AdminArgs, raw_json: bool, action: TeamsAction) -> ExitCode
             TeamsAction::Delete { name } => format!("deleted team {name}\n"),
             _ => teams_table(std::slice::from_ref(&answer)),
         })
-    })();
-    finish(outcome)
-}
-
-/// Runs `sluice spend`.
-pub fn spend(admin: &AdminArgs, group_by: GroupBy, range: &Range, format: &Format) -> ExitCode {
-    let outcome = (|| -> Outcome {
-        let mut q = vec![("group_by", group_by.name().to_string())];
-        range.query(&mut q);
-        let raw = call(&admin.admin, "GET", &query("/admin/spend", &q), None)?;
-        if format.json {
-            return Ok(format!("{}\n", raw.trim_end()));
-        }
-        let answer = parse(&raw)?;
-        let mut t = Table::new(&[
-            ("GROUP", false),
-            ("REQUESTS", true),
-            ("INPUT", true),
-            ("OUTPUT", true),
-            ("CACHED", true),
-            ("REASONING", true),
-            ("COST USD", true),
-        ]);
-        let mut total = 0u64;
-        let mut requests = 0u64;
-        for r in list_of(&answer) {
-            total += r["cost_micros"].as_u64().unwrap_or(0);
-            requests += r["requests"].as_u64().unwrap_or(0);
-            t.push(vec![
-                r["group"].as_str().unwrap_or_default().to_string(),
-                opt_num(&r["requests"]),
-                opt_num(&r["input_tokens"]),
-                opt_num(&r["output_tokens"]),
-                opt_num(&r["cached_tokens"]),
-                opt_num(&r["reasoning_tokens"]),
-                r["cost_usd"].as_str().unwrap_or_default().to_string(),
-            ]);
-        }
-        if format.csv {
-            return Ok(t.csv(&[
-                group_by.name(),
-                "requests",
-                "input_tokens",
-                "output_tokens",
-                "cached_tokens",
-                "reasoning_tokens",
-                "cost_usd",
-            ]));
-        }
-        let mut out = t.render();
-        out.push_str(&format!(
-            "\n{} groups, {requests} requests, ${} by {}\n",
-            t.len(),
-            sluice_core::cost::format_usd(total),
-            group_by.name()
-        ));
-        Ok(out)
-    })();
-    finish(outcome)
-}
-
-/// What `sluice usage` filters on.
-#[derive(Debug, Args)]
-pub struct UsageFilter {
-    /// Only this key (its id).
-    #[arg(long)]
-    pub key: Option<String>,
-    /// Only this team.
-    #[arg(long)]
-    pub team: Option<String>,
-    /// At most this many rows (1..=10000).
-    #[arg(long, default_value_t = 100)]
-    pub limit: u32,
-}
-
-/// Runs `sluice usage`.
-pub fn usage(admin: &AdminArgs, filter: &UsageFilter, range: &Range, format: &Format) -> ExitCode {
-    let outcome = (|| -> Outcome {
-        let mut q = vec![("limit", filter.limit.to_string())];
-        if let Some(k) = &filter.key {
-            q.push(("key_id", k.clone()));
-        }
-        if let Some(t) = &filter.team {
-            q.push(("team", t.clone()));
-        }
-        range.query(&mut q);
-        let raw = call(&admin.admin, "GET", &query("/admin/usage", &q), None)?;
-        if format.json {
-            return Ok(format!("{}\n", raw.trim_end()));
-        }
-        let answer = parse(&raw)?;
-        let mut t = Table::new(&[
-            ("TIME (UTC)", false),
-            ("REQUEST ID", false),
-            ("KEY", false),
-            ("TEAM", false),
-            ("MODEL", false),
-            ("DEPLOYMENT", false),
-            ("INPUT", true),
-            ("OUTPUT", true),
-            ("COST USD", true),
-            ("STATUS", true),
-            ("LATENCY MS", true),
-        ]);
-        for r in list_of(&answer) {
-            let s = |f: &str| r[f].as_str().unwrap_or("-").to_string();
-            t.push(vec![
-                utc(r["ts_ms"].as_u64().unwrap_or(0)),
-                s("request_id"),
-                s("key_id"),
-                s("team"),
-                s("model"),
-                s("deployment"),
-                opt_num(&r["input_tokens"]),
-                opt_num(&r["output_tokens"]),
-                s("cost_usd"),
-                opt_num(&r["status"]),
-                opt_num(&r["latency_ms"]),
-            ]);
-        }
-        if format.csv {
-            return Ok(t.csv(&[
-                "time_utc",
-                "request_id",
-                "key_id",
-                "team",
-                "model",
-                "deployment",
-                "input_tokens",
-                "output_tokens",
-                "cost_usd",
-                "status",
-                "latency_ms",
-            ]));
-        }
-        let mut out = t.render();
-        if t.is_empty() {
-            out.push_str("(no requests in this range)\n");
-        }
-        Ok(out)
     })();
     finish(outcome)
 }
