@@ -182,6 +182,7 @@ struct RawProvider {
     ca_file: Option<String>,
     default_max_tokens: Option<u32>,
     api_version: Option<String>,
+    responses_api: Option<bool>,
     extra: Option<toml::Table>,
     health_check: Option<RawHealthCheck>,
     #[serde(default)]
@@ -406,6 +407,10 @@ pub struct Provider {
     pub default_max_tokens: u32,
     /// Azure OpenAI `api-version`.
     pub api_version: Option<String>,
+    /// An `openai` provider serves OpenAI's Responses API (`/responses`, passed through, state
+    /// and all); `false` for OpenAI-compatible servers that have chat completions only, whose
+    /// Responses requests are then translated (stateless).
+    pub responses_api: bool,
     /// Provider-specific fields merged into every translated request body.
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
     /// Active health checks, when configured.

@@ -297,6 +297,7 @@ fn provider(i: usize, p: RawProvider, secrets: &dyn SecretSource) -> Result<Prov
             u64::from(crate::dialect::DEFAULT_MAX_TOKENS),
         )? as u32,
         api_version: p.api_version,
+        responses_api: p.responses_api.unwrap_or(true),
         extra,
         health_check: match p.health_check {
             None => None,

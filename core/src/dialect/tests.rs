@@ -4,8 +4,9 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::error::ErrorKind;
 
-const PAIRS: [(Dialect, Inbound); 8] = [
+const PAIRS: [(Dialect, Inbound); 12] = [
     (Dialect::OpenAi, Inbound::OpenAiChat),
     (Dialect::Azure, Inbound::OpenAiChat),
     (Dialect::Anthropic, Inbound::OpenAiChat),
@@ -14,6 +15,10 @@ const PAIRS: [(Dialect, Inbound); 8] = [
     (Dialect::Azure, Inbound::AnthropicMessages),
     (Dialect::Anthropic, Inbound::AnthropicMessages),
     (Dialect::Gemini, Inbound::AnthropicMessages),
+    (Dialect::OpenAi, Inbound::OpenAiResponses),
+    (Dialect::Azure, Inbound::OpenAiResponses),
+    (Dialect::Anthropic, Inbound::OpenAiResponses),
+    (Dialect::Gemini, Inbound::OpenAiResponses),
 ];
 
 fn ctx(include_usage: bool) -> ResponseContext<'static> {
@@ -203,7 +208,11 @@ fn usage_is_the_same_whichever_dialect_answered() {
         reasoning_tokens: 0,
         estimated: false,
     });
-    for to in [Inbound::OpenAiChat, Inbound::AnthropicMessages] {
+    for to in [
+        Inbound::OpenAiChat,
+        Inbound::AnthropicMessages,
+        Inbound::OpenAiResponses,
+    ] {
         for (from, body) in [
             (Dialect::Anthropic, &anthropic[..]),
             (Dialect::OpenAi, &openai[..]),
@@ -222,7 +231,7 @@ fn usage_is_the_same_whichever_dialect_answered() {
             // And the client reads the same numbers back (OpenAI's shape has no cache writes).
             let v: Value = serde_json::from_slice(&out).unwrap();
             let read = match to {
-                Inbound::OpenAiChat => crate::usage::from_body(&out),
+                Inbound::OpenAiChat | Inbound::OpenAiResponses => crate::usage::from_body(&out),
                 Inbound::AnthropicMessages => anthropic::usage_from_body(&out),
             };
             let client_writes = if to == Inbound::AnthropicMessages {
