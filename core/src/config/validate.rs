@@ -40,6 +40,7 @@ pub(super) fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Con
         store: access.store,
         limits: access.limits,
         prices: access.prices,
+        pricing: pricing(raw.pricing)?,
         keys: access.keys,
         exact: routing.exact,
         patterns: routing.patterns,
@@ -136,6 +137,19 @@ fn log(l: RawLog) -> Result<LogConfig, ConfigError> {
         access_log: l.access_log.unwrap_or(true),
     };
     Ok(log)
+}
+
+/// `[pricing]`.
+fn pricing(p: RawPricing) -> Result<PricingConfig, ConfigError> {
+    if p.catalog_file
+        .as_ref()
+        .is_some_and(|f| f.as_os_str().is_empty())
+    {
+        return err("invalid config at `pricing.catalog_file`: empty path");
+    }
+    Ok(PricingConfig {
+        catalog_file: p.catalog_file,
+    })
 }
 
 /// `[admin]`.

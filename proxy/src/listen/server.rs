@@ -97,7 +97,7 @@ fn raise_nofile_limit() {
 
 /// Loads a config file, or the embedded default.
 pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
-    let cfg = match path {
+    let mut cfg = match path {
         None => Config::embedded_default(&ProcessEnv)?,
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -105,6 +105,15 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
             Config::from_toml(&text, &ProcessEnv)?
         }
     };
+    if let Some(file) = cfg.pricing.catalog_file.clone() {
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            ConfigError(format!(
+                "invalid config at `pricing.catalog_file`: cannot read {}: {e}",
+                file.display()
+            ))
+        })?;
+        cfg.add_price_catalog(&text)?;
+    }
     // The listener's certificate and key must load before anything binds.
     if let Some(tls) = &cfg.server.tls {
         tls_server::load(tls)
@@ -116,6 +125,9 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
 /// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
 pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Result<()> {
     let _log_guard = crate::telemetry::log::init(&config.log);
+    for (model, deployment) in config.unpriced() {
+        tracing::warn!(%model, %deployment, "no price for this deployment's model: its requests cost $0 and do not count toward budgets (counted in sluice_unpriced_requests_total)");
+    }
     raise_nofile_limit();
     let tls = tls_per_provider(&config)?;
     let tls_listener = match &config.server.tls {
