@@ -295,3 +295,59 @@ fn compression_defaults_and_validation() {
         assert!(e.0.contains(key), "{bad}: {e}");
     }
 }
+
+#[test]
+fn price_catalog_and_unpriced_models() {
+    let text = r#"
+[[providers]]
+name = "p"
+base_url = "http://127.0.0.1:9000/v1"
+
+[[models]]
+name = "a"
+deployments = [{ provider = "p", model = "house-model" }]
+
+[[models]]
+name = "b"
+deployments = [{ provider = "p", model = "other-model" }, { provider = "p", model = "gpt-5-mini" }]
+
+[[models]]
+name = "any-*"
+deployments = [{ provider = "p", model = "*" }]
+
+[prices."house-model"]
+input_per_mtok = 9.0
+output_per_mtok = 9.0
+
+[pricing]
+catalog_file = "prices.json"
+"#;
+    let mut cfg = Config::from_toml(text, &env(&[])).unwrap();
+    assert_eq!(
+        cfg.pricing.catalog_file.as_deref(),
+        Some(std::path::Path::new("prices.json"))
+    );
+    assert_eq!(cfg.unpriced(), vec![("b", "p/other-model")]);
+    assert!(cfg
+        .summary()
+        .contains("warning: no price for p/other-model (model b)"));
+    assert!(cfg.summary().contains("[prices.\"other-model\"]"));
+    let catalog = r#"{"house-model": {"input_cost_per_token": 1e-06},
+                      "other-model": {"input_cost_per_token": 3e-06, "output_cost_per_token": 6e-06}}"#;
+    assert_eq!(cfg.add_price_catalog(catalog).unwrap(), (1, 0));
+    assert!(cfg.unpriced().is_empty());
+    let table = crate::cost::PriceTable::new(cfg.prices.clone());
+    // `[prices]` wins over the catalog.
+    assert_eq!(table.price("house-model").unwrap().input_per_mtok, 9.0);
+    assert_eq!(table.price("other-model").unwrap().output_per_mtok, 6.0);
+    let e = cfg.add_price_catalog("not json").unwrap_err();
+    assert!(e.0.contains("pricing.catalog_file"), "{e}");
+
+    for (bad, path) in [
+        ("[pricing]\ncatalog_file = \"\"\n", "pricing.catalog_file"),
+        ("[pricing]\nfile = \"x\"\n", "pricing"),
+    ] {
+        let e = Config::from_toml(bad, &env(&[])).unwrap_err();
+        assert!(e.0.contains(path), "{bad}: {e}");
+    }
+}

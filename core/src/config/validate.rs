@@ -40,6 +40,7 @@ pub(super) fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Con
         store: access.store,
         limits: access.limits,
         prices: access.prices,
+        pricing: pricing(raw.pricing)?,
         keys: access.keys,
         exact: routing.exact,
         patterns: routing.patterns,
@@ -220,6 +221,19 @@ fn log(l: RawLog) -> Result<LogConfig, ConfigError> {
     Ok(log)
 }
 
+/// `[pricing]`.
+fn pricing(p: RawPricing) -> Result<PricingConfig, ConfigError> {
+    if p.catalog_file
+        .as_ref()
+        .is_some_and(|f| f.as_os_str().is_empty())
+    {
+        return err("invalid config at `pricing.catalog_file`: empty path");
+    }
+    Ok(PricingConfig {
+        catalog_file: p.catalog_file,
+    })
+}
+
 /// `[admin]`.
 fn admin(a: RawAdmin) -> Result<AdminConfig, ConfigError> {
     let admin = AdminConfig {
@@ -365,6 +379,7 @@ fn provider(i: usize, p: RawProvider, secrets: &dyn SecretSource) -> Result<Prov
             u64::from(crate::dialect::DEFAULT_MAX_TOKENS),
         )? as u32,
         api_version: p.api_version,
+        responses_api: p.responses_api.unwrap_or(true),
         extra,
         health_check: match p.health_check {
             None => None,

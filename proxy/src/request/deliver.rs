@@ -141,12 +141,13 @@ fn response_context<'p>(plan: &'p Plan, id: &'p str) -> ResponseContext<'p> {
     }
 }
 
-/// The id of a translated answer: `msg_…` for Messages clients, `chatcmpl-…` otherwise.
+/// The id of a translated answer: `msg_…` for Messages clients, `resp_…` for Responses
+/// clients, `chatcmpl-…` otherwise.
 fn answer_id(plan: &Plan, client: &ClientSide<'_>) -> String {
-    let prefix = if plan.endpoint == ApiEndpoint::Messages {
-        "msg_"
-    } else {
-        "chatcmpl-"
+    let prefix = match plan.endpoint {
+        ApiEndpoint::Messages => "msg_",
+        ApiEndpoint::Responses => "resp_",
+        _ => "chatcmpl-",
     };
     format!("{prefix}{}", client.request_id)
 }
