@@ -206,6 +206,16 @@ impl<P> Admitted<P> {
         }
     }
 
+    /// Answered by the gateway itself without going upstream (e.g. a local token-count
+    /// estimate): nothing is reserved or spent beyond the request rate.
+    pub fn answer_locally(self) -> Settled<P> {
+        Settled {
+            principal: self.principal,
+            permit: self.permit,
+            group: Some(self.group),
+        }
+    }
+
     /// An answer found another way (the semantic index): the request is answered with it and
     /// reserves nothing.
     pub fn hit(self, answer: Arc<StoredAnswer>) -> Lookup<P> {

@@ -569,3 +569,83 @@ fn identical_requests_in_flight_are_coalesced() {
     }
     assert!(mock.stats().requests - before >= 2);
 }
+
+/// The cache beside the other endpoints and compression: only chat, Messages and embeddings
+/// answers are cached (a token count, a moderation or a Responses call in a group with a cache
+/// always goes its own way); a miss is captured before it is compressed for the client, and
+/// a hit is replayed uncompressed; clearing the cache is in the audit log.
+#[test]
+fn other_endpoints_and_compression_beside_the_cache() {
+    use std::io::Read as _;
+    let mock = mock();
+    let dir = temp_dir("cache-beside");
+    let gw = start(&cache_config(mock.addr(), &dir, ""), "epoll");
+    let (_, key) = gw.create_key(json!({"name": "a", "team": "alpha"}));
+    let requests = || mock.stats().requests;
+
+    // Embeddings large enough to be compressed (200 inputs of 256 dimensions).
+    let inputs: Vec<String> = (0..200).map(|i| format!("\"text {i}\"")).collect();
+    let body = format!(r#"{{"model":"mock-fast","input":[{}]}}"#, inputs.join(","));
+    let gzip = "accept-encoding: gzip\r\n";
+    let miss = post_as(&gw, &key, "/v1/embeddings", &body, gzip);
+    assert_eq!(miss.status, 200, "{}", miss.text());
+    assert_eq!(miss.header("x-sluice-cache"), Some("miss"));
+    assert_eq!(miss.header("content-encoding"), Some("gzip"));
+    let mut identity = Vec::new();
+    flate2::read::GzDecoder::new(&miss.body[..])
+        .read_to_end(&mut identity)
+        .unwrap();
+    let hit = post_as(&gw, &key, "/v1/embeddings", &body, gzip);
+    assert_eq!(hit.header("x-sluice-cache"), Some("hit"));
+    assert_eq!(
+        hit.header("content-encoding"),
+        None,
+        "a hit goes uncompressed"
+    );
+    assert_eq!(
+        hit.body, identity,
+        "the upstream's bytes were kept, not ours"
+    );
+    assert_eq!(requests(), 1);
+
+    // Not cached: each call reaches the mock (or the local estimate) and says nothing.
+    let moderation = r#"{"model":"mock-fast","input":"is this fine?"}"#;
+    let responses = r#"{"model":"mock-fast","input":"Say hello","max_output_tokens":20}"#;
+    for (path, body) in [
+        ("/v1/moderations", moderation),
+        ("/v1/responses", responses),
+    ] {
+        for _ in 0..2 {
+            let before = requests();
+            let r = post_as(&gw, &key, path, body, "");
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            assert_eq!(r.header("x-sluice-cache"), None, "{path}");
+            assert_eq!(requests(), before + 1, "{path} went upstream");
+        }
+    }
+    let count = r#"{"model":"mock-fast","messages":[{"role":"user","content":"Count me"}]}"#;
+    for _ in 0..2 {
+        let r = post_as(&gw, &key, "/v1/messages/count_tokens", count, "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-sluice-cache"), None);
+        assert_eq!(r.header("x-sluice-estimate"), Some("true"));
+    }
+
+    // Clearing the cache is an audited change.
+    let (status, _) = gw.admin("DELETE", "/admin/cache?model=mock-fast", None);
+    assert_eq!(status, 200);
+    let (status, audit) = gw.admin("GET", "/admin/audit", None);
+    assert_eq!(status, 200, "{audit}");
+    let entry = &audit["data"][0];
+    assert_eq!(entry["action"], "cache.clear", "{audit}");
+    assert_eq!(entry["target"], "model=mock-fast scope=*", "{audit}");
+    assert_eq!(entry["status"], 200);
+    let (status, _) = gw.admin("GET", "/admin/cache", None);
+    assert_eq!(status, 200);
+    let (_, audit) = gw.admin("GET", "/admin/audit", None);
+    assert_eq!(
+        audit["data"].as_array().unwrap().len(),
+        2,
+        "reads are not audited: {audit}"
+    );
+}

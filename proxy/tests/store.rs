@@ -180,6 +180,36 @@ fn a_file_written_before_versioned_migrations_opens() {
 }
 
 #[test]
+fn a_version_2_file_gains_the_cache_columns_and_keeps_its_audit_log() {
+    // A store at version 2 (the audit log): version 3 adds the ledger's `cache` (NULL) and
+    // `saved_micros` (0) to the rows already there.
+    let dir = TempDir::new("v2");
+    {
+        let conn = rusqlite::Connection::open(dir.db()).unwrap();
+        conn.execute_batch(MIGRATIONS[0].sql).unwrap();
+        conn.execute_batch(MIGRATIONS[1].sql).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 2;
+             INSERT INTO ledger (request_id, ts_ms, key_id, team, model, deployment,
+                 input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated,
+                 cost_micros, status, latency_ms)
+                 VALUES ('r1', 1710504000000, NULL, NULL, 'gpt-4o', NULL, 1, 2, 0, 0, 0,
+                 70, 200, 9);
+             INSERT INTO audit (ts_ms, actor, via, action, target, status)
+                 VALUES (1710504000000, 'admin-abababab', 'cli', 'keys.create', 'key_1', 201);",
+        )
+        .unwrap();
+    }
+    assert_eq!(MIGRATIONS[2].version, 3);
+    let store = Store::open(dir.db()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 3);
+    let rows = store.ledger(0, u64::MAX, 10).unwrap();
+    assert_eq!((rows[0].cache, rows[0].saved_micros), (None, 0));
+    let audit = store.audit(0, u64::MAX, 10).unwrap();
+    assert_eq!(audit[0].action, "keys.create");
+}
+
+#[test]
 fn serve_exits_on_a_schema_newer_than_it_knows() {
     let dir = TempDir::new("serve-newer");
     drop(Store::open(dir.db()).unwrap());

@@ -29,7 +29,6 @@ use crate::request::plan::{ApiEndpoint, Plan};
 use crate::request::settle::Answer;
 use crate::state::Worker;
 
-pub mod admin;
 pub mod coalesce;
 pub mod embed;
 pub mod keep;
@@ -37,12 +36,21 @@ pub mod note;
 
 pub use note::{CacheNote, Mark, Ticket};
 
-/// The kind of call an endpoint's answers are cached as (`None`: not cached).
+/// The kind of call an endpoint's answers are cached as (`None`: not cached). Only answers
+/// the key describes completely are cached: a token count is answered without the cache, a
+/// Responses call is keyed in no chat shape yet, moderation, images and audio are not
+/// worth keeping (or binary, or a multipart form the key does not read).
 pub fn call_kind(endpoint: ApiEndpoint) -> Option<CallKind> {
     match endpoint {
         ApiEndpoint::ChatCompletions | ApiEndpoint::Messages => Some(CallKind::Chat),
         ApiEndpoint::Embeddings => Some(CallKind::Embeddings),
-        ApiEndpoint::Completions | ApiEndpoint::Responses => None,
+        ApiEndpoint::Completions
+        | ApiEndpoint::Responses
+        | ApiEndpoint::CountTokens
+        | ApiEndpoint::Moderations
+        | ApiEndpoint::ImagesGenerations
+        | ApiEndpoint::AudioTranscriptions
+        | ApiEndpoint::AudioSpeech => None,
     }
 }
 

@@ -16,8 +16,8 @@ use sluice_core::usage::Usage;
 
 use super::migrate::{self, Migration, Schema};
 use super::{
-    cache_label, int, period, spend_by_day, uint, Backend, Result, Scope, SpendGroup, SpendRow,
-    StoreError, UsageRecord, LIMIT_COLUMNS,
+    cache_label, int, period, spend_by_day, uint, AuditRecord, Backend, Result, Scope, SpendGroup,
+    SpendRow, StoreError, UsageRecord, LIMIT_COLUMNS,
 };
 
 /// SQLite's schema, version by version. Append only: a shipped migration never changes.
@@ -84,6 +84,22 @@ CREATE INDEX ledger_team_ts ON ledger(team, ts_ms);
     },
     Migration {
         version: 2,
+        name: "audit log of admin actions",
+        sql: r#"
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    via TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status INTEGER NOT NULL
+);
+CREATE INDEX audit_ts ON audit(ts_ms);
+"#,
+    },
+    Migration {
+        version: 3,
         name: "ledger: the response cache's verdict and what a hit saved",
         sql: r#"
 ALTER TABLE ledger ADD COLUMN cache TEXT;
@@ -601,10 +617,12 @@ impl Backend for Sqlite {
                 team: r.get::<_, Option<String>>(3)?.map(Arc::from),
                 model: Arc::from(r.get::<_, String>(4)?),
                 deployment: r.get::<_, Option<String>>(5)?.map(Arc::from),
+                // The ledger keeps no cache writes: their cost is in `cost_micros`.
                 usage: Usage {
                     input_tokens: uint(r.get(6)?),
                     output_tokens: uint(r.get(7)?),
                     cached_tokens: uint(r.get(8)?),
+                    cache_write_tokens: 0,
                     reasoning_tokens: uint(r.get(9)?),
                     estimated: r.get::<_, i64>(10)? != 0,
                 },
@@ -623,6 +641,41 @@ impl Backend for Sqlite {
             .conn
             .query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0))?;
         Ok(uint(n))
+    }
+
+    fn insert_audit(&self, r: &AuditRecord) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit (ts_ms, actor, via, action, target, status) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                int(r.ts_ms),
+                r.actor,
+                r.via,
+                r.action,
+                r.target,
+                r.status
+            ])?;
+        Ok(())
+    }
+
+    fn audit(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT ts_ms, actor, via, action, target, status FROM audit \
+             WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY ts_ms DESC, seq DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![int(from_ms), int(to_ms), int(limit as u64)], |r| {
+            Ok(AuditRecord {
+                ts_ms: uint(r.get(0)?),
+                actor: r.get(1)?,
+                via: r.get(2)?,
+                action: r.get(3)?,
+                target: r.get(4)?,
+                status: u16::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn insert_usage(&self, batch: &[UsageRecord]) -> Result<()> {

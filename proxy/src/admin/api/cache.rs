@@ -6,10 +6,11 @@ use serde_json::{json, Value};
 use sluice_core::cache::settings::CacheScope;
 use sluice_core::cache::Clear;
 
+use super::{fail, query_params, Answer, Res};
 use crate::state::Shared;
 
-/// Answers a cache admin call: (status, JSON body).
-pub fn handle(shared: &Shared, method: &str, query: &str) -> (u16, Value) {
+/// Answers a cache admin call.
+pub(super) fn cache_api(shared: &Shared, method: &str, query: &str) -> Res {
     let store = &*shared.responses;
     match method {
         "GET" => {
@@ -35,36 +36,37 @@ pub fn handle(shared: &Shared, method: &str, query: &str) -> (u16, Value) {
                     }))
                 })
                 .collect();
-            (200, json!({"store": store.stats(), "groups": groups}))
+            Ok(Answer(
+                200,
+                json!({"store": store.stats(), "groups": groups}),
+            ))
         }
         "DELETE" => {
             let mut model = None;
             let mut scope = None;
-            for (k, v) in query
-                .split('&')
-                .filter(|s| !s.is_empty())
-                .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
-            {
+            for (k, v) in query_params(query) {
                 match k {
                     "model" if !v.is_empty() => model = Some(v),
                     "scope" if !v.is_empty() => scope = Some(v),
                     _ => {
-                        return (
+                        return Err(fail(
                             400,
-                            json!({"error": {"message": "DELETE /admin/cache takes `model` and `scope` (both optional)", "type": "invalid_request_error", "param": null, "code": "bad_query"}}),
-                        )
+                            "bad_query",
+                            "DELETE /admin/cache takes `model` and `scope` (both optional)",
+                        ))
                     }
                 }
             }
             store.clear(Clear { model, scope });
-            (
+            Ok(Answer(
                 200,
                 json!({"cleared": {"model": model, "scope": scope}, "store": store.stats()}),
-            )
+            ))
         }
-        _ => (
+        _ => Err(fail(
             405,
-            json!({"error": {"message": "use GET or DELETE on /admin/cache", "type": "invalid_request_error", "param": null, "code": "method_not_allowed"}}),
-        ),
+            "method_not_allowed",
+            "use GET or DELETE on /admin/cache",
+        )),
     }
 }
