@@ -56,15 +56,22 @@
 //!   "stream": null | { "streams": int, "events": int, "content_events": int,
 //!                      "events_per_s": f64, "ttft_us": Percentiles, "gap_us": Percentiles,
 //!                      "stalled": int, "lost": int },
-//!   "pids": [ { "pid": int, "cpu_us": int, "requests": int, "cpu_us_per_request": f64,
+//!   "pids": [ { "pid": int, "cpu_us": int, "user_us": int, "requests": int,
+//!               "cpu_us_per_request": f64,
 //!               "rss_idle_mib": f64, "rss_peak_mib": f64, "rss_after_mib": f64 } ] }
 //! ```
 //!
 //! `compare` writes `{ "rounds": int, "round_duration_s": f64, "targets": [
-//! { "name": str, "baseline": bool, "summary": RunSummary, "added": [ { "baseline": str,
+//! { "name": str, "baseline": bool, "summary": RunSummary, "rounds": [RunSummary],
+//! "added": [ { "baseline": str,
 //! "latency_us": AddedPercentiles, "ttfb_us": AddedPercentiles,
 //! "ttft_us": AddedPercentiles|null, "gap_us": AddedPercentiles|null } ] } ] }`
-//! ([`compare::CompareReport`]); each target's summary merges all its rounds.
+//! ([`compare::CompareReport`]); each target's summary merges all its rounds, and
+//! `rounds` holds them one by one.
+//!
+//! `idle` writes `{ "url": str, "connections": int, "held": int, "failed": int,
+//! "first_error": str|null, "open_s": f64, "hold_s": f64, "signalled": bool }`
+//! ([`idle::IdleReport`]).
 //!
 //! `frontier` writes `{ "bounds_ms": [f64], "targets": [ { "name": str, "url": str,
 //! "steps": [ { "rate": f64, "summary": RunSummary } ], "sustained": [ { "p99_bound_ms": f64,
@@ -86,6 +93,7 @@ pub mod cli;
 pub mod client;
 pub mod compare;
 pub mod hist;
+pub mod idle;
 pub mod procstat;
 mod report;
 pub mod sse;

@@ -24,6 +24,8 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub struct ProcSample {
     /// User plus system CPU time consumed so far, in microseconds.
     pub cpu_us: u64,
+    /// Of which in user space (`utime`), in microseconds.
+    pub user_us: u64,
     /// Resident set size in bytes.
     pub rss_bytes: u64,
 }
@@ -32,8 +34,10 @@ pub struct ProcSample {
 pub fn sample(pid: u32) -> io::Result<ProcSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let (user_us, cpu_us) = parse_stat_cpu_us(&stat, clock_ticks_per_sec())?;
     Ok(ProcSample {
-        cpu_us: parse_stat_cpu_us(&stat, clock_ticks_per_sec())?,
+        cpu_us,
+        user_us,
         rss_bytes: parse_status_rss_bytes(&status)?,
     })
 }
@@ -45,19 +49,20 @@ fn clock_ticks_per_sec() -> u64 {
     u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
 }
 
-/// `utime + stime` from the text of `/proc/PID/stat`, in microseconds.
+/// `(utime, utime + stime)` from the text of `/proc/PID/stat`, in microseconds.
 ///
 /// The command name (field 2) may contain spaces and parentheses, so fields
 /// are counted from the last `)`: `utime` and `stime` are fields 14 and 15.
-fn parse_stat_cpu_us(stat: &str, ticks_per_sec: u64) -> io::Result<u64> {
+fn parse_stat_cpu_us(stat: &str, ticks_per_sec: u64) -> io::Result<(u64, u64)> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat");
     let rest = stat.rsplit_once(')').ok_or_else(bad)?.1;
     // `rest` starts at field 3 (state), so utime (14) is at index 11.
     let mut fields = rest.split_ascii_whitespace().skip(11);
     let mut next =
         || -> io::Result<u64> { fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad) };
-    let ticks = next()? + next()?;
-    Ok(ticks.saturating_mul(1_000_000) / ticks_per_sec)
+    let (utime, stime) = (next()?, next()?);
+    let us = |ticks: u64| ticks.saturating_mul(1_000_000) / ticks_per_sec;
+    Ok((us(utime), us(utime + stime)))
 }
 
 /// `VmRSS` from the text of `/proc/PID/status`, in bytes (0 for kernel threads).
@@ -80,6 +85,9 @@ pub struct PidReport {
     pub pid: u32,
     /// CPU time (user + system) consumed during the run, in microseconds.
     pub cpu_us: u64,
+    /// Of which in user space; the rest (`cpu_us - user_us`) is the kernel's.
+    #[serde(default)]
+    pub user_us: u64,
     /// Requests completed during the run (the denominator below).
     pub requests: u64,
     /// `cpu_us / requests`.
@@ -98,6 +106,7 @@ impl PidReport {
     /// after becomes the last.
     pub fn merge(&mut self, later: &PidReport) {
         self.cpu_us += later.cpu_us;
+        self.user_us += later.user_us;
         self.requests += later.requests;
         self.cpu_us_per_request = per_request(self.cpu_us, self.requests);
         self.rss_peak_mib = self.rss_peak_mib.max(later.rss_peak_mib);
@@ -188,13 +197,14 @@ impl Sampler {
             .into_iter()
             .map(|t| {
                 let after = sample(t.pid).unwrap_or(ProcSample {
-                    cpu_us: t.before.cpu_us,
                     rss_bytes: 0,
+                    ..t.before
                 });
                 let cpu_us = after.cpu_us.saturating_sub(t.before.cpu_us);
                 PidReport {
                     pid: t.pid,
                     cpu_us,
+                    user_us: after.user_us.saturating_sub(t.before.user_us),
                     requests,
                     cpu_us_per_request: per_request(cpu_us, requests),
                     rss_idle_mib: t.before.rss_bytes as f64 / MIB,
@@ -220,7 +230,10 @@ mod tests {
     fn parses_stat_with_odd_command_names() {
         let stat =
             "42 (my (odd) proc) S 1 42 42 0 -1 4194560 100 0 0 0 250 150 0 0 20 0 1 0 5 1000 10";
-        assert_eq!(parse_stat_cpu_us(stat, 100).unwrap(), 4_000_000);
+        assert_eq!(
+            parse_stat_cpu_us(stat, 100).unwrap(),
+            (2_500_000, 4_000_000)
+        );
         assert!(parse_stat_cpu_us("garbage", 100).is_err());
     }
 
