@@ -418,6 +418,10 @@ fn compare_sends_each_named_target_its_own_headers() {
     assert_eq!(rounds.len(), 2);
     let per_round: u64 = rounds.iter().map(|r| r["ok"].as_u64().unwrap()).sum();
     assert_eq!(per_round, full["summary"]["ok"].as_u64().unwrap());
+    // Every core's busy share during its runs, in [0, 1].
+    let busy = full["summary"]["core_busy"].as_array().unwrap();
+    assert!(!busy.is_empty());
+    assert!(busy.iter().all(|b| (0.0..=1.0).contains(&b.as_f64().unwrap())));
 }
 
 #[test]

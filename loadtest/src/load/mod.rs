@@ -58,7 +58,13 @@
 //!                      "stalled": int, "lost": int },
 //!   "pids": [ { "pid": int, "cpu_us": int, "user_us": int, "requests": int,
 //!               "cpu_us_per_request": f64,
-//!               "rss_idle_mib": f64, "rss_peak_mib": f64, "rss_after_mib": f64 } ] }
+//!               "rss_idle_mib": f64, "rss_peak_mib": f64, "rss_after_mib": f64 } ],
+//!   "core_busy": [f64] }
+//! ```
+//!
+//! `core_busy` is each core's busy share (0 to 1) during the run, core 0 first.
+//!
+//! ```text
 //! ```
 //!
 //! `compare` writes `{ "rounds": int, "round_duration_s": f64, "targets": [
@@ -266,6 +272,7 @@ pub fn run(spec: &RunSpec) -> io::Result<RunReport> {
     let stop = Arc::new(AtomicBool::new(false));
     let counters: Vec<Arc<worker::Counters>> = (0..threads).map(|_| Arc::default()).collect();
     let sampler = procstat::Sampler::start(&spec.pids)?;
+    let ticks_before = procstat::core_ticks().unwrap_or_default();
     let start = Instant::now();
     let mut handles = Vec::with_capacity(threads);
     for (index, counters) in counters.iter().enumerate() {
@@ -334,6 +341,8 @@ pub fn run(spec: &RunSpec) -> io::Result<RunReport> {
         return Err(e);
     }
     report.pids = sampler.finish(report.ok);
+    let ticks_after = procstat::core_ticks().unwrap_or_default();
+    report.core_ticks = procstat::ticks_between(&ticks_before, &ticks_after);
     Ok(report)
 }
 

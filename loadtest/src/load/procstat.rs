@@ -78,6 +78,77 @@ fn parse_status_rss_bytes(status: &str) -> io::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// Busy and total clock ticks of one core (from `/proc/stat`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreTicks {
+    /// Ticks not idle and not waiting for I/O.
+    pub busy: u64,
+    /// All ticks.
+    pub total: u64,
+}
+
+impl CoreTicks {
+    /// `busy / total` (0 when no tick passed).
+    pub fn busy_share(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.busy as f64 / self.total as f64
+        }
+    }
+}
+
+/// Every core's ticks so far, core 0 first.
+pub fn core_ticks() -> io::Result<Vec<CoreTicks>> {
+    Ok(parse_proc_stat(&std::fs::read_to_string("/proc/stat")?))
+}
+
+/// The `cpuN` lines of `/proc/stat`: `user nice system idle iowait irq softirq steal`
+/// (guest time is already inside user and nice, so it is not added again).
+fn parse_proc_stat(text: &str) -> Vec<CoreTicks> {
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_ascii_whitespace()
+                .skip(1)
+                .take(8)
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            let total: u64 = f.iter().sum();
+            let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+            CoreTicks {
+                busy: total.saturating_sub(idle),
+                total,
+            }
+        })
+        .collect()
+}
+
+/// The ticks each core spent between two readings.
+pub fn ticks_between(before: &[CoreTicks], after: &[CoreTicks]) -> Vec<CoreTicks> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| CoreTicks {
+            busy: a.busy.saturating_sub(b.busy),
+            total: a.total.saturating_sub(b.total),
+        })
+        .collect()
+}
+
+/// Adds a later run's ticks into `acc` (merged rounds).
+pub fn add_core_ticks(acc: &mut Vec<CoreTicks>, later: &[CoreTicks]) {
+    if acc.is_empty() {
+        acc.extend_from_slice(later);
+        return;
+    }
+    for (a, l) in acc.iter_mut().zip(later) {
+        a.busy += l.busy;
+        a.total += l.total;
+    }
+}
+
 /// What one sampled process spent during a run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PidReport {
@@ -235,6 +306,34 @@ mod tests {
             (2_500_000, 4_000_000)
         );
         assert!(parse_stat_cpu_us("garbage", 100).is_err());
+    }
+
+    #[test]
+    fn parses_core_ticks() {
+        let stat = "cpu  10 0 10 80 0 0 0 0 0 0\n\
+                    cpu0 30 0 10 50 10 0 0 0 0 0\n\
+                    cpu1 1 0 1 98 0 0 0 0 0 0\n\
+                    intr 1 2 3\n";
+        let t = parse_proc_stat(stat);
+        assert_eq!(t.len(), 2, "the aggregate line is not a core");
+        assert_eq!(
+            t[0],
+            CoreTicks {
+                busy: 40,
+                total: 100
+            }
+        );
+        let later = [
+            CoreTicks {
+                busy: 90,
+                total: 200,
+            },
+            t[1],
+        ];
+        let d = ticks_between(&t, &later);
+        assert_eq!(d[0].busy_share(), 0.5);
+        assert_eq!(d[1].busy_share(), 0.0);
+        assert!(!core_ticks().unwrap().is_empty());
     }
 
     #[test]
