@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod alloc_count;
 pub mod report;
 
 /// A SplitMix64 generator: tiny, seedable and good enough to vary fixture shapes and routing
