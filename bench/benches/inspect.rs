@@ -151,11 +151,8 @@ struct SimdProbe<'a> {
     max_output_tokens: Option<u64>,
 }
 
-const PARSER_SIZES: [(&str, usize); 3] = [
-    ("1KB", 1024),
-    ("10KB", 10 * 1024),
-    ("200KB", 200 * 1024),
-];
+const PARSER_SIZES: [(&str, usize); 3] =
+    [("1KB", 1024), ("10KB", 10 * 1024), ("200KB", 200 * 1024)];
 
 fn bench_parsers(c: &mut Criterion) {
     let mut g = c.benchmark_group("parsers");
@@ -180,20 +177,25 @@ fn bench_parsers(c: &mut Criterion) {
                     p.model.map(|m| m.as_raw_str().len()),
                     p.stream,
                     p.stream_options.map(|o| o.as_raw_str().len()),
-                    p.max_tokens.or(p.max_completion_tokens).or(p.max_output_tokens),
+                    p.max_tokens
+                        .or(p.max_completion_tokens)
+                        .or(p.max_output_tokens),
                 ))
             })
         });
         g.bench_with_input(BenchmarkId::new("sonic_get", label), &body, |b, body| {
-            let paths = [
-                sonic_rs::pointer!["model"],
-                sonic_rs::pointer!["stream"],
-                sonic_rs::pointer!["stream_options"],
-                sonic_rs::pointer!["max_tokens"],
-            ];
+            let mut tree = sonic_rs::PointerTree::new();
+            for field in ["model", "stream", "stream_options", "max_tokens"] {
+                tree.add_path(&[field]);
+            }
             b.iter(|| {
-                let got = sonic_rs::get_many(black_box(body.as_slice()), &paths).unwrap();
-                black_box(got.iter().flatten().map(|v| v.as_raw_str().len()).sum::<usize>())
+                let got = sonic_rs::get_many(black_box(body.as_slice()), &tree).unwrap();
+                black_box(
+                    got.iter()
+                        .flatten()
+                        .map(|v| v.as_raw_str().len())
+                        .sum::<usize>(),
+                )
             })
         });
         let mut scratch = Vec::with_capacity(body.len());
@@ -206,7 +208,9 @@ fn bench_parsers(c: &mut Criterion) {
                     p.model.map(str::len),
                     p.stream,
                     p.stream_options.is_some(),
-                    p.max_tokens.or(p.max_completion_tokens).or(p.max_output_tokens),
+                    p.max_tokens
+                        .or(p.max_completion_tokens)
+                        .or(p.max_output_tokens),
                 ))
             })
         });
