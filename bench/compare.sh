@@ -47,7 +47,7 @@ FULL_PORT=$((PORT_BASE + 82))
 ADMIN_PORT=$((PORT_BASE + 90))
 FULL_ADMIN_PORT=$((PORT_BASE + 91))
 # sluice_full's one virtual key: written into its config, sent by sluice-load.
-FULL_KEY=sk-bench-full-0123456789
+FULL_KEY=sk-sluice-bench-full-0123456789
 IDLE_CONNS=${SLUICE_BENCH_IDLE_CONNS:-10000}
 PATH_=/v1/chat/completions
 T0=$(date +%s)
@@ -398,6 +398,9 @@ check "$FULL" "$AUTH_HEADER"
 code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$FULL" \
   -H 'content-type: application/json' -d '{"model":"mock-fast","messages":[]}' || true)
 [ "$code" = 401 ] || die "sluice_full answered $code without a key, not 401"
+# ... and serves its metrics (on the admin listener), which count the requests above.
+curl -sf --max-time 5 "http://127.0.0.1:$FULL_ADMIN_PORT/metrics" | grep -q '^sluice_' ||
+  die "sluice_full serves no metrics on 127.0.0.1:$FULL_ADMIN_PORT/metrics"
 sleep 1
 FULL_RSS_IDLE=$(kib VmRSS "$FULL_PID")
 SLUICE_RSS_IDLE=$(kib VmRSS "$SLUICE_PID")
@@ -528,7 +531,9 @@ idle_conns() {
   n=$(sed -n 's/^holding \([0-9]*\) connections.*/\1/p' "$out")
   sleep 1
   held=$(kib VmRSS "${pids[@]}")
-  kill -USR1 "$lpid" 2>/dev/null || true
+  # The signal goes to sluice-load itself (timeout's child), not to timeout, which would die
+  # of it and leave sluice-load holding the connections.
+  for c in $(ps -o pid= --ppid "$lpid"); do kill -USR1 "$c" 2>/dev/null || true; done
   wait "$lpid" || log "warning: idle on $sys failed: $(tail -2 "$out")"
   sleep 3
   after=$(kib VmRSS "${pids[@]}")
