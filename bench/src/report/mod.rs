@@ -1,6 +1,6 @@
 //! The report of one `bench/compare.sh` run: the `sluice-load` JSON files of its raw
 //! directory in, `report.md`, `report.json` and `latency.svg` out (the
-//! `sluice-bench-report` binary is a thin caller of [`write`]).
+//! `sluice-bench-report` binary is a thin caller of [`write()`]).
 //!
 //! `raw/` holds `meta.json` (written by `compare.sh`: layout, pids, rounds, RSS readings,
 //! the idle-connections phase, and the names of the other files) and the JSON reports of
