@@ -421,7 +421,9 @@ fn compare_sends_each_named_target_its_own_headers() {
     // Every core's busy share during its runs, in [0, 1].
     let busy = full["summary"]["core_busy"].as_array().unwrap();
     assert!(!busy.is_empty());
-    assert!(busy.iter().all(|b| (0.0..=1.0).contains(&b.as_f64().unwrap())));
+    assert!(busy
+        .iter()
+        .all(|b| (0.0..=1.0).contains(&b.as_f64().unwrap())));
 }
 
 #[test]
