@@ -607,6 +607,11 @@ fn other_endpoints_and_compression_beside_the_cache() {
         "the upstream's bytes were kept, not ours"
     );
     assert_eq!(requests(), 1);
+    // The access line (formatted without tracing) names the verdict and what the hit saved.
+    let lines = gw.access_lines(2);
+    let verdicts: Vec<&Value> = lines.iter().map(|l| &l["cache"]).collect();
+    assert_eq!(verdicts, [&json!("miss"), &json!("hit")], "{lines:?}");
+    assert!(lines[1]["saved_usd"].is_number(), "{}", lines[1]);
 
     // Not cached: each call reaches the mock (or the local estimate) and says nothing.
     let moderation = r#"{"model":"mock-fast","input":"is this fine?"}"#;

@@ -80,6 +80,10 @@ fn format(rec: &AccessRecord, unix_us: u64, out: &mut Vec<u8>) {
         str_field(out, "attempts", &list);
     }
     bool_field(out, "client_cancelled", rec.client_cancelled);
+    opt_str(out, "cache", rec.cache);
+    if let Some(m) = rec.saved_micros {
+        float_field(out, "saved_usd", m as f64 / 1e6);
+    }
     out.extend_from_slice(b",\"target\":\"sluice::access\"}\n");
 }
 
@@ -220,6 +224,8 @@ mod tests {
                 error: None,
             }],
             client_cancelled: false,
+            cache: Some("hit"),
+            saved_micros: Some(250),
             ..AccessRecord::default()
         };
         let v = line(&rec);
@@ -243,6 +249,8 @@ mod tests {
             serde_json::from_str(v["attempts"].as_str().unwrap()).unwrap();
         assert_eq!(attempts[0]["deployment"], "p/m");
         assert_eq!(v["client_cancelled"], false);
+        assert_eq!(v["cache"], "hit");
+        assert_eq!(v["saved_usd"].as_f64(), Some(0.00025));
     }
 
     #[test]
@@ -266,6 +274,8 @@ mod tests {
             "upstream_reused",
             "error",
             "attempts",
+            "cache",
+            "saved_usd",
         ] {
             assert!(v.get(absent).is_none(), "{absent} in {v}");
         }
