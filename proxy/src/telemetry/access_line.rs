@@ -14,7 +14,28 @@ use std::io::Write as _;
 
 use sluice_core::calendar::{Date, DAY_S};
 
-use crate::telemetry::log::AccessRecord;
+use crate::telemetry::log::{access_writer, AccessRecord};
+
+impl AccessRecord {
+    /// Emits the access line: formatted here into a reused buffer and handed to the log
+    /// writer when the log is JSON, through `tracing` otherwise. Either way the log's level
+    /// filter applies (target `sluice::access`).
+    pub fn emit(&self) {
+        if !tracing::enabled!(target: "sluice::access", tracing::Level::INFO) {
+            return;
+        }
+        let Some(writer) = access_writer() else {
+            return self.emit_with_tracing();
+        };
+        let unix_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        with_line(self, unix_us, |line| {
+            // Lossy like every log line: a full writer drops it and counts the drop.
+            let _ = writer.clone().write_all(line);
+        });
+    }
+}
 
 thread_local! {
     static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
