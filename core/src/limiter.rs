@@ -11,13 +11,15 @@
 //! settled twice.
 //!
 //! [`LocalLimiter`] is the embedded backend: lock-free atomics ([`LimitSet`]) shared by every
-//! worker. A fleet backend implements the same trait over leases from a shared store and admits
-//! from the same local sets, so the request path does not change.
+//! worker. The fleet backend (`lease::LeasedLimiter`) implements the same trait over leases
+//! from a shared store, naming each set's buckets by its [`LimitSet::subject`], so the request
+//! path does not change.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::lease::Subject;
 use crate::limits::{
     next_period_start, period_start, Concurrency, LimitSet, RetryAfter, TokenBucket,
 };
@@ -47,6 +49,8 @@ pub enum Refusal {
     Concurrency,
     /// The budget: its reset is `retry_after` away (`RetryAfter::NEVER` for a lifetime budget).
     Budget(RetryAfter),
+    /// The shared store of a fleet is unavailable and `[shared] on_unavailable = "closed"`.
+    Unavailable,
 }
 
 impl Refusal {
@@ -57,6 +61,7 @@ impl Refusal {
                 "rate_limit_exceeded"
             }
             Refusal::Budget(_) => "budget_exceeded",
+            Refusal::Unavailable => "limits_unavailable",
         }
     }
 
@@ -67,7 +72,7 @@ impl Refusal {
             Refusal::Requests(r) | Refusal::Tokens(r) | Refusal::Budget(r) => {
                 (!r.is_never()).then(|| r.seconds())
             }
-            Refusal::Concurrency => Some(1),
+            Refusal::Concurrency | Refusal::Unavailable => Some(1),
         }
     }
 }
@@ -90,6 +95,9 @@ pub struct Permit {
     pub tokens: u64,
     /// Micro-USD reserved in every budget with a limit (0 until [`Limiter::reserve`]).
     pub cost_micros: u64,
+    /// Bit `i` set: set `i` was admitted from its local share while a fleet's shared store
+    /// was unavailable (`lease::LeasedLimiter`), and settles there. 0 for the local backend.
+    pub fallback: u8,
 }
 
 /// A limiter backend. Every method takes the limits of the request's subjects (its key and
@@ -132,6 +140,7 @@ impl Limiter for LocalLimiter {
         Ok(Permit {
             tokens: 0,
             cost_micros: 0,
+            fallback: 0,
         })
     }
 
@@ -181,7 +190,7 @@ impl Limiter for LocalLimiter {
     }
 }
 
-fn admit_requests(set: &LimitSet, now_ms: u64) -> Result<(), Refusal> {
+pub(crate) fn admit_requests(set: &LimitSet, now_ms: u64) -> Result<(), Refusal> {
     if let Some(c) = &set.concurrency {
         if !c.acquire() {
             return Err(Refusal::Concurrency);
@@ -198,7 +207,7 @@ fn admit_requests(set: &LimitSet, now_ms: u64) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn undo_requests(set: &LimitSet, now_ms: u64) {
+pub(crate) fn undo_requests(set: &LimitSet, now_ms: u64) {
     if let Some(c) = &set.concurrency {
         c.release();
     }
@@ -207,7 +216,7 @@ fn undo_requests(set: &LimitSet, now_ms: u64) {
     }
 }
 
-fn reserve_one(set: &LimitSet, ask: &Ask) -> Result<(), Refusal> {
+pub(crate) fn reserve_one(set: &LimitSet, ask: &Ask) -> Result<(), Refusal> {
     if let Some(b) = &set.tokens {
         b.try_take(ask.tokens, ask.now_ms)
             .map_err(Refusal::Tokens)?;
@@ -231,7 +240,7 @@ fn reserve_one(set: &LimitSet, ask: &Ask) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn undo_reserve(set: &LimitSet, tokens: u64, cost_micros: u64, now_ms: u64) {
+pub(crate) fn undo_reserve(set: &LimitSet, tokens: u64, cost_micros: u64, now_ms: u64) {
     if let Some(b) = &set.tokens {
         b.refund(tokens, now_ms);
     }
@@ -289,6 +298,9 @@ impl DeploymentLimits {
                                     rpm: d.rpm,
                                     tpm: d.tpm,
                                     set: LimitSet {
+                                        subject: Some(Subject::Deployment(Arc::from(
+                                            d.label.as_str(),
+                                        ))),
                                         requests: d
                                             .rpm
                                             .map(|n| TokenBucket::per_minute(u64::from(n))),
@@ -330,7 +342,7 @@ impl crate::attempt::DeploymentLimiter for DeploymentLimits {
             Refusal::Requests(r) | Refusal::Tokens(r) | Refusal::Budget(r) => {
                 (!r.is_never()).then(|| Duration::from_millis(r.0))
             }
-            Refusal::Concurrency => Some(Duration::from_secs(1)),
+            Refusal::Concurrency | Refusal::Unavailable => Some(Duration::from_secs(1)),
         };
         let mut permit = self.limiter.admit(&sets, now_ms).map_err(wait)?;
         if let Err(d) = self
@@ -348,6 +360,7 @@ impl crate::attempt::DeploymentLimiter for DeploymentLimits {
             let permit = Permit {
                 tokens,
                 cost_micros: 0,
+                fallback: 0,
             };
             self.limiter.release(&[&l.set], permit, now_ms);
         }
@@ -358,6 +371,7 @@ impl crate::attempt::DeploymentLimiter for DeploymentLimits {
             let permit = Permit {
                 tokens: reserved,
                 cost_micros: 0,
+                fallback: 0,
             };
             self.limiter.settle(&[&l.set], permit, used, 0, now_ms);
         }

@@ -17,11 +17,13 @@ use crate::hedge::{HedgePolicy, RawHedge};
 use crate::retry::{RawRetry, RetryPolicy};
 
 mod access;
+mod shared;
 #[cfg(test)]
 mod tests;
 mod validate;
 
 pub use access::{AuthMode, LimitsConfig, StaticKey, StoreConfig};
+pub use shared::SharedConfig;
 
 /// Where `env:NAME` references are looked up.
 pub trait SecretSource {
@@ -96,6 +98,7 @@ struct RawConfig {
     #[serde(default)]
     models: Vec<RawModel>,
     store: Option<access::RawStore>,
+    shared: Option<shared::RawShared>,
     #[serde(default)]
     limits: access::RawLimits,
     #[serde(default)]
@@ -459,6 +462,8 @@ pub struct Config {
     pub auth: AuthMode,
     /// The embedded store.
     pub store: StoreConfig,
+    /// `[shared]`: limits shared by a fleet through Redis; `None` keeps them in the process.
+    pub shared: Option<SharedConfig>,
     /// Admission defaults.
     pub limits: LimitsConfig,
     /// `[prices]`: USD per million tokens by model name or prefix, over the bundled table.

@@ -38,6 +38,7 @@ pub(super) fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Con
         models: routing.models,
         auth: access.auth,
         store: access.store,
+        shared: shared::validate(raw.shared, secrets)?,
         limits: access.limits,
         prices: access.prices,
         keys: access.keys,

@@ -1,0 +1,908 @@
+//! Leases: the fleet backend of the limiter, where every replica of a gateway shares each
+//! key's, team's and deployment's limits through a shared store (Redis, driven by the proxy).
+//!
+//! The request path never waits on the network for a limit large enough to lease: each
+//! replica holds a slice ([`lease_size`]) of every bucket — requests, tokens, budget,
+//! concurrency — in local atomics ([`Pool`]) and admits from it; a background thread tops the
+//! slices up, returns what is unused and reports spend, in batches ([`Leases::plan`], carried
+//! out by the proxy and answered with [`Leases::apply`]). A limit too small to lease
+//! (`lease_size == 0`) holds nothing: a request that finds its pool short asks the store for
+//! exactly what it needs ([`LeasedLimiter::shortfall`]), within `shared.timeout_ms`.
+//!
+//! ```text
+//!  request ─► LeasedLimiter::shortfall ─(only when a pool is short)─► store, ≤ timeout_ms
+//!          ─► admit / reserve: take from the pools (atomics)        ─► settle: give back the
+//!             unused part, count the spend              background: plan ─► store ─► apply
+//! ```
+//!
+//! # The over-admission bound
+//!
+//! Every unit a replica admits was first taken from the shared bucket, so the shared bucket's
+//! own law holds for the fleet (a rate bucket admits at most `capacity + refill × elapsed`).
+//! What leasing adds is time-shift: units leased before a window opens and spent inside it.
+//! Those are at most what the leases hold when the window opens — per replica at most
+//! [`lease_size`] (the background returns anything above it every sync) — so with `N`
+//! replicas the fleet admits at most `N × lease_size(limit, N)` more than one bucket would
+//! ([`over_admission_bound`]): at most `limit / 16`, and nothing for a limit under `16 × N`
+//! (those are taken from the store directly). A replica that dies holding leases frees its
+//! concurrency slots and budget when its liveness entry expires in the store; its unused
+//! rate leases come back with the refill.
+//!
+//! # When the store is unavailable
+//!
+//! [`FleetHealth`] says whether the last sync succeeded. While it did not, `on_unavailable =
+//! "local"` admits each subject from a local set holding `limit ÷ replicas` (the configured
+//! `expected_replicas`, else the replicas seen alive at the last successful sync), and its spend
+//! is reported when the store is back; `"closed"` refuses with [`Refusal::Unavailable`].
+
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::limiter::{self, Ask, Denied, Limiter, Permit, Refusal};
+use crate::limits::{next_period_start, period_start, BudgetPeriod, LimitSet, RetryAfter};
+
+/// A lease is at most `limit / (LEASE_SHARE × replicas)` units.
+pub const LEASE_SHARE: u64 = 16;
+
+/// How long units fetched directly for a request stay put before the background may return
+/// them (the request that asked for them uses them first).
+pub const DIRECT_HOLD_MS: u64 = 1_000;
+
+/// Whose limits a set holds; names the set's buckets in the shared store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A virtual key, by id.
+    Key(Arc<str>),
+    /// A team, by name.
+    Team(Arc<str>),
+    /// A deployment (the providers' own limits), by label.
+    Deployment(Arc<str>),
+}
+
+impl Subject {
+    /// The name of the subject in the shared store: `k:<id>`, `t:<name>`, `d:<label>`.
+    pub fn store_name(&self) -> String {
+        match self {
+            Subject::Key(id) => format!("k:{id}"),
+            Subject::Team(name) => format!("t:{name}"),
+            Subject::Deployment(label) => format!("d:{label}"),
+        }
+    }
+}
+
+/// One bucket of a subject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dim {
+    /// Requests per minute (a rate bucket).
+    Requests = 0,
+    /// Tokens per minute (a rate bucket).
+    Tokens = 1,
+    /// Budget in micro-USD for the current period (a held amount).
+    Budget = 2,
+    /// Requests in flight (a held amount).
+    Concurrency = 3,
+}
+
+impl Dim {
+    /// Every bucket, in index order.
+    pub const ALL: [Dim; 4] = [Dim::Requests, Dim::Tokens, Dim::Budget, Dim::Concurrency];
+
+    /// Its name in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dim::Requests => "rpm",
+            Dim::Tokens => "tpm",
+            Dim::Budget => "budget",
+            Dim::Concurrency => "conc",
+        }
+    }
+
+    /// Whether the store keeps it as a refilling rate bucket (else as amounts held per replica).
+    pub fn is_rate(self) -> bool {
+        matches!(self, Dim::Requests | Dim::Tokens)
+    }
+}
+
+/// The units one replica leases of a limit at a time: `limit / (16 × replicas)`; 0 means the
+/// limit is too small to lease and is taken from the store as each request needs it.
+pub fn lease_size(limit: u64, replicas: u32) -> u64 {
+    limit / (LEASE_SHARE * u64::from(replicas.max(1)))
+}
+
+/// The most the fleet can admit beyond what one shared bucket would: what `replicas` leases
+/// hold (see the module docs).
+pub fn over_admission_bound(limit: u64, replicas: u32) -> u64 {
+    u64::from(replicas.max(1)) * lease_size(limit, replicas)
+}
+
+/// One leased bucket on this replica. Lock-free.
+#[derive(Debug, Default)]
+pub struct Pool {
+    /// Units held and free to admit from. Below zero after a settlement charged more than was
+    /// reserved: the next sync takes the debt from the store.
+    balance: AtomicI64,
+    /// Monotonic ms until which the store said the bucket is empty (no direct fetch before).
+    empty_until_ms: AtomicU64,
+    /// Monotonic ms of the last direct fetch.
+    fetched_ms: AtomicU64,
+}
+
+impl Pool {
+    /// Units free to admit from now.
+    pub fn balance(&self) -> i64 {
+        self.balance.load(Ordering::Acquire)
+    }
+
+    /// Takes `n` units if the balance covers them.
+    pub fn try_take(&self, n: u64) -> bool {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b >= n).then(|| b - n)
+            })
+            .is_ok()
+    }
+
+    /// Adds `n` units (a grant, a refund; negative for a charge).
+    pub fn put(&self, n: i64) {
+        self.balance.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Takes everything above `keep` out of the balance and returns how much.
+    fn withdraw_above(&self, keep: i64) -> u64 {
+        match self
+            .balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b > keep).then_some(keep)
+            }) {
+            Ok(b) => (b - keep).unsigned_abs(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Whether the store said, as of `now_ms`, that the bucket is empty.
+    pub fn known_empty(&self, now_ms: u64) -> bool {
+        self.empty_until_ms.load(Ordering::Acquire) > now_ms
+    }
+}
+
+/// What the background asks of the store for one bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transfer {
+    /// Take up to `amount` units (fewer when the bucket has fewer).
+    Take {
+        /// The bucket.
+        dim: Dim,
+        /// Units wanted.
+        amount: u64,
+    },
+    /// Take `amount` units whatever the bucket holds (a debt: use beyond a reservation).
+    Charge {
+        /// The bucket.
+        dim: Dim,
+        /// Units owed.
+        amount: u64,
+    },
+    /// Give `amount` unused units back.
+    Return {
+        /// The bucket.
+        dim: Dim,
+        /// Units returned.
+        amount: u64,
+    },
+    /// Report spend in micro-USD: `leased` was spent from this replica's budget lease,
+    /// `unleased` while the store was unavailable (or without a budget lease).
+    Spend {
+        /// From the lease.
+        leased: u64,
+        /// Not from a lease.
+        unleased: u64,
+    },
+}
+
+/// How a transfer went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The store granted `granted` units (a take or a charge); for a budget, `used` is the
+    /// fleet's spend plus held leases after it; `retry_after_ms` when the bucket ran short.
+    Granted {
+        /// Units granted.
+        granted: u64,
+        /// Budget: what the fleet has used; rates: 0.
+        used: u64,
+        /// How long until the bucket has units again (when it granted fewer than asked).
+        retry_after_ms: u64,
+    },
+    /// Done (a return or a spend report).
+    Done,
+    /// The store could not be reached: the transfer is undone locally.
+    Failed,
+}
+
+/// A subject's limits as the store needs them (fixed for the life of a [`LimitSet`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
+    /// Budget in micro-USD per period.
+    pub budget_micros: Option<u64>,
+    /// The budget's period.
+    pub budget_period: BudgetPeriod,
+    /// Requests in flight.
+    pub concurrency: Option<u32>,
+}
+
+impl Shape {
+    /// The limits of `set`.
+    pub fn of(set: &LimitSet) -> Self {
+        Shape {
+            rpm: set.requests.as_ref().map(|b| b.capacity()),
+            tpm: set.tokens.as_ref().map(|b| b.capacity()),
+            budget_micros: set.budget_limit_micros,
+            budget_period: set.budget_period,
+            concurrency: set.concurrency.as_ref().map(|c| c.limit()),
+        }
+    }
+
+    /// The limit of one bucket, if it has one.
+    pub fn limit(&self, dim: Dim) -> Option<u64> {
+        match dim {
+            Dim::Requests => self.rpm,
+            Dim::Tokens => self.tpm,
+            Dim::Budget => self.budget_micros,
+            Dim::Concurrency => self.concurrency.map(u64::from),
+        }
+    }
+}
+
+/// The leases of one [`LimitSet`] on this replica. Created on the set's first admission
+/// through a [`LeasedLimiter`] and registered in its [`LeaseBook`], where the background
+/// finds it.
+#[derive(Debug)]
+pub struct Leases {
+    /// Whose limits.
+    pub subject: Subject,
+    /// The limits.
+    pub shape: Shape,
+    pools: [Pool; 4],
+    /// Micro-USD spent from the budget lease, not yet reported.
+    spent_leased: AtomicU64,
+    /// Micro-USD spent outside a lease (degraded, or no budget limit), not yet reported.
+    spent_unleased: AtomicU64,
+    /// The budget period the budget pool's balance belongs to (unix seconds).
+    budget_period_start: AtomicU64,
+    /// The fleet's budget use (spend plus held leases) at the last sync.
+    budget_used: AtomicU64,
+    /// Spend already made when the set was built (seeds the store's spend once).
+    pub initial_spend: u64,
+    /// While the store is unavailable: the local share, built on first use.
+    fallback: Mutex<Option<Arc<LimitSet>>>,
+}
+
+impl Leases {
+    fn new(subject: Subject, set: &LimitSet) -> Self {
+        Leases {
+            subject,
+            shape: Shape::of(set),
+            pools: Default::default(),
+            spent_leased: AtomicU64::new(0),
+            spent_unleased: AtomicU64::new(0),
+            budget_period_start: AtomicU64::new(set.budget.period_start()),
+            budget_used: AtomicU64::new(set.budget.spend()),
+            initial_spend: set.budget.spend(),
+            fallback: Mutex::new(None),
+        }
+    }
+
+    /// The pool of one bucket.
+    pub fn pool(&self, dim: Dim) -> &Pool {
+        &self.pools[dim as usize]
+    }
+
+    /// The budget period (unix seconds of its start) the budget lease belongs to.
+    pub fn budget_period_start(&self) -> u64 {
+        self.budget_period_start.load(Ordering::Acquire)
+    }
+
+    /// The background's batch for this subject at `now_ms` / `unix_s` with `replicas` alive:
+    /// top up pools below half a lease, return what is above a lease (units fetched directly
+    /// stay [`DIRECT_HOLD_MS`]), charge debts, report spend. `retire` (the set is gone) returns
+    /// everything. Carry each out and hand the outcome to [`Leases::apply`].
+    pub fn plan(&self, replicas: u32, now_ms: u64, unix_s: u64, retire: bool) -> Vec<Transfer> {
+        let mut out = Vec::new();
+        if self.shape.budget_micros.is_some() {
+            let start = period_start(self.shape.budget_period, unix_s);
+            if start > self.budget_period_start() {
+                // A new period: the old lease belongs to the old period's key.
+                self.pool(Dim::Budget).balance.store(0, Ordering::Release);
+                self.spent_leased.store(0, Ordering::Release);
+                self.budget_period_start.store(start, Ordering::Release);
+            }
+        }
+        for dim in Dim::ALL {
+            let Some(limit) = self.shape.limit(dim) else {
+                continue;
+            };
+            let pool = self.pool(dim);
+            let size = if retire {
+                0
+            } else {
+                lease_size(limit, replicas)
+            };
+            let target = i64::try_from(size).unwrap_or(i64::MAX);
+            let balance = pool.balance();
+            if balance < 0 {
+                out.push(Transfer::Charge {
+                    dim,
+                    amount: balance.unsigned_abs(),
+                });
+                pool.put(-balance);
+                continue;
+            }
+            let fresh = now_ms.saturating_sub(pool.fetched_ms.load(Ordering::Acquire))
+                < DIRECT_HOLD_MS
+                && !retire;
+            if balance > target && !(size == 0 && fresh) {
+                let amount = pool.withdraw_above(target);
+                if amount > 0 {
+                    out.push(Transfer::Return { dim, amount });
+                }
+            } else if size > 0 && balance < target / 2 + 1 && !pool.known_empty(now_ms) {
+                out.push(Transfer::Take {
+                    dim,
+                    amount: size - balance.unsigned_abs(),
+                });
+            }
+        }
+        let leased = self.spent_leased.swap(0, Ordering::AcqRel);
+        let unleased = self.spent_unleased.swap(0, Ordering::AcqRel);
+        if leased + unleased > 0 {
+            out.push(Transfer::Spend { leased, unleased });
+        }
+        out
+    }
+
+    /// Takes in the store's answer to one transfer of [`Leases::plan`] (or of a direct fetch)
+    /// at `now_ms`. A failed transfer is undone: returned units and spend stay here for the
+    /// next sync.
+    pub fn apply(&self, transfer: Transfer, outcome: Outcome, now_ms: u64) {
+        match (transfer, outcome) {
+            (
+                Transfer::Take { dim, amount } | Transfer::Charge { dim, amount },
+                Outcome::Granted {
+                    granted,
+                    used,
+                    retry_after_ms,
+                },
+            ) => {
+                let pool = self.pool(dim);
+                if matches!(transfer, Transfer::Take { .. }) {
+                    pool.put(i64::try_from(granted).unwrap_or(i64::MAX));
+                    if granted < amount && retry_after_ms > 0 {
+                        pool.empty_until_ms
+                            .store(now_ms + retry_after_ms.max(1), Ordering::Release);
+                    }
+                }
+                if dim == Dim::Budget {
+                    self.budget_used.store(used, Ordering::Release);
+                }
+            }
+            (Transfer::Charge { dim, amount }, Outcome::Failed) => {
+                self.pool(dim)
+                    .put(-i64::try_from(amount).unwrap_or(i64::MAX));
+            }
+            (Transfer::Return { dim, amount }, Outcome::Failed) => {
+                self.pool(dim)
+                    .put(i64::try_from(amount).unwrap_or(i64::MAX));
+            }
+            (Transfer::Spend { leased, unleased }, Outcome::Failed) => {
+                self.spent_leased.fetch_add(leased, Ordering::AcqRel);
+                self.spent_unleased.fetch_add(unleased, Ordering::AcqRel);
+            }
+            _ => {}
+        }
+    }
+
+    /// Marks a direct fetch for `dim` made at `now_ms` (the background leaves its units a
+    /// moment for the request that asked).
+    pub fn note_direct(&self, dim: Dim, now_ms: u64) {
+        self.pool(dim).fetched_ms.store(now_ms, Ordering::Release);
+    }
+
+    /// The fleet's budget use (spend plus held leases) at the last sync, in micro-USD.
+    pub fn budget_used(&self) -> u64 {
+        self.budget_used.load(Ordering::Acquire)
+    }
+
+    /// The local share used while the store is unavailable: each limit ÷ `replicas` (at least
+    /// 1), the budget's remainder at the last sync ÷ `replicas`.
+    fn fallback(&self, replicas: u32, unix_s: u64) -> Arc<LimitSet> {
+        let mut slot = self.fallback.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = &*slot {
+            return set.clone();
+        }
+        let n = u64::from(replicas.max(1));
+        let share = |l: u64| (l / n).max(1);
+        let s = &self.shape;
+        let budget = s.budget_micros.map(|b| {
+            let left = b.saturating_sub(self.budget_used());
+            (left / n, s.budget_period)
+        });
+        let set = Arc::new(LimitSet::new(
+            s.rpm.map(share),
+            s.tpm.map(share),
+            s.concurrency
+                .map(|c| u32::try_from(share(u64::from(c))).unwrap_or(u32::MAX)),
+            budget,
+            0,
+            unix_s,
+        ));
+        *slot = Some(set.clone());
+        set
+    }
+
+    fn drop_fallback(&self) {
+        *self.fallback.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// `[shared] on_unavailable`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// Keep serving, each replica enforcing its share of every limit.
+    #[default]
+    Local,
+    /// Refuse with 503 and `Retry-After`.
+    Closed,
+}
+
+/// Whether the shared store answers, and how many replicas share it. Written by the
+/// background, read by every admission.
+#[derive(Debug)]
+pub struct FleetHealth {
+    available: AtomicU8,
+    replicas_seen: AtomicU32,
+    expected: Option<u32>,
+    policy: OnUnavailable,
+}
+
+impl FleetHealth {
+    /// Starts unavailable (until the first sync) with `expected_replicas` if configured.
+    pub fn new(expected: Option<u32>, policy: OnUnavailable) -> Self {
+        FleetHealth {
+            available: AtomicU8::new(0),
+            replicas_seen: AtomicU32::new(1),
+            expected,
+            policy,
+        }
+    }
+
+    /// Whether the last sync reached the store.
+    pub fn available(&self) -> bool {
+        self.available.load(Ordering::Acquire) == 1
+    }
+
+    /// Records a sync (or a direct fetch) that reached the store, which counted `replicas`
+    /// alive; returns whether this ends an outage.
+    pub fn handle_sync_ok(&self, replicas: u32) -> bool {
+        self.replicas_seen.store(replicas.max(1), Ordering::Release);
+        self.available.swap(1, Ordering::AcqRel) == 0
+    }
+
+    /// Records a failed or late store call; returns whether this starts an outage.
+    pub fn handle_unavailable(&self) -> bool {
+        self.available.swap(0, Ordering::AcqRel) == 1
+    }
+
+    /// The replicas limits are divided among: `expected_replicas` if configured, else those
+    /// seen alive at the last successful sync.
+    pub fn replicas(&self) -> u32 {
+        self.expected
+            .unwrap_or_else(|| self.replicas_seen.load(Ordering::Acquire))
+            .max(1)
+    }
+
+    /// What to do while unavailable.
+    pub fn policy(&self) -> OnUnavailable {
+        self.policy
+    }
+}
+
+/// Every [`Leases`] of this replica, for the background.
+#[derive(Debug)]
+pub struct LeaseBook {
+    entries: Mutex<Vec<Arc<Leases>>>,
+    /// Store health.
+    pub health: FleetHealth,
+}
+
+impl LeaseBook {
+    /// An empty book.
+    pub fn new(health: FleetHealth) -> Self {
+        LeaseBook {
+            entries: Mutex::new(Vec::new()),
+            health,
+        }
+    }
+
+    /// Every registered subject, and whether its set is gone (only the book holds it): the
+    /// background returns a retired entry's leases, then calls [`LeaseBook::forget`].
+    pub fn entries(&self) -> Vec<(Arc<Leases>, bool)> {
+        let list = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        list.iter()
+            .map(|l| {
+                let gone = Arc::strong_count(l) == 1;
+                (l.clone(), gone)
+            })
+            .collect()
+    }
+
+    /// Drops retired entries whose leases were returned.
+    pub fn forget(&self, gone: &[Arc<Leases>]) {
+        let mut list = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|l| !gone.iter().any(|g| Arc::ptr_eq(g, l)));
+    }
+
+    /// The store is back: drop every local share.
+    pub fn recovered(&self) {
+        for l in self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            l.drop_fallback();
+        }
+    }
+
+    fn leases_of(&self, set: &LimitSet) -> Option<Arc<Leases>> {
+        let subject = set.subject.as_ref()?;
+        Some(
+            set.leases
+                .get_or_init(|| {
+                    let l = Arc::new(Leases::new(subject.clone(), set));
+                    self.entries
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(l.clone());
+                    l
+                })
+                .clone(),
+        )
+    }
+}
+
+/// What a request needs fetched from the store before it can be admitted or reserved.
+#[derive(Debug)]
+pub struct Want {
+    /// Whose.
+    pub leases: Arc<Leases>,
+    /// The transfer (a [`Transfer::Take`] of exactly the shortfall).
+    pub transfer: Transfer,
+}
+
+/// The fleet limiter: admits from leased pools (see the module docs). Sets without a
+/// [`Subject`] are admitted locally, as [`limiter::LocalLimiter`] does.
+#[derive(Debug)]
+pub struct LeasedLimiter {
+    /// The leases and the store's health.
+    pub book: Arc<LeaseBook>,
+}
+
+/// How one set is admitted right now.
+enum Path {
+    Local,
+    Leased(Arc<Leases>),
+    Fallback(Arc<LimitSet>),
+}
+
+impl LeasedLimiter {
+    /// A limiter over `book`.
+    pub fn new(book: Arc<LeaseBook>) -> Self {
+        LeasedLimiter { book }
+    }
+
+    fn path(&self, set: &LimitSet, fallback: bool, unix_s: u64) -> Result<Path, Refusal> {
+        let Some(leases) = self.book.leases_of(set) else {
+            return Ok(Path::Local);
+        };
+        let health = &self.book.health;
+        if fallback {
+            return Ok(Path::Fallback(leases.fallback(health.replicas(), unix_s)));
+        }
+        Ok(Path::Leased(leases))
+    }
+
+    fn degraded(&self) -> Result<bool, Refusal> {
+        let health = &self.book.health;
+        if health.available() {
+            return Ok(false);
+        }
+        match health.policy() {
+            OnUnavailable::Local => Ok(true),
+            OnUnavailable::Closed => Err(Refusal::Unavailable),
+        }
+    }
+
+    /// What the store must grant before `sets` can be admitted (`ask` is `None`) or reserved
+    /// (`Some`): a take of exactly what each short pool lacks. Empty when every pool covers
+    /// the request, when the store said a short bucket is empty, or while it is unavailable.
+    pub fn shortfall(&self, sets: &[&LimitSet], ask: Option<&Ask>, now_ms: u64) -> Vec<Want> {
+        let mut out = Vec::new();
+        if !self.book.health.available() {
+            return out;
+        }
+        for set in sets {
+            let Some(leases) = self.book.leases_of(set) else {
+                continue;
+            };
+            let needs: [(Dim, u64); 2] = match ask {
+                None => [(Dim::Concurrency, 1), (Dim::Requests, 1)],
+                Some(a) => [(Dim::Tokens, a.tokens), (Dim::Budget, a.cost_micros)],
+            };
+            for (dim, n) in needs {
+                let Some(limit) = leases.shape.limit(dim) else {
+                    continue;
+                };
+                if n == 0 || n > limit {
+                    continue;
+                }
+                if dim == Dim::Budget
+                    && period_start(leases.shape.budget_period, ask.map_or(0, |a| a.unix_s))
+                        > leases.budget_period_start()
+                {
+                    continue;
+                }
+                let pool = leases.pool(dim);
+                let balance = pool.balance();
+                let have = u64::try_from(balance).unwrap_or(0);
+                if have >= n || pool.known_empty(now_ms) {
+                    continue;
+                }
+                out.push(Want {
+                    leases: leases.clone(),
+                    transfer: Transfer::Take {
+                        dim,
+                        amount: n - have,
+                    },
+                });
+            }
+        }
+        out
+    }
+
+    fn rate_wait(leases: &Leases, dim: Dim, now_ms: u64) -> RetryAfter {
+        let until = leases.pool(dim).empty_until_ms.load(Ordering::Acquire);
+        if until > now_ms {
+            return RetryAfter(until - now_ms);
+        }
+        let per_minute = leases.shape.limit(dim).unwrap_or(1).max(1);
+        RetryAfter(60_000u64.div_ceil(per_minute).max(1))
+    }
+
+    fn admit_leased(leases: &Leases, now_ms: u64) -> Result<(), Refusal> {
+        let conc = leases.shape.concurrency.is_some();
+        if conc && !leases.pool(Dim::Concurrency).try_take(1) {
+            return Err(Refusal::Concurrency);
+        }
+        if leases.shape.rpm.is_some() && !leases.pool(Dim::Requests).try_take(1) {
+            if conc {
+                leases.pool(Dim::Concurrency).put(1);
+            }
+            return Err(Refusal::Requests(Self::rate_wait(
+                leases,
+                Dim::Requests,
+                now_ms,
+            )));
+        }
+        Ok(())
+    }
+
+    fn undo_admit(leases: &Leases) {
+        if leases.shape.concurrency.is_some() {
+            leases.pool(Dim::Concurrency).put(1);
+        }
+        if leases.shape.rpm.is_some() {
+            leases.pool(Dim::Requests).put(1);
+        }
+    }
+
+    fn reserve_leased(leases: &Leases, ask: &Ask) -> Result<(), Refusal> {
+        if let Some(tpm) = leases.shape.tpm {
+            if ask.tokens > tpm {
+                return Err(Refusal::Tokens(RetryAfter::NEVER));
+            }
+            if !leases.pool(Dim::Tokens).try_take(ask.tokens) {
+                return Err(Refusal::Tokens(Self::rate_wait(
+                    leases,
+                    Dim::Tokens,
+                    ask.now_ms,
+                )));
+            }
+        }
+        if leases.shape.budget_micros.is_some() {
+            let period = leases.shape.budget_period;
+            let stale = period_start(period, ask.unix_s) > leases.budget_period_start();
+            if stale || !leases.pool(Dim::Budget).try_take(ask.cost_micros) {
+                if leases.shape.tpm.is_some() {
+                    leases.pool(Dim::Tokens).put(signed(ask.tokens));
+                }
+                let next = next_period_start(period, ask.unix_s);
+                let wait = if next == u64::MAX {
+                    RetryAfter::NEVER
+                } else {
+                    RetryAfter(next.saturating_sub(ask.unix_s).saturating_mul(1000))
+                };
+                return Err(Refusal::Budget(wait));
+            }
+        }
+        Ok(())
+    }
+
+    fn undo_reserve(leases: &Leases, tokens: u64, cost_micros: u64) {
+        if leases.shape.tpm.is_some() {
+            leases.pool(Dim::Tokens).put(signed(tokens));
+        }
+        if leases.shape.budget_micros.is_some() {
+            leases.pool(Dim::Budget).put(signed(cost_micros));
+        }
+    }
+}
+
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Unix seconds are not passed to `admit`; the local share's budget period is set again by
+/// `reserve` (`Budget::roll_to`), so any start will do.
+const NO_UNIX: u64 = 0;
+
+impl Limiter for LeasedLimiter {
+    fn admit(&self, sets: &[&LimitSet], now_ms: u64) -> Result<Permit, Denied> {
+        let fallback = self
+            .degraded()
+            .map_err(|refusal| Denied { set: 0, refusal })?;
+        let mut permit = Permit {
+            tokens: 0,
+            cost_micros: 0,
+            fallback: 0,
+        };
+        let mut taken: Vec<Path> = Vec::with_capacity(sets.len());
+        for (i, set) in sets.iter().enumerate() {
+            let done = self.path(set, fallback, NO_UNIX).and_then(|p| {
+                match &p {
+                    Path::Local => limiter::admit_requests(set, now_ms)?,
+                    Path::Leased(l) => Self::admit_leased(l, now_ms)?,
+                    Path::Fallback(f) => limiter::admit_requests(f, now_ms)?,
+                }
+                Ok(p)
+            });
+            match done {
+                Ok(p) => {
+                    if matches!(p, Path::Fallback(_)) {
+                        permit.fallback |= 1 << i;
+                    }
+                    taken.push(p);
+                }
+                Err(refusal) => {
+                    for (p, s) in taken.iter().zip(sets) {
+                        match p {
+                            Path::Local => limiter::undo_requests(s, now_ms),
+                            Path::Leased(l) => Self::undo_admit(l),
+                            Path::Fallback(f) => limiter::undo_requests(f, now_ms),
+                        }
+                    }
+                    return Err(Denied { set: i, refusal });
+                }
+            }
+        }
+        Ok(permit)
+    }
+
+    fn reserve(&self, sets: &[&LimitSet], permit: &mut Permit, ask: &Ask) -> Result<(), Denied> {
+        let mut taken: Vec<Path> = Vec::with_capacity(sets.len());
+        for (i, set) in sets.iter().enumerate() {
+            let fallback = permit.fallback & (1 << i) != 0;
+            let done = self.path(set, fallback, ask.unix_s).and_then(|p| {
+                match &p {
+                    Path::Local => limiter::reserve_one(set, ask)?,
+                    Path::Leased(l) => Self::reserve_leased(l, ask)?,
+                    Path::Fallback(f) => limiter::reserve_one(f, ask)?,
+                }
+                Ok(p)
+            });
+            match done {
+                Ok(p) => taken.push(p),
+                Err(refusal) => {
+                    for (p, s) in taken.iter().zip(sets) {
+                        match p {
+                            Path::Local => {
+                                limiter::undo_reserve(s, ask.tokens, ask.cost_micros, ask.now_ms)
+                            }
+                            Path::Leased(l) => Self::undo_reserve(l, ask.tokens, ask.cost_micros),
+                            Path::Fallback(f) => {
+                                limiter::undo_reserve(f, ask.tokens, ask.cost_micros, ask.now_ms)
+                            }
+                        }
+                    }
+                    return Err(Denied { set: i, refusal });
+                }
+            }
+        }
+        permit.tokens += ask.tokens;
+        permit.cost_micros += ask.cost_micros;
+        Ok(())
+    }
+
+    fn settle(
+        &self,
+        sets: &[&LimitSet],
+        permit: Permit,
+        tokens: u64,
+        cost_micros: u64,
+        now_ms: u64,
+    ) {
+        for (i, set) in sets.iter().enumerate() {
+            let fallback = permit.fallback & (1 << i) != 0;
+            let one = Permit {
+                tokens: permit.tokens,
+                cost_micros: permit.cost_micros,
+                fallback: 0,
+            };
+            match self.path(set, fallback, NO_UNIX) {
+                Ok(Path::Leased(l)) => {
+                    if l.shape.tpm.is_some() {
+                        l.pool(Dim::Tokens)
+                            .put(signed(permit.tokens) - signed(tokens));
+                    }
+                    if l.shape.budget_micros.is_some() {
+                        l.pool(Dim::Budget)
+                            .put(signed(permit.cost_micros) - signed(cost_micros));
+                        l.spent_leased.fetch_add(cost_micros, Ordering::AcqRel);
+                    } else {
+                        l.spent_unleased.fetch_add(cost_micros, Ordering::AcqRel);
+                    }
+                    if l.shape.concurrency.is_some() {
+                        l.pool(Dim::Concurrency).put(1);
+                    }
+                    // The set's own budget keeps the replica's spend for reporting.
+                    set.budget.add_spend(cost_micros);
+                }
+                Ok(Path::Fallback(f)) => {
+                    limiter::LocalLimiter.settle(&[&f], one, tokens, cost_micros, now_ms);
+                    if let Some(l) = self.book.leases_of(set) {
+                        l.spent_unleased.fetch_add(cost_micros, Ordering::AcqRel);
+                    }
+                    set.budget.add_spend(cost_micros);
+                }
+                _ => limiter::LocalLimiter.settle(&[*set], one, tokens, cost_micros, now_ms),
+            }
+        }
+    }
+
+    fn release(&self, sets: &[&LimitSet], permit: Permit, now_ms: u64) {
+        for (i, set) in sets.iter().enumerate() {
+            let fallback = permit.fallback & (1 << i) != 0;
+            match self.path(set, fallback, NO_UNIX) {
+                Ok(Path::Leased(l)) => {
+                    Self::undo_reserve(&l, permit.tokens, permit.cost_micros);
+                    Self::undo_admit(&l);
+                }
+                Ok(Path::Fallback(f)) => {
+                    limiter::undo_reserve(&f, permit.tokens, permit.cost_micros, now_ms);
+                    limiter::undo_requests(&f, now_ms);
+                }
+                _ => {
+                    limiter::undo_reserve(set, permit.tokens, permit.cost_micros, now_ms);
+                    limiter::undo_requests(set, now_ms);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "lease_tests.rs"]
+mod tests;
