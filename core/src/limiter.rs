@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::lease::Subject;
+use crate::lease::pool::Subject;
 use crate::limits::{
     next_period_start, period_start, Concurrency, LimitSet, RetryAfter, TokenBucket,
 };
@@ -61,7 +61,7 @@ impl Refusal {
                 "rate_limit_exceeded"
             }
             Refusal::Budget(_) => "budget_exceeded",
-            Refusal::Unavailable => "limits_unavailable",
+            Refusal::Unavailable => "overloaded",
         }
     }
 

@@ -34,7 +34,7 @@ use std::sync::{Arc, OnceLock};
 use crate::calendar::{Date, DAY_S};
 pub use crate::keys::BudgetPeriod;
 use crate::keys::Limits;
-use crate::lease::{Leases, Subject};
+use crate::lease::pool::{Leases, Subject};
 
 /// Time units per millisecond inside a [`TokenBucket`]: 2^20, about a nanosecond each, so the
 /// emission interval of even a billion-tokens-per-minute bucket stays exact to a few percent

@@ -60,6 +60,8 @@ pub struct Shared {
     pub provider_limits: Arc<sluice_core::limiter::DeploymentLimits>,
     /// The limiter backend every admission goes through (keys, teams, deployments).
     pub limiter: Arc<dyn sluice_core::limiter::Limiter>,
+    /// `[shared]`: the fleet's lease thread behind `limiter`; `None` keeps limits local.
+    pub fleet: Option<Arc<crate::shared::Fleet>>,
     /// The response store consulted before tokens are reserved.
     pub responses: Arc<dyn sluice_core::cache::ResponseStore>,
     /// Circuit breakers and retry budgets, one per deployment and per group, shared by every

@@ -109,6 +109,16 @@ fn check_token(shared: &Shared, head: &RequestHead) -> Result<(), Answer> {
     }
 }
 
+/// Rebuilds the data plane's key index after a change and announces it to the other
+/// replicas of a fleet (`[shared]`), which rebuild theirs.
+fn rebuilt(shared: &Shared, reg: &Registry) -> Result<(), Answer> {
+    reg.rebuild(&shared.auth).map_err(store_error)?;
+    if let Some(f) = &shared.fleet {
+        f.keys_changed();
+    }
+    Ok(())
+}
+
 fn registry(shared: &Shared) -> Result<MutexGuard<'_, Registry>, Answer> {
     match &shared.registry {
         Some(m) => Ok(m.lock().unwrap_or_else(|e| e.into_inner())),
@@ -327,7 +337,7 @@ fn create_key(shared: &Shared, body: &[u8]) -> Res {
         created_at_unix: crate::clock::unix_s(),
     };
     reg.store.create_key(&record).map_err(store_error)?;
-    reg.rebuild(auth).map_err(store_error)?;
+    rebuilt(shared, &reg)?;
     tracing::info!(key_id = %record.id, prefix = %record.prefix, team = %record.team, "admin: key created");
     let mut view = key_view(&record, auth.index().key(&record.id).map(|e| &**e), false);
     view["key"] = Value::String(secret);
@@ -397,7 +407,7 @@ fn key_action(shared: &Shared, method: &str, id: &str, tail: &[&str], body: &[u8
         }
         ("DELETE", []) => {
             reg.store.delete_key(id).map_err(store_error)?;
-            reg.rebuild(auth).map_err(store_error)?;
+            rebuilt(shared, &reg)?;
             tracing::info!(key_id = %id, "admin: key deleted");
             return Ok(Answer(
                 200,
@@ -412,7 +422,7 @@ fn key_action(shared: &Shared, method: &str, id: &str, tail: &[&str], body: &[u8
             ))
         }
     }
-    reg.rebuild(auth).map_err(store_error)?;
+    rebuilt(shared, &reg)?;
     tracing::info!(key_id = %id, change = %tail.first().copied().unwrap_or("patch"), "admin: key changed");
     let index = auth.index();
     let mut view = key_view(&record, index.key(id).map(|e| &**e), false);
@@ -553,7 +563,7 @@ fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
             };
             let reg = registry(shared)?;
             reg.store.create_team(&record).map_err(store_error)?;
-            reg.rebuild(auth).map_err(store_error)?;
+            rebuilt(shared, &reg)?;
             tracing::info!(team = %record.name, "admin: team created");
             let index = auth.index();
             let view = index
@@ -588,7 +598,7 @@ fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
                 }
             }
             reg.store.update_team(&t).map_err(store_error)?;
-            reg.rebuild(auth).map_err(store_error)?;
+            rebuilt(shared, &reg)?;
             let index = auth.index();
             let view = index
                 .team(name)
@@ -598,7 +608,7 @@ fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8]) -> Res {
         ("DELETE", [name]) => {
             let reg = registry(shared)?;
             reg.store.delete_team(name).map_err(store_error)?;
-            reg.rebuild(auth).map_err(store_error)?;
+            rebuilt(shared, &reg)?;
             Ok(Answer(
                 200,
                 json!({"object": "team", "name": name, "deleted": true}),

@@ -323,6 +323,7 @@ async fn respond_to(
             let body = serde_json::to_vec(&serde_json::json!({
                 "status": if ready { "ready" } else { "not_ready" },
                 "reason": reason,
+                "shared": worker.shared.fleet.as_ref().map(|f| f.status()),
             }))
             .unwrap_or_default();
             (status, json(status, &body))

@@ -144,7 +144,14 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
     // The recorder first: the admission counters are created with it.
     crate::telemetry::metrics::install();
     let (access, ledger_handle) = open_access(&config)?;
-    let limiter: Arc<dyn Limiter> = Arc::new(LocalLimiter);
+    let fleet = match &config.shared {
+        Some(c) => Some(crate::shared::Fleet::start(c)?),
+        None => None,
+    };
+    let limiter: Arc<dyn Limiter> = match &fleet {
+        Some(f) => f.limiter.clone(),
+        None => Arc::new(LocalLimiter),
+    };
     let shared = Arc::new(Shared {
         generation: 1,
         config_path,
@@ -163,6 +170,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
         provider_limits: Arc::new(DeploymentLimits::build(&config, limiter.clone(), None)),
         limiter,
+        fleet,
         responses: Arc::new(NoStore),
         routes: Arc::new(sluice_core::route::SharedRoutes::build(
             &config,
@@ -175,6 +183,10 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         config: Arc::new(config),
     });
     let generations: Generations = Arc::new(arc_swap::ArcSwap::new(shared.clone()));
+    if let (Some(f), Some(reg), Some(c)) = (&shared.fleet, &shared.registry, &shared.config.shared)
+    {
+        crate::shared::spawn_key_watcher(c, f.replica.clone(), reg.clone(), shared.auth.clone())?;
+    }
     crate::state::spawn_dns_refresher(generations.clone());
     if let Some(t) = &shared.tls_listener {
         t.spawn_watcher()?;
@@ -446,6 +458,7 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
             Instant::now(),
         )),
         limiter: old.limiter.clone(),
+        fleet: old.fleet.clone(),
         responses: old.responses.clone(),
         auth: old.auth.clone(),
         registry: old.registry.clone(),

@@ -35,417 +35,50 @@
 //! `expected_replicas`, else the replicas seen alive at the last successful sync), and its spend
 //! is reported when the store is back; `"closed"` refuses with [`Refusal::Unavailable`].
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::limiter::{self, Ask, Denied, Limiter, Permit, Refusal};
-use crate::limits::{next_period_start, period_start, BudgetPeriod, LimitSet, RetryAfter};
+use crate::limits::{next_period_start, period_start, LimitSet, RetryAfter};
 
-/// A lease is at most `limit / (LEASE_SHARE × replicas)` units.
-pub const LEASE_SHARE: u64 = 16;
+pub mod pool;
 
-/// How long units fetched directly for a request stay put before the background may return
-/// them (the request that asked for them uses them first).
-pub const DIRECT_HOLD_MS: u64 = 1_000;
+pub use pool::{
+    lease_size, over_admission_bound, Dim, Leases, Outcome, Pool, Shape, Subject, Transfer,
+    DIRECT_HOLD_MS, LEASE_SHARE,
+};
 
-/// Whose limits a set holds; names the set's buckets in the shared store.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Subject {
-    /// A virtual key, by id.
-    Key(Arc<str>),
-    /// A team, by name.
-    Team(Arc<str>),
-    /// A deployment (the providers' own limits), by label.
-    Deployment(Arc<str>),
-}
-
-impl Subject {
-    /// The name of the subject in the shared store: `k:<id>`, `t:<name>`, `d:<label>`.
-    pub fn store_name(&self) -> String {
-        match self {
-            Subject::Key(id) => format!("k:{id}"),
-            Subject::Team(name) => format!("t:{name}"),
-            Subject::Deployment(label) => format!("d:{label}"),
-        }
+/// The limits of `set`, as the store needs them.
+pub fn shape_of(set: &LimitSet) -> Shape {
+    Shape {
+        rpm: set.requests.as_ref().map(|b| b.capacity()),
+        tpm: set.tokens.as_ref().map(|b| b.capacity()),
+        budget_micros: set.budget_limit_micros,
+        budget_period: set.budget_period,
+        concurrency: set.concurrency.as_ref().map(|c| c.limit()),
     }
 }
 
-/// One bucket of a subject.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Dim {
-    /// Requests per minute (a rate bucket).
-    Requests = 0,
-    /// Tokens per minute (a rate bucket).
-    Tokens = 1,
-    /// Budget in micro-USD for the current period (a held amount).
-    Budget = 2,
-    /// Requests in flight (a held amount).
-    Concurrency = 3,
-}
-
-impl Dim {
-    /// Every bucket, in index order.
-    pub const ALL: [Dim; 4] = [Dim::Requests, Dim::Tokens, Dim::Budget, Dim::Concurrency];
-
-    /// Its name in the store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dim::Requests => "rpm",
-            Dim::Tokens => "tpm",
-            Dim::Budget => "budget",
-            Dim::Concurrency => "conc",
-        }
-    }
-
-    /// Whether the store keeps it as a refilling rate bucket (else as amounts held per replica).
-    pub fn is_rate(self) -> bool {
-        matches!(self, Dim::Requests | Dim::Tokens)
-    }
-}
-
-/// The units one replica leases of a limit at a time: `limit / (16 × replicas)`; 0 means the
-/// limit is too small to lease and is taken from the store as each request needs it.
-pub fn lease_size(limit: u64, replicas: u32) -> u64 {
-    limit / (LEASE_SHARE * u64::from(replicas.max(1)))
-}
-
-/// The most the fleet can admit beyond what one shared bucket would: what `replicas` leases
-/// hold (see the module docs).
-pub fn over_admission_bound(limit: u64, replicas: u32) -> u64 {
-    u64::from(replicas.max(1)) * lease_size(limit, replicas)
-}
-
-/// One leased bucket on this replica. Lock-free.
-#[derive(Debug, Default)]
-pub struct Pool {
-    /// Units held and free to admit from. Below zero after a settlement charged more than was
-    /// reserved: the next sync takes the debt from the store.
-    balance: AtomicI64,
-    /// Monotonic ms until which the store said the bucket is empty (no direct fetch before).
-    empty_until_ms: AtomicU64,
-    /// Monotonic ms of the last direct fetch.
-    fetched_ms: AtomicU64,
-}
-
-impl Pool {
-    /// Units free to admit from now.
-    pub fn balance(&self) -> i64 {
-        self.balance.load(Ordering::Acquire)
-    }
-
-    /// Takes `n` units if the balance covers them.
-    pub fn try_take(&self, n: u64) -> bool {
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
-        self.balance
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                (b >= n).then(|| b - n)
-            })
-            .is_ok()
-    }
-
-    /// Adds `n` units (a grant, a refund; negative for a charge).
-    pub fn put(&self, n: i64) {
-        self.balance.fetch_add(n, Ordering::AcqRel);
-    }
-
-    /// Takes everything above `keep` out of the balance and returns how much.
-    fn withdraw_above(&self, keep: i64) -> u64 {
-        match self
-            .balance
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                (b > keep).then_some(keep)
-            }) {
-            Ok(b) => (b - keep).unsigned_abs(),
-            Err(_) => 0,
-        }
-    }
-
-    /// Whether the store said, as of `now_ms`, that the bucket is empty.
-    pub fn known_empty(&self, now_ms: u64) -> bool {
-        self.empty_until_ms.load(Ordering::Acquire) > now_ms
-    }
-}
-
-/// What the background asks of the store for one bucket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transfer {
-    /// Take up to `amount` units (fewer when the bucket has fewer).
-    Take {
-        /// The bucket.
-        dim: Dim,
-        /// Units wanted.
-        amount: u64,
-    },
-    /// Take `amount` units whatever the bucket holds (a debt: use beyond a reservation).
-    Charge {
-        /// The bucket.
-        dim: Dim,
-        /// Units owed.
-        amount: u64,
-    },
-    /// Give `amount` unused units back.
-    Return {
-        /// The bucket.
-        dim: Dim,
-        /// Units returned.
-        amount: u64,
-    },
-    /// Report spend in micro-USD: `leased` was spent from this replica's budget lease,
-    /// `unleased` while the store was unavailable (or without a budget lease).
-    Spend {
-        /// From the lease.
-        leased: u64,
-        /// Not from a lease.
-        unleased: u64,
-    },
-}
-
-/// How a transfer went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The store granted `granted` units (a take or a charge); for a budget, `used` is the
-    /// fleet's spend plus held leases after it; `retry_after_ms` when the bucket ran short.
-    Granted {
-        /// Units granted.
-        granted: u64,
-        /// Budget: what the fleet has used; rates: 0.
-        used: u64,
-        /// How long until the bucket has units again (when it granted fewer than asked).
-        retry_after_ms: u64,
-    },
-    /// Done (a return or a spend report).
-    Done,
-    /// The store could not be reached: the transfer is undone locally.
-    Failed,
-}
-
-/// A subject's limits as the store needs them (fixed for the life of a [`LimitSet`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Shape {
-    /// Requests per minute.
-    pub rpm: Option<u64>,
-    /// Tokens per minute.
-    pub tpm: Option<u64>,
-    /// Budget in micro-USD per period.
-    pub budget_micros: Option<u64>,
-    /// The budget's period.
-    pub budget_period: BudgetPeriod,
-    /// Requests in flight.
-    pub concurrency: Option<u32>,
-}
-
-impl Shape {
-    /// The limits of `set`.
-    pub fn of(set: &LimitSet) -> Self {
-        Shape {
-            rpm: set.requests.as_ref().map(|b| b.capacity()),
-            tpm: set.tokens.as_ref().map(|b| b.capacity()),
-            budget_micros: set.budget_limit_micros,
-            budget_period: set.budget_period,
-            concurrency: set.concurrency.as_ref().map(|c| c.limit()),
-        }
-    }
-
-    /// The limit of one bucket, if it has one.
-    pub fn limit(&self, dim: Dim) -> Option<u64> {
-        match dim {
-            Dim::Requests => self.rpm,
-            Dim::Tokens => self.tpm,
-            Dim::Budget => self.budget_micros,
-            Dim::Concurrency => self.concurrency.map(u64::from),
-        }
-    }
-}
-
-/// The leases of one [`LimitSet`] on this replica. Created on the set's first admission
-/// through a [`LeasedLimiter`] and registered in its [`LeaseBook`], where the background
-/// finds it.
-#[derive(Debug)]
-pub struct Leases {
-    /// Whose limits.
-    pub subject: Subject,
-    /// The limits.
-    pub shape: Shape,
-    pools: [Pool; 4],
-    /// Micro-USD spent from the budget lease, not yet reported.
-    spent_leased: AtomicU64,
-    /// Micro-USD spent outside a lease (degraded, or no budget limit), not yet reported.
-    spent_unleased: AtomicU64,
-    /// The budget period the budget pool's balance belongs to (unix seconds).
-    budget_period_start: AtomicU64,
-    /// The fleet's budget use (spend plus held leases) at the last sync.
-    budget_used: AtomicU64,
-    /// Spend already made when the set was built (seeds the store's spend once).
-    pub initial_spend: u64,
-    /// While the store is unavailable: the local share, built on first use.
-    fallback: Mutex<Option<Arc<LimitSet>>>,
-}
-
-impl Leases {
-    fn new(subject: Subject, set: &LimitSet) -> Self {
-        Leases {
-            subject,
-            shape: Shape::of(set),
-            pools: Default::default(),
-            spent_leased: AtomicU64::new(0),
-            spent_unleased: AtomicU64::new(0),
-            budget_period_start: AtomicU64::new(set.budget.period_start()),
-            budget_used: AtomicU64::new(set.budget.spend()),
-            initial_spend: set.budget.spend(),
-            fallback: Mutex::new(None),
-        }
-    }
-
-    /// The pool of one bucket.
-    pub fn pool(&self, dim: Dim) -> &Pool {
-        &self.pools[dim as usize]
-    }
-
-    /// The budget period (unix seconds of its start) the budget lease belongs to.
-    pub fn budget_period_start(&self) -> u64 {
-        self.budget_period_start.load(Ordering::Acquire)
-    }
-
-    /// The background's batch for this subject at `now_ms` / `unix_s` with `replicas` alive:
-    /// top up pools below half a lease, return what is above a lease (units fetched directly
-    /// stay [`DIRECT_HOLD_MS`]), charge debts, report spend. `retire` (the set is gone) returns
-    /// everything. Carry each out and hand the outcome to [`Leases::apply`].
-    pub fn plan(&self, replicas: u32, now_ms: u64, unix_s: u64, retire: bool) -> Vec<Transfer> {
-        let mut out = Vec::new();
-        if self.shape.budget_micros.is_some() {
-            let start = period_start(self.shape.budget_period, unix_s);
-            if start > self.budget_period_start() {
-                // A new period: the old lease belongs to the old period's key.
-                self.pool(Dim::Budget).balance.store(0, Ordering::Release);
-                self.spent_leased.store(0, Ordering::Release);
-                self.budget_period_start.store(start, Ordering::Release);
-            }
-        }
-        for dim in Dim::ALL {
-            let Some(limit) = self.shape.limit(dim) else {
-                continue;
-            };
-            let pool = self.pool(dim);
-            let size = if retire {
-                0
-            } else {
-                lease_size(limit, replicas)
-            };
-            let target = i64::try_from(size).unwrap_or(i64::MAX);
-            let balance = pool.balance();
-            if balance < 0 {
-                out.push(Transfer::Charge {
-                    dim,
-                    amount: balance.unsigned_abs(),
-                });
-                pool.put(-balance);
-                continue;
-            }
-            let fresh = now_ms.saturating_sub(pool.fetched_ms.load(Ordering::Acquire))
-                < DIRECT_HOLD_MS
-                && !retire;
-            if balance > target && !(size == 0 && fresh) {
-                let amount = pool.withdraw_above(target);
-                if amount > 0 {
-                    out.push(Transfer::Return { dim, amount });
-                }
-            } else if size > 0 && balance < target / 2 + 1 && !pool.known_empty(now_ms) {
-                out.push(Transfer::Take {
-                    dim,
-                    amount: size - balance.unsigned_abs(),
-                });
-            }
-        }
-        let leased = self.spent_leased.swap(0, Ordering::AcqRel);
-        let unleased = self.spent_unleased.swap(0, Ordering::AcqRel);
-        if leased + unleased > 0 {
-            out.push(Transfer::Spend { leased, unleased });
-        }
-        out
-    }
-
-    /// Takes in the store's answer to one transfer of [`Leases::plan`] (or of a direct fetch)
-    /// at `now_ms`. A failed transfer is undone: returned units and spend stay here for the
-    /// next sync.
-    pub fn apply(&self, transfer: Transfer, outcome: Outcome, now_ms: u64) {
-        match (transfer, outcome) {
-            (
-                Transfer::Take { dim, amount } | Transfer::Charge { dim, amount },
-                Outcome::Granted {
-                    granted,
-                    used,
-                    retry_after_ms,
-                },
-            ) => {
-                let pool = self.pool(dim);
-                if matches!(transfer, Transfer::Take { .. }) {
-                    pool.put(i64::try_from(granted).unwrap_or(i64::MAX));
-                    if granted < amount && retry_after_ms > 0 {
-                        pool.empty_until_ms
-                            .store(now_ms + retry_after_ms.max(1), Ordering::Release);
-                    }
-                }
-                if dim == Dim::Budget {
-                    self.budget_used.store(used, Ordering::Release);
-                }
-            }
-            (Transfer::Charge { dim, amount }, Outcome::Failed) => {
-                self.pool(dim)
-                    .put(-i64::try_from(amount).unwrap_or(i64::MAX));
-            }
-            (Transfer::Return { dim, amount }, Outcome::Failed) => {
-                self.pool(dim)
-                    .put(i64::try_from(amount).unwrap_or(i64::MAX));
-            }
-            (Transfer::Spend { leased, unleased }, Outcome::Failed) => {
-                self.spent_leased.fetch_add(leased, Ordering::AcqRel);
-                self.spent_unleased.fetch_add(unleased, Ordering::AcqRel);
-            }
-            _ => {}
-        }
-    }
-
-    /// Marks a direct fetch for `dim` made at `now_ms` (the background leaves its units a
-    /// moment for the request that asked).
-    pub fn note_direct(&self, dim: Dim, now_ms: u64) {
-        self.pool(dim).fetched_ms.store(now_ms, Ordering::Release);
-    }
-
-    /// The fleet's budget use (spend plus held leases) at the last sync, in micro-USD.
-    pub fn budget_used(&self) -> u64 {
-        self.budget_used.load(Ordering::Acquire)
-    }
-
-    /// The local share used while the store is unavailable: each limit ÷ `replicas` (at least
-    /// 1), the budget's remainder at the last sync ÷ `replicas`.
-    fn fallback(&self, replicas: u32, unix_s: u64) -> Arc<LimitSet> {
-        let mut slot = self.fallback.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(set) = &*slot {
-            return set.clone();
-        }
-        let n = u64::from(replicas.max(1));
-        let share = |l: u64| (l / n).max(1);
-        let s = &self.shape;
-        let budget = s.budget_micros.map(|b| {
-            let left = b.saturating_sub(self.budget_used());
-            (left / n, s.budget_period)
-        });
-        let set = Arc::new(LimitSet::new(
-            s.rpm.map(share),
-            s.tpm.map(share),
-            s.concurrency
-                .map(|c| u32::try_from(share(u64::from(c))).unwrap_or(u32::MAX)),
-            budget,
-            0,
-            unix_s,
-        ));
-        *slot = Some(set.clone());
-        set
-    }
-
-    fn drop_fallback(&self) {
-        *self.fallback.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
+/// The local share of `leases` used while the store is unavailable: each limit ÷ `replicas`
+/// (at least 1), the budget's remainder at the last sync ÷ `replicas`.
+fn local_share(leases: &Leases, replicas: u32, unix_s: u64) -> LimitSet {
+    let n = u64::from(replicas.max(1));
+    let share = |l: u64| (l / n).max(1);
+    let s = &leases.shape;
+    let budget = s.budget_micros.map(|b| {
+        let left = b.saturating_sub(leases.budget_used());
+        (left / n, s.budget_period)
+    });
+    LimitSet::new(
+        s.rpm.map(share),
+        s.tpm.map(share),
+        s.concurrency
+            .map(|c| u32::try_from(share(u64::from(c))).unwrap_or(u32::MAX)),
+        budget,
+        0,
+        unix_s,
+    )
 }
 
 /// `[shared] on_unavailable`.
@@ -514,6 +147,9 @@ impl FleetHealth {
 #[derive(Debug)]
 pub struct LeaseBook {
     entries: Mutex<Vec<Arc<Leases>>>,
+    /// While the store is unavailable: each subject's local share, by its leases' address,
+    /// built on first use.
+    fallbacks: Mutex<HashMap<usize, Arc<LimitSet>>>,
     /// Store health.
     pub health: FleetHealth,
 }
@@ -523,6 +159,7 @@ impl LeaseBook {
     pub fn new(health: FleetHealth) -> Self {
         LeaseBook {
             entries: Mutex::new(Vec::new()),
+            fallbacks: Mutex::new(HashMap::new()),
             health,
         }
     }
@@ -543,18 +180,27 @@ impl LeaseBook {
     pub fn forget(&self, gone: &[Arc<Leases>]) {
         let mut list = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         list.retain(|l| !gone.iter().any(|g| Arc::ptr_eq(g, l)));
+        let mut shares = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
+        for g in gone {
+            shares.remove(&(Arc::as_ptr(g) as usize));
+        }
     }
 
     /// The store is back: drop every local share.
     pub fn recovered(&self) {
-        for l in self
-            .entries
+        self.fallbacks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            l.drop_fallback();
-        }
+            .clear();
+    }
+
+    /// The local share of `leases` (see [`local_share`]), built on first use.
+    fn fallback(&self, leases: &Arc<Leases>, unix_s: u64) -> Arc<LimitSet> {
+        let mut shares = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
+        shares
+            .entry(Arc::as_ptr(leases) as usize)
+            .or_insert_with(|| Arc::new(local_share(leases, self.health.replicas(), unix_s)))
+            .clone()
     }
 
     fn leases_of(&self, set: &LimitSet) -> Option<Arc<Leases>> {
@@ -562,7 +208,12 @@ impl LeaseBook {
         Some(
             set.leases
                 .get_or_init(|| {
-                    let l = Arc::new(Leases::new(subject.clone(), set));
+                    let l = Arc::new(Leases::new(
+                        subject.clone(),
+                        shape_of(set),
+                        set.budget.period_start(),
+                        set.budget.spend(),
+                    ));
                     self.entries
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -608,9 +259,8 @@ impl LeasedLimiter {
         let Some(leases) = self.book.leases_of(set) else {
             return Ok(Path::Local);
         };
-        let health = &self.book.health;
         if fallback {
-            return Ok(Path::Fallback(leases.fallback(health.replicas(), unix_s)));
+            return Ok(Path::Fallback(self.book.fallback(&leases, unix_s)));
         }
         Ok(Path::Leased(leases))
     }
@@ -674,7 +324,7 @@ impl LeasedLimiter {
     }
 
     fn rate_wait(leases: &Leases, dim: Dim, now_ms: u64) -> RetryAfter {
-        let until = leases.pool(dim).empty_until_ms.load(Ordering::Acquire);
+        let until = leases.pool(dim).empty_until_ms();
         if until > now_ms {
             return RetryAfter(until - now_ms);
         }
@@ -860,9 +510,9 @@ impl Limiter for LeasedLimiter {
                     if l.shape.budget_micros.is_some() {
                         l.pool(Dim::Budget)
                             .put(signed(permit.cost_micros) - signed(cost_micros));
-                        l.spent_leased.fetch_add(cost_micros, Ordering::AcqRel);
+                        l.spend_leased(cost_micros);
                     } else {
-                        l.spent_unleased.fetch_add(cost_micros, Ordering::AcqRel);
+                        l.spend_unleased(cost_micros);
                     }
                     if l.shape.concurrency.is_some() {
                         l.pool(Dim::Concurrency).put(1);
@@ -873,7 +523,7 @@ impl Limiter for LeasedLimiter {
                 Ok(Path::Fallback(f)) => {
                     limiter::LocalLimiter.settle(&[&f], one, tokens, cost_micros, now_ms);
                     if let Some(l) = self.book.leases_of(set) {
-                        l.spent_unleased.fetch_add(cost_micros, Ordering::AcqRel);
+                        l.spend_unleased(cost_micros);
                     }
                     set.budget.add_spend(cost_micros);
                 }
@@ -904,5 +554,4 @@ impl Limiter for LeasedLimiter {
 }
 
 #[cfg(test)]
-#[path = "lease_tests.rs"]
 mod tests;

@@ -1,0 +1,205 @@
+//! `[shared]`: the fleet's hot state on Redis. Limits are leased (core's `lease` module
+//! decides; the lease thread in [`sync`] carries out its transfers), and key and team changes
+//! are announced on a Redis channel so every replica rebuilds its key index within a second
+//! ([`watch`], with a periodic rebuild as the backstop).
+//!
+//! ```text
+//!  worker ─► LeasedLimiter (atomics) ─ short? ─► Fleet::fetch ─► lease thread ─► Redis
+//!                                       (≤ timeout_ms, limits too small to lease only)
+//!  lease thread: every sync_interval_ms ─ liveness + plans ─► one pipeline ─► apply
+//!  admin API change ─► PUBLISH keys-changed ─► every replica's watcher ─► Registry::rebuild
+//! ```
+//!
+//! The data plane never blocks on Redis: the workers only touch atomics, and a direct fetch
+//! is awaited (not blocked on) for at most `timeout_ms`; past that the store counts as
+//! unavailable and the request is admitted from the local share (or refused, `closed`).
+
+mod scripts;
+mod sync;
+mod watch;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use metrics::{Counter, Gauge};
+use sluice_core::config::SharedConfig;
+use sluice_core::lease::{FleetHealth, LeaseBook, LeasedLimiter, Leases, OnUnavailable, Transfer};
+use sluice_core::limiter::Ask;
+use sluice_core::limits::LimitSet;
+
+pub use watch::spawn_key_watcher;
+
+/// Work for the lease thread.
+enum Job {
+    /// Take what requests lack, then say whether Redis answered.
+    Fetch(
+        Vec<(Arc<Leases>, Transfer)>,
+        futures_channel::oneshot::Sender<bool>,
+    ),
+    /// Announce a key or team change.
+    Publish,
+}
+
+/// Metric handles.
+#[derive(Clone)]
+struct Meters {
+    available: Gauge,
+    outages: Counter,
+    round_trips: Counter,
+    direct: Counter,
+    timeouts: Counter,
+}
+
+impl Meters {
+    fn new() -> Self {
+        metrics::describe_gauge!(
+            "sluice_shared_available",
+            "1 while the shared store (Redis) answers, 0 while limits are degraded."
+        );
+        metrics::describe_counter!(
+            "sluice_shared_unavailable_total",
+            "Times the shared store became unavailable (limits degraded to local shares or closed)."
+        );
+        metrics::describe_counter!(
+            "sluice_shared_round_trips_total",
+            "Round trips to the shared store, for leases and direct fetches."
+        );
+        metrics::describe_counter!(
+            "sluice_shared_direct_fetches_total",
+            "Batches of direct fetches for requests whose limits are too small to lease."
+        );
+        metrics::describe_counter!(
+            "sluice_shared_timeouts_total",
+            "Direct fetches that did not answer within shared.timeout_ms."
+        );
+        Meters {
+            available: metrics::gauge!("sluice_shared_available"),
+            outages: metrics::counter!("sluice_shared_unavailable_total"),
+            round_trips: metrics::counter!("sluice_shared_round_trips_total"),
+            direct: metrics::counter!("sluice_shared_direct_fetches_total"),
+            timeouts: metrics::counter!("sluice_shared_timeouts_total"),
+        }
+    }
+}
+
+/// The fleet side of one replica: its limiter, and the handle to the lease thread.
+pub struct Fleet {
+    /// The limiter every admission goes through.
+    pub limiter: Arc<LeasedLimiter>,
+    /// This replica's name in Redis.
+    pub replica: String,
+    config: SharedConfig,
+    jobs: Sender<Job>,
+    meters: Meters,
+}
+
+impl Fleet {
+    /// Starts the lease thread for `config` (install the metrics recorder first). It
+    /// connects in the background: until the first sync the store counts as unavailable.
+    pub fn start(config: &SharedConfig) -> std::io::Result<Arc<Fleet>> {
+        // The Redis client's rustls takes the process default provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let book = Arc::new(LeaseBook::new(FleetHealth::new(
+            config.expected_replicas,
+            config.on_unavailable,
+        )));
+        let replica = format!(
+            "{}-{}-{:08x}",
+            hostname(),
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let meters = Meters::new();
+        meters.available.set(0.0);
+        let (tx, rx) = crossbeam_channel::bounded(4096);
+        let syncer = sync::Syncer {
+            config: config.clone(),
+            replica: replica.clone(),
+            book: book.clone(),
+            names: scripts::Names::new(&config.key_prefix),
+            scripts: scripts::Scripts::new(),
+            conn: None,
+            next_connect: Instant::now(),
+            meters: meters.clone(),
+        };
+        std::thread::Builder::new()
+            .name("sluice-leases".into())
+            .spawn(move || syncer.run(rx))?;
+        tracing::info!(
+            redis = %config.redis_display,
+            replica = %replica,
+            timeout_ms = config.timeout_ms,
+            "shared limits on Redis"
+        );
+        Ok(Arc::new(Fleet {
+            limiter: Arc::new(LeasedLimiter::new(book)),
+            replica,
+            config: config.clone(),
+            jobs: tx,
+            meters,
+        }))
+    }
+
+    /// Makes sure the pools of `sets` cover a request — its admission (`ask` is `None`) or its
+    /// reservation — fetching what a pool lacks from Redis, for at most `timeout_ms`. Returns
+    /// at once when nothing is short (every leased limit, almost always).
+    pub async fn fetch(&self, sets: &[&LimitSet], ask: Option<&Ask>) {
+        let wants = self.limiter.shortfall(sets, ask, crate::clock::now_ms());
+        if wants.is_empty() {
+            return;
+        }
+        let batch = wants.into_iter().map(|w| (w.leases, w.transfer)).collect();
+        let (tx, rx) = futures_channel::oneshot::channel();
+        if self.jobs.try_send(Job::Fetch(batch, tx)).is_err() {
+            return;
+        }
+        let limit = Duration::from_millis(self.config.timeout_ms);
+        if monoio::time::timeout(limit, rx).await.is_err() {
+            // Slow: count the store unavailable until the next sync succeeds.
+            self.meters.timeouts.increment(1);
+            if self.limiter.book.health.handle_unavailable() {
+                self.meters.outages.increment(1);
+                self.meters.available.set(0.0);
+                tracing::warn!(
+                    timeout_ms = self.config.timeout_ms,
+                    "shared store too slow: limits degraded"
+                );
+            }
+        }
+    }
+
+    /// Tells the other replicas that keys or teams changed (never blocks).
+    pub fn keys_changed(&self) {
+        let _ = self.jobs.try_send(Job::Publish);
+    }
+
+    /// The `/readyz` detail: whether Redis answers and what happens meanwhile.
+    pub fn status(&self) -> serde_json::Value {
+        let health = &self.limiter.book.health;
+        let available = health.available();
+        let mode = match (available, health.policy()) {
+            (true, _) => "global",
+            (false, OnUnavailable::Local) => "degraded_local",
+            (false, OnUnavailable::Closed) => "closed",
+        };
+        serde_json::json!({
+            "redis": self.config.redis_display,
+            "available": available,
+            "limits": mode,
+            "replicas": health.replicas(),
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(64)
+                .collect()
+        })
+        .unwrap_or_else(|_| "sluice".to_string())
+}

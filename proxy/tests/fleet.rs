@@ -1,0 +1,435 @@
+//! A fleet end to end: three `sluice` processes on loopback sharing one real `redis-server`
+//! (started here in a temporary directory on a free port, stopped by PID) and one store file.
+//! Limits are global across the replicas within the documented lease bound, a revocation
+//! through one replica reaches the others within a second, a SIGKILLed replica's leases come
+//! back, and Redis going away degrades (local) or closes (closed) without failing a request.
+//!
+//! `redis-server` must be installed (`scripts/test.sh` installs it): a missing server fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod access;
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use access::*;
+use common::*;
+use serde_json::json;
+
+/// A `redis-server` of our own.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start(dir: &Path) -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Redis {
+            child: None,
+            port,
+            dir: dir.to_path_buf(),
+        };
+        r.restart();
+        r
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// One `redis-cli` command against it; its output, trimmed.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (installed with redis-server)");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn fleet_config(mock: SocketAddr, store: &Path, redis: &Redis, extra: &str) -> String {
+    store_config(
+        mock,
+        store,
+        2,
+        &format!(
+            "[shared]\nredis_url = \"{}\"\nsync_interval_ms = 20\nlease_ttl_ms = 1000\n{extra}\n",
+            redis.url()
+        ),
+    )
+}
+
+fn three(config: &str) -> Vec<Gw> {
+    (0..3).map(|_| start(config, driver_name(false))).collect()
+}
+
+/// Waits until every replica admits `key` (the key was made on one of them).
+fn known_everywhere(gws: &[Gw], key: &str) {
+    for gw in gws {
+        assert!(
+            eventually(Duration::from_secs(3), || gw
+                .chat_as(key, &chat("mock-fast", false), "")
+                .status
+                != 401),
+            "key never reached {}",
+            gw.addr
+        );
+    }
+}
+
+/// `n` requests at once, spread over the replicas (one connection each); the statuses.
+fn burst(gws: &[Gw], key: &str, n: usize, extra: &str) -> Vec<Response> {
+    burst_body(gws, key, n, &chat("mock-fast", false), extra)
+}
+
+/// [`burst`] with `body`.
+fn burst_body(gws: &[Gw], key: &str, n: usize, body: &str, extra: &str) -> Vec<Response> {
+    let barrier = Arc::new(Barrier::new(n + 1));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, addr) = (barrier.clone(), gws[i % gws.len()].addr);
+            let extra = format!("authorization: Bearer {key}\r\n{extra}");
+            let body = body.to_string();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                barrier.wait();
+                c.post("/v1/chat/completions", &body, &extra)
+            })
+        })
+        .collect();
+    barrier.wait();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn ok(rs: &[Response]) -> usize {
+    rs.iter().filter(|r| r.status == 200).count()
+}
+
+/// At most `limit` per minute plus the refill over `elapsed` plus the lease bound.
+fn law(limit: u64, elapsed: Duration, bound: u64) -> usize {
+    (limit + limit * elapsed.as_millis() as u64 / 60_000 + bound) as usize
+}
+
+#[test]
+fn limits_are_global_revocations_spread_and_dead_leases_come_back() {
+    let mock = mock();
+    let dir = temp_dir("fleet");
+    let redis = Redis::start(&dir);
+    let config = fleet_config(mock.addr(), &dir.join("s.db"), &redis, "");
+    let mut gws = three(&config);
+
+    // rpm = 10 through the three replicas: a limit too small to lease, taken from Redis.
+    let (_, small) = gws[0].create_key(json!({"name": "small", "rpm": 10}));
+    let started = Instant::now();
+    known_everywhere(&gws, &small); // spends up to three requests
+    let rs = burst(&gws, &small, 30, "");
+    let admitted = ok(&rs) + 3;
+    assert!(
+        admitted <= law(10, started.elapsed(), 2),
+        "rpm 10 admitted {admitted}"
+    );
+    assert!(rs.iter().any(|r| r.status == 429));
+
+    // rpm = 60 over three replicas: leased; at most 60 + the refill + 3 × lease (3).
+    let (_, big) = gws[1].create_key(json!({"name": "big", "rpm": 60}));
+    let started = Instant::now();
+    known_everywhere(&gws, &big);
+    let rs = burst(&gws, &big, 150, "");
+    let admitted = ok(&rs) + 3;
+    assert!(
+        admitted <= law(60, started.elapsed(), 3),
+        "rpm 60 admitted {admitted}"
+    );
+    assert!(admitted >= 30, "rpm 60 admitted only {admitted}");
+
+    // Concurrency 4 across the fleet, requests held 1.5 s upstream.
+    let (conc_id, conc) = gws[2].create_key(json!({"name": "conc", "max_concurrency": 4}));
+    known_everywhere(&gws, &conc);
+    let rs = burst(&gws, &conc, 24, "x-mock-latency-ms: 1500\r\n");
+    assert!(ok(&rs) <= 4, "concurrency admitted {}", ok(&rs));
+    assert!(ok(&rs) >= 1);
+
+    // A budget of 0.005 USD (each request reserves about 1125 micro-USD): never passed by
+    // more than one reservation per replica.
+    let (budget_id, budget) = gws[0].create_key(json!({"name": "budget", "budget_usd": 0.005}));
+    known_everywhere(&gws, &budget);
+    let body = chat_body("mock-fast", false, Some(100), 200);
+    let mut admitted = 0;
+    for round in 0..6 {
+        let rs = burst_body(&gws, &budget, 12, &body, "");
+        admitted += ok(&rs);
+        if round > 0 && ok(&rs) == 0 {
+            break;
+        }
+    }
+    assert!(admitted > 0);
+    // Every replica writes the one store: its ledger has every request.
+    let rows = wait_for(Duration::from_secs(5), || {
+        let (_, v) = gws[0].admin(
+            "GET",
+            &format!("/admin/usage?key_id={budget_id}&limit=10000"),
+            None,
+        );
+        let rows = v["data"].as_array().cloned().unwrap_or_default();
+        (rows.iter().filter(|r| r["status"] == 200).count() >= admitted).then_some(rows)
+    })
+    .expect("ledger rows");
+    let spent: u64 = rows
+        .iter()
+        .map(|r| r["cost_micros"].as_u64().unwrap())
+        .sum();
+    // Reservations never pass the limit plus what three budget leases hold (3 × 104).
+    assert!(spent <= 5_000 + 3 * 104, "spent {spent}");
+    assert!(
+        spent >= 5_000 - 3 * 1_125,
+        "spent only {spent}: the budget was not used up"
+    );
+
+    // Revoke through replica A: B and C refuse within a second.
+    let (status, _) = gws[0].admin("DELETE", &format!("/admin/keys/{conc_id}"), None);
+    assert!(status == 200 || status == 204, "{status}");
+    let revoked = Instant::now();
+    for gw in &gws[1..] {
+        assert!(
+            eventually(Duration::from_secs(1), || gw
+                .chat_as(&conc, &chat("mock-fast", false), "")
+                .status
+                == 401),
+            "revocation did not reach {} in time",
+            gw.addr
+        );
+    }
+    let _ = revoked;
+
+    // SIGKILL a replica holding concurrency slots: they come back once its lease expires.
+    let (_, held) = gws[0].create_key(json!({"name": "held", "max_concurrency": 2}));
+    known_everywhere(&gws, &held);
+    let victim = gws.remove(2);
+    let addr = victim.addr;
+    // Two requests on the victim wait upstream for 30 s, each holding a slot (a 429 comes
+    // back at once while the survivors still hold the slots they used above: try again).
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let extra = format!("authorization: Bearer {held}\r\nx-mock-latency-ms: 30000\r\n");
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(800)))
+                        .unwrap();
+                    s.write_all(
+                        post_bytes("/v1/chat/completions", &chat("mock-fast", false), &extra)
+                            .as_bytes(),
+                    )
+                    .unwrap();
+                    let mut buf = [0u8; 64];
+                    match s.read(&mut buf) {
+                        // Admitted: the answer is 30 s away. Hold the connection.
+                        Err(_) => return Some(s),
+                        Ok(n) => {
+                            assert!(n > 0, "connection closed");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+    let holders: Vec<TcpStream> = holders
+        .into_iter()
+        .map(|h| h.join().unwrap().expect("the victim took a slot"))
+        .collect();
+    // Both slots are held by the victim: the survivors are refused.
+    assert!(eventually(Duration::from_secs(3), || gws[0]
+        .chat_as(&held, &chat("mock-fast", false), "")
+        .status
+        == 429));
+    let mut victim = victim;
+    victim.sigkill();
+    assert!(
+        eventually(Duration::from_secs(5), || gws[1]
+            .chat_as(&held, &chat("mock-fast", false), "")
+            .status
+            == 200),
+        "the dead replica's slots never came back"
+    );
+    drop(holders);
+    drop(gws);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn redis_down_local_mode_keeps_serving_then_global_limits_resume() {
+    let mock = mock();
+    let dir = temp_dir("fleet-local");
+    let mut redis = Redis::start(&dir);
+    let config = fleet_config(
+        mock.addr(),
+        &dir.join("s.db"),
+        &redis,
+        "expected_replicas = 3",
+    );
+    let gws = three(&config);
+    let (key_id, key) = gws[0].create_key(json!({"name": "k", "rpm": 6000}));
+    let (_, share) = gws[0].create_key(json!({"name": "share", "rpm": 30}));
+    known_everywhere(&gws, &key);
+    known_everywhere(&gws, &share);
+    redis.stop();
+    // Zero failed requests while Redis is gone.
+    for round in 0..5 {
+        let rs = burst(&gws, &key, 15, "");
+        assert_eq!(
+            ok(&rs),
+            15,
+            "round {round}: {:?}",
+            rs.iter().map(|r| r.status).collect::<Vec<_>>()
+        );
+    }
+    for gw in &gws {
+        let m = gw.metrics();
+        assert!(sample(&m, "sluice_shared_unavailable_total") >= 1.0, "{m}");
+        assert_eq!(sample(&m, "sluice_shared_available"), 0.0);
+        assert!(gw
+            .lines()
+            .iter()
+            .any(|l| l.contains("shared store unavailable")));
+        let mut c = gw.connect();
+        let r = c.get("/readyz");
+        assert_eq!(
+            r.json()["shared"]["limits"],
+            "degraded_local",
+            "{}",
+            r.text()
+        );
+    }
+    // Each replica enforces its share meanwhile: rpm 30 ÷ 3 replicas = 10 each.
+    let started = Instant::now();
+    let rs = burst(&gws, &share, 60, "");
+    assert!(
+        ok(&rs) <= 3 * law(10, started.elapsed(), 0),
+        "share admitted {}",
+        ok(&rs)
+    );
+    assert!(ok(&rs) >= 3, "share admitted {}", ok(&rs));
+    redis.restart();
+    for gw in &gws {
+        assert!(
+            eventually(Duration::from_secs(5), || sample(
+                &gw.metrics(),
+                "sluice_shared_available"
+            ) == 1.0),
+            "never recovered"
+        );
+        let mut c = gw.connect();
+        assert_eq!(c.get("/readyz").json()["shared"]["limits"], "global");
+    }
+    // The spend made meanwhile was settled into the (restarted, empty) Redis.
+    let hash = format!("sluice:b:k:{key_id}:budget:0");
+    assert!(
+        eventually(Duration::from_secs(3), || redis
+            .cli(&["HGET", &hash, "spend"])
+            .parse::<u64>()
+            .is_ok_and(|s| s > 0)),
+        "degraded spend never reached Redis"
+    );
+    // Global limits resume: rpm 10 across the fleet.
+    let (_, small) = gws[1].create_key(json!({"name": "small", "rpm": 10}));
+    let started = Instant::now();
+    known_everywhere(&gws, &small);
+    let rs = burst(&gws, &small, 30, "");
+    let admitted = ok(&rs) + 3;
+    assert!(
+        admitted <= law(10, started.elapsed(), 0),
+        "admitted {admitted}"
+    );
+    drop(gws);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn redis_down_closed_mode_answers_503_then_recovers() {
+    let mock = mock();
+    let dir = temp_dir("fleet-closed");
+    let mut redis = Redis::start(&dir);
+    let config = fleet_config(
+        mock.addr(),
+        &dir.join("s.db"),
+        &redis,
+        "on_unavailable = \"closed\"",
+    );
+    let gws = three(&config);
+    let (_, key) = gws[0].create_key(json!({"name": "k", "rpm": 6000}));
+    known_everywhere(&gws, &key);
+    redis.stop();
+    for gw in &gws {
+        let mut r = gw.chat_as(&key, &chat("mock-fast", false), "");
+        if r.status == 200 {
+            // The outage is noticed at the next sync (20 ms).
+            std::thread::sleep(Duration::from_millis(300));
+            r = gw.chat_as(&key, &chat("mock-fast", false), "");
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert_eq!(r.error_code(), "overloaded");
+        assert!(r.text().contains("shared store"), "{}", r.text());
+    }
+    redis.restart();
+    for gw in &gws {
+        assert!(
+            eventually(Duration::from_secs(5), || gw
+                .chat_as(&key, &chat("mock-fast", false), "")
+                .status
+                == 200),
+            "never recovered"
+        );
+    }
+    drop(gws);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(dir);
+}
