@@ -16,7 +16,7 @@ step() {
 # System packages some steps may need, installed only when one is missing (apt-get update
 # runs at most once). promtool checks the /metrics output; later steps append to APT_PACKAGES, e.g.
 # nginx or prometheus for comparison runs. Pass `command:package` pairs.
-APT_PACKAGES=(promtool:prometheus systemd-analyze:systemd)
+APT_PACKAGES=(promtool:prometheus systemd-analyze:systemd redis-server:redis-server)
 ensure_apt_packages() {
     local missing=() pair cmd pkg
     for pair in "$@"; do

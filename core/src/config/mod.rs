@@ -594,6 +594,12 @@ impl Config {
         if let Some(path) = &self.store.path {
             out.push_str(&format!("store {}\n", path.display()));
         }
+        if let Some(sh) = &self.shared {
+            out.push_str(&format!(
+                "shared limits on {} (timeout {} ms, on_unavailable {:?})\n",
+                sh.redis_display, sh.timeout_ms, sh.on_unavailable
+            ));
+        }
         for k in &self.keys {
             out.push_str(&format!(
                 "key {} ({}, team {}){}\n",

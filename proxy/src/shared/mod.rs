@@ -1,7 +1,7 @@
 //! `[shared]`: the fleet's hot state on Redis. Limits are leased (core's `lease` module
-//! decides; the lease thread in [`sync`] carries out its transfers), and key and team changes
+//! decides; the lease thread in `sync` carries out its transfers), and key and team changes
 //! are announced on a Redis channel so every replica rebuilds its key index within a second
-//! ([`watch`], with a periodic rebuild as the backstop).
+//! (`watch`, with a periodic rebuild as the backstop).
 //!
 //! ```text
 //!  worker ─► LeasedLimiter (atomics) ─ short? ─► Fleet::fetch ─► lease thread ─► Redis
