@@ -24,7 +24,8 @@
 //! [`lease_size`] (the background returns anything above it every sync) — so with `N`
 //! replicas the fleet admits at most `N × lease_size(limit, N)` more than one bucket would
 //! ([`over_admission_bound`]): at most `limit / 16`, and nothing for a limit under `16 × N`
-//! (those are taken from the store directly). A replica that dies holding leases frees its
+//! (those are taken from the store directly). A deployment's limit keeps at least one unit
+//! leased per replica ([`Leases::lease_size`]): up to `N` more. A replica that dies holding leases frees its
 //! concurrency slots and budget when its liveness entry expires in the store; its unused
 //! rate leases come back with the refill.
 //!
@@ -38,6 +39,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+
+use smallvec::SmallVec;
 
 use crate::limiter::{self, Ask, Denied, Limiter, Permit, Refusal};
 use crate::limits::{next_period_start, period_start, LimitSet, RetryAfter};
@@ -147,9 +150,9 @@ impl FleetHealth {
 #[derive(Debug)]
 pub struct LeaseBook {
     entries: Mutex<Vec<Arc<Leases>>>,
-    /// While the store is unavailable: each subject's local share, by its leases' address,
-    /// built on first use.
-    fallbacks: Mutex<HashMap<usize, Arc<LimitSet>>>,
+    /// While the store is unavailable: each subject's local share (and the replica count it
+    /// was cut for), by its leases' address, built on first use.
+    fallbacks: Mutex<HashMap<usize, (u32, Arc<LimitSet>)>>,
     /// Store health.
     pub health: FleetHealth,
 }
@@ -186,21 +189,20 @@ impl LeaseBook {
         }
     }
 
-    /// The store is back: drop every local share.
-    pub fn recovered(&self) {
-        self.fallbacks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-    }
-
-    /// The local share of `leases` (see [`local_share`]), built on first use.
+    /// The local share of `leases` (see [`local_share`]), built on first use and kept (rebuilt
+    /// only when the replica count changes): an outage that comes and goes must not hand out
+    /// a fresh share each time, so over any minute a replica admits at most one share of a
+    /// rate from it.
     fn fallback(&self, leases: &Arc<Leases>, unix_s: u64) -> Arc<LimitSet> {
+        let replicas = self.health.replicas();
         let mut shares = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
-        shares
+        let slot = shares
             .entry(Arc::as_ptr(leases) as usize)
-            .or_insert_with(|| Arc::new(local_share(leases, self.health.replicas(), unix_s)))
-            .clone()
+            .or_insert_with(|| (replicas, Arc::new(local_share(leases, replicas, unix_s))));
+        if slot.0 != replicas {
+            *slot = (replicas, Arc::new(local_share(leases, replicas, unix_s)));
+        }
+        slot.1.clone()
     }
 
     fn leases_of(&self, set: &LimitSet) -> Option<Arc<Leases>> {
@@ -419,7 +421,7 @@ impl Limiter for LeasedLimiter {
             cost_micros: 0,
             fallback: 0,
         };
-        let mut taken: Vec<Path> = Vec::with_capacity(sets.len());
+        let mut taken: SmallVec<[Path; 2]> = SmallVec::new();
         for (i, set) in sets.iter().enumerate() {
             let done = self.path(set, fallback, NO_UNIX).and_then(|p| {
                 match &p {
@@ -452,7 +454,7 @@ impl Limiter for LeasedLimiter {
     }
 
     fn reserve(&self, sets: &[&LimitSet], permit: &mut Permit, ask: &Ask) -> Result<(), Denied> {
-        let mut taken: Vec<Path> = Vec::with_capacity(sets.len());
+        let mut taken: SmallVec<[Path; 2]> = SmallVec::new();
         for (i, set) in sets.iter().enumerate() {
             let fallback = permit.fallback & (1 << i) != 0;
             let done = self.path(set, fallback, ask.unix_s).and_then(|p| {

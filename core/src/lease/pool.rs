@@ -92,6 +92,9 @@ pub struct Pool {
     empty_until_ms: AtomicU64,
     /// Monotonic ms of the last direct fetch.
     fetched_ms: AtomicU64,
+    /// Units this replica holds in the store by its own account (held buckets: concurrency,
+    /// budget), restated after a reconnect ([`Transfer::Set`]).
+    held: AtomicU64,
 }
 
 impl Pool {
@@ -160,6 +163,14 @@ pub enum Transfer {
         /// The bucket.
         dim: Dim,
         /// Units returned.
+        amount: u64,
+    },
+    /// Restate that this replica holds `amount` units of a held bucket (after a reconnect:
+    /// a transfer that failed here may still have run on the store).
+    Set {
+        /// The bucket.
+        dim: Dim,
+        /// Units held.
         amount: u64,
     },
     /// Report spend in micro-USD: `leased` was spent from this replica's budget lease,
@@ -257,6 +268,18 @@ impl Leases {
         }
     }
 
+    /// The lease this subject keeps of a limit: [`lease_size`], except that a deployment
+    /// keeps at least one unit — its admission happens inside the attempt loop, where no
+    /// request can wait for a direct fetch — so a deployment's limit is over-admitted by at
+    /// most one unit per replica more than a key's.
+    pub fn lease_size(&self, limit: u64, replicas: u32) -> u64 {
+        let size = lease_size(limit, replicas);
+        match self.subject {
+            Subject::Deployment(_) => size.max(1).min(limit),
+            _ => size,
+        }
+    }
+
     /// Counts `micros` spent from the budget lease (reported at the next sync).
     pub fn spend_leased(&self, micros: u64) {
         self.spent_leased.fetch_add(micros, Ordering::AcqRel);
@@ -295,6 +318,7 @@ impl Leases {
             if start > self.budget_period_start() {
                 // A new period: the old lease belongs to the old period's key.
                 self.pool(Dim::Budget).balance.store(0, Ordering::Release);
+                self.pool(Dim::Budget).held.store(0, Ordering::Release);
                 self.spent_leased.store(0, Ordering::Release);
                 self.budget_period_start.store(start, Ordering::Release);
             }
@@ -307,7 +331,7 @@ impl Leases {
             let size = if retire {
                 0
             } else {
-                lease_size(limit, replicas)
+                self.lease_size(limit, replicas)
             };
             let target = i64::try_from(size).unwrap_or(i64::MAX);
             let balance = pool.balance();
@@ -356,6 +380,7 @@ impl Leases {
                 },
             ) => {
                 let pool = self.pool(dim);
+                pool.held.fetch_add(granted, Ordering::AcqRel);
                 if matches!(transfer, Transfer::Take { .. }) {
                     pool.put(i64::try_from(granted).unwrap_or(i64::MAX));
                     if granted < amount && retry_after_ms > 0 {
@@ -379,8 +404,27 @@ impl Leases {
                 self.spent_leased.fetch_add(leased, Ordering::AcqRel);
                 self.spent_unleased.fetch_add(unleased, Ordering::AcqRel);
             }
+            (Transfer::Return { dim, amount }, Outcome::Done) => {
+                release_held(self.pool(dim), amount);
+            }
+            (Transfer::Spend { leased, .. }, Outcome::Done) => {
+                release_held(self.pool(Dim::Budget), leased);
+            }
             _ => {}
         }
+    }
+
+    /// What to restate after a reconnect: how much of each held bucket (concurrency, budget)
+    /// this replica holds by its own account.
+    pub fn resync(&self) -> Vec<Transfer> {
+        [Dim::Budget, Dim::Concurrency]
+            .into_iter()
+            .filter(|d| self.shape.limit(*d).is_some())
+            .map(|dim| Transfer::Set {
+                dim,
+                amount: self.pool(dim).held.load(Ordering::Acquire),
+            })
+            .collect()
     }
 
     /// Marks a direct fetch for `dim` made at `now_ms` (the background leaves its units a
@@ -393,4 +437,12 @@ impl Leases {
     pub fn budget_used(&self) -> u64 {
         self.budget_used.load(Ordering::Acquire)
     }
+}
+
+fn release_held(pool: &Pool, n: u64) {
+    let _ = pool
+        .held
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+            Some(h.saturating_sub(n))
+        });
 }

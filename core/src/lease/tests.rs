@@ -99,6 +99,10 @@ impl Store {
                 }
                 Outcome::Done
             }
+            Transfer::Set { dim, amount } => {
+                self.held.entry(dim).or_default().insert(replica, amount);
+                Outcome::Done
+            }
             Transfer::Spend { leased, unleased } => {
                 let h = self
                     .held
@@ -345,7 +349,10 @@ fn unavailable_store_admits_a_share_locally_or_refuses_when_closed() {
     );
     // The spend made meanwhile is reported on recovery.
     assert!(rep.limiter.book.health.handle_sync_ok(3));
-    rep.limiter.book.recovered();
+    // The share is kept across outages: a second one right away admits nothing more.
+    assert!(rep.limiter.book.health.handle_unavailable());
+    assert!(rep.limiter.admit(&sets, 0).is_err());
+    assert!(rep.limiter.book.health.handle_sync_ok(3));
     let (leases, _) = &rep.limiter.book.entries()[0];
     let plan = leases.plan(3, 0, 0, false);
     assert!(plan.contains(&Transfer::Spend {
@@ -424,4 +431,55 @@ proptest! {
         prop_assert!(check_law(&reqs, rpm, over_admission_bound(rpm, 3)).is_ok(), "{:?}", check_law(&reqs, rpm, over_admission_bound(rpm, 3)));
         prop_assert!(check_law(&toks, tpm, over_admission_bound(tpm, 3)).is_ok(), "{:?}", check_law(&toks, tpm, over_admission_bound(tpm, 3)));
     }
+}
+
+#[test]
+fn a_deployment_keeps_one_unit_leased_even_for_a_small_limit() {
+    let mut f = Fleet::new(Some(10), None, None, None, 3);
+    for r in &mut f.replicas {
+        r.set = LimitSet::new(Some(10), None, None, None, 0, 0)
+            .with_subject(Subject::Deployment(Arc::from("p/m")));
+    }
+    let rep = &f.replicas[0];
+    // Its first admission registers it; the pool is still empty (no fetch in the attempt loop).
+    assert!(rep.limiter.admit(&[&rep.set], 0).is_err());
+    f.sync(0, 10);
+    let rep = &f.replicas[0];
+    let p = rep.limiter.admit(&[&rep.set], 10).unwrap();
+    rep.limiter.settle(&[&rep.set], p, 0, 0, 10);
+    let (leases, _) = &rep.limiter.book.entries()[0];
+    assert_eq!(leases.lease_size(10, 3), 1);
+    assert_eq!(leases.lease_size(0, 3), 0);
+}
+
+#[test]
+fn a_reconnect_restates_what_the_replica_holds() {
+    let mut f = Fleet::new(None, None, Some(6), Some(1_000_000), 2);
+    let p = f.request(0, 0, 40_000, 0).unwrap();
+    // A take that ran on the store while its answer was lost here (a timeout).
+    let (leases, _) = f.replicas[0].limiter.book.entries()[0].clone();
+    let t = Transfer::Take {
+        dim: Dim::Concurrency,
+        amount: 3,
+    };
+    let _ = f.store.run(0, t, 0);
+    leases.apply(t, Outcome::Failed, 0);
+    assert_eq!(f.store.held_total(Dim::Concurrency), 4);
+    for t in leases.resync() {
+        let o = f.store.run(0, t, 1);
+        leases.apply(t, o, 1);
+    }
+    assert_eq!(
+        f.store.held_total(Dim::Concurrency),
+        1,
+        "the lost take is given back"
+    );
+    f.settle(0, p, 0, 30_000, 2);
+    f.sync(0, 2 + DIRECT_HOLD_MS);
+    assert_eq!(f.store.held_total(Dim::Concurrency), 0);
+    assert_eq!(f.store.spend, 30_000);
+    let Transfer::Set { amount, .. } = leases.resync()[0] else {
+        panic!("a budget set first")
+    };
+    assert_eq!(f.store.held_total(Dim::Budget), amount);
 }

@@ -121,6 +121,7 @@ impl Fleet {
             scripts: scripts::Scripts::new(),
             conn: None,
             next_connect: Instant::now(),
+            fresh: false,
             meters: meters.clone(),
         };
         std::thread::Builder::new()

@@ -43,7 +43,7 @@ return {granted, 0, wait}
 "#;
 
 /// `held(op, n, limit, replica, seed_spend, unleased)` on KEYS[1] (the hash) with KEYS[2]
-/// (the replicas set); op is take | charge | return | spend. Returns `{granted, used, 0}`.
+/// (the replicas set); op is take | charge | return | set | spend. Returns `{granted, used, 0}`.
 pub const HELD: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -82,6 +82,9 @@ elseif op == 'charge' then
   granted = n
   redis.call('HINCRBY', KEYS[1], 'r:' .. me, n)
   used = used + n
+elseif op == 'set' then
+  if n > 0 then redis.call('HSET', KEYS[1], 'r:' .. me, n) else redis.call('HDEL', KEYS[1], 'r:' .. me) end
+  used = used - mine + n
 elseif op == 'return' then
   local back = math.min(n, mine)
   if back > 0 then redis.call('HINCRBY', KEYS[1], 'r:' .. me, -back) end

@@ -26,6 +26,8 @@ pub(super) struct Syncer {
     pub(super) scripts: Scripts,
     pub(super) conn: Option<Connection>,
     pub(super) next_connect: Instant,
+    /// The connection is new: restate what this replica holds before anything else.
+    pub(super) fresh: bool,
     pub(super) meters: Meters,
 }
 
@@ -67,7 +69,10 @@ impl Syncer {
         if self.conn.is_none() && Instant::now() >= self.next_connect {
             self.next_connect = Instant::now() + Duration::from_millis(250);
             match self.connect() {
-                Ok(c) => self.conn = Some(c),
+                Ok(c) => {
+                    self.conn = Some(c);
+                    self.fresh = true;
+                }
                 Err(e) => {
                     self.unavailable(&e);
                 }
@@ -110,7 +115,6 @@ impl Syncer {
 
     fn available(&mut self, replicas: u32) {
         if self.book.health.handle_sync_ok(replicas) {
-            self.book.recovered();
             self.meters.available.set(1.0);
             tracing::info!(
                 redis = %self.config.redis_display,
@@ -132,7 +136,13 @@ impl Syncer {
         if self.connection().is_none() {
             return;
         }
+        let fresh = self.fresh;
         for (leases, gone) in &entries {
+            if fresh {
+                for t in leases.resync() {
+                    batch.push((leases.clone(), t));
+                }
+            }
             let period = period_start(leases.shape.budget_period, unix_s);
             for t in leases.plan(replicas, now_ms, period, *gone) {
                 batch.push((leases.clone(), t));
@@ -160,6 +170,7 @@ impl Syncer {
                     leases.apply(*t, outcome(*t, v), now_ms);
                 }
                 self.book.forget(&retired);
+                self.fresh = false;
                 self.available(replicas);
             }
             Err(e) => {
@@ -238,6 +249,7 @@ impl Syncer {
             Transfer::Return { dim, amount } => {
                 (dim, if dim.is_rate() { "refund" } else { "return" }, amount)
             }
+            Transfer::Set { dim, amount } => (dim, "set", amount),
             Transfer::Spend { leased, .. } => (Dim::Budget, "spend", leased),
         };
         let limit = leases.shape.limit(dim).unwrap_or(0);
@@ -289,7 +301,7 @@ fn evalsha(script: &redis::Script, keys: &[&str]) -> redis::Cmd {
 /// Reads a script's `{granted, used, retry_after_ms}`.
 fn outcome(t: Transfer, v: &Value) -> Outcome {
     match t {
-        Transfer::Return { .. } | Transfer::Spend { .. } => Outcome::Done,
+        Transfer::Return { .. } | Transfer::Set { .. } | Transfer::Spend { .. } => Outcome::Done,
         _ => match redis::from_redis_value_ref::<(i64, i64, i64)>(v) {
             Ok((granted, used, wait)) => Outcome::Granted {
                 granted: granted.max(0).unsigned_abs(),
