@@ -239,6 +239,12 @@ fn limits_are_global_revocations_spread_and_dead_leases_come_back() {
     known_everywhere(&gws, &big);
     let rs = burst(&gws, &big, 150, "");
     let admitted = ok(&rs) + 3;
+    for gw in &gws {
+        assert_eq!(
+            sample(&gw.metrics(), "sluice_shared_unavailable_total"),
+            0.0
+        );
+    }
     assert!(
         admitted <= law(60, started.elapsed(), 3),
         "rpm 60 admitted {admitted}"

@@ -34,7 +34,10 @@
 //! [`FleetHealth`] says whether the last sync succeeded. While it did not, `on_unavailable =
 //! "local"` admits each subject from a local set holding `limit ÷ replicas` (the configured
 //! `expected_replicas`, else the replicas seen alive at the last successful sync), and its spend
-//! is reported when the store is back; `"closed"` refuses with [`Refusal::Unavailable`].
+//! is reported when the store is back; `"closed"` refuses with [`Refusal::Unavailable`]. The
+//! bound above holds while the store answers: the local shares can add up to one more limit
+//! per window (each replica its share), and a direct fetch slower than `timeout_ms` counts
+//! as the store being unavailable, so `timeout_ms` should sit well above the store's latency.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
