@@ -251,6 +251,22 @@ fn limits_are_global_revocations_spread_and_dead_leases_come_back() {
     );
     assert!(admitted >= 30, "rpm 60 admitted only {admitted}");
 
+    // tpm = 3000 across the fleet: each request reserves 150 tokens (a 200-byte body is 50
+    // prompt tokens, plus max_tokens 100) and holds them 500 ms upstream, so every
+    // reservation of the burst is outstanding at once.
+    let (_, tpm) = gws[0].create_key(json!({"name": "tpm", "tpm": 3000}));
+    let started = Instant::now();
+    known_everywhere(&gws, &tpm); // reserves 1024 + 10 tokens each: up to 3 × 1034
+    let body = chat_body("mock-fast", false, Some(100), 200);
+    let rs = burst_body(&gws, &tpm, 60, &body, "x-mock-latency-ms: 500\r\n");
+    let reserved = ok(&rs) * 150;
+    assert!(
+        reserved <= law(3000, started.elapsed(), 3 * 62),
+        "tpm 3000 reserved {reserved}"
+    );
+    assert!(ok(&rs) >= 1);
+    assert!(rs.iter().any(|r| r.status == 429));
+
     // Concurrency 4 across the fleet, requests held 1.5 s upstream.
     let (conc_id, conc) = gws[2].create_key(json!({"name": "conc", "max_concurrency": 4}));
     known_everywhere(&gws, &conc);
