@@ -381,6 +381,13 @@ fn limits_are_global_revocations_spread_and_dead_leases_come_back() {
         "the dead replica's slots never came back"
     );
     drop(holders);
+
+    // A replica stopped with SIGTERM returns its leases and leaves the fleet as it exits.
+    assert_eq!(redis.cli(&["ZCARD", "sluice:replicas"]), "2");
+    let mut leaving = gws.remove(1);
+    leaving.sigterm();
+    assert!(leaving.wait_exit(Duration::from_secs(10)).is_some());
+    assert_eq!(redis.cli(&["ZCARD", "sluice:replicas"]), "1");
     drop(gws);
     drop(redis);
     let _ = std::fs::remove_dir_all(dir);

@@ -219,6 +219,9 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
 
     wait_for_signal(&generations, signals)?;
     let result = shut_down(&shared, stops, handles);
+    if let Some(fleet) = &shared.fleet {
+        fleet.shutdown(Duration::from_secs(1));
+    }
     drop(ledger_handle);
     tracing::info!("stopped");
     result

@@ -39,6 +39,8 @@ enum Job {
     ),
     /// Announce a key or team change.
     Publish,
+    /// The process stops: return every lease, leave the replicas set, then say so.
+    Shutdown(crossbeam_channel::Sender<()>),
 }
 
 /// Metric handles.
@@ -167,6 +169,16 @@ impl Fleet {
                     "shared store too slow: limits degraded"
                 );
             }
+        }
+    }
+
+    /// Returns every lease to Redis and leaves the fleet (after the drain, when nothing is in
+    /// flight), waiting at most `wait`; a replica that cannot is forgotten when its liveness
+    /// expires.
+    pub fn shutdown(&self, wait: Duration) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.jobs.try_send(Job::Shutdown(tx)).is_ok() {
+            let _ = rx.recv_timeout(wait);
         }
     }
 

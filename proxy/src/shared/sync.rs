@@ -45,19 +45,26 @@ impl Syncer {
                 Ok(job) => {
                     let mut fetches = Vec::new();
                     let mut publish = false;
+                    let mut stop = None;
                     for job in std::iter::once(job).chain(jobs.try_iter()) {
                         match job {
                             Job::Fetch(wants, reply) => fetches.push((wants, reply)),
                             Job::Publish => publish = true,
+                            Job::Shutdown(done) => stop = Some(done),
                         }
                     }
                     self.direct(fetches);
                     if publish {
                         self.publish();
                     }
+                    if let Some(done) = stop {
+                        self.sync(true);
+                        let _ = done.send(());
+                        return;
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    self.tick();
+                    self.sync(false);
                     next_tick = Instant::now() + every;
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -124,8 +131,9 @@ impl Syncer {
         }
     }
 
-    /// One sync: liveness, then every subject's plan, in one round trip.
-    fn tick(&mut self) {
+    /// One sync: liveness, then every subject's plan, in one round trip. `leaving`: return
+    /// everything and leave the replicas set.
+    fn sync(&mut self, leaving: bool) {
         let now_ms = crate::clock::now_ms();
         let unix_s = crate::clock::unix_s();
         let entries = self.book.entries();
@@ -144,7 +152,7 @@ impl Syncer {
                 }
             }
             let period = period_start(leases.shape.budget_period, unix_s);
-            for t in leases.plan(replicas, now_ms, period, *gone) {
+            for t in leases.plan(replicas, now_ms, period, *gone || leaving) {
                 batch.push((leases.clone(), t));
             }
             if *gone {
@@ -155,6 +163,11 @@ impl Syncer {
         let mut alive = evalsha(&self.scripts.alive, &[&self.names.replicas()]);
         alive.arg(&self.replica).arg(self.config.lease_ttl_ms);
         pipe.add_command(alive);
+        if leaving {
+            let mut leave = redis::cmd("ZREM");
+            leave.arg(self.names.replicas()).arg(&self.replica);
+            pipe.add_command(leave);
+        }
         for (leases, t) in &batch {
             self.add(&mut pipe, leases, *t);
         }
@@ -166,7 +179,8 @@ impl Syncer {
                     .first()
                     .and_then(|v| redis::from_redis_value_ref::<u32>(v).ok())
                     .unwrap_or(1);
-                for ((leases, t), v) in batch.iter().zip(values.iter().skip(1)) {
+                let skip = if leaving { 2 } else { 1 };
+                for ((leases, t), v) in batch.iter().zip(values.iter().skip(skip)) {
                     leases.apply(*t, outcome(*t, v), now_ms);
                 }
                 self.book.forget(&retired);
