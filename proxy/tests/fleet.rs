@@ -27,10 +27,16 @@ struct Redis {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// TLS only (`--tls-port`), with these PEM files: (certificate, key, CA).
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl Redis {
     fn start(dir: &Path) -> Redis {
+        Redis::start_with(dir, None)
+    }
+
+    fn start_with(dir: &Path, tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Redis {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -40,14 +46,31 @@ impl Redis {
             child: None,
             port,
             dir: dir.to_path_buf(),
+            tls,
         };
         r.restart();
         r
     }
 
     fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            None => {
+                cmd.args(["--port", &self.port.to_string()]);
+            }
+            Some((cert, key, ca)) => {
+                cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(cert)
+                    .arg("--tls-key-file")
+                    .arg(key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(ca)
+                    .args(["--tls-auth-clients", "no"]);
+            }
+        }
+        let child = cmd
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -546,6 +569,88 @@ fn redis_down_closed_mode_answers_503_then_recovers() {
         );
     }
     drop(gws);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, written to `dir`: (cert, key, CA).
+fn pki(dir: &Path, tag: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = (
+        dir.join(format!("{tag}-cert.pem")),
+        dir.join(format!("{tag}-key.pem")),
+        dir.join(format!("{tag}-ca.pem")),
+    );
+    std::fs::write(&paths.0, cert.pem()).unwrap();
+    std::fs::write(&paths.1, key.serialize_pem()).unwrap();
+    std::fs::write(&paths.2, ca_cert.pem()).unwrap();
+    paths
+}
+
+#[test]
+fn rediss_with_a_private_ca_and_a_wrong_one() {
+    let mock = mock();
+    let dir = temp_dir("fleet-tls");
+    let (cert, key, ca) = pki(&dir, "redis");
+    let (_, _, other_ca) = pki(&dir, "other");
+    let redis = Redis::start_with(&dir, Some((cert, key, ca.clone())));
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let shared = |ca: &Path| {
+        format!(
+            "[shared]\nredis_url = \"{url}\"\nca_file = \"{}\"\nsync_interval_ms = 20\ntimeout_ms = 500\n",
+            ca.display()
+        )
+    };
+    let store = dir.join("s.db");
+    let good: Vec<Gw> = (0..2)
+        .map(|_| {
+            start(
+                &store_config(mock.addr(), &store, 1, &shared(&ca)),
+                driver_name(false),
+            )
+        })
+        .collect();
+    for gw in &good {
+        assert!(
+            eventually(Duration::from_secs(5), || gw
+                .connect()
+                .get("/readyz")
+                .json()["shared"]["available"]
+                == true),
+            "never reached Redis over TLS"
+        );
+    }
+    // Global over TLS: rpm 10 across both.
+    let (_, small) = good[0].create_key(json!({"name": "small", "rpm": 10}));
+    let started = Instant::now();
+    known_everywhere(&good, &small);
+    let rs = burst(&good, &small, 24, "");
+    let admitted = ok(&rs) + 2;
+    assert!(
+        admitted <= law(10, started.elapsed(), 0),
+        "admitted {admitted}"
+    );
+    // A replica that does not trust Redis's certificate never talks to it.
+    let bad = start(
+        &store_config(mock.addr(), &store, 1, &shared(&other_ca)),
+        driver_name(false),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let r = bad.connect().get("/readyz");
+    assert_eq!(r.json()["shared"]["available"], false, "{}", r.text());
+    assert_eq!(r.json()["shared"]["limits"], "degraded_local");
+    drop(bad);
+    drop(good);
     drop(redis);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -8,6 +8,7 @@
 //! timeout_ms = 20                         # the most a request waits on Redis
 //! on_unavailable = "local"                # or "closed": 503 + Retry-After
 //! expected_replicas = 3                   # default: the replicas seen alive at the last sync
+//! ca_file = "/etc/sluice/redis-ca.pem"    # rediss:// with a private CA (default: system roots)
 //! ```
 
 use serde::Deserialize;
@@ -26,6 +27,7 @@ pub(super) struct RawShared {
     key_prefix: Option<String>,
     sync_interval_ms: Option<u64>,
     lease_ttl_ms: Option<u64>,
+    ca_file: Option<String>,
 }
 
 /// The validated `[shared]` section.
@@ -37,6 +39,9 @@ pub struct SharedConfig {
     pub redis_display: String,
     /// Whether the connection uses TLS (`rediss://`).
     pub tls: bool,
+    /// With `rediss://`: the PEM file of the CA that signed Redis's certificate; `None`
+    /// trusts the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
     /// The most a request waits on Redis, in milliseconds (default 20).
     pub timeout_ms: u64,
     /// What to do while Redis is unavailable.
@@ -110,6 +115,17 @@ pub(super) fn validate(
             .set_password(Some(&value))
             .map_err(|()| at("password", "cannot be set on this URL".to_string()))?;
     }
+    let ca_file = match raw.ca_file {
+        None => None,
+        Some(p) if p.is_empty() => return Err(at("ca_file", "empty path".to_string())),
+        Some(_) if !tls => {
+            return Err(at(
+                "ca_file",
+                "only with a rediss:// (TLS) redis_url".to_string(),
+            ))
+        }
+        Some(p) => Some(std::path::PathBuf::from(p)),
+    };
     let timeout_ms = match raw.timeout_ms {
         None => 20,
         Some(n @ 1..=10_000) => n,
@@ -151,6 +167,7 @@ pub(super) fn validate(
         redis_url: Secret::new(with_password.to_string()),
         redis_display,
         tls,
+        ca_file,
         timeout_ms,
         on_unavailable,
         expected_replicas: raw.expected_replicas,
@@ -191,6 +208,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(c.tls);
+        assert_eq!(c.ca_file, None);
         assert_eq!(c.redis_url.expose(), "rediss://:s3cret@cache.internal");
         assert!(!format!("{c:?}").contains("s3cret"));
         assert_eq!(c.on_unavailable, OnUnavailable::Closed);
@@ -229,6 +247,10 @@ mod tests {
                 "lease_ttl_ms",
             ),
             ("redis_url = \"env:NOPE\"", "redis_url"),
+            (
+                "redis_url = \"redis://x\"\nca_file = \"/ca.pem\"",
+                "ca_file",
+            ),
         ] {
             let e = parse(text, &[]).unwrap_err();
             assert!(e.0.contains(needle), "{text}: {e}");

@@ -183,9 +183,8 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         config: Arc::new(config),
     });
     let generations: Generations = Arc::new(arc_swap::ArcSwap::new(shared.clone()));
-    if let (Some(f), Some(reg), Some(c)) = (&shared.fleet, &shared.registry, &shared.config.shared)
-    {
-        crate::shared::spawn_key_watcher(c, f.replica.clone(), reg.clone(), shared.auth.clone())?;
+    if let (Some(f), Some(reg)) = (&shared.fleet, &shared.registry) {
+        f.watch_keys(reg.clone(), shared.auth.clone())?;
     }
     crate::state::spawn_dns_refresher(generations.clone());
     if let Some(t) = &shared.tls_listener {

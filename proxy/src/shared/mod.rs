@@ -28,8 +28,6 @@ use sluice_core::lease::{FleetHealth, LeaseBook, LeasedLimiter, Leases, OnUnavai
 use sluice_core::limiter::Ask;
 use sluice_core::limits::LimitSet;
 
-pub use watch::spawn_key_watcher;
-
 /// Work for the lease thread.
 enum Job {
     /// Take what requests lack, then say whether Redis answered.
@@ -41,6 +39,44 @@ enum Job {
     Publish,
     /// The process stops: return every lease, leave the replicas set, then say so.
     Shutdown(crossbeam_channel::Sender<()>),
+}
+
+/// How this replica reaches Redis: the URL (a secret) and, for `rediss://` with a private
+/// CA, that CA's PEM.
+#[derive(Clone)]
+struct Target {
+    url: sluice_core::config::Secret,
+    ca_pem: Option<Vec<u8>>,
+}
+
+impl Target {
+    /// Reads `config.ca_file` (at start: a missing file refuses to start).
+    fn new(config: &SharedConfig) -> std::io::Result<Self> {
+        let ca_pem = match &config.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("shared.ca_file {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        Ok(Target {
+            url: config.redis_url.clone(),
+            ca_pem,
+        })
+    }
+
+    /// A client (it connects when asked).
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.ca_pem {
+            Some(pem) => redis::Client::build_with_tls(
+                self.url.expose(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(self.url.expose()),
+        }
+    }
 }
 
 /// Metric handles.
@@ -92,6 +128,7 @@ pub struct Fleet {
     /// This replica's name in Redis.
     pub replica: String,
     config: SharedConfig,
+    target: Target,
     jobs: Sender<Job>,
     meters: Meters,
 }
@@ -112,11 +149,13 @@ impl Fleet {
             std::process::id(),
             fastrand::u32(..)
         );
+        let target = Target::new(config)?;
         let meters = Meters::new();
         meters.available.set(0.0);
         let (tx, rx) = crossbeam_channel::bounded(4096);
         let syncer = sync::Syncer {
             config: config.clone(),
+            target: target.clone(),
             replica: replica.clone(),
             book: book.clone(),
             names: scripts::Names::new(&config.key_prefix),
@@ -139,6 +178,7 @@ impl Fleet {
             limiter: Arc::new(LeasedLimiter::new(book)),
             replica,
             config: config.clone(),
+            target,
             jobs: tx,
             meters,
         }))
@@ -180,6 +220,22 @@ impl Fleet {
         if self.jobs.try_send(Job::Shutdown(tx)).is_ok() {
             let _ = rx.recv_timeout(wait);
         }
+    }
+
+    /// Starts rebuilding `registry`'s key index into `auth` when another replica announces a
+    /// key or team change (and every few seconds as a backstop).
+    pub fn watch_keys(
+        &self,
+        registry: Arc<crate::registry::SharedRegistry>,
+        auth: Arc<crate::request::auth::Auth>,
+    ) -> std::io::Result<()> {
+        watch::spawn(
+            &self.config,
+            self.target.clone(),
+            self.replica.clone(),
+            registry,
+            auth,
+        )
     }
 
     /// Tells the other replicas that keys or teams changed (never blocks).

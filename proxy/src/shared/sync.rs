@@ -15,11 +15,12 @@ use sluice_core::lease::{Dim, LeaseBook, Leases, Outcome, Transfer};
 use sluice_core::limits::period_start;
 
 use super::scripts::{Names, Scripts};
-use super::{Job, Meters};
+use super::{Job, Meters, Target};
 
 /// The lease thread's state.
 pub(super) struct Syncer {
     pub(super) config: SharedConfig,
+    pub(super) target: Target,
     pub(super) replica: String,
     pub(super) book: Arc<LeaseBook>,
     pub(super) names: Names,
@@ -89,7 +90,7 @@ impl Syncer {
     }
 
     fn connect(&self) -> redis::RedisResult<Connection> {
-        let client = redis::Client::open(self.config.redis_url.expose())?;
+        let client = self.target.client()?;
         // A background call may take longer than a request may wait, but not much.
         let limit = Duration::from_millis((self.config.timeout_ms * 5).max(100));
         let mut conn = client.get_connection_with_timeout(limit)?;

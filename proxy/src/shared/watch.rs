@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use sluice_core::config::SharedConfig;
 
 use super::scripts::Names;
+use super::Target;
 use crate::registry::SharedRegistry;
 use crate::request::auth::Auth;
 
@@ -17,8 +18,9 @@ const BACKSTOP: Duration = Duration::from_secs(5);
 
 /// Starts the watcher thread for this replica (`replica` is its own name, whose
 /// announcements it skips).
-pub fn spawn_key_watcher(
+pub(super) fn spawn(
     config: &SharedConfig,
+    target: Target,
     replica: String,
     registry: Arc<SharedRegistry>,
     auth: Arc<Auth>,
@@ -36,7 +38,7 @@ pub fn spawn_key_watcher(
                 }
             };
             loop {
-                let conn = redis::Client::open(config.redis_url.expose()).and_then(|c| {
+                let conn = target.client().and_then(|c| {
                     c.get_connection_with_timeout(Duration::from_millis(
                         (config.timeout_ms * 5).max(100),
                     ))
