@@ -30,8 +30,8 @@ pub(super) struct RawShared {
     ca_file: Option<String>,
 }
 
-/// The validated `[shared]` section.
-#[derive(Clone, Debug)]
+/// The validated `[shared]` section (changes only on restart).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedConfig {
     /// The Redis URL, with the password when one is configured (a secret: never logged).
     pub redis_url: Secret,

@@ -495,6 +495,7 @@ fn keep_restart_only(running: &Config, new: &mut Config) {
     keep!(admin, "admin");
     keep!(tracing, "tracing");
     keep!(store, "store");
+    keep!(shared, "shared");
     keep!(auth, "auth");
     keep!(log, "log");
     keep!(limits.default_max_tokens, "limits.default_max_tokens");
