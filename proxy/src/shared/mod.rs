@@ -134,8 +134,9 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts the lease thread for `config` (install the metrics recorder first). It
-    /// connects in the background: until the first sync the store counts as unavailable.
+    /// Starts the lease thread for `config` (install the metrics recorder first) and waits
+    /// (at most a second) for its first sync; until one succeeds the store counts as
+    /// unavailable.
     pub fn start(config: &SharedConfig) -> std::io::Result<Arc<Fleet>> {
         // The Redis client's rustls takes the process default provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -165,9 +166,13 @@ impl Fleet {
             fresh: false,
             meters: meters.clone(),
         };
+        let (started_tx, started) = crossbeam_channel::bounded(1);
         std::thread::Builder::new()
             .name("sluice-leases".into())
-            .spawn(move || syncer.run(rx))?;
+            .spawn(move || syncer.run(rx, started_tx))?;
+        // Serve with global limits from the first request when Redis answers: wait for the
+        // first sync (connect and liveness), a bounded moment.
+        let _ = started.recv_timeout(Duration::from_secs(1));
         tracing::info!(
             redis = %config.redis_display,
             replica = %replica,

@@ -36,10 +36,12 @@ pub(super) struct Syncer {
 type Batch = Vec<(Arc<Leases>, Transfer)>;
 
 impl Syncer {
-    /// Runs until every sender is gone.
-    pub(super) fn run(mut self, jobs: Receiver<Job>) {
+    /// Runs until every sender is gone; `started` hears once the first sync was tried.
+    pub(super) fn run(mut self, jobs: Receiver<Job>, started: crossbeam_channel::Sender<()>) {
         let every = Duration::from_millis(self.config.sync_interval_ms);
-        let mut next_tick = Instant::now();
+        self.sync(false);
+        let _ = started.send(());
+        let mut next_tick = Instant::now() + every;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match jobs.recv_timeout(wait) {
