@@ -210,8 +210,10 @@ impl Fleet {
                 self.meters.outages.increment(1);
                 self.meters.available.set(0.0);
                 tracing::warn!(
+                    redis = %self.config.redis_display,
+                    reason = "timeout",
                     timeout_ms = self.config.timeout_ms,
-                    "shared store too slow: limits degraded"
+                    "shared store unavailable: limits degraded"
                 );
             }
         }

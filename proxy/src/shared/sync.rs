@@ -115,7 +115,7 @@ impl Syncer {
             };
             tracing::warn!(
                 redis = %self.config.redis_display,
-                error = %e.category(),
+                reason = %e.category(),
                 on_unavailable = policy,
                 replicas = self.book.health.replicas(),
                 "shared store unavailable: limits degraded"
