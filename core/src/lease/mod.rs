@@ -20,14 +20,21 @@
 //! Every unit a replica admits was first taken from the shared bucket, so the shared bucket's
 //! own law holds for the fleet (a rate bucket admits at most `capacity + refill × elapsed`).
 //! What leasing adds is time-shift: units leased before a window opens and spent inside it.
-//! Those are at most what the leases hold when the window opens — per replica at most
-//! [`lease_size`] (the background returns anything above it every sync) — so with `N`
-//! replicas the fleet admits at most `N × lease_size(limit, N)` more than one bucket would
+//! Those are at most what the leases hold when the window opens — per replica one
+//! [`lease_size`], since every sync returns anything above it (refunds of settled requests
+//! included; units fetched for a waiting request stay [`DIRECT_HOLD_MS`] for it) — so with
+//! `N` replicas the fleet admits at most `N × lease_size(limit, N)` more than one bucket would
 //! ([`over_admission_bound`]): at most `limit / 16`, and nothing for a limit under `16 × N`
 //! (those are taken from the store directly). A deployment's limit keeps at least one unit
-//! leased per replica ([`Leases::lease_size`]): up to `N` more. A replica that dies holding leases frees its
-//! concurrency slots and budget when its liveness entry expires in the store; its unused
-//! rate leases come back with the refill.
+//! leased per replica ([`Leases::lease_size`]): up to `N` more. Held buckets (concurrency,
+//! budget reservations) are never over-admitted: a slot or a reservation is held in the store
+//! by exactly one replica (one that crashes takes with it the spend it had not reported, at
+//! most one sync interval's). A replica that dies holding leases frees its slots and budget when
+//! its liveness entry expires in the store; its unused rate leases come back with the refill.
+//!
+//! Note that the law is the token bucket's, as on one process: a bucket of `rpm` admits a
+//! burst of `rpm` and then `rpm` per minute, so a sliding 60 s window can see up to
+//! `2 × rpm − 1`.
 //!
 //! # When the store is unavailable
 //!
