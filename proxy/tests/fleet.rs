@@ -329,6 +329,17 @@ fn limits_are_global_revocations_spread_and_dead_leases_come_back() {
     // Reservations (budget leases included) never pass the limit, and each request cost less
     // than it reserved.
     assert!(spent <= 5_000, "spent {spent}");
+    // The budget's hash in Redis expires after its (monthly) period; it is seeded and spent.
+    let hash = redis.cli(&[
+        "--scan",
+        "--pattern",
+        &format!("sluice:b:k:{budget_id}:budget:*"),
+    ]);
+    assert!(!hash.is_empty() && !hash.contains('\n'), "{hash}");
+    let ttl: i64 = redis.cli(&["PTTL", &hash]).parse().unwrap();
+    assert!(ttl > 86_400_000, "ttl {ttl}");
+    let spend: u64 = redis.cli(&["HGET", &hash, "spend"]).parse().unwrap();
+    assert!(spend > 0 && spend <= 5_000, "spend in Redis {spend}");
     assert!(
         spent >= 5_000 - 3 * 1_125,
         "spent only {spent}: the budget was not used up"

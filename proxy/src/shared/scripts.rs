@@ -42,8 +42,9 @@ redis.call('SET', KEYS[1], string.format('%.0f', level), 'PX', ttl)
 return {granted, 0, wait}
 "#;
 
-/// `held(op, n, limit, replica, seed_spend, unleased)` on KEYS[1] (the hash) with KEYS[2]
-/// (the replicas set); op is take | charge | return | set | spend. Returns `{granted, used, 0}`.
+/// `held(op, n, limit, replica, seed_spend, unleased, ttl_ms)` on KEYS[1] (the hash) with
+/// KEYS[2] (the replicas set); op is take | charge | return | set | spend; the hash expires
+/// `ttl_ms` after its last use (0: never). Returns `{granted, used, 0}`.
 pub const HELD: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -95,6 +96,7 @@ else
   redis.call('HINCRBY', KEYS[1], 'spend', n + tonumber(ARGV[6]))
   used = used - leased + n + tonumber(ARGV[6])
 end
+if tonumber(ARGV[7]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
 return {granted, used, 0}
 "#;
 

@@ -12,10 +12,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::{Connection, Pipeline, Value};
 use sluice_core::config::SharedConfig;
 use sluice_core::lease::{Dim, LeaseBook, Leases, Outcome, Transfer};
-use sluice_core::limits::period_start;
+use sluice_core::limits::{next_period_start, period_start};
 
 use super::scripts::{Names, Scripts};
 use super::{Job, Meters, Target};
+
+/// Seconds in a day.
+const DAY_S: u64 = 86_400;
 
 /// The lease thread's state.
 pub(super) struct Syncer {
@@ -293,6 +296,21 @@ impl Syncer {
             ),
             _ => (None, String::new(), 0),
         };
+        // How long the hash outlives its last use: a budget's until a day after its period
+        // ends (a lifetime budget: forever), a concurrency hash a day.
+        let ttl_ms = match period {
+            Some(start) => {
+                let end = next_period_start(leases.shape.budget_period, start);
+                if end == u64::MAX {
+                    0
+                } else {
+                    end.saturating_sub(crate::clock::unix_s())
+                        .saturating_add(DAY_S)
+                        .saturating_mul(1000)
+                }
+            }
+            None => DAY_S * 1000,
+        };
         let key = self.names.bucket(&subject, dim.as_str(), period);
         let mut cmd = evalsha(&self.scripts.held, &[&key, &self.names.replicas()]);
         cmd.arg(op)
@@ -300,7 +318,8 @@ impl Syncer {
             .arg(limit)
             .arg(&self.replica)
             .arg(seed)
-            .arg(unleased);
+            .arg(unleased)
+            .arg(ttl_ms);
         pipe.add_command(cmd);
     }
 }
