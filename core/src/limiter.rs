@@ -121,6 +121,11 @@ pub trait Limiter: Send + Sync {
     );
     /// The request was never sent: give everything back, the request too.
     fn release(&self, sets: &[&LimitSet], permit: Permit, now_ms: u64);
+    /// `set` will be admitted through this limiter: a backend that must prepare (a fleet's
+    /// leases) starts now rather than on the first admission. Nothing by default.
+    fn prepare(&self, set: &LimitSet) {
+        let _ = set;
+    }
 }
 
 /// The embedded backend: the sets' own atomics.
@@ -278,7 +283,7 @@ impl DeploymentLimits {
             .into_iter()
             .flat_map(|p| p.by_group.iter().flatten().flatten())
             .collect();
-        let by_group = config
+        let by_group: Vec<Vec<Option<Arc<DeploymentLimit>>>> = config
             .models
             .iter()
             .map(|g| {
@@ -316,6 +321,9 @@ impl DeploymentLimits {
                     .collect()
             })
             .collect();
+        for l in by_group.iter().flatten().flatten() {
+            limiter.prepare(&l.set);
+        }
         DeploymentLimits { limiter, by_group }
     }
 

@@ -679,3 +679,37 @@ fn rediss_with_a_private_ca_and_a_wrong_one() {
     drop(redis);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn provider_limits_hold_across_the_fleet() {
+    let mock = mock();
+    let dir = temp_dir("fleet-provider");
+    let redis = Redis::start(&dir);
+    // The deployment allows 6 requests per minute: a limit too small to lease, but a
+    // deployment keeps one unit per replica (its admission cannot wait on Redis), so the
+    // fleet sends at most 6 + the refill + 3.
+    let config = fleet_config(mock.addr(), &dir.join("s.db"), &redis, "timeout_ms = 500").replacen(
+        "model = \"mock-model\" }",
+        "model = \"mock-model\", rpm = 6 }",
+        1,
+    );
+    let gws = three(&config);
+    let (_, key) = gws[0].create_key(json!({"name": "free"}));
+    let started = Instant::now();
+    known_everywhere(&gws, &key);
+    let before = mock.stats().requests;
+    let rs = burst(&gws, &key, 30, "");
+    let sent = mock.stats().requests;
+    assert!(
+        sent as usize <= law(6, started.elapsed(), 3),
+        "the provider saw {sent} requests"
+    );
+    assert!(sent >= 1, "nothing reached the provider");
+    assert_eq!(ok(&rs), (sent - before) as usize);
+    for r in rs.iter().filter(|r| r.status != 200) {
+        assert_eq!(r.status, 429, "{}", r.text());
+    }
+    drop(gws);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(dir);
+}

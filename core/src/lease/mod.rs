@@ -544,6 +544,10 @@ impl Limiter for LeasedLimiter {
         }
     }
 
+    fn prepare(&self, set: &LimitSet) {
+        let _ = self.book.leases_of(set);
+    }
+
     fn release(&self, sets: &[&LimitSet], permit: Permit, now_ms: u64) {
         for (i, set) in sets.iter().enumerate() {
             let fallback = permit.fallback & (1 << i) != 0;

@@ -441,8 +441,8 @@ fn a_deployment_keeps_one_unit_leased_even_for_a_small_limit() {
             .with_subject(Subject::Deployment(Arc::from("p/m")));
     }
     let rep = &f.replicas[0];
-    // Its first admission registers it; the pool is still empty (no fetch in the attempt loop).
-    assert!(rep.limiter.admit(&[&rep.set], 0).is_err());
+    // Prepared when the deployment limits are built: the first sync leases its unit.
+    rep.limiter.prepare(&rep.set);
     f.sync(0, 10);
     let rep = &f.replicas[0];
     let p = rep.limiter.admit(&[&rep.set], 10).unwrap();
