@@ -69,11 +69,14 @@ impl Syncer {
                         return;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.sync(false);
-                    next_tick = Instant::now() + every;
-                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
+            }
+            // On time even while direct fetches keep arriving: the liveness entry must be
+            // renewed, or the other replicas would take this one's slots back.
+            if Instant::now() >= next_tick {
+                self.sync(false);
+                next_tick = Instant::now() + every;
             }
         }
     }
