@@ -569,7 +569,9 @@ fn redis_down_closed_mode_answers_503_then_recovers() {
     );
     let gws = three(&config);
     let (_, key) = gws[0].create_key(json!({"name": "k", "rpm": 6000}));
+    let (_, free) = gws[0].create_key(json!({"name": "free"}));
     known_everywhere(&gws, &key);
+    known_everywhere(&gws, &free);
     redis.stop();
     for gw in &gws {
         let mut r = gw.chat_as(&key, &chat("mock-fast", false), "");
@@ -582,6 +584,8 @@ fn redis_down_closed_mode_answers_503_then_recovers() {
         assert_eq!(r.header("retry-after"), Some("1"));
         assert_eq!(r.error_code(), "overloaded");
         assert!(r.text().contains("shared store"), "{}", r.text());
+        // A key without limits has nothing to check: served.
+        assert_eq!(gw.chat_as(&free, &chat("mock-fast", false), "").status, 200);
     }
     redis.restart();
     for gw in &gws {

@@ -423,9 +423,21 @@ const NO_UNIX: u64 = 0;
 
 impl Limiter for LeasedLimiter {
     fn admit(&self, sets: &[&LimitSet], now_ms: u64) -> Result<Permit, Denied> {
-        let fallback = self
-            .degraded()
-            .map_err(|refusal| Denied { set: 0, refusal })?;
+        let fallback = match self.degraded() {
+            Ok(f) => f,
+            // Closed: refuse only what has a limit to check; the rest goes on locally.
+            Err(refusal) => {
+                let limited = sets.iter().position(|s| {
+                    self.book
+                        .leases_of(s)
+                        .is_some_and(|l| !l.shape.is_unlimited())
+                });
+                if let Some(set) = limited {
+                    return Err(Denied { set, refusal });
+                }
+                true
+            }
+        };
         let mut permit = Permit {
             tokens: 0,
             cost_micros: 0,

@@ -218,6 +218,11 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// Whether no bucket has a limit (spend is still counted).
+    pub fn is_unlimited(&self) -> bool {
+        Dim::ALL.iter().all(|d| self.limit(*d).is_none())
+    }
+
     /// The limit of one bucket, if it has one.
     pub fn limit(&self, dim: Dim) -> Option<u64> {
         match dim {

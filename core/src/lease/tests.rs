@@ -366,6 +366,14 @@ fn unavailable_store_admits_a_share_locally_or_refuses_when_closed() {
     ))));
     let d = closed.admit(&sets, 0).unwrap_err();
     assert_eq!(d.refusal, Refusal::Unavailable);
+    // Nothing to check: served even when closed, its spend counted for later.
+    let free =
+        LimitSet::new(None, None, None, None, 0, 0).with_subject(Subject::Team(Arc::from("t")));
+    let p = closed.admit(&[&free], 0).unwrap();
+    closed.settle(&[&free], p, 10, 7, 0);
+    assert!(closed.admit(&[], 0).is_ok());
+    let d = closed.admit(&[&free, &rep.set], 0).unwrap_err();
+    assert_eq!(d.set, 1);
     assert_eq!(d.refusal.retry_after_s(), Some(1));
     assert_eq!(closed.book.health.replicas(), 2);
 }
