@@ -15,6 +15,7 @@
 //! from a shared store, naming each set's buckets by its [`LimitSet::subject`], so the request
 //! path does not change.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -269,6 +270,10 @@ pub struct DeploymentLimit {
     rpm: Option<u32>,
     tpm: Option<u64>,
     set: LimitSet,
+    /// Takes admitted from a fleet's local share (`Permit::fallback`) not yet settled or
+    /// released: the attempt loop hands back only token counts, so that many of the next
+    /// settlements go back to the share they came from.
+    fallback_takes: AtomicU64,
 }
 
 impl DeploymentLimits {
@@ -313,6 +318,7 @@ impl DeploymentLimits {
                                         concurrency: None::<Concurrency>,
                                         ..LimitSet::default()
                                     },
+                                    fallback_takes: AtomicU64::new(0),
                                 })
                             },
                             |l| Arc::clone(l),
@@ -360,6 +366,9 @@ impl crate::attempt::DeploymentLimiter for DeploymentLimits {
             self.limiter.release(&sets, permit, now_ms);
             return Err(wait(d));
         }
+        if permit.fallback != 0 {
+            l.fallback_takes.fetch_add(1, Ordering::AcqRel);
+        }
         Ok(())
     }
 
@@ -368,7 +377,7 @@ impl crate::attempt::DeploymentLimiter for DeploymentLimits {
             let permit = Permit {
                 tokens,
                 cost_micros: 0,
-                fallback: 0,
+                fallback: l.settle_where(),
             };
             self.limiter.release(&[&l.set], permit, now_ms);
         }
@@ -379,10 +388,22 @@ impl crate::attempt::DeploymentLimiter for DeploymentLimits {
             let permit = Permit {
                 tokens: reserved,
                 cost_micros: 0,
-                fallback: 0,
+                fallback: l.settle_where(),
             };
             self.limiter.settle(&[&l.set], permit, used, 0, now_ms);
         }
+    }
+}
+
+impl DeploymentLimit {
+    /// The `Permit::fallback` bits of the next settlement: 1 while takes from a local
+    /// share are outstanding (counted down), else 0.
+    fn settle_where(&self) -> u8 {
+        let from_share = self
+            .fallback_takes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        u8::from(from_share)
     }
 }
 

@@ -491,3 +491,38 @@ fn a_reconnect_restates_what_the_replica_holds() {
     };
     assert_eq!(f.store.held_total(Dim::Budget), amount);
 }
+
+#[test]
+fn deployment_settlements_go_back_where_their_takes_came_from() {
+    use crate::attempt::DeploymentLimiter;
+    use crate::config::Config;
+    use crate::limiter::DeploymentLimits;
+    use crate::route::Target;
+    let text = "[[providers]]\nname = \"p\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[[models]]\nname = \"m\"\ndeployments = [{ provider = \"p\", model = \"m\", rpm = 60, tpm = 6000 }]\n";
+    let cfg = Config::from_toml(text, &HashMap::new()).unwrap();
+    let book = Arc::new(LeaseBook::new(FleetHealth::new(
+        Some(3),
+        OnUnavailable::Local,
+    )));
+    let limiter = Arc::new(LeasedLimiter::new(book.clone()));
+    let limits = DeploymentLimits::build(&cfg, limiter, None);
+    let t = Target {
+        group: 0,
+        deployment: 0,
+    };
+    // Redis unavailable: the take comes from the local share (6000 ÷ 3 tokens).
+    assert!(limits.take(t, 1500, 0).is_ok());
+    limits.settle(t, 1500, 400, 0);
+    assert!(limits.take(t, 1500, 0).is_ok());
+    limits.release(t, 1500, 0);
+    let (leases, _) = &book.entries()[0];
+    assert_eq!(
+        leases.pool(Dim::Tokens).balance(),
+        0,
+        "no refund into the lease"
+    );
+    assert_eq!(leases.pool(Dim::Requests).balance(), 0);
+    // The share got them back: 2000 - 400 left.
+    assert!(limits.take(t, 1600, 0).is_ok());
+    assert!(limits.take(t, 1, 0).is_err());
+}
