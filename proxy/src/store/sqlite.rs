@@ -613,6 +613,13 @@ impl Backend for Sqlite {
         Ok(uint(n))
     }
 
+    fn delete_ledger_before(&self, ts_ms: u64) -> Result<u64> {
+        let n = self
+            .conn
+            .execute("DELETE FROM ledger WHERE ts_ms < ?1", [int(ts_ms)])?;
+        Ok(n as u64)
+    }
+
     fn insert_usage(&self, batch: &[UsageRecord]) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
         {
