@@ -339,7 +339,7 @@ fn open_access(config: &Config) -> io::Result<(Access, Option<crate::store::Ledg
     for k in config.keys.iter().filter(|k| k.literal) {
         tracing::warn!(key = %k.record.name, prefix = %k.record.prefix, "a key is written literally in the config: fine for a demo, never for production");
     }
-    let Some(path) = &config.store.path else {
+    let Some(target) = store_target(config)? else {
         let auth =
             crate::request::auth::Auth::new(config, crate::request::auth::Index::default(), None);
         return Ok((
@@ -354,22 +354,24 @@ fn open_access(config: &Config) -> io::Result<(Access, Option<crate::store::Ledg
     if admin_token.is_none() {
         tracing::info!("admin API off: set SLUICE_ADMIN_TOKEN to manage keys, teams and spend");
     }
-    let store_err =
-        |e: crate::store::StoreError| io::Error::other(format!("{}: {e}", path.display()));
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-    }
-    let store = Store::open(path).map_err(store_err)?;
+    let location = target.location();
+    let store_err = |e: crate::store::StoreError| io::Error::other(format!("{location}: {e}"));
+    let store = Store::open_target(&target).map_err(store_err)?;
     let (registry, index) = Registry::open(config, store).map_err(store_err)?;
     let opts = WriterOptions {
         flush_interval: Duration::from_millis(config.store.flush_interval_ms),
         synchronous_full: config.store.synchronous_full,
+        backlog_records: config.store.backlog_records,
+        spill_path: Some(config.store.spill_path.clone()),
+        retention: config
+            .store
+            .retention_days
+            .map(|d| Duration::from_secs(u64::from(d) * 86_400)),
         ..WriterOptions::default()
     };
-    let (ledger, handle) = LedgerWriter::spawn_with(path, opts).map_err(store_err)?;
+    let (ledger, handle) = LedgerWriter::spawn_target(&target, opts).map_err(store_err)?;
     tracing::info!(
-        store = %path.display(),
+        store = %location,
         keys = index.keys().count(),
         auth = ?config.auth,
         "store opened"
@@ -383,6 +385,25 @@ fn open_access(config: &Config) -> io::Result<(Access, Option<crate::store::Ledg
         },
         Some(handle),
     ))
+}
+
+/// Where `[store]` points: PostgreSQL (`url`), an SQLite file (`path`, its directory created),
+/// or nothing.
+fn store_target(config: &Config) -> io::Result<Option<crate::store::StoreTarget>> {
+    use crate::store::{postgres::PgTarget, StoreTarget};
+    if let Some(url) = &config.store.url {
+        let target = PgTarget::parse(url.expose(), config.store.ca_file.as_deref())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        return Ok(Some(StoreTarget::Postgres(Box::new(target))));
+    }
+    let Some(path) = &config.store.path else {
+        return Ok(None);
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    }
+    Ok(Some(StoreTarget::Sqlite(path.clone())))
 }
 
 /// Reloads the config file into a new generation and swaps it in: `Ok(Some(generation))`

@@ -585,7 +585,7 @@ impl Backend for Postgres {
     fn spend_totals_since(&self, scope: Scope, since_unix: u64) -> Result<HashMap<String, u64>> {
         let rows = self.query(
             &format!(
-                "SELECT id, LEAST(SUM(micros), {MAX})::BIGINT FROM spend \
+                "SELECT id, LEAST(COALESCE(SUM(micros), 0), {MAX})::BIGINT FROM spend \
                  WHERE scope = $1 AND day_start >= $2 GROUP BY id"
             ),
             &[&scope.as_str(), &int(since_unix)],
@@ -598,7 +598,7 @@ impl Backend for Postgres {
     fn spend_since(&self, scope: Scope, id: &str, since_unix: u64) -> Result<u64> {
         let rows = self.query(
             &format!(
-                "SELECT LEAST(SUM(micros), {MAX})::BIGINT FROM spend \
+                "SELECT LEAST(COALESCE(SUM(micros), 0), {MAX})::BIGINT FROM spend \
                  WHERE scope = $1 AND id = $2 AND day_start >= $3"
             ),
             &[&scope.as_str(), &id, &int(since_unix)],
@@ -621,9 +621,9 @@ impl Backend for Postgres {
         // Bytewise order of the group (as SQLite's), whatever the database's collation.
         let rows = self.query(
             &format!(
-                "SELECT {column} COLLATE \"C\", COUNT(*), LEAST(SUM(input_tokens), {MAX})::BIGINT, \
-                 LEAST(SUM(output_tokens), {MAX})::BIGINT, LEAST(SUM(cached_tokens), {MAX})::BIGINT, \
-                 LEAST(SUM(reasoning_tokens), {MAX})::BIGINT, LEAST(SUM(cost_micros), {MAX})::BIGINT \
+                "SELECT {column} COLLATE \"C\", COUNT(*), LEAST(COALESCE(SUM(input_tokens), 0), {MAX})::BIGINT, \
+                 LEAST(COALESCE(SUM(output_tokens), 0), {MAX})::BIGINT, LEAST(COALESCE(SUM(cached_tokens), 0), {MAX})::BIGINT, \
+                 LEAST(COALESCE(SUM(reasoning_tokens), 0), {MAX})::BIGINT, LEAST(COALESCE(SUM(cost_micros), 0), {MAX})::BIGINT \
                  FROM ledger WHERE ts_ms >= $1 AND ts_ms < $2 GROUP BY 1 \
                  ORDER BY 7 DESC, 1"
             ),

@@ -308,6 +308,8 @@ pub fn restart_keeps_keys_and_spend(f: &dyn Fixture) {
         1_015_007
     );
     assert_eq!(spend.spend(Scope::Key, "nobody", BudgetPeriod::Daily), 0);
+    assert_eq!(store.spend_since(Scope::Key, "nobody", 0).unwrap(), 0);
+    assert!(store.spend_by(SpendGroup::Key, 0, 1).unwrap().is_empty());
     assert_eq!(
         store
             .spend_since(
