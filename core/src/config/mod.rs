@@ -18,11 +18,13 @@ use crate::retry::{RawRetry, RetryPolicy};
 
 mod access;
 pub mod overrides;
+mod pinning;
 #[cfg(test)]
 mod tests;
 mod validate;
 
 pub use access::{AuthMode, LimitsConfig, StaticKey, StoreConfig};
+pub use pinning::{pinning, Pinning};
 
 /// Where `env:NAME` and `file:/path` references, and `SLUICE__…` overrides, are looked up.
 pub trait SecretSource {
@@ -332,7 +334,8 @@ pub struct ServerConfig {
     pub workers: Workers,
     /// I/O driver.
     pub driver: Driver,
-    /// Pin worker `i` to core `i`.
+    /// Pin worker `i` to the `i`-th allowed CPU, when the CPU set holds exactly one CPU per
+    /// worker ([`pinning`]).
     pub pin_workers: bool,
     /// Connections a worker holds at most; more are answered 503 and closed.
     pub max_connections_per_worker: usize,

@@ -15,7 +15,7 @@ use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 use sluice_core::cache::NoStore;
-use sluice_core::config::{Config, ConfigError, Driver, ProcessEnv, Workers};
+use sluice_core::config::{Config, ConfigError, Driver, Pinning, ProcessEnv, Workers};
 use sluice_core::limiter::{DeploymentLimits, Limiter, LocalLimiter};
 
 use crate::listen::client_io;
@@ -253,7 +253,8 @@ type Started = (
     Vec<std::thread::JoinHandle<io::Result<()>>>,
 );
 
-/// Starts one worker thread per listener, pinned to a core when the config says so.
+/// Starts one worker thread per listener, pinned to a core when the config says so and the
+/// CPU set has one CPU per worker ([`sluice_core::config::pinning`]).
 fn start_workers(
     shared: &Shared,
     generations: &Generations,
@@ -262,14 +263,30 @@ fn start_workers(
 ) -> io::Result<Started> {
     let workers = listeners.len();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let pin = match sluice_core::config::pinning(
+        shared.config.server.pin_workers,
+        cores.len(),
+        workers,
+    ) {
+        Pinning::Pin => true,
+        Pinning::Off => false,
+        Pinning::Refused { allowed, workers } => {
+            tracing::info!(
+                allowed_cpus = allowed,
+                workers,
+                "pin_workers: not pinning, the CPU set is not one CPU per worker (a CPU quota \
+                 shares the node's CPUs; pinning would put every replica on the same cores)"
+            );
+            false
+        }
+    };
     let mut stops = Vec::with_capacity(workers);
     let mut handles = Vec::with_capacity(workers);
     for (id, listener) in listeners.into_iter().enumerate() {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);
         let generations = generations.clone();
-        let core = (shared.config.server.pin_workers && !cores.is_empty())
-            .then(|| cores[id % cores.len()]);
+        let core = if pin { cores.get(id).copied() } else { None };
         let handle = std::thread::Builder::new()
             .name(format!("sluice-w{id}"))
             .spawn(move || {

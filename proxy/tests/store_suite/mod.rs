@@ -43,6 +43,7 @@ macro_rules! store_suite {
                 a_new_store_is_at_the_latest_schema,
                 reopening_is_idempotent,
                 a_newer_schema_is_refused,
+                retention_removes_old_rows_and_keeps_spend,
             );
         }
     };
@@ -556,4 +557,44 @@ pub fn a_newer_schema_is_refused(f: &dyn Fixture) {
     f.set_schema_version(known);
     let store = f.open().unwrap();
     assert_eq!(store.get_team("core").unwrap(), Some(team_record("core")));
+}
+
+/// One case of the suite: with a retention period, the writer deletes older ledger rows when
+/// it starts; the per-day spend (budgets) keeps counting them.
+pub fn retention_removes_old_rows_and_keeps_spend(f: &dyn Fixture) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    {
+        let (tx, handle) = f.writer(WriterOptions::default()).unwrap();
+        for i in 0..5 {
+            // 2024: far older than 30 days.
+            tx.record(usage_record(i, "key_1", "core", 100)).unwrap();
+        }
+        let mut recent = usage_record(9, "key_1", "core", 7);
+        recent.ts_ms = now_ms - 86_400_000;
+        tx.record(recent).unwrap();
+        drop(tx);
+        assert_eq!(handle.join().committed, 6);
+    }
+    let (tx, handle) = f
+        .writer(WriterOptions {
+            retention: Some(Duration::from_secs(30 * 86_400)),
+            ..WriterOptions::default()
+        })
+        .unwrap();
+    let store = f.open().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.ledger_count().unwrap() != 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(store.ledger_count().unwrap(), 1);
+    assert_eq!(
+        store.ledger(0, u64::MAX, 10).unwrap()[0].request_id,
+        "req-9"
+    );
+    assert_eq!(store.spend_since(Scope::Key, "key_1", 0).unwrap(), 507);
+    drop(tx);
+    handle.join();
 }
