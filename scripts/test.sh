@@ -100,6 +100,9 @@ cargo test --workspace --locked
 # The binaries cargo just built (target/ unless CARGO_TARGET_DIR says otherwise).
 export SLUICE_BIN_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug"
 
+step "deploy/kubernetes: schemas, ServiceMonitor CRD, cross-references, check-config"
+python3 scripts/check-manifests.py
+
 step "pytest tests/python (driver: default, io_uring where the kernel allows it)"
 env -u SLUICE_DRIVER python3 -m pytest -q tests/python
 
