@@ -17,9 +17,6 @@ step() {
 # runs at most once). promtool checks the /metrics output; later steps append to APT_PACKAGES, e.g.
 # nginx or prometheus for comparison runs. Pass `command:package` pairs.
 APT_PACKAGES=(promtool:prometheus systemd-analyze:systemd)
-# The PostgreSQL store's tests need a real server (the binaries live outside PATH, under
-# /usr/lib/postgresql/<version>/bin; pg_config comes with the same package).
-APT_PACKAGES+=(pg_config:postgresql)
 ensure_apt_packages() {
     local missing=() pair cmd pkg
     for pair in "$@"; do
@@ -55,6 +52,14 @@ PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-chec
 # PostgreSQL start their own.
 start_postgres() {
     local bin dir port
+    # The server binaries live outside PATH (/usr/lib/postgresql/<version>/bin), so look for
+    # initdb there; install Debian's postgresql without the default cluster it would create.
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        ensure_apt_packages pg_ctlcluster:postgresql-common
+        sed -ri 's/^#?\s*create_main_cluster\b.*$/create_main_cluster = false/' \
+            /etc/postgresql-common/createcluster.conf 2>/dev/null || true
+        ensure_apt_packages initdb-is-not-in-path:postgresql
+    fi
     bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
     if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
         echo "PostgreSQL is not installed (apt-get install postgresql)" >&2

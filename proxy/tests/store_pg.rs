@@ -144,3 +144,56 @@ fn a_bad_url_is_refused_without_echoing_it() {
     let t = PgTarget::parse("postgres://u:hunter2@db.internal:5433/sluice", None).unwrap();
     assert_eq!(t.location(), "postgresql://db.internal:5433/sluice");
 }
+
+#[test]
+fn sslmode_require_connects_through_rustls_and_verifies_the_server() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let server = pg_server::PgServer::start_tls("tls", &leaf.pem(), &leaf_key.serialize_pem());
+    let dir = std::env::temp_dir().join(format!("sluice-pg-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let url = format!(
+        "postgres://sluice@localhost:{}/sluice?sslmode=require",
+        server.port
+    );
+
+    // Trusting the private CA: connects, over TLS, and works.
+    let target = PgTarget::parse(&url, Some(&ca_file)).unwrap();
+    assert!(
+        target.location().ends_with("(tls)"),
+        "{}",
+        target.location()
+    );
+    let store = Store::open_target(&StoreTarget::Postgres(Box::new(target))).unwrap();
+    store.create_team(&team_record("core")).unwrap();
+    let mut plain = postgres::Client::connect(&server.url("sluice"), postgres::NoTls).unwrap();
+    let tls_sessions: i64 = plain
+        .query_one(
+            "SELECT COUNT(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE ssl AND application_name = 'sluice'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(tls_sessions >= 1, "the store's connection is not TLS");
+
+    // Without the CA the server's certificate is refused: no silent fallback to plain text.
+    let untrusted = PgTarget::parse(&url, None).unwrap();
+    let err = Store::open_target(&StoreTarget::Postgres(Box::new(untrusted)))
+        .err()
+        .expect("an unknown issuer is refused");
+    assert!(matches!(err, StoreError::Postgres(_)), "{err:?}");
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}

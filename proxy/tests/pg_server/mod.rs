@@ -70,11 +70,27 @@ pub struct PgServer {
     /// The loopback port it listens on.
     pub port: u16,
     pid: Option<i32>,
+    extra_opts: String,
 }
 
 impl PgServer {
     /// Initialises and starts a server; `name` keeps directories of parallel tests apart.
     pub fn start(name: &str) -> PgServer {
+        PgServer::start_with(name, &[], "")
+    }
+
+    /// A server with TLS on: `cert` and `key` (PEM) as its certificate and key.
+    pub fn start_tls(name: &str, cert: &str, key: &str) -> PgServer {
+        PgServer::start_with(
+            name,
+            &[("server.crt", cert), ("server.key", key)],
+            "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key",
+        )
+    }
+
+    /// [`start`](Self::start) with `files` written into the data directory (mode 0600, owned
+    /// by the server's user) and `opts` added to the server's options.
+    pub fn start_with(name: &str, files: &[(&str, &str)], opts: &str) -> PgServer {
         let bin = bin_dir();
         let dir = std::env::temp_dir().join(format!("sluice-pg-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -100,11 +116,26 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&status.stderr)
         );
+        for (file, contents) in files {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.join("data").join(file);
+            std::fs::write(&path, contents).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if is_root() {
+                let pw = Command::new("id")
+                    .args(["-u", "postgres"])
+                    .output()
+                    .unwrap();
+                let uid: u32 = String::from_utf8_lossy(&pw.stdout).trim().parse().unwrap();
+                std::os::unix::fs::chown(&path, Some(uid), None).unwrap();
+            }
+        }
         let mut server = PgServer {
             dir,
             bin,
             port: free_port(),
             pid: None,
+            extra_opts: opts.to_string(),
         };
         server.resume();
         server.create_db("sluice");
@@ -115,9 +146,10 @@ impl PgServer {
     pub fn resume(&mut self) {
         assert!(self.pid.is_none(), "already running");
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 {}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.extra_opts
         );
         let out = pg_command(&self.bin.join("pg_ctl"))
             .arg("-D")
