@@ -63,6 +63,10 @@ impl Fixture for PgFixture {
         )
         .unwrap();
     }
+
+    fn keeps_nul(&self) -> bool {
+        false
+    }
 }
 
 store_suite!(postgres_backend, PgFixture::new);

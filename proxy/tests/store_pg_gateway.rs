@@ -97,6 +97,13 @@ fn postgres_stopped_mid_load_fails_no_request_and_loses_no_row() {
     assert!(eventually(Duration::from_secs(20), || ok
         .load(Ordering::Relaxed)
         >= during + 100));
+    // The admin API, which reads the store, says it is unavailable (and recovers below).
+    let (status, body) = gw.admin("GET", "/admin/spend", None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{body}"
+    );
     let m = gw.metrics();
     assert!(m.contains("sluice_store_up 0"), "{m}");
     assert!(m.contains("sluice_ledger_commit_failures_total"), "{m}");
@@ -111,6 +118,7 @@ fn postgres_stopped_mid_load_fails_no_request_and_loses_no_row() {
         "{}",
         readyz(&gw)
     );
+    assert_eq!(gw.admin("GET", "/admin/spend", None).0, 200);
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         let failed = c.join().unwrap();

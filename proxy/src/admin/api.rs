@@ -66,6 +66,14 @@ fn store_error(e: StoreError) -> Answer {
     match e {
         StoreError::Conflict(what) => fail(409, "conflict", format!("{what} already exists")),
         StoreError::NotFound(what) => fail(404, "not_found", format!("no such {what}")),
+        other if other.is_unavailable() => {
+            tracing::warn!(error = %other, "admin: store unavailable");
+            fail(
+                503,
+                "store_unavailable",
+                "the store cannot be reached; try again shortly",
+            )
+        }
         other => {
             tracing::error!(error = %other, "admin: store error");
             fail(

@@ -89,6 +89,17 @@ pub enum StoreError {
     Spawn(#[from] std::io::Error),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached (a connection refused, dropped or timed
+    /// out), rather than refusing what was asked: trying again later may work.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
+}
+
 /// The store's result.
 pub type Result<T> = std::result::Result<T, StoreError>;
 

@@ -15,6 +15,7 @@
 //! TLS: `sslmode=require` in the URL connects through rustls (webpki and system roots, plus
 //! `ca_file`); otherwise the connection is plain (loopback, or a private network).
 
+use std::borrow::Cow;
 use std::cell::{RefCell, RefMut};
 use std::collections::HashMap;
 use std::path::Path;
@@ -376,6 +377,17 @@ fn usage_from_row(r: &Row) -> Result<UsageRecord> {
     })
 }
 
+/// `s` as PostgreSQL's `TEXT` takes it: a NUL byte (which it refuses, and which would make
+/// every retry of a ledger batch fail) becomes U+FFFD. Model names and request ids come from
+/// clients.
+fn text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
 impl Postgres {
     /// Connects to `target`, refuses a schema newer than this binary, and migrates.
     pub fn open(target: &PgTarget) -> Result<Postgres> {
@@ -674,10 +686,13 @@ impl Backend for Postgres {
         // One statement per table, the rows as arrays: one round trip whatever the batch.
         let col = |f: &dyn Fn(&UsageRecord) -> i64| batch.iter().map(f).collect::<Vec<i64>>();
         let opt = |f: &dyn Fn(&UsageRecord) -> Option<&str>| {
-            batch.iter().map(f).collect::<Vec<Option<&str>>>()
+            batch
+                .iter()
+                .map(|r| f(r).map(text))
+                .collect::<Vec<Option<Cow<'_, str>>>>()
         };
-        let request_id: Vec<&str> = batch.iter().map(|r| r.request_id.as_str()).collect();
-        let model: Vec<&str> = batch.iter().map(|r| &*r.model).collect();
+        let request_id: Vec<Cow<'_, str>> = batch.iter().map(|r| text(&r.request_id)).collect();
+        let model: Vec<Cow<'_, str>> = batch.iter().map(|r| text(&r.model)).collect();
         let estimated: Vec<bool> = batch.iter().map(|r| r.usage.estimated).collect();
         let status: Vec<i32> = batch.iter().map(|r| i32::from(r.status)).collect();
         let (ts, input, output) = (
@@ -698,7 +713,7 @@ impl Backend for Postgres {
         );
         let spend = spend_by_day(batch);
         let scopes: Vec<&str> = spend.keys().map(|(s, _, _)| s.as_str()).collect();
-        let ids: Vec<&str> = spend.keys().map(|(_, id, _)| *id).collect();
+        let ids: Vec<Cow<'_, str>> = spend.keys().map(|(_, id, _)| text(id)).collect();
         let days: Vec<i64> = spend.keys().map(|(_, _, d)| int(*d)).collect();
         let micros: Vec<i64> = spend.values().map(|m| int(*m)).collect();
 

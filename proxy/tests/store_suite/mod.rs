@@ -24,6 +24,10 @@ pub trait Fixture {
     fn latest_version(&self) -> u32;
     /// Records `version` as the database's schema version, behind the store's back.
     fn set_schema_version(&self, version: u32);
+    /// Whether text columns keep a NUL byte (SQLite) or turn it into U+FFFD (PostgreSQL).
+    fn keeps_nul(&self) -> bool {
+        true
+    }
 }
 
 /// Generates `mod $backend` with one `#[test]` per case of the suite; `$new` makes a
@@ -44,6 +48,7 @@ macro_rules! store_suite {
                 reopening_is_idempotent,
                 a_newer_schema_is_refused,
                 retention_removes_old_rows_and_keeps_spend,
+                strings_from_clients_never_poison_a_batch,
             );
         }
     };
@@ -597,4 +602,42 @@ pub fn retention_removes_old_rows_and_keeps_spend(f: &dyn Fixture) {
     assert_eq!(store.spend_since(Scope::Key, "key_1", 0).unwrap(), 507);
     drop(tx);
     handle.join();
+}
+
+/// One case of the suite: a model name or request id with a NUL byte, quotes or any
+/// Unicode (they come from clients) commits with its batch, on every backend.
+pub fn strings_from_clients_never_poison_a_batch(f: &dyn Fixture) {
+    let (tx, handle) = f.writer(WriterOptions::default()).unwrap();
+    let odd = [
+        "a\0b",
+        "it's \"quoted\"",
+        "模型-🚀",
+        "\\ back\\slash",
+        "x\u{FFFD}y",
+    ];
+    for (i, s) in odd.iter().enumerate() {
+        let mut r = usage_record(i as u64, "key_1", "core", 1);
+        r.model = Arc::from(*s);
+        r.request_id = (*s).to_string();
+        r.deployment = Some(Arc::from(*s));
+        tx.record(r).unwrap();
+    }
+    tx.record(usage_record(99, "key_1", "core", 1)).unwrap();
+    assert!(tx.flush_and_wait(Duration::from_secs(10)));
+    assert_eq!((tx.committed(), tx.failed_commits()), (6, 0));
+    drop(tx);
+    handle.join();
+    let store = f.open().unwrap();
+    let rows = store.ledger(0, u64::MAX, 100).unwrap();
+    assert_eq!(rows.len(), 6);
+    for (row, want) in rows.iter().zip(odd) {
+        // PostgreSQL's TEXT has no NUL: it arrives as U+FFFD; everything else is exact.
+        let want = if f.keeps_nul() {
+            want.to_string()
+        } else {
+            want.replace('\0', "\u{FFFD}")
+        };
+        assert_eq!(&*row.model, want);
+        assert_eq!(row.request_id, want);
+    }
 }
