@@ -35,6 +35,15 @@
 //! Only a writer without a spill path (or a disk that refuses the file) can lose records at
 //! shutdown, and counts them ([`WriterReport::lost`]).
 //!
+//! # A record the database refuses
+//!
+//! A commit refused for what it holds ([`StoreError::is_refusal`]: a value or constraint the
+//! database will refuse however often it is retried) is split in halves until the refused
+//! records are alone; they are appended to `<spill_path>.refused` (JSON lines, for an
+//! operator), logged and counted (`sluice_ledger_refused_records_total`,
+//! [`LedgerSender::refused`]), and everything else commits. One bad row never stalls the
+//! ledger.
+//!
 //! # Retention
 //!
 //! With [`WriterOptions::retention`], ledger rows older than that are deleted at start and
@@ -99,6 +108,7 @@ struct Counters {
     failed_commits: AtomicU64,
     lost: AtomicU64,
     replayed: AtomicU64,
+    refused: AtomicU64,
     backlog: AtomicU64,
     spilled: AtomicU64,
     down: AtomicBool,
@@ -189,10 +199,17 @@ impl LedgerSender {
         self.counters.replayed.load(Ordering::Relaxed)
     }
 
+    /// Records the database refused for their content (kept in the `.refused` file next
+    /// to the spill file).
+    pub fn refused(&self) -> u64 {
+        self.counters.refused.load(Ordering::Relaxed)
+    }
+
     /// Records in the channel, the open batch or the backlog.
     pub fn pending(&self) -> u64 {
-        self.sent()
-            .saturating_sub(self.committed() + self.counters.lost.load(Ordering::Relaxed))
+        self.sent().saturating_sub(
+            self.committed() + self.refused() + self.counters.lost.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -330,21 +347,45 @@ impl Writer<'_> {
             return;
         }
         if !self.down {
-            match self.backend.insert_usage(batch) {
-                Ok(()) => {
-                    self.c
-                        .committed
-                        .fetch_add(batch.len() as u64, Ordering::AcqRel);
+            let mut refused = Vec::new();
+            let result = commit_isolating(self.backend, batch, &mut refused);
+            self.refused(refused);
+            match result {
+                Ok(n) => {
+                    self.c.committed.fetch_add(n, Ordering::AcqRel);
                     batch.clear();
                     return;
                 }
-                Err(e) => self.went_down(&e, batch.len()),
+                Err(Stalled {
+                    error,
+                    at,
+                    committed,
+                }) => {
+                    self.c.committed.fetch_add(committed, Ordering::AcqRel);
+                    batch.drain(..at);
+                    self.went_down(&error, batch.len());
+                }
             }
         }
         for r in batch.drain(..) {
             self.spool.push(r);
         }
         self.publish();
+    }
+
+    /// Records the database refused for what they hold: kept in the refused file, counted.
+    fn refused(&mut self, records: Vec<UsageRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        let n = records.len() as u64;
+        self.c.refused.fetch_add(n, Ordering::AcqRel);
+        metrics::counter!("sluice_ledger_refused_records_total").increment(n);
+        let lost = self.spool.refuse(records);
+        tracing::error!(records = n, "ledger: the store refused records for their content; kept in the .refused file next to the spill file");
+        if lost > 0 {
+            self.c.lost.fetch_add(lost, Ordering::AcqRel);
+        }
     }
 
     fn went_down(&mut self, e: &StoreError, records: usize) {
@@ -371,21 +412,37 @@ impl Writer<'_> {
             if batch.is_empty() {
                 break;
             }
-            match self.backend.insert_usage(&batch) {
-                Ok(()) => {
-                    self.c
-                        .committed
-                        .fetch_add(batch.len() as u64, Ordering::AcqRel);
+            let mut refused = Vec::new();
+            let result = commit_isolating(self.backend, &batch, &mut refused);
+            self.refused(refused);
+            match result {
+                Ok(n) => {
+                    self.c.committed.fetch_add(n, Ordering::AcqRel);
                 }
-                Err(e) => {
-                    self.spool.unpop(batch);
-                    self.went_down(&e, 0);
+                Err(Stalled {
+                    error,
+                    at,
+                    committed,
+                }) => {
+                    self.c.committed.fetch_add(committed, Ordering::AcqRel);
+                    self.spool.unpop(batch.into_iter().skip(at).collect());
+                    self.went_down(&error, 0);
                     return false;
                 }
             }
         }
         let backend = self.backend;
-        let (n, err) = self.spool.replay(max, |b| backend.insert_usage(b));
+        let mut refused = Vec::new();
+        // A chunk of the file is committed whole or retried whole (its offset is kept only
+        // once it landed), so a stall inside it may commit a part twice: the database is
+        // down then, which is when commits fail whole.
+        let (n, err) = self.spool.replay(max, |b| {
+            commit_isolating(backend, b, &mut refused)
+                .map(|_| ())
+                .map_err(|s| s.error)
+        });
+        let n = n.saturating_sub(refused.len() as u64);
+        self.refused(refused);
         self.c.committed.fetch_add(n, Ordering::AcqRel);
         self.c.replayed.fetch_add(n, Ordering::Relaxed);
         if let Some(e) = err {
@@ -508,6 +565,61 @@ fn run_writer(backend: &dyn Backend, rx: Receiver<Msg>, opts: WriterOptions, c: 
             return;
         }
     }
+}
+
+/// A commit that stopped because the database could not be reached.
+struct Stalled {
+    error: StoreError,
+    /// Records before this index were committed or refused; the rest were not tried.
+    at: usize,
+    /// Of those, the committed ones.
+    committed: u64,
+}
+
+/// Commits `batch` in order. When the database refuses it for what it holds (a record it
+/// will never take: [`StoreError::is_refusal`]), the batch is split in halves until the
+/// refused records are alone; they go to `refused` and the rest is committed, so one bad
+/// record never stalls the ledger. Returns the records committed, or where it stopped when
+/// the database became unavailable.
+fn commit_isolating(
+    backend: &dyn Backend,
+    batch: &[UsageRecord],
+    refused: &mut Vec<UsageRecord>,
+) -> std::result::Result<u64, Stalled> {
+    fn go(
+        backend: &dyn Backend,
+        batch: &[UsageRecord],
+        start: usize,
+        refused: &mut Vec<UsageRecord>,
+        committed: &mut u64,
+    ) -> std::result::Result<(), Stalled> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match backend.insert_usage(batch) {
+            Ok(()) => {
+                *committed += batch.len() as u64;
+                Ok(())
+            }
+            Err(e) if e.is_refusal() && batch.len() == 1 => {
+                tracing::warn!(error = %e, "ledger: record refused by the store");
+                refused.extend_from_slice(batch);
+                Ok(())
+            }
+            Err(e) if e.is_refusal() => {
+                let mid = batch.len() / 2;
+                go(backend, &batch[..mid], start, refused, committed)?;
+                go(backend, &batch[mid..], start + mid, refused, committed)
+            }
+            Err(error) => Err(Stalled {
+                error,
+                at: start,
+                committed: *committed,
+            }),
+        }
+    }
+    let mut committed = 0;
+    go(backend, batch, 0, refused, &mut committed).map(|()| committed)
 }
 
 /// The senders are gone: commit the backlog if the database takes it (a few tries), else

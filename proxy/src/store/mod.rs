@@ -98,6 +98,24 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// Whether the database refused the data itself (a value it cannot store, a constraint):
+    /// the same rows will be refused again, however often they are retried.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => e.code().is_some_and(|c| {
+                // Class 22: data exception; class 23: integrity constraint violation.
+                c.code().starts_with("22") || c.code().starts_with("23")
+            }),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+                f.code,
+                rusqlite::ErrorCode::ConstraintViolation
+                    | rusqlite::ErrorCode::TooBig
+                    | rusqlite::ErrorCode::TypeMismatch
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// The store's result.

@@ -206,6 +206,34 @@ impl Spool {
         Ok(())
     }
 
+    /// Keeps records the database refused for their content in `<spill>.refused` (JSON
+    /// lines, for an operator to look at). Returns how many could not be written there.
+    pub fn refuse(&mut self, records: Vec<UsageRecord>) -> u64 {
+        let Some(path) = &self.path else {
+            return records.len() as u64;
+        };
+        let write = || -> std::io::Result<()> {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(with_suffix(path, ".refused"))?;
+            let mut w = BufWriter::new(f);
+            for r in &records {
+                serde_json::to_writer(&mut w, &Line::of(r))?;
+                w.write_all(b"\n")?;
+            }
+            w.flush()?;
+            w.get_ref().sync_data()
+        };
+        match write() {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!(error = %e, "ledger: cannot write the refused-records file");
+                records.len() as u64
+            }
+        }
+    }
+
     /// Up to `max` records from memory, oldest first, to commit; give them back with
     /// [`unpop`](Self::unpop) if the commit fails.
     pub fn pop_memory(&mut self, max: usize) -> Vec<UsageRecord> {

@@ -219,6 +219,13 @@ impl Backend for Flaky {
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::BadValue("connection refused".into()));
         }
+        // Request id "poison" is a record the database will never take (a constraint).
+        if batch.iter().any(|r| r.request_id == "poison") {
+            return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+                None,
+            )));
+        }
         let mut left = self.fails_left.lock().unwrap();
         if *left > 0 {
             *left -= 1;
@@ -422,4 +429,40 @@ fn wait_until(mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     f()
+}
+
+#[test]
+fn a_record_the_store_refuses_is_set_aside_and_the_rest_commits() {
+    let dir = spill_dir("refused");
+    let (tx, handle, rows) = flaky_writer_with(
+        0,
+        Arc::new(AtomicBool::new(false)),
+        WriterOptions {
+            flush_interval: Duration::from_secs(30),
+            spill_path: Some(dir.join("ledger.spill")),
+            ..WriterOptions::default()
+        },
+    );
+    for i in 0..1_000 {
+        let mut r = record(i);
+        if i == 500 {
+            r.request_id = "poison".into();
+        }
+        tx.record(r).unwrap();
+    }
+    assert!(tx.flush_and_wait(Duration::from_secs(10)));
+    assert!(
+        !tx.store_down(),
+        "a refused record does not take the store down"
+    );
+    assert_eq!((tx.committed(), tx.refused(), tx.pending()), (999, 1, 0));
+    let got: Vec<u64> = rows.lock().unwrap().iter().map(|r| r.cost_micros).collect();
+    let want: Vec<u64> = (0..1_000).filter(|&i| i != 500).collect();
+    assert_eq!(got, want, "in order, once each");
+    let kept = std::fs::read_to_string(dir.join("ledger.spill.refused")).unwrap();
+    assert_eq!(kept.lines().count(), 1);
+    assert!(kept.contains("\"request_id\":\"poison\""), "{kept}");
+    drop(tx);
+    assert_eq!(handle.join().lost, 0);
+    let _ = std::fs::remove_dir_all(&dir);
 }

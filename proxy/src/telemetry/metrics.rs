@@ -101,6 +101,10 @@ fn describe() {
         "Of the backlog, records in the local spill file, replayed when the store is back."
     );
     describe_counter!(
+        "sluice_ledger_refused_records_total",
+        "Usage records the store refused for their content, kept in the .refused file."
+    );
+    describe_counter!(
         "sluice_ledger_commit_failures_total",
         "Ledger commits the store refused (each is retried; nothing is dropped)."
     );
