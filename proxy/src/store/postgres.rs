@@ -26,7 +26,7 @@ use std::time::Duration;
 use postgres::config::{Host, SslMode};
 use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::{Client, Config, NoTls, Row};
+use postgres::{Client, Config, NoTls, Row, Statement};
 use sluice_core::keys::{KeyRecord, Limits, TeamRecord};
 use sluice_core::usage::Usage;
 
@@ -280,6 +280,8 @@ impl Schema for PgSchema<'_> {
 pub struct Postgres {
     target: PgTarget,
     client: RefCell<Client>,
+    /// The ledger's insert, prepared once per connection.
+    insert_usage: RefCell<Option<Statement>>,
 }
 
 /// Every column of `keys`, in the order [`key_from_row`] reads them.
@@ -396,6 +398,7 @@ impl Postgres {
         Ok(Postgres {
             target: target.clone(),
             client: RefCell::new(client),
+            insert_usage: RefCell::new(None),
         })
     }
 
@@ -411,6 +414,8 @@ impl Postgres {
                 return Err(StoreError::SchemaTooNew { found, known });
             }
             *client = fresh;
+            // Prepared statements belonged to the old connection.
+            *self.insert_usage.borrow_mut() = None;
             tracing::info!(store = %self.target.location, "store: reconnected");
         }
         Ok(client)
@@ -700,7 +705,7 @@ impl Backend for Postgres {
             col(&|r| int(r.usage.input_tokens)),
             col(&|r| int(r.usage.output_tokens)),
         );
-        let (cached, reasoning, cost, latency) = (
+        let (cached_tokens, reasoning, cost, latency) = (
             col(&|r| int(r.usage.cached_tokens)),
             col(&|r| int(r.usage.reasoning_tokens)),
             col(&|r| int(r.cost_micros)),
@@ -718,14 +723,18 @@ impl Backend for Postgres {
         let micros: Vec<i64> = spend.values().map(|m| int(*m)).collect();
 
         let mut client = self.client()?;
-        let mut tx = client.transaction()?;
-        tx.execute(
-            "INSERT INTO ledger (request_id, ts_ms, key_id, team, model, deployment, \
-             input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, \
-             cost_micros, status, latency_ms) \
-             SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
-             $6::TEXT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], \
-             $11::BOOLEAN[], $12::BIGINT[], $13::INTEGER[], $14::BIGINT[])",
+        let mut cached = self.insert_usage.borrow_mut();
+        let statement = match &*cached {
+            Some(st) => st.clone(),
+            None => {
+                let st = client.prepare(&insert_usage_sql())?;
+                *cached = Some(st.clone());
+                st
+            }
+        };
+        // One statement: atomic by itself, so one round trip commits the batch.
+        client.execute(
+            &statement,
             &[
                 &request_id,
                 &ts,
@@ -735,24 +744,36 @@ impl Backend for Postgres {
                 &deployment,
                 &input,
                 &output,
-                &cached,
+                &cached_tokens,
                 &reasoning,
                 &estimated,
                 &cost,
                 &status,
                 &latency,
+                &scopes,
+                &ids,
+                &days,
+                &micros,
             ],
         )?;
-        if !scopes.is_empty() {
-            let upsert = format!(
-                "INSERT INTO spend (scope, id, day_start, micros) \
-                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[]) \
-                 ON CONFLICT (scope, id, day_start) \
-                 DO UPDATE SET micros = LEAST(spend.micros::NUMERIC + excluded.micros, {MAX})::BIGINT"
-            );
-            tx.execute(&upsert, &[&scopes, &ids, &days, &micros])?;
-        }
-        tx.commit()?;
         Ok(())
     }
+}
+
+/// Ledger rows and their spend in one statement (a data-modifying CTE): both land or
+/// neither, in one round trip. The rows come as arrays, one per column.
+fn insert_usage_sql() -> String {
+    format!(
+        "WITH rows AS (\
+           INSERT INTO ledger (request_id, ts_ms, key_id, team, model, deployment, \
+             input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, \
+             cost_micros, status, latency_ms) \
+           SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
+             $6::TEXT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], \
+             $11::BOOLEAN[], $12::BIGINT[], $13::INTEGER[], $14::BIGINT[])) \
+         INSERT INTO spend (scope, id, day_start, micros) \
+         SELECT * FROM UNNEST($15::TEXT[], $16::TEXT[], $17::BIGINT[], $18::BIGINT[]) \
+         ON CONFLICT (scope, id, day_start) \
+         DO UPDATE SET micros = LEAST(spend.micros::NUMERIC + excluded.micros, {MAX})::BIGINT"
+    )
 }
