@@ -15,8 +15,9 @@ step() {
 
 # System packages some steps may need, installed only when one is missing (apt-get update
 # runs at most once). promtool checks the /metrics output; later steps append to APT_PACKAGES, e.g.
-# nginx or prometheus for comparison runs. Pass `command:package` pairs.
-APT_PACKAGES=(promtool:prometheus systemd-analyze:systemd)
+# nginx or prometheus for comparison runs. Pass `command:package` pairs. chromium runs the admin
+# page's browser test (tests/python/test_admin_ui.py, through Playwright; no browser download).
+APT_PACKAGES=(promtool:prometheus systemd-analyze:systemd curl:curl chromium:chromium)
 ensure_apt_packages() {
     local missing=() pair cmd pkg
     for pair in "$@"; do

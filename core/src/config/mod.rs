@@ -182,7 +182,15 @@ struct RawConfig {
     #[serde(default)]
     prices: HashMap<String, crate::cost::Price>,
     #[serde(default)]
+    pricing: RawPricing,
+    #[serde(default)]
     keys: Vec<access::RawKey>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPricing {
+    catalog_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +215,22 @@ struct RawServer {
     keepalive_idle_timeout_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
     tls: Option<RawServerTls>,
+    compression: Option<RawCompression>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompression {
+    enabled: Option<bool>,
+    min_bytes: Option<u64>,
+    max_bytes: Option<u64>,
+    inline_max_bytes: Option<u64>,
+    algorithms: Option<Vec<String>>,
+    streams: Option<bool>,
+    gzip_level: Option<u32>,
+    br_level: Option<u32>,
+    zstd_level: Option<i32>,
+    threads: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,6 +279,7 @@ struct RawProvider {
     ca_file: Option<String>,
     default_max_tokens: Option<u32>,
     api_version: Option<String>,
+    responses_api: Option<bool>,
     extra: Option<toml::Table>,
     health_check: Option<RawHealthCheck>,
     #[serde(default)]
@@ -325,6 +350,17 @@ pub enum Driver {
     Epoll,
 }
 
+impl Driver {
+    /// The config name of this driver: `auto`, `io_uring` or `epoll`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Auto => "auto",
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
 /// Listener, limits and timeouts of the client-facing server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -353,6 +389,8 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
     /// TLS termination on the client listener; `None` serves plain HTTP.
     pub tls: Option<ServerTls>,
+    /// Compression of answers for clients that ask (`[server.compression]`).
+    pub compression: crate::compress::CompressionConfig,
 }
 
 /// Certificate and key of the client listener (`[server.tls]`), both PEM. The files are read
@@ -374,6 +412,14 @@ pub struct LogConfig {
     pub json: bool,
     /// One line per request.
     pub access_log: bool,
+}
+
+/// `[pricing]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PricingConfig {
+    /// A price catalog in LiteLLM's `model_prices_and_context_window.json` format, read by
+    /// the loader at start and on reload; `[prices]` wins over it.
+    pub catalog_file: Option<std::path::PathBuf>,
 }
 
 /// The admin listener: metrics (and the admin API), off the data plane.
@@ -461,6 +507,10 @@ pub struct Provider {
     pub default_max_tokens: u32,
     /// Azure OpenAI `api-version`.
     pub api_version: Option<String>,
+    /// An `openai` provider serves OpenAI's Responses API (`/responses`, passed through, state
+    /// and all); `false` for OpenAI-compatible servers that have chat completions only, whose
+    /// Responses requests are then translated (stateless).
+    pub responses_api: bool,
     /// Provider-specific fields merged into every translated request body.
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
     /// Active health checks, when configured.
@@ -543,8 +593,12 @@ pub struct Config {
     pub store: StoreConfig,
     /// Admission defaults.
     pub limits: LimitsConfig,
-    /// `[prices]`: USD per million tokens by model name or prefix, over the bundled table.
+    /// `[prices]`: USD per million tokens by model name or prefix, over the bundled table;
+    /// with the entries of the `[pricing]` catalog file the config does not name, once the
+    /// loader has added them ([`Config::add_price_catalog`]).
     pub prices: HashMap<String, crate::cost::Price>,
+    /// `[pricing]`: where more prices come from.
+    pub pricing: PricingConfig,
     /// Keys declared in the config (hashed at load).
     pub keys: Vec<StaticKey>,
     exact: HashMap<String, usize>,
@@ -640,16 +694,44 @@ impl Config {
             .map(|(_, i)| *i)
     }
 
+    /// Adds the prices of a LiteLLM-format catalog (the text of `pricing.catalog_file`) for
+    /// every model `[prices]` does not name; returns (entries added, entries skipped).
+    pub fn add_price_catalog(&mut self, json: &str) -> Result<(usize, usize), ConfigError> {
+        let (catalog, skipped) = crate::cost::parse_litellm_catalog(json)
+            .map_err(|e| ConfigError(format!("invalid config at `pricing.catalog_file`: {e}")))?;
+        let mut added = 0;
+        for (model, price) in catalog {
+            if let std::collections::hash_map::Entry::Vacant(v) = self.prices.entry(model) {
+                v.insert(price);
+                added += 1;
+            }
+        }
+        Ok((added, skipped))
+    }
+
+    /// Deployments whose upstream model has no price (in `[prices]`, the catalog or the
+    /// bundled table), as (model group, deployment label): their requests cost 0 and cannot
+    /// exhaust a budget. Deployments that pass the client's model through (`*`) are left out.
+    pub fn unpriced(&self) -> Vec<(&str, &str)> {
+        let table = crate::cost::PriceTable::new(self.prices.clone());
+        self.models
+            .iter()
+            .flat_map(|m| m.deployments.iter().map(move |d| (m, d)))
+            .filter(|(_, d)| d.model != "*" && table.price(&d.model).is_none())
+            .map(|(m, d)| (m.name.as_str(), d.label.as_str()))
+            .collect()
+    }
+
     /// A human summary of what would be served, for `sluice check-config`.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "listen {} ({} workers, driver {:?})\n",
+            "listen {} ({} workers, driver {})\n",
             self.server.listen,
             match self.server.workers {
                 Workers::Auto => "auto".to_string(),
                 Workers::Count(n) => n.to_string(),
             },
-            self.server.driver
+            self.server.driver.name()
         );
         if let Some(tls) = &self.server.tls {
             out.push_str(&format!(
@@ -658,11 +740,25 @@ impl Config {
                 tls.key_file.display()
             ));
         }
+        let c = &self.server.compression;
+        if c.enabled {
+            let codings: Vec<&str> = c.algorithms.iter().map(|a| a.token()).collect();
+            out.push_str(&format!(
+                "compression: {} from {} bytes (zstd {}, br {}, gzip {})\n",
+                codings.join(", "),
+                c.min_bytes,
+                c.zstd_level,
+                c.br_level,
+                c.gzip_level
+            ));
+        } else {
+            out.push_str("compression: off\n");
+        }
         for p in &self.providers {
             out.push_str(&format!(
-                "provider {} ({:?}) {}://{}:{}{}{}\n",
+                "provider {} ({}) {}://{}:{}{}{}\n",
                 p.name,
-                p.kind,
+                p.kind.name(),
                 if p.endpoint.tls { "https" } else { "http" },
                 p.endpoint.host,
                 p.endpoint.port,
@@ -707,6 +803,16 @@ impl Config {
                 .map(|d| format!("{} (weight {})", d.label, d.weight))
                 .collect();
             out.push_str(&format!("model {} -> {}\n", m.name, deps.join(", ")));
+        }
+        if let Some(file) = &self.pricing.catalog_file {
+            out.push_str(&format!("price catalog {}\n", file.display()));
+        }
+        for (model, deployment) in self.unpriced() {
+            out.push_str(&format!(
+                "warning: no price for {deployment} (model {model}): its requests cost $0 and \
+                 do not count toward budgets; add [prices.\"{}\"]\n",
+                deployment.split_once('/').map_or(deployment, |(_, m)| m)
+            ));
         }
         out
     }

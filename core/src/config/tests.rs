@@ -437,3 +437,109 @@ fn store_url_from_env_file_or_literal() {
         assert!(!e.0.contains("pw"), "{e}");
     }
 }
+
+#[test]
+fn compression_defaults_and_validation() {
+    use crate::compress::Coding;
+    let cfg = Config::from_toml("", &env(&[])).unwrap();
+    let c = &cfg.server.compression;
+    assert!(c.enabled);
+    assert_eq!(c.min_bytes, 32 * 1024);
+    assert_eq!(c.algorithms, [Coding::Zstd, Coding::Brotli, Coding::Gzip]);
+    assert!(!c.streams);
+    assert!(cfg
+        .summary()
+        .contains("compression: zstd, br, gzip from 32768 bytes (zstd 1, br 2, gzip 1)"));
+    let text = "[server.compression]\nmin_bytes = 1024\nalgorithms = [\"gzip\", \"br\"]\n\
+                gzip_level = 6\nbr_level = 5\nzstd_level = 9\nthreads = 2\n";
+    let cfg = Config::from_toml(text, &env(&[])).unwrap();
+    let c = &cfg.server.compression;
+    assert_eq!(
+        (
+            c.min_bytes,
+            c.gzip_level,
+            c.br_level,
+            c.zstd_level,
+            c.threads
+        ),
+        (1024, 6, 5, 9, 2)
+    );
+    assert_eq!(c.algorithms, [Coding::Gzip, Coding::Brotli]);
+    let off = Config::from_toml("[server.compression]\nalgorithms = []\n", &env(&[])).unwrap();
+    assert!(!off.server.compression.enabled);
+    assert!(off.summary().contains("compression: off"));
+    for (bad, key) in [
+        ("algorithms = [\"deflate\"]", "algorithms"),
+        ("algorithms = [\"gzip\", \"gzip\"]", "algorithms"),
+        ("gzip_level = 0", "gzip_level"),
+        ("gzip_level = 10", "gzip_level"),
+        ("br_level = 12", "br_level"),
+        ("zstd_level = 0", "zstd_level"),
+        ("zstd_level = 20", "zstd_level"),
+        ("min_bytes = 100\nmax_bytes = 10", "min_bytes"),
+        ("max_bytes = 0", "max_bytes"),
+        ("threads = 1000", "threads"),
+        ("streams = true", "streams"),
+        ("level = 3", "level"),
+    ] {
+        let e =
+            Config::from_toml(&format!("[server.compression]\n{bad}\n"), &env(&[])).unwrap_err();
+        assert!(e.0.contains(key), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn price_catalog_and_unpriced_models() {
+    let text = r#"
+[[providers]]
+name = "p"
+base_url = "http://127.0.0.1:9000/v1"
+
+[[models]]
+name = "a"
+deployments = [{ provider = "p", model = "house-model" }]
+
+[[models]]
+name = "b"
+deployments = [{ provider = "p", model = "other-model" }, { provider = "p", model = "gpt-5-mini" }]
+
+[[models]]
+name = "any-*"
+deployments = [{ provider = "p", model = "*" }]
+
+[prices."house-model"]
+input_per_mtok = 9.0
+output_per_mtok = 9.0
+
+[pricing]
+catalog_file = "prices.json"
+"#;
+    let mut cfg = Config::from_toml(text, &env(&[])).unwrap();
+    assert_eq!(
+        cfg.pricing.catalog_file.as_deref(),
+        Some(std::path::Path::new("prices.json"))
+    );
+    assert_eq!(cfg.unpriced(), vec![("b", "p/other-model")]);
+    assert!(cfg
+        .summary()
+        .contains("warning: no price for p/other-model (model b)"));
+    assert!(cfg.summary().contains("[prices.\"other-model\"]"));
+    let catalog = r#"{"house-model": {"input_cost_per_token": 1e-06},
+                      "other-model": {"input_cost_per_token": 3e-06, "output_cost_per_token": 6e-06}}"#;
+    assert_eq!(cfg.add_price_catalog(catalog).unwrap(), (1, 0));
+    assert!(cfg.unpriced().is_empty());
+    let table = crate::cost::PriceTable::new(cfg.prices.clone());
+    // `[prices]` wins over the catalog.
+    assert_eq!(table.price("house-model").unwrap().input_per_mtok, 9.0);
+    assert_eq!(table.price("other-model").unwrap().output_per_mtok, 6.0);
+    let e = cfg.add_price_catalog("not json").unwrap_err();
+    assert!(e.0.contains("pricing.catalog_file"), "{e}");
+
+    for (bad, path) in [
+        ("[pricing]\ncatalog_file = \"\"\n", "pricing.catalog_file"),
+        ("[pricing]\nfile = \"x\"\n", "pricing"),
+    ] {
+        let e = Config::from_toml(bad, &env(&[])).unwrap_err();
+        assert!(e.0.contains(path), "{bad}: {e}");
+    }
+}

@@ -5,6 +5,7 @@ mod access;
 pub mod client_io;
 pub mod conn;
 pub mod endpoints;
+pub mod idle;
 pub mod respond;
 pub mod server;
 pub mod tls_server;

@@ -24,7 +24,6 @@ use crate::listen::respond;
 use crate::listen::tls_server::{self, TlsTerminator};
 use crate::state::{Generations, Shared, Slot, Worker};
 use crate::upstream::dns::DnsTable;
-use crate::upstream::health;
 use crate::upstream::pool::tls_per_provider;
 
 type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
@@ -98,7 +97,7 @@ fn raise_nofile_limit() {
 
 /// Loads a config file, or the embedded default.
 pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
-    let cfg = match path {
+    let mut cfg = match path {
         None => Config::embedded_default(&ProcessEnv)?,
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -106,6 +105,15 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
             Config::from_toml(&text, &ProcessEnv)?
         }
     };
+    if let Some(file) = cfg.pricing.catalog_file.clone() {
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            ConfigError(format!(
+                "invalid config at `pricing.catalog_file`: cannot read {}: {e}",
+                file.display()
+            ))
+        })?;
+        cfg.add_price_catalog(&text)?;
+    }
     // The listener's certificate and key must load before anything binds.
     if let Some(tls) = &cfg.server.tls {
         tls_server::load(tls)
@@ -117,6 +125,9 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
 /// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
 pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Result<()> {
     let _log_guard = crate::telemetry::log::init(&config.log);
+    for (model, deployment) in config.unpriced() {
+        tracing::warn!(%model, %deployment, "no price for this deployment's model: its requests cost $0 and do not count toward budgets (counted in sluice_unpriced_requests_total)");
+    }
     raise_nofile_limit();
     let tls = tls_per_provider(&config)?;
     let tls_listener = match &config.server.tls {
@@ -160,6 +171,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),
         started_unix,
+        catalog: Default::default(),
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
         provider_limits: Arc::new(DeploymentLimits::build(&config, limiter.clone(), None)),
         limiter,
@@ -387,6 +399,7 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
         health,
         heartbeats: old.heartbeats.clone(),
         started_unix: old.started_unix,
+        catalog: Default::default(),
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
         provider_limits: Arc::new(DeploymentLimits::build(
             &config,
@@ -565,13 +578,21 @@ fn run_worker(
     tracing::info!(worker = id, driver = driver_name, "worker started");
     rt.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
-        let slot = Rc::new(Slot::new(id, generations, health::spawn_all));
+        let slot = Rc::new(Slot::new(
+            id,
+            generations,
+            crate::upstream::start_background,
+        ));
         let worker = slot.worker();
-        health::spawn_all(&slot, &worker);
+        crate::upstream::start_background(&slot, &worker);
         worker.shared.listeners_up.fetch_add(1, Ordering::SeqCst);
+        monoio::spawn(crate::listen::idle::deadlines::sweep());
         let beat = slot.clone();
         monoio::spawn(async move {
-            loop {
+            for n in 0u64.. {
+                if n % 4 == 0 {
+                    crate::listen::idle::return_free_memory();
+                }
                 // Also moves an idle worker to a new generation (and its health checks).
                 let worker = beat.current();
                 if let Some(h) = worker.shared.heartbeats.get(id) {
@@ -651,7 +672,9 @@ async fn on_accept(slot: &Rc<Slot>, accepted: io::Result<(monoio::net::TcpStream
         w.metrics.connections.increment(1.0);
         let halves = match &w.shared.tls_listener {
             None => Some(client_io::plain(stream)),
-            Some(t) => handshake(&w, t, stream).await,
+            // Boxed: the handshake's state is larger than the connection loop's and is
+            // needed only until the handshake ends.
+            Some(t) => Box::pin(handshake(&w, t, stream)).await,
         };
         if let Some(halves) = halves {
             serve_connection(slot, halves).await;
@@ -723,7 +746,7 @@ async fn refuse(stream: monoio::net::TcpStream) {
 
 /// Waits for this worker's connections to finish, up to the drain deadline: in-flight
 /// requests run to their end (answered with `connection: close`), idle keep-alive connections
-/// get their short grace (`conn::DRAIN_IDLE_GRACE`) and close.
+/// get their short grace (`idle::DRAIN_IDLE_GRACE`) and close.
 async fn drain(worker: &Worker) {
     let deadline =
         Instant::now() + Duration::from_millis(worker.shared.config.server.drain_timeout_ms);

@@ -20,6 +20,8 @@
 //! Every connection brings the schema up to date when it opens ([`migrate`]) and refuses a
 //! database whose schema is newer than this binary knows ([`StoreError::SchemaTooNew`]).
 //!
+//! Admin actions (who, what, when) are kept in an audit log ([`AuditRecord`]).
+//!
 //! Spend is kept per UTC day (`spend.day_start`), so any period that starts at a day boundary
 //! (daily, weekly, monthly, lifetime) is a sum of rows: [`Store::spend_totals_since`].
 
@@ -216,6 +218,23 @@ pub struct UsageRecord {
     pub latency_ms: u64,
 }
 
+/// One admin action in the audit log: who, what, when, and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// When, unix milliseconds (wall clock).
+    pub ts_ms: u64,
+    /// Who: the admin token's id (a short prefix of its hash), never the token.
+    pub actor: String,
+    /// Through what: `api`, `ui` (the admin page) or `cli`.
+    pub via: String,
+    /// What, e.g. `keys.create`, `keys.disable`, `teams.update`.
+    pub action: String,
+    /// On what: a key id or team name (empty for a create that failed before one existed).
+    pub target: String,
+    /// The HTTP status the admin API answered.
+    pub status: u16,
+}
+
 /// The columns of [`sluice_core::keys::Limits`], the same in the `keys` and `teams` tables,
 /// in the order backends read and write them (one helper per backend for both record types).
 pub const LIMIT_COLUMNS: [&str; 5] = [
@@ -298,6 +317,11 @@ pub trait Backend: Send {
     /// Removes the ledger rows older than `ts_ms` (retention) and returns how many. The
     /// per-day spend stays: budgets keep counting what those rows cost.
     fn delete_ledger_before(&self, ts_ms: u64) -> Result<u64>;
+
+    /// Appends one admin action to the audit log.
+    fn insert_audit(&self, r: &AuditRecord) -> Result<()>;
+    /// Audit log entries with `from_ms <= ts_ms < to_ms`, newest first, at most `limit`.
+    fn audit(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<AuditRecord>>;
 
     /// Appends `batch` to the ledger and adds its cost to the per-day spend of its keys and
     /// teams ([`spend_by_day`]), all in one transaction: on error nothing is written.
@@ -519,5 +543,17 @@ impl Store {
     /// Rows in the ledger.
     pub fn ledger_count(&self) -> Result<u64> {
         self.backend.ledger_count()
+    }
+
+    // -- audit log ----------------------------------------------------------------------------
+
+    /// Appends one admin action to the audit log.
+    pub fn insert_audit(&self, r: &AuditRecord) -> Result<()> {
+        self.backend.insert_audit(r)
+    }
+
+    /// Audit log entries with `from_ms <= ts_ms < to_ms`, newest first, at most `limit`.
+    pub fn audit(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        self.backend.audit(from_ms, to_ms, limit)
     }
 }

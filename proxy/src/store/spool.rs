@@ -73,6 +73,8 @@ impl Line {
                 input_tokens: self.input_tokens,
                 output_tokens: self.output_tokens,
                 cached_tokens: self.cached_tokens,
+                // Not spilled: the ledger keeps no cache writes (their cost is in `cost_micros`).
+                cache_write_tokens: 0,
                 reasoning_tokens: self.reasoning_tokens,
                 estimated: self.estimated,
             },

@@ -16,8 +16,8 @@ use sluice_core::usage::Usage;
 use super::migrate::{check_list, latest, migrate, Migration};
 use super::sqlite::{SqliteSchema, MIGRATIONS};
 use super::{
-    Backend, LedgerHandle, LedgerSender, LedgerWriter, Result, Scope, SpendGroup, SpendRow,
-    StoreError, UsageRecord, WriterOptions, WriterReport,
+    AuditRecord, Backend, LedgerHandle, LedgerSender, LedgerWriter, Result, Scope, SpendGroup,
+    SpendRow, StoreError, UsageRecord, WriterOptions, WriterReport,
 };
 
 const V1: Migration = Migration {
@@ -198,6 +198,12 @@ impl Backend for Flaky {
         unimplemented!()
     }
     fn spend_totals_since(&self, _: Scope, _: u64) -> Result<HashMap<String, u64>> {
+        unimplemented!()
+    }
+    fn insert_audit(&self, _: &AuditRecord) -> Result<()> {
+        unimplemented!()
+    }
+    fn audit(&self, _: u64, _: u64, _: usize) -> Result<Vec<AuditRecord>> {
         unimplemented!()
     }
     fn spend_since(&self, _: Scope, _: &str, _: u64) -> Result<u64> {

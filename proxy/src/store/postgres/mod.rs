@@ -30,86 +30,19 @@ use postgres::{Client, Config, NoTls, Row, Statement};
 use sluice_core::keys::{KeyRecord, Limits, TeamRecord};
 use sluice_core::usage::Usage;
 
-use super::migrate::{self, Migration, Schema};
+use super::migrate;
 use super::{
-    int, period, spend_by_day, uint, Backend, Result, Scope, SpendGroup, SpendRow, StoreError,
-    UsageRecord,
+    int, period, spend_by_day, uint, AuditRecord, Backend, Result, Scope, SpendGroup, SpendRow,
+    StoreError, UsageRecord,
 };
 
-/// PostgreSQL's schema, version by version. Append only: a shipped migration never changes.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "keys, teams, spend and ledger",
-    sql: r#"
-CREATE TABLE teams (
-    name TEXT PRIMARY KEY,
-    rpm BIGINT,
-    tpm BIGINT,
-    max_concurrency BIGINT,
-    budget_usd DOUBLE PRECISION,
-    budget_period TEXT NOT NULL
-);
-CREATE TABLE keys (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    team TEXT NOT NULL,
-    "user" TEXT,
-    hash TEXT NOT NULL UNIQUE,
-    prefix TEXT NOT NULL,
-    models TEXT NOT NULL,
-    rpm BIGINT,
-    tpm BIGINT,
-    max_concurrency BIGINT,
-    budget_usd DOUBLE PRECISION,
-    budget_period TEXT NOT NULL,
-    expires_at_unix BIGINT,
-    disabled BOOLEAN NOT NULL,
-    metadata TEXT NOT NULL,
-    created_at_unix BIGINT NOT NULL
-);
-CREATE INDEX keys_team ON keys(team);
-CREATE TABLE spend (
-    scope TEXT NOT NULL CHECK (scope IN ('key', 'team')),
-    id TEXT NOT NULL,
-    day_start BIGINT NOT NULL,
-    micros BIGINT NOT NULL,
-    PRIMARY KEY (scope, id, day_start)
-);
-CREATE TABLE ledger (
-    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    request_id TEXT NOT NULL,
-    ts_ms BIGINT NOT NULL,
-    key_id TEXT,
-    team TEXT,
-    model TEXT NOT NULL,
-    deployment TEXT,
-    input_tokens BIGINT NOT NULL,
-    output_tokens BIGINT NOT NULL,
-    cached_tokens BIGINT NOT NULL,
-    reasoning_tokens BIGINT NOT NULL,
-    estimated BOOLEAN NOT NULL,
-    cost_micros BIGINT NOT NULL,
-    status INTEGER NOT NULL,
-    latency_ms BIGINT NOT NULL
-);
-CREATE INDEX ledger_ts ON ledger(ts_ms);
-CREATE INDEX ledger_key_ts ON ledger(key_id, ts_ms);
-CREATE INDEX ledger_team_ts ON ledger(team, ts_ms);
-"#,
-}];
+mod schema;
 
-/// The advisory lock key every Sluice takes while migrating (ASCII "sluice" in a bigint).
-pub const MIGRATION_LOCK: i64 = 0x736c_7569_6365;
+use schema::recorded_version;
+pub use schema::{PgSchema, MIGRATIONS, MIGRATION_LOCK};
 
 /// `i64::MAX`: sums saturate there (as the u64 they become does at `i64::MAX` on the way in).
 const MAX: &str = "9223372036854775807";
-
-/// The table that records applied migrations.
-const VERSIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS sluice_schema_migrations (
-    version INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-)";
 
 /// Where to connect and how.
 #[derive(Clone)]
@@ -215,67 +148,6 @@ fn rustls_connector(ca_file: Option<&Path>) -> Result<tokio_postgres_rustls::Mak
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
-/// A connection's schema for [`migrate::migrate`]: versions in `sluice_schema_migrations`,
-/// each migration under the advisory lock.
-pub struct PgSchema<'a>(pub &'a mut Client);
-
-fn recorded_version(client: &mut Client) -> Result<u32> {
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass('sluice_schema_migrations') IS NOT NULL",
-            &[],
-        )?
-        .get(0);
-    if !exists {
-        return Ok(0);
-    }
-    let v: Option<i32> = client
-        .query_one("SELECT MAX(version) FROM sluice_schema_migrations", &[])?
-        .get(0);
-    u32::try_from(v.unwrap_or(0)).map_err(|_| StoreError::BadValue(format!("schema version {v:?}")))
-}
-
-impl Schema for PgSchema<'_> {
-    fn version(&mut self) -> Result<u32> {
-        recorded_version(self.0)
-    }
-
-    fn begin(&mut self) -> Result<u32> {
-        self.0.batch_execute("BEGIN")?;
-        let inside = (|| {
-            self.0
-                .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-            self.0.batch_execute(VERSIONS_TABLE)?;
-            recorded_version(self.0)
-        })();
-        if inside.is_err() {
-            let _ = self.0.batch_execute("ROLLBACK");
-        }
-        inside
-    }
-
-    fn apply(&mut self, m: &Migration) -> Result<()> {
-        self.0.batch_execute(m.sql)?;
-        let version = i32::try_from(m.version).unwrap_or(i32::MAX);
-        self.0.execute(
-            "INSERT INTO sluice_schema_migrations (version, name) VALUES ($1, $2)",
-            &[&version, &m.name],
-        )?;
-        Ok(())
-    }
-
-    fn commit(&mut self) -> Result<()> {
-        Ok(self.0.batch_execute("COMMIT")?)
-    }
-
-    fn rollback(&mut self) -> Result<()> {
-        if !self.0.is_closed() {
-            self.0.batch_execute("ROLLBACK")?;
-        }
-        Ok(())
-    }
-}
-
 /// One connection to the PostgreSQL store, reopened when the server dropped it.
 pub struct Postgres {
     target: PgTarget,
@@ -366,10 +238,12 @@ fn usage_from_row(r: &Row) -> Result<UsageRecord> {
         team: r.try_get::<_, Option<String>>(3)?.map(Arc::from),
         model: Arc::from(r.try_get::<_, String>(4)?),
         deployment: r.try_get::<_, Option<String>>(5)?.map(Arc::from),
+        // The ledger keeps no cache writes: their cost is in `cost_micros`.
         usage: Usage {
             input_tokens: uint(r.try_get(6)?),
             output_tokens: uint(r.try_get(7)?),
             cached_tokens: uint(r.try_get(8)?),
+            cache_write_tokens: 0,
             reasoning_tokens: uint(r.try_get(9)?),
             estimated: r.try_get(10)?,
         },
@@ -678,6 +552,42 @@ impl Backend for Postgres {
             Some(r) => Ok(uint(r.try_get(0)?)),
             None => Ok(0),
         }
+    }
+
+    fn insert_audit(&self, r: &AuditRecord) -> Result<()> {
+        self.execute(
+            "INSERT INTO audit (ts_ms, actor, via, action, target, status) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &int(r.ts_ms),
+                &text(&r.actor),
+                &text(&r.via),
+                &text(&r.action),
+                &text(&r.target),
+                &i32::from(r.status),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn audit(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let rows = self.query(
+            "SELECT ts_ms, actor, via, action, target, status FROM audit \
+             WHERE ts_ms >= $1 AND ts_ms < $2 ORDER BY ts_ms DESC, seq DESC LIMIT $3",
+            &[&int(from_ms), &int(to_ms), &int(limit as u64)],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRecord {
+                    ts_ms: uint(r.try_get(0)?),
+                    actor: r.try_get(1)?,
+                    via: r.try_get(2)?,
+                    action: r.try_get(3)?,
+                    target: r.try_get(4)?,
+                    status: u16::try_from(r.try_get::<_, i32>(5)?).unwrap_or(0),
+                })
+            })
+            .collect()
     }
 
     fn delete_ledger_before(&self, ts_ms: u64) -> Result<u64> {
