@@ -25,6 +25,28 @@ pub struct Price {
     pub output_per_mtok: f64,
     /// Input tokens read from the provider's prompt cache.
     pub cached_input_per_mtok: f64,
+    /// Input tokens written to the provider's prompt cache (Anthropic: 1.25x input for the
+    /// 5-minute cache).
+    pub cache_write_per_mtok: f64,
+    /// Dearer rates for long prompts, where the provider has them.
+    pub long_context: Option<LongContext>,
+}
+
+/// The rates of a request whose prompt is longer than `above_input_tokens`: providers that
+/// price by context length (Gemini 1.5 and 2.5 Pro, Claude Sonnet 4 with its 1M window) bill
+/// the whole request at them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LongContext {
+    /// The prompt length (input tokens, cached ones included) past which these rates apply.
+    pub above_input_tokens: u64,
+    /// Uncached input.
+    pub input_per_mtok: f64,
+    /// Output.
+    pub output_per_mtok: f64,
+    /// Cache reads.
+    pub cached_input_per_mtok: f64,
+    /// Cache writes.
+    pub cache_write_per_mtok: f64,
 }
 
 #[derive(Deserialize)]
@@ -35,44 +57,144 @@ struct RawPrice {
     output_per_mtok: f64,
     #[serde(default)]
     cached_input_per_mtok: Option<f64>,
+    #[serde(default)]
+    cache_write_per_mtok: Option<f64>,
+    #[serde(default)]
+    long_context: Option<RawLongContext>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLongContext {
+    above_input_tokens: u64,
+    input_per_mtok: f64,
+    #[serde(default)]
+    output_per_mtok: f64,
+    #[serde(default)]
+    cached_input_per_mtok: Option<f64>,
+    #[serde(default)]
+    cache_write_per_mtok: Option<f64>,
 }
 
 impl From<RawPrice> for Price {
     fn from(r: RawPrice) -> Self {
-        Price::new(r.input_per_mtok, r.output_per_mtok, r.cached_input_per_mtok)
-    }
-}
-
-impl Price {
-    /// A price; cached input costs as much as input when not given. Negative or NaN rates
-    /// become 0.
-    pub fn new(input_per_mtok: f64, output_per_mtok: f64, cached: Option<f64>) -> Self {
-        let clean = |v: f64| if v.is_nan() || v < 0.0 { 0.0 } else { v };
-        Price {
-            input_per_mtok: clean(input_per_mtok),
-            output_per_mtok: clean(output_per_mtok),
-            cached_input_per_mtok: clean(cached.unwrap_or(input_per_mtok)),
+        let base = Price::new(r.input_per_mtok, r.output_per_mtok, r.cached_input_per_mtok)
+            .with_cache_write(r.cache_write_per_mtok);
+        match r.long_context {
+            None => base,
+            Some(l) => base.with_long_context(
+                l.above_input_tokens,
+                l.input_per_mtok,
+                l.output_per_mtok,
+                l.cached_input_per_mtok,
+                l.cache_write_per_mtok,
+            ),
         }
     }
 }
 
-/// Micro-USD a request cost: cached input at the cached rate, the rest of the input at the
-/// input rate, all output (reasoning included) at the output rate. Rounded to nearest.
+impl Price {
+    /// A price; cached input (and cache writes) cost as much as input when not given.
+    /// Negative or NaN rates become 0.
+    pub fn new(input_per_mtok: f64, output_per_mtok: f64, cached: Option<f64>) -> Self {
+        Price {
+            input_per_mtok: clean(input_per_mtok),
+            output_per_mtok: clean(output_per_mtok),
+            cached_input_per_mtok: clean(cached.unwrap_or(input_per_mtok)),
+            cache_write_per_mtok: clean(input_per_mtok),
+            long_context: None,
+        }
+    }
+
+    /// This price with dearer rates past `above_input_tokens` of prompt. Cache reads and
+    /// writes not given keep their ratio to input from the base price.
+    pub fn with_long_context(
+        mut self,
+        above_input_tokens: u64,
+        input_per_mtok: f64,
+        output_per_mtok: f64,
+        cached: Option<f64>,
+        cache_write: Option<f64>,
+    ) -> Self {
+        let input = clean(input_per_mtok);
+        let ratio = |base: f64| {
+            if self.input_per_mtok > 0.0 {
+                input * base / self.input_per_mtok
+            } else {
+                input
+            }
+        };
+        self.long_context = Some(LongContext {
+            above_input_tokens,
+            input_per_mtok: input,
+            output_per_mtok: clean(output_per_mtok),
+            cached_input_per_mtok: cached.map_or_else(|| ratio(self.cached_input_per_mtok), clean),
+            cache_write_per_mtok: cache_write
+                .map_or_else(|| ratio(self.cache_write_per_mtok), clean),
+        });
+        self
+    }
+
+    /// The rates for a request with `input_tokens` of prompt: (input, output, cache read,
+    /// cache write).
+    pub fn rates(&self, input_tokens: u64) -> (f64, f64, f64, f64) {
+        match self.long_context {
+            Some(l) if input_tokens > l.above_input_tokens => (
+                l.input_per_mtok,
+                l.output_per_mtok,
+                l.cached_input_per_mtok,
+                l.cache_write_per_mtok,
+            ),
+            _ => (
+                self.input_per_mtok,
+                self.output_per_mtok,
+                self.cached_input_per_mtok,
+                self.cache_write_per_mtok,
+            ),
+        }
+    }
+
+    /// This price with cache writes at `rate` (USD per million tokens); `None` keeps the
+    /// input rate.
+    pub fn with_cache_write(mut self, rate: Option<f64>) -> Self {
+        if let Some(r) = rate {
+            self.cache_write_per_mtok = clean(r);
+        }
+        self
+    }
+}
+
+fn clean(v: f64) -> f64 {
+    if v.is_nan() || v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// Micro-USD a request cost: cache reads at the cached rate, cache writes at the cache-write
+/// rate, the rest of the input at the input rate, all output (reasoning included) at the
+/// output rate; all at the long-context rates when the prompt is past their threshold.
+/// Rounded to nearest.
 pub fn cost_micros(price: &Price, usage: &Usage) -> u64 {
+    let (input, output, read, write) = price.rates(usage.input_tokens);
     let cached = usage.cached_tokens.min(usage.input_tokens);
-    let uncached = usage.input_tokens - cached;
-    let micros = uncached as f64 * price.input_per_mtok
-        + cached as f64 * price.cached_input_per_mtok
-        + usage.output_tokens as f64 * price.output_per_mtok;
+    let written = usage.cache_write_tokens.min(usage.input_tokens - cached);
+    let uncached = usage.input_tokens - cached - written;
+    let micros = uncached as f64 * input
+        + cached as f64 * read
+        + written as f64 * write
+        + usage.output_tokens as f64 * output;
     // `as` saturates; NaN cannot occur since rates are cleaned.
     micros.round() as u64
 }
 
 /// Micro-USD to reserve before a request runs: every prompt token at the full input rate (no
-/// cache hit assumed) and `max_output_tokens` at the output rate, rounded up.
+/// cache hit assumed) and `max_output_tokens` at the output rate (long-context rates past
+/// their threshold), rounded up.
 pub fn estimate_micros(price: &Price, prompt_tokens: u64, max_output_tokens: u64) -> u64 {
-    let micros = prompt_tokens as f64 * price.input_per_mtok
-        + max_output_tokens as f64 * price.output_per_mtok;
+    let (input, output, _, _) = price.rates(prompt_tokens);
+    let micros = prompt_tokens as f64 * input + max_output_tokens as f64 * output;
     micros.ceil() as u64
 }
 
@@ -83,10 +205,19 @@ pub fn format_usd(micros: u64) -> String {
 
 /// (model, input, output, cached input), USD per million tokens: the providers' public list
 /// prices for standard (non-batch) use at the time of writing, the lowest context tier where
-/// prices are tiered. Prices change: operators should override them with `[prices]` in the
+/// prices are tiered (the higher tier is in [`LONG_CONTEXT`]). Cache writes cost the input rate, except Anthropic's
+/// ([`ANTHROPIC_CACHE_WRITE`] times it). Prices change: operators should override them with `[prices]` in the
 /// config, which always wins over this table.
 const BUNDLED: &[(&str, f64, f64, f64)] = &[
-    // OpenAI
+    // OpenAI (the gpt-5 family: dated ids and `-codex`/`-chat-latest` match by prefix)
+    ("gpt-5", 1.25, 10.00, 0.125),
+    ("gpt-5-mini", 0.25, 2.00, 0.025),
+    ("gpt-5-nano", 0.05, 0.40, 0.005),
+    ("gpt-5-pro", 15.00, 120.00, 15.00),
+    ("gpt-5.1", 1.25, 10.00, 0.125),
+    ("gpt-5.1-codex-mini", 0.25, 2.00, 0.025),
+    ("gpt-5.2", 1.75, 14.00, 0.175),
+    ("gpt-5.2-pro", 21.00, 168.00, 21.00),
     ("gpt-4o", 2.50, 10.00, 1.25),
     ("gpt-4o-mini", 0.15, 0.60, 0.075),
     ("gpt-4.1", 2.00, 8.00, 0.50),
@@ -103,8 +234,16 @@ const BUNDLED: &[(&str, f64, f64, f64)] = &[
     // Anthropic (cached = cache reads)
     ("claude-3-5-haiku", 0.80, 4.00, 0.08),
     ("claude-3-5-sonnet", 3.00, 15.00, 0.30),
+    ("claude-3-7-sonnet", 3.00, 15.00, 0.30),
     ("claude-sonnet-4", 3.00, 15.00, 0.30),
+    ("claude-sonnet-4-5", 3.00, 15.00, 0.30),
+    ("claude-haiku-4-5", 1.00, 5.00, 0.10),
     ("claude-opus-4", 15.00, 75.00, 1.50),
+    ("claude-opus-4-1", 15.00, 75.00, 1.50),
+    // Opus 4.5 and later cost a third of Opus 4 and 4.1: name each, or `claude-opus-4`
+    // would price them at $15/$75.
+    ("claude-opus-4-5", 5.00, 25.00, 0.50),
+    ("claude-opus-4-6", 5.00, 25.00, 0.50),
     // Google (prompts up to 128k / 200k tokens)
     ("gemini-1.5-flash", 0.075, 0.30, 0.01875),
     ("gemini-1.5-pro", 1.25, 5.00, 0.3125),
@@ -113,6 +252,21 @@ const BUNDLED: &[(&str, f64, f64, f64)] = &[
     ("gemini-2.5-flash-lite", 0.10, 0.40, 0.025),
     ("gemini-2.5-pro", 1.25, 10.00, 0.31),
 ];
+
+/// (model, prompt tokens past which, input, output, cached input): the long-context tier of
+/// the bundled models that have one; the name is the same as in [`BUNDLED`].
+const LONG_CONTEXT: &[(&str, u64, f64, f64, f64)] = &[
+    ("claude-sonnet-4", 200_000, 6.00, 22.50, 0.60),
+    ("claude-sonnet-4-5", 200_000, 6.00, 22.50, 0.60),
+    ("gemini-1.5-flash", 128_000, 0.15, 0.60, 0.0375),
+    ("gemini-1.5-pro", 128_000, 2.50, 10.00, 0.625),
+    ("gemini-2.5-pro", 200_000, 2.50, 15.00, 0.625),
+];
+
+/// Anthropic bills a write to its 5-minute prompt cache at 1.25x the input price (the 1-hour
+/// cache at 2x, which usage does not tell apart: operators using it set
+/// `cache_write_per_mtok`).
+pub const ANTHROPIC_CACHE_WRITE: f64 = 1.25;
 
 /// Whether `name` is `model` or `model` followed by a version suffix (`-2024-08-06`,
 /// `@20241022`, `:latest`, …): the character after the prefix is not a letter or digit.
@@ -143,9 +297,22 @@ fn lookup<'a, T>(
 
 fn bundled_lookup(model: &str) -> Option<(usize, Price)> {
     lookup(
-        BUNDLED
-            .iter()
-            .map(|&(name, i, o, c)| (name, Price::new(i, o, Some(c)))),
+        BUNDLED.iter().map(|&(name, i, o, c)| {
+            let anthropic = name.starts_with("claude-");
+            let price = Price::new(i, o, Some(c))
+                .with_cache_write(anthropic.then_some(i * ANTHROPIC_CACHE_WRITE));
+            let price = match LONG_CONTEXT.iter().find(|l| l.0 == name) {
+                Some(&(_, above, li, lo, lc)) => price.with_long_context(
+                    above,
+                    li,
+                    lo,
+                    Some(lc),
+                    anthropic.then_some(li * ANTHROPIC_CACHE_WRITE),
+                ),
+                None => price,
+            };
+            (name, price)
+        }),
         model,
     )
 }
@@ -154,6 +321,74 @@ fn bundled_lookup(model: &str) -> Option<(usize, Price)> {
 /// (`gpt-4o-mini-2024-07-18` → `gpt-4o-mini`).
 pub fn bundled_price(model: &str) -> Option<Price> {
     bundled_lookup(model).map(|(_, p)| p)
+}
+
+/// Prices from a model price catalog in the format of LiteLLM's
+/// `model_prices_and_context_window.json` (a JSON object of model name → entry, with costs in
+/// USD per token: `input_cost_per_token`, `output_cost_per_token`,
+/// `cache_read_input_token_cost`, `cache_creation_input_token_cost`, and the same
+/// `…_above_200k_tokens` for a long-context tier). Entries without an input cost per token (images, audio,
+/// per-second pricing, the `sample_spec` example) are skipped; of several long-context tiers
+/// the lowest is kept. Returns (prices by model name, entries skipped).
+pub fn parse_litellm_catalog(json: &str) -> Result<(HashMap<String, Price>, usize), String> {
+    let all: HashMap<String, serde_json::Value> =
+        serde_json::from_str(json).map_err(|e| format!("not a LiteLLM price catalog: {e}"))?;
+    let per_mtok = |v: &serde_json::Value| -> Option<f64> {
+        let usd_per_token = match v {
+            serde_json::Value::Number(n) => n.as_f64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }?;
+        (usd_per_token.is_finite() && usd_per_token >= 0.0).then_some(usd_per_token * 1e6)
+    };
+    let mut prices = HashMap::new();
+    let mut skipped = 0;
+    for (name, entry) in all {
+        let input = entry.get("input_cost_per_token").and_then(per_mtok);
+        let Some(input) = input.filter(|_| name != "sample_spec" && !name.is_empty()) else {
+            skipped += 1;
+            continue;
+        };
+        let output = entry
+            .get("output_cost_per_token")
+            .and_then(per_mtok)
+            .unwrap_or(0.0);
+        let cached = entry.get("cache_read_input_token_cost").and_then(per_mtok);
+        let write = entry
+            .get("cache_creation_input_token_cost")
+            .and_then(per_mtok);
+        let mut price = Price::new(input, output, cached).with_cache_write(write);
+        // `input_cost_per_token_above_200k_tokens` and its siblings: the lowest tier.
+        let tier = entry
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| {
+                let thousands = k
+                    .strip_prefix("input_cost_per_token_above_")?
+                    .strip_suffix("k_tokens")?
+                    .parse::<u64>()
+                    .ok()?;
+                Some((thousands, per_mtok(v)?))
+            })
+            .min_by_key(|(thousands, _)| *thousands);
+        if let Some((thousands, tier_input)) = tier {
+            let at = |key: &str| {
+                entry
+                    .get(format!("{key}_above_{thousands}k_tokens"))
+                    .and_then(per_mtok)
+            };
+            price = price.with_long_context(
+                thousands.saturating_mul(1000),
+                tier_input,
+                at("output_cost_per_token").unwrap_or(output),
+                at("cache_read_input_token_cost"),
+                at("cache_creation_input_token_cost"),
+            );
+        }
+        prices.insert(name, price);
+    }
+    Ok((prices, skipped))
 }
 
 /// Prices from the config over the bundled table.
@@ -198,6 +433,7 @@ mod tests {
             input_tokens: input,
             output_tokens: output,
             cached_tokens: cached,
+            cache_write_tokens: 0,
             reasoning_tokens: reasoning,
             estimated: false,
         }
@@ -261,6 +497,133 @@ mod tests {
         let bad: Result<Price, _> = serde_json::from_str(r#"{"input_per_mtok": 1.0, "typo": 2.0}"#);
         assert!(bad.is_err());
         assert_eq!(Price::new(-1.0, f64::NAN, None).input_per_mtok, 0.0);
+    }
+
+    #[test]
+    fn current_models_at_their_list_prices() {
+        let p = |m| {
+            bundled_price(m).map(|p| (p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok))
+        };
+        assert_eq!(p("gpt-5"), Some((1.25, 10.0, 0.125)));
+        assert_eq!(p("gpt-5-2025-08-07"), Some((1.25, 10.0, 0.125)));
+        assert_eq!(p("gpt-5-codex"), Some((1.25, 10.0, 0.125)));
+        assert_eq!(p("gpt-5-mini-2025-08-07"), Some((0.25, 2.0, 0.025)));
+        assert_eq!(p("gpt-5-nano"), Some((0.05, 0.4, 0.005)));
+        assert_eq!(p("gpt-5.1-codex"), Some((1.25, 10.0, 0.125)));
+        assert_eq!(p("gpt-5.1-codex-mini"), Some((0.25, 2.0, 0.025)));
+        assert_eq!(p("gpt-5.2-2025-12-11"), Some((1.75, 14.0, 0.175)));
+        // Opus 4.5 and later are not Opus 4's $15/$75.
+        assert_eq!(p("claude-opus-4-5-20251101"), Some((5.0, 25.0, 0.5)));
+        assert_eq!(p("claude-opus-4-5"), Some((5.0, 25.0, 0.5)));
+        assert_eq!(p("claude-opus-4-6"), Some((5.0, 25.0, 0.5)));
+        assert_eq!(p("claude-opus-4-1-20250805"), Some((15.0, 75.0, 1.5)));
+        assert_eq!(p("claude-opus-4-20250514"), Some((15.0, 75.0, 1.5)));
+        assert_eq!(p("claude-haiku-4-5-20251001"), Some((1.0, 5.0, 0.1)));
+        assert_eq!(p("claude-sonnet-4-5@20250929"), Some((3.0, 15.0, 0.3)));
+        // Reasoning tokens are output: 1000 output of which 800 reasoning cost 1000 outputs.
+        let gpt5 = bundled_price("gpt-5").unwrap();
+        assert_eq!(cost_micros(&gpt5, &usage(0, 1000, 0, 800)), 10_000);
+    }
+
+    #[test]
+    fn cache_writes_at_their_own_rate() {
+        let opus = bundled_price("claude-opus-4-5").unwrap();
+        assert_eq!(opus.cache_write_per_mtok, 6.25);
+        // 1000 input: 200 read from the cache, 300 written to it, 500 plain; no output.
+        // 500 * 5 + 200 * 0.5 + 300 * 6.25 = 2500 + 100 + 1875.
+        let u = Usage {
+            cache_write_tokens: 300,
+            ..usage(1000, 0, 200, 0)
+        };
+        assert_eq!(cost_micros(&opus, &u), 4475);
+        // Writes beyond the uncached input (a confused provider) are capped.
+        let over = Usage {
+            cache_write_tokens: 5000,
+            ..usage(1000, 0, 200, 0)
+        };
+        assert_eq!(
+            cost_micros(&opus, &over),
+            200 * 500 / 1000 + 800 * 6250 / 1000
+        );
+        // OpenAI has no cache-write price: the input rate.
+        assert_eq!(bundled_price("gpt-5").unwrap().cache_write_per_mtok, 1.25);
+        // From the config.
+        let p: Price = serde_json::from_str(
+            r#"{"input_per_mtok": 3.0, "output_per_mtok": 15.0, "cache_write_per_mtok": 6.0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.cached_input_per_mtok, p.cache_write_per_mtok),
+            (3.0, 6.0)
+        );
+        assert_eq!(p.with_cache_write(Some(-1.0)).cache_write_per_mtok, 0.0);
+    }
+
+    #[test]
+    fn long_prompts_at_the_long_context_rates() {
+        let sonnet = bundled_price("claude-sonnet-4-5-20250929").unwrap();
+        // Up to 200k prompt tokens: $3 in, $15 out.
+        assert_eq!(cost_micros(&sonnet, &usage(200_000, 1000, 0, 0)), 615_000);
+        // Past it, the whole request at $6 / $22.50 (cache writes 1.25x: $7.50).
+        assert_eq!(cost_micros(&sonnet, &usage(200_001, 1000, 0, 0)), 1_222_506);
+        let l = sonnet.long_context.unwrap();
+        assert_eq!(
+            (l.cached_input_per_mtok, l.cache_write_per_mtok),
+            (0.6, 7.5)
+        );
+        let gemini = bundled_price("gemini-2.5-pro").unwrap();
+        assert_eq!(gemini.rates(300_000), (2.5, 15.0, 0.625, 2.5));
+        assert_eq!(gemini.rates(100_000).0, 1.25);
+        assert_eq!(estimate_micros(&gemini, 300_000, 0), 750_000);
+        assert!(bundled_price("gpt-5").unwrap().long_context.is_none());
+        // From the config; cache rates not given keep their ratio to input.
+        let p: Price = serde_json::from_str(
+            r#"{"input_per_mtok": 1.0, "output_per_mtok": 2.0, "cached_input_per_mtok": 0.1,
+                "long_context": {"above_input_tokens": 1000, "input_per_mtok": 2.0, "output_per_mtok": 4.0}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.rates(1001), (2.0, 4.0, 0.2, 2.0));
+        let typo: Result<Price, _> = serde_json::from_str(
+            r#"{"input_per_mtok": 1.0, "long_context": {"above": 1, "input_per_mtok": 2.0}}"#,
+        );
+        assert!(typo.is_err());
+    }
+
+    #[test]
+    fn litellm_catalog() {
+        let json = r#"{
+            "sample_spec": {"input_cost_per_token": 0.0, "mode": "chat"},
+            "my-model": {"input_cost_per_token": 2e-06, "output_cost_per_token": 8e-06,
+                         "cache_read_input_token_cost": 5e-07,
+                         "cache_creation_input_token_cost": 2.5e-06, "litellm_provider": "openai",
+                         "max_input_tokens": 128000, "mode": "chat"},
+            "vertex_ai/my-model": {"input_cost_per_token": "1.5e-06", "output_cost_per_token": 3e-06},
+            "tiered": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06,
+                       "input_cost_per_token_above_200k_tokens": 2e-06,
+                       "output_cost_per_token_above_200k_tokens": 3e-06,
+                       "input_cost_per_token_above_1000k_tokens": 9e-06},
+            "dall-e-3": {"output_cost_per_image": 0.04, "mode": "image_generation"},
+            "bad": {"input_cost_per_token": -1}
+        }"#;
+        let (prices, skipped) = parse_litellm_catalog(json).unwrap();
+        assert_eq!(
+            skipped, 3,
+            "sample_spec, an image model and a negative price"
+        );
+        assert_eq!(
+            prices["my-model"],
+            Price::new(2.0, 8.0, Some(0.5)).with_cache_write(Some(2.5))
+        );
+        assert_eq!(prices["vertex_ai/my-model"], Price::new(1.5, 3.0, None));
+        assert_eq!(prices["tiered"].rates(200_001), (2.0, 3.0, 2.0, 2.0));
+        assert_eq!(prices["tiered"].rates(200_000), (1.0, 2.0, 1.0, 1.0));
+        assert!(parse_litellm_catalog("[1, 2]").is_err());
+        assert!(parse_litellm_catalog("{").is_err());
+        let t = PriceTable::new(prices);
+        assert_eq!(
+            t.cost_micros("my-model-2025", &usage(1000, 100, 0, 0)),
+            2800
+        );
     }
 
     #[test]

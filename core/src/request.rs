@@ -215,6 +215,16 @@ impl<P> Admitted<P> {
         }
     }
 
+    /// Answered by the gateway itself without going upstream (e.g. a local token-count
+    /// estimate): nothing is reserved or spent beyond the request rate.
+    pub fn answer_locally(self) -> Settled<P> {
+        Settled {
+            principal: self.principal,
+            permit: self.permit,
+            group: Some(self.group),
+        }
+    }
+
     /// Admission's token and budget part: the prompt estimate plus `max_tokens`, and their
     /// cost, from each of `sets` (the same sets as [`Inspected::admit`]).
     pub fn reserve(

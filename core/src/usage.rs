@@ -16,6 +16,9 @@ pub struct Usage {
     pub output_tokens: u64,
     /// Input tokens served from the provider's prompt cache.
     pub cached_tokens: u64,
+    /// Input tokens written to the provider's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`), priced at the cache-write rate; part of `input_tokens`.
+    pub cache_write_tokens: u64,
     /// Output tokens spent on hidden reasoning.
     pub reasoning_tokens: u64,
     /// `true` when counted by the gateway (e.g. a cancelled stream), not reported by the
@@ -73,6 +76,7 @@ impl From<RawUsage> for Usage {
             input_tokens: r.prompt_tokens.or(r.input_tokens).unwrap_or(0),
             output_tokens: r.completion_tokens.or(r.output_tokens).unwrap_or(0),
             cached_tokens: cached.unwrap_or(0),
+            cache_write_tokens: 0,
             reasoning_tokens: reasoning.unwrap_or(0),
             estimated: false,
         }
@@ -150,6 +154,7 @@ mod tests {
                 input_tokens: 9,
                 output_tokens: 12,
                 cached_tokens: 4,
+                cache_write_tokens: 0,
                 reasoning_tokens: 2,
                 estimated: false
             }

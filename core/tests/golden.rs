@@ -8,6 +8,8 @@
 //! | `anthropic`, `azure`, `gemini`, `openai` | OpenAI chat | that dialect |
 //! | `messages` | Anthropic Messages | OpenAI |
 //! | `messages_gemini` | Anthropic Messages | Gemini |
+//! | `responses` | OpenAI Responses (stateless) | OpenAI chat completions |
+//! | `responses_anthropic` | OpenAI Responses (stateless) | Anthropic |
 //!
 //! In each dir:
 //! - `<case>.request.json` (client body) → `<case>.<upstream>.snap`: path, stream flag, dropped
@@ -39,6 +41,8 @@ fn pair(dir: &str) -> Option<(Inbound, Dialect)> {
     Some(match dir {
         "messages" => (Inbound::AnthropicMessages, Dialect::OpenAi),
         "messages_gemini" => (Inbound::AnthropicMessages, Dialect::Gemini),
+        "responses" => (Inbound::OpenAiResponses, Dialect::OpenAi),
+        "responses_anthropic" => (Inbound::OpenAiResponses, Dialect::Anthropic),
         other => (Inbound::OpenAiChat, Dialect::from_name(other)?),
     })
 }
@@ -47,6 +51,7 @@ fn client_name(inbound: Inbound) -> &'static str {
     match inbound {
         Inbound::OpenAiChat => "openai",
         Inbound::AnthropicMessages => "anthropic",
+        Inbound::OpenAiResponses => "responses",
     }
 }
 
@@ -123,6 +128,7 @@ fn ctx_for(case: &str, inbound: Inbound) -> ResponseContext<'static> {
         id: match inbound {
             Inbound::OpenAiChat => "chatcmpl-golden01",
             Inbound::AnthropicMessages => "msg_golden01",
+            Inbound::OpenAiResponses => "resp_golden01",
         },
         created: 1_700_000_000,
         include_usage: !case.contains("no_usage"),

@@ -450,7 +450,11 @@ pub fn inspect_rewrite(data: &[u8]) {
     }
 }
 
-const INBOUNDS: [Inbound; 2] = [Inbound::OpenAiChat, Inbound::AnthropicMessages];
+const INBOUNDS: [Inbound; 3] = [
+    Inbound::OpenAiChat,
+    Inbound::AnthropicMessages,
+    Inbound::OpenAiResponses,
+];
 
 fn is_native(from: Dialect, to: Inbound) -> bool {
     matches!(
@@ -525,10 +529,10 @@ pub fn translate_responses(data: &[u8]) {
         for to in INBOUNDS {
             for status in [200, 201, 400, 429, 500, 503] {
                 let ctx = ResponseContext {
-                    id: if to == Inbound::AnthropicMessages {
-                        "msg_fuzz"
-                    } else {
-                        CTX.id
+                    id: match to {
+                        Inbound::AnthropicMessages => "msg_fuzz",
+                        Inbound::OpenAiResponses => "resp_fuzz",
+                        Inbound::OpenAiChat => CTX.id,
                     },
                     ..CTX
                 };

@@ -52,6 +52,9 @@ pub struct Shared {
     /// One counter per worker, bumped every 250 ms by a task on its runtime; the systemd
     /// watchdog is fed only while every running worker's counter moves.
     pub heartbeats: Arc<[std::sync::atomic::AtomicU64]>,
+    /// The upstream's model ids for the pattern groups, fetched once per generation (see
+    /// `upstream::catalog`).
+    pub catalog: sluice_core::catalog::Catalog,
     /// When the process started serving, as a unix time (the `created` of `/v1/models`).
     pub started_unix: u64,
     /// Prices per model, for the cost of each request.
@@ -241,7 +244,7 @@ pub struct Slot {
     generations: Generations,
     current: RefCell<Rc<Worker>>,
     /// Called with each worker [`Slot::current`] builds after a reload; the server passes
-    /// `upstream::health::spawn_all`, which starts the worker's health checks.
+    /// `upstream::start_background`, which starts the worker's health checks (and catalog fetch).
     on_new_worker: fn(&Rc<Slot>, &Rc<Worker>),
 }
 

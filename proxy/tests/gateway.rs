@@ -15,6 +15,7 @@ both_drivers!(
     streaming_keeps_usage_the_client_asked_for,
     chunks_reach_the_client_before_the_upstream_finishes,
     keep_alive_reuses_both_sides,
+    idle_connections_park,
     pipelined_requests_answer_in_order,
     chunked_request_body_and_expect_continue,
     errors_for_paths_methods_models_and_json,
@@ -169,6 +170,41 @@ fn keep_alive_reuses_both_sides(driver: &str) {
     let log = gw.access_lines(10);
     assert_eq!(log[0]["upstream_reused"], false);
     assert_eq!(log[9]["upstream_reused"], true);
+}
+
+/// A keep-alive connection quiet for longer than the park delay (100 ms) gives its read and
+/// buffer back and waits for readability alone: the next request on it, whole or split across
+/// writes, is still answered; a parked connection still ends at the keep-alive timeout.
+fn idle_connections_park(driver: &str) {
+    let mock = mock();
+    let gw = Gateway::start(
+        &config(mock.addr(), "keepalive_idle_timeout_ms = 1500", ""),
+        driver,
+    );
+    let mut clients: Vec<Client> = (0..50).map(|_| gw.connect()).collect();
+    for c in &mut clients {
+        let r = c.post("/v1/chat/completions", &chat("mock-fast", false), "");
+        assert_eq!(r.status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    for (i, c) in clients.iter_mut().enumerate() {
+        let r = if i % 2 == 0 {
+            c.post("/v1/chat/completions", &chat("mock-stream", true), "")
+        } else {
+            // The head first, the body after the connection woke up.
+            let req = post_bytes("/v1/chat/completions", &chat("mock-fast", false), "");
+            let (head, body) = req.split_at(req.find("\r\n\r\n").unwrap() + 4);
+            c.send_raw(head.as_bytes());
+            std::thread::sleep(Duration::from_millis(20));
+            c.send_raw(body.as_bytes());
+            c.read_response()
+        };
+        assert_eq!(r.status, 200, "request {i} after parking");
+        assert!(!r.closed);
+    }
+    // Parked past the keep-alive timeout: closed by the gateway.
+    assert!(clients[0].is_closed(Duration::from_secs(5)));
+    assert_eq!(mock.stats().requests, 100);
 }
 
 fn pipelined_requests_answer_in_order(driver: &str) {

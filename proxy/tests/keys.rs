@@ -336,7 +336,16 @@ fn cli_manages_keys() {
         .find_map(|l| l.strip_prefix("key: "))
         .expect("the key is printed")
         .to_string();
-    let id = text.split_whitespace().next().unwrap().to_string();
+    // A table: the header, then the key's row.
+    assert!(text.starts_with("ID "), "{text}");
+    let id = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     assert!(id.starts_with("key_"), "{text}");
     assert_eq!(gw.chat_as(&key, &chat("mock-fast", false), "").status, 200);
 

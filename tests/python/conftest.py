@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -214,11 +215,11 @@ deployments = [{{ provider = "mock-anthropic", model = "claude-mock" }}]
 """
 
 
-@pytest.fixture(scope="session")
-def gateway(mock, tmp_path_factory) -> Gateway:
-    d = tmp_path_factory.mktemp("gateway")
+def start_gateway(d: Path, config_text: str) -> Gateway:
+    """Starts `sluice serve` with `config_text` (written to `d`) and waits until it is ready.
+    The caller stops it with `stop(gateway.proc)`."""
     config = d / "sluice.toml"
-    config.write_text(gateway_config(mock.addr, d / "sluice.db"))
+    config.write_text(config_text)
     stdout, stderr = d / "sluice.stdout", d / "sluice.stderr"
     env = os.environ.copy()
     env.pop("RUST_LOG", None)
@@ -252,9 +253,33 @@ def gateway(mock, tmp_path_factory) -> Gateway:
             return False
 
     wait_for("GET /readyz answering 200", ready, proc, logs)
-    gw = Gateway(addr=addr, proc=proc, stdout=stdout, config=config)
+    return Gateway(addr=addr, proc=proc, stdout=stdout, config=config)
+
+
+@pytest.fixture(scope="session")
+def gateway(mock, tmp_path_factory) -> Gateway:
+    d = tmp_path_factory.mktemp("gateway")
+    gw = start_gateway(d, gateway_config(mock.addr, d / "sluice.db"))
     yield gw
-    stop(proc)
+    stop(gw.proc)
+
+
+def ledger_row(gw, request_id: str, timeout: float = 5.0) -> dict:
+    """The ledger row of `request_id` (the ledger is written in batches off the data plane)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            con = sqlite3.connect(f"file:{gw.db}?mode=ro", uri=True, timeout=1)
+            con.row_factory = sqlite3.Row
+            row = con.execute("SELECT * FROM ledger WHERE request_id = ?", (request_id,)).fetchone()
+            con.close()
+            if row is not None:
+                return dict(row)
+        except sqlite3.OperationalError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no ledger row for {request_id!r}")
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

@@ -146,6 +146,37 @@ def test_embeddings_list_input(client):
     assert all(len(d.embedding) == EMBEDDING_DIMS for d in resp.data)
 
 
+def test_large_embeddings_arrive_compressed(client, gateway):
+    """Many inputs make a large answer: the SDK (httpx) asks for gzip by itself, the gateway
+    compresses, httpx decompresses transparently, and the vectors are all there."""
+    inputs = [f"text {i}" for i in range(2000)]
+    raw = client.embeddings.with_raw_response.create(
+        model="mock-fast", input=inputs, encoding_format="float"
+    )
+    assert raw.status_code == 200
+    sent = raw.http_request.headers.get("accept-encoding", "")
+    assert "gzip" in sent, sent
+    coding = raw.headers.get("content-encoding")
+    assert coding in ("gzip", "br", "zstd"), raw.headers
+    assert raw.headers.get("vary") == "accept-encoding"
+    resp = raw.parse()
+    assert [d.index for d in resp.data] == list(range(2000))
+    assert all(len(d.embedding) == EMBEDDING_DIMS for d in resp.data)
+    # The same request without compression: same JSON, many times the bytes on the wire.
+    body = {"model": "mock-fast", "input": inputs, "encoding_format": "float"}
+    auth = {"authorization": f"Bearer {API_KEY}"}
+    plain = httpx.post(
+        f"{gateway.base_url}/embeddings", json=body, headers={**auth, "accept-encoding": "identity"}
+    )
+    assert plain.headers.get("content-encoding") is None
+    packed = httpx.post(
+        f"{gateway.base_url}/embeddings", json=body, headers={**auth, "accept-encoding": "gzip"}
+    )
+    assert packed.headers["content-encoding"] == "gzip"
+    assert packed.json() == plain.json()
+    assert packed.num_bytes_downloaded * 4 < plain.num_bytes_downloaded
+
+
 def test_responses(client):
     resp = client.responses.create(model="mock-fast", input="Say hello.")
     assert resp.model == "mock-model"

@@ -17,18 +17,79 @@ use crate::hedge::{HedgePolicy, RawHedge};
 use crate::retry::{RawRetry, RetryPolicy};
 
 mod access;
+pub mod overrides;
+mod pinning;
 mod shared;
 #[cfg(test)]
 mod tests;
 mod validate;
 
 pub use access::{AuthMode, LimitsConfig, StaticKey, StoreConfig};
+pub use pinning::{pinning, Pinning};
 pub use shared::SharedConfig;
 
-/// Where `env:NAME` references are looked up.
+/// Where `env:NAME` and `file:/path` references, and `SLUICE__…` overrides, are looked up.
 pub trait SecretSource {
     /// The value of variable `name`, if set.
     fn var(&self, name: &str) -> Option<String>;
+
+    /// The secret in the file at `path` (a Kubernetes Secret mount, a systemd credential,
+    /// `/run/secrets/…`), without its trailing newline. The error never holds the content.
+    fn file(&self, path: &str) -> Result<String, String> {
+        read_secret_file(path)
+    }
+
+    /// Every `SLUICE__<SECTION>__<KEY>` variable, name and value ([`overrides`]).
+    fn overrides(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// Reads a secret file: at most 64 KiB, UTF-8, one trailing `\n` or `\r\n` removed.
+pub fn read_secret_file(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(64 * 1024 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    if bytes.len() > 64 * 1024 {
+        return Err(format!("`{path}` is larger than 64 KiB"));
+    }
+    let mut text = String::from_utf8(bytes).map_err(|_| format!("`{path}` is not UTF-8"))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
+/// The value behind `env:NAME` or `file:/path` (an empty one is an error); `None` when
+/// `reference` is neither. Errors name the variable or file, never a value.
+fn secret_reference(reference: &str, secrets: &dyn SecretSource) -> Option<Result<String, String>> {
+    if let Some(name) = reference.strip_prefix("env:") {
+        return Some(
+            secrets
+                .var(name)
+                .ok_or_else(|| format!("environment variable `{name}` is not set")),
+        );
+    }
+    let path = reference.strip_prefix("file:")?;
+    if !path.starts_with('/') {
+        return Some(Err(format!(
+            "`file:` takes an absolute path, not `{}`",
+            crate::error::bounded(path)
+        )));
+    }
+    Some(secrets.file(path).and_then(|v| {
+        if v.is_empty() {
+            Err(format!("`{path}` is empty"))
+        } else {
+            Ok(v)
+        }
+    }))
 }
 
 /// The process environment.
@@ -38,11 +99,31 @@ impl SecretSource for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.is_empty())
     }
+
+    fn overrides(&self) -> Vec<(String, String)> {
+        std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let k = k.into_string().ok()?;
+                k.starts_with(overrides::PREFIX)
+                    .then(|| (k, v.to_string_lossy().into_owned()))
+            })
+            .collect()
+    }
 }
 
 impl SecretSource for HashMap<String, String> {
     fn var(&self, name: &str) -> Option<String> {
         self.get(name).cloned()
+    }
+
+    fn overrides(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .iter()
+            .filter(|(k, _)| k.starts_with(overrides::PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        out.sort();
+        out
     }
 }
 
@@ -104,7 +185,15 @@ struct RawConfig {
     #[serde(default)]
     prices: HashMap<String, crate::cost::Price>,
     #[serde(default)]
+    pricing: RawPricing,
+    #[serde(default)]
     keys: Vec<access::RawKey>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPricing {
+    catalog_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +218,22 @@ struct RawServer {
     keepalive_idle_timeout_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
     tls: Option<RawServerTls>,
+    compression: Option<RawCompression>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompression {
+    enabled: Option<bool>,
+    min_bytes: Option<u64>,
+    max_bytes: Option<u64>,
+    inline_max_bytes: Option<u64>,
+    algorithms: Option<Vec<String>>,
+    streams: Option<bool>,
+    gzip_level: Option<u32>,
+    br_level: Option<u32>,
+    zstd_level: Option<i32>,
+    threads: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +282,7 @@ struct RawProvider {
     ca_file: Option<String>,
     default_max_tokens: Option<u32>,
     api_version: Option<String>,
+    responses_api: Option<bool>,
     extra: Option<toml::Table>,
     health_check: Option<RawHealthCheck>,
     #[serde(default)]
@@ -247,6 +353,17 @@ pub enum Driver {
     Epoll,
 }
 
+impl Driver {
+    /// The config name of this driver: `auto`, `io_uring` or `epoll`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Auto => "auto",
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
 /// Listener, limits and timeouts of the client-facing server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -256,7 +373,8 @@ pub struct ServerConfig {
     pub workers: Workers,
     /// I/O driver.
     pub driver: Driver,
-    /// Pin worker `i` to core `i`.
+    /// Pin worker `i` to the `i`-th allowed CPU, when the CPU set holds exactly one CPU per
+    /// worker ([`pinning`]).
     pub pin_workers: bool,
     /// Connections a worker holds at most; more are answered 503 and closed.
     pub max_connections_per_worker: usize,
@@ -274,6 +392,8 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
     /// TLS termination on the client listener; `None` serves plain HTTP.
     pub tls: Option<ServerTls>,
+    /// Compression of answers for clients that ask (`[server.compression]`).
+    pub compression: crate::compress::CompressionConfig,
 }
 
 /// Certificate and key of the client listener (`[server.tls]`), both PEM. The files are read
@@ -295,6 +415,14 @@ pub struct LogConfig {
     pub json: bool,
     /// One line per request.
     pub access_log: bool,
+}
+
+/// `[pricing]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PricingConfig {
+    /// A price catalog in LiteLLM's `model_prices_and_context_window.json` format, read by
+    /// the loader at start and on reload; `[prices]` wins over it.
+    pub catalog_file: Option<std::path::PathBuf>,
 }
 
 /// The admin listener: metrics (and the admin API), off the data plane.
@@ -382,6 +510,10 @@ pub struct Provider {
     pub default_max_tokens: u32,
     /// Azure OpenAI `api-version`.
     pub api_version: Option<String>,
+    /// An `openai` provider serves OpenAI's Responses API (`/responses`, passed through, state
+    /// and all); `false` for OpenAI-compatible servers that have chat completions only, whose
+    /// Responses requests are then translated (stateless).
+    pub responses_api: bool,
     /// Provider-specific fields merged into every translated request body.
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
     /// Active health checks, when configured.
@@ -466,8 +598,12 @@ pub struct Config {
     pub shared: Option<SharedConfig>,
     /// Admission defaults.
     pub limits: LimitsConfig,
-    /// `[prices]`: USD per million tokens by model name or prefix, over the bundled table.
+    /// `[prices]`: USD per million tokens by model name or prefix, over the bundled table;
+    /// with the entries of the `[pricing]` catalog file the config does not name, once the
+    /// loader has added them ([`Config::add_price_catalog`]).
     pub prices: HashMap<String, crate::cost::Price>,
+    /// `[pricing]`: where more prices come from.
+    pub pricing: PricingConfig,
     /// Keys declared in the config (hashed at load).
     pub keys: Vec<StaticKey>,
     exact: HashMap<String, usize>,
@@ -477,18 +613,31 @@ pub struct Config {
 
 impl Config {
     /// Parses and validates TOML text.
+    ///
+    /// `SLUICE__<SECTION>__<KEY>` variables from `secrets` override the file's scalars
+    /// ([`overrides`]); an unknown one is refused with its name.
     pub fn from_toml(text: &str, secrets: &dyn SecretSource) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let msg = inner.message().to_string();
-            if path.is_empty() || path == "." {
-                ConfigError(format!("invalid config: {msg}"))
-            } else {
-                ConfigError(format!("invalid config at `{path}`: {msg}"))
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            match line {
+                Some(n) => ConfigError(format!("invalid config at line {n}: {}", e.message())),
+                None => ConfigError(format!("invalid config: {}", e.message())),
             }
         })?;
+        overrides::apply(&mut table, &secrets.overrides())?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let msg = inner.message().to_string();
+                if path.is_empty() || path == "." {
+                    ConfigError(format!("invalid config: {msg}"))
+                } else {
+                    ConfigError(format!("invalid config at `{path}`: {msg}"))
+                }
+            })?;
         validate::validate(raw, secrets)
     }
 
@@ -550,16 +699,44 @@ impl Config {
             .map(|(_, i)| *i)
     }
 
+    /// Adds the prices of a LiteLLM-format catalog (the text of `pricing.catalog_file`) for
+    /// every model `[prices]` does not name; returns (entries added, entries skipped).
+    pub fn add_price_catalog(&mut self, json: &str) -> Result<(usize, usize), ConfigError> {
+        let (catalog, skipped) = crate::cost::parse_litellm_catalog(json)
+            .map_err(|e| ConfigError(format!("invalid config at `pricing.catalog_file`: {e}")))?;
+        let mut added = 0;
+        for (model, price) in catalog {
+            if let std::collections::hash_map::Entry::Vacant(v) = self.prices.entry(model) {
+                v.insert(price);
+                added += 1;
+            }
+        }
+        Ok((added, skipped))
+    }
+
+    /// Deployments whose upstream model has no price (in `[prices]`, the catalog or the
+    /// bundled table), as (model group, deployment label): their requests cost 0 and cannot
+    /// exhaust a budget. Deployments that pass the client's model through (`*`) are left out.
+    pub fn unpriced(&self) -> Vec<(&str, &str)> {
+        let table = crate::cost::PriceTable::new(self.prices.clone());
+        self.models
+            .iter()
+            .flat_map(|m| m.deployments.iter().map(move |d| (m, d)))
+            .filter(|(_, d)| d.model != "*" && table.price(&d.model).is_none())
+            .map(|(m, d)| (m.name.as_str(), d.label.as_str()))
+            .collect()
+    }
+
     /// A human summary of what would be served, for `sluice check-config`.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "listen {} ({} workers, driver {:?})\n",
+            "listen {} ({} workers, driver {})\n",
             self.server.listen,
             match self.server.workers {
                 Workers::Auto => "auto".to_string(),
                 Workers::Count(n) => n.to_string(),
             },
-            self.server.driver
+            self.server.driver.name()
         );
         if let Some(tls) = &self.server.tls {
             out.push_str(&format!(
@@ -568,11 +745,25 @@ impl Config {
                 tls.key_file.display()
             ));
         }
+        let c = &self.server.compression;
+        if c.enabled {
+            let codings: Vec<&str> = c.algorithms.iter().map(|a| a.token()).collect();
+            out.push_str(&format!(
+                "compression: {} from {} bytes (zstd {}, br {}, gzip {})\n",
+                codings.join(", "),
+                c.min_bytes,
+                c.zstd_level,
+                c.br_level,
+                c.gzip_level
+            ));
+        } else {
+            out.push_str("compression: off\n");
+        }
         for p in &self.providers {
             out.push_str(&format!(
-                "provider {} ({:?}) {}://{}:{}{}{}\n",
+                "provider {} ({}) {}://{}:{}{}{}\n",
                 p.name,
-                p.kind,
+                p.kind.name(),
                 if p.endpoint.tls { "https" } else { "http" },
                 p.endpoint.host,
                 p.endpoint.port,
@@ -593,6 +784,9 @@ impl Config {
         }
         if let Some(path) = &self.store.path {
             out.push_str(&format!("store {}\n", path.display()));
+        }
+        if self.store.url.is_some() {
+            out.push_str("store postgresql ([store] url)\n");
         }
         if let Some(sh) = &self.shared {
             out.push_str(&format!(
@@ -620,6 +814,16 @@ impl Config {
                 .map(|d| format!("{} (weight {})", d.label, d.weight))
                 .collect();
             out.push_str(&format!("model {} -> {}\n", m.name, deps.join(", ")));
+        }
+        if let Some(file) = &self.pricing.catalog_file {
+            out.push_str(&format!("price catalog {}\n", file.display()));
+        }
+        for (model, deployment) in self.unpriced() {
+            out.push_str(&format!(
+                "warning: no price for {deployment} (model {model}): its requests cost $0 and \
+                 do not count toward budgets; add [prices.\"{}\"]\n",
+                deployment.split_once('/').map_or(deployment, |(_, m)| m)
+            ));
         }
         out
     }

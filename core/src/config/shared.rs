@@ -3,8 +3,8 @@
 //!
 //! ```toml
 //! [shared]
-//! redis_url = "redis://127.0.0.1:6379"   # or rediss:// (TLS through rustls), or "env:NAME"
-//! password = "env:REDIS_PASSWORD"        # optional; never inline
+//! redis_url = "redis://127.0.0.1:6379"   # or rediss:// (TLS), "env:NAME" or "file:/path"
+//! password = "env:REDIS_PASSWORD"        # optional, or "file:/path"; never inline
 //! timeout_ms = 20                         # the most a request waits on Redis
 //! on_unavailable = "local"                # or "closed": 503 + Retry-After
 //! expected_replicas = 3                   # default: the replicas seen alive at the last sync
@@ -67,13 +67,9 @@ pub(super) fn validate(
     let Some(url) = raw.redis_url else {
         return err("invalid config at `shared.redis_url`: required in [shared]");
     };
-    let url = match url.strip_prefix("env:") {
-        Some(name) => secrets.var(name).ok_or_else(|| {
-            at(
-                "redis_url",
-                format!("environment variable `{name}` is not set"),
-            )
-        })?,
+    let url = match super::secret_reference(&url, secrets) {
+        Some(Ok(u)) => u.trim().to_string(),
+        Some(Err(m)) => return Err(at("redis_url", m)),
         None => url,
     };
     let parsed = url::Url::parse(&url).map_err(|e| at("redis_url", e.to_string()))?;
@@ -99,18 +95,16 @@ pub(super) fn validate(
     );
     let mut with_password = parsed.clone();
     if let Some(reference) = raw.password {
-        let Some(name) = reference.strip_prefix("env:") else {
-            return Err(at(
-                "password",
-                "secrets must be referenced as `env:VARIABLE`, never inlined".to_string(),
-            ));
-        };
-        let value = secrets.var(name).ok_or_else(|| {
-            at(
-                "password",
-                format!("environment variable `{name}` is not set"),
-            )
-        })?;
+        let value =
+            match super::secret_reference(&reference, secrets) {
+                Some(Ok(v)) => v,
+                Some(Err(m)) => return Err(at("password", m)),
+                None => return Err(at(
+                    "password",
+                    "secrets must be referenced as `env:VARIABLE` or `file:/path`, never inlined"
+                        .to_string(),
+                )),
+            };
         with_password
             .set_password(Some(&value))
             .map_err(|()| at("password", "cannot be set on this URL".to_string()))?;
@@ -218,6 +212,43 @@ mod tests {
             .unwrap();
         assert_eq!(c.redis_display, "redis://h:1");
         assert!(validate(None, &HashMap::new()).unwrap().is_none());
+    }
+
+    #[test]
+    fn shared_url_and_password_come_from_files_too() {
+        let dir = std::env::temp_dir().join(format!("sluice-shared-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (url_file, pw_file) = (dir.join("url"), dir.join("pw"));
+        std::fs::write(&url_file, "rediss://cache.internal:6380\n").unwrap();
+        std::fs::write(&pw_file, "fr0m-file\n").unwrap();
+        let text = format!(
+            "redis_url = \"file:{}\"\npassword = \"file:{}\"",
+            url_file.display(),
+            pw_file.display()
+        );
+        let c = parse(&text, &[]).unwrap().unwrap();
+        assert_eq!(
+            c.redis_url.expose(),
+            "rediss://:fr0m-file@cache.internal:6380"
+        );
+        assert_eq!(c.redis_display, "rediss://cache.internal:6380");
+        assert!(!format!("{c:?}").contains("fr0m-file"));
+        // A missing or relative file is refused by name, at the setting.
+        for (text, needle) in [
+            (
+                "redis_url = \"file:/nonexistent/sluice/redis\"",
+                "redis_url",
+            ),
+            ("redis_url = \"file:relative/redis\"", "absolute"),
+            (
+                "redis_url = \"redis://x\"\npassword = \"file:/nonexistent/sluice/pw\"",
+                "/nonexistent/sluice/pw",
+            ),
+        ] {
+            let e = parse(text, &[]).unwrap_err();
+            assert!(e.0.contains(needle), "{text}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

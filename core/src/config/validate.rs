@@ -41,6 +41,7 @@ pub(super) fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Con
         shared: shared::validate(raw.shared, secrets)?,
         limits: access.limits,
         prices: access.prices,
+        pricing: pricing(raw.pricing)?,
         keys: access.keys,
         exact: routing.exact,
         patterns: routing.patterns,
@@ -117,8 +118,90 @@ fn server(s: RawServer) -> Result<ServerConfig, ConfigError> {
                 })
             }
         },
+        compression: compression(s.compression.unwrap_or_default())?,
     };
     Ok(server)
+}
+
+/// `[server.compression]`.
+fn compression(c: RawCompression) -> Result<crate::compress::CompressionConfig, ConfigError> {
+    use crate::compress::{Coding, CompressionConfig};
+    let d = CompressionConfig::default();
+    let at = |key: &str, msg: String| {
+        err(format!(
+            "invalid config at `server.compression.{key}`: {msg}"
+        ))
+    };
+    let algorithms = match c.algorithms {
+        None => d.algorithms,
+        Some(names) => {
+            let mut out: Vec<Coding> = Vec::with_capacity(names.len());
+            for name in &names {
+                match Coding::from_name(name) {
+                    Some(coding) if out.contains(&coding) => {
+                        return at("algorithms", format!("`{name}` is listed twice"))
+                    }
+                    Some(coding) => out.push(coding),
+                    None => {
+                        return at(
+                            "algorithms",
+                            format!(
+                                "unknown coding `{}`: expected zstd, br or gzip",
+                                crate::error::bounded(name)
+                            ),
+                        )
+                    }
+                }
+            }
+            out
+        }
+    };
+    let enabled = c.enabled.unwrap_or(true) && !algorithms.is_empty();
+    let min_bytes = c.min_bytes.unwrap_or(d.min_bytes);
+    let max_bytes = positive("server.compression.max_bytes", c.max_bytes, d.max_bytes)?;
+    if min_bytes > max_bytes {
+        return at(
+            "min_bytes",
+            format!("{min_bytes} is above max_bytes ({max_bytes})"),
+        );
+    }
+    let gzip_level = c.gzip_level.unwrap_or(d.gzip_level);
+    if !(1..=9).contains(&gzip_level) {
+        return at("gzip_level", format!("expected 1..=9, got {gzip_level}"));
+    }
+    let br_level = c.br_level.unwrap_or(d.br_level);
+    if br_level > 11 {
+        return at("br_level", format!("expected 0..=11, got {br_level}"));
+    }
+    let zstd_level = c.zstd_level.unwrap_or(d.zstd_level);
+    if !(1..=19).contains(&zstd_level) {
+        return at("zstd_level", format!("expected 1..=19, got {zstd_level}"));
+    }
+    if c.streams == Some(true) {
+        // Event streams are relayed event by event; compressing them needs a flush per event
+        // in the relay, which is not built yet.
+        return at(
+            "streams",
+            "compressing event streams is not supported yet".into(),
+        );
+    }
+    let threads = match c.threads {
+        None | Some(0) => 0,
+        Some(n) if n <= 256 => n as usize,
+        Some(n) => return at("threads", format!("expected 0 (auto) ..=256, got {n}")),
+    };
+    Ok(CompressionConfig {
+        enabled,
+        min_bytes,
+        max_bytes,
+        inline_max_bytes: c.inline_max_bytes.unwrap_or(d.inline_max_bytes),
+        algorithms,
+        streams: false,
+        gzip_level,
+        br_level,
+        zstd_level,
+        threads,
+    })
 }
 
 /// `[log]`.
@@ -137,6 +220,19 @@ fn log(l: RawLog) -> Result<LogConfig, ConfigError> {
         access_log: l.access_log.unwrap_or(true),
     };
     Ok(log)
+}
+
+/// `[pricing]`.
+fn pricing(p: RawPricing) -> Result<PricingConfig, ConfigError> {
+    if p.catalog_file
+        .as_ref()
+        .is_some_and(|f| f.as_os_str().is_empty())
+    {
+        return err("invalid config at `pricing.catalog_file`: empty path");
+    }
+    Ok(PricingConfig {
+        catalog_file: p.catalog_file,
+    })
 }
 
 /// `[admin]`.
@@ -284,6 +380,7 @@ fn provider(i: usize, p: RawProvider, secrets: &dyn SecretSource) -> Result<Prov
             u64::from(crate::dialect::DEFAULT_MAX_TOKENS),
         )? as u32,
         api_version: p.api_version,
+        responses_api: p.responses_api.unwrap_or(true),
         extra,
         health_check: match p.health_check {
             None => None,
@@ -325,7 +422,7 @@ fn headers(
                 at("headers")
             ));
         }
-        let v = if v.starts_with("env:") {
+        let v = if v.starts_with("env:") || v.starts_with("file:") {
             resolve_secret(&v, secrets)
                 .map_err(|m| {
                     ConfigError(format!("invalid config at `{}.{k}`: {m}", at("headers")))
@@ -531,15 +628,16 @@ fn httparse_token(name: &str) -> Result<(), ()> {
     }
 }
 
-/// Resolves `env:NAME`. Inline secrets are refused, so a config file can be shared safely.
+/// Resolves `env:NAME` or `file:/path`. Inline secrets are refused, so a config file can be
+/// shared safely.
 fn resolve_secret(reference: &str, secrets: &dyn SecretSource) -> Result<Secret, String> {
-    let Some(name) = reference.strip_prefix("env:") else {
-        return Err("secrets must be referenced as `env:VARIABLE`, never inlined".to_string());
-    };
-    secrets
-        .var(name)
-        .map(Secret)
-        .ok_or_else(|| format!("environment variable `{name}` is not set"))
+    match super::secret_reference(reference, secrets) {
+        Some(r) => r.map(Secret),
+        None => Err(
+            "secrets must be referenced as `env:VARIABLE` or `file:/path`, never inlined"
+                .to_string(),
+        ),
+    }
 }
 
 pub(super) fn parse_endpoint(base_url: &str) -> Result<Endpoint, String> {

@@ -440,7 +440,8 @@ impl AnthropicUsage {
         set("cache_creation_input_tokens", &mut self.cache_creation);
     }
 
-    /// The common shape: cache reads and writes count as input, reads also as cached.
+    /// The common shape: cache reads and writes count as input, reads also as cached, writes
+    /// also as cache writes.
     pub(crate) fn usage(&self) -> Option<Usage> {
         self.seen.then(|| Usage {
             input_tokens: self
@@ -449,6 +450,7 @@ impl AnthropicUsage {
                 .saturating_add(self.cache_creation),
             output_tokens: self.output,
             cached_tokens: self.cache_read,
+            cache_write_tokens: self.cache_creation,
             reasoning_tokens: 0,
             estimated: false,
         })

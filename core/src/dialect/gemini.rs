@@ -423,6 +423,7 @@ pub(crate) fn usage(meta: Option<&Value>) -> Option<Usage> {
         input_tokens: n("promptTokenCount").saturating_add(n("toolUsePromptTokenCount")),
         output_tokens: n("candidatesTokenCount").saturating_add(thoughts),
         cached_tokens: n("cachedContentTokenCount"),
+        cache_write_tokens: 0,
         reasoning_tokens: thoughts,
         estimated: false,
     })

@@ -281,14 +281,16 @@ pub(crate) fn stop_reason(finish: &str) -> &'static str {
     }
 }
 
-/// Anthropic's `usage` object for the common usage (cache reads split back out).
+/// Anthropic's `usage` object for the common usage (cache reads and writes split back out).
 pub(crate) fn usage_json(u: Option<&crate::usage::Usage>) -> Value {
     let u = u.copied().unwrap_or_default();
     json!({
-        "input_tokens": u.input_tokens.saturating_sub(u.cached_tokens),
+        "input_tokens": u.input_tokens
+            .saturating_sub(u.cached_tokens)
+            .saturating_sub(u.cache_write_tokens),
         "output_tokens": u.output_tokens,
         "cache_read_input_tokens": u.cached_tokens,
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": u.cache_write_tokens,
     })
 }
 

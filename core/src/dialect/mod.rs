@@ -11,9 +11,14 @@
 //! | Anthropic Messages | `anthropic` | passthrough, model spliced | passthrough, usage scanned |
 //! | Anthropic Messages | `openai`, `azure` | Messages → chat | chat completion (chunks) → Messages (events) |
 //! | Anthropic Messages | `gemini` | Messages → chat → Gemini | Gemini → chat → Messages |
+//! | OpenAI Responses | `openai`, `azure` (chat completions) | Responses → chat | chat (chunks) → `response` (events) |
+//! | OpenAI Responses | `anthropic`, `gemini` | Responses → chat → target | target → chat → `response` (events) |
+//!
+//! (The proxy passes Responses requests to an `openai` deployment's own `/responses` through,
+//! state and all; the translation is for the others, stateless.)
 //!
 //! OpenAI chat is the pivot: the Anthropic-client-to-Gemini pair is the two translations in a
-//! row, so every pair works and each dialect is written once.
+//! row (and so are the Responses pairs), so every pair works and each dialect is written once.
 //!
 //! # Call order
 //!
@@ -51,19 +56,24 @@
 mod anthropic;
 mod anthropic_stream;
 mod azure;
+mod count;
 mod events;
 mod gemini;
 mod gemini_stream;
+mod helpers;
 mod messages;
 mod messages_stream;
 mod openai;
+mod responses;
 #[cfg(test)]
 mod tests;
 
+pub use count::estimate_input_tokens;
+pub(crate) use helpers::*;
+
 use serde_json::Value;
 
-use crate::error::bounded;
-use crate::error::{ErrorKind, GatewayError};
+use crate::error::GatewayError;
 use crate::sse::{Event, EventSplitter, SseScanner};
 use crate::usage::{self, Usage};
 
@@ -124,6 +134,8 @@ pub enum Inbound {
     OpenAiChat,
     /// `POST /v1/messages` (Anthropic clients).
     AnthropicMessages,
+    /// `POST /v1/responses` (OpenAI's Responses API, stateless use).
+    OpenAiResponses,
 }
 
 impl Inbound {
@@ -132,6 +144,7 @@ impl Inbound {
         match path.split('?').next().unwrap_or(path) {
             "/v1/chat/completions" | "/chat/completions" => Some(Inbound::OpenAiChat),
             "/v1/messages" | "/messages" => Some(Inbound::AnthropicMessages),
+            "/v1/responses" | "/responses" => Some(Inbound::OpenAiResponses),
             _ => None,
         }
     }
@@ -139,7 +152,7 @@ impl Inbound {
     /// The upstream dialect this API is passed through to unchanged.
     pub fn native(self) -> Dialect {
         match self {
-            Inbound::OpenAiChat => Dialect::OpenAi,
+            Inbound::OpenAiChat | Inbound::OpenAiResponses => Dialect::OpenAi,
             Inbound::AnthropicMessages => Dialect::Anthropic,
         }
     }
@@ -261,6 +274,24 @@ pub fn translate_request(
             let (chat, _, dropped) = messages::to_chat(parse_object(body)?, opts)?;
             gemini::request(chat, opts, dropped)
         }
+        // A Responses client of a chat-completions upstream (OpenAI-compatible servers; the
+        // gateway passes requests to OpenAI's own `/responses` through without calling this).
+        (Inbound::OpenAiResponses, to) => {
+            let req = parse_object(body)?;
+            let (chat, stream, dropped) = responses::to_chat(req, opts.upstream_model, to.name())?;
+            match to {
+                Dialect::OpenAi => Ok(finish_body(
+                    chat,
+                    opts,
+                    "/chat/completions".into(),
+                    stream,
+                    dropped,
+                )),
+                Dialect::Azure => Ok(finish_body(chat, opts, azure::path(opts), stream, dropped)),
+                Dialect::Anthropic => anthropic::request(chat, opts, dropped),
+                Dialect::Gemini => gemini::request(chat, opts, dropped),
+            }
+        }
     }
 }
 
@@ -294,6 +325,10 @@ pub fn translate_response(
             };
             match (chat, to) {
                 (Some((chat, usage)), Inbound::OpenAiChat) => (to_vec(&chat), usage),
+                (Some((chat, usage)), Inbound::OpenAiResponses) => (
+                    to_vec(&responses::from_chat(&chat, ctx, usage.as_ref())),
+                    usage,
+                ),
                 (Some((chat, usage)), Inbound::AnthropicMessages) => (
                     to_vec(&messages::from_chat(&chat, ctx, usage.as_ref())),
                     usage,
@@ -337,7 +372,7 @@ enum Stage {
     Translate {
         splitter: EventSplitter,
         first: Translator,
-        second: Option<Box<(EventSplitter, messages_stream::MessagesStream)>>,
+        second: Option<Box<(EventSplitter, Translator)>>,
         scratch: Vec<u8>,
     },
 }
@@ -347,6 +382,7 @@ enum Translator {
     Anthropic(anthropic_stream::ChatStream),
     Gemini(gemini_stream::ChatStream),
     Chat(messages_stream::MessagesStream),
+    Responses(Box<responses::stream::ResponsesStream>),
 }
 
 impl Translator {
@@ -355,6 +391,7 @@ impl Translator {
             Translator::Anthropic(t) => t.on_event(ev, out),
             Translator::Gemini(t) => t.on_event(ev, out),
             Translator::Chat(t) => t.on_event(ev, out),
+            Translator::Responses(t) => t.on_event(ev, out),
         }
     }
 
@@ -363,6 +400,7 @@ impl Translator {
             Translator::Anthropic(t) => t.finish(out),
             Translator::Gemini(t) => t.finish(out),
             Translator::Chat(t) => t.finish(out),
+            Translator::Responses(t) => t.finish(out),
         }
     }
 
@@ -371,6 +409,7 @@ impl Translator {
             Translator::Anthropic(t) => t.usage(),
             Translator::Gemini(t) => t.usage(),
             Translator::Chat(t) => t.usage(),
+            Translator::Responses(t) => t.usage(),
         }
     }
 
@@ -379,6 +418,7 @@ impl Translator {
             Translator::Anthropic(t) => t.complete(),
             Translator::Gemini(t) => t.complete(),
             Translator::Chat(t) => t.complete(),
+            Translator::Responses(t) => t.complete(),
         }
     }
 }
@@ -411,7 +451,23 @@ impl StreamTranslator {
             ),
             (Dialect::Gemini, Inbound::AnthropicMessages) => Stage::translate(
                 Translator::Gemini(gemini_stream::ChatStream::new(&inner_ctx)),
-                Some(messages_stream::MessagesStream::new(&ctx)),
+                Some(Translator::Chat(messages_stream::MessagesStream::new(&ctx))),
+            ),
+            (Dialect::OpenAi | Dialect::Azure, Inbound::OpenAiResponses) => Stage::translate(
+                Translator::Responses(Box::new(responses::stream::ResponsesStream::new(&ctx))),
+                None,
+            ),
+            (Dialect::Anthropic, Inbound::OpenAiResponses) => Stage::translate(
+                Translator::Anthropic(anthropic_stream::ChatStream::new(&inner_ctx)),
+                Some(Translator::Responses(Box::new(
+                    responses::stream::ResponsesStream::new(&ctx),
+                ))),
+            ),
+            (Dialect::Gemini, Inbound::OpenAiResponses) => Stage::translate(
+                Translator::Gemini(gemini_stream::ChatStream::new(&inner_ctx)),
+                Some(Translator::Responses(Box::new(
+                    responses::stream::ResponsesStream::new(&ctx),
+                ))),
             ),
         };
         StreamTranslator {
@@ -517,8 +573,22 @@ impl StreamTranslator {
         if mid_event {
             out.extend_from_slice(b"\n\n");
         }
+        if let Stage::Translate { first, second, .. } = &mut self.stage {
+            let responses = match (first, second.as_deref_mut()) {
+                (_, Some((_, Translator::Responses(t)))) | (Translator::Responses(t), _) => Some(t),
+                _ => None,
+            };
+            if let Some(t) = responses {
+                let e = UpstreamError {
+                    message: err.message.clone(),
+                    kind: Some(err.kind.code().to_owned()),
+                };
+                t.fail(out, err.status(), &e);
+                return;
+            }
+        }
         match self.to {
-            Inbound::OpenAiChat => out.extend_from_slice(&err.to_sse()),
+            Inbound::OpenAiChat | Inbound::OpenAiResponses => out.extend_from_slice(&err.to_sse()),
             Inbound::AnthropicMessages => {
                 let e = UpstreamError {
                     message: err.message.clone(),
@@ -551,7 +621,7 @@ impl StreamTranslator {
 }
 
 impl Stage {
-    fn translate(first: Translator, second: Option<messages_stream::MessagesStream>) -> Stage {
+    fn translate(first: Translator, second: Option<Translator>) -> Stage {
         Stage::Translate {
             splitter: events::splitter(),
             first,
@@ -561,285 +631,11 @@ impl Stage {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Helpers shared by the dialects
-// ---------------------------------------------------------------------------------------------
-
-/// An upstream error body, read from any dialect's shape (all keep `error.message`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct UpstreamError {
-    /// The provider's message.
-    pub(crate) message: String,
-    /// The provider's `error.type` (OpenAI, Anthropic) or `error.status` (Gemini).
-    pub(crate) kind: Option<String>,
-}
-
-impl UpstreamError {
-    /// Reads the `error` object of a stream's error event: its `message`, its kind from
-    /// `kind_field` (`type` for OpenAI and Anthropic, `status` for Gemini), and the status in
-    /// its numeric `code`, when it has one.
-    pub(crate) fn from_stream_event(err: &Value, kind_field: &str) -> (UpstreamError, Option<u16>) {
-        let error = UpstreamError {
-            message: err
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("the upstream stream failed")
-                .to_owned(),
-            kind: err
-                .get(kind_field)
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-        };
-        let status = err
-            .get("code")
-            .and_then(Value::as_u64)
-            .and_then(|c| u16::try_from(c).ok());
-        (error, status)
-    }
-
-    /// Reads an error body; a body that is not JSON becomes the message, shortened.
-    pub(crate) fn parse(body: &[u8]) -> UpstreamError {
-        let v: Option<Value> = serde_json::from_slice(body).ok();
-        let err = v.as_ref().and_then(|v| v.get("error"));
-        let message = err
-            .and_then(|e| e.get("message").and_then(Value::as_str).map(str::to_owned))
-            .or_else(|| err.and_then(Value::as_str).map(str::to_owned))
-            .or_else(|| {
-                v.as_ref()
-                    .and_then(|v| v.get("message"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| {
-                let text = String::from_utf8_lossy(body);
-                let text: String = text.trim().chars().take(512).collect();
-                if text.is_empty() {
-                    "the upstream answered with an error and no body".to_owned()
-                } else {
-                    text
-                }
-            });
-        let kind = err
-            .and_then(|e| {
-                ["type", "status", "code"]
-                    .iter()
-                    .find_map(|k| e.get(*k).and_then(Value::as_str))
-            })
-            .map(str::to_owned);
-        UpstreamError { message, kind }
-    }
-}
-
 /// An error body in the client's shape.
 fn error_body(to: Inbound, status: u16, err: &UpstreamError) -> Vec<u8> {
     match to {
         Inbound::OpenAiChat => to_vec(&openai::error_json(status, err)),
+        Inbound::OpenAiResponses => to_vec(&responses::error_json(status, err)),
         Inbound::AnthropicMessages => to_vec(&messages::error_json(status, err)),
-    }
-}
-
-pub(crate) fn to_vec(v: &Value) -> Vec<u8> {
-    // Serialising a `Value` cannot fail: its map keys are strings.
-    serde_json::to_vec(v).unwrap_or_default()
-}
-
-pub(crate) fn invalid(msg: impl Into<String>) -> GatewayError {
-    GatewayError::new(ErrorKind::InvalidRequest, msg)
-}
-
-/// Parses a request body that must be a JSON object.
-pub(crate) fn parse_object(body: &[u8]) -> Result<JsonMap, GatewayError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(invalid("request body must be a JSON object")),
-        Err(e) => Err(invalid(format!(
-            "invalid JSON body: {}",
-            bounded(&e.to_string())
-        ))),
-    }
-}
-
-/// Takes the required `messages` array.
-pub(crate) fn take_messages(req: &mut JsonMap) -> Result<Vec<Value>, GatewayError> {
-    match req.remove("messages") {
-        Some(Value::Array(m)) => Ok(m),
-        None | Some(Value::Null) => {
-            Err(invalid("you must provide a `messages` array").with_param("messages"))
-        }
-        Some(_) => Err(invalid("`messages` must be an array").with_param("messages")),
-    }
-}
-
-/// 400 unless `n` is absent, null or 1.
-pub(crate) fn check_single_choice(req: &JsonMap, target: Dialect) -> Result<(), GatewayError> {
-    match req.get("n") {
-        None | Some(Value::Null) => Ok(()),
-        Some(n) if n.as_f64() == Some(1.0) => Ok(()),
-        Some(n) => Err(invalid(format!(
-            "`n` = {} is not supported by the {} upstream of this model: it answers with one \
-             choice; send `n` = 1 or several requests",
-            bounded(&n.to_string()),
-            target.name()
-        ))
-        .with_param("n")),
-    }
-}
-
-/// Notes a dropped field once.
-/// One OpenAI function tool, as both translating dialects read it.
-pub(crate) struct FunctionTool<'a> {
-    /// `tools[i]`, for extras a dialect keeps (e.g. Anthropic's `cache_control`).
-    pub tool: &'a Value,
-    /// `function.name`.
-    pub name: &'a str,
-    /// `function.description`, when set.
-    pub description: Option<&'a Value>,
-    /// `function.parameters`, when it is an object.
-    pub parameters: Option<&'a Value>,
-}
-
-/// Reads OpenAI's `tools`: function tools are returned, other kinds are dropped (noted), a
-/// function without a string name is a 400.
-pub(crate) fn function_tools<'a>(
-    value: &'a Value,
-    dropped: &mut Vec<String>,
-) -> Result<Vec<FunctionTool<'a>>, GatewayError> {
-    let Value::Array(items) = value else {
-        return Err(invalid("`tools` must be an array").with_param("tools"));
-    };
-    let mut out = Vec::with_capacity(items.len());
-    for (i, tool) in items.iter().enumerate() {
-        let kind = tool
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("function");
-        let Some(function) = tool.get("function").filter(|_| kind == "function") else {
-            note(dropped, format!("tools[{i}] (type `{kind}`)"));
-            continue;
-        };
-        let name = function
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                invalid(format!("`tools[{i}].function.name` must be a string")).with_param("tools")
-            })?;
-        if function.get("strict").and_then(Value::as_bool) == Some(true) {
-            note(dropped, format!("tools[{i}].function.strict"));
-        }
-        out.push(FunctionTool {
-            tool,
-            name,
-            description: function.get("description").filter(|d| !d.is_null()),
-            parameters: function.get("parameters").filter(|p| p.is_object()),
-        });
-    }
-    Ok(out)
-}
-
-/// Names a dropped field, for the debug log; a client-chosen part (a `type`) is bounded.
-pub(crate) fn note(dropped: &mut Vec<String>, path: impl Into<String>) {
-    let path = path.into();
-    let path = match bounded(&path) {
-        std::borrow::Cow::Borrowed(_) => path,
-        std::borrow::Cow::Owned(short) => short,
-    };
-    if !dropped.contains(&path) {
-        dropped.push(path);
-    }
-}
-
-/// Merges `extra` into `into`: objects merge key by key, anything else replaces.
-pub(crate) fn merge(into: &mut JsonMap, extra: &JsonMap) {
-    for (k, v) in extra {
-        match (into.get_mut(k), v) {
-            (Some(Value::Object(a)), Value::Object(b)) => merge(a, b),
-            _ => {
-                into.insert(k.clone(), v.clone());
-            }
-        }
-    }
-}
-
-/// Merges the provider extras and serialises a translated body.
-pub(crate) fn finish_body(
-    mut body: JsonMap,
-    opts: &RequestOptions<'_>,
-    path: String,
-    stream: bool,
-    dropped_fields: Vec<String>,
-) -> Translated {
-    if let Some(extra) = opts.extra {
-        merge(&mut body, extra);
-    }
-    Translated {
-        body: to_vec(&Value::Object(body)),
-        path,
-        stream,
-        dropped_fields,
-    }
-}
-
-/// `data:<mime>;base64,<data>` split into mime type and data.
-pub(crate) fn parse_data_url(url: &str) -> Option<(&str, &str)> {
-    let (meta, data) = url.strip_prefix("data:")?.split_once(',')?;
-    let mime = meta.strip_suffix(";base64")?;
-    Some((
-        if mime.is_empty() {
-            "application/octet-stream"
-        } else {
-            mime
-        },
-        data,
-    ))
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters (and `/` when `keep_slash`).
-pub(crate) fn percent_encode(s: &str, keep_slash: bool) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (keep_slash && b == b'/') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
-        }
-    }
-    out
-}
-
-/// The text of an OpenAI `content` (a string, or the `text` of its text parts).
-pub(crate) fn content_text(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| {
-                p.get("text")
-                    .or_else(|| p.get("refusal"))
-                    .and_then(Value::as_str)
-            })
-            .collect::<Vec<_>>()
-            .join(""),
-        _ => String::new(),
-    }
-}
-
-/// A tool-call id for a provider that sends none, unique within one response.
-pub(crate) fn tool_call_id(seed: &str, choice: u64, n: u64) -> String {
-    let seed: String = seed
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .rev()
-        .take(24)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    if choice == 0 {
-        format!("call_{seed}_{n}")
-    } else {
-        format!("call_{seed}_{choice}_{n}")
     }
 }

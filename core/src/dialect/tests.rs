@@ -4,8 +4,9 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::error::ErrorKind;
 
-const PAIRS: [(Dialect, Inbound); 8] = [
+const PAIRS: [(Dialect, Inbound); 12] = [
     (Dialect::OpenAi, Inbound::OpenAiChat),
     (Dialect::Azure, Inbound::OpenAiChat),
     (Dialect::Anthropic, Inbound::OpenAiChat),
@@ -14,6 +15,10 @@ const PAIRS: [(Dialect, Inbound); 8] = [
     (Dialect::Azure, Inbound::AnthropicMessages),
     (Dialect::Anthropic, Inbound::AnthropicMessages),
     (Dialect::Gemini, Inbound::AnthropicMessages),
+    (Dialect::OpenAi, Inbound::OpenAiResponses),
+    (Dialect::Azure, Inbound::OpenAiResponses),
+    (Dialect::Anthropic, Inbound::OpenAiResponses),
+    (Dialect::Gemini, Inbound::OpenAiResponses),
 ];
 
 fn ctx(include_usage: bool) -> ResponseContext<'static> {
@@ -199,24 +204,42 @@ fn usage_is_the_same_whichever_dialect_answered() {
         input_tokens: 100,
         output_tokens: 5,
         cached_tokens: 20,
+        cache_write_tokens: 0,
         reasoning_tokens: 0,
         estimated: false,
     });
-    for to in [Inbound::OpenAiChat, Inbound::AnthropicMessages] {
+    for to in [
+        Inbound::OpenAiChat,
+        Inbound::AnthropicMessages,
+        Inbound::OpenAiResponses,
+    ] {
         for (from, body) in [
             (Dialect::Anthropic, &anthropic[..]),
             (Dialect::OpenAi, &openai[..]),
             (Dialect::Gemini, &gemini[..]),
         ] {
+            // Only Anthropic reports cache writes (part of the input, priced apart).
+            let written = |w: u64| {
+                want.map(|u| Usage {
+                    cache_write_tokens: w,
+                    ..u
+                })
+            };
+            let from_writes = if from == Dialect::Anthropic { 10 } else { 0 };
             let (out, usage) = translate_response(from, to, 200, body, &ctx(false));
-            assert_eq!(usage, want, "{from:?} -> {to:?}");
-            // And the client reads the same numbers back.
+            assert_eq!(usage, written(from_writes), "{from:?} -> {to:?}");
+            // And the client reads the same numbers back (OpenAI's shape has no cache writes).
             let v: Value = serde_json::from_slice(&out).unwrap();
             let read = match to {
-                Inbound::OpenAiChat => crate::usage::from_body(&out),
+                Inbound::OpenAiChat | Inbound::OpenAiResponses => crate::usage::from_body(&out),
                 Inbound::AnthropicMessages => anthropic::usage_from_body(&out),
             };
-            assert_eq!(read, want, "{from:?} -> {to:?}: {v}");
+            let client_writes = if to == Inbound::AnthropicMessages {
+                from_writes
+            } else {
+                0
+            };
+            assert_eq!(read, written(client_writes), "{from:?} -> {to:?}: {v}");
         }
     }
 }

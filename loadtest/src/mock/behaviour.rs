@@ -115,11 +115,29 @@ pub(crate) enum Body {
     Embeddings(Answer),
     Responses(Answer),
     Messages(Answer),
+    CountTokens(Answer),
+    Moderation(Answer),
+    Image(Answer),
+    Transcription(Answer),
+    /// Binary audio (`audio/mpeg`).
+    Speech(Answer),
+    /// A Gemini `GenerateContentResponse`.
+    Gemini(Answer),
     Models,
     Stats,
     /// `POST /mock/reset`: zero the counters, answer `{}`.
     Reset,
     Error(String),
+}
+
+impl Body {
+    /// The content type the body is written with.
+    pub(crate) fn content_type(&self) -> &'static str {
+        match self {
+            Body::Speech(_) => "audio/mpeg",
+            _ => "application/json",
+        }
+    }
 }
 
 impl Plan {
@@ -173,6 +191,9 @@ pub(crate) fn plan(
         Endpoint::MethodNotAllowed => return Plan::error(405, "mock: method not allowed".into()),
         _ => {}
     }
+    if let Some((status, message)) = exchange.refusal {
+        return Plan::error(status, message);
+    }
     let fields = match exchange.body {
         Ok(fields) => fields,
         Err(message) => return Plan::error(400, message),
@@ -181,12 +202,11 @@ pub(crate) fn plan(
         Endpoint::ChatCompletions => Some(Dialect::OpenAiChat),
         Endpoint::Completions => Some(Dialect::OpenAiText),
         Endpoint::Messages => Some(Dialect::Anthropic),
+        Endpoint::Responses => Some(Dialect::Responses),
+        Endpoint::GeminiStream => Some(Dialect::Gemini),
         _ => None,
     };
     let stream = fields.stream && dialect.is_some();
-    if fields.stream && endpoint == Endpoint::Responses {
-        return Plan::error(400, "mock: /v1/responses does not stream".into());
-    }
     let ttft_ms = o.ttft_ms.unwrap_or(cfg.ttft_ms);
     let delay_ms = if stream {
         ttft_ms
@@ -248,6 +268,12 @@ pub(crate) fn plan(
         Endpoint::Embeddings => Body::Embeddings(answer),
         Endpoint::Responses => Body::Responses(answer),
         Endpoint::Messages => Body::Messages(answer),
+        Endpoint::CountTokens => Body::CountTokens(answer),
+        Endpoint::Moderations => Body::Moderation(answer),
+        Endpoint::ImagesGenerations => Body::Image(answer),
+        Endpoint::AudioTranscriptions => Body::Transcription(answer),
+        Endpoint::AudioSpeech => Body::Speech(answer),
+        Endpoint::GeminiGenerate | Endpoint::GeminiStream => Body::Gemini(answer),
         _ => Body::Models,
     };
     at(body_reply(body))

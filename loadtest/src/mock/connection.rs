@@ -31,6 +31,7 @@ use super::request::{record, Exchange};
 use super::shapes;
 use super::stats::{Counter, Shared};
 use super::stream::{EventWriter, StreamSpec};
+use super::surface;
 use super::MockConfig;
 
 /// Free space kept in the receive buffer before each read.
@@ -351,7 +352,7 @@ impl Writer {
                 http::write_head(
                     &mut self.out,
                     status,
-                    BodyKind::Sized("application/json", self.body.len()),
+                    BodyKind::Sized(body.content_type(), self.body.len()),
                     retry_after_s,
                     mode.close,
                     mode.http10,
@@ -455,6 +456,12 @@ impl Writer {
             Body::Embeddings(a) => shapes::embeddings(out, a),
             Body::Responses(a) => shapes::responses(out, a),
             Body::Messages(a) => shapes::messages(out, a),
+            Body::CountTokens(a) => surface::count_tokens(out, a),
+            Body::Moderation(a) => surface::moderation(out, a),
+            Body::Image(a) => surface::image(out, a),
+            Body::Transcription(a) => surface::transcription(out, a),
+            Body::Speech(a) => surface::speech(out, a),
+            Body::Gemini(a) => surface::gemini(out, a),
             Body::Models => shapes::models(out),
             Body::Stats => shapes::stats(out, &shared.snapshot()),
             Body::Reset => {

@@ -45,6 +45,7 @@ mod server;
 mod shapes;
 mod stats;
 mod stream;
+mod surface;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -21,6 +21,18 @@ pub(crate) enum Endpoint {
     Responses,
     Models,
     Messages,
+    /// `POST /v1/messages/count_tokens`.
+    CountTokens,
+    Moderations,
+    ImagesGenerations,
+    /// `multipart/form-data`, `model` a form field.
+    AudioTranscriptions,
+    /// Answers binary audio.
+    AudioSpeech,
+    /// Gemini `POST /v1beta/models/{model}:generateContent`.
+    GeminiGenerate,
+    /// Gemini `POST /v1beta/models/{model}:streamGenerateContent` (`alt=sse`).
+    GeminiStream,
     /// `GET /mock/stats`.
     Stats,
     /// `POST /mock/reset`.
@@ -41,9 +53,20 @@ impl Endpoint {
             "/v1/responses" => ("POST", Endpoint::Responses),
             "/v1/messages" => ("POST", Endpoint::Messages),
             "/v1/models" => ("GET", Endpoint::Models),
+            "/v1/messages/count_tokens" => ("POST", Endpoint::CountTokens),
+            "/v1/moderations" => ("POST", Endpoint::Moderations),
+            "/v1/images/generations" => ("POST", Endpoint::ImagesGenerations),
+            "/v1/audio/transcriptions" => ("POST", Endpoint::AudioTranscriptions),
+            "/v1/audio/speech" => ("POST", Endpoint::AudioSpeech),
             "/mock/stats" => ("GET", Endpoint::Stats),
             "/mock/reset" => ("POST", Endpoint::Reset),
-            _ => return Endpoint::NotFound,
+            p => match (azure_deployment(p), gemini_model(p)) {
+                (Some((_, "chat/completions")), _) => ("POST", Endpoint::ChatCompletions),
+                (Some((_, "embeddings")), _) => ("POST", Endpoint::Embeddings),
+                (_, Some((_, false))) => ("POST", Endpoint::GeminiGenerate),
+                (_, Some((_, true))) => ("POST", Endpoint::GeminiStream),
+                _ => return Endpoint::NotFound,
+            },
         };
         if method == expected {
             endpoint
@@ -66,6 +89,12 @@ impl Endpoint {
                 | Endpoint::Embeddings
                 | Endpoint::Responses
                 | Endpoint::Messages
+                | Endpoint::CountTokens
+                | Endpoint::Moderations
+                | Endpoint::ImagesGenerations
+                | Endpoint::AudioSpeech
+                | Endpoint::GeminiGenerate
+                | Endpoint::GeminiStream
         )
     }
 }
@@ -89,13 +118,89 @@ pub(crate) struct Exchange {
     pub(crate) endpoint: Endpoint,
     /// `Err(message)` when the JSON body is malformed.
     pub(crate) body: Result<BodyFields, String>,
+    /// A provider's own refusal (status, message): an Azure path without `api-version` or
+    /// `api-key`, a Gemini call without `x-goog-api-key`.
+    pub(crate) refusal: Option<(u16, String)>,
+}
+
+/// `(deployment, operation)` of an Azure OpenAI path
+/// `/openai/deployments/{deployment}/{operation}`.
+pub(crate) fn azure_deployment(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/openai/deployments/")?;
+    let (deployment, op) = rest.split_once('/')?;
+    (!deployment.is_empty()).then_some((deployment, op))
+}
+
+/// `(model, streaming)` of a Gemini path `/{version}/models/{model}:generateContent` or
+/// `…:streamGenerateContent`.
+pub(crate) fn gemini_model(path: &str) -> Option<(&str, bool)> {
+    let rest = path
+        .strip_prefix("/v1beta/models/")
+        .or_else(|| path.strip_prefix("/v1/models/"))?;
+    let (model, method) = rest.rsplit_once(':')?;
+    match method {
+        "generateContent" => Some((model, false)),
+        "streamGenerateContent" => Some((model, true)),
+        _ => None,
+    }
+}
+
+fn has_header(head: &Head<'_, '_>, name: &str) -> bool {
+    head.headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case(name) && !h.value.is_empty())
+}
+
+/// The refusal a real provider would answer for a request missing its credentials or
+/// `api-version` (the mock checks presence only).
+fn provider_refusal(head: &Head<'_, '_>) -> Option<(u16, String)> {
+    let (path, query) = head.path.split_once('?').unwrap_or((head.path, ""));
+    if azure_deployment(path).is_some() {
+        if !query
+            .split('&')
+            .any(|kv| kv.starts_with("api-version=") && kv.len() > 12)
+        {
+            return Some((
+                404,
+                "mock azure: missing api-version query parameter".into(),
+            ));
+        }
+        if !has_header(head, "api-key") && !has_header(head, "authorization") {
+            return Some((401, "mock azure: missing api-key header".into()));
+        }
+    }
+    if gemini_model(path).is_some() && !has_header(head, "x-goog-api-key") {
+        return Some((403, "mock gemini: missing x-goog-api-key header".into()));
+    }
+    None
 }
 
 impl Exchange {
     pub(crate) fn read(head: &Head<'_, '_>, body: &[u8]) -> Exchange {
         let endpoint = Endpoint::route(head.method, head.path);
+        let path = head.path.split('?').next().unwrap_or(head.path);
         let body = if endpoint.has_json_body() {
-            parse_body(body)
+            let mut fields = parse_body(body);
+            // Gemini and Azure name the model in the path; Azure bodies may name it too.
+            if let Ok(f) = fields.as_mut() {
+                if let Some((model, _)) = gemini_model(path) {
+                    f.model = model.to_owned();
+                    f.stream = endpoint == Endpoint::GeminiStream;
+                } else if let Some((deployment, _)) = azure_deployment(path) {
+                    if f.model == DEFAULT_MODEL {
+                        f.model = deployment.to_owned();
+                    }
+                }
+            }
+            fields
+        } else if endpoint == Endpoint::AudioTranscriptions {
+            form_model(body).map(|model| BodyFields {
+                model,
+                stream: false,
+                include_usage: false,
+                inputs: None,
+                prompt_tokens: (body.len() as u64 / 4).max(1),
+            })
         } else {
             Ok(BodyFields {
                 model: DEFAULT_MODEL.to_owned(),
@@ -105,7 +210,11 @@ impl Exchange {
                 prompt_tokens: 1,
             })
         };
-        Exchange { endpoint, body }
+        Exchange {
+            endpoint,
+            body,
+            refusal: provider_refusal(head),
+        }
     }
 }
 
@@ -168,6 +277,20 @@ fn parse_body(body: &[u8]) -> Result<BodyFields, String> {
     })
 }
 
+/// The `model` field of a `multipart/form-data` body (a plain scan: the mock trusts the
+/// gateway's framing, which the gateway's own tests check).
+fn form_model(body: &[u8]) -> Result<String, String> {
+    let at = memchr::memmem::find(body, b"name=\"model\"")
+        .ok_or_else(|| "mock: the form has no `model` field".to_owned())?;
+    let rest = &body[at..];
+    let start = memchr::memmem::find(rest, b"\r\n\r\n")
+        .ok_or_else(|| "mock: the `model` part has no body".to_owned())?
+        + 4;
+    let end = memchr::memmem::find(&rest[start..], b"\r\n")
+        .ok_or_else(|| "mock: the `model` part is not terminated".to_owned())?;
+    Ok(String::from_utf8_lossy(&rest[start..start + end]).into_owned())
+}
+
 /// Copies a request for [`MockServer::last_request`](super::MockServer::last_request).
 pub(crate) fn record(head: &Head<'_, '_>, body: &[u8]) -> RecordedRequest {
     RecordedRequest {
@@ -206,6 +329,35 @@ mod tests {
             Endpoint::MethodNotAllowed
         );
         assert_eq!(Endpoint::route("GET", "/nope"), Endpoint::NotFound);
+        assert_eq!(
+            Endpoint::route("POST", "/v1/audio/speech"),
+            Endpoint::AudioSpeech
+        );
+        let form = b"--b\r\ncontent-disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\r\n--b\r\ncontent-disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b--\r\n";
+        assert_eq!(form_model(form).unwrap(), "whisper-1");
+        assert!(form_model(b"--b--").is_err());
+        assert_eq!(
+            Endpoint::route(
+                "POST",
+                "/openai/deployments/d1/chat/completions?api-version=1"
+            ),
+            Endpoint::ChatCompletions
+        );
+        assert_eq!(
+            Endpoint::route(
+                "POST",
+                "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
+            ),
+            Endpoint::GeminiStream
+        );
+        assert_eq!(
+            gemini_model("/v1beta/models/a:generateContent"),
+            Some(("a", false))
+        );
+        assert_eq!(
+            Endpoint::route("POST", "/v1beta/models/a:embed"),
+            Endpoint::NotFound
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Server-sent events of streaming answers: OpenAI chat and text completion
-//! chunks, and Anthropic's message events.
+//! chunks, Responses API events, and Anthropic's message events.
 //!
 //! A stream is three phases, whatever the dialect: [`StreamSpec::prelude`],
 //! one [`StreamSpec::content`] per chunk, then [`StreamSpec::finish`]. Each
@@ -7,8 +7,10 @@
 
 use super::http::{push_u64, write_chunk, LAST_CHUNK};
 use super::shapes::{
-    push_anthropic_envelope, push_openai_envelope, push_openai_usage, push_piece, Answer,
+    push_anthropic_envelope, push_json_str, push_openai_envelope, push_openai_usage, push_piece,
+    responses, Answer,
 };
+use super::surface::gemini_tail;
 
 /// Which event format a stream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +21,10 @@ pub(crate) enum Dialect {
     OpenAiText,
     /// Anthropic `message_start` .. `message_stop`.
     Anthropic,
+    /// Responses API `response.created` .. `response.completed`.
+    Responses,
+    /// Gemini `GenerateContentResponse` events (`alt=sse`), no end marker.
+    Gemini,
 }
 
 /// Everything needed to write one streaming answer.
@@ -70,9 +76,9 @@ impl StreamSpec {
         let (id_prefix, object) = match dialect {
             Dialect::OpenAiChat => ("chatcmpl-mock-", "chat.completion.chunk"),
             Dialect::OpenAiText => ("cmpl-mock-", "text_completion"),
-            Dialect::Anthropic => ("", ""),
+            Dialect::Anthropic | Dialect::Responses | Dialect::Gemini => ("", ""),
         };
-        if dialect != Dialect::Anthropic {
+        if matches!(dialect, Dialect::OpenAiChat | Dialect::OpenAiText) {
             chunk_prefix.push(b'{');
             push_openai_envelope(&mut chunk_prefix, id_prefix, object, &answer);
             chunk_prefix.extend_from_slice(b",\"choices\":[");
@@ -98,7 +104,23 @@ impl StreamSpec {
                     b"{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}",
                 )
             }),
-            Dialect::OpenAiText => {}
+            Dialect::OpenAiText | Dialect::Gemini => {}
+            Dialect::Responses => {
+                let a = &self.answer;
+                ev.event(out, Some("response.created"), |d| {
+                    d.extend_from_slice(b"{\"type\":\"response.created\",\"response\":{\"id\":\"resp_mock_");
+                    push_u64(d, a.id);
+                    d.extend_from_slice(b"\",\"object\":\"response\",\"status\":\"in_progress\",\"model\":");
+                    push_json_str(d, &a.model);
+                    d.extend_from_slice(b",\"output\":[]}}");
+                });
+                ev.event(out, Some("response.output_item.added"), |d| {
+                    d.extend_from_slice(b"{\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{\"type\":\"message\",\"id\":\"msg_mock\",\"status\":\"in_progress\",\"role\":\"assistant\",\"content\":[]}}");
+                });
+                ev.event(out, Some("response.content_part.added"), |d| {
+                    d.extend_from_slice(b"{\"type\":\"response.content_part.added\",\"item_id\":\"msg_mock\",\"output_index\":0,\"content_index\":0,\"part\":{\"type\":\"output_text\",\"text\":\"\",\"annotations\":[]}}");
+                });
+            }
             Dialect::Anthropic => {
                 let a = &self.answer;
                 ev.event(out, Some("message_start"), |d| {
@@ -129,6 +151,18 @@ impl StreamSpec {
                 push_piece(d, size);
                 d.extend_from_slice(b"\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}");
             }),
+            Dialect::Gemini => ev.event(out, None, |d| {
+                d.extend_from_slice(b"{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"");
+                push_piece(d, size);
+                d.extend_from_slice(b"\"}],\"role\":\"model\"},\"index\":0}],\"modelVersion\":");
+                push_json_str(d, &self.answer.model);
+                d.push(b'}');
+            }),
+            Dialect::Responses => ev.event(out, Some("response.output_text.delta"), |d| {
+                d.extend_from_slice(b"{\"type\":\"response.output_text.delta\",\"item_id\":\"msg_mock\",\"output_index\":0,\"content_index\":0,\"delta\":\"");
+                push_piece(d, size);
+                d.extend_from_slice(b"\"}");
+            }),
             Dialect::Anthropic => ev.event(out, Some("content_block_delta"), |d| {
                 d.extend_from_slice(b"{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"");
                 push_piece(d, size);
@@ -156,6 +190,24 @@ impl StreamSpec {
                     });
                 }
                 ev.event(out, None, |d| d.extend_from_slice(b"[DONE]"));
+            }
+            Dialect::Gemini => ev.event(out, None, |d| {
+                d.extend_from_slice(b"{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"\"}],\"role\":\"model\"},\"finishReason\":\"STOP\",\"index\":0}],");
+                gemini_tail(d, &self.answer);
+            }),
+            Dialect::Responses => {
+                ev.event(out, Some("response.output_item.done"), |d| {
+                    d.extend_from_slice(b"{\"type\":\"response.output_item.done\",\"output_index\":0,\"item\":{\"type\":\"message\",\"id\":\"msg_mock\",\"status\":\"completed\",\"role\":\"assistant\",\"content\":[{\"type\":\"output_text\",\"annotations\":[],\"text\":\"");
+                    for _ in 0..self.answer.chunks {
+                        push_piece(d, self.answer.chunk_size);
+                    }
+                    d.extend_from_slice(b"\"}]}}");
+                });
+                ev.event(out, Some("response.completed"), |d| {
+                    d.extend_from_slice(b"{\"type\":\"response.completed\",\"response\":");
+                    responses(d, &self.answer);
+                    d.push(b'}');
+                });
             }
             Dialect::Anthropic => {
                 ev.event(out, Some("content_block_stop"), |d| {
@@ -256,5 +308,28 @@ mod tests {
             ]
         );
         assert_eq!(data(&ev[5])["usage"]["output_tokens"], 2);
+    }
+
+    #[test]
+    fn gemini_sequence() {
+        let ev = events(Dialect::Gemini, false);
+        assert_eq!(ev.len(), 3);
+        assert_eq!(
+            data(&ev[0])["candidates"][0]["content"]["parts"][0]["text"],
+            "tok "
+        );
+        assert_eq!(data(&ev[2])["candidates"][0]["finishReason"], "STOP");
+        assert_eq!(data(&ev[2])["usageMetadata"]["candidatesTokenCount"], 2);
+    }
+
+    #[test]
+    fn responses_sequence() {
+        let ev = events(Dialect::Responses, false);
+        assert_eq!(ev.len(), 7);
+        assert_eq!(data(&ev[3])["delta"], "tok ");
+        let done = data(&ev[6]);
+        assert_eq!(done["type"], "response.completed");
+        assert_eq!(done["response"]["usage"]["output_tokens"], 2);
+        assert_eq!(data(&ev[5])["item"]["content"][0]["text"], "tok tok ");
     }
 }

@@ -1,7 +1,12 @@
-//! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz` and the admin API
-//! (`/admin/…`, see `admin::api`), on its own thread with blocking sockets, entirely off the
-//! data plane. Scrapes and admin calls are rare;
-//! a thread per connection keeps this simple and never slows a worker.
+//! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz`, the admin API
+//! (`/admin/…`, see `admin::api`) and the admin web page (`/ui`, see `admin::ui`), with
+//! blocking sockets on threads of its own, entirely off the data plane.
+//!
+//! Connections are served by a fixed pool of [`CONN_THREADS`] threads fed through a bounded
+//! queue of [`QUEUE`] accepted connections: a flood of connections cannot start threads
+//! without bound. When the queue is full, the acceptor answers 503 itself and closes. An idle
+//! keep-alive connection holds its thread for at most [`IDLE_TIMEOUT`], and is closed after
+//! its current answer when others are waiting.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -16,6 +21,14 @@ use crate::state::Shared;
 
 /// Largest admin request head or body.
 const MAX_ADMIN_BYTES: usize = 1 << 20;
+/// Threads serving admin connections.
+pub const CONN_THREADS: usize = 8;
+/// Accepted connections waiting for a thread.
+pub const QUEUE: usize = 64;
+/// How long a keep-alive connection may sit idle between requests.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request may take to arrive once it has started.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Binds the admin listener and serves it on background threads. Returns the bound address.
 pub fn spawn(generations: crate::state::Generations) -> io::Result<Option<SocketAddr>> {
@@ -31,25 +44,44 @@ pub fn spawn(generations: crate::state::Generations) -> io::Result<Option<Socket
         )
     })?;
     let addr = listener.local_addr()?;
+    crate::admin::api::started();
+    let (tx, rx) = crossbeam_channel::bounded::<TcpStream>(QUEUE);
+    for _ in 0..CONN_THREADS {
+        let rx = rx.clone();
+        let generations = generations.clone();
+        std::thread::Builder::new()
+            .name("sluice-admin-conn".into())
+            .spawn(move || {
+                for stream in rx.iter() {
+                    serve(&generations, stream, &rx);
+                }
+            })?;
+    }
     std::thread::Builder::new()
         .name("sluice-admin".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let generations = generations.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("sluice-admin-conn".into())
-                    .spawn(move || serve(&generations, stream));
-                if let Err(e) = spawned {
-                    tracing::warn!(error = %e, "admin: cannot start a connection thread");
+                if let Err(crossbeam_channel::TrySendError::Full(mut stream)) = tx.try_send(stream)
+                {
+                    tracing::warn!("admin: every connection thread is busy; answering 503");
+                    let busy = GatewayError::new(
+                        ErrorKind::Overloaded,
+                        "the admin listener is busy; try again",
+                    );
+                    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                    let _ = stream.write_all(&respond::error(&busy, false, "admin"));
                 }
             }
         })?;
     Ok(Some(addr))
 }
 
-fn serve(generations: &crate::state::Generations, mut stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+fn serve(
+    generations: &crate::state::Generations,
+    mut stream: TcpStream,
+    waiting: &crossbeam_channel::Receiver<TcpStream>,
+) {
     let _ = stream.set_nodelay(true);
     let limits = HeadLimits {
         max_header_bytes: 64 * 1024,
@@ -65,7 +97,8 @@ fn serve(generations: &crate::state::Generations, mut stream: TcpStream) {
                 return;
             }
         };
-        let keep_alive = head.keep_alive;
+        // Keep the connection only while nobody else waits for a thread.
+        let keep_alive = head.keep_alive && waiting.is_empty();
         let response = handle(&generations.load_full(), &head, &body, keep_alive);
         if stream.write_all(&response).is_err() || !keep_alive {
             return;
@@ -84,12 +117,19 @@ fn read_request(
         if let Some(parsed) = parse_request_head(buf, limits)? {
             break parsed;
         }
+        let timeout = if buf.is_empty() {
+            IDLE_TIMEOUT
+        } else {
+            REQUEST_TIMEOUT
+        };
+        let _ = stream.set_read_timeout(Some(timeout));
         match stream.read(&mut chunk) {
             Ok(0) | Err(_) => return Ok(None),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     };
     buf.drain(..len);
+    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
     let want = match head.body {
         BodyFraming::Length(n) => n as usize,
         BodyFraming::Empty | BodyFraming::UntilClose => 0,
@@ -113,6 +153,9 @@ fn read_request(
 fn handle(shared: &Shared, head: &RequestHead, body: &[u8], keep_alive: bool) -> Vec<u8> {
     if crate::admin::api::is_admin_path(head.path()) {
         return crate::admin::api::handle(shared, head, body, keep_alive);
+    }
+    if crate::admin::ui::is_ui_path(head.path()) {
+        return crate::admin::ui::handle(head.method(), head.path(), keep_alive);
     }
     match (head.method(), head.path()) {
         ("GET", "/metrics") => metrics_response(shared, keep_alive),

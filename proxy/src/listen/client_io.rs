@@ -66,7 +66,8 @@ impl ClientWrite {
     pub async fn close(&mut self) {
         if let ClientWrite::Tls(wr) = self {
             let limit = std::time::Duration::from_secs(1);
-            let _ = monoio::time::timeout(limit, wr.shutdown()).await;
+            // Boxed: a plain connection's task does not carry the TLS shutdown's state.
+            let _ = Box::pin(monoio::time::timeout(limit, wr.shutdown())).await;
         }
     }
 }

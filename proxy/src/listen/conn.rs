@@ -11,67 +11,12 @@ use sluice_core::http1::{self, BodyFraming, ChunkedDecoder, HeadLimits, RequestH
 
 use crate::listen::client_io::{ClientRead, ClientWrite};
 use crate::listen::endpoints::{self, Route};
+use crate::listen::idle::{self, Read, Waited};
 use crate::listen::respond;
 use crate::request::api;
 use crate::request::settle::{settle, Answer, RequestFacts, Settlement};
 use crate::state::{InflightGuard, Slot, Worker};
 use crate::telemetry::context::RequestTrace;
-
-/// Initial size of a connection's read buffer.
-const READ_BUF: usize = 8 * 1024;
-
-/// Outcome of a read with a time limit.
-enum Read {
-    Data(Vec<u8>),
-    Eof,
-    TimedOut,
-    Failed,
-}
-
-/// Reads more bytes, appending to `buf`. On timeout the buffer is lost with the cancelled
-/// read; the caller then closes the connection anyway.
-async fn read_more(rd: &mut ClientRead, mut buf: Vec<u8>, limit: Duration) -> Read {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_BUF);
-    }
-    let len = buf.len();
-    match monoio::time::timeout(limit, rd.read(buf.slice_mut(len..))).await {
-        Err(_) => Read::TimedOut,
-        Ok((Ok(0), _)) => Read::Eof,
-        Ok((Ok(_), slice)) => Read::Data(slice.into_inner()),
-        Ok((Err(_), _)) => Read::Failed,
-    }
-}
-
-/// How long an idle keep-alive connection of a draining gateway still waits for a request.
-///
-/// Closing idle connections the moment the drain starts races with clients that picked the
-/// connection from their pool and are sending on it: their request would meet a closed socket
-/// (a reset, no answer). Instead the connection keeps its read posted for this grace: a
-/// request that arrives is answered with `connection: close`, and only a connection that
-/// stays silent is closed. A client can still send in the instant the grace ends; that is the
-/// HTTP/1.1 idle-close race every keep-alive client has to retry anyway, now confined to
-/// connections idle for the whole grace.
-pub const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(500);
-
-/// Waits for the first bytes of the next request on an idle connection: up to the keep-alive
-/// idle timeout, or, once the worker drains, up to [`DRAIN_IDLE_GRACE`] more. The read is
-/// never dropped when the drain starts (it stays pinned and keeps running), so bytes that
-/// arrive at that moment are not lost with a cancelled read.
-async fn idle_read(worker: &Worker, rd: &mut ClientRead, buf: Vec<u8>) -> Read {
-    let keepalive = Duration::from_millis(worker.shared.config.server.keepalive_idle_timeout_ms);
-    let mut read = std::pin::pin!(read_more(rd, buf, keepalive));
-    if !worker.shared.is_draining() {
-        monoio::select! {
-            r = &mut read => return r,
-            _ = worker.drain_started() => {}
-        }
-    }
-    match monoio::time::timeout(DRAIN_IDLE_GRACE.min(keepalive), read).await {
-        Ok(r) => r,
-        Err(_) => Read::TimedOut,
-    }
-}
 
 /// Why the connection loop stops reading.
 enum Stop {
@@ -85,128 +30,143 @@ enum Stop {
 struct Client {
     rd: ClientRead,
     wr: ClientWrite,
-    /// Bytes received and not yet consumed (the start of the next request).
+    /// Bytes received and not yet consumed (the start of the next request); a pooled buffer
+    /// while a request is under way, no buffer at all while the connection is idle.
     buf: Vec<u8>,
 }
 
 /// Serves one accepted connection (plain, or TLS after its handshake) to its end.
+///
+/// The loop itself is small: between requests the connection waits in `listen::idle`, holding
+/// no buffer once it parks. Each request's state (head, body, the exchange with its upstream
+/// attempts) lives in one heap allocation made when the request's first bytes arrive and
+/// freed when its answer is written, so ten thousand idle connections cost ten thousand small
+/// tasks, not ten thousand exchanges' worth of state.
 pub async fn serve_connection(slot: Rc<Slot>, (rd, wr): (ClientRead, ClientWrite)) {
     let mut client = Client {
         rd,
         wr,
-        buf: Vec::with_capacity(READ_BUF),
+        buf: Vec::new(),
     };
-    serve_requests(&slot, &mut client).await;
+    loop {
+        if client.buf.is_empty() {
+            let worker = slot.current();
+            match idle::wait_for_request(&worker, &mut client.rd).await {
+                Waited::Data(b) => client.buf = b,
+                Waited::Readable => {}
+                Waited::Close => break,
+            }
+        }
+        // Built in place in its allocation (the future is some 20 KiB: moving it would cost
+        // more than the allocation).
+        let request = Box::write(Box::new_uninit(), serve_request(&slot, &mut client));
+        let keep = Box::into_pin(request).await;
+        idle::give_back(&mut client.buf);
+        if !keep {
+            break;
+        }
+    }
     client.wr.close().await;
 }
 
-/// The request loop of [`serve_connection`]; returns when the connection should close.
+/// Serves one request whose first bytes have arrived (or are ready to read); returns whether
+/// the connection stays open for another.
 ///
 /// Each request runs on the worker of the config generation current when it starts, and
 /// keeps it to its end, so a reload never changes a request under way.
-async fn serve_requests(slot: &Rc<Slot>, client: &mut Client) {
-    loop {
-        let worker = &slot.current();
-        let cfg = &worker.shared.config.server;
-        let limits = HeadLimits {
-            max_header_bytes: cfg.max_header_bytes,
-            max_body_bytes: cfg.max_body_bytes,
-        };
-        let (head, started) = match read_head(worker, client, &limits).await {
-            Ok(x) => x,
-            Err(Stop::Close) => return,
-            Err(Stop::Answer(err)) => {
-                let bytes = respond::error(&err, false, &new_request_id());
-                let _ = client.wr.write_all(bytes).await;
-                return;
-            }
-        };
-        // A reload while the connection was idle applies to this request.
-        let worker = &slot.current();
-        let _inflight = InflightGuard::new(worker);
-        let mut request = RequestFacts {
-            request_id: request_id(&head),
-            method: head.method().to_string(),
-            path: head.path().to_string(),
-            started,
-            bytes_in: 0,
-            trace: None,
-            start_unix_ns: 0,
-        };
-        if crate::telemetry::trace::enabled() {
-            request.trace = RequestTrace::start(
-                head.header("traceparent"),
-                worker.shared.config.tracing.sample_ratio,
-            );
-            if request.trace.is_some() {
-                request.start_unix_ns = crate::clock::unix_ns_ago(started.elapsed());
-            }
+async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
+    let worker = &slot.current();
+    let cfg = &worker.shared.config.server;
+    let limits = HeadLimits {
+        max_header_bytes: cfg.max_header_bytes,
+        max_body_bytes: cfg.max_body_bytes,
+    };
+    let (head, started) = match read_head(worker, client, &limits).await {
+        Ok(x) => x,
+        Err(Stop::Close) => return false,
+        Err(Stop::Answer(err)) => {
+            let bytes = respond::error(&err, false, &new_request_id());
+            let _ = client.wr.write_all(bytes).await;
+            return false;
         }
-        let body = match read_body(worker, client, &head, &limits).await {
-            Ok(body) => body,
-            Err(stop) => {
-                let mut answer = Answer::default();
-                if let Stop::Answer(err) = stop {
-                    let bytes = respond::error(&err, false, &request.request_id);
-                    (_, answer) = api::write(&mut client.wr, bytes, err.status(), false).await;
-                }
-                settle(worker, Settlement::local(request, answer));
-                return;
-            }
-        };
-        request.bytes_in = body.len() as u64;
-        let keep_alive = head.keep_alive && !worker.shared.is_draining();
-        let (keep, settlement) = respond_to(worker, client, &head, body, keep_alive, request).await;
-        settle(worker, settlement);
-        if !keep {
-            return;
+    };
+    let _inflight = InflightGuard::new(worker);
+    let mut request = RequestFacts {
+        request_id: request_id(&head),
+        method: head.method().to_string(),
+        path: head.path().to_string(),
+        started,
+        bytes_in: 0,
+        trace: None,
+        start_unix_ns: 0,
+    };
+    if crate::telemetry::trace::enabled() {
+        request.trace = RequestTrace::start(
+            head.header("traceparent"),
+            worker.shared.config.tracing.sample_ratio,
+        );
+        if request.trace.is_some() {
+            request.start_unix_ns = crate::clock::unix_ns_ago(started.elapsed());
         }
     }
+    let body = match read_body(worker, client, &head, &limits).await {
+        Ok(body) => body,
+        Err(stop) => {
+            let mut answer = Answer::default();
+            if let Stop::Answer(err) = stop {
+                let bytes = respond::error(&err, false, &request.request_id);
+                (_, answer) = api::write(&mut client.wr, bytes, err.status(), false).await;
+            }
+            settle(worker, Settlement::local(request, answer));
+            return false;
+        }
+    };
+    request.bytes_in = body.len() as u64;
+    let keep_alive = head.keep_alive && !worker.shared.is_draining();
+    let (keep, settlement) = respond_to(worker, client, &head, body, keep_alive, request).await;
+    settle(worker, settlement);
+    keep
 }
 
-/// Reads until a complete request head is buffered. The header timeout runs from the first
-/// byte of the request; before it, the idle keep-alive timeout applies.
+/// Reads until a complete request head is buffered, within the header timeout, which runs
+/// from the request's first bytes (they have arrived, or are ready to read, when this runs).
 async fn read_head(
     worker: &Worker,
     client: &mut Client,
     limits: &HeadLimits,
 ) -> Result<(RequestHead, Instant), Stop> {
     let cfg = &worker.shared.config.server;
-    let mut started = (!client.buf.is_empty()).then(Instant::now);
+    let started = Instant::now();
+    let mut first = true;
     loop {
         if !client.buf.is_empty() {
             match http1::parse_request_head(&client.buf, limits) {
                 Ok(Some((head, len))) => {
                     client.buf.drain(..len);
-                    return Ok((head, started.unwrap_or_else(Instant::now)));
+                    return Ok((head, started));
                 }
                 Ok(None) => {}
                 Err(e) => return Err(Stop::Answer(e)),
             }
         }
         let buf = std::mem::take(&mut client.buf);
-        let read = match started {
-            None => idle_read(worker, &mut client.rd, buf).await,
-            Some(t) => {
-                let limit =
-                    Duration::from_millis(cfg.header_read_timeout_ms).saturating_sub(t.elapsed());
-                read_more(&mut client.rd, buf, limit).await
-            }
-        };
-        match read {
-            Read::Data(b) => {
-                client.buf = b;
-                started.get_or_insert_with(Instant::now);
-            }
+        let limit =
+            Duration::from_millis(cfg.header_read_timeout_ms).saturating_sub(started.elapsed());
+        let was_empty = buf.is_empty();
+        match idle::read_more(&mut client.rd, buf, limit).await {
+            Read::Data(b) => client.buf = b,
+            // A connection that was only readable closed (or failed) before a byte of a
+            // request: a quiet close, like an idle timeout.
             Read::Eof | Read::Failed => return Err(Stop::Close),
-            Read::TimedOut if started.is_some() => {
+            Read::TimedOut if first && was_empty => return Err(Stop::Close),
+            Read::TimedOut => {
                 return Err(Stop::Answer(GatewayError::new(
                     ErrorKind::RequestTimeout,
                     "timed out reading the request head",
                 )))
             }
-            Read::TimedOut => return Err(Stop::Close),
         }
+        first = false;
     }
 }
 
@@ -271,7 +231,7 @@ async fn read_body(
                 }
                 let limit = deadline.saturating_duration_since(Instant::now());
                 let buf = std::mem::take(&mut client.buf);
-                match read_more(&mut client.rd, buf, limit).await {
+                match idle::read_more(&mut client.rd, buf, limit).await {
                     Read::Data(b) => client.buf = b,
                     Read::TimedOut => return Err(Stop::Answer(body_timeout())),
                     Read::Eof | Read::Failed => return Err(Stop::Close),
@@ -320,12 +280,19 @@ async fn respond_to(
         Route::Readyz => {
             let (ready, reason) = endpoints::readiness(worker).await;
             let status = if ready { 200 } else { 503 };
-            let body = serde_json::to_vec(&serde_json::json!({
+            let mut detail = serde_json::json!({
                 "status": if ready { "ready" } else { "not_ready" },
                 "reason": reason,
-                "shared": worker.shared.fleet.as_ref().map(|f| f.status()),
-            }))
-            .unwrap_or_default();
+            });
+            // The store does not decide readiness (requests flow while it is down), but
+            // its state is shown; so is the fleet's shared state.
+            if let Some(store) = endpoints::store_detail(worker) {
+                detail["store"] = store;
+            }
+            if let Some(f) = worker.shared.fleet.as_ref() {
+                detail["shared"] = f.status();
+            }
+            let body = serde_json::to_vec(&detail).unwrap_or_default();
             (status, json(status, &body))
         }
         Route::Metrics if worker.shared.config.admin.metrics_on_main => (
@@ -340,6 +307,18 @@ async fn respond_to(
             (404, respond::error(&err, keep_alive, request_id))
         }
         Route::Models => (200, json(200, &endpoints::models_body(worker))),
+        Route::Model => match endpoints::model_body(worker, head.path()) {
+            Ok(body) => (200, json(200, &body)),
+            Err(err) => {
+                let mut bytes = respond::error(&err, keep_alive, request_id);
+                if head_only {
+                    // A HEAD answer has the GET answer's head and no body.
+                    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n");
+                    bytes.truncate(end.map_or(bytes.len(), |i| i + 4));
+                }
+                (err.status(), bytes)
+            }
+        },
         Route::Api(endpoint) => {
             let call = api::Call {
                 head,

@@ -18,6 +18,8 @@ pub enum Route {
     Readyz,
     /// `GET /v1/models`.
     Models,
+    /// `GET /v1/models/{id}`.
+    Model,
     /// `GET /metrics`, when `admin.metrics_on_main` is set.
     Metrics,
     /// Forwarded upstream.
@@ -27,7 +29,9 @@ pub enum Route {
 /// The `Allow` header of a path, for 405s.
 pub fn allow_for(route: Route) -> &'static [u8] {
     match route {
-        Route::Healthz | Route::Readyz | Route::Models | Route::Metrics => b"GET, HEAD",
+        Route::Healthz | Route::Readyz | Route::Models | Route::Model | Route::Metrics => {
+            b"GET, HEAD"
+        }
         Route::Api(_) => b"POST",
     }
 }
@@ -49,6 +53,12 @@ pub fn route(method: &str, path: &str) -> Result<Route, (GatewayError, Option<Ro
         "/v1/embeddings" => Route::Api(ApiEndpoint::Embeddings),
         "/v1/responses" => Route::Api(ApiEndpoint::Responses),
         "/v1/messages" => Route::Api(ApiEndpoint::Messages),
+        "/v1/messages/count_tokens" => Route::Api(ApiEndpoint::CountTokens),
+        "/v1/moderations" => Route::Api(ApiEndpoint::Moderations),
+        "/v1/images/generations" => Route::Api(ApiEndpoint::ImagesGenerations),
+        "/v1/audio/transcriptions" => Route::Api(ApiEndpoint::AudioTranscriptions),
+        "/v1/audio/speech" => Route::Api(ApiEndpoint::AudioSpeech),
+        p if model_id(p).is_some() => Route::Model,
         _ => {
             return Err((
                 GatewayError::new(
@@ -80,23 +90,89 @@ pub fn route(method: &str, path: &str) -> Result<Route, (GatewayError, Option<Ro
     }
 }
 
-/// The `/v1/models` body: every exact model name in config order, in OpenAI's list format.
+/// The model id of a `/v1/models/{id}` path (percent-decoded; ids such as `org/model` may
+/// come with their slash encoded or not).
+fn model_id(path: &str) -> Option<String> {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let raw = path
+        .strip_prefix("/v1/models/")
+        .filter(|id| !id.is_empty())?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// One entry of OpenAI's model list.
+fn model_object(worker: &Worker, id: &str, owned_by: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "object": "model",
+        "created": worker.shared.started_unix,
+        "owned_by": owned_by,
+    })
+}
+
+/// The `/v1/models` body, in OpenAI's list format: every exact model name in config order,
+/// then the upstream's models that the pattern groups serve (see `upstream::catalog`).
 pub fn models_body(worker: &Worker) -> Vec<u8> {
     let cfg = &worker.shared.config;
-    let data: Vec<serde_json::Value> = cfg
-        .models
-        .iter()
-        .filter(|m| !m.name.ends_with('*'))
-        .map(|m| {
-            serde_json::json!({
-                "id": m.name,
-                "object": "model",
-                "created": worker.shared.started_unix,
-                "owned_by": "sluice",
-            })
-        })
+    let exact = cfg.models.iter().filter(|m| !m.name.ends_with('*'));
+    let mut data: Vec<serde_json::Value> = exact
+        .clone()
+        .map(|m| model_object(worker, &m.name, "sluice"))
         .collect();
+    for id in worker.shared.catalog.ids().unwrap_or_default() {
+        if !exact.clone().any(|m| &m.name == id) {
+            data.push(model_object(worker, id, "upstream"));
+        }
+    }
     serde_json::to_vec(&serde_json::json!({ "object": "list", "data": data })).unwrap_or_default()
+}
+
+/// The `/v1/models/{id}` body: the model object of a name the gateway serves — an exact
+/// name, or a name a pattern group matches that the upstream lists (any matching name while
+/// the upstream's list is unknown). 404 in OpenAI's shape otherwise, the id bounded.
+pub fn model_body(worker: &Worker, path: &str) -> Result<Vec<u8>, GatewayError> {
+    let cfg = &worker.shared.config;
+    let id = model_id(path).unwrap_or_default();
+    let group = cfg.model_index(&id).and_then(|g| cfg.models.get(g));
+    let found = match group {
+        Some(g) if !g.name.ends_with('*') => Some("sluice"),
+        Some(_) => worker
+            .shared
+            .catalog
+            .lists(&id)
+            .unwrap_or(true)
+            .then_some("upstream"),
+        None => None,
+    };
+    match found {
+        Some(owner) => {
+            Ok(serde_json::to_vec(&model_object(worker, &id, owner)).unwrap_or_default())
+        }
+        None => Err(GatewayError::new(
+            ErrorKind::ModelNotFound,
+            format!(
+                "The model `{}` does not exist or you do not have access to it.",
+                bounded(&id)
+            ),
+        )
+        .with_param("model")),
+    }
 }
 
 /// How long a readiness answer is reused before probing again.
@@ -156,6 +232,18 @@ pub async fn readiness(worker: &Worker) -> (bool, &'static str) {
     (ok, if ok { "ready" } else { "no upstream reachable" })
 }
 
+/// The store's state for `/readyz`: `ok`, or `unavailable` with the records waiting for it
+/// (in memory and spilled to disk). `None` without a store.
+pub fn store_detail(worker: &Worker) -> Option<serde_json::Value> {
+    let ledger = worker.shared.auth.ledger.as_ref()?;
+    let down = ledger.store_down();
+    Some(serde_json::json!({
+        "status": if down { "unavailable" } else { "ok" },
+        "backlog_records": ledger.backlog(),
+        "spilled_records": ledger.spilled(),
+    }))
+}
+
 async fn probe(addr: SocketAddr) -> bool {
     matches!(
         monoio::time::timeout(PROBE_TIMEOUT, monoio::net::TcpStream::connect_addr(addr)).await,
@@ -174,6 +262,14 @@ mod tests {
             Route::Api(ApiEndpoint::ChatCompletions)
         );
         assert_eq!(route("GET", "/v1/models/").unwrap(), Route::Models);
+        assert_eq!(route("GET", "/v1/models/gpt-4o").unwrap(), Route::Model);
+        assert_eq!(route("HEAD", "/v1/models/a/b").unwrap(), Route::Model);
+        assert_eq!(route("POST", "/v1/models/x").unwrap_err().0.status(), 405);
+        assert_eq!(
+            model_id("/v1/models/org%2Fm%zz").as_deref(),
+            Some("org/m%zz")
+        );
+        assert_eq!(model_id("/v1/models/%ff"), None);
         let (e, r) = route("GET", "/v1/chat/completions").unwrap_err();
         assert_eq!(e.status(), 405);
         assert_eq!(allow_for(r.unwrap()), b"POST");

@@ -15,7 +15,7 @@ use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 use sluice_core::cache::NoStore;
-use sluice_core::config::{Config, ConfigError, Driver, ProcessEnv, Workers};
+use sluice_core::config::{Config, ConfigError, Driver, Pinning, ProcessEnv, Workers};
 use sluice_core::limiter::{DeploymentLimits, Limiter, LocalLimiter};
 
 use crate::listen::client_io;
@@ -24,7 +24,6 @@ use crate::listen::respond;
 use crate::listen::tls_server::{self, TlsTerminator};
 use crate::state::{Generations, Shared, Slot, Worker};
 use crate::upstream::dns::DnsTable;
-use crate::upstream::health;
 use crate::upstream::pool::tls_per_provider;
 
 type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
@@ -98,7 +97,7 @@ fn raise_nofile_limit() {
 
 /// Loads a config file, or the embedded default.
 pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
-    let cfg = match path {
+    let mut cfg = match path {
         None => Config::embedded_default(&ProcessEnv)?,
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -106,6 +105,15 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
             Config::from_toml(&text, &ProcessEnv)?
         }
     };
+    if let Some(file) = cfg.pricing.catalog_file.clone() {
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            ConfigError(format!(
+                "invalid config at `pricing.catalog_file`: cannot read {}: {e}",
+                file.display()
+            ))
+        })?;
+        cfg.add_price_catalog(&text)?;
+    }
     // The listener's certificate and key must load before anything binds.
     if let Some(tls) = &cfg.server.tls {
         tls_server::load(tls)
@@ -117,6 +125,9 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
 /// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
 pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Result<()> {
     let _log_guard = crate::telemetry::log::init(&config.log);
+    for (model, deployment) in config.unpriced() {
+        tracing::warn!(%model, %deployment, "no price for this deployment's model: its requests cost $0 and do not count toward budgets (counted in sluice_unpriced_requests_total)");
+    }
     raise_nofile_limit();
     let tls = tls_per_provider(&config)?;
     let tls_listener = match &config.server.tls {
@@ -143,7 +154,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
     let started_unix = crate::clock::unix_s();
     // The recorder first: the admission counters are created with it.
     crate::telemetry::metrics::install();
-    let (access, ledger_handle) = open_access(&config)?;
+    let (access, ledger_handle) = super::access::open_access(&config)?;
     let fleet = match &config.shared {
         Some(c) => Some(crate::shared::Fleet::start(c)?),
         None => None,
@@ -167,6 +178,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),
         started_unix,
+        catalog: Default::default(),
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
         provider_limits: Arc::new(DeploymentLimits::build(&config, limiter.clone(), None)),
         limiter,
@@ -267,7 +279,8 @@ type Started = (
     Vec<std::thread::JoinHandle<io::Result<()>>>,
 );
 
-/// Starts one worker thread per listener, pinned to a core when the config says so.
+/// Starts one worker thread per listener, pinned to a core when the config says so and the
+/// CPU set has one CPU per worker ([`sluice_core::config::pinning`]).
 fn start_workers(
     shared: &Shared,
     generations: &Generations,
@@ -276,14 +289,30 @@ fn start_workers(
 ) -> io::Result<Started> {
     let workers = listeners.len();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let pin = match sluice_core::config::pinning(
+        shared.config.server.pin_workers,
+        cores.len(),
+        workers,
+    ) {
+        Pinning::Pin => true,
+        Pinning::Off => false,
+        Pinning::Refused { allowed, workers } => {
+            tracing::info!(
+                allowed_cpus = allowed,
+                workers,
+                "pin_workers: not pinning, the CPU set is not one CPU per worker (a CPU quota \
+                 shares the node's CPUs; pinning would put every replica on the same cores)"
+            );
+            false
+        }
+    };
     let mut stops = Vec::with_capacity(workers);
     let mut handles = Vec::with_capacity(workers);
     for (id, listener) in listeners.into_iter().enumerate() {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);
         let generations = generations.clone();
-        let core = (shared.config.server.pin_workers && !cores.is_empty())
-            .then(|| cores[id % cores.len()]);
+        let core = if pin { cores.get(id).copied() } else { None };
         let handle = std::thread::Builder::new()
             .name(format!("sluice-w{id}"))
             .spawn(move || {
@@ -335,70 +364,6 @@ fn shut_down(
     result
 }
 
-/// What `open_access` sets up for `Shared`.
-struct Access {
-    auth: crate::request::auth::Auth,
-    registry: Option<crate::registry::SharedRegistry>,
-    admin_token: Option<[u8; 32]>,
-}
-
-/// Opens the store (keys, teams, spend) and the ledger writer, and builds the key index.
-fn open_access(config: &Config) -> io::Result<(Access, Option<crate::store::LedgerHandle>)> {
-    use crate::registry::Registry;
-    use crate::store::{LedgerWriter, Store, WriterOptions};
-    let admin_token = std::env::var("SLUICE_ADMIN_TOKEN")
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-        .map(|t| sluice_core::keys::hash_key(t.trim()));
-    for k in config.keys.iter().filter(|k| k.literal) {
-        tracing::warn!(key = %k.record.name, prefix = %k.record.prefix, "a key is written literally in the config: fine for a demo, never for production");
-    }
-    let Some(path) = &config.store.path else {
-        let auth =
-            crate::request::auth::Auth::new(config, crate::request::auth::Index::default(), None);
-        return Ok((
-            Access {
-                auth,
-                registry: None,
-                admin_token,
-            },
-            None,
-        ));
-    };
-    if admin_token.is_none() {
-        tracing::info!("admin API off: set SLUICE_ADMIN_TOKEN to manage keys, teams and spend");
-    }
-    let store_err =
-        |e: crate::store::StoreError| io::Error::other(format!("{}: {e}", path.display()));
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-    }
-    let store = Store::open(path).map_err(store_err)?;
-    let (registry, index) = Registry::open(config, store).map_err(store_err)?;
-    let opts = WriterOptions {
-        flush_interval: Duration::from_millis(config.store.flush_interval_ms),
-        synchronous_full: config.store.synchronous_full,
-        ..WriterOptions::default()
-    };
-    let (ledger, handle) = LedgerWriter::spawn_with(path, opts).map_err(store_err)?;
-    tracing::info!(
-        store = %path.display(),
-        keys = index.keys().count(),
-        auth = ?config.auth,
-        "store opened"
-    );
-    let auth = crate::request::auth::Auth::new(config, index, Some(ledger));
-    Ok((
-        Access {
-            auth,
-            registry: Some(std::sync::Mutex::new(registry)),
-            admin_token,
-        },
-        Some(handle),
-    ))
-}
-
 /// Reloads the config file into a new generation and swaps it in: `Ok(Some(generation))`
 /// when it did, `Ok(None)` when there is no file (the embedded default), `Err` when the new
 /// config is refused (the current one keeps serving). Runs on the signal thread: reading,
@@ -448,6 +413,7 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
         health,
         heartbeats: old.heartbeats.clone(),
         started_unix: old.started_unix,
+        catalog: Default::default(),
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
         provider_limits: Arc::new(DeploymentLimits::build(
             &config,
@@ -628,13 +594,21 @@ fn run_worker(
     tracing::info!(worker = id, driver = driver_name, "worker started");
     rt.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
-        let slot = Rc::new(Slot::new(id, generations, health::spawn_all));
+        let slot = Rc::new(Slot::new(
+            id,
+            generations,
+            crate::upstream::start_background,
+        ));
         let worker = slot.worker();
-        health::spawn_all(&slot, &worker);
+        crate::upstream::start_background(&slot, &worker);
         worker.shared.listeners_up.fetch_add(1, Ordering::SeqCst);
+        monoio::spawn(crate::listen::idle::deadlines::sweep());
         let beat = slot.clone();
         monoio::spawn(async move {
-            loop {
+            for n in 0u64.. {
+                if n % 4 == 0 {
+                    crate::listen::idle::return_free_memory();
+                }
                 // Also moves an idle worker to a new generation (and its health checks).
                 let worker = beat.current();
                 if let Some(h) = worker.shared.heartbeats.get(id) {
@@ -714,7 +688,9 @@ async fn on_accept(slot: &Rc<Slot>, accepted: io::Result<(monoio::net::TcpStream
         w.metrics.connections.increment(1.0);
         let halves = match &w.shared.tls_listener {
             None => Some(client_io::plain(stream)),
-            Some(t) => handshake(&w, t, stream).await,
+            // Boxed: the handshake's state is larger than the connection loop's and is
+            // needed only until the handshake ends.
+            Some(t) => Box::pin(handshake(&w, t, stream)).await,
         };
         if let Some(halves) = halves {
             serve_connection(slot, halves).await;
@@ -786,7 +762,7 @@ async fn refuse(stream: monoio::net::TcpStream) {
 
 /// Waits for this worker's connections to finish, up to the drain deadline: in-flight
 /// requests run to their end (answered with `connection: close`), idle keep-alive connections
-/// get their short grace (`conn::DRAIN_IDLE_GRACE`) and close.
+/// get their short grace (`idle::DRAIN_IDLE_GRACE`) and close.
 async fn drain(worker: &Worker) {
     let deadline =
         Instant::now() + Duration::from_millis(worker.shared.config.server.drain_timeout_ms);

@@ -22,6 +22,7 @@ use crate::request::auth::KeyEntry;
 use crate::request::client::ClientSide;
 use crate::request::forward;
 use crate::request::plan::{self, ApiEndpoint, Plan};
+use crate::request::prepare;
 use crate::request::settle::{Answer, RequestFacts, Settlement};
 use crate::state::Worker;
 
@@ -91,10 +92,25 @@ pub async fn serve(
             };
         }
     };
-    let inspected = match Authenticated::new(key.clone()).inspect(&shared.config, &body) {
+    let prepared = match prepare::prepare(call.endpoint, call.head, body) {
+        Ok(p) => p,
+        Err(error) => {
+            let refused = Box::new(Refused {
+                error,
+                principal: key,
+                permit: None,
+                denied: None,
+                model: None,
+            });
+            return refuse(worker, wr, &call, request, refused, false).await;
+        }
+    };
+    let probe = prepared.probe.as_deref().unwrap_or(&prepared.body);
+    let inspected = match Authenticated::new(key.clone()).inspect(&shared.config, probe) {
         Ok(i) => i,
         Err(refused) => return refuse(worker, wr, &call, request, refused, false).await,
     };
+    let body = prepared.body;
     let model = Some(inspected.fields.model.clone());
     let traced = request.trace.is_some();
     let group = inspected.group;
@@ -106,7 +122,10 @@ pub async fn serve(
         group,
         traced,
     ) {
-        Ok(p) => p,
+        Ok(mut p) => {
+            p.form = prepared.form;
+            p
+        }
         Err(error) => {
             let refused = Box::new(Refused {
                 error,
@@ -174,6 +193,13 @@ async fn admit_and_forward(
             return refuse(worker, wr, call, request, refused, plan.inspected.stream).await
         }
     };
+    if call.endpoint == ApiEndpoint::CountTokens
+        && prepare::count_tokens_locally(&shared.config, group)
+    {
+        let stage = admitted.answer_locally();
+        let (keep_alive, answer) = count_tokens(wr, call, &request, &plan.body).await;
+        return Served::local(keep_alive, request, stage, model, answer);
+    }
     let cache_request = CacheRequest {
         scope: key.as_ref().map_or("", |k| &k.team.name),
         kind: call.endpoint.upstream_suffix(),
@@ -193,7 +219,7 @@ async fn admit_and_forward(
         &shared.prices,
         group,
         &plan.inspected,
-        plan.body.len(),
+        plan.prompt_bytes(),
     );
     if let Some(fleet) = &shared.fleet {
         fleet.fetch(sets, Some(&ask)).await;
@@ -248,6 +274,30 @@ async fn replay(
         &request.request_id,
     );
     let (keep_alive, mut answer) = write(wr, bytes, 200, call.keep_alive).await;
+    answer.cost_micros = Some(0);
+    (keep_alive, answer)
+}
+
+/// Answers `count_tokens` with the gateway's estimate, marked `x-sluice-estimate: true` (a
+/// body it cannot read is a 400).
+async fn count_tokens(
+    wr: &mut ClientWrite,
+    call: &Call<'_>,
+    request: &RequestFacts,
+    body: &[u8],
+) -> (bool, Answer) {
+    let (status, bytes) = match prepare::count_tokens_body(body) {
+        Ok(out) => {
+            let headers: [(&str, &[u8]); 1] = [("x-sluice-estimate", b"true")];
+            let bytes = respond::json(200, &out, &headers, call.keep_alive, &request.request_id);
+            (200, bytes)
+        }
+        Err(err) => (
+            err.status(),
+            respond::error(&err, call.keep_alive, &request.request_id),
+        ),
+    };
+    let (keep_alive, mut answer) = write(wr, bytes, status, call.keep_alive).await;
     answer.cost_micros = Some(0);
     (keep_alive, answer)
 }

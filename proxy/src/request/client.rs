@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use monoio::io::AsyncWriteRentExt;
+use sluice_core::compress::Decision;
 use sluice_core::error::GatewayError;
 use sluice_core::http1::{is_hop_by_hop, ResponseHead};
 
@@ -30,7 +31,8 @@ pub struct ClientSide<'r> {
 
 #[allow(clippy::too_many_arguments)]
 /// Writes the response head: the upstream's end-to-end headers (its request id renamed so the
-/// client sees ours), which deployment answered, the cost when known, and the caller's extras.
+/// client sees ours), which deployment answered, the cost when known, the content coding the
+/// gateway applied (`encoding`), and the caller's extras.
 pub(crate) fn write_response_head(
     wire: &mut Vec<u8>,
     head: &ResponseHead,
@@ -40,7 +42,16 @@ pub(crate) fn write_response_head(
     client: &ClientSide<'_>,
     cost_usd: Option<&str>,
     content_type: Option<&[u8]>,
+    encoding: Decision,
 ) {
+    let coded = encoding.coding.is_some();
+    // Another coding is another representation (RFC 9110 §8.8.3): a strong validator of the
+    // upstream's bytes is at most a weak one of ours.
+    let weak_etag = coded
+        .then(|| head.header("etag"))
+        .flatten()
+        .filter(|v| !v.starts_with(b"W/"))
+        .map(|v| [&b"W/"[..], v].concat());
     let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(24 + client.extra_headers.len());
     if let Some(ct) = content_type {
         headers.push(("content-type", ct));
@@ -53,11 +64,24 @@ pub(crate) fn write_response_head(
         if is_hop_by_hop(name) || replaced {
             continue;
         }
+        if coded && name.eq_ignore_ascii_case("content-encoding") {
+            continue;
+        }
+        if let (true, Some(weak)) = (name.eq_ignore_ascii_case("etag"), &weak_etag) {
+            headers.push((name, weak));
+            continue;
+        }
         if name.eq_ignore_ascii_case("x-request-id") {
             headers.push(("x-upstream-request-id", value));
         } else {
             headers.push((name, value));
         }
+    }
+    if let Some(coding) = encoding.coding {
+        headers.push(("content-encoding", coding.token().as_bytes()));
+    }
+    if encoding.vary {
+        headers.push(("vary", b"accept-encoding"));
     }
     headers.push(("x-sluice-deployment", deployment.as_bytes()));
     if let Some(cost) = cost_usd {

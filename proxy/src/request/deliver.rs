@@ -10,6 +10,7 @@ use monoio::io::AsyncWriteRentExt;
 use sluice_core::attempt::Relayed;
 use sluice_core::config::{Deployment, Provider};
 use sluice_core::dialect::{self, ResponseContext, StreamTranslator};
+use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::filter::{Capture, Chain, Stage};
 use sluice_core::http1::BodyFraming;
 use sluice_core::inspect;
@@ -20,6 +21,7 @@ use sluice_core::usage::{self, Usage};
 use crate::listen::client_io::ClientWrite;
 use crate::listen::respond::ClientFraming;
 use crate::request::client::{answer_error, write_response_head, ClientSide};
+use crate::request::compress::{self, Encoded};
 use crate::request::plan::ApiEndpoint;
 use crate::request::plan::{Plan, Translation};
 use crate::request::relay::{BodyLimits, ClientWatch, Relay, RelayEnd, MAX_CAPTURE};
@@ -113,10 +115,17 @@ pub(crate) async fn deliver(
     };
     // Whole answers, read first and written in one go: another dialect's (any framing; it is
     // translated), or a small OpenAI JSON body (so its cost can go in a header).
+    // A larger sized body is read whole too when it may be compressed for the client.
+    let compression = &cfg.server.compression;
     match (translation, is_sse, sent.head.body) {
         (Some(_), false, _) => whole(&mut d, sent, 16 << 20, answer).await,
         (None, false, BodyFraming::Length(n)) if success && n <= MAX_BUFFERED_BODY => {
             whole(&mut d, sent, MAX_BUFFERED_BODY as usize, answer).await
+        }
+        (None, false, BodyFraming::Length(n))
+            if n <= compression.max_bytes && compression.may_compress(&plan.accept_encoding) =>
+        {
+            whole(&mut d, sent, n as usize, answer).await
         }
         _ => relay(&mut d, sent, is_sse, answer).await,
     }
@@ -132,12 +141,13 @@ fn response_context<'p>(plan: &'p Plan, id: &'p str) -> ResponseContext<'p> {
     }
 }
 
-/// The id of a translated answer: `msg_…` for Messages clients, `chatcmpl-…` otherwise.
+/// The id of a translated answer: `msg_…` for Messages clients, `resp_…` for Responses
+/// clients, `chatcmpl-…` otherwise.
 fn answer_id(plan: &Plan, client: &ClientSide<'_>) -> String {
-    let prefix = if plan.endpoint == ApiEndpoint::Messages {
-        "msg_"
-    } else {
-        "chatcmpl-"
+    let prefix = match plan.endpoint {
+        ApiEndpoint::Messages => "msg_",
+        ApiEndpoint::Responses => "resp_",
+        _ => "chatcmpl-",
     };
     format!("{prefix}{}", client.request_id)
 }
@@ -195,6 +205,19 @@ async fn whole(
         .cost_micros
         .filter(|_| success)
         .map(sluice_core::cost::format_usd);
+    let compression = &d.worker.shared.config.server.compression;
+    let accept = &d.plan.accept_encoding;
+    let Some(Encoded { body, decision }) =
+        compress::encode_answer(compression, accept, &sent.head, content_type, body).await
+    else {
+        let err = GatewayError::new(ErrorKind::Internal, "the compressed answer was lost");
+        let keep_alive = answer_error(d.wr, err, client, answer).await;
+        return Delivered {
+            keep_alive,
+            relayed: Relayed::Complete,
+            latency: d.started.elapsed(),
+        };
+    };
     let framing = if client.http10 {
         ClientFraming::Close
     } else {
@@ -210,6 +233,7 @@ async fn whole(
         client,
         cost_text.as_deref(),
         content_type,
+        decision,
     );
     wire.extend_from_slice(&body);
     answer.bytes_out = wire.len() as u64;
@@ -275,6 +299,7 @@ async fn relay(
         client,
         None,
         d.translation.map(|_| &b"text/event-stream"[..]),
+        Default::default(),
     );
     let limits = BodyLimits {
         idle: Duration::from_millis(d.provider.idle_timeout_ms),

@@ -506,6 +506,7 @@ async fn pass_through(
         client,
         None,
         translation.map(|_| &b"application/json"[..]),
+        Default::default(),
     );
     wire.extend_from_slice(&body);
     answer.bytes_out = wire.len() as u64;

@@ -2,13 +2,16 @@
 //! `auth`, inspect, `plan`, authorize, admit, the response store, reserve), `forward` (drives
 //! core's attempt loop), `deliver` (the answer to the client) and `relay` (a streamed body
 //! through the filter chain), and `settle` (the one place a finished request changes the
-//! world). `client` holds what every answer needs.
+//! world). `client` holds what every answer needs; `prepare` readies the bodies of the
+//! endpoints beyond chat (multipart forms, default models, local token counts).
 
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod compress;
 pub mod deliver;
 pub mod forward;
 pub mod plan;
+pub mod prepare;
 pub mod relay;
 pub mod settle;

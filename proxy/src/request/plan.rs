@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use sluice_core::compress::AcceptEncoding;
 use sluice_core::config::{Deployment, Provider};
 use sluice_core::dialect::{self, Dialect, Inbound, RequestOptions};
 use sluice_core::error::{ErrorKind, GatewayError};
@@ -29,6 +30,16 @@ pub enum ApiEndpoint {
     Responses,
     /// `POST /v1/messages` (Anthropic clients).
     Messages,
+    /// `POST /v1/messages/count_tokens` (Anthropic clients).
+    CountTokens,
+    /// `POST /v1/moderations`.
+    Moderations,
+    /// `POST /v1/images/generations`.
+    ImagesGenerations,
+    /// `POST /v1/audio/transcriptions` (`multipart/form-data`).
+    AudioTranscriptions,
+    /// `POST /v1/audio/speech` (a binary answer).
+    AudioSpeech,
 }
 
 impl ApiEndpoint {
@@ -40,6 +51,11 @@ impl ApiEndpoint {
             ApiEndpoint::Embeddings => "/embeddings",
             ApiEndpoint::Responses => "/responses",
             ApiEndpoint::Messages => "/messages",
+            ApiEndpoint::CountTokens => "/messages/count_tokens",
+            ApiEndpoint::Moderations => "/moderations",
+            ApiEndpoint::ImagesGenerations => "/images/generations",
+            ApiEndpoint::AudioTranscriptions => "/audio/transcriptions",
+            ApiEndpoint::AudioSpeech => "/audio/speech",
         }
     }
 
@@ -48,6 +64,7 @@ impl ApiEndpoint {
         match self {
             ApiEndpoint::ChatCompletions => Some(sluice_core::dialect::Inbound::OpenAiChat),
             ApiEndpoint::Messages => Some(sluice_core::dialect::Inbound::AnthropicMessages),
+            ApiEndpoint::Responses => Some(sluice_core::dialect::Inbound::OpenAiResponses),
             _ => None,
         }
     }
@@ -82,11 +99,16 @@ pub struct Plan {
     pub strip_usage: bool,
     /// `x-sluice-deadline-ms`.
     pub(crate) deadline_override: Option<Duration>,
+    /// What the client's `Accept-Encoding` said (the gateway compresses; the upstream is
+    /// asked for identity).
+    pub accept_encoding: AcceptEncoding,
+    /// A `multipart/form-data` body: its content type and where its `model` value is.
+    pub(crate) form: Option<sluice_core::multipart::Form>,
 }
 
 /// Client headers never forwarded: credentials meant for the gateway, and what the gateway
 /// sets itself. `accept-encoding` is dropped so the upstream answers uncompressed and usage
-/// can be read.
+/// can be read (the gateway compresses for the client, `request::compress`).
 fn forwardable(name: &str, traced: bool) -> bool {
     const DROP: [&str; 8] = [
         "authorization",
@@ -137,10 +159,13 @@ pub fn plan(
     };
     let mut forwarded = Vec::with_capacity(256);
     let mut has_accept = false;
+    let mut accept_encoding = AcceptEncoding::default();
     for (name, value) in head.headers() {
         if forwardable(name, traced) {
             has_accept |= name.eq_ignore_ascii_case("accept");
             push_header(&mut forwarded, name, value);
+        } else if name.eq_ignore_ascii_case("accept-encoding") {
+            accept_encoding.add(value);
         }
     }
     let strip_usage =
@@ -155,7 +180,20 @@ pub fn plan(
         has_accept,
         strip_usage,
         deadline_override,
+        accept_encoding,
+        form: None,
     })
+}
+
+impl Plan {
+    /// The body bytes the prompt-token estimate is taken from: a multipart form's file parts
+    /// are audio or images, not text, so only its routing fields count.
+    pub fn prompt_bytes(&self) -> usize {
+        match &self.form {
+            Some(form) => form.model.len(),
+            None => self.body.len(),
+        }
+    }
 }
 
 /// How an attempt's answer must be turned into what the client speaks.
@@ -183,7 +221,12 @@ pub(crate) fn build_request(
         deployment.model.as_str()
     };
     let dialect = provider.kind;
-    let passthrough = dialect == Dialect::OpenAi && plan.endpoint != ApiEndpoint::Messages;
+    let passthrough = match plan.endpoint {
+        ApiEndpoint::Messages => false,
+        ApiEndpoint::CountTokens => dialect == Dialect::Anthropic,
+        ApiEndpoint::Responses => dialect == Dialect::OpenAi && provider.responses_api,
+        _ => dialect == Dialect::OpenAi,
+    };
     let translated = if passthrough {
         None
     } else {
@@ -235,6 +278,20 @@ pub(crate) fn build_request(
             }),
         ));
     }
+    if let Some(form) = &plan.form {
+        let body = if deployment.model == "*" {
+            std::borrow::Cow::Borrowed(&plan.body[..])
+        } else {
+            std::borrow::Cow::Owned(sluice_core::multipart::splice(
+                &plan.body,
+                &form.model,
+                deployment.model.as_bytes(),
+            ))
+        };
+        push_content_length(&mut req, body.len());
+        req.extend_from_slice(&body);
+        return Ok((req, None));
+    }
     let edits = Rewrite {
         model: (deployment.model != "*").then_some(deployment.model.as_str()),
         force_include_usage: plan.strip_usage,
@@ -264,7 +321,12 @@ fn push_headers(
     let dialect = provider.kind;
     req.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     req.extend_from_slice(provider.endpoint.host_header.as_bytes());
-    req.extend_from_slice(b"\r\ncontent-type: application/json\r\nx-request-id: ");
+    req.extend_from_slice(b"\r\ncontent-type: ");
+    match &plan.form {
+        Some(form) => req.extend_from_slice(form.content_type.as_bytes()),
+        None => req.extend_from_slice(b"application/json"),
+    }
+    req.extend_from_slice(b"\r\nx-request-id: ");
     req.extend_from_slice(request_id.as_bytes());
     req.extend_from_slice(b"\r\n");
     let forwarded_has = |name: &[u8]| {

@@ -2,9 +2,9 @@
 //!
 //! Every upstream read is scanned (SSE events for usage, or a bounded copy of a JSON body) and
 //! written to the client at once, re-framed as chunked when needed; nothing waits for the end
-//! of the body. A [`ClientWatch`] keeps a read posted on the client socket for the whole
-//! exchange, so a client that goes away cancels the upstream request at once, even while the
-//! upstream is silent.
+//! of the body. A [`ClientWatch`] keeps a read posted on the client socket for the rest of any
+//! exchange that lasts more than a few milliseconds, so a client that goes away cancels the
+//! upstream request at once, even while the upstream is silent.
 //!
 //! Trade-off for TLS clients: the watch runs *disabled* (no posted read). A TLS read cannot be
 //! cancelled safely: cancelling it mid-record loses bytes the rustls session has not seen and
@@ -20,7 +20,8 @@ use std::io;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, OwnedReadHalf};
+use monoio::net::TcpStream;
 use monoio::BufResult;
 use sluice_core::filter::{BodyEnd, Chain};
 use sluice_core::http1::{begin_chunk, end_chunk, BodyFraming, ChunkedDecoder, LAST_CHUNK};
@@ -32,7 +33,14 @@ use crate::upstream::pool::{UpstreamConn, UpstreamError};
 
 type WatchFuture<'a> = Pin<Box<dyn Future<Output = BufResult<usize, Vec<u8>>> + 'a>>;
 
-/// A read kept posted on the client connection while an exchange is under way.
+/// A read posted on the client connection while an exchange is under way, so a client that
+/// goes away is noticed at once.
+///
+/// The read is posted only once the exchange has run for [`ARM_AFTER`]: most answers are done
+/// well before, and for them the posted read and its cancel would be two more operations on
+/// the socket for nothing (a client that leaves during those first milliseconds is noticed
+/// then, or when the answer is written to it). Anything that takes longer — a thinking
+/// upstream, a stream — is watched from then on.
 ///
 /// Call order: [`ClientWatch::new`], any number of [`ClientWatch::race`], then
 /// [`ClientWatch::finish`] to cancel the read and recover anything the client sent meanwhile
@@ -41,27 +49,40 @@ type WatchFuture<'a> = Pin<Box<dyn Future<Output = BufResult<usize, Vec<u8>>> + 
 /// On a TLS connection the watch is disabled: `race` just runs the operation and `finish`
 /// reports nothing (see the module docs for why and what it costs).
 pub struct ClientWatch<'a> {
+    /// The read half until the read is posted (`None` for TLS, and once posted).
+    rd: Option<&'a mut OwnedReadHalf<TcpStream>>,
+    /// When to post the read.
+    arm_at: Instant,
     fut: Option<WatchFuture<'a>>,
     canceller: Canceller,
     gone: bool,
     early: Vec<u8>,
 }
 
+/// How long an exchange runs before its client is watched (see [`ClientWatch`]).
+pub const ARM_AFTER: Duration = Duration::from_millis(20);
+
 impl<'a> ClientWatch<'a> {
-    /// Posts the read (plain TCP only; a TLS connection gets a disabled watch).
+    /// A watch of `rd` (plain TCP only; a TLS connection gets a disabled watch), posted
+    /// [`ARM_AFTER`] from now if the exchange is still under way.
     pub fn new(rd: &'a mut ClientRead) -> Self {
-        let canceller = Canceller::new();
-        let fut = rd.watchable().map(|rd| {
-            let handle = canceller.handle();
-            let fut: WatchFuture<'a> =
-                Box::pin(rd.cancelable_read(Vec::with_capacity(1024), handle));
-            fut
-        });
         ClientWatch {
-            fut,
-            canceller,
+            rd: rd.watchable(),
+            arm_at: Instant::now() + ARM_AFTER,
+            fut: None,
+            canceller: Canceller::new(),
             gone: false,
             early: Vec::new(),
+        }
+    }
+
+    /// Posts the read.
+    fn arm(&mut self) {
+        if let Some(rd) = self.rd.take() {
+            let handle = self.canceller.handle();
+            self.fut = Some(Box::pin(
+                rd.cancelable_read(Vec::with_capacity(1024), handle),
+            ));
         }
     }
 
@@ -77,6 +98,18 @@ impl<'a> ClientWatch<'a> {
             return None;
         }
         let mut fut = std::pin::pin!(fut);
+        if self.rd.is_some() {
+            // Not watched yet: the operation alone until the watch is due, then watched.
+            let due = self.arm_at;
+            if Instant::now() < due {
+                monoio::select! {
+                    biased;
+                    out = &mut fut => return Some(out),
+                    _ = monoio::time::sleep_until(due.into()) => {}
+                }
+            }
+            self.arm();
+        }
         if let Some(watch) = self.fut.as_mut() {
             // Biased: when the operation and the client's close complete together (a client
             // that hangs up right after reading the whole answer), the operation wins.

@@ -2,10 +2,11 @@
 //!
 //! One seam, two sides:
 //! - [`Backend`]: what a database must do. [`sqlite`] is the embedded default (one local file,
-//!   WAL); a PostgreSQL backend for a fleet implements the same trait and runs the same test
-//!   suite (`proxy/tests/store/suite.rs`).
+//!   WAL); [`postgres`] is the fleet's, shared by every replica. Both run the same test suite
+//!   (`proxy/tests/store_suite`, from `proxy/tests/store.rs` and `proxy/tests/store_pg.rs`).
 //! - [`Store`]: the handle callers hold, a boxed backend plus what every backend shares
-//!   (listings, the spend snapshot, day labels). [`Store::open`] opens SQLite.
+//!   (listings, the spend snapshot, day labels). [`Store::open`] opens SQLite,
+//!   [`Store::open_target`] either ([`StoreTarget`]).
 //!
 //! Two ways in, on two connections to the same database:
 //! - [`Store`]: synchronous CRUD and reports for the admin thread and for start-up (load every
@@ -19,11 +20,13 @@
 //! Every connection brings the schema up to date when it opens ([`migrate`]) and refuses a
 //! database whose schema is newer than this binary knows ([`StoreError::SchemaTooNew`]).
 //!
+//! Admin actions (who, what, when) are kept in an audit log ([`AuditRecord`]).
+//!
 //! Spend is kept per UTC day (`spend.day_start`), so any period that starts at a day boundary
 //! (daily, weekly, monthly, lifetime) is a sum of rows: [`Store::spend_totals_since`].
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sluice_core::keys::{KeyRecord, TeamRecord};
@@ -32,6 +35,8 @@ use sluice_core::usage::Usage;
 
 pub mod ledger;
 pub mod migrate;
+pub mod postgres;
+pub mod spool;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -44,6 +49,9 @@ pub enum StoreError {
     /// SQLite refused (I/O, corruption, busy past the timeout).
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused, or could not be reached.
+    #[error("store: {0}")]
+    Postgres(#[from] ::postgres::Error),
     /// A JSON column did not parse.
     #[error("store: bad JSON in a row: {0}")]
     Json(#[from] serde_json::Error),
@@ -81,6 +89,35 @@ pub enum StoreError {
     /// The writer thread could not be started.
     #[error("store: cannot start the ledger writer: {0}")]
     Spawn(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (a connection refused, dropped or timed
+    /// out), rather than refusing what was asked: trying again later may work.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
+
+    /// Whether the database refused the data itself (a value it cannot store, a constraint):
+    /// the same rows will be refused again, however often they are retried.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => e.code().is_some_and(|c| {
+                // Class 22: data exception; class 23: integrity constraint violation.
+                c.code().starts_with("22") || c.code().starts_with("23")
+            }),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+                f.code,
+                rusqlite::ErrorCode::ConstraintViolation
+                    | rusqlite::ErrorCode::TooBig
+                    | rusqlite::ErrorCode::TypeMismatch
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// The store's result.
@@ -181,6 +218,23 @@ pub struct UsageRecord {
     pub latency_ms: u64,
 }
 
+/// One admin action in the audit log: who, what, when, and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// When, unix milliseconds (wall clock).
+    pub ts_ms: u64,
+    /// Who: the admin token's id (a short prefix of its hash), never the token.
+    pub actor: String,
+    /// Through what: `api`, `ui` (the admin page) or `cli`.
+    pub via: String,
+    /// What, e.g. `keys.create`, `keys.disable`, `teams.update`.
+    pub action: String,
+    /// On what: a key id or team name (empty for a create that failed before one existed).
+    pub target: String,
+    /// The HTTP status the admin API answered.
+    pub status: u16,
+}
+
 /// The columns of [`sluice_core::keys::Limits`], the same in the `keys` and `teams` tables,
 /// in the order backends read and write them (one helper per backend for both record types).
 pub const LIMIT_COLUMNS: [&str; 5] = [
@@ -260,6 +314,14 @@ pub trait Backend: Send {
     fn ledger(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<UsageRecord>>;
     /// Rows in the ledger.
     fn ledger_count(&self) -> Result<u64>;
+    /// Removes the ledger rows older than `ts_ms` (retention) and returns how many. The
+    /// per-day spend stays: budgets keep counting what those rows cost.
+    fn delete_ledger_before(&self, ts_ms: u64) -> Result<u64>;
+
+    /// Appends one admin action to the audit log.
+    fn insert_audit(&self, r: &AuditRecord) -> Result<()>;
+    /// Audit log entries with `from_ms <= ts_ms < to_ms`, newest first, at most `limit`.
+    fn audit(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<AuditRecord>>;
 
     /// Appends `batch` to the ledger and adds its cost to the per-day spend of its keys and
     /// teams ([`spend_by_day`]), all in one transaction: on error nothing is written.
@@ -272,14 +334,44 @@ pub fn spend_by_day(batch: &[UsageRecord]) -> HashMap<(Scope, &str, u64), u64> {
     let mut spend: HashMap<(Scope, &str, u64), u64> = HashMap::new();
     for r in batch.iter().filter(|r| r.cost_micros != 0) {
         let day = r.ts_ms / 1000 / 86_400 * 86_400;
+        // Saturating: a bogus cost must not panic the writer or poison the batch.
         if let Some(k) = r.key_id.as_deref() {
-            *spend.entry((Scope::Key, k, day)).or_default() += r.cost_micros;
+            let e = spend.entry((Scope::Key, k, day)).or_default();
+            *e = e.saturating_add(r.cost_micros);
         }
         if let Some(t) = r.team.as_deref() {
-            *spend.entry((Scope::Team, t, day)).or_default() += r.cost_micros;
+            let e = spend.entry((Scope::Team, t, day)).or_default();
+            *e = e.saturating_add(r.cost_micros);
         }
     }
     spend
+}
+
+/// Which database the store is in: `[store] path` (SQLite) or `[store] url` (PostgreSQL).
+#[derive(Clone, Debug)]
+pub enum StoreTarget {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server and database.
+    Postgres(Box<postgres::PgTarget>),
+}
+
+impl StoreTarget {
+    /// Where the data lives, for logs (never a password).
+    pub fn location(&self) -> String {
+        match self {
+            StoreTarget::Sqlite(p) => p.display().to_string(),
+            StoreTarget::Postgres(t) => t.location().to_string(),
+        }
+    }
+
+    /// Opens one connection (migrating the schema); `synchronous_full` is SQLite's.
+    pub fn connect(&self, synchronous_full: bool) -> Result<Box<dyn Backend>> {
+        Ok(match self {
+            StoreTarget::Sqlite(p) => Box::new(sqlite::Sqlite::open(p, synchronous_full)?),
+            StoreTarget::Postgres(t) => Box::new(postgres::Postgres::open(t)?),
+        })
+    }
 }
 
 /// The store for the admin thread and start-up: CRUD of teams and keys, spend reports, over
@@ -297,6 +389,11 @@ impl Store {
             path.as_ref(),
             false,
         )?)))
+    }
+
+    /// Opens the store at `target` and brings its schema up to date.
+    pub fn open_target(target: &StoreTarget) -> Result<Store> {
+        Ok(Store::with_backend(target.connect(false)?))
     }
 
     /// A store over an opened (and migrated) backend.
@@ -446,5 +543,17 @@ impl Store {
     /// Rows in the ledger.
     pub fn ledger_count(&self) -> Result<u64> {
         self.backend.ledger_count()
+    }
+
+    // -- audit log ----------------------------------------------------------------------------
+
+    /// Appends one admin action to the audit log.
+    pub fn insert_audit(&self, r: &AuditRecord) -> Result<()> {
+        self.backend.insert_audit(r)
+    }
+
+    /// Audit log entries with `from_ms <= ts_ms < to_ms`, newest first, at most `limit`.
+    pub fn audit(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        self.backend.audit(from_ms, to_ms, limit)
     }
 }

@@ -16,15 +16,16 @@ use sluice_core::usage::Usage;
 
 use super::migrate::{self, Migration, Schema};
 use super::{
-    int, period, spend_by_day, uint, Backend, Result, Scope, SpendGroup, SpendRow, StoreError,
-    UsageRecord, LIMIT_COLUMNS,
+    int, period, spend_by_day, uint, AuditRecord, Backend, Result, Scope, SpendGroup, SpendRow,
+    StoreError, UsageRecord, LIMIT_COLUMNS,
 };
 
 /// SQLite's schema, version by version. Append only: a shipped migration never changes.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "keys, teams, spend and ledger",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "keys, teams, spend and ledger",
+        sql: r#"
 CREATE TABLE teams (
     name TEXT PRIMARY KEY,
     rpm INTEGER,
@@ -80,7 +81,24 @@ CREATE INDEX ledger_ts ON ledger(ts_ms);
 CREATE INDEX ledger_key_ts ON ledger(key_id, ts_ms);
 CREATE INDEX ledger_team_ts ON ledger(team, ts_ms);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "audit log of admin actions",
+        sql: r#"
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    via TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status INTEGER NOT NULL
+);
+CREATE INDEX audit_ts ON audit(ts_ms);
+"#,
+    },
+];
 
 /// A connection's schema for [`migrate::migrate`]: the version is `PRAGMA user_version`,
 /// which SQLite changes inside the transaction like any other write.
@@ -591,10 +609,12 @@ impl Backend for Sqlite {
                 team: r.get::<_, Option<String>>(3)?.map(Arc::from),
                 model: Arc::from(r.get::<_, String>(4)?),
                 deployment: r.get::<_, Option<String>>(5)?.map(Arc::from),
+                // The ledger keeps no cache writes: their cost is in `cost_micros`.
                 usage: Usage {
                     input_tokens: uint(r.get(6)?),
                     output_tokens: uint(r.get(7)?),
                     cached_tokens: uint(r.get(8)?),
+                    cache_write_tokens: 0,
                     reasoning_tokens: uint(r.get(9)?),
                     estimated: r.get::<_, i64>(10)? != 0,
                 },
@@ -611,6 +631,48 @@ impl Backend for Sqlite {
             .conn
             .query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0))?;
         Ok(uint(n))
+    }
+
+    fn delete_ledger_before(&self, ts_ms: u64) -> Result<u64> {
+        let n = self
+            .conn
+            .execute("DELETE FROM ledger WHERE ts_ms < ?1", [int(ts_ms)])?;
+        Ok(n as u64)
+    }
+
+    fn insert_audit(&self, r: &AuditRecord) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit (ts_ms, actor, via, action, target, status) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                int(r.ts_ms),
+                r.actor,
+                r.via,
+                r.action,
+                r.target,
+                r.status
+            ])?;
+        Ok(())
+    }
+
+    fn audit(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT ts_ms, actor, via, action, target, status FROM audit \
+             WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY ts_ms DESC, seq DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![int(from_ms), int(to_ms), int(limit as u64)], |r| {
+            Ok(AuditRecord {
+                ts_ms: uint(r.get(0)?),
+                actor: r.get(1)?,
+                via: r.get(2)?,
+                action: r.get(3)?,
+                target: r.get(4)?,
+                status: u16::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn insert_usage(&self, batch: &[UsageRecord]) -> Result<()> {

@@ -88,6 +88,26 @@ pub fn upkeep() {
 // Longer than ~100 lines on purpose: a flat list, one description per metric family.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "sluice_store_up",
+        "1 while the store (SQLite or PostgreSQL) takes ledger commits, 0 while it refuses them."
+    );
+    describe_gauge!(
+        "sluice_ledger_backlog_records",
+        "Usage records waiting for the store while it is down (memory and spill file)."
+    );
+    describe_gauge!(
+        "sluice_ledger_spilled_records",
+        "Of the backlog, records in the local spill file, replayed when the store is back."
+    );
+    describe_counter!(
+        "sluice_ledger_refused_records_total",
+        "Usage records the store refused for their content, kept in the .refused file."
+    );
+    describe_counter!(
+        "sluice_ledger_commit_failures_total",
+        "Ledger commits the store refused (each is retried; nothing is dropped)."
+    );
     describe_counter!(
         "sluice_requests_total",
         "Requests answered, by model group, deployment, provider, status class and stream."
@@ -119,6 +139,10 @@ fn describe() {
     describe_counter!(
         "sluice_tokens_total",
         "Tokens by model group and type (input, output, cached, reasoning)."
+    );
+    describe_counter!(
+        "sluice_unpriced_requests_total",
+        "Requests with usage whose model has no price (they cost $0 and do not count toward budgets), by model group."
     );
     describe_counter!(
         "sluice_upstream_errors_total",
@@ -193,6 +217,19 @@ fn describe() {
         "sluice_trace_spans_dropped_total",
         "Spans dropped: export queue full or collector unreachable."
     );
+    describe_counter!(
+        "sluice_compressed_responses_total",
+        "Answers compressed for the client, by coding and where (inline on the worker, pool)."
+    );
+    describe_counter!(
+        "sluice_compression_saved_bytes_total",
+        Unit::Bytes,
+        "Bytes compression kept off the client connections (body in minus body out)."
+    );
+    describe_counter!(
+        "sluice_compression_busy_total",
+        "Answers sent uncompressed because the compression threads' queue was full."
+    );
 }
 
 /// One request's label set, as indices into the config.
@@ -205,6 +242,9 @@ struct RequestKey {
 }
 
 struct RequestHandles {
+    model: String,
+    /// Made on the first request whose model has no price, so priced models show no series.
+    unpriced: Option<Counter>,
     requests: Counter,
     duration: Histogram,
     ttft: Histogram,
@@ -349,6 +389,14 @@ impl WorkerMetrics {
                 }
             }
         }
+        if rec.usage.is_some() && rec.cost_micros.is_none() && rec.route.is_some() {
+            let model = &h.model;
+            h.unpriced
+                .get_or_insert_with(|| {
+                    metrics::counter!("sluice_unpriced_requests_total", "model" => model.clone())
+                })
+                .increment(1);
+        }
         if let Some(u) = rec.usage {
             h.usage_input.record(u.input_tokens as f64);
             h.usage_output.record(u.output_tokens as f64);
@@ -380,6 +428,8 @@ impl RequestHandles {
         let stream = if key.stream { "true" } else { "false" };
         let tokens = |kind: &'static str| metrics::counter!("sluice_tokens_total", "model" => model.clone(), "gen_ai_token_type" => kind);
         RequestHandles {
+            model: model.clone(),
+            unpriced: None,
             requests: metrics::counter!(
                 "sluice_requests_total",
                 "model" => model.clone(),

@@ -1,0 +1,584 @@
+//! The commands that manage a running gateway through its admin API (`sluice keys`,
+//! `sluice teams`), and the client they and the reports (`reports`) share. The token comes from `SLUICE_ADMIN_TOKEN`, the address
+//! from `--admin` (or `SLUICE_ADMIN_URL`); each call says `x-sluice-client: cli`, so the audit
+//! log shows the change came from here.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Map, Value};
+
+use super::table::Table;
+use super::EXIT_CONFIG;
+
+/// Where the admin API is and how to print its answers (shared by the admin commands).
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The admin listener.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_ADMIN_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub admin: String,
+}
+
+/// Limits of a key or team, as flags.
+#[derive(Debug, Args, Default)]
+pub struct LimitArgs {
+    /// Requests per minute.
+    #[arg(long)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    #[arg(long)]
+    pub tpm: Option<u64>,
+    /// Requests in flight.
+    #[arg(long)]
+    pub max_concurrency: Option<u32>,
+    /// Budget in USD per period.
+    #[arg(long)]
+    pub budget_usd: Option<f64>,
+    /// daily, weekly, monthly (default) or lifetime.
+    #[arg(long)]
+    pub budget_period: Option<String>,
+}
+
+impl LimitArgs {
+    fn fill(&self, v: &mut Map<String, Value>) {
+        set(v, "rpm", json!(self.rpm));
+        set(v, "tpm", json!(self.tpm));
+        set(v, "max_concurrency", json!(self.max_concurrency));
+        set(v, "budget_usd", json!(self.budget_usd));
+        set(v, "budget_period", json!(self.budget_period));
+    }
+}
+
+fn set(v: &mut Map<String, Value>, k: &str, x: Value) {
+    if !x.is_null() {
+        v.insert(k.to_string(), x);
+    }
+}
+
+/// A limit or field `update` can clear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Clearable {
+    /// Requests per minute.
+    Rpm,
+    /// Tokens per minute.
+    Tpm,
+    /// Requests in flight.
+    MaxConcurrency,
+    /// The budget.
+    BudgetUsd,
+    /// The user (keys only).
+    User,
+    /// The model list (keys only: all models again).
+    Models,
+    /// The expiry (keys only).
+    ExpiresAt,
+}
+
+impl Clearable {
+    fn field(self) -> &'static str {
+        match self {
+            Clearable::Rpm => "rpm",
+            Clearable::Tpm => "tpm",
+            Clearable::MaxConcurrency => "max_concurrency",
+            Clearable::BudgetUsd => "budget_usd",
+            Clearable::User => "user",
+            Clearable::Models => "models",
+            Clearable::ExpiresAt => "expires_at",
+        }
+    }
+}
+
+/// `sluice keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Issue a key; it is printed once and never again.
+    Create {
+        /// A human name.
+        #[arg(long)]
+        name: String,
+        /// The team it belongs to (default: `default`).
+        #[arg(long)]
+        team: Option<String>,
+        /// The user it is issued to.
+        #[arg(long)]
+        user: Option<String>,
+        /// Models it may call, comma-separated (`gpt-*` patterns allowed); default: all.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Its limits.
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Unix second after which the key is refused.
+        #[arg(long)]
+        expires_at: Option<u64>,
+    },
+    /// List every key (never the keys themselves: their prefixes).
+    List,
+    /// Show one key.
+    Show {
+        /// Its id.
+        id: String,
+    },
+    /// Change a key's name, team, user, models, limits or expiry; `--clear` removes one.
+    Update {
+        /// Its id.
+        id: String,
+        /// A new name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Move it to this team.
+        #[arg(long)]
+        team: Option<String>,
+        /// The user it is issued to.
+        #[arg(long)]
+        user: Option<String>,
+        /// Models it may call, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// New limits.
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Unix second after which the key is refused.
+        #[arg(long)]
+        expires_at: Option<u64>,
+        /// Remove a limit or field (repeat for several).
+        #[arg(long, value_enum)]
+        clear: Vec<Clearable>,
+    },
+    /// Issue a new key for the same id; the old one is refused at once.
+    Rotate {
+        /// Its id.
+        id: String,
+    },
+    /// Refuse a key from now on (`--delete` removes it; its usage stays in the ledger).
+    Revoke {
+        /// Its id.
+        id: String,
+        /// Delete instead of disable.
+        #[arg(long)]
+        delete: bool,
+    },
+}
+
+/// `sluice teams` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TeamsAction {
+    /// Create a team with limits its keys share.
+    Create {
+        /// Its name.
+        name: String,
+        /// Its limits.
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// List every team with its keys and spend this period.
+    List,
+    /// Show one team.
+    Show {
+        /// Its name.
+        name: String,
+    },
+    /// Change a team's limits; `--clear` removes one.
+    Update {
+        /// Its name.
+        name: String,
+        /// New limits.
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Remove a limit (repeat for several).
+        #[arg(long, value_enum)]
+        clear: Vec<Clearable>,
+    },
+    /// Delete a team (its keys keep working and keep its name).
+    Delete {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// A failed command: what to print, and the exit status.
+pub(super) struct Failure(pub(super) String, pub(super) u8);
+
+pub(super) type Outcome = Result<String, Failure>;
+
+/// The admin token from the environment.
+fn token() -> Result<String, Failure> {
+    std::env::var("SLUICE_ADMIN_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Failure(
+                "set SLUICE_ADMIN_TOKEN to the gateway's admin token".into(),
+                EXIT_CONFIG,
+            )
+        })
+}
+
+/// One call; the answer's raw body on a 2xx, else a failure naming the API's message.
+pub(super) fn call(
+    admin: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<String, Failure> {
+    let token = token()?;
+    let (status, raw) = admin_call(admin, &token, method, path, body)
+        .map_err(|e| Failure(format!("admin API at {admin}: {e}"), 1))?;
+    if !(200..300).contains(&status) {
+        let v: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
+        let msg = v["error"]["message"]
+            .as_str()
+            .map_or_else(|| raw.clone(), str::to_string);
+        return Err(Failure(format!("{status}: {msg}"), 1));
+    }
+    Ok(raw)
+}
+
+pub(super) fn parse(raw: &str) -> Result<Value, Failure> {
+    serde_json::from_str(raw).map_err(|e| Failure(format!("the answer is not JSON: {e}"), 1))
+}
+
+/// Percent-encodes a path segment or query value.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub(super) fn query(path: &str, q: &[(&str, String)]) -> String {
+    if q.is_empty() {
+        return path.to_string();
+    }
+    let parts: Vec<String> = q
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect();
+    format!("{path}?{}", parts.join("&"))
+}
+
+pub(super) fn finish(outcome: Outcome) -> ExitCode {
+    match outcome {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(Failure(msg, code)) => {
+            eprintln!("sluice: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+pub(super) fn opt_num(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::Number(n) => n.to_string(),
+        other => other.as_str().unwrap_or_default().to_string(),
+    }
+}
+
+fn usd(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |s| format!("${s:.6}"))
+}
+
+fn budget(v: &Value) -> String {
+    match v["budget_usd"].as_f64() {
+        Some(b) => format!("${b} {}", v["budget_period"].as_str().unwrap_or("")),
+        None => "-".into(),
+    }
+}
+
+fn keys_table(list: &[Value]) -> String {
+    let mut t = Table::new(&[
+        ("ID", false),
+        ("NAME", false),
+        ("TEAM", false),
+        ("PREFIX", false),
+        ("STATUS", false),
+        ("RPM", true),
+        ("TPM", true),
+        ("MAX CONC", true),
+        ("BUDGET", false),
+        ("SPEND", true),
+        ("IN FLIGHT", true),
+    ]);
+    for k in list {
+        let s = |f: &str| k[f].as_str().unwrap_or_default().to_string();
+        t.push(vec![
+            s("id"),
+            s("name"),
+            s("team"),
+            s("prefix"),
+            if k["disabled"].as_bool() == Some(true) {
+                "disabled".into()
+            } else {
+                "active".into()
+            },
+            opt_num(&k["rpm"]),
+            opt_num(&k["tpm"]),
+            opt_num(&k["max_concurrency"]),
+            budget(k),
+            usd(&k["spend_usd"]),
+            opt_num(&k["in_flight"]),
+        ]);
+    }
+    t.render()
+}
+
+fn teams_table(list: &[Value]) -> String {
+    let mut t = Table::new(&[
+        ("TEAM", false),
+        ("KEYS", true),
+        ("RPM", true),
+        ("TPM", true),
+        ("MAX CONC", true),
+        ("BUDGET", false),
+        ("SPEND", true),
+        ("IN FLIGHT", true),
+    ]);
+    for r in list {
+        t.push(vec![
+            r["name"].as_str().unwrap_or_default().to_string(),
+            opt_num(&r["keys"]),
+            opt_num(&r["rpm"]),
+            opt_num(&r["tpm"]),
+            opt_num(&r["max_concurrency"]),
+            budget(r),
+            usd(&r["spend_usd"]),
+            opt_num(&r["in_flight"]),
+        ]);
+    }
+    t.render()
+}
+
+pub(super) fn list_of(v: &Value) -> &[Value] {
+    v["data"].as_array().map_or(&[], Vec::as_slice)
+}
+
+fn clear_into(patch: &mut Map<String, Value>, clear: &[Clearable]) {
+    for c in clear {
+        patch.insert(c.field().to_string(), Value::Null);
+    }
+}
+
+/// Runs `sluice keys`.
+pub fn keys(admin: &AdminArgs, raw_json: bool, action: KeysAction) -> ExitCode {
+    let a = &admin.admin;
+    let outcome = (|| -> Outcome {
+        let (method, path, body) = match &action {
+            KeysAction::Create {
+                name,
+                team,
+                user,
+                models,
+                limits,
+                expires_at,
+            } => {
+                let mut v = Map::new();
+                v.insert("name".into(), json!(name));
+                v.insert("models".into(), json!(models));
+                set(&mut v, "team", json!(team));
+                set(&mut v, "user", json!(user));
+                set(&mut v, "expires_at", json!(expires_at));
+                limits.fill(&mut v);
+                ("POST", "/admin/keys".to_string(), Some(Value::Object(v)))
+            }
+            KeysAction::List => ("GET", "/admin/keys".to_string(), None),
+            KeysAction::Show { id } => ("GET", format!("/admin/keys/{}", encode(id)), None),
+            KeysAction::Update {
+                id,
+                name,
+                team,
+                user,
+                models,
+                limits,
+                expires_at,
+                clear,
+            } => {
+                let mut v = Map::new();
+                set(&mut v, "name", json!(name));
+                set(&mut v, "team", json!(team));
+                set(&mut v, "user", json!(user));
+                set(&mut v, "models", json!(models));
+                set(&mut v, "expires_at", json!(expires_at));
+                limits.fill(&mut v);
+                clear_into(&mut v, clear);
+                if v.is_empty() {
+                    return Err(Failure(
+                        "nothing to change: give a flag such as --rpm, or --clear".into(),
+                        EXIT_CONFIG,
+                    ));
+                }
+                (
+                    "PATCH",
+                    format!("/admin/keys/{}", encode(id)),
+                    Some(Value::Object(v)),
+                )
+            }
+            KeysAction::Rotate { id } => {
+                ("POST", format!("/admin/keys/{}/rotate", encode(id)), None)
+            }
+            KeysAction::Revoke { id, delete: true } => {
+                ("DELETE", format!("/admin/keys/{}", encode(id)), None)
+            }
+            KeysAction::Revoke { id, delete: false } => {
+                ("POST", format!("/admin/keys/{}/disable", encode(id)), None)
+            }
+        };
+        let raw = call(a, method, &path, body.as_ref())?;
+        if raw_json {
+            return Ok(format!("{}\n", raw.trim_end()));
+        }
+        let answer = parse(&raw)?;
+        Ok(match &action {
+            KeysAction::List => keys_table(list_of(&answer)),
+            KeysAction::Revoke { delete: true, id } => format!("deleted {id}\n"),
+            _ => {
+                let mut out = keys_table(std::slice::from_ref(&answer));
+                if let Some(key) = answer["key"].as_str() {
+                    out.push_str(&format!(
+                        "\nkey: {key}\n(shown once: store it now; only its hash is kept)\n"
+                    ));
+                }
+                out
+            }
+        })
+    })();
+    finish(outcome)
+}
+
+/// Runs `sluice teams`.
+pub fn teams(admin: &AdminArgs, raw_json: bool, action: TeamsAction) -> ExitCode {
+    let a = &admin.admin;
+    let outcome = (|| -> Outcome {
+        let (method, path, body) = match &action {
+            TeamsAction::Create { name, limits } => {
+                let mut v = Map::new();
+                v.insert("name".into(), json!(name));
+                limits.fill(&mut v);
+                ("POST", "/admin/teams".to_string(), Some(Value::Object(v)))
+            }
+            TeamsAction::List => ("GET", "/admin/teams".to_string(), None),
+            TeamsAction::Show { name } => ("GET", format!("/admin/teams/{}", encode(name)), None),
+            TeamsAction::Update {
+                name,
+                limits,
+                clear,
+            } => {
+                let mut v = Map::new();
+                limits.fill(&mut v);
+                for c in clear {
+                    if matches!(
+                        c,
+                        Clearable::User | Clearable::Models | Clearable::ExpiresAt
+                    ) {
+                        return Err(Failure(
+                            format!("a team has no `{}`", c.field()),
+                            EXIT_CONFIG,
+                        ));
+                    }
+                }
+                clear_into(&mut v, clear);
+                if v.is_empty() {
+                    return Err(Failure(
+                        "nothing to change: give a flag such as --rpm, or --clear".into(),
+                        EXIT_CONFIG,
+                    ));
+                }
+                (
+                    "PATCH",
+                    format!("/admin/teams/{}", encode(name)),
+                    Some(Value::Object(v)),
+                )
+            }
+            TeamsAction::Delete { name } => {
+                ("DELETE", format!("/admin/teams/{}", encode(name)), None)
+            }
+        };
+        let raw = call(a, method, &path, body.as_ref())?;
+        if raw_json {
+            return Ok(format!("{}\n", raw.trim_end()));
+        }
+        let answer = parse(&raw)?;
+        Ok(match &action {
+            TeamsAction::List => teams_table(list_of(&answer)),
+            TeamsAction::Delete { name } => format!("deleted team {name}\n"),
+            _ => teams_table(std::slice::from_ref(&answer)),
+        })
+    })();
+    finish(outcome)
+}
+
+/// One HTTP/1.1 call to the admin API over a plain TCP connection: (status, raw body).
+fn admin_call(
+    base: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let rest = base
+        .strip_prefix("http://")
+        .ok_or("the admin URL must start with http://")?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    let addr = host
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("cannot resolve {host}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {token}\r\n\
+         x-sluice-client: cli\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("cannot send: {e}"))?;
+    let mut buf = Vec::new();
+    stream
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read the answer: {e}"))?;
+    let (head, len) = sluice_core::http1::parse_response_head(&buf, 64 * 1024, false)
+        .map_err(|e| format!("bad answer: {e}"))?
+        .ok_or("incomplete answer")?;
+    let raw = String::from_utf8_lossy(buf.get(len..).unwrap_or_default()).into_owned();
+    Ok((head.status, raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_encoded() {
+        assert_eq!(encode("a b/c"), "a%20b%2Fc");
+        assert_eq!(
+            query(
+                "/admin/usage",
+                &[("key_id", "key_1".into()), ("from", "2024-01-01".into())]
+            ),
+            "/admin/usage?key_id=key_1&from=2024-01-01"
+        );
+        assert_eq!(query("/admin/spend", &[]), "/admin/spend");
+    }
+}
