@@ -97,8 +97,8 @@ const VERSIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS sluice_schema_migration
     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
 )";
 
-/// A connection's schema for [`migrate::migrate`]: versions in `sluice_schema_migrations`,
-/// each migration under the advisory lock.
+/// A connection's [`Schema`] (what `migrate::migrate` runs on): versions in
+/// `sluice_schema_migrations`, each migration under the advisory lock.
 pub struct PgSchema<'a>(pub &'a mut Client);
 
 /// The highest applied migration (0 on an empty database).
