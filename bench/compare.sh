@@ -2,23 +2,26 @@
 # bench/compare.sh [--quick]: Sluice vs nginx vs the mock directly, on 127.0.0.1.
 #
 # Builds the release binaries, starts two mocks (one on the gateway's core for
-# the direct-xcore baseline), Sluice and nginx (a plain keep-alive reverse proxy
-# on the same mock), runs the standard suite with sluice-load and writes
+# the direct-xcore baseline), two Sluice gateways (bare, and sluice_full with
+# keys, the SQLite ledger, the access log and metrics) and nginx (a plain
+# keep-alive reverse proxy on the same mock), runs the standard suite and the
+# idle-connections phase with sluice-load and writes
 # $OUT/report.md, $OUT/report.json and $OUT/latency.svg (OUT defaults to
 # target/bench). See bench/README.md for what each number means.
 #
 # Environment:
 #   SLUICE_TARGET_DIR        cargo target dir (default: <repo>/target)
 #   SLUICE_BENCH_OUT         output dir (default: $SLUICE_TARGET_DIR/bench)
-#   SLUICE_BENCH_PORT_BASE   ports used: base+1, base+2, base+80, base+81 (default 19100)
+#   SLUICE_BENCH_PORT_BASE   ports used: base+1, base+2, base+80..82, base+90..91 (default 19100)
 #   SLUICE_BENCH_NO_NGINX=1  skip nginx (no install, no runs)
 #   SLUICE_BENCH_NO_BUILD=1  use the binaries already built
 #   SLUICE_BENCH_SWEEP_GAP_MS chunk pacing of the concurrent-streams sweep (default 50)
+#   SLUICE_BENCH_IDLE_CONNS  connections of the idle-connections phase (default 10000; 0 skips it)
 #   SLUICE_DRIVER            passed through to Sluice and the mocks (io_uring or epoll)
 set -euo pipefail
 
 usage() {
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 QUICK=0
@@ -40,6 +43,12 @@ MOCK_PORT=$((PORT_BASE + 1))
 XCORE_PORT=$((PORT_BASE + 2))
 SLUICE_PORT=$((PORT_BASE + 80))
 NGINX_PORT=$((PORT_BASE + 81))
+FULL_PORT=$((PORT_BASE + 82))
+ADMIN_PORT=$((PORT_BASE + 90))
+FULL_ADMIN_PORT=$((PORT_BASE + 91))
+# sluice_full's one virtual key: written into its config, sent by sluice-load.
+FULL_KEY=sk-sluice-bench-full-0123456789
+IDLE_CONNS=${SLUICE_BENCH_IDLE_CONNS:-10000}
 PATH_=/v1/chat/completions
 T0=$(date +%s)
 
@@ -106,6 +115,7 @@ cleanup() {
   done
   mkdir -p "$OUT/logs"
   cp "$WORK"/*.log "$WORK"/*.toml "$WORK"/nginx/nginx.conf "$OUT/logs/" 2>/dev/null || true
+  head -c 65536 "$WORK/full/access.jsonl" >"$OUT/logs/sluice-full-head.log" 2>/dev/null || true
   rm -rf "$WORK"
   exit "$rc"
 }
@@ -183,7 +193,7 @@ LOADAVG_START=$(cut -d' ' -f1 /proc/loadavg)
 # More file descriptors for thousands of streams (children inherit it).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-for p in $MOCK_PORT $XCORE_PORT $SLUICE_PORT $NGINX_PORT; do
+for p in $MOCK_PORT $XCORE_PORT $SLUICE_PORT $NGINX_PORT $FULL_PORT $ADMIN_PORT $FULL_ADMIN_PORT; do
   port_free "$p" || die "port $p is in use (set SLUICE_BENCH_PORT_BASE)"
 done
 rm -rf "$RAW"
@@ -211,11 +221,16 @@ workers = $GW_WORKERS
 # Under taskset the worker pins to the one allowed core.
 pin_workers = true
 drain_timeout_ms = 1000
+# The idle-connections phase holds $IDLE_CONNS client connections on the one worker.
+max_connections_per_worker = 16384
 
 [log]
 level = "info"
 format = "json"
 access_log = false
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
 
 [[providers]]
 name = "mock"
@@ -233,6 +248,69 @@ EOF
 taskset -c "$GW_CORE" "$BIN/sluice" serve --config "$WORK/sluice.toml" >"$WORK/sluice.log" 2>&1 &
 SLUICE_PID=$!
 PIDS+=("$SLUICE_PID")
+
+# sluice_full: what users run. Keys required (one key with limits far above what the bench
+# sends), the SQLite ledger in the temp dir, the JSON access log to a file (its stdout),
+# metrics on the admin listener. The same core, one worker.
+mkdir -p "$WORK/full"
+cat >"$WORK/sluice-full.toml" <<EOF
+# Written by bench/compare.sh: the bench's Sluice with the features users run turned on.
+auth = "keys"
+
+[server]
+listen = "127.0.0.1:$FULL_PORT"
+workers = $GW_WORKERS
+pin_workers = true
+drain_timeout_ms = 1000
+max_connections_per_worker = 16384
+
+[log]
+level = "info"
+format = "json"
+access_log = true
+
+[admin]
+enabled = true
+listen = "127.0.0.1:$FULL_ADMIN_PORT"
+
+[store]
+path = "$WORK/full/sluice.db"
+
+[[keys]]
+name = "bench"
+key = "$FULL_KEY"
+team = "bench"
+rpm = 1000000000
+tpm = 1000000000000
+budget_usd = 1000000000.0
+
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "http://127.0.0.1:$MOCK_PORT/v1"
+
+[[models]]
+name = "mock-fast"
+deployments = [{ provider = "mock", model = "mock-model" }]
+
+[[models]]
+name = "mock-stream"
+deployments = [{ provider = "mock", model = "mock-stream-model" }]
+
+[prices."mock-model"]
+input_per_mtok = 2.5
+output_per_mtok = 10.0
+
+[prices."mock-stream-model"]
+input_per_mtok = 2.5
+output_per_mtok = 10.0
+EOF
+# The access log is large (a line per request): it stays in the temp dir; its first
+# 64 KiB are kept in logs/ and its line count in meta.json.
+taskset -c "$GW_CORE" "$BIN/sluice" serve --config "$WORK/sluice-full.toml" \
+  >"$WORK/full/access.jsonl" 2>&1 &
+FULL_PID=$!
+PIDS+=("$FULL_PID")
 
 NGINX_PID="" NGINX_PIDS=()
 if [ -n "$NGINX" ]; then
@@ -279,6 +357,7 @@ fi
 wait_port "$MOCK_PORT" || die "mock did not start: $(cat "$WORK/mock.log")"
 wait_port "$XCORE_PORT" || die "direct-xcore mock did not start: $(cat "$WORK/mock-xcore.log")"
 wait_port "$SLUICE_PORT" || die "sluice did not start: $(tail -5 "$WORK/sluice.log")"
+wait_port "$FULL_PORT" || die "sluice_full did not start: $(tail -5 "$WORK/full/access.jsonl")"
 if [ -n "$NGINX_PID" ]; then
   if wait_port "$NGINX_PORT"; then
     sleep 0.2
@@ -293,37 +372,53 @@ DRIVER=$(sed -n 's/.*"driver":"\([a-z_]*\)".*/\1/p' "$WORK/sluice.log" | head -1
 DIRECT=http://127.0.0.1:$MOCK_PORT$PATH_
 XCORE=http://127.0.0.1:$XCORE_PORT$PATH_
 GATEWAY=http://127.0.0.1:$SLUICE_PORT$PATH_
+FULL=http://127.0.0.1:$FULL_PORT$PATH_
+AUTH_HEADER="authorization: Bearer $FULL_KEY"
 NGINX_URL=""
 [ -n "$NGINX_PID" ] && NGINX_URL=http://127.0.0.1:$NGINX_PORT$PATH_
 
 # One request per system and shape, so the suite does not run against a broken setup.
+# check URL [HEADER]
 check() {
   local url=$1 body out
+  local hdr=(-H 'content-type: application/json')
+  [ -n "${2:-}" ] && hdr+=(-H "$2")
   body='{"model":"mock-fast","messages":[{"role":"user","content":"hi"}]}'
-  out=$(curl -sf --max-time 5 "$url" -H 'content-type: application/json' -d "$body") ||
+  out=$(curl -sf --max-time 5 "$url" "${hdr[@]}" -d "$body") ||
     die "no answer from $url"
   case "$out" in *chat.completion*) ;; *) die "unexpected answer from $url: $out" ;; esac
   body='{"model":"mock-fast","stream":true,"messages":[{"role":"user","content":"hi"}]}'
-  out=$(curl -sfN --max-time 5 "$url" -H 'content-type: application/json' \
+  out=$(curl -sfN --max-time 5 "$url" "${hdr[@]}" \
     -H 'x-mock-chunks: 3' -d "$body" | grep -c '"content":"[^"]' || true)
   [ "$out" = 3 ] || die "stream through $url carried $out content chunks, not 3"
 }
 for u in "$DIRECT" "$XCORE" "$GATEWAY" $NGINX_URL; do check "$u"; done
+check "$FULL" "$AUTH_HEADER"
+# sluice_full really requires its key: without one the answer is 401.
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$FULL" \
+  -H 'content-type: application/json' -d '{"model":"mock-fast","messages":[]}' || true)
+[ "$code" = 401 ] || die "sluice_full answered $code without a key, not 401"
+# ... and serves its metrics (on the admin listener), which count the requests above.
+curl -sf --max-time 5 "http://127.0.0.1:$FULL_ADMIN_PORT/metrics" | grep -q '^sluice_' ||
+  die "sluice_full serves no metrics on 127.0.0.1:$FULL_ADMIN_PORT/metrics"
 sleep 1
+FULL_RSS_IDLE=$(kib VmRSS "$FULL_PID")
 SLUICE_RSS_IDLE=$(kib VmRSS "$SLUICE_PID")
 NGINX_RSS_IDLE=0
 [ -n "$NGINX_PID" ] && NGINX_RSS_IDLE=$(kib VmRSS "${NGINX_PIDS[@]}")
-log "idle RSS: sluice $((SLUICE_RSS_IDLE / 1024)) MiB, nginx $((NGINX_RSS_IDLE / 1024)) MiB (driver ${DRIVER:-?})"
+log "idle RSS: sluice $((SLUICE_RSS_IDLE / 1024)) MiB, sluice_full $((FULL_RSS_IDLE / 1024)) MiB, nginx $((NGINX_RSS_IDLE / 1024)) MiB (driver ${DRIVER:-?})"
 
 # ---------------------------------------------------------------------------
 # Load. Every sluice-load call runs pinned to LOAD_CORE and under a timeout.
 LOAD=(taskset -c "$LOAD_CORE" "$BIN/sluice-load")
 COMMON=(--threads 1 --pin-cores "$LOAD_CORE" --quiet)
-PID_ARGS=(--pid "$SLUICE_PID")
+PID_ARGS=(--pid "$SLUICE_PID" --pid "$FULL_PID")
 for p in "${NGINX_PIDS[@]}"; do PID_ARGS+=(--pid "$p"); done
-TARGETS=(--direct "$DIRECT" --direct-xcore "$XCORE" --gateway "$GATEWAY")
+TARGETS=(--direct "$DIRECT" --direct-xcore "$XCORE" --gateway "$GATEWAY"
+  --target "sluice_full=$FULL" --target-header "sluice_full=$AUTH_HEADER")
 [ -n "$NGINX_URL" ] && TARGETS+=(--nginx "$NGINX_URL")
-NT=$((${#TARGETS[@]} / 2))
+NT=4
+[ -n "$NGINX_URL" ] && NT=5
 STREAM_ARGS=(--stream --expect-chunks "$STREAM_CHUNKS" --expect-gap-ms "$STREAM_GAP_MS"
   -H "x-mock-chunks: $STREAM_CHUNKS" -H "x-mock-chunk-delay-ms: $STREAM_GAP_MS")
 SWEEP_ARGS=(--stream --expect-chunks "$STREAM_CHUNKS" --expect-gap-ms "$SWEEP_GAP_MS"
@@ -354,6 +449,8 @@ for u in "$DIRECT" "$XCORE" "$GATEWAY" $NGINX_URL; do
   timeout -k 5 30 "${LOAD[@]}" run --url "$u" --concurrency 8 --duration "$WARM_D" \
     "${COMMON[@]}" >/dev/null 2>&1 || log "warning: warm-up of $u failed"
 done
+timeout -k 5 30 "${LOAD[@]}" run --url "$FULL" --concurrency 8 --duration "$WARM_D" \
+  -H "$AUTH_HEADER" "${COMMON[@]}" >/dev/null 2>&1 || log "warning: warm-up of $FULL failed"
 
 compare_phase c1 "$ROUNDS" "$ROUND_S" "$ROUND_D" --concurrency 1
 RATE_META=""
@@ -367,6 +464,7 @@ compare_phase stream "$STREAM_ROUNDS" "$STREAM_S" "$STREAM_D" --concurrency "$ST
 
 # RSS after the request/response phases, before the sweep opens thousands of streams.
 SLUICE_RSS_MID=$(kib VmRSS "$SLUICE_PID")
+FULL_RSS_MID=$(kib VmRSS "$FULL_PID")
 NGINX_RSS_MID=0
 [ -n "$NGINX_PID" ] && NGINX_RSS_MID=$(kib VmRSS "${NGINX_PIDS[@]}")
 
@@ -383,6 +481,7 @@ sweep() {
 }
 sweep direct "$DIRECT"
 sweep sluice "$GATEWAY" --pid "$SLUICE_PID"
+sweep sluice_full "$FULL" --pid "$FULL_PID" -H "$AUTH_HEADER"
 if [ -n "$NGINX_URL" ]; then
   NGINX_PID_ARGS=()
   for p in "${NGINX_PIDS[@]}"; do NGINX_PID_ARGS+=(--pid "$p"); done
@@ -394,11 +493,61 @@ sleep 3
 kill -0 "$SLUICE_PID" 2>/dev/null || die "sluice died during the suite: $(tail -5 "$WORK/sluice.log")"
 SLUICE_RSS_AFTER=$(kib VmRSS "$SLUICE_PID")
 SLUICE_RSS_PEAK=$(kib VmHWM "$SLUICE_PID")
+kill -0 "$FULL_PID" 2>/dev/null ||
+  die "sluice_full died during the suite: $(tail -5 "$WORK/full/access.jsonl")"
+FULL_RSS_AFTER=$(kib VmRSS "$FULL_PID")
+FULL_RSS_PEAK=$(kib VmHWM "$FULL_PID")
 NGINX_RSS_AFTER=0 NGINX_RSS_PEAK=0
 if [ -n "$NGINX_PID" ]; then
   NGINX_RSS_AFTER=$(kib VmRSS "${NGINX_PIDS[@]}")
   NGINX_RSS_PEAK=$(kib VmHWM "${NGINX_PIDS[@]}")
 fi
+
+# ---------------------------------------------------------------------------
+# Idle connections: IDLE_CONNS keep-alive connections to one gateway at a time, one request
+# each, then held silent. RSS before (nothing connected), while held, and 3 s after they
+# close. sluice-load prints "holding N connections" once they are all open, and closes them
+# on SIGUSR1 (or after 60 s).
+IDLE_META=""
+# idle_conns SYSTEM URL HEADER PID...
+idle_conns() {
+  local sys=$1 url=$2 hdr=$3
+  shift 3
+  local pids=("$@") before held after out n lpid
+  local hargs=()
+  [ -n "$hdr" ] && hargs=(-H "$hdr")
+  out=$RAW/idle-$sys.txt
+  before=$(kib VmRSS "${pids[@]}")
+  log "idle connections on $sys: $IDLE_CONNS keep-alive connections, one request each"
+  timeout -k 5 150 "${LOAD[@]}" idle --url "$url" --connections "$IDLE_CONNS" --hold 60s \
+    --open-timeout 80s "${hargs[@]}" --json "$RAW/idle-$sys.json" >"$out" 2>&1 &
+  lpid=$!
+  PIDS+=("$lpid")
+  for _ in $(seq 1000); do
+    grep -q '^holding' "$out" 2>/dev/null && break
+    kill -0 "$lpid" 2>/dev/null || break
+    sleep 0.1
+  done
+  n=$(sed -n 's/^holding \([0-9]*\) connections.*/\1/p' "$out")
+  sleep 1
+  held=$(kib VmRSS "${pids[@]}")
+  # The signal goes to sluice-load itself (timeout's child), not to timeout, which would die
+  # of it and leave sluice-load holding the connections.
+  for c in $(ps -o pid= --ppid "$lpid"); do kill -USR1 "$c" 2>/dev/null || true; done
+  wait "$lpid" || log "warning: idle on $sys failed: $(tail -2 "$out")"
+  sleep 3
+  after=$(kib VmRSS "${pids[@]}")
+  log "idle connections on $sys: ${n:-0} held; RSS $((before / 1024)) → $((held / 1024)) → $((after / 1024)) MiB"
+  IDLE_META+="${IDLE_META:+, }\"$sys\": {\"held\": ${n:-0}, \"before_kib\": $before, "
+  IDLE_META+="\"held_kib\": $held, \"after_kib\": $after, \"file\": \"idle-$sys.json\"}"
+}
+if [ "$IDLE_CONNS" -gt 0 ]; then
+  idle_conns sluice "$GATEWAY" "" "$SLUICE_PID"
+  idle_conns sluice_full "$FULL" "$AUTH_HEADER" "$FULL_PID"
+  [ -n "$NGINX_URL" ] && idle_conns nginx "$NGINX_URL" "" "${NGINX_PIDS[@]}"
+fi
+ACCESS_LOG_LINES=$(grep -c 'sluice::access' "$WORK/full/access.jsonl" || true)
+STORE_BYTES=$(du -sb "$WORK/full" | cut -f1)
 SUITE_S=$(($(date +%s) - S0))
 LOADAVG_END=$(cut -d' ' -f1 /proc/loadavg)
 
@@ -420,6 +569,9 @@ cat >"$RAW/meta.json" <<EOF
   "sluice_workers": $GW_WORKERS,
   "nginx_workers": $GW_WORKERS,
   "sluice_pid": $SLUICE_PID,
+  "sluice_full_pid": $FULL_PID,
+  "sluice_full": {"port": $FULL_PORT, "access_log_lines": ${ACCESS_LOG_LINES:-0},
+                  "store_dir_bytes": ${STORE_BYTES:-0}},
   "nginx_pids": $(json_list ${NGINX_PID:+"${NGINX_PIDS[@]}"}),
   "c1": "c1.json",
   "rates": [$RATE_META],
@@ -428,9 +580,13 @@ cat >"$RAW/meta.json" <<EOF
              "concurrency": $STREAM_CONC},
   "sweep": {"counts": [$SWEEP_COUNTS], "chunks": $STREAM_CHUNKS, "gap_ms": $SWEEP_GAP_MS,
             "files": {$SWEEP_FILES}},
+  "rounds": {"c1": $ROUNDS, "rate": $ROUNDS, "closed": $CLOSED_ROUNDS, "stream": $STREAM_ROUNDS},
+  "idle_conns": {"connections": $IDLE_CONNS, "systems": {$IDLE_META}},
   "rss_kib": {
     "sluice": {"idle": $SLUICE_RSS_IDLE, "mid": $SLUICE_RSS_MID, "peak": $SLUICE_RSS_PEAK,
                "after": $SLUICE_RSS_AFTER},
+    "sluice_full": {"idle": $FULL_RSS_IDLE, "mid": $FULL_RSS_MID, "peak": $FULL_RSS_PEAK,
+                    "after": $FULL_RSS_AFTER},
     "nginx": {"idle": $NGINX_RSS_IDLE, "mid": $NGINX_RSS_MID, "peak": $NGINX_RSS_PEAK,
               "after": $NGINX_RSS_AFTER}
   },

@@ -7,6 +7,12 @@
 //!   and building nothing: the floor for any serde-based probe.
 //! - `inspect/utf8_only/*` and `inspect/serde_ignored_str/*`: the two passes `probe` makes
 //!   (`std::str::from_utf8`, then serde_json over the `&str`), timed apart.
+//! - `parsers/{serde_probe,sonic_probe,sonic_get,simd_probe}/{1KB,10KB,200KB}`: the same
+//!   routing fields read by serde_json's borrowed probe (`inspect`, what the gateway runs), by
+//!   sonic-rs into the same borrowed struct (`LazyValue`s keep the raw spans the splice
+//!   rewrite needs), by sonic-rs's `get_many` (no full validation of the rest of the body),
+//!   and by simd-json (parses in place, so on a copy of the body, copy included; its strings
+//!   then point into the mutated copy, so spans into the original must be found again).
 //! - `rewrite/*`: splicing the upstream model name (and `stream_options.include_usage`) into a
 //!   copy of the body, into a reused buffer as the proxy does.
 
@@ -111,5 +117,106 @@ fn bench_rewrite(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_inspect, bench_rewrite);
+/// The probe's fields, for sonic-rs: raw borrowed values where the gateway keeps spans.
+#[derive(serde::Deserialize)]
+struct SonicProbe<'a> {
+    #[serde(borrow, default)]
+    model: Option<sonic_rs::LazyValue<'a>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(borrow, default)]
+    stream_options: Option<sonic_rs::LazyValue<'a>>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+}
+
+/// The probe's fields, for simd-json (strings borrowed from the mutated copy).
+#[derive(serde::Deserialize)]
+struct SimdProbe<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a str>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+}
+
+const PARSER_SIZES: [(&str, usize); 3] =
+    [("1KB", 1024), ("10KB", 10 * 1024), ("200KB", 200 * 1024)];
+
+fn bench_parsers(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parsers");
+    for (label, size) in PARSER_SIZES {
+        let body = chat_body(size);
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        // All four must read the same model, so none skips the work.
+        let want = inspect(&body).unwrap().model;
+        let sonic: SonicProbe<'_> = sonic_rs::from_slice(&body).unwrap();
+        assert_eq!(sonic.model.unwrap().as_raw_str(), format!("\"{want}\""));
+        let mut copy = body.clone();
+        let simd: SimdProbe<'_> = simd_json::serde::from_slice(&mut copy).unwrap();
+        assert_eq!(simd.model, Some(want.as_str()));
+
+        g.bench_with_input(BenchmarkId::new("serde_probe", label), &body, |b, body| {
+            b.iter(|| inspect(black_box(body)).unwrap())
+        });
+        g.bench_with_input(BenchmarkId::new("sonic_probe", label), &body, |b, body| {
+            b.iter(|| {
+                let p: SonicProbe<'_> = sonic_rs::from_slice(black_box(body)).unwrap();
+                black_box((
+                    p.model.map(|m| m.as_raw_str().len()),
+                    p.stream,
+                    p.stream_options.map(|o| o.as_raw_str().len()),
+                    p.max_tokens
+                        .or(p.max_completion_tokens)
+                        .or(p.max_output_tokens),
+                ))
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("sonic_get", label), &body, |b, body| {
+            let mut tree = sonic_rs::PointerTree::new();
+            for field in ["model", "stream", "stream_options", "max_tokens"] {
+                tree.add_path(&[field]);
+            }
+            b.iter(|| {
+                let got = sonic_rs::get_many(black_box(body.as_slice()), &tree).unwrap();
+                black_box(
+                    got.iter()
+                        .flatten()
+                        .map(|v| v.as_raw_str().len())
+                        .sum::<usize>(),
+                )
+            })
+        });
+        let mut scratch = Vec::with_capacity(body.len());
+        g.bench_function(BenchmarkId::new("simd_probe", label), |b| {
+            b.iter(|| {
+                scratch.clear();
+                scratch.extend_from_slice(black_box(&body));
+                let p: SimdProbe<'_> = simd_json::serde::from_slice(&mut scratch).unwrap();
+                black_box((
+                    p.model.map(str::len),
+                    p.stream,
+                    p.stream_options.is_some(),
+                    p.max_tokens
+                        .or(p.max_completion_tokens)
+                        .or(p.max_output_tokens),
+                ))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_inspect, bench_parsers, bench_rewrite);
 criterion_main!(benches);

@@ -11,6 +11,9 @@
 
 #![warn(missing_docs)]
 
+pub mod alloc_count;
+pub mod report;
+
 /// A SplitMix64 generator: tiny, seedable and good enough to vary fixture shapes and routing
 /// rolls. Not for anything that needs real randomness.
 #[derive(Clone, Debug)]

@@ -193,16 +193,22 @@ fn stalled_lost_and_clean_streams() {
 }
 
 fn cli_json(args: &[&str]) -> serde_json::Value {
+    // Tests run in parallel: each call gets a file of its own.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "sluice-load-test-{}-{}",
+        "sluice-load-test-{}-{}-{}",
         std::process::id(),
-        args[1]
+        args[0],
+        CALLS.fetch_add(1, Ordering::Relaxed)
     ));
     let json = dir.with_extension("json");
     let mut argv: Vec<&str> = vec!["sluice-load"];
     argv.extend_from_slice(args);
     let json_arg = json.to_string_lossy().into_owned();
-    argv.extend_from_slice(&["--json", &json_arg, "--quiet"]);
+    argv.extend_from_slice(&["--json", &json_arg]);
+    if args[0] != "idle" {
+        argv.push("--quiet");
+    }
     let cli = Cli::try_parse_from(argv).unwrap();
     let text = execute(&cli).unwrap();
     assert!(!text.is_empty());
@@ -317,4 +323,142 @@ fn procstat_reads_this_process() {
     assert_eq!(r.len(), 1);
     assert!(r[0].rss_idle_mib > 0.0 && r[0].rss_peak_mib >= r[0].rss_idle_mib);
     assert!(procstat::Sampler::start(&[u32::MAX]).is_err());
+}
+
+/// A keep-alive server that answers 200 to requests carrying
+/// `authorization: Bearer sk-test` and 401 to the rest, like a gateway that
+/// requires keys. Each connection gets a thread, which ends when the client
+/// closes it.
+fn key_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            std::thread::spawn(move || answer_keyed(conn));
+        }
+    });
+    addr
+}
+
+fn answer_keyed(mut conn: TcpStream) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // One request: the head, then Content-Length bytes of body.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let body_len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while buf.len() < head_end + body_len {
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + body_len);
+        let answer: &[u8] = if head.contains("\r\nauthorization: bearer sk-test\r\n") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+        } else {
+            b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\n{}"
+        };
+        if conn.write_all(answer).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn compare_sends_each_named_target_its_own_headers() {
+    let direct = mock(4, 0, 0);
+    let keyed = url(key_server());
+    let full = format!("full={keyed}");
+    let v = cli_json(&[
+        "compare",
+        "--direct",
+        &url(direct.addr()),
+        "--gateway",
+        &keyed,
+        "--target",
+        &full,
+        "--target-header",
+        "full=authorization: Bearer sk-test",
+        "--concurrency",
+        "2",
+        "--rounds",
+        "2",
+        "--round-duration",
+        "200ms",
+    ]);
+    let targets = v["targets"].as_array().unwrap();
+    let names: Vec<&str> = targets
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["direct", "gateway", "full"]);
+    // The gateway got no key: every request refused. The named target got it.
+    let gw = &targets[1]["summary"];
+    assert_eq!(gw["ok"], 0, "{gw}");
+    assert!(gw["errors"]["status"]["401"].as_u64().unwrap() > 0, "{gw}");
+    let full = &targets[2];
+    assert_eq!(full["summary"]["errors"]["total"], 0, "{full}");
+    assert!(full["summary"]["ok"].as_u64().unwrap() > 0);
+    // Round by round as well as merged.
+    let rounds = full["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    let per_round: u64 = rounds.iter().map(|r| r["ok"].as_u64().unwrap()).sum();
+    assert_eq!(per_round, full["summary"]["ok"].as_u64().unwrap());
+    // Every core's busy share during its runs, in [0, 1].
+    let busy = full["summary"]["core_busy"].as_array().unwrap();
+    assert!(!busy.is_empty());
+    assert!(busy
+        .iter()
+        .all(|b| (0.0..=1.0).contains(&b.as_f64().unwrap())));
+}
+
+#[test]
+fn idle_opens_holds_and_closes_keep_alive_connections() {
+    let m = mock(4, 0, 0);
+    let v = cli_json(&[
+        "idle",
+        "--url",
+        &url(m.addr()),
+        "--connections",
+        "50",
+        "--hold",
+        "200ms",
+    ]);
+    assert_eq!(
+        (v["held"].as_u64(), v["failed"].as_u64()),
+        (Some(50), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["signalled"], false);
+    assert!(v["hold_s"].as_f64().unwrap() >= 0.2);
+    // A server that refuses every request: each connection counts as failed.
+    let v = cli_json(&[
+        "idle",
+        "--url",
+        &url(key_server()),
+        "--connections",
+        "3",
+        "--hold",
+        "10ms",
+    ]);
+    assert_eq!(
+        (v["held"].as_u64(), v["failed"].as_u64()),
+        (Some(0), Some(3)),
+        "{v}"
+    );
+    assert!(v["first_error"].as_str().unwrap().contains("401"), "{v}");
 }

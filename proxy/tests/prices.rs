@@ -64,15 +64,17 @@ fn catalog_prices_and_unpriced_models_are_counted() {
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-sluice-cost-usd"), None);
     }
-    let metrics = Client::connect(gw.admin.unwrap()).get("/metrics").text();
-    assert_eq!(
-        sample(
-            &metrics,
-            "sluice_unpriced_requests_total{model=\"mock-stream\"}"
-        ),
-        2.0,
-        "{metrics}"
+    // Counted at settlement, just after the answer is written: wait for the second one.
+    let admin = gw.admin.unwrap();
+    let series = "sluice_unpriced_requests_total{model=\"mock-stream\"}";
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || {
+            sample(&Client::connect(admin).get("/metrics").text(), series) == 2.0
+        }),
+        "{}",
+        Client::connect(admin).get("/metrics").text()
     );
+    let metrics = Client::connect(admin).get("/metrics").text();
     assert!(!metrics.contains("sluice_unpriced_requests_total{model=\"mock-fast\"}"));
     gw.sigterm();
     gw.wait_exit(std::time::Duration::from_secs(10));

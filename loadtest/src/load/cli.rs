@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use super::compare::{compare, CompareSpec, CompareTarget};
+use super::idle::{idle, IdleSpec};
 use super::sweep::{frontier, streams, FrontierSpec, StreamsSpec, DEFAULT_BOUNDS_MS};
 use super::{default_body, run, Load, RunSpec, StreamSpec};
 
@@ -61,6 +62,13 @@ pub enum Command {
         /// nginx as a plain reverse proxy in front of the same upstream.
         #[arg(long)]
         nginx: Option<String>,
+        /// Another system, `NAME=URL` (repeatable); runs after the gateway, before nginx.
+        #[arg(long = "target", value_parser = parse_named)]
+        targets: Vec<(String, String)>,
+        /// A header for one target only, `NAME=HEADER: VALUE` (repeatable); NAME is a
+        /// `--target` name or direct, direct-xcore, gateway, nginx.
+        #[arg(long = "target-header", value_parser = parse_target_header)]
+        target_headers: Vec<(String, (String, String))>,
         /// The offered load.
         #[command(flatten)]
         load: LoadArgs,
@@ -91,6 +99,33 @@ pub enum Command {
         /// Options shared by all subcommands.
         #[command(flatten)]
         common: Common,
+    },
+    /// Many idle keep-alive connections: open N, one request each, hold them silent, close.
+    Idle {
+        /// Target URL.
+        #[arg(long)]
+        url: String,
+        /// Connections to open (one after another).
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Hold them at most this long (SIGTERM, SIGINT or SIGUSR1 ends the hold sooner).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        hold: Duration,
+        /// Stop opening after this long and hold what is open.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        open_timeout: Duration,
+        /// Connect, write and read timeout of each connection's one exchange.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Extra request header `name: value` (repeatable).
+        #[arg(long = "header", short = 'H', value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+        /// Model of the default chat body.
+        #[arg(long, default_value = "mock-fast")]
+        model: String,
+        /// Write the JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// A sweep of concurrent streams: the most carried with no stalled or lost chunk.
     Streams {
@@ -240,6 +275,28 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("bad duration {s:?}"))
 }
 
+/// Parses `NAME=REST` (a `--target` or `--target-header`).
+pub fn parse_named(s: &str) -> Result<(String, String), String> {
+    let (name, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not `NAME=...`"))?;
+    let name = name.trim();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    {
+        return Err(format!("bad target name in {s:?}"));
+    }
+    Ok((name.to_owned(), rest.to_owned()))
+}
+
+/// Parses `NAME=HEADER: VALUE`.
+pub fn parse_target_header(s: &str) -> Result<(String, (String, String)), String> {
+    let (name, header) = parse_named(s)?;
+    Ok((name, parse_header(&header)?))
+}
+
 /// Parses `name: value`.
 pub fn parse_header(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
@@ -251,6 +308,42 @@ pub fn parse_header(s: &str) -> Result<(String, String), String> {
         return Err(format!("bad header {s:?}"));
     }
     Ok((k.to_owned(), v.trim().to_owned()))
+}
+
+/// The targets of `compare` in round order, each with its own headers.
+/// Duplicate names, and headers for a name that is not a target, are
+/// refused (a typo would otherwise send no key and measure 401s).
+fn compare_targets(
+    named: &[(&str, &str, bool)],
+    headers: &[(String, (String, String))],
+) -> io::Result<Vec<CompareTarget>> {
+    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+    for (i, (name, _, _)) in named.iter().enumerate() {
+        if named[..i].iter().any(|(n, _, _)| n == name) {
+            return Err(bad(format!("two targets are named {name}")));
+        }
+    }
+    if let Some((name, _)) = headers
+        .iter()
+        .find(|(n, _)| !named.iter().any(|(t, _, _)| t == n))
+    {
+        return Err(bad(format!(
+            "--target-header for {name}, which is not a target"
+        )));
+    }
+    Ok(named
+        .iter()
+        .map(|&(name, url, baseline)| CompareTarget {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            baseline,
+            headers: headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, h)| h.clone())
+                .collect(),
+        })
+        .collect())
 }
 
 /// Parses the process arguments, runs, prints; returns the exit code.
@@ -305,35 +398,23 @@ pub fn execute(cli: &Cli) -> io::Result<String> {
             gateway,
             direct_xcore,
             nginx,
+            targets: extra,
+            target_headers,
             load,
             rounds,
             round_duration,
             common,
         } => {
-            let mut targets = vec![CompareTarget {
-                name: "direct".into(),
-                url: direct.clone(),
-                baseline: true,
-            }];
+            let mut named: Vec<(&str, &str, bool)> = vec![("direct", direct, true)];
             if let Some(url) = direct_xcore {
-                targets.push(CompareTarget {
-                    name: "direct-xcore".into(),
-                    url: url.clone(),
-                    baseline: true,
-                });
+                named.push(("direct-xcore", url, true));
             }
-            targets.push(CompareTarget {
-                name: "gateway".into(),
-                url: gateway.clone(),
-                baseline: false,
-            });
+            named.push(("gateway", gateway, false));
+            named.extend(extra.iter().map(|(n, u)| (n.as_str(), u.as_str(), false)));
             if let Some(url) = nginx {
-                targets.push(CompareTarget {
-                    name: "nginx".into(),
-                    url: url.clone(),
-                    baseline: false,
-                });
+                named.push(("nginx", url, false));
             }
+            let targets = compare_targets(&named, target_headers)?;
             let spec = CompareSpec {
                 base: common.spec(direct, load.load(), common.stream)?,
                 targets,
@@ -370,6 +451,40 @@ pub fn execute(cli: &Cli) -> io::Result<String> {
             })?;
             common.status_done();
             common.write_json(&report)?;
+            Ok(report.render())
+        }
+        Command::Idle {
+            url,
+            connections,
+            hold,
+            open_timeout,
+            timeout,
+            headers,
+            model,
+            json,
+        } => {
+            let endpoint = super::Endpoint::parse(url)?;
+            let request = endpoint
+                .request_bytes(headers, &default_body(model, false))
+                .to_vec();
+            let spec = IdleSpec {
+                endpoint,
+                request,
+                connections: *connections,
+                hold: *hold,
+                open_timeout: *open_timeout,
+                io_timeout: *timeout,
+            };
+            let report = idle(&spec, |n| {
+                println!("holding {n} connections");
+                let _ = io::stdout().flush();
+            })?;
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report).map_err(io::Error::other)?;
+                std::fs::write(path, text + "\n").map_err(|e| {
+                    io::Error::new(e.kind(), format!("--json {}: {e}", path.display()))
+                })?;
+            }
             Ok(report.render())
         }
         Command::Streams {
@@ -414,6 +529,28 @@ mod tests {
     }
 
     #[test]
+    fn target_headers_go_to_their_target_only() {
+        let named = [
+            ("direct", "http://a:1/", true),
+            ("gateway", "http://b:2/", false),
+            ("full", "http://c:3/", false),
+        ];
+        let h = parse_target_header("full=authorization: Bearer sk-1").unwrap();
+        let targets = compare_targets(&named, std::slice::from_ref(&h)).unwrap();
+        assert_eq!(targets.len(), 3);
+        assert!(targets[0].headers.is_empty() && targets[1].headers.is_empty());
+        assert_eq!(
+            targets[2].headers,
+            vec![("authorization".to_owned(), "Bearer sk-1".to_owned())]
+        );
+        let typo = parse_target_header("ful=authorization: Bearer sk-1").unwrap();
+        assert!(compare_targets(&named, &[typo]).is_err());
+        let twice = [("gateway", "http://b:2/", false), ("gateway", "u", false)];
+        assert!(compare_targets(&twice, &[]).is_err());
+        assert!(parse_named("=http://x/").is_err() && parse_named("no-equals").is_err());
+    }
+
+    #[test]
     fn parses_each_subcommand() {
         let run = Cli::try_parse_from([
             "sluice-load",
@@ -450,6 +587,32 @@ mod tests {
             "3",
         ];
         assert!(Cli::try_parse_from(cmp).is_ok());
+        let named = [
+            "sluice-load",
+            "compare",
+            "--direct",
+            "http://a:1/",
+            "--gateway",
+            "http://b:2/",
+            "--target",
+            "full=http://c:3/",
+            "--target-header",
+            "full=authorization: Bearer sk-1",
+            "--rate",
+            "10",
+        ];
+        assert!(Cli::try_parse_from(named).is_ok());
+        assert!(Cli::try_parse_from([
+            "sluice-load",
+            "idle",
+            "--url",
+            "http://a:1/",
+            "--connections",
+            "10",
+            "--hold",
+            "1s"
+        ])
+        .is_ok());
         assert!(Cli::try_parse_from([
             "sluice-load",
             "frontier",

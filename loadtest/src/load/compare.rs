@@ -25,6 +25,9 @@ pub struct CompareTarget {
     pub url: String,
     /// Whether other targets are measured against it.
     pub baseline: bool,
+    /// Request headers sent to this target only, after the shared ones
+    /// (say the `authorization` a gateway with keys requires).
+    pub headers: Vec<(String, String)>,
 }
 
 /// A comparison: `base` gives the load (its URL and duration are replaced
@@ -65,6 +68,11 @@ pub struct TargetReport {
     pub baseline: bool,
     /// Its measurements, all rounds merged.
     pub summary: RunSummary,
+    /// Its measurements round by round, in order (for medians over
+    /// interleaved rounds, which drift of the machine moves less than a
+    /// merged histogram).
+    #[serde(default)]
+    pub rounds: Vec<RunSummary>,
     /// What it adds over each baseline.
     pub added: Vec<Added>,
 }
@@ -97,6 +105,7 @@ pub fn compare(
         .iter()
         .map(|t| {
             let mut s = spec.base.retarget(&t.url)?;
+            s.headers.extend(t.headers.iter().cloned());
             s.duration = Some(spec.round_duration);
             s.requests = None;
             s.progress = false;
@@ -104,10 +113,12 @@ pub fn compare(
         })
         .collect::<io::Result<Vec<_>>>()?;
     let mut merged: Vec<Option<RunReport>> = vec![None; specs.len()];
+    let mut per_round: Vec<Vec<RunSummary>> = vec![Vec::new(); specs.len()];
     for round in 0..spec.rounds {
         for (i, s) in specs.iter().enumerate() {
             on_round(round, &spec.targets[i].name);
             let r = run(s)?;
+            per_round[i].push(r.summary());
             match &mut merged[i] {
                 Some(acc) => acc.merge(&r),
                 slot @ None => *slot = Some(r),
@@ -119,10 +130,12 @@ pub fn compare(
         .targets
         .iter()
         .zip(&summaries)
-        .map(|(t, s)| TargetReport {
+        .zip(per_round)
+        .map(|((t, s), rounds)| TargetReport {
             name: t.name.clone(),
             baseline: t.baseline,
             summary: s.clone(),
+            rounds,
             added: spec
                 .targets
                 .iter()

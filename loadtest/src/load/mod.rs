@@ -56,15 +56,28 @@
 //!   "stream": null | { "streams": int, "events": int, "content_events": int,
 //!                      "events_per_s": f64, "ttft_us": Percentiles, "gap_us": Percentiles,
 //!                      "stalled": int, "lost": int },
-//!   "pids": [ { "pid": int, "cpu_us": int, "requests": int, "cpu_us_per_request": f64,
-//!               "rss_idle_mib": f64, "rss_peak_mib": f64, "rss_after_mib": f64 } ] }
+//!   "pids": [ { "pid": int, "cpu_us": int, "user_us": int, "requests": int,
+//!               "cpu_us_per_request": f64,
+//!               "rss_idle_mib": f64, "rss_peak_mib": f64, "rss_after_mib": f64 } ],
+//!   "core_busy": [f64] }
+//! ```
+//!
+//! `core_busy` is each core's busy share (0 to 1) during the run, core 0 first.
+//!
+//! ```text
 //! ```
 //!
 //! `compare` writes `{ "rounds": int, "round_duration_s": f64, "targets": [
-//! { "name": str, "baseline": bool, "summary": RunSummary, "added": [ { "baseline": str,
+//! { "name": str, "baseline": bool, "summary": RunSummary, "rounds": [RunSummary],
+//! "added": [ { "baseline": str,
 //! "latency_us": AddedPercentiles, "ttfb_us": AddedPercentiles,
 //! "ttft_us": AddedPercentiles|null, "gap_us": AddedPercentiles|null } ] } ] }`
-//! ([`compare::CompareReport`]); each target's summary merges all its rounds.
+//! ([`compare::CompareReport`]); each target's summary merges all its rounds, and
+//! `rounds` holds them one by one.
+//!
+//! `idle` writes `{ "url": str, "connections": int, "held": int, "failed": int,
+//! "first_error": str|null, "open_s": f64, "hold_s": f64, "signalled": bool }`
+//! ([`idle::IdleReport`]).
 //!
 //! `frontier` writes `{ "bounds_ms": [f64], "targets": [ { "name": str, "url": str,
 //! "steps": [ { "rate": f64, "summary": RunSummary } ], "sustained": [ { "p99_bound_ms": f64,
@@ -86,6 +99,7 @@ pub mod cli;
 pub mod client;
 pub mod compare;
 pub mod hist;
+pub mod idle;
 pub mod procstat;
 mod report;
 pub mod sse;
@@ -258,6 +272,7 @@ pub fn run(spec: &RunSpec) -> io::Result<RunReport> {
     let stop = Arc::new(AtomicBool::new(false));
     let counters: Vec<Arc<worker::Counters>> = (0..threads).map(|_| Arc::default()).collect();
     let sampler = procstat::Sampler::start(&spec.pids)?;
+    let ticks_before = procstat::core_ticks().unwrap_or_default();
     let start = Instant::now();
     let mut handles = Vec::with_capacity(threads);
     for (index, counters) in counters.iter().enumerate() {
@@ -326,6 +341,8 @@ pub fn run(spec: &RunSpec) -> io::Result<RunReport> {
         return Err(e);
     }
     report.pids = sampler.finish(report.ok);
+    let ticks_after = procstat::core_ticks().unwrap_or_default();
+    report.core_ticks = procstat::ticks_between(&ticks_before, &ticks_after);
     Ok(report)
 }
 

@@ -163,6 +163,8 @@ pub struct RunReport {
     pub content_events: u64,
     /// CPU and RSS of the sampled processes.
     pub pids: Vec<PidReport>,
+    /// Each core's busy and total clock ticks during the run (`/proc/stat`).
+    pub core_ticks: Vec<procstat::CoreTicks>,
 }
 
 impl RunReport {
@@ -186,6 +188,7 @@ impl RunReport {
             events: 0,
             content_events: 0,
             pids: Vec::new(),
+            core_ticks: Vec::new(),
         })
     }
 
@@ -220,6 +223,7 @@ impl RunReport {
         self.events += later.events;
         self.content_events += later.content_events;
         procstat::merge_reports(&mut self.pids, &later.pids);
+        procstat::add_core_ticks(&mut self.core_ticks, &later.core_ticks);
     }
 
     /// Successful requests per second of wall time.
@@ -258,6 +262,11 @@ impl RunReport {
                 lost: self.errors.lost,
             }),
             pids: self.pids.clone(),
+            core_busy: self
+                .core_ticks
+                .iter()
+                .map(procstat::CoreTicks::busy_share)
+                .collect(),
         }
     }
 
@@ -359,6 +368,10 @@ pub struct RunSummary {
     pub stream: Option<StreamSummary>,
     /// Sampled processes.
     pub pids: Vec<PidReport>,
+    /// Busy share (0 to 1) of each core of the machine during the run, core 0 first
+    /// (from `/proc/stat`: everything but idle and iowait).
+    #[serde(default)]
+    pub core_busy: Vec<f64>,
 }
 
 /// Stream metrics of a run.

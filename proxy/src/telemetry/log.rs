@@ -10,6 +10,9 @@ use tracing_subscriber::EnvFilter;
 
 static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
 
+/// The background writer, for access lines formatted without `tracing` (JSON format only).
+static ACCESS_WRITER: OnceLock<tracing_appender::non_blocking::NonBlocking> = OnceLock::new();
+
 /// Log lines dropped because the writer fell behind (its buffer is bounded).
 pub fn dropped_lines() -> usize {
     DROPPED.get().map_or(0, |c| c.dropped_lines())
@@ -25,6 +28,9 @@ pub fn init(cfg: &LogConfig) -> Option<WorkerGuard> {
         .lossy(true)
         .finish(std::io::stdout());
     let _ = DROPPED.set(writer.error_counter());
+    if cfg.json {
+        let _ = ACCESS_WRITER.set(writer.clone());
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -117,8 +123,24 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    /// Emits the access line.
+    /// Emits the access line: formatted here into a reused buffer and handed to the log
+    /// writer when the log is JSON (see `telemetry::access_line`), through `tracing`
+    /// otherwise. Either way the log's level filter applies (target `sluice::access`).
     pub fn emit(&self) {
+        if !tracing::enabled!(target: "sluice::access", tracing::Level::INFO) {
+            return;
+        }
+        if let Some(writer) = ACCESS_WRITER.get() {
+            let unix_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            crate::telemetry::access_line::with_line(self, unix_us, |line| {
+                use std::io::Write as _;
+                // Lossy like every log line: a full writer drops it and counts the drop.
+                let _ = writer.clone().write_all(line);
+            });
+            return;
+        }
         let usage = self.usage.unwrap_or_default();
         let has_usage = self.usage.is_some();
         let attempts = (!self.attempts.is_empty())

@@ -1,6 +1,7 @@
 //! What the gateway tells about itself: logs and the access line (`log`), OpenTelemetry
 //! traces (`trace`, with the ids of `context`) and Prometheus metrics (`metrics`).
 
+pub mod access_line;
 pub mod context;
 pub mod log;
 pub mod metrics;

@@ -1,0 +1,319 @@
+//! `alloc-count`: heap allocations per proxied request, counted in-process.
+//!
+//! Runs the real gateway (`sluice_proxy::listen::server::serve`, what `sluice serve` runs)
+//! on a thread of this process under a counting global allocator, in front of the bundled
+//! mock (`sluice-mock`, a child process next to this binary, so its allocations are not
+//! ours), and drives it from a client thread whose own allocations are excluded. For each
+//! shape it sends warm-up requests, then counts every allocation the process makes while N
+//! more requests go through, and prints allocations and bytes per request. Background
+//! threads of the gateway (health, DNS, metrics upkeep) count too; the `idle` row is the
+//! same wall time with no request, to show what they add.
+//!
+//! ```text
+//! cargo build --release -p sluice-proxy -p sluice-loadtest -p sluice-bench --bins
+//! target/release/alloc-count [--requests 2000] [--warmup 200]
+//! ```
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_bench::alloc_count::{counts, skip_this_thread, CountingAlloc, Counts};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+const PATH: &str = "/v1/chat/completions";
+
+/// One request shape.
+struct Shape {
+    name: &'static str,
+    /// Size of the prompt's content, bytes.
+    prompt_bytes: usize,
+    stream: bool,
+    /// `x-mock-*` headers (answer size, stream chunks).
+    mock_headers: &'static str,
+}
+
+const SHAPES: [Shape; 4] = [
+    Shape {
+        name: "1 KB request, ~1 KB answer",
+        prompt_bytes: 900,
+        stream: false,
+        mock_headers: "x-mock-chunks: 20\r\nx-mock-chunk-size: 40\r\n",
+    },
+    Shape {
+        name: "100 KB request, small answer",
+        prompt_bytes: 100_000,
+        stream: false,
+        mock_headers: "",
+    },
+    Shape {
+        name: "small request, 100 KB answer",
+        prompt_bytes: 100,
+        stream: false,
+        mock_headers: "x-mock-chunks: 100\r\nx-mock-chunk-size: 1000\r\n",
+    },
+    Shape {
+        name: "stream, 20 chunks",
+        prompt_bytes: 100,
+        stream: true,
+        mock_headers: "x-mock-chunks: 20\r\nx-mock-chunk-delay-ms: 0\r\n",
+    },
+];
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_port(addr: SocketAddr) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("nothing listens on {addr}"),
+    ))
+}
+
+/// The mock as a child process; killed by PID on drop.
+struct Mock(Child);
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_mock(port: u16) -> io::Result<Mock> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .map(|d| d.join("sluice-mock"))
+        .unwrap_or_else(|| PathBuf::from("sluice-mock"));
+    let child = Command::new(&bin)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--workers", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot start {} ({e}): build it with cargo build --release -p sluice-loadtest",
+                    bin.display()
+                ),
+            )
+        })?;
+    Ok(Mock(child))
+}
+
+fn config(dir: &std::path::Path, port: u16, mock_port: u16) -> io::Result<PathBuf> {
+    let text = format!(
+        r#"# Written by alloc-count: the bench's bare gateway (no keys, no store, no access log).
+auth = "none"
+
+[server]
+listen = "127.0.0.1:{port}"
+workers = 1
+pin_workers = false
+
+[log]
+level = "warn"
+format = "json"
+access_log = false
+
+[admin]
+enabled = false
+
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "http://127.0.0.1:{mock_port}/v1"
+
+[[models]]
+name = "mock-fast"
+deployments = [{{ provider = "mock", model = "mock-model" }}]
+"#
+    );
+    let path = dir.join("alloc-count.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn request(shape: &Shape, port: u16) -> Vec<u8> {
+    let prompt = "x".repeat(shape.prompt_bytes);
+    let body = format!(
+        r#"{{"model":"mock-fast","stream":{},"messages":[{{"role":"user","content":"{prompt}"}}]}}"#,
+        shape.stream
+    );
+    let mut r = format!(
+        "POST {PATH} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n{}\r\n",
+        body.len(),
+        shape.mock_headers
+    )
+    .into_bytes();
+    r.extend_from_slice(body.as_bytes());
+    r
+}
+
+/// Reads one complete 2xx answer (Content-Length or chunked).
+fn read_answer(conn: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+    buf.clear();
+    let mut chunk = [0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            return Err(bad("closed before the answer".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 2") {
+        return Err(bad(format!(
+            "answer: {}",
+            head.lines().next().unwrap_or_default()
+        )));
+    }
+    let length: Option<usize> = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok());
+    loop {
+        let body = &buf[head_end..];
+        let done = match length {
+            Some(n) => body.len() >= n,
+            None => body.ends_with(b"0\r\n\r\n"),
+        };
+        if done {
+            return Ok(());
+        }
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            return Err(bad("closed mid-answer".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn send(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>, n: u64) -> io::Result<()> {
+    for _ in 0..n {
+        conn.write_all(req)?;
+        read_answer(conn, buf)?;
+    }
+    Ok(())
+}
+
+struct Row {
+    name: String,
+    requests: u64,
+    counted: Counts,
+    secs: f64,
+}
+
+fn measure(port: u16, requests: u64, warmup: u64) -> io::Result<Vec<Row>> {
+    skip_this_thread();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut rows = Vec::new();
+    let mut buf = Vec::with_capacity(256 * 1024);
+    for shape in &SHAPES {
+        let req = request(shape, port);
+        let mut conn = TcpStream::connect(addr)?;
+        conn.set_nodelay(true)?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        send(&mut conn, &req, &mut buf, warmup)?;
+        let before = counts();
+        let t0 = Instant::now();
+        send(&mut conn, &req, &mut buf, requests)?;
+        rows.push(Row {
+            name: shape.name.into(),
+            requests,
+            counted: counts().since(before),
+            secs: t0.elapsed().as_secs_f64(),
+        });
+    }
+    // The same wall time as the last shape, with no request: the background's share.
+    let secs = rows.last().map_or(1.0, |r| r.secs);
+    let before = counts();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    rows.push(Row {
+        name: format!("idle ({secs:.2} s, no request), per would-be request"),
+        requests,
+        counted: counts().since(before),
+        secs,
+    });
+    Ok(rows)
+}
+
+fn arg(args: &[String], name: &str, default: u64) -> Result<u64, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .filter(|v| *v > 0)
+            .ok_or_else(|| format!("{name} needs a positive number")),
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("usage: alloc-count [--requests N] [--warmup N]");
+        return Ok(());
+    }
+    let requests = arg(&args, "--requests", 2000)?;
+    let warmup = arg(&args, "--warmup", 200)?;
+    let dir = std::env::temp_dir().join(format!("sluice-alloc-count-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (port, mock_port) = (free_port()?, free_port()?);
+    let _mock = start_mock(mock_port)?;
+    wait_port(SocketAddr::from(([127, 0, 0, 1], mock_port)))?;
+    let path = config(&dir, port, mock_port)?;
+    let cfg = sluice_proxy::listen::server::load_config(Some(&path))?;
+    // The gateway runs until the process exits.
+    std::thread::Builder::new()
+        .name("alloc-count-gateway".into())
+        .spawn(move || sluice_proxy::listen::server::serve(cfg, Some(path)))?;
+    wait_port(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    let rows = std::thread::spawn(move || measure(port, requests, warmup))
+        .join()
+        .map_err(|_| "the client thread panicked")??;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("Allocations per proxied request (whole process but the client; {warmup} warm-up, {requests} counted each)\n");
+    println!("| shape | requests | allocations / request | bytes / request |");
+    println!("|---|--:|--:|--:|");
+    for r in rows {
+        let n = r.requests as f64;
+        println!(
+            "| {} | {} | {:.2} | {:.0} |",
+            r.name,
+            r.requests,
+            r.counted.allocs as f64 / n,
+            r.counted.bytes as f64 / n
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("alloc-count: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
