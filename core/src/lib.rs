@@ -43,6 +43,7 @@ pub mod hedge;
 pub mod http1;
 pub mod inspect;
 pub mod keys;
+pub mod lease;
 pub mod limiter;
 pub mod limits;
 pub mod multipart;

@@ -11,13 +11,16 @@
 //! settled twice.
 //!
 //! [`LocalLimiter`] is the embedded backend: lock-free atomics ([`LimitSet`]) shared by every
-//! worker. A fleet backend implements the same trait over leases from a shared store and admits
-//! from the same local sets, so the request path does not change.
+//! worker. The fleet backend (`lease::LeasedLimiter`) implements the same trait over leases
+//! from a shared store, naming each set's buckets by its [`LimitSet::subject`], so the request
+//! path does not change.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::lease::pool::Subject;
 use crate::limits::{
     next_period_start, period_start, Concurrency, LimitSet, RetryAfter, TokenBucket,
 };
@@ -47,6 +50,8 @@ pub enum Refusal {
     Concurrency,
     /// The budget: its reset is `retry_after` away (`RetryAfter::NEVER` for a lifetime budget).
     Budget(RetryAfter),
+    /// The shared store of a fleet is unavailable and `[shared] on_unavailable = "closed"`.
+    Unavailable,
 }
 
 impl Refusal {
@@ -57,6 +62,7 @@ impl Refusal {
                 "rate_limit_exceeded"
             }
             Refusal::Budget(_) => "budget_exceeded",
+            Refusal::Unavailable => "overloaded",
         }
     }
 
@@ -67,7 +73,7 @@ impl Refusal {
             Refusal::Requests(r) | Refusal::Tokens(r) | Refusal::Budget(r) => {
                 (!r.is_never()).then(|| r.seconds())
             }
-            Refusal::Concurrency => Some(1),
+            Refusal::Concurrency | Refusal::Unavailable => Some(1),
         }
     }
 }
@@ -90,6 +96,9 @@ pub struct Permit {
     pub tokens: u64,
     /// Micro-USD reserved in every budget with a limit (0 until [`Limiter::reserve`]).
     pub cost_micros: u64,
+    /// Bit `i` set: set `i` was admitted from its local share while a fleet's shared store
+    /// was unavailable (`lease::LeasedLimiter`), and settles there. 0 for the local backend.
+    pub fallback: u8,
 }
 
 /// A limiter backend. Every method takes the limits of the request's subjects (its key and
@@ -113,6 +122,11 @@ pub trait Limiter: Send + Sync {
     );
     /// The request was never sent: give everything back, the request too.
     fn release(&self, sets: &[&LimitSet], permit: Permit, now_ms: u64);
+    /// `set` will be admitted through this limiter: a backend that must prepare (a fleet's
+    /// leases) starts now rather than on the first admission. Nothing by default.
+    fn prepare(&self, set: &LimitSet) {
+        let _ = set;
+    }
 }
 
 /// The embedded backend: the sets' own atomics.
@@ -132,6 +146,7 @@ impl Limiter for LocalLimiter {
         Ok(Permit {
             tokens: 0,
             cost_micros: 0,
+            fallback: 0,
         })
     }
 
@@ -181,7 +196,7 @@ impl Limiter for LocalLimiter {
     }
 }
 
-fn admit_requests(set: &LimitSet, now_ms: u64) -> Result<(), Refusal> {
+pub(crate) fn admit_requests(set: &LimitSet, now_ms: u64) -> Result<(), Refusal> {
     if let Some(c) = &set.concurrency {
         if !c.acquire() {
             return Err(Refusal::Concurrency);
@@ -198,7 +213,7 @@ fn admit_requests(set: &LimitSet, now_ms: u64) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn undo_requests(set: &LimitSet, now_ms: u64) {
+pub(crate) fn undo_requests(set: &LimitSet, now_ms: u64) {
     if let Some(c) = &set.concurrency {
         c.release();
     }
@@ -207,7 +222,7 @@ fn undo_requests(set: &LimitSet, now_ms: u64) {
     }
 }
 
-fn reserve_one(set: &LimitSet, ask: &Ask) -> Result<(), Refusal> {
+pub(crate) fn reserve_one(set: &LimitSet, ask: &Ask) -> Result<(), Refusal> {
     if let Some(b) = &set.tokens {
         b.try_take(ask.tokens, ask.now_ms)
             .map_err(Refusal::Tokens)?;
@@ -231,7 +246,7 @@ fn reserve_one(set: &LimitSet, ask: &Ask) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn undo_reserve(set: &LimitSet, tokens: u64, cost_micros: u64, now_ms: u64) {
+pub(crate) fn undo_reserve(set: &LimitSet, tokens: u64, cost_micros: u64, now_ms: u64) {
     if let Some(b) = &set.tokens {
         b.refund(tokens, now_ms);
     }
@@ -255,6 +270,10 @@ pub struct DeploymentLimit {
     rpm: Option<u32>,
     tpm: Option<u64>,
     set: LimitSet,
+    /// Takes admitted from a fleet's local share (`Permit::fallback`) not yet settled or
+    /// released: the attempt loop hands back only token counts, so that many of the next
+    /// settlements go back to the share they came from.
+    fallback_takes: AtomicU64,
 }
 
 impl DeploymentLimits {
@@ -269,7 +288,7 @@ impl DeploymentLimits {
             .into_iter()
             .flat_map(|p| p.by_group.iter().flatten().flatten())
             .collect();
-        let by_group = config
+        let by_group: Vec<Vec<Option<Arc<DeploymentLimit>>>> = config
             .models
             .iter()
             .map(|g| {
@@ -289,6 +308,9 @@ impl DeploymentLimits {
                                     rpm: d.rpm,
                                     tpm: d.tpm,
                                     set: LimitSet {
+                                        subject: Some(Subject::Deployment(Arc::from(
+                                            d.label.as_str(),
+                                        ))),
                                         requests: d
                                             .rpm
                                             .map(|n| TokenBucket::per_minute(u64::from(n))),
@@ -296,6 +318,7 @@ impl DeploymentLimits {
                                         concurrency: None::<Concurrency>,
                                         ..LimitSet::default()
                                     },
+                                    fallback_takes: AtomicU64::new(0),
                                 })
                             },
                             |l| Arc::clone(l),
@@ -304,6 +327,9 @@ impl DeploymentLimits {
                     .collect()
             })
             .collect();
+        for l in by_group.iter().flatten().flatten() {
+            limiter.prepare(&l.set);
+        }
         DeploymentLimits { limiter, by_group }
     }
 
@@ -330,7 +356,7 @@ impl crate::attempt::DeploymentLimiter for DeploymentLimits {
             Refusal::Requests(r) | Refusal::Tokens(r) | Refusal::Budget(r) => {
                 (!r.is_never()).then(|| Duration::from_millis(r.0))
             }
-            Refusal::Concurrency => Some(Duration::from_secs(1)),
+            Refusal::Concurrency | Refusal::Unavailable => Some(Duration::from_secs(1)),
         };
         let mut permit = self.limiter.admit(&sets, now_ms).map_err(wait)?;
         if let Err(d) = self
@@ -340,6 +366,9 @@ impl crate::attempt::DeploymentLimiter for DeploymentLimits {
             self.limiter.release(&sets, permit, now_ms);
             return Err(wait(d));
         }
+        if permit.fallback != 0 {
+            l.fallback_takes.fetch_add(1, Ordering::AcqRel);
+        }
         Ok(())
     }
 
@@ -348,6 +377,7 @@ impl crate::attempt::DeploymentLimiter for DeploymentLimits {
             let permit = Permit {
                 tokens,
                 cost_micros: 0,
+                fallback: l.settle_where(),
             };
             self.limiter.release(&[&l.set], permit, now_ms);
         }
@@ -358,9 +388,22 @@ impl crate::attempt::DeploymentLimiter for DeploymentLimits {
             let permit = Permit {
                 tokens: reserved,
                 cost_micros: 0,
+                fallback: l.settle_where(),
             };
             self.limiter.settle(&[&l.set], permit, used, 0, now_ms);
         }
+    }
+}
+
+impl DeploymentLimit {
+    /// The `Permit::fallback` bits of the next settlement: 1 while takes from a local
+    /// share are outstanding (counted down), else 0.
+    fn settle_where(&self) -> u8 {
+        let from_share = self
+            .fallback_takes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        u8::from(from_share)
     }
 }
 

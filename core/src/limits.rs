@@ -29,10 +29,12 @@
 //! newest one it has seen where that is stricter, and can only be lenient by the skew itself.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::calendar::{Date, DAY_S};
 pub use crate::keys::BudgetPeriod;
 use crate::keys::Limits;
+use crate::lease::pool::{Leases, Subject};
 
 /// Time units per millisecond inside a [`TokenBucket`]: 2^20, about a nanosecond each, so the
 /// emission interval of even a billion-tokens-per-minute bucket stays exact to a few percent
@@ -463,6 +465,11 @@ impl Budget {
 /// is checked against its key and its team at once.
 #[derive(Debug, Default)]
 pub struct LimitSet {
+    /// Whose limits these are (a key, a team, a deployment): names them in a fleet's shared
+    /// store. `None` keeps the set local even under the fleet limiter.
+    pub subject: Option<Subject>,
+    /// This set's leases under the fleet limiter (`lease::LeasedLimiter`), made on first use.
+    pub leases: OnceLock<Arc<Leases>>,
     /// Requests per minute.
     pub requests: Option<TokenBucket>,
     /// Tokens per minute (prompt estimate plus `max_tokens` on admission, settled on usage).
@@ -490,6 +497,8 @@ impl LimitSet {
     ) -> Self {
         let period = budget.map_or(BudgetPeriod::Lifetime, |b| b.1);
         LimitSet {
+            subject: None,
+            leases: OnceLock::new(),
             requests: rpm.map(TokenBucket::per_minute),
             tokens: tpm.map(TokenBucket::per_minute),
             concurrency: max_concurrency.map(Concurrency::new),
@@ -511,6 +520,12 @@ impl LimitSet {
             spend_micros,
             unix_s,
         )
+    }
+
+    /// The same set, named `subject` in a fleet's shared store.
+    pub fn with_subject(mut self, subject: Subject) -> Self {
+        self.subject = Some(subject);
+        self
     }
 
     /// The `x-ratelimit-*` headers of this set at `now_ms`.

@@ -23,6 +23,7 @@
 //! ops       cli, doctor, sdnotify
 //! state     what the workers share, and what each keeps to itself
 //! registry  the admin side of the store: keys and teams, rebuilt into the key index
+//! shared    [shared]: limits leased from Redis by a background thread, key changes announced
 //! store     keys, teams and the spend ledger behind a backend trait (SQLite), migrations
 //! ```
 //!
@@ -47,6 +48,7 @@ pub mod listen;
 pub mod ops;
 pub mod registry;
 pub mod request;
+pub mod shared;
 pub mod state;
 pub mod store;
 pub mod telemetry;

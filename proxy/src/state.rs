@@ -63,6 +63,8 @@ pub struct Shared {
     pub provider_limits: Arc<sluice_core::limiter::DeploymentLimits>,
     /// The limiter backend every admission goes through (keys, teams, deployments).
     pub limiter: Arc<dyn sluice_core::limiter::Limiter>,
+    /// `[shared]`: the fleet's lease thread behind `limiter`; `None` keeps limits local.
+    pub fleet: Option<Arc<crate::shared::Fleet>>,
     /// The response store consulted before tokens are reserved.
     pub responses: Arc<dyn sluice_core::cache::ResponseStore>,
     /// Requests in flight that identical ones wait on (`coalesce = true`).

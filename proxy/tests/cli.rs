@@ -45,7 +45,13 @@ fn every_example_config_is_valid() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = sluice().arg("check-config").arg(&path).output().unwrap();
+            // examples/fleet.toml reads its PostgreSQL URL from the environment.
+            let out = sluice()
+                .arg("check-config")
+                .arg(&path)
+                .env("SLUICE_PG_URL", "postgres://sluice@127.0.0.1:5432/sluice")
+                .output()
+                .unwrap();
             assert!(
                 out.status.success(),
                 "{}: {}",
@@ -93,6 +99,36 @@ fn bad_config_fails_with_the_path_and_exit_64() {
             );
         }
         let _ = std::fs::remove_file(path);
+    }
+}
+
+#[test]
+fn env_overrides_apply_and_an_unknown_one_is_refused_with_its_name() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/mock.toml");
+    let out = sluice()
+        .args(["check-config", example])
+        .env("SLUICE__SERVER__LISTEN", "127.0.0.1:18099")
+        .env("SLUICE__SERVER__WORKERS", "3")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("listen 127.0.0.1:18099 (3 workers"), "{text}");
+
+    for sub in [&["check-config"][..], &["serve", "--config"][..]] {
+        let out = sluice()
+            .args(sub)
+            .arg(example)
+            .env("SLUICE__SERVER__LISTN", "127.0.0.1:1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{sub:?}: {err}");
+        assert!(err.contains("SLUICE__SERVER__LISTN"), "{sub:?}: {err}");
     }
 }
 

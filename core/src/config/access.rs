@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{err, ConfigError, SecretSource};
+use super::{err, ConfigError, Secret, SecretSource};
 use crate::cost::Price;
 use crate::keys::{self, KeyRecord, Limits, KEY_PREFIX};
 use crate::limits::BudgetPeriod;
@@ -18,8 +18,13 @@ use crate::limits::BudgetPeriod;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStore {
     path: Option<String>,
+    url: Option<String>,
+    ca_file: Option<String>,
     flush_interval_ms: Option<u64>,
     synchronous: Option<String>,
+    retention_days: Option<u32>,
+    spill_path: Option<String>,
+    backlog_records: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,11 +79,23 @@ pub enum AuthMode {
     None,
 }
 
-/// The embedded store (keys, teams, spend, usage ledger).
+/// The store (keys, teams, spend, usage ledger): an SQLite file, or PostgreSQL for a fleet.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoreConfig {
-    /// The SQLite file; `None` when no store is used (`auth = "none"` without `[store]`).
+    /// The SQLite file; `None` with `url`, or when no store is used (`auth = "none"`
+    /// without `[store]`).
     pub path: Option<PathBuf>,
+    /// The PostgreSQL URL (`[store] url`, from `env:`, `file:` or literal), shared by every
+    /// replica; it may hold a password, so it is a [`Secret`].
+    pub url: Option<Secret>,
+    /// Extra trusted roots (PEM) for PostgreSQL over TLS (`sslmode=require`).
+    pub ca_file: Option<PathBuf>,
+    /// Ledger rows older than this many days are removed; `None` keeps them all.
+    pub retention_days: Option<u32>,
+    /// Where ledger records spill while the database is down, replayed when it is back.
+    pub spill_path: PathBuf,
+    /// Records held in memory while the database is down, before spilling.
+    pub backlog_records: usize,
     /// Longest a usage record waits before its batch is committed.
     pub flush_interval_ms: u64,
     /// Sync every commit to disk (`synchronous = "full"`) instead of at WAL checkpoints.
@@ -150,11 +167,47 @@ pub(super) fn validate(
     };
     let explicit_store = store.is_some();
     let store = store.unwrap_or_default();
+    let url = match store.url {
+        None => None,
+        Some(u) => Some(Secret::new(store_url(&u, secrets)?)),
+    };
     let path = match store.path {
+        Some(_) if url.is_some() => {
+            return err(
+                "invalid config at `store`: `path` (SQLite) and `url` (PostgreSQL) \
+                 exclude each other",
+            )
+        }
         Some(p) if p.is_empty() => return err("invalid config at `store.path`: empty path"),
         Some(p) => Some(PathBuf::from(p)),
+        None if url.is_some() => None,
         None if explicit_store || auth == AuthMode::Keys => Some(default_store_path(secrets)),
         None => None,
+    };
+    let retention_days = match store.retention_days {
+        Some(0) => return err("invalid config at `store.retention_days`: must be 1 or more"),
+        other => other,
+    };
+    let backlog_records = match store.backlog_records {
+        None => 100_000,
+        Some(n @ 1..=10_000_000) => n as usize,
+        Some(_) => return err("invalid config at `store.backlog_records`: must be 1..=10000000"),
+    };
+    let spill_path = match (store.spill_path, &path) {
+        (Some(p), _) if p.is_empty() => {
+            return err("invalid config at `store.spill_path`: empty path")
+        }
+        (Some(p), _) => PathBuf::from(p),
+        (None, Some(db)) => {
+            let mut p = db.clone().into_os_string();
+            p.push(".spill");
+            PathBuf::from(p)
+        }
+        (None, None) => default_store_path(secrets).with_file_name("sluice-ledger.spill"),
+    };
+    let ca_file = match store.ca_file {
+        Some(p) if p.is_empty() => return err("invalid config at `store.ca_file`: empty path"),
+        other => other.map(PathBuf::from),
     };
     let synchronous_full = match store.synchronous.as_deref() {
         None | Some("normal") => false,
@@ -186,6 +239,11 @@ pub(super) fn validate(
         auth,
         store: StoreConfig {
             path,
+            url,
+            ca_file,
+            retention_days,
+            spill_path,
+            backlog_records,
             flush_interval_ms,
             synchronous_full,
         },
@@ -283,31 +341,45 @@ fn key_value(
     key: String,
     secrets: &dyn SecretSource,
 ) -> Result<(String, bool), ConfigError> {
-    Ok(match key.strip_prefix("env:") {
-        Some(var) => match secrets.var(var) {
-            Some(v) if !v.is_empty() && !v.contains(char::is_whitespace) => (v, false),
-            Some(_) => {
-                return err(format!(
-                    "invalid config at `{}`: environment variable `{var}` holds an empty or malformed key",
-                    at
-                ))
-            }
-            None => {
-                return err(format!(
-                    "invalid config at `{}`: environment variable `{var}` is not set",
-                    at
-                ))
-            }
-        },
+    Ok(match super::secret_reference(&key, secrets) {
+        Some(Ok(v)) if !v.is_empty() && !v.contains(char::is_whitespace) => (v, false),
+        Some(Ok(_)) => {
+            let source = match key.strip_prefix("env:") {
+                Some(var) => format!("environment variable `{var}`"),
+                None => format!("`{}`", &key["file:".len()..]),
+            };
+            return err(format!(
+                "invalid config at `{at}`: {source} holds an empty or malformed key"
+            ));
+        }
+        Some(Err(m)) => return err(format!("invalid config at `{at}`: {m}")),
         None if literal_key_ok(&key) => (key, true),
         None => {
             return err(format!(
-                "invalid config at `{}`: reference the key as `env:VARIABLE`; a literal is \
+                "invalid config at `{}`: reference the key as `env:VARIABLE` or `file:/path`; a literal is \
                  accepted only in the form `{KEY_PREFIX}…` (letters, digits, - and _), for demos",
                 at
             ))
         }
     })
+}
+
+/// `[store] url`: `env:VARIABLE`, `file:/path` or a literal `postgres://` (or
+/// `postgresql://`) URL. Errors never show the URL (it may carry a password).
+fn store_url(raw: &str, secrets: &dyn SecretSource) -> Result<String, ConfigError> {
+    let at = "store.url";
+    let url = match super::secret_reference(raw, secrets) {
+        Some(Ok(u)) => u.trim().to_string(),
+        Some(Err(m)) => return err(format!("invalid config at `{at}`: {m}")),
+        None => raw.to_string(),
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return err(format!(
+            "invalid config at `{at}`: expected a postgres:// URL (or `env:VARIABLE` / \
+             `file:/path` holding one)"
+        ));
+    }
+    Ok(url)
 }
 
 /// `$STATE_DIRECTORY/sluice.db` under systemd (its first directory), else `./sluice.db`.

@@ -17,16 +17,79 @@ use crate::hedge::{HedgePolicy, RawHedge};
 use crate::retry::{RawRetry, RetryPolicy};
 
 mod access;
+pub mod overrides;
+mod pinning;
+mod shared;
 #[cfg(test)]
 mod tests;
 mod validate;
 
 pub use access::{AuthMode, LimitsConfig, StaticKey, StoreConfig};
+pub use pinning::{pinning, Pinning};
+pub use shared::SharedConfig;
 
-/// Where `env:NAME` references are looked up.
+/// Where `env:NAME` and `file:/path` references, and `SLUICE__…` overrides, are looked up.
 pub trait SecretSource {
     /// The value of variable `name`, if set.
     fn var(&self, name: &str) -> Option<String>;
+
+    /// The secret in the file at `path` (a Kubernetes Secret mount, a systemd credential,
+    /// `/run/secrets/…`), without its trailing newline. The error never holds the content.
+    fn file(&self, path: &str) -> Result<String, String> {
+        read_secret_file(path)
+    }
+
+    /// Every `SLUICE__<SECTION>__<KEY>` variable, name and value ([`overrides`]).
+    fn overrides(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// Reads a secret file: at most 64 KiB, UTF-8, one trailing `\n` or `\r\n` removed.
+pub fn read_secret_file(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(64 * 1024 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    if bytes.len() > 64 * 1024 {
+        return Err(format!("`{path}` is larger than 64 KiB"));
+    }
+    let mut text = String::from_utf8(bytes).map_err(|_| format!("`{path}` is not UTF-8"))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
+/// The value behind `env:NAME` or `file:/path` (an empty one is an error); `None` when
+/// `reference` is neither. Errors name the variable or file, never a value.
+fn secret_reference(reference: &str, secrets: &dyn SecretSource) -> Option<Result<String, String>> {
+    if let Some(name) = reference.strip_prefix("env:") {
+        return Some(
+            secrets
+                .var(name)
+                .ok_or_else(|| format!("environment variable `{name}` is not set")),
+        );
+    }
+    let path = reference.strip_prefix("file:")?;
+    if !path.starts_with('/') {
+        return Some(Err(format!(
+            "`file:` takes an absolute path, not `{}`",
+            crate::error::bounded(path)
+        )));
+    }
+    Some(secrets.file(path).and_then(|v| {
+        if v.is_empty() {
+            Err(format!("`{path}` is empty"))
+        } else {
+            Ok(v)
+        }
+    }))
 }
 
 /// The process environment.
@@ -36,11 +99,31 @@ impl SecretSource for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.is_empty())
     }
+
+    fn overrides(&self) -> Vec<(String, String)> {
+        std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let k = k.into_string().ok()?;
+                k.starts_with(overrides::PREFIX)
+                    .then(|| (k, v.to_string_lossy().into_owned()))
+            })
+            .collect()
+    }
 }
 
 impl SecretSource for HashMap<String, String> {
     fn var(&self, name: &str) -> Option<String> {
         self.get(name).cloned()
+    }
+
+    fn overrides(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .iter()
+            .filter(|(k, _)| k.starts_with(overrides::PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        out.sort();
+        out
     }
 }
 
@@ -96,6 +179,7 @@ struct RawConfig {
     #[serde(default)]
     models: Vec<RawModel>,
     store: Option<access::RawStore>,
+    shared: Option<shared::RawShared>,
     #[serde(default)]
     limits: access::RawLimits,
     #[serde(default)]
@@ -291,7 +375,8 @@ pub struct ServerConfig {
     pub workers: Workers,
     /// I/O driver.
     pub driver: Driver,
-    /// Pin worker `i` to core `i`.
+    /// Pin worker `i` to the `i`-th allowed CPU, when the CPU set holds exactly one CPU per
+    /// worker ([`pinning`]).
     pub pin_workers: bool,
     /// Connections a worker holds at most; more are answered 503 and closed.
     pub max_connections_per_worker: usize,
@@ -513,6 +598,8 @@ pub struct Config {
     pub auth: AuthMode,
     /// The embedded store.
     pub store: StoreConfig,
+    /// `[shared]`: limits shared by a fleet through Redis; `None` keeps them in the process.
+    pub shared: Option<SharedConfig>,
     /// Admission defaults.
     pub limits: LimitsConfig,
     /// `[prices]`: USD per million tokens by model name or prefix, over the bundled table;
@@ -532,18 +619,31 @@ pub struct Config {
 
 impl Config {
     /// Parses and validates TOML text.
+    ///
+    /// `SLUICE__<SECTION>__<KEY>` variables from `secrets` override the file's scalars
+    /// ([`overrides`]); an unknown one is refused with its name.
     pub fn from_toml(text: &str, secrets: &dyn SecretSource) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let msg = inner.message().to_string();
-            if path.is_empty() || path == "." {
-                ConfigError(format!("invalid config: {msg}"))
-            } else {
-                ConfigError(format!("invalid config at `{path}`: {msg}"))
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            match line {
+                Some(n) => ConfigError(format!("invalid config at line {n}: {}", e.message())),
+                None => ConfigError(format!("invalid config: {}", e.message())),
             }
         })?;
+        overrides::apply(&mut table, &secrets.overrides())?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let msg = inner.message().to_string();
+                if path.is_empty() || path == "." {
+                    ConfigError(format!("invalid config: {msg}"))
+                } else {
+                    ConfigError(format!("invalid config at `{path}`: {msg}"))
+                }
+            })?;
         validate::validate(raw, secrets)
     }
 
@@ -690,6 +790,15 @@ impl Config {
         }
         if let Some(path) = &self.store.path {
             out.push_str(&format!("store {}\n", path.display()));
+        }
+        if self.store.url.is_some() {
+            out.push_str("store postgresql ([store] url)\n");
+        }
+        if let Some(sh) = &self.shared {
+            out.push_str(&format!(
+                "shared limits on {} (timeout {} ms, on_unavailable {:?})\n",
+                sh.redis_display, sh.timeout_ms, sh.on_unavailable
+            ));
         }
         for k in &self.keys {
             out.push_str(&format!(

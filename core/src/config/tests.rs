@@ -247,6 +247,198 @@ fn server_tls_table() {
 }
 
 #[test]
+fn env_overrides_replace_scalars_of_the_file() {
+    let vars = env(&[
+        ("MOCK_KEY", "sk-test"),
+        ("SLUICE__SERVER__LISTEN", "0.0.0.0:9999"),
+        ("SLUICE__SERVER__WORKERS", "auto"),
+        ("SLUICE__SERVER__PIN_WORKERS", "false"),
+        ("SLUICE__SERVER__MAX_BODY_BYTES", "1234"),
+        ("SLUICE__ADMIN__LISTEN", "0.0.0.0:9100"),
+        ("SLUICE__LOG__LEVEL", "debug"),
+        ("SLUICE__STORE__PATH", "/var/lib/sluice/x.db"),
+        ("SLUICE__STORE__RETENTION_DAYS", "30"),
+        ("SLUICE__AUTH", "none"),
+        ("SLUICE__SERVER__TLS__CERT_FILE", "/tls/cert.pem"),
+        ("SLUICE__SERVER__TLS__KEY_FILE", "/tls/key.pem"),
+        // Not ours: single underscores are other settings (read elsewhere).
+        ("SLUICE_AUTH", "keys"),
+        ("SLUICE_ADMIN_TOKEN", "t"),
+        ("SLUICE_DRIVER", "epoll"),
+    ]);
+    let cfg = Config::from_toml(MOCK, &vars).unwrap();
+    assert_eq!(cfg.server.listen, "0.0.0.0:9999".parse().unwrap());
+    assert_eq!(cfg.server.workers, Workers::Auto);
+    assert!(!cfg.server.pin_workers);
+    assert_eq!(cfg.server.max_body_bytes, 1234);
+    assert_eq!(cfg.admin.listen, "0.0.0.0:9100".parse().unwrap());
+    assert_eq!(cfg.log.level, "debug");
+    assert_eq!(
+        cfg.store.path.as_deref(),
+        Some(std::path::Path::new("/var/lib/sluice/x.db"))
+    );
+    assert_eq!(cfg.store.retention_days, Some(30));
+    assert_eq!(cfg.auth, AuthMode::None);
+    assert_eq!(
+        cfg.server.tls.as_ref().unwrap().cert_file,
+        std::path::Path::new("/tls/cert.pem")
+    );
+    // The file's values stay where nothing overrides them.
+    assert_eq!(cfg.providers[0].endpoint.port, 9000);
+}
+
+#[test]
+fn unknown_or_bad_env_overrides_are_refused_by_name() {
+    let base = [("MOCK_KEY", "sk-test")];
+    let refused = |name: &str, value: &str| {
+        let mut vars = env(&base);
+        vars.insert(name.to_string(), value.to_string());
+        Config::from_toml(MOCK, &vars).unwrap_err().0
+    };
+    for name in [
+        "SLUICE__SERVER__LISTN",
+        "SLUICE__SERVR__LISTEN",
+        "SLUICE__NOPE",
+        "SLUICE__",
+        "SLUICE__SERVER____LISTEN",
+        "SLUICE__SERVER__LISTEN__X",
+    ] {
+        let e = refused(name, "1");
+        assert!(e.contains(name), "{name}: {e}");
+    }
+    // Lists and tables are set in the file.
+    let e = refused("SLUICE__PROVIDERS", "x");
+    assert!(e.contains("SLUICE__PROVIDERS"), "{e}");
+    let e = refused("SLUICE__SERVER", "x");
+    assert!(
+        e.contains("SLUICE__SERVER") && e.contains("not a scalar"),
+        "{e}"
+    );
+    // A bad value names the setting (as in the file), or the variable when its type is
+    // wrong; a type error does not echo the value.
+    let e = refused("SLUICE__SERVER__WORKERS", "many");
+    assert!(e.contains("server.workers"), "{e}");
+    let e = refused("SLUICE__SERVER__PIN_WORKERS", "secret-ish");
+    assert!(e.contains("SLUICE__SERVER__PIN_WORKERS"), "{e}");
+    assert!(!e.contains("secret-ish"), "{e}");
+    let e = refused("SLUICE__SERVER__LISTEN", "not-an-address");
+    assert!(e.contains("server.listen"), "{e}");
+    let e = refused("SLUICE__STORE__RETENTION_DAYS", "-3");
+    assert!(e.contains("SLUICE__STORE__RETENTION_DAYS"), "{e}");
+    assert!(!e.contains("-3"), "{e}");
+}
+
+/// A file in a fresh temporary directory holding `text`.
+fn secret_file(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("sluice-cfg-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("secret");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn secrets_come_from_files_wherever_env_is_accepted() {
+    let key_file = secret_file("provider", "sk-from-file\n");
+    let header_file = secret_file("header", "team-x\r\n");
+    let vk_file = secret_file("vk", "sk-sluice-fromfile123\n");
+    let text = MOCK
+        .replace("env:MOCK_KEY", &format!("file:{key_file}"))
+        .replace("\"search\"", &format!("\"file:{header_file}\""))
+        + &format!("\n[[keys]]\nname = \"svc\"\nkey = \"file:{vk_file}\"\n");
+    let cfg = Config::from_toml(&text, &env(&[])).unwrap();
+    let p = &cfg.providers[0];
+    assert_eq!(p.api_key.as_ref().unwrap().expose(), "sk-from-file");
+    assert_eq!(
+        p.headers,
+        vec![("x-team".to_string(), "team-x".to_string())]
+    );
+    assert!(cfg.keys[0].record.matches("sk-sluice-fromfile123"));
+    assert!(!cfg.keys[0].literal);
+
+    // A missing, empty or relative file is refused with its path, never a value.
+    let e = Config::from_toml(
+        &MOCK.replace("env:MOCK_KEY", "file:/nonexistent/sluice/key"),
+        &env(&[]),
+    )
+    .unwrap_err();
+    assert!(
+        e.0.contains("providers[0].api_key") && e.0.contains("/nonexistent/sluice/key"),
+        "{e}"
+    );
+    let empty = secret_file("empty", "\n");
+    let e = Config::from_toml(
+        &MOCK.replace("env:MOCK_KEY", &format!("file:{empty}")),
+        &env(&[]),
+    )
+    .unwrap_err();
+    assert!(e.0.contains("empty"), "{e}");
+    let e = Config::from_toml(
+        &MOCK.replace("env:MOCK_KEY", "file:relative/key"),
+        &env(&[]),
+    )
+    .unwrap_err();
+    assert!(e.0.contains("absolute"), "{e}");
+}
+
+#[test]
+fn store_url_from_env_file_or_literal() {
+    let with_store = |store: &str| format!("{MOCK}\n[store]\n{store}\n");
+    let vars = env(&[
+        ("MOCK_KEY", "sk-test"),
+        ("PG", "postgres://u:pw@db:5432/sluice"),
+    ]);
+    let cfg =
+        Config::from_toml(&with_store("url = \"env:PG\"\nretention_days = 7"), &vars).unwrap();
+    assert_eq!(
+        cfg.store.url.as_ref().unwrap().expose(),
+        "postgres://u:pw@db:5432/sluice"
+    );
+    assert_eq!(cfg.store.path, None);
+    assert_eq!(cfg.store.retention_days, Some(7));
+    assert_eq!(
+        cfg.store.spill_path,
+        std::path::PathBuf::from("sluice-ledger.spill")
+    );
+    assert!(!format!("{cfg:?}").contains("pw@"));
+    assert!(!cfg.summary().contains("pw"));
+
+    let file = secret_file(
+        "pgurl",
+        "postgresql://sluice@127.0.0.1/sluice?sslmode=require\n",
+    );
+    let cfg = Config::from_toml(&with_store(&format!("url = \"file:{file}\"")), &vars).unwrap();
+    assert!(cfg.store.url.unwrap().expose().ends_with("sslmode=require"));
+    let cfg = Config::from_toml(
+        &with_store("url = \"postgres://127.0.0.1/sluice\"\nspill_path = \"/tmp/s.spill\""),
+        &vars,
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.store.spill_path,
+        std::path::PathBuf::from("/tmp/s.spill")
+    );
+    // SQLite's spill file sits next to the database.
+    let cfg = Config::from_toml(&with_store("path = \"/data/s.db\""), &vars).unwrap();
+    assert_eq!(
+        cfg.store.spill_path,
+        std::path::PathBuf::from("/data/s.db.spill")
+    );
+
+    for (store, want) in [
+        ("url = \"env:PG\"\npath = \"x.db\"", "exclude each other"),
+        ("url = \"mysql://x\"", "postgres://"),
+        ("url = \"env:NOPE\"", "NOPE"),
+        ("url = \"env:PG\"\nretention_days = 0", "retention_days"),
+        ("url = \"env:PG\"\nbacklog_records = 0", "backlog_records"),
+    ] {
+        let e = Config::from_toml(&with_store(store), &vars).unwrap_err();
+        assert!(e.0.contains(want), "{store}: {e}");
+        assert!(!e.0.contains("pw"), "{e}");
+    }
+}
+
+#[test]
 fn compression_defaults_and_validation() {
     use crate::compress::Coding;
     let cfg = Config::from_toml("", &env(&[])).unwrap();
@@ -350,4 +542,33 @@ catalog_file = "prices.json"
         let e = Config::from_toml(bad, &env(&[])).unwrap_err();
         assert!(e.0.contains(path), "{bad}: {e}");
     }
+}
+
+#[test]
+fn shared_section_from_env_overrides_and_files() {
+    // `SLUICE__SHARED__…` alone makes the [shared] section (as the Kubernetes Deployment does).
+    let vars = env(&[
+        ("MOCK_KEY", "sk-test"),
+        (
+            "SLUICE__SHARED__REDIS_URL",
+            "redis://:pw@redis.internal:6380",
+        ),
+        ("SLUICE__SHARED__TIMEOUT_MS", "7"),
+    ]);
+    let cfg = Config::from_toml(MOCK, &vars).unwrap();
+    let sh = cfg.shared.as_ref().unwrap();
+    assert_eq!(sh.redis_display, "redis://redis.internal:6380");
+    assert_eq!(sh.timeout_ms, 7);
+    assert!(!cfg.summary().contains("pw"));
+    // And from a file, as every other secret.
+    let file = secret_file("redis", "rediss://cache.internal\n");
+    let text = format!("{MOCK}\n[shared]\nredis_url = \"file:{file}\"\n");
+    let cfg = Config::from_toml(&text, &env(&[("MOCK_KEY", "sk-test")])).unwrap();
+    assert!(cfg.shared.unwrap().tls);
+    let e = Config::from_toml(
+        MOCK,
+        &env(&[("MOCK_KEY", "sk-test"), ("SLUICE__SHARED__REDIS_URLL", "x")]),
+    )
+    .unwrap_err();
+    assert!(e.0.contains("SLUICE__SHARED__REDIS_URLL"), "{e}");
 }

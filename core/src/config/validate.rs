@@ -38,6 +38,7 @@ pub(super) fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Con
         models: routing.models,
         auth: access.auth,
         store: access.store,
+        shared: shared::validate(raw.shared, secrets)?,
         limits: access.limits,
         prices: access.prices,
         pricing: pricing(raw.pricing)?,
@@ -433,7 +434,7 @@ fn headers(
                 at("headers")
             ));
         }
-        let v = if v.starts_with("env:") {
+        let v = if v.starts_with("env:") || v.starts_with("file:") {
             resolve_secret(&v, secrets)
                 .map_err(|m| {
                     ConfigError(format!("invalid config at `{}.{k}`: {m}", at("headers")))
@@ -641,15 +642,16 @@ fn httparse_token(name: &str) -> Result<(), ()> {
     }
 }
 
-/// Resolves `env:NAME`. Inline secrets are refused, so a config file can be shared safely.
+/// Resolves `env:NAME` or `file:/path`. Inline secrets are refused, so a config file can be
+/// shared safely.
 fn resolve_secret(reference: &str, secrets: &dyn SecretSource) -> Result<Secret, String> {
-    let Some(name) = reference.strip_prefix("env:") else {
-        return Err("secrets must be referenced as `env:VARIABLE`, never inlined".to_string());
-    };
-    secrets
-        .var(name)
-        .map(Secret)
-        .ok_or_else(|| format!("environment variable `{name}` is not set"))
+    match super::secret_reference(reference, secrets) {
+        Some(r) => r.map(Secret),
+        None => Err(
+            "secrets must be referenced as `env:VARIABLE` or `file:/path`, never inlined"
+                .to_string(),
+        ),
+    }
 }
 
 pub(super) fn parse_endpoint(base_url: &str) -> Result<Endpoint, String> {

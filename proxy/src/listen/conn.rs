@@ -280,11 +280,19 @@ async fn respond_to(
         Route::Readyz => {
             let (ready, reason) = endpoints::readiness(worker).await;
             let status = if ready { 200 } else { 503 };
-            let body = serde_json::to_vec(&serde_json::json!({
+            let mut detail = serde_json::json!({
                 "status": if ready { "ready" } else { "not_ready" },
                 "reason": reason,
-            }))
-            .unwrap_or_default();
+            });
+            // The store does not decide readiness (requests flow while it is down), but
+            // its state is shown; so is the fleet's shared state.
+            if let Some(store) = endpoints::store_detail(worker) {
+                detail["store"] = store;
+            }
+            if let Some(f) = worker.shared.fleet.as_ref() {
+                detail["shared"] = f.status();
+            }
+            let body = serde_json::to_vec(&detail).unwrap_or_default();
             (status, json(status, &body))
         }
         Route::Metrics if worker.shared.config.admin.metrics_on_main => (

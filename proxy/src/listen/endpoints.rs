@@ -232,6 +232,18 @@ pub async fn readiness(worker: &Worker) -> (bool, &'static str) {
     (ok, if ok { "ready" } else { "no upstream reachable" })
 }
 
+/// The store's state for `/readyz`: `ok`, or `unavailable` with the records waiting for it
+/// (in memory and spilled to disk). `None` without a store.
+pub fn store_detail(worker: &Worker) -> Option<serde_json::Value> {
+    let ledger = worker.shared.auth.ledger.as_ref()?;
+    let down = ledger.store_down();
+    Some(serde_json::json!({
+        "status": if down { "unavailable" } else { "ok" },
+        "backlog_records": ledger.backlog(),
+        "spilled_records": ledger.spilled(),
+    }))
+}
+
 async fn probe(addr: SocketAddr) -> bool {
     matches!(
         monoio::time::timeout(PROBE_TIMEOUT, monoio::net::TcpStream::connect_addr(addr)).await,

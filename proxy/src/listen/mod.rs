@@ -1,6 +1,7 @@
 //! The client side: runtimes and listeners, each client connection, and the answers the
 //! gateway gives itself (health, readiness, models, errors).
 
+mod access;
 pub mod client_io;
 pub mod conn;
 pub mod endpoints;

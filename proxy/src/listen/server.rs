@@ -15,7 +15,7 @@ use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 use sluice_core::cache::MemoryStore;
-use sluice_core::config::{Config, ConfigError, Driver, ProcessEnv, Workers};
+use sluice_core::config::{Config, ConfigError, Driver, Pinning, ProcessEnv, Workers};
 use sluice_core::limiter::{DeploymentLimits, Limiter, LocalLimiter};
 
 use crate::listen::client_io;
@@ -154,8 +154,15 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
     let started_unix = crate::clock::unix_s();
     // The recorder first: the admission counters are created with it.
     crate::telemetry::metrics::install();
-    let (access, ledger_handle) = open_access(&config)?;
-    let limiter: Arc<dyn Limiter> = Arc::new(LocalLimiter);
+    let (access, ledger_handle) = super::access::open_access(&config)?;
+    let fleet = match &config.shared {
+        Some(c) => Some(crate::shared::Fleet::start(c)?),
+        None => None,
+    };
+    let limiter: Arc<dyn Limiter> = match &fleet {
+        Some(f) => f.limiter.clone(),
+        None => Arc::new(LocalLimiter),
+    };
     let shared = Arc::new(Shared {
         generation: 1,
         config_path,
@@ -175,6 +182,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
         provider_limits: Arc::new(DeploymentLimits::build(&config, limiter.clone(), None)),
         limiter,
+        fleet,
         // The response cache is kept across reloads; `[cache]` bounds apply at start-up.
         responses: Arc::new(MemoryStore::new(config.cache, crate::cache::secret())),
         flights: Default::default(),
@@ -189,6 +197,9 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         config: Arc::new(config),
     });
     let generations: Generations = Arc::new(arc_swap::ArcSwap::new(shared.clone()));
+    if let (Some(f), Some(reg)) = (&shared.fleet, &shared.registry) {
+        f.watch_keys(reg.clone(), shared.auth.clone())?;
+    }
     crate::state::spawn_dns_refresher(generations.clone());
     if let Some(t) = &shared.tls_listener {
         t.spawn_watcher()?;
@@ -221,6 +232,9 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
 
     wait_for_signal(&generations, signals)?;
     let result = shut_down(&shared, stops, handles);
+    if let Some(fleet) = &shared.fleet {
+        fleet.shutdown(Duration::from_secs(1));
+    }
     drop(ledger_handle);
     tracing::info!("stopped");
     result
@@ -267,7 +281,8 @@ type Started = (
     Vec<std::thread::JoinHandle<io::Result<()>>>,
 );
 
-/// Starts one worker thread per listener, pinned to a core when the config says so.
+/// Starts one worker thread per listener, pinned to a core when the config says so and the
+/// CPU set has one CPU per worker ([`sluice_core::config::pinning`]).
 fn start_workers(
     shared: &Shared,
     generations: &Generations,
@@ -276,14 +291,30 @@ fn start_workers(
 ) -> io::Result<Started> {
     let workers = listeners.len();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let pin = match sluice_core::config::pinning(
+        shared.config.server.pin_workers,
+        cores.len(),
+        workers,
+    ) {
+        Pinning::Pin => true,
+        Pinning::Off => false,
+        Pinning::Refused { allowed, workers } => {
+            tracing::info!(
+                allowed_cpus = allowed,
+                workers,
+                "pin_workers: not pinning, the CPU set is not one CPU per worker (a CPU quota \
+                 shares the node's CPUs; pinning would put every replica on the same cores)"
+            );
+            false
+        }
+    };
     let mut stops = Vec::with_capacity(workers);
     let mut handles = Vec::with_capacity(workers);
     for (id, listener) in listeners.into_iter().enumerate() {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);
         let generations = generations.clone();
-        let core = (shared.config.server.pin_workers && !cores.is_empty())
-            .then(|| cores[id % cores.len()]);
+        let core = if pin { cores.get(id).copied() } else { None };
         let handle = std::thread::Builder::new()
             .name(format!("sluice-w{id}"))
             .spawn(move || {
@@ -333,70 +364,6 @@ fn shut_down(
         }
     }
     result
-}
-
-/// What `open_access` sets up for `Shared`.
-struct Access {
-    auth: crate::request::auth::Auth,
-    registry: Option<crate::registry::SharedRegistry>,
-    admin_token: Option<[u8; 32]>,
-}
-
-/// Opens the store (keys, teams, spend) and the ledger writer, and builds the key index.
-fn open_access(config: &Config) -> io::Result<(Access, Option<crate::store::LedgerHandle>)> {
-    use crate::registry::Registry;
-    use crate::store::{LedgerWriter, Store, WriterOptions};
-    let admin_token = std::env::var("SLUICE_ADMIN_TOKEN")
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-        .map(|t| sluice_core::keys::hash_key(t.trim()));
-    for k in config.keys.iter().filter(|k| k.literal) {
-        tracing::warn!(key = %k.record.name, prefix = %k.record.prefix, "a key is written literally in the config: fine for a demo, never for production");
-    }
-    let Some(path) = &config.store.path else {
-        let auth =
-            crate::request::auth::Auth::new(config, crate::request::auth::Index::default(), None);
-        return Ok((
-            Access {
-                auth,
-                registry: None,
-                admin_token,
-            },
-            None,
-        ));
-    };
-    if admin_token.is_none() {
-        tracing::info!("admin API off: set SLUICE_ADMIN_TOKEN to manage keys, teams and spend");
-    }
-    let store_err =
-        |e: crate::store::StoreError| io::Error::other(format!("{}: {e}", path.display()));
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-    }
-    let store = Store::open(path).map_err(store_err)?;
-    let (registry, index) = Registry::open(config, store).map_err(store_err)?;
-    let opts = WriterOptions {
-        flush_interval: Duration::from_millis(config.store.flush_interval_ms),
-        synchronous_full: config.store.synchronous_full,
-        ..WriterOptions::default()
-    };
-    let (ledger, handle) = LedgerWriter::spawn_with(path, opts).map_err(store_err)?;
-    tracing::info!(
-        store = %path.display(),
-        keys = index.keys().count(),
-        auth = ?config.auth,
-        "store opened"
-    );
-    let auth = crate::request::auth::Auth::new(config, index, Some(ledger));
-    Ok((
-        Access {
-            auth,
-            registry: Some(std::sync::Mutex::new(registry)),
-            admin_token,
-        },
-        Some(handle),
-    ))
 }
 
 /// Reloads the config file into a new generation and swaps it in: `Ok(Some(generation))`
@@ -461,6 +428,7 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
             Instant::now(),
         )),
         limiter: old.limiter.clone(),
+        fleet: old.fleet.clone(),
         responses: old.responses.clone(),
         flights: old.flights.clone(),
         auth: old.auth.clone(),
@@ -496,6 +464,7 @@ fn keep_restart_only(running: &Config, new: &mut Config) {
     keep!(admin, "admin");
     keep!(tracing, "tracing");
     keep!(store, "store");
+    keep!(shared, "shared");
     keep!(auth, "auth");
     keep!(log, "log");
     keep!(limits.default_max_tokens, "limits.default_max_tokens");

@@ -162,7 +162,11 @@ pub fn run(config: Option<&Config>) -> Vec<Check> {
         check_workers(
             cores,
             workers_setting,
-            config.is_none_or(|c| c.server.pin_workers),
+            sluice_core::config::pinning(
+                config.is_none_or(|c| c.server.pin_workers),
+                core_affinity::get_core_ids().map_or(0, |c| c.len()),
+                workers,
+            ) == sluice_core::config::Pinning::Pin,
             read_trim("/sys/devices/system/cpu/isolated").as_deref(),
         ),
         check_clocksource(

@@ -177,6 +177,9 @@ async fn admit_and_forward(
     let key_sets = key.as_deref().map(KeyEntry::limit_sets);
     let sets: &[&LimitSet] = key_sets.as_ref().map_or(&no_sets[..], |s| &s[..]);
     let limiter = &*shared.limiter;
+    if let Some(fleet) = &shared.fleet {
+        fleet.fetch(sets, None).await;
+    }
     let admitted = inspected
         .authorize(|m| key.as_ref().is_none_or(|k| k.record.allows_model(m)))
         .and_then(|i| {
@@ -226,6 +229,9 @@ async fn admit_and_forward(
         &plan.inspected,
         plan.prompt_bytes(),
     );
+    if let Some(fleet) = &shared.fleet {
+        fleet.fetch(sets, Some(&ask)).await;
+    }
     let reserved = match admitted.reserve(limiter, sets, &ask, |d| {
         auth.refusal(key.as_deref(), d, ask.tokens)
     }) {

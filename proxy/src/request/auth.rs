@@ -32,6 +32,7 @@ use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::RequestHead;
 use sluice_core::inspect::{self, Inspected};
 use sluice_core::keys::{self, KeyRecord, KeyRefusal, Limits, TeamRecord};
+use sluice_core::lease::Subject;
 use sluice_core::limiter::{Ask, Denied, Refusal};
 use sluice_core::limits::{self, period_start, BudgetPeriod, LimitSet};
 
@@ -136,7 +137,11 @@ fn limit_set(
         }
         _ => spend_of(scope, id, shape.budget_period),
     };
-    Arc::new(LimitSet::from_limits(&shape, spend, unix_s))
+    let subject = match scope {
+        Scope::Key => Subject::Key(Arc::from(id)),
+        Scope::Team => Subject::Team(Arc::from(id)),
+    };
+    Arc::new(LimitSet::from_limits(&shape, spend, unix_s).with_subject(subject))
 }
 
 /// Builds the index from every key (`(record, from_config)`) and team, carrying limit state
@@ -449,6 +454,12 @@ impl Auth {
                     ),
                 )
             }
+            Refusal::Unavailable => (
+                ErrorKind::Overloaded,
+                format!(
+                    "The limits of {whose} cannot be checked: the shared store is unavailable. Retry shortly."
+                ),
+            ),
         };
         let mut err = GatewayError::new(kind, message);
         if let Some(s) = denied.refusal.retry_after_s() {

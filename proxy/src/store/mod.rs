@@ -2,10 +2,11 @@
 //!
 //! One seam, two sides:
 //! - [`Backend`]: what a database must do. [`sqlite`] is the embedded default (one local file,
-//!   WAL); a PostgreSQL backend for a fleet implements the same trait and runs the same test
-//!   suite (`proxy/tests/store/suite.rs`).
+//!   WAL); [`postgres`] is the fleet's, shared by every replica. Both run the same test suite
+//!   (`proxy/tests/store_suite`, from `proxy/tests/store.rs` and `proxy/tests/store_pg.rs`).
 //! - [`Store`]: the handle callers hold, a boxed backend plus what every backend shares
-//!   (listings, the spend snapshot, day labels). [`Store::open`] opens SQLite.
+//!   (listings, the spend snapshot, day labels). [`Store::open`] opens SQLite,
+//!   [`Store::open_target`] either ([`StoreTarget`]).
 //!
 //! Two ways in, on two connections to the same database:
 //! - [`Store`]: synchronous CRUD and reports for the admin thread and for start-up (load every
@@ -25,7 +26,7 @@
 //! (daily, weekly, monthly, lifetime) is a sum of rows: [`Store::spend_totals_since`].
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sluice_core::keys::{KeyRecord, TeamRecord};
@@ -34,6 +35,8 @@ use sluice_core::usage::Usage;
 
 pub mod ledger;
 pub mod migrate;
+pub mod postgres;
+pub mod spool;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -46,6 +49,9 @@ pub enum StoreError {
     /// SQLite refused (I/O, corruption, busy past the timeout).
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused, or could not be reached.
+    #[error("store: {0}")]
+    Postgres(#[from] ::postgres::Error),
     /// A JSON column did not parse.
     #[error("store: bad JSON in a row: {0}")]
     Json(#[from] serde_json::Error),
@@ -83,6 +89,35 @@ pub enum StoreError {
     /// The writer thread could not be started.
     #[error("store: cannot start the ledger writer: {0}")]
     Spawn(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (a connection refused, dropped or timed
+    /// out), rather than refusing what was asked: trying again later may work.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
+
+    /// Whether the database refused the data itself (a value it cannot store, a constraint):
+    /// the same rows will be refused again, however often they are retried.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => e.code().is_some_and(|c| {
+                // Class 22: data exception; class 23: integrity constraint violation.
+                c.code().starts_with("22") || c.code().starts_with("23")
+            }),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+                f.code,
+                rusqlite::ErrorCode::ConstraintViolation
+                    | rusqlite::ErrorCode::TooBig
+                    | rusqlite::ErrorCode::TypeMismatch
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// The store's result.
@@ -293,6 +328,9 @@ pub trait Backend: Send {
     fn ledger(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<UsageRecord>>;
     /// Rows in the ledger.
     fn ledger_count(&self) -> Result<u64>;
+    /// Removes the ledger rows older than `ts_ms` (retention) and returns how many. The
+    /// per-day spend stays: budgets keep counting what those rows cost.
+    fn delete_ledger_before(&self, ts_ms: u64) -> Result<u64>;
 
     /// Appends one admin action to the audit log.
     fn insert_audit(&self, r: &AuditRecord) -> Result<()>;
@@ -310,14 +348,44 @@ pub fn spend_by_day(batch: &[UsageRecord]) -> HashMap<(Scope, &str, u64), u64> {
     let mut spend: HashMap<(Scope, &str, u64), u64> = HashMap::new();
     for r in batch.iter().filter(|r| r.cost_micros != 0) {
         let day = r.ts_ms / 1000 / 86_400 * 86_400;
+        // Saturating: a bogus cost must not panic the writer or poison the batch.
         if let Some(k) = r.key_id.as_deref() {
-            *spend.entry((Scope::Key, k, day)).or_default() += r.cost_micros;
+            let e = spend.entry((Scope::Key, k, day)).or_default();
+            *e = e.saturating_add(r.cost_micros);
         }
         if let Some(t) = r.team.as_deref() {
-            *spend.entry((Scope::Team, t, day)).or_default() += r.cost_micros;
+            let e = spend.entry((Scope::Team, t, day)).or_default();
+            *e = e.saturating_add(r.cost_micros);
         }
     }
     spend
+}
+
+/// Which database the store is in: `[store] path` (SQLite) or `[store] url` (PostgreSQL).
+#[derive(Clone, Debug)]
+pub enum StoreTarget {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server and database.
+    Postgres(Box<postgres::PgTarget>),
+}
+
+impl StoreTarget {
+    /// Where the data lives, for logs (never a password).
+    pub fn location(&self) -> String {
+        match self {
+            StoreTarget::Sqlite(p) => p.display().to_string(),
+            StoreTarget::Postgres(t) => t.location().to_string(),
+        }
+    }
+
+    /// Opens one connection (migrating the schema); `synchronous_full` is SQLite's.
+    pub fn connect(&self, synchronous_full: bool) -> Result<Box<dyn Backend>> {
+        Ok(match self {
+            StoreTarget::Sqlite(p) => Box::new(sqlite::Sqlite::open(p, synchronous_full)?),
+            StoreTarget::Postgres(t) => Box::new(postgres::Postgres::open(t)?),
+        })
+    }
 }
 
 /// The store for the admin thread and start-up: CRUD of teams and keys, spend reports, over
@@ -335,6 +403,11 @@ impl Store {
             path.as_ref(),
             false,
         )?)))
+    }
+
+    /// Opens the store at `target` and brings its schema up to date.
+    pub fn open_target(target: &StoreTarget) -> Result<Store> {
+        Ok(Store::with_backend(target.connect(false)?))
     }
 
     /// A store over an opened (and migrated) backend.

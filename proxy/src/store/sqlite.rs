@@ -643,6 +643,13 @@ impl Backend for Sqlite {
         Ok(uint(n))
     }
 
+    fn delete_ledger_before(&self, ts_ms: u64) -> Result<u64> {
+        let n = self
+            .conn
+            .execute("DELETE FROM ledger WHERE ts_ms < ?1", [int(ts_ms)])?;
+        Ok(n as u64)
+    }
+
     fn insert_audit(&self, r: &AuditRecord) -> Result<()> {
         self.conn
             .prepare_cached(

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -148,6 +149,8 @@ fn migration_lists_are_numbered_without_gaps() {
 /// what it is given; nothing else is called.
 struct Flaky {
     fails_left: Mutex<u32>,
+    /// While set, every insert fails (a database that is down).
+    down: Arc<AtomicBool>,
     rows: Arc<Mutex<Vec<UsageRecord>>>,
 }
 
@@ -215,7 +218,20 @@ impl Backend for Flaky {
     fn ledger_count(&self) -> Result<u64> {
         unimplemented!()
     }
+    fn delete_ledger_before(&self, _: u64) -> Result<u64> {
+        unimplemented!()
+    }
     fn insert_usage(&self, batch: &[UsageRecord]) -> Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::BadValue("connection refused".into()));
+        }
+        // Request id "poison" is a record the database will never take (a constraint).
+        if batch.iter().any(|r| r.request_id == "poison") {
+            return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+                None,
+            )));
+        }
         let mut left = self.fails_left.lock().unwrap();
         if *left > 0 {
             *left -= 1;
@@ -244,14 +260,27 @@ fn record(i: u64) -> UsageRecord {
 }
 
 fn flaky_writer(fails: u32) -> (LedgerSender, LedgerHandle, Arc<Mutex<Vec<UsageRecord>>>) {
+    let (tx, handle, rows) = flaky_writer_with(
+        fails,
+        Arc::new(AtomicBool::new(false)),
+        WriterOptions {
+            flush_interval: Duration::from_millis(5),
+            ..WriterOptions::default()
+        },
+    );
+    (tx, handle, rows)
+}
+
+fn flaky_writer_with(
+    fails: u32,
+    down: Arc<AtomicBool>,
+    opts: WriterOptions,
+) -> (LedgerSender, LedgerHandle, Arc<Mutex<Vec<UsageRecord>>>) {
     let rows = Arc::new(Mutex::new(Vec::new()));
     let backend = Flaky {
         fails_left: Mutex::new(fails),
+        down,
         rows: rows.clone(),
-    };
-    let opts = WriterOptions {
-        flush_interval: Duration::from_millis(5),
-        ..WriterOptions::default()
     };
     let (tx, handle) =
         LedgerWriter::spawn_on(move || Ok(Box::new(backend) as Box<dyn Backend>), opts).unwrap();
@@ -309,4 +338,139 @@ fn a_backend_that_cannot_open_fails_the_spawn() {
         err,
         StoreError::SchemaTooNew { found: 9, known: 1 }
     ));
+}
+
+/// A fresh directory for a spill file.
+fn spill_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-spill-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn while_the_store_is_down_records_queue_then_spill_and_all_land_once_in_order() {
+    let dir = spill_dir("outage");
+    let down = Arc::new(AtomicBool::new(true));
+    let (tx, handle, rows) = flaky_writer_with(
+        0,
+        down.clone(),
+        WriterOptions {
+            flush_interval: Duration::from_millis(5),
+            max_batch: 16,
+            backlog_records: 100,
+            spill_path: Some(dir.join("ledger.spill")),
+            ..WriterOptions::default()
+        },
+    );
+    for i in 0..1_000 {
+        // Never refused: the channel keeps draining into the backlog.
+        tx.record(record(i)).unwrap();
+    }
+    assert!(wait_until(|| tx.backlog() == 1_000));
+    assert!(tx.store_down());
+    assert_eq!(tx.spilled(), 900, "past the memory bound, to disk");
+    assert_eq!(tx.committed(), 0);
+    assert!(
+        !tx.flush_and_wait(Duration::from_millis(100)),
+        "nothing committed yet"
+    );
+
+    down.store(false, Ordering::SeqCst);
+    assert!(tx.flush_and_wait(Duration::from_secs(20)));
+    assert!(!tx.store_down());
+    assert_eq!((tx.committed(), tx.backlog(), tx.rejected()), (1_000, 0, 0));
+    let got: Vec<u64> = rows.lock().unwrap().iter().map(|r| r.cost_micros).collect();
+    assert_eq!(got, (0..1_000).collect::<Vec<_>>(), "in order, once each");
+    drop(tx);
+    assert_eq!(handle.join().lost, 0);
+    assert!(!dir.join("ledger.spill").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_writer_stopped_during_an_outage_spills_and_the_next_one_replays() {
+    let dir = spill_dir("restart");
+    let opts = WriterOptions {
+        flush_interval: Duration::from_millis(5),
+        backlog_records: 10,
+        spill_path: Some(dir.join("ledger.spill")),
+        ..WriterOptions::default()
+    };
+    let (tx, handle, rows) = flaky_writer_with(0, Arc::new(AtomicBool::new(true)), opts.clone());
+    for i in 0..50 {
+        tx.record(record(i)).unwrap();
+    }
+    drop(tx);
+    assert_eq!(
+        handle.join(),
+        WriterReport {
+            committed: 0,
+            lost: 0
+        }
+    );
+    assert!(rows.lock().unwrap().is_empty());
+
+    // The next start, with the database back: the spilled records land first.
+    let (tx, handle, rows) = flaky_writer_with(0, Arc::new(AtomicBool::new(false)), opts);
+    tx.record(record(50)).unwrap();
+    assert!(tx.flush_and_wait(Duration::from_secs(20)));
+    let mut got: Vec<u64> = rows.lock().unwrap().iter().map(|r| r.cost_micros).collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..51).collect::<Vec<_>>());
+    drop(tx);
+    handle.join();
+    assert!(
+        std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "spill files removed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Polls `f` for up to 20 s.
+fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    f()
+}
+
+#[test]
+fn a_record_the_store_refuses_is_set_aside_and_the_rest_commits() {
+    let dir = spill_dir("refused");
+    let (tx, handle, rows) = flaky_writer_with(
+        0,
+        Arc::new(AtomicBool::new(false)),
+        WriterOptions {
+            flush_interval: Duration::from_secs(30),
+            spill_path: Some(dir.join("ledger.spill")),
+            ..WriterOptions::default()
+        },
+    );
+    for i in 0..1_000 {
+        let mut r = record(i);
+        if i == 500 {
+            r.request_id = "poison".into();
+        }
+        tx.record(r).unwrap();
+    }
+    assert!(tx.flush_and_wait(Duration::from_secs(10)));
+    assert!(
+        !tx.store_down(),
+        "a refused record does not take the store down"
+    );
+    assert_eq!((tx.committed(), tx.refused(), tx.pending()), (999, 1, 0));
+    let got: Vec<u64> = rows.lock().unwrap().iter().map(|r| r.cost_micros).collect();
+    let want: Vec<u64> = (0..1_000).filter(|&i| i != 500).collect();
+    assert_eq!(got, want, "in order, once each");
+    let kept = std::fs::read_to_string(dir.join("ledger.spill.refused")).unwrap();
+    assert_eq!(kept.lines().count(), 1);
+    assert!(kept.contains("\"request_id\":\"poison\""), "{kept}");
+    drop(tx);
+    assert_eq!(handle.join().lost, 0);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -129,6 +129,26 @@ fn describe_cache() {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_cache();
+    describe_gauge!(
+        "sluice_store_up",
+        "1 while the store (SQLite or PostgreSQL) takes ledger commits, 0 while it refuses them."
+    );
+    describe_gauge!(
+        "sluice_ledger_backlog_records",
+        "Usage records waiting for the store while it is down (memory and spill file)."
+    );
+    describe_gauge!(
+        "sluice_ledger_spilled_records",
+        "Of the backlog, records in the local spill file, replayed when the store is back."
+    );
+    describe_counter!(
+        "sluice_ledger_refused_records_total",
+        "Usage records the store refused for their content, kept in the .refused file."
+    );
+    describe_counter!(
+        "sluice_ledger_commit_failures_total",
+        "Ledger commits the store refused (each is retried; nothing is dropped)."
+    );
     describe_counter!(
         "sluice_requests_total",
         "Requests answered, by model group, deployment, provider, status class and stream."

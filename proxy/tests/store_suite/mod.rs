@@ -25,6 +25,10 @@ pub trait Fixture {
     fn latest_version(&self) -> u32;
     /// Records `version` as the database's schema version, behind the store's back.
     fn set_schema_version(&self, version: u32);
+    /// Whether text columns keep a NUL byte (SQLite) or turn it into U+FFFD (PostgreSQL).
+    fn keeps_nul(&self) -> bool {
+        true
+    }
 }
 
 /// Generates `mod $backend` with one `#[test]` per case of the suite; `$new` makes a
@@ -44,6 +48,8 @@ macro_rules! store_suite {
                 a_new_store_is_at_the_latest_schema,
                 reopening_is_idempotent,
                 a_newer_schema_is_refused,
+                retention_removes_old_rows_and_keeps_spend,
+                strings_from_clients_never_poison_a_batch,
                 audit_log_round_trip,
             );
         }
@@ -313,6 +319,8 @@ pub fn restart_keeps_keys_and_spend(f: &dyn Fixture) {
         1_015_007
     );
     assert_eq!(spend.spend(Scope::Key, "nobody", BudgetPeriod::Daily), 0);
+    assert_eq!(store.spend_since(Scope::Key, "nobody", 0).unwrap(), 0);
+    assert!(store.spend_by(SpendGroup::Key, 0, 1).unwrap().is_empty());
     assert_eq!(
         store
             .spend_since(
@@ -559,6 +567,84 @@ pub fn a_newer_schema_is_refused(f: &dyn Fixture) {
     f.set_schema_version(known);
     let store = f.open().unwrap();
     assert_eq!(store.get_team("core").unwrap(), Some(team_record("core")));
+}
+
+/// One case of the suite: with a retention period, the writer deletes older ledger rows when
+/// it starts; the per-day spend (budgets) keeps counting them.
+pub fn retention_removes_old_rows_and_keeps_spend(f: &dyn Fixture) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    {
+        let (tx, handle) = f.writer(WriterOptions::default()).unwrap();
+        for i in 0..5 {
+            // 2024: far older than 30 days.
+            tx.record(usage_record(i, "key_1", "core", 100)).unwrap();
+        }
+        let mut recent = usage_record(9, "key_1", "core", 7);
+        recent.ts_ms = now_ms - 86_400_000;
+        tx.record(recent).unwrap();
+        drop(tx);
+        assert_eq!(handle.join().committed, 6);
+    }
+    let (tx, handle) = f
+        .writer(WriterOptions {
+            retention: Some(Duration::from_secs(30 * 86_400)),
+            ..WriterOptions::default()
+        })
+        .unwrap();
+    let store = f.open().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.ledger_count().unwrap() != 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(store.ledger_count().unwrap(), 1);
+    assert_eq!(
+        store.ledger(0, u64::MAX, 10).unwrap()[0].request_id,
+        "req-9"
+    );
+    assert_eq!(store.spend_since(Scope::Key, "key_1", 0).unwrap(), 507);
+    drop(tx);
+    handle.join();
+}
+
+/// One case of the suite: a model name or request id with a NUL byte, quotes or any
+/// Unicode (they come from clients) commits with its batch, on every backend.
+pub fn strings_from_clients_never_poison_a_batch(f: &dyn Fixture) {
+    let (tx, handle) = f.writer(WriterOptions::default()).unwrap();
+    let odd = [
+        "a\0b",
+        "it's \"quoted\"",
+        "模型-🚀",
+        "\\ back\\slash",
+        "x\u{FFFD}y",
+    ];
+    for (i, s) in odd.iter().enumerate() {
+        let mut r = usage_record(i as u64, "key_1", "core", 1);
+        r.model = Arc::from(*s);
+        r.request_id = (*s).to_string();
+        r.deployment = Some(Arc::from(*s));
+        tx.record(r).unwrap();
+    }
+    tx.record(usage_record(99, "key_1", "core", 1)).unwrap();
+    assert!(tx.flush_and_wait(Duration::from_secs(10)));
+    assert_eq!((tx.committed(), tx.failed_commits()), (6, 0));
+    drop(tx);
+    handle.join();
+    let store = f.open().unwrap();
+    let rows = store.ledger(0, u64::MAX, 100).unwrap();
+    assert_eq!(rows.len(), 6);
+    for (row, want) in rows.iter().zip(odd) {
+        // PostgreSQL's TEXT has no NUL: it arrives as U+FFFD; everything else is exact.
+        let want = if f.keeps_nul() {
+            want.to_string()
+        } else {
+            want.replace('\0', "\u{FFFD}")
+        };
+        assert_eq!(&*row.model, want);
+        assert_eq!(row.request_id, want);
+    }
 }
 
 /// One case of the suite: admin actions land in the audit log and come back newest first,

@@ -7,8 +7,8 @@ use sluice_core::keys::{self, KeyRecord, Limits};
 use sluice_core::limits::BudgetPeriod;
 
 use super::{
-    check_budget, fail, field, limits, name_error, parse_body, patch_limit, registry, store_error,
-    valid_name, Answer, Res,
+    check_budget, fail, field, limits, name_error, parse_body, patch_limit, rebuilt, registry,
+    store_error, valid_name, Answer, Res,
 };
 use crate::request::auth::KeyEntry;
 use crate::state::Shared;
@@ -148,7 +148,7 @@ fn create_key(shared: &Shared, body: &[u8]) -> Res {
         created_at_unix: crate::clock::unix_s(),
     };
     reg.store.create_key(&record).map_err(store_error)?;
-    reg.rebuild(auth).map_err(store_error)?;
+    rebuilt(shared, &reg)?;
     tracing::info!(key_id = %record.id, prefix = %record.prefix, team = %record.team, "admin: key created");
     let mut view = key_view(&record, auth.index().key(&record.id).map(|e| &**e), false);
     view["key"] = Value::String(secret);
@@ -218,7 +218,7 @@ fn key_action(shared: &Shared, method: &str, id: &str, tail: &[&str], body: &[u8
         }
         ("DELETE", []) => {
             reg.store.delete_key(id).map_err(store_error)?;
-            reg.rebuild(auth).map_err(store_error)?;
+            rebuilt(shared, &reg)?;
             tracing::info!(key_id = %id, "admin: key deleted");
             return Ok(Answer(
                 200,
@@ -233,7 +233,7 @@ fn key_action(shared: &Shared, method: &str, id: &str, tail: &[&str], body: &[u8
             ))
         }
     }
-    reg.rebuild(auth).map_err(store_error)?;
+    rebuilt(shared, &reg)?;
     tracing::info!(key_id = %id, change = %tail.first().copied().unwrap_or("patch"), "admin: key changed");
     let index = auth.index();
     let mut view = key_view(&record, index.key(id).map(|e| &**e), false);

@@ -69,6 +69,14 @@ fn store_error(e: StoreError) -> Answer {
     match e {
         StoreError::Conflict(what) => fail(409, "conflict", format!("{what} already exists")),
         StoreError::NotFound(what) => fail(404, "not_found", format!("no such {what}")),
+        other if other.is_unavailable() => {
+            tracing::warn!(error = %other, "admin: store unavailable");
+            fail(
+                503,
+                "store_unavailable",
+                "the store cannot be reached; try again shortly",
+            )
+        }
         other => {
             tracing::error!(error = %other, "admin: store error");
             fail(
@@ -112,6 +120,16 @@ fn check_token(shared: &Shared, head: &RequestHead) -> Result<(), Answer> {
             "Missing or wrong admin token: send `Authorization: Bearer $SLUICE_ADMIN_TOKEN`.",
         )),
     }
+}
+
+/// Rebuilds the data plane's key index after a change and announces it to the other
+/// replicas of a fleet (`[shared]`), which rebuild theirs.
+fn rebuilt(shared: &Shared, reg: &Registry) -> Result<(), Answer> {
+    reg.rebuild(&shared.auth).map_err(store_error)?;
+    if let Some(f) = &shared.fleet {
+        f.keys_changed();
+    }
+    Ok(())
 }
 
 fn registry(shared: &Shared) -> Result<MutexGuard<'_, Registry>, Answer> {

@@ -8,8 +8,8 @@ use sluice_core::limits::BudgetPeriod;
 
 use super::keys::spend_usd;
 use super::{
-    check_budget, fail, limits, name_error, parse_body, patch_limit, registry, store_error,
-    valid_name, Answer, Res,
+    check_budget, fail, limits, name_error, parse_body, patch_limit, rebuilt, registry,
+    store_error, valid_name, Answer, Res,
 };
 use crate::request::auth::TeamEntry;
 use crate::state::Shared;
@@ -86,7 +86,7 @@ pub(super) fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8
             };
             let reg = registry(shared)?;
             reg.store.create_team(&record).map_err(store_error)?;
-            reg.rebuild(auth).map_err(store_error)?;
+            rebuilt(shared, &reg)?;
             tracing::info!(team = %record.name, "admin: team created");
             let index = auth.index();
             let view = index
@@ -121,7 +121,7 @@ pub(super) fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8
                 }
             }
             reg.store.update_team(&t).map_err(store_error)?;
-            reg.rebuild(auth).map_err(store_error)?;
+            rebuilt(shared, &reg)?;
             let index = auth.index();
             let view = index
                 .team(name)
@@ -131,7 +131,7 @@ pub(super) fn teams_api(shared: &Shared, method: &str, rest: &[&str], body: &[u8
         ("DELETE", [name]) => {
             let reg = registry(shared)?;
             reg.store.delete_team(name).map_err(store_error)?;
-            reg.rebuild(auth).map_err(store_error)?;
+            rebuilt(shared, &reg)?;
             Ok(Answer(
                 200,
                 json!({"object": "team", "name": name, "deleted": true}),
