@@ -201,14 +201,17 @@ fn key_lifecycle_through_the_admin_api(driver: &str) {
         assert!(!log.contains(&k[10..]), "a key leaked into the logs");
     }
     assert!(log.contains("admin: key created"));
-    // Access lines name the key by id and team, never by the key.
-    let line = gw
-        .lines()
-        .into_iter()
-        .filter(|l| l.contains("\"sluice::access\""))
-        .map(|l| serde_json::from_str::<serde_json::Value>(&l).unwrap())
-        .find(|v| v["key_id"] == id.as_str())
-        .expect("an access line with the key id");
+    // Access lines name the key by id and team, never by the key (a worker hands its lines
+    // to the writer in batches, at least every 250 ms: wait for them).
+    let find = || {
+        gw.lines()
+            .into_iter()
+            .filter(|l| l.contains("\"sluice::access\""))
+            .map(|l| serde_json::from_str::<serde_json::Value>(&l).unwrap())
+            .find(|v| v["key_id"] == id.as_str())
+    };
+    assert!(eventually(Duration::from_secs(5), || find().is_some()));
+    let line = find().expect("an access line with the key id");
     assert_eq!(line["team"], "search");
     let _ = std::fs::remove_dir_all(dir);
 }

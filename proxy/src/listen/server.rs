@@ -606,9 +606,12 @@ fn run_worker(
         crate::upstream::start_background(&slot, &worker);
         worker.shared.listeners_up.fetch_add(1, Ordering::SeqCst);
         monoio::spawn(crate::listen::idle::deadlines::sweep());
+        // Access lines are handed to the log writer in batches (flushed by the heartbeat).
+        crate::telemetry::access_line::batch_on_this_thread();
         let beat = slot.clone();
         monoio::spawn(async move {
             for n in 0u64.. {
+                crate::telemetry::access_line::flush();
                 if n % 4 == 0 {
                     crate::listen::idle::return_free_memory();
                 }
@@ -626,6 +629,7 @@ fn run_worker(
         let worker = slot.current();
         worker.start_drain();
         drain(&worker).await;
+        crate::telemetry::access_line::flush();
         Ok(())
     })
 }

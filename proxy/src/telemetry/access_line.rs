@@ -9,7 +9,7 @@
 //! per-worker buffer that is handed to the same background writer the diagnostics use, so
 //! the lines of both never interleave.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::Write as _;
 
 use sluice_core::calendar::{Date, DAY_S};
@@ -30,6 +30,16 @@ impl AccessRecord {
         let unix_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
+        if BATCHED.get() {
+            let full = PENDING.with_borrow_mut(|pending| {
+                format(self, unix_us, pending);
+                pending.len() >= BATCH_BYTES
+            });
+            if full {
+                flush();
+            }
+            return;
+        }
         with_line(self, unix_us, |line| {
             // Lossy like every log line: a full writer drops it and counts the drop.
             let _ = writer.clone().write_all(line);
@@ -37,8 +47,42 @@ impl AccessRecord {
     }
 }
 
+/// Bytes of access lines a worker gathers before handing them to the writer in one message.
+///
+/// One message per line meant one wake-up of the writer thread per request (a futex call
+/// from the worker and a context switch, at thousands of requests a second); a worker
+/// instead appends its lines to a buffer of its own and hands over the buffer when it holds
+/// this much, and at least every quarter of a second ([`flush`], from the worker's
+/// heartbeat, and when the worker stops). The lines of one buffer are whole and in order;
+/// a full writer drops the buffer and counts one dropped line.
+pub const BATCH_BYTES: usize = 16 * 1024;
+
+/// Makes this thread (a data-plane worker) gather its access lines; call [`flush`] on it
+/// from time to time and before it ends.
+pub fn batch_on_this_thread() {
+    BATCHED.set(true);
+}
+
+/// Hands this thread's gathered access lines to the writer.
+pub fn flush() {
+    PENDING.with_borrow_mut(|pending| {
+        if pending.is_empty() {
+            return;
+        }
+        if let Some(writer) = access_writer() {
+            let _ = writer.clone().write_all(pending);
+        }
+        pending.clear();
+        if pending.capacity() > 16 * BATCH_BYTES {
+            *pending = Vec::with_capacity(2 * BATCH_BYTES);
+        }
+    });
+}
+
 thread_local! {
     static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+    static PENDING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static BATCHED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Formats `rec` as one JSON line stamped `unix_us` and passes it to `write` (a whole line,
