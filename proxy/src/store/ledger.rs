@@ -531,7 +531,7 @@ fn run_writer(backend: &dyn Backend, rx: Receiver<Msg>, opts: WriterOptions, c: 
         }
         let msg = match deadline {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(t) => rx.recv_deadline(t),
+            Some(t) => next_by(&rx, t),
         };
         let closed = match msg {
             Ok(Msg::Record(r)) => {
@@ -566,6 +566,34 @@ fn run_writer(backend: &dyn Backend, rx: Receiver<Msg>, opts: WriterOptions, c: 
         }
     }
 }
+
+/// The next message, or a timeout at `deadline`, without being woken by the senders.
+///
+/// Blocked in `recv_deadline`, this thread was woken by every record a worker sent (a futex
+/// call on the worker and a context switch, once per request). While a batch is pending the
+/// writer instead takes what is queued, and when nothing is, sleeps in short steps
+/// ([`POLL_STEP`]) until the deadline: the senders' `try_send` then never has a sleeper to
+/// wake, and the channel (65,536 records) is drained every few milliseconds. Only the first
+/// record after an idle spell wakes the writer (it waits in `recv` then).
+fn next_by(rx: &Receiver<Msg>, deadline: Instant) -> std::result::Result<Msg, RecvTimeoutError> {
+    loop {
+        match rx.try_recv() {
+            Ok(m) => return Ok(m),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                return Err(RecvTimeoutError::Disconnected)
+            }
+            Err(crossbeam_channel::TryRecvError::Empty) => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(RecvTimeoutError::Timeout);
+        }
+        std::thread::sleep((deadline - now).min(POLL_STEP));
+    }
+}
+
+/// The longest sleep of the writer between two looks at its channel while a batch is pending.
+const POLL_STEP: Duration = Duration::from_millis(5);
 
 /// A commit that stopped because the database could not be reached.
 struct Stalled {
