@@ -145,13 +145,15 @@ impl ResponseStore for MemoryStore {
         // `force_put`: an answer is visible to the next lookup as soon as it completes (plain
         // `put` may refuse a newcomer less popular than what it would evict).
         let evicted = self.ufo.force_put(key.hash, entry, weight);
-        self.entries.fetch_add(1, Relaxed);
-        self.weight.fetch_add(u64::from(weight), Relaxed);
-        self.inserts.fetch_add(1, Relaxed);
+        // The evictions are counted before the newcomer, so that a concurrent reader of the
+        // stats (the admin API) never sees the bytes above the bound in between.
         for kv in evicted {
             self.forget(kv.weight);
             self.evictions.fetch_add(1, Relaxed);
         }
+        self.entries.fetch_add(1, Relaxed);
+        self.weight.fetch_add(u64::from(weight), Relaxed);
+        self.inserts.fetch_add(1, Relaxed);
         true
     }
 
