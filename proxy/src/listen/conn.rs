@@ -137,7 +137,6 @@ async fn read_head(
 ) -> Result<(RequestHead, Instant), Stop> {
     let cfg = &worker.shared.config.server;
     let started = Instant::now();
-    let mut first = true;
     loop {
         if !client.buf.is_empty() {
             match http1::parse_request_head(&client.buf, limits) {
@@ -158,7 +157,8 @@ async fn read_head(
             // A connection that was only readable closed (or failed) before a byte of a
             // request: a quiet close, like an idle timeout.
             Read::Eof | Read::Failed => return Err(Stop::Close),
-            Read::TimedOut if first && was_empty => return Err(Stop::Close),
+            // Only the first read after a readable wake starts empty: nothing of a request came.
+            Read::TimedOut if was_empty => return Err(Stop::Close),
             Read::TimedOut => {
                 return Err(Stop::Answer(GatewayError::new(
                     ErrorKind::RequestTimeout,
@@ -166,7 +166,6 @@ async fn read_head(
                 )))
             }
         }
-        first = false;
     }
 }
 

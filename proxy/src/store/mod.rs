@@ -36,6 +36,7 @@ use sluice_core::usage::Usage;
 pub mod ledger;
 pub mod migrate;
 pub mod postgres;
+pub mod rows;
 pub mod spool;
 pub mod sqlite;
 #[cfg(test)]

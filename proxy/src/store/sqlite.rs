@@ -6,18 +6,17 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::types::ToSql;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection};
 use sluice_core::keys::{KeyRecord, Limits, TeamRecord};
-use sluice_core::usage::Usage;
 
 use super::migrate::{self, Migration, Schema};
+use super::rows::{self, KEY_COLUMNS, TEAM_COLUMNS, USAGE_COLUMNS};
 use super::{
-    cache_label, int, period, spend_by_day, uint, AuditRecord, Backend, Result, Scope, SpendGroup,
-    SpendRow, StoreError, UsageRecord, LIMIT_COLUMNS,
+    int, spend_by_day, uint, AuditRecord, Backend, Result, Scope, SpendGroup, SpendRow, StoreError,
+    UsageRecord, LIMIT_COLUMNS,
 };
 
 /// SQLite's schema, version by version. Append only: a shipped migration never changes.
@@ -158,40 +157,6 @@ pub struct Sqlite {
     path: PathBuf,
 }
 
-/// The key columns besides the limits, in the order [`key_from_row`] reads them; the limit
-/// columns ([`LIMIT_COLUMNS`]) follow.
-const KEY_OWN_COLUMNS: [&str; 11] = [
-    "id",
-    "name",
-    "team",
-    "user",
-    "hash",
-    "prefix",
-    "models",
-    "expires_at_unix",
-    "disabled",
-    "metadata",
-    "created_at_unix",
-];
-
-/// Every column of `keys`, own then limits, comma-separated.
-fn key_columns() -> String {
-    KEY_OWN_COLUMNS
-        .iter()
-        .chain(LIMIT_COLUMNS.iter())
-        .copied()
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Every column of `teams`: the name, then the limits.
-fn team_columns() -> String {
-    std::iter::once("name")
-        .chain(LIMIT_COLUMNS)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// `?first, ?first+1, …` for `n` parameters.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
@@ -241,82 +206,6 @@ impl LimitValues {
     }
 }
 
-/// The limit columns read at `at..at + 5`; the period comes back raw and is parsed outside,
-/// so its error stays ours.
-fn limits_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<(Limits, String)> {
-    Ok((
-        Limits {
-            rpm: r.get::<_, Option<i64>>(at)?.map(uint),
-            tpm: r.get::<_, Option<i64>>(at + 1)?.map(uint),
-            max_concurrency: r
-                .get::<_, Option<i64>>(at + 2)?
-                .map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
-            budget_usd: r.get(at + 3)?,
-            budget_period: Default::default(),
-        },
-        r.get(at + 4)?,
-    ))
-}
-
-/// A key row as read, with its JSON and period columns still raw.
-struct RawKey {
-    key: KeyRecord,
-    models: String,
-    metadata: String,
-    period: String,
-}
-
-fn key_from_row(r: &Row<'_>) -> rusqlite::Result<RawKey> {
-    let (limits, period) = limits_from_row(r, KEY_OWN_COLUMNS.len())?;
-    Ok(RawKey {
-        key: KeyRecord {
-            id: r.get(0)?,
-            name: r.get(1)?,
-            team: r.get(2)?,
-            user: r.get(3)?,
-            hash: r.get(4)?,
-            prefix: r.get(5)?,
-            models: Vec::new(),
-            limits,
-            expires_at_unix: r.get::<_, Option<i64>>(7)?.map(uint),
-            disabled: r.get::<_, i64>(8)? != 0,
-            metadata: serde_json::Value::Null,
-            created_at_unix: uint(r.get(10)?),
-        },
-        models: r.get(6)?,
-        metadata: r.get(9)?,
-        period,
-    })
-}
-
-fn finish_key(raw: RawKey) -> Result<KeyRecord> {
-    let RawKey {
-        mut key,
-        models,
-        metadata,
-        period: p,
-    } = raw;
-    key.limits.budget_period = period(&p)?;
-    key.models = serde_json::from_str(&models)?;
-    key.metadata = serde_json::from_str(&metadata)?;
-    Ok(key)
-}
-
-fn team_from_row(r: &Row<'_>) -> rusqlite::Result<(TeamRecord, String)> {
-    let (limits, period) = limits_from_row(r, 1)?;
-    let team = TeamRecord {
-        name: r.get(0)?,
-        limits,
-    };
-    Ok((team, period))
-}
-
-fn finish_team(raw: (TeamRecord, String)) -> Result<TeamRecord> {
-    let (mut team, p) = raw;
-    team.limits.budget_period = period(&p)?;
-    Ok(team)
-}
-
 fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.code == rusqlite::ErrorCode::ConstraintViolation)
@@ -364,24 +253,29 @@ impl Sqlite {
     }
 
     fn key_where(&self, cond: &str, arg: &str) -> Result<Option<KeyRecord>> {
-        let raw = self
-            .conn
-            .query_row(
-                &format!("SELECT {} FROM keys WHERE {cond}", key_columns()),
-                [arg],
-                key_from_row,
-            )
-            .optional()?;
-        raw.map(finish_key).transpose()
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE {cond}");
+        Ok(self.read(&sql, &[&arg], |r| rows::key(r))?.pop())
     }
 
     fn keys_where(&self, cond: &str, args: &[&dyn ToSql]) -> Result<Vec<KeyRecord>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {} FROM keys {cond} ORDER BY created_at_unix, id",
-            key_columns()
-        ))?;
-        let rows = stmt.query_map(args, key_from_row)?;
-        rows.map(|r| finish_key(r?)).collect()
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys {cond} ORDER BY created_at_unix, id");
+        self.read(&sql, args, |r| rows::key(r))
+    }
+
+    /// Every row `sql` selects, each made a record by `record` (one of [`rows`]' readers).
+    fn read<T>(
+        &self,
+        sql: &str,
+        args: &[&dyn ToSql],
+        record: impl Fn(&rusqlite::Row<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(args)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(record(r)?);
+        }
+        Ok(out)
     }
 }
 
@@ -419,7 +313,7 @@ impl Backend for Sqlite {
         let args: Vec<&dyn ToSql> = own.into_iter().chain(limits.params()).collect();
         let sql = format!(
             "INSERT INTO keys ({}) VALUES ({})",
-            key_columns(),
+            KEY_COLUMNS,
             placeholders(1, args.len())
         );
         match self.conn.execute(&sql, &*args) {
@@ -499,7 +393,7 @@ impl Backend for Sqlite {
             .collect();
         let sql = format!(
             "INSERT INTO teams ({}) VALUES ({})",
-            team_columns(),
+            TEAM_COLUMNS,
             placeholders(1, args.len())
         );
         match self.conn.execute(&sql, &*args) {
@@ -535,24 +429,13 @@ impl Backend for Sqlite {
     }
 
     fn get_team(&self, name: &str) -> Result<Option<TeamRecord>> {
-        let raw = self
-            .conn
-            .query_row(
-                &format!("SELECT {} FROM teams WHERE name = ?1", team_columns()),
-                [name],
-                team_from_row,
-            )
-            .optional()?;
-        raw.map(finish_team).transpose()
+        let sql = format!("SELECT {TEAM_COLUMNS} FROM teams WHERE name = ?1");
+        Ok(self.read(&sql, &[&name], |r| rows::team(r))?.pop())
     }
 
     fn all_teams(&self) -> Result<Vec<TeamRecord>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {} FROM teams ORDER BY name",
-            team_columns()
-        ))?;
-        let rows = stmt.query_map([], team_from_row)?;
-        rows.map(|r| finish_team(r?)).collect()
+        let sql = format!("SELECT {TEAM_COLUMNS} FROM teams ORDER BY name");
+        self.read(&sql, &[], |r| rows::team(r))
     }
 
     // -- spend and ledger ---------------------------------------------------------------------
@@ -577,63 +460,22 @@ impl Backend for Sqlite {
     }
 
     fn spend_by(&self, group: SpendGroup, from_ms: u64, to_ms: u64) -> Result<Vec<SpendRow>> {
-        let column = match group {
-            SpendGroup::Key => "COALESCE(key_id, '')",
-            SpendGroup::Team => "COALESCE(team, '')",
-            SpendGroup::Model => "model",
-            SpendGroup::Deployment => "COALESCE(deployment, '')",
-            SpendGroup::Day => "CAST(ts_ms / 86400000 AS TEXT)",
-        };
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {column}, COUNT(*), SUM(input_tokens), SUM(output_tokens), \
-             SUM(cached_tokens), SUM(reasoning_tokens), SUM(cost_micros) \
-             FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY 1 ORDER BY 7 DESC, 1"
-        ))?;
-        let rows = stmt.query_map(params![int(from_ms), int(to_ms)], |r| {
-            Ok(SpendRow {
-                group: r.get(0)?,
-                requests: uint(r.get(1)?),
-                input_tokens: uint(r.get(2)?),
-                output_tokens: uint(r.get(3)?),
-                cached_tokens: uint(r.get(4)?),
-                reasoning_tokens: uint(r.get(5)?),
-                cost_micros: uint(r.get(6)?),
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        let column = rows::spend_group(group, "CAST(ts_ms / 86400000 AS TEXT)");
+        let select = rows::spend_select(column, |c| format!("SUM({c})"));
+        let sql = format!(
+            "SELECT {select} FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 \
+             GROUP BY 1 ORDER BY 7 DESC, 1"
+        );
+        self.read(&sql, params![int(from_ms), int(to_ms)], |r| rows::spend(r))
     }
 
     fn ledger(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<UsageRecord>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT request_id, ts_ms, key_id, team, model, deployment, input_tokens, \
-             output_tokens, cached_tokens, reasoning_tokens, estimated, cost_micros, status, \
-             latency_ms, cache, saved_micros FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY ts_ms, seq LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![int(from_ms), int(to_ms), int(limit as u64)], |r| {
-            Ok(UsageRecord {
-                request_id: r.get(0)?,
-                ts_ms: uint(r.get(1)?),
-                key_id: r.get::<_, Option<String>>(2)?.map(Arc::from),
-                team: r.get::<_, Option<String>>(3)?.map(Arc::from),
-                model: Arc::from(r.get::<_, String>(4)?),
-                deployment: r.get::<_, Option<String>>(5)?.map(Arc::from),
-                // The ledger keeps no cache writes: their cost is in `cost_micros`.
-                usage: Usage {
-                    input_tokens: uint(r.get(6)?),
-                    output_tokens: uint(r.get(7)?),
-                    cached_tokens: uint(r.get(8)?),
-                    cache_write_tokens: 0,
-                    reasoning_tokens: uint(r.get(9)?),
-                    estimated: r.get::<_, i64>(10)? != 0,
-                },
-                cost_micros: uint(r.get(11)?),
-                status: u16::try_from(r.get::<_, i64>(12)?).unwrap_or(0),
-                latency_ms: uint(r.get(13)?),
-                cache: cache_label(r.get::<_, Option<String>>(14)?.as_deref()),
-                saved_micros: uint(r.get(15)?),
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let sql = format!(
+            "SELECT {USAGE_COLUMNS} FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 \
+             ORDER BY ts_ms, seq LIMIT ?3"
+        );
+        let args = params![int(from_ms), int(to_ms), int(limit as u64)];
+        self.read(&sql, args, |r| rows::usage(r))
     }
 
     fn ledger_count(&self) -> Result<u64> {

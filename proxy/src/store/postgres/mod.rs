@@ -28,12 +28,12 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Row, Statement};
 use sluice_core::keys::{KeyRecord, Limits, TeamRecord};
-use sluice_core::usage::Usage;
 
 use super::migrate;
+use super::rows::{self, KEY_COLUMNS, TEAM_COLUMNS, USAGE_COLUMNS};
 use super::{
-    int, period, spend_by_day, uint, AuditRecord, Backend, Result, Scope, SpendGroup, SpendRow,
-    StoreError, UsageRecord,
+    int, spend_by_day, uint, AuditRecord, Backend, Result, Scope, SpendGroup, SpendRow, StoreError,
+    UsageRecord,
 };
 
 mod schema;
@@ -156,12 +156,6 @@ pub struct Postgres {
     insert_usage: RefCell<Option<Statement>>,
 }
 
-/// Every column of `keys`, in the order [`key_from_row`] reads them.
-const KEY_COLUMNS: &str = "id, name, team, \"user\", hash, prefix, models, expires_at_unix, \
-    disabled, metadata, created_at_unix, rpm, tpm, max_concurrency, budget_usd, budget_period";
-/// Every column of `teams`, in the order [`team_from_row`] reads them.
-const TEAM_COLUMNS: &str = "name, rpm, tpm, max_concurrency, budget_usd, budget_period";
-
 /// The limit columns' values as PostgreSQL takes them.
 struct LimitValues {
     rpm: Option<i64>,
@@ -183,44 +177,6 @@ impl LimitValues {
     }
 }
 
-fn limits_from_row(r: &Row, at: usize) -> Result<Limits> {
-    Ok(Limits {
-        rpm: r.try_get::<_, Option<i64>>(at)?.map(uint),
-        tpm: r.try_get::<_, Option<i64>>(at + 1)?.map(uint),
-        max_concurrency: r
-            .try_get::<_, Option<i64>>(at + 2)?
-            .map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
-        budget_usd: r.try_get(at + 3)?,
-        budget_period: period(r.try_get(at + 4)?)?,
-    })
-}
-
-fn key_from_row(r: &Row) -> Result<KeyRecord> {
-    let models: &str = r.try_get(6)?;
-    let metadata: &str = r.try_get(9)?;
-    Ok(KeyRecord {
-        id: r.try_get(0)?,
-        name: r.try_get(1)?,
-        team: r.try_get(2)?,
-        user: r.try_get(3)?,
-        hash: r.try_get(4)?,
-        prefix: r.try_get(5)?,
-        models: serde_json::from_str(models)?,
-        expires_at_unix: r.try_get::<_, Option<i64>>(7)?.map(uint),
-        disabled: r.try_get(8)?,
-        metadata: serde_json::from_str(metadata)?,
-        created_at_unix: uint(r.try_get(10)?),
-        limits: limits_from_row(r, 11)?,
-    })
-}
-
-fn team_from_row(r: &Row) -> Result<TeamRecord> {
-    Ok(TeamRecord {
-        name: r.try_get(0)?,
-        limits: limits_from_row(r, 1)?,
-    })
-}
-
 /// An INSERT's error: a unique violation (23505) is a conflict on `what`.
 fn conflict_or(e: postgres::Error, what: impl FnOnce() -> String) -> StoreError {
     if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
@@ -228,31 +184,6 @@ fn conflict_or(e: postgres::Error, what: impl FnOnce() -> String) -> StoreError 
     } else {
         e.into()
     }
-}
-
-fn usage_from_row(r: &Row) -> Result<UsageRecord> {
-    Ok(UsageRecord {
-        request_id: r.try_get(0)?,
-        ts_ms: uint(r.try_get(1)?),
-        key_id: r.try_get::<_, Option<String>>(2)?.map(Arc::from),
-        team: r.try_get::<_, Option<String>>(3)?.map(Arc::from),
-        model: Arc::from(r.try_get::<_, String>(4)?),
-        deployment: r.try_get::<_, Option<String>>(5)?.map(Arc::from),
-        // The ledger keeps no cache writes: their cost is in `cost_micros`.
-        usage: Usage {
-            input_tokens: uint(r.try_get(6)?),
-            output_tokens: uint(r.try_get(7)?),
-            cached_tokens: uint(r.try_get(8)?),
-            cache_write_tokens: 0,
-            reasoning_tokens: uint(r.try_get(9)?),
-            estimated: r.try_get(10)?,
-        },
-        cost_micros: uint(r.try_get(11)?),
-        status: u16::try_from(r.try_get::<_, i32>(12)?).unwrap_or(0),
-        latency_ms: uint(r.try_get(13)?),
-        cache: super::cache_label(r.try_get::<_, Option<&str>>(14)?),
-        saved_micros: uint(r.try_get(15)?),
-    })
 }
 
 /// `s` as PostgreSQL's `TEXT` takes it: a NUL byte (which it refuses, and which would make
@@ -307,7 +238,7 @@ impl Postgres {
 
     fn keys_where(&self, cond: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<KeyRecord>> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM keys {cond} ORDER BY created_at_unix, id");
-        self.query(&sql, args)?.iter().map(key_from_row).collect()
+        self.query(&sql, args)?.iter().map(rows::key).collect()
     }
 }
 
@@ -464,13 +395,13 @@ impl Backend for Postgres {
         let sql = format!("SELECT {TEAM_COLUMNS} FROM teams WHERE name = $1");
         self.query(&sql, &[&name])?
             .first()
-            .map(team_from_row)
+            .map(rows::team)
             .transpose()
     }
 
     fn all_teams(&self) -> Result<Vec<TeamRecord>> {
         let sql = format!("SELECT {TEAM_COLUMNS} FROM teams ORDER BY name");
-        self.query(&sql, &[])?.iter().map(team_from_row).collect()
+        self.query(&sql, &[])?.iter().map(rows::team).collect()
     }
 
     // -- spend and ledger ---------------------------------------------------------------------
@@ -504,48 +435,26 @@ impl Backend for Postgres {
     }
 
     fn spend_by(&self, group: SpendGroup, from_ms: u64, to_ms: u64) -> Result<Vec<SpendRow>> {
-        let column = match group {
-            SpendGroup::Key => "COALESCE(key_id, '')",
-            SpendGroup::Team => "COALESCE(team, '')",
-            SpendGroup::Model => "model",
-            SpendGroup::Deployment => "COALESCE(deployment, '')",
-            SpendGroup::Day => "(ts_ms / 86400000)::TEXT",
-        };
+        let column = rows::spend_group(group, "(ts_ms / 86400000)::TEXT");
         // Bytewise order of the group (as SQLite's), whatever the database's collation.
-        let rows = self.query(
-            &format!(
-                "SELECT {column} COLLATE \"C\", COUNT(*), LEAST(COALESCE(SUM(input_tokens), 0), {MAX})::BIGINT, \
-                 LEAST(COALESCE(SUM(output_tokens), 0), {MAX})::BIGINT, LEAST(COALESCE(SUM(cached_tokens), 0), {MAX})::BIGINT, \
-                 LEAST(COALESCE(SUM(reasoning_tokens), 0), {MAX})::BIGINT, LEAST(COALESCE(SUM(cost_micros), 0), {MAX})::BIGINT \
-                 FROM ledger WHERE ts_ms >= $1 AND ts_ms < $2 GROUP BY 1 \
-                 ORDER BY 7 DESC, 1"
-            ),
-            &[&int(from_ms), &int(to_ms)],
-        )?;
-        rows.iter()
-            .map(|r| {
-                Ok(SpendRow {
-                    group: r.try_get(0)?,
-                    requests: uint(r.try_get(1)?),
-                    input_tokens: uint(r.try_get(2)?),
-                    output_tokens: uint(r.try_get(3)?),
-                    cached_tokens: uint(r.try_get(4)?),
-                    reasoning_tokens: uint(r.try_get(5)?),
-                    cost_micros: uint(r.try_get(6)?),
-                })
-            })
-            .collect()
+        let select = rows::spend_select(&format!("{column} COLLATE \"C\""), |c| {
+            format!("LEAST(COALESCE(SUM({c}), 0), {MAX})::BIGINT")
+        });
+        let sql = format!(
+            "SELECT {select} FROM ledger WHERE ts_ms >= $1 AND ts_ms < $2 \
+             GROUP BY 1 ORDER BY 7 DESC, 1"
+        );
+        let found = self.query(&sql, &[&int(from_ms), &int(to_ms)])?;
+        found.iter().map(rows::spend).collect()
     }
 
     fn ledger(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<UsageRecord>> {
-        let rows = self.query(
-            "SELECT request_id, ts_ms, key_id, team, model, deployment, input_tokens, \
-             output_tokens, cached_tokens, reasoning_tokens, estimated, cost_micros, status, \
-             latency_ms, cache, saved_micros FROM ledger WHERE ts_ms >= $1 AND ts_ms < $2 \
-             ORDER BY ts_ms, seq LIMIT $3",
-            &[&int(from_ms), &int(to_ms), &int(limit as u64)],
-        )?;
-        rows.iter().map(usage_from_row).collect()
+        let sql = format!(
+            "SELECT {USAGE_COLUMNS} FROM ledger WHERE ts_ms >= $1 AND ts_ms < $2 \
+             ORDER BY ts_ms, seq LIMIT $3"
+        );
+        let found = self.query(&sql, &[&int(from_ms), &int(to_ms), &int(limit as u64)])?;
+        found.iter().map(rows::usage).collect()
     }
 
     fn ledger_count(&self) -> Result<u64> {
