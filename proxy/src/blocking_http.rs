@@ -4,8 +4,9 @@
 //!
 //! Roots are the system's (`rustls-native-certs`, which honours `SSL_CERT_FILE` and
 //! `SSL_CERT_DIR`, so a private CA is trusted by pointing `SSL_CERT_FILE` at it), or
-//! webpki's (Mozilla's) when the system has none. A non-2xx status is a response,
-//! not an error: callers read it.
+//! webpki's (Mozilla's) when the system has none. `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`
+//! and `NO_PROXY` are honoured as curl honours them. A non-2xx status is a response, not an
+//! error: callers read it.
 
 use std::time::Duration;
 

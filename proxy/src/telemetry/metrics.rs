@@ -514,17 +514,27 @@ impl WorkerMetrics {
                 },
             );
         }
-        let Some(h) = map.get_mut(key) else { return };
+        let Some(KeyHandles {
+            team,
+            requests,
+            cost,
+        }) = map.get_mut(key)
+        else {
+            return;
+        };
         let class = usize::from(rec.status / 100).min(5);
-        let team = h.team.clone();
-        h.requests[class]
+        requests[class]
             .get_or_insert_with(|| {
-                let status_class = if class == 0 { "none".to_string() } else { format!("{class}xx") };
-                metrics::counter!("sluice_key_requests_total", "key" => key.to_string(), "team" => team, "status_class" => status_class)
+                let status_class = if class == 0 {
+                    "none".to_string()
+                } else {
+                    format!("{class}xx")
+                };
+                metrics::counter!("sluice_key_requests_total", "key" => key.to_string(), "team" => team.clone(), "status_class" => status_class)
             })
             .increment(1);
         if let Some(m) = rec.cost_micros {
-            h.cost.increment(m);
+            cost.increment(m);
         }
     }
 }
