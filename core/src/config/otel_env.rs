@@ -9,6 +9,10 @@
 //! | `OTEL_SERVICE_NAME` | `service.name` | `tracing.service_name` wins |
 //! | `OTEL_RESOURCE_ATTRIBUTES` | `k=v,k2=v2` resource attributes | `service.name` as above |
 //!
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` (and `_TRACES_PROTOCOL`) may only say `http/protobuf`, the
+//! one protocol Sluice speaks: `grpc` or `http/json` refuse to start rather than send
+//! protobuf to a port that expects something else.
+//!
 //! Values in the two lists are percent-decoded as the specification says. Header values are
 //! kept as [`Secret`]s: they usually hold a collector's API key.
 
@@ -25,6 +29,17 @@ pub(super) struct OtelEnv {
 /// Fills `raw`'s unset endpoint and service name from the environment and returns the
 /// headers and resource attributes it names.
 pub(super) fn apply(raw: &mut RawTracing, env: &dyn SecretSource) -> Result<OtelEnv, ConfigError> {
+    for var in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(p) = env.var(var).filter(|p| p.trim() != "http/protobuf") {
+            return Err(ConfigError(format!(
+                "invalid environment `{var}`: `{}` is not supported; Sluice exports OTLP as http/protobuf",
+                crate::error::bounded(&p)
+            )));
+        }
+    }
     if raw.otlp_endpoint.is_none() {
         raw.otlp_endpoint = env.var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
             env.var("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -665,4 +665,14 @@ fn bad_otel_lists_are_refused_without_echoing_header_values() {
     )
     .unwrap_err();
     assert!(e.0.contains("OTEL_RESOURCE_ATTRIBUTES"), "{e:?}");
+    // Only http/protobuf is spoken.
+    let mut grpc = env(&[("MOCK_KEY", "sk-test")]);
+    grpc.insert("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into());
+    let e = Config::from_toml(MOCK, &grpc).unwrap_err();
+    assert!(
+        e.0.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && e.0.contains("http/protobuf"),
+        "{e:?}"
+    );
+    grpc.insert("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into());
+    assert!(Config::from_toml(MOCK, &grpc).is_ok());
 }
