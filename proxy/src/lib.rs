@@ -42,6 +42,7 @@
 //! a connection is.
 
 pub mod admin;
+pub mod blocking_http;
 pub mod cache;
 pub mod clock;
 pub mod listen;

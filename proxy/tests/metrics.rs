@@ -193,7 +193,7 @@ fn metrics_after_known_traffic(driver: &str) {
         value(
             &s,
             "gen_ai_server_time_to_first_token_seconds_count",
-            &[("model", "mock-stream")]
+            &[("gen_ai_request_model", "mock-stream")]
         ),
         12.0
     );
@@ -201,7 +201,7 @@ fn metrics_after_known_traffic(driver: &str) {
         value(
             &s,
             "gen_ai_server_time_per_output_token_seconds_count",
-            &[("model", "mock-stream")]
+            &[("gen_ai_request_model", "mock-stream")]
         ),
         12.0
     );
@@ -209,7 +209,10 @@ fn metrics_after_known_traffic(driver: &str) {
         value(
             &s,
             "gen_ai_client_token_usage_count",
-            &[("model", "mock-fast"), ("gen_ai_token_type", "output")]
+            &[
+                ("gen_ai_request_model", "mock-fast"),
+                ("gen_ai_token_type", "output")
+            ]
         ),
         3.0
     );
@@ -217,10 +220,49 @@ fn metrics_after_known_traffic(driver: &str) {
         value(
             &s,
             "gen_ai_client_token_usage_sum",
-            &[("model", "mock-fast"), ("gen_ai_token_type", "output")]
+            &[
+                ("gen_ai_request_model", "mock-fast"),
+                ("gen_ai_token_type", "output")
+            ]
         ),
         24.0
     );
+    // The GenAI series carry the conventions' label names.
+    assert_eq!(
+        value(
+            &s,
+            "gen_ai_client_operation_duration_seconds_count",
+            &[
+                ("gen_ai_operation_name", "chat"),
+                ("gen_ai_provider_name", "openai"),
+                ("gen_ai_request_model", "mock-fast")
+            ]
+        ),
+        14.0
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("gen_ai_")
+                && (l.contains("{model=\"") || l.contains(",model=\""))),
+        "gen_ai_* series use gen_ai_request_model, not model"
+    );
+    // Counters are counters; the process metrics are there.
+    assert!(text.contains("# TYPE sluice_log_lines_dropped_total counter\n"));
+    assert!(!text.contains("sluice_log_lines_dropped "));
+    assert!(text.contains("# TYPE process_cpu_seconds_total counter\n"));
+    assert!(value(&s, "process_resident_memory_bytes", &[]) > 1e6);
+    assert!(value(&s, "process_open_fds", &[]) >= 3.0);
+    assert!(value(&s, "process_start_time_seconds", &[]) > 1.6e9);
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut parts = line.split(' ').skip(2);
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        assert_eq!(
+            name.ends_with("_total"),
+            kind == "counter",
+            "a counter ends in _total and only a counter does: {line}"
+        );
+    }
     assert!(
         value(
             &s,

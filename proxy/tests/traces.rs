@@ -11,59 +11,100 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, Span};
 use sluice_core::http1::{parse_request_head, BodyFraming, HeadLimits};
 use sluice_core::traceparent::TraceParent;
-use sluice_proxy::telemetry::trace::otlp;
 
-/// A minimal OTLP/HTTP receiver collecting every span it is sent.
-fn receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<otlp::Span>>>) {
+/// What a collector received: each export request, decoded, with its headers.
+#[derive(Default)]
+struct Received {
+    requests: Vec<(Vec<(String, String)>, ExportTraceServiceRequest)>,
+}
+
+impl Received {
+    fn spans(&self) -> Vec<Span> {
+        self.requests
+            .iter()
+            .flat_map(|(_, r)| r.resource_spans.iter())
+            .flat_map(|rs| rs.scope_spans.iter())
+            .flat_map(|ss| ss.spans.iter().cloned())
+            .collect()
+    }
+}
+
+type Sink = Arc<Mutex<Received>>;
+
+/// Reads one OTLP/HTTP export from `stream`, decodes it with opentelemetry-proto's types,
+/// answers 200 and closes.
+fn serve_one(mut stream: impl Read + Write, sink: &Sink) {
+    let mut buf = Vec::new();
+    let limits = HeadLimits {
+        max_header_bytes: 1 << 16,
+        max_body_bytes: 1 << 24,
+    };
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = stream.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Ok(Some((head, len))) = parse_request_head(&buf, &limits) {
+            assert_eq!(head.path(), "/v1/traces");
+            assert_eq!(
+                head.header_str("content-type"),
+                Some("application/x-protobuf")
+            );
+            let BodyFraming::Length(body) = head.body else {
+                panic!("no body")
+            };
+            if buf.len() >= len + body as usize {
+                let req: ExportTraceServiceRequest =
+                    prost::Message::decode(&buf[len..len + body as usize]).unwrap();
+                let headers = ["authorization", "x-team", "host"]
+                    .iter()
+                    .filter_map(|h| Some((h.to_string(), head.header_str(h)?.to_string())))
+                    .collect();
+                sink.lock().unwrap().requests.push((headers, req));
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                let _ = stream.flush();
+                return;
+            }
+        }
+    }
+}
+
+/// A minimal OTLP/HTTP receiver on 127.0.0.1, over TLS when `tls` is given.
+fn receiver(tls: Option<Arc<rustls::ServerConfig>>) -> (std::net::SocketAddr, Sink) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let spans = Arc::new(Mutex::new(Vec::new()));
-    let sink = spans.clone();
+    let sink: Sink = Arc::default();
+    let into = sink.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut buf = Vec::new();
-            let limits = HeadLimits {
-                max_header_bytes: 1 << 16,
-                max_body_bytes: 1 << 24,
-            };
-            let mut chunk = [0u8; 8192];
-            loop {
-                let n = stream.read(&mut chunk).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Ok(Some((head, len))) = parse_request_head(&buf, &limits) {
-                    assert_eq!(head.path(), "/v1/traces");
-                    assert_eq!(
-                        head.header_str("content-type"),
-                        Some("application/x-protobuf")
-                    );
-                    let BodyFraming::Length(body) = head.body else {
-                        panic!("no body")
+            let Ok(stream) = stream else { return };
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            match &tls {
+                None => serve_one(stream, &into),
+                Some(config) => {
+                    let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                        continue;
                     };
-                    if buf.len() >= len + body as usize {
-                        let req: otlp::ExportTraceServiceRequest =
-                            prost::Message::decode(&buf[len..len + body as usize]).unwrap();
-                        for rs in req.resource_spans {
-                            for ss in rs.scope_spans {
-                                sink.lock().unwrap().extend(ss.spans);
-                            }
-                        }
-                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-                        break;
-                    }
+                    serve_one(rustls::StreamOwned::new(conn, stream), &into);
                 }
             }
         }
     });
-    (addr, spans)
+    (addr, sink)
 }
 
-fn attr<'a>(span: &'a otlp::Span, key: &str) -> Option<&'a otlp::any_value::Value> {
+fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
     span.attributes
         .iter()
         .find(|kv| kv.key == key)
@@ -72,7 +113,7 @@ fn attr<'a>(span: &'a otlp::Span, key: &str) -> Option<&'a otlp::any_value::Valu
 }
 
 fn traces_have_parent_child_structure(driver: &str) {
-    let (collector, spans) = receiver();
+    let (collector, received) = receiver(None);
     let mock = mock();
     let cfg = config(mock.addr(), "", "").replace(
         "[admin]\n",
@@ -94,19 +135,20 @@ fn traces_have_parent_child_structure(driver: &str) {
         "4bf92f3577b34da6a3ce929d0e0e4736"
     );
 
-    assert!(eventually(Duration::from_secs(5), || spans
+    assert!(eventually(Duration::from_secs(5), || received
         .lock()
         .unwrap()
+        .spans()
         .len()
         >= 2));
-    let spans = spans.lock().unwrap().clone();
+    let spans = received.lock().unwrap().spans();
     let server = spans
         .iter()
-        .find(|s| s.kind == otlp::SPAN_KIND_SERVER)
+        .find(|s| s.kind == SpanKind::Server as i32)
         .unwrap();
     let client = spans
         .iter()
-        .find(|s| s.kind == otlp::SPAN_KIND_CLIENT)
+        .find(|s| s.kind == SpanKind::Client as i32)
         .unwrap();
     assert_eq!(hex(&server.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(
@@ -128,7 +170,6 @@ fn traces_have_parent_child_structure(driver: &str) {
     assert!(server.end_time_unix_nano > server.start_time_unix_nano);
     assert!(client.start_time_unix_nano >= server.start_time_unix_nano);
     assert!(client.end_time_unix_nano <= server.end_time_unix_nano);
-    use otlp::any_value::Value;
     assert_eq!(
         attr(server, "gen_ai.request.model"),
         Some(&Value::StringValue("mock-fast".into()))
@@ -149,6 +190,191 @@ fn traces_have_parent_child_structure(driver: &str) {
         attr(client, "sluice.deployment"),
         Some(&Value::StringValue("mock/mock-model".into()))
     );
+    for span in [server, client] {
+        assert_eq!(
+            attr(span, "gen_ai.provider.name"),
+            Some(&Value::StringValue("openai".into()))
+        );
+        assert_eq!(
+            attr(span, "gen_ai.response.model"),
+            Some(&Value::StringValue("mock-model".into()))
+        );
+    }
+    assert_eq!(
+        attr(client, "gen_ai.request.model"),
+        Some(&Value::StringValue("mock-model".into())),
+        "the attempt names the upstream model it asked for"
+    );
+    assert!(matches!(
+        attr(server, "gen_ai.usage.input_tokens"),
+        Some(Value::IntValue(n)) if *n > 0
+    ));
+    // The access line joins its trace on the server span's ids.
+    let line = &gw.access_lines(1)[0];
+    assert_eq!(line["trace_id"], hex(&server.trace_id));
+    assert_eq!(line["span_id"], hex(&server.span_id));
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    // The resource names the service.
+    let resource = received.lock().unwrap().requests[0].1.resource_spans[0]
+        .resource
+        .clone()
+        .unwrap();
+    assert!(resource.attributes.iter().any(|kv| kv.key == "service.name"
+        && kv.value.as_ref().and_then(|v| v.value.as_ref())
+            == Some(&Value::StringValue("sluice".into()))));
+}
+
+/// A config with an Anthropic deployment (`mock-anthropic`) next to the OpenAI one, and
+/// `[tracing]` without an endpoint: the `OTEL_*` environment supplies it.
+fn anthropic_config(mock: std::net::SocketAddr) -> String {
+    config(mock, "", "").replace(
+        "[admin]\n",
+        "[tracing]\nflush_interval_ms = 50\n\n[admin]\n",
+    ) + &format!(
+        "\n[[providers]]\nname = \"claude\"\nkind = \"anthropic\"\nbase_url = \"http://{mock}/v1\"\napi_key = \"env:SLUICE_TEST_UPSTREAM_KEY\"\n\n[[models]]\nname = \"mock-anthropic\"\ndeployments = [{{ provider = \"claude\", model = \"claude-mock\" }}]\n"
+    )
+}
+
+/// The `OTEL_*` variables an operator sets: endpoint, headers, service name, resource.
+fn otel_env(base: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", base.to_string()),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "Authorization=Bearer%20collector-token,x-team=ops".to_string(),
+        ),
+        ("OTEL_SERVICE_NAME", "gateway-eu".to_string()),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=prod,service.namespace=llm".to_string(),
+        ),
+    ]
+}
+
+fn check_anthropic_export(received: &Sink) {
+    assert!(eventually(Duration::from_secs(5), || received
+        .lock()
+        .unwrap()
+        .spans()
+        .iter()
+        .any(|s| s.kind == SpanKind::Client as i32)));
+    let got = received.lock().unwrap();
+    let spans = got.spans();
+    let client = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client as i32)
+        .unwrap();
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    for span in [server, client] {
+        assert_eq!(
+            attr(span, "gen_ai.provider.name"),
+            Some(&Value::StringValue("anthropic".into())),
+            "the deployment's real provider, not openai"
+        );
+    }
+    assert_eq!(
+        attr(client, "gen_ai.request.model"),
+        Some(&Value::StringValue("claude-mock".into()))
+    );
+    assert_eq!(
+        attr(server, "gen_ai.request.model"),
+        Some(&Value::StringValue("mock-anthropic".into()))
+    );
+    let (headers, req) = &got.requests[0];
+    assert!(headers.contains(&(
+        "authorization".to_string(),
+        "Bearer collector-token".to_string()
+    )));
+    assert!(headers.contains(&("x-team".to_string(), "ops".to_string())));
+    let resource = req.resource_spans[0].resource.clone().unwrap();
+    let res = |k: &str| {
+        resource
+            .attributes
+            .iter()
+            .find(|kv| kv.key == k)
+            .and_then(|kv| kv.value.as_ref()?.value.clone())
+    };
+    assert_eq!(
+        res("service.name"),
+        Some(Value::StringValue("gateway-eu".into()))
+    );
+    assert_eq!(
+        res("deployment.environment.name"),
+        Some(Value::StringValue("prod".into()))
+    );
+    assert_eq!(
+        res("service.namespace"),
+        Some(Value::StringValue("llm".into()))
+    );
+}
+
+fn anthropic_spans_and_otel_environment(driver: &str) {
+    let (collector, received) = receiver(None);
+    let mock = mock();
+    let env = otel_env(&format!("http://{collector}"));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let gw = Gateway::start_with_env(&anthropic_config(mock.addr()), driver, &env);
+    let r = gw
+        .connect()
+        .post("/v1/chat/completions", &chat("mock-anthropic", false), "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    check_anthropic_export(&received);
+    // The collector's token is a secret: never in the gateway's output.
+    assert!(!gw.lines().iter().any(|l| l.contains("collector-token")));
+}
+
+/// A certificate authority and a `localhost` server certificate, made in the test.
+fn tls_server() -> (String, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivateKeyDer;
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    (ca_cert.pem(), Arc::new(server))
+}
+
+fn export_over_https(driver: &str) {
+    let (ca_pem, server) = tls_server();
+    let (collector, received) = receiver(Some(server));
+    let ca_path = std::env::temp_dir().join(format!(
+        "sluice-otlp-ca-{}-{driver}.pem",
+        std::process::id()
+    ));
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let mock = mock();
+    let env = otel_env(&format!("https://localhost:{}", collector.port()));
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The collector's private CA, trusted the usual way.
+    env.push(("SSL_CERT_FILE", ca_path.to_str().unwrap()));
+    let gw = Gateway::start_with_env(&anthropic_config(mock.addr()), driver, &env);
+    let r = gw
+        .connect()
+        .post("/v1/chat/completions", &chat("mock-anthropic", false), "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    check_anthropic_export(&received);
+    let _ = std::fs::remove_file(&ca_path);
 }
 
 fn unreachable_collector_costs_nothing(driver: &str) {
@@ -186,5 +412,7 @@ fn hex(b: &[u8]) -> String {
 
 both_drivers!(
     traces_have_parent_child_structure,
-    unreachable_collector_costs_nothing
+    unreachable_collector_costs_nothing,
+    anthropic_spans_and_otel_environment,
+    export_over_https
 );

@@ -17,6 +17,7 @@ use crate::hedge::{HedgePolicy, RawHedge};
 use crate::retry::{RawRetry, RetryPolicy};
 
 mod access;
+mod otel_env;
 pub mod overrides;
 mod pinning;
 mod shared;
@@ -440,13 +441,18 @@ pub struct AdminConfig {
     pub per_key_metrics: bool,
 }
 
-/// OpenTelemetry trace export (OTLP over HTTP/protobuf).
+/// OpenTelemetry trace export (OTLP over HTTP/protobuf, http or https). The `OTEL_*`
+/// environment variables fill what the file leaves unset (see `otel_env`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TracingConfig {
     /// Where spans go, e.g. `http://127.0.0.1:4318/v1/traces`; `None` disables tracing.
     pub otlp_endpoint: Option<Endpoint>,
     /// `service.name` of the exported resource.
     pub service_name: String,
+    /// Headers sent with each export (`OTEL_EXPORTER_OTLP_HEADERS`), names in lower case.
+    pub otlp_headers: Vec<(String, Secret)>,
+    /// Further resource attributes (`OTEL_RESOURCE_ATTRIBUTES`, without `service.name`).
+    pub resource_attributes: Vec<(String, String)>,
     /// Share of requests traced when the client sent no sampled `traceparent` (0..=1).
     pub sample_ratio: f64,
     /// Spans queued for export at most; more are dropped and counted.

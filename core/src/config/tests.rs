@@ -572,3 +572,107 @@ fn shared_section_from_env_overrides_and_files() {
     .unwrap_err();
     assert!(e.0.contains("SLUICE__SHARED__REDIS_URLL"), "{e}");
 }
+
+#[test]
+fn otel_environment_fills_what_the_file_leaves_unset() {
+    let vars = env(&[
+        ("MOCK_KEY", "sk-test"),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://collector.example:4318/",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "Authorization=Bearer%20abc,x-team = ops",
+        ),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment=prod,service.name=from-resource,k=a%2Cb",
+        ),
+    ]);
+    let cfg = Config::from_toml(MOCK, &vars).unwrap();
+    let e = cfg.tracing.otlp_endpoint.clone().unwrap();
+    assert!(e.tls, "https export is accepted");
+    assert_eq!((e.host.as_str(), e.port), ("collector.example", 4318));
+    assert_eq!(e.path_prefix, "/v1/traces");
+    assert_eq!(cfg.tracing.service_name, "from-resource");
+    assert_eq!(cfg.tracing.otlp_headers.len(), 2);
+    assert_eq!(cfg.tracing.otlp_headers[0].0, "authorization");
+    assert_eq!(cfg.tracing.otlp_headers[0].1.expose(), "Bearer abc");
+    assert_eq!(cfg.tracing.otlp_headers[1].1.expose(), "ops");
+    assert!(
+        !format!("{:?}", cfg.tracing).contains("abc"),
+        "headers are secrets"
+    );
+    assert_eq!(
+        cfg.tracing.resource_attributes,
+        vec![
+            ("deployment.environment".to_string(), "prod".to_string()),
+            ("k".to_string(), "a,b".to_string())
+        ]
+    );
+
+    // OTEL_SERVICE_NAME beats the resource attribute; the file beats both.
+    let mut with_name = vars.clone();
+    with_name.insert("OTEL_SERVICE_NAME".into(), "from-env".into());
+    assert_eq!(
+        Config::from_toml(MOCK, &with_name)
+            .unwrap()
+            .tracing
+            .service_name,
+        "from-env"
+    );
+    let file = format!(
+        "{MOCK}\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/custom\"\nservice_name = \"file\"\n"
+    );
+    let cfg = Config::from_toml(&file, &with_name).unwrap();
+    assert_eq!(cfg.tracing.service_name, "file");
+    let e = cfg.tracing.otlp_endpoint.unwrap();
+    assert_eq!((e.tls, e.path_prefix.as_str()), (false, "/custom"));
+
+    // The signal-specific endpoint is taken as it is.
+    let mut traces = env(&[("MOCK_KEY", "sk-test")]);
+    traces.insert(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".into(),
+        "http://127.0.0.1:9/t".into(),
+    );
+    let e = Config::from_toml(MOCK, &traces)
+        .unwrap()
+        .tracing
+        .otlp_endpoint
+        .unwrap();
+    assert_eq!(e.path_prefix, "/t");
+}
+
+#[test]
+fn bad_otel_lists_are_refused_without_echoing_header_values() {
+    let e = Config::from_toml(
+        MOCK,
+        &env(&[
+            ("MOCK_KEY", "sk-test"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "api-key-without-equals-sk-secret",
+            ),
+        ]),
+    )
+    .unwrap_err();
+    assert!(e.0.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{e:?}");
+    assert!(!e.0.contains("sk-secret"), "{e:?}");
+    let e = Config::from_toml(
+        MOCK,
+        &env(&[("MOCK_KEY", "sk-test"), ("OTEL_RESOURCE_ATTRIBUTES", "=x")]),
+    )
+    .unwrap_err();
+    assert!(e.0.contains("OTEL_RESOURCE_ATTRIBUTES"), "{e:?}");
+    // Only http/protobuf is spoken.
+    let mut grpc = env(&[("MOCK_KEY", "sk-test")]);
+    grpc.insert("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into());
+    let e = Config::from_toml(MOCK, &grpc).unwrap_err();
+    assert!(
+        e.0.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && e.0.contains("http/protobuf"),
+        "{e:?}"
+    );
+    grpc.insert("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into());
+    assert!(Config::from_toml(MOCK, &grpc).is_ok());
+}

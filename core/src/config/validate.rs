@@ -33,7 +33,7 @@ pub(super) fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Con
         server: server(raw.server)?,
         log: log(raw.log)?,
         admin: admin(raw.admin)?,
-        tracing: tracing(raw.tracing)?,
+        tracing: tracing(raw.tracing, secrets)?,
         providers,
         models: routing.models,
         auth: access.auth,
@@ -266,21 +266,15 @@ fn admin(a: RawAdmin) -> Result<AdminConfig, ConfigError> {
 }
 
 /// `[tracing]`.
-fn tracing(t: RawTracing) -> Result<TracingConfig, ConfigError> {
+fn tracing(mut t: RawTracing, secrets: &dyn SecretSource) -> Result<TracingConfig, ConfigError> {
+    let env = super::otel_env::apply(&mut t, secrets)?;
     let otlp_endpoint = match t.otlp_endpoint {
         None => None,
-        Some(url) => {
-            let e = parse_endpoint(&url).map_err(|m| {
-                ConfigError(format!("invalid config at `tracing.otlp_endpoint`: {m}"))
-            })?;
-            if e.tls {
-                return err(
-                    "invalid config at `tracing.otlp_endpoint`: export over https is not supported; \
-                     send to a local collector over http",
-                );
-            }
-            Some(e)
-        }
+        Some(url) => Some(parse_endpoint(&url).map_err(|m| {
+            ConfigError(format!(
+                "invalid config at `tracing.otlp_endpoint` (or OTEL_EXPORTER_OTLP_ENDPOINT): {m}"
+            ))
+        })?),
     };
     let sample_ratio = t.sample_ratio.unwrap_or(1.0);
     if !(0.0..=1.0).contains(&sample_ratio) {
@@ -289,6 +283,8 @@ fn tracing(t: RawTracing) -> Result<TracingConfig, ConfigError> {
     let tracing = TracingConfig {
         otlp_endpoint,
         service_name: t.service_name.unwrap_or_else(|| "sluice".to_string()),
+        otlp_headers: env.headers,
+        resource_attributes: env.resource_attributes,
         sample_ratio,
         max_queue_spans: positive(
             "tracing.max_queue_spans",

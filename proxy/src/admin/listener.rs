@@ -181,6 +181,7 @@ fn handle(shared: &Shared, head: &RequestHead, body: &[u8], keep_alive: bool) ->
 pub fn metrics_response(shared: &Shared, keep_alive: bool) -> Vec<u8> {
     let mut text = crate::telemetry::metrics::render();
     cost_metrics(shared, &mut text);
+    budget_metrics(shared, &mut text);
     let mut out = Vec::with_capacity(text.len() + 200);
     respond::write_head(
         &mut out,
@@ -241,6 +242,84 @@ fn cost_metrics(shared: &Shared, out: &mut String) {
                 label(&t.name),
                 micros as f64 / 1e6
             );
+        }
+    }
+}
+
+/// With `admin.per_key_metrics`: each key's and team's budget for the period and what is
+/// left of it (USD), for keys and teams that have a budget. Read from the limit sets at
+/// scrape time; labels are key ids (never keys) and team names.
+fn budget_metrics(shared: &Shared, out: &mut String) {
+    use std::fmt::Write as _;
+    if !shared.config.admin.per_key_metrics {
+        return;
+    }
+    let index = shared.auth.index();
+    let usd = |m: u64| m as f64 / 1e6;
+    let mut keys: Vec<_> = index
+        .keys()
+        .filter_map(|k| Some((k, k.limits.budget_limit_micros?)))
+        .collect();
+    keys.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    let mut teams: Vec<_> = index
+        .teams()
+        .filter_map(|t| Some((t, t.limits.budget_limit_micros?)))
+        .collect();
+    teams.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    for (name, help, remaining) in [
+        (
+            "sluice_key_budget_usd",
+            "Budget of the period in USD, by key.",
+            false,
+        ),
+        (
+            "sluice_key_budget_remaining_usd",
+            "Budget left this period in USD, by key.",
+            true,
+        ),
+    ] {
+        if keys.is_empty() {
+            break;
+        }
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (k, limit) in &keys {
+            let v = if remaining {
+                limit.saturating_sub(k.limits.budget.spend())
+            } else {
+                *limit
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{key=\"{}\",team=\"{}\"}} {}",
+                label(&k.id),
+                label(&k.team.name),
+                usd(v)
+            );
+        }
+    }
+    for (name, help, remaining) in [
+        (
+            "sluice_team_budget_usd",
+            "Budget of the period in USD, by team.",
+            false,
+        ),
+        (
+            "sluice_team_budget_remaining_usd",
+            "Budget left this period in USD, by team.",
+            true,
+        ),
+    ] {
+        if teams.is_empty() {
+            break;
+        }
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (t, limit) in &teams {
+            let v = if remaining {
+                limit.saturating_sub(t.limits.budget.spend())
+            } else {
+                *limit
+            };
+            let _ = writeln!(out, "{name}{{team=\"{}\"}} {}", label(&t.name), usd(v));
         }
     }
 }

@@ -153,7 +153,11 @@ impl Snapshot {
     pub fn parse(text: &str) -> Snapshot {
         let mut out: BTreeMap<String, ModelCounters> = BTreeMap::new();
         for (name, labels, value) in text.lines().filter_map(parse_line) {
-            let Some(model) = label(&labels, "model") else {
+            // `sluice_*` series name the model group `model`, `gen_ai_*` series
+            // `gen_ai_request_model` (the GenAI conventions' name).
+            let Some(model) =
+                label(&labels, "model").or_else(|| label(&labels, "gen_ai_request_model"))
+            else {
                 continue;
             };
             let bucket = || {
@@ -311,6 +315,8 @@ sluice_request_duration_seconds_bucket{model="m",stream="true",le="0.1"} 0
 sluice_request_duration_seconds_bucket{model="m",stream="true",le="0.5"} 0
 sluice_request_duration_seconds_bucket{model="m",stream="true",le="+Inf"} 2
 sluice_request_duration_seconds_sum{model="m",stream="false"} 1.5
+gen_ai_server_time_to_first_token_seconds_bucket{gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="m",le="0.1"} 3
+gen_ai_server_time_to_first_token_seconds_bucket{gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="m",le="+Inf"} 4
 sluice_build_info{version="0.1.0"} 1
 "#;
 
@@ -329,6 +335,8 @@ sluice_build_info{version="0.1.0"} 1
             m.duration.0.values().copied().collect::<Vec<_>>(),
             [5.0, 8.0, 10.0]
         );
+        // The GenAI series name the model group `gen_ai_request_model`.
+        assert_eq!(m.ttft.0.values().copied().collect::<Vec<_>>(), [3.0, 4.0]);
         assert!(parse_line("garbage{").is_none() && parse_line("# HELP x").is_none());
     }
 

@@ -280,12 +280,10 @@ pub async fn replay(
 }
 
 /// 32 random bytes for the process's cache key (so keys differ per process and nobody can
-/// aim a collision): from the kernel, or, failing that, from std's randomly seeded hasher.
+/// aim a collision): from the kernel (`getrandom`), or, failing that, from std's randomly seeded hasher.
 pub fn secret() -> [u8; 32] {
     let mut out = [0u8; 32];
-    let read = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut out));
-    if read.is_err() {
+    if getrandom::fill(&mut out).is_err() {
         use std::hash::{BuildHasher, Hasher};
         for (i, part) in out.chunks_mut(8).enumerate() {
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -223,8 +223,8 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         std::thread::sleep(Duration::from_millis(1));
     }
     if shared.listeners_up.load(Ordering::SeqCst) == workers {
-        let msg = format!("READY=1\nSTATUS=serving on {listen} with {workers} workers");
-        if let Err(e) = crate::ops::sdnotify::notify(&msg) {
+        let msg = format!("serving on {listen} with {workers} workers");
+        if let Err(e) = crate::ops::sdnotify::ready_with_status(&msg) {
             tracing::warn!(error = %e, "sd_notify READY failed");
         }
         spawn_watchdog(&shared)?;
@@ -565,7 +565,7 @@ fn wait_for_signal(
             if let Some(t) = &generations.load().tls_listener {
                 let _ = t.reload("SIGHUP");
             }
-            let _ = crate::ops::sdnotify::notify("READY=1\nSTATUS=reloaded");
+            let _ = crate::ops::sdnotify::ready_with_status("reloaded");
             continue;
         }
         tracing::info!(signal = sig, "signal received");

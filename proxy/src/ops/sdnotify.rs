@@ -1,5 +1,7 @@
-//! A tiny systemd client: readiness and watchdog notifications (`sd_notify(3)`) over the
-//! `NOTIFY_SOCKET` datagram socket, and socket activation (`sd_listen_fds(3)`).
+//! The systemd side of the process: readiness and watchdog notifications (`sd_notify(3)`)
+//! over the `NOTIFY_SOCKET` datagram socket, and socket activation (`sd_listen_fds(3)`), on
+//! the `sd-notify` crate (the protocol and the environment variables are its job; owning the
+//! handed-over descriptors as listeners is ours).
 //!
 //! Everything here is a no-op outside systemd: [`notify`] returns `Ok(false)` when
 //! `NOTIFY_SOCKET` is unset, [`watchdog_interval`] returns `None` without `WATCHDOG_USEC`,
@@ -13,145 +15,97 @@
 //! SIGHUP ─► reloading() ─► reload ─► ready()          SIGTERM ─► stopping() ─► drain ─► exit
 //! ```
 
-use std::ffi::OsStr;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
+
+pub use sd_notify::NotifyState;
 
 /// The first descriptor systemd hands over under socket activation (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
 
-/// Sends `state` (newline-separated `KEY=VALUE` assignments) to the service manager.
+/// Sends `states` to the service manager (the protocol is the `sd-notify` crate's).
 ///
 /// Returns `Ok(false)` when not running under systemd (`NOTIFY_SOCKET` unset or empty),
 /// `Ok(true)` once the datagram was sent.
-pub fn notify(state: &str) -> io::Result<bool> {
+pub fn notify(states: &[NotifyState]) -> io::Result<bool> {
     match std::env::var_os("NOTIFY_SOCKET") {
-        Some(socket) if !socket.is_empty() => notify_to(&socket, state).map(|()| true),
+        Some(socket) if !socket.is_empty() => sd_notify::notify(states).map(|()| true),
         _ => Ok(false),
-    }
-}
-
-/// Sends `state` to the notification socket at `socket`: a path, or an abstract socket
-/// name when it starts with `@`.
-pub fn notify_to(socket: &OsStr, state: &str) -> io::Result<()> {
-    let addr = socket_addr(socket)?;
-    let sock = UnixDatagram::unbound()?;
-    let sent = sock.send_to_addr(state.as_bytes(), &addr)?;
-    if sent != state.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "short write to NOTIFY_SOCKET",
-        ));
-    }
-    Ok(())
-}
-
-/// Parses a `NOTIFY_SOCKET` value into a socket address.
-fn socket_addr(socket: &OsStr) -> io::Result<SocketAddr> {
-    let bytes = socket.as_bytes();
-    match bytes.split_first() {
-        Some((b'@', name)) => SocketAddr::from_abstract_name(name),
-        Some((b'/', _)) => SocketAddr::from_pathname(socket),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "NOTIFY_SOCKET must be an absolute path or start with '@'",
-        )),
     }
 }
 
 /// `READY=1`: start-up finished (send it once every worker listens) or a reload finished.
 pub fn ready() -> io::Result<bool> {
-    notify("READY=1")
+    notify(&[NotifyState::Ready])
+}
+
+/// `READY=1` with a `STATUS=` line.
+pub fn ready_with_status(msg: &str) -> io::Result<bool> {
+    let msg = one_line(msg);
+    notify(&[NotifyState::Ready, NotifyState::Status(&msg)])
 }
 
 /// `RELOADING=1` with the `MONOTONIC_USEC` timestamp systemd asks for; send [`ready`] when
 /// the reload is done (whether the new config was taken or refused).
 pub fn reloading() -> io::Result<bool> {
-    notify(&reloading_message(monotonic_usec()))
-}
-
-fn reloading_message(monotonic_usec: u64) -> String {
-    format!("RELOADING=1\nMONOTONIC_USEC={monotonic_usec}")
+    notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now()?])
 }
 
 /// `STOPPING=1`: shutdown (the drain) has begun.
 pub fn stopping() -> io::Result<bool> {
-    notify("STOPPING=1")
+    notify(&[NotifyState::Stopping])
 }
 
 /// `WATCHDOG=1`: the keep-alive ping; send it every [`watchdog_interval`] while healthy.
 pub fn watchdog() -> io::Result<bool> {
-    notify("WATCHDOG=1")
+    notify(&[NotifyState::Watchdog])
 }
 
 /// `STATUS=...`: a one-line status shown by `systemctl status`.
 pub fn status(msg: &str) -> io::Result<bool> {
-    notify(&status_message(msg))
+    notify(&[NotifyState::Status(&one_line(msg))])
 }
 
-fn status_message(msg: &str) -> String {
-    let one_line: String = msg
-        .chars()
+fn one_line(msg: &str) -> String {
+    msg.chars()
         .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
-        .collect();
-    format!("STATUS={one_line}")
+        .collect()
 }
 
 /// `EXTEND_TIMEOUT_USEC=...`: asks for more time to start or stop (e.g. a long drain).
 pub fn extend_timeout(by: Duration) -> io::Result<bool> {
-    notify(&format!("EXTEND_TIMEOUT_USEC={}", by.as_micros()))
+    let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
+    notify(&[NotifyState::ExtendTimeoutUsec(usec)])
 }
 
 /// How often to send [`watchdog`]: half of `WATCHDOG_USEC`, as systemd recommends, when the
 /// watchdog is on and meant for this process (`WATCHDOG_PID` unset or ours); else `None`.
 pub fn watchdog_interval() -> Option<Duration> {
-    let usec = std::env::var("WATCHDOG_USEC").ok();
-    let pid = std::env::var("WATCHDOG_PID").ok();
-    watchdog_interval_from(usec.as_deref(), pid.as_deref(), std::process::id())
-}
-
-fn watchdog_interval_from(usec: Option<&str>, pid: Option<&str>, my_pid: u32) -> Option<Duration> {
-    let usec: u64 = usec?.trim().parse().ok()?;
-    if usec == 0 {
-        return None;
-    }
-    if let Some(pid) = pid {
-        if pid.trim().parse::<u32>().ok()? != my_pid {
-            return None;
-        }
-    }
-    Some(Duration::from_micros(usec / 2))
+    sd_notify::watchdog_enabled()
+        .filter(|d| !d.is_zero())
+        .map(|d| d / 2)
 }
 
 /// Socket activation: takes the TCP listening sockets systemd handed in (`LISTEN_PID` equal
-/// to our pid, `LISTEN_FDS` = count, descriptors from 3 on). Descriptors that are not
-/// listening TCP sockets are closed and skipped with a warning. The listeners are returned
-/// non-blocking and close-on-exec. Empty when not socket-activated.
+/// to our pid, `LISTEN_FDS` = count, descriptors from 3 on, as `sd-notify` reads them).
+/// Descriptors that are not listening TCP sockets are closed and skipped with a warning. The
+/// listeners are returned non-blocking and close-on-exec. Empty when not socket-activated.
 ///
 /// Call it once, early: the descriptors are owned by the returned listeners afterwards.
 pub fn listen_fds() -> Vec<TcpListener> {
-    let pid = std::env::var("LISTEN_PID").ok();
-    let fds = std::env::var("LISTEN_FDS").ok();
-    let count = listen_fds_count(pid.as_deref(), fds.as_deref(), std::process::id());
-    take_listeners(LISTEN_FDS_START, count)
-}
-
-/// How many descriptors were handed to us, from `LISTEN_PID` and `LISTEN_FDS`.
-fn listen_fds_count(pid: Option<&str>, fds: Option<&str>, my_pid: u32) -> usize {
-    let for_us = pid
-        .and_then(|p| p.trim().parse::<u32>().ok())
-        .is_some_and(|p| p == my_pid);
-    if !for_us {
-        return 0;
-    }
-    fds.and_then(|n| n.trim().parse::<usize>().ok())
+    match sd_notify::listen_fds() {
         // Sanity bound: systemd passes at most a few hundred.
-        .map_or(0, |n| n.min(4096))
+        Ok(fds) => {
+            let count = fds.len().min(4096);
+            take_listeners(LISTEN_FDS_START, count)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "socket activation: bad LISTEN_PID or LISTEN_FDS; ignored");
+            Vec::new()
+        }
+    }
 }
 
 /// Takes ownership of descriptors `first .. first + count` and keeps the TCP listeners.
@@ -205,27 +159,12 @@ fn is_tcp_listener(fd: &OwnedFd) -> io::Result<bool> {
         && sock.is_listener()?)
 }
 
-/// `CLOCK_MONOTONIC` in microseconds, the clock systemd compares `MONOTONIC_USEC` with.
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
-    secs.saturating_mul(1_000_000).saturating_add(nanos / 1_000)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::os::unix::net::UnixDatagram;
     use std::os::unix::process::CommandExt;
     use std::path::PathBuf;
     use std::process::Command;
@@ -243,69 +182,6 @@ mod tests {
         let mut buf = [0u8; 512];
         let n = sock.recv(&mut buf).unwrap();
         String::from_utf8(buf[..n].to_vec()).unwrap()
-    }
-
-    #[test]
-    fn notify_to_a_path_socket() {
-        let path = temp_path("path");
-        let rx = UnixDatagram::bind(&path).unwrap();
-        notify_to(path.as_os_str(), "READY=1").unwrap();
-        assert_eq!(recv(&rx), "READY=1");
-        notify_to(path.as_os_str(), &status_message("draining\n3 in flight")).unwrap();
-        assert_eq!(recv(&rx), "STATUS=draining 3 in flight");
-        let _ = std::fs::remove_file(&path);
-    }
-
-    #[test]
-    fn notify_to_an_abstract_socket() {
-        let name = format!("sluice-test-{}-{}", std::process::id(), fastrand::u64(..));
-        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
-        let rx = UnixDatagram::bind_addr(&addr).unwrap();
-        notify_to(OsStr::new(&format!("@{name}")), "WATCHDOG=1").unwrap();
-        assert_eq!(recv(&rx), "WATCHDOG=1");
-    }
-
-    #[test]
-    fn notify_to_rejects_relative_or_empty() {
-        assert!(notify_to(OsStr::new("relative/sock"), "READY=1").is_err());
-        assert!(notify_to(OsStr::new(""), "READY=1").is_err());
-    }
-
-    #[test]
-    fn reloading_carries_a_monotonic_timestamp() {
-        let a = monotonic_usec();
-        let b = monotonic_usec();
-        assert!(a > 0 && b >= a);
-        assert_eq!(
-            reloading_message(1_234_567),
-            "RELOADING=1\nMONOTONIC_USEC=1234567"
-        );
-    }
-
-    #[test]
-    fn watchdog_interval_is_half_the_period_and_checks_the_pid() {
-        let half = Some(Duration::from_secs(15));
-        assert_eq!(watchdog_interval_from(Some("30000000"), None, 42), half);
-        assert_eq!(
-            watchdog_interval_from(Some("30000000"), Some("42"), 42),
-            half
-        );
-        assert_eq!(
-            watchdog_interval_from(Some("30000000"), Some("43"), 42),
-            None
-        );
-        assert_eq!(watchdog_interval_from(Some("0"), None, 42), None);
-        assert_eq!(watchdog_interval_from(Some("soon"), None, 42), None);
-        assert_eq!(watchdog_interval_from(None, Some("42"), 42), None);
-    }
-
-    #[test]
-    fn listen_fds_count_needs_our_pid() {
-        assert_eq!(listen_fds_count(Some("7"), Some("2"), 7), 2);
-        assert_eq!(listen_fds_count(Some("8"), Some("2"), 7), 0);
-        assert_eq!(listen_fds_count(None, Some("2"), 7), 0);
-        assert_eq!(listen_fds_count(Some("7"), None, 7), 0);
-        assert_eq!(listen_fds_count(Some("7"), Some("x"), 7), 0);
     }
 
     /// In-process: hand a dup'd listener's descriptor over and take it back as a listener;
@@ -333,6 +209,14 @@ mod tests {
         assert!(take_listeners(not_listening, 1).is_empty());
     }
 
+    #[test]
+    fn outside_systemd_nothing_is_sent() {
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            assert!(!ready().unwrap());
+        }
+        assert_eq!(one_line("a\nb\rc"), "a b c");
+    }
+
     /// The child half of `env_driven_functions_in_a_child_process`: does nothing unless
     /// started by it.
     #[test]
@@ -343,7 +227,11 @@ mod tests {
         assert_eq!(watchdog_interval(), Some(Duration::from_secs(1)));
         assert!(ready().unwrap());
         assert!(reloading().unwrap());
-        assert!(status("child").unwrap());
+        assert!(status("child\nline").unwrap());
+        assert!(ready_with_status("serving").unwrap());
+        assert!(watchdog().unwrap());
+        assert!(stopping().unwrap());
+        assert!(extend_timeout(Duration::from_secs(2)).unwrap());
         let listeners = listen_fds();
         assert_eq!(listeners.len(), 1);
         assert_eq!(listeners[0].local_addr().unwrap().to_string(), expect);
@@ -404,13 +292,18 @@ mod tests {
             "child failed: {stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(recv(&rx), "READY=1");
+        assert_eq!(recv(&rx), "READY=1\n");
         let reloading = recv(&rx);
-        assert!(
-            reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
-            "{reloading}"
-        );
-        assert_eq!(recv(&rx), "STATUS=child");
+        let usec = reloading
+            .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+            .and_then(|r| r.strip_suffix('\n'))
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(usec.is_some_and(|u| u > 0), "{reloading}");
+        assert_eq!(recv(&rx), "STATUS=child line\n");
+        assert_eq!(recv(&rx), "READY=1\nSTATUS=serving\n");
+        assert_eq!(recv(&rx), "WATCHDOG=1\n");
+        assert_eq!(recv(&rx), "STOPPING=1\n");
+        assert_eq!(recv(&rx), "EXTEND_TIMEOUT_USEC=2000000\n");
         let mut got = String::new();
         client.read_to_string(&mut got).unwrap();
         assert_eq!(got, "accepted");

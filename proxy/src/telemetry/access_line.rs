@@ -104,6 +104,12 @@ fn format(rec: &AccessRecord, unix_us: u64, out: &mut Vec<u8>) {
     timestamp(unix_us, out);
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
     str_field(out, "request_id", &rec.request_id);
+    if let Some(t) = &rec.trace {
+        // The ids of the request's server span, as the exported span carries them, so a log
+        // line and its trace join on `trace_id`.
+        hex_field(out, "trace_id", &t.trace_id);
+        hex_field(out, "span_id", &t.span_id);
+    }
     str_field(out, "method", &rec.method);
     str_field(out, "path", &rec.path);
     opt_str(out, "key_id", rec.key_id.as_deref());
@@ -172,6 +178,18 @@ fn opt_str(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
 fn num_field(out: &mut Vec<u8>, name: &str, value: u64) {
     key(out, name);
     let _ = write!(out, "{value}");
+}
+
+/// `bytes` as a JSON string of lower-case hex.
+fn hex_field(out: &mut Vec<u8>, name: &str, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    key(out, name);
+    out.push(b'"');
+    for &b in bytes {
+        out.push(HEX[(b >> 4) as usize]);
+        out.push(HEX[(b & 0xf) as usize]);
+    }
+    out.push(b'"');
 }
 
 fn bool_field(out: &mut Vec<u8>, name: &str, value: bool) {
@@ -291,6 +309,11 @@ mod tests {
             client_cancelled: false,
             cache: Some("hit"),
             saved_micros: Some(250),
+            trace: Some(crate::telemetry::context::RequestTrace {
+                trace_id: [0x4b, 0xf9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x47, 0x36],
+                span_id: [0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
+                parent: None,
+            }),
             ..AccessRecord::default()
         };
         let v = line(&rec);
@@ -299,6 +322,8 @@ mod tests {
         assert_eq!(v["message"], "request");
         assert_eq!(v["target"], "sluice::access");
         assert_eq!(v["request_id"], "req_\"1\"\\\n\u{1}é");
+        assert_eq!(v["trace_id"], "4bf90000000000000000000000004736");
+        assert_eq!(v["span_id"], "00f067aa0ba902b7");
         assert_eq!(v["status"], 200);
         assert_eq!(v["stream"], true);
         assert_eq!(v["input_tokens"], 11);
@@ -341,6 +366,8 @@ mod tests {
             "attempts",
             "cache",
             "saved_usd",
+            "trace_id",
+            "span_id",
         ] {
             assert!(v.get(absent).is_none(), "{absent} in {v}");
         }

@@ -139,9 +139,14 @@ impl AccessRecord {
         let has_usage = self.usage.is_some();
         let attempts = (!self.attempts.is_empty())
             .then(|| serde_json::to_string(&self.attempts).unwrap_or_default());
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let trace_id = self.trace.map(|t| hex(&t.trace_id));
+        let span_id = self.trace.map(|t| hex(&t.span_id));
         tracing::info!(
             target: "sluice::access",
             request_id = %self.request_id,
+            trace_id = trace_id.as_deref(),
+            span_id = span_id.as_deref(),
             method = %self.method,
             path = %self.path,
             key_id = self.key_id.as_deref(),

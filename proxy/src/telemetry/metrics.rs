@@ -10,8 +10,13 @@
 //!
 //! Names follow the Prometheus rules (units in names, `_total` counters) and the OpenTelemetry
 //! GenAI conventions where they exist (`gen_ai.client.token.usage` →
-//! `gen_ai_client_token_usage`, `gen_ai.server.time_to_first_token` →
-//! `gen_ai_server_time_to_first_token_seconds`).
+//! `gen_ai_client_token_usage`, `gen_ai.client.operation.duration` →
+//! `gen_ai_client_operation_duration_seconds`, `gen_ai.server.time_to_first_token` →
+//! `gen_ai_server_time_to_first_token_seconds`). The `gen_ai_*` series carry the
+//! conventions' attribute names as labels (`gen_ai_operation_name`, `gen_ai_provider_name`,
+//! `gen_ai_request_model`, `gen_ai_token_type`); the `sluice_*` series keep `model`, the
+//! public model group. With `admin.per_key_metrics`, requests and cost are also counted by
+//! key and team (`sluice_key_requests_total`, `sluice_key_cost_usd_micros_total`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -71,13 +76,16 @@ pub fn install() -> &'static PrometheusHandle {
 /// The current metrics in the Prometheus text format.
 pub fn render() -> String {
     let handle = install();
-    metrics::gauge!("sluice_log_lines_dropped").set(crate::telemetry::log::dropped_lines() as f64);
+    metrics::counter!("sluice_log_lines_dropped_total")
+        .absolute(crate::telemetry::log::dropped_lines() as u64);
     let spans = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     metrics::counter!("sluice_trace_spans_exported_total")
         .absolute(spans(&crate::telemetry::trace::EXPORTED_SPANS));
     metrics::counter!("sluice_trace_spans_dropped_total")
         .absolute(spans(&crate::telemetry::trace::DROPPED_SPANS));
-    handle.render()
+    let mut text = handle.render();
+    crate::telemetry::process::render(&mut text);
+    text
 }
 
 /// Drains histogram buffers; call periodically or they grow without bound.
@@ -175,7 +183,7 @@ fn describe() {
     );
     describe_histogram!(
         "gen_ai_client_token_usage",
-        "Tokens per request by gen_ai_token_type (input, output)."
+        "Tokens per request by gen_ai_token_type (input, output), operation, provider and requested model."
     );
     describe_counter!(
         "sluice_tokens_total",
@@ -245,9 +253,22 @@ fn describe() {
         "sluice_client_connections",
         "Open client connections, by worker."
     );
-    describe_gauge!(
-        "sluice_log_lines_dropped",
+    describe_counter!(
+        "sluice_log_lines_dropped_total",
         "Log lines dropped because the writer fell behind."
+    );
+    describe_histogram!(
+        "gen_ai_client_operation_duration_seconds",
+        Unit::Seconds,
+        "GenAI operation duration: request head to the end of the response, by operation, provider and requested model."
+    );
+    describe_counter!(
+        "sluice_key_requests_total",
+        "Requests by key and team (admin.per_key_metrics), by status class."
+    );
+    describe_counter!(
+        "sluice_key_cost_usd_micros_total",
+        "Spend in micro-USD at list prices by key and team (admin.per_key_metrics)."
     );
     describe_gauge!("sluice_build_info", "Build information.");
     describe_counter!(
@@ -280,6 +301,8 @@ struct RequestKey {
     route: Option<(usize, Option<usize>)>,
     status_class: u8,
     stream: bool,
+    /// `gen_ai.operation.name` of the request's path.
+    operation: &'static str,
 }
 
 struct RequestHandles {
@@ -288,6 +311,7 @@ struct RequestHandles {
     unpriced: Option<Counter>,
     requests: Counter,
     duration: Histogram,
+    operation_duration: Histogram,
     ttft: Histogram,
     tpot: Histogram,
     overhead: Histogram,
@@ -296,9 +320,18 @@ struct RequestHandles {
     tokens: [Counter; 4],
 }
 
+/// One key's series (per-key metrics): its team when made, requests by status class, cost.
+struct KeyHandles {
+    team: String,
+    requests: [Option<Counter>; 6],
+    cost: Counter,
+}
+
 /// A worker's metric handles.
 pub struct WorkerMetrics {
     requests: RefCell<HashMap<RequestKey, RequestHandles>>,
+    /// By key id, when `admin.per_key_metrics` (bounded by the number of keys).
+    per_key: Option<RefCell<HashMap<String, KeyHandles>>>,
     errors: RefCell<HashMap<(usize, &'static str), Counter>>,
     /// Requests in flight on this worker.
     pub inflight: Gauge,
@@ -330,6 +363,10 @@ impl WorkerMetrics {
         metrics::gauge!("sluice_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         WorkerMetrics {
             requests: RefCell::new(HashMap::new()),
+            per_key: config
+                .admin
+                .per_key_metrics
+                .then(|| RefCell::new(HashMap::new())),
             errors: RefCell::new(HashMap::new()),
             inflight: metrics::gauge!("sluice_inflight_requests", "worker" => worker.clone()),
             open_streams: metrics::gauge!("sluice_open_streams", "worker" => worker.clone()),
@@ -406,6 +443,7 @@ impl WorkerMetrics {
             route: rec.route,
             status_class: (rec.status / 100).min(9) as u8,
             stream: rec.stream,
+            operation: crate::telemetry::trace::operation(&rec.path),
         };
         let mut cache = self.requests.borrow_mut();
         let h = cache
@@ -417,6 +455,7 @@ impl WorkerMetrics {
         }
         let total_s = rec.total_us as f64 / 1e6;
         h.duration.record(total_s);
+        h.operation_duration.record(total_s);
         if let Some(up) = rec.upstream_us {
             h.overhead
                 .record(rec.total_us.saturating_sub(up) as f64 / 1e6);
@@ -450,6 +489,53 @@ impl WorkerMetrics {
                 c.increment(n);
             }
         }
+        drop(cache);
+        if let (Some(per_key), Some(key)) = (&self.per_key, rec.key_id.as_deref()) {
+            self.observe_key(per_key, key, rec);
+        }
+    }
+
+    /// Counts a request with key `key` in its per-key series.
+    fn observe_key(
+        &self,
+        per_key: &RefCell<HashMap<String, KeyHandles>>,
+        key: &str,
+        rec: &AccessRecord,
+    ) {
+        let team = rec.team.as_deref().unwrap_or("");
+        let mut map = per_key.borrow_mut();
+        if map.get(key).is_none_or(|h| h.team != team) {
+            map.insert(
+                key.to_string(),
+                KeyHandles {
+                    team: team.to_string(),
+                    requests: Default::default(),
+                    cost: metrics::counter!("sluice_key_cost_usd_micros_total", "key" => key.to_string(), "team" => team.to_string()),
+                },
+            );
+        }
+        let Some(KeyHandles {
+            team,
+            requests,
+            cost,
+        }) = map.get_mut(key)
+        else {
+            return;
+        };
+        let class = usize::from(rec.status / 100).min(5);
+        requests[class]
+            .get_or_insert_with(|| {
+                let status_class = if class == 0 {
+                    "none".to_string()
+                } else {
+                    format!("{class}xx")
+                };
+                metrics::counter!("sluice_key_requests_total", "key" => key.to_string(), "team" => team.clone(), "status_class" => status_class)
+            })
+            .increment(1);
+        if let Some(m) = rec.cost_micros {
+            cost.increment(m);
+        }
     }
 }
 
@@ -459,9 +545,11 @@ impl RequestHandles {
         let model = group.map_or("none".to_string(), |g| g.name.clone());
         let dep = key.route.and_then(|(_, d)| group?.deployments.get(d?));
         let deployment = dep.map_or("none".to_string(), |d| d.label.clone());
-        let provider = dep
-            .and_then(|d| config.providers.get(d.provider))
-            .map_or("none".to_string(), |p| p.name.clone());
+        let provider_entry = dep.and_then(|d| config.providers.get(d.provider));
+        let provider = provider_entry.map_or("none".to_string(), |p| p.name.clone());
+        let gen_ai_provider =
+            provider_entry.map_or("none", |p| crate::telemetry::trace::provider_name(p.kind));
+        let op = key.operation;
         let status_class = match key.status_class {
             0 => "none".to_string(),
             c => format!("{c}xx"),
@@ -480,11 +568,12 @@ impl RequestHandles {
                 "stream" => stream
             ),
             duration: metrics::histogram!("sluice_request_duration_seconds", "model" => model.clone(), "stream" => stream),
-            ttft: metrics::histogram!("gen_ai_server_time_to_first_token_seconds", "model" => model.clone()),
-            tpot: metrics::histogram!("gen_ai_server_time_per_output_token_seconds", "model" => model.clone()),
+            operation_duration: metrics::histogram!("gen_ai_client_operation_duration_seconds", "gen_ai_operation_name" => op, "gen_ai_provider_name" => gen_ai_provider, "gen_ai_request_model" => model.clone()),
+            ttft: metrics::histogram!("gen_ai_server_time_to_first_token_seconds", "gen_ai_operation_name" => op, "gen_ai_provider_name" => gen_ai_provider, "gen_ai_request_model" => model.clone()),
+            tpot: metrics::histogram!("gen_ai_server_time_per_output_token_seconds", "gen_ai_operation_name" => op, "gen_ai_provider_name" => gen_ai_provider, "gen_ai_request_model" => model.clone()),
             overhead: metrics::histogram!("sluice_gateway_overhead_seconds", "model" => model.clone()),
-            usage_input: metrics::histogram!("gen_ai_client_token_usage", "model" => model.clone(), "gen_ai_token_type" => "input"),
-            usage_output: metrics::histogram!("gen_ai_client_token_usage", "model" => model.clone(), "gen_ai_token_type" => "output"),
+            usage_input: metrics::histogram!("gen_ai_client_token_usage", "gen_ai_operation_name" => op, "gen_ai_provider_name" => gen_ai_provider, "gen_ai_request_model" => model.clone(), "gen_ai_token_type" => "input"),
+            usage_output: metrics::histogram!("gen_ai_client_token_usage", "gen_ai_operation_name" => op, "gen_ai_provider_name" => gen_ai_provider, "gen_ai_request_model" => model.clone(), "gen_ai_token_type" => "output"),
             tokens: [
                 tokens("input"),
                 tokens("output"),

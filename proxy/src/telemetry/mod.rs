@@ -5,4 +5,5 @@ pub mod access_line;
 pub mod context;
 pub mod log;
 pub mod metrics;
+pub mod process;
 pub mod trace;

@@ -6,116 +6,42 @@
 //! unreachable or slow collector costs nothing on the request path. The W3C `traceparent` of
 //! each attempt is sent to the upstream.
 //!
-//! The OTLP messages are the subset of `opentelemetry/proto/trace/v1` the gateway fills,
-//! declared with prost's derive (field numbers as in the upstream .proto files).
+//! The OTLP messages are `opentelemetry-proto`'s prost types ([`otlp`]). Spans carry the
+//! OpenTelemetry GenAI semantic-convention attributes: `gen_ai.operation.name`,
+//! `gen_ai.provider.name` (the deployment's real provider: `openai`, `azure.ai.openai`,
+//! `anthropic`, `gcp.gemini`), `gen_ai.request.model`, `gen_ai.response.model` and
+//! `gen_ai.usage.input_tokens` / `output_tokens`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use sluice_core::config::TracingConfig;
+use sluice_core::config::{ProviderKind, TracingConfig};
 
-/// The OTLP protobuf messages (a subset).
-#[allow(missing_docs)]
+/// The OTLP protobuf messages the gateway fills, from `opentelemetry-proto`.
 pub mod otlp {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportTraceServiceRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub resource_spans: Vec<ResourceSpans>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResourceSpans {
-        #[prost(message, optional, tag = "1")]
-        pub resource: Option<Resource>,
-        #[prost(message, repeated, tag = "2")]
-        pub scope_spans: Vec<ScopeSpans>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Resource {
-        #[prost(message, repeated, tag = "1")]
-        pub attributes: Vec<KeyValue>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ScopeSpans {
-        #[prost(message, optional, tag = "1")]
-        pub scope: Option<InstrumentationScope>,
-        #[prost(message, repeated, tag = "2")]
-        pub spans: Vec<Span>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct InstrumentationScope {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub version: String,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Span {
-        #[prost(bytes = "vec", tag = "1")]
-        pub trace_id: Vec<u8>,
-        #[prost(bytes = "vec", tag = "2")]
-        pub span_id: Vec<u8>,
-        #[prost(bytes = "vec", tag = "4")]
-        pub parent_span_id: Vec<u8>,
-        #[prost(string, tag = "5")]
-        pub name: String,
-        #[prost(int32, tag = "6")]
-        pub kind: i32,
-        #[prost(fixed64, tag = "7")]
-        pub start_time_unix_nano: u64,
-        #[prost(fixed64, tag = "8")]
-        pub end_time_unix_nano: u64,
-        #[prost(message, repeated, tag = "9")]
-        pub attributes: Vec<KeyValue>,
-        #[prost(message, optional, tag = "15")]
-        pub status: Option<Status>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Status {
-        #[prost(string, tag = "2")]
-        pub message: String,
-        #[prost(int32, tag = "3")]
-        pub code: i32,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyValue {
-        #[prost(string, tag = "1")]
-        pub key: String,
-        #[prost(message, optional, tag = "2")]
-        pub value: Option<AnyValue>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct AnyValue {
-        #[prost(oneof = "any_value::Value", tags = "1, 2, 3, 4")]
-        pub value: Option<any_value::Value>,
-    }
-    pub mod any_value {
-        #[derive(Clone, PartialEq, prost::Oneof)]
-        pub enum Value {
-            #[prost(string, tag = "1")]
-            StringValue(String),
-            #[prost(bool, tag = "2")]
-            BoolValue(bool),
-            #[prost(int64, tag = "3")]
-            IntValue(i64),
-            #[prost(double, tag = "4")]
-            DoubleValue(f64),
-        }
-    }
-    /// `SpanKind` values.
-    pub const SPAN_KIND_SERVER: i32 = 2;
-    /// `SpanKind` values.
-    pub const SPAN_KIND_CLIENT: i32 = 3;
-    /// `StatusCode` values.
-    pub const STATUS_OK: i32 = 1;
-    /// `StatusCode` values.
-    pub const STATUS_ERROR: i32 = 2;
+    pub use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    pub use opentelemetry_proto::tonic::common::v1::{
+        any_value, AnyValue, InstrumentationScope, KeyValue,
+    };
+    pub use opentelemetry_proto::tonic::resource::v1::Resource;
+    pub use opentelemetry_proto::tonic::trace::v1::{
+        span::SpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Span, Status,
+    };
 }
 
 use otlp::any_value::Value;
+
+/// `gen_ai.provider.name` of a provider dialect, as the GenAI conventions name them.
+pub fn provider_name(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::OpenAi => "openai",
+        ProviderKind::Azure => "azure.ai.openai",
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Gemini => "gcp.gemini",
+    }
+}
 
 /// A string attribute.
 pub fn attr_str(key: &str, v: impl Into<String>) -> otlp::KeyValue {
@@ -124,6 +50,7 @@ pub fn attr_str(key: &str, v: impl Into<String>) -> otlp::KeyValue {
         value: Some(otlp::AnyValue {
             value: Some(Value::StringValue(v.into())),
         }),
+        ..Default::default()
     }
 }
 
@@ -134,6 +61,7 @@ pub fn attr_int(key: &str, v: i64) -> otlp::KeyValue {
         value: Some(otlp::AnyValue {
             value: Some(Value::IntValue(v)),
         }),
+        ..Default::default()
     }
 }
 
@@ -168,20 +96,33 @@ pub fn spawn(cfg: &TracingConfig) -> std::io::Result<()> {
     if EXPORTER.set(tx).is_err() {
         return Ok(());
     }
+    let path = if endpoint.path_prefix.is_empty() {
+        "/v1/traces"
+    } else {
+        endpoint.path_prefix.as_str()
+    };
+    let scheme = if endpoint.tls { "https" } else { "http" };
+    let mut resource = vec![
+        attr_str("service.name", cfg.service_name.clone()),
+        attr_str("service.version", env!("CARGO_PKG_VERSION")),
+    ];
+    for (k, v) in &cfg.resource_attributes {
+        if k != "service.version" {
+            resource.push(attr_str(k, v.clone()));
+        }
+    }
     let exporter = Exporter {
         rx,
-        host: endpoint.host.clone(),
-        port: endpoint.port,
-        host_header: endpoint.host_header.clone(),
-        path: if endpoint.path_prefix.is_empty() {
-            "/v1/traces".to_string()
-        } else {
-            endpoint.path_prefix.clone()
-        },
-        service: cfg.service_name.clone(),
+        url: format!("{scheme}://{}{path}", endpoint.host_header),
+        headers: cfg
+            .otlp_headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_string()))
+            .collect(),
+        resource,
         batch: cfg.max_batch_spans,
         flush: Duration::from_millis(cfg.flush_interval_ms),
-        timeout: Duration::from_millis(cfg.export_timeout_ms),
+        agent: crate::blocking_http::agent(Duration::from_millis(cfg.export_timeout_ms)),
     };
     std::thread::Builder::new()
         .name("sluice-otlp".into())
@@ -191,14 +132,14 @@ pub fn spawn(cfg: &TracingConfig) -> std::io::Result<()> {
 
 struct Exporter {
     rx: Receiver<otlp::Span>,
-    host: String,
-    port: u16,
-    host_header: String,
-    path: String,
-    service: String,
+    /// The traces URL (`http` or `https`).
+    url: String,
+    /// `OTEL_EXPORTER_OTLP_HEADERS` (secrets: never logged).
+    headers: Vec<(String, String)>,
+    resource: Vec<otlp::KeyValue>,
     batch: usize,
     flush: Duration,
-    timeout: Duration,
+    agent: ureq::Agent,
 }
 
 impl Exporter {
@@ -229,18 +170,19 @@ impl Exporter {
         let request = otlp::ExportTraceServiceRequest {
             resource_spans: vec![otlp::ResourceSpans {
                 resource: Some(otlp::Resource {
-                    attributes: vec![
-                        attr_str("service.name", self.service.clone()),
-                        attr_str("service.version", env!("CARGO_PKG_VERSION")),
-                    ],
+                    attributes: self.resource.clone(),
+                    ..Default::default()
                 }),
                 scope_spans: vec![otlp::ScopeSpans {
                     scope: Some(otlp::InstrumentationScope {
                         name: "sluice".into(),
                         version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
                     }),
                     spans: std::mem::take(spans),
+                    ..Default::default()
                 }],
+                ..Default::default()
             }],
         };
         let body = prost::Message::encode_to_vec(&request);
@@ -259,40 +201,45 @@ impl Exporter {
         }
     }
 
-    fn post(&self, body: &[u8]) -> std::io::Result<u16> {
-        let addr: SocketAddr = (self.host.as_str(), self.port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| std::io::Error::other("collector host does not resolve"))?;
-        let mut stream = TcpStream::connect_timeout(&addr, self.timeout)?;
-        stream.set_read_timeout(Some(self.timeout))?;
-        stream.set_write_timeout(Some(self.timeout))?;
-        let head = format!(
-            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            self.path,
-            self.host_header,
-            body.len()
-        );
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-        let mut status_line = [0u8; 12];
-        stream.read_exact(&mut status_line)?;
-        std::str::from_utf8(&status_line[9..12])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other("bad status line from the collector"))
+    fn post(&self, body: &[u8]) -> Result<u16, ureq::Error> {
+        let mut req = self
+            .agent
+            .post(&self.url)
+            .header("content-type", "application/x-protobuf");
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let mut response = req.send(body)?;
+        // Read the (small) reply so the connection can be kept for the next batch.
+        let _ = response
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_vec();
+        Ok(response.status().as_u16())
     }
 }
 
 /// GenAI `gen_ai.operation.name` for a request path.
-fn operation(path: &str) -> &'static str {
+pub fn operation(path: &str) -> &'static str {
     match path {
-        "/v1/chat/completions" => "chat",
+        "/v1/chat/completions" | "/v1/responses" | "/v1/messages" => "chat",
         "/v1/completions" => "text_completion",
         "/v1/embeddings" => "embeddings",
-        "/v1/responses" => "chat",
         _ => "http",
     }
+}
+
+fn status(code: u16, error: Option<&str>) -> Option<otlp::Status> {
+    let (message, code) = match error {
+        Some(e) => (e.to_string(), otlp::StatusCode::Error),
+        None if code >= 500 => (String::new(), otlp::StatusCode::Error),
+        None => (String::new(), otlp::StatusCode::Ok),
+    };
+    Some(otlp::Status {
+        message,
+        code: code as i32,
+    })
 }
 
 /// The spans of a finished traced request: its server span and one client span per
@@ -307,22 +254,10 @@ pub fn request_spans(
     let at = |us: u64| rec.start_unix_ns + us * 1000;
     let op = operation(&rec.path);
     let model = rec.model.clone().unwrap_or_default();
-    let status = |code: u16, error: Option<&str>| {
-        Some(match error {
-            Some(e) => otlp::Status {
-                message: e.to_string(),
-                code: otlp::STATUS_ERROR,
-            },
-            None if code >= 500 => otlp::Status {
-                message: String::new(),
-                code: otlp::STATUS_ERROR,
-            },
-            None => otlp::Status {
-                message: String::new(),
-                code: otlp::STATUS_OK,
-            },
-        })
-    };
+    let group = rec.route.and_then(|(g, _)| config.models.get(g));
+    // The deployment that answered, and the upstream model it was asked for.
+    let served = rec.route.and_then(|(_, d)| group?.deployments.get(d?));
+    let provider_of = |p: usize| config.providers.get(p).map(|p| provider_name(p.kind));
     let mut attributes = vec![
         attr_str("gen_ai.operation.name", op),
         attr_str("http.request.method", rec.method.clone()),
@@ -332,6 +267,14 @@ pub fn request_spans(
     ];
     if !model.is_empty() {
         attributes.push(attr_str("gen_ai.request.model", model.clone()));
+    }
+    if let Some(d) = served {
+        if let Some(p) = provider_of(d.provider) {
+            attributes.push(attr_str("gen_ai.provider.name", p));
+        }
+        if rec.status < 400 {
+            attributes.push(attr_str("gen_ai.response.model", d.model.clone()));
+        }
     }
     if let Some(d) = &rec.deployment {
         attributes.push(attr_str("sluice.deployment", d.clone()));
@@ -356,11 +299,12 @@ pub fn request_spans(
         } else {
             format!("{op} {model}")
         },
-        kind: otlp::SPAN_KIND_SERVER,
+        kind: otlp::SpanKind::Server as i32,
         start_time_unix_nano: rec.start_unix_ns,
         end_time_unix_nano: at(rec.total_us),
         attributes,
         status: status(rec.status, rec.error.as_deref()),
+        ..Default::default()
     });
     for a in &rec.attempts {
         let Some(span_id) = a.span_id else { continue };
@@ -368,10 +312,21 @@ pub fn request_spans(
             attr_str("gen_ai.operation.name", op),
             attr_str("sluice.deployment", a.deployment.clone()),
         ];
+        if let Some(name) = provider_of(a.provider) {
+            attributes.push(attr_str("gen_ai.provider.name", name));
+        }
         if let Some(p) = config.providers.get(a.provider) {
-            attributes.push(attr_str("gen_ai.system", "openai"));
             attributes.push(attr_str("server.address", p.endpoint.host.clone()));
             attributes.push(attr_int("server.port", i64::from(p.endpoint.port)));
+        }
+        let upstream_model = group
+            .and_then(|g| g.deployments.iter().find(|d| d.label == a.deployment))
+            .map(|d| d.model.clone());
+        if let Some(m) = &upstream_model {
+            attributes.push(attr_str("gen_ai.request.model", m.clone()));
+            if (200..300).contains(&a.status) {
+                attributes.push(attr_str("gen_ai.response.model", m.clone()));
+            }
         }
         if a.status != 0 {
             attributes.push(attr_int("http.response.status_code", i64::from(a.status)));
@@ -383,12 +338,16 @@ pub fn request_spans(
             trace_id: t.trace_id.to_vec(),
             span_id: span_id.to_vec(),
             parent_span_id: t.span_id.to_vec(),
-            name: format!("{op} {}", a.deployment),
-            kind: otlp::SPAN_KIND_CLIENT,
+            name: format!(
+                "{op} {}",
+                upstream_model.as_deref().unwrap_or(&a.deployment)
+            ),
+            kind: otlp::SpanKind::Client as i32,
             start_time_unix_nano: at(a.start_us),
             end_time_unix_nano: at(a.end_us),
             attributes,
             status: status(a.status, a.error),
+            ..Default::default()
         });
     }
     spans
@@ -397,6 +356,14 @@ pub fn request_spans(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_dialect_has_its_semconv_provider_name() {
+        assert_eq!(provider_name(ProviderKind::OpenAi), "openai");
+        assert_eq!(provider_name(ProviderKind::Azure), "azure.ai.openai");
+        assert_eq!(provider_name(ProviderKind::Anthropic), "anthropic");
+        assert_eq!(provider_name(ProviderKind::Gemini), "gcp.gemini");
+    }
 
     #[test]
     fn spans_encode_and_decode() {
@@ -409,11 +376,13 @@ mod tests {
                         trace_id: vec![1; 16],
                         span_id: vec![2; 8],
                         name: "chat m".into(),
-                        kind: otlp::SPAN_KIND_SERVER,
+                        kind: otlp::SpanKind::Server as i32,
                         attributes: vec![attr_int("gen_ai.usage.input_tokens", 5)],
                         ..Default::default()
                     }],
+                    ..Default::default()
                 }],
+                ..Default::default()
             }],
         };
         let bytes = prost::Message::encode_to_vec(&req);

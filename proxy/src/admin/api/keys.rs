@@ -13,10 +13,11 @@ use super::{
 use crate::request::auth::KeyEntry;
 use crate::state::Shared;
 
+/// `N` bytes from the OS's random source (`getrandom(2)`, which blocks only until the
+/// kernel's pool is first seeded, and needs no file descriptor).
 pub(super) fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
-    use std::io::Read;
     let mut out = [0u8; N];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut out)?;
+    getrandom::fill(&mut out).map_err(std::io::Error::other)?;
     Ok(out)
 }
 

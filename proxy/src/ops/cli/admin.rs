@@ -244,6 +244,46 @@ pub(super) fn parse(raw: &str) -> Result<Value, Failure> {
     serde_json::from_str(raw).map_err(|e| Failure(format!("the answer is not JSON: {e}"), 1))
 }
 
+/// One admin API call as a command makes it.
+pub(super) struct Call {
+    /// `GET`, `POST`, `PATCH` or `DELETE`.
+    pub(super) method: &'static str,
+    /// Path and query.
+    pub(super) path: String,
+    /// JSON body.
+    pub(super) body: Option<Value>,
+}
+
+impl Call {
+    /// A `GET` of `path`.
+    pub(super) fn get(path: String) -> Self {
+        Call {
+            method: "GET",
+            path,
+            body: None,
+        }
+    }
+}
+
+/// The shape every admin command shares: make `call` (or fail before it), then print the
+/// API's JSON as it came (`json`), or what `render` makes of the parsed answer (a table,
+/// CSV); prints the outcome and returns the exit status.
+pub(super) fn run(
+    admin: &AdminArgs,
+    call: Result<Call, Failure>,
+    json: bool,
+    render: impl FnOnce(&Value) -> Outcome,
+) -> ExitCode {
+    let outcome = call.and_then(|c| {
+        let raw = self::call(&admin.admin, c.method, &c.path, c.body.as_ref())?;
+        if json {
+            return Ok(format!("{}\n", raw.trim_end()));
+        }
+        render(&parse(&raw)?)
+    });
+    finish(outcome)
+}
+
 /// Percent-encodes a path segment or query value.
 fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -373,80 +413,81 @@ fn clear_into(patch: &mut Map<String, Value>, clear: &[Clearable]) {
     }
 }
 
+fn nothing_to_change() -> Failure {
+    Failure(
+        "nothing to change: give a flag such as --rpm, or --clear".into(),
+        EXIT_CONFIG,
+    )
+}
+
+/// The call of a `sluice keys` action.
+fn keys_call(action: &KeysAction) -> Result<Call, Failure> {
+    let (method, path, body) = match action {
+        KeysAction::Create {
+            name,
+            team,
+            user,
+            models,
+            limits,
+            expires_at,
+        } => {
+            let mut v = Map::new();
+            v.insert("name".into(), json!(name));
+            v.insert("models".into(), json!(models));
+            set(&mut v, "team", json!(team));
+            set(&mut v, "user", json!(user));
+            set(&mut v, "expires_at", json!(expires_at));
+            limits.fill(&mut v);
+            ("POST", "/admin/keys".to_string(), Some(Value::Object(v)))
+        }
+        KeysAction::List => ("GET", "/admin/keys".to_string(), None),
+        KeysAction::Show { id } => ("GET", format!("/admin/keys/{}", encode(id)), None),
+        KeysAction::Update {
+            id,
+            name,
+            team,
+            user,
+            models,
+            limits,
+            expires_at,
+            clear,
+        } => {
+            let mut v = Map::new();
+            set(&mut v, "name", json!(name));
+            set(&mut v, "team", json!(team));
+            set(&mut v, "user", json!(user));
+            set(&mut v, "models", json!(models));
+            set(&mut v, "expires_at", json!(expires_at));
+            limits.fill(&mut v);
+            clear_into(&mut v, clear);
+            if v.is_empty() {
+                return Err(nothing_to_change());
+            }
+            (
+                "PATCH",
+                format!("/admin/keys/{}", encode(id)),
+                Some(Value::Object(v)),
+            )
+        }
+        KeysAction::Rotate { id } => ("POST", format!("/admin/keys/{}/rotate", encode(id)), None),
+        KeysAction::Revoke { id, delete: true } => {
+            ("DELETE", format!("/admin/keys/{}", encode(id)), None)
+        }
+        KeysAction::Revoke { id, delete: false } => {
+            ("POST", format!("/admin/keys/{}/disable", encode(id)), None)
+        }
+    };
+    Ok(Call { method, path, body })
+}
+
 /// Runs `sluice keys`.
 pub fn keys(admin: &AdminArgs, raw_json: bool, action: KeysAction) -> ExitCode {
-    let a = &admin.admin;
-    let outcome = (|| -> Outcome {
-        let (method, path, body) = match &action {
-            KeysAction::Create {
-                name,
-                team,
-                user,
-                models,
-                limits,
-                expires_at,
-            } => {
-                let mut v = Map::new();
-                v.insert("name".into(), json!(name));
-                v.insert("models".into(), json!(models));
-                set(&mut v, "team", json!(team));
-                set(&mut v, "user", json!(user));
-                set(&mut v, "expires_at", json!(expires_at));
-                limits.fill(&mut v);
-                ("POST", "/admin/keys".to_string(), Some(Value::Object(v)))
-            }
-            KeysAction::List => ("GET", "/admin/keys".to_string(), None),
-            KeysAction::Show { id } => ("GET", format!("/admin/keys/{}", encode(id)), None),
-            KeysAction::Update {
-                id,
-                name,
-                team,
-                user,
-                models,
-                limits,
-                expires_at,
-                clear,
-            } => {
-                let mut v = Map::new();
-                set(&mut v, "name", json!(name));
-                set(&mut v, "team", json!(team));
-                set(&mut v, "user", json!(user));
-                set(&mut v, "models", json!(models));
-                set(&mut v, "expires_at", json!(expires_at));
-                limits.fill(&mut v);
-                clear_into(&mut v, clear);
-                if v.is_empty() {
-                    return Err(Failure(
-                        "nothing to change: give a flag such as --rpm, or --clear".into(),
-                        EXIT_CONFIG,
-                    ));
-                }
-                (
-                    "PATCH",
-                    format!("/admin/keys/{}", encode(id)),
-                    Some(Value::Object(v)),
-                )
-            }
-            KeysAction::Rotate { id } => {
-                ("POST", format!("/admin/keys/{}/rotate", encode(id)), None)
-            }
-            KeysAction::Revoke { id, delete: true } => {
-                ("DELETE", format!("/admin/keys/{}", encode(id)), None)
-            }
-            KeysAction::Revoke { id, delete: false } => {
-                ("POST", format!("/admin/keys/{}/disable", encode(id)), None)
-            }
-        };
-        let raw = call(a, method, &path, body.as_ref())?;
-        if raw_json {
-            return Ok(format!("{}\n", raw.trim_end()));
-        }
-        let answer = parse(&raw)?;
+    run(admin, keys_call(&action), raw_json, |answer| {
         Ok(match &action {
-            KeysAction::List => keys_table(list_of(&answer)),
+            KeysAction::List => keys_table(list_of(answer)),
             KeysAction::Revoke { delete: true, id } => format!("deleted {id}\n"),
             _ => {
-                let mut out = keys_table(std::slice::from_ref(&answer));
+                let mut out = keys_table(std::slice::from_ref(answer));
                 if let Some(key) = answer["key"].as_str() {
                     out.push_str(&format!(
                         "\nkey: {key}\n(shown once: store it now; only its hash is kept)\n"
@@ -455,73 +496,66 @@ pub fn keys(admin: &AdminArgs, raw_json: bool, action: KeysAction) -> ExitCode {
                 out
             }
         })
-    })();
-    finish(outcome)
+    })
+}
+
+/// The call of a `sluice teams` action.
+fn teams_call(action: &TeamsAction) -> Result<Call, Failure> {
+    let (method, path, body) = match action {
+        TeamsAction::Create { name, limits } => {
+            let mut v = Map::new();
+            v.insert("name".into(), json!(name));
+            limits.fill(&mut v);
+            ("POST", "/admin/teams".to_string(), Some(Value::Object(v)))
+        }
+        TeamsAction::List => ("GET", "/admin/teams".to_string(), None),
+        TeamsAction::Show { name } => ("GET", format!("/admin/teams/{}", encode(name)), None),
+        TeamsAction::Update {
+            name,
+            limits,
+            clear,
+        } => {
+            let mut v = Map::new();
+            limits.fill(&mut v);
+            if let Some(c) = clear.iter().find(|c| {
+                matches!(
+                    c,
+                    Clearable::User | Clearable::Models | Clearable::ExpiresAt
+                )
+            }) {
+                return Err(Failure(
+                    format!("a team has no `{}`", c.field()),
+                    EXIT_CONFIG,
+                ));
+            }
+            clear_into(&mut v, clear);
+            if v.is_empty() {
+                return Err(nothing_to_change());
+            }
+            (
+                "PATCH",
+                format!("/admin/teams/{}", encode(name)),
+                Some(Value::Object(v)),
+            )
+        }
+        TeamsAction::Delete { name } => ("DELETE", format!("/admin/teams/{}", encode(name)), None),
+    };
+    Ok(Call { method, path, body })
 }
 
 /// Runs `sluice teams`.
 pub fn teams(admin: &AdminArgs, raw_json: bool, action: TeamsAction) -> ExitCode {
-    let a = &admin.admin;
-    let outcome = (|| -> Outcome {
-        let (method, path, body) = match &action {
-            TeamsAction::Create { name, limits } => {
-                let mut v = Map::new();
-                v.insert("name".into(), json!(name));
-                limits.fill(&mut v);
-                ("POST", "/admin/teams".to_string(), Some(Value::Object(v)))
-            }
-            TeamsAction::List => ("GET", "/admin/teams".to_string(), None),
-            TeamsAction::Show { name } => ("GET", format!("/admin/teams/{}", encode(name)), None),
-            TeamsAction::Update {
-                name,
-                limits,
-                clear,
-            } => {
-                let mut v = Map::new();
-                limits.fill(&mut v);
-                for c in clear {
-                    if matches!(
-                        c,
-                        Clearable::User | Clearable::Models | Clearable::ExpiresAt
-                    ) {
-                        return Err(Failure(
-                            format!("a team has no `{}`", c.field()),
-                            EXIT_CONFIG,
-                        ));
-                    }
-                }
-                clear_into(&mut v, clear);
-                if v.is_empty() {
-                    return Err(Failure(
-                        "nothing to change: give a flag such as --rpm, or --clear".into(),
-                        EXIT_CONFIG,
-                    ));
-                }
-                (
-                    "PATCH",
-                    format!("/admin/teams/{}", encode(name)),
-                    Some(Value::Object(v)),
-                )
-            }
-            TeamsAction::Delete { name } => {
-                ("DELETE", format!("/admin/teams/{}", encode(name)), None)
-            }
-        };
-        let raw = call(a, method, &path, body.as_ref())?;
-        if raw_json {
-            return Ok(format!("{}\n", raw.trim_end()));
-        }
-        let answer = parse(&raw)?;
+    run(admin, teams_call(&action), raw_json, |answer| {
         Ok(match &action {
-            TeamsAction::List => teams_table(list_of(&answer)),
+            TeamsAction::List => teams_table(list_of(answer)),
             TeamsAction::Delete { name } => format!("deleted team {name}\n"),
-            _ => teams_table(std::slice::from_ref(&answer)),
+            _ => teams_table(std::slice::from_ref(answer)),
         })
-    })();
-    finish(outcome)
+    })
 }
 
-/// One HTTP/1.1 call to the admin API over a plain TCP connection: (status, raw body).
+/// One call to the admin API (`http://` or `https://`) over the process's blocking HTTP
+/// client: (status, raw body). Bodies are JSON; answers are read up to 64 MiB.
 fn admin_call(
     base: &str,
     token: &str,
@@ -529,40 +563,41 @@ fn admin_call(
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, String), String> {
-    use std::io::{Read, Write};
-    use std::net::{TcpStream, ToSocketAddrs};
     use std::time::Duration;
-    let rest = base
-        .strip_prefix("http://")
-        .ok_or("the admin URL must start with http://")?;
-    let host = rest.split('/').next().unwrap_or(rest);
-    let addr = host
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("cannot resolve {host}"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {token}\r\n\
-         x-sluice-client: cli\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("cannot send: {e}"))?;
-    let mut buf = Vec::new();
-    stream
-        .read_to_end(&mut buf)
+    use ureq::typestate::{WithBody, WithoutBody};
+    use ureq::RequestBuilder;
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err("the admin URL must start with http:// or https://".into());
+    }
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let agent = crate::blocking_http::agent(Duration::from_secs(30));
+    let auth = format!("Bearer {token}");
+    let with = |r: RequestBuilder<WithoutBody>| {
+        r.header("authorization", &auth)
+            .header("x-sluice-client", "cli")
+    };
+    let with_body = |r: RequestBuilder<WithBody>| {
+        r.header("authorization", &auth)
+            .header("x-sluice-client", "cli")
+            .header("content-type", "application/json")
+    };
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let answer = match method {
+        "GET" => with(agent.get(&url)).call(),
+        "DELETE" => with(agent.delete(&url)).call(),
+        "POST" => with_body(agent.post(&url)).send(payload.as_bytes()),
+        "PATCH" => with_body(agent.patch(&url)).send(payload.as_bytes()),
+        other => return Err(format!("no such method {other}")),
+    };
+    let mut response = answer.map_err(|e| format!("{e}"))?;
+    let status = response.status().as_u16();
+    let raw = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
         .map_err(|e| format!("cannot read the answer: {e}"))?;
-    let (head, len) = sluice_core::http1::parse_response_head(&buf, 64 * 1024, false)
-        .map_err(|e| format!("bad answer: {e}"))?
-        .ok_or("incomplete answer")?;
-    let raw = String::from_utf8_lossy(buf.get(len..).unwrap_or_default()).into_owned();
-    Ok((head.status, raw))
+    Ok((status, raw))
 }
 
 #[cfg(test)]

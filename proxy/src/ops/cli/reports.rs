@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use super::admin::{call, finish, list_of, opt_num, parse, query, AdminArgs, Outcome};
+use super::admin::{list_of, opt_num, query, run, AdminArgs, Call, Outcome};
 use super::table::{utc, Table};
 
 /// How `spend` groups the ledger.
@@ -46,6 +46,24 @@ pub struct Format {
     pub json: bool,
 }
 
+impl Format {
+    /// `t` as CSV with `csv_headers` (`--csv`), else as the aligned table followed by
+    /// `footer` of it.
+    fn print(
+        &self,
+        t: &Table,
+        csv_headers: &[&str],
+        footer: impl FnOnce(&Table) -> String,
+    ) -> Outcome {
+        if self.csv {
+            return Ok(t.csv(csv_headers));
+        }
+        let mut out = t.render();
+        out.push_str(&footer(t));
+        Ok(out)
+    }
+}
+
 /// A time range: unix seconds or UTC dates `YYYY-MM-DD`; `to` is excluded.
 #[derive(Debug, Args)]
 pub struct Range {
@@ -70,14 +88,10 @@ impl Range {
 
 /// Runs `sluice spend`.
 pub fn spend(admin: &AdminArgs, group_by: GroupBy, range: &Range, format: &Format) -> ExitCode {
-    let outcome = (|| -> Outcome {
-        let mut q = vec![("group_by", group_by.name().to_string())];
-        range.query(&mut q);
-        let raw = call(&admin.admin, "GET", &query("/admin/spend", &q), None)?;
-        if format.json {
-            return Ok(format!("{}\n", raw.trim_end()));
-        }
-        let answer = parse(&raw)?;
+    let mut q = vec![("group_by", group_by.name().to_string())];
+    range.query(&mut q);
+    let call = Call::get(query("/admin/spend", &q));
+    run(admin, Ok(call), format.json, |answer| {
         let mut t = Table::new(&[
             ("GROUP", false),
             ("REQUESTS", true),
@@ -89,7 +103,7 @@ pub fn spend(admin: &AdminArgs, group_by: GroupBy, range: &Range, format: &Forma
         ]);
         let mut total = 0u64;
         let mut requests = 0u64;
-        for r in list_of(&answer) {
+        for r in list_of(answer) {
             total += r["cost_micros"].as_u64().unwrap_or(0);
             requests += r["requests"].as_u64().unwrap_or(0);
             t.push(vec![
@@ -102,27 +116,24 @@ pub fn spend(admin: &AdminArgs, group_by: GroupBy, range: &Range, format: &Forma
                 r["cost_usd"].as_str().unwrap_or_default().to_string(),
             ]);
         }
-        if format.csv {
-            return Ok(t.csv(&[
-                group_by.name(),
-                "requests",
-                "input_tokens",
-                "output_tokens",
-                "cached_tokens",
-                "reasoning_tokens",
-                "cost_usd",
-            ]));
-        }
-        let mut out = t.render();
-        out.push_str(&format!(
-            "\n{} groups, {requests} requests, ${} by {}\n",
-            t.len(),
-            sluice_core::cost::format_usd(total),
-            group_by.name()
-        ));
-        Ok(out)
-    })();
-    finish(outcome)
+        let headers = [
+            group_by.name(),
+            "requests",
+            "input_tokens",
+            "output_tokens",
+            "cached_tokens",
+            "reasoning_tokens",
+            "cost_usd",
+        ];
+        format.print(&t, &headers, |t| {
+            format!(
+                "\n{} groups, {requests} requests, ${} by {}\n",
+                t.len(),
+                sluice_core::cost::format_usd(total),
+                group_by.name()
+            )
+        })
+    })
 }
 
 /// What `sluice usage` filters on.
@@ -141,51 +152,49 @@ pub struct UsageFilter {
 
 /// Runs `sluice usage`.
 pub fn usage(admin: &AdminArgs, filter: &UsageFilter, range: &Range, format: &Format) -> ExitCode {
-    let outcome = (|| -> Outcome {
-        let mut q = vec![("limit", filter.limit.to_string())];
-        if let Some(k) = &filter.key {
-            q.push(("key_id", k.clone()));
-        }
-        if let Some(t) = &filter.team {
-            q.push(("team", t.clone()));
-        }
-        range.query(&mut q);
-        let raw = call(&admin.admin, "GET", &query("/admin/usage", &q), None)?;
-        if format.json {
-            return Ok(format!("{}\n", raw.trim_end()));
-        }
-        let answer = parse(&raw)?;
-        let mut t = Table::new(&[
-            ("TIME (UTC)", false),
-            ("REQUEST ID", false),
-            ("KEY", false),
-            ("TEAM", false),
-            ("MODEL", false),
-            ("DEPLOYMENT", false),
-            ("INPUT", true),
-            ("OUTPUT", true),
-            ("COST USD", true),
-            ("STATUS", true),
-            ("LATENCY MS", true),
-        ]);
-        for r in list_of(&answer) {
-            let s = |f: &str| r[f].as_str().unwrap_or("-").to_string();
-            t.push(vec![
-                utc(r["ts_ms"].as_u64().unwrap_or(0)),
-                s("request_id"),
-                s("key_id"),
-                s("team"),
-                s("model"),
-                s("deployment"),
-                opt_num(&r["input_tokens"]),
-                opt_num(&r["output_tokens"]),
-                s("cost_usd"),
-                opt_num(&r["status"]),
-                opt_num(&r["latency_ms"]),
+    let mut q = vec![("limit", filter.limit.to_string())];
+    if let Some(k) = &filter.key {
+        q.push(("key_id", k.clone()));
+    }
+    if let Some(t) = &filter.team {
+        q.push(("team", t.clone()));
+    }
+    range.query(&mut q);
+    run(
+        admin,
+        Ok(Call::get(query("/admin/usage", &q))),
+        format.json,
+        |answer| {
+            let mut t = Table::new(&[
+                ("TIME (UTC)", false),
+                ("REQUEST ID", false),
+                ("KEY", false),
+                ("TEAM", false),
+                ("MODEL", false),
+                ("DEPLOYMENT", false),
+                ("INPUT", true),
+                ("OUTPUT", true),
+                ("COST USD", true),
+                ("STATUS", true),
+                ("LATENCY MS", true),
             ]);
-        }
-        if format.csv {
-            return Ok(t.csv(&[
+            for r in list_of(answer) {
+                let s = |f: &str| r[f].as_str().unwrap_or("-").to_string();
+                t.push(vec![
+                    utc(r["ts_ms"].as_u64().unwrap_or(0)),
+                    s("request_id"),
+                    s("key_id"),
+                    s("team"),
+                    s("model"),
+                    s("deployment"),
+                    opt_num(&r["input_tokens"]),
+                    opt_num(&r["output_tokens"]),
+                    s("cost_usd"),
+                    opt_num(&r["status"]),
+                    opt_num(&r["latency_ms"]),
+                ]);
+            }
+            let headers = [
                 "time_utc",
                 "request_id",
                 "key_id",
@@ -197,50 +206,48 @@ pub fn usage(admin: &AdminArgs, filter: &UsageFilter, range: &Range, format: &Fo
                 "cost_usd",
                 "status",
                 "latency_ms",
-            ]));
-        }
-        let mut out = t.render();
-        if t.is_empty() {
-            out.push_str("(no requests in this range)\n");
-        }
-        Ok(out)
-    })();
-    finish(outcome)
+            ];
+            format.print(&t, &headers, |t| {
+                if t.is_empty() {
+                    "(no requests in this range)\n".to_string()
+                } else {
+                    String::new()
+                }
+            })
+        },
+    )
 }
 
 /// Runs `sluice audit`.
 pub fn audit(admin: &AdminArgs, limit: u32, range: &Range, format: &Format) -> ExitCode {
-    let outcome = (|| -> Outcome {
-        let mut q = vec![("limit", limit.to_string())];
-        range.query(&mut q);
-        let raw = call(&admin.admin, "GET", &query("/admin/audit", &q), None)?;
-        if format.json {
-            return Ok(format!("{}\n", raw.trim_end()));
-        }
-        let answer = parse(&raw)?;
-        let mut t = Table::new(&[
-            ("TIME (UTC)", false),
-            ("WHO", false),
-            ("VIA", false),
-            ("WHAT", false),
-            ("ON", false),
-            ("STATUS", true),
-        ]);
-        for e in list_of(&answer) {
-            let s = |f: &str| e[f].as_str().unwrap_or("-").to_string();
-            t.push(vec![
-                utc(e["ts_ms"].as_u64().unwrap_or(0)),
-                s("actor"),
-                s("via"),
-                s("action"),
-                s("target"),
-                opt_num(&e["status"]),
+    let mut q = vec![("limit", limit.to_string())];
+    range.query(&mut q);
+    run(
+        admin,
+        Ok(Call::get(query("/admin/audit", &q))),
+        format.json,
+        |answer| {
+            let mut t = Table::new(&[
+                ("TIME (UTC)", false),
+                ("WHO", false),
+                ("VIA", false),
+                ("WHAT", false),
+                ("ON", false),
+                ("STATUS", true),
             ]);
-        }
-        if format.csv {
-            return Ok(t.csv(&["time_utc", "actor", "via", "action", "target", "status"]));
-        }
-        Ok(t.render())
-    })();
-    finish(outcome)
+            for e in list_of(answer) {
+                let s = |f: &str| e[f].as_str().unwrap_or("-").to_string();
+                t.push(vec![
+                    utc(e["ts_ms"].as_u64().unwrap_or(0)),
+                    s("actor"),
+                    s("via"),
+                    s("action"),
+                    s("target"),
+                    opt_num(&e["status"]),
+                ]);
+            }
+            let headers = ["time_utc", "actor", "via", "action", "target", "status"];
+            format.print(&t, &headers, |_| String::new())
+        },
+    )
 }
