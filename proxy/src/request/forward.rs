@@ -11,6 +11,10 @@
 //! Every attempt happens before anything reaches the client, so a stream is retried or failed
 //! over only while nothing has been sent; once the head is out, failures end the stream with
 //! an SSE error event (see the relay).
+//!
+//! A streamed upload (`request::upload`) is sent by the driver itself, one attempt at a time:
+//! the attempt copies the rest of the client's body before its head is awaited, and once it
+//! started copying, core's loop is told the body is spent (no retry, no fallback).
 
 use std::future::Future;
 use std::pin::Pin;
