@@ -153,6 +153,9 @@ fn large_uploads_stream_through(driver: &str) {
     let log = gw.access_lines(4);
     assert_eq!(log[1]["deployment"], "mock/gpt-4o-transcribe");
     assert_eq!(log[1]["status"], 200);
+    // The access line counts the whole body, the streamed part included.
+    assert_eq!(log[1]["bytes_in"], body.len() as u64);
+    assert!(log[2]["bytes_in"].as_u64().unwrap() >= body.len() as u64);
 }
 
 both_drivers!(large_uploads_stream_through);

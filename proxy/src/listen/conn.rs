@@ -134,7 +134,7 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
     };
     request.bytes_in = body.len() as u64;
     let keep_alive = head.keep_alive && !worker.shared.is_draining();
-    let (keep, settlement) = respond_to(
+    let (keep, mut settlement) = respond_to(
         worker,
         client,
         &head,
@@ -143,6 +143,9 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
         request,
     )
     .await;
+    if let Some(r) = &rest {
+        settlement.request.bytes_in += r.received();
+    }
     settle(worker, settlement);
     // A streamed body not read to its end (refused, or the exchange failed before it was
     // sent) leaves the connection's framing unknown.

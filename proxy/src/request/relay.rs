@@ -53,6 +53,8 @@ pub struct ClientWatch<'a> {
     /// The client's body is still being streamed upstream: nothing is read but that (see
     /// [`ClientWatch::hold`]).
     held: bool,
+    /// The connection is plain TCP (a TLS connection's watch stays disabled).
+    plain: bool,
     /// When to post the read.
     arm_at: Instant,
     fut: Option<WatchFuture<'a>>,
@@ -68,9 +70,11 @@ impl<'a> ClientWatch<'a> {
     /// A watch of `rd` (plain TCP only; a TLS connection gets a disabled watch), posted
     /// [`ARM_AFTER`] from now if the exchange is still under way.
     pub fn new(rd: &'a mut ClientRead) -> Self {
+        let plain = rd.watchable().is_some();
         ClientWatch {
             rd: Some(rd),
             held: false,
+            plain,
             arm_at: Instant::now() + ARM_AFTER,
             fut: None,
             canceller: Canceller::new(),
@@ -133,7 +137,7 @@ impl<'a> ClientWatch<'a> {
             return Some(fut.await);
         }
         let mut fut = std::pin::pin!(fut);
-        if self.rd.is_some() {
+        if self.rd.is_some() && self.plain {
             // Not watched yet: the operation alone until the watch is due, then watched.
             let due = self.arm_at;
             if Instant::now() < due {

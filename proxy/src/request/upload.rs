@@ -72,6 +72,8 @@ pub struct BodyRest {
     deadline: Instant,
     /// The body's limit, for the 413.
     max_body_bytes: u64,
+    /// Bytes of the rest read from the client so far (framing included).
+    received: u64,
     done: bool,
 }
 
@@ -87,6 +89,11 @@ impl BodyRest {
     /// The client's body was read to its end (the connection's framing is intact).
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// Bytes of the rest read from the client so far (for the request's `bytes_in`).
+    pub fn received(&self) -> u64 {
+        self.received
     }
 }
 
@@ -142,6 +149,7 @@ pub async fn read_form_start(
                         pending: Vec::new(),
                         deadline,
                         max_body_bytes,
+                        received: 0,
                         done: false,
                     };
                     return Ok((body, Some(rest)));
@@ -175,6 +183,7 @@ pub async fn read_form_start(
                         pending: std::mem::take(buf),
                         deadline,
                         max_body_bytes,
+                        received: 0,
                         done: false,
                     };
                     return Ok((body, Some(rest)));
@@ -321,6 +330,7 @@ async fn pump(
                     Ok((Ok(0), _)) | Ok((Err(_), _)) => return Err(UploadError::ClientGone),
                     Ok((Ok(n), slice)) => {
                         *left -= n as u64;
+                        rest.received += n as u64;
                         slice.into_inner()
                     }
                 };
@@ -347,8 +357,12 @@ async fn pump(
                     return Ok(());
                 }
                 let limit = rest.deadline.saturating_duration_since(Instant::now());
+                let held = rest.pending.len();
                 match idle::read_more(rd, std::mem::take(&mut rest.pending), limit).await {
-                    Read::Data(b) => rest.pending = b,
+                    Read::Data(b) => {
+                        rest.received += (b.len() - held) as u64;
+                        rest.pending = b;
+                    }
                     Read::TimedOut => return Err(UploadError::Client(body_timeout())),
                     Read::Eof | Read::Failed => return Err(UploadError::ClientGone),
                 }
