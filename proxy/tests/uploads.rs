@@ -229,3 +229,61 @@ fn over_the_limit_is_413(driver: &str) {
 }
 
 both_drivers!(over_the_limit_is_413);
+
+fn attempts(line: &serde_json::Value) -> Vec<serde_json::Value> {
+    let list: serde_json::Value = serde_json::from_str(line["attempts"].as_str().unwrap()).unwrap();
+    list.as_array().unwrap().clone()
+}
+
+fn a_streamed_upload_is_retried_only_before_its_body_went_out(driver: &str) {
+    let mock = mock();
+    let mut cfg = upload_config(mock.addr(), 16 * MIB);
+    cfg.push_str(
+        "\n[[providers]]\nname = \"dead\"\nbase_url = \"http://127.0.0.1:1/v1\"\n\n\
+         [[models]]\nname = \"two\"\nstrategy = \"priority\"\nretry = { base_backoff_ms = 0, max_backoff_ms = 0 }\n\
+         deployments = [{ provider = \"mock\", model = \"first\" }, { provider = \"mock\", model = \"second\" }]\n\n\
+         [[models]]\nname = \"dead-first\"\nstrategy = \"priority\"\nretry = { base_backoff_ms = 0, max_backoff_ms = 0 }\n\
+         deployments = [{ provider = \"dead\", model = \"x\" }, { provider = \"mock\", model = \"alive\" }]\n",
+    );
+    let gw = Gateway::start(&cfg, driver);
+    let file = audio(2 * MIB);
+    let failing = |body: &[u8]| {
+        let mut req = head(&format!(
+            "x-mock-status: 500\r\ncontent-length: {}\r\n",
+            body.len()
+        ));
+        req.extend_from_slice(body);
+        req
+    };
+    // A small form, read whole, is retried on the other deployment as any request is.
+    let mut c = gw.connect();
+    let r = exchange(&mut c, failing(&form(Some("two"), true, b"RIFF")));
+    assert_eq!(r.status, 500);
+    assert!(attempts(&gw.access_lines(1)[0]).len() >= 2);
+    // A streamed one went out whole to the first deployment and cannot be sent again: its
+    // answer is the answer, after one attempt.
+    let mut c = gw.connect();
+    let r = exchange(&mut c, failing(&form(Some("two"), true, &file)));
+    assert_eq!(r.status, 500);
+    let log = gw.access_lines(2);
+    let tried = attempts(&log[1]);
+    assert_eq!(tried.len(), 1, "{tried:?}");
+    assert_eq!(tried[0]["deployment"], "mock/first");
+    // A deployment that cannot be reached took nothing of the body: the next one gets it.
+    let mut c = gw.connect();
+    let body = form(Some("dead-first"), true, &file);
+    let r = exchange(&mut c, with_length(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let log = gw.access_lines(3);
+    let tried = attempts(&log[2]);
+    assert_eq!(tried.len(), 2, "{tried:?}");
+    assert_eq!(log[2]["deployment"], "mock/alive");
+    let upstream = form(Some("alive"), true, &file);
+    let seen = mock.last_request().unwrap();
+    assert_eq!(
+        (seen.body_len, seen.body_fnv),
+        (upstream.len(), fnv1a(&upstream))
+    );
+}
+
+both_drivers!(a_streamed_upload_is_retried_only_before_its_body_went_out);
