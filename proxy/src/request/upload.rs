@@ -15,10 +15,12 @@
 //! mid-stream aborts the upstream exchange and is answered 413 (nothing was answered yet: the
 //! upstream's answer is read only once the body is all sent).
 //!
-//! A streamed body cannot be replayed: an attempt whose connection fails before anything past
-//! the held part went out may be retried elsewhere, but once the pump has started the attempt
-//! is the last one (`AttemptLoop::body_spent`), and a streamed request is never hedged. A
-//! body that ends before its `model` field is found was read whole and goes the ordinary way.
+//! A streamed body cannot be replayed. Each attempt opens a new connection (a pooled one the
+//! upstream closed while idle would show it only once the body is on its way); one whose
+//! connect or first write fails, before anything past the held part went out, may be retried
+//! elsewhere, but once the pump has started the attempt is the last one
+//! (`AttemptLoop::body_spent`), and a streamed request is never hedged. A body that ends
+//! before its `model` field is found was read whole and goes the ordinary way.
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +37,7 @@ use crate::listen::idle::{self, Read};
 use crate::request::plan::{ApiEndpoint, Tail};
 use crate::request::relay::ClientWatch;
 use crate::state::Worker;
-use crate::upstream::attempt::{self, Checkout, Sent};
+use crate::upstream::attempt::{self, Sent};
 use crate::upstream::pool::{UpstreamConn, UpstreamError};
 
 /// Most bytes copied from the client to the upstream in one read.
@@ -244,7 +246,15 @@ pub async fn send(
     watch: &mut ClientWatch<'_>,
     deadline: Instant,
 ) -> (Result<Sent, UploadError>, bool) {
-    let conn = match start(worker, index, request).await {
+    if rest.is_done() {
+        // The body went out with an earlier attempt (the loop stops after it; defensive).
+        let spent = UpstreamError::Protocol {
+            provider: String::new(),
+            message: "the streamed body was already sent".into(),
+        };
+        return (Err(UploadError::Upstream(spent)), true);
+    }
+    let mut conn = match start(worker, index, request).await {
         Ok(c) => c,
         Err(e) => return (Err(UploadError::Upstream(e)), false),
     };
@@ -261,7 +271,6 @@ pub async fn send(
         };
         return (Err(UploadError::Upstream(gone)), false);
     };
-    let mut conn = conn;
     if let Err(e) = pump(rest, rd, &mut conn, name, deadline).await {
         return (Err(e), true);
     }
@@ -272,22 +281,15 @@ pub async fn send(
     (head.map_err(UploadError::Upstream), true)
 }
 
-/// A connection to provider `index` that took `request` whole: a pooled one, or (when that
-/// fails, or none is idle) a new one. Nothing of the client's body has been read yet, so a
-/// failure here can be retried elsewhere.
+/// A new connection to provider `index` that took `request` whole. Never a pooled one: a
+/// pooled connection the upstream closed while idle shows it only once the body is on its
+/// way, too late to try another, so a streamed upload pays for a connect instead. Nothing of
+/// the client's body has been read yet, so a failure here can be retried elsewhere.
 async fn start(
     worker: &Worker,
     index: usize,
     request: Vec<u8>,
 ) -> Result<UpstreamConn, UpstreamError> {
-    let mut request = request;
-    if let Checkout::Pooled(mut c) = attempt::checkout(worker, index)? {
-        let (res, back) = c.io.write_all(request).await;
-        if res.is_ok() {
-            return Ok(c);
-        }
-        request = back;
-    }
     let mut c = attempt::open(worker, index).await?;
     let (res, _) = c.io.write_all(request).await;
     match res {

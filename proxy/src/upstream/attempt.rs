@@ -69,7 +69,7 @@ pub async fn send(
 }
 
 /// A connection to start an attempt on: a pooled one, or the word to open one.
-pub enum Checkout {
+enum Checkout {
     /// An idle pooled connection (it may have been closed by the upstream meanwhile).
     Pooled(UpstreamConn),
     /// None idle: open a new one.
@@ -77,7 +77,7 @@ pub enum Checkout {
 }
 
 /// Takes an idle pooled connection to provider `index`, if any.
-pub fn checkout(worker: &Worker, index: usize) -> Result<Checkout, UpstreamError> {
+fn checkout(worker: &Worker, index: usize) -> Result<Checkout, UpstreamError> {
     let Some(provider) = worker.shared.config.providers.get(index) else {
         return Err(UpstreamError::Resolve(format!("provider #{index}")));
     };
