@@ -230,6 +230,23 @@ fn over_the_limit_is_413(driver: &str) {
 
 both_drivers!(over_the_limit_is_413);
 
+fn an_upstream_that_refuses_the_body_is_heard(driver: &str) {
+    let mock = mock();
+    // The gateway takes more than the mock (16 MiB): the mock answers 413 from the head and
+    // stops reading; its answer, not a gateway error, reaches the client.
+    let gw = Gateway::start(&upload_config(mock.addr(), 32 * MIB), driver);
+    let body = form(Some("mock-transcribe"), true, &audio(17 * MIB));
+    let mut c = gw.connect();
+    let r = exchange(&mut c, with_length(&body));
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(
+        r.header("x-sluice-deployment"),
+        Some("mock/gpt-4o-transcribe")
+    );
+}
+
+both_drivers!(an_upstream_that_refuses_the_body_is_heard);
+
 fn attempts(line: &serde_json::Value) -> Vec<serde_json::Value> {
     let list: serde_json::Value = serde_json::from_str(line["attempts"].as_str().unwrap()).unwrap();
     list.as_array().unwrap().clone()

@@ -271,8 +271,16 @@ pub async fn send(
         };
         return (Err(UploadError::Upstream(gone)), false);
     };
-    if let Err(e) = pump(rest, rd, &mut conn, name, deadline).await {
-        return (Err(e), true);
+    match pump(rest, rd, &mut conn, name, deadline).await {
+        Ok(()) => {}
+        Err(UploadError::Upstream(UpstreamError::Io { provider, message })) => {
+            // The upstream stopped taking the body: it may have answered first (a 401, a
+            // 413 of its own) and closed. That answer, when there is one, is the answer.
+            let early = attempt::read_answer_head(worker, index, conn, deadline).await;
+            let failed = UpstreamError::Io { provider, message };
+            return (early.map_err(|_| UploadError::Upstream(failed)), true);
+        }
+        Err(e) => return (Err(e), true),
     }
     let leftover = std::mem::take(&mut rest.pending);
     watch.push_early(&leftover);
