@@ -183,6 +183,25 @@ impl TlsClient {
     }
 }
 
+/// A transcription request whose `model` comes before a `len`-byte file (so the file is
+/// streamed), and the body the upstream should get.
+fn upload(len: usize) -> (Vec<u8>, Vec<u8>) {
+    let form = |model: &str| {
+        let mut b = format!("--B0undary\r\ncontent-disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n--B0undary\r\ncontent-disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n").into_bytes();
+        b.extend((0..len).map(|i| (i % 251) as u8));
+        b.extend_from_slice(b"\r\n--B0undary--\r\n");
+        b
+    };
+    let body = form("mock-transcribe");
+    let mut req = format!(
+        "POST /v1/audio/transcriptions HTTP/1.1\r\nhost: localhost\r\ncontent-type: multipart/form-data; boundary=B0undary\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    (req, form("gpt-4o-transcribe"))
+}
+
 fn admin_metrics(gw: &Gateway) -> String {
     let mut c = Client::connect(gw.admin.unwrap());
     c.get("/metrics").text()
@@ -202,7 +221,9 @@ fn tls_termination(driver: &str) {
     let first = leaf(&ca);
     write_leaf(&dir, &first);
     let mock = mock();
-    let gw = Gateway::start(&config(mock.addr(), &tls_table(&dir), ""), driver);
+    let mut cfg = config(mock.addr(), &tls_table(&dir), "");
+    cfg.push_str("\n[[models]]\nname = \"mock-transcribe\"\ndeployments = [{ provider = \"mock\", model = \"gpt-4o-transcribe\" }]\n");
+    let gw = Gateway::start(&cfg, driver);
 
     for (version, label) in [
         (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
@@ -228,6 +249,17 @@ fn tls_termination(driver: &str) {
         let data = r.sse_data();
         assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
         assert!(data.len() > 2, "{data:?}");
+        // A large upload is streamed from the TLS session to the upstream, and the
+        // connection carries on after it.
+        let (req, upstream) = upload(2 << 20);
+        let r = c.request(&req);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let seen = mock.last_request().unwrap();
+        assert_eq!(
+            (seen.body_len, seen.body_fnv),
+            (upstream.len(), sluice_loadtest::mock::fnv1a(&upstream))
+        );
+        assert_eq!(c.get("/healthz").status, 200);
     }
 
     // A plain-HTTP client on the TLS port is closed; nothing else is disturbed.

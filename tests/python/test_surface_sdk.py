@@ -117,8 +117,8 @@ def claude(surface) -> anthropic.Anthropic:
     c.close()
 
 
-def small_wav() -> bytes:
-    """A tenth of a second of a 440 Hz tone, 16 kHz mono 16-bit PCM."""
+def small_wav(tenths: int = 1) -> bytes:
+    """`tenths` tenths of a second of a 440 Hz tone, 16 kHz mono 16-bit PCM."""
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)
@@ -127,7 +127,7 @@ def small_wav() -> bytes:
         frames = b"".join(
             struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / 16000))) for i in range(1600)
         )
-        w.writeframes(frames)
+        w.writeframes(frames * tenths)
     return buf.getvalue()
 
 
@@ -189,6 +189,20 @@ def test_audio_transcription_of_a_wav(oai, surface):
     assert row["output_tokens"] == MOCK_CHUNKS
     assert row["input_tokens"] >= len(wav) // 4
     assert row["cost_micros"] > 0
+
+
+def test_a_long_recording_is_streamed_to_the_upstream(oai, surface):
+    # A minute of audio (~1.9 MB): the SDK sends `model` before the file, so the gateway
+    # routes on it and streams the file on as it arrives rather than reading it whole.
+    wav = small_wav(600)
+    raw = oai.audio.transcriptions.with_raw_response.create(
+        model="mock-transcribe", file=("long.wav", wav, "audio/wav")
+    )
+    assert raw.parse().text == EXPECTED_TEXT
+    row = ledger_row(surface, raw.headers["x-request-id"])
+    assert row["deployment"] == "mock/gpt-4o-transcribe"
+    # The mock counts a quarter token per byte it received: the whole file reached it.
+    assert row["input_tokens"] >= len(wav) // 4
 
 
 def test_audio_speech_is_relayed_byte_for_byte(oai):

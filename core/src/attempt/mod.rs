@@ -314,6 +314,11 @@ pub struct AttemptLoop {
     /// Commands to hand out before deciding anything else, oldest first (a few at most).
     queue: SmallVec<[Command; 3]>,
     report: AttemptReport,
+    /// The request body is streamed from the client: never two attempts at once (no hedge).
+    streamed: bool,
+    /// A streamed body went out past what the gateway holds: it cannot be sent again, so the
+    /// attempt that carried it is the last.
+    spent: bool,
 }
 
 impl AttemptLoop {
@@ -354,7 +359,24 @@ impl AttemptLoop {
             phase: Phase::Pick,
             queue: SmallVec::new(),
             report: AttemptReport::default(),
+            streamed: false,
+            spent: false,
         }
+    }
+
+    /// The request's body is streamed from the client rather than held whole (a large
+    /// upload): attempts never run side by side (no hedging), and once
+    /// [`AttemptLoop::body_spent`] is called no further attempt is made.
+    pub fn streamed_body(&mut self) {
+        self.streamed = true;
+        self.hedge_at = None;
+    }
+
+    /// The streamed body went out past the part the gateway holds, so it cannot be replayed:
+    /// whatever the current attempt ends with is the answer (no retry, no fallback). Until
+    /// then (a connect failure, a refused connection) the loop may still try elsewhere.
+    pub fn body_spent(&mut self) {
+        self.spent = true;
     }
 
     /// The request's deadline: `started` plus the client's `x-sluice-deadline-ms`, else the
@@ -575,7 +597,7 @@ impl AttemptLoop {
             self.tried.push(i);
             self.deployments_tried += 1;
         }
-        self.hedge_at = (self.in_group == 1)
+        self.hedge_at = (self.in_group == 1 && !self.streamed)
             .then(|| {
                 env.routes
                     .group(self.group)
@@ -835,6 +857,9 @@ impl AttemptLoop {
     /// second deployment if the hedge budget allows.
     fn hedge(&mut self, env: &mut Env<'_>) {
         let [primary] = self.live[..] else { return };
+        if self.streamed {
+            return;
+        }
         let g = self.group;
         let now = env.now;
         let budget = env
@@ -916,6 +941,10 @@ impl AttemptLoop {
         let mut decision = group
             .retry
             .decide(self.in_group, failure, remaining, others, roll);
+        if self.spent {
+            // The body cannot be sent again: the failure is the answer.
+            decision = Decision::GiveUp;
+        }
         if let Decision::Retry { .. } = decision {
             if let Some(wait) = env.routes.blocked(self.group, now, self.caller) {
                 // Nothing in the group would take it now (known down, or this caller

@@ -17,27 +17,22 @@
 
 use serde_json::{json, Value};
 
-use crate::usage::Usage;
-
+use super::chunk_events::{ChunkEvents, ChunkState, Emitter};
 use super::events::write_named;
 use super::messages::{error_json, stop_reason, usage_json};
 use super::{tool_call_id, ResponseContext, UpstreamError};
-use crate::sse::Event;
 
 #[derive(Debug)]
 pub(crate) struct MessagesStream {
     id: String,
     model: String,
-    started: bool,
     /// The open block: (index, is text).
     open: Option<(u64, bool)>,
     next_block: u64,
     /// (OpenAI tool-call index, Anthropic block index).
     tools: Vec<(u64, u64)>,
     stop: Option<&'static str>,
-    usage: Option<Usage>,
-    complete: bool,
-    done: bool,
+    chunks: ChunkState,
 }
 
 impl MessagesStream {
@@ -45,69 +40,57 @@ impl MessagesStream {
         MessagesStream {
             id: ctx.id.to_owned(),
             model: ctx.model.to_owned(),
-            started: false,
             open: None,
             next_block: 0,
             tools: Vec::new(),
             stop: None,
-            usage: None,
-            complete: false,
-            done: false,
+            chunks: ChunkState::new(Emitter::plain()),
         }
     }
 
-    pub(crate) fn on_event(&mut self, ev: &Event<'_>, out: &mut Vec<u8>) {
-        if self.done {
-            return;
-        }
-        if ev.is_done() {
-            self.complete = true;
-            self.end(out);
-            return;
-        }
-        let Some(v) = ev.json() else {
-            return;
-        };
-        if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-            let (e, status) = UpstreamError::from_stream_event(err, "type");
-            let status = status.unwrap_or(500);
-            write_named(out, "error", &error_json(status, &e));
-            self.done = true;
-            return;
-        }
-        if v.get("usage").is_some_and(|u| !u.is_null()) {
-            if let Some(u) = crate::usage::from_body(&ev.data) {
-                self.usage = Some(u);
-            }
-        }
-        let choices = v.get("choices").and_then(Value::as_array);
-        for choice in choices.map(Vec::as_slice).unwrap_or_default() {
-            if choice.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
-                continue;
-            }
-            self.start(out);
-            if let Some(delta) = choice.get("delta") {
-                self.on_delta(delta, out);
-            }
-            if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
-                self.stop = Some(stop_reason(finish));
-                self.close(out);
-            }
-        }
+    fn open_block(&mut self, out: &mut Vec<u8>, block: Value, text: bool) -> u64 {
+        self.close(out);
+        let index = self.next_block;
+        self.next_block += 1;
+        self.emit(
+            out,
+            "content_block_start",
+            json!({"index": index, "content_block": block}),
+        );
+        self.open = Some((index, text));
+        index
+    }
+}
+
+impl ChunkEvents for MessagesStream {
+    fn state(&mut self) -> &mut ChunkState {
+        &mut self.chunks
     }
 
-    fn on_delta(&mut self, delta: &Value, out: &mut Vec<u8>) {
+    fn state_ref(&self) -> &ChunkState {
+        &self.chunks
+    }
+
+    fn error_event(&mut self, out: &mut Vec<u8>, status: u16, err: &UpstreamError) {
+        write_named(out, "error", &error_json(status, err));
+    }
+
+    fn finish_reason(&mut self, reason: &str, out: &mut Vec<u8>) {
+        self.stop = Some(stop_reason(reason));
+        self.close(out);
+    }
+
+    fn delta(&mut self, delta: &Value, out: &mut Vec<u8>) {
         let text = delta.get("content").and_then(Value::as_str).unwrap_or("");
         if !text.is_empty() {
             let index = match self.open {
                 Some((i, true)) => i,
                 _ => self.open_block(out, json!({"type": "text", "text": ""}), true),
             };
-            write_named(
+            self.emit(
                 out,
                 "content_block_delta",
-                &json!({
-                    "type": "content_block_delta",
+                json!({
                     "index": index,
                     "delta": {"type": "text_delta", "text": text},
                 }),
@@ -151,11 +134,10 @@ impl MessagesStream {
                 .and_then(Value::as_str)
                 .unwrap_or("");
             if !args.is_empty() {
-                write_named(
+                self.emit(
                     out,
                     "content_block_delta",
-                    &json!({
-                        "type": "content_block_delta",
+                    json!({
                         "index": block,
                         "delta": {"type": "input_json_delta", "partial_json": args},
                     }),
@@ -164,79 +146,36 @@ impl MessagesStream {
         }
     }
 
-    fn start(&mut self, out: &mut Vec<u8>) {
-        if std::mem::replace(&mut self.started, true) {
-            return;
-        }
-        write_named(
-            out,
-            "message_start",
-            &json!({
-                "type": "message_start",
-                "message": {
-                    "id": self.id,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": self.model,
-                    "content": [],
-                    "stop_reason": null,
-                    "stop_sequence": null,
-                    "usage": {"input_tokens": 0, "output_tokens": 0},
-                },
-            }),
-        );
-    }
-
-    fn open_block(&mut self, out: &mut Vec<u8>, block: Value, text: bool) -> u64 {
-        self.close(out);
-        let index = self.next_block;
-        self.next_block += 1;
-        write_named(
-            out,
-            "content_block_start",
-            &json!({"type": "content_block_start", "index": index, "content_block": block}),
-        );
-        self.open = Some((index, text));
-        index
+    fn opening(&mut self, out: &mut Vec<u8>) {
+        let message = json!({
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": null,
+            "stop_sequence": null,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        });
+        self.emit(out, "message_start", json!({ "message": message }));
     }
 
     fn close(&mut self, out: &mut Vec<u8>) {
         if let Some((index, _)) = self.open.take() {
-            write_named(
-                out,
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": index}),
-            );
+            self.emit(out, "content_block_stop", json!({ "index": index }));
         }
     }
 
-    fn end(&mut self, out: &mut Vec<u8>) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
-        }
-        self.start(out);
-        self.close(out);
-        write_named(
+    fn closing(&mut self, out: &mut Vec<u8>) {
+        let usage = usage_json(self.chunks.usage.as_ref());
+        self.emit(
             out,
             "message_delta",
-            &json!({
-                "type": "message_delta",
+            json!({
                 "delta": {"stop_reason": self.stop.unwrap_or("end_turn"), "stop_sequence": null},
-                "usage": usage_json(self.usage.as_ref()),
+                "usage": usage,
             }),
         );
-        write_named(out, "message_stop", &json!({"type": "message_stop"}));
-    }
-
-    pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
-        self.end(out);
-    }
-
-    pub(crate) fn usage(&self) -> Option<Usage> {
-        self.usage
-    }
-
-    pub(crate) fn complete(&self) -> bool {
-        self.complete
+        self.emit(out, "message_stop", json!({}));
     }
 }

@@ -56,6 +56,7 @@
 mod anthropic;
 mod anthropic_stream;
 mod azure;
+mod chunk_events;
 mod count;
 mod events;
 mod gemini;
@@ -76,6 +77,7 @@ use serde_json::Value;
 use crate::error::GatewayError;
 use crate::sse::{Event, EventSplitter, SseScanner};
 use crate::usage::{self, Usage};
+use chunk_events::ChunkEvents;
 
 /// A JSON object.
 pub type JsonMap = serde_json::Map<String, Value>;

@@ -53,7 +53,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 pub use server::Driver;
-pub use stats::{MockStats, RecordedRequest, MAX_RECORDED_BODY};
+pub use stats::{fnv1a, MockStats, RecordedRequest, MAX_RECORDED_BODY};
 
 /// How the mock answers when a request does not say otherwise.
 #[derive(Clone, Debug, PartialEq)]

@@ -336,6 +336,12 @@ pub(crate) fn record(head: &Head<'_, '_>, body: &[u8]) -> RecordedRequest {
         } else {
             String::new()
         },
+        body_len: body.len(),
+        body_fnv: if body.len() < MAX_RECORDED_BODY {
+            0
+        } else {
+            super::stats::fnv1a(body)
+        },
     }
 }
 

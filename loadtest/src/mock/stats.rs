@@ -53,6 +53,19 @@ pub struct RecordedRequest {
     /// The decoded body (lossy UTF-8); empty when the body was
     /// [`MAX_RECORDED_BODY`] bytes or longer.
     pub body: String,
+    /// The decoded body's length, whatever its size.
+    pub body_len: usize,
+    /// For a body too large to keep in `body`: its FNV-1a 64 checksum ([`fnv1a`]), so a test
+    /// can check a large upload arrived byte for byte (0 for smaller bodies, which `body`
+    /// holds; the small requests of a load run pay nothing for it).
+    pub body_fnv: u64,
+}
+
+/// FNV-1a, 64 bits: a checksum for tests (not a defence against anything).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl RecordedRequest {

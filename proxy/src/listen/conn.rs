@@ -13,8 +13,8 @@ use crate::listen::client_io::{ClientRead, ClientWrite};
 use crate::listen::endpoints::{self, Route};
 use crate::listen::idle::{self, Read, Waited};
 use crate::listen::respond;
-use crate::request::api;
 use crate::request::settle::{settle, Answer, RequestFacts, Settlement};
+use crate::request::{api, upload};
 use crate::state::{InflightGuard, Slot, Worker};
 use crate::telemetry::context::RequestTrace;
 
@@ -109,8 +109,19 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
             request.start_unix_ns = crate::clock::unix_ns_ago(started.elapsed());
         }
     }
-    let body = match read_body(worker, client, &head, &limits).await {
-        Ok(body) => body,
+    // A form whose `model` field is found before its end is streamed upstream from there.
+    let scan = match endpoints::route(head.method(), head.path()) {
+        Ok(Route::Api(endpoint)) => upload::model_scan(endpoint, &head),
+        _ => None,
+    };
+    let read = match scan {
+        Some(scan) => read_form_start(worker, client, &head, &limits, scan).await,
+        None => read_body(worker, client, &head, &limits)
+            .await
+            .map(|b| (b, None)),
+    };
+    let (body, mut rest) = match read {
+        Ok(read) => read,
         Err(stop) => {
             let mut answer = Answer::default();
             if let Stop::Answer(err) = stop {
@@ -123,9 +134,62 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
     };
     request.bytes_in = body.len() as u64;
     let keep_alive = head.keep_alive && !worker.shared.is_draining();
-    let (keep, settlement) = respond_to(worker, client, &head, body, keep_alive, request).await;
+    let (keep, mut settlement) = respond_to(
+        worker,
+        client,
+        &head,
+        (body, rest.as_mut()),
+        keep_alive,
+        request,
+    )
+    .await;
+    if let Some(r) = &rest {
+        settlement.request.bytes_in += r.received();
+    }
     settle(worker, settlement);
-    keep
+    // A streamed body not read to its end (refused, or the exchange failed before it was
+    // sent) leaves the connection's framing unknown.
+    keep && rest.is_none_or(|r| r.is_done())
+}
+
+/// Reads the start of a form body, up to its `model` field (see `request::upload`).
+async fn read_form_start(
+    worker: &Worker,
+    client: &mut Client,
+    head: &RequestHead,
+    limits: &HeadLimits,
+    scan: sluice_core::multipart::FieldScan,
+) -> Result<(Vec<u8>, Option<upload::BodyRest>), Stop> {
+    let cfg = &worker.shared.config.server;
+    let deadline = Instant::now() + Duration::from_millis(cfg.body_read_timeout_ms);
+    send_continue(client, head).await?;
+    upload::read_form_start(
+        &mut client.rd,
+        &mut client.buf,
+        head,
+        limits.max_body_bytes,
+        deadline,
+        scan,
+    )
+    .await
+    .map_err(|s| match s {
+        upload::Stopped::Close => Stop::Close,
+        upload::Stopped::Answer(e) => Stop::Answer(e),
+    })
+}
+
+/// Answers `Expect: 100-continue` when the body has not started to arrive.
+async fn send_continue(client: &mut Client, head: &RequestHead) -> Result<(), Stop> {
+    if head.expect_continue && head.body != BodyFraming::Empty && client.buf.is_empty() {
+        let (res, _) = client
+            .wr
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+            .await;
+        if res.is_err() {
+            return Err(Stop::Close);
+        }
+    }
+    Ok(())
 }
 
 /// Reads until a complete request head is buffered, within the header timeout, which runs
@@ -178,15 +242,7 @@ async fn read_body(
 ) -> Result<Vec<u8>, Stop> {
     let cfg = &worker.shared.config.server;
     let deadline = Instant::now() + Duration::from_millis(cfg.body_read_timeout_ms);
-    if head.expect_continue && head.body != BodyFraming::Empty && client.buf.is_empty() {
-        let (res, _) = client
-            .wr
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
-            .await;
-        if res.is_err() {
-            return Err(Stop::Close);
-        }
-    }
+    send_continue(client, head).await?;
     match head.body {
         BodyFraming::Empty | BodyFraming::UntilClose => Ok(Vec::new()),
         BodyFraming::Length(n) => {
@@ -252,7 +308,7 @@ async fn respond_to(
     worker: &Worker,
     client: &mut Client,
     head: &RequestHead,
-    body: Vec<u8>,
+    (body, rest): (Vec<u8>, Option<&mut upload::BodyRest>),
     keep_alive: bool,
     request: RequestFacts,
 ) -> (bool, Settlement) {
@@ -324,8 +380,15 @@ async fn respond_to(
                 endpoint,
                 keep_alive,
             };
-            let served =
-                api::serve(worker, call, body, request, &mut client.rd, &mut client.wr).await;
+            let served = api::serve(
+                worker,
+                call,
+                (body, rest),
+                request,
+                &mut client.rd,
+                &mut client.wr,
+            )
+            .await;
             // Pipelined bytes that arrived during the exchange follow those read before it.
             client.buf.extend_from_slice(&served.early);
             return (served.keep_alive, served.settlement);

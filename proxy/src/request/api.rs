@@ -24,6 +24,7 @@ use crate::request::forward;
 use crate::request::plan::{self, ApiEndpoint, Plan};
 use crate::request::prepare;
 use crate::request::settle::{Answer, RequestFacts, Settlement};
+use crate::request::upload::BodyRest;
 use crate::state::Worker;
 
 /// An API call as the connection sees it.
@@ -73,7 +74,7 @@ impl Served {
 pub async fn serve(
     worker: &Worker,
     call: Call<'_>,
-    body: Vec<u8>,
+    (body, upload): (Vec<u8>, Option<&mut BodyRest>),
     request: RequestFacts,
     rd: &mut ClientRead,
     wr: &mut ClientWrite,
@@ -124,6 +125,7 @@ pub async fn serve(
     ) {
         Ok(mut p) => {
             p.form = prepared.form;
+            p.tail = upload.as_ref().map(|r| r.tail());
             p
         }
         Err(error) => {
@@ -142,6 +144,7 @@ pub async fn serve(
         key,
         call: &call,
         request,
+        upload,
     };
     admit_and_forward(stages, inspected, plan, rd, wr).await
 }
@@ -152,6 +155,8 @@ struct Stages<'a, 'h> {
     key: Option<Arc<KeyEntry>>,
     call: &'a Call<'h>,
     request: RequestFacts,
+    /// The rest of a streamed upload, still in the client's socket.
+    upload: Option<&'a mut BodyRest>,
 }
 
 /// From the model allow-list to the answer: authorize (403), admit (429), the response
@@ -168,6 +173,7 @@ async fn admit_and_forward(
         key,
         call,
         request,
+        upload,
     } = stages;
     let shared = &worker.shared;
     let auth = &shared.auth;
@@ -252,7 +258,7 @@ async fn admit_and_forward(
         trace: request.trace,
     };
     cache::on_miss(ticket.as_deref(), &mut plan, &mut side.extra_headers);
-    let mut done = forward::execute(worker, reserved, plan, rd, wr, side).await;
+    let mut done = forward::execute(worker, reserved, plan, (rd, upload), wr, side).await;
     cache::after_miss(ticket, &mut done.answer);
     Served {
         keep_alive: done.keep_alive,

@@ -11,6 +11,10 @@
 //! Every attempt happens before anything reaches the client, so a stream is retried or failed
 //! over only while nothing has been sent; once the head is out, failures end the stream with
 //! an SSE error event (see the relay).
+//!
+//! A streamed upload (`request::upload`) is sent by the driver itself, one attempt at a time:
+//! the attempt copies the rest of the client's body before its head is awaited, and once it
+//! started copying, core's loop is told the body is spent (no retry, no fallback).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -41,6 +45,7 @@ use crate::request::deliver::deliver;
 use crate::request::plan::build_request;
 use crate::request::relay::ClientWatch;
 use crate::request::settle::Answer;
+use crate::request::upload::{self, BodyRest, UploadError};
 use crate::state::Worker;
 use crate::telemetry::log::Attempt;
 use crate::upstream::attempt::{self, Sent};
@@ -67,7 +72,7 @@ pub async fn execute(
     worker: &Worker,
     reserved: Reserved<Arc<KeyEntry>>,
     plan: Plan,
-    rd: &mut ClientRead,
+    (rd, upload): (&mut ClientRead, Option<&mut BodyRest>),
     wr: &mut ClientWrite,
     client: ClientSide<'_>,
 ) -> Exchanged {
@@ -80,10 +85,20 @@ pub async fn execute(
     let caller = reserved
         .principal()
         .map(|k| sluice_core::breaker::caller_id(&k.id));
-    let (lp, stage) = with_env(worker, |env| {
+    let (mut lp, stage) = with_env(worker, |env| {
         reserved.attempt(env, client.started, plan.deadline_override, caller)
     });
-    let keep_alive = exchange(worker, lp, &plan, wr, &mut watch, &client, &mut answer).await;
+    if upload.is_some() {
+        // The client's socket carries the rest of the body: not watched until it is read.
+        lp.streamed_body();
+        watch.hold();
+    }
+    let io = Io {
+        wr,
+        watch: &mut watch,
+        upload,
+    };
+    let keep_alive = exchange(worker, lp, &plan, io, &client, &mut answer).await;
     // A client that closes after its answer was written is not a cancellation: only a race
     // lost during the exchange (recorded there) is.
     let (early, gone) = watch.finish().await;
@@ -183,17 +198,29 @@ impl Sends {
     }
 }
 
+/// The client side of an exchange: where answers go, the watch on the client, and the rest
+/// of a streamed upload.
+struct Io<'x, 'w, 'r> {
+    wr: &'x mut ClientWrite,
+    watch: &'x mut ClientWatch<'w>,
+    upload: Option<&'r mut BodyRest>,
+}
+
 /// Runs the attempt loop to its end and answers the client; returns whether the client
 /// connection can be kept.
 async fn exchange(
     worker: &Worker,
     mut lp: AttemptLoop,
     plan: &Plan,
-    wr: &mut ClientWrite,
-    watch: &mut ClientWatch<'_>,
+    io: Io<'_, '_, '_>,
     client: &ClientSide<'_>,
     answer: &mut Answer,
 ) -> bool {
+    let Io {
+        wr,
+        watch,
+        mut upload,
+    } = io;
     let deadline = lp.deadline();
     let mut sends = Sends {
         answered: None,
@@ -226,10 +253,28 @@ async fn exchange(
                 match Launch::new(worker, plan, target, client) {
                     Ok(mut launch) => {
                         let request = std::mem::take(&mut launch.request);
-                        let fut = attempt::send(worker, launch.provider, request, deadline);
+                        let provider = launch.provider;
                         sends.launched.push(launch);
-                        flights.start(attempt, fut);
-                        continue;
+                        let Some(rest) = upload.as_deref_mut() else {
+                            let fut = attempt::send(worker, provider, request, deadline);
+                            flights.start(attempt, fut);
+                            continue;
+                        };
+                        // A streamed body: sent here, one attempt at a time.
+                        let (result, spent) =
+                            upload::send(worker, provider, request, rest, watch, deadline).await;
+                        if spent {
+                            lp.body_spent();
+                        }
+                        match result {
+                            Ok(sent) => head_event(&mut sends, attempt, sent),
+                            Err(UploadError::Upstream(e)) => Event::Failed {
+                                attempt,
+                                failure: transport_failure(worker, launch_of(&sends, attempt), &e),
+                            },
+                            Err(UploadError::Client(error)) => Event::Refused { attempt, error },
+                            Err(UploadError::ClientGone) => Event::ClientGone,
+                        }
                     }
                     Err(error) => {
                         sends
@@ -361,29 +406,32 @@ async fn wait<F: Future<Output = Result<Sent, UpstreamError>>>(
         Some(Some(done)) => done,
     };
     match result {
-        Ok(sent) => {
-            let retry_after = sent
-                .head
-                .header("retry-after-ms")
-                .and_then(retry::parse_retry_after_ms)
-                .or_else(|| {
-                    sent.head
-                        .header("retry-after")
-                        .and_then(retry::parse_retry_after)
-                });
-            let status = sent.head.status;
-            // A second head at once would be a hedge partner the loop is about to cancel.
-            sends.answered = Some((id, sent));
-            Event::Head {
-                attempt: id,
-                status,
-                retry_after,
-            }
-        }
+        Ok(sent) => head_event(sends, id, sent),
         Err(e) => Event::Failed {
             attempt: id,
             failure: transport_failure(worker, launch_of(sends, id), &e),
         },
+    }
+}
+
+/// The event of `id`'s response head; the answer is kept to read or deliver.
+fn head_event(sends: &mut Sends, id: AttemptId, sent: Sent) -> Event {
+    let retry_after = sent
+        .head
+        .header("retry-after-ms")
+        .and_then(retry::parse_retry_after_ms)
+        .or_else(|| {
+            sent.head
+                .header("retry-after")
+                .and_then(retry::parse_retry_after)
+        });
+    let status = sent.head.status;
+    // A second head at once would be a hedge partner the loop is about to cancel.
+    sends.answered = Some((id, sent));
+    Event::Head {
+        attempt: id,
+        status,
+        retry_after,
     }
 }
 

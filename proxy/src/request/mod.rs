@@ -3,7 +3,8 @@
 //! core's attempt loop), `deliver` (the answer to the client) and `relay` (a streamed body
 //! through the filter chain), and `settle` (the one place a finished request changes the
 //! world). `client` holds what every answer needs; `prepare` readies the bodies of the
-//! endpoints beyond chat (multipart forms, default models, local token counts).
+//! endpoints beyond chat (multipart forms, default models, local token counts), and `upload`
+//! streams a large form to the upstream once its `model` field is read.
 
 pub mod api;
 pub mod auth;
@@ -15,3 +16,4 @@ pub mod plan;
 pub mod prepare;
 pub mod relay;
 pub mod settle;
+pub mod upload;

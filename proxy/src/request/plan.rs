@@ -106,6 +106,19 @@ pub struct Plan {
     pub accept_encoding: AcceptEncoding,
     /// A `multipart/form-data` body: its content type and where its `model` value is.
     pub(crate) form: Option<sluice_core::multipart::Form>,
+    /// `body` is only the start of a form whose rest is streamed from the client after it
+    /// (see `request::upload`): how the rest is framed.
+    pub(crate) tail: Option<Tail>,
+}
+
+/// The rest of a streamed upload, after the part of the body the gateway holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tail {
+    /// This many more bytes (the client sent `content-length`): the upstream gets a
+    /// `content-length` too.
+    Length(u64),
+    /// Chunks until the client's last chunk: the upstream gets a chunked body.
+    Chunked,
 }
 
 /// Client headers never forwarded: credentials meant for the gateway, and what the gateway
@@ -185,6 +198,7 @@ pub fn plan(
         capture: false,
         accept_encoding,
         form: None,
+        tail: None,
     })
 }
 
@@ -291,8 +305,20 @@ pub(crate) fn build_request(
                 deployment.model.as_bytes(),
             ))
         };
-        push_content_length(&mut req, body.len());
-        req.extend_from_slice(&body);
+        match plan.tail {
+            None => {
+                push_content_length(&mut req, body.len());
+                req.extend_from_slice(&body);
+            }
+            Some(Tail::Length(rest)) => {
+                push_content_length_u64(&mut req, body.len() as u64 + rest);
+                req.extend_from_slice(&body);
+            }
+            Some(Tail::Chunked) => {
+                req.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+                sluice_core::http1::encode_chunk(&body, &mut req);
+            }
+        }
         return Ok((req, None));
     }
     let edits = Rewrite {
@@ -389,7 +415,11 @@ fn push_header(req: &mut Vec<u8>, name: &str, value: &[u8]) {
 }
 
 fn push_content_length(req: &mut Vec<u8>, len: usize) {
+    push_content_length_u64(req, len as u64);
+}
+
+fn push_content_length_u64(req: &mut Vec<u8>, len: u64) {
     req.extend_from_slice(b"content-length: ");
-    req.extend_from_slice(respond::itoa_u64(len as u64).as_bytes());
+    req.extend_from_slice(respond::itoa_u64(len).as_bytes());
     req.extend_from_slice(b"\r\n\r\n");
 }

@@ -1,9 +1,10 @@
 //! Bodies of the endpoints beyond chat, made ready for inspection before the stages run:
 //!
 //! - `POST /v1/audio/transcriptions` is `multipart/form-data`: its `model` is a form field.
-//!   The field is found (parts before it skipped, the body already bounded by
-//!   `max_body_bytes`), inspection reads a small JSON probe `{"model": …}`, and each attempt
-//!   splices the deployment's model name into the form (see `plan::build_request`).
+//!   The field is found in what was read (the whole body, or, for a large one, the body up
+//!   to the end of its `model` part: the rest is streamed later, see `request::upload`),
+//!   inspection reads a small JSON probe `{"model": …}`, and each attempt splices the
+//!   deployment's model name into the form (see `plan::build_request`).
 //! - `POST /v1/moderations` and `POST /v1/images/generations` may omit `model`: OpenAI's
 //!   default (`omni-moderation-latest`, `dall-e-2`) is written into the body, so routing
 //!   and the ledger see the model that answers.

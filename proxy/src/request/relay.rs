@@ -20,8 +20,7 @@ use std::io;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, OwnedReadHalf};
-use monoio::net::TcpStream;
+use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::BufResult;
 use sluice_core::filter::{BodyEnd, Chain};
 use sluice_core::http1::{begin_chunk, end_chunk, BodyFraming, ChunkedDecoder, LAST_CHUNK};
@@ -49,8 +48,13 @@ type WatchFuture<'a> = Pin<Box<dyn Future<Output = BufResult<usize, Vec<u8>>> + 
 /// On a TLS connection the watch is disabled: `race` just runs the operation and `finish`
 /// reports nothing (see the module docs for why and what it costs).
 pub struct ClientWatch<'a> {
-    /// The read half until the read is posted (`None` for TLS, and once posted).
-    rd: Option<&'a mut OwnedReadHalf<TcpStream>>,
+    /// The read half until the read is posted (`None` once posted).
+    rd: Option<&'a mut ClientRead>,
+    /// The client's body is still being streamed upstream: nothing is read but that (see
+    /// [`ClientWatch::hold`]).
+    held: bool,
+    /// The connection is plain TCP (a TLS connection's watch stays disabled).
+    plain: bool,
     /// When to post the read.
     arm_at: Instant,
     fut: Option<WatchFuture<'a>>,
@@ -66,8 +70,11 @@ impl<'a> ClientWatch<'a> {
     /// A watch of `rd` (plain TCP only; a TLS connection gets a disabled watch), posted
     /// [`ARM_AFTER`] from now if the exchange is still under way.
     pub fn new(rd: &'a mut ClientRead) -> Self {
+        let plain = rd.watchable().is_some();
         ClientWatch {
-            rd: rd.watchable(),
+            rd: Some(rd),
+            held: false,
+            plain,
             arm_at: Instant::now() + ARM_AFTER,
             fut: None,
             canceller: Canceller::new(),
@@ -76,14 +83,43 @@ impl<'a> ClientWatch<'a> {
         }
     }
 
-    /// Posts the read.
+    /// Posts the read (plain TCP; a TLS connection's watch stays disabled).
     fn arm(&mut self) {
-        if let Some(rd) = self.rd.take() {
+        if let Some(rd) = self.rd.take().and_then(ClientRead::watchable) {
             let handle = self.canceller.handle();
             self.fut = Some(Box::pin(
                 rd.cancelable_read(Vec::with_capacity(1024), handle),
             ));
         }
+    }
+
+    /// Keeps the read from being posted while the client's body is streamed upstream (its
+    /// bytes are the body, not a close or a pipelined request): until
+    /// [`ClientWatch::release`], `race` just runs the operation.
+    pub fn hold(&mut self) {
+        self.held = true;
+    }
+
+    /// The body is all read: watch the client again.
+    pub fn release(&mut self) {
+        if self.held {
+            self.held = false;
+            self.arm_at = Instant::now() + ARM_AFTER;
+        }
+    }
+
+    /// The client's read half while the watch is held (the streamed body's source).
+    pub fn reader(&mut self) -> Option<&mut ClientRead> {
+        if self.held {
+            self.rd.as_deref_mut()
+        } else {
+            None
+        }
+    }
+
+    /// Bytes read past the end of a streamed body: the start of the client's next request.
+    pub fn push_early(&mut self, bytes: &[u8]) {
+        self.early.extend_from_slice(bytes);
     }
 
     /// Whether the client closed its side or reset the connection.
@@ -97,8 +133,11 @@ impl<'a> ClientWatch<'a> {
         if self.gone {
             return None;
         }
+        if self.held {
+            return Some(fut.await);
+        }
         let mut fut = std::pin::pin!(fut);
-        if self.rd.is_some() {
+        if self.rd.is_some() && self.plain {
             // Not watched yet: the operation alone until the watch is due, then watched.
             let due = self.arm_at;
             if Instant::now() < due {
@@ -131,7 +170,7 @@ impl<'a> ClientWatch<'a> {
     fn on_read(&mut self, res: io::Result<usize>, buf: Vec<u8>) {
         match res {
             Ok(0) => self.gone = true,
-            Ok(_) => self.early = buf,
+            Ok(_) => self.early.extend_from_slice(&buf),
             Err(e) if is_cancelled(&e) => {}
             Err(_) => self.gone = true,
         }

@@ -38,52 +38,22 @@ pub async fn send(
     mut request: Vec<u8>,
     deadline: Instant,
 ) -> Result<Sent, UpstreamError> {
-    let shared = &worker.shared;
-    let Some(provider) = shared.config.providers.get(index) else {
-        return Err(UpstreamError::Resolve(format!("provider #{index}")));
-    };
-    let mut conn = worker.pool.borrow_mut().take(
-        index,
-        Instant::now(),
-        Duration::from_millis(provider.pool_idle_timeout_ms),
-    );
-    if conn.is_some() {
-        worker.metrics.connection_reused(index);
-    }
-    let mut fresh = false;
+    let mut conn = Some(checkout(worker, index)?);
     loop {
-        let mut c = match conn.take() {
-            Some(c) => c,
-            None => {
-                fresh = true;
-                let addrs = shared.dns.addrs(index);
-                let tls = shared
-                    .tls
-                    .get(index)
-                    .ok_or_else(|| UpstreamError::Resolve(provider.name.clone()))?;
-                let c = pool::connect(provider, &addrs, tls).await?;
-                worker.pool.borrow_mut().opened += 1;
-                worker.metrics.connection_opened(index);
-                c
-            }
+        let (mut c, fresh) = match conn.take() {
+            Some(Checkout::Pooled(c)) => (c, false),
+            Some(Checkout::Open) | None => (open(worker, index).await?, true),
         };
+        let provider = provider_name(worker, index);
         let (res, back) = c.io.write_all(request).await;
         request = back;
         if let Err(e) = res {
             if !fresh {
                 continue;
             }
-            return Err(io_error(&provider.name, e.to_string()));
+            return Err(io_error(provider, e.to_string()));
         }
-        let first_byte = Instant::now() + Duration::from_millis(provider.first_byte_timeout_ms);
-        match read_head(
-            &mut c,
-            &provider.name,
-            first_byte.min(deadline),
-            first_byte >= deadline,
-        )
-        .await
-        {
+        match head_after_send(worker, index, &mut c, deadline).await {
             Ok((head, buf, body_at)) => {
                 return Ok(Sent {
                     conn: c,
@@ -98,7 +68,97 @@ pub async fn send(
     }
 }
 
-fn io_error(provider: &str, message: String) -> UpstreamError {
+/// A connection to start an attempt on: a pooled one, or the word to open one.
+enum Checkout {
+    /// An idle pooled connection (it may have been closed by the upstream meanwhile).
+    Pooled(UpstreamConn),
+    /// None idle: open a new one.
+    Open,
+}
+
+/// Takes an idle pooled connection to provider `index`, if any.
+fn checkout(worker: &Worker, index: usize) -> Result<Checkout, UpstreamError> {
+    let Some(provider) = worker.shared.config.providers.get(index) else {
+        return Err(UpstreamError::Resolve(format!("provider #{index}")));
+    };
+    let conn = worker.pool.borrow_mut().take(
+        index,
+        Instant::now(),
+        Duration::from_millis(provider.pool_idle_timeout_ms),
+    );
+    Ok(match conn {
+        Some(c) => {
+            worker.metrics.connection_reused(index);
+            Checkout::Pooled(c)
+        }
+        None => Checkout::Open,
+    })
+}
+
+/// Opens a new connection to provider `index`.
+pub async fn open(worker: &Worker, index: usize) -> Result<UpstreamConn, UpstreamError> {
+    let shared = &worker.shared;
+    let Some(provider) = shared.config.providers.get(index) else {
+        return Err(UpstreamError::Resolve(format!("provider #{index}")));
+    };
+    let addrs = shared.dns.addrs(index);
+    let tls = shared
+        .tls
+        .get(index)
+        .ok_or_else(|| UpstreamError::Resolve(provider.name.clone()))?;
+    let c = pool::connect(provider, &addrs, tls).await?;
+    worker.pool.borrow_mut().opened += 1;
+    worker.metrics.connection_opened(index);
+    Ok(c)
+}
+
+fn provider_name(worker: &Worker, index: usize) -> &str {
+    worker
+        .shared
+        .config
+        .providers
+        .get(index)
+        .map_or("?", |p| p.name.as_str())
+}
+
+/// Reads the response head of a request just sent on `conn` to provider `index`: the first
+/// byte within the provider's first-byte timeout, all within `deadline`.
+async fn head_after_send(
+    worker: &Worker,
+    index: usize,
+    conn: &mut UpstreamConn,
+    deadline: Instant,
+) -> Result<(ResponseHead, Vec<u8>, usize), HeadError> {
+    let (name, first_byte_ms) = worker
+        .shared
+        .config
+        .providers
+        .get(index)
+        .map_or(("?", 0), |p| (p.name.as_str(), p.first_byte_timeout_ms));
+    let first_byte = Instant::now() + Duration::from_millis(first_byte_ms);
+    read_head(conn, name, first_byte.min(deadline), first_byte >= deadline).await
+}
+
+/// Reads the response head of a request whose last byte was just written on `conn` (a
+/// streamed upload: it cannot be sent again, so a stale connection is a failure too).
+pub async fn read_answer_head(
+    worker: &Worker,
+    index: usize,
+    mut conn: UpstreamConn,
+    deadline: Instant,
+) -> Result<Sent, UpstreamError> {
+    match head_after_send(worker, index, &mut conn, deadline).await {
+        Ok((head, buf, body_at)) => Ok(Sent {
+            conn,
+            head,
+            buf,
+            body_at,
+        }),
+        Err(HeadError::Stale(e)) | Err(HeadError::Failed(e)) => Err(e),
+    }
+}
+
+pub(crate) fn io_error(provider: &str, message: String) -> UpstreamError {
     UpstreamError::Io {
         provider: provider.to_string(),
         message,

@@ -778,3 +778,38 @@ proptest! {
         prop_assert!(r.attempts.iter().all(|a| a.ended.is_some()));
     }
 }
+
+#[test]
+fn a_streamed_body_is_never_hedged_and_not_retried_once_spent() {
+    let mut h = Harness::new(&hedged());
+    let mut lp = h.start(0, Duration::from_secs(10));
+    lp.streamed_body();
+    // No hedge timer: the body cannot go to two deployments at once.
+    assert_eq!(h.poll(&mut lp), [send(0, 0, 0), WAIT]);
+    // Nothing past the held prefix went out yet: a connect failure is retried elsewhere.
+    assert_eq!(h.handle(&mut lp, connect_failed(0)), [send(1, 0, 1), WAIT]);
+    lp.body_spent();
+    assert_eq!(
+        h.handle(&mut lp, head(1, 500)),
+        [
+            Command::ReadErrorBody {
+                attempt: AttemptId(1)
+            },
+            WAIT
+        ]
+    );
+    let body = Event::ErrorBody {
+        attempt: AttemptId(1),
+        context_window: false,
+    };
+    // The body is spent: the upstream's error is the answer, with no third attempt.
+    assert_eq!(
+        h.handle(&mut lp, body),
+        [Command::PassThrough {
+            attempt: AttemptId(1)
+        }]
+    );
+    assert!(h.limits.balanced());
+    let r = lp.into_report();
+    assert_eq!((r.retries, r.hedges), (1, 0));
+}

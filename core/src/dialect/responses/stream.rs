@@ -19,10 +19,7 @@
 
 use serde_json::{json, Value};
 
-use crate::sse::Event;
-use crate::usage::Usage;
-
-use super::super::events::write_named;
+use super::super::chunk_events::{ChunkEvents, ChunkState, Emitter};
 use super::super::{tool_call_id, ResponseContext, UpstreamError};
 use super::{function_call_item, item_id, message_item, response_object, status_of};
 
@@ -45,15 +42,11 @@ pub(crate) struct ResponsesStream {
     id: String,
     model: String,
     created: u64,
-    sequence: u64,
-    started: bool,
     /// Items already closed, as they appear in `response.output`.
     items: Vec<Value>,
     open: Option<Open>,
     finish: Option<String>,
-    usage: Option<Usage>,
-    complete: bool,
-    done: bool,
+    chunks: ChunkState,
 }
 
 impl ResponsesStream {
@@ -62,14 +55,10 @@ impl ResponsesStream {
             id: ctx.id.to_owned(),
             model: ctx.model.to_owned(),
             created: ctx.created,
-            sequence: 0,
-            started: false,
             items: Vec::new(),
             open: None,
             finish: None,
-            usage: None,
-            complete: false,
-            done: false,
+            chunks: ChunkState::new(Emitter::numbered()),
         }
     }
 
@@ -81,55 +70,22 @@ impl ResponsesStream {
             include_usage: true,
         }
     }
+}
 
-    /// Writes one event with the next sequence number.
-    fn emit(&mut self, out: &mut Vec<u8>, name: &str, mut body: Value) {
-        if let Some(o) = body.as_object_mut() {
-            o.insert("type".into(), name.into());
-            o.insert("sequence_number".into(), self.sequence.into());
-        }
-        self.sequence += 1;
-        write_named(out, name, &body);
+impl ChunkEvents for ResponsesStream {
+    fn state(&mut self) -> &mut ChunkState {
+        &mut self.chunks
     }
 
-    pub(crate) fn on_event(&mut self, ev: &Event<'_>, out: &mut Vec<u8>) {
-        if self.done {
-            return;
-        }
-        if ev.is_done() {
-            self.complete = true;
-            self.end(out);
-            return;
-        }
-        let Some(v) = ev.json() else {
-            return;
-        };
-        if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-            let (e, status) = UpstreamError::from_stream_event(err, "type");
-            self.fail(out, status.unwrap_or(500), &e);
-            return;
-        }
-        if v.get("usage").is_some_and(|u| !u.is_null()) {
-            if let Some(u) = crate::usage::from_body(&ev.data) {
-                self.usage = Some(u);
-            }
-        }
-        let choices = v.get("choices").and_then(Value::as_array);
-        for choice in choices.map(Vec::as_slice).unwrap_or_default() {
-            if choice.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
-                continue;
-            }
-            self.start(out);
-            if let Some(delta) = choice.get("delta") {
-                self.on_delta(delta, out);
-            }
-            if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
-                self.finish = Some(finish.to_owned());
-            }
-        }
+    fn state_ref(&self) -> &ChunkState {
+        &self.chunks
     }
 
-    fn on_delta(&mut self, delta: &Value, out: &mut Vec<u8>) {
+    fn finish_reason(&mut self, reason: &str, _out: &mut Vec<u8>) {
+        self.finish = Some(reason.to_owned());
+    }
+
+    fn delta(&mut self, delta: &Value, out: &mut Vec<u8>) {
         let text = delta.get("content").and_then(Value::as_str).unwrap_or("");
         if !text.is_empty() {
             if !matches!(self.open, Some(Open::Message { .. })) {
@@ -229,10 +185,7 @@ impl ResponsesStream {
         }
     }
 
-    fn start(&mut self, out: &mut Vec<u8>) {
-        if std::mem::replace(&mut self.started, true) {
-            return;
-        }
+    fn opening(&mut self, out: &mut Vec<u8>) {
         let response = response_object(&self.ctx(), "in_progress", None, Vec::new(), None);
         self.emit(
             out,
@@ -289,15 +242,16 @@ impl ResponsesStream {
         self.items.push(item);
     }
 
-    fn end(&mut self, out: &mut Vec<u8>) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
-        }
-        self.start(out);
-        self.close(out);
+    fn closing(&mut self, out: &mut Vec<u8>) {
         let (status, incomplete) = status_of(self.finish.as_deref().unwrap_or("stop"));
         let items = std::mem::take(&mut self.items);
-        let response = response_object(&self.ctx(), status, incomplete, items, self.usage.as_ref());
+        let response = response_object(
+            &self.ctx(),
+            status,
+            incomplete,
+            items,
+            self.chunks.usage.as_ref(),
+        );
         let name = if incomplete.is_some() {
             "response.incomplete"
         } else {
@@ -306,11 +260,8 @@ impl ResponsesStream {
         self.emit(out, name, json!({"response": response}));
     }
 
-    /// The upstream failed mid-stream: an `error` event ends the stream.
-    pub(crate) fn fail(&mut self, out: &mut Vec<u8>, status: u16, err: &UpstreamError) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
-        }
+    /// The `error` event that ends a failed stream.
+    fn error_event(&mut self, out: &mut Vec<u8>, status: u16, err: &UpstreamError) {
         let body = super::error_json(status, err);
         let e = body.get("error").cloned().unwrap_or(Value::Null);
         self.emit(
@@ -322,17 +273,5 @@ impl ResponsesStream {
                 "param": null,
             }),
         );
-    }
-
-    pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
-        self.end(out);
-    }
-
-    pub(crate) fn usage(&self) -> Option<Usage> {
-        self.usage
-    }
-
-    pub(crate) fn complete(&self) -> bool {
-        self.complete
     }
 }
