@@ -210,20 +210,24 @@ pub struct Translation {
 
 /// The upstream request for one attempt at `deployment` of `provider`, and the translation
 /// its answer needs (none for OpenAI-to-OpenAI passthrough). A request the provider's dialect
-/// cannot express is a 400 naming the field.
+/// cannot express is a 400 naming the field. `access_token`: a `vertex` provider's current
+/// OAuth token.
 pub(crate) fn build_request(
     plan: &Plan,
     provider: &Provider,
     deployment: &Deployment,
     request_id: &str,
     traceparent: Option<&str>,
+    access_token: Option<&str>,
 ) -> Result<(Vec<u8>, Option<Translation>), GatewayError> {
     let upstream_model = if deployment.model == "*" {
         plan.inspected.model.as_str()
     } else {
         deployment.model.as_str()
     };
-    let dialect = provider.kind;
+    let dialect = provider
+        .kind
+        .for_model(upstream_model, deployment.publisher);
     let passthrough = match plan.endpoint {
         ApiEndpoint::Messages => false,
         ApiEndpoint::CountTokens => dialect == Dialect::Anthropic,
@@ -269,7 +273,14 @@ pub(crate) fn build_request(
         }
         Some((t, _)) => req.extend_from_slice(t.path.as_bytes()),
     }
-    push_headers(&mut req, plan, provider, request_id, traceparent);
+    push_headers(
+        &mut req,
+        plan,
+        provider,
+        request_id,
+        traceparent,
+        access_token,
+    );
     if let Some((t, inbound)) = translated {
         push_content_length(&mut req, t.body.len());
         req.extend_from_slice(&t.body);
@@ -320,6 +331,7 @@ fn push_headers(
     provider: &Provider,
     request_id: &str,
     traceparent: Option<&str>,
+    access_token: Option<&str>,
 ) {
     let dialect = provider.kind;
     req.extend_from_slice(b" HTTP/1.1\r\nhost: ");
@@ -339,8 +351,13 @@ fn push_headers(
                 && line[name.len()] == b':'
         })
     };
-    if let Some(key) = &provider.api_key {
-        for (name, value) in dialect::auth_headers(dialect, key.expose()) {
+    let key = provider
+        .api_key
+        .as_ref()
+        .map(|k| k.expose())
+        .or(access_token);
+    if let Some(key) = key {
+        for (name, value) in dialect::auth_headers(dialect, key) {
             if !forwarded_has(name.as_bytes()) {
                 push_header(req, name, value.as_bytes());
             }
