@@ -70,6 +70,7 @@ mod responses;
 mod tests;
 mod vertex;
 
+pub use azure::operation_path as azure_operation_path;
 pub use count::estimate_input_tokens;
 pub(crate) use helpers::*;
 pub use vertex::{Publisher, ANTHROPIC_VERTEX_VERSION};

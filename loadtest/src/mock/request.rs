@@ -60,11 +60,16 @@ impl Endpoint {
             "/v1/images/generations" => ("POST", Endpoint::ImagesGenerations),
             "/v1/audio/transcriptions" => ("POST", Endpoint::AudioTranscriptions),
             "/v1/audio/speech" => ("POST", Endpoint::AudioSpeech),
+            // Azure OpenAI's moderations are not a deployment operation.
+            "/openai/moderations" => ("POST", Endpoint::Moderations),
             "/mock/stats" => ("GET", Endpoint::Stats),
             "/mock/reset" => ("POST", Endpoint::Reset),
             p => match (azure_deployment(p), gemini_model(p)) {
                 (Some((_, "chat/completions")), _) => ("POST", Endpoint::ChatCompletions),
                 (Some((_, "embeddings")), _) => ("POST", Endpoint::Embeddings),
+                (Some((_, "images/generations")), _) => ("POST", Endpoint::ImagesGenerations),
+                (Some((_, "audio/transcriptions")), _) => ("POST", Endpoint::AudioTranscriptions),
+                (Some((_, "audio/speech")), _) => ("POST", Endpoint::AudioSpeech),
                 (_, Some((_, false))) => ("POST", Endpoint::GeminiGenerate),
                 (_, Some((_, true))) => ("POST", Endpoint::GeminiStream),
                 _ => match super::vertex::route(p) {
@@ -164,7 +169,7 @@ fn has_header(head: &Head<'_, '_>, name: &str) -> bool {
 /// `api-version` (the mock checks presence only).
 fn provider_refusal(head: &Head<'_, '_>) -> Option<(u16, String)> {
     let (path, query) = head.path.split_once('?').unwrap_or((head.path, ""));
-    if azure_deployment(path).is_some() {
+    if azure_deployment(path).is_some() || path == "/openai/moderations" {
         if !query
             .split('&')
             .any(|kv| kv.starts_with("api-version=") && kv.len() > 12)

@@ -69,6 +69,18 @@ impl ApiEndpoint {
         }
     }
 
+    /// Whether an `azure` deployment serves the endpoint on its deployment path, with
+    /// OpenAI's bodies and answers.
+    pub fn on_azure_deployments(self) -> bool {
+        matches!(
+            self,
+            ApiEndpoint::Moderations
+                | ApiEndpoint::ImagesGenerations
+                | ApiEndpoint::AudioTranscriptions
+                | ApiEndpoint::AudioSpeech
+        )
+    }
+
     /// Whether the endpoint streams with `stream_options.include_usage` (the Responses API
     /// always reports usage in `response.completed`).
     pub fn takes_stream_options(self) -> bool {
@@ -228,11 +240,13 @@ pub(crate) fn build_request(
     let dialect = provider
         .kind
         .for_model(upstream_model, deployment.publisher);
+    // Azure serves these as OpenAI does, on deployment paths.
+    let azure_passthrough = dialect == Dialect::Azure && plan.endpoint.on_azure_deployments();
     let passthrough = match plan.endpoint {
         ApiEndpoint::Messages => false,
         ApiEndpoint::CountTokens => dialect == Dialect::Anthropic,
         ApiEndpoint::Responses => dialect == Dialect::OpenAi && provider.responses_api,
-        _ => dialect == Dialect::OpenAi,
+        _ => dialect == Dialect::OpenAi || azure_passthrough,
     };
     let translated = if passthrough {
         None
@@ -264,6 +278,14 @@ pub(crate) fn build_request(
     req.extend_from_slice(b"POST ");
     req.extend_from_slice(provider.endpoint.path_prefix.as_bytes());
     match &translated {
+        None if azure_passthrough => {
+            let opts = RequestOptions {
+                azure_api_version: provider.api_version.as_deref(),
+                ..RequestOptions::new(upstream_model)
+            };
+            let path = dialect::azure_operation_path(&opts, plan.endpoint.upstream_suffix());
+            req.extend_from_slice(path.as_bytes());
+        }
         None => {
             req.extend_from_slice(plan.endpoint.upstream_suffix().as_bytes());
             if let Some(query) = &plan.query {
