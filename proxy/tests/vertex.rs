@@ -163,8 +163,8 @@ fn gemini_and_anthropic_whole_and_streamed(driver: &str) {
 #[test]
 fn tokens_are_refreshed_off_the_data_plane_during_a_run() {
     let mock = mock();
-    // Tokens that live 2 s: the gateway refreshes each after about 1 s.
-    let key = key_file("test-sa.json", mock.addr(), Some(2));
+    // Tokens that live 3 s: the gateway refreshes each after about 1.5 s.
+    let key = key_file("test-sa.json", mock.addr(), Some(3));
     let gw = Gateway::start(&vertex_config(mock.addr(), &key), driver_name(false));
     let mut c = gw.connect();
     let mut sent = 0;
@@ -175,11 +175,42 @@ fn tokens_are_refreshed_off_the_data_plane_during_a_run() {
             sent += 1;
         }
         std::thread::sleep(Duration::from_millis(100));
-        mock.stats().tokens_issued >= 4
+        mock.stats().tokens_issued >= 3
     });
     assert!(refreshed, "tokens issued: {}", mock.stats().tokens_issued);
     // Every request had a valid token: the mock refuses expired ones with 401.
     assert!(sent > 4);
+    let _ = std::fs::remove_file(key);
+}
+
+#[test]
+fn a_reload_that_keeps_the_key_keeps_its_token() {
+    let mock = mock();
+    let key = key_file("test-sa.json", mock.addr(), None);
+    let cfg = vertex_config(mock.addr(), &key);
+    let gw = Gateway::start(&cfg, driver_name(false));
+    let ask = |model: &str| {
+        gw.connect()
+            .post("/v1/chat/completions", &chat(model, false), "")
+            .status
+    };
+    assert_eq!(ask("v-gemini"), 200);
+    // A new group on the same provider and key.
+    let more = format!(
+        "{cfg}\n[[models]]\nname = \"v-new\"\ndeployments = [{{ provider = \"vertex\", model = \"claude-3-5-haiku@20241022\" }}]\n"
+    );
+    std::fs::write(gw.config_path(), more).unwrap();
+    gw.sighup();
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .lines()
+            .iter()
+            .any(|l| l.contains("config reloaded"))),
+        "{:?}",
+        gw.lines()
+    );
+    assert_eq!(ask("v-new"), 200);
+    assert_eq!(mock.stats().tokens_issued, 1);
     let _ = std::fs::remove_file(key);
 }
 
