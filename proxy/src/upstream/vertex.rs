@@ -42,15 +42,14 @@ const FIRST_TOKEN_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait between failed attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// An access token and when it stops being valid.
-#[derive(Debug)]
+/// An access token and when it stops being valid (no `Debug`: it is a credential).
 pub struct Token {
     value: String,
     expires_at: Instant,
 }
 
-/// The current access token of one service-account key, shared by every worker.
-#[derive(Debug)]
+/// The current access token of one service-account key, shared by every worker (no `Debug`:
+/// it holds the key and the token).
 pub struct TokenCell {
     /// What identifies the key (email, token URI, private key): equal keys share a cell.
     identity: (String, String, String),
