@@ -10,6 +10,8 @@
 //! | `messages_gemini` | Anthropic Messages | Gemini |
 //! | `responses` | OpenAI Responses (stateless) | OpenAI chat completions |
 //! | `responses_anthropic` | OpenAI Responses (stateless) | Anthropic |
+//! | `vertex_google`, `vertex_anthropic` | OpenAI chat | Vertex AI, that publisher |
+//! | `messages_vertex_anthropic` | Anthropic Messages | Vertex AI, Anthropic |
 //!
 //! In each dir:
 //! - `<case>.request.json` (client body) → `<case>.<upstream>.snap`: path, stream flag, dropped
@@ -31,8 +33,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use sluice_core::dialect::{
-    translate_request, translate_response, Dialect, Inbound, RequestOptions, ResponseContext,
-    StreamTranslator,
+    translate_request, translate_response, Dialect, Inbound, Publisher, RequestOptions,
+    ResponseContext, StreamTranslator,
 };
 
 const REDACTED: &str = "[redacted]";
@@ -43,6 +45,12 @@ fn pair(dir: &str) -> Option<(Inbound, Dialect)> {
         "messages_gemini" => (Inbound::AnthropicMessages, Dialect::Gemini),
         "responses" => (Inbound::OpenAiResponses, Dialect::OpenAi),
         "responses_anthropic" => (Inbound::OpenAiResponses, Dialect::Anthropic),
+        "vertex_google" => (Inbound::OpenAiChat, Dialect::Vertex(Publisher::Google)),
+        "vertex_anthropic" => (Inbound::OpenAiChat, Dialect::Vertex(Publisher::Anthropic)),
+        "messages_vertex_anthropic" => (
+            Inbound::AnthropicMessages,
+            Dialect::Vertex(Publisher::Anthropic),
+        ),
         other => (Inbound::OpenAiChat, Dialect::from_name(other)?),
     })
 }

@@ -78,6 +78,8 @@ pub struct Shared {
     pub registry: Option<Arc<crate::registry::SharedRegistry>>,
     /// SHA-256 of `SLUICE_ADMIN_TOKEN`; `None` turns the admin API off.
     pub admin_token: Option<[u8; 32]>,
+    /// Per provider: the Vertex AI access token cell of a `vertex` provider.
+    pub vertex_tokens: Vec<Option<Arc<crate::upstream::vertex::TokenCell>>>,
 }
 
 impl Shared {

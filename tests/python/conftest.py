@@ -13,14 +13,18 @@ prints (the mock on stderr, the gateway in its first JSON log line on stdout).
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import re
 import sqlite3
+import struct
 import subprocess
 import time
 import urllib.error
 import urllib.request
+import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -105,6 +109,8 @@ class Gateway:
     proc: subprocess.Popen
     stdout: Path
     config: Path
+    # The SQLite store of a gateway started by `launch_gateway` (for `ledger_row`).
+    db: Path | None = None
     _seen: int = field(default=0)
 
     @property
@@ -221,14 +227,17 @@ cache = {{ ttl_s = 600 }}
 """
 
 
-def start_gateway(d: Path, config_text: str) -> Gateway:
-    """Starts `sluice serve` with `config_text` (written to `d`) and waits until it is ready.
-    The caller stops it with `stop(gateway.proc)`."""
+def start_gateway(d: Path, config_text: str, env: dict[str, str] | None = None) -> Gateway:
+    """Starts `sluice serve` with `config_text` (written to `d`), with `env` added to its
+    environment, and waits until it is ready. The caller stops it with `stop(gateway.proc)`;
+    tests use the `gateway` and `launch_gateway` fixtures, which do."""
     config = d / "sluice.toml"
     config.write_text(config_text)
     stdout, stderr = d / "sluice.stdout", d / "sluice.stderr"
+    extra = env or {}
     env = os.environ.copy()
     env.pop("RUST_LOG", None)
+    env.update(extra)
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         proc = subprocess.Popen(
             [str(binary("sluice")), "serve", "--config", str(config)],
@@ -260,6 +269,29 @@ def start_gateway(d: Path, config_text: str) -> Gateway:
 
     wait_for("GET /readyz answering 200", ready, proc, logs)
     return Gateway(addr=addr, proc=proc, stdout=stdout, config=config)
+
+
+@pytest.fixture(scope="module")
+def launch_gateway(tmp_path_factory):
+    """Starts gateways with a test module's own config, stopped when the module's tests end.
+
+    `launch_gateway(config, env=None, name="gateway")`: `config(store)` returns the config
+    text, given the path its `[store]` should use (kept as `gateway.db` for `ledger_row`);
+    `env` adds variables (`env:` secrets) to that process's environment only.
+    """
+    started: list[Gateway] = []
+
+    def launch(config: Callable[[Path], str], env: dict[str, str] | None = None, name: str = "gateway") -> Gateway:
+        d = tmp_path_factory.mktemp(name)
+        store = d / "sluice.db"
+        gw = start_gateway(d, config(store), env)
+        gw.db = store
+        started.append(gw)
+        return gw
+
+    yield launch
+    for gw in started:
+        stop(gw.proc)
 
 
 @pytest.fixture(scope="session")
@@ -298,3 +330,17 @@ def client(base_url) -> openai.OpenAI:
     c = openai.OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0, timeout=10)
     yield c
     c.close()
+
+
+def small_wav(tenths: int = 1) -> bytes:
+    """`tenths` tenths of a second of a 440 Hz tone, 16 kHz mono 16-bit PCM."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        frames = b"".join(
+            struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / 16000))) for i in range(1600)
+        )
+        w.writeframes(frames * tenths)
+    return buf.getvalue()

@@ -8,14 +8,13 @@ whole and streamed, with usage in the ledger."""
 
 from __future__ import annotations
 
-import os
 
 import openai
 import pytest
 from google import genai
 from google.genai import types
 
-from conftest import API_KEY, MOCK_CHUNKS, MOCK_CHUNK_SIZE, ledger_row, start_gateway, stop
+from conftest import API_KEY, MOCK_CHUNKS, MOCK_CHUNK_SIZE, ledger_row, small_wav
 
 EXPECTED_TEXT = "tok " * ((MOCK_CHUNKS * MOCK_CHUNK_SIZE) // 4)
 UPSTREAM_KEY = "sk-cloud-upstream-7d1e"
@@ -53,6 +52,21 @@ def test_azure_openai_sdk_on_the_mock(mock):
     bare = openai.OpenAI(base_url=f"{mock.url}/openai/deployments/prod-gpt4o", api_key="x", max_retries=0)
     with pytest.raises(openai.NotFoundError):
         bare.chat.completions.create(model="prod-gpt4o", messages=[{"role": "user", "content": "hi"}])
+
+
+SPEECH_BYTES = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(i % 256 for i in range(256 * MOCK_CHUNKS))
+
+
+def test_azure_openai_sdk_surface_on_the_mock(mock):
+    """The AzureOpenAI client's own paths for moderations, images and audio, on the mock."""
+    client = openai.AzureOpenAI(
+        azure_endpoint=mock.url, api_key=UPSTREAM_KEY, api_version=AZURE_API_VERSION, max_retries=0, timeout=10
+    )
+    assert client.moderations.create(model="omni-moderation-latest", input="hi").results[0].flagged is False
+    assert client.images.generate(model="gpt-image-1", prompt="a cat").data[0].b64_json == "bW9jaw=="
+    t = client.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.wav", small_wav(), "audio/wav"))
+    assert t.text == EXPECTED_TEXT
+    assert client.audio.speech.create(model="tts-prod", voice="alloy", input="hi").content == SPEECH_BYTES
 
 
 # --- through the gateway -------------------------------------------------------------------
@@ -99,20 +113,41 @@ deployments = [{{ provider = "gem", model = "gemini-2.0-flash" }}]
 [[models]]
 name = "mock-azure"
 deployments = [{{ provider = "az", model = "prod-gpt4o" }}]
+
+# The rest of the surface on Azure deployments (deployment names as an Azure resource has them).
+[[models]]
+name = "azure-moderation"
+deployments = [{{ provider = "az", model = "omni-moderation-latest" }}]
+
+[[models]]
+name = "azure-image"
+deployments = [{{ provider = "az", model = "gpt-image-1" }}]
+
+[[models]]
+name = "azure-transcribe"
+deployments = [{{ provider = "az", model = "gpt-4o-transcribe" }}]
+
+[[models]]
+name = "azure-tts"
+deployments = [{{ provider = "az", model = "tts-prod" }}]
+
+[prices."gpt-image-1"]
+input_per_mtok = 5.0
+output_per_mtok = 40.0
+
+[prices."gpt-4o-transcribe"]
+input_per_mtok = 2.5
+output_per_mtok = 10.0
 """
 
 
 @pytest.fixture(scope="module")
-def clouds(mock, tmp_path_factory):
-    d = tmp_path_factory.mktemp("clouds")
-    os.environ["SLUICE_PYTEST_CLOUD_KEY"] = UPSTREAM_KEY
-    try:
-        gw = start_gateway(d, clouds_config(mock.addr, d / "sluice.db"))
-    finally:
-        os.environ.pop("SLUICE_PYTEST_CLOUD_KEY", None)
-    gw.db = d / "sluice.db"
-    yield gw
-    stop(gw.proc)
+def clouds(mock, launch_gateway):
+    return launch_gateway(
+        lambda store: clouds_config(mock.addr, store),
+        env={"SLUICE_PYTEST_CLOUD_KEY": UPSTREAM_KEY},
+        name="clouds",
+    )
 
 
 @pytest.fixture()
@@ -154,3 +189,34 @@ def test_responses_through_the_gateway(oai, model):
         final = stream.get_final_response()
     assert text == EXPECTED_TEXT
     assert final.usage.output_tokens == MOCK_CHUNKS
+
+
+# --- the rest of the surface on Azure deployments ------------------------------------------
+
+
+def test_azure_moderations_and_images_through_the_gateway(oai, clouds):
+    raw = oai.moderations.with_raw_response.create(model="azure-moderation", input="I like cats.")
+    assert raw.parse().results[0].flagged is False
+    assert ledger_row(clouds, raw.headers["x-request-id"])["deployment"] == "az/omni-moderation-latest"
+    raw = oai.images.with_raw_response.generate(model="azure-image", prompt="a cat", size="1024x1024")
+    img = raw.parse()
+    assert img.data[0].b64_json == "bW9jaw=="
+    row = ledger_row(clouds, raw.headers["x-request-id"])
+    assert row["deployment"] == "az/gpt-image-1" and row["output_tokens"] == MOCK_CHUNKS
+    # Priced as gpt-image-1 (the config's [prices]: per million tokens $5 in, $40 out).
+    want = img.usage.input_tokens * 5.0 + img.usage.output_tokens * 40.0
+    assert abs(row["cost_micros"] - want) <= 1, row
+
+
+def test_azure_audio_through_the_gateway(oai, clouds):
+    wav = small_wav()
+    raw = oai.audio.transcriptions.with_raw_response.create(
+        model="azure-transcribe", file=("hello.wav", wav, "audio/wav"), language="en"
+    )
+    assert raw.parse().text == EXPECTED_TEXT
+    row = ledger_row(clouds, raw.headers["x-request-id"])
+    assert row["deployment"] == "az/gpt-4o-transcribe" and row["output_tokens"] == MOCK_CHUNKS
+    assert row["cost_micros"] > 0
+    raw = oai.audio.speech.with_raw_response.create(model="azure-tts", voice="alloy", input="Hello there.")
+    assert raw.headers["content-type"] == "audio/mpeg"
+    assert raw.content == SPEECH_BYTES

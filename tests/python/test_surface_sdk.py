@@ -5,17 +5,13 @@ down), Anthropic's token counting, and the Responses API on an `anthropic` deplo
 
 from __future__ import annotations
 
-import io
-import math
-import struct
 import time
-import wave
 
 import anthropic
 import openai
 import pytest
 
-from conftest import API_KEY, MOCK_CHUNKS, MOCK_CHUNK_SIZE, ledger_row, start_gateway, stop
+from conftest import API_KEY, MOCK_CHUNKS, MOCK_CHUNK_SIZE, ledger_row, small_wav
 
 EXPECTED_TEXT = ("tok " * ((MOCK_CHUNKS * MOCK_CHUNK_SIZE) // 4))
 
@@ -95,12 +91,8 @@ output_per_mtok = 15.0
 
 
 @pytest.fixture(scope="module")
-def surface(mock, tmp_path_factory):
-    d = tmp_path_factory.mktemp("surface")
-    gw = start_gateway(d, surface_config(mock.addr, d / "sluice.db"))
-    gw.db = d / "sluice.db"
-    yield gw
-    stop(gw.proc)
+def surface(mock, launch_gateway):
+    return launch_gateway(lambda store: surface_config(mock.addr, store), name="surface")
 
 
 @pytest.fixture()
@@ -115,20 +107,6 @@ def claude(surface) -> anthropic.Anthropic:
     c = anthropic.Anthropic(base_url=surface.root, api_key=API_KEY, max_retries=0, timeout=10)
     yield c
     c.close()
-
-
-def small_wav(tenths: int = 1) -> bytes:
-    """`tenths` tenths of a second of a 440 Hz tone, 16 kHz mono 16-bit PCM."""
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        frames = b"".join(
-            struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / 16000))) for i in range(1600)
-        )
-        w.writeframes(frames * tenths)
-    return buf.getvalue()
 
 
 # --- models ------------------------------------------------------------------------------

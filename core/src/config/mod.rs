@@ -24,10 +24,12 @@ mod shared;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod vertex;
 
 pub use access::{AuthMode, LimitsConfig, StaticKey, StoreConfig};
 pub use pinning::{pinning, Pinning};
 pub use shared::SharedConfig;
+pub use vertex::{ServiceAccountKey, VertexAuth};
 
 /// Where `env:NAME` and `file:/path` references, and `SLUICE__…` overrides, are looked up.
 pub trait SecretSource {
@@ -279,7 +281,10 @@ struct RawAdmin {
 struct RawProvider {
     name: String,
     kind: Option<String>,
-    base_url: String,
+    base_url: Option<String>,
+    project: Option<String>,
+    region: Option<String>,
+    credentials: Option<String>,
     api_key: Option<String>,
     ca_file: Option<String>,
     default_max_tokens: Option<u32>,
@@ -330,6 +335,7 @@ struct RawDeployment {
     weight: Option<u32>,
     rpm: Option<u32>,
     tpm: Option<u64>,
+    publisher: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -518,6 +524,8 @@ pub struct Provider {
     pub default_max_tokens: u32,
     /// Azure OpenAI `api-version`.
     pub api_version: Option<String>,
+    /// `kind = "vertex"`: project, region and service-account key.
+    pub vertex: Option<VertexAuth>,
     /// An `openai` provider serves OpenAI's Responses API (`/responses`, passed through, state
     /// and all); `false` for OpenAI-compatible servers that have chat completions only, whose
     /// Responses requests are then translated (stateless).
@@ -558,6 +566,9 @@ pub struct Deployment {
     /// The provider's own tokens-per-minute limit (prompt estimate + `max_tokens` reserved,
     /// settled with the real usage).
     pub tpm: Option<u64>,
+    /// On a `vertex` provider: the model's publisher, when its name does not tell
+    /// (`claude-*` is Anthropic's, the rest Google's).
+    pub publisher: Option<crate::dialect::Publisher>,
 }
 
 /// A public model name and the deployments that serve it.

@@ -29,6 +29,7 @@ pub(super) fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Con
     )?;
     let (providers, provider_index) = providers(raw.providers, secrets)?;
     let routing = models(raw.models, &provider_index)?;
+    super::vertex::check_publishers(&providers, &routing.models)?;
     let config = Config {
         server: server(raw.server)?,
         log: log(raw.log)?,
@@ -333,7 +334,7 @@ fn provider(i: usize, p: RawProvider, secrets: &dyn SecretSource) -> Result<Prov
         None => ProviderKind::OpenAi,
         Some(name) => ProviderKind::from_name(name).ok_or_else(|| {
             ConfigError(format!(
-                "invalid config at `{}`: unknown provider kind `{name}` (supported: openai, azure, anthropic, gemini)",
+                "invalid config at `{}`: unknown provider kind `{name}` (supported: openai, azure, anthropic, gemini, vertex)",
                 at("kind")
             ))
         })?,
@@ -350,7 +351,15 @@ fn provider(i: usize, p: RawProvider, secrets: &dyn SecretSource) -> Result<Prov
             }
         },
     };
-    let endpoint = parse_endpoint(&p.base_url)
+    let raw_vertex = super::vertex::RawVertex {
+        project: p.project,
+        region: p.region,
+        credentials: p.credentials,
+    };
+    let is_vertex = matches!(kind, ProviderKind::Vertex(_));
+    let (base_url, vertex) =
+        super::vertex::validate(i, is_vertex, p.base_url, raw_vertex, secrets)?;
+    let endpoint = parse_endpoint(&base_url)
         .map_err(|m| ConfigError(format!("invalid config at `{}`: {m}", at("base_url"))))?;
     let api_key = match p.api_key {
         None => None,
@@ -388,6 +397,7 @@ fn provider(i: usize, p: RawProvider, secrets: &dyn SecretSource) -> Result<Prov
             u64::from(crate::dialect::DEFAULT_MAX_TOKENS),
         )? as u32,
         api_version: p.api_version,
+        vertex,
         responses_api: p.responses_api.unwrap_or(true),
         extra,
         health_check: match p.health_check {
@@ -614,7 +624,9 @@ fn deployments(
                 "invalid config at `{at}`: `rpm` and `tpm` must be greater than 0"
             ));
         }
+        let publisher = super::vertex::publisher(&at, d.publisher.as_deref())?;
         deployments.push(Deployment {
+            publisher,
             provider,
             label: format!("{}/{}", d.provider, d.model),
             model: d.model,
@@ -640,7 +652,10 @@ fn httparse_token(name: &str) -> Result<(), ()> {
 
 /// Resolves `env:NAME` or `file:/path`. Inline secrets are refused, so a config file can be
 /// shared safely.
-fn resolve_secret(reference: &str, secrets: &dyn SecretSource) -> Result<Secret, String> {
+pub(super) fn resolve_secret(
+    reference: &str,
+    secrets: &dyn SecretSource,
+) -> Result<Secret, String> {
     match super::secret_reference(reference, secrets) {
         Some(r) => r.map(Secret),
         None => Err(

@@ -8,6 +8,7 @@
 //! | OpenAI chat | `azure` | passthrough, deployment path | passthrough, usage scanned |
 //! | OpenAI chat | `anthropic` | → Messages API | Messages → chat completion (chunks) |
 //! | OpenAI chat | `gemini` | → `generateContent` | `GenerateContentResponse` → chat completion (chunks) |
+//! | any | `vertex` | as to `gemini` or `anthropic` (by publisher), on Vertex AI paths | as from that publisher |
 //! | Anthropic Messages | `anthropic` | passthrough, model spliced | passthrough, usage scanned |
 //! | Anthropic Messages | `openai`, `azure` | Messages → chat | chat completion (chunks) → Messages (events) |
 //! | Anthropic Messages | `gemini` | Messages → chat → Gemini | Gemini → chat → Messages |
@@ -68,9 +69,12 @@ mod openai;
 mod responses;
 #[cfg(test)]
 mod tests;
+mod vertex;
 
+pub use azure::operation_path as azure_operation_path;
 pub use count::estimate_input_tokens;
 pub(crate) use helpers::*;
+pub use vertex::{Publisher, ANTHROPIC_VERTEX_VERSION};
 
 use serde_json::Value;
 
@@ -102,18 +106,23 @@ pub enum Dialect {
     Anthropic,
     /// Google Gemini (`/models/{m}:generateContent`, `x-goog-api-key`).
     Gemini,
+    /// Google Vertex AI: a publisher's models (`gemini`'s or `anthropic`'s bodies on Vertex AI
+    /// paths, an OAuth bearer token). A provider's kind holds `Google`; each request's
+    /// publisher comes from [`Dialect::for_model`].
+    Vertex(Publisher),
 }
 
 impl Dialect {
     /// Every dialect.
-    pub const ALL: [Dialect; 4] = [
+    pub const ALL: [Dialect; 5] = [
         Dialect::OpenAi,
         Dialect::Azure,
         Dialect::Anthropic,
         Dialect::Gemini,
+        Dialect::Vertex(Publisher::Google),
     ];
 
-    /// The dialect a config `kind` names: `openai`, `azure`, `anthropic` or `gemini`.
+    /// The dialect a config `kind` names: `openai`, `azure`, `anthropic`, `gemini` or `vertex`.
     pub fn from_name(name: &str) -> Option<Dialect> {
         Dialect::ALL.into_iter().find(|d| d.name() == name)
     }
@@ -125,6 +134,7 @@ impl Dialect {
             Dialect::Azure => "azure",
             Dialect::Anthropic => "anthropic",
             Dialect::Gemini => "gemini",
+            Dialect::Vertex(_) => "vertex",
         }
     }
 }
@@ -229,6 +239,8 @@ pub fn auth_headers(dialect: Dialect, key: &str) -> Vec<(&'static str, String)> 
             ("anthropic-version", ANTHROPIC_VERSION.to_owned()),
         ],
         Dialect::Gemini => vec![("x-goog-api-key", key.to_owned())],
+        // `key` is the current OAuth access token.
+        Dialect::Vertex(_) => vec![("authorization", format!("Bearer {key}"))],
     }
 }
 
@@ -243,6 +255,7 @@ pub fn translate_request(
     opts: &RequestOptions<'_>,
 ) -> Result<Translated, GatewayError> {
     match (from, to) {
+        (from, Dialect::Vertex(publisher)) => vertex::request(from, publisher, body, opts),
         (Inbound::OpenAiChat, Dialect::OpenAi) => {
             openai::passthrough_request(body, opts, "/chat/completions".into(), true)
         }
@@ -292,6 +305,7 @@ pub fn translate_request(
                 Dialect::Azure => Ok(finish_body(chat, opts, azure::path(opts), stream, dropped)),
                 Dialect::Anthropic => anthropic::request(chat, opts, dropped),
                 Dialect::Gemini => gemini::request(chat, opts, dropped),
+                Dialect::Vertex(publisher) => vertex::request(from, publisher, body, opts),
             }
         }
     }
@@ -310,6 +324,7 @@ pub fn translate_response(
     ctx: &ResponseContext<'_>,
 ) -> (Vec<u8>, Option<Usage>) {
     let ok = (200..300).contains(&status);
+    let from = from.wire();
     match (from, to) {
         (Dialect::OpenAi | Dialect::Azure, Inbound::OpenAiChat) => {
             (body.to_vec(), usage::from_body(body).filter(|_| ok))
@@ -323,7 +338,10 @@ pub fn translate_response(
             let chat = match from {
                 Dialect::Anthropic => anthropic::response(body, ctx),
                 Dialect::Gemini => gemini::response(body, ctx),
-                Dialect::OpenAi | Dialect::Azure => openai::read_response(body),
+                // (`wire()` never answers `Vertex`.)
+                Dialect::OpenAi | Dialect::Azure | Dialect::Vertex(_) => {
+                    openai::read_response(body)
+                }
             };
             match (chat, to) {
                 (Some((chat, usage)), Inbound::OpenAiChat) => (to_vec(&chat), usage),
@@ -432,7 +450,7 @@ impl StreamTranslator {
             include_usage: true,
             ..ctx
         };
-        let stage = match (from, to) {
+        let stage = match (from.wire(), to) {
             (Dialect::OpenAi | Dialect::Azure, Inbound::OpenAiChat) => {
                 Stage::OpenAiPass(SseScanner::new(!ctx.include_usage))
             }
@@ -471,6 +489,8 @@ impl StreamTranslator {
                     responses::stream::ResponsesStream::new(&ctx),
                 ))),
             ),
+            // Not reached: `wire()` turns Vertex AI into its publisher's dialect.
+            (Dialect::Vertex(_), _) => Stage::OpenAiPass(SseScanner::new(!ctx.include_usage)),
         };
         StreamTranslator {
             to,

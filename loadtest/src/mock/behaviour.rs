@@ -124,6 +124,8 @@ pub(crate) enum Body {
     /// A Gemini `GenerateContentResponse`.
     Gemini(Answer),
     Models,
+    /// A JSON body written as is (the Vertex AI token endpoint's answers).
+    Json(String),
     Stats,
     /// `POST /mock/reset`: zero the counters, answer `{}`.
     Reset,
@@ -193,6 +195,16 @@ pub(crate) fn plan(
     }
     if let Some((status, message)) = exchange.refusal {
         return Plan::error(status, message);
+    }
+    if let Some((status, json)) = exchange.token {
+        if status == 200 {
+            shared.bump(Counter::TokensIssued);
+        }
+        return Plan::now(Reply::Body {
+            status,
+            body: Body::Json(json),
+            retry_after_s: None,
+        });
     }
     let fields = match exchange.body {
         Ok(fields) => fields,

@@ -463,6 +463,7 @@ impl Writer {
             Body::Speech(a) => surface::speech(out, a),
             Body::Gemini(a) => surface::gemini(out, a),
             Body::Models => shapes::models(out),
+            Body::Json(json) => out.extend_from_slice(json.as_bytes()),
             Body::Stats => shapes::stats(out, &shared.snapshot()),
             Body::Reset => {
                 shared.reset();

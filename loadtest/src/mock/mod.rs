@@ -47,6 +47,7 @@ mod shapes;
 mod stats;
 mod stream;
 mod surface;
+mod vertex;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};

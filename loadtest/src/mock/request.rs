@@ -33,6 +33,8 @@ pub(crate) enum Endpoint {
     GeminiGenerate,
     /// Gemini `POST /v1beta/models/{model}:streamGenerateContent` (`alt=sse`).
     GeminiStream,
+    /// Vertex AI's OAuth `POST /token` (see `vertex`).
+    VertexToken,
     /// `GET /mock/stats`.
     Stats,
     /// `POST /mock/reset`.
@@ -58,14 +60,22 @@ impl Endpoint {
             "/v1/images/generations" => ("POST", Endpoint::ImagesGenerations),
             "/v1/audio/transcriptions" => ("POST", Endpoint::AudioTranscriptions),
             "/v1/audio/speech" => ("POST", Endpoint::AudioSpeech),
+            // Azure OpenAI's moderations are not a deployment operation.
+            "/openai/moderations" => ("POST", Endpoint::Moderations),
             "/mock/stats" => ("GET", Endpoint::Stats),
             "/mock/reset" => ("POST", Endpoint::Reset),
             p => match (azure_deployment(p), gemini_model(p)) {
                 (Some((_, "chat/completions")), _) => ("POST", Endpoint::ChatCompletions),
                 (Some((_, "embeddings")), _) => ("POST", Endpoint::Embeddings),
+                (Some((_, "images/generations")), _) => ("POST", Endpoint::ImagesGenerations),
+                (Some((_, "audio/transcriptions")), _) => ("POST", Endpoint::AudioTranscriptions),
+                (Some((_, "audio/speech")), _) => ("POST", Endpoint::AudioSpeech),
                 (_, Some((_, false))) => ("POST", Endpoint::GeminiGenerate),
                 (_, Some((_, true))) => ("POST", Endpoint::GeminiStream),
-                _ => return Endpoint::NotFound,
+                _ => match super::vertex::route(p) {
+                    Some(endpoint) => ("POST", endpoint),
+                    None => return Endpoint::NotFound,
+                },
             },
         };
         if method == expected {
@@ -123,6 +133,8 @@ pub(crate) struct Exchange {
     /// A provider's own refusal (status, message): an Azure path without `api-version` or
     /// `api-key`, a Gemini call without `x-goog-api-key`.
     pub(crate) refusal: Option<(u16, String)>,
+    /// The token endpoint's answer (status, JSON), for `POST /token`.
+    pub(crate) token: Option<(u16, String)>,
 }
 
 /// `(deployment, operation)` of an Azure OpenAI path
@@ -157,7 +169,7 @@ fn has_header(head: &Head<'_, '_>, name: &str) -> bool {
 /// `api-version` (the mock checks presence only).
 fn provider_refusal(head: &Head<'_, '_>) -> Option<(u16, String)> {
     let (path, query) = head.path.split_once('?').unwrap_or((head.path, ""));
-    if azure_deployment(path).is_some() {
+    if azure_deployment(path).is_some() || path == "/openai/moderations" {
         if !query
             .split('&')
             .any(|kv| kv.starts_with("api-version=") && kv.len() > 12)
@@ -179,6 +191,7 @@ fn provider_refusal(head: &Head<'_, '_>) -> Option<(u16, String)> {
 
 impl Exchange {
     pub(crate) fn read(head: &Head<'_, '_>, body: &[u8]) -> Exchange {
+        let raw = body;
         let endpoint = Endpoint::route(head.method, head.path);
         let path = head.path.split('?').next().unwrap_or(head.path);
         let body = if endpoint.has_json_body() {
@@ -188,6 +201,9 @@ impl Exchange {
                 if let Some((model, _)) = gemini_model(path) {
                     f.model = model.to_owned();
                     f.stream = endpoint == Endpoint::GeminiStream;
+                } else if let Some(m) = super::vertex::model_path(path) {
+                    f.model = m.model.to_owned();
+                    f.stream = m.stream;
                 } else if let Some((deployment, _)) = azure_deployment(path) {
                     if f.model == DEFAULT_MODEL {
                         f.model = deployment.to_owned();
@@ -217,7 +233,9 @@ impl Exchange {
         Exchange {
             endpoint,
             body,
-            refusal: provider_refusal(head),
+            refusal: provider_refusal(head).or_else(|| super::vertex::refusal(head, raw)),
+            token: (endpoint == Endpoint::VertexToken)
+                .then(|| super::vertex::token_answer(head, raw)),
         }
     }
 }

@@ -39,6 +39,9 @@ pub struct MockStats {
     pub failures_injected: u64,
     /// Requests answered with a stall (`x-mock-stall: 1`).
     pub stalls: u64,
+    /// Vertex AI access tokens issued by `POST /token`.
+    #[serde(default)]
+    pub tokens_issued: u64,
 }
 
 /// One request as the mock received it, for assertions in tests.
@@ -89,12 +92,13 @@ pub(crate) enum Counter {
     StreamsCancelled,
     FailuresInjected,
     Stalls,
+    TokensIssued,
 }
 
 /// State shared by all workers of one server.
 #[derive(Default)]
 pub(crate) struct Shared {
-    counters: [AtomicU64; 8],
+    counters: [AtomicU64; 9],
     next_id: AtomicU64,
     last_request: Mutex<Option<RecordedRequest>>,
     /// Set once shutdown begins; workers stop accepting.
@@ -127,6 +131,7 @@ impl Shared {
             streams_cancelled: get(Counter::StreamsCancelled),
             failures_injected: get(Counter::FailuresInjected),
             stalls: get(Counter::Stalls),
+            tokens_issued: get(Counter::TokensIssued),
         }
     }
 

@@ -154,6 +154,8 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
     let started_unix = crate::clock::unix_s();
     // The recorder first: the admission counters are created with it.
     crate::telemetry::metrics::install();
+    // (After the recorder, so a failed first token is counted.)
+    let vertex_tokens = crate::upstream::vertex::cells_for(&config);
     let (access, ledger_handle) = super::access::open_access(&config)?;
     let fleet = match &config.shared {
         Some(c) => Some(crate::shared::Fleet::start(c)?),
@@ -194,6 +196,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         auth: Arc::new(access.auth),
         registry: access.registry.map(Arc::new),
         admin_token: access.admin_token,
+        vertex_tokens,
         config: Arc::new(config),
     });
     let generations: Generations = Arc::new(arc_swap::ArcSwap::new(shared.clone()));
@@ -378,6 +381,7 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
     let mut config = load_config(Some(&path)).map_err(|e| e.to_string())?;
     keep_restart_only(&old.config, &mut config);
     let tls = tls_per_provider(&config).map_err(|e| e.to_string())?;
+    let vertex_tokens = crate::upstream::vertex::cells_for(&config);
     let dns = DnsTable::resolve_all(&config);
     // The last health-check result of each provider that is still there, by name.
     let health = crate::upstream::health::table(config.providers.len());
@@ -434,6 +438,7 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
         auth: old.auth.clone(),
         registry: old.registry.clone(),
         admin_token: old.admin_token,
+        vertex_tokens,
         config: Arc::new(config),
     };
     let generation = next.generation;

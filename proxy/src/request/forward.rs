@@ -643,7 +643,13 @@ impl Launch {
         let traceparent = client.trace.zip(span_id).map(|(t, s)| t.traceparent_for(s));
         let (request, translation) = match (dep, cfg.providers.get(provider)) {
             (Some(d), Some(p)) => {
-                build_request(plan, p, d, client.request_id, traceparent.as_deref())?
+                let token = crate::upstream::vertex::access_token(
+                    &worker.shared.vertex_tokens,
+                    p,
+                    provider,
+                )?;
+                let token = token.as_ref().and_then(|t| t.as_deref()).map(|t| t.value());
+                build_request(plan, p, d, client.request_id, traceparent.as_deref(), token)?
             }
             _ => {
                 return Err(GatewayError::new(

@@ -69,6 +69,18 @@ impl ApiEndpoint {
         }
     }
 
+    /// Whether an `azure` deployment serves the endpoint on its deployment path, with
+    /// OpenAI's bodies and answers.
+    pub fn on_azure_deployments(self) -> bool {
+        matches!(
+            self,
+            ApiEndpoint::Moderations
+                | ApiEndpoint::ImagesGenerations
+                | ApiEndpoint::AudioTranscriptions
+                | ApiEndpoint::AudioSpeech
+        )
+    }
+
     /// Whether the endpoint streams with `stream_options.include_usage` (the Responses API
     /// always reports usage in `response.completed`).
     pub fn takes_stream_options(self) -> bool {
@@ -224,25 +236,31 @@ pub struct Translation {
 
 /// The upstream request for one attempt at `deployment` of `provider`, and the translation
 /// its answer needs (none for OpenAI-to-OpenAI passthrough). A request the provider's dialect
-/// cannot express is a 400 naming the field.
+/// cannot express is a 400 naming the field. `access_token`: a `vertex` provider's current
+/// OAuth token.
 pub(crate) fn build_request(
     plan: &Plan,
     provider: &Provider,
     deployment: &Deployment,
     request_id: &str,
     traceparent: Option<&str>,
+    access_token: Option<&str>,
 ) -> Result<(Vec<u8>, Option<Translation>), GatewayError> {
     let upstream_model = if deployment.model == "*" {
         plan.inspected.model.as_str()
     } else {
         deployment.model.as_str()
     };
-    let dialect = provider.kind;
+    let dialect = provider
+        .kind
+        .for_model(upstream_model, deployment.publisher);
+    // Azure serves these as OpenAI does, on deployment paths.
+    let azure_passthrough = dialect == Dialect::Azure && plan.endpoint.on_azure_deployments();
     let passthrough = match plan.endpoint {
         ApiEndpoint::Messages => false,
         ApiEndpoint::CountTokens => dialect == Dialect::Anthropic,
         ApiEndpoint::Responses => dialect == Dialect::OpenAi && provider.responses_api,
-        _ => dialect == Dialect::OpenAi,
+        _ => dialect == Dialect::OpenAi || azure_passthrough,
     };
     let translated = if passthrough {
         None
@@ -274,6 +292,14 @@ pub(crate) fn build_request(
     req.extend_from_slice(b"POST ");
     req.extend_from_slice(provider.endpoint.path_prefix.as_bytes());
     match &translated {
+        None if azure_passthrough => {
+            let opts = RequestOptions {
+                azure_api_version: provider.api_version.as_deref(),
+                ..RequestOptions::new(upstream_model)
+            };
+            let path = dialect::azure_operation_path(&opts, plan.endpoint.upstream_suffix());
+            req.extend_from_slice(path.as_bytes());
+        }
         None => {
             req.extend_from_slice(plan.endpoint.upstream_suffix().as_bytes());
             if let Some(query) = &plan.query {
@@ -283,7 +309,14 @@ pub(crate) fn build_request(
         }
         Some((t, _)) => req.extend_from_slice(t.path.as_bytes()),
     }
-    push_headers(&mut req, plan, provider, request_id, traceparent);
+    push_headers(
+        &mut req,
+        plan,
+        provider,
+        request_id,
+        traceparent,
+        access_token,
+    );
     if let Some((t, inbound)) = translated {
         push_content_length(&mut req, t.body.len());
         req.extend_from_slice(&t.body);
@@ -346,6 +379,7 @@ fn push_headers(
     provider: &Provider,
     request_id: &str,
     traceparent: Option<&str>,
+    access_token: Option<&str>,
 ) {
     let dialect = provider.kind;
     req.extend_from_slice(b" HTTP/1.1\r\nhost: ");
@@ -365,8 +399,13 @@ fn push_headers(
                 && line[name.len()] == b':'
         })
     };
-    if let Some(key) = &provider.api_key {
-        for (name, value) in dialect::auth_headers(dialect, key.expose()) {
+    let key = provider
+        .api_key
+        .as_ref()
+        .map(|k| k.expose())
+        .or(access_token);
+    if let Some(key) = key {
+        for (name, value) in dialect::auth_headers(dialect, key) {
             if !forwarded_has(name.as_bytes()) {
                 push_header(req, name, value.as_bytes());
             }

@@ -40,6 +40,7 @@ pub fn provider_name(kind: ProviderKind) -> &'static str {
         ProviderKind::Azure => "azure.ai.openai",
         ProviderKind::Anthropic => "anthropic",
         ProviderKind::Gemini => "gcp.gemini",
+        ProviderKind::Vertex(_) => "gcp.vertex_ai",
     }
 }
 
