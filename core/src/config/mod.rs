@@ -17,6 +17,7 @@ use crate::hedge::{HedgePolicy, RawHedge};
 use crate::retry::{RawRetry, RetryPolicy};
 
 mod access;
+mod aws;
 pub mod overrides;
 mod pinning;
 mod shared;
@@ -25,6 +26,7 @@ mod tests;
 mod validate;
 
 pub use access::{AuthMode, LimitsConfig, StaticKey, StoreConfig};
+pub use aws::AwsAuth;
 pub use pinning::{pinning, Pinning};
 pub use shared::SharedConfig;
 
@@ -278,8 +280,10 @@ struct RawAdmin {
 struct RawProvider {
     name: String,
     kind: Option<String>,
+    #[serde(default)]
     base_url: String,
     api_key: Option<String>,
+    aws: Option<aws::RawAws>,
     ca_file: Option<String>,
     default_max_tokens: Option<u32>,
     api_version: Option<String>,
@@ -460,7 +464,7 @@ pub struct TracingConfig {
 }
 
 /// The wire dialect a provider speaks: `openai` (and every OpenAI-compatible server),
-/// `azure`, `anthropic` or `gemini`.
+/// `azure`, `anthropic`, `gemini` or `bedrock`.
 pub use crate::dialect::Dialect as ProviderKind;
 
 /// Where a provider is, parsed from its base URL.
@@ -489,6 +493,8 @@ pub struct Provider {
     pub endpoint: Endpoint,
     /// Sent as `Authorization: Bearer`.
     pub api_key: Option<Secret>,
+    /// A `bedrock` provider's region and credentials (`[providers.aws]`).
+    pub aws: Option<AwsAuth>,
     /// A PEM bundle of extra trusted roots for this provider (a private CA), on top of the
     /// system and webpki roots.
     pub ca_file: Option<std::path::PathBuf>,

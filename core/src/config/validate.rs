@@ -337,7 +337,7 @@ fn provider(i: usize, p: RawProvider, secrets: &dyn SecretSource) -> Result<Prov
         None => ProviderKind::OpenAi,
         Some(name) => ProviderKind::from_name(name).ok_or_else(|| {
             ConfigError(format!(
-                "invalid config at `{}`: unknown provider kind `{name}` (supported: openai, azure, anthropic, gemini)",
+                "invalid config at `{}`: unknown provider kind `{name}` (supported: openai, azure, anthropic, gemini, bedrock)",
                 at("kind")
             ))
         })?,
@@ -354,7 +354,8 @@ fn provider(i: usize, p: RawProvider, secrets: &dyn SecretSource) -> Result<Prov
             }
         },
     };
-    let endpoint = parse_endpoint(&p.base_url)
+    let (aws, base_url) = super::aws::aws(i, kind, p.aws, p.base_url, secrets)?;
+    let endpoint = parse_endpoint(&base_url)
         .map_err(|m| ConfigError(format!("invalid config at `{}`: {m}", at("base_url"))))?;
     let api_key = match p.api_key {
         None => None,
@@ -369,6 +370,7 @@ fn provider(i: usize, p: RawProvider, secrets: &dyn SecretSource) -> Result<Prov
         kind,
         endpoint,
         api_key,
+        aws,
         ca_file: p.ca_file.map(std::path::PathBuf::from),
         headers,
         connect_timeout_ms: positive(&at("connect_timeout_ms"), p.connect_timeout_ms, 3_000)?,

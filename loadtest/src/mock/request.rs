@@ -33,6 +33,10 @@ pub(crate) enum Endpoint {
     GeminiGenerate,
     /// Gemini `POST /v1beta/models/{model}:streamGenerateContent` (`alt=sse`).
     GeminiStream,
+    /// Bedrock `POST /model/{modelId}/converse`.
+    BedrockConverse,
+    /// Bedrock `POST /model/{modelId}/converse-stream` (binary event stream).
+    BedrockStream,
     /// `GET /mock/stats`.
     Stats,
     /// `POST /mock/reset`.
@@ -65,7 +69,11 @@ impl Endpoint {
                 (Some((_, "embeddings")), _) => ("POST", Endpoint::Embeddings),
                 (_, Some((_, false))) => ("POST", Endpoint::GeminiGenerate),
                 (_, Some((_, true))) => ("POST", Endpoint::GeminiStream),
-                _ => return Endpoint::NotFound,
+                _ => match super::bedrock::bedrock_model(p) {
+                    Some((_, false)) => ("POST", Endpoint::BedrockConverse),
+                    Some((_, true)) => ("POST", Endpoint::BedrockStream),
+                    None => return Endpoint::NotFound,
+                },
             },
         };
         if method == expected {
@@ -95,6 +103,8 @@ impl Endpoint {
                 | Endpoint::AudioSpeech
                 | Endpoint::GeminiGenerate
                 | Endpoint::GeminiStream
+                | Endpoint::BedrockConverse
+                | Endpoint::BedrockStream
         )
     }
 }
@@ -181,6 +191,9 @@ impl Exchange {
     pub(crate) fn read(head: &Head<'_, '_>, body: &[u8]) -> Exchange {
         let endpoint = Endpoint::route(head.method, head.path);
         let path = head.path.split('?').next().unwrap_or(head.path);
+        let refusal = provider_refusal(head).or_else(|| {
+            super::bedrock::bedrock_model(path).and_then(|_| super::bedrock::refusal(head, body))
+        });
         let body = if endpoint.has_json_body() {
             let mut fields = parse_body(body);
             // Gemini and Azure name the model in the path; Azure bodies may name it too.
@@ -188,6 +201,9 @@ impl Exchange {
                 if let Some((model, _)) = gemini_model(path) {
                     f.model = model.to_owned();
                     f.stream = endpoint == Endpoint::GeminiStream;
+                } else if let Some((model, stream)) = super::bedrock::bedrock_model(path) {
+                    f.model = model;
+                    f.stream = stream;
                 } else if let Some((deployment, _)) = azure_deployment(path) {
                     if f.model == DEFAULT_MODEL {
                         f.model = deployment.to_owned();
@@ -217,7 +233,7 @@ impl Exchange {
         Exchange {
             endpoint,
             body,
-            refusal: provider_refusal(head),
+            refusal,
         }
     }
 }
