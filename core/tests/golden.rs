@@ -5,8 +5,9 @@
 //!
 //! | dir | client | upstream |
 //! | --- | --- | --- |
-//! | `anthropic`, `azure`, `gemini`, `openai` | OpenAI chat | that dialect |
+//! | `anthropic`, `azure`, `bedrock`, `gemini`, `openai` | OpenAI chat | that dialect |
 //! | `messages` | Anthropic Messages | OpenAI |
+//! | `messages_bedrock` | Anthropic Messages | Bedrock |
 //! | `messages_gemini` | Anthropic Messages | Gemini |
 //! | `responses` | OpenAI Responses (stateless) | OpenAI chat completions |
 //! | `responses_anthropic` | OpenAI Responses (stateless) | Anthropic |
@@ -22,6 +23,9 @@
 //! - `<case>.response.sse` (upstream stream) → `<case>.<client>.snap`: the client stream,
 //!   whether the upstream completed, and the usage. The stream is also fed one byte at a time
 //!   and must translate the same. Cases named `…no_usage…` run without `include_usage`.
+//! - `<case>.response.frames.json` (Bedrock's binary event stream, as a list of
+//!   `{headers, payload}` frames, encoded here with their CRCs; `"corrupt": "message_crc"`
+//!   spoils a frame's CRC, `"truncate"` cuts it short) → `<case>.<client>.snap`, as for SSE.
 //!
 //! JSON is compared key-order-insensitively; top-level `id`s and `created` are redacted.
 //! `UPDATE_GOLDEN=1 cargo test -p sluice-core --test golden` rewrites the snapshots.
@@ -43,6 +47,7 @@ fn pair(dir: &str) -> Option<(Inbound, Dialect)> {
     Some(match dir {
         "messages" => (Inbound::AnthropicMessages, Dialect::OpenAi),
         "messages_gemini" => (Inbound::AnthropicMessages, Dialect::Gemini),
+        "messages_bedrock" => (Inbound::AnthropicMessages, Dialect::Bedrock),
         "responses" => (Inbound::OpenAiResponses, Dialect::OpenAi),
         "responses_anthropic" => (Inbound::OpenAiResponses, Dialect::Anthropic),
         "vertex_google" => (Inbound::OpenAiChat, Dialect::Vertex(Publisher::Google)),
@@ -212,8 +217,52 @@ fn translate_stream(
     (out, t)
 }
 
+/// One AWS event-stream frame: prelude (lengths and their CRC32), string headers, payload,
+/// message CRC32.
+fn event_frame(headers: &serde_json::Map<String, Value>, payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    for (name, value) in headers {
+        let value = value.as_str().unwrap().as_bytes();
+        h.push(u8::try_from(name.len()).unwrap());
+        h.extend_from_slice(name.as_bytes());
+        h.push(7);
+        h.extend_from_slice(&u16::try_from(value.len()).unwrap().to_be_bytes());
+        h.extend_from_slice(value);
+    }
+    let total = u32::try_from(16 + h.len() + payload.len()).unwrap();
+    let mut out = total.to_be_bytes().to_vec();
+    out.extend_from_slice(&u32::try_from(h.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(&crc32fast::hash(&out).to_be_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&crc32fast::hash(&out).to_be_bytes());
+    out
+}
+
+/// The binary stream a `.response.frames.json` describes.
+fn encode_frames(path: &Path) -> Vec<u8> {
+    let frames: Vec<Value> = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for f in frames {
+        let payload = serde_json::to_vec(&f["payload"]).unwrap();
+        let mut frame = event_frame(f["headers"].as_object().unwrap(), &payload);
+        match f.get("corrupt").and_then(Value::as_str) {
+            Some("message_crc") => *frame.last_mut().unwrap() ^= 0xff,
+            Some("truncate") => frame.truncate(frame.len() / 2),
+            _ => {}
+        }
+        out.extend(frame);
+    }
+    out
+}
+
 fn run_stream(dir: &Path, case: &str, inbound: Inbound, dialect: Dialect) -> String {
-    let input = fs::read(dir.join(format!("{case}.response.sse"))).unwrap();
+    let sse = dir.join(format!("{case}.response.sse"));
+    let input = if sse.exists() {
+        fs::read(sse).unwrap()
+    } else {
+        encode_frames(&dir.join(format!("{case}.response.frames.json")))
+    };
     let (whole, t) = translate_stream(&input, input.len(), case, inbound, dialect);
     let (bytewise, t1) = translate_stream(&input, 1, case, inbound, dialect);
     assert_eq!(
@@ -262,7 +311,10 @@ fn golden() {
                     run_response(dir, case, inbound, dialect),
                     client_name(inbound),
                 )
-            } else if let Some(case) = file.strip_suffix(".response.sse") {
+            } else if let Some(case) = file
+                .strip_suffix(".response.sse")
+                .or_else(|| file.strip_suffix(".response.frames.json"))
+            {
                 (
                     case,
                     run_stream(dir, case, inbound, dialect),

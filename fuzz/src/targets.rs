@@ -609,7 +609,12 @@ pub fn stream(data: &[u8]) {
     // Azure streams are OpenAI streams (the same translator), and `include_usage` is drawn
     // from the input: six configurations per input instead of sixteen, for speed.
     let include_usage = Rng::from_bytes(data).one_in(2);
-    for from in [Dialect::OpenAi, Dialect::Anthropic, Dialect::Gemini] {
+    for from in [
+        Dialect::OpenAi,
+        Dialect::Anthropic,
+        Dialect::Gemini,
+        Dialect::Bedrock,
+    ] {
         for to in INBOUNDS {
             {
                 let ctx = ResponseContext {

@@ -18,6 +18,7 @@ use crate::retry::{RawRetry, RetryPolicy};
 
 mod access;
 mod otel_env;
+mod aws;
 pub mod overrides;
 mod pinning;
 mod shared;
@@ -27,6 +28,7 @@ mod validate;
 mod vertex;
 
 pub use access::{AuthMode, LimitsConfig, StaticKey, StoreConfig};
+pub use aws::AwsAuth;
 pub use pinning::{pinning, Pinning};
 pub use shared::SharedConfig;
 pub use vertex::{ServiceAccountKey, VertexAuth};
@@ -286,6 +288,7 @@ struct RawProvider {
     region: Option<String>,
     credentials: Option<String>,
     api_key: Option<String>,
+    aws: Option<aws::RawAws>,
     ca_file: Option<String>,
     default_max_tokens: Option<u32>,
     api_version: Option<String>,
@@ -472,7 +475,7 @@ pub struct TracingConfig {
 }
 
 /// The wire dialect a provider speaks: `openai` (and every OpenAI-compatible server),
-/// `azure`, `anthropic` or `gemini`.
+/// `azure`, `anthropic`, `gemini` or `bedrock`.
 pub use crate::dialect::Dialect as ProviderKind;
 
 /// Where a provider is, parsed from its base URL.
@@ -501,6 +504,8 @@ pub struct Provider {
     pub endpoint: Endpoint,
     /// Sent as `Authorization: Bearer`.
     pub api_key: Option<Secret>,
+    /// A `bedrock` provider's region and credentials (`[providers.aws]`).
+    pub aws: Option<AwsAuth>,
     /// A PEM bundle of extra trusted roots for this provider (a private CA), on top of the
     /// system and webpki roots.
     pub ca_file: Option<std::path::PathBuf>,

@@ -334,7 +334,7 @@ fn provider(i: usize, p: RawProvider, secrets: &dyn SecretSource) -> Result<Prov
         None => ProviderKind::OpenAi,
         Some(name) => ProviderKind::from_name(name).ok_or_else(|| {
             ConfigError(format!(
-                "invalid config at `{}`: unknown provider kind `{name}` (supported: openai, azure, anthropic, gemini, vertex)",
+                "invalid config at `{}`: unknown provider kind `{name}` (supported: openai, azure, anthropic, gemini, vertex, bedrock)",
                 at("kind")
             ))
         })?,
@@ -357,8 +357,15 @@ fn provider(i: usize, p: RawProvider, secrets: &dyn SecretSource) -> Result<Prov
         credentials: p.credentials,
     };
     let is_vertex = matches!(kind, ProviderKind::Vertex(_));
+    // A `bedrock` provider may leave `base_url` out: its region names the endpoint.
+    let (aws, base_url) = if matches!(kind, ProviderKind::Bedrock) || p.aws.is_some() {
+        let (aws, url) = super::aws::aws(i, kind, p.aws, p.base_url.unwrap_or_default(), secrets)?;
+        (aws, Some(url))
+    } else {
+        (None, p.base_url)
+    };
     let (base_url, vertex) =
-        super::vertex::validate(i, is_vertex, p.base_url, raw_vertex, secrets)?;
+        super::vertex::validate(i, is_vertex, base_url, raw_vertex, secrets)?;
     let endpoint = parse_endpoint(&base_url)
         .map_err(|m| ConfigError(format!("invalid config at `{}`: {m}", at("base_url"))))?;
     let api_key = match p.api_key {
@@ -374,6 +381,7 @@ fn provider(i: usize, p: RawProvider, secrets: &dyn SecretSource) -> Result<Prov
         kind,
         endpoint,
         api_key,
+        aws,
         ca_file: p.ca_file.map(std::path::PathBuf::from),
         headers,
         connect_timeout_ms: positive(&at("connect_timeout_ms"), p.connect_timeout_ms, 3_000)?,

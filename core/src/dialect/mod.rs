@@ -9,11 +9,13 @@
 //! | OpenAI chat | `anthropic` | → Messages API | Messages → chat completion (chunks) |
 //! | OpenAI chat | `gemini` | → `generateContent` | `GenerateContentResponse` → chat completion (chunks) |
 //! | any | `vertex` | as to `gemini` or `anthropic` (by publisher), on Vertex AI paths | as from that publisher |
+//! | OpenAI chat | `bedrock` | → Converse (`/model/{id}/converse`) | Converse → chat completion; event-stream frames → chunks |
 //! | Anthropic Messages | `anthropic` | passthrough, model spliced | passthrough, usage scanned |
 //! | Anthropic Messages | `openai`, `azure` | Messages → chat | chat completion (chunks) → Messages (events) |
 //! | Anthropic Messages | `gemini` | Messages → chat → Gemini | Gemini → chat → Messages |
+//! | Anthropic Messages | `bedrock` | Messages → chat → Converse | Converse → chat → Messages |
 //! | OpenAI Responses | `openai`, `azure` (chat completions) | Responses → chat | chat (chunks) → `response` (events) |
-//! | OpenAI Responses | `anthropic`, `gemini` | Responses → chat → target | target → chat → `response` (events) |
+//! | OpenAI Responses | `anthropic`, `gemini`, `bedrock` | Responses → chat → target | target → chat → `response` (events) |
 //!
 //! (The proxy passes Responses requests to an `openai` deployment's own `/responses` through,
 //! state and all; the translation is for the others, stateless.)
@@ -58,6 +60,8 @@ mod anthropic;
 mod anthropic_stream;
 mod azure;
 mod chunk_events;
+mod bedrock;
+mod bedrock_stream;
 mod count;
 mod events;
 mod gemini;
@@ -110,19 +114,23 @@ pub enum Dialect {
     /// paths, an OAuth bearer token). A provider's kind holds `Google`; each request's
     /// publisher comes from [`Dialect::for_model`].
     Vertex(Publisher),
+    /// Amazon Bedrock's Converse API (`/model/{id}/converse`, SigV4-signed by the proxy).
+    Bedrock,
 }
 
 impl Dialect {
     /// Every dialect.
-    pub const ALL: [Dialect; 5] = [
+    pub const ALL: [Dialect; 6] = [
         Dialect::OpenAi,
         Dialect::Azure,
         Dialect::Anthropic,
         Dialect::Gemini,
         Dialect::Vertex(Publisher::Google),
+        Dialect::Bedrock,
     ];
 
-    /// The dialect a config `kind` names: `openai`, `azure`, `anthropic`, `gemini` or `vertex`.
+    /// The dialect a config `kind` names: `openai`, `azure`, `anthropic`, `gemini`, `vertex`
+    /// or `bedrock`.
     pub fn from_name(name: &str) -> Option<Dialect> {
         Dialect::ALL.into_iter().find(|d| d.name() == name)
     }
@@ -135,6 +143,7 @@ impl Dialect {
             Dialect::Anthropic => "anthropic",
             Dialect::Gemini => "gemini",
             Dialect::Vertex(_) => "vertex",
+            Dialect::Bedrock => "bedrock",
         }
     }
 }
@@ -229,7 +238,8 @@ pub struct ResponseContext<'a> {
     pub include_usage: bool,
 }
 
-/// The headers that authenticate to `dialect` with `key` (lower-case names).
+/// The headers that authenticate to `dialect` with `key` (lower-case names); none for
+/// `bedrock`, whose requests the proxy signs (SigV4) over their final bytes.
 pub fn auth_headers(dialect: Dialect, key: &str) -> Vec<(&'static str, String)> {
     match dialect {
         Dialect::OpenAi => vec![("authorization", format!("Bearer {key}"))],
@@ -241,6 +251,7 @@ pub fn auth_headers(dialect: Dialect, key: &str) -> Vec<(&'static str, String)> 
         Dialect::Gemini => vec![("x-goog-api-key", key.to_owned())],
         // `key` is the current OAuth access token.
         Dialect::Vertex(_) => vec![("authorization", format!("Bearer {key}"))],
+        Dialect::Bedrock => Vec::new(),
     }
 }
 
@@ -289,6 +300,13 @@ pub fn translate_request(
             let (chat, _, dropped) = messages::to_chat(parse_object(body)?, opts)?;
             gemini::request(chat, opts, dropped)
         }
+        (Inbound::OpenAiChat, Dialect::Bedrock) => {
+            bedrock::request(parse_object(body)?, opts, Vec::new())
+        }
+        (Inbound::AnthropicMessages, Dialect::Bedrock) => {
+            let (chat, _, dropped) = messages::to_chat(parse_object(body)?, opts)?;
+            bedrock::request(chat, opts, dropped)
+        }
         // A Responses client of a chat-completions upstream (OpenAI-compatible servers; the
         // gateway passes requests to OpenAI's own `/responses` through without calling this).
         (Inbound::OpenAiResponses, to) => {
@@ -305,6 +323,7 @@ pub fn translate_request(
                 Dialect::Azure => Ok(finish_body(chat, opts, azure::path(opts), stream, dropped)),
                 Dialect::Anthropic => anthropic::request(chat, opts, dropped),
                 Dialect::Gemini => gemini::request(chat, opts, dropped),
+                Dialect::Bedrock => bedrock::request(chat, opts, dropped),
                 Dialect::Vertex(publisher) => vertex::request(from, publisher, body, opts),
             }
         }
@@ -342,6 +361,7 @@ pub fn translate_response(
                 Dialect::OpenAi | Dialect::Azure | Dialect::Vertex(_) => {
                     openai::read_response(body)
                 }
+                Dialect::Bedrock => bedrock::response(body, ctx),
             };
             match (chat, to) {
                 (Some((chat, usage)), Inbound::OpenAiChat) => (to_vec(&chat), usage),
@@ -388,6 +408,8 @@ enum Stage {
     OpenAiPass(SseScanner),
     /// Anthropic to an Anthropic client: bytes as they come, usage read on the side.
     AnthropicPass(EventSplitter, anthropic_stream::UsageScan),
+    /// Bedrock's binary event stream, decoded and translated (then again for non-chat clients).
+    Bedrock(Box<bedrock_stream::Relay>),
     /// A translation, and for Gemini to an Anthropic client a second one after it.
     Translate {
         splitter: EventSplitter,
@@ -491,6 +513,23 @@ impl StreamTranslator {
             ),
             // Not reached: `wire()` turns Vertex AI into its publisher's dialect.
             (Dialect::Vertex(_), _) => Stage::OpenAiPass(SseScanner::new(!ctx.include_usage)),
+            (Dialect::Bedrock, to) => {
+                let (first, second) = match to {
+                    Inbound::OpenAiChat => (&ctx, None),
+                    Inbound::AnthropicMessages => (
+                        &inner_ctx,
+                        Some(Translator::Chat(messages_stream::MessagesStream::new(&ctx))),
+                    ),
+                    Inbound::OpenAiResponses => (
+                        &inner_ctx,
+                        Some(Translator::Responses(Box::new(
+                            responses::stream::ResponsesStream::new(&ctx),
+                        ))),
+                    ),
+                };
+                let first = bedrock_stream::ChatStream::new(first);
+                Stage::Bedrock(Box::new(bedrock_stream::Relay::new(first, second)))
+            }
         };
         StreamTranslator {
             to,
@@ -510,6 +549,7 @@ impl StreamTranslator {
                 out.extend_from_slice(input);
                 splitter.handle_events(input, |ev| scan.on_event(ev));
             }
+            Stage::Bedrock(relay) => relay.handle_bytes(input, out),
             Stage::Translate {
                 splitter,
                 first,
@@ -557,6 +597,7 @@ impl StreamTranslator {
                     out.extend_from_slice(anthropic_stream::MESSAGE_STOP);
                 }
             }
+            Stage::Bedrock(relay) => relay.finish(out),
             Stage::Translate {
                 splitter,
                 first,
@@ -590,7 +631,7 @@ impl StreamTranslator {
         let mid_event = match &self.stage {
             Stage::OpenAiPass(scanner) => scanner.client_mid_event(),
             Stage::AnthropicPass(splitter, _) => splitter.mid_event(),
-            Stage::Translate { .. } => false,
+            Stage::Translate { .. } | Stage::Bedrock(_) => false,
         };
         if mid_event {
             out.extend_from_slice(b"\n\n");
@@ -601,6 +642,16 @@ impl StreamTranslator {
                 _ => None,
             };
             if let Some(t) = responses {
+                let e = UpstreamError {
+                    message: err.message.clone(),
+                    kind: Some(err.kind.code().to_owned()),
+                };
+                t.fail(out, err.status(), &e);
+                return;
+            }
+        }
+        if let Stage::Bedrock(relay) = &mut self.stage {
+            if let Some(Translator::Responses(t)) = relay.second_mut() {
                 let e = UpstreamError {
                     message: err.message.clone(),
                     kind: Some(err.kind.code().to_owned()),
@@ -629,6 +680,7 @@ impl StreamTranslator {
             Stage::OpenAiPass(scanner) => scanner.saw_done(),
             Stage::AnthropicPass(_, scan) => scan.complete(),
             Stage::Translate { first, .. } => first.complete(),
+            Stage::Bedrock(relay) => relay.complete(),
         }
     }
 
@@ -638,6 +690,7 @@ impl StreamTranslator {
             Stage::OpenAiPass(scanner) => scanner.usage(),
             Stage::AnthropicPass(_, scan) => scan.usage(),
             Stage::Translate { first, .. } => first.usage(),
+            Stage::Bedrock(relay) => relay.usage(),
         }
     }
 }

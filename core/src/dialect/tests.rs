@@ -6,7 +6,10 @@ use serde_json::{json, Value};
 use super::*;
 use crate::error::ErrorKind;
 
-const PAIRS: [(Dialect, Inbound); 12] = [
+const PAIRS: [(Dialect, Inbound); 15] = [
+    (Dialect::Bedrock, Inbound::OpenAiChat),
+    (Dialect::Bedrock, Inbound::AnthropicMessages),
+    (Dialect::Bedrock, Inbound::OpenAiResponses),
     (Dialect::OpenAi, Inbound::OpenAiChat),
     (Dialect::Azure, Inbound::OpenAiChat),
     (Dialect::Anthropic, Inbound::OpenAiChat),
@@ -54,7 +57,7 @@ fn names_and_headers() {
     for d in Dialect::ALL {
         assert_eq!(Dialect::from_name(d.name()), Some(d));
     }
-    assert_eq!(Dialect::from_name("bedrock"), None);
+    assert_eq!(Dialect::from_name("sagemaker"), None);
     assert_eq!(
         Inbound::from_path("/v1/messages?beta=true"),
         Some(Inbound::AnthropicMessages)

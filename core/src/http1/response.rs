@@ -36,10 +36,13 @@ impl ResponseHead {
             .map(|(_, v)| v)
     }
 
-    /// Whether the body is an event stream.
+    /// Whether the body is an event stream: SSE, or the AWS binary event stream of Bedrock's
+    /// ConverseStream (`application/vnd.amazon.eventstream`, translated to SSE).
     pub fn is_event_stream(&self) -> bool {
-        self.header("content-type")
-            .is_some_and(|v| starts_with_ignore_case(v, b"text/event-stream"))
+        self.header("content-type").is_some_and(|v| {
+            starts_with_ignore_case(v, b"text/event-stream")
+                || starts_with_ignore_case(v, b"application/vnd.amazon.eventstream")
+        })
     }
 }
 

@@ -123,6 +123,8 @@ pub(crate) enum Body {
     Speech(Answer),
     /// A Gemini `GenerateContentResponse`.
     Gemini(Answer),
+    /// A Bedrock Converse response.
+    Bedrock(Answer),
     Models,
     /// A JSON body written as is (the Vertex AI token endpoint's answers).
     Json(String),
@@ -216,6 +218,7 @@ pub(crate) fn plan(
         Endpoint::Messages => Some(Dialect::Anthropic),
         Endpoint::Responses => Some(Dialect::Responses),
         Endpoint::GeminiStream => Some(Dialect::Gemini),
+        Endpoint::BedrockStream => Some(Dialect::Bedrock),
         _ => None,
     };
     let stream = fields.stream && dialect.is_some();
@@ -287,6 +290,7 @@ pub(crate) fn plan(
         Endpoint::AudioTranscriptions => Body::Transcription(answer),
         Endpoint::AudioSpeech => Body::Speech(answer),
         Endpoint::GeminiGenerate | Endpoint::GeminiStream => Body::Gemini(answer),
+        Endpoint::BedrockConverse | Endpoint::BedrockStream => Body::Bedrock(answer),
         _ => Body::Models,
     };
     at(body_reply(body))

@@ -417,7 +417,7 @@ impl Writer {
         http::write_head(
             &mut self.out,
             200,
-            BodyKind::EventStream,
+            BodyKind::EventStream(spec.content_type()),
             None,
             mode.close || mode.http10,
             mode.http10,
@@ -462,6 +462,7 @@ impl Writer {
             Body::Transcription(a) => surface::transcription(out, a),
             Body::Speech(a) => surface::speech(out, a),
             Body::Gemini(a) => surface::gemini(out, a),
+            Body::Bedrock(a) => super::bedrock::converse(out, a),
             Body::Models => shapes::models(out),
             Body::Json(json) => out.extend_from_slice(json.as_bytes()),
             Body::Stats => shapes::stats(out, &shared.snapshot()),

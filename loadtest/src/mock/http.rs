@@ -220,8 +220,9 @@ pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 pub(crate) enum BodyKind<'a> {
     /// `Content-Length` with this many bytes, of this content type.
     Sized(&'a str, usize),
-    /// `text/event-stream`, chunked (or close-delimited for HTTP/1.0).
-    EventStream,
+    /// An event stream of this content type (`text/event-stream`, or Bedrock's
+    /// `application/vnd.amazon.eventstream`), chunked (or close-delimited for HTTP/1.0).
+    EventStream(&'a str),
 }
 
 /// Appends a response head.
@@ -246,10 +247,10 @@ pub(crate) fn write_head(
             push_u64(out, len as u64);
             out.extend_from_slice(b"\r\n");
         }
-        BodyKind::EventStream => {
-            out.extend_from_slice(
-                b"content-type: text/event-stream\r\ncache-control: no-cache\r\n",
-            );
+        BodyKind::EventStream(content_type) => {
+            out.extend_from_slice(b"content-type: ");
+            out.extend_from_slice(content_type.as_bytes());
+            out.extend_from_slice(b"\r\ncache-control: no-cache\r\n");
             if !http10 {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n");
             }

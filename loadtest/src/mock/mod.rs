@@ -22,6 +22,7 @@
 //! | `POST /v1/embeddings` | one 256-float vector per input: its words and trigrams hashed, normalised (paraphrases close, strangers far) |
 //! | `POST /v1/responses` | a completed Responses object (no streaming) |
 //! | `POST /v1/messages` | Anthropic message, or its SSE event sequence |
+//! | `POST /model/{id}/converse`, `…/converse-stream` | Bedrock Converse answer, or its binary event stream (SigV4 checked: [`bedrock`]) |
 //! | `GET /v1/models` | a short model list |
 //! | `GET /mock/stats`, `POST /mock/reset` | [`MockStats`] as JSON; zero the counters |
 //!
@@ -36,6 +37,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bedrock;
 mod behaviour;
 mod connection;
 mod embed;

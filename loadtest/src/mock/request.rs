@@ -35,6 +35,10 @@ pub(crate) enum Endpoint {
     GeminiStream,
     /// Vertex AI's OAuth `POST /token` (see `vertex`).
     VertexToken,
+    /// Bedrock `POST /model/{modelId}/converse`.
+    BedrockConverse,
+    /// Bedrock `POST /model/{modelId}/converse-stream` (binary event stream).
+    BedrockStream,
     /// `GET /mock/stats`.
     Stats,
     /// `POST /mock/reset`.
@@ -72,9 +76,13 @@ impl Endpoint {
                 (Some((_, "audio/speech")), _) => ("POST", Endpoint::AudioSpeech),
                 (_, Some((_, false))) => ("POST", Endpoint::GeminiGenerate),
                 (_, Some((_, true))) => ("POST", Endpoint::GeminiStream),
-                _ => match super::vertex::route(p) {
-                    Some(endpoint) => ("POST", endpoint),
-                    None => return Endpoint::NotFound,
+                _ => match super::bedrock::bedrock_model(p) {
+                    Some((_, false)) => ("POST", Endpoint::BedrockConverse),
+                    Some((_, true)) => ("POST", Endpoint::BedrockStream),
+                    None => match super::vertex::route(p) {
+                        Some(endpoint) => ("POST", endpoint),
+                        None => return Endpoint::NotFound,
+                    },
                 },
             },
         };
@@ -105,6 +113,8 @@ impl Endpoint {
                 | Endpoint::AudioSpeech
                 | Endpoint::GeminiGenerate
                 | Endpoint::GeminiStream
+                | Endpoint::BedrockConverse
+                | Endpoint::BedrockStream
         )
     }
 }
@@ -194,6 +204,9 @@ impl Exchange {
         let raw = body;
         let endpoint = Endpoint::route(head.method, head.path);
         let path = head.path.split('?').next().unwrap_or(head.path);
+        let refusal = provider_refusal(head).or_else(|| {
+            super::bedrock::bedrock_model(path).and_then(|_| super::bedrock::refusal(head, body))
+        });
         let body = if endpoint.has_json_body() {
             let mut fields = parse_body(body);
             // Gemini and Azure name the model in the path; Azure bodies may name it too.
@@ -204,6 +217,9 @@ impl Exchange {
                 } else if let Some(m) = super::vertex::model_path(path) {
                     f.model = m.model.to_owned();
                     f.stream = m.stream;
+                } else if let Some((model, stream)) = super::bedrock::bedrock_model(path) {
+                    f.model = model;
+                    f.stream = stream;
                 } else if let Some((deployment, _)) = azure_deployment(path) {
                     if f.model == DEFAULT_MODEL {
                         f.model = deployment.to_owned();
@@ -233,7 +249,7 @@ impl Exchange {
         Exchange {
             endpoint,
             body,
-            refusal: provider_refusal(head).or_else(|| super::vertex::refusal(head, raw)),
+            refusal: refusal.or_else(|| super::vertex::refusal(head, raw)),
             token: (endpoint == Endpoint::VertexToken)
                 .then(|| super::vertex::token_answer(head, raw)),
         }

@@ -25,6 +25,8 @@ pub(crate) enum Dialect {
     Responses,
     /// Gemini `GenerateContentResponse` events (`alt=sse`), no end marker.
     Gemini,
+    /// Bedrock ConverseStream: binary AWS event-stream frames, not SSE.
+    Bedrock,
 }
 
 /// Everything needed to write one streaming answer.
@@ -62,6 +64,11 @@ impl EventWriter {
         write_chunk(out, &self.scratch, self.chunked);
     }
 
+    /// Appends bytes that are not SSE (Bedrock's binary frames) as one chunk.
+    fn raw(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
+        write_chunk(out, bytes, self.chunked);
+    }
+
     /// Appends the end of the body (the last chunk), if chunked.
     pub(crate) fn end(&self, out: &mut Vec<u8>) {
         if self.chunked {
@@ -76,7 +83,9 @@ impl StreamSpec {
         let (id_prefix, object) = match dialect {
             Dialect::OpenAiChat => ("chatcmpl-mock-", "chat.completion.chunk"),
             Dialect::OpenAiText => ("cmpl-mock-", "text_completion"),
-            Dialect::Anthropic | Dialect::Responses | Dialect::Gemini => ("", ""),
+            Dialect::Anthropic | Dialect::Responses | Dialect::Gemini | Dialect::Bedrock => {
+                ("", "")
+            }
         };
         if matches!(dialect, Dialect::OpenAiChat | Dialect::OpenAiText) {
             chunk_prefix.push(b'{');
@@ -88,6 +97,14 @@ impl StreamSpec {
             answer,
             include_usage,
             chunk_prefix,
+        }
+    }
+
+    /// The stream's content type.
+    pub(crate) fn content_type(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Bedrock => "application/vnd.amazon.eventstream",
+            _ => "text/event-stream",
         }
     }
 
@@ -105,6 +122,7 @@ impl StreamSpec {
                 )
             }),
             Dialect::OpenAiText | Dialect::Gemini => {}
+            Dialect::Bedrock => ev.raw(out, &super::bedrock::prelude()),
             Dialect::Responses => {
                 let a = &self.answer;
                 ev.event(out, Some("response.created"), |d| {
@@ -158,6 +176,7 @@ impl StreamSpec {
                 push_json_str(d, &self.answer.model);
                 d.push(b'}');
             }),
+            Dialect::Bedrock => ev.raw(out, &super::bedrock::content(size)),
             Dialect::Responses => ev.event(out, Some("response.output_text.delta"), |d| {
                 d.extend_from_slice(b"{\"type\":\"response.output_text.delta\",\"item_id\":\"msg_mock\",\"output_index\":0,\"content_index\":0,\"delta\":\"");
                 push_piece(d, size);
@@ -191,6 +210,7 @@ impl StreamSpec {
                 }
                 ev.event(out, None, |d| d.extend_from_slice(b"[DONE]"));
             }
+            Dialect::Bedrock => ev.raw(out, &super::bedrock::finish(&self.answer)),
             Dialect::Gemini => ev.event(out, None, |d| {
                 d.extend_from_slice(b"{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"\"}],\"role\":\"model\"},\"finishReason\":\"STOP\",\"index\":0}],");
                 gemini_tail(d, &self.answer);

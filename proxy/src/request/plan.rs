@@ -318,6 +318,23 @@ pub(crate) fn build_request(
         access_token,
     );
     if let Some((t, inbound)) = translated {
+        if let Some(aws) = &provider.aws {
+            // Signed last, over the exact path and body sent.
+            let path = format!("{}{}", provider.endpoint.path_prefix, t.path);
+            let host = &provider.endpoint.host_header;
+            let now = std::time::SystemTime::now();
+            let signed = crate::upstream::sigv4::signature_headers(
+                aws,
+                host,
+                &path,
+                "application/json",
+                &t.body,
+                now,
+            )?;
+            for (name, value) in signed {
+                push_header(&mut req, name, value.as_bytes());
+            }
+        }
         push_content_length(&mut req, t.body.len());
         req.extend_from_slice(&t.body);
         return Ok((

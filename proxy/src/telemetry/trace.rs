@@ -41,6 +41,7 @@ pub fn provider_name(kind: ProviderKind) -> &'static str {
         ProviderKind::Anthropic => "anthropic",
         ProviderKind::Gemini => "gcp.gemini",
         ProviderKind::Vertex(_) => "gcp.vertex_ai",
+        ProviderKind::Bedrock => "aws.bedrock",
     }
 }
 

@@ -9,6 +9,7 @@ pub mod health;
 pub mod pool;
 pub mod routing;
 pub mod vertex;
+pub mod sigv4;
 
 /// Starts a worker's background tasks for its config generation: health checks, and (worker
 /// 0 only) the model catalog fetch.
