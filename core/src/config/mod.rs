@@ -17,6 +17,7 @@ use crate::hedge::{HedgePolicy, RawHedge};
 use crate::retry::{RawRetry, RetryPolicy};
 
 mod access;
+mod alerts;
 pub mod overrides;
 mod pinning;
 mod shared;
@@ -25,6 +26,7 @@ mod tests;
 mod validate;
 
 pub use access::{AuthMode, LimitsConfig, StaticKey, StoreConfig};
+pub use alerts::AlertsConfig;
 pub use pinning::{pinning, Pinning};
 pub use shared::SharedConfig;
 
@@ -189,6 +191,7 @@ struct RawConfig {
     #[serde(default)]
     keys: Vec<access::RawKey>,
     cache: Option<crate::cache::settings::RawCache>,
+    alerts: Option<alerts::RawAlerts>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -612,6 +615,8 @@ pub struct Config {
     pub keys: Vec<StaticKey>,
     /// `[cache]`: the response store's bounds.
     pub cache: crate::cache::settings::CacheConfig,
+    /// `[alerts]`: where budget alerts go.
+    pub alerts: AlertsConfig,
     exact: HashMap<String, usize>,
     /// (prefix, group index), longest prefix first.
     patterns: Vec<(String, usize)>,
