@@ -105,6 +105,8 @@ class Gateway:
     proc: subprocess.Popen
     stdout: Path
     config: Path
+    # The admin listener's address, when the config has `[admin] listen`.
+    admin: str | None = None
     _seen: int = field(default=0)
 
     @property
@@ -221,14 +223,17 @@ cache = {{ ttl_s = 600 }}
 """
 
 
-def start_gateway(d: Path, config_text: str) -> Gateway:
-    """Starts `sluice serve` with `config_text` (written to `d`) and waits until it is ready.
-    The caller stops it with `stop(gateway.proc)`."""
+def start_gateway(d: Path, config_text: str, env: dict[str, str] | None = None) -> Gateway:
+    """Starts `sluice serve` with `config_text` (written to `d`) and `env` added to the
+    environment, and waits until it is ready (and its admin listener, if the config has one,
+    is bound). The caller stops it with `stop(gateway.proc)`."""
     config = d / "sluice.toml"
     config.write_text(config_text)
     stdout, stderr = d / "sluice.stdout", d / "sluice.stderr"
+    extra = env or {}
     env = os.environ.copy()
     env.pop("RUST_LOG", None)
+    env.update(extra)
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         proc = subprocess.Popen(
             [str(binary("sluice")), "serve", "--config", str(config)],
@@ -259,7 +264,23 @@ def start_gateway(d: Path, config_text: str) -> Gateway:
             return False
 
     wait_for("GET /readyz answering 200", ready, proc, logs)
-    return Gateway(addr=addr, proc=proc, stdout=stdout, config=config)
+
+    def admin_addr():
+        for line in stdout.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "admin listener" in str(rec.get("message")) and rec.get("admin"):
+                return rec["admin"]
+        return None
+
+    # The `[admin]` table's own lines: up to the next table header.
+    section = re.search(r"(?ms)^\[admin\]\s*$(.*?)(?=^\[|\Z)", config_text)
+    admin = None
+    if section and re.search(r"(?m)^\s*listen\s*=", section.group(1)):
+        admin = wait_for("the admin listener's line", admin_addr, proc, logs)
+    return Gateway(addr=addr, proc=proc, stdout=stdout, config=config, admin=admin)
 
 
 @pytest.fixture(scope="session")
