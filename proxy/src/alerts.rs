@@ -129,6 +129,17 @@ pub fn check(config: &Arc<Config>, who: &Principal<'_>, sets: [&LimitSet; 2]) {
 
 /// Logs and counts `alert`, and queues it for the webhook when one is configured.
 fn raise(config: &Arc<Config>, alert: BudgetAlert) {
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(|| {
+        metrics::describe_counter!(
+            "sluice_budget_alerts_total",
+            "Budget thresholds (50, 80, 100 % of a key's or team's budget) crossed, once per period each"
+        );
+        metrics::describe_counter!(
+            "sluice_budget_alert_failures_total",
+            "Budget alerts the webhook did not take after every retry, or that found the queue full"
+        );
+    });
     tracing::warn!(
         scope = alert.scope,
         key_id = %alert.key_id,
@@ -176,14 +187,6 @@ fn failed(why: &str) {
 
 /// The webhook thread: one delivery at a time, in order.
 fn deliver_all(rx: Receiver<Job>) {
-    metrics::describe_counter!(
-        "sluice_budget_alerts_total",
-        "Budget thresholds (50, 80, 100 % of a key's or team's budget) crossed, once per period each"
-    );
-    metrics::describe_counter!(
-        "sluice_budget_alert_failures_total",
-        "Budget alerts the webhook did not take after every retry, or that found the queue full"
-    );
     let mut agent: Option<(u64, ureq::Agent)> = None;
     while let Ok(job) = rx.recv() {
         let timeout_ms = job.config.alerts.timeout_ms;
