@@ -30,6 +30,11 @@ pub struct Price {
     pub cache_write_per_mtok: f64,
     /// Dearer rates for long prompts, where the provider has them.
     pub long_context: Option<LongContext>,
+    /// The model's context window for input, where known (a catalog's `max_input_tokens`):
+    /// no prompt estimate reserves more.
+    pub max_input_tokens: Option<u64>,
+    /// Rates per image, second of audio and character, for the models priced so.
+    pub media: crate::media::MediaPrice,
 }
 
 /// The rates of a request whose prompt is longer than `above_input_tokens`: providers that
@@ -61,6 +66,16 @@ struct RawPrice {
     cache_write_per_mtok: Option<f64>,
     #[serde(default)]
     long_context: Option<RawLongContext>,
+    #[serde(default)]
+    max_input_tokens: Option<u64>,
+    #[serde(default)]
+    per_image_usd: Option<f64>,
+    #[serde(default)]
+    per_input_second_usd: Option<f64>,
+    #[serde(default)]
+    per_input_character_usd: Option<f64>,
+    #[serde(default)]
+    per_output_character_usd: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -79,7 +94,14 @@ struct RawLongContext {
 impl From<RawPrice> for Price {
     fn from(r: RawPrice) -> Self {
         let base = Price::new(r.input_per_mtok, r.output_per_mtok, r.cached_input_per_mtok)
-            .with_cache_write(r.cache_write_per_mtok);
+            .with_cache_write(r.cache_write_per_mtok)
+            .with_max_input_tokens(r.max_input_tokens)
+            .with_media(crate::media::MediaPrice {
+                per_image: r.per_image_usd.and_then(crate::media::usd_rate),
+                per_input_second: r.per_input_second_usd.and_then(crate::media::usd_rate),
+                per_input_character: r.per_input_character_usd.and_then(crate::media::usd_rate),
+                per_output_character: r.per_output_character_usd.and_then(crate::media::usd_rate),
+            });
         match r.long_context {
             None => base,
             Some(l) => base.with_long_context(
@@ -103,7 +125,28 @@ impl Price {
             cached_input_per_mtok: clean(cached.unwrap_or(input_per_mtok)),
             cache_write_per_mtok: clean(input_per_mtok),
             long_context: None,
+            max_input_tokens: None,
+            media: crate::media::MediaPrice::default(),
         }
+    }
+
+    /// This price with media rates (per image, second, character).
+    pub fn with_media(mut self, media: crate::media::MediaPrice) -> Self {
+        self.media = media;
+        self
+    }
+
+    /// This price with a context window of `tokens` (0 or `None`: unknown).
+    pub fn with_max_input_tokens(mut self, tokens: Option<u64>) -> Self {
+        self.max_input_tokens = tokens.filter(|t| *t > 0);
+        self
+    }
+
+    /// `prompt_tokens` capped at the context window, where known: a prompt estimate past it
+    /// would be refused by the provider anyway, so it never reserves more.
+    pub fn cap_prompt(&self, prompt_tokens: u64) -> u64 {
+        self.max_input_tokens
+            .map_or(prompt_tokens, |m| prompt_tokens.min(m))
     }
 
     /// This price with dearer rates past `above_input_tokens` of prompt. Cache reads and
@@ -327,8 +370,11 @@ pub fn bundled_price(model: &str) -> Option<Price> {
 /// `model_prices_and_context_window.json` (a JSON object of model name → entry, with costs in
 /// USD per token: `input_cost_per_token`, `output_cost_per_token`,
 /// `cache_read_input_token_cost`, `cache_creation_input_token_cost`, and the same
-/// `…_above_200k_tokens` for a long-context tier). Entries without an input cost per token (images, audio,
-/// per-second pricing, the `sample_spec` example) are skipped; of several long-context tiers
+/// `…_above_200k_tokens` for a long-context tier; `max_input_tokens` caps prompt estimates;
+/// `output_cost_per_image` (else `input_cost_per_image`), `input_cost_per_second`,
+/// `input_cost_per_character` and `output_cost_per_character` for media). Entries with
+/// neither a cost per token nor a media cost (per-pixel pricing, the `sample_spec` example)
+/// are skipped; of several long-context tiers
 /// the lowest is kept. Returns (prices by model name, entries skipped).
 pub fn parse_litellm_catalog(json: &str) -> Result<(HashMap<String, Price>, usize), String> {
     let all: HashMap<String, serde_json::Value> =
@@ -344,7 +390,25 @@ pub fn parse_litellm_catalog(json: &str) -> Result<(HashMap<String, Price>, usiz
     let mut prices = HashMap::new();
     let mut skipped = 0;
     for (name, entry) in all {
-        let input = entry.get("input_cost_per_token").and_then(per_mtok);
+        let usd = |key: &str| {
+            entry.get(key).and_then(|v| match v {
+                serde_json::Value::Number(n) => n.as_f64(),
+                serde_json::Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            })
+        };
+        let media = crate::media::MediaPrice {
+            per_image: usd("output_cost_per_image")
+                .or_else(|| usd("input_cost_per_image"))
+                .and_then(crate::media::usd_rate),
+            per_input_second: usd("input_cost_per_second").and_then(crate::media::usd_rate),
+            per_input_character: usd("input_cost_per_character").and_then(crate::media::usd_rate),
+            per_output_character: usd("output_cost_per_character").and_then(crate::media::usd_rate),
+        };
+        let input = entry
+            .get("input_cost_per_token")
+            .and_then(per_mtok)
+            .or(media.is_priced().then_some(0.0));
         let Some(input) = input.filter(|_| name != "sample_spec" && !name.is_empty()) else {
             skipped += 1;
             continue;
@@ -357,7 +421,13 @@ pub fn parse_litellm_catalog(json: &str) -> Result<(HashMap<String, Price>, usiz
         let write = entry
             .get("cache_creation_input_token_cost")
             .and_then(per_mtok);
-        let mut price = Price::new(input, output, cached).with_cache_write(write);
+        let window = entry
+            .get("max_input_tokens")
+            .and_then(serde_json::Value::as_u64);
+        let mut price = Price::new(input, output, cached)
+            .with_cache_write(write)
+            .with_max_input_tokens(window)
+            .with_media(media);
         // `input_cost_per_token_above_200k_tokens` and its siblings: the lowest tier.
         let tier = entry
             .as_object()
@@ -603,17 +673,28 @@ mod tests {
                        "output_cost_per_token_above_200k_tokens": 3e-06,
                        "input_cost_per_token_above_1000k_tokens": 9e-06},
             "dall-e-3": {"output_cost_per_image": 0.04, "mode": "image_generation"},
+            "whisper-1": {"input_cost_per_second": "0.0001", "output_cost_per_second": 0.0001},
+            "tts-1": {"input_cost_per_character": 1.5e-05, "mode": "audio_speech"},
+            "dall-e-2": {"input_cost_per_pixel": 2.4e-08, "mode": "image_generation"},
             "bad": {"input_cost_per_token": -1}
         }"#;
         let (prices, skipped) = parse_litellm_catalog(json).unwrap();
         assert_eq!(
             skipped, 3,
-            "sample_spec, an image model and a negative price"
+            "sample_spec, a per-pixel image model and a negative price"
         );
+        assert_eq!(prices["dall-e-3"].media.per_image, Some(40_000.0));
+        assert_eq!(prices["dall-e-3"].input_per_mtok, 0.0);
+        assert_eq!(prices["whisper-1"].media.per_input_second, Some(100.0));
+        assert_eq!(prices["tts-1"].media.per_input_character, Some(15.0));
         assert_eq!(
             prices["my-model"],
-            Price::new(2.0, 8.0, Some(0.5)).with_cache_write(Some(2.5))
+            Price::new(2.0, 8.0, Some(0.5))
+                .with_cache_write(Some(2.5))
+                .with_max_input_tokens(Some(128_000))
         );
+        assert_eq!(prices["my-model"].cap_prompt(300_000), 128_000);
+        assert_eq!(prices["tiered"].cap_prompt(300_000), 300_000);
         assert_eq!(prices["vertex_ai/my-model"], Price::new(1.5, 3.0, None));
         assert_eq!(prices["tiered"].rates(200_001), (2.0, 3.0, 2.0, 2.0));
         assert_eq!(prices["tiered"].rates(200_000), (1.0, 2.0, 1.0, 1.0));

@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod alerts;
 pub mod attempt;
 pub mod balance;
 pub mod breaker;
@@ -38,6 +39,7 @@ pub mod config;
 pub mod cost;
 pub mod dialect;
 pub mod error;
+pub mod estimate;
 pub mod filter;
 pub mod hedge;
 pub mod http1;
@@ -46,6 +48,7 @@ pub mod keys;
 pub mod lease;
 pub mod limiter;
 pub mod limits;
+pub mod media;
 pub mod multipart;
 pub mod request;
 pub mod retry;

@@ -482,6 +482,8 @@ pub struct LimitSet {
     pub budget_limit_micros: Option<u64>,
     /// When the budget starts over.
     pub budget_period: BudgetPeriod,
+    /// Which budget alert thresholds this period were already reported (`alerts`).
+    pub alert_mark: crate::alerts::AlertMark,
 }
 
 impl LimitSet {
@@ -496,15 +498,18 @@ impl LimitSet {
         unix_s: u64,
     ) -> Self {
         let period = budget.map_or(BudgetPeriod::Lifetime, |b| b.1);
+        let start = period_start(period, unix_s);
         LimitSet {
             subject: None,
             leases: OnceLock::new(),
             requests: rpm.map(TokenBucket::per_minute),
             tokens: tpm.map(TokenBucket::per_minute),
             concurrency: max_concurrency.map(Concurrency::new),
-            budget: Budget::with_spend(period_start(period, unix_s), spend_micros),
+            budget: Budget::with_spend(start, spend_micros),
             budget_limit_micros: budget.map(|b| b.0),
             budget_period: period,
+            // Thresholds the spend rebuilt at start already reached are not reported again.
+            alert_mark: crate::alerts::AlertMark::new(start, spend_micros, budget.map(|b| b.0)),
         }
     }
 

@@ -10,6 +10,7 @@ use sluice_core::dialect::{
     ResponseContext, StreamTranslator,
 };
 use sluice_core::error::{ErrorKind, GatewayError};
+use sluice_core::estimate::{self, ImageRule};
 use sluice_core::http1::{
     begin_chunk, encode_chunk, end_chunk, parse_request_head, parse_response_head, ChunkedDecoder,
     HeadLimits, LAST_CHUNK,
@@ -413,6 +414,12 @@ pub fn sse(data: &[u8]) {
 /// inspects to the edited values and the same others.
 pub fn inspect_rewrite(data: &[u8]) {
     assert!(estimate_prompt_tokens(data.len()) >= 1);
+    // The image-aware estimate: never more text than bytes, never below one token.
+    let scan = estimate::scan(data);
+    assert!(scan.text_bytes <= data.len() as u64);
+    for rule in [ImageRule::OpenAi, ImageRule::Anthropic, ImageRule::Gemini] {
+        assert!(scan.tokens(rule) >= 1);
+    }
     let Ok(ins) = inspect(data) else {
         return;
     };

@@ -18,6 +18,7 @@
 //!                                                                        routing, health, dns
 //!
 //! admin     the admin listener (metrics) and the admin API (keys, teams, spend)
+//! alerts    budget alerts: a log line, a counter and a webhook posted from its own thread
 //! cache     the response cache on the request path: lookup, replay, keep at settlement
 //! telemetry log (access line), trace (OTLP, ids in context), metrics (Prometheus)
 //! ops       cli, doctor, sdnotify
@@ -42,6 +43,7 @@
 //! a connection is.
 
 pub mod admin;
+pub mod alerts;
 pub mod blocking_http;
 pub mod cache;
 pub mod clock;

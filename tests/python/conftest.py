@@ -111,6 +111,8 @@ class Gateway:
     config: Path
     # The SQLite store of a gateway started by `launch_gateway` (for `ledger_row`).
     db: Path | None = None
+    # The admin listener's address, when the config has `[admin] listen`.
+    admin: str | None = None
     _seen: int = field(default=0)
 
     @property
@@ -229,8 +231,9 @@ cache = {{ ttl_s = 600 }}
 
 def start_gateway(d: Path, config_text: str, env: dict[str, str] | None = None) -> Gateway:
     """Starts `sluice serve` with `config_text` (written to `d`), with `env` added to its
-    environment, and waits until it is ready. The caller stops it with `stop(gateway.proc)`;
-    tests use the `gateway` and `launch_gateway` fixtures, which do."""
+    environment, and waits until it is ready (and its admin listener, if the config has one,
+    is bound). The caller stops it with `stop(gateway.proc)`; tests use the `gateway` and
+    `launch_gateway` fixtures, which do."""
     config = d / "sluice.toml"
     config.write_text(config_text)
     stdout, stderr = d / "sluice.stdout", d / "sluice.stderr"
@@ -268,7 +271,23 @@ def start_gateway(d: Path, config_text: str, env: dict[str, str] | None = None) 
             return False
 
     wait_for("GET /readyz answering 200", ready, proc, logs)
-    return Gateway(addr=addr, proc=proc, stdout=stdout, config=config)
+
+    def admin_addr():
+        for line in stdout.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "admin listener" in str(rec.get("message")) and rec.get("admin"):
+                return rec["admin"]
+        return None
+
+    # The `[admin]` table's own lines: up to the next table header.
+    section = re.search(r"(?ms)^\[admin\]\s*$(.*?)(?=^\[|\Z)", config_text)
+    admin = None
+    if section and re.search(r"(?m)^\s*listen\s*=", section.group(1)):
+        admin = wait_for("the admin listener's line", admin_addr, proc, logs)
+    return Gateway(addr=addr, proc=proc, stdout=stdout, config=config, admin=admin)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from conftest import REPO, binary, stop, wait_for
+from conftest import REPO, start_gateway, stop
 
 CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -83,6 +82,12 @@ output_per_mtok = 10.0
 [prices."mock-stream-model"]
 input_per_mtok = 2.5
 output_per_mtok = 10.0
+
+# The response cache, for the cache page.
+[[models]]
+name = "mock-cached"
+deployments = [{{ provider = "mock", model = "mock-model" }}]
+cache = {{ ttl_s = 600 }}
 """
 
 
@@ -90,42 +95,13 @@ output_per_mtok = 10.0
 def admin_gateway(mock, tmp_path_factory):
     """A gateway with keys in a store and the admin API on: (client address, admin address)."""
     d = tmp_path_factory.mktemp("admin-ui")
-    config = d / "sluice.toml"
-    config.write_text(ui_config(mock.addr, d / "sluice.db"))
-    stdout, stderr = d / "sluice.stdout", d / "sluice.stderr"
-    env = os.environ.copy()
-    env.pop("RUST_LOG", None)
-    env["SLUICE_ADMIN_TOKEN"] = ADMIN_TOKEN
-    with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        proc = subprocess.Popen(
-            [str(binary("sluice")), "serve", "--config", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            env=env,
-        )
-    logs = [stdout, stderr]
-
-    def addresses():
-        found = {}
-        for line in stdout.read_text(errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("message") == "sluice listening" and rec.get("listen"):
-                found["listen"] = rec["listen"]
-            if "admin listener" in str(rec.get("message")) and rec.get("admin"):
-                found["admin"] = rec["admin"]
-        return found if len(found) == 2 else None
-
-    found = wait_for("the gateway's listening lines", addresses, proc, logs)
-    yield found["listen"], found["admin"]
-    stop(proc)
+    gw = start_gateway(d, ui_config(mock.addr, d / "sluice.db"), env={"SLUICE_ADMIN_TOKEN": ADMIN_TOKEN})
+    yield gw.addr, gw.admin
+    stop(gw.proc)
 
 
-def chat(addr: str, key: str) -> tuple[int, dict]:
-    body = json.dumps({"model": "mock-fast", "messages": [{"role": "user", "content": "hello"}]}).encode()
+def chat(addr: str, key: str, model: str = "mock-fast") -> tuple[int, dict]:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hello"}]}).encode()
     req = urllib.request.Request(
         f"http://{addr}/v1/chat/completions",
         data=body,
@@ -267,6 +243,39 @@ def test_admin_page_end_to_end(admin_gateway, browser_page):
     expect(cell(page, "health-table", "mock/mock-model", 3)).to_have_text("closed")
     page.screenshot(path=shots / "health.png", full_page=True)
 
+    # The cache: its counters, the models with a cache, and a clear (asked first, audited).
+    for _ in range(2):
+        assert chat(listen, key, "mock-cached")[0] == 200
+    page.click("nav a[data-page=cache]")
+    expect(page.locator("#cache-entries .value")).to_have_text("1")
+    expect(page.locator("#cache-inserts .value")).to_have_text("1")
+    expect(cell(page, "cache-groups", "mock-cached", 3)).to_have_text("team")
+    page.select_option("#cache-clear select[name=model]", "mock-cached")
+    page.screenshot(path=shots / "cache.png", full_page=True)
+    # Dismissed: nothing is cleared.
+    page.once("dialog", lambda d: d.dismiss())
+    page.click("#cache-clear button[type=submit]")
+    page.reload()
+    expect(page.locator("#cache-entries .value")).to_have_text("1")
+    # Accepted, after reading what it will clear.
+    asked: list[str] = []
+
+    def accept(d):
+        asked.append(d.message)
+        d.accept()
+
+    page.once("dialog", accept)
+    page.select_option("#cache-clear select[name=model]", "mock-cached")
+    page.click("#cache-clear button[type=submit]")
+    expect(page.locator("#message")).to_contain_text("Cleared the cached answers of model mock-cached")
+    expect(page.locator("#cache-clears .value")).to_have_text("1")
+    assert asked and "mock-cached" in asked[0], asked
+    # Cleared entries are dropped when next looked up: the same request misses and is kept anew.
+    assert chat(listen, key, "mock-cached")[0] == 200
+    page.reload()
+    expect(page.locator("#cache-inserts .value")).to_have_text("2")
+    page.screenshot(path=shots / "cache-cleared.png", full_page=True)
+
     # Teams: create one, see it listed.
     page.click("nav a[data-page=teams]")
     page.click("#page-teams details summary")
@@ -291,7 +300,7 @@ def test_admin_page_end_to_end(admin_gateway, browser_page):
     # The audit log has each change, made from the page, by the token's id.
     page.click("nav a[data-page=audit]")
     audit = page.locator("#audit-table tbody")
-    for action in ("keys.create", "keys.update", "keys.disable", "teams.create"):
+    for action in ("keys.create", "keys.update", "keys.disable", "teams.create", "cache.clear"):
         expect(audit.locator("tr", has_text=action).first).to_be_visible()
     expect(audit.locator("tr", has_text="keys.disable").locator("td").nth(2)).to_have_text("ui")
     assert ADMIN_TOKEN not in page.content()

@@ -19,6 +19,7 @@ use crate::retry::{RawRetry, RetryPolicy};
 mod access;
 mod otel_env;
 mod aws;
+mod alerts;
 pub mod overrides;
 mod pinning;
 mod shared;
@@ -29,6 +30,7 @@ mod vertex;
 
 pub use access::{AuthMode, LimitsConfig, StaticKey, StoreConfig};
 pub use aws::AwsAuth;
+pub use alerts::AlertsConfig;
 pub use pinning::{pinning, Pinning};
 pub use shared::SharedConfig;
 pub use vertex::{ServiceAccountKey, VertexAuth};
@@ -194,6 +196,7 @@ struct RawConfig {
     #[serde(default)]
     keys: Vec<access::RawKey>,
     cache: Option<crate::cache::settings::RawCache>,
+    alerts: Option<alerts::RawAlerts>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -634,6 +637,8 @@ pub struct Config {
     pub keys: Vec<StaticKey>,
     /// `[cache]`: the response store's bounds.
     pub cache: crate::cache::settings::CacheConfig,
+    /// `[alerts]`: where budget alerts go.
+    pub alerts: AlertsConfig,
     exact: HashMap<String, usize>,
     /// (prefix, group index), longest prefix first.
     patterns: Vec<(String, usize)>,

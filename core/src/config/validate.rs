@@ -45,6 +45,7 @@ pub(super) fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Con
         pricing: pricing(raw.pricing)?,
         keys: access.keys,
         cache: crate::cache::settings::validate(raw.cache)?,
+        alerts: super::alerts::validate(raw.alerts, secrets)?,
         exact: routing.exact,
         patterns: routing.patterns,
     };

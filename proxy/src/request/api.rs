@@ -233,7 +233,7 @@ async fn admit_and_forward(
         &shared.prices,
         group,
         &plan.inspected,
-        plan.prompt_bytes(),
+        &plan.prompt_scan(),
     );
     if let Some(fleet) = &shared.fleet {
         fleet.fetch(sets, Some(&ask)).await;

@@ -29,8 +29,9 @@ use metrics::Counter;
 use sluice_core::config::{AuthMode, Config};
 use sluice_core::cost::{self, PriceTable};
 use sluice_core::error::{ErrorKind, GatewayError};
+use sluice_core::estimate::{ImageRule, PromptScan};
 use sluice_core::http1::RequestHead;
-use sluice_core::inspect::{self, Inspected};
+use sluice_core::inspect::Inspected;
 use sluice_core::keys::{self, KeyRecord, KeyRefusal, Limits, TeamRecord};
 use sluice_core::lease::Subject;
 use sluice_core::limiter::{Ask, Denied, Refusal};
@@ -375,22 +376,24 @@ impl Auth {
         }
     }
 
-    /// What a request to model group `group` with the routing fields `inspected` and a body
-    /// of `body_len` bytes reserves: the prompt estimate plus `max_tokens` (or the default),
-    /// and their cost at the dearest of the group's deployments.
+    /// What a request to model group `group` with the routing fields `inspected` and a prompt
+    /// made of `prompt` reserves: the prompt estimate (images by the rule of each deployment's
+    /// provider, capped at its context window where known) plus `max_tokens` (or the default),
+    /// and their cost, both at the largest of the group's deployments.
     pub fn ask(
         &self,
         config: &Config,
         prices: &PriceTable,
         group: usize,
         inspected: &Inspected,
-        body_len: usize,
+        prompt: &PromptScan,
     ) -> Ask {
-        let prompt = inspect::estimate_prompt_tokens(body_len);
         let output = inspected.max_tokens.unwrap_or(self.default_max_tokens);
+        let (prompt, cost_micros) =
+            estimate_prompt_and_cost(config, prices, group, &inspected.model, prompt, output);
         Ask {
             tokens: prompt.saturating_add(output),
-            cost_micros: estimate_cost(config, prices, group, &inspected.model, prompt, output),
+            cost_micros,
             now_ms: crate::clock::now_ms(),
             unix_s: crate::clock::unix_s(),
         }
@@ -537,25 +540,37 @@ impl Auth {
     }
 }
 
-/// The cost to reserve for a request to `group`: the dearest of its deployments, every prompt
-/// token at the input rate and `output` tokens at the output rate.
-pub fn estimate_cost(
+/// The prompt tokens and the cost to reserve for a request to `group`: for each deployment,
+/// the prompt by its provider's image rule capped at its model's context window, every prompt
+/// token at the input rate and `output` tokens at the output rate; the largest of each.
+pub fn estimate_prompt_and_cost(
     config: &Config,
     prices: &PriceTable,
     group: usize,
     model: &str,
-    prompt: u64,
+    scan: &PromptScan,
     output: u64,
-) -> u64 {
-    let Some(g) = config.models.get(group) else {
-        return 0;
+) -> (u64, u64) {
+    let Some(g) = config
+        .models
+        .get(group)
+        .filter(|g| !g.deployments.is_empty())
+    else {
+        return (scan.tokens(ImageRule::OpenAi), 0);
     };
-    g.deployments
-        .iter()
-        .filter_map(|d| prices.price(if d.model == "*" { model } else { &d.model }))
-        .map(|p| cost::estimate_micros(&p, prompt, output))
-        .max()
-        .unwrap_or(0)
+    let mut most = (0, 0);
+    for d in &g.deployments {
+        let rule = config
+            .providers
+            .get(d.provider)
+            .map_or(ImageRule::OpenAi, |p| ImageRule::of(p.kind));
+        let price = prices.price(if d.model == "*" { model } else { &d.model });
+        let tokens = scan.tokens(rule);
+        let tokens = price.map_or(tokens, |p| p.cap_prompt(tokens));
+        let cost = price.map_or(0, |p| cost::estimate_micros(&p, tokens, output));
+        most = (most.0.max(tokens), most.1.max(cost));
+    }
+    most
 }
 
 #[cfg(test)]

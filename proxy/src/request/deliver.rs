@@ -13,9 +13,10 @@ use sluice_core::cache::CallKind;
 use sluice_core::config::{Deployment, Provider};
 use sluice_core::dialect::{self, ResponseContext, StreamTranslator};
 use sluice_core::error::{ErrorKind, GatewayError};
+use sluice_core::estimate::ImageRule;
 use sluice_core::filter::{Capture, Chain, Stage};
 use sluice_core::http1::BodyFraming;
-use sluice_core::inspect;
+use sluice_core::media::MediaUsage;
 use sluice_core::route::Target;
 use sluice_core::sse::SseScanner;
 use sluice_core::usage::{self, Usage};
@@ -205,8 +206,15 @@ async fn whole(
     };
     answer.upstream_us = Some(d.started.elapsed().as_micros() as u64);
     answer.first_token_us = Some(client.started.elapsed().as_micros() as u64);
-    answer.usage = used;
-    answer.cost_micros = used.and_then(|u| cost_of(&d.worker.shared, d.upstream_model, &u));
+    let shared = &d.worker.shared;
+    let media = super::media::usage(&shared.prices, d.upstream_model, d.plan, Some(&body));
+    answer.usage = mark_estimated(used, media.as_ref());
+    answer.cost_micros = super::media::cost(
+        &shared.prices,
+        d.upstream_model,
+        used.as_ref(),
+        media.as_ref(),
+    );
     let cost_text = answer
         .cost_micros
         .filter(|_| success)
@@ -424,15 +432,28 @@ fn record_relay(
     answer.usage = end.usage.or_else(|| {
         // A stream cut short (or without a usage chunk): estimate what was delivered.
         (is_sse && end.data_events > 0).then(|| Usage {
-            input_tokens: inspect::estimate_prompt_tokens(plan.body.len()),
+            input_tokens: plan.prompt_scan().tokens(
+                worker
+                    .shared
+                    .config
+                    .providers
+                    .get(d.dep.provider)
+                    .map_or(ImageRule::OpenAi, |p| ImageRule::of(p.kind)),
+            ),
             output_tokens: end.data_events,
             estimated: true,
             ..Usage::default()
         })
     });
-    answer.cost_micros = answer
-        .usage
-        .and_then(|u| cost_of(&worker.shared, d.upstream_model, &u));
+    let prices = &worker.shared.prices;
+    let media = super::media::usage(prices, d.upstream_model, plan, None);
+    answer.cost_micros = super::media::cost(
+        prices,
+        d.upstream_model,
+        answer.usage.as_ref(),
+        media.as_ref(),
+    );
+    answer.usage = mark_estimated(answer.usage, media.as_ref());
     if let Some(e) = &end.error {
         answer.error = Some(e.label().into());
         worker
@@ -445,10 +466,14 @@ fn record_relay(
     }
 }
 
-/// What `usage` cost at `model`'s price; `None` for a model with no known price.
-fn cost_of(shared: &crate::state::Shared, model: &str, usage: &Usage) -> Option<u64> {
-    shared
-        .prices
-        .price(model)
-        .map(|p| sluice_core::cost::cost_micros(&p, usage))
+/// `usage`, marked estimated when the media count behind the cost was a guess (an audio
+/// file's length from its size); an empty usage carries the mark when none was reported.
+fn mark_estimated(usage: Option<Usage>, media: Option<&MediaUsage>) -> Option<Usage> {
+    if !media.is_some_and(|m| m.estimated) {
+        return usage;
+    }
+    Some(Usage {
+        estimated: true,
+        ..usage.unwrap_or_default()
+    })
 }

@@ -9,6 +9,7 @@ use sluice_core::compress::AcceptEncoding;
 use sluice_core::config::{Deployment, Provider};
 use sluice_core::dialect::{self, Dialect, Inbound, RequestOptions};
 use sluice_core::error::{ErrorKind, GatewayError};
+use sluice_core::estimate::PromptScan;
 use sluice_core::http1::{is_hop_by_hop, RequestHead};
 use sluice_core::inspect::{self, Inspected, Rewrite};
 
@@ -215,12 +216,13 @@ pub fn plan(
 }
 
 impl Plan {
-    /// The body bytes the prompt-token estimate is taken from: a multipart form's file parts
-    /// are audio or images, not text, so only its routing fields count.
-    pub fn prompt_bytes(&self) -> usize {
+    /// What the prompt-token estimate is taken from: a multipart form's file parts are audio
+    /// or images, not text, so only its routing fields count; a JSON body's inline images
+    /// count by their size, not their bytes.
+    pub fn prompt_scan(&self) -> PromptScan {
         match &self.form {
-            Some(form) => form.model.len(),
-            None => self.body.len(),
+            Some(form) => PromptScan::text(form.model.len()),
+            None => sluice_core::estimate::scan(&self.body),
         }
     }
 }

@@ -130,6 +130,14 @@ pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
             cost,
             crate::clock::now_ms(),
         );
+        if cost > 0 {
+            let who = crate::alerts::Principal {
+                key_id: &k.id,
+                key_name: &k.record.name,
+                team: &k.team.name,
+            };
+            crate::alerts::check(&shared.config, &who, k.limit_sets());
+        }
     }
     let mut rec = AccessRecord {
         request_id: request.request_id,

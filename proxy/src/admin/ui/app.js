@@ -351,9 +351,66 @@ async function loadAudit() {
   ], r.data);
 }
 
+// ---- response cache ----------------------------------------------------------------------
+
+function bytes(v) {
+  if (v === null || v === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let n = Number(v);
+  let u = 0;
+  while (n >= 1024 && u < units.length - 1) { n /= 1024; u += 1; }
+  return (u === 0 ? String(n) : n.toFixed(1)) + " " + units[u];
+}
+
+function cacheCards(s) {
+  const card = (id, label, value) => h("div", { class: "card", id }, h("div", { class: "value" }, value), h("div", { class: "label" }, label));
+  $("cache-cards").replaceChildren(
+    card("cache-entries", "Entries", num(s.entries)),
+    card("cache-bytes", "Size", `${bytes(s.bytes)} of ${bytes(s.max_bytes)}`),
+    card("cache-inserts", "Kept", num(s.inserts)),
+    card("cache-evictions", "Evicted", num(s.evictions)),
+    card("cache-too-large", "Too large to keep", num(s.too_large)),
+    card("cache-clears", "Cleared", num(s.clears)),
+    card("cache-vectors", "Semantic vectors", `${num(s.vectors)} (${bytes(s.vector_bytes)})`),
+  );
+}
+
+async function loadCache() {
+  const r = await api("GET", "/admin/cache");
+  cacheCards(r.store);
+  table($("cache-groups"), [
+    { title: "Model", value: (g) => g.model },
+    { title: "Exact", value: (g) => (g.exact ? "yes" : "no") },
+    { title: "Semantic", value: (g) => (g.semantic ? `yes (≥ ${g.threshold})` : "no") },
+    { title: "Scope", value: (g) => g.scope },
+    { title: "TTL", num: true, value: (g) => num(g.ttl_s) + " s" },
+    { title: "Coalesce", value: (g) => (g.coalesce ? "yes" : "no") },
+  ], r.groups);
+  const select = $("cache-clear").elements.model;
+  const chosen = select.value;
+  select.replaceChildren(h("option", { value: "" }, "all models"), ...r.groups.map((g) => h("option", { value: g.model }, g.model)));
+  select.value = r.groups.some((g) => g.model === chosen) ? chosen : "";
+}
+
+async function clearCache(ev) {
+  ev.preventDefault();
+  const f = ev.target.elements;
+  const model = f.model.value;
+  const scope = f.scope.value.trim();
+  const what = [model ? `model ${model}` : "every model", scope ? `scope ${scope}` : "every scope"].join(", ");
+  if (!confirm(`Clear the cached answers of ${what}? Requests will go to the upstreams until the cache fills again.`)) return;
+  const q = new URLSearchParams();
+  if (model) q.set("model", model);
+  if (scope) q.set("scope", scope);
+  const qs = q.toString();
+  const r = await api("DELETE", "/admin/cache" + (qs ? "?" + qs : ""));
+  cacheCards(r.store);
+  say(`Cleared the cached answers of ${what}.`);
+}
+
 // ---- navigation and sign-in -------------------------------------------------------------
 
-const PAGES = { keys: loadKeys, teams: loadTeams, spend: loadSpend, live: loadLive, health: loadHealth, audit: loadAudit };
+const PAGES = { keys: loadKeys, teams: loadTeams, spend: loadSpend, live: loadLive, health: loadHealth, cache: loadCache, audit: loadAudit };
 
 async function show() {
   const page = (location.hash || "#keys").slice(1);
@@ -407,6 +464,7 @@ function start() {
   $("edit-cancel").addEventListener("click", () => $("edit-limits").close());
   $("spend-form").addEventListener("submit", (ev) => attempt(() => loadSpend(ev)));
   $("spend-csv").addEventListener("click", exportCsv);
+  $("cache-clear").addEventListener("submit", (ev) => attempt(() => clearCache(ev)));
   $("copy-key").addEventListener("click", async () => {
     const input = $("new-key-value");
     try {
