@@ -17,9 +17,9 @@ use crate::hedge::{HedgePolicy, RawHedge};
 use crate::retry::{RawRetry, RetryPolicy};
 
 mod access;
-mod otel_env;
-mod aws;
 mod alerts;
+mod aws;
+mod otel_env;
 pub mod overrides;
 mod pinning;
 mod shared;
@@ -29,8 +29,8 @@ mod validate;
 mod vertex;
 
 pub use access::{AuthMode, LimitsConfig, StaticKey, StoreConfig};
-pub use aws::AwsAuth;
 pub use alerts::AlertsConfig;
+pub use aws::AwsAuth;
 pub use pinning::{pinning, Pinning};
 pub use shared::SharedConfig;
 pub use vertex::{ServiceAccountKey, VertexAuth};

@@ -365,8 +365,7 @@ fn provider(i: usize, p: RawProvider, secrets: &dyn SecretSource) -> Result<Prov
     } else {
         (None, p.base_url)
     };
-    let (base_url, vertex) =
-        super::vertex::validate(i, is_vertex, base_url, raw_vertex, secrets)?;
+    let (base_url, vertex) = super::vertex::validate(i, is_vertex, base_url, raw_vertex, secrets)?;
     let endpoint = parse_endpoint(&base_url)
         .map_err(|m| ConfigError(format!("invalid config at `{}`: {m}", at("base_url"))))?;
     let api_key = match p.api_key {

@@ -59,9 +59,9 @@
 mod anthropic;
 mod anthropic_stream;
 mod azure;
-mod chunk_events;
 mod bedrock;
 mod bedrock_stream;
+mod chunk_events;
 mod count;
 mod events;
 mod gemini;

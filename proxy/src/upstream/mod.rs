@@ -8,8 +8,8 @@ pub mod dns;
 pub mod health;
 pub mod pool;
 pub mod routing;
-pub mod vertex;
 pub mod sigv4;
+pub mod vertex;
 
 /// Starts a worker's background tasks for its config generation: health checks, and (worker
 /// 0 only) the model catalog fetch.
