@@ -133,6 +133,10 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
         }
     };
     request.bytes_in = body.len() as u64;
+    // The read buffer goes back to the worker's spares for the rest of the exchange (unless
+    // it holds the start of a pipelined request): a stream can last minutes, and two thousand
+    // of them should not each hold 8 KiB they will not read into.
+    idle::give_back(&mut client.buf);
     let keep_alive = head.keep_alive && !worker.shared.is_draining();
     let (keep, mut settlement) = respond_to(
         worker,

@@ -63,6 +63,10 @@ pub struct ClientWatch<'a> {
     early: Vec<u8>,
 }
 
+/// The upstream read buffer an event stream keeps once its head has been read (the head
+/// itself is read into a larger one).
+const STREAM_READ_BUF: usize = 2048;
+
 /// How long an exchange runs before its client is watched (see [`ClientWatch`]).
 pub const ARM_AFTER: Duration = Duration::from_millis(20);
 
@@ -320,6 +324,11 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
             start = 0;
             if matches!(state, Framing::Done) {
                 break;
+            }
+            if self.is_sse && ubuf.capacity() > STREAM_READ_BUF {
+                // An event stream is many small reads spread over seconds or minutes: a
+                // small buffer (it still grows for an event that needs more).
+                ubuf.shrink_to(STREAM_READ_BUF);
             }
             if !wire.is_empty() {
                 match self.write(wire, &mut end).await {
