@@ -116,6 +116,9 @@ pub enum KeysAction {
         /// Unix second after which the key is refused.
         #[arg(long)]
         expires_at: Option<u64>,
+        /// The response cache neither serves nor keeps this key's requests.
+        #[arg(long)]
+        no_cache: bool,
     },
     /// List every key (never the keys themselves: their prefixes).
     List,
@@ -146,6 +149,9 @@ pub enum KeysAction {
         /// Unix second after which the key is refused.
         #[arg(long)]
         expires_at: Option<u64>,
+        /// Whether the response cache serves and keeps this key's requests.
+        #[arg(long)]
+        cache: Option<bool>,
         /// Remove a limit or field (repeat for several).
         #[arg(long, value_enum)]
         clear: Vec<Clearable>,
@@ -313,6 +319,7 @@ fn keys_table(list: &[Value]) -> String {
         ("BUDGET", false),
         ("SPEND", true),
         ("IN FLIGHT", true),
+        ("CACHE", false),
     ]);
     for k in list {
         let s = |f: &str| k[f].as_str().unwrap_or_default().to_string();
@@ -332,6 +339,11 @@ fn keys_table(list: &[Value]) -> String {
             budget(k),
             usd(&k["spend_usd"]),
             opt_num(&k["in_flight"]),
+            if k["cache"].as_bool() == Some(false) {
+                "off".into()
+            } else {
+                "on".into()
+            },
         ]);
     }
     t.render()
@@ -385,6 +397,7 @@ pub fn keys(admin: &AdminArgs, raw_json: bool, action: KeysAction) -> ExitCode {
                 models,
                 limits,
                 expires_at,
+                no_cache,
             } => {
                 let mut v = Map::new();
                 v.insert("name".into(), json!(name));
@@ -392,6 +405,9 @@ pub fn keys(admin: &AdminArgs, raw_json: bool, action: KeysAction) -> ExitCode {
                 set(&mut v, "team", json!(team));
                 set(&mut v, "user", json!(user));
                 set(&mut v, "expires_at", json!(expires_at));
+                if *no_cache {
+                    v.insert("cache".into(), json!(false));
+                }
                 limits.fill(&mut v);
                 ("POST", "/admin/keys".to_string(), Some(Value::Object(v)))
             }
@@ -405,6 +421,7 @@ pub fn keys(admin: &AdminArgs, raw_json: bool, action: KeysAction) -> ExitCode {
                 models,
                 limits,
                 expires_at,
+                cache,
                 clear,
             } => {
                 let mut v = Map::new();
@@ -413,6 +430,7 @@ pub fn keys(admin: &AdminArgs, raw_json: bool, action: KeysAction) -> ExitCode {
                 set(&mut v, "user", json!(user));
                 set(&mut v, "models", json!(models));
                 set(&mut v, "expires_at", json!(expires_at));
+                set(&mut v, "cache", json!(cache));
                 limits.fill(&mut v);
                 clear_into(&mut v, clear);
                 if v.is_empty() {
