@@ -138,7 +138,9 @@ pub async fn embed(
     let started = Instant::now();
     let timeout = Duration::from_millis(timeout_ms);
     let call = routed(worker, group, text, started + timeout, request_id);
-    let out = monoio::time::timeout(timeout, call).await.ok().flatten();
+    // The loop ends itself at the deadline (settling what was in flight); this is a net.
+    let net = timeout + Duration::from_millis(250);
+    let out = monoio::time::timeout(net, call).await.ok().flatten();
     let name = cfg.models.get(group).map_or("none", |g| g.name.as_str());
     metrics::histogram!("sluice_cache_embedding_seconds", "model" => name.to_owned())
         .record(started.elapsed().as_secs_f64());
@@ -202,7 +204,9 @@ async fn routed(
                 }
                 continue;
             }
-            Command::Wait { until } => wait(worker, &mut flights, &mut answered, until).await,
+            Command::Wait { until } => {
+                wait(worker, &mut flights, &mut answered, until, deadline).await
+            }
             Command::ReadErrorBody { attempt } => {
                 let (id, provider, sent) = answered.take().filter(|a| a.0 == attempt)?;
                 match read_body(worker, provider, sent, deadline).await {
@@ -242,12 +246,15 @@ async fn routed(
     }
 }
 
-/// Waits for the first attempt to answer (or fail), or for `until`.
+/// Waits for the first attempt to answer (or fail), or for `until`. At `deadline` the loop
+/// is told its caller left: it cancels what is in flight (settling the balancer, breakers and
+/// limits) and abandons, so the embedding ends within `embedding_timeout_ms`.
 async fn wait<F: Future<Output = Result<Sent, UpstreamError>>>(
     worker: &Worker,
     flights: &mut Vec<Flight<F>>,
     answered: &mut Option<(AttemptId, usize, Sent)>,
     until: Option<Instant>,
+    deadline: Instant,
 ) -> Event {
     let first = std::future::poll_fn(|cx| {
         for (k, f) in flights.iter_mut().enumerate() {
@@ -257,19 +264,22 @@ async fn wait<F: Future<Output = Result<Sent, UpstreamError>>>(
         }
         Poll::Pending
     });
-    let timer = async {
-        match until {
-            Some(t) => monoio::time::sleep(t.saturating_duration_since(Instant::now())).await,
-            None => std::future::pending::<()>().await,
-        }
+    let (at, gone) = match until {
+        Some(t) if t < deadline => (t, false),
+        _ => (deadline, true),
     };
+    let timer = monoio::time::sleep(at.saturating_duration_since(Instant::now()));
     let done = monoio::select! {
         biased;
         done = first => Some(done),
         _ = timer => None,
     };
     let Some((k, result)) = done else {
-        return Event::Timer;
+        return if gone {
+            Event::ClientGone
+        } else {
+            Event::Timer
+        };
     };
     let (id, provider, _) = flights.swap_remove(k);
     match result {

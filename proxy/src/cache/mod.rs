@@ -42,8 +42,9 @@ pub use note::{CacheNote, Mark, Ticket};
 
 /// The kind of call an endpoint's answers are cached as (`None`: not cached). Only answers
 /// the key describes completely are cached (legacy completions exactly, like chat, in their
-/// own shape): a token count is answered without the cache, a Responses call is keyed in no chat shape yet, moderation, images and audio are not
-/// worth keeping (or binary, or a multipart form the key does not read).
+/// own shape): a token count is answered without the cache, a Responses call is keyed in no
+/// chat shape yet, moderation, images and audio are not worth keeping (or binary, or a
+/// multipart form the key does not read).
 pub fn call_kind(endpoint: ApiEndpoint) -> Option<CallKind> {
     match endpoint {
         ApiEndpoint::ChatCompletions | ApiEndpoint::Messages => Some(CallKind::Chat),
