@@ -111,6 +111,7 @@ fn semantic_search(c: &mut Criterion) {
         if n == MAX_PER_CONTEXT {
             // What a worker does with a full context when the search threads are busy: the
             // newest INLINE_SCAN vectors. Its slowest run is the bound the README states.
+            g.throughput(Throughput::Elements(INLINE_SCAN as u64));
             g.bench_with_input(BenchmarkId::new("bounded", n), &probe, |b, probe| {
                 b.iter(|| index.search_within(&q, black_box(probe), 0.95, 0, INLINE_SCAN))
             });
