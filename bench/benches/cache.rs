@@ -1,6 +1,7 @@
 //! The response cache (`sluice_core::cache`): the exact key of 1 KB and 100 KB chat bodies,
-//! a lookup that hits and one that misses, and the semantic index's exact search over 10k and
-//! 100k unit vectors of 1,536 dimensions (one context, the worst case).
+//! a lookup that hits and one that misses, and the semantic index's exact search over 1,024
+//! (what a worker scans itself), 10k (a full context, what a search thread scans) and 100k
+//! unit vectors of 1,536 dimensions; it prints the bound a worker's own search stays within.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,7 +9,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sluice_bench::{chat_body, chat_response, SplitMix64};
-use sluice_core::cache::semantic::{normalised, SemanticIndex, SemanticQuery};
+use sluice_core::cache::semantic::{
+    normalised, SemanticIndex, SemanticQuery, INLINE_SCAN, MAX_PER_CONTEXT,
+};
 use sluice_core::cache::settings::CacheConfig;
 use sluice_core::cache::{CacheKey, CallKind, KeyInput, MemoryStore, ResponseStore, StoredAnswer};
 use sluice_core::dialect::Inbound;
@@ -89,22 +92,45 @@ fn semantic_search(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("cache_semantic_search");
     g.sample_size(10);
-    for n in [10_000usize, 100_000] {
-        // 100k vectors of 1,536 floats are 600 MiB: bound the index accordingly. One context
-        // holds at most 10k (`MAX_PER_CONTEXT`), so the 100k case spreads over 10 contexts and
-        // searches one of them, as a request does.
+    // 1,024: the most a worker scans itself (`INLINE_SCAN`); 10k: a full context, what a search
+    // thread scans (`MAX_PER_CONTEXT`); 100k: ten full contexts, one searched, as a request does.
+    for n in [INLINE_SCAN, MAX_PER_CONTEXT, 100_000] {
+        // 100k vectors of 1,536 dimensions are 150 MiB as i8: bound the index accordingly.
         let index = SemanticIndex::new(1 << 31);
         for i in 0..n {
             let mut ctx = q.clone();
             // The probe's context (index 0) holds the first 10k.
-            ctx.context[1] = 1 + (i / 10_000) as u8;
+            ctx.context[1] = 1 + (i / MAX_PER_CONTEXT) as u8;
             index.insert(&ctx, vector(), k, u64::MAX);
         }
         let probe = vector();
-        g.throughput(Throughput::Elements(n.min(10_000) as u64));
+        g.throughput(Throughput::Elements(n.min(MAX_PER_CONTEXT) as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &probe, |b, probe| {
             b.iter(|| index.search(&q, black_box(probe), 0.95, 0))
         });
+        if n == MAX_PER_CONTEXT {
+            // What a worker does with a full context when the search threads are busy: the
+            // newest INLINE_SCAN vectors. Its slowest run is the bound the README states.
+            g.throughput(Throughput::Elements(INLINE_SCAN as u64));
+            g.bench_with_input(BenchmarkId::new("bounded", n), &probe, |b, probe| {
+                b.iter(|| index.search_within(&q, black_box(probe), 0.95, 0, INLINE_SCAN))
+            });
+            let mut worst = std::time::Duration::ZERO;
+            let mut all = Vec::with_capacity(200);
+            for _ in 0..200 {
+                let t = std::time::Instant::now();
+                black_box(index.search_within(&q, &probe, 0.95, 0, INLINE_SCAN));
+                let d = t.elapsed();
+                worst = worst.max(d);
+                all.push(d);
+            }
+            all.sort();
+            println!(
+                "cache_semantic_search bound: a worker scans at most {INLINE_SCAN} vectors of \
+                 {DIMS} dims: median {:?}, p99 {:?}, max {:?} of 200 searches",
+                all[100], all[197], worst
+            );
+        }
     }
     g.finish();
 }

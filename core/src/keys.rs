@@ -126,6 +126,9 @@ pub fn parse_bearer(authorization: &[u8]) -> Option<&str> {
     (!token.is_empty() && !token.contains(char::is_whitespace)).then_some(token)
 }
 
+/// The metadata field that holds a key's `cache` setting ([`KeyRecord::uses_cache`]).
+const CACHE_FIELD: &str = "cache";
+
 /// A virtual key as stored: everything but the key itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -196,11 +199,30 @@ impl KeyRecord {
             })
     }
 
-    /// Whether the response cache serves this key: unless its metadata says `"cache": false`
-    /// (`cache = false` on a key in the config file; `{"metadata": {"cache": false}}` through
-    /// the admin API).
+    /// Whether the response cache serves this key: the key setting `cache` (`cache = false`
+    /// on a key in the config file, `"cache": false` through the admin API and `sluice keys
+    /// create --no-cache`). It is kept in the record's metadata as `"cache": false` (the store
+    /// has no column for it; an older `{"metadata": {"cache": false}}` means the same) —
+    /// read and written only through this and [`Self::set_cache`].
     pub fn uses_cache(&self) -> bool {
-        self.metadata.get("cache") != Some(&serde_json::Value::Bool(false))
+        self.metadata.get(CACHE_FIELD) != Some(&serde_json::Value::Bool(false))
+    }
+
+    /// Sets the key's `cache` setting (see [`Self::uses_cache`]): `false` is written into the
+    /// metadata (an object then), `true` removes it.
+    pub fn set_cache(&mut self, on: bool) {
+        if on {
+            if let Some(m) = self.metadata.as_object_mut() {
+                m.remove(CACHE_FIELD);
+            }
+            return;
+        }
+        if !self.metadata.is_object() {
+            self.metadata = serde_json::Value::Object(Default::default());
+        }
+        if let Some(m) = self.metadata.as_object_mut() {
+            m.insert(CACHE_FIELD.into(), serde_json::Value::Bool(false));
+        }
     }
 
     /// Whether `presented` is this key: its hash, compared in constant time.

@@ -412,14 +412,29 @@ fn teams_never_see_each_others_entries() {
         post_as(&gw, &b, chat, &body, "").header("x-sluice-cache"),
         Some("hit")
     );
-    // Keys that opt out (`cache = false` in the config, `"cache": false` in an admin key's
-    // metadata) are neither served nor kept.
-    let (_, off) =
-        gw.create_key(json!({"name": "off", "team": "alpha", "metadata": {"cache": false}}));
+    // Keys that opt out (`cache = false` in the config, `"cache": false` on an admin key, or
+    // in its metadata as before the setting was typed) are neither served nor kept.
+    let (off_id, off) = gw.create_key(json!({"name": "off-api", "team": "alpha", "cache": false}));
+    let (_, old_style) =
+        gw.create_key(json!({"name": "old", "team": "alpha", "metadata": {"cache": false}}));
+    let (status, listed) = gw.admin("GET", "/admin/keys", None);
+    assert_eq!(status, 200);
+    let cache_of = |name: &str| {
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .map(|k| k["cache"].clone())
+    };
+    assert_eq!(cache_of("off-api"), Some(json!(false)), "{listed}");
+    assert_eq!(cache_of("old"), Some(json!(false)), "{listed}");
+    assert_eq!(cache_of("a"), Some(json!(true)), "{listed}");
     let body = prompt_body("mock-fast", false, "team secret", "");
     let before = mock.stats().requests;
     for k in [
         off.as_str(),
+        old_style.as_str(),
         "sk-sluice-cache-off-0123456789",
         "sk-sluice-cache-off-0123456789",
     ] {
@@ -427,7 +442,18 @@ fn teams_never_see_each_others_entries() {
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.header("x-sluice-cache"), None);
     }
-    assert_eq!(mock.stats().requests - before, 3);
+    assert_eq!(mock.stats().requests - before, 4);
+    // Turned on again through the admin API, the key is served from the team's entry.
+    let (status, on) = gw.admin(
+        "PATCH",
+        &format!("/admin/keys/{off_id}"),
+        Some(json!({"cache": true})),
+    );
+    assert_eq!((status, &on["cache"]), (200, &json!(true)), "{on}");
+    assert_eq!(
+        post_as(&gw, &off, chat, &body, "").header("x-sluice-cache"),
+        Some("hit")
+    );
     // Clearing one team's scope leaves the other's.
     let body = prompt_body("mock-fast", false, "team secret", "");
     let (status, _) = gw.admin("DELETE", "/admin/cache?scope=team:alpha", None);
@@ -573,7 +599,7 @@ fn identical_requests_in_flight_are_coalesced() {
 /// The cache beside the other endpoints and compression: only chat, Messages and embeddings
 /// answers are cached (a token count, a moderation or a Responses call in a group with a cache
 /// always goes its own way); a miss is captured before it is compressed for the client, and
-/// a hit is replayed uncompressed; clearing the cache is in the audit log.
+/// a hit is replayed compressed too; clearing the cache is in the audit log.
 #[test]
 fn other_endpoints_and_compression_beside_the_cache() {
     use std::io::Read as _;
@@ -599,18 +625,32 @@ fn other_endpoints_and_compression_beside_the_cache() {
     assert_eq!(hit.header("x-sluice-cache"), Some("hit"));
     assert_eq!(
         hit.header("content-encoding"),
-        None,
-        "a hit goes uncompressed"
+        Some("gzip"),
+        "a hit is compressed like a miss"
     );
+    assert_eq!(hit.header("vary"), Some("accept-encoding"));
+    let mut replayed = Vec::new();
+    flate2::read::GzDecoder::new(&hit.body[..])
+        .read_to_end(&mut replayed)
+        .unwrap();
     assert_eq!(
-        hit.body, identity,
+        replayed, identity,
         "the upstream's bytes were kept, not ours"
     );
+    // A client that accepts no coding gets the same bytes as they are.
+    let plain = post_as(&gw, &key, "/v1/embeddings", &body, "");
+    assert_eq!(plain.header("x-sluice-cache"), Some("hit"));
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(plain.body, identity);
     assert_eq!(requests(), 1);
     // The access line (formatted without tracing) names the verdict and what the hit saved.
-    let lines = gw.access_lines(2);
+    let lines = gw.access_lines(3);
     let verdicts: Vec<&Value> = lines.iter().map(|l| &l["cache"]).collect();
-    assert_eq!(verdicts, [&json!("miss"), &json!("hit")], "{lines:?}");
+    assert_eq!(
+        verdicts,
+        [&json!("miss"), &json!("hit"), &json!("hit")],
+        "{lines:?}"
+    );
     assert!(lines[1]["saved_usd"].is_number(), "{}", lines[1]);
 
     // Not cached: each call reaches the mock (or the local estimate) and says nothing.
@@ -653,4 +693,77 @@ fn other_endpoints_and_compression_beside_the_cache() {
         2,
         "reads are not audited: {audit}"
     );
+}
+
+/// Legacy `/v1/completions` answers are cached exactly like chat: stream and non-stream
+/// requests share an entry, replayed in the completions shape (`text`, `[DONE]`, usage only
+/// when asked), and never cross into chat's entries.
+#[test]
+fn legacy_completions_are_cached_like_chat() {
+    let mock = mock();
+    let dir = temp_dir("cache-completions");
+    let gw = start(&cache_config(mock.addr(), &dir, ""), driver_name(false));
+    let (_, key) = gw.create_key(json!({"name": "a", "team": "alpha"}));
+    let requests = || mock.stats().requests;
+    let path = "/v1/completions";
+    let body = |stream: bool, extra: &str| {
+        format!(
+            r#"{{"model":"mock-fast","stream":{stream},{extra}"max_tokens":16,"prompt":"Once upon a time"}}"#
+        )
+    };
+    let text_of = |r: &Response| -> String {
+        if r.header("content-type") == Some("text/event-stream") {
+            r.sse_data()
+                .iter()
+                .filter(|d| *d != "[DONE]")
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .filter_map(|v| v["choices"][0]["text"].as_str().map(String::from))
+                .collect()
+        } else {
+            r.json()["choices"][0]["text"].as_str().unwrap().to_string()
+        }
+    };
+    let miss = post_as(&gw, &key, path, &body(false, ""), "");
+    assert_eq!(miss.status, 200, "{}", miss.text());
+    assert_eq!(miss.header("x-sluice-cache"), Some("miss"));
+    let text = text_of(&miss);
+    assert!(!text.is_empty());
+    let hit = post_as(&gw, &key, path, &body(false, ""), "");
+    assert_eq!(hit.header("x-sluice-cache"), Some("hit"));
+    assert_eq!(hit.json()["object"], "text_completion");
+    assert_eq!(text_of(&hit), text);
+    let usage = r#""stream_options":{"include_usage":true},"#;
+    let streamed = post_as(&gw, &key, path, &body(true, usage), "");
+    assert_eq!(streamed.header("x-sluice-cache"), Some("hit"));
+    assert_eq!(streamed.header("content-type"), Some("text/event-stream"));
+    assert_eq!(text_of(&streamed), text);
+    let data = streamed.sse_data();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    assert!(data.iter().any(|d| d.contains("\"usage\"")), "{data:?}");
+    let plain = post_as(&gw, &key, path, &body(true, ""), "");
+    assert!(!plain.sse_data().iter().any(|d| d.contains("\"usage\"")));
+    assert_eq!(requests(), 1, "only the first reached the mock");
+
+    // A streamed miss is kept too, and answers a whole request.
+    let other = |stream: bool| {
+        format!(
+            r#"{{"model":"mock-fast","stream":{stream},"max_tokens":16,"prompt":"In a land far away"}}"#
+        )
+    };
+    let first = post_as(&gw, &key, path, &other(true), "");
+    assert_eq!(first.header("x-sluice-cache"), Some("miss"));
+    let again = post_as(&gw, &key, path, &other(false), "");
+    assert_eq!(
+        again.header("x-sluice-cache"),
+        Some("hit"),
+        "{}",
+        again.text()
+    );
+    assert_eq!(text_of(&again), text_of(&first));
+    assert_eq!(requests(), 2);
+
+    // The same words as a chat request are another kind of call.
+    let chat = prompt_body("mock-fast", false, "Once upon a time", "");
+    let r = post_as(&gw, &key, "/v1/chat/completions", &chat, "");
+    assert_eq!(r.header("x-sluice-cache"), Some("miss"));
 }

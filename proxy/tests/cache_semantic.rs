@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use access::*;
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use sluice_loadtest::mock::MockConfig;
 
 /// The store config plus `mock-semantic` (semantic cache, threshold 0.6) whose embeddings come
@@ -165,10 +165,15 @@ fn paraphrases_hit_and_the_guard_holds(driver: &str) {
     let strict = gw.chat_as(&a, body, "x-sluice-cache-threshold: 0.999\r\n");
     assert_eq!(strict.header("x-sluice-cache"), Some("miss"));
 
-    // Ledger and metrics.
+    // Ledger and metrics (the embeddings' rows are the gateway's, counted apart).
     let rows = wait_for(Duration::from_secs(10), || {
         let (_, v) = gw.admin("GET", "/admin/usage?limit=100", None);
-        let rows = v["data"].as_array()?.clone();
+        let rows: Vec<Value> = v["data"]
+            .as_array()?
+            .iter()
+            .filter(|r| r["key_id"] != "gateway")
+            .cloned()
+            .collect();
         (rows.len() >= 12).then_some(rows)
     })
     .expect("ledger rows");
@@ -186,6 +191,86 @@ fn paraphrases_hit_and_the_guard_holds(driver: &str) {
     assert!(text.contains("sluice_cache_embedding_seconds_count{model=\"mock-embed\"}"));
     let (_, v) = gw.admin("GET", "/admin/cache", None);
     assert!(v["store"]["vectors"].as_u64().unwrap() >= 5, "{v}");
+}
+
+/// The embedding call goes through the gateway's routing: `mock-embed`'s first deployment is
+/// down and first in priority, so the first embedding fails there and is retried on the
+/// second. It is accounted to the gateway: a ledger row with key id `gateway`,
+/// nothing on the caller's key.
+#[test]
+fn embeddings_are_routed_retried_and_accounted_to_the_gateway() {
+    let mock = mock();
+    let dir = temp_dir("cache-semantic-routed");
+    let base = format!("http://{}/v1", mock.addr());
+    let config = store_config(
+        mock.addr(),
+        &dir.join("s.db"),
+        1,
+        &format!(
+            r#"
+[[providers]]
+name = "embedder-down"
+base_url = "http://127.0.0.1:1/v1"
+
+[[providers]]
+name = "embedder"
+base_url = "{base}"
+
+[[models]]
+name = "mock-embed"
+strategy = "priority"
+deployments = [
+  {{ provider = "embedder-down", model = "text-embedding-3-small" }},
+  {{ provider = "embedder", model = "text-embedding-3-small" }},
+]
+
+[[models]]
+name = "mock-semantic"
+deployments = [{{ provider = "mock", model = "mock-model" }}]
+cache = {{ semantic = true, threshold = 0.6, embedding_model = "mock-embed", embedding_timeout_ms = 2000 }}
+"#
+        ),
+    );
+    let gw = start(&config, driver_name(false));
+    let (a_id, a) = gw.create_key(json!({"name": "a", "team": "alpha"}));
+    let sys = "Answer briefly.";
+    assert_eq!(
+        cache_header(&ask(&gw, &a, sys, "What is the capital city of France?")),
+        "miss"
+    );
+    // Every paraphrase finds the first answer: each embedding got through.
+    for q in [
+        "Tell me the capital city of France",
+        "Please tell me the capital city of France",
+        "What's the capital city of France",
+    ] {
+        let h = cache_header(&ask(&gw, &a, sys, q));
+        assert!(h.starts_with("semantic; similarity="), "{q}: {h}");
+    }
+    let rows = wait_for(Duration::from_secs(10), || {
+        let (_, v) = gw.admin("GET", "/admin/usage?limit=100", None);
+        let rows = v["data"].as_array()?.clone();
+        (rows.len() >= 8).then_some(rows)
+    })
+    .expect("ledger rows");
+    let gateway: Vec<_> = rows.iter().filter(|r| r["key_id"] == "gateway").collect();
+    assert_eq!(gateway.len(), 4, "one row per embedding: {rows:?}");
+    assert!(gateway.iter().all(|r| r["model"] == "mock-embed"
+        && r["team"].is_null()
+        && r["request_id"].as_str().unwrap().ends_with("-embed")));
+    let mine: Vec<_> = rows
+        .iter()
+        .filter(|r| r["key_id"] == a_id.as_str())
+        .collect();
+    assert_eq!(mine.len(), 4, "{rows:?}");
+    assert!(mine.iter().all(|r| r["model"] == "mock-semantic"));
+    // The down deployment's failures were seen by routing (counted as upstream errors).
+    let text = gw.metrics();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sluice_upstream_errors_total") && l.contains("embedder-down")),
+        "{text}"
+    );
 }
 
 #[test]

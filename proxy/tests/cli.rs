@@ -385,6 +385,28 @@ fn admin_commands_manage_teams_and_report_spend() {
         (shown["rpm"].as_u64(), shown["max_concurrency"].as_u64()),
         (Some(20), Some(4))
     );
+    assert_eq!(shown["cache"], true, "the cache serves a key by default");
+    // The per-key cache setting: off at creation, on again by an update.
+    let off: Value = serde_json::from_str(&stdout(&run(&[
+        "keys",
+        "create",
+        "--name",
+        "uncached",
+        "--team",
+        "research",
+        "--no-cache",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(off["cache"], false, "{off}");
+    let off_id = off["id"].as_str().unwrap();
+    let table = stdout(&run(&["keys", "show", off_id]));
+    assert!(table.lines().next().unwrap().ends_with("CACHE"), "{table}");
+    assert!(table.lines().nth(1).unwrap().ends_with("off"), "{table}");
+    stdout(&run(&["keys", "update", off_id, "--cache", "true"]));
+    let on: Value =
+        serde_json::from_str(&stdout(&run(&["keys", "show", off_id, "--json"]))).unwrap();
+    assert_eq!(on["cache"], true, "{on}");
     for _ in 0..3 {
         assert_eq!(gw.chat_as(key, &chat("mock-fast", false), "").status, 200);
     }

@@ -70,3 +70,28 @@ def test_a_stored_answer_replays_through_both_sdks(client, claude, mock):
 
     # Only the first request reached the mock.
     assert mock.stats()["requests"] - before == 1
+
+
+def test_a_legacy_completion_replays_through_the_sdk(client, mock):
+    prompt = f"Once upon a time {uuid.uuid4().hex}"
+    before = mock.stats()["requests"]
+    raw = client.completions.with_raw_response.create(model="mock-cached", max_tokens=16, prompt=prompt)
+    assert raw.headers["x-sluice-cache"] == "miss"
+    text = raw.parse().choices[0].text
+    assert text
+
+    raw = client.completions.with_raw_response.create(model="mock-cached", max_tokens=16, prompt=prompt)
+    assert raw.headers["x-sluice-cache"] == "hit"
+    assert raw.parse().object == "text_completion"
+    assert raw.parse().choices[0].text == text
+
+    # As a stream, parsed by the openai SDK, with the usage chunk it asked for.
+    raw = client.completions.with_raw_response.create(
+        model="mock-cached", max_tokens=16, prompt=prompt, stream=True, stream_options={"include_usage": True}
+    )
+    assert raw.headers["x-sluice-cache"] == "hit"
+    chunks = list(raw.parse())
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] is not None
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    assert mock.stats()["requests"] - before == 1

@@ -41,6 +41,12 @@ pub fn pivot_from_whole(
             v.get("choices")?.as_array()?;
             body.to_vec()
         }
+        (CallKind::Completion, Dialect::OpenAi | Dialect::Azure) => {
+            let v: Value = serde_json::from_slice(body).ok()?;
+            v.get("choices")?.as_array()?;
+            body.to_vec()
+        }
+        (CallKind::Completion, _) => return None,
         (CallKind::Chat, _) => {
             let (out, _) = dialect::translate_response(from, Inbound::OpenAiChat, 200, body, ctx);
             let v: Value = serde_json::from_slice(&out).ok()?;
@@ -115,7 +121,10 @@ impl PivotCapture {
                 translator,
                 scratch: Vec::new(),
                 splitter: EventSplitter::new(MAX_EVENT_BYTES),
-                assembler: Box::default(),
+                assembler: Box::new(Assembler {
+                    completion: kind == CallKind::Completion,
+                    ..Assembler::default()
+                }),
             }
         } else {
             Mode::Whole { copy: Vec::new() }
@@ -128,7 +137,11 @@ impl PivotCapture {
             model: model.to_owned(),
             id: id.to_owned(),
             created,
-            spoiled: kind == CallKind::Embeddings && stream,
+            // Embeddings never stream; completions only from OpenAI-shaped upstreams.
+            spoiled: stream
+                && (kind == CallKind::Embeddings
+                    || (kind == CallKind::Completion
+                        && !matches!(from, Dialect::OpenAi | Dialect::Azure))),
             result: None,
         }
     }
@@ -252,6 +265,8 @@ struct Choice {
     index: u64,
     role: Option<Value>,
     content: Option<String>,
+    /// A text completion's text.
+    text: Option<String>,
     refusal: Option<String>,
     tool_calls: Vec<(u64, ToolCall)>,
     finish_reason: Option<Value>,
@@ -266,6 +281,8 @@ struct Assembler {
     done: bool,
     spoiled: bool,
     content_bytes: usize,
+    /// Text completion chunks (`choices[].text`), built into a `text_completion`.
+    completion: bool,
 }
 
 impl Assembler {
@@ -322,6 +339,10 @@ impl Assembler {
         if let Some(f) = c.get("finish_reason").filter(|f| !f.is_null()) {
             acc.finish_reason = Some(f.clone());
         }
+        if let Some(text) = c.get("text").and_then(Value::as_str) {
+            self.content_bytes += text.len();
+            acc.text.get_or_insert_with(String::new).push_str(text);
+        }
         let Some(delta) = c.get("delta") else { return };
         if let Some(r) = delta.get("role").filter(|r| !r.is_null()) {
             acc.role.get_or_insert_with(|| r.clone());
@@ -377,6 +398,9 @@ impl Assembler {
             return None;
         }
         self.choices.sort_by_key(|c| c.index);
+        if self.completion {
+            return self.build_completion();
+        }
         let choices: Vec<Value> = self
             .choices
             .iter()
@@ -417,6 +441,29 @@ impl Assembler {
             .collect();
         let mut out = std::mem::take(&mut self.head);
         out.insert("object".into(), "chat.completion".into());
+        out.insert("choices".into(), Value::Array(choices));
+        if let Some(u) = self.usage.take() {
+            out.insert("usage".into(), u);
+        }
+        serde_json::to_vec(&Value::Object(out)).ok()
+    }
+
+    /// The whole text completion (the choices sorted, the stream ended).
+    fn build_completion(&mut self) -> Option<Vec<u8>> {
+        let choices: Vec<Value> = self
+            .choices
+            .iter()
+            .map(|c| {
+                json!({
+                    "index": c.index,
+                    "text": c.text.clone().unwrap_or_default(),
+                    "logprobs": Value::Null,
+                    "finish_reason": c.finish_reason.clone().unwrap_or_else(|| "stop".into()),
+                })
+            })
+            .collect();
+        let mut out = std::mem::take(&mut self.head);
+        out.insert("object".into(), "text_completion".into());
         out.insert("choices".into(), Value::Array(choices));
         if let Some(u) = self.usage.take() {
             out.insert("usage".into(), u);
@@ -513,6 +560,41 @@ data: [DONE]\n\n";
             BodyEnd::Complete,
         );
         assert!(c.take().is_none());
+    }
+
+    #[test]
+    fn a_completion_stream_becomes_one_text_completion() {
+        let stream = "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":7,\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":\"Hello\",\"logprobs\":null,\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":7,\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":\" world\",\"logprobs\":null,\"finish_reason\":\"length\"}]}\n\n\
+data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":7,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n\
+data: [DONE]\n\n";
+        let mut c = PivotCapture::new(
+            Dialect::OpenAi,
+            CallKind::Completion,
+            true,
+            1 << 20,
+            ("m", "i", 0),
+        );
+        run(&mut c, &[stream.as_bytes()], BodyEnd::Complete);
+        let kept = c.take().unwrap();
+        assert_eq!(kept.kind, CallKind::Completion);
+        let v: Value = serde_json::from_slice(&kept.body).unwrap();
+        assert_eq!(v["object"], "text_completion");
+        assert_eq!(v["choices"][0]["text"], "Hello world");
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        assert_eq!(kept.usage.unwrap().total_tokens(), 5);
+        let mut other = PivotCapture::new(
+            Dialect::Anthropic,
+            CallKind::Completion,
+            true,
+            1 << 20,
+            ("m", "i", 0),
+        );
+        run(&mut other, &[stream.as_bytes()], BodyEnd::Complete);
+        assert!(
+            other.take().is_none(),
+            "completions only from OpenAI-shaped upstreams"
+        );
     }
 
     #[test]

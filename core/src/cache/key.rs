@@ -26,6 +26,8 @@ pub enum CallKind {
     Chat,
     /// Embeddings (whole answers only).
     Embeddings,
+    /// A legacy text completion (OpenAI `/completions`), stored in its own shape.
+    Completion,
 }
 
 impl CallKind {
@@ -34,6 +36,7 @@ impl CallKind {
         match self {
             CallKind::Chat => "chat",
             CallKind::Embeddings => "embeddings",
+            CallKind::Completion => "completion",
         }
     }
 }

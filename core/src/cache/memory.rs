@@ -20,7 +20,7 @@ use tinyufo::TinyUfo;
 use super::key::{exact_key, slot, CacheKey, KeyInput};
 use super::semantic::{self, SemanticIndex, SemanticQuery};
 use super::settings::CacheConfig;
-use super::{Clear, ResponseStore, StoreStats, StoredAnswer};
+use super::{Clear, ResponseStore, Similar, StoreStats, StoredAnswer};
 
 /// Bytes per unit of weight.
 const UNIT: u64 = 1024;
@@ -187,6 +187,29 @@ impl ResponseStore for MemoryStore {
     ) -> Option<(Arc<StoredAnswer>, f32)> {
         let m = self.semantic.search(q, vector, threshold, now_ms)?;
         Some((self.lookup(&m.key, now_ms)?, m.similarity))
+    }
+
+    fn semantic_len(&self, q: &SemanticQuery) -> usize {
+        self.semantic.context_len(q)
+    }
+
+    fn similar_within(
+        &self,
+        q: &SemanticQuery,
+        vector: &[f32],
+        threshold: f32,
+        now_ms: u64,
+        max_scan: usize,
+    ) -> Similar {
+        let s = self
+            .semantic
+            .search_within(q, vector, threshold, now_ms, max_scan);
+        Similar {
+            found: s
+                .best
+                .and_then(|m| Some((self.lookup(&m.key, now_ms)?, m.similarity))),
+            skipped: s.skipped,
+        }
     }
 
     fn insert_similar(

@@ -49,6 +49,15 @@ pub struct StoredAnswer {
     pub kind: CallKind,
 }
 
+/// What a bounded semantic search found.
+#[derive(Clone, Debug, Default)]
+pub struct Similar {
+    /// The stored answer of the best match and its similarity.
+    pub found: Option<(Arc<StoredAnswer>, f32)>,
+    /// Vectors of the context left unread (the oldest) because of the scan bound.
+    pub skipped: usize,
+}
+
 /// Which entries a clear removes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Clear<'a> {
@@ -106,6 +115,25 @@ pub trait ResponseStore: Send + Sync {
         _now_ms: u64,
     ) -> Option<(Arc<StoredAnswer>, f32)> {
         None
+    }
+    /// Vectors a semantic search for `q` would read at most (its context's size).
+    fn semantic_len(&self, _q: &SemanticQuery) -> usize {
+        0
+    }
+    /// [`Self::similar`] reading at most the `max_scan` newest vectors of the context, and how
+    /// many it left unread.
+    fn similar_within(
+        &self,
+        q: &SemanticQuery,
+        vector: &[f32],
+        threshold: f32,
+        now_ms: u64,
+        _max_scan: usize,
+    ) -> Similar {
+        Similar {
+            found: self.similar(q, vector, threshold, now_ms),
+            skipped: 0,
+        }
     }
     /// Remembers that the answer to `q` (embedded as `vector`) is stored under `key`.
     fn insert_similar(

@@ -8,6 +8,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::key::CallKind;
 use super::StoredAnswer;
 use crate::dialect::{self, Dialect, Inbound, ResponseContext, StreamTranslator};
 
@@ -39,6 +40,16 @@ pub fn body(stored: &StoredAnswer, r: &Replay<'_>) -> (Vec<u8>, &'static str) {
         created: r.created,
         include_usage: r.include_usage,
     };
+    if stored.kind == CallKind::Completion {
+        return if r.stream {
+            (
+                completion_chunks(&stored.body, r.include_usage),
+                "text/event-stream",
+            )
+        } else {
+            (stored.body.clone(), "application/json")
+        };
+    }
     match (r.inbound, r.stream) {
         (Some(Inbound::OpenAiChat), true) => {
             (chunks(&stored.body, r.include_usage), "text/event-stream")
@@ -160,6 +171,63 @@ pub fn chunks(pivot: &[u8], include_usage: bool) -> Vec<u8> {
     out
 }
 
+/// The text completion `whole` as an OpenAI completions stream: each choice's text in
+/// word-sized pieces, a last chunk with its `finish_reason`, a usage chunk only when asked,
+/// then `data: [DONE]`.
+pub fn completion_chunks(whole: &[u8], include_usage: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(whole.len() * 4);
+    let Ok(Value::Object(whole)) = serde_json::from_slice::<Value>(whole) else {
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        return out;
+    };
+    let mut head = Map::new();
+    for field in ["id", "created", "model", "system_fingerprint"] {
+        if let Some(v) = whole.get(field) {
+            head.insert(field.into(), v.clone());
+        }
+    }
+    head.insert("object".into(), "text_completion".into());
+    let emit = |out: &mut Vec<u8>, choices: Value, usage: Option<&Value>| {
+        let mut chunk = head.clone();
+        chunk.insert("choices".into(), choices);
+        if let Some(u) = usage {
+            chunk.insert("usage".into(), u.clone());
+        }
+        out.extend_from_slice(b"data: ");
+        if let Ok(bytes) = serde_json::to_vec(&Value::Object(chunk)) {
+            out.extend_from_slice(&bytes);
+        }
+        out.extend_from_slice(b"\n\n");
+    };
+    for choice in whole
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let index = choice.get("index").cloned().unwrap_or(json!(0));
+        let text = choice.get("text").and_then(Value::as_str).unwrap_or("");
+        for piece in pieces(text) {
+            let c =
+                json!([{"index": index, "text": piece, "logprobs": null, "finish_reason": null}]);
+            emit(&mut out, c, None);
+        }
+        let finish = choice
+            .get("finish_reason")
+            .cloned()
+            .unwrap_or(json!("stop"));
+        let c = json!([{"index": index, "text": "", "logprobs": null, "finish_reason": finish}]);
+        emit(&mut out, c, None);
+    }
+    if include_usage {
+        if let Some(u) = whole.get("usage") {
+            emit(&mut out, json!([]), Some(u));
+        }
+    }
+    out.extend_from_slice(b"data: [DONE]\n\n");
+    out
+}
+
 /// `text` in word-sized pieces (a word and the space before it), at most [`MAX_PIECE`] bytes,
 /// cut on character boundaries; joined they are `text`.
 fn pieces(text: &str) -> Vec<&str> {
@@ -187,7 +255,6 @@ fn pieces(text: &str) -> Vec<&str> {
 mod tests {
     use super::*;
     use crate::cache::capture::PivotCapture;
-    use crate::cache::key::CallKind;
     use crate::filter::{BodyEnd, BodyFilter};
 
     const PIVOT: &str = r#"{"id":"c1","object":"chat.completion","created":7,"model":"gpt","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, wonderful world of caches"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":6,"total_tokens":9}}"#;
@@ -214,6 +281,46 @@ mod tests {
             },
         )
         .0
+    }
+
+    #[test]
+    fn a_completion_replays_whole_or_as_a_stream_that_captures_back() {
+        let whole = br#"{"id":"cmpl-1","object":"text_completion","created":7,"model":"m","choices":[{"index":0,"text":"Hello there world","logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}"#;
+        let stored = StoredAnswer {
+            body: whole.to_vec(),
+            usage: None,
+            cost_micros: None,
+            kind: CallKind::Completion,
+        };
+        let r = |stream, include_usage| Replay {
+            inbound: None,
+            stream,
+            include_usage,
+            model: "m",
+            id: "cmpl-x",
+            created: 9,
+        };
+        assert_eq!(body(&stored, &r(false, false)).0, whole.to_vec());
+        let (sse, ct) = body(&stored, &r(true, true));
+        assert_eq!(ct, "text/event-stream");
+        let text = String::from_utf8(sse.clone()).unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n") && text.contains("\"usage\""));
+        let mut c = crate::cache::capture::PivotCapture::new(
+            Dialect::OpenAi,
+            CallKind::Completion,
+            true,
+            1 << 20,
+            ("m", "i", 0),
+        );
+        let mut out = Vec::new();
+        c.handle_bytes(&sse, &mut out);
+        c.finish(true);
+        let back: Value = serde_json::from_slice(&c.take().unwrap().body).unwrap();
+        let orig: Value = serde_json::from_slice(whole).unwrap();
+        assert_eq!(back["choices"], orig["choices"]);
+        assert_eq!(back["usage"], orig["usage"]);
+        let (no_usage, _) = body(&stored, &r(true, false));
+        assert!(!String::from_utf8(no_usage).unwrap().contains("\"usage\""));
     }
 
     #[test]

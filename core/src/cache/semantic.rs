@@ -9,8 +9,15 @@
 //!
 //! Search is exact: a dot product with every vector of the context (unit vectors: the dot
 //! product is the cosine; stored as `i8`, a quarter of the bytes, within about 0.01), the best
-//! at or above the threshold whose text passes the lexical guard ([`super::guard`]) wins. A context holds at most [`MAX_PER_CONTEXT`] vectors, the whole
-//! index at most its byte bound; the oldest go first.
+//! at or above the threshold whose text passes the lexical guard ([`super::guard`]) wins. A
+//! context holds at most [`MAX_PER_CONTEXT`] vectors, the whole index at most its byte bound;
+//! the oldest go first.
+//!
+//! Bounded: a search reads the newest vectors first and at most the `max_scan` it is given
+//! ([`SemanticIndex::search_within`]), and says how many it skipped. The caller picks the
+//! bound: a worker scans at most [`INLINE_SCAN`] vectors itself (under a millisecond, see
+//! `bench/benches/cache.rs`) and hands a larger context to a search thread, which scans it
+//! whole (at most [`MAX_PER_CONTEXT`]).
 //!
 //! Concurrency note: a search takes the read lock, an insert the write lock; inserts happen at
 //! settlement, once per answered semantic miss.
@@ -25,6 +32,9 @@ use super::key::{keyed_hash, pivot_object, write_request, CacheKey, CallKind, Ke
 
 /// Vectors one context holds at most (exact search stays within a bench-proven bound).
 pub const MAX_PER_CONTEXT: usize = 10_000;
+/// Vectors a search on a worker thread scans at most: about 0.1 ms on a quiet core and under
+/// a millisecond on a loaded one (`cache_semantic_search/1024` in `bench/benches/cache.rs`).
+pub const INLINE_SCAN: usize = 1024;
 /// Longest text compared (longer prompts are not cached semantically).
 pub const MAX_TEXT_BYTES: usize = 8192;
 
@@ -140,6 +150,8 @@ struct Inner {
     /// (context, id) in insertion order, for evicting the oldest.
     order: VecDeque<([u8; 32], u64)>,
     bytes: u64,
+    /// Vectors held (kept beside the lists: `size` is read at every settlement).
+    vectors: u64,
     next_id: u64,
 }
 
@@ -153,6 +165,7 @@ impl Inner {
             if list.front().is_some_and(|i| i.id == id) {
                 if let Some(item) = list.pop_front() {
                     self.bytes = self.bytes.saturating_sub(item.bytes());
+                    self.vectors = self.vectors.saturating_sub(1);
                 }
             }
             if list.is_empty() {
@@ -167,6 +180,15 @@ impl Inner {
 pub struct SemanticIndex {
     inner: RwLock<Inner>,
     max_bytes: u64,
+}
+
+/// What a bounded search found, and how many vectors of the context it left unread.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Searched {
+    /// The best match, if any.
+    pub best: Option<Match>,
+    /// Vectors of the context it did not read (the oldest), because of `max_scan`.
+    pub skipped: usize,
 }
 
 /// A semantic match: the exact key its answer is stored under, and the cosine similarity.
@@ -196,23 +218,48 @@ impl SemanticIndex {
         threshold: f32,
         now_ms: u64,
     ) -> Option<Match> {
+        self.search_within(q, vector, threshold, now_ms, MAX_PER_CONTEXT)
+            .best
+    }
+
+    /// Vectors the context of `q` holds (what a search of it would read at most).
+    pub fn context_len(&self, q: &SemanticQuery) -> usize {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.contexts.get(&q.context).map_or(0, VecDeque::len)
+    }
+
+    /// [`Self::search`] reading at most the `max_scan` newest vectors of the context.
+    pub fn search_within(
+        &self,
+        q: &SemanticQuery,
+        vector: &[f32],
+        threshold: f32,
+        now_ms: u64,
+        max_scan: usize,
+    ) -> Searched {
         let probe = Quantised::new(vector);
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        let list = inner.contexts.get(&q.context)?;
+        let Some(list) = inner.contexts.get(&q.context) else {
+            return Searched::default();
+        };
+        let skipped = list.len().saturating_sub(max_scan);
         let mut candidates: Vec<(f32, &Item)> = list
             .iter()
+            .rev()
+            .take(max_scan)
             .filter(|i| i.expires_ms > now_ms && i.vector.q.len() == vector.len())
             .map(|i| (i.vector.cosine(&probe), i))
             .filter(|(s, _)| *s >= threshold)
             .collect();
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
-        candidates
+        let best = candidates
             .into_iter()
             .find(|(_, i)| guard::agree(&i.text, &q.text))
             .map(|(similarity, i)| Match {
                 key: i.key,
                 similarity: similarity.min(1.0),
-            })
+            });
+        Searched { best, skipped }
     }
 
     /// Remembers that the answer to `q` (unit `vector`) is stored under `key`.
@@ -234,13 +281,16 @@ impl SemanticIndex {
         while inner.bytes + bytes > self.max_bytes && inner.evict_oldest() {}
         let list = inner.contexts.entry(q.context).or_default();
         let mut dropped = 0;
+        let mut gone = 0;
         if list.len() >= MAX_PER_CONTEXT {
             if let Some(old) = list.pop_front() {
                 dropped = old.bytes();
+                gone = 1;
             }
         }
         list.push_back(item);
         inner.bytes = inner.bytes.saturating_sub(dropped) + bytes;
+        inner.vectors = inner.vectors + 1 - gone;
         inner.order.push_back((q.context, id));
         // Dangling order entries (items dropped by the per-context cap) are skipped when
         // popped; keep the queue from growing without bound.
@@ -259,8 +309,7 @@ impl SemanticIndex {
     /// Vectors held and the bytes they weigh.
     pub fn size(&self) -> (u64, u64) {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        let n = inner.contexts.values().map(|l| l.len() as u64).sum();
-        (n, inner.bytes)
+        (inner.vectors, inner.bytes)
     }
 }
 
@@ -347,6 +396,35 @@ mod tests {
     }
 
     #[test]
+    fn a_bounded_search_reads_the_newest_and_counts_the_rest() {
+        let index = SemanticIndex::new(1 << 20);
+        let a = q("s", "e", "what is the capital of france");
+        let old = normalised(vec![1.0, 0.0, 0.0]).unwrap();
+        index.insert(&a, old.clone(), key(1), 100);
+        for n in 2..=5 {
+            index.insert(&a, normalised(vec![0.0, 1.0, 0.0]).unwrap(), key(n), 100);
+        }
+        assert_eq!(index.context_len(&a), 5);
+        let all = index.search_within(&a, &old, 0.9, 0, 5);
+        assert_eq!((all.best.map(|m| m.key), all.skipped), (Some(key(1)), 0));
+        let newest = index.search_within(&a, &old, 0.9, 0, 4);
+        assert_eq!(
+            (newest.best, newest.skipped),
+            (None, 1),
+            "the oldest is not read"
+        );
+        let near_new = normalised(vec![0.0, 1.0, 0.1]).unwrap();
+        let hit = index.search_within(&a, &near_new, 0.9, 0, 1);
+        assert_eq!((hit.best.map(|m| m.key), hit.skipped), (Some(key(5)), 4));
+        let unknown = q("s", "other", "x");
+        assert_eq!(
+            index.search_within(&unknown, &old, 0.9, 0, 1),
+            Searched::default()
+        );
+        assert_eq!(index.context_len(&unknown), 0);
+    }
+
+    #[test]
     fn quantised_cosines_are_close_to_exact_ones() {
         let mut seed = 1u64;
         let mut next = || {
@@ -375,5 +453,10 @@ mod tests {
             assert!(index.size().1 <= 64 << 10);
         }
         assert!(index.size().0 > 50);
+        let held: usize = {
+            let inner = index.inner.read().unwrap();
+            inner.contexts.values().map(VecDeque::len).sum()
+        };
+        assert_eq!(index.size().0, held as u64, "the count follows the lists");
     }
 }

@@ -51,8 +51,8 @@ pub(super) struct RawKey {
     #[serde(default)]
     disabled: bool,
     metadata: Option<serde_json::Value>,
-    /// `false`: the response cache neither serves nor keeps this key's requests (kept in the
-    /// record's metadata as `"cache": false`).
+    /// `false`: the response cache neither serves nor keeps this key's requests
+    /// (`KeyRecord::set_cache`).
     cache: Option<bool>,
 }
 
@@ -304,32 +304,25 @@ fn static_keys(
                 at("models")
             ));
         }
-        let mut metadata = k.metadata.unwrap_or(serde_json::Value::Null);
-        if k.cache == Some(false) {
-            if !metadata.is_object() {
-                metadata = serde_json::Value::Object(Default::default());
-            }
-            if let Some(m) = metadata.as_object_mut() {
-                m.insert("cache".into(), serde_json::Value::Bool(false));
-            }
+        let metadata = k.metadata.unwrap_or(serde_json::Value::Null);
+        let mut record = KeyRecord {
+            id: format!("cfg_{}", k.name),
+            prefix: keys::visible_prefix(&value),
+            name: k.name,
+            team,
+            user: k.user,
+            hash,
+            models: k.models,
+            limits,
+            expires_at_unix: k.expires_at,
+            disabled: k.disabled,
+            metadata,
+            created_at_unix: 0,
+        };
+        if let Some(on) = k.cache {
+            record.set_cache(on);
         }
-        keys.push(StaticKey {
-            record: KeyRecord {
-                id: format!("cfg_{}", k.name),
-                prefix: keys::visible_prefix(&value),
-                name: k.name,
-                team,
-                user: k.user,
-                hash,
-                models: k.models,
-                limits,
-                expires_at_unix: k.expires_at,
-                disabled: k.disabled,
-                metadata,
-                created_at_unix: 0,
-            },
-            literal,
-        });
+        keys.push(StaticKey { record, literal });
     }
     Ok(keys)
 }

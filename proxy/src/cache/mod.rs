@@ -19,12 +19,15 @@ use sluice_core::cache::directives::Directives;
 use sluice_core::cache::replay::{self, Replay};
 use sluice_core::cache::settings::{CacheScope, GroupCache};
 use sluice_core::cache::{CallKind, KeyInput, StoredAnswer};
+use sluice_core::compress::AnswerFacts;
+use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::RequestHead;
 use sluice_core::request::{Admitted, Lookup, Settled};
 
 use crate::listen::client_io::ClientWrite;
 use crate::listen::respond::{self, ClientFraming};
 use crate::request::auth::KeyEntry;
+use crate::request::compress::{self, Encoded};
 use crate::request::plan::{ApiEndpoint, Plan};
 use crate::request::settle::Answer;
 use crate::state::Worker;
@@ -33,19 +36,21 @@ pub mod coalesce;
 pub mod embed;
 pub mod keep;
 pub mod note;
+pub mod search;
 
 pub use note::{CacheNote, Mark, Ticket};
 
 /// The kind of call an endpoint's answers are cached as (`None`: not cached). Only answers
-/// the key describes completely are cached: a token count is answered without the cache, a
-/// Responses call is keyed in no chat shape yet, moderation, images and audio are not
-/// worth keeping (or binary, or a multipart form the key does not read).
+/// the key describes completely are cached (legacy completions exactly, like chat, in their
+/// own shape): a token count is answered without the cache, a Responses call is keyed in no
+/// chat shape yet, moderation, images and audio are not worth keeping (or binary, or a
+/// multipart form the key does not read).
 pub fn call_kind(endpoint: ApiEndpoint) -> Option<CallKind> {
     match endpoint {
         ApiEndpoint::ChatCompletions | ApiEndpoint::Messages => Some(CallKind::Chat),
         ApiEndpoint::Embeddings => Some(CallKind::Embeddings),
-        ApiEndpoint::Completions
-        | ApiEndpoint::Responses
+        ApiEndpoint::Completions => Some(CallKind::Completion),
+        ApiEndpoint::Responses
         | ApiEndpoint::CountTokens
         | ApiEndpoint::Moderations
         | ApiEndpoint::ImagesGenerations
@@ -89,6 +94,7 @@ pub async fn lookup(
     plan: &Plan,
     key: Option<&KeyEntry>,
     admitted: Admitted<Arc<KeyEntry>>,
+    request_id: &str,
 ) -> Looked {
     let store = &*worker.shared.responses;
     // A key with `cache = false` is served as if its group had no cache.
@@ -165,12 +171,20 @@ pub async fn lookup(
             model,
             &q.text,
             cache.embedding_timeout_ms,
+            request_id,
         ));
         if let Some(vector) = call.await {
             let threshold = directives.threshold.unwrap_or(cache.threshold);
             let now = crate::clock::now_ms();
             if read {
-                if let Some((answer, sim)) = store.similar(&q, &vector, threshold, now) {
+                let cfg = &worker.shared.config;
+                let group = cfg
+                    .models
+                    .get(plan.group)
+                    .map_or("none", |g| g.name.as_str());
+                let responses = &worker.shared.responses;
+                let found = search::similar(responses, &q, &vector, threshold, now, group).await;
+                if let Some((answer, sim)) = found {
                     return match admitted.hit(answer) {
                         Lookup::Hit(s, a) => Looked::Hit(s, a, Mark::Semantic(sim)),
                         Lookup::Miss(a) => Looked::Miss(a, Some(Box::new(ticket))),
@@ -208,10 +222,12 @@ pub fn after_miss(ticket: Option<Box<Ticket>>, answer: &mut Answer) {
 }
 
 /// Answers from the store: the stored answer in the client's shape, whole or as a stream,
-/// marked `x-sluice-cache: hit`. The request counted against the caller's request rate; it
+/// marked `x-sluice-cache: hit`, compressed when the client accepts it (as an upstream's
+/// answer would be). The request counted against the caller's request rate; it
 /// reserves and spends no tokens and no money.
 #[allow(clippy::too_many_arguments)]
 pub async fn replay(
+    worker: &Worker,
     wr: &mut ClientWrite,
     plan: &Plan,
     stored: &StoredAnswer,
@@ -221,21 +237,36 @@ pub async fn replay(
     started: std::time::Instant,
     extra: &[(&'static str, Vec<u8>)],
 ) -> (bool, Answer) {
-    let prefix = if plan.endpoint == ApiEndpoint::Messages {
-        "msg_"
-    } else {
-        "chatcmpl-"
+    let prefix = match plan.endpoint {
+        ApiEndpoint::Messages => "msg_",
+        ApiEndpoint::Completions => "cmpl-",
+        _ => "chatcmpl-",
     };
     let id = format!("{prefix}{request_id}");
     let r = Replay {
         inbound: plan.endpoint.inbound(),
-        stream: plan.inspected.stream && stored.kind == CallKind::Chat,
+        stream: plan.inspected.stream && stored.kind != CallKind::Embeddings,
         include_usage: plan.inspected.include_usage,
         model: &plan.inspected.model,
         id: &id,
         created: crate::clock::unix_s(),
     };
     let (body, content_type) = replay::body(stored, &r);
+    // Compressed like an upstream's answer would be, when the client accepts it.
+    let facts = AnswerFacts {
+        len: body.len() as u64,
+        content_type: Some(content_type.as_bytes()),
+        encoded: false,
+        no_transform: false,
+    };
+    let compression = &worker.shared.config.server.compression;
+    let Encoded { body, decision } =
+        match compress::encode_body(compression, &plan.accept_encoding, &facts, body).await {
+            Some(e) => e,
+            // A compression thread died with the body (a bug): an empty answer would be
+            // wrong, so the client is told the gateway failed.
+            None => return replay_lost(wr, keep_alive, request_id).await,
+        };
     let marked = match mark {
         Mark::Semantic(s) => format!("semantic; similarity={s:.2}"),
         Mark::Coalesced => "hit; coalesced".to_owned(),
@@ -246,6 +277,12 @@ pub async fn replay(
     headers.push(("x-sluice-cache", marked.as_bytes()));
     if r.stream {
         headers.push(("cache-control", b"no-cache"));
+    }
+    if let Some(coding) = decision.coding {
+        headers.push(("content-encoding", coding.token().as_bytes()));
+    }
+    if decision.vary {
+        headers.push(("vary", b"accept-encoding"));
     }
     for (n, v) in extra {
         headers.push((n, v));
@@ -276,6 +313,19 @@ pub async fn replay(
     if res.is_err() {
         answer.client_cancelled = true;
     }
+    (res.is_ok() && keep_alive, answer)
+}
+
+/// The 500 of a replay whose compressed body was lost.
+async fn replay_lost(wr: &mut ClientWrite, keep_alive: bool, request_id: &str) -> (bool, Answer) {
+    let err = GatewayError::new(ErrorKind::Internal, "the compressed answer was lost");
+    let wire = respond::error(&err, keep_alive, request_id);
+    let answer = Answer {
+        status: err.status(),
+        bytes_out: wire.len() as u64,
+        ..Answer::default()
+    };
+    let (res, _) = wr.write_all(wire).await;
     (res.is_ok() && keep_alive, answer)
 }
 

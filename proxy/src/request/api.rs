@@ -206,7 +206,15 @@ async fn admit_and_forward(
         let (keep_alive, answer) = count_tokens(wr, call, &request, &plan.body).await;
         return Served::local(keep_alive, request, stage, model, answer);
     }
-    let looked = cache::lookup(worker, call.head, &plan, key.as_deref(), admitted).await;
+    let looked = cache::lookup(
+        worker,
+        call.head,
+        &plan,
+        key.as_deref(),
+        admitted,
+        &request.request_id,
+    )
+    .await;
     let (admitted, ticket) = match looked {
         cache::Looked::Miss(a, ticket) => (a, ticket),
         cache::Looked::Hit(stage, stored, mark) => {
@@ -215,6 +223,7 @@ async fn admit_and_forward(
                 .map(|k| auth.ratelimit_headers(k))
                 .unwrap_or_default();
             let (keep_alive, answer) = cache::replay(
+                worker,
                 wr,
                 &plan,
                 &stored,

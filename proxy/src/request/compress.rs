@@ -70,7 +70,21 @@ pub(crate) async fn encode_answer(
             .header("cache-control")
             .is_some_and(sluice_core::compress::has_no_transform),
     };
-    let decision = cfg.decide(accept, &facts);
+    encode_body(cfg, accept, &facts, body).await
+}
+
+/// [`encode_answer`] for a body the gateway wrote itself (a cached answer replayed), described
+/// by `facts` rather than by an upstream's head.
+pub(crate) async fn encode_body(
+    cfg: &CompressionConfig,
+    accept: &AcceptEncoding,
+    facts: &AnswerFacts<'_>,
+    body: Vec<u8>,
+) -> Option<Encoded> {
+    if !cfg.enabled || ((body.len() as u64) < cfg.min_bytes && !accept.refuses_identity()) {
+        return Some(identity(body, false));
+    }
+    let decision = cfg.decide(accept, facts);
     let Some(coding) = decision.coding else {
         return Some(identity(body, decision.vary));
     };

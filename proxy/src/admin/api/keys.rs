@@ -46,6 +46,7 @@ fn key_view(k: &KeyRecord, entry: Option<&KeyEntry>, from_config: bool) -> Value
         "budget_period": k.limits.budget_period,
         "expires_at": k.expires_at_unix,
         "disabled": k.disabled,
+        "cache": k.uses_cache(),
         "metadata": k.metadata,
         "created_at": k.created_at_unix,
         "source": if from_config { "config" } else { "api" },
@@ -71,6 +72,8 @@ struct CreateKey {
     budget_usd: Option<f64>,
     budget_period: Option<BudgetPeriod>,
     expires_at: Option<u64>,
+    /// `false`: the response cache neither serves nor keeps the key's requests.
+    cache: Option<bool>,
     metadata: Option<Value>,
 }
 
@@ -134,7 +137,7 @@ fn create_key(shared: &Shared, body: &[u8]) -> Res {
     })?;
     let id_bytes = random_bytes::<8>()
         .map_err(|_| fail(500, "no_randomness", "cannot read the OS random source"))?;
-    let record = KeyRecord {
+    let mut record = KeyRecord {
         id: format!("key_{}", keys::to_hex(&id_bytes)),
         name: c.name,
         team,
@@ -148,6 +151,9 @@ fn create_key(shared: &Shared, body: &[u8]) -> Res {
         metadata: c.metadata.unwrap_or(Value::Null),
         created_at_unix: crate::clock::unix_s(),
     };
+    if let Some(on) = c.cache {
+        record.set_cache(on);
+    }
     reg.store.create_key(&record).map_err(store_error)?;
     rebuilt(shared, &reg)?;
     tracing::info!(key_id = %record.id, prefix = %record.prefix, team = %record.team, "admin: key created");
@@ -245,6 +251,8 @@ fn key_action(shared: &Shared, method: &str, id: &str, tail: &[&str], body: &[u8
 }
 
 fn patch_key(k: &mut KeyRecord, patch: Map<String, Value>) -> Result<(), Answer> {
+    // Applied last, so a `metadata` in the same patch cannot undo it.
+    let mut cache = None;
     for (name, v) in patch {
         let Some(v) = patch_limit(&mut k.limits, &name, v)? else {
             continue;
@@ -266,7 +274,18 @@ fn patch_key(k: &mut KeyRecord, patch: Map<String, Value>) -> Result<(), Answer>
             "models" => k.models = field::<Option<Vec<String>>>(&name, v)?.unwrap_or_default(),
             "expires_at" => k.expires_at_unix = field(&name, v)?,
             "disabled" => k.disabled = field(&name, v)?,
-            "metadata" => k.metadata = v,
+            // `null` clears the setting: the default, cached.
+            "cache" => cache = Some(field::<Option<bool>>(&name, v)?.unwrap_or(true)),
+            "metadata" => {
+                // The typed `cache` setting lives in the metadata: a new metadata keeps it
+                // unless it says `cache` itself.
+                let says_cache = v.get("cache").is_some();
+                let on = k.uses_cache();
+                k.metadata = v;
+                if !says_cache {
+                    k.set_cache(on);
+                }
+            }
             other => {
                 return Err(fail(
                     400,
@@ -275,6 +294,9 @@ fn patch_key(k: &mut KeyRecord, patch: Map<String, Value>) -> Result<(), Answer>
                 ))
             }
         }
+    }
+    if let Some(on) = cache {
+        k.set_cache(on);
     }
     Ok(())
 }
@@ -319,6 +341,21 @@ mod tests {
             (None, Some(5), 1)
         );
         assert_eq!(k.limits.budget_period, BudgetPeriod::Daily);
+        let off: Map<String, Value> =
+            serde_json::from_str(r#"{"cache": false, "metadata": {"owner": "ops"}}"#).unwrap();
+        assert!(patch_key(&mut k, off).is_ok());
+        assert!(!k.uses_cache());
+        assert_eq!(k.metadata["owner"], "ops");
+        let meta: Map<String, Value> =
+            serde_json::from_str(r#"{"metadata": {"owner": "dev"}}"#).unwrap();
+        assert!(patch_key(&mut k, meta).is_ok());
+        assert!(!k.uses_cache(), "a new metadata keeps the setting");
+        let on: Map<String, Value> = serde_json::from_str(r#"{"cache": true}"#).unwrap();
+        assert!(patch_key(&mut k, on).is_ok());
+        assert!(k.uses_cache());
+        assert_eq!(k.metadata, serde_json::json!({"owner": "dev"}));
+        let wrong: Map<String, Value> = serde_json::from_str(r#"{"cache": "no"}"#).unwrap();
+        assert!(patch_key(&mut k, wrong).is_err());
         let bad: Map<String, Value> = serde_json::from_str(r#"{"hash": "x"}"#).unwrap();
         assert!(patch_key(&mut k, bad).is_err());
         let neg: Map<String, Value> = serde_json::from_str(r#"{"budget_usd": -1}"#).unwrap();

@@ -116,6 +116,9 @@ pub enum KeysAction {
         /// Unix second after which the key is refused.
         #[arg(long)]
         expires_at: Option<u64>,
+        /// The response cache neither serves nor keeps this key's requests.
+        #[arg(long)]
+        no_cache: bool,
     },
     /// List every key (never the keys themselves: their prefixes).
     List,
@@ -146,6 +149,9 @@ pub enum KeysAction {
         /// Unix second after which the key is refused.
         #[arg(long)]
         expires_at: Option<u64>,
+        /// Whether the response cache serves and keeps this key's requests.
+        #[arg(long)]
+        cache: Option<bool>,
         /// Remove a limit or field (repeat for several).
         #[arg(long, value_enum)]
         clear: Vec<Clearable>,
@@ -353,6 +359,7 @@ fn keys_table(list: &[Value]) -> String {
         ("BUDGET", false),
         ("SPEND", true),
         ("IN FLIGHT", true),
+        ("CACHE", false),
     ]);
     for k in list {
         let s = |f: &str| k[f].as_str().unwrap_or_default().to_string();
@@ -372,6 +379,11 @@ fn keys_table(list: &[Value]) -> String {
             budget(k),
             usd(&k["spend_usd"]),
             opt_num(&k["in_flight"]),
+            if k["cache"].as_bool() == Some(false) {
+                "off".into()
+            } else {
+                "on".into()
+            },
         ]);
     }
     t.render()
@@ -430,6 +442,7 @@ fn keys_call(action: &KeysAction) -> Result<Call, Failure> {
             models,
             limits,
             expires_at,
+            no_cache,
         } => {
             let mut v = Map::new();
             v.insert("name".into(), json!(name));
@@ -437,6 +450,9 @@ fn keys_call(action: &KeysAction) -> Result<Call, Failure> {
             set(&mut v, "team", json!(team));
             set(&mut v, "user", json!(user));
             set(&mut v, "expires_at", json!(expires_at));
+            if *no_cache {
+                v.insert("cache".into(), json!(false));
+            }
             limits.fill(&mut v);
             ("POST", "/admin/keys".to_string(), Some(Value::Object(v)))
         }
@@ -450,6 +466,7 @@ fn keys_call(action: &KeysAction) -> Result<Call, Failure> {
             models,
             limits,
             expires_at,
+            cache,
             clear,
         } => {
             let mut v = Map::new();
@@ -458,6 +475,7 @@ fn keys_call(action: &KeysAction) -> Result<Call, Failure> {
             set(&mut v, "user", json!(user));
             set(&mut v, "models", json!(models));
             set(&mut v, "expires_at", json!(expires_at));
+            set(&mut v, "cache", json!(cache));
             limits.fill(&mut v);
             clear_into(&mut v, clear);
             if v.is_empty() {
