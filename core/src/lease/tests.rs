@@ -526,3 +526,50 @@ fn deployment_settlements_go_back_where_their_takes_came_from() {
     assert!(limits.take(t, 1600, 0).is_ok());
     assert!(limits.take(t, 1, 0).is_err());
 }
+
+#[test]
+fn one_late_fetch_admits_its_request_from_the_share_and_only_a_run_of_them_degrades() {
+    // rpm 10 on two replicas is too small to lease: every request fetches directly.
+    let f = Fleet::new(Some(10), None, None, None, 2);
+    let rep = &f.replicas[0];
+    let sets = [&rep.set];
+    let health = &rep.limiter.book.health;
+    assert!(!rep.limiter.shortfall(&sets, None, 0).is_empty());
+    // The fetch was late: the plain limiter would refuse (the pool is empty) ...
+    assert!(rep.limiter.admit(&sets, 0).is_err());
+    assert!(!health.handle_fetch_late());
+    // ... the request is admitted from this replica's share (10 ÷ 2) instead.
+    let p = ShareOnLate(&rep.limiter).admit(&sets, 0).unwrap();
+    assert_eq!(p.fallback, 1);
+    rep.limiter.settle(&sets, p, 0, 0, 0);
+    assert!(
+        health.available(),
+        "one late fetch leaves the replica global"
+    );
+    assert!(!health.handle_fetch_late());
+    health.handle_fetch_ok();
+    assert!(!health.handle_fetch_late());
+    assert!(!health.handle_fetch_late());
+    assert!(
+        health.available(),
+        "a timely fetch forgave the earlier ones"
+    );
+    assert!(health.handle_fetch_late(), "the third in a row degrades");
+    assert!(!health.available());
+    assert!(!health.handle_fetch_late(), "the outage starts once");
+    assert!(health.handle_sync_ok(2));
+    assert!(
+        !health.handle_fetch_late(),
+        "a recovery starts the count again"
+    );
+    assert!(health.available());
+
+    // Closed mode never admits from a share: a late request is judged by its pool.
+    let closed = LeasedLimiter::new(Arc::new(LeaseBook::new(FleetHealth::new(
+        Some(2),
+        OnUnavailable::Closed,
+    ))));
+    closed.book.health.handle_sync_ok(2);
+    let d = ShareOnLate(&closed).admit(&sets, 0).unwrap_err();
+    assert!(matches!(d.refusal, Refusal::Requests(_)));
+}
