@@ -181,3 +181,89 @@ fn an_answer_kept_through_one_replica_is_a_hit_on_another_and_redis_down_is_a_mi
     );
     assert!(sample(&b.metrics(), "sluice_shared_cache_misses_total") >= 2.0);
 }
+
+/// Semantic entries: a prompt kept through A reaches B's index through the Redis stream (as
+/// it arrives) and C's (a replica started afterwards reads the stream from its start); a
+/// paraphrase through either is answered without a chat upstream.
+#[test]
+fn a_semantic_entry_kept_through_one_replica_feeds_every_replicas_index() {
+    let mock = mock();
+    let dir = temp_dir("fleet-cache-semantic");
+    let redis = Redis::start(&dir);
+    let config = store_config(
+        mock.addr(),
+        &dir.join("s.db"),
+        1,
+        &format!(
+            r#"
+[[providers]]
+name = "embedder"
+base_url = "http://{}/v1"
+
+[[models]]
+name = "mock-embed"
+deployments = [{{ provider = "embedder", model = "text-embedding-3-small" }}]
+
+[[models]]
+name = "mock-semantic"
+deployments = [{{ provider = "mock", model = "mock-model" }}]
+cache = {{ semantic = true, threshold = 0.6, embedding_model = "mock-embed", embedding_timeout_ms = 2000 }}
+
+[shared]
+redis_url = "{}"
+sync_interval_ms = 20
+lease_ttl_ms = 1000
+timeout_ms = 200
+"#,
+            mock.addr(),
+            redis.url()
+        ),
+    );
+    let semantic = |gw: &Gw, key: &str, question: &str| -> Response {
+        let body = format!(
+            r#"{{"model":"mock-semantic","max_tokens":32,"messages":[{{"role":"system","content":"Answer briefly."}},{{"role":"user","content":"{question}"}}]}}"#
+        );
+        let r = gw.chat_as(key, &body, "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r
+    };
+    let vectors = |gw: &Gw| gw.admin("GET", "/admin/cache", None).1["store"]["vectors"].as_u64();
+    let a = start(&config, driver_name(false));
+    let b = start(&config, driver_name(false));
+    let (_, key) = a.create_key(json!({"name": "k", "team": "alpha"}));
+    assert!(eventually(Duration::from_secs(3), || b
+        .chat_as(&key, &chat("mock-fast", false), "")
+        .status
+        == 200));
+
+    let first = semantic(&a, &key, "What is the capital city of France?");
+    assert_eq!(first.header("x-sluice-cache"), Some("miss"));
+    assert!(
+        eventually(Duration::from_secs(3), || vectors(&b) == Some(1)),
+        "B's index never heard of it (stream length {})",
+        redis.cli(&["XLEN", "sluice:sem"])
+    );
+    let before = mock.stats().requests;
+    let para = semantic(&b, &key, "Tell me the capital city of France");
+    let mark = para.header("x-sluice-cache").unwrap_or("").to_string();
+    assert!(mark.starts_with("semantic; similarity="), "{mark}");
+    assert_eq!(para.json()["choices"], first.json()["choices"]);
+    assert_eq!(
+        mock.stats().requests,
+        before + 1,
+        "only the embedding went upstream"
+    );
+
+    // A replica started now reads the stream from its start.
+    let c = start(&config, driver_name(false));
+    assert!(eventually(Duration::from_secs(3), || vectors(&c) == Some(1)));
+    let before = mock.stats().requests;
+    let again = semantic(&c, &key, "Tell me the capital city of France");
+    assert!(again
+        .header("x-sluice-cache")
+        .unwrap_or("")
+        .starts_with("semantic"));
+    assert_eq!(mock.stats().requests, before + 1);
+    // A's own entry is not fed back to A twice.
+    assert_eq!(vectors(&a), Some(1));
+}
