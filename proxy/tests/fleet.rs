@@ -660,3 +660,34 @@ fn one_late_direct_fetch_does_not_degrade_the_replica() {
     let mut c = gw.connect();
     assert_eq!(c.get("/readyz").json()["shared"]["limits"], "global");
 }
+
+/// The `x-ratelimit-*` headers show the fleet's use of a shared bucket, not the replica's: four
+/// requests through A, then one through B, and B says about five are left (its local bucket,
+/// never used while leased, would say nine).
+#[test]
+fn ratelimit_headers_show_the_fleets_use() {
+    let mock = mock();
+    let dir = temp_dir("fleet-headers");
+    let redis = Redis::start(&dir);
+    let config = fleet_config(mock.addr(), &dir.join("s.db"), &redis, "timeout_ms = 500");
+    let gws: Vec<Gw> = (0..2).map(|_| start(&config, driver_name(false))).collect();
+    let (_, key) = gws[0].create_key(json!({"name": "ten", "rpm": 10}));
+    // (known_everywhere spends one request on each replica.)
+    known_everywhere(&gws, &key);
+    for _ in 0..3 {
+        assert_eq!(
+            gws[0].chat_as(&key, &chat("mock-fast", false), "").status,
+            200
+        );
+    }
+    let r = gws[1].chat_as(&key, &chat("mock-fast", false), "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("10"));
+    let left: u64 = r
+        .header("x-ratelimit-remaining-requests")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Six admitted; a unit may have refilled meanwhile (one per 6 s).
+    assert!((4..=5).contains(&left), "remaining {left}");
+}

@@ -55,7 +55,7 @@ use std::sync::{Arc, Mutex};
 use smallvec::SmallVec;
 
 use crate::limiter::{self, Ask, Denied, Limiter, Permit, Refusal};
-use crate::limits::{next_period_start, period_start, LimitSet, RetryAfter};
+use crate::limits::{next_period_start, period_start, LimitSet, RetryAfter, Snapshot};
 
 pub mod pool;
 
@@ -73,6 +73,36 @@ pub fn shape_of(set: &LimitSet) -> Shape {
         budget_period: set.budget_period,
         concurrency: set.concurrency.as_ref().map(|c| c.limit()),
     }
+}
+
+/// `set`'s requests in flight: with leases, the fleet's as this replica last saw them
+/// ([`Leases::in_flight`]); else (or before any transfer) this process's. `None` without a
+/// concurrency limit.
+pub fn in_flight(set: &LimitSet) -> Option<u64> {
+    let local = set.concurrency.as_ref()?;
+    let fleet = set.leases.get().and_then(|l| l.in_flight());
+    Some(fleet.unwrap_or_else(|| u64::from(local.in_flight())))
+}
+
+/// The `x-ratelimit-*` numbers of `set`'s requests (`tokens` false) or tokens bucket at
+/// `now_ms`: with leases, the fleet's view ([`Leases::rate_snapshot`]); else (or before any
+/// transfer) the local bucket's. `None` without such a limit.
+pub fn rate_snapshot(set: &LimitSet, tokens: bool, now_ms: u64) -> Option<Snapshot> {
+    let (bucket, dim) = if tokens {
+        (set.tokens.as_ref()?, Dim::Tokens)
+    } else {
+        (set.requests.as_ref()?, Dim::Requests)
+    };
+    let fleet = set
+        .leases
+        .get()
+        .and_then(|l| l.rate_snapshot(dim, now_ms))
+        .map(|(limit, remaining, reset_ms)| Snapshot {
+            limit,
+            remaining,
+            reset_ms,
+        });
+    Some(fleet.unwrap_or_else(|| bucket.snapshot(now_ms)))
 }
 
 /// The local share of `leases` used while the store is unavailable: each limit ÷ `replicas`
