@@ -12,12 +12,12 @@
 //!
 //! Keys are `<key_prefix>c:<model slot>:<scope slot>:<hex of the keyed hash>` (fixed size,
 //! namespaced by the fleet's prefix; the slots let a clear drop what it names), values the
-//! stored answer in a small binary frame ([`encode`]) no larger than `[cache]
+//! stored answer in a small binary frame (`entry::encode`) no larger than `[cache]
 //! max_entry_bytes` plus a header. Every value carries its TTL, so Redis's `maxmemory` (with a
 //! `volatile-*` or `allkeys-*` eviction policy) bounds the whole level.
 //!
 //! The keyed hash must be the same on every replica: the fleet keeps the cache's key secret in
-//! Redis ([`fleet_secret`], written once, by the first replica to start). A replica that starts
+//! Redis (`fleet_secret`, written once, by the first replica to start). A replica that starts
 //! while Redis is down keys with a secret of its own: its second level only misses.
 
 use std::sync::atomic::{AtomicBool, Ordering};
