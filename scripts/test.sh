@@ -17,7 +17,7 @@ step() {
 # runs at most once). promtool checks the /metrics output; later steps append to APT_PACKAGES, e.g.
 # nginx or prometheus for comparison runs. Pass `command:package` pairs. chromium runs the admin
 # page's browser test (tests/python/test_admin_ui.py, through Playwright; no browser download);
-# redis-server backs the fleet's shared limits (proxy/tests/fleet.rs).
+# redis-server backs the fleet's shared limits and cache (proxy/tests/fleet.rs, fleet_cache.rs).
 APT_PACKAGES=(promtool:prometheus systemd-analyze:systemd curl:curl chromium:chromium redis-server:redis-server)
 ensure_apt_packages() {
     local missing=() pair cmd pkg

@@ -10,17 +10,14 @@ mod common;
 mod pg_server;
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use access::*;
 use common::*;
 use pg_server::PgServer;
 use serde_json::{json, Value};
-use sluice_core::http1::{parse_response_head, BodyFraming};
 
 /// [`store_config`] on PostgreSQL: the URL from `SLUICE_PG_URL`, spills under `dir`.
 fn pg_config(mock: std::net::SocketAddr, dir: &std::path::Path, extra_store: &str) -> String {
@@ -205,30 +202,6 @@ fn two_gateways_on_one_postgres_read_the_same_spend_and_usage() {
     let _ = std::fs::remove_dir_all(&dir_b);
 }
 
-/// One request on a kept-alive connection: the status once the whole answer is read, `None`
-/// when the connection failed (the gateway is gone).
-fn try_post(s: &mut TcpStream, bytes: &[u8]) -> Option<u16> {
-    s.write_all(bytes).ok()?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if let Ok(Some((head, len))) = parse_response_head(&buf, 1 << 20, false) {
-            let want = match head.body {
-                BodyFraming::Length(n) => n as usize,
-                BodyFraming::Empty => 0,
-                _ => return None,
-            };
-            while buf.len() < len + want {
-                let n = s.read(&mut chunk).ok().filter(|n| *n > 0)?;
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Some(head.status);
-        }
-        let n = s.read(&mut chunk).ok().filter(|n| *n > 0)?;
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[test]
 fn sigkill_on_postgres_loses_no_request_answered_a_flush_interval_before() {
     let pg = PgServer::start("sigkill");
@@ -242,49 +215,15 @@ fn sigkill_on_postgres_loses_no_request_answered_a_flush_interval_before() {
         &[("SLUICE_PG_URL", &url)],
     );
     let (_, key) = gw.create_key(json!({"name": "k", "models": ["mock-fast"]}));
-    let stop = Arc::new(AtomicBool::new(false));
-    let done: Arc<Mutex<Vec<(String, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
-    let clients: Vec<_> = (0..4)
-        .map(|t| {
-            let (stop, done, key, addr) = (stop.clone(), done.clone(), key.clone(), gw.addr);
-            std::thread::spawn(move || {
-                let Ok(mut s) = TcpStream::connect(addr) else {
-                    return;
-                };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let id = format!("kill-{t}-{i}");
-                    i += 1;
-                    let extra = format!("authorization: Bearer {key}\r\nx-request-id: {id}\r\n");
-                    let bytes =
-                        post_bytes("/v1/chat/completions", &chat("mock-fast", false), &extra);
-                    match try_post(&mut s, bytes.as_bytes()) {
-                        Some(200) => done.lock().unwrap().push((id, Instant::now())),
-                        Some(_) => {}
-                        None => return,
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = acked::Acked::start(gw.addr, &key, 4, "kill");
     std::thread::sleep(Duration::from_millis(2500));
     let killed = Instant::now();
     gw.sigkill();
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
     // A batch is committed at most 50 ms after its first row, plus the commit's own round
     // trip to the server. With clients, gateway, mock and PostgreSQL on two loaded cores that
     // round trip has been seen to take a few hundred ms (SQLite commits in-process), so what
     // was answered 1 s before the kill must be in PostgreSQL.
-    let done = done.lock().unwrap().clone();
-    let settled: Vec<&String> = done
-        .iter()
-        .filter(|(_, at)| *at + Duration::from_secs(1) < killed)
-        .map(|(id, _)| id)
-        .collect();
+    let settled = load.stop(killed, Duration::from_secs(1));
     assert!(settled.len() > 50, "only {} requests", settled.len());
     let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let in_ledger: HashSet<String> = c
@@ -295,7 +234,7 @@ fn sigkill_on_postgres_loses_no_request_answered_a_flush_interval_before() {
         .collect();
     let missing: Vec<_> = settled
         .iter()
-        .filter(|id| !in_ledger.contains(**id))
+        .filter(|id| !in_ledger.contains(*id))
         .collect();
     assert!(
         missing.is_empty(),

@@ -43,8 +43,10 @@
 //! `expected_replicas`, else the replicas seen alive at the last successful sync), and its spend
 //! is reported when the store is back; `"closed"` refuses with [`Refusal::Unavailable`]. The
 //! bound above holds while the store answers: the local shares can add up to one more limit
-//! per window (each replica its share), and a direct fetch slower than `timeout_ms` counts
-//! as the store being unavailable, so `timeout_ms` should sit well above the store's latency.
+//! per window (each replica its share). A direct fetch slower than `timeout_ms` admits its own
+//! request from the local share ([`ShareOnLate`]); [`LATE_FETCHES_TO_DEGRADE`] late fetches in
+//! a row count as the store being unavailable, so `timeout_ms` should sit above the store's
+//! latency, but one slow moment does not degrade a replica.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
@@ -53,7 +55,7 @@ use std::sync::{Arc, Mutex};
 use smallvec::SmallVec;
 
 use crate::limiter::{self, Ask, Denied, Limiter, Permit, Refusal};
-use crate::limits::{next_period_start, period_start, LimitSet, RetryAfter};
+use crate::limits::{next_period_start, period_start, LimitSet, RetryAfter, Snapshot};
 
 pub mod pool;
 
@@ -71,6 +73,36 @@ pub fn shape_of(set: &LimitSet) -> Shape {
         budget_period: set.budget_period,
         concurrency: set.concurrency.as_ref().map(|c| c.limit()),
     }
+}
+
+/// `set`'s requests in flight: with leases, the fleet's as this replica last saw them
+/// ([`Leases::in_flight`]); else (or before any transfer) this process's. `None` without a
+/// concurrency limit.
+pub fn in_flight(set: &LimitSet) -> Option<u64> {
+    let local = set.concurrency.as_ref()?;
+    let fleet = set.leases.get().and_then(|l| l.in_flight());
+    Some(fleet.unwrap_or_else(|| u64::from(local.in_flight())))
+}
+
+/// The `x-ratelimit-*` numbers of `set`'s requests (`tokens` false) or tokens bucket at
+/// `now_ms`: with leases, the fleet's view ([`Leases::rate_snapshot`]); else (or before any
+/// transfer) the local bucket's. `None` without such a limit.
+pub fn rate_snapshot(set: &LimitSet, tokens: bool, now_ms: u64) -> Option<Snapshot> {
+    let (bucket, dim) = if tokens {
+        (set.tokens.as_ref()?, Dim::Tokens)
+    } else {
+        (set.requests.as_ref()?, Dim::Requests)
+    };
+    let fleet = set
+        .leases
+        .get()
+        .and_then(|l| l.rate_snapshot(dim, now_ms))
+        .map(|(limit, remaining, reset_ms)| Snapshot {
+            limit,
+            remaining,
+            reset_ms,
+        });
+    Some(fleet.unwrap_or_else(|| bucket.snapshot(now_ms)))
 }
 
 /// The local share of `leases` used while the store is unavailable: each limit ÷ `replicas`
@@ -104,12 +136,20 @@ pub enum OnUnavailable {
     Closed,
 }
 
+/// Direct fetches in a row that must miss `shared.timeout_ms` before a replica counts the
+/// store unavailable. One late fetch (a loaded machine, a slow moment of the store) admits only
+/// its own request from the local share ([`ShareOnLate`]); the replica keeps its leases and
+/// global limits.
+pub const LATE_FETCHES_TO_DEGRADE: u32 = 3;
+
 /// Whether the shared store answers, and how many replicas share it. Written by the
 /// background, read by every admission.
 #[derive(Debug)]
 pub struct FleetHealth {
     available: AtomicU8,
     replicas_seen: AtomicU32,
+    /// Direct fetches in a row that missed `timeout_ms`.
+    late: AtomicU32,
     expected: Option<u32>,
     policy: OnUnavailable,
 }
@@ -120,6 +160,7 @@ impl FleetHealth {
         FleetHealth {
             available: AtomicU8::new(0),
             replicas_seen: AtomicU32::new(1),
+            late: AtomicU32::new(0),
             expected,
             policy,
         }
@@ -134,7 +175,25 @@ impl FleetHealth {
     /// alive; returns whether this ends an outage.
     pub fn handle_sync_ok(&self, replicas: u32) -> bool {
         self.replicas_seen.store(replicas.max(1), Ordering::Release);
-        self.available.swap(1, Ordering::AcqRel) == 0
+        let ended = self.available.swap(1, Ordering::AcqRel) == 0;
+        if ended {
+            self.late.store(0, Ordering::Release);
+        }
+        ended
+    }
+
+    /// Records a direct fetch that answered within `timeout_ms`: the late ones are forgiven.
+    pub fn handle_fetch_ok(&self) {
+        if self.late.load(Ordering::Relaxed) != 0 {
+            self.late.store(0, Ordering::Release);
+        }
+    }
+
+    /// Records a direct fetch that missed `timeout_ms`; returns whether this starts an outage
+    /// (the [`LATE_FETCHES_TO_DEGRADE`]th in a row).
+    pub fn handle_fetch_late(&self) -> bool {
+        let late = self.late.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        late >= LATE_FETCHES_TO_DEGRADE && self.handle_unavailable()
     }
 
     /// Records a failed or late store call; returns whether this starts an outage.
@@ -421,10 +480,49 @@ fn signed(n: u64) -> i64 {
 /// `reserve` (`Budget::roll_to`), so any start will do.
 const NO_UNIX: u64 = 0;
 
-impl Limiter for LeasedLimiter {
+/// [`LeasedLimiter`] for one request whose direct fetch missed `timeout_ms`: it is admitted
+/// from the local share (as while the store is unavailable, `on_unavailable = "local"`) rather
+/// than refused for a pool the store had no time to fill; the rest of its way (reserve,
+/// settle, release) follows its permit, as any request's. The replica itself stays global
+/// ([`LATE_FETCHES_TO_DEGRADE`]).
+#[derive(Debug)]
+pub struct ShareOnLate<'a>(pub &'a LeasedLimiter);
+
+impl Limiter for ShareOnLate<'_> {
     fn admit(&self, sets: &[&LimitSet], now_ms: u64) -> Result<Permit, Denied> {
+        let share = self.0.book.health.policy() == OnUnavailable::Local;
+        self.0.admit_with(sets, now_ms, share)
+    }
+
+    fn reserve(&self, sets: &[&LimitSet], permit: &mut Permit, ask: &Ask) -> Result<(), Denied> {
+        self.0.reserve(sets, permit, ask)
+    }
+
+    fn settle(
+        &self,
+        sets: &[&LimitSet],
+        permit: Permit,
+        tokens: u64,
+        cost_micros: u64,
+        now_ms: u64,
+    ) {
+        self.0.settle(sets, permit, tokens, cost_micros, now_ms);
+    }
+
+    fn release(&self, sets: &[&LimitSet], permit: Permit, now_ms: u64) {
+        self.0.release(sets, permit, now_ms);
+    }
+
+    fn prepare(&self, set: &LimitSet) {
+        self.0.prepare(set);
+    }
+}
+
+impl LeasedLimiter {
+    /// [`Limiter::admit`], from the local shares when `share` (else only while degraded).
+    fn admit_with(&self, sets: &[&LimitSet], now_ms: u64, share: bool) -> Result<Permit, Denied> {
         let fallback = match self.degraded() {
-            Ok(f) => f,
+            Ok(f) => f || share,
             // Closed: refuse only what has a limit to check; the rest goes on locally.
             Err(refusal) => {
                 let limited = sets.iter().position(|s| {
@@ -473,6 +571,12 @@ impl Limiter for LeasedLimiter {
             }
         }
         Ok(permit)
+    }
+}
+
+impl Limiter for LeasedLimiter {
+    fn admit(&self, sets: &[&LimitSet], now_ms: u64) -> Result<Permit, Denied> {
+        self.admit_with(sets, now_ms, false)
     }
 
     fn reserve(&self, sets: &[&LimitSet], permit: &mut Permit, ask: &Ask) -> Result<(), Denied> {

@@ -191,7 +191,9 @@ pub enum Outcome {
     Granted {
         /// Units granted.
         granted: u64,
-        /// Budget: what the fleet has used; rates: 0.
+        /// What the fleet has used after it: a budget's spend plus held leases, a
+        /// concurrency's held slots, a rate bucket's units not available (its capacity less
+        /// what it could grant now).
         used: u64,
         /// How long until the bucket has units again (when it granted fewer than asked).
         retry_after_ms: u64,
@@ -251,6 +253,9 @@ pub struct Leases {
     budget_period_start: AtomicU64,
     /// The fleet's budget use (spend plus held leases) at the last sync.
     budget_used: AtomicU64,
+    /// Per bucket: what the store said the fleet had used (`Outcome::Granted::used`) at this
+    /// replica's last transfer for it, and when (`u64::MAX`: never).
+    seen: [(AtomicU64, AtomicU64); 4],
 }
 
 impl Leases {
@@ -270,7 +275,44 @@ impl Leases {
             spent_unleased: AtomicU64::new(0),
             budget_period_start: AtomicU64::new(budget_period_start),
             budget_used: AtomicU64::new(spend_micros),
+            seen: std::array::from_fn(|_| (AtomicU64::new(0), AtomicU64::new(u64::MAX))),
         }
+    }
+
+    /// The fleet's view of a rate bucket at `now_ms`, for the `x-ratelimit-*` headers: what the
+    /// store said at this replica's last transfer for it, refilled since at the limit's rate,
+    /// plus what this replica's pool holds unspent: `(limit, remaining, reset_ms)`. `None`
+    /// before any transfer.
+    pub fn rate_snapshot(&self, dim: Dim, now_ms: u64) -> Option<(u64, u64, u64)> {
+        let limit = self.shape.limit(dim)?.max(1);
+        let (used, at) = &self.seen[dim as usize];
+        let at = at.load(Ordering::Acquire);
+        if at == u64::MAX || !dim.is_rate() {
+            return None;
+        }
+        let elapsed = now_ms.saturating_sub(at);
+        let refilled =
+            u64::try_from(u128::from(elapsed) * u128::from(limit) / 60_000).unwrap_or(u64::MAX);
+        let pool = u64::try_from(self.pool(dim).balance()).unwrap_or(0);
+        let used = used
+            .load(Ordering::Acquire)
+            .saturating_sub(refilled)
+            .saturating_sub(pool)
+            .min(limit);
+        let reset_ms = (u128::from(used) * 60_000).div_ceil(u128::from(limit)) as u64;
+        Some((limit, limit - used, reset_ms))
+    }
+
+    /// The fleet's requests in flight as this replica last saw them: the slots held in the store
+    /// at its last transfer for the concurrency bucket, less those its own pool holds unused.
+    /// `None` before any transfer.
+    pub fn in_flight(&self) -> Option<u64> {
+        let (used, at) = &self.seen[Dim::Concurrency as usize];
+        if at.load(Ordering::Acquire) == u64::MAX {
+            return None;
+        }
+        let pool = u64::try_from(self.pool(Dim::Concurrency).balance()).unwrap_or(0);
+        Some(used.load(Ordering::Acquire).saturating_sub(pool))
     }
 
     /// The lease this subject keeps of a limit: [`lease_size`], except that a deployment
@@ -396,6 +438,9 @@ impl Leases {
                 if dim == Dim::Budget {
                     self.budget_used.store(used, Ordering::Release);
                 }
+                let (seen, at) = &self.seen[dim as usize];
+                seen.store(used, Ordering::Release);
+                at.store(now_ms, Ordering::Release);
             }
             (Transfer::Charge { dim, amount }, Outcome::Failed) => {
                 self.pool(dim)

@@ -60,7 +60,7 @@ impl Store {
                     };
                     return Outcome::Granted {
                         granted,
-                        used: 0,
+                        used: self.shape.limit(dim).unwrap_or(0) - b.remaining(now_ms),
                         retry_after_ms: 60_000 / self.shape.limit(dim).unwrap_or(1).max(1),
                     };
                 }
@@ -525,4 +525,94 @@ fn deployment_settlements_go_back_where_their_takes_came_from() {
     // The share got them back: 2000 - 400 left.
     assert!(limits.take(t, 1600, 0).is_ok());
     assert!(limits.take(t, 1, 0).is_err());
+}
+
+#[test]
+fn one_late_fetch_admits_its_request_from_the_share_and_only_a_run_of_them_degrades() {
+    // rpm 10 on two replicas is too small to lease: every request fetches directly.
+    let f = Fleet::new(Some(10), None, None, None, 2);
+    let rep = &f.replicas[0];
+    let sets = [&rep.set];
+    let health = &rep.limiter.book.health;
+    assert!(!rep.limiter.shortfall(&sets, None, 0).is_empty());
+    // The fetch was late: the plain limiter would refuse (the pool is empty) ...
+    assert!(rep.limiter.admit(&sets, 0).is_err());
+    assert!(!health.handle_fetch_late());
+    // ... the request is admitted from this replica's share (10 ÷ 2) instead.
+    let p = ShareOnLate(&rep.limiter).admit(&sets, 0).unwrap();
+    assert_eq!(p.fallback, 1);
+    rep.limiter.settle(&sets, p, 0, 0, 0);
+    assert!(
+        health.available(),
+        "one late fetch leaves the replica global"
+    );
+    assert!(!health.handle_fetch_late());
+    health.handle_fetch_ok();
+    assert!(!health.handle_fetch_late());
+    assert!(!health.handle_fetch_late());
+    assert!(
+        health.available(),
+        "a timely fetch forgave the earlier ones"
+    );
+    assert!(health.handle_fetch_late(), "the third in a row degrades");
+    assert!(!health.available());
+    assert!(!health.handle_fetch_late(), "the outage starts once");
+    assert!(health.handle_sync_ok(2));
+    assert!(
+        !health.handle_fetch_late(),
+        "a recovery starts the count again"
+    );
+    assert!(health.available());
+
+    // Closed mode never admits from a share: a late request is judged by its pool.
+    let closed = LeasedLimiter::new(Arc::new(LeaseBook::new(FleetHealth::new(
+        Some(2),
+        OnUnavailable::Closed,
+    ))));
+    closed.book.health.handle_sync_ok(2);
+    let d = ShareOnLate(&closed).admit(&sets, 0).unwrap_err();
+    assert!(matches!(d.refusal, Refusal::Requests(_)));
+}
+
+#[test]
+fn the_headers_and_in_flight_show_the_fleets_use_not_the_replicas() {
+    // rpm 10 and 4 slots on two replicas: too small to lease, every request fetches.
+    let mut f = Fleet::new(Some(10), None, Some(4), None, 2);
+    let mut held = Vec::new();
+    for r in [0, 0, 0, 0, 1] {
+        held.push((r, f.request(r, 0, 0, 1000).unwrap()));
+        if held.len() > 2 {
+            let (r, p) = held.remove(0);
+            f.settle(r, p, 0, 0, 1000);
+        }
+        f.sync(0, 1000);
+        f.sync(1, 1000);
+    }
+    let rep = &f.replicas[1];
+    let snap = rate_snapshot(&rep.set, false, 1000).unwrap();
+    assert_eq!(
+        (snap.limit, snap.remaining),
+        (10, 5),
+        "5 admitted fleet-wide"
+    );
+    assert_eq!(snap.reset_ms, 30_000);
+    assert_eq!(
+        rep.set.requests.as_ref().unwrap().snapshot(1000).remaining,
+        10,
+        "the local bucket never saw them"
+    );
+    // Refilled at the limit's rate since: one per 6 s.
+    assert_eq!(rate_snapshot(&rep.set, false, 13_000).unwrap().remaining, 7);
+    // At replica 1's fetch three requests held slots (two on replica 0, its own); replica 0
+    // also held a settled slot it keeps a moment for its next request (`DIRECT_HOLD_MS`):
+    // the view is an upper bound, as of replica 1's last transfer.
+    let seen = in_flight(&rep.set).unwrap();
+    assert!((3..=4).contains(&seen), "{seen}");
+    assert_eq!(
+        rep.set.concurrency.as_ref().unwrap().in_flight(),
+        0,
+        "the local count never moves when leased"
+    );
+    // No tokens limit: no headers for it.
+    assert!(rate_snapshot(&rep.set, true, 1000).is_none());
 }

@@ -60,9 +60,12 @@ fn keep(
         return;
     };
     answer.cost_micros = cost_micros;
+    // With `[shared]`: the fleet's second level too (written in the background).
+    crate::shared::cache::keep(worker, &key, &answer, t.ttl_ms);
     let now = crate::clock::now_ms();
     let kept = store.insert(&key, answer, t.ttl_ms, now);
     if let (true, Some((q, vector))) = (kept, t.semantic) {
+        crate::shared::cache::keep_similar(worker, &key, &q, &vector);
         store.insert_similar(&q, vector, &key, t.ttl_ms, now);
     }
     if let Some(leader) = t.leader {

@@ -122,6 +122,14 @@ pub async fn lookup(
         Lookup::Hit(s, a) => return Looked::Hit(s, a, Mark::Hit),
         Lookup::Miss(a) => a,
     };
+    // With `[shared]`: the fleet's second level (Redis), within `shared.timeout_ms`.
+    let admitted = match crate::shared::cache::second_level(worker, exact).await {
+        Some(answer) => match admitted.hit(answer) {
+            Lookup::Hit(s, a) => return Looked::Hit(s, a, Mark::Hit),
+            Lookup::Miss(a) => a,
+        },
+        None => admitted,
+    };
     let mut ticket = Ticket {
         key: cache_key,
         ttl_ms: directives.ttl_ms.unwrap_or(cache.ttl_ms),

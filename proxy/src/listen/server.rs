@@ -161,6 +161,11 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         Some(c) => Some(crate::shared::Fleet::start(c)?),
         None => None,
     };
+    // A fleet keys its response cache alike on every replica (its second level is shared).
+    let cache_secret = fleet
+        .as_ref()
+        .and_then(|f| f.cache_secret)
+        .unwrap_or_else(crate::cache::secret);
     let limiter: Arc<dyn Limiter> = match &fleet {
         Some(f) => f.limiter.clone(),
         None => Arc::new(LocalLimiter),
@@ -186,7 +191,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
         limiter,
         fleet,
         // The response cache is kept across reloads; `[cache]` bounds apply at start-up.
-        responses: Arc::new(MemoryStore::new(config.cache, crate::cache::secret())),
+        responses: Arc::new(MemoryStore::new(config.cache, cache_secret)),
         flights: Default::default(),
         routes: Arc::new(sluice_core::route::SharedRoutes::build(
             &config,
@@ -202,6 +207,9 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
     let generations: Generations = Arc::new(arc_swap::ArcSwap::new(shared.clone()));
     if let (Some(f), Some(reg)) = (&shared.fleet, &shared.registry) {
         f.watch_keys(reg.clone(), shared.auth.clone())?;
+    }
+    if let Some(f) = &shared.fleet {
+        f.feed_index(shared.responses.clone())?;
     }
     crate::state::spawn_dns_refresher(generations.clone());
     if let Some(t) = &shared.tls_listener {

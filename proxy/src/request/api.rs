@@ -182,9 +182,14 @@ async fn admit_and_forward(
     let no_sets: [&LimitSet; 0] = [];
     let key_sets = key.as_deref().map(KeyEntry::limit_sets);
     let sets: &[&LimitSet] = key_sets.as_ref().map_or(&no_sets[..], |s| &s[..]);
-    let limiter = &*shared.limiter;
+    let share;
+    let mut limiter = &*shared.limiter;
     if let Some(fleet) = &shared.fleet {
-        fleet.fetch(sets, None).await;
+        if fleet.fetch(sets, None).await {
+            // Redis was late for this request: its local share admits it.
+            share = sluice_core::lease::ShareOnLate(&fleet.limiter);
+            limiter = &share;
+        }
     }
     let admitted = inspected
         .authorize(|m| key.as_ref().is_none_or(|k| k.record.allows_model(m)))

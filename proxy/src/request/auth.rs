@@ -475,23 +475,16 @@ impl Auth {
     /// neither has a request or token limit.
     pub fn ratelimit_headers(&self, key: &KeyEntry) -> Vec<(&'static str, Vec<u8>)> {
         let now = crate::clock::now_ms();
-        let requests = key
-            .limits
-            .requests
-            .as_ref()
-            .or(key.team.limits.requests.as_ref());
-        let tokens = key
-            .limits
-            .tokens
-            .as_ref()
-            .or(key.team.limits.tokens.as_ref());
-        limits::ratelimit_headers(
-            requests.map(|b| b.snapshot(now)),
-            tokens.map(|b| b.snapshot(now)),
-        )
-        .into_iter()
-        .map(|(n, v)| (n, v.into_bytes()))
-        .collect()
+        // With `[shared]` the fleet's view of the buckets (as of this replica's last transfer
+        // for them), else this process's.
+        let snapshot = |tokens: bool| {
+            sluice_core::lease::rate_snapshot(&key.limits, tokens, now)
+                .or_else(|| sluice_core::lease::rate_snapshot(&key.team.limits, tokens, now))
+        };
+        limits::ratelimit_headers(snapshot(false), snapshot(true))
+            .into_iter()
+            .map(|(n, v)| (n, v.into_bytes()))
+            .collect()
     }
 
     /// Counts `rec`'s cost and hands its usage record to the ledger (never blocking).

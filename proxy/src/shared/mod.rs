@@ -1,7 +1,8 @@
 //! `[shared]`: the fleet's hot state on Redis. Limits are leased (core's `lease` module
 //! decides; the lease thread in `sync` carries out its transfers), and key and team changes
 //! are announced on a Redis channel so every replica rebuilds its key index within a second
-//! (`watch`, with a periodic rebuild as the backstop).
+//! (`watch`, with a periodic rebuild as the backstop). The response cache's second level lives
+//! here too (`cache`: exact entries; `index`: semantic entries fed to every replica's index).
 //!
 //! ```text
 //!  worker ─► LeasedLimiter (atomics) ─ short? ─► Fleet::fetch ─► lease thread ─► Redis
@@ -14,6 +15,9 @@
 //! is awaited (not blocked on) for at most `timeout_ms`; past that the store counts as
 //! unavailable and the request is admitted from the local share (or refused, `closed`).
 
+pub mod cache;
+mod entry;
+mod index;
 mod scripts;
 mod sync;
 mod watch;
@@ -127,6 +131,11 @@ pub struct Fleet {
     pub limiter: Arc<LeasedLimiter>,
     /// This replica's name in Redis.
     pub replica: String,
+    /// The response cache's second level.
+    pub cache: cache::SharedCache,
+    /// The key of the response cache's hash, shared by the fleet (`None`: Redis did not answer
+    /// at start; this replica keys with its own).
+    pub cache_secret: Option<[u8; 32]>,
     config: SharedConfig,
     target: Target,
     jobs: Sender<Job>,
@@ -151,6 +160,14 @@ impl Fleet {
             fastrand::u32(..)
         );
         let target = Target::new(config)?;
+        let cache_secret = cache::fleet_secret(&target, &config.key_prefix);
+        if cache_secret.is_none() {
+            tracing::warn!(
+                redis = %config.redis_display,
+                "shared cache: no key secret from Redis at start; this replica's second level only misses"
+            );
+        }
+        let shared_cache = cache::SharedCache::start(config, target.clone(), &replica)?;
         let meters = Meters::new();
         meters.available.set(0.0);
         let (tx, rx) = crossbeam_channel::bounded(4096);
@@ -182,6 +199,8 @@ impl Fleet {
         Ok(Arc::new(Fleet {
             limiter: Arc::new(LeasedLimiter::new(book)),
             replica,
+            cache: shared_cache,
+            cache_secret,
             config: config.clone(),
             target,
             jobs: tx,
@@ -191,30 +210,41 @@ impl Fleet {
 
     /// Makes sure the pools of `sets` cover a request — its admission (`ask` is `None`) or its
     /// reservation — fetching what a pool lacks from Redis, for at most `timeout_ms`. Returns
-    /// at once when nothing is short (every leased limit, almost always).
-    pub async fn fetch(&self, sets: &[&LimitSet], ask: Option<&Ask>) {
+    /// at once when nothing is short (every leased limit, almost always). Returns `true` when
+    /// the fetch missed `timeout_ms`: admit that request with `lease::ShareOnLate`. Only
+    /// `LATE_FETCHES_TO_DEGRADE` late fetches in a row degrade the replica.
+    pub async fn fetch(&self, sets: &[&LimitSet], ask: Option<&Ask>) -> bool {
         let wants = self.limiter.shortfall(sets, ask, crate::clock::now_ms());
         if wants.is_empty() {
-            return;
+            return false;
         }
         let batch = wants.into_iter().map(|w| (w.leases, w.transfer)).collect();
         let (tx, rx) = futures_channel::oneshot::channel();
         if self.jobs.try_send(Job::Fetch(batch, tx)).is_err() {
-            return;
+            return false;
         }
         let limit = Duration::from_millis(self.config.timeout_ms);
-        if monoio::time::timeout(limit, rx).await.is_err() {
-            // Slow: count the store unavailable until the next sync succeeds.
-            self.meters.timeouts.increment(1);
-            if self.limiter.book.health.handle_unavailable() {
-                self.meters.outages.increment(1);
-                self.meters.available.set(0.0);
-                tracing::warn!(
-                    redis = %self.config.redis_display,
-                    reason = "timeout",
-                    timeout_ms = self.config.timeout_ms,
-                    "shared store unavailable: limits degraded"
-                );
+        match monoio::time::timeout(limit, rx).await {
+            Ok(Ok(true)) => {
+                self.limiter.book.health.handle_fetch_ok();
+                false
+            }
+            // The lease thread found the store down: it marked the outage itself.
+            Ok(_) => false,
+            Err(_) => {
+                self.meters.timeouts.increment(1);
+                if self.limiter.book.health.handle_fetch_late() {
+                    self.meters.outages.increment(1);
+                    self.meters.available.set(0.0);
+                    tracing::warn!(
+                        redis = %self.config.redis_display,
+                        reason = "timeout",
+                        timeout_ms = self.config.timeout_ms,
+                        late_in_a_row = sluice_core::lease::LATE_FETCHES_TO_DEGRADE,
+                        "shared store unavailable: limits degraded"
+                    );
+                }
+                true
             }
         }
     }
@@ -242,6 +272,20 @@ impl Fleet {
             self.replica.clone(),
             registry,
             auth,
+        )
+    }
+
+    /// Starts feeding `store`'s semantic index (and first level) with the entries the other
+    /// replicas keep (`index`).
+    pub fn feed_index(
+        &self,
+        store: Arc<dyn sluice_core::cache::ResponseStore>,
+    ) -> std::io::Result<()> {
+        index::spawn(
+            &self.config,
+            self.target.clone(),
+            self.replica.clone(),
+            store,
         )
     }
 

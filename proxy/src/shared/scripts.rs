@@ -10,7 +10,8 @@
 use redis::Script;
 
 /// `rate(op, n, capacity, interval_us)` on KEYS[1]; op is take | charge | refund.
-/// Returns `{granted, 0, retry_after_ms}`.
+/// Returns `{granted, used, retry_after_ms}`, `used` the capacity less what the bucket could
+/// grant after the op (what the fleet's `x-ratelimit-remaining-*` headers start from).
 pub const RATE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -39,7 +40,10 @@ else
 end
 local ttl = math.max(1, math.ceil((level - now) / 1000)) + 60000
 redis.call('SET', KEYS[1], string.format('%.0f', level), 'PX', ttl)
-return {granted, 0, wait}
+local left = math.floor((now + tol - level) / iv)
+if left < 0 then left = 0 end
+if left > cap then left = cap end
+return {granted, cap - left, wait}
 "#;
 
 /// `held(op, n, limit, replica, seed_spend, unleased, ttl_ms)` on KEYS[1] (the hash) with

@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 use sluice_core::http1::{parse_response_head, BodyFraming, ChunkedDecoder};
 pub use sluice_loadtest::mock::{MockConfig, MockServer};
 
+pub mod acked;
+pub mod redis;
+#[allow(unused_imports)]
+pub use redis::Redis;
+
 /// The provider key the gateway is configured with (through the environment).
 pub const UPSTREAM_KEY: &str = "sk-upstream-secret-123";
 

@@ -58,6 +58,9 @@ pub(super) fn cache_api(shared: &Shared, method: &str, query: &str) -> Res {
                 }
             }
             store.clear(Clear { model, scope });
+            if let Some(fleet) = &shared.fleet {
+                fleet.cache.clear(Clear { model, scope });
+            }
             Ok(Answer(
                 200,
                 json!({"cleared": {"model": model, "scope": scope}, "store": store.stats()}),

@@ -54,7 +54,7 @@ fn key_view(k: &KeyRecord, entry: Option<&KeyEntry>, from_config: bool) -> Value
         "reserved_usd": entry.map(|e| {
             e.limits.budget.used().saturating_sub(e.limits.budget.spend()) as f64 / 1e6
         }),
-        "in_flight": entry.and_then(|e| e.limits.concurrency.as_ref().map(|c| c.in_flight())),
+        "in_flight": entry.and_then(|e| sluice_core::lease::in_flight(&e.limits)),
     })
 }
 

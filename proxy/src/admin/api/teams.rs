@@ -27,7 +27,7 @@ fn team_view(t: &TeamEntry, keys: usize) -> Value {
         "created": r.is_some(),
         "keys": keys,
         "spend_usd": spend_usd(&t.limits),
-        "in_flight": t.limits.concurrency.as_ref().map(|c| c.in_flight()),
+        "in_flight": sluice_core::lease::in_flight(&t.limits),
     })
 }
 
