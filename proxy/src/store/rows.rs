@@ -151,7 +151,7 @@ pub fn usage(r: &impl Columns) -> Result<UsageRecord> {
     })
 }
 
-/// A spend report row: the group, the request count, then the [`SPEND_SUMS`] (a NULL sum
+/// A spend report row: the group, the request count, then the sums of `SPEND_SUMS` (a NULL sum
 /// over no rows reads 0).
 pub fn spend(r: &impl Columns) -> Result<SpendRow> {
     Ok(SpendRow {
