@@ -271,7 +271,45 @@ secret_access_key = "env:SLUICE_TEST_AWS_SECRET"
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Active health checks reach Bedrock signed, like data requests.
+fn health_checks_are_signed(driver: &str) {
+    let mock = mock();
+    let dir = temp_dir("bedrock-health");
+    let config = bedrock_config(mock.addr(), &dir.join("s.db")).replacen(
+        "[providers.aws]",
+        "health_check = { path = \"/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse\", interval_ms = 100, timeout_ms = 1000 }\n[providers.aws]",
+        1,
+    );
+    let env = [
+        ("SLUICE_TEST_AWS_KEY_ID", ACCESS_KEY_ID),
+        ("SLUICE_TEST_AWS_SECRET", SECRET_ACCESS_KEY),
+        ("SLUICE_TEST_AWS_TOKEN", "session-token-abc"),
+        ("SLUICE_TEST_AWS_WRONG_SECRET", WRONG_SECRET),
+    ];
+    let gw = start_with(&config, driver, true, &env);
+    let probe = wait_for(Duration::from_secs(10), || {
+        mock.last_request()
+            .filter(|r| r.header("user-agent") == Some("sluice-health"))
+    })
+    .expect("a health check");
+    assert_eq!(probe.method, "GET");
+    let auth = probe.header("authorization").expect("signed");
+    assert!(
+        auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/"))
+            && auth.contains("/us-east-1/bedrock/aws4_request"),
+        "{auth}"
+    );
+    assert!(probe.header("x-amz-date").is_some());
+    assert_eq!(
+        probe.header("x-amz-security-token"),
+        Some("session-token-abc")
+    );
+    assert!(gw.lines().iter().all(|l| !l.contains(SECRET_ACCESS_KEY)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 both_drivers!(
     bedrock_end_to_end,
-    bedrock_ids_priced_from_the_bundled_table
+    bedrock_ids_priced_from_the_bundled_table,
+    health_checks_are_signed
 );
