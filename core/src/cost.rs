@@ -321,41 +321,6 @@ fn prefix_matches(name: &str, model: &str) -> bool {
             .is_none_or(|c| !c.is_ascii_alphanumeric())
 }
 
-/// Amazon Bedrock's cross-region inference profile prefixes (`us.anthropic.claude-…`).
-const BEDROCK_REGIONS: &[&str] = &[
-    "us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.",
-];
-
-/// Amazon Bedrock's model provider prefixes (`anthropic.claude-…`, `meta.llama3-…`).
-const BEDROCK_PROVIDERS: &[&str] = &[
-    "anthropic.",
-    "amazon.",
-    "meta.",
-    "mistral.",
-    "cohere.",
-    "ai21.",
-    "deepseek.",
-    "openai.",
-    "qwen.",
-    "writer.",
-];
-
-/// `model` without a Bedrock region prefix and then a provider prefix
-/// (`us.anthropic.claude-sonnet-4-5-20250929-v1:0` → `claude-sonnet-4-5-20250929-v1:0`), or
-/// `None` when it has neither. The `-v1:0` and Vertex AI's `@20250514` suffixes need no
-/// stripping: a name matches a longer id up to a non-alphanumeric boundary.
-fn without_bedrock_prefixes(model: &str) -> Option<&str> {
-    fn strip<'m>(prefixes: &[&str], s: &'m str) -> &'m str {
-        prefixes
-            .iter()
-            .find_map(|p| s.strip_prefix(p))
-            .filter(|rest| !rest.is_empty())
-            .unwrap_or(s)
-    }
-    let rest = strip(BEDROCK_PROVIDERS, strip(BEDROCK_REGIONS, model));
-    (rest.len() < model.len()).then_some(rest)
-}
-
 /// The best entry for `model` and the length of its name: exact, then the longest prefix; a
 /// `provider/` path before the name (`openai/gpt-4o`) is ignored when the full name matches
 /// nothing.
@@ -399,7 +364,7 @@ fn bundled_lookup(model: &str) -> Option<(usize, Price)> {
 /// (`gpt-4o-mini-2024-07-18` → `gpt-4o-mini`).
 pub fn bundled_price(model: &str) -> Option<Price> {
     bundled_lookup(model)
-        .or_else(|| without_bedrock_prefixes(model).and_then(bundled_lookup))
+        .or_else(|| crate::dialect::without_bedrock_prefixes(model).and_then(bundled_lookup))
         .map(|(_, p)| p)
 }
 
@@ -518,8 +483,10 @@ impl PriceTable {
     /// region and provider prefixes (`us.anthropic.claude-sonnet-4-5-20250929-v1:0` costs
     /// what `claude-sonnet-4-5` does), so a name the operator priced in full always wins.
     pub fn price(&self, model: &str) -> Option<Price> {
-        self.price_exactly(model)
-            .or_else(|| without_bedrock_prefixes(model).and_then(|bare| self.price_exactly(bare)))
+        self.price_exactly(model).or_else(|| {
+            crate::dialect::without_bedrock_prefixes(model)
+                .and_then(|bare| self.price_exactly(bare))
+        })
     }
 
     fn price_exactly(&self, model: &str) -> Option<Price> {
