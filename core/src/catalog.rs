@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::dialect::Dialect;
 
 /// Most ids kept (a catalog is a few hundred).
 const MAX_IDS: usize = 10_000;
@@ -36,12 +37,20 @@ impl Catalog {
     }
 }
 
-/// The providers (indices) that serve a pattern group with `model = "*"`.
+/// The providers (indices) that serve a pattern group with `model = "*"`. Bedrock and Vertex
+/// AI providers are not asked: neither has a `GET {base_url}/models` (Bedrock lists its
+/// models on the control-plane host, not `bedrock-runtime`; Vertex AI per publisher, in
+/// another shape), so a pattern group on them lists only what clients name.
 pub fn catalog_providers(cfg: &Config) -> Vec<usize> {
+    let listable = |index: usize| {
+        cfg.providers
+            .get(index)
+            .is_some_and(|p| !matches!(p.kind, Dialect::Bedrock | Dialect::Vertex(_)))
+    };
     let mut out = Vec::new();
     for group in cfg.models.iter().filter(|m| m.name.ends_with('*')) {
         for d in group.deployments.iter().filter(|d| d.model == "*") {
-            if !out.contains(&d.provider) {
+            if listable(d.provider) && !out.contains(&d.provider) {
                 out.push(d.provider);
             }
         }
@@ -118,5 +127,45 @@ deployments = [{ provider = "a", model = "gpt-4o" }]
         let body = br#"{"models":[{"name":"models/gpt-5"},{"name":"models/gemini-2.0-flash"}]}"#;
         matching_ids(&cfg, 0, body, &mut ids);
         assert_eq!(ids, ["gpt-4o", "gpt-4o-mini", "gpt-5"]);
+    }
+
+    #[test]
+    fn bedrock_and_vertex_are_not_asked() {
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/vertex/test-sa.json"
+        );
+        let cfg = Config::from_toml(
+            &format!(
+                r#"
+[[providers]]
+name = "b"
+kind = "bedrock"
+[providers.aws]
+region = "us-east-1"
+access_key_id = "env:K"
+secret_access_key = "env:K"
+[[providers]]
+name = "v"
+kind = "vertex"
+project = "p"
+region = "us-east5"
+credentials = "file:{key}"
+[[providers]]
+name = "o"
+kind = "openai"
+base_url = "http://127.0.0.1:1/v1"
+[[models]]
+name = "anthropic.*"
+deployments = [{{ provider = "b", model = "*" }}]
+[[models]]
+name = "gemini-*"
+deployments = [{{ provider = "v", model = "*" }}, {{ provider = "o", model = "*" }}]
+"#
+            ),
+            &std::collections::HashMap::from([("K".to_string(), "k".to_string())]),
+        )
+        .unwrap();
+        assert_eq!(catalog_providers(&cfg), vec![2]);
     }
 }

@@ -363,7 +363,9 @@ fn bundled_lookup(model: &str) -> Option<(usize, Price)> {
 /// The bundled list price for `model`, by exact name then longest prefix
 /// (`gpt-4o-mini-2024-07-18` → `gpt-4o-mini`).
 pub fn bundled_price(model: &str) -> Option<Price> {
-    bundled_lookup(model).map(|(_, p)| p)
+    bundled_lookup(model)
+        .or_else(|| crate::dialect::without_bedrock_prefixes(model).and_then(bundled_lookup))
+        .map(|(_, p)| p)
 }
 
 /// Prices from a model price catalog in the format of LiteLLM's
@@ -476,7 +478,18 @@ impl PriceTable {
     /// The price for `model`: the longest matching name in either table, the config's on a
     /// tie. So a config `gpt-4o` covers `gpt-4o-2024-11-20` but not `gpt-4o-mini`, which the
     /// bundled table names exactly.
+    ///
+    /// A Bedrock id that matches nothing in either table is looked up again without its
+    /// region and provider prefixes (`us.anthropic.claude-sonnet-4-5-20250929-v1:0` costs
+    /// what `claude-sonnet-4-5` does), so a name the operator priced in full always wins.
     pub fn price(&self, model: &str) -> Option<Price> {
+        self.price_exactly(model).or_else(|| {
+            crate::dialect::without_bedrock_prefixes(model)
+                .and_then(|bare| self.price_exactly(bare))
+        })
+    }
+
+    fn price_exactly(&self, model: &str) -> Option<Price> {
         let config = lookup(
             self.overrides.iter().map(|(name, p)| (name.as_str(), *p)),
             model,
@@ -547,6 +560,24 @@ mod tests {
         assert_eq!(p("o30"), None);
         assert_eq!(p("gpt-4"), None);
         assert_eq!(p("llama-3"), None);
+        // Bedrock ids: region and provider prefixes, `-v1:0`; Vertex AI's `@date`.
+        for id in [
+            "anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "eu.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "apac.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "claude-sonnet-4@20250514",
+        ] {
+            assert_eq!(p(id), Some((3.0, 15.0)), "{id}");
+        }
+        assert_eq!(
+            p("us.anthropic.claude-haiku-4-5-20251001-v1:0"),
+            Some((1.0, 5.0))
+        );
+        assert_eq!(p("anthropic.claude-3-haiku-20240307-v1:0"), None);
+        assert_eq!(p("us.anthropic."), None);
+        assert_eq!(p("meta.llama3-70b-instruct-v1:0"), None);
         let e = bundled_price("text-embedding-3-small").unwrap();
         assert_eq!(e.cached_input_per_mtok, 0.02);
     }
@@ -567,6 +598,35 @@ mod tests {
         let bad: Result<Price, _> = serde_json::from_str(r#"{"input_per_mtok": 1.0, "typo": 2.0}"#);
         assert!(bad.is_err());
         assert_eq!(Price::new(-1.0, f64::NAN, None).input_per_mtok, 0.0);
+    }
+
+    #[test]
+    fn bedrock_ids_priced_by_their_bare_name() {
+        let cfg: HashMap<String, Price> = serde_json::from_str(
+            r#"{"claude-sonnet-4-5": {"input_per_mtok": 2.0, "output_per_mtok": 4.0},
+                "us.anthropic.claude-sonnet-4-5": {"input_per_mtok": 1.0, "output_per_mtok": 1.0}}"#,
+        )
+        .unwrap();
+        let t = PriceTable::new(cfg);
+        let input = |m| t.price(m).map(|p| p.input_per_mtok);
+        // The name as written wins; else the bare name, the config's over the bundled one.
+        assert_eq!(
+            input("us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+            Some(1.0)
+        );
+        assert_eq!(
+            input("eu.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+            Some(2.0)
+        );
+        assert_eq!(
+            input("anthropic.claude-sonnet-4-5-20250929-v1:0"),
+            Some(2.0)
+        );
+        assert_eq!(
+            input("global.anthropic.claude-haiku-4-5-20251001-v1:0"),
+            Some(1.0)
+        );
+        assert_eq!(input("amazon.nova-pro-v1:0"), None);
     }
 
     #[test]

@@ -193,12 +193,7 @@ fn deliver_all(rx: Receiver<Job>) {
         let agent = match &agent {
             Some((t, a)) if *t == timeout_ms => a.clone(),
             _ => {
-                let a: ureq::Agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_millis(timeout_ms)))
-                    .http_status_as_error(false)
-                    .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .into();
+                let a = crate::blocking_http::agent(Duration::from_millis(timeout_ms));
                 agent = Some((timeout_ms, a.clone()));
                 a
             }

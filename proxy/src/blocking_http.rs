@@ -1,6 +1,6 @@
 //! The one blocking HTTP client of the process, `ureq` over rustls (ring) — for the jobs
-//! that run on their own threads, never on a data-plane worker: the OTLP exporter and the
-//! CLI's calls to the admin API.
+//! that run on their own threads, never on a data-plane worker: the OTLP exporter, budget
+//! alert webhooks, Vertex AI token minting and the CLI's calls to the admin API.
 //!
 //! Roots are the system's (`rustls-native-certs`, which honours `SSL_CERT_FILE` and
 //! `SSL_CERT_DIR`, so a private CA is trusted by pointing `SSL_CERT_FILE` at it), or

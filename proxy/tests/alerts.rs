@@ -289,3 +289,107 @@ fn a_webhook_that_never_answers_is_logged_and_counted_and_requests_go_on() {
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A certificate authority (PEM) and a TLS server config for `localhost` it signed.
+fn private_ca_server() -> (String, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivateKeyDer;
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    (ca_cert.pem(), Arc::new(server))
+}
+
+/// The webhook thread uses the process's HTTP client: an https receiver whose certificate a
+/// private CA signed is trusted through `SSL_CERT_FILE` (webpki's roots alone refuse it).
+#[test]
+fn a_webhook_over_https_trusts_ssl_cert_file() {
+    let (ca_pem, server) = private_ca_server();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let into = got.clone();
+    std::thread::spawn(move || {
+        // Bounded: the gateway's four tries at most, then the thread ends with the test.
+        for conn in listener.incoming().take(4) {
+            let Ok(conn) = conn else { continue };
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let Ok(tls) = rustls::ServerConnection::new(server.clone()) else {
+                continue;
+            };
+            let mut stream = rustls::StreamOwned::new(tls, conn);
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        into.lock().unwrap().push(text);
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        );
+                        let _ = stream.flush();
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let dir = temp_dir("alerts-https");
+    let ca_path = dir.join("ca.pem");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let mock = mock();
+    let extra =
+        format!("[alerts]\nwebhook_url = \"https://localhost:{port}/hook\"\ntimeout_ms = 2000\n");
+    let cfg = store_config(mock.addr(), &dir.join("s.db"), 1, &extra);
+    let env = [("SSL_CERT_FILE", ca_path.to_str().unwrap())];
+    let gw = start_with(&cfg, "epoll", true, &env);
+    let (_, key) = gw.create_key(json!({"name": "k", "budget_usd": 0.002}));
+    // 1250 of 2000: 50 %.
+    assert_eq!(spend_1250(&gw, &key), 200);
+    let delivered = wait_for(Duration::from_secs(15), || {
+        got.lock().unwrap().first().cloned()
+    });
+    let request = delivered.expect("the alert over https");
+    assert!(request.starts_with("POST /hook HTTP/1.1"), "{request}");
+    let body: Value = serde_json::from_str(request.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["threshold_percent"], 50, "{body}");
+    assert!(!gw
+        .lines()
+        .iter()
+        .any(|l| l.contains("budget alert webhook failed")));
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -199,4 +199,117 @@ fn bedrock_end_to_end(driver: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-both_drivers!(bedrock_end_to_end);
+/// Bedrock model ids and cross-region inference profiles, with no `[prices]` entry, cost what
+/// the bundled table charges for the bare Anthropic name (`claude-sonnet-4-5`).
+fn bedrock_ids_priced_from_the_bundled_table(driver: &str) {
+    let mock = mock();
+    let dir = temp_dir("bedrock-prices");
+    let ids = [
+        "anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "global.anthropic.claude-haiku-4-5-20251001-v1:0",
+    ];
+    let models: String = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            format!(
+                "[[models]]\nname = \"m{i}\"\ndeployments = [{{ provider = \"bedrock\", model = \"{id}\" }}]\n"
+            )
+        })
+        .collect();
+    let config = store_config(
+        mock.addr(),
+        &dir.join("s.db"),
+        1,
+        &format!(
+            r#"
+[[providers]]
+name = "bedrock"
+kind = "bedrock"
+base_url = "http://{}"
+[providers.aws]
+region = "us-east-1"
+access_key_id = "env:SLUICE_TEST_AWS_KEY_ID"
+secret_access_key = "env:SLUICE_TEST_AWS_SECRET"
+
+{models}"#,
+            mock.addr()
+        ),
+    );
+    let env = [
+        ("SLUICE_TEST_AWS_KEY_ID", ACCESS_KEY_ID),
+        ("SLUICE_TEST_AWS_SECRET", SECRET_ACCESS_KEY),
+    ];
+    let gw = start_with(&config, driver, true, &env);
+    let (_, key) = gw.create_key(json!({"name": "bedrock-prices"}));
+    for i in 0..ids.len() {
+        let r = gw.chat_as(&key, &chat(&format!("m{i}"), false), "");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let rows = wait_for(Duration::from_secs(10), || {
+        let (_, v) = gw.admin("GET", "/admin/usage?limit=100", None);
+        let rows = v["data"].as_array()?.clone();
+        (rows.len() >= ids.len()).then_some(rows)
+    })
+    .expect("ledger rows");
+    assert_eq!(rows.len(), ids.len(), "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["status"], 200, "{row}");
+        let input = row["input_tokens"].as_u64().unwrap();
+        let output = row["output_tokens"].as_u64().unwrap();
+        assert!(input > 0 && output > 0, "{row}");
+        // $3/$15 per million tokens (Sonnet 4.5), $1/$5 (Haiku 4.5).
+        let haiku = row["model"] == "m2" || row["model"].as_str().unwrap_or("").contains("haiku");
+        let (i, o) = if haiku { (1, 5) } else { (3, 15) };
+        assert_eq!(
+            row["cost_micros"].as_u64().unwrap(),
+            input * i + output * o,
+            "{row}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Active health checks reach Bedrock signed, like data requests.
+fn health_checks_are_signed(driver: &str) {
+    let mock = mock();
+    let dir = temp_dir("bedrock-health");
+    let config = bedrock_config(mock.addr(), &dir.join("s.db")).replacen(
+        "[providers.aws]",
+        "health_check = { path = \"/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse\", interval_ms = 100, timeout_ms = 1000 }\n[providers.aws]",
+        1,
+    );
+    let env = [
+        ("SLUICE_TEST_AWS_KEY_ID", ACCESS_KEY_ID),
+        ("SLUICE_TEST_AWS_SECRET", SECRET_ACCESS_KEY),
+        ("SLUICE_TEST_AWS_TOKEN", "session-token-abc"),
+        ("SLUICE_TEST_AWS_WRONG_SECRET", WRONG_SECRET),
+    ];
+    let gw = start_with(&config, driver, true, &env);
+    let probe = wait_for(Duration::from_secs(10), || {
+        mock.last_request()
+            .filter(|r| r.header("user-agent") == Some("sluice-health"))
+    })
+    .expect("a health check");
+    assert_eq!(probe.method, "GET");
+    let auth = probe.header("authorization").expect("signed");
+    assert!(
+        auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/"))
+            && auth.contains("/us-east-1/bedrock/aws4_request"),
+        "{auth}"
+    );
+    assert!(probe.header("x-amz-date").is_some());
+    assert_eq!(
+        probe.header("x-amz-security-token"),
+        Some("session-token-abc")
+    );
+    assert!(gw.lines().iter().all(|l| !l.contains(SECRET_ACCESS_KEY)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+both_drivers!(
+    bedrock_end_to_end,
+    bedrock_ids_priced_from_the_bundled_table,
+    health_checks_are_signed
+);

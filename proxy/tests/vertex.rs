@@ -270,4 +270,34 @@ fn a_file_that_is_not_a_service_account_key_is_refused_at_start() {
     let _ = std::fs::remove_file(cfg_path);
 }
 
-both_drivers!(gemini_and_anthropic_whole_and_streamed);
+/// Active health checks reach Vertex AI with the access token data requests carry.
+fn health_checks_carry_the_access_token(driver: &str) {
+    let mock = mock();
+    let key = key_file("test-sa.json", mock.addr(), None);
+    let config = vertex_config(mock.addr(), &key).replacen(
+        "base_url = ",
+        "health_check = { path = \"/publishers/anthropic/models/claude-sonnet-4@20250514:rawPredict\", interval_ms = 100, timeout_ms = 1000 }\nbase_url = ",
+        1,
+    );
+    let _gw = Gateway::start(&config, driver);
+    let mut probe = None;
+    let seen = eventually(Duration::from_secs(10), || {
+        probe = mock
+            .last_request()
+            .filter(|r| r.header("user-agent") == Some("sluice-health"));
+        probe.is_some()
+    });
+    assert!(seen, "no health check reached the mock");
+    let probe = probe.unwrap();
+    assert_eq!(probe.method, "GET");
+    assert!(probe.path.starts_with(PREFIX), "{}", probe.path);
+    let auth = probe.header("authorization").expect("a bearer token");
+    assert!(auth.starts_with("Bearer ") && auth.len() > 20, "{auth}");
+    assert!(mock.stats().tokens_issued >= 1);
+    let _ = std::fs::remove_file(key);
+}
+
+both_drivers!(
+    gemini_and_anthropic_whole_and_streamed,
+    health_checks_carry_the_access_token
+);

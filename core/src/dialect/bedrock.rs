@@ -383,3 +383,38 @@ pub(crate) fn response(body: &[u8], ctx: &ResponseContext<'_>) -> Option<(Value,
     let usage = usage(v.get("usage"));
     Some((openai::completion(ctx, vec![choice], usage.as_ref()), usage))
 }
+
+/// Amazon Bedrock's cross-region inference profile prefixes (`us.anthropic.claude-…`).
+const BEDROCK_REGIONS: &[&str] = &[
+    "us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.",
+];
+
+/// Amazon Bedrock's model provider prefixes (`anthropic.claude-…`, `meta.llama3-…`).
+const BEDROCK_PROVIDERS: &[&str] = &[
+    "anthropic.",
+    "amazon.",
+    "meta.",
+    "mistral.",
+    "cohere.",
+    "ai21.",
+    "deepseek.",
+    "openai.",
+    "qwen.",
+    "writer.",
+];
+
+/// `model` without a Bedrock region prefix and then a provider prefix
+/// (`us.anthropic.claude-sonnet-4-5-20250929-v1:0` → `claude-sonnet-4-5-20250929-v1:0`), or
+/// `None` when it has neither. The `-v1:0` and Vertex AI's `@20250514` suffixes need no
+/// stripping: a name matches a longer id up to a non-alphanumeric boundary.
+pub(crate) fn without_bedrock_prefixes(model: &str) -> Option<&str> {
+    fn strip<'m>(prefixes: &[&str], s: &'m str) -> &'m str {
+        prefixes
+            .iter()
+            .find_map(|p| s.strip_prefix(p))
+            .filter(|rest| !rest.is_empty())
+            .unwrap_or(s)
+    }
+    let rest = strip(BEDROCK_PROVIDERS, strip(BEDROCK_REGIONS, model));
+    (rest.len() < model.len()).then_some(rest)
+}

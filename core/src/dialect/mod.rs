@@ -60,6 +60,7 @@ mod anthropic;
 mod anthropic_stream;
 mod azure;
 mod bedrock;
+pub(crate) use bedrock::without_bedrock_prefixes;
 mod bedrock_stream;
 mod chunk_events;
 mod count;

@@ -327,9 +327,10 @@ pub(crate) fn build_request(
             let now = std::time::SystemTime::now();
             let signed = crate::upstream::sigv4::signature_headers(
                 aws,
+                "POST",
                 host,
                 &path,
-                "application/json",
+                Some("application/json"),
                 &t.body,
                 now,
             )?;

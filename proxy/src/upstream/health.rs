@@ -2,6 +2,9 @@
 //! (`GET {base_url}{path}` on a fresh connection) and feeds the result to its own circuit
 //! breakers for that provider's deployments — the same state passive failures feed. The
 //! latest result is also shared for `/readyz`.
+//!
+//! Probes carry the provider's credentials like data requests: its key, a Vertex AI access
+//! token, or a SigV4 signature for Bedrock (made per probe: signatures are dated).
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -9,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use sluice_core::config::Provider;
 use sluice_core::dialect;
+use sluice_core::error::GatewayError;
 use sluice_core::http1::parse_response_head;
 
 use crate::state::{Slot, Worker};
@@ -44,7 +48,6 @@ pub async fn run(slot: Rc<Slot>, worker: Rc<Worker>, index: usize) {
     let Some(check) = provider.health_check.clone() else {
         return;
     };
-    let request = probe_request(provider, &check.path);
     // Spread the workers' probes over the interval instead of firing them together.
     let stagger =
         Duration::from_millis(check.interval_ms * worker.id as u64 / shared.workers.max(1) as u64);
@@ -53,14 +56,21 @@ pub async fn run(slot: Rc<Slot>, worker: Rc<Worker>, index: usize) {
         if shared.is_draining() || !slot.is_current(&worker) {
             return;
         }
-        let ok = matches!(
-            monoio::time::timeout(
-                Duration::from_millis(check.timeout_ms),
-                probe(&worker, provider, index, request.clone())
-            )
-            .await,
-            Ok(true)
-        );
+        let ok = match probe_request(&worker, provider, index, &check.path) {
+            Ok(request) => matches!(
+                monoio::time::timeout(
+                    Duration::from_millis(check.timeout_ms),
+                    probe(&worker, provider, index, request)
+                )
+                .await,
+                Ok(true)
+            ),
+            // No Vertex AI token (or no signature): data requests fail the same way.
+            Err(e) => {
+                tracing::debug!(provider = %provider.name, error = %e.message, "health check not sent");
+                false
+            }
+        };
         if let Some(h) = shared.health.get(index) {
             h.store(if ok { HEALTHY } else { UNHEALTHY }, Ordering::Relaxed);
         }
@@ -75,13 +85,32 @@ pub async fn run(slot: Rc<Slot>, worker: Rc<Worker>, index: usize) {
     }
 }
 
-fn probe_request(provider: &Provider, path: &str) -> Vec<u8> {
+/// The probe of `provider` (index `index`): `GET {base_url}{path}` with the provider's key,
+/// its Vertex AI access token or a SigV4 signature, as its data requests carry.
+fn probe_request(
+    worker: &Worker,
+    provider: &Provider,
+    index: usize,
+    path: &str,
+) -> Result<Vec<u8>, GatewayError> {
+    let target = format!("{}{}", provider.endpoint.path_prefix, path);
+    let host = &provider.endpoint.host_header;
     let mut req = format!(
-        "GET {}{} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\nuser-agent: sluice-health\r\n",
-        provider.endpoint.path_prefix, path, provider.endpoint.host_header
+        "GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\nuser-agent: sluice-health\r\n",
     );
-    if let Some(key) = &provider.api_key {
-        for (name, value) in dialect::auth_headers(provider.kind, key.expose()) {
+    let token =
+        crate::upstream::vertex::access_token(&worker.shared.vertex_tokens, provider, index)?;
+    let token = token.as_ref().and_then(|t| t.as_deref()).map(|t| t.value());
+    if let Some(key) = provider.api_key.as_ref().map(|k| k.expose()).or(token) {
+        for (name, value) in dialect::auth_headers(provider.kind, key) {
+            req.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    if let Some(aws) = &provider.aws {
+        let now = std::time::SystemTime::now();
+        let signed =
+            crate::upstream::sigv4::signature_headers(aws, "GET", host, &target, None, b"", now)?;
+        for (name, value) in signed {
             req.push_str(&format!("{name}: {value}\r\n"));
         }
     }
@@ -89,7 +118,7 @@ fn probe_request(provider: &Provider, path: &str) -> Vec<u8> {
         req.push_str(&format!("{name}: {value}\r\n"));
     }
     req.push_str("\r\n");
-    req.into_bytes()
+    Ok(req.into_bytes())
 }
 
 /// One check: connect, send, read the status line. Below 500 is healthy.

@@ -3,7 +3,8 @@
 //! One thread per distinct key (`sluice-vertex-token`) signs a JWT assertion (RS256, with
 //! rustls' ring provider: the key's PKCS#8 RSA key through `any_supported_type`, so no
 //! second crypto library), exchanges it at the key's `token_uri` for an access token
-//! (`grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer`) with a blocking `ureq` client,
+//! (`grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer`) with the process's blocking HTTP
+//! client (system roots, `SSL_CERT_FILE`, the `*_PROXY` variables),
 //! and stores it in a [`TokenCell`]. It refreshes before expiry ([`refresh_after`]) and,
 //! when that fails, logs and counts it (`sluice_vertex_token_failures_total`) and tries
 //! again with backoff while the old token lasts.
@@ -173,13 +174,7 @@ fn refresh_loop(
     first: std::sync::mpsc::Sender<()>,
 ) {
     let signer = load_signer(&key);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(TOKEN_TIMEOUT))
-        .http_status_as_error(false)
-        .proxy(None)
-        .user_agent("sluice")
-        .build()
-        .into();
+    let agent = crate::blocking_http::agent(TOKEN_TIMEOUT);
     let mut failures: u32 = 0;
     loop {
         let Some(live) = cell.upgrade() else {
