@@ -87,7 +87,7 @@ pub enum Command {
         until: Option<Instant>,
     },
     /// Terminal: hand `attempt`'s answer to the client; then call
-    /// [`AttemptLoop::settle_delivered`].
+    /// [`AttemptLoop::settle_delivered`](super::AttemptLoop::settle_delivered).
     Deliver {
         /// The attempt.
         attempt: AttemptId,
@@ -143,7 +143,7 @@ pub enum Event {
         /// The attempt.
         attempt: AttemptId,
         /// The body says the prompt does not fit the model
-        /// ([`retry::is_context_window_error`]).
+        /// ([`retry::is_context_window_error`](crate::retry::is_context_window_error)).
         context_window: bool,
     },
     /// `attempt` failed before a head (or while its error body was read).
