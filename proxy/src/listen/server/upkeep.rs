@@ -1,0 +1,97 @@
+//! Housekeeping threads off the data plane: metric buffers drained, freed heap memory handed
+//! back after a busy spell, the systemd watchdog fed while every worker's heartbeat moves.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::state::Shared;
+
+/// How often housekeeping runs.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Housekeeping off the data plane: drains metric histogram buffers (they grow without
+/// bound otherwise) and, once the gateway is idle after a busy spell, hands freed heap memory
+/// back to the OS, so RSS returns to its idle size after a load peak.
+pub(super) fn spawn_upkeep(shared: Arc<Shared>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("sluice-upkeep".into())
+        .spawn(move || {
+            let mut busy_since_trim = false;
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                crate::telemetry::metrics::upkeep();
+                if shared.active.load(Ordering::Relaxed) > 0 {
+                    busy_since_trim = true;
+                } else if busy_since_trim {
+                    busy_since_trim = false;
+                    release_free_memory();
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Returns free heap pages to the OS (glibc keeps them in its arenas otherwise).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims glibc's own arenas under their locks; it takes
+    // no pointer from us and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Feeds the systemd watchdog (WatchdogSec= in the unit) every half period, while every
+/// worker's heartbeat moves: a stuck event loop stops the pings and systemd restarts us.
+pub(super) fn spawn_watchdog(shared: &Arc<Shared>) -> io::Result<()> {
+    let Some(every) = crate::ops::sdnotify::watchdog_interval() else {
+        return Ok(());
+    };
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name("sluice-watchdog".into())
+        .spawn(move || {
+            let mut last: Vec<u64> = shared
+                .heartbeats
+                .iter()
+                .map(|h| h.load(Ordering::Relaxed))
+                .collect();
+            loop {
+                std::thread::sleep(every);
+                let now: Vec<u64> = shared
+                    .heartbeats
+                    .iter()
+                    .map(|h| h.load(Ordering::Relaxed))
+                    .collect();
+                let stuck = now.iter().zip(&last).position(|(n, l)| n == l);
+                match stuck {
+                    None => {
+                        let _ = crate::ops::sdnotify::watchdog();
+                    }
+                    Some(id) => tracing::error!(
+                        worker = id,
+                        "worker event loop stalled; not feeding the watchdog"
+                    ),
+                }
+                last = now;
+            }
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releasing_free_memory_is_safe_after_churn() {
+        let blocks: Vec<Vec<u8>> = (0..256).map(|i| vec![i as u8; 64 * 1024]).collect();
+        drop(blocks);
+        release_free_memory();
+        release_free_memory();
+        let again = vec![7u8; 1 << 20];
+        assert_eq!(again[12345], 7);
+    }
+}
