@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use access::*;
 use common::*;
@@ -199,8 +199,18 @@ fn budget_thresholds_post_to_the_webhook_once_each() {
     for _ in 0..3 {
         assert_eq!(spend_1250(&gw, &key), 200);
     }
-    // The 8th: 10000, the key's 100 % and the team's 50 %; then the key is refused.
+    // The 8th: 10000, the key's 100 % and the team's 50 %; then the key is refused (once
+    // the 8th is settled: with two workers the next request can arrive first).
     assert_eq!(spend_1250(&gw, &key), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, view) = gw.admin("GET", &format!("/admin/keys/{id}"), None);
+        if view["spend_usd"].as_f64().unwrap_or(0.0) >= 0.01 - 1e-9 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the 8th request never settled: {view}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let r = gw.chat_as(&key, &chat_body("mock-fast", false, Some(1), 400), "");
     assert_eq!(r.status, 429, "{}", r.text());
     let all = hook.delivered(4);
