@@ -208,7 +208,10 @@ fn budget_thresholds_post_to_the_webhook_once_each() {
         if view["spend_usd"].as_f64().unwrap_or(0.0) >= 0.01 - 1e-9 {
             break;
         }
-        assert!(Instant::now() < deadline, "the 8th request never settled: {view}");
+        assert!(
+            Instant::now() < deadline,
+            "the 8th request never settled: {view}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let r = gw.chat_as(&key, &chat_body("mock-fast", false, Some(1), 400), "");
