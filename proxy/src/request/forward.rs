@@ -131,17 +131,19 @@ fn with_env<R>(worker: &Worker, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
 }
 
 /// Attempts on their way (the request went out, the head is awaited): at most two, a hedged
-/// pair, each in a slot pinned in the exchange's own frame, so an attempt costs no allocation.
-struct Flights<'p, F> {
-    slots: [Pin<&'p mut Option<F>>; 2],
+/// pair. Each is boxed while it is on its way (one allocation per attempt, freed when its
+/// head arrives): pinned in the exchange's own frame instead, the two slots (some 3.7 KiB
+/// each) stayed in every request's state to its end, a stream's minutes included.
+struct Flights<F> {
+    slots: [Option<Pin<Box<F>>>; 2],
     ids: [Option<AttemptId>; 2],
 }
 
-impl<F: Future<Output = Result<Sent, UpstreamError>>> Flights<'_, F> {
+impl<F: Future<Output = Result<Sent, UpstreamError>>> Flights<F> {
     /// Puts `fut` in a free slot (the loop never has more than two attempts in flight).
     fn start(&mut self, id: AttemptId, fut: F) {
         let k = usize::from(self.ids[0].is_some());
-        self.slots[k].set(Some(fut));
+        self.slots[k] = Some(Box::pin(fut));
         self.ids[k] = Some(id);
     }
 
@@ -149,7 +151,7 @@ impl<F: Future<Output = Result<Sent, UpstreamError>>> Flights<'_, F> {
     fn cancel(&mut self, id: AttemptId) {
         for k in 0..2 {
             if self.ids[k] == Some(id) {
-                self.slots[k].set(None);
+                self.slots[k] = None;
                 self.ids[k] = None;
             }
         }
@@ -160,8 +162,8 @@ impl<F: Future<Output = Result<Sent, UpstreamError>>> Flights<'_, F> {
         let (k, id, r) = std::future::poll_fn(|cx| {
             for k in 0..2 {
                 let Some(id) = self.ids[k] else { continue };
-                if let Some(fut) = self.slots[k].as_mut().as_pin_mut() {
-                    if let Poll::Ready(r) = fut.poll(cx) {
+                if let Some(fut) = self.slots[k].as_mut() {
+                    if let Poll::Ready(r) = fut.as_mut().poll(cx) {
                         return Poll::Ready((k, id, r));
                     }
                 }
@@ -169,7 +171,7 @@ impl<F: Future<Output = Result<Sent, UpstreamError>>> Flights<'_, F> {
             Poll::Pending
         })
         .await;
-        self.slots[k].set(None);
+        self.slots[k] = None;
         self.ids[k] = None;
         (id, r)
     }
@@ -227,9 +229,8 @@ async fn exchange(
         launched: SmallVec::new(),
         error_answer: None,
     };
-    let (a, b) = (std::pin::pin!(None), std::pin::pin!(None));
     let mut flights = Flights {
-        slots: [a, b],
+        slots: [None, None],
         ids: [None, None],
     };
     // An event is handled and the next command polled under one look at the clock.
@@ -380,7 +381,7 @@ fn launch_of(sends: &Sends, id: AttemptId) -> Option<&Launch> {
 async fn wait<F: Future<Output = Result<Sent, UpstreamError>>>(
     worker: &Worker,
     sends: &mut Sends,
-    flights: &mut Flights<'_, F>,
+    flights: &mut Flights<F>,
     until: Option<Instant>,
     watch: &mut ClientWatch<'_>,
 ) -> Event {
