@@ -88,10 +88,10 @@ pub fn in_flight(set: &LimitSet) -> Option<u64> {
 /// `now_ms`: with leases, the fleet's view ([`Leases::rate_snapshot`]); else (or before any
 /// transfer) the local bucket's. `None` without such a limit.
 pub fn rate_snapshot(set: &LimitSet, tokens: bool, now_ms: u64) -> Option<Snapshot> {
-    let (bucket, dim) = if tokens {
-        (set.tokens.as_ref()?, Dim::Tokens)
+    let (local, dim) = if tokens {
+        (set.tokens.as_ref()?.snapshot(now_ms), Dim::Tokens)
     } else {
-        (set.requests.as_ref()?, Dim::Requests)
+        (set.requests.as_ref()?.snapshot(now_ms), Dim::Requests)
     };
     let fleet = set
         .leases
@@ -102,7 +102,7 @@ pub fn rate_snapshot(set: &LimitSet, tokens: bool, now_ms: u64) -> Option<Snapsh
             remaining,
             reset_ms,
         });
-    Some(fleet.unwrap_or_else(|| bucket.snapshot(now_ms)))
+    Some(fleet.unwrap_or(local))
 }
 
 /// The local share of `leases` used while the store is unavailable: each limit ÷ `replicas`
