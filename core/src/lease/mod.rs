@@ -17,8 +17,10 @@
 //!
 //! # The over-admission bound
 //!
-//! Every unit a replica admits was first taken from the shared bucket, so the shared bucket's
-//! own law holds for the fleet (a rate bucket admits at most `capacity + refill × elapsed`).
+//! Every unit a replica admits was first taken from the shared store, so the store's own law
+//! holds for the fleet: for `rpm` a sliding 60 s window (at most `rpm` units taken in any 60 s,
+//! the proxy's `WINDOW` script), for `tpm` a token bucket (at most `capacity + refill ×
+//! elapsed`).
 //! What leasing adds is time-shift: units leased before a window opens and spent inside it.
 //! Those are at most what the leases hold when the window opens — per replica one
 //! [`lease_size`], since every sync returns anything above it (refunds of settled requests
@@ -32,9 +34,10 @@
 //! most one sync interval's). A replica that dies holding leases frees its slots and budget when
 //! its liveness entry expires in the store; its unused rate leases come back with the refill.
 //!
-//! Note that the law is the token bucket's, as on one process: a bucket of `rpm` admits a
-//! burst of `rpm` and then `rpm` per minute, so a sliding 60 s window can see up to
-//! `2 × rpm − 1`.
+//! So any 60 s window of a fleet admits at most `rpm + N × lease_size(rpm, N)` requests — `rpm`
+//! exactly for a limit under `16 × N` (a key with rpm = 10 through two replicas: at most 10),
+//! for a deployment up to `N` more — as on one process, where the window is exact. (Before
+//! this, `rpm` was a token bucket here too, which let a 60 s window see up to `2 × rpm − 1`.)
 //!
 //! # When the store is unavailable
 //!
