@@ -22,7 +22,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::lease::pool::Subject;
 use crate::limits::{
-    next_period_start, period_start, Concurrency, LimitSet, RetryAfter, TokenBucket,
+    next_period_start, period_start, Concurrency, LimitSet, RequestWindow, RetryAfter, TokenBucket,
 };
 use crate::route::Target;
 
@@ -203,7 +203,7 @@ pub(crate) fn admit_requests(set: &LimitSet, now_ms: u64) -> Result<(), Refusal>
         }
     }
     if let Some(b) = &set.requests {
-        if let Err(r) = b.try_take(1, now_ms) {
+        if let Err(r) = b.try_take(now_ms) {
             if let Some(c) = &set.concurrency {
                 c.release();
             }
@@ -218,7 +218,7 @@ pub(crate) fn undo_requests(set: &LimitSet, now_ms: u64) {
         c.release();
     }
     if let Some(b) = &set.requests {
-        b.refund(1, now_ms);
+        b.refund(now_ms);
     }
 }
 
@@ -313,7 +313,7 @@ impl DeploymentLimits {
                                         ))),
                                         requests: d
                                             .rpm
-                                            .map(|n| TokenBucket::per_minute(u64::from(n))),
+                                            .map(|n| RequestWindow::per_minute(u64::from(n))),
                                         tokens: d.tpm.map(TokenBucket::per_minute),
                                         concurrency: None::<Concurrency>,
                                         ..LimitSet::default()

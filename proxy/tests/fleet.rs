@@ -120,6 +120,12 @@ fn ok(rs: &[Response]) -> usize {
     rs.iter().filter(|r| r.status == 200).count()
 }
 
+/// `rpm` is a sliding 60 s window: at most `limit` plus the lease bound in any 60 s, so at most
+/// that per started minute of `elapsed`.
+fn window_law(limit: u64, elapsed: Duration, bound: u64) -> usize {
+    ((limit + bound) * (elapsed.as_millis() as u64 / 60_000 + 1)) as usize
+}
+
 /// At most `limit` per minute plus the refill over `elapsed` plus the lease bound.
 fn law(limit: u64, elapsed: Duration, bound: u64) -> usize {
     (limit + limit * elapsed.as_millis() as u64 / 60_000 + bound) as usize
@@ -149,7 +155,7 @@ fn limits_are_global_revocations_spread_and_dead_leases_come_back() {
         );
     }
     assert!(
-        admitted <= law(10, started.elapsed(), 0),
+        admitted <= window_law(10, started.elapsed(), 0),
         "rpm 10 admitted {admitted}"
     );
     assert!(rs.iter().any(|r| r.status == 429));
@@ -167,7 +173,7 @@ fn limits_are_global_revocations_spread_and_dead_leases_come_back() {
         );
     }
     assert!(
-        admitted <= law(60, started.elapsed(), 3),
+        admitted <= window_law(60, started.elapsed(), 3),
         "rpm 60 admitted {admitted}"
     );
     assert!(admitted >= 30, "rpm 60 admitted only {admitted}");
@@ -661,6 +667,49 @@ fn one_late_direct_fetch_does_not_degrade_the_replica() {
     assert_eq!(c.get("/readyz").json()["shared"]["limits"], "global");
 }
 
+/// The claim on two real replicas and one Redis, without waiting a minute: a burst of
+/// 40 requests with rpm = 10 split over both admits at most 10, and 7 s later (a token bucket
+/// of 10 per minute would have refilled one) a second burst admits none while the first
+/// minute lasts.
+#[test]
+fn rpm_10_burst_across_two_replicas_is_capped_at_10() {
+    let mock = mock();
+    let dir = temp_dir("fleet-window");
+    let redis = Redis::start(&dir);
+    let config = fleet_config(mock.addr(), &dir.join("s.db"), &redis, "timeout_ms = 500");
+    let gws: Vec<Gw> = (0..2).map(|_| start(&config, driver_name(false))).collect();
+    let (_, key) = gws[0].create_key(json!({"name": "ten", "rpm": 10}));
+    let started = Instant::now();
+    known_everywhere(&gws, &key); // spends one request on each replica
+    let first = burst(&gws, &key, 40, "");
+    let admitted = ok(&first) + 2;
+    assert!(
+        admitted <= window_law(10, started.elapsed(), 0),
+        "rpm 10 admitted {admitted} in the first burst"
+    );
+    assert!(first.iter().any(|r| r.status == 429));
+    // The refusals say when the oldest admission leaves the window.
+    let refused = first.iter().find(|r| r.status == 429).unwrap();
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    std::thread::sleep(Duration::from_secs(7));
+    let second = burst(&gws, &key, 10, "");
+    let admitted = admitted + ok(&second);
+    assert!(
+        admitted <= window_law(10, started.elapsed(), 0),
+        "rpm 10 admitted {admitted} after a second burst"
+    );
+    if started.elapsed() < Duration::from_secs(60) {
+        assert_eq!(ok(&second), 0, "a window, not a refilling bucket");
+    }
+    for gw in &gws {
+        assert_eq!(
+            sample(&gw.metrics(), "sluice_shared_unavailable_total"),
+            0.0
+        );
+    }
+}
+
 /// The `x-ratelimit-*` headers show the fleet's use of a shared bucket, not the replica's: four
 /// requests through A, then one through B, and B says about five are left (its local bucket,
 /// never used while leased, would say nine).
@@ -688,6 +737,8 @@ fn ratelimit_headers_show_the_fleets_use() {
         .unwrap()
         .parse()
         .unwrap();
-    // Six admitted; a unit may have refilled meanwhile (one per 6 s).
-    assert!((4..=5).contains(&left), "remaining {left}");
+    // Six admitted, and a window gives none back within the minute.
+    assert_eq!(left, 4, "remaining {left}");
+    let reset = r.header("x-ratelimit-reset-requests").unwrap();
+    assert!(reset.ends_with('s'), "reset {reset}");
 }

@@ -17,8 +17,10 @@
 //!
 //! # The over-admission bound
 //!
-//! Every unit a replica admits was first taken from the shared bucket, so the shared bucket's
-//! own law holds for the fleet (a rate bucket admits at most `capacity + refill × elapsed`).
+//! Every unit a replica admits was first taken from the shared store, so the store's own law
+//! holds for the fleet: for `rpm` a sliding 60 s window (at most `rpm` units taken in any 60 s,
+//! the proxy's `WINDOW` script), for `tpm` a token bucket (at most `capacity + refill ×
+//! elapsed`).
 //! What leasing adds is time-shift: units leased before a window opens and spent inside it.
 //! Those are at most what the leases hold when the window opens — per replica one
 //! [`lease_size`], since every sync returns anything above it (refunds of settled requests
@@ -32,9 +34,10 @@
 //! most one sync interval's). A replica that dies holding leases frees its slots and budget when
 //! its liveness entry expires in the store; its unused rate leases come back with the refill.
 //!
-//! Note that the law is the token bucket's, as on one process: a bucket of `rpm` admits a
-//! burst of `rpm` and then `rpm` per minute, so a sliding 60 s window can see up to
-//! `2 × rpm − 1`.
+//! So any 60 s window of a fleet admits at most `rpm + N × lease_size(rpm, N)` requests — `rpm`
+//! exactly for a limit under `16 × N` (a key with rpm = 10 through two replicas: at most 10),
+//! for a deployment up to `N` more — as on one process, where the window is exact. (Before
+//! this, `rpm` was a token bucket here too, which let a 60 s window see up to `2 × rpm − 1`.)
 //!
 //! # When the store is unavailable
 //!
@@ -88,10 +91,10 @@ pub fn in_flight(set: &LimitSet) -> Option<u64> {
 /// `now_ms`: with leases, the fleet's view ([`Leases::rate_snapshot`]); else (or before any
 /// transfer) the local bucket's. `None` without such a limit.
 pub fn rate_snapshot(set: &LimitSet, tokens: bool, now_ms: u64) -> Option<Snapshot> {
-    let (bucket, dim) = if tokens {
-        (set.tokens.as_ref()?, Dim::Tokens)
+    let (local, dim) = if tokens {
+        (set.tokens.as_ref()?.snapshot(now_ms), Dim::Tokens)
     } else {
-        (set.requests.as_ref()?, Dim::Requests)
+        (set.requests.as_ref()?.snapshot(now_ms), Dim::Requests)
     };
     let fleet = set
         .leases
@@ -102,7 +105,7 @@ pub fn rate_snapshot(set: &LimitSet, tokens: bool, now_ms: u64) -> Option<Snapsh
             remaining,
             reset_ms,
         });
-    Some(fleet.unwrap_or_else(|| bucket.snapshot(now_ms)))
+    Some(fleet.unwrap_or(local))
 }
 
 /// The local share of `leases` used while the store is unavailable: each limit ÷ `replicas`

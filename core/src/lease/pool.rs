@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use crate::keys::BudgetPeriod;
 
+/// The store's `rpm` window, in milliseconds (the local `RequestWindow`'s too).
+const WINDOW_MS: u64 = 60_000;
+
 /// A lease is at most `limit / (LEASE_SHARE × replicas)` units.
 pub const LEASE_SHARE: u64 = 16;
 
@@ -279,8 +282,9 @@ impl Leases {
         }
     }
 
-    /// The fleet's view of a rate bucket at `now_ms`, for the `x-ratelimit-*` headers: what the
-    /// store said at this replica's last transfer for it, refilled since at the limit's rate,
+    /// The fleet's view of a rate limit at `now_ms`, for the `x-ratelimit-*` headers: what the
+    /// store said at this replica's last transfer for it (for `tpm` refilled since at the
+    /// limit's rate; for `rpm`, a 60 s window, all of it until 60 s after that transfer),
     /// plus what this replica's pool holds unspent: `(limit, remaining, reset_ms)`. `None`
     /// before any transfer.
     pub fn rate_snapshot(&self, dim: Dim, now_ms: u64) -> Option<(u64, u64, u64)> {
@@ -291,9 +295,20 @@ impl Leases {
             return None;
         }
         let elapsed = now_ms.saturating_sub(at);
+        let pool = u64::try_from(self.pool(dim).balance()).unwrap_or(0);
+        if dim == Dim::Requests {
+            // The store's 60 s window: what it held at the last transfer leaves it at most 60 s
+            // later, at moments this replica does not know, so it counts until then (never more
+            // left than there are, as far as this replica can tell).
+            if elapsed >= WINDOW_MS {
+                return Some((limit, limit, 0));
+            }
+            let used = used.load(Ordering::Acquire).saturating_sub(pool).min(limit);
+            let reset_ms = if used == 0 { 0 } else { WINDOW_MS - elapsed };
+            return Some((limit, limit - used, reset_ms));
+        }
         let refilled =
             u64::try_from(u128::from(elapsed) * u128::from(limit) / 60_000).unwrap_or(u64::MAX);
-        let pool = u64::try_from(self.pool(dim).balance()).unwrap_or(0);
         let used = used
             .load(Ordering::Acquire)
             .saturating_sub(refilled)

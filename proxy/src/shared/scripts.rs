@@ -1,6 +1,7 @@
 //! The Lua scripts that make every lease transfer atomic on Redis, and the key names.
 //!
-//! Rate buckets (`rpm`, `tpm`) are GCRA buckets like the local `TokenBucket`: one key holds
+//! `rpm` is a sliding 60 s window like the local `RequestWindow`: a sorted set of admission
+//! times per subject ([`WINDOW`]), per-second counts above 1,000 ([`SECONDS`]). `tpm` is a GCRA bucket like the local `TokenBucket`: one key holds
 //! the theoretical arrival time in microseconds of Redis's own clock (`TIME`), so replicas'
 //! clocks never matter. Held amounts (`conc`, `budget`) are a hash: one field `r:<replica>`
 //! per replica holding a lease, plus `spend` for a budget. Every script first drops the
@@ -44,6 +45,111 @@ local left = math.floor((now + tol - level) / iv)
 if left < 0 then left = 0 end
 if left > cap then left = cap end
 return {granted, cap - left, wait}
+"#;
+
+/// `window(op, n, limit)` on KEYS[1], a sorted set of admission times (Redis `TIME`, in
+/// milliseconds): the fleet's sliding 60 s window for `rpm`, so any 60 s window admits at most
+/// `limit` units taken from it. op is take | charge | refund: a take grants what fits
+/// (`limit` less the members younger than 60 s), a charge adds unconditionally, a refund removes
+/// the `n` newest (units leased and never spent). Returns `{granted, used, retry_after_ms}`,
+/// `retry_after_ms` the time until the first member that must leave for the rest of the ask to
+/// fit does. The set expires 60 s after its last change.
+pub const WINDOW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local op = ARGV[1]
+local n = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+local count = redis.call('ZCARD', KEYS[1])
+local granted = 0
+local wait = 0
+if op == 'refund' then
+  if n > 0 and count > 0 then redis.call('ZPOPMAX', KEYS[1], math.min(n, count)) end
+else
+  granted = n
+  if op == 'take' then
+    granted = math.max(0, math.min(n, limit - count))
+    if granted < n then
+      local need = count + n - limit
+      local first = redis.call('ZRANGE', KEYS[1], need - 1, need - 1, 'WITHSCORES')
+      if first[2] then wait = math.max(1, tonumber(first[2]) + 60000 - now) else wait = 1 end
+    end
+  end
+  -- Members are unique: the time in microseconds and a sequence number.
+  local seq = count
+  for _ = 1, granted do
+    repeat
+      seq = seq + 1
+    until redis.call('ZADD', KEYS[1], 'NX', now, t[1] .. '.' .. t[2] .. ':' .. seq) == 1
+  end
+end
+count = redis.call('ZCARD', KEYS[1])
+if count > 0 then redis.call('PEXPIRE', KEYS[1], 60000) end
+return {granted, math.min(count, limit), wait}
+"#;
+
+/// `seconds(op, n, limit)` on KEYS[1], a hash of admissions per second of Redis `TIME`: the
+/// fleet's 60 s window for an `rpm` above `limits::window::EXACT_MAX`, where a member per
+/// admission would cost too much memory. Same ops and answer as [`WINDOW`]; a second counts
+/// until all of it is older than 60 s, so a take can be refused up to a second early, never
+/// admitted late.
+pub const SECONDS: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local op = ARGV[1]
+local n = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local first = math.floor((now - 59999) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local live = {}
+local count = 0
+for i = 1, #all, 2 do
+  local sec = tonumber(all[i])
+  local c = tonumber(all[i + 1])
+  if sec < first or c <= 0 then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    table.insert(live, {sec, c})
+    count = count + c
+  end
+end
+table.sort(live, function(a, b) return a[1] < b[1] end)
+local granted = 0
+local wait = 0
+if op == 'refund' then
+  local left = n
+  for i = #live, 1, -1 do
+    if left <= 0 then break end
+    local d = math.min(left, live[i][2])
+    redis.call('HINCRBY', KEYS[1], tostring(live[i][1]), -d)
+    left = left - d
+    count = count - d
+  end
+else
+  granted = n
+  if op == 'take' then
+    granted = math.max(0, math.min(n, limit - count))
+    if granted < n then
+      local need = count + n - limit
+      local freed = 0
+      wait = 1
+      for i = 1, #live do
+        freed = freed + live[i][2]
+        if freed >= need then
+          wait = math.max(1, live[i][1] * 1000 + 60999 - now)
+          break
+        end
+      end
+    end
+  end
+  if granted > 0 then
+    redis.call('HINCRBY', KEYS[1], tostring(math.floor(now / 1000)), granted)
+    count = count + granted
+  end
+end
+if count > 0 then redis.call('PEXPIRE', KEYS[1], 61000) end
+return {granted, math.min(count, limit), wait}
 "#;
 
 /// `held(op, n, limit, replica, seed_spend, unleased, ttl_ms)` on KEYS[1] (the hash) with
@@ -114,10 +220,14 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
 "#;
 
-/// The three scripts, hashed once.
+/// The scripts, hashed once.
 pub struct Scripts {
     /// [`RATE`].
     pub rate: Script,
+    /// [`WINDOW`].
+    pub window: Script,
+    /// [`SECONDS`].
+    pub seconds: Script,
     /// [`HELD`].
     pub held: Script,
     /// [`ALIVE`].
@@ -129,6 +239,8 @@ impl Scripts {
     pub fn new() -> Self {
         Scripts {
             rate: Script::new(RATE),
+            window: Script::new(WINDOW),
+            seconds: Script::new(SECONDS),
             held: Script::new(HELD),
             alive: Script::new(ALIVE),
         }

@@ -104,7 +104,13 @@ impl Syncer {
         let mut conn = client.get_connection_with_timeout(limit)?;
         conn.set_read_timeout(Some(limit))?;
         conn.set_write_timeout(Some(limit))?;
-        for s in [&self.scripts.rate, &self.scripts.held, &self.scripts.alive] {
+        for s in [
+            &self.scripts.rate,
+            &self.scripts.window,
+            &self.scripts.seconds,
+            &self.scripts.held,
+            &self.scripts.alive,
+        ] {
             s.load(&mut conn)?;
         }
         Ok(conn)
@@ -276,6 +282,20 @@ impl Syncer {
             Transfer::Spend { leased, .. } => (Dim::Budget, "spend", leased),
         };
         let limit = leases.shape.limit(dim).unwrap_or(0);
+        if dim == Dim::Requests {
+            // Keys of their own (`rpm-window` a sorted set, `rpm-seconds` a hash): never the
+            // string a GCRA bucket of an older version left under `rpm`.
+            let (name, script) = if limit <= sluice_core::limits::window::EXACT_MAX {
+                ("rpm-window", &self.scripts.window)
+            } else {
+                ("rpm-seconds", &self.scripts.seconds)
+            };
+            let key = self.names.bucket(&subject, name, None);
+            let mut cmd = evalsha(script, &[&key]);
+            cmd.arg(op).arg(n).arg(limit);
+            pipe.add_command(cmd);
+            return;
+        }
         if dim.is_rate() {
             let interval_us = 60_000_000.0 / (limit.max(1) as f64);
             let key = self.names.bucket(&subject, dim.as_str(), None);

@@ -1,0 +1,243 @@
+//! Admission limits: sliding windows (requests per minute), token buckets (tokens per minute),
+//! concurrency caps and spend budgets, shared by every worker through `Arc`.
+//!
+//! By what happens in them: `window` (at most `rpm` requests in any 60 s window), `bucket`
+//! (GCRA token bucket for `tpm`), `concurrency` (requests in flight), `budget` (spend per
+//! calendar period); this file holds the set of them one key, team or deployment has and the
+//! `x-ratelimit-*` headers.
+//!
+//! Time comes in as an argument, never from a clock read: `now_ms` is a monotonic millisecond
+//! count (the proxy passes milliseconds since it started), `unix_s` a wall-clock second for
+//! budget periods.
+//!
+//! # Call order on the request path
+//!
+//! ```text
+//! admit ─► LimitSet::admit (for the key, its team, the deployment)
+//!            ├─ Concurrency::acquire
+//!            ├─ RequestWindow::try_take (one request)
+//!            ├─ TokenBucket::try_take (tokens: estimate + max_tokens)
+//!            └─ Budget::try_reserve (estimated cost)          any refusal rolls back the rest
+//! settle ─► Admission::settle (actual tokens and cost: refund or charge the difference,
+//!                              release the concurrency slot)
+//! ```
+//!
+//! # Guarantees
+//!
+//! - A [`RequestWindow`] never admits more than its limit in any 60 s window (exactly the
+//!   limit when it is at most [`window::EXACT_MAX`], up to one second's admissions fewer above).
+//! - A [`TokenBucket`] never admits more than `capacity + refill_per_minute * elapsed / 60 000 ms`
+//!   tokens over any window (net of refunds): its whole state is one `AtomicU64` updated by
+//!   compare-and-swap (GCRA), so no interleaving of workers can over-admit.
+//! - A [`Budget`] never lets outstanding reservations plus spend pass its limit; spend can pass
+//!   it only when a request's actual cost exceeds what it reserved, by that difference.
+//!
+//! Concurrency note: workers read a monotonic clock each, so two `now_ms` values may arrive out
+//! of order by a few microseconds. The bucket tolerates it: an older `now` is treated as the
+//! newest one it has seen where that is stricter, and can only be lenient by the skew itself.
+
+use std::sync::{Arc, OnceLock};
+
+use crate::keys::Limits;
+use crate::lease::pool::{Leases, Subject};
+
+mod bucket;
+mod budget;
+mod concurrency;
+pub mod window;
+
+pub use bucket::TokenBucket;
+pub use budget::{civil_date, next_period_start, period_start, Budget, BudgetPeriod};
+pub use concurrency::Concurrency;
+pub use window::RequestWindow;
+
+/// Tokens left in a bucket after an admission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remaining(pub u64);
+
+/// How long until a refused take could succeed, in milliseconds.
+///
+/// [`RetryAfter::NEVER`] means the request is larger than the bucket's capacity and will never
+/// fit (OpenAI answers such requests with 429 and "Request too large").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryAfter(pub u64);
+
+impl RetryAfter {
+    /// The request can never be admitted: it asks for more than the capacity.
+    pub const NEVER: RetryAfter = RetryAfter(u64::MAX);
+
+    /// Whether waiting cannot help.
+    pub fn is_never(self) -> bool {
+        self == Self::NEVER
+    }
+
+    /// Whole seconds for a `Retry-After` header (at least 1).
+    pub fn seconds(self) -> u64 {
+        self.0.div_ceil(1000).max(1)
+    }
+}
+
+/// One bucket's numbers for OpenAI's `x-ratelimit-*` headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `x-ratelimit-limit-*`.
+    pub limit: u64,
+    /// `x-ratelimit-remaining-*`.
+    pub remaining: u64,
+    /// `x-ratelimit-reset-*`, in milliseconds.
+    pub reset_ms: u64,
+}
+
+/// OpenAI's six rate-limit headers from a requests bucket and a tokens bucket; either may be
+/// absent (no such limit), and its three headers are then left out.
+pub fn ratelimit_headers(
+    requests: Option<Snapshot>,
+    tokens: Option<Snapshot>,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::with_capacity(6);
+    if let Some(s) = requests {
+        out.push(("x-ratelimit-limit-requests", s.limit.to_string()));
+        out.push(("x-ratelimit-remaining-requests", s.remaining.to_string()));
+        out.push(("x-ratelimit-reset-requests", format_duration_ms(s.reset_ms)));
+    }
+    if let Some(s) = tokens {
+        out.push(("x-ratelimit-limit-tokens", s.limit.to_string()));
+        out.push(("x-ratelimit-remaining-tokens", s.remaining.to_string()));
+        out.push(("x-ratelimit-reset-tokens", format_duration_ms(s.reset_ms)));
+    }
+    out
+}
+
+/// A duration the way OpenAI writes `x-ratelimit-reset-*`: `20ms`, `1.5s`, `6m0s`, `1h2m3s`.
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, m, s, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    let secs = if milli == 0 {
+        format!("{s}s")
+    } else {
+        let frac = format!("{milli:03}");
+        format!("{s}.{}s", frac.trim_end_matches('0'))
+    };
+    match (h, m) {
+        (0, 0) => secs,
+        (0, m) => format!("{m}m{secs}"),
+        (h, m) => format!("{h}h{m}m{secs}"),
+    }
+}
+
+/// The limits of one principal: a key, a team or a deployment. Every part is optional.
+///
+/// Share it through `Arc`; a limiter backend (`limiter::Limiter`) takes a slice of them, so a request
+/// is checked against its key and its team at once.
+#[derive(Debug, Default)]
+pub struct LimitSet {
+    /// Whose limits these are (a key, a team, a deployment): names them in a fleet's shared
+    /// store. `None` keeps the set local even under the fleet limiter.
+    pub subject: Option<Subject>,
+    /// This set's leases under the fleet limiter (`lease::LeasedLimiter`), made on first use.
+    pub leases: OnceLock<Arc<Leases>>,
+    /// Requests per minute: at most this many in any 60 s window.
+    pub requests: Option<RequestWindow>,
+    /// Tokens per minute (prompt estimate plus `max_tokens` on admission, settled on usage).
+    pub tokens: Option<TokenBucket>,
+    /// Requests in flight.
+    pub concurrency: Option<Concurrency>,
+    /// Spend this period; kept even without a limit, for reporting.
+    pub budget: Budget,
+    /// Budget limit in micro-USD; `None` for no limit.
+    pub budget_limit_micros: Option<u64>,
+    /// When the budget starts over.
+    pub budget_period: BudgetPeriod,
+    /// Which budget alert thresholds this period were already reported (`alerts`).
+    pub alert_mark: crate::alerts::AlertMark,
+}
+
+impl LimitSet {
+    /// Limits from per-minute and concurrency numbers (`None`: no such limit), with `spend`
+    /// already spent in the period containing `unix_s` (as rebuilt from the store).
+    pub fn new(
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        max_concurrency: Option<u32>,
+        budget: Option<(u64, BudgetPeriod)>,
+        spend_micros: u64,
+        unix_s: u64,
+    ) -> Self {
+        let period = budget.map_or(BudgetPeriod::Lifetime, |b| b.1);
+        let start = period_start(period, unix_s);
+        LimitSet {
+            subject: None,
+            leases: OnceLock::new(),
+            requests: rpm.map(RequestWindow::per_minute),
+            tokens: tpm.map(TokenBucket::per_minute),
+            concurrency: max_concurrency.map(Concurrency::new),
+            budget: Budget::with_spend(start, spend_micros),
+            budget_limit_micros: budget.map(|b| b.0),
+            budget_period: period,
+            // Thresholds the spend rebuilt at start already reached are not reported again.
+            alert_mark: crate::alerts::AlertMark::new(start, spend_micros, budget.map(|b| b.0)),
+        }
+    }
+
+    /// The limit set of a key's or a team's [`Limits`], with `spend_micros` already spent in
+    /// the period containing `unix_s`. Without a budget the period is
+    /// [`BudgetPeriod::Lifetime`], as [`Limits::normalized`] says.
+    pub fn from_limits(limits: &Limits, spend_micros: u64, unix_s: u64) -> Self {
+        LimitSet::new(
+            limits.rpm,
+            limits.tpm,
+            limits.max_concurrency,
+            limits.budget_micros().map(|b| (b, limits.budget_period)),
+            spend_micros,
+            unix_s,
+        )
+    }
+
+    /// The same set, named `subject` in a fleet's shared store.
+    pub fn with_subject(mut self, subject: Subject) -> Self {
+        self.subject = Some(subject);
+        self
+    }
+
+    /// The `x-ratelimit-*` headers of this set at `now_ms`.
+    pub fn headers(&self, now_ms: u64) -> Vec<(&'static str, String)> {
+        ratelimit_headers(
+            self.requests.as_ref().map(|b| b.snapshot(now_ms)),
+            self.tokens.as_ref().map(|b| b.snapshot(now_ms)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_like_openai() {
+        assert_eq!(format_duration_ms(0), "0ms");
+        assert_eq!(format_duration_ms(20), "20ms");
+        assert_eq!(format_duration_ms(1000), "1s");
+        assert_eq!(format_duration_ms(1500), "1.5s");
+        assert_eq!(format_duration_ms(360_000), "6m0s");
+        assert_eq!(format_duration_ms(3_723_250), "1h2m3.25s");
+        let b = TokenBucket::per_minute(10);
+        b.try_take(2, 0).unwrap();
+        let h = b.snapshot(0);
+        assert_eq!(
+            h,
+            Snapshot {
+                limit: 10,
+                remaining: 8,
+                reset_ms: 12_000
+            }
+        );
+        let headers = ratelimit_headers(Some(h), None);
+        assert_eq!(headers.len(), 3);
+        assert_eq!(
+            headers[2],
+            ("x-ratelimit-reset-requests", "12s".to_string())
+        );
+    }
+}
