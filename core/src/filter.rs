@@ -44,6 +44,10 @@ pub trait BodyFilter {
     fn data_events(&self) -> u64 {
         0
     }
+    /// The model the upstream says answered (bounded), if this stage reads it.
+    fn answered_model(&self) -> Option<String> {
+        None
+    }
 }
 
 /// An OpenAI event stream passed through: scanned for usage, the injected usage chunk
@@ -70,6 +74,9 @@ impl BodyFilter for SseScanner {
     fn data_events(&self) -> u64 {
         SseScanner::data_events(self)
     }
+    fn answered_model(&self) -> Option<String> {
+        SseScanner::answered_model(self).map(str::to_owned)
+    }
 }
 
 /// Another dialect's event stream, translated event by event into the client's.
@@ -93,6 +100,9 @@ impl BodyFilter for StreamTranslator {
     }
     fn usage(&self) -> Option<Usage> {
         StreamTranslator::usage(self)
+    }
+    fn answered_model(&self) -> Option<String> {
+        StreamTranslator::answered_model(self).map(str::to_owned)
     }
 }
 
@@ -158,6 +168,13 @@ impl BodyFilter for Capture {
     fn usage(&self) -> Option<Usage> {
         if self.read_usage {
             usage::from_body(self.body()?)
+        } else {
+            None
+        }
+    }
+    fn answered_model(&self) -> Option<String> {
+        if self.read_usage {
+            crate::answered_model::from_json(self.body()?)
         } else {
             None
         }
@@ -281,6 +298,11 @@ impl Chain {
     /// Usage read by the first stage that reads any.
     pub fn usage(&self) -> Option<Usage> {
         self.stages.iter().find_map(|s| s.peek().usage())
+    }
+
+    /// The answered model read by the first stage that reads one.
+    pub fn answered_model(&self) -> Option<String> {
+        self.stages.iter().find_map(|s| s.peek().answered_model())
     }
 
     /// The complete answer a [`Stage::Pivot`] built, if any (after [`Chain::finish`]).

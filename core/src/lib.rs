@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod alerts;
+pub mod answered_model;
 pub mod attempt;
 pub mod balance;
 pub mod breaker;

@@ -275,6 +275,8 @@ struct Facts {
     usage: Option<Usage>,
     data_events: u64,
     done: bool,
+    /// The chunks' `model`, read from the first ones only.
+    model: crate::answered_model::ModelWatch,
 }
 
 impl SseScanner {
@@ -351,6 +353,11 @@ impl SseScanner {
         self.facts.done
     }
 
+    /// The model the chunks say answered (bounded), when they named one.
+    pub fn answered_model(&self) -> Option<&str> {
+        self.facts.model.model()
+    }
+
     /// Whether the client has received part of an event whose end has not arrived yet (still
     /// true after [`finish`](Self::finish) when the stream ended so). An error event injected
     /// now must first end that event with a blank line.
@@ -375,6 +382,7 @@ impl Facts {
             return true;
         }
         self.data_events += 1;
+        self.model.on_data(&ev.data);
         if !crate::usage::mentions_usage_object(&ev.data) {
             return true;
         }
@@ -444,6 +452,17 @@ mod tests {
         assert_eq!((u.input_tokens, u.output_tokens), (5, 2));
         assert!(s.saw_done());
         assert_eq!(s.data_events(), 4);
+    }
+
+    #[test]
+    fn reads_the_answered_model_from_the_first_chunk() {
+        let input = b"data: {\"id\":\"c\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[]}\n\ndata: {\"id\":\"c\",\"model\":\"other\",\"choices\":[]}\n\ndata: [DONE]\n\n";
+        for strip in [false, true] {
+            let (_, s) = run(strip, input, &[7, 30]);
+            assert_eq!(s.answered_model(), Some("gpt-4o-2024-08-06"));
+        }
+        let (_, none) = run(false, STREAM.as_bytes(), &[]);
+        assert_eq!(none.answered_model(), None);
     }
 
     #[test]

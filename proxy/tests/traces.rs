@@ -406,6 +406,120 @@ fn unreachable_collector_costs_nothing(driver: &str) {
     }));
 }
 
+/// `gen_ai.response.model` is the model the upstream's answer named (here the mock's
+/// `x-mock-answer-model`), not the deployment's configured one: for an OpenAI answer whole and
+/// streamed, and an Anthropic deployment's answer translated (whole and streamed) and passed
+/// through as a stream; an over-long name is cut to 256 bytes.
+fn response_model_is_the_one_that_answered(driver: &str) {
+    let (collector, received) = receiver(None);
+    let mock = mock();
+    let cfg = anthropic_config(mock.addr()).replace(
+        "[tracing]\n",
+        &format!("[tracing]\notlp_endpoint = \"http://{collector}/v1/traces\"\n"),
+    );
+    let gw = Gateway::start(&cfg, driver);
+    let long = "x".repeat(300);
+    let anthropic_stream = r#"{"model":"mock-anthropic","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"Say hello"}]}"#;
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "/v1/chat/completions",
+            chat("mock-fast", false),
+            "gpt-answered-2025-01-01",
+        ),
+        (
+            "/v1/chat/completions",
+            chat("mock-fast", true),
+            "gpt-streamed-2025-02-02",
+        ),
+        (
+            "/v1/chat/completions",
+            chat("mock-anthropic", false),
+            "claude-answered-20250303",
+        ),
+        (
+            "/v1/chat/completions",
+            chat("mock-anthropic", true),
+            "claude-streamed-20250404",
+        ),
+        (
+            "/v1/messages",
+            anthropic_stream.to_string(),
+            "claude-passed-20250505",
+        ),
+        (
+            "/v1/chat/completions",
+            chat("mock-fast", false),
+            long.as_str(),
+        ),
+    ];
+    let mut c = gw.connect();
+    for (k, (path, body, answered)) in cases.iter().enumerate() {
+        let trace = format!("{:032x}", k + 1);
+        let r = c.post(
+            path,
+            body,
+            &format!(
+                "traceparent: 00-{trace}-00f067aa0ba902b7-01\r\nx-mock-answer-model: {answered}\r\n"
+            ),
+        );
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    assert!(eventually(Duration::from_secs(5), || received
+        .lock()
+        .unwrap()
+        .spans()
+        .iter()
+        .filter(|s| s.kind == SpanKind::Server as i32)
+        .count()
+        >= cases.len()));
+    let spans = received.lock().unwrap().spans();
+    for (k, (path, body, answered)) in cases.iter().enumerate() {
+        let trace = format!("{:032x}", k + 1);
+        let of_trace = |kind: SpanKind| {
+            spans
+                .iter()
+                .find(|s| s.kind == kind as i32 && hex(&s.trace_id) == trace)
+                .unwrap_or_else(|| panic!("no {kind:?} span for {path} {body}"))
+        };
+        let want = &answered[..answered.len().min(256)];
+        for span in [of_trace(SpanKind::Server), of_trace(SpanKind::Client)] {
+            assert_eq!(
+                attr(span, "gen_ai.response.model"),
+                Some(&Value::StringValue(want.into())),
+                "{path} {body}"
+            );
+        }
+        // The request model stays what was asked for.
+        let asked = if body.contains("mock-fast") {
+            "mock-model"
+        } else {
+            "claude-mock"
+        };
+        assert_eq!(
+            attr(of_trace(SpanKind::Client), "gen_ai.request.model"),
+            Some(&Value::StringValue(asked.into()))
+        );
+    }
+    // The access line names the answered model when it is not the deployment's own.
+    let lines = gw.access_lines(cases.len());
+    assert_eq!(lines[0]["response_model"], "gpt-answered-2025-01-01");
+    assert_eq!(lines[5]["response_model"].as_str().map(str::len), Some(256));
+
+    // An answer naming the configured model itself: the same value, and no access-line field.
+    let r = c.post(
+        "/v1/chat/completions",
+        &chat("mock-fast", false),
+        "traceparent: 00-000000000000000000000000000000ff-00f067aa0ba902b7-01\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let lines = gw.access_lines(cases.len() + 1);
+    assert!(
+        lines[cases.len()].get("response_model").is_none(),
+        "{}",
+        lines[cases.len()]
+    );
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -414,5 +528,6 @@ both_drivers!(
     traces_have_parent_child_structure,
     unreachable_collector_costs_nothing,
     anthropic_spans_and_otel_environment,
-    export_over_https
+    export_over_https,
+    response_model_is_the_one_that_answered
 );

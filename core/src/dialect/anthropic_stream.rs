@@ -51,6 +51,8 @@ fn event_type(ev: &Event<'_>, v: &Value) -> String {
 pub(crate) struct UsageScan {
     usage: AnthropicUsage,
     complete: bool,
+    /// `message_start.message.model`, bounded.
+    model: Option<String>,
 }
 
 impl UsageScan {
@@ -59,9 +61,14 @@ impl UsageScan {
             return;
         };
         match event_type(ev, &v).as_str() {
-            "message_start" => self
-                .usage
-                .update(v.get("message").and_then(|m| m.get("usage"))),
+            "message_start" => {
+                let message = v.get("message");
+                self.usage.update(message.and_then(|m| m.get("usage")));
+                self.model = message
+                    .and_then(|m| m.get("model"))
+                    .and_then(Value::as_str)
+                    .and_then(crate::answered_model::bounded);
+            }
             "message_delta" => self.usage.update(v.get("usage")),
             "message_stop" => self.complete = true,
             _ => {}
@@ -74,6 +81,10 @@ impl UsageScan {
 
     pub(crate) fn complete(&self) -> bool {
         self.complete
+    }
+
+    pub(crate) fn model(&self) -> Option<&str> {
+        self.model.as_deref()
     }
 }
 

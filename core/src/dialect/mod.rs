@@ -331,6 +331,16 @@ pub fn translate_request(
     }
 }
 
+/// The model a whole (non-streaming) 2xx upstream body says answered, bounded: OpenAI, Azure
+/// and Anthropic `model`, Gemini `modelVersion`; `None` for Bedrock (it reports none) and for
+/// an error answer.
+pub fn answered_model(from: Dialect, status: u16, body: &[u8]) -> Option<String> {
+    if !(200..300).contains(&status) || matches!(from.wire(), Dialect::Bedrock) {
+        return None;
+    }
+    crate::answered_model::from_json(body)
+}
+
 /// Translates a whole (non-streaming) upstream response for the client, and reads its usage.
 ///
 /// A non-2xx body becomes the client's error shape (OpenAI `{"error":{message,type,code}}`,
@@ -400,6 +410,9 @@ pub struct StreamTranslator {
     to: Inbound,
     stage: Stage,
     done: bool,
+    /// The answered model, read from a translated stream's first upstream events (the
+    /// passthrough stages read it themselves).
+    model: crate::answered_model::ModelWatch,
 }
 
 #[derive(Debug)]
@@ -536,6 +549,7 @@ impl StreamTranslator {
             to,
             stage,
             done: false,
+            model: Default::default(),
         }
     }
 
@@ -556,15 +570,22 @@ impl StreamTranslator {
                 first,
                 second,
                 scratch,
-            } => match second {
-                None => splitter.handle_events(input, |ev| first.on_event(ev, out)),
-                Some(pair) => {
-                    splitter.handle_events(input, |ev| first.on_event(ev, scratch));
-                    let (split2, t2) = &mut **pair;
-                    split2.handle_events(scratch, |ev| t2.on_event(ev, out));
-                    scratch.clear();
+            } => {
+                let model = &mut self.model;
+                let mut first_event = |ev: &Event<'_>, out: &mut Vec<u8>| {
+                    model.on_data(&ev.data);
+                    first.on_event(ev, out);
+                };
+                match second {
+                    None => splitter.handle_events(input, |ev| first_event(ev, out)),
+                    Some(pair) => {
+                        splitter.handle_events(input, |ev| first_event(ev, scratch));
+                        let (split2, t2) = &mut **pair;
+                        split2.handle_events(scratch, |ev| t2.on_event(ev, out));
+                        scratch.clear();
+                    }
                 }
-            },
+            }
         }
     }
 
@@ -682,6 +703,17 @@ impl StreamTranslator {
             Stage::AnthropicPass(_, scan) => scan.complete(),
             Stage::Translate { first, .. } => first.complete(),
             Stage::Bedrock(relay) => relay.complete(),
+        }
+    }
+
+    /// The model the upstream says answered (bounded), when its stream named one (Bedrock's
+    /// never does).
+    pub fn answered_model(&self) -> Option<&str> {
+        match &self.stage {
+            Stage::OpenAiPass(scanner) => scanner.answered_model(),
+            Stage::AnthropicPass(_, scan) => scan.model(),
+            Stage::Translate { .. } => self.model.model(),
+            Stage::Bedrock(_) => None,
         }
     }
 

@@ -701,3 +701,67 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_answered_model_is_read_from_bodies_and_streams() {
+    let openai = br#"{"id":"c","model":"gpt-4o-2024-08-06","choices":[]}"#;
+    assert_eq!(
+        answered_model(Dialect::Azure, 200, openai).as_deref(),
+        Some("gpt-4o-2024-08-06")
+    );
+    assert_eq!(answered_model(Dialect::OpenAi, 500, openai), None);
+    let gemini = br#"{"candidates":[],"modelVersion":"gemini-2.0-flash-001"}"#;
+    assert_eq!(
+        answered_model(Dialect::Gemini, 200, gemini).as_deref(),
+        Some("gemini-2.0-flash-001")
+    );
+    assert_eq!(answered_model(Dialect::Bedrock, 200, openai), None);
+
+    // Anthropic's message_start, passed through and translated (once more for Responses).
+    let with_model = ANTHROPIC_STREAM.replace(
+        "\"id\":\"msg_1\"",
+        "\"id\":\"msg_1\",\"model\":\"claude-x-1\"",
+    );
+    for to in [
+        Inbound::AnthropicMessages,
+        Inbound::OpenAiChat,
+        Inbound::OpenAiResponses,
+    ] {
+        let (_, t) = stream_all(
+            Dialect::Anthropic,
+            to,
+            false,
+            with_model.as_bytes(),
+            &[9, 70],
+        );
+        assert_eq!(t.answered_model(), Some("claude-x-1"), "{to:?}");
+        let (_, none) = stream_all(
+            Dialect::Anthropic,
+            to,
+            false,
+            ANTHROPIC_STREAM.as_bytes(),
+            &[],
+        );
+        assert_eq!(none.answered_model(), None, "{to:?}");
+    }
+    // OpenAI chunks, passed through and translated.
+    let chunks = "data: {\"id\":\"c\",\"model\":\"gpt-x-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n";
+    for to in [
+        Inbound::OpenAiChat,
+        Inbound::AnthropicMessages,
+        Inbound::OpenAiResponses,
+    ] {
+        let (_, t) = stream_all(Dialect::OpenAi, to, true, chunks.as_bytes(), &[12]);
+        assert_eq!(t.answered_model(), Some("gpt-x-1"), "{to:?}");
+    }
+    // Gemini's modelVersion.
+    let gemini = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}]},\"finishReason\":\"STOP\"}],\"modelVersion\":\"gemini-x-1\"}\n\n";
+    let (_, t) = stream_all(
+        Dialect::Gemini,
+        Inbound::OpenAiChat,
+        false,
+        gemini.as_bytes(),
+        &[],
+    );
+    assert_eq!(t.answered_model(), Some("gemini-x-1"));
+}

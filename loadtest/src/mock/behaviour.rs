@@ -33,6 +33,9 @@ pub(crate) struct Overrides {
     pub(crate) retry_after_s: Option<u64>,
     pub(crate) disconnect_after: Option<u32>,
     pub(crate) stall: bool,
+    /// `x-mock-answer-model`: answer with this `model` instead of the requested one (as an
+    /// upstream that resolves an alias to a dated version does).
+    pub(crate) answer_model: Option<String>,
 }
 
 impl Overrides {
@@ -64,6 +67,10 @@ impl Overrides {
                     _ => return Err(bad()),
                 },
                 "stall" => o.stall = !matches!(value, "" | "0" | "false"),
+                "answer-model" if !value.is_empty() && value.len() <= 1024 => {
+                    o.answer_model = Some(value.to_owned())
+                }
+                "answer-model" => return Err(bad()),
                 _ => return Err(format!("unknown header x-mock-{name}")),
             }
         }
@@ -264,7 +271,7 @@ pub(crate) fn plan(
     }
     let answer = Answer {
         id: shared.next_id(),
-        model: fields.model,
+        model: o.answer_model.unwrap_or(fields.model),
         prompt_tokens: fields.prompt_tokens,
         chunks,
         chunk_size,
@@ -357,6 +364,31 @@ mod tests {
         assert_eq!(late.delay_ms, 5);
         let stats = shared.snapshot();
         assert_eq!((stats.failures_injected, stats.stalls), (2, 1));
+    }
+
+    #[test]
+    fn answer_model_overrides_the_echoed_model() {
+        let cfg = MockConfig::default();
+        let shared = Shared::default();
+        let body = r#"{"model":"asked"}"#;
+        let chat = |headers: &str| {
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let model = |p: Plan| match p.reply {
+            Reply::Body {
+                body: Body::Chat(a),
+                ..
+            } => a.model,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(model(plan_for(&chat(""), &cfg, &shared)), "asked");
+        let dated = plan_for(&chat("x-mock-answer-model: asked-2025\r\n"), &cfg, &shared);
+        assert_eq!(model(dated), "asked-2025");
+        let empty = plan_for(&chat("x-mock-answer-model: \r\n"), &cfg, &shared);
+        assert_eq!(status(&empty), 400);
     }
 
     #[test]

@@ -32,8 +32,9 @@
 //! `x-mock-status` (answer this status with an OpenAI error body),
 //! `x-mock-fail-rate`, `x-mock-retry-after`, `x-mock-disconnect-after`
 //! (close after N content chunks; non-streaming: close without answering),
-//! `x-mock-stall: 1` (never answer). An invalid or unknown `x-mock-*`
-//! header is answered with 400, so typos do not pass silently.
+//! `x-mock-stall: 1` (never answer), `x-mock-answer-model` (answer with
+//! this `model` instead of the requested one). An invalid or unknown
+//! `x-mock-*` header is answered with 400, so typos do not pass silently.
 
 #![warn(missing_docs)]
 

@@ -191,6 +191,11 @@ async fn whole(
     if d.plan.capture && success {
         capture_whole(d, &body, answer);
     }
+    answer.response_model = match d.translation {
+        Some(t) => dialect::answered_model(t.from, sent.head.status, &body),
+        None if success => sluice_core::answered_model::from_json(&body),
+        None => None,
+    };
     let (body, used, content_type) = match d.translation {
         Some(t) => {
             let id = answer_id(d.plan, client);
@@ -429,6 +434,9 @@ fn record_relay(
     answer.first_token_us = end.first_data.map(since_client);
     answer.upstream_us = Some((head_wait + end.upstream_wait).as_micros() as u64);
     answer.bytes_out = end.bytes_out;
+    if (200..300).contains(&answer.status) {
+        answer.response_model.clone_from(&end.answered_model);
+    }
     answer.usage = end.usage.or_else(|| {
         // A stream cut short (or without a usage chunk): estimate what was delivered.
         (is_sse && end.data_events > 0).then(|| Usage {

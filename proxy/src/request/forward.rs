@@ -351,6 +351,7 @@ async fn deliver_attempt(
     });
     let started = lp.started(attempt).unwrap_or_else(Instant::now);
     let deadline = lp.deadline();
+    answer.delivered_attempt = Some(attempt.0);
     let done = deliver(
         worker,
         plan,
@@ -590,6 +591,11 @@ fn record_attempts(
                 end_us: since(a.ended.unwrap_or(now)),
                 status: a.status,
                 error: a.error,
+                response_model: if answer.delivered_attempt == Some(k) {
+                    answer.response_model.clone()
+                } else {
+                    None
+                },
             }
         })
         .collect();

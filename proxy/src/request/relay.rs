@@ -232,6 +232,8 @@ pub struct RelayEnd {
     pub upstream_wait: Duration,
     /// The complete answer in the pivot shape, when the chain captured one for the cache.
     pub pivot: Option<sluice_core::cache::StoredAnswer>,
+    /// The model the upstream's answer says answered (bounded), when it named one.
+    pub answered_model: Option<String>,
 }
 
 /// The state of the upstream body framing.
@@ -305,6 +307,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
             first_data: None,
             upstream_wait: Duration::ZERO,
             pivot: None,
+            answered_model: None,
         };
         let mut state = match framing {
             BodyFraming::Empty => Framing::Done,
@@ -463,6 +466,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         end.upstream_reusable = false;
         end.usage = self.chain.usage();
         end.data_events = self.chain.data_events();
+        end.answered_model = self.chain.answered_model();
         end
     }
 
@@ -485,6 +489,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         }
         end.usage = self.chain.usage();
         end.data_events = self.chain.data_events();
+        end.answered_model = self.chain.answered_model();
         end.pivot = self.chain.take_pivot();
         let framing_intact = complete || is_sse;
         if chunked_out && framing_intact {

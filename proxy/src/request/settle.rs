@@ -35,6 +35,11 @@ pub struct Answer {
     pub route: Option<(usize, Option<usize>)>,
     /// `provider/model` that answered.
     pub deployment: Option<String>,
+    /// The model the upstream's answer named (`gen_ai.response.model`), bounded; `None` when
+    /// it named none (Bedrock) or no upstream answered.
+    pub response_model: Option<String>,
+    /// The attempt whose answer was delivered (its index in the attempt loop).
+    pub delivered_attempt: Option<usize>,
     /// Microseconds from the request head to the first response byte sent.
     pub ttfb_us: Option<u64>,
     /// Microseconds from the request head to the first byte of the upstream's answer body.
@@ -147,6 +152,7 @@ pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
         team: key.as_ref().map(|k| k.team.name.to_string()),
         model,
         deployment: answer.deployment,
+        response_model: answer.response_model,
         status: answer.status,
         stream: answer.stream,
         usage: answer.usage,

@@ -116,6 +116,13 @@ fn format(rec: &AccessRecord, unix_us: u64, out: &mut Vec<u8>) {
     opt_str(out, "team", rec.team.as_deref());
     opt_str(out, "model", rec.model.as_deref());
     opt_str(out, "deployment", rec.deployment.as_deref());
+    // The model the upstream named, only when it is not the deployment's own (`provider/model`).
+    if let Some(answered) = rec.response_model.as_deref() {
+        let configured = rec.deployment.as_deref().and_then(|d| d.split_once('/'));
+        if configured.is_none_or(|(_, m)| m != answered) {
+            str_field(out, "response_model", answered);
+        }
+    }
     num_field(out, "status", rec.status as u64);
     bool_field(out, "stream", rec.stream);
     if let Some(u) = &rec.usage {
@@ -305,6 +312,7 @@ mod tests {
                 end_us: 2,
                 status: 200,
                 error: None,
+                response_model: None,
             }],
             client_cancelled: false,
             cache: Some("hit"),
@@ -341,6 +349,21 @@ mod tests {
         assert_eq!(v["client_cancelled"], false);
         assert_eq!(v["cache"], "hit");
         assert_eq!(v["saved_usd"].as_f64(), Some(0.00025));
+        assert!(v.get("response_model").is_none(), "{v}");
+    }
+
+    #[test]
+    fn response_model_only_when_it_differs_from_the_deployment() {
+        let rec = |answered: &str| AccessRecord {
+            deployment: Some("p/gpt-4o".into()),
+            response_model: Some(answered.into()),
+            ..AccessRecord::default()
+        };
+        assert!(line(&rec("gpt-4o")).get("response_model").is_none());
+        assert_eq!(
+            line(&rec("gpt-4o-2024-08-06"))["response_model"],
+            "gpt-4o-2024-08-06"
+        );
     }
 
     #[test]

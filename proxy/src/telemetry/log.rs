@@ -71,6 +71,10 @@ pub struct Attempt {
     pub status: u16,
     /// Failure label, if it failed.
     pub error: Option<&'static str>,
+    /// The model its answer named, for the attempt that was delivered (not logged per
+    /// attempt: the access line has it once).
+    #[serde(skip)]
+    pub response_model: Option<String>,
 }
 
 /// What one request did, logged as one line when it ends. Never holds a key.
@@ -90,6 +94,8 @@ pub struct AccessRecord {
     pub model: Option<String>,
     /// `provider/model` that answered.
     pub deployment: Option<String>,
+    /// The model the upstream's answer named, bounded (`gen_ai.response.model`).
+    pub response_model: Option<String>,
     /// Status sent to the client.
     pub status: u16,
     /// Whether the answer was an event stream.

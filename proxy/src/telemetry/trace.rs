@@ -9,7 +9,8 @@
 //! The OTLP messages are `opentelemetry-proto`'s prost types ([`otlp`]). Spans carry the
 //! OpenTelemetry GenAI semantic-convention attributes: `gen_ai.operation.name`,
 //! `gen_ai.provider.name` (the deployment's real provider: `openai`, `azure.ai.openai`,
-//! `anthropic`, `gcp.gemini`), `gen_ai.request.model`, `gen_ai.response.model` and
+//! `anthropic`, `gcp.gemini`), `gen_ai.request.model`, `gen_ai.response.model` (the model the
+//! upstream's answer named, bounded; the deployment's configured model when it named none) and
 //! `gen_ai.usage.input_tokens` / `output_tokens`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -275,7 +276,10 @@ pub fn request_spans(
             attributes.push(attr_str("gen_ai.provider.name", p));
         }
         if rec.status < 400 {
-            attributes.push(attr_str("gen_ai.response.model", d.model.clone()));
+            // What the upstream's answer named (bounded); the configured model when it named
+            // none (Bedrock).
+            let answered = rec.response_model.as_ref().unwrap_or(&d.model);
+            attributes.push(attr_str("gen_ai.response.model", answered.clone()));
         }
     }
     if let Some(d) = &rec.deployment {
@@ -327,7 +331,8 @@ pub fn request_spans(
         if let Some(m) = &upstream_model {
             attributes.push(attr_str("gen_ai.request.model", m.clone()));
             if (200..300).contains(&a.status) {
-                attributes.push(attr_str("gen_ai.response.model", m.clone()));
+                let answered = a.response_model.as_ref().unwrap_or(m);
+                attributes.push(attr_str("gen_ai.response.model", answered.clone()));
             }
         }
         if a.status != 0 {
