@@ -229,6 +229,33 @@ cache = {{ ttl_s = 600 }}
 """
 
 
+def config_preamble(store) -> str:
+    """The start every SDK test's gateway config shares: an ephemeral listener, two workers,
+    JSON logs, an admin listener, the SQLite store at `store` (for `ledger_row`) and the
+    test key; the caller appends its providers and models."""
+    return f"""\
+[server]
+listen = "127.0.0.1:0"
+workers = 2
+
+[log]
+level = "info"
+format = "json"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[store]
+path = "{store}"
+flush_interval_ms = 50
+
+[[keys]]
+name = "pytest"
+key = "{API_KEY}"
+
+"""
+
+
 def start_gateway(d: Path, config_text: str, env: dict[str, str] | None = None) -> Gateway:
     """Starts `sluice serve` with `config_text` (written to `d`), with `env` added to its
     environment, and waits until it is ready (and its admin listener, if the config has one,

@@ -18,7 +18,15 @@ import openai
 import pytest
 from botocore.config import Config
 
-from conftest import API_KEY, MOCK_CHUNKS, MOCK_CHUNK_SIZE, ledger_row, start_gateway, stop
+from conftest import (
+    API_KEY,
+    MOCK_CHUNK_SIZE,
+    MOCK_CHUNKS,
+    config_preamble,
+    ledger_row,
+    start_gateway,
+    stop,
+)
 
 EXPECTED_TEXT = "tok " * ((MOCK_CHUNKS * MOCK_CHUNK_SIZE) // 4)
 # The mock's test credentials (loadtest/src/mock/bedrock.rs).
@@ -71,26 +79,7 @@ def test_the_mock_refuses_a_wrong_signature(mock):
 
 
 def bedrock_config(mock_addr: str, store) -> str:
-    return f"""\
-[server]
-listen = "127.0.0.1:0"
-workers = 2
-
-[log]
-level = "info"
-format = "json"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[store]
-path = "{store}"
-flush_interval_ms = 50
-
-[[keys]]
-name = "pytest"
-key = "{API_KEY}"
-
+    return config_preamble(store) + f"""\
 [[providers]]
 name = "bedrock"
 kind = "bedrock"

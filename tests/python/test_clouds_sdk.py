@@ -14,7 +14,7 @@ import pytest
 from google import genai
 from google.genai import types
 
-from conftest import API_KEY, MOCK_CHUNKS, MOCK_CHUNK_SIZE, ledger_row, small_wav
+from conftest import API_KEY, MOCK_CHUNKS, MOCK_CHUNK_SIZE, config_preamble, ledger_row, small_wav
 
 EXPECTED_TEXT = "tok " * ((MOCK_CHUNKS * MOCK_CHUNK_SIZE) // 4)
 UPSTREAM_KEY = "sk-cloud-upstream-7d1e"
@@ -73,26 +73,7 @@ def test_azure_openai_sdk_surface_on_the_mock(mock):
 
 
 def clouds_config(mock_addr: str, store) -> str:
-    return f"""\
-[server]
-listen = "127.0.0.1:0"
-workers = 2
-
-[log]
-level = "info"
-format = "json"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[store]
-path = "{store}"
-flush_interval_ms = 50
-
-[[keys]]
-name = "pytest"
-key = "{API_KEY}"
-
+    return config_preamble(store) + f"""\
 [[providers]]
 name = "gem"
 kind = "gemini"

@@ -12,33 +12,21 @@ import anthropic
 import openai
 import pytest
 
-from conftest import API_KEY, MOCK_CHUNKS, MOCK_CHUNK_SIZE, REPO, ledger_row
+from conftest import (
+    API_KEY,
+    MOCK_CHUNK_SIZE,
+    MOCK_CHUNKS,
+    REPO,
+    config_preamble,
+    ledger_row,
+)
 
 EXPECTED_TEXT = "tok " * ((MOCK_CHUNKS * MOCK_CHUNK_SIZE) // 4)
 FIXTURES = REPO / "tests" / "fixtures" / "vertex"
 
 
 def vertex_config(mock_addr: str, store: Path) -> str:
-    return f"""\
-[server]
-listen = "127.0.0.1:0"
-workers = 2
-
-[log]
-level = "info"
-format = "json"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[store]
-path = "{store}"
-flush_interval_ms = 50
-
-[[keys]]
-name = "pytest"
-key = "{API_KEY}"
-
+    return config_preamble(store) + f"""\
 [[providers]]
 name = "vertex"
 kind = "vertex"
