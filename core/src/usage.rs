@@ -98,6 +98,9 @@ pub(crate) struct UsageProbe {
     usage: Option<RawUsage>,
     #[serde(default)]
     response: Option<Nested>,
+    /// The answering model (a whole body's top-level `model`).
+    #[serde(default)]
+    model: Option<String>,
 }
 
 impl UsageProbe {
@@ -133,6 +136,24 @@ pub fn mentions_usage_object(json: &[u8]) -> bool {
     false
 }
 
+/// Usage and the answering model (bounded) of a non-streaming body in one parse; a body
+/// without a usage object is parsed only for its model.
+pub fn with_model(body: &[u8]) -> (Option<Usage>, Option<String>) {
+    if !mentions_usage_object(body) {
+        return (None, crate::answered_model::from_json(body));
+    }
+    match UsageProbe::parse(body) {
+        Some(mut p) => {
+            let model = p
+                .model
+                .take()
+                .and_then(|m| crate::answered_model::bounded(&m));
+            (p.usage(), model)
+        }
+        None => (None, None),
+    }
+}
+
 /// Usage of a non-streaming response body, when it reports one.
 pub fn from_body(body: &[u8]) -> Option<Usage> {
     if !mentions_usage_object(body) {
@@ -144,6 +165,17 @@ pub fn from_body(body: &[u8]) -> Option<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_and_model_in_one_parse() {
+        let body = br#"{"id":"x","model":"gpt-4o-2024-08-06","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":1}}"#;
+        let (u, m) = with_model(body);
+        assert_eq!(u.map(|u| u.input_tokens), Some(9));
+        assert_eq!(m.as_deref(), Some("gpt-4o-2024-08-06"));
+        let (u, m) = with_model(br#"{"model":"m","data":[]}"#);
+        assert_eq!((u, m.as_deref()), (None, Some("m")));
+        assert_eq!(with_model(b"not json"), (None, None));
+    }
 
     #[test]
     fn chat_completion_usage() {

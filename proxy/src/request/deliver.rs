@@ -191,11 +191,9 @@ async fn whole(
     if d.plan.capture && success {
         capture_whole(d, &body, answer);
     }
-    answer.response_model = match d.translation {
-        Some(t) => dialect::answered_model(t.from, sent.head.status, &body),
-        None if success => sluice_core::answered_model::from_json(&body),
-        None => None,
-    };
+    if let Some(t) = d.translation {
+        answer.response_model = dialect::answered_model(t.from, sent.head.status, &body);
+    }
     let (body, used, content_type) = match d.translation {
         Some(t) => {
             let id = answer_id(d.plan, client);
@@ -205,7 +203,9 @@ async fn whole(
             (out, used, Some(&b"application/json"[..]))
         }
         None => {
-            let used = usage::from_body(&body);
+            // One parse for both: the answered model (for spans and the access line) and usage.
+            let (used, model) = usage::with_model(&body);
+            answer.response_model = model.filter(|_| success);
             (body, used, None)
         }
     };
