@@ -26,9 +26,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use sluice_core::attempt::{
-    AttemptId, AttemptLoop, Command, Env, Event, Relayed, TransportFailure,
-};
+use sluice_core::attempt::{AttemptId, AttemptLoop, Command, Event, Relayed, TransportFailure};
 use sluice_core::config::{Config, ProviderKind};
 use sluice_core::dialect;
 use sluice_core::error::{ErrorKind, GatewayError};
@@ -37,6 +35,7 @@ use sluice_core::route::Target;
 use sluice_core::usage;
 
 use crate::listen::respond;
+use crate::request::forward::with_env;
 use crate::state::Worker;
 use crate::store::UsageRecord;
 use crate::upstream::attempt::{self, Sent};
@@ -102,26 +101,6 @@ fn request(cfg: &Config, target: Target, text: &str) -> Option<(usize, Vec<u8>)>
     req.extend_from_slice(b"\r\n\r\n");
     req.extend_from_slice(&body);
     Some((dep.provider, req))
-}
-
-/// Runs `f` with the attempt loop's environment (this worker's routes, the providers'
-/// limits, the clock); breaker changes are published when it returns.
-fn with_env<R>(worker: &Worker, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
-    let shared = &worker.shared;
-    let mut routes = worker.routes.borrow_mut();
-    let mut rng = || fastrand::u64(..);
-    let now = Instant::now();
-    let mut env = Env {
-        config: &shared.config,
-        routes: &mut routes.table,
-        limits: &*shared.provider_limits,
-        now,
-        now_ms: crate::clock::ms_at(now),
-        rng: &mut rng,
-    };
-    let out = f(&mut env);
-    routes.publish(&shared.config);
-    out
 }
 
 /// The unit embedding of `text` from model `model`, or `None` (fail open) within `timeout_ms`.

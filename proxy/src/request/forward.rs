@@ -112,7 +112,7 @@ pub async fn execute(
 
 /// Runs `f` with the loop's environment: this worker's routing table, the providers' limits,
 /// the clock and randomness. Breaker changes are published when it returns.
-fn with_env<R>(worker: &Worker, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
+pub(crate) fn with_env<R>(worker: &Worker, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
     let shared = &worker.shared;
     let mut routes = worker.routes.borrow_mut();
     let mut rng = || fastrand::u64(..);
