@@ -311,53 +311,60 @@ const LONG_CONTEXT: &[(&str, u64, f64, f64, f64)] = &[
 /// `cache_write_per_mtok`).
 pub const ANTHROPIC_CACHE_WRITE: f64 = 1.25;
 
-/// Whether `name` is `model` or `model` followed by a version suffix (`-2024-08-06`,
-/// `@20241022`, `:latest`, …): the character after the prefix is not a letter or digit.
-fn prefix_matches(name: &str, model: &str) -> bool {
-    model.starts_with(name)
-        && model[name.len()..]
-            .chars()
-            .next()
-            .is_none_or(|c| !c.is_ascii_alphanumeric())
-}
-
-/// The best entry for `model` and the length of its name: exact, then the longest prefix; a
-/// `provider/` path before the name (`openai/gpt-4o`) is ignored when the full name matches
-/// nothing.
-fn lookup<'a, T>(
-    entries: impl Iterator<Item = (&'a str, T)> + Clone,
-    model: &str,
-) -> Option<(usize, T)> {
+/// The best entry of `table` for `model` and the length of its name: exact, then the longest
+/// name that `model` continues with a version suffix (`-2024-08-06`, `@20241022`, `:latest`, …:
+/// the character after the name is not a letter or digit); a `provider/` path before the name (`openai/gpt-4o`) is
+/// ignored when the full name matches nothing.
+///
+/// A name `n` matches `model` exactly when `n == model[..i]` for an `i` at the end of `model` or
+/// before a character that is not a letter or digit, so the longest match is found with one hash
+/// lookup per such `i`, longest first, instead of a scan of every name: prices are looked up on
+/// every request.
+fn lookup<K, T>(table: &HashMap<K, T>, model: &str) -> Option<(usize, T)>
+where
+    K: std::borrow::Borrow<str> + std::hash::Hash + Eq,
+    T: Copy,
+{
     let best = |m: &str| {
-        entries
-            .clone()
-            .filter(|(name, _)| prefix_matches(name, m))
-            .max_by_key(|(name, _)| name.len())
-            .map(|(name, v)| (name.len(), v))
+        (0..=m.len())
+            .rev()
+            .filter(|&i| {
+                m.is_char_boundary(i)
+                    && m.as_bytes()
+                        .get(i)
+                        .is_none_or(|b| !b.is_ascii_alphanumeric())
+            })
+            .find_map(|i| table.get(&m[..i]).map(|v| (i, *v)))
     };
     best(model).or_else(|| model.rsplit_once('/').and_then(|(_, tail)| best(tail)))
 }
 
+/// The bundled table with its prices resolved, built once.
+static BUNDLED_PRICES: std::sync::LazyLock<HashMap<&'static str, Price>> =
+    std::sync::LazyLock::new(|| {
+        BUNDLED
+            .iter()
+            .map(|&(name, i, o, c)| {
+                let anthropic = name.starts_with("claude-");
+                let price = Price::new(i, o, Some(c))
+                    .with_cache_write(anthropic.then_some(i * ANTHROPIC_CACHE_WRITE));
+                let price = match LONG_CONTEXT.iter().find(|l| l.0 == name) {
+                    Some(&(_, above, li, lo, lc)) => price.with_long_context(
+                        above,
+                        li,
+                        lo,
+                        Some(lc),
+                        anthropic.then_some(li * ANTHROPIC_CACHE_WRITE),
+                    ),
+                    None => price,
+                };
+                (name, price)
+            })
+            .collect()
+    });
+
 fn bundled_lookup(model: &str) -> Option<(usize, Price)> {
-    lookup(
-        BUNDLED.iter().map(|&(name, i, o, c)| {
-            let anthropic = name.starts_with("claude-");
-            let price = Price::new(i, o, Some(c))
-                .with_cache_write(anthropic.then_some(i * ANTHROPIC_CACHE_WRITE));
-            let price = match LONG_CONTEXT.iter().find(|l| l.0 == name) {
-                Some(&(_, above, li, lo, lc)) => price.with_long_context(
-                    above,
-                    li,
-                    lo,
-                    Some(lc),
-                    anthropic.then_some(li * ANTHROPIC_CACHE_WRITE),
-                ),
-                None => price,
-            };
-            (name, price)
-        }),
-        model,
-    )
+    lookup(&BUNDLED_PRICES, model)
 }
 
 /// The bundled list price for `model`, by exact name then longest prefix
@@ -490,10 +497,7 @@ impl PriceTable {
     }
 
     fn price_exactly(&self, model: &str) -> Option<Price> {
-        let config = lookup(
-            self.overrides.iter().map(|(name, p)| (name.as_str(), *p)),
-            model,
-        );
+        let config = lookup(&self.overrides, model);
         match (config, bundled_lookup(model)) {
             (Some((cl, c)), Some((bl, _))) if cl >= bl => Some(c),
             (_, Some((_, b))) => Some(b),
@@ -510,6 +514,85 @@ impl PriceTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rule [`lookup`] implements, as a scan of every name (what it replaced).
+    fn scan<'a>(names: impl Iterator<Item = &'a str> + Clone, model: &str) -> Option<usize> {
+        let prefix_matches = |name: &str, m: &str| {
+            m.starts_with(name)
+                && m[name.len()..]
+                    .chars()
+                    .next()
+                    .is_none_or(|c| !c.is_ascii_alphanumeric())
+        };
+        let best = |m: &str| {
+            names
+                .clone()
+                .filter(|name| prefix_matches(name, m))
+                .map(str::len)
+                .max()
+        };
+        best(model).or_else(|| model.rsplit_once('/').and_then(|(_, tail)| best(tail)))
+    }
+
+    #[test]
+    fn the_indexed_lookup_finds_what_a_scan_of_every_name_finds() {
+        let names = [
+            "gpt-4o",
+            "gpt-4o-mini",
+            "o1",
+            "claude-3-5",
+            "gpt",
+            "x/y",
+            "é",
+            "a-é",
+        ];
+        let table: HashMap<&str, u8> = names.iter().map(|n| (*n, 0)).collect();
+        let models = [
+            "gpt-4o",
+            "gpt-4o-mini",
+            "gpt-4o-mini-2024-07-18",
+            "gpt-4o-2024-11-20",
+            "gpt-4omini",
+            "gpt-4",
+            "gpt",
+            "gpt5",
+            "o1",
+            "o1-preview",
+            "o10",
+            "openai/gpt-4o",
+            "a/b/gpt-4o-mini",
+            "claude-3-5-sonnet",
+            "claude-3-5",
+            "x/y",
+            "x/y-1",
+            "z/x/y",
+            "é",
+            "éa",
+            "é-1",
+            "a-é",
+            "a-éb",
+            "",
+            "-",
+            "/",
+            "gpt-4o/",
+            "gpt-4o@2024",
+            "gpt-4o:latest",
+            "us.gpt-4o",
+        ];
+        for m in models {
+            let found = lookup(&table, m).map(|(len, _)| len);
+            assert_eq!(found, scan(names.iter().copied(), m), "{m}");
+        }
+        for m in [
+            "gpt-4o-mini-2024-07-18",
+            "claude-sonnet-4-5-20250929",
+            "openai/o3-mini",
+            "x",
+        ] {
+            let found = bundled_lookup(m).map(|(len, _)| len);
+            assert_eq!(found, scan(BUNDLED.iter().map(|b| b.0), m), "{m}");
+        }
+    }
 
     fn usage(input: u64, output: u64, cached: u64, reasoning: u64) -> Usage {
         Usage {
