@@ -53,11 +53,27 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// Builds a runtime for `driver`; returns it and the name of the driver it runs.
 fn build_runtime(driver: Driver) -> io::Result<(Runtime, &'static str)> {
     let uring = || {
+        let plain = || {
+            RuntimeBuilder::<IoUringDriver>::new()
+                .with_entries(RING_ENTRIES)
+                .enable_timer()
+                .build()
+                .map(Runtime::from)
+        };
+        if std::env::var_os("SLUICE_URING_PLAIN").is_some() {
+            return plain();
+        }
+        let mut urb = io_uring::IoUring::builder();
+        urb.setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
         RuntimeBuilder::<IoUringDriver>::new()
             .with_entries(RING_ENTRIES)
+            .uring_builder(urb)
             .enable_timer()
             .build()
             .map(Runtime::from)
+            .or_else(|_| plain())
     };
     let legacy = || {
         RuntimeBuilder::<LegacyDriver>::new()
