@@ -51,6 +51,7 @@ pub mod listen;
 pub mod ops;
 pub mod registry;
 pub mod request;
+pub mod send_now;
 pub mod shared;
 pub mod state;
 pub mod store;

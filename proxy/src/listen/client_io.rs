@@ -11,6 +11,7 @@
 //! then runs without a posted read (see `request::relay`).
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
@@ -31,16 +32,18 @@ pub enum ClientRead {
 
 /// The write half of a client connection.
 pub enum ClientWrite {
-    /// Plain TCP.
-    Plain(OwnedWriteHalf<TcpStream>),
+    /// Plain TCP, with its socket's descriptor for sends that do not wait
+    /// (`crate::send_now`; the descriptor stays open while either half lives).
+    Plain(OwnedWriteHalf<TcpStream>, RawFd),
     /// TLS over TCP.
     Tls(OwnedWriteHalf<TlsClient>),
 }
 
 /// Splits a plain connection.
 pub fn plain(stream: TcpStream) -> (ClientRead, ClientWrite) {
+    let fd = stream.as_raw_fd();
     let (rd, wr) = stream.into_split();
-    (ClientRead::Plain(rd), ClientWrite::Plain(wr))
+    (ClientRead::Plain(rd), ClientWrite::Plain(wr, fd))
 }
 
 /// Splits a TLS connection whose handshake is done.
@@ -91,28 +94,34 @@ impl AsyncReadRent for ClientRead {
 impl AsyncWriteRent for ClientWrite {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            ClientWrite::Plain(wr) => wr.write(buf).await,
+            ClientWrite::Plain(wr, fd) => match crate::send_now::send(*fd, &buf) {
+                Some(n) => (Ok(n), buf),
+                None => wr.write(buf).await,
+            },
             ClientWrite::Tls(wr) => wr.write(buf).await,
         }
     }
 
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            ClientWrite::Plain(wr) => wr.writev(buf).await,
+            ClientWrite::Plain(wr, fd) => match crate::send_now::sendv(*fd, &buf) {
+                Some(n) => (Ok(n), buf),
+                None => wr.writev(buf).await,
+            },
             ClientWrite::Tls(wr) => wr.writev(buf).await,
         }
     }
 
     async fn flush(&mut self) -> io::Result<()> {
         match self {
-            ClientWrite::Plain(wr) => wr.flush().await,
+            ClientWrite::Plain(wr, _) => wr.flush().await,
             ClientWrite::Tls(wr) => wr.flush().await,
         }
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {
         match self {
-            ClientWrite::Plain(wr) => wr.shutdown().await,
+            ClientWrite::Plain(wr, _) => wr.shutdown().await,
             ClientWrite::Tls(wr) => wr.shutdown().await,
         }
     }

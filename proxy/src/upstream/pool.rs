@@ -11,7 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::buf::IoBufMut;
+use std::os::fd::AsRawFd;
+
+use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio_rustls::{ClientTlsStream, TlsConnector};
@@ -125,8 +127,14 @@ impl UpstreamIo {
     pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
             UpstreamIo::Plain(s) => {
-                let (res, buf) = s.write_all(buf).await;
-                (res.map(|_| ()), buf)
+                // Most requests fit in the socket buffer: sent now, no trip through the ring
+                // (see `crate::send_now`); the runtime sends whatever is left.
+                let sent = crate::send_now::send(s.as_raw_fd(), &buf).unwrap_or(0);
+                if sent == buf.len() {
+                    return (Ok(()), buf);
+                }
+                let (res, rest) = s.write_all(buf.slice(sent..)).await;
+                (res.map(|_| ()), rest.into_inner())
             }
             UpstreamIo::Tls(s) => {
                 let (res, buf) = s.write_all(buf).await;

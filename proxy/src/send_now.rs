@@ -1,0 +1,113 @@
+//! Sends that do not wait: a plain TCP write first offers its bytes to the socket with one
+//! non-blocking `send(2)`; only what the kernel did not take goes through the runtime.
+//!
+//! Why: on io_uring a send is an operation whose completion comes back through the ring, so
+//! every write costs a trip through the runtime — the ring entered for a completion that was
+//! ready at once, and the request's whole future polled again from the top — although a
+//! response or an upstream request of a few KiB almost always fits in the socket buffer. Per
+//! proxied request that was two of its four wake-ups. With the send done at once, a request
+//! wakes the worker only when bytes arrive (from the client, then from the upstream).
+//!
+//! Only plain TCP: a TLS stream's writes go through rustls, which writes to the socket itself.
+//! The epoll driver gains nothing (its writes already try the socket first) and loses nothing
+//! (the socket then has room, so its own try succeeds).
+
+use std::os::fd::RawFd;
+
+use monoio::buf::{IoBuf, IoVecBuf};
+
+/// Sends as much of `buf` as the socket takes now. `Some(n)` when the kernel took `n > 0`
+/// bytes; `None` when it would block, when `buf` is empty, or on an error (the runtime's send
+/// then meets the same condition and reports it).
+pub fn send<T: IoBuf>(fd: RawFd, buf: &T) -> Option<usize> {
+    let len = buf.bytes_init();
+    if len == 0 {
+        return None;
+    }
+    // SAFETY: `read_ptr()..read_ptr() + bytes_init()` is the initialised part of a buffer that
+    // `buf` borrows for the whole call (IoBuf's contract); send(2) only reads it. `fd` is a
+    // socket the caller holds open for the call.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.read_ptr().cast(),
+            len,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(n).ok().filter(|&n| n > 0)
+}
+
+/// [`send`] for a vector of buffers: one `sendmsg(2)` over all of them.
+pub fn sendv<T: IoVecBuf>(fd: RawFd, bufs: &T) -> Option<usize> {
+    let count = bufs.read_iovec_len();
+    if count == 0 {
+        return None;
+    }
+    // SAFETY: an all-zero msghdr is a valid empty message; only the iovec fields are set.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = bufs.read_iovec_ptr().cast_mut();
+    msg.msg_iovlen = count as _;
+    // SAFETY: `read_iovec_ptr()` points at `read_iovec_len()` valid iovecs over buffers that
+    // `bufs` borrows for the whole call (IoVecBuf's contract); sendmsg(2) only reads them and
+    // the msghdr, which lives on this stack frame. `fd` is a socket the caller holds open.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    usize::try_from(n).ok().filter(|&n| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    use monoio::buf::VecBuf;
+
+    use super::*;
+
+    #[test]
+    fn sends_what_fits_and_reports_a_full_or_closed_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let fd = client.as_raw_fd();
+
+        assert_eq!(send(fd, &b"hello".to_vec()), Some(5));
+        let v = VecBuf::from(vec![b", ".to_vec(), b"world".to_vec()]);
+        assert_eq!(sendv(fd, &v), Some(7));
+        let mut got = [0u8; 12];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello, world");
+        assert_eq!(send(fd, &Vec::new()), None);
+
+        // Nobody reads: the socket fills, and then a send would block: None, not a wait.
+        let chunk = vec![7u8; 1 << 20];
+        let mut sent = 0usize;
+        let mut refused = false;
+        for _ in 0..512 {
+            match send(fd, &chunk) {
+                Some(n) => sent += n,
+                None => {
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        assert!(
+            refused,
+            "a socket nobody reads never filled ({sent} bytes taken)"
+        );
+
+        // The peer is gone: an error is None too (the runtime's send reports it).
+        drop(server);
+        let mut failed = false;
+        for _ in 0..64 {
+            if send(fd, &b"x".to_vec()).is_none() {
+                failed = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(failed);
+    }
+}
