@@ -77,7 +77,7 @@ def interleaved(report, pids):
         if t is None:
             continue
         pairs = list(zip(t["rounds"], direct["rounds"]))
-        cpu = [cpu_per_request(r, pids[name]) for r, _ in t["rounds"]]
+        cpu = [cpu_per_request(r, pids[name]) for r in t["rounds"]]
         cpu = [c for c in cpu if c is not None]
         out[name] = {
             "added_p50_us": stat([r["latency_us"]["p50"] - d["latency_us"]["p50"] for r, d in pairs]),
