@@ -72,6 +72,10 @@ def interleaved(report, pids):
         "latency_p99_us": stat([r["latency_us"]["p99"] for r in direct["rounds"]]),
         "errors": sum(r["errors"]["total"] for r in direct["rounds"]),
     }}
+    # Each core's busy share, median over every run of the phase: how loaded the machine was.
+    runs = [r for t in report["targets"] for r in t["rounds"] if r.get("core_busy")]
+    out["core_busy"] = [statistics.median(r["core_busy"][i] for r in runs)
+                        for i in range(min((len(r["core_busy"]) for r in runs), default=0))]
     for name, tname in GATEWAYS:
         t = target(report, tname)
         if t is None:
@@ -205,6 +209,9 @@ def run_row(raw, name, pid):
         "p999_us": s["latency_us"]["p999"],
         "max_us": s["latency_us"]["max"],
         "cpu_us_per_request": cpu[0] if cpu else None,
+        # The load generator's own lateness and the cores' busy share: how loaded the machine was.
+        "send_lag_p99_us": (s.get("sched_lag_us") or {}).get("p99"),
+        "core_busy": s.get("core_busy", []),
     }
 
 
@@ -309,6 +316,12 @@ def render(report):
         "%s %s %s" % (p, g, (ph.get(k) or {}).get(g, {}).get("errors", "–"))
         for p, k in [("c=1", "c1"), ("%d/s" % r, "rate"), ("closed %d" % n, "closed")]
         for g in ("full", "shared")) + "."]
+    busy = "; ".join("%s %s" % (p, " ".join("%.0f%%" % (b * 100) for b in x.get("core_busy", [])))
+                     for p, x in [("c=1", c1), ("%d/s" % r, rate), ("closed %d" % n, closed)]
+                     if x.get("core_busy"))
+    if busy:
+        lines.append("Cores busy (core 0 first, median over the runs; 100%% at c=1 and at %d/s "
+                     "means other work shared the machine): %s." % (r, busy))
     d = rate.get("direct") or {}
     lines.append("Direct (the mock alone) at %d/s: p50 %s µs, p99 %s µs, %s req/s achieved; "
                  "closed %d: %s req/s." % (
@@ -358,21 +371,25 @@ def render(report):
                 o.get("transition_global_again_after_ms", "?")),
             "",
             "| run | limits before → after | requests | errors | req/s | p50 µs | p99 µs | "
-            "p99.9 µs | max µs | CPU µs/req | available after | new outages |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "p99.9 µs | max µs | CPU µs/req | available after | new outages | send lag p99 µs "
+            "| cores busy |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+            "| ---: | ---: |"]
         labels = {"up": "Redis up", "down": "Redis stopped", "recovered": "recovered",
                   "transition": "transition (killed 1 s in)"}
         for key in ("up", "down", "recovered", "transition"):
             x = o.get(key)
             if not x:
-                lines.append("| %s | run failed | | | | | | | | | | |" % labels[key])
+                lines.append("| %s | run failed | | | | | | | | | | | | |" % labels[key])
                 continue
-            lines.append("| %s | %s → %s | %d | %d | %.0f | %d | %d | %d | %d | %s | %s | %s |" % (
+            lines.append("| %s | %s → %s | %d | %d | %.0f | %d | %d | %d | %d | %s | %s | %s | %s "
+                         "| %s |" % (
                 labels[key], x["limits_before"] or "?", x["limits_after"] or "?",
                 x["requests"], x["errors"], x["achieved_rps"], x["p50_us"], x["p99_us"],
                 x["p999_us"], x["max_us"],
                 "–" if x["cpu_us_per_request"] is None else "%.1f" % x["cpu_us_per_request"],
-                us(x["available_after"]), us(x["new_outages"])))
+                us(x["available_after"]), us(x["new_outages"]), us(x["send_lag_p99_us"]),
+                " ".join("%.0f%%" % (b * 100) for b in x["core_busy"]) or "–"))
     lines.append("")
     return "\n".join(lines)
 
