@@ -746,3 +746,49 @@ fn ratelimit_headers_show_the_fleets_use() {
     let reset = r.header("x-ratelimit-reset-requests").unwrap();
     assert!(reset.ends_with('s'), "reset {reset}");
 }
+
+/// Between its own transfers a replica's `x-ratelimit-*-requests` follow the fleet: a key
+/// leased on both replicas (`rpm` 3200, a lease of 100 each); once both hold their lease, B
+/// admits 200 requests (taking about 200 more from the window); A, which has transferred
+/// nothing since, admits from its lease and within a few seconds says about 200 fewer are
+/// left than its own last transfer saw. Without a read of the window A would say only its own
+/// requests fewer (at most 25 here, too few to bring its pool down to a top-up).
+#[test]
+fn ratelimit_headers_follow_the_fleet_between_transfers() {
+    let mock = mock();
+    let dir = temp_dir("fleet-peek");
+    let redis = Redis::start(&dir);
+    let config = fleet_config(mock.addr(), &dir.join("s.db"), &redis, "timeout_ms = 500");
+    let gws: Vec<Gw> = (0..2).map(|_| start(&config, driver_name(false))).collect();
+    let (_, key) = gws[0].create_key(json!({"name": "peek", "rpm": 3200}));
+    let left = |gw: &Gw| -> u64 {
+        let r = gw.chat_as(&key, &chat("mock-fast", false), "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.header("x-ratelimit-remaining-requests")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    known_everywhere(&gws, &key);
+    // Both replicas top their pools up to a lease (sync every 20 ms).
+    std::thread::sleep(Duration::from_millis(300));
+    let mut on_b = 0;
+    for _ in 0..200 {
+        on_b = left(&gws[1]);
+    }
+    let first_on_a = left(&gws[0]);
+    let started = Instant::now();
+    let mut on_a = first_on_a;
+    for _ in 0..24 {
+        std::thread::sleep(Duration::from_millis(200));
+        on_a = left(&gws[0]);
+        if on_a + 100 < first_on_a {
+            break;
+        }
+    }
+    assert!(
+        on_a + 100 < first_on_a,
+        "A says {on_a} left {:?} after saying {first_on_a}; B said {on_b}",
+        started.elapsed()
+    );
+}

@@ -182,6 +182,7 @@ impl Fleet {
             next_connect: Instant::now(),
             fresh: false,
             meters: meters.clone(),
+            peeks: std::collections::HashMap::new(),
         };
         let (started_tx, started) = crossbeam_channel::bounded(1);
         std::thread::Builder::new()

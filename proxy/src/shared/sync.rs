@@ -5,6 +5,7 @@
 //! local shares or refuses, per `on_unavailable`); the next successful sync ends the outage
 //! and reports the spend made meanwhile.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,22 @@ use super::{Job, Meters, Target};
 /// Seconds in a day.
 const DAY_S: u64 = 86_400;
 
+/// At most this often, a subject this replica admits requests for from a lease, with no
+/// transfer for them since, reads the fleet's request window (a take of nothing, in the
+/// sync's pipeline: no round trip of its own). Its `x-ratelimit-*-requests` headers then
+/// follow what the other replicas admit, rather than this replica's last transfer (and, 60 s
+/// after that, the whole limit).
+const PEEK_MS: u64 = 1_000;
+
+/// What the lease thread knew of a subject's request pool after its last sync.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Peek {
+    /// The pool's balance then (lower now: this replica admitted since).
+    balance: i64,
+    /// When this replica last transferred, or peeked, for the subject's requests.
+    transfer_ms: u64,
+}
+
 /// The lease thread's state.
 pub(super) struct Syncer {
     pub(super) config: SharedConfig,
@@ -33,6 +50,8 @@ pub(super) struct Syncer {
     /// The connection is new: restate what this replica holds before anything else.
     pub(super) fresh: bool,
     pub(super) meters: Meters,
+    /// Per subject with a leased `rpm` (by the address of its `Leases`), for peeks.
+    pub(super) peeks: HashMap<usize, Peek>,
 }
 
 /// One transfer on its way to Redis.
@@ -167,8 +186,15 @@ impl Syncer {
                 }
             }
             let period = period_start(leases.shape.budget_period, unix_s);
+            let planned = batch.len();
             for t in leases.plan(replicas, now_ms, period, *gone || leaving) {
                 batch.push((leases.clone(), t));
+            }
+            if !*gone && !leaving {
+                let moved = batch[planned..].iter().any(|(_, t)| moves_requests(*t));
+                if let Some(t) = self.peek(leases, moved, replicas, now_ms) {
+                    batch.push((leases.clone(), t));
+                }
             }
             if *gone {
                 retired.push(leases.clone());
@@ -199,6 +225,7 @@ impl Syncer {
                     leases.apply(*t, outcome(*t, v), now_ms);
                 }
                 self.book.forget(&retired);
+                self.note_balances(&entries);
                 self.fresh = false;
                 self.available(replicas);
             }
@@ -209,6 +236,58 @@ impl Syncer {
                 self.unavailable(&e);
             }
         }
+    }
+
+    /// A take of nothing from `leases`' request window (its answer refreshes the fleet's use
+    /// the headers show) when this replica admitted from its lease since the last sync and
+    /// neither transferred (`moved`: this sync does) nor peeked for it within [`PEEK_MS`].
+    fn peek(
+        &mut self,
+        leases: &Arc<Leases>,
+        moved: bool,
+        replicas: u32,
+        now_ms: u64,
+    ) -> Option<Transfer> {
+        let limit = leases.shape.limit(Dim::Requests)?;
+        // Too small to lease: every request is a transfer, so the view is always fresh.
+        if leases.lease_size(limit, replicas) == 0 {
+            return None;
+        }
+        let balance = leases.pool(Dim::Requests).balance();
+        let last = self
+            .peeks
+            .entry(Arc::as_ptr(leases) as usize)
+            .or_insert(Peek {
+                balance,
+                transfer_ms: now_ms,
+            });
+        if moved {
+            last.transfer_ms = now_ms;
+            return None;
+        }
+        let admitted = balance < last.balance;
+        if admitted && now_ms.saturating_sub(last.transfer_ms) >= PEEK_MS {
+            last.transfer_ms = now_ms;
+            return Some(Transfer::Take {
+                dim: Dim::Requests,
+                amount: 0,
+            });
+        }
+        None
+    }
+
+    /// After a sync: each subject's request balance, for the next sync's peeks; subjects gone
+    /// are forgotten.
+    fn note_balances(&mut self, entries: &[(Arc<Leases>, bool)]) {
+        let mut peeks = HashMap::with_capacity(self.peeks.len());
+        for (leases, gone) in entries {
+            let key = Arc::as_ptr(leases) as usize;
+            if let (false, Some(p)) = (*gone, self.peeks.get(&key)) {
+                let balance = leases.pool(Dim::Requests).balance();
+                peeks.insert(key, Peek { balance, ..*p });
+            }
+        }
+        self.peeks = peeks;
     }
 
     /// Direct fetches for requests, in one round trip; each reply says whether it ran.
@@ -345,6 +424,21 @@ impl Syncer {
             .arg(ttl_ms);
         pipe.add_command(cmd);
     }
+}
+
+/// Whether `t` takes from a request window (so its answer refreshes the fleet's use; a
+/// return's does not).
+fn moves_requests(t: Transfer) -> bool {
+    matches!(
+        t,
+        Transfer::Take {
+            dim: Dim::Requests,
+            ..
+        } | Transfer::Charge {
+            dim: Dim::Requests,
+            ..
+        }
+    )
 }
 
 /// `EVALSHA` of a loaded script over `keys` (the arguments follow).
