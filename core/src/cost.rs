@@ -313,17 +313,7 @@ pub const ANTHROPIC_CACHE_WRITE: f64 = 1.25;
 
 /// Whether `name` is `model` or `model` followed by a version suffix (`-2024-08-06`,
 /// `@20241022`, `:latest`, …): the character after the prefix is not a letter or digit.
-#[inline]
 fn prefix_matches(name: &str, model: &str) -> bool {
-    // Most names differ from the model at their first byte: settle those without a memcmp
-    // call (this runs for every bundled name, twice per priced request).
-    if name
-        .as_bytes()
-        .first()
-        .is_some_and(|b| model.as_bytes().first() != Some(b))
-    {
-        return false;
-    }
     model.starts_with(name)
         && model[name.len()..]
             .chars()
@@ -348,23 +338,26 @@ fn lookup<'a, T>(
     best(model).or_else(|| model.rsplit_once('/').and_then(|(_, tail)| best(tail)))
 }
 
-/// The bundled entry for `model` (see [`lookup`]) and its price, made for that entry only.
 fn bundled_lookup(model: &str) -> Option<(usize, Price)> {
-    let (len, &(name, i, o, c)) = lookup(BUNDLED.iter().map(|e| (e.0, e)), model)?;
-    let anthropic = name.starts_with("claude-");
-    let price =
-        Price::new(i, o, Some(c)).with_cache_write(anthropic.then_some(i * ANTHROPIC_CACHE_WRITE));
-    let price = match LONG_CONTEXT.iter().find(|l| l.0 == name) {
-        Some(&(_, above, li, lo, lc)) => price.with_long_context(
-            above,
-            li,
-            lo,
-            Some(lc),
-            anthropic.then_some(li * ANTHROPIC_CACHE_WRITE),
-        ),
-        None => price,
-    };
-    Some((len, price))
+    lookup(
+        BUNDLED.iter().map(|&(name, i, o, c)| {
+            let anthropic = name.starts_with("claude-");
+            let price = Price::new(i, o, Some(c))
+                .with_cache_write(anthropic.then_some(i * ANTHROPIC_CACHE_WRITE));
+            let price = match LONG_CONTEXT.iter().find(|l| l.0 == name) {
+                Some(&(_, above, li, lo, lc)) => price.with_long_context(
+                    above,
+                    li,
+                    lo,
+                    Some(lc),
+                    anthropic.then_some(li * ANTHROPIC_CACHE_WRITE),
+                ),
+                None => price,
+            };
+            (name, price)
+        }),
+        model,
+    )
 }
 
 /// The bundled list price for `model`, by exact name then longest prefix
@@ -498,13 +491,13 @@ impl PriceTable {
 
     fn price_exactly(&self, model: &str) -> Option<Price> {
         let config = lookup(
-            self.overrides.iter().map(|(name, p)| (name.as_str(), p)),
+            self.overrides.iter().map(|(name, p)| (name.as_str(), *p)),
             model,
         );
         match (config, bundled_lookup(model)) {
-            (Some((cl, c)), Some((bl, _))) if cl >= bl => Some(*c),
+            (Some((cl, c)), Some((bl, _))) if cl >= bl => Some(c),
             (_, Some((_, b))) => Some(b),
-            (c, None) => c.map(|(_, c)| *c),
+            (c, None) => c.map(|(_, c)| c),
         }
     }
 
