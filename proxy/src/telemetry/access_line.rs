@@ -233,7 +233,7 @@ fn scaled_field(out: &mut Vec<u8>, name: &str, value: u64, scale: u32) {
     let mut frac = value % unit;
     if frac > 0 {
         let mut width = scale as usize;
-        while frac % 10 == 0 {
+        while frac.is_multiple_of(10) {
             frac /= 10;
             width -= 1;
         }
