@@ -1,8 +1,9 @@
 //! The clocks the proxy reads, in one place (core never reads one: time is passed in).
 //!
 //! - [`now_ms`]: a monotonic millisecond count shared by every worker — the limiter's time.
-//! - [`unix_s`], [`unix_ms`], [`unix_ns_ago`]: wall-clock time since the Unix epoch — budget
-//!   periods and key expiry, ledger timestamps, trace timestamps, the `created` of answers.
+//! - [`unix_s`], [`unix_ms`], [`unix_us`], [`unix_ns_ago`]: wall-clock time since the Unix
+//!   epoch — budget periods and key expiry, ledger timestamps, trace timestamps, access-line
+//!   timestamps, the `created` of answers.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
@@ -38,6 +39,11 @@ pub fn unix_s() -> u64 {
 /// Wall-clock unix milliseconds.
 pub fn unix_ms() -> u64 {
     since_epoch().as_millis() as u64
+}
+
+/// Wall-clock unix microseconds.
+pub fn unix_us() -> u64 {
+    since_epoch().as_micros() as u64
 }
 
 /// Wall-clock unix nanoseconds, `ago` in the past.

@@ -9,9 +9,14 @@
 //! threads of the gateway (health, DNS, metrics upkeep) count too; the `idle` row is the
 //! same wall time with no request, to show what they add.
 //!
+//! With `--full`, the gateway is the bench's `sluice_full`: a required key with rpm, tpm and
+//! budget limits, the SQLite ledger (in a temporary directory), the JSON access log and
+//! metrics. Its access log goes to stdout, as `sluice serve`'s does, so the table then goes
+//! to stderr (run it with `> /dev/null`).
+//!
 //! ```text
 //! cargo build --release -p sluice-proxy -p sluice-loadtest -p sluice-bench --bins
-//! target/release/alloc-count [--requests 2000] [--warmup 200]
+//! target/release/alloc-count [--requests 2000] [--warmup 200] [--full]
 //! ```
 
 use std::io::{self, Read, Write};
@@ -115,7 +120,13 @@ fn start_mock(port: u16) -> io::Result<Mock> {
     Ok(Mock(child))
 }
 
-fn config(dir: &std::path::Path, port: u16, mock_port: u16) -> io::Result<PathBuf> {
+/// The key `--full` requires.
+const FULL_KEY: &str = "sk-sluice-alloc-count-0123456789";
+
+fn config(dir: &std::path::Path, port: u16, mock_port: u16, full: bool) -> io::Result<PathBuf> {
+    if full {
+        return full_config(dir, port, mock_port);
+    }
     let text = format!(
         r#"# Written by alloc-count: the bench's bare gateway (no keys, no store, no access log).
 auth = "none"
@@ -148,15 +159,72 @@ deployments = [{{ provider = "mock", model = "mock-model" }}]
     Ok(path)
 }
 
-fn request(shape: &Shape, port: u16) -> Vec<u8> {
+/// The bench's `sluice_full` (bench/compare.sh), on these ports.
+fn full_config(dir: &std::path::Path, port: u16, mock_port: u16) -> io::Result<PathBuf> {
+    let store = dir.join("sluice.db");
+    let text = format!(
+        r#"# Written by alloc-count --full: the bench's sluice_full (keys, ledger, access log, metrics).
+auth = "keys"
+
+[server]
+listen = "127.0.0.1:{port}"
+workers = 1
+pin_workers = false
+
+[log]
+level = "info"
+format = "json"
+access_log = true
+
+[admin]
+enabled = true
+listen = "127.0.0.1:0"
+
+[store]
+path = "{store}"
+
+[[keys]]
+name = "bench"
+key = "{FULL_KEY}"
+team = "bench"
+rpm = 1000000000
+tpm = 1000000000000
+budget_usd = 1000000000.0
+
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "http://127.0.0.1:{mock_port}/v1"
+
+[[models]]
+name = "mock-fast"
+deployments = [{{ provider = "mock", model = "mock-model" }}]
+
+[prices."mock-model"]
+input_per_mtok = 2.5
+output_per_mtok = 10.0
+"#,
+        store = store.display()
+    );
+    let path = dir.join("alloc-count-full.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn request(shape: &Shape, port: u16, full: bool) -> Vec<u8> {
     let prompt = "x".repeat(shape.prompt_bytes);
     let body = format!(
         r#"{{"model":"mock-fast","stream":{},"messages":[{{"role":"user","content":"{prompt}"}}]}}"#,
         shape.stream
     );
+    let auth = if full {
+        format!("authorization: Bearer {FULL_KEY}\r\n")
+    } else {
+        String::new()
+    };
     let mut r = format!(
         "POST {PATH} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n{}\r\n",
+         content-length: {}\r\n{}{auth}\r\n",
         body.len(),
         shape.mock_headers
     )
@@ -223,13 +291,13 @@ struct Row {
     secs: f64,
 }
 
-fn measure(port: u16, requests: u64, warmup: u64) -> io::Result<Vec<Row>> {
+fn measure(port: u16, requests: u64, warmup: u64, full: bool) -> io::Result<Vec<Row>> {
     skip_this_thread();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut rows = Vec::new();
     let mut buf = Vec::with_capacity(256 * 1024);
     for shape in &SHAPES {
-        let req = request(shape, port);
+        let req = request(shape, port, full);
         let mut conn = TcpStream::connect(addr)?;
         conn.set_nodelay(true)?;
         conn.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -271,39 +339,54 @@ fn arg(args: &[String], name: &str, default: u64) -> Result<u64, String> {
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: alloc-count [--requests N] [--warmup N]");
+        println!("usage: alloc-count [--requests N] [--warmup N] [--full]");
         return Ok(());
     }
     let requests = arg(&args, "--requests", 2000)?;
     let warmup = arg(&args, "--warmup", 200)?;
+    let full = args.iter().any(|a| a == "--full");
     let dir = std::env::temp_dir().join(format!("sluice-alloc-count-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (port, mock_port) = (free_port()?, free_port()?);
     let _mock = start_mock(mock_port)?;
     wait_port(SocketAddr::from(([127, 0, 0, 1], mock_port)))?;
-    let path = config(&dir, port, mock_port)?;
+    let path = config(&dir, port, mock_port, full)?;
     let cfg = sluice_proxy::listen::server::load_config(Some(&path))?;
     // The gateway runs until the process exits.
     std::thread::Builder::new()
         .name("alloc-count-gateway".into())
         .spawn(move || sluice_proxy::listen::server::serve(cfg, Some(path)))?;
     wait_port(SocketAddr::from(([127, 0, 0, 1], port)))?;
-    let rows = std::thread::spawn(move || measure(port, requests, warmup))
+    let rows = std::thread::spawn(move || measure(port, requests, warmup, full))
         .join()
         .map_err(|_| "the client thread panicked")??;
     let _ = std::fs::remove_dir_all(&dir);
-    println!("Allocations per proxied request (whole process but the client; {warmup} warm-up, {requests} counted each)\n");
-    println!("| shape | requests | allocations / request | bytes / request |");
-    println!("|---|--:|--:|--:|");
+    let mut table = format!(
+        "Allocations per proxied request, {} (whole process but the client; {warmup} warm-up, {requests} counted each)\n\n",
+        if full {
+            "sluice_full: key, ledger, access log, metrics"
+        } else {
+            "bare gateway"
+        }
+    );
+    table.push_str(
+        "| shape | requests | allocations / request | bytes / request |\n|---|--:|--:|--:|\n",
+    );
     for r in rows {
         let n = r.requests as f64;
-        println!(
-            "| {} | {} | {:.2} | {:.0} |",
+        table.push_str(&format!(
+            "| {} | {} | {:.2} | {:.0} |\n",
             r.name,
             r.requests,
             r.counted.allocs as f64 / n,
             r.counted.bytes as f64 / n
-        );
+        ));
+    }
+    // With --full the gateway's access log is on stdout.
+    if full {
+        eprint!("{table}");
+    } else {
+        print!("{table}");
     }
     Ok(())
 }

@@ -95,35 +95,131 @@ pub fn ratelimit_headers(
     tokens: Option<Snapshot>,
 ) -> Vec<(&'static str, String)> {
     let mut out = Vec::with_capacity(6);
-    if let Some(s) = requests {
-        out.push(("x-ratelimit-limit-requests", s.limit.to_string()));
-        out.push(("x-ratelimit-remaining-requests", s.remaining.to_string()));
-        out.push(("x-ratelimit-reset-requests", format_duration_ms(s.reset_ms)));
-    }
-    if let Some(s) = tokens {
-        out.push(("x-ratelimit-limit-tokens", s.limit.to_string()));
-        out.push(("x-ratelimit-remaining-tokens", s.remaining.to_string()));
-        out.push(("x-ratelimit-reset-tokens", format_duration_ms(s.reset_ms)));
-    }
+    each_ratelimit_header(requests, tokens, |name, value| {
+        out.push((name, String::from_utf8_lossy(value).into_owned()));
+    });
     out
+}
+
+/// [`ratelimit_headers`] without an allocation: each header's name and value (ASCII) are
+/// passed to `header`, in the same order.
+pub fn each_ratelimit_header(
+    requests: Option<Snapshot>,
+    tokens: Option<Snapshot>,
+    mut header: impl FnMut(&'static str, &[u8]),
+) {
+    const NAMES: [[&str; 3]; 2] = [
+        [
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ],
+        [
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ],
+    ];
+    for (snapshot, names) in [requests, tokens].into_iter().zip(NAMES) {
+        let Some(s) = snapshot else {
+            continue;
+        };
+        let mut value = Text::default();
+        value.number(s.limit);
+        header(names[0], value.bytes());
+        value.len = 0;
+        value.number(s.remaining);
+        header(names[1], value.bytes());
+        value.len = 0;
+        value.duration_ms(s.reset_ms);
+        header(names[2], value.bytes());
+    }
 }
 
 /// A duration the way OpenAI writes `x-ratelimit-reset-*`: `20ms`, `1.5s`, `6m0s`, `1h2m3s`.
 pub fn format_duration_ms(ms: u64) -> String {
-    if ms < 1000 {
-        return format!("{ms}ms");
+    let mut text = Text::default();
+    text.duration_ms(ms);
+    String::from_utf8_lossy(text.bytes()).into_owned()
+}
+
+/// A header value written on the stack: long enough for any `u64` and any duration.
+struct Text {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Text {
+            buf: [0; 48],
+            len: 0,
+        }
     }
-    let (h, m, s, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
-    let secs = if milli == 0 {
-        format!("{s}s")
-    } else {
-        let frac = format!("{milli:03}");
-        format!("{s}.{}s", frac.trim_end_matches('0'))
-    };
-    match (h, m) {
-        (0, 0) => secs,
-        (0, m) => format!("{m}m{secs}"),
-        (h, m) => format!("{h}h{m}m{secs}"),
+}
+
+impl Text {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn push_str(&mut self, s: &str) {
+        s.bytes().for_each(|b| self.push(b));
+    }
+
+    /// `n` in decimal.
+    fn number(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let digits = &digits[i..];
+        if let Some(to) = self.buf.get_mut(self.len..self.len + digits.len()) {
+            to.copy_from_slice(digits);
+            self.len += digits.len();
+        }
+    }
+
+    /// See [`format_duration_ms`].
+    fn duration_ms(&mut self, ms: u64) {
+        if ms < 1000 {
+            self.number(ms);
+            return self.push_str("ms");
+        }
+        let (h, m, s, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+        if h > 0 {
+            self.number(h);
+            self.push(b'h');
+        }
+        if h > 0 || m > 0 {
+            self.number(m);
+            self.push(b'm');
+        }
+        self.number(s);
+        if milli > 0 {
+            self.push(b'.');
+            let mut rest = milli;
+            let mut unit = 100;
+            while rest > 0 {
+                self.push(b'0' + (rest / unit) as u8);
+                rest %= unit;
+                unit /= 10;
+            }
+        }
+        self.push(b's');
     }
 }
 
@@ -222,6 +318,11 @@ mod tests {
         assert_eq!(format_duration_ms(1500), "1.5s");
         assert_eq!(format_duration_ms(360_000), "6m0s");
         assert_eq!(format_duration_ms(3_723_250), "1h2m3.25s");
+        assert_eq!(format_duration_ms(3_600_000), "1h0m0s");
+        assert_eq!(format_duration_ms(60_001), "1m0.001s");
+        assert_eq!(format_duration_ms(999), "999ms");
+        assert_eq!(format_duration_ms(1_050), "1.05s");
+        assert_eq!(format_duration_ms(u64::MAX), "5124095576030h25m51.615s");
         let b = TokenBucket::per_minute(10);
         b.try_take(2, 0).unwrap();
         let h = b.snapshot(0);

@@ -72,18 +72,6 @@ impl State {
         now.saturating_sub(WINDOW_MS - 1) / SLOT_MS
     }
 
-    /// The slots in the window at `now`, oldest first: `(leaves the window at, admissions)`.
-    fn live_slots(slots: &[(u64, u64); SLOTS], now: u64) -> Vec<(u64, u64)> {
-        let first = Self::first_slot(now);
-        let mut live: Vec<(u64, u64)> = slots
-            .iter()
-            .filter(|&&(s, n)| n > 0 && s >= first)
-            .map(|&(s, n)| (s * SLOT_MS + SLOT_MS - 1 + WINDOW_MS, n))
-            .collect();
-        live.sort_unstable();
-        live
-    }
-
     /// Admissions in the window at `now`.
     fn count(&self, now: u64) -> u64 {
         match &self.kind {
@@ -103,11 +91,17 @@ impl State {
                 times.get(i).map_or(0, |&t| t + WINDOW_MS - now)
             }
             Kind::Slots(slots) => {
+                // The seconds in the window, oldest first, straight from the ring (every
+                // admission is at or before `now`): no list to build and sort.
                 let mut freed = 0;
-                for (leaves, n) in Self::live_slots(slots, now) {
+                for s in Self::first_slot(now)..=now / SLOT_MS {
+                    let (second, n) = slots[(s % SLOTS as u64) as usize];
+                    if second != s || n == 0 {
+                        continue;
+                    }
                     freed += n;
                     if freed >= free {
-                        return leaves - now;
+                        return s * SLOT_MS + SLOT_MS - 1 + WINDOW_MS - now;
                     }
                 }
                 0

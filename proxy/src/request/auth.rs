@@ -271,6 +271,38 @@ pub struct Auth {
     cost_by_group: ArcSwap<Box<[AtomicU64]>>,
     /// The ledger writer, when a store is configured.
     pub ledger: Option<LedgerSender>,
+    /// The config's group names and deployment labels, shared by ledger records.
+    names: ArcSwap<Names>,
+}
+
+/// The config's model group names and deployment labels as shared strings, so a ledger
+/// record names them without an allocation. Rebuilt on a config reload ([`Auth::regroup`]).
+#[derive(Default)]
+struct Names {
+    groups: Vec<Arc<str>>,
+    deployments: Vec<Vec<Arc<str>>>,
+}
+
+impl Names {
+    fn of(config: &Config) -> Self {
+        Names {
+            groups: config
+                .models
+                .iter()
+                .map(|m| Arc::from(m.name.as_str()))
+                .collect(),
+            deployments: config
+                .models
+                .iter()
+                .map(|m| {
+                    m.deployments
+                        .iter()
+                        .map(|d| Arc::from(d.label.as_str()))
+                        .collect()
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Auth {
@@ -287,6 +319,7 @@ impl Auth {
                     .collect(),
             ),
             ledger,
+            names: ArcSwap::from_pointee(Names::of(config)),
         }
     }
 
@@ -332,6 +365,7 @@ impl Auth {
             })
             .collect();
         self.cost_by_group.store(Arc::new(table));
+        self.names.store(Arc::new(Names::of(new)));
     }
 
     /// The key a request presents (`Authorization: Bearer`, `x-api-key` or `api-key`), checked:
@@ -481,14 +515,19 @@ impl Auth {
             sluice_core::lease::rate_snapshot(&key.limits, tokens, now)
                 .or_else(|| sluice_core::lease::rate_snapshot(&key.team.limits, tokens, now))
         };
-        limits::ratelimit_headers(snapshot(false), snapshot(true))
-            .into_iter()
-            .map(|(n, v)| (n, v.into_bytes()))
-            .collect()
+        let mut headers = Vec::new();
+        limits::each_ratelimit_header(snapshot(false), snapshot(true), |name, value| {
+            if headers.capacity() == 0 {
+                headers.reserve_exact(6);
+            }
+            headers.push((name, value.to_vec()));
+        });
+        headers
     }
 
-    /// Counts `rec`'s cost and hands its usage record to the ledger (never blocking).
-    pub fn record(&self, config: &Config, key: Option<&KeyEntry>, rec: &AccessRecord) {
+    /// Counts `rec`'s cost and hands its usage record, stamped `ts_ms` (wall-clock unix
+    /// milliseconds), to the ledger (never blocking).
+    pub fn record(&self, config: &Config, key: Option<&KeyEntry>, rec: &AccessRecord, ts_ms: u64) {
         let cost = rec.cost_micros.unwrap_or(0);
         if cost > 0 {
             if let Some((group, _)) = rec.route {
@@ -506,19 +545,29 @@ impl Auth {
         let Some(ledger) = &self.ledger else {
             return;
         };
+        // The model and deployment as the config's shared strings (no allocation), unless
+        // the client named the model otherwise (an alias, a `provider/` path).
+        let names = self.names.load();
+        let group = rec.route.and_then(|(g, _)| names.groups.get(g));
         let deployment = rec.route.and_then(|(g, d)| {
-            config
-                .models
-                .get(g)
-                .and_then(|m| m.deployments.get(d?))
-                .map(|d| Arc::from(d.label.as_str()))
+            let label = config.models.get(g)?.deployments.get(d?)?.label.as_str();
+            // The names are swapped after the config on a reload: use them where they agree.
+            match names.deployments.get(g).and_then(|l| l.get(d?)) {
+                Some(shared) if **shared == *label => Some(shared.clone()),
+                _ => Some(Arc::from(label)),
+            }
         });
+        let requested = rec.model.as_deref().unwrap_or("");
+        let model = match group {
+            Some(name) if **name == *requested => name.clone(),
+            _ => Arc::from(requested),
+        };
         let usage = UsageRecord {
             request_id: rec.request_id.clone(),
-            ts_ms: crate::clock::unix_ms(),
+            ts_ms,
             key_id: key.map(|k| k.id.clone()),
             team: key.map(|k| k.team.name.clone()),
-            model: Arc::from(rec.model.as_deref().unwrap_or("")),
+            model,
             deployment,
             usage: rec.usage.unwrap_or_default(),
             cost_micros: cost,

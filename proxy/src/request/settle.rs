@@ -125,6 +125,8 @@ pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
     let mut answer = answer;
     let cache_note = answer.cache.take();
     let key = stage.principal;
+    // One monotonic read for the request's end (its total time and the limiter's clock).
+    let ended = Instant::now();
     if let (Some(k), Some(permit)) = (&key, stage.permit) {
         let tokens = answer.usage.map_or(0, |u| u.total_tokens());
         let cost = answer.cost_micros.unwrap_or(0);
@@ -133,7 +135,7 @@ pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
             permit,
             tokens,
             cost,
-            crate::clock::now_ms(),
+            crate::clock::ms_at(ended),
         );
         if cost > 0 {
             let who = crate::alerts::Principal {
@@ -148,8 +150,8 @@ pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
         request_id: request.request_id,
         method: request.method,
         path: request.path,
-        key_id: key.as_ref().map(|k| k.id.to_string()),
-        team: key.as_ref().map(|k| k.team.name.to_string()),
+        key_id: key.as_ref().map(|k| k.id.clone()),
+        team: key.as_ref().map(|k| k.team.name.clone()),
         model,
         deployment: answer.deployment,
         response_model: answer.response_model,
@@ -160,7 +162,7 @@ pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
         route: answer.route.or(stage.group.map(|g| (g, None))),
         ttfb_us: answer.ttfb_us,
         first_token_us: answer.first_token_us,
-        total_us: request.started.elapsed().as_micros() as u64,
+        total_us: ended.saturating_duration_since(request.started).as_micros() as u64,
         upstream_us: answer.upstream_us,
         bytes_in: request.bytes_in,
         bytes_out: answer.bytes_out,
@@ -174,10 +176,18 @@ pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
         saved_micros: None,
     };
     crate::cache::keep::settle(worker, cache_note, &mut rec);
+    // One wall-clock read for the ledger row and the access line (none when neither is on).
+    let unix_us = if shared.auth.ledger.is_some() || shared.config.log.access_log {
+        crate::clock::unix_us()
+    } else {
+        0
+    };
     // The ledger has authenticated API requests only (the access log and metrics have them
     // all), so nobody without a key can grow the database.
     if authenticated {
-        shared.auth.record(&shared.config, key.as_deref(), &rec);
+        shared
+            .auth
+            .record(&shared.config, key.as_deref(), &rec, unix_us / 1000);
     }
     worker.metrics.observe(&shared.config, &rec);
     if rec.trace.is_some() {
@@ -187,7 +197,7 @@ pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
         ));
     }
     if shared.config.log.access_log {
-        rec.emit();
+        rec.emit_at(unix_us);
     }
     rec
 }

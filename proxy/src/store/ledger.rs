@@ -537,8 +537,21 @@ fn run_writer(backend: &dyn Backend, rx: Receiver<Msg>, opts: WriterOptions, c: 
             Ok(Msg::Record(r)) => {
                 let first = *oldest.get_or_insert_with(Instant::now);
                 batch.push(r);
+                // Whatever else is queued comes along without a clock read per record.
+                let mut flush = false;
+                while batch.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(Msg::Record(r)) => batch.push(r),
+                        Ok(Msg::Flush(ack)) => {
+                            acks.push(ack);
+                            flush = true;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
                 // Under a steady stream the deadline never times out: check it here too.
-                if batch.len() < max_batch && first.elapsed() < opts.flush_interval {
+                if !flush && batch.len() < max_batch && first.elapsed() < opts.flush_interval {
                     continue;
                 }
                 false

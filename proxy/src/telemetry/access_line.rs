@@ -16,20 +16,30 @@ use sluice_core::calendar::{Date, DAY_S};
 
 use crate::telemetry::log::{access_writer, AccessRecord};
 
+/// A field's key as one literal with its punctuation: `,"name":`.
+macro_rules! k {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+
 impl AccessRecord {
-    /// Emits the access line: formatted here into a reused buffer and handed to the log
-    /// writer when the log is JSON, through `tracing` otherwise. Either way the log's level
-    /// filter applies (target `sluice::access`).
+    /// Emits the access line stamped now (see [`emit_at`](Self::emit_at)).
     pub fn emit(&self) {
+        self.emit_at(crate::clock::unix_us());
+    }
+
+    /// Emits the access line stamped `unix_us` (wall-clock microseconds): formatted here
+    /// into a reused buffer and handed to the log writer when the log is JSON, through
+    /// `tracing` otherwise (which stamps its own time). Either way the log's level filter
+    /// applies (target `sluice::access`).
+    pub fn emit_at(&self, unix_us: u64) {
         if !tracing::enabled!(target: "sluice::access", tracing::Level::INFO) {
             return;
         }
         let Some(writer) = access_writer() else {
             return self.emit_with_tracing();
         };
-        let unix_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
         if BATCHED.get() {
             let full = PENDING.with_borrow_mut(|pending| {
                 format(self, unix_us, pending);
@@ -83,6 +93,8 @@ thread_local! {
     static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
     static PENDING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static BATCHED: Cell<bool> = const { Cell::new(false) };
+    /// The attempt list's JSON, before it is escaped into the line.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Formats `rec` as one JSON line stamped `unix_us` and passes it to `write` (a whole line,
@@ -103,72 +115,78 @@ fn format(rec: &AccessRecord, unix_us: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(unix_us, out);
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
-    str_field(out, "request_id", &rec.request_id);
+    str_field(out, k!("request_id"), &rec.request_id);
     if let Some(t) = &rec.trace {
         // The ids of the request's server span, as the exported span carries them, so a log
         // line and its trace join on `trace_id`.
-        hex_field(out, "trace_id", &t.trace_id);
-        hex_field(out, "span_id", &t.span_id);
+        hex_field(out, k!("trace_id"), &t.trace_id);
+        hex_field(out, k!("span_id"), &t.span_id);
     }
-    str_field(out, "method", &rec.method);
-    str_field(out, "path", &rec.path);
-    opt_str(out, "key_id", rec.key_id.as_deref());
-    opt_str(out, "team", rec.team.as_deref());
-    opt_str(out, "model", rec.model.as_deref());
-    opt_str(out, "deployment", rec.deployment.as_deref());
+    str_field(out, k!("method"), &rec.method);
+    str_field(out, k!("path"), &rec.path);
+    opt_str(out, k!("key_id"), rec.key_id.as_deref());
+    opt_str(out, k!("team"), rec.team.as_deref());
+    opt_str(out, k!("model"), rec.model.as_deref());
+    opt_str(out, k!("deployment"), rec.deployment.as_deref());
     // The model the upstream named, only when it is not the deployment's own (`provider/model`).
     if let Some(answered) = rec.response_model.as_deref() {
         let configured = rec.deployment.as_deref().and_then(|d| d.split_once('/'));
         if configured.is_none_or(|(_, m)| m != answered) {
-            str_field(out, "response_model", answered);
+            str_field(out, k!("response_model"), answered);
         }
     }
-    num_field(out, "status", rec.status as u64);
-    bool_field(out, "stream", rec.stream);
+    num_field(out, k!("status"), rec.status as u64);
+    bool_field(out, k!("stream"), rec.stream);
     if let Some(u) = &rec.usage {
-        num_field(out, "input_tokens", u.input_tokens);
-        num_field(out, "output_tokens", u.output_tokens);
-        num_field(out, "cached_tokens", u.cached_tokens);
-        num_field(out, "reasoning_tokens", u.reasoning_tokens);
-        bool_field(out, "tokens_estimated", u.estimated);
+        num_field(out, k!("input_tokens"), u.input_tokens);
+        num_field(out, k!("output_tokens"), u.output_tokens);
+        num_field(out, k!("cached_tokens"), u.cached_tokens);
+        num_field(out, k!("reasoning_tokens"), u.reasoning_tokens);
+        bool_field(out, k!("tokens_estimated"), u.estimated);
     }
     if let Some(m) = rec.cost_micros {
-        float_field(out, "cost_usd", m as f64 / 1e6);
+        scaled_field(out, k!("cost_usd"), m, 6);
     }
     if let Some(us) = rec.ttfb_us {
-        float_field(out, "ttfb_ms", us as f64 / 1000.0);
+        scaled_field(out, k!("ttfb_ms"), us, 3);
     }
-    float_field(out, "total_ms", rec.total_us as f64 / 1000.0);
+    scaled_field(out, k!("total_ms"), rec.total_us, 3);
     if let Some(us) = rec.upstream_us {
-        float_field(
-            out,
-            "overhead_ms",
-            rec.total_us.saturating_sub(us) as f64 / 1000.0,
-        );
+        scaled_field(out, k!("overhead_ms"), rec.total_us.saturating_sub(us), 3);
     }
-    num_field(out, "bytes_in", rec.bytes_in);
-    num_field(out, "bytes_out", rec.bytes_out);
+    num_field(out, k!("bytes_in"), rec.bytes_in);
+    num_field(out, k!("bytes_out"), rec.bytes_out);
     if let Some(reused) = rec.upstream_reused {
-        bool_field(out, "upstream_reused", reused);
+        bool_field(out, k!("upstream_reused"), reused);
     }
-    opt_str(out, "error", rec.error.as_deref());
+    opt_str(out, k!("error"), rec.error.as_deref());
     if !rec.attempts.is_empty() {
-        // A string holding the JSON list, as before (log pipelines already parse it so).
-        let list = serde_json::to_string(&rec.attempts).unwrap_or_default();
-        str_field(out, "attempts", &list);
+        // A string holding the JSON list, as before (log pipelines already parse it so),
+        // serialized into a reused buffer.
+        SCRATCH.with_borrow_mut(|list| {
+            list.clear();
+            if serde_json::to_writer(&mut *list, &rec.attempts).is_err() {
+                list.clear();
+            }
+            key(out, k!("attempts"));
+            // serde_json writes UTF-8 (it only copies `str`s and ASCII).
+            json_str(out, std::str::from_utf8(list).unwrap_or_default());
+            if list.capacity() > 64 * 1024 {
+                *list = Vec::new();
+            }
+        });
     }
-    bool_field(out, "client_cancelled", rec.client_cancelled);
-    opt_str(out, "cache", rec.cache);
+    bool_field(out, k!("client_cancelled"), rec.client_cancelled);
+    opt_str(out, k!("cache"), rec.cache);
     if let Some(m) = rec.saved_micros {
-        float_field(out, "saved_usd", m as f64 / 1e6);
+        scaled_field(out, k!("saved_usd"), m, 6);
     }
     out.extend_from_slice(b",\"target\":\"sluice::access\"}\n");
 }
 
+/// Writes a field's key, `name` made by `k!` (`,"name":`).
 fn key(out: &mut Vec<u8>, name: &str) {
-    out.extend_from_slice(b",\"");
     out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
 }
 
 fn str_field(out: &mut Vec<u8>, name: &str, value: &str) {
@@ -184,7 +202,44 @@ fn opt_str(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
 
 fn num_field(out: &mut Vec<u8>, name: &str, value: u64) {
     key(out, name);
-    let _ = write!(out, "{value}");
+    digits(out, value, 1);
+}
+
+/// `value` in decimal, zero-padded to at least `width` digits (at most 20).
+fn digits(out: &mut Vec<u8>, mut value: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    while value > 0 || buf.len() - i < width {
+        i -= 1;
+        buf[i] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Values below this many units print exactly as the `f64` `value / 10^scale` would: with at
+/// most 15 significant digits, the decimal is the shortest that rounds to that `f64`.
+const EXACT_BELOW: u64 = 1_000_000_000_000_000;
+
+/// `value / 10^scale` as a JSON number, the same text as Rust's shortest round-trip form of
+/// that quotient as an `f64` (`1.5`, `0.000125`, `3`), without going through floating point.
+fn scaled_field(out: &mut Vec<u8>, name: &str, value: u64, scale: u32) {
+    let unit = 10u64.pow(scale);
+    if value >= EXACT_BELOW {
+        return float_field(out, name, value as f64 / unit as f64);
+    }
+    key(out, name);
+    digits(out, value / unit, 1);
+    let mut frac = value % unit;
+    if frac > 0 {
+        let mut width = scale as usize;
+        while frac.is_multiple_of(10) {
+            frac /= 10;
+            width -= 1;
+        }
+        out.push(b'.');
+        digits(out, frac, width);
+    }
 }
 
 /// `bytes` as a JSON string of lower-case hex.
@@ -214,29 +269,44 @@ fn float_field(out: &mut Vec<u8>, name: &str, value: f64) {
     }
 }
 
+/// For each byte, what a JSON string holds in its place: 0 the byte itself, `u` a `\u00XX`
+/// escape, else the character after a backslash.
+const ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x7f] = b'u';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table[b'\n' as usize] = b'n';
+    table[b'\r' as usize] = b'r';
+    table[b'\t' as usize] = b't';
+    table
+};
+
 /// `value` as a JSON string: quotes, backslashes and control characters escaped.
 fn json_str(out: &mut Vec<u8>, value: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
     let bytes = value.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f | 0x7f => b"",
-            _ => continue,
-        };
+        let escape = ESCAPE[b as usize];
+        if escape == 0 {
+            continue;
+        }
         out.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
+        if escape == b'u' {
             out.extend_from_slice(b"\\u00");
             out.push(HEX[(b >> 4) as usize]);
             out.push(HEX[(b & 0xf) as usize]);
         } else {
-            out.extend_from_slice(escape);
+            out.push(b'\\');
+            out.push(escape);
         }
         start = i + 1;
     }
@@ -249,17 +319,20 @@ fn timestamp(unix_us: u64, out: &mut Vec<u8>) {
     let secs = unix_us / 1_000_000;
     let date = Date::from_unix_s(secs);
     let in_day = secs % DAY_S;
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        date.year(),
-        date.month(),
-        date.day(),
-        in_day / 3600,
-        in_day / 60 % 60,
-        in_day % 60,
-        unix_us % 1_000_000
-    );
+    digits(out, u64::try_from(date.year()).unwrap_or(0), 4);
+    out.push(b'-');
+    digits(out, u64::from(date.month()), 2);
+    out.push(b'-');
+    digits(out, u64::from(date.day()), 2);
+    out.push(b'T');
+    digits(out, in_day / 3600, 2);
+    out.push(b':');
+    digits(out, in_day / 60 % 60, 2);
+    out.push(b':');
+    digits(out, in_day % 60, 2);
+    out.push(b'.');
+    digits(out, unix_us % 1_000_000, 6);
+    out.push(b'Z');
 }
 
 #[cfg(test)]
@@ -350,6 +423,52 @@ mod tests {
         assert_eq!(v["cache"], "hit");
         assert_eq!(v["saved_usd"].as_f64(), Some(0.00025));
         assert!(v.get("response_model").is_none(), "{v}");
+    }
+
+    #[test]
+    fn scaled_numbers_are_the_text_of_the_float_they_stand_for() {
+        let mut rng = fastrand::Rng::with_seed(15);
+        let random = (0..50_000).map(|_| {
+            let digits = rng.u32(1..=15);
+            rng.u64(..10u64.pow(digits))
+        });
+        let edges = [
+            EXACT_BELOW - 1,
+            EXACT_BELOW,
+            EXACT_BELOW + 7,
+            u64::MAX,
+            1 << 53,
+        ];
+        for v in (0..30_000).chain(random).chain(edges) {
+            for scale in [3, 6] {
+                let (mut ours, mut float) = (Vec::new(), Vec::new());
+                scaled_field(&mut ours, k!("x"), v, scale);
+                float_field(&mut float, k!("x"), v as f64 / 10u64.pow(scale) as f64);
+                assert_eq!(
+                    String::from_utf8_lossy(&ours),
+                    String::from_utf8_lossy(&float),
+                    "{v} / 10^{scale}"
+                );
+            }
+        }
+        let mut out = Vec::new();
+        digits(&mut out, 42, 4);
+        digits(&mut out, u64::MAX, 1);
+        assert_eq!(out, b"004218446744073709551615");
+    }
+
+    #[test]
+    fn timestamps_as_tracing_writes_them() {
+        for (us, text) in [
+            (0, "1970-01-01T00:00:00.000000Z"),
+            (1_765_024_496_123_456, "2025-12-06T12:34:56.123456Z"),
+            (951_782_400_000_001, "2000-02-29T00:00:00.000001Z"),
+            (4_102_444_799_999_999, "2099-12-31T23:59:59.999999Z"),
+        ] {
+            let mut out = Vec::new();
+            timestamp(us, &mut out);
+            assert_eq!(String::from_utf8_lossy(&out), text);
+        }
     }
 
     #[test]

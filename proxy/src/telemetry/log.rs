@@ -1,7 +1,7 @@
 //! Logging: diagnostics and one access line per request, through `tracing`, written by a
 //! background thread so a slow terminal or disk never blocks a worker.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use sluice_core::config::LogConfig;
 use sluice_core::usage::Usage;
@@ -86,10 +86,10 @@ pub struct AccessRecord {
     pub method: String,
     /// Request path.
     pub path: String,
-    /// The virtual key's id (never the key itself).
-    pub key_id: Option<String>,
-    /// The key's team.
-    pub team: Option<String>,
+    /// The virtual key's id (never the key itself), shared with the key's entry.
+    pub key_id: Option<Arc<str>>,
+    /// The key's team, shared with the team's entry.
+    pub team: Option<Arc<str>>,
     /// Model the client asked for.
     pub model: Option<String>,
     /// `provider/model` that answered.
