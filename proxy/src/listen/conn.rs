@@ -1,6 +1,7 @@
 //! One client connection: read requests (keep-alive, pipelining, limits, timeouts), answer
 //! them in order, close when asked or when the framing can no longer be trusted.
 
+use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -308,97 +309,103 @@ fn body_timeout() -> GatewayError {
 }
 
 /// Answers one request; returns whether the connection stays open, and what to settle.
-async fn respond_to(
-    worker: &Worker,
-    client: &mut Client,
-    head: &RequestHead,
-    (body, rest): (Vec<u8>, Option<&mut upload::BodyRest>),
+// Not an `async fn`: an async fn stores each by-value argument twice in its future (the
+// argument and the local it is bound to, for the whole request, a stream's minutes
+// included); the block below uses the captured arguments in place.
+#[allow(clippy::manual_async_fn)]
+fn respond_to<'a>(
+    worker: &'a Worker,
+    client: &'a mut Client,
+    head: &'a RequestHead,
+    (body, rest): (Vec<u8>, Option<&'a mut upload::BodyRest>),
     keep_alive: bool,
     request: RequestFacts,
-) -> (bool, Settlement) {
-    let request_id = &request.request_id;
-    let route = match endpoints::route(head.method(), head.path()) {
-        Ok(r) => r,
-        Err((err, route)) => {
-            let allow = route.map(endpoints::allow_for);
-            let extra: Vec<(&str, &[u8])> = allow.map(|a| ("allow", a)).into_iter().collect();
-            let bytes = respond::error_with(&err, &extra, keep_alive, request_id);
-            return local(client, bytes, err.status(), keep_alive, request).await;
-        }
-    };
-    let head_only = head.method() == "HEAD";
-    let json = |status: u16, body: &[u8]| {
-        let mut bytes = respond::json(status, body, &[], keep_alive, request_id);
-        if head_only {
-            bytes.truncate(bytes.len() - body.len());
-        }
-        bytes
-    };
-    let (status, bytes) = match route {
-        Route::Healthz => (200, json(200, br#"{"status":"ok"}"#)),
-        Route::Readyz => {
-            let (ready, reason) = endpoints::readiness(worker).await;
-            let status = if ready { 200 } else { 503 };
-            let mut detail = serde_json::json!({
-                "status": if ready { "ready" } else { "not_ready" },
-                "reason": reason,
-            });
-            // The store does not decide readiness (requests flow while it is down), but
-            // its state is shown; so is the fleet's shared state.
-            if let Some(store) = endpoints::store_detail(worker) {
-                detail["store"] = store;
+) -> impl Future<Output = (bool, Settlement)> + 'a {
+    async move {
+        let request_id = &request.request_id;
+        let route = match endpoints::route(head.method(), head.path()) {
+            Ok(r) => r,
+            Err((err, route)) => {
+                let allow = route.map(endpoints::allow_for);
+                let extra: Vec<(&str, &[u8])> = allow.map(|a| ("allow", a)).into_iter().collect();
+                let bytes = respond::error_with(&err, &extra, keep_alive, request_id);
+                return local(client, bytes, err.status(), keep_alive, request).await;
             }
-            if let Some(f) = worker.shared.fleet.as_ref() {
-                detail["shared"] = f.status();
+        };
+        let head_only = head.method() == "HEAD";
+        let json = |status: u16, body: &[u8]| {
+            let mut bytes = respond::json(status, body, &[], keep_alive, request_id);
+            if head_only {
+                bytes.truncate(bytes.len() - body.len());
             }
-            let body = serde_json::to_vec(&detail).unwrap_or_default();
-            (status, json(status, &body))
-        }
-        Route::Metrics if worker.shared.config.admin.metrics_on_main => (
-            200,
-            crate::admin::listener::metrics_response(&worker.shared, keep_alive),
-        ),
-        Route::Metrics => {
-            let err = GatewayError::new(
-                ErrorKind::RouteNotFound,
-                "Unknown request URL: GET /metrics (metrics are on the admin listener)",
-            );
-            (404, respond::error(&err, keep_alive, request_id))
-        }
-        Route::Models => (200, json(200, &endpoints::models_body(worker))),
-        Route::Model => match endpoints::model_body(worker, head.path()) {
-            Ok(body) => (200, json(200, &body)),
-            Err(err) => {
-                let mut bytes = respond::error(&err, keep_alive, request_id);
-                if head_only {
-                    // A HEAD answer has the GET answer's head and no body.
-                    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n");
-                    bytes.truncate(end.map_or(bytes.len(), |i| i + 4));
+            bytes
+        };
+        let (status, bytes) = match route {
+            Route::Healthz => (200, json(200, br#"{"status":"ok"}"#)),
+            Route::Readyz => {
+                let (ready, reason) = endpoints::readiness(worker).await;
+                let status = if ready { 200 } else { 503 };
+                let mut detail = serde_json::json!({
+                    "status": if ready { "ready" } else { "not_ready" },
+                    "reason": reason,
+                });
+                // The store does not decide readiness (requests flow while it is down), but
+                // its state is shown; so is the fleet's shared state.
+                if let Some(store) = endpoints::store_detail(worker) {
+                    detail["store"] = store;
                 }
-                (err.status(), bytes)
+                if let Some(f) = worker.shared.fleet.as_ref() {
+                    detail["shared"] = f.status();
+                }
+                let body = serde_json::to_vec(&detail).unwrap_or_default();
+                (status, json(status, &body))
             }
-        },
-        Route::Api(endpoint) => {
-            let call = api::Call {
-                head,
-                endpoint,
-                keep_alive,
-            };
-            let served = api::serve(
-                worker,
-                call,
-                (body, rest),
-                request,
-                &mut client.rd,
-                &mut client.wr,
-            )
-            .await;
-            // Pipelined bytes that arrived during the exchange follow those read before it.
-            client.buf.extend_from_slice(&served.early);
-            return (served.keep_alive, served.settlement);
-        }
-    };
-    local(client, bytes, status, keep_alive, request).await
+            Route::Metrics if worker.shared.config.admin.metrics_on_main => (
+                200,
+                crate::admin::listener::metrics_response(&worker.shared, keep_alive),
+            ),
+            Route::Metrics => {
+                let err = GatewayError::new(
+                    ErrorKind::RouteNotFound,
+                    "Unknown request URL: GET /metrics (metrics are on the admin listener)",
+                );
+                (404, respond::error(&err, keep_alive, request_id))
+            }
+            Route::Models => (200, json(200, &endpoints::models_body(worker))),
+            Route::Model => match endpoints::model_body(worker, head.path()) {
+                Ok(body) => (200, json(200, &body)),
+                Err(err) => {
+                    let mut bytes = respond::error(&err, keep_alive, request_id);
+                    if head_only {
+                        // A HEAD answer has the GET answer's head and no body.
+                        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n");
+                        bytes.truncate(end.map_or(bytes.len(), |i| i + 4));
+                    }
+                    (err.status(), bytes)
+                }
+            },
+            Route::Api(endpoint) => {
+                let call = api::Call {
+                    head,
+                    endpoint,
+                    keep_alive,
+                };
+                let served = api::serve(
+                    worker,
+                    call,
+                    (body, rest),
+                    request,
+                    &mut client.rd,
+                    &mut client.wr,
+                )
+                .await;
+                // Pipelined bytes that arrived during the exchange follow those read before it.
+                client.buf.extend_from_slice(&served.early);
+                return (served.keep_alive, served.settlement);
+            }
+        };
+        local(client, bytes, status, keep_alive, request).await
+    }
 }
 
 /// Writes an answer the gateway makes itself.

@@ -7,6 +7,7 @@
 //! ```
 //! Whatever happens, the request ends as one [`Settlement`] for the connection to settle.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use monoio::io::AsyncWriteRentExt;
@@ -71,82 +72,88 @@ impl Served {
 }
 
 /// Serves one API request (see the module docs).
-pub async fn serve(
-    worker: &Worker,
-    call: Call<'_>,
-    (body, upload): (Vec<u8>, Option<&mut BodyRest>),
+// Not an `async fn`: an async fn stores each by-value argument twice in its future (the
+// argument and the local it is bound to, for the whole request, a stream's minutes
+// included); the block below uses the captured arguments in place.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<'a>(
+    worker: &'a Worker,
+    call: Call<'a>,
+    (body, upload): (Vec<u8>, Option<&'a mut BodyRest>),
     request: RequestFacts,
-    rd: &mut ClientRead,
-    wr: &mut ClientWrite,
-) -> Served {
-    let shared = &worker.shared;
-    let auth = &shared.auth;
-    let key = match auth.authenticate(call.head, crate::clock::unix_s()) {
-        Ok(k) => k,
-        Err(err) => {
-            let bytes = respond::error(&err, call.keep_alive, &request.request_id);
-            let (keep_alive, answer) = write(wr, bytes, err.status(), call.keep_alive).await;
-            return Served {
-                keep_alive,
-                early: Vec::new(),
-                settlement: Settlement::local(request, answer),
-            };
-        }
-    };
-    let prepared = match prepare::prepare(call.endpoint, call.head, body) {
-        Ok(p) => p,
-        Err(error) => {
-            let refused = Box::new(Refused {
-                error,
-                principal: key,
-                permit: None,
-                denied: None,
-                model: None,
-            });
-            return refuse(worker, wr, &call, request, refused, false).await;
-        }
-    };
-    let probe = prepared.probe.as_deref().unwrap_or(&prepared.body);
-    let inspected = match Authenticated::new(key.clone()).inspect(&shared.config, probe) {
-        Ok(i) => i,
-        Err(refused) => return refuse(worker, wr, &call, request, refused, false).await,
-    };
-    let body = prepared.body;
-    let model = Some(inspected.fields.model.clone());
-    let traced = request.trace.is_some();
-    let group = inspected.group;
-    let plan = match plan::plan(
-        call.head,
-        body,
-        call.endpoint,
-        inspected.fields.clone(),
-        group,
-        traced,
-    ) {
-        Ok(mut p) => {
-            p.form = prepared.form;
-            p.tail = upload.as_ref().map(|r| r.tail());
-            p
-        }
-        Err(error) => {
-            let refused = Box::new(Refused {
-                error,
-                principal: key,
-                permit: None,
-                denied: None,
-                model,
-            });
-            return refuse(worker, wr, &call, request, refused, inspected.fields.stream).await;
-        }
-    };
-    let stages = Stages {
-        worker,
-        key,
-        call: &call,
-        request,
-        upload,
-    };
-    admit_and_forward(stages, inspected, plan, rd, wr).await
+    rd: &'a mut ClientRead,
+    wr: &'a mut ClientWrite,
+) -> impl Future<Output = Served> + 'a {
+    async move {
+        let shared = &worker.shared;
+        let auth = &shared.auth;
+        let key = match auth.authenticate(call.head, crate::clock::unix_s()) {
+            Ok(k) => k,
+            Err(err) => {
+                let bytes = respond::error(&err, call.keep_alive, &request.request_id);
+                let (keep_alive, answer) = write(wr, bytes, err.status(), call.keep_alive).await;
+                return Served {
+                    keep_alive,
+                    early: Vec::new(),
+                    settlement: Settlement::local(request, answer),
+                };
+            }
+        };
+        let prepared = match prepare::prepare(call.endpoint, call.head, body) {
+            Ok(p) => p,
+            Err(error) => {
+                let refused = Box::new(Refused {
+                    error,
+                    principal: key,
+                    permit: None,
+                    denied: None,
+                    model: None,
+                });
+                return refuse(worker, wr, &call, request, refused, false).await;
+            }
+        };
+        let probe = prepared.probe.as_deref().unwrap_or(&prepared.body);
+        let inspected = match Authenticated::new(key.clone()).inspect(&shared.config, probe) {
+            Ok(i) => i,
+            Err(refused) => return refuse(worker, wr, &call, request, refused, false).await,
+        };
+        let body = prepared.body;
+        let model = Some(inspected.fields.model.clone());
+        let traced = request.trace.is_some();
+        let group = inspected.group;
+        let plan = match plan::plan(
+            call.head,
+            body,
+            call.endpoint,
+            inspected.fields.clone(),
+            group,
+            traced,
+        ) {
+            Ok(mut p) => {
+                p.form = prepared.form;
+                p.tail = upload.as_ref().map(|r| r.tail());
+                p
+            }
+            Err(error) => {
+                let refused = Box::new(Refused {
+                    error,
+                    principal: key,
+                    permit: None,
+                    denied: None,
+                    model,
+                });
+                return refuse(worker, wr, &call, request, refused, inspected.fields.stream).await;
+            }
+        };
+        let stages = Stages {
+            worker,
+            key,
+            call: &call,
+            request,
+            upload,
+        };
+        admit_and_forward(stages, inspected, plan, rd, wr).await
+    }
 }
 
 /// What the admission stages share.
@@ -161,129 +168,135 @@ struct Stages<'a, 'h> {
 
 /// From the model allow-list to the answer: authorize (403), admit (429), the response
 /// store, reserve (429), forward.
-async fn admit_and_forward(
-    stages: Stages<'_, '_>,
+// Not an `async fn`: an async fn stores each by-value argument twice in its future (the
+// argument and the local it is bound to, for the whole request, a stream's minutes
+// included); the block below uses the captured arguments in place.
+#[allow(clippy::manual_async_fn)]
+fn admit_and_forward<'a>(
+    stages: Stages<'a, 'a>,
     inspected: Inspected<Arc<KeyEntry>>,
     mut plan: Plan,
-    rd: &mut ClientRead,
-    wr: &mut ClientWrite,
-) -> Served {
-    let Stages {
-        worker,
-        key,
-        call,
-        request,
-        upload,
-    } = stages;
-    let shared = &worker.shared;
-    let auth = &shared.auth;
-    let model = Some(plan.inspected.model.clone());
-    let group = plan.group;
-    let no_sets: [&LimitSet; 0] = [];
-    let key_sets = key.as_deref().map(KeyEntry::limit_sets);
-    let sets: &[&LimitSet] = key_sets.as_ref().map_or(&no_sets[..], |s| &s[..]);
-    let share;
-    let mut limiter = &*shared.limiter;
-    if let Some(fleet) = &shared.fleet {
-        if fleet.fetch(sets, None).await {
-            // Redis was late for this request: its local share admits it.
-            share = sluice_core::lease::ShareOnLate(&fleet.limiter);
-            limiter = &share;
+    rd: &'a mut ClientRead,
+    wr: &'a mut ClientWrite,
+) -> impl Future<Output = Served> + 'a {
+    async move {
+        let Stages {
+            worker,
+            key,
+            call,
+            request,
+            upload,
+        } = stages;
+        let shared = &worker.shared;
+        let auth = &shared.auth;
+        let model = Some(plan.inspected.model.clone());
+        let group = plan.group;
+        let no_sets: [&LimitSet; 0] = [];
+        let key_sets = key.as_deref().map(KeyEntry::limit_sets);
+        let sets: &[&LimitSet] = key_sets.as_ref().map_or(&no_sets[..], |s| &s[..]);
+        let share;
+        let mut limiter = &*shared.limiter;
+        if let Some(fleet) = &shared.fleet {
+            if fleet.fetch(sets, None).await {
+                // Redis was late for this request: its local share admits it.
+                share = sluice_core::lease::ShareOnLate(&fleet.limiter);
+                limiter = &share;
+            }
         }
-    }
-    let admitted = inspected
-        .authorize(|m| key.as_ref().is_none_or(|k| k.record.allows_model(m)))
-        .and_then(|i| {
-            i.admit(limiter, sets, crate::clock::now_ms(), |d| {
-                auth.refusal(key.as_deref(), d, 0)
-            })
-        });
-    let admitted = match admitted {
-        Ok(a) => a,
-        Err(refused) => {
-            return refuse(worker, wr, call, request, refused, plan.inspected.stream).await
-        }
-    };
-    if call.endpoint == ApiEndpoint::CountTokens
-        && prepare::count_tokens_locally(&shared.config, group)
-    {
-        let stage = admitted.answer_locally();
-        let (keep_alive, answer) = count_tokens(wr, call, &request, &plan.body).await;
-        return Served::local(keep_alive, request, stage, model, answer);
-    }
-    let looked = cache::lookup(
-        worker,
-        call.head,
-        &plan,
-        key.as_deref(),
-        admitted,
-        &request.request_id,
-    )
-    .await;
-    let (admitted, ticket) = match looked {
-        cache::Looked::Miss(a, ticket) => (a, ticket),
-        cache::Looked::Hit(stage, stored, mark) => {
-            let extra = key
-                .as_ref()
-                .map(|k| auth.ratelimit_headers(k))
-                .unwrap_or_default();
-            let (keep_alive, answer) = cache::replay(
-                worker,
-                wr,
-                &plan,
-                &stored,
-                mark,
-                call.keep_alive,
-                &request.request_id,
-                request.started,
-                &extra,
-            )
-            .await;
+        let admitted = inspected
+            .authorize(|m| key.as_ref().is_none_or(|k| k.record.allows_model(m)))
+            .and_then(|i| {
+                i.admit(limiter, sets, crate::clock::now_ms(), |d| {
+                    auth.refusal(key.as_deref(), d, 0)
+                })
+            });
+        let admitted = match admitted {
+            Ok(a) => a,
+            Err(refused) => {
+                return refuse(worker, wr, call, request, refused, plan.inspected.stream).await
+            }
+        };
+        if call.endpoint == ApiEndpoint::CountTokens
+            && prepare::count_tokens_locally(&shared.config, group)
+        {
+            let stage = admitted.answer_locally();
+            let (keep_alive, answer) = count_tokens(wr, call, &request, &plan.body).await;
             return Served::local(keep_alive, request, stage, model, answer);
         }
-    };
-    let ask = auth.ask(
-        &shared.config,
-        &shared.prices,
-        group,
-        &plan.inspected,
-        &plan.prompt_scan(),
-    );
-    if let Some(fleet) = &shared.fleet {
-        fleet.fetch(sets, Some(&ask)).await;
-    }
-    let reserved = match admitted.reserve(limiter, sets, &ask, |d| {
-        auth.refusal(key.as_deref(), d, ask.tokens)
-    }) {
-        Ok(r) => r,
-        Err(refused) => {
-            return refuse(worker, wr, call, request, refused, plan.inspected.stream).await
+        let looked = cache::lookup(
+            worker,
+            call.head,
+            &plan,
+            key.as_deref(),
+            admitted,
+            &request.request_id,
+        )
+        .await;
+        let (admitted, ticket) = match looked {
+            cache::Looked::Miss(a, ticket) => (a, ticket),
+            cache::Looked::Hit(stage, stored, mark) => {
+                let extra = key
+                    .as_ref()
+                    .map(|k| auth.ratelimit_headers(k))
+                    .unwrap_or_default();
+                let (keep_alive, answer) = cache::replay(
+                    worker,
+                    wr,
+                    &plan,
+                    &stored,
+                    mark,
+                    call.keep_alive,
+                    &request.request_id,
+                    request.started,
+                    &extra,
+                )
+                .await;
+                return Served::local(keep_alive, request, stage, model, answer);
+            }
+        };
+        let ask = auth.ask(
+            &shared.config,
+            &shared.prices,
+            group,
+            &plan.inspected,
+            &plan.prompt_scan(),
+        );
+        if let Some(fleet) = &shared.fleet {
+            fleet.fetch(sets, Some(&ask)).await;
         }
-    };
-    let mut side = ClientSide {
-        request_id: &request.request_id,
-        http10: call.head.version == 0,
-        keep_alive: call.keep_alive,
-        started: request.started,
-        extra_headers: key
-            .as_ref()
-            .map(|k| auth.ratelimit_headers(k))
-            .unwrap_or_default(),
-        trace: request.trace,
-    };
-    cache::on_miss(ticket.as_deref(), &mut plan, &mut side.extra_headers);
-    let mut done = forward::execute(worker, reserved, plan, (rd, upload), wr, side).await;
-    cache::after_miss(ticket, &mut done.answer);
-    Served {
-        keep_alive: done.keep_alive,
-        early: done.early,
-        settlement: Settlement {
-            request,
-            stage: done.stage,
-            model,
-            authenticated: true,
-            answer: done.answer,
-        },
+        let reserved = match admitted.reserve(limiter, sets, &ask, |d| {
+            auth.refusal(key.as_deref(), d, ask.tokens)
+        }) {
+            Ok(r) => r,
+            Err(refused) => {
+                return refuse(worker, wr, call, request, refused, plan.inspected.stream).await
+            }
+        };
+        let mut side = ClientSide {
+            request_id: &request.request_id,
+            http10: call.head.version == 0,
+            keep_alive: call.keep_alive,
+            started: request.started,
+            extra_headers: key
+                .as_ref()
+                .map(|k| auth.ratelimit_headers(k))
+                .unwrap_or_default(),
+            trace: request.trace,
+        };
+        cache::on_miss(ticket.as_deref(), &mut plan, &mut side.extra_headers);
+        let mut done = forward::execute(worker, reserved, &plan, (rd, upload), wr, &side).await;
+        cache::after_miss(ticket, &mut done.answer);
+        Served {
+            keep_alive: done.keep_alive,
+            early: done.early,
+            settlement: Settlement {
+                request,
+                stage: done.stage,
+                model,
+                authenticated: true,
+                answer: done.answer,
+            },
+        }
     }
 }
 

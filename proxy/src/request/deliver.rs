@@ -4,6 +4,7 @@
 //! the pool when it can; says how the answer ended so the attempt loop settles the balancer
 //! and breaker.
 
+use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
@@ -165,7 +166,8 @@ async fn whole(
     answer: &mut Answer,
 ) -> Delivered {
     let read = attempt::read_small_body(&mut sent, &d.provider.name, max, d.deadline);
-    let (body, reusable) = match d.watch.race(read).await {
+    let raced = d.watch.race(pin!(read)).await;
+    let (body, reusable) = match raced {
         None => {
             answer.client_cancelled = true;
             return Delivered {
@@ -285,23 +287,9 @@ async fn relay(
     is_sse: bool,
     answer: &mut Answer,
 ) -> Delivered {
-    let (worker, plan, client) = (d.worker, d.plan, d.client);
+    let (worker, client) = (d.worker, d.client);
     let head_wait = d.started.elapsed();
-    let id = answer_id(plan, client);
-    let mut chain = Chain::new();
-    if plan.capture && (200..300).contains(&sent.head.status) {
-        chain.push(Stage::Pivot(Box::new(pivot_capture(d, is_sse))));
-    }
-    match d.translation {
-        Some(t) if is_sse => {
-            let ctx = response_context(plan, &id);
-            chain.push(Stage::Translate(Box::new(StreamTranslator::new(
-                t.from, t.to, ctx,
-            ))));
-        }
-        _ if is_sse => chain.push(Stage::Scan(SseScanner::new(plan.strip_usage))),
-        _ => chain.push(Stage::Capture(Capture::new(MAX_CAPTURE, true))),
-    }
+    let ok = (200..300).contains(&sent.head.status);
     let client_framing = if client.http10 {
         ClientFraming::Close
     } else {
@@ -323,11 +311,6 @@ async fn relay(
         d.translation.map(|_| &b"text/event-stream"[..]),
         Default::default(),
     );
-    let limits = BodyLimits {
-        idle: Duration::from_millis(d.provider.idle_timeout_ms),
-        deadline: d.deadline,
-        provider: d.provider.name.clone(),
-    };
     if is_sse {
         worker.metrics.open_streams.increment(1.0);
     }
@@ -337,17 +320,22 @@ async fn relay(
         buf,
         body_at,
     } = sent;
-    let end = Relay::new(
-        &mut conn,
-        d.wr,
-        d.watch,
-        client_framing,
-        chain,
-        is_sse,
+    // The chain is built straight into the relay: a local that was borrowed keeps its space
+    // in this future beside the relay that owns it, for the whole stream.
+    let limits = BodyLimits {
+        idle: Duration::from_millis(d.provider.idle_timeout_ms),
+        deadline: d.deadline,
+        provider: d.provider.name.clone(),
+    };
+    let mut relay = Relay::new(
+        relay_chain(d, ok, is_sse),
         limits,
-    )
-    .run(head.body, wire, buf, body_at)
-    .await;
+        client_framing,
+        is_sse,
+        (&mut conn, d.wr, d.watch),
+    );
+    let end = relay.run(head.body, wire, buf, body_at).await;
+    drop(relay);
     if is_sse {
         worker.metrics.open_streams.decrement(1.0);
     }
@@ -380,6 +368,29 @@ async fn relay(
         },
         latency,
     }
+}
+
+/// The filters a relayed body goes through: the cache's capture first (a 2xx answer, when
+/// the plan captures), then the stream's translation or scan, or a bounded copy of any other
+/// body to read usage from.
+fn relay_chain(d: &Delivery<'_, '_, '_>, ok: bool, is_sse: bool) -> Chain {
+    let plan = d.plan;
+    let mut chain = Chain::new();
+    if plan.capture && ok {
+        chain.push(Stage::Pivot(Box::new(pivot_capture(d, is_sse))));
+    }
+    match d.translation {
+        Some(t) if is_sse => {
+            let id = answer_id(plan, d.client);
+            let ctx = response_context(plan, &id);
+            chain.push(Stage::Translate(Box::new(StreamTranslator::new(
+                t.from, t.to, ctx,
+            ))));
+        }
+        _ if is_sse => chain.push(Stage::Scan(SseScanner::new(plan.strip_usage))),
+        _ => chain.push(Stage::Capture(Capture::new(MAX_CAPTURE, true))),
+    }
+    chain
 }
 
 /// The response cache's capture of a relayed answer (first in the chain: it sees the

@@ -17,7 +17,7 @@
 //! started copying, core's loop is told the body is spent (no retry, no fallback).
 
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
@@ -68,13 +68,16 @@ pub struct Exchanged {
 
 /// Runs the exchange: attempts deployments until one answers and relays its answer to the
 /// client. Errors before the response head reached the client are answered as JSON here.
+///
+/// The plan and the client side are borrowed: an async fn's by-value arguments are stored
+/// twice in its future (the argument and the local it is bound to), for the whole exchange.
 pub async fn execute(
     worker: &Worker,
     reserved: Reserved<Arc<KeyEntry>>,
-    plan: Plan,
+    plan: &Plan,
     (rd, upload): (&mut ClientRead, Option<&mut BodyRest>),
     wr: &mut ClientWrite,
-    client: ClientSide<'_>,
+    client: &ClientSide<'_>,
 ) -> Exchanged {
     let mut watch = ClientWatch::new(rd);
     let mut answer = Answer {
@@ -98,7 +101,10 @@ pub async fn execute(
         watch: &mut watch,
         upload,
     };
-    let keep_alive = exchange(worker, lp, &plan, io, &client, &mut answer).await;
+    let (keep_alive, sends) = exchange(worker, &mut lp, plan, io, client, &mut answer).await;
+    let first_group = lp.first_group();
+    let report = lp.into_report();
+    record_attempts(worker, &sends, first_group, report, client, &mut answer);
     // A client that closes after its answer was written is not a cancellation: only a race
     // lost during the exchange (recorded there) is.
     let (early, gone) = watch.finish().await;
@@ -209,15 +215,18 @@ struct Io<'x, 'w, 'r> {
 }
 
 /// Runs the attempt loop to its end and answers the client; returns whether the client
-/// connection can be kept.
+/// connection can be kept, and what was launched (for the access record).
+///
+/// `lp` is borrowed, not moved in: an async fn's by-value argument is stored twice in its
+/// future (as the argument and as the local it is bound to), and the loop is some 1 KiB.
 async fn exchange(
     worker: &Worker,
-    mut lp: AttemptLoop,
+    lp: &mut AttemptLoop,
     plan: &Plan,
     io: Io<'_, '_, '_>,
     client: &ClientSide<'_>,
     answer: &mut Answer,
-) -> bool {
+) -> (bool, Sends) {
     let Io {
         wr,
         watch,
@@ -297,10 +306,8 @@ async fn exchange(
             }
             Command::Deliver { attempt } => {
                 let io = (&mut *wr, &mut *watch);
-                break deliver_attempt(
-                    worker, &mut lp, plan, &mut sends, attempt, io, client, answer,
-                )
-                .await;
+                break deliver_attempt(worker, lp, plan, &mut sends, attempt, io, client, answer)
+                    .await;
             }
             Command::PassThrough { attempt } => {
                 break pass_through(plan, &mut sends, attempt, wr, client, answer).await;
@@ -316,16 +323,7 @@ async fn exchange(
             }
         });
     };
-    let first_group = lp.first_group();
-    record_attempts(
-        worker,
-        &sends,
-        first_group,
-        lp.into_report(),
-        client,
-        answer,
-    );
-    keep
+    (keep, sends)
 }
 
 /// Hands `attempt`'s answer to the client, then settles the attempt with how the relay ended.
@@ -394,13 +392,13 @@ async fn wait<F: Future<Output = Result<Sent, UpstreamError>>>(
         }
     };
     let raced = watch
-        .race(async {
+        .race(pin!(async {
             monoio::select! {
                 biased;
                 done = first => Some(done),
                 _ = timer => None,
             }
-        })
+        }))
         .await;
     let (id, result) = match raced {
         None => return Event::ClientGone,
@@ -490,7 +488,8 @@ async fn read_error_body(
         return Event::ClientGone;
     };
     let read = attempt::read_small_body(&mut sent, &p.name, MAX_ERROR_BODY, deadline);
-    match watch.race(read).await {
+    let raced = watch.race(pin!(read)).await;
+    match raced {
         None => Event::ClientGone,
         Some(Ok((body, reusable))) => {
             let status = sent.head.status;

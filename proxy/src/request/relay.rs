@@ -17,7 +17,8 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
@@ -27,7 +28,9 @@ use sluice_core::http1::{begin_chunk, end_chunk, BodyFraming, ChunkedDecoder, LA
 use sluice_core::usage::Usage;
 
 use crate::listen::client_io::{ClientRead, ClientWrite};
+use crate::listen::idle::deadlines::Deadline;
 use crate::listen::respond::ClientFraming;
+use crate::upstream::attempt::READ_BUF;
 use crate::upstream::pool::{UpstreamConn, UpstreamError};
 
 type WatchFuture<'a> = Pin<Box<dyn Future<Output = BufResult<usize, Vec<u8>>> + 'a>>;
@@ -67,7 +70,14 @@ pub struct ClientWatch<'a> {
 /// itself is read into a larger one).
 const STREAM_READ_BUF: usize = 2048;
 
-/// How long an exchange runs before its client is watched (see [`ClientWatch`]).
+/// The watch's read buffer. The read is there to see a close: bytes that do arrive are the
+/// start of a pipelined request, kept as `early`, and the rest of it stays in the socket for
+/// the connection to read after the exchange. Held by every stream for its whole life.
+const WATCH_BUF: usize = 128;
+
+/// How long an exchange runs before its client is watched (see [`ClientWatch`]); at least
+/// this long: the watch is posted on the worker's next coarse deadline tick after it (see
+/// `listen::idle::deadlines`), so up to one tick later.
 pub const ARM_AFTER: Duration = Duration::from_millis(20);
 
 impl<'a> ClientWatch<'a> {
@@ -92,7 +102,7 @@ impl<'a> ClientWatch<'a> {
         if let Some(rd) = self.rd.take().and_then(ClientRead::watchable) {
             let handle = self.canceller.handle();
             self.fut = Some(Box::pin(
-                rd.cancelable_read(Vec::with_capacity(1024), handle),
+                rd.cancelable_read(Vec::with_capacity(WATCH_BUF), handle),
             ));
         }
     }
@@ -131,44 +141,19 @@ impl<'a> ClientWatch<'a> {
         self.gone
     }
 
-    /// Runs `fut` to completion, unless the client goes away first (`None`; `fut` is dropped,
-    /// which cancels it).
-    pub async fn race<F: Future>(&mut self, fut: F) -> Option<F::Output> {
-        if self.gone {
-            return None;
+    /// Runs `fut` to completion, unless the client goes away first (`None`; the caller then
+    /// drops `fut`, which cancels it).
+    ///
+    /// `fut` is pinned by the caller and polled through this reference: the operation is
+    /// stored once, in the caller's frame (taken by value, it was stored twice — as the
+    /// argument and as the pinned local — with a timer and a `select!` beside it; the relay
+    /// holds one such race per stream for the stream's whole life).
+    pub fn race<'r, F: Future + ?Sized>(&'r mut self, fut: Pin<&'r mut F>) -> Race<'r, 'a, F> {
+        Race {
+            watch: self,
+            fut,
+            due: None,
         }
-        if self.held {
-            return Some(fut.await);
-        }
-        let mut fut = std::pin::pin!(fut);
-        if self.rd.is_some() && self.plain {
-            // Not watched yet: the operation alone until the watch is due, then watched.
-            let due = self.arm_at;
-            if Instant::now() < due {
-                monoio::select! {
-                    biased;
-                    out = &mut fut => return Some(out),
-                    _ = monoio::time::sleep_until(due.into()) => {}
-                }
-            }
-            self.arm();
-        }
-        if let Some(watch) = self.fut.as_mut() {
-            // Biased: when the operation and the client's close complete together (a client
-            // that hangs up right after reading the whole answer), the operation wins.
-            monoio::select! {
-                biased;
-                out = &mut fut => return Some(out),
-                (res, buf) = watch => {
-                    self.fut = None;
-                    self.on_read(res, buf);
-                    if self.gone {
-                        return None;
-                    }
-                }
-            }
-        }
-        Some(fut.await)
     }
 
     fn on_read(&mut self, res: io::Result<usize>, buf: Vec<u8>) {
@@ -188,6 +173,58 @@ impl<'a> ClientWatch<'a> {
             self.on_read(res, buf);
         }
         (self.early, self.gone)
+    }
+}
+
+/// The future of [`ClientWatch::race`]: the operation first (biased: when it and the client's
+/// close complete together — a client that hangs up right after reading the whole answer —
+/// the operation wins), then the watch's posted read; before the watch is due, a coarse
+/// [`Deadline`] (a few bytes, where a monoio timer is 640) says when to post it.
+pub struct Race<'r, 'a, F: ?Sized> {
+    watch: &'r mut ClientWatch<'a>,
+    fut: Pin<&'r mut F>,
+    /// When the watch is due, while it is not posted yet.
+    due: Option<Deadline>,
+}
+
+impl<F: Future + ?Sized> Future for Race<'_, '_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let watch = &mut *this.watch;
+        if watch.gone {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(out) = this.fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if watch.held {
+            return Poll::Pending;
+        }
+        if watch.rd.is_some() && watch.plain {
+            // Not watched yet: the operation alone until the watch is due, then watched.
+            if this.due.is_none() && Instant::now() < watch.arm_at {
+                this.due = Some(Deadline::at(watch.arm_at));
+            }
+            if let Some(due) = this.due.as_mut() {
+                if Pin::new(due).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            this.due = None;
+            watch.arm();
+        }
+        if let Some(read) = watch.fut.as_mut() {
+            if let Poll::Ready((res, buf)) = read.as_mut().poll(cx) {
+                watch.fut = None;
+                watch.on_read(res, buf);
+                if watch.gone {
+                    return Poll::Ready(None);
+                }
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -265,13 +302,15 @@ pub struct Relay<'c, 'w, 'a> {
 impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
     /// A relay from `upstream` to `client`.
     pub fn new(
-        upstream: &'c mut UpstreamConn,
-        client: &'c mut ClientWrite,
-        watch: &'w mut ClientWatch<'a>,
-        client_framing: ClientFraming,
         chain: Chain,
-        is_sse: bool,
         limits: BodyLimits,
+        client_framing: ClientFraming,
+        is_sse: bool,
+        (upstream, client, watch): (
+            &'c mut UpstreamConn,
+            &'c mut ClientWrite,
+            &'w mut ClientWatch<'a>,
+        ),
     ) -> Self {
         Relay {
             upstream,
@@ -288,8 +327,11 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
 
     /// Relays the body. `wire` holds the response head, not yet written; `ubuf[body_at..]`
     /// holds the body bytes that came with the upstream head.
+    ///
+    /// Borrowed (`&mut self`), not moved in: an async fn's by-value argument is stored twice in
+    /// its future, and this one lasts as long as the stream.
     pub async fn run(
-        mut self,
+        &mut self,
         framing: BodyFraming,
         mut wire: Vec<u8>,
         mut ubuf: Vec<u8>,
@@ -332,6 +374,9 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
                 // An event stream is many small reads spread over seconds or minutes: a
                 // small buffer (it still grows for an event that needs more).
                 ubuf.shrink_to(STREAM_READ_BUF);
+            } else if !self.is_sse && ubuf.capacity() < READ_BUF {
+                // Any other body is read in full buffers (the head's was a small one).
+                ubuf.reserve(READ_BUF);
             }
             if !wire.is_empty() {
                 match self.write(wire, &mut end).await {
@@ -349,8 +394,19 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
             let now = Instant::now();
             let left = self.limits.deadline.saturating_duration_since(now);
             let wait = self.limits.idle.min(left);
-            let read = monoio::time::timeout(wait, self.upstream.io.read_append(ubuf));
-            let raced = self.watch.race(read).await;
+            // A coarse deadline (see `Race`) rather than a monoio timer: 640 bytes less in
+            // every stream's state, and an idle timeout late by a few milliseconds.
+            let raced = {
+                let mut read = pin!(self.upstream.io.read_append(ubuf));
+                let mut limit = Deadline::at(now + wait);
+                let mut timed = pin!(std::future::poll_fn(|cx| {
+                    if let Poll::Ready(out) = read.as_mut().poll(cx) {
+                        return Poll::Ready(Ok(out));
+                    }
+                    Pin::new(&mut limit).poll(cx).map(Err)
+                }));
+                self.watch.race(timed.as_mut()).await
+            };
             end.upstream_wait += now.elapsed();
             match raced {
                 None => return self.cancelled(end),
@@ -450,7 +506,8 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
     /// Writes `wire` to the client; `None` when the client is gone.
     async fn write(&mut self, wire: Vec<u8>, end: &mut RelayEnd) -> Option<Vec<u8>> {
         let len = wire.len() as u64;
-        let (res, mut wire) = self.watch.race(self.client.write_all(wire)).await?;
+        let write = pin!(self.client.write_all(wire));
+        let (res, mut wire) = self.watch.race(write).await?;
         res.ok()?;
         end.first_write.get_or_insert_with(Instant::now);
         end.bytes_out += len;
@@ -459,7 +516,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
     }
 
     /// The client went away: the upstream connection is dropped (closed, not drained).
-    fn cancelled(self, mut end: RelayEnd) -> RelayEnd {
+    fn cancelled(&mut self, mut end: RelayEnd) -> RelayEnd {
         end.first_data = self.first_data;
         end.client_gone = true;
         end.client_reusable = false;
@@ -470,7 +527,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         end
     }
 
-    async fn finish(mut self, state: Framing, mut wire: Vec<u8>, mut end: RelayEnd) -> RelayEnd {
+    async fn finish(&mut self, state: Framing, mut wire: Vec<u8>, mut end: RelayEnd) -> RelayEnd {
         end.first_data = self.first_data;
         let complete = matches!(state, Framing::Done) && end.error.is_none();
         let chunked_out = self.client_framing == ClientFraming::Chunked;

@@ -14,8 +14,13 @@ use crate::upstream::pool::{self, UpstreamConn, UpstreamError};
 
 /// Largest upstream response head accepted.
 const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
-/// Initial size of an upstream read buffer.
-const READ_BUF: usize = 8 * 1024;
+/// Size of an upstream read buffer for a body (and how much a head's buffer grows by).
+pub const READ_BUF: usize = 8 * 1024;
+/// Initial size of the buffer a response head is read into: a head and the first events of
+/// a stream fit, and a stream keeps no more than that (see the relay); a body read past the
+/// head grows it to [`READ_BUF`]. Thousands of requests awaiting their heads at once each
+/// hold one.
+const HEAD_BUF: usize = 2 * 1024;
 
 /// A response head and the connection it came on; `buf[body_at..]` is the start of the body.
 pub struct Sent {
@@ -177,7 +182,7 @@ async fn read_head(
     until: Instant,
     until_is_deadline: bool,
 ) -> Result<(ResponseHead, Vec<u8>, usize), HeadError> {
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
+    let mut buf: Vec<u8> = Vec::with_capacity(HEAD_BUF);
     let mut start = 0;
     loop {
         if buf.len() > start {
@@ -276,6 +281,10 @@ pub async fn read_small_body(
             return Ok((body, sent.head.keep_alive));
         }
         input.clear();
+        if input.capacity() < READ_BUF {
+            // The head's buffer is small (see `HEAD_BUF`): a body read in pieces gets a full one.
+            input.reserve(READ_BUF);
+        }
         pos = 0;
         let wait = deadline.saturating_duration_since(Instant::now());
         match monoio::time::timeout(wait, sent.conn.io.read_append(input)).await {

@@ -3,7 +3,9 @@
 //! A monoio timer is 640 bytes (its entry is cache-line padded for the timer wheel), more than
 //! the rest of a parked connection's wait together. Idle timeouts need no such precision: a
 //! keep-alive connection closed 50 ms late, or a posted read parked 50 ms late, changes
-//! nothing. So a waiting connection holds a [`Deadline`] — an index into this worker's table —
+//! nothing. The same holds for the waits every stream holds for its whole life (the relay's
+//! idle and total timeouts on each upstream read, and when the client watch is posted), so
+//! they use these deadlines too. So a waiting connection holds a [`Deadline`] — an index into this worker's table —
 //! and [`sweep`] wakes those whose time has passed, every [`TICK`] while any is set (and not at
 //! all while none is).
 
