@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use crate::usage::Usage;
 
+pub mod canonical;
 pub mod capture;
 pub mod directives;
 pub mod guard;
