@@ -279,6 +279,16 @@ impl Parser<'_> {
                     return Some(());
                 }
                 b'\\' => {
+                    // The short escapes of what serde_json escapes are already canonical.
+                    if canonical {
+                        if let Some(e @ (b'"' | b'\\' | b'n' | b't' | b'r' | b'b' | b'f')) =
+                            self.b.get(self.i + 1).copied()
+                        {
+                            out.extend_from_slice(&[b'\\', e]);
+                            self.i += 2;
+                            continue;
+                        }
+                    }
                     self.i += 1;
                     let ch = self.escape()?;
                     match u8::try_from(ch) {

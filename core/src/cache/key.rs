@@ -10,7 +10,7 @@
 //! Two writers give the same bytes: a request already in the chat shape is written by
 //! [`super::canonical`] straight from its bytes (no JSON tree: about a fifth of the cost on a
 //! 1 KB body, see `cache_key` in `bench/benches/cache.rs`); an Anthropic request is translated
-//! first, then parsed into a `serde_json::Value` and written by [`write_request`] (the tree
+//! first, then parsed into a `serde_json::Value` and written by `write_request` (the tree
 //! path, which the semantic query also uses, as it needs the messages as a map).
 //!
 //! Why BLAKE3, keyed with a per-process random key: the key is a cryptographic PRF of the
