@@ -158,7 +158,7 @@ impl Choices {
         z ^ (z >> 31)
     }
     fn one_in(&mut self, n: u64) -> bool {
-        self.next() % n == 0
+        self.next().is_multiple_of(n)
     }
     fn ws(&mut self, out: &mut String) {
         while self.one_in(3) {
