@@ -9,6 +9,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sluice_bench::{chat_body, chat_response, SplitMix64};
+use sluice_core::cache::key::exact_key_tree;
 use sluice_core::cache::semantic::{
     normalised, SemanticIndex, SemanticQuery, INLINE_SCAN, MAX_PER_CONTEXT,
 };
@@ -26,14 +27,20 @@ fn input(body: &[u8]) -> KeyInput<'_> {
     }
 }
 
+/// The exact key of a chat body: `streaming` (what the store computes: the canonical form
+/// written straight from the bytes) against `tree` (the body parsed into a `serde_json::Value`
+/// and written back, the path before; still the path of Anthropic requests).
 fn key(c: &mut Criterion) {
     let store = MemoryStore::new(CacheConfig::default(), [9; 32]);
     let mut g = c.benchmark_group("cache_key");
     for size in [1024, 100 * 1024] {
         let body = chat_body(size);
         g.throughput(Throughput::Bytes(body.len() as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+        g.bench_with_input(BenchmarkId::new("streaming", size), &body, |b, body| {
             b.iter(|| store.key(&input(black_box(body))).unwrap())
+        });
+        g.bench_with_input(BenchmarkId::new("tree", size), &body, |b, body| {
+            b.iter(|| exact_key_tree(&[9; 32], &input(black_box(body))).unwrap())
         });
     }
     g.finish();

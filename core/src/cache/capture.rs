@@ -31,26 +31,21 @@ pub fn pivot_from_whole(
 ) -> Option<StoredAnswer> {
     let pivot = match (kind, from) {
         (CallKind::Embeddings, Dialect::OpenAi | Dialect::Azure) => {
-            let v: Value = serde_json::from_slice(body).ok()?;
-            v.get("data")?.as_array()?;
+            object(body)?;
+            serde_json::from_slice::<DataProbe>(body).ok()?.data?;
             body.to_vec()
         }
         (CallKind::Embeddings, _) => return None,
-        (CallKind::Chat, Dialect::OpenAi | Dialect::Azure) => {
-            let v: Value = serde_json::from_slice(body).ok()?;
-            v.get("choices")?.as_array()?;
-            body.to_vec()
-        }
-        (CallKind::Completion, Dialect::OpenAi | Dialect::Azure) => {
-            let v: Value = serde_json::from_slice(body).ok()?;
-            v.get("choices")?.as_array()?;
+        (CallKind::Chat | CallKind::Completion, Dialect::OpenAi | Dialect::Azure) => {
+            object(body)?;
+            serde_json::from_slice::<ChoicesProbe>(body).ok()?.choices?;
             body.to_vec()
         }
         (CallKind::Completion, _) => return None,
         (CallKind::Chat, _) => {
             let (out, _) = dialect::translate_response(from, Inbound::OpenAiChat, 200, body, ctx);
-            let v: Value = serde_json::from_slice(&out).ok()?;
-            v.get("choices")?.as_array()?;
+            object(&out)?;
+            serde_json::from_slice::<ChoicesProbe>(&out).ok()?.choices?;
             out
         }
     };
@@ -60,6 +55,28 @@ pub fn pivot_from_whole(
         cost_micros: None,
         kind,
     })
+}
+
+/// An answer whose `choices` is an array, checked without building a JSON tree (the
+/// elements are skipped, not kept; `null` or another type is `None`). Like a derived struct,
+/// it refuses a body that repeats `choices` (a `Value` would keep the last).
+#[derive(serde::Deserialize)]
+struct ChoicesProbe {
+    #[serde(default)]
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+/// `Some` when `body` starts (after whitespace) as a JSON object: a derived struct would also
+/// read an array.
+fn object(body: &[u8]) -> Option<()> {
+    (body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')).then_some(())
+}
+
+/// An embeddings answer whose `data` is an array (see [`ChoicesProbe`]).
+#[derive(serde::Deserialize)]
+struct DataProbe {
+    #[serde(default)]
+    data: Option<Vec<serde::de::IgnoredAny>>,
 }
 
 /// What the capture does with the bytes.

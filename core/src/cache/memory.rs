@@ -224,6 +224,14 @@ impl ResponseStore for MemoryStore {
             .insert(q, vector, *key, now_ms.saturating_add(ttl_ms));
     }
 
+    fn occupancy(&self) -> (u64, u64, u64) {
+        (
+            self.entries.load(Relaxed),
+            self.weight.load(Relaxed) * UNIT,
+            self.evictions.load(Relaxed),
+        )
+    }
+
     fn stats(&self) -> StoreStats {
         let (vectors, vector_bytes) = self.semantic.size();
         StoreStats {

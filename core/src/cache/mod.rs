@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use crate::usage::Usage;
 
+pub mod canonical;
 pub mod capture;
 pub mod directives;
 pub mod guard;
@@ -147,6 +148,13 @@ pub trait ResponseStore: Send + Sync {
     }
     /// Counters.
     fn stats(&self) -> StoreStats;
+    /// Entries, bytes and evictions alone (what settlement publishes as gauges after each
+    /// request): cheaper than [`Self::stats`], which also reads the semantic index's size
+    /// under its lock.
+    fn occupancy(&self) -> (u64, u64, u64) {
+        let s = self.stats();
+        (s.entries, s.bytes, s.evictions)
+    }
 }
 
 /// No cache: every lookup misses, nothing is kept.
