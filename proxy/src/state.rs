@@ -227,6 +227,7 @@ impl<'a> InflightGuard<'a> {
     pub fn new(worker: &'a Worker) -> Self {
         let c = &worker.counters;
         c.inflight.set(c.inflight.get() + 1);
+        crate::send_now::begin();
         worker.shared.active.fetch_add(1, Ordering::Relaxed);
         worker.metrics.inflight.increment(1.0);
         InflightGuard(worker)
@@ -237,6 +238,7 @@ impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
         let c = &self.0.counters;
         c.inflight.set(c.inflight.get().saturating_sub(1));
+        crate::send_now::end();
         self.0.shared.active.fetch_sub(1, Ordering::Relaxed);
         self.0.metrics.inflight.decrement(1.0);
     }
