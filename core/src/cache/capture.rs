@@ -512,6 +512,28 @@ data: [DONE]\n\n";
         )
     }
 
+    #[test]
+    fn a_whole_answer_is_kept_only_with_an_array_of_choices() {
+        let ctx = ResponseContext {
+            model: "m",
+            id: "chatcmpl-x",
+            created: 1,
+            include_usage: true,
+        };
+        let whole = |kind, body: &str| {
+            pivot_from_whole(Dialect::OpenAi, kind, body.as_bytes(), &ctx).map(|a| a.body)
+        };
+        let ok = r#" {"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+        assert_eq!(whole(CallKind::Chat, ok), Some(ok.as_bytes().to_vec()));
+        assert!(whole(CallKind::Chat, r#"{"choices":null}"#).is_none());
+        assert!(whole(CallKind::Chat, r#"{"choices":{}}"#).is_none());
+        assert!(whole(CallKind::Chat, r#"{"id":"c"}"#).is_none());
+        assert!(whole(CallKind::Chat, r#"[[{"index":0}]]"#).is_none());
+        assert!(whole(CallKind::Chat, r#"{"choices":[]"#).is_none());
+        assert!(whole(CallKind::Embeddings, r#"{"data":[{"embedding":[0.5]}]}"#).is_some());
+        assert!(whole(CallKind::Embeddings, r#"{"data":"x"}"#).is_none());
+    }
+
     fn run(c: &mut PivotCapture, parts: &[&[u8]], end: BodyEnd<'_>) -> Vec<u8> {
         let mut out = Vec::new();
         for p in parts {
