@@ -751,13 +751,25 @@ impl Config {
     /// bundled table), as (model group, deployment label): their requests cost 0 and cannot
     /// exhaust a budget. Deployments that pass the client's model through (`*`) are left out.
     pub fn unpriced(&self) -> Vec<(&str, &str)> {
-        let table = crate::cost::PriceTable::new(self.prices.clone());
+        let table = self.price_table();
         self.models
             .iter()
             .flat_map(|m| m.deployments.iter().map(move |d| (m, d)))
             .filter(|(_, d)| d.model != "*" && table.price(&d.model).is_none())
             .map(|(m, d)| (m.name.as_str(), d.label.as_str()))
             .collect()
+    }
+
+    /// The price table: `[prices]` (with the catalog's) over the bundled list, the
+    /// deployments' upstream models resolved ahead (a request is priced at one of them).
+    pub fn price_table(&self) -> crate::cost::PriceTable {
+        crate::cost::PriceTable::new(self.prices.clone()).with_known(
+            self.models
+                .iter()
+                .flat_map(|m| m.deployments.iter())
+                .map(|d| d.model.as_str())
+                .filter(|m| *m != "*"),
+        )
     }
 
     /// A human summary of what would be served, for `sluice check-config`.

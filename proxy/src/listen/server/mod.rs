@@ -208,7 +208,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> io::Res
             .collect(),
         started_unix,
         catalog: Default::default(),
-        prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
+        prices: config.price_table(),
         provider_limits: Arc::new(DeploymentLimits::build(&config, limiter.clone(), None)),
         limiter,
         fleet,

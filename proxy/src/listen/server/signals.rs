@@ -66,7 +66,7 @@ fn reload(generations: &Generations) -> Result<Option<u64>, String> {
         heartbeats: old.heartbeats.clone(),
         started_unix: old.started_unix,
         catalog: Default::default(),
-        prices: sluice_core::cost::PriceTable::new(config.prices.clone()),
+        prices: config.price_table(),
         provider_limits: Arc::new(DeploymentLimits::build(
             &config,
             old.limiter.clone(),
