@@ -333,6 +333,14 @@ impl DeploymentLimits {
         DeploymentLimits { limiter, by_group }
     }
 
+    /// Whether a request to model group `group` draws tokens from a deployment's `tpm`
+    /// (so its admission needs the prompt estimate).
+    pub fn counts_tokens(&self, group: usize) -> bool {
+        self.by_group
+            .get(group)
+            .is_some_and(|g| g.iter().flatten().any(|l| l.tpm.is_some()))
+    }
+
     /// The limits of `t`, if it has any.
     pub fn get(&self, t: Target) -> Option<&Arc<DeploymentLimit>> {
         self.by_group.get(t.group)?.get(t.deployment)?.as_ref()

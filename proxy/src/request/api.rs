@@ -13,6 +13,7 @@ use std::sync::Arc;
 use monoio::io::AsyncWriteRentExt;
 use sluice_core::error::GatewayError;
 use sluice_core::http1::RequestHead;
+use sluice_core::limiter::Ask;
 use sluice_core::limits::LimitSet;
 use sluice_core::request::{Authenticated, Inspected, Refused, Settled};
 
@@ -254,13 +255,27 @@ fn admit_and_forward<'a>(
                 return Served::local(keep_alive, request, stage, model, answer);
             }
         };
-        let ask = auth.ask(
-            &shared.config,
-            &shared.prices,
-            group,
-            &plan.inspected,
-            &plan.prompt_scan(),
-        );
+        // The prompt estimate (a scan of the whole body) and its cost matter only where they
+        // are reserved: a key's or its team's limits and budget, a deployment's tpm, the fleet.
+        let ask = if sets.is_empty()
+            && shared.fleet.is_none()
+            && !shared.provider_limits.counts_tokens(group)
+        {
+            Ask {
+                tokens: 0,
+                cost_micros: 0,
+                now_ms: crate::clock::now_ms(),
+                unix_s: crate::clock::unix_s(),
+            }
+        } else {
+            auth.ask(
+                &shared.config,
+                &shared.prices,
+                group,
+                &plan.inspected,
+                &plan.prompt_scan(),
+            )
+        };
         if let Some(fleet) = &shared.fleet {
             fleet.fetch(sets, Some(&ask)).await;
         }
