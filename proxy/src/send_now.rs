@@ -22,6 +22,7 @@
 //! (the socket then has room, so its own try succeeds).
 
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::os::fd::RawFd;
 
 use monoio::buf::{IoBuf, IoVecBuf};
@@ -31,18 +32,32 @@ use monoio::buf::{IoBuf, IoVecBuf};
 pub const DIRECT_UP_TO: usize = 1;
 
 thread_local! {
-    /// Requests in flight on this thread (a worker), kept by [`begin`] and [`end`].
+    /// Requests in flight on this thread (a worker): the one count, read through [`InFlight`].
     static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
 }
 
-/// A request started on this worker.
-pub fn begin() {
-    IN_FLIGHT.set(IN_FLIGHT.get() + 1);
-}
+/// The count of requests in flight on this worker thread. Every `InFlight` on a thread is the
+/// same count (a thread-local), so the sends here, made by write halves that have no worker to
+/// ask, read the count the worker keeps in its counters. Not `Send`: moved to another thread it
+/// would read that thread's count.
+#[derive(Default)]
+pub struct InFlight(PhantomData<*const ()>);
 
-/// A request ended on this worker.
-pub fn end() {
-    IN_FLIGHT.set(IN_FLIGHT.get().saturating_sub(1));
+impl InFlight {
+    /// Requests in flight now.
+    pub fn get(&self) -> usize {
+        IN_FLIGHT.get()
+    }
+
+    /// A request started on this worker.
+    pub fn begin(&self) {
+        IN_FLIGHT.set(IN_FLIGHT.get() + 1);
+    }
+
+    /// A request ended on this worker.
+    pub fn end(&self) {
+        IN_FLIGHT.set(IN_FLIGHT.get().saturating_sub(1));
+    }
 }
 
 /// Whether sends are tried at once now: the worker is nearly idle, and `SLUICE_SEND_NOW=0`
@@ -118,14 +133,16 @@ mod tests {
         assert_eq!(send(fd, &Vec::new()), None);
 
         // A busy worker leaves its sends to the ring.
+        let in_flight = InFlight::default();
         for _ in 0..=DIRECT_UP_TO {
-            begin();
+            in_flight.begin();
         }
+        assert_eq!(InFlight::default().get(), DIRECT_UP_TO + 1);
         assert_eq!(send(fd, &b"later".to_vec()), None);
-        end();
+        in_flight.end();
         assert_eq!(send(fd, &b"now".to_vec()), Some(3));
         for _ in 0..DIRECT_UP_TO {
-            end();
+            in_flight.end();
         }
         let mut now = [0u8; 3];
         server.read_exact(&mut now).unwrap();

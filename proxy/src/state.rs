@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use sluice_core::config::Config;
 
+use crate::send_now::InFlight;
 use crate::telemetry::metrics::WorkerMetrics;
 use crate::upstream::dns::DnsTable;
 use crate::upstream::pool::Pool;
@@ -114,8 +115,8 @@ pub struct Worker {
 pub struct Counters {
     /// Open client connections.
     pub connections: Cell<usize>,
-    /// Requests being handled.
-    pub inflight: Cell<usize>,
+    /// Requests being handled: this thread's count, which the sends of `send_now` read too.
+    pub inflight: InFlight,
     /// Tasks waiting for the drain to start (idle keep-alive connections), by ticket.
     drain_waiters: RefCell<HashMap<u64, Waker>>,
     /// Next ticket for `drain_waiters`.
@@ -226,8 +227,7 @@ impl<'a> InflightGuard<'a> {
     /// Starts counting.
     pub fn new(worker: &'a Worker) -> Self {
         let c = &worker.counters;
-        c.inflight.set(c.inflight.get() + 1);
-        crate::send_now::begin();
+        c.inflight.begin();
         worker.shared.active.fetch_add(1, Ordering::Relaxed);
         worker.metrics.inflight.increment(1.0);
         InflightGuard(worker)
@@ -237,8 +237,7 @@ impl<'a> InflightGuard<'a> {
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
         let c = &self.0.counters;
-        c.inflight.set(c.inflight.get().saturating_sub(1));
-        crate::send_now::end();
+        c.inflight.end();
         self.0.shared.active.fetch_sub(1, Ordering::Relaxed);
         self.0.metrics.inflight.decrement(1.0);
     }

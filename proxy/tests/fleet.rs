@@ -33,8 +33,47 @@ fn fleet_config(mock: SocketAddr, store: &Path, redis: &Redis, extra: &str) -> S
     )
 }
 
-fn three(config: &str) -> Vec<Gw> {
-    (0..3).map(|_| start(config, driver_name(false))).collect()
+/// What a fleet test starts from: the mock, a temporary directory with a `redis-server` of
+/// our own in it, and the config every replica shares ([`fleet_config`], with `extra` in
+/// `[shared]`, the store file in the directory). Dropped, it stops Redis and, when the test
+/// passed, removes the directory (a failed test keeps its files). Declare the replicas after
+/// it, so they stop first.
+struct Fleet {
+    mock: MockServer,
+    redis: Redis,
+    dir: PathBuf,
+    config: String,
+}
+
+impl Fleet {
+    fn start(tag: &str, extra: &str) -> Fleet {
+        let mock = mock();
+        let dir = temp_dir(tag);
+        let redis = Redis::start(&dir);
+        let config = fleet_config(mock.addr(), &dir.join("s.db"), &redis, extra);
+        Fleet {
+            mock,
+            redis,
+            dir,
+            config,
+        }
+    }
+
+    /// `n` replicas of the fleet's config.
+    fn replicas(&self, n: usize) -> Vec<Gw> {
+        (0..n)
+            .map(|_| start(&self.config, driver_name(false)))
+            .collect()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.redis.stop();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 /// Waits until every replica admits `key` (the key was made on one of them).
@@ -133,14 +172,12 @@ fn law(limit: u64, elapsed: Duration, bound: u64) -> usize {
 
 #[test]
 fn limits_are_global_revocations_spread_and_dead_leases_come_back() {
-    let mock = mock();
-    let dir = temp_dir("fleet");
-    let redis = Redis::start(&dir);
     // A generous timeout: on a loaded two-core CI machine a 20 ms wait can run out and send
     // the fleet to its local shares, which is not what this test measures (the local test
     // covers that).
-    let config = fleet_config(mock.addr(), &dir.join("s.db"), &redis, "timeout_ms = 500");
-    let mut gws = three(&config);
+    let fleet = Fleet::start("fleet", "timeout_ms = 500");
+    let redis = &fleet.redis;
+    let mut gws = fleet.replicas(3);
 
     // rpm = 10 through the three replicas: a limit too small to lease, taken from Redis.
     let (_, small) = gws[0].create_key(json!({"name": "small", "rpm": 10}));
@@ -331,23 +368,13 @@ fn limits_are_global_revocations_spread_and_dead_leases_come_back() {
     leaving.sigterm();
     assert!(leaving.wait_exit(Duration::from_secs(10)).is_some());
     assert_eq!(redis.cli(&["ZCARD", "sluice:replicas"]), "1");
-    drop(gws);
-    drop(redis);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn redis_down_local_mode_keeps_serving_then_global_limits_resume() {
-    let mock = mock();
-    let dir = temp_dir("fleet-local");
-    let mut redis = Redis::start(&dir);
-    let config = fleet_config(
-        mock.addr(),
-        &dir.join("s.db"),
-        &redis,
-        "expected_replicas = 3",
-    );
-    let gws = three(&config);
+    let mut fleet = Fleet::start("fleet-local", "expected_replicas = 3");
+    let gws = fleet.replicas(3);
+    let redis = &mut fleet.redis;
     let (key_id, key) = gws[0].create_key(json!({"name": "k", "rpm": 1_000_000}));
     let (_, share) = gws[0].create_key(json!({"name": "share", "rpm": 30}));
     known_everywhere(&gws, &key);
@@ -459,23 +486,13 @@ fn redis_down_local_mode_keeps_serving_then_global_limits_resume() {
         admitted <= law(10, started.elapsed(), 0),
         "admitted {admitted}"
     );
-    drop(gws);
-    drop(redis);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn redis_down_closed_mode_answers_503_then_recovers() {
-    let mock = mock();
-    let dir = temp_dir("fleet-closed");
-    let mut redis = Redis::start(&dir);
-    let config = fleet_config(
-        mock.addr(),
-        &dir.join("s.db"),
-        &redis,
-        "on_unavailable = \"closed\"",
-    );
-    let gws = three(&config);
+    let mut fleet = Fleet::start("fleet-closed", "on_unavailable = \"closed\"");
+    let gws = fleet.replicas(3);
+    let redis = &mut fleet.redis;
     let (_, key) = gws[0].create_key(json!({"name": "k", "rpm": 6000}));
     let (_, free) = gws[0].create_key(json!({"name": "free"}));
     known_everywhere(&gws, &key);
@@ -505,9 +522,6 @@ fn redis_down_closed_mode_answers_503_then_recovers() {
             "never recovered"
         );
     }
-    drop(gws);
-    drop(redis);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A CA and a certificate for 127.0.0.1 signed by it, written to `dir`: (cert, key, CA).
@@ -594,18 +608,17 @@ fn rediss_with_a_private_ca_and_a_wrong_one() {
 
 #[test]
 fn provider_limits_hold_across_the_fleet() {
-    let mock = mock();
-    let dir = temp_dir("fleet-provider");
-    let redis = Redis::start(&dir);
     // The deployment allows 6 requests per minute: a limit too small to lease, but a
     // deployment keeps one unit per replica (its admission cannot wait on Redis), so the
     // fleet sends at most 6 + the refill + 3.
-    let config = fleet_config(mock.addr(), &dir.join("s.db"), &redis, "timeout_ms = 500").replacen(
+    let mut fleet = Fleet::start("fleet-provider", "timeout_ms = 500");
+    fleet.config = fleet.config.replacen(
         "model = \"mock-model\" }",
         "model = \"mock-model\", rpm = 6 }",
         1,
     );
-    let gws = three(&config);
+    let mock = &fleet.mock;
+    let gws = fleet.replicas(3);
     let (_, key) = gws[0].create_key(json!({"name": "free"}));
     let started = Instant::now();
     known_everywhere(&gws, &key);
@@ -621,9 +634,6 @@ fn provider_limits_hold_across_the_fleet() {
     for r in rs.iter().filter(|r| r.status != 200) {
         assert_eq!(r.status, 429, "{}", r.text());
     }
-    drop(gws);
-    drop(redis);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Redis busy for a moment (a Lua script spinning 80 ms): a request whose direct fetch (rpm 10
@@ -631,13 +641,9 @@ fn provider_limits_hold_across_the_fleet() {
 /// the replica stays global — one late fetch is not an outage.
 #[test]
 fn one_late_direct_fetch_does_not_degrade_the_replica() {
-    let mock = mock();
-    let dir = temp_dir("fleet-late");
-    let redis = Redis::start(&dir);
-    let gw = start(
-        &fleet_config(mock.addr(), &dir.join("s.db"), &redis, "timeout_ms = 30"),
-        driver_name(false),
-    );
+    let fleet = Fleet::start("fleet-late", "timeout_ms = 30");
+    let redis = &fleet.redis;
+    let gw = start(&fleet.config, driver_name(false));
     let (_, key) = gw.create_key(json!({"name": "small", "rpm": 10}));
     let late = |gw: &Gw| sample(&gw.metrics(), "sluice_shared_timeouts_total");
     let spin = "local s = redis.call('TIME') local e = s[1] * 1000000 + s[2] + 80000 \
@@ -677,11 +683,8 @@ fn one_late_direct_fetch_does_not_degrade_the_replica() {
 /// minute lasts.
 #[test]
 fn rpm_10_burst_across_two_replicas_is_capped_at_10() {
-    let mock = mock();
-    let dir = temp_dir("fleet-window");
-    let redis = Redis::start(&dir);
-    let config = fleet_config(mock.addr(), &dir.join("s.db"), &redis, "timeout_ms = 500");
-    let gws: Vec<Gw> = (0..2).map(|_| start(&config, driver_name(false))).collect();
+    let fleet = Fleet::start("fleet-window", "timeout_ms = 500");
+    let gws = fleet.replicas(2);
     let (_, key) = gws[0].create_key(json!({"name": "ten", "rpm": 10}));
     let started = Instant::now();
     known_everywhere(&gws, &key); // spends one request on each replica
@@ -719,11 +722,8 @@ fn rpm_10_burst_across_two_replicas_is_capped_at_10() {
 /// never used while leased, would say nine).
 #[test]
 fn ratelimit_headers_show_the_fleets_use() {
-    let mock = mock();
-    let dir = temp_dir("fleet-headers");
-    let redis = Redis::start(&dir);
-    let config = fleet_config(mock.addr(), &dir.join("s.db"), &redis, "timeout_ms = 500");
-    let gws: Vec<Gw> = (0..2).map(|_| start(&config, driver_name(false))).collect();
+    let fleet = Fleet::start("fleet-headers", "timeout_ms = 500");
+    let gws = fleet.replicas(2);
     let (_, key) = gws[0].create_key(json!({"name": "ten", "rpm": 10}));
     // (known_everywhere spends one request on each replica.)
     known_everywhere(&gws, &key);
@@ -755,11 +755,8 @@ fn ratelimit_headers_show_the_fleets_use() {
 /// requests fewer (at most 25 here, too few to bring its pool down to a top-up).
 #[test]
 fn ratelimit_headers_follow_the_fleet_between_transfers() {
-    let mock = mock();
-    let dir = temp_dir("fleet-peek");
-    let redis = Redis::start(&dir);
-    let config = fleet_config(mock.addr(), &dir.join("s.db"), &redis, "timeout_ms = 500");
-    let gws: Vec<Gw> = (0..2).map(|_| start(&config, driver_name(false))).collect();
+    let fleet = Fleet::start("fleet-peek", "timeout_ms = 500");
+    let gws = fleet.replicas(2);
     let (_, key) = gws[0].create_key(json!({"name": "peek", "rpm": 3200}));
     let left = |gw: &Gw| -> u64 {
         let r = gw.chat_as(&key, &chat("mock-fast", false), "");

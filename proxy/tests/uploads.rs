@@ -6,8 +6,9 @@
 
 mod common;
 
-use std::io::Write;
-use std::time::Duration;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
 
 use common::*;
 use sluice_loadtest::mock::fnv1a;
@@ -230,12 +231,86 @@ fn over_the_limit_is_413(driver: &str) {
 
 both_drivers!(over_the_limit_is_413);
 
+/// The upstream's 413 for [`early_answering_upstream`], so a test can tell it from the
+/// gateway's own errors.
+const EARLY_413: &str = r#"{"error":{"message":"the upstream takes no file this large","type":"invalid_request_error"}}"#;
+
+/// An upstream that answers before the body ends: it reads a transcription request's head,
+/// answers 413 and closes with the body unread, so the gateway's next writes of the body fail
+/// (the peer is gone: a reset). A test fixture for that upstream behaviour, which the bundled
+/// mock does not have (it drains a body it refused). Serves until it has answered once, for
+/// at most 30 s; gives back the head it answered.
+fn early_answering_upstream() -> (SocketAddr, std::thread::JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let server = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "no transcription request came");
+            let mut s = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                Err(e) => panic!("accept: {e}"),
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 16 * 1024];
+            let end = loop {
+                if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(i);
+                }
+                match s.read(&mut buf) {
+                    Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                    _ => break None,
+                }
+            };
+            let Some(end) = end else { continue };
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            if !head.starts_with("POST /v1/audio/transcriptions ") {
+                continue;
+            }
+            write!(
+                s,
+                "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{EARLY_413}",
+                EARLY_413.len()
+            )
+            .unwrap();
+            // Dropped here with the body unread.
+            return head;
+        }
+    });
+    (addr, server)
+}
+
 fn an_upstream_that_refuses_the_body_is_heard(driver: &str) {
-    let mock = mock();
-    // The gateway takes more than the mock (16 MiB): the mock answers 413 from the head and
-    // stops reading; its answer, not a gateway error, reaches the client.
-    let gw = Gateway::start(&upload_config(mock.addr(), 32 * MIB), driver);
+    // An upstream that answers and closes mid-body: the gateway's copy of the body fails,
+    // and then the answer the upstream gave, not a gateway error, reaches the client.
+    let (upstream, answered) = early_answering_upstream();
+    let gw = Gateway::start(&upload_config(upstream, 32 * MIB), driver);
     let body = form(Some("mock-transcribe"), true, &audio(17 * MIB));
+    let mut c = gw.connect();
+    let r = exchange(&mut c, with_length(&body));
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.text(), EARLY_413);
+    assert_eq!(
+        r.header("x-sluice-deployment"),
+        Some("mock/gpt-4o-transcribe")
+    );
+    let head = answered.join().unwrap();
+    assert!(head.contains("content-length: "), "{head}");
+    let log = gw.access_lines(1);
+    assert_eq!(log[0]["status"], 413);
+
+    // The mock answers 413 from the head too, but drains the body before it closes: the
+    // gateway sends it all and then reads the answer.
+    let mock = mock();
+    let gw = Gateway::start(&upload_config(mock.addr(), 32 * MIB), driver);
     let mut c = gw.connect();
     let r = exchange(&mut c, with_length(&body));
     assert_eq!(r.status, 413, "{}", r.text());

@@ -109,7 +109,8 @@ class Gateway:
     proc: subprocess.Popen
     stdout: Path
     config: Path
-    # The SQLite store of a gateway started by `launch_gateway` (for `ledger_row`).
+    # The SQLite store of a gateway started by `start_gateway_in` (the `gateway` and
+    # `launch_gateway` fixtures), for `ledger_row`.
     db: Path | None = None
     # The admin listener's address, when the config has `[admin] listen`.
     admin: str | None = None
@@ -179,25 +180,9 @@ def mock(tmp_path_factory) -> Mock:
 
 
 def gateway_config(mock_addr: str, store: Path) -> str:
-    return f"""\
-[server]
-listen = "127.0.0.1:0"
-workers = 2
-
-[log]
-level = "info"
-format = "json"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[store]
-path = "{store}"
-
-[[keys]]
-name = "pytest"
-key = "{API_KEY}"
-
+    """The session gateway's config: the shared preamble, then the mock (in the OpenAI and
+    Anthropic dialects) and the model groups the SDK tests use."""
+    return config_preamble(store) + f"""\
 [[providers]]
 name = "mock"
 kind = "openai"
@@ -256,6 +241,19 @@ key = "{API_KEY}"
 """
 
 
+def log_field(stdout: Path, matches: Callable[[dict], bool], name: str):
+    """Field `name` of the first JSON line in `stdout` that `matches` and has it; None until
+    there is one."""
+    for line in stdout.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and matches(rec) and rec.get(name):
+            return rec[name]
+    return None
+
+
 def start_gateway(d: Path, config_text: str, env: dict[str, str] | None = None) -> Gateway:
     """Starts `sluice serve` with `config_text` (written to `d`), with `env` added to its
     environment, and waits until it is ready (and its admin listener, if the config has one,
@@ -279,14 +277,7 @@ def start_gateway(d: Path, config_text: str, env: dict[str, str] | None = None) 
     logs = [stdout, stderr]
 
     def listening():
-        for line in stdout.read_text(errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("message") == "sluice listening" and rec.get("listen"):
-                return rec["listen"]
-        return None
+        return log_field(stdout, lambda rec: rec.get("message") == "sluice listening", "listen")
 
     addr = wait_for("the gateway's `sluice listening` line", listening, proc, logs)
 
@@ -300,14 +291,7 @@ def start_gateway(d: Path, config_text: str, env: dict[str, str] | None = None) 
     wait_for("GET /readyz answering 200", ready, proc, logs)
 
     def admin_addr():
-        for line in stdout.read_text(errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "admin listener" in str(rec.get("message")) and rec.get("admin"):
-                return rec["admin"]
-        return None
+        return log_field(stdout, lambda rec: "admin listener" in str(rec.get("message")), "admin")
 
     # The `[admin]` table's own lines: up to the next table header.
     section = re.search(r"(?ms)^\[admin\]\s*$(.*?)(?=^\[|\Z)", config_text)
@@ -315,6 +299,16 @@ def start_gateway(d: Path, config_text: str, env: dict[str, str] | None = None) 
     if section and re.search(r"(?m)^\s*listen\s*=", section.group(1)):
         admin = wait_for("the admin listener's line", admin_addr, proc, logs)
     return Gateway(addr=addr, proc=proc, stdout=stdout, config=config, admin=admin)
+
+
+def start_gateway_in(tmp_path_factory, name: str, config: Callable[[Path], str], env: dict[str, str] | None = None) -> Gateway:
+    """`start_gateway` in a fresh directory `name`, with `config(store)` given the path its
+    `[store]` should use (kept as `gateway.db` for `ledger_row`)."""
+    d = tmp_path_factory.mktemp(name)
+    store = d / "sluice.db"
+    gw = start_gateway(d, config(store), env)
+    gw.db = store
+    return gw
 
 
 @pytest.fixture(scope="module")
@@ -328,10 +322,7 @@ def launch_gateway(tmp_path_factory):
     started: list[Gateway] = []
 
     def launch(config: Callable[[Path], str], env: dict[str, str] | None = None, name: str = "gateway") -> Gateway:
-        d = tmp_path_factory.mktemp(name)
-        store = d / "sluice.db"
-        gw = start_gateway(d, config(store), env)
-        gw.db = store
+        gw = start_gateway_in(tmp_path_factory, name, config, env)
         started.append(gw)
         return gw
 
@@ -342,8 +333,7 @@ def launch_gateway(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def gateway(mock, tmp_path_factory) -> Gateway:
-    d = tmp_path_factory.mktemp("gateway")
-    gw = start_gateway(d, gateway_config(mock.addr, d / "sluice.db"))
+    gw = start_gateway_in(tmp_path_factory, "gateway", lambda store: gateway_config(mock.addr, store))
     yield gw
     stop(gw.proc)
 

@@ -174,19 +174,10 @@ impl Text {
         s.bytes().for_each(|b| self.push(b));
     }
 
-    /// `n` in decimal.
-    fn number(&mut self, mut n: u64) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        let digits = &digits[i..];
+    /// `n` in decimal (all of it, or nothing when it does not fit).
+    fn number(&mut self, n: u64) {
+        let mut decimal = itoa::Buffer::new();
+        let digits = decimal.format(n).as_bytes();
         if let Some(to) = self.buf.get_mut(self.len..self.len + digits.len()) {
             to.copy_from_slice(digits);
             self.len += digits.len();

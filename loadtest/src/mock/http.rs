@@ -285,18 +285,8 @@ pub(crate) fn write_chunk(out: &mut Vec<u8>, payload: &[u8], chunked: bool) {
 pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// Appends `n` in decimal.
-pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+pub(crate) fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 fn push_hex(out: &mut Vec<u8>, mut n: usize) {

@@ -103,13 +103,7 @@ pub fn serve<'a>(
         let prepared = match prepare::prepare(call.endpoint, call.head, body) {
             Ok(p) => p,
             Err(error) => {
-                let refused = Box::new(Refused {
-                    error,
-                    principal: key,
-                    permit: None,
-                    denied: None,
-                    model: None,
-                });
+                let refused = unadmitted(error, key, None);
                 return refuse(worker, wr, &call, request, refused, false).await;
             }
         };
@@ -136,13 +130,7 @@ pub fn serve<'a>(
                 p
             }
             Err(error) => {
-                let refused = Box::new(Refused {
-                    error,
-                    principal: key,
-                    permit: None,
-                    denied: None,
-                    model,
-                });
+                let refused = unadmitted(error, key, model);
                 return refuse(worker, wr, &call, request, refused, inspected.fields.stream).await;
             }
         };
@@ -337,6 +325,22 @@ async fn count_tokens(
     let (keep_alive, mut answer) = write(wr, bytes, status, call.keep_alive).await;
     answer.cost_micros = Some(0);
     (keep_alive, answer)
+}
+
+/// The refusal of `key`'s request before admission (no limit counted it yet): `error`, and the
+/// model the body named when it was read.
+fn unadmitted(
+    error: GatewayError,
+    key: Option<Arc<KeyEntry>>,
+    model: Option<String>,
+) -> Box<Refused<Arc<KeyEntry>>> {
+    Box::new(Refused {
+        error,
+        principal: key,
+        permit: None,
+        denied: None,
+        model,
+    })
 }
 
 /// Answers a request a stage refused with its error (and the key's `x-ratelimit-*` headers).

@@ -10,17 +10,39 @@
 
 use redis::Script;
 
+/// The first lines of the scripts that count in milliseconds: Redis's own clock (`TIME`) as
+/// `t`, and `now` in milliseconds of it. (A macro, not a const, so `concat!` can join it.)
+macro_rules! now_ms {
+    () => {
+        "
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"
+    };
+}
+
+/// The arguments every bucket script starts with: `op` (ARGV[1]), the amount `n` (ARGV[2]) and
+/// the bucket's `limit` (ARGV[3]).
+macro_rules! op_n_limit {
+    () => {
+        "local op = ARGV[1]
+local n = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+"
+    };
+}
+
 /// `rate(op, n, capacity, interval_us)` on KEYS[1]; op is take | charge | refund.
 /// Returns `{granted, used, retry_after_ms}`, `used` the capacity less what the bucket could
 /// grant after the op (what the fleet's `x-ratelimit-remaining-*` headers start from).
-pub const RATE: &str = r#"
+pub const RATE: &str = concat!(
+    r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local op = ARGV[1]
-local n = tonumber(ARGV[2])
-local cap = tonumber(ARGV[3])
-local iv = tonumber(ARGV[4])
-local tol = cap * iv
+"#,
+    op_n_limit!(),
+    r#"local iv = tonumber(ARGV[4])
+local tol = limit * iv
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local level = math.max(tat, now)
 local granted = 0
@@ -43,9 +65,10 @@ local ttl = math.max(1, math.ceil((level - now) / 1000)) + 60000
 redis.call('SET', KEYS[1], string.format('%.0f', level), 'PX', ttl)
 local left = math.floor((now + tol - level) / iv)
 if left < 0 then left = 0 end
-if left > cap then left = cap end
-return {granted, cap - left, wait}
-"#;
+if left > limit then left = limit end
+return {granted, limit - left, wait}
+"#
+);
 
 /// `window(op, n, limit)` on KEYS[1], a sorted set of admission times (Redis `TIME`, in
 /// milliseconds): the fleet's sliding 60 s window for `rpm`, so any 60 s window admits at most
@@ -54,13 +77,10 @@ return {granted, cap - left, wait}
 /// the `n` newest (units leased and never spent). Returns `{granted, used, retry_after_ms}`,
 /// `retry_after_ms` the time until the first member that must leave for the rest of the ask to
 /// fit does. The set expires 60 s after its last change.
-pub const WINDOW: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local op = ARGV[1]
-local n = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+pub const WINDOW: &str = concat!(
+    now_ms!(),
+    op_n_limit!(),
+    r#"redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
 local count = redis.call('ZCARD', KEYS[1])
 local granted = 0
 local wait = 0
@@ -87,20 +107,18 @@ end
 count = redis.call('ZCARD', KEYS[1])
 if count > 0 then redis.call('PEXPIRE', KEYS[1], 60000) end
 return {granted, math.min(count, limit), wait}
-"#;
+"#
+);
 
 /// `seconds(op, n, limit)` on KEYS[1], a hash of admissions per second of Redis `TIME`: the
 /// fleet's 60 s window for an `rpm` above `limits::window::EXACT_MAX`, where a member per
 /// admission would cost too much memory. Same ops and answer as [`WINDOW`]; a second counts
 /// until all of it is older than 60 s, so a take can be refused up to a second early, never
 /// admitted late.
-pub const SECONDS: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local op = ARGV[1]
-local n = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local first = math.floor((now - 59999) / 1000)
+pub const SECONDS: &str = concat!(
+    now_ms!(),
+    op_n_limit!(),
+    r#"local first = math.floor((now - 59999) / 1000)
 local all = redis.call('HGETALL', KEYS[1])
 local live = {}
 local count = 0
@@ -150,18 +168,18 @@ else
 end
 if count > 0 then redis.call('PEXPIRE', KEYS[1], 61000) end
 return {granted, math.min(count, limit), wait}
-"#;
+"#
+);
 
 /// `held(op, n, limit, replica, seed_spend, unleased, ttl_ms)` on KEYS[1] (the hash) with
 /// KEYS[2] (the replicas set); op is take | charge | return | set | spend; the hash expires
 /// `ttl_ms` after its last use (0: never). Returns `{granted, used, 0}`.
-pub const HELD: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local op = ARGV[1]
-local n = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local me = ARGV[4]
+pub const HELD: &str = concat!(
+    now_ms!(),
+    op_n_limit!(),
+    r#"local me = ARGV[4]
+local mine_field = 'r:' .. me
+local function lease(d) redis.call('HINCRBY', KEYS[1], mine_field, d) end
 if ARGV[5] ~= '' then redis.call('HSETNX', KEYS[1], 'spend', ARGV[5]) end
 local all = redis.call('HGETALL', KEYS[1])
 local held = 0
@@ -187,38 +205,39 @@ local used = spend + held
 local granted = 0
 if op == 'take' then
   granted = math.min(n, math.max(0, limit - used))
-  if granted > 0 then redis.call('HINCRBY', KEYS[1], 'r:' .. me, granted) end
+  if granted > 0 then lease(granted) end
   used = used + granted
 elseif op == 'charge' then
   granted = n
-  redis.call('HINCRBY', KEYS[1], 'r:' .. me, n)
+  lease(n)
   used = used + n
 elseif op == 'set' then
-  if n > 0 then redis.call('HSET', KEYS[1], 'r:' .. me, n) else redis.call('HDEL', KEYS[1], 'r:' .. me) end
+  if n > 0 then redis.call('HSET', KEYS[1], mine_field, n) else redis.call('HDEL', KEYS[1], mine_field) end
   used = used - mine + n
 elseif op == 'return' then
   local back = math.min(n, mine)
-  if back > 0 then redis.call('HINCRBY', KEYS[1], 'r:' .. me, -back) end
+  if back > 0 then lease(-back) end
   used = used - back
 else
   local leased = math.min(n, mine)
-  if leased > 0 then redis.call('HINCRBY', KEYS[1], 'r:' .. me, -leased) end
+  if leased > 0 then lease(-leased) end
   redis.call('HINCRBY', KEYS[1], 'spend', n + tonumber(ARGV[6]))
   used = used - leased + n + tonumber(ARGV[6])
 end
 if tonumber(ARGV[7]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
 return {granted, used, 0}
-"#;
+"#
+);
 
 /// `alive(replica, ttl_ms)` on KEYS[1] (the replicas set): renews this replica's liveness,
 /// drops expired ones, returns how many are alive.
-pub const ALIVE: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+pub const ALIVE: &str = concat!(
+    now_ms!(),
+    r#"redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
-"#;
+"#
+);
 
 /// The scripts, hashed once.
 pub struct Scripts {

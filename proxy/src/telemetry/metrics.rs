@@ -93,7 +93,8 @@ pub fn upkeep() {
     install().run_upkeep();
 }
 
-/// The response cache's series (`sluice_cache_*`, counted in `cache::keep`).
+/// The response cache's series (`sluice_cache_*`, counted in `cache::keep` through
+/// [`WorkerMetrics::cache_hit`] and its siblings).
 fn describe_cache() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
@@ -327,6 +328,39 @@ struct KeyHandles {
     cost: Counter,
 }
 
+/// One model group's cache series.
+struct CacheGroupHandles {
+    hits: Counter,
+    semantic_hits: Counter,
+    misses: Counter,
+    saved_tokens: Counter,
+    saved_micros: Counter,
+}
+
+impl CacheGroupHandles {
+    fn new(model: &str) -> Self {
+        let c = |name: &'static str| metrics::counter!(name, "model" => model.to_owned());
+        CacheGroupHandles {
+            hits: c("sluice_cache_hits_total"),
+            semantic_hits: c("sluice_cache_semantic_hits_total"),
+            misses: c("sluice_cache_misses_total"),
+            saved_tokens: c("sluice_cache_saved_tokens_total"),
+            saved_micros: c("sluice_cache_saved_cost_usd_micros_total"),
+        }
+    }
+}
+
+/// The cache's series: per model group, made on first use (so groups without a cache show
+/// none); the store's occupancy as last published, so its gauges are set only when it changed.
+#[derive(Default)]
+struct CacheHandles {
+    /// By model group index; the last slot is for requests without a group (`none`).
+    groups: Vec<Option<CacheGroupHandles>>,
+    /// Entries, bytes, evictions.
+    occupancy: Option<(Gauge, Gauge, Counter)>,
+    published: Option<(u64, u64, u64)>,
+}
+
 /// A worker's metric handles.
 pub struct WorkerMetrics {
     requests: RefCell<HashMap<RequestKey, RequestHandles>>,
@@ -346,6 +380,8 @@ pub struct WorkerMetrics {
     pub tls_handshake_failures: Counter,
     /// Per model group: retries, fallbacks, hedges.
     resilience: Vec<[Counter; 3]>,
+    /// The response cache's series.
+    cache: RefCell<CacheHandles>,
 }
 
 impl WorkerMetrics {
@@ -387,7 +423,78 @@ impl WorkerMetrics {
                     ]
                 })
                 .collect(),
+            cache: RefCell::new(CacheHandles::default()),
         }
+    }
+
+    /// Counts a request of model group `group` (`None`: no group) answered from the cache
+    /// (`semantic`: from its semantic index), and what the answer saved.
+    pub fn cache_hit(
+        &self,
+        config: &Config,
+        group: Option<usize>,
+        semantic: bool,
+        saved_tokens: u64,
+        saved_micros: u64,
+    ) {
+        self.cache_group(config, group, |h| {
+            if semantic {
+                h.semantic_hits.increment(1);
+            } else {
+                h.hits.increment(1);
+            }
+            h.saved_tokens.increment(saved_tokens);
+            h.saved_micros.increment(saved_micros);
+        });
+    }
+
+    /// Counts a request of model group `group` (`None`: no group) that the cache missed.
+    pub fn cache_miss(&self, config: &Config, group: Option<usize>) {
+        self.cache_group(config, group, |h| h.misses.increment(1));
+    }
+
+    /// Publishes the cache's (entries, bytes, evictions) when they changed since this worker
+    /// last did.
+    pub fn cache_occupancy(&self, occupancy: (u64, u64, u64)) {
+        let Ok(mut cache) = self.cache.try_borrow_mut() else {
+            return;
+        };
+        if cache.published == Some(occupancy) {
+            return;
+        }
+        cache.published = Some(occupancy);
+        let (entries, bytes, evictions) = cache.occupancy.get_or_insert_with(|| {
+            (
+                metrics::gauge!("sluice_cache_entries"),
+                metrics::gauge!("sluice_cache_bytes"),
+                metrics::counter!("sluice_cache_evictions_total"),
+            )
+        });
+        entries.set(occupancy.0 as f64);
+        bytes.set(occupancy.1 as f64);
+        evictions.absolute(occupancy.2);
+    }
+
+    /// Calls `f` with model group `group`'s cache series, made on first use. `config` is the
+    /// one these handles were made for (the worker's), so an index names the same group.
+    fn cache_group(
+        &self,
+        config: &Config,
+        group: Option<usize>,
+        f: impl FnOnce(&CacheGroupHandles),
+    ) {
+        let Ok(mut cache) = self.cache.try_borrow_mut() else {
+            return;
+        };
+        let none = config.models.len();
+        let slot = group.map_or(none, |g| g.min(none));
+        if cache.groups.len() <= slot {
+            cache.groups.resize_with(slot + 1, || None);
+        }
+        let handles = cache.groups[slot].get_or_insert_with(|| {
+            CacheGroupHandles::new(config.models.get(slot).map_or("none", |g| g.name.as_str()))
+        });
+        f(handles);
     }
 
     /// Counts a retry for model group `g`.
