@@ -16,8 +16,12 @@
 //!
 //! ```text
 //! cargo build --release -p sluice-proxy -p sluice-loadtest -p sluice-bench --bins
-//! target/release/alloc-count [--requests 2000] [--warmup 200] [--full]
+//! target/release/alloc-count [--requests 2000] [--warmup 200] [--full] [--sites N]
 //! ```
+//!
+//! `--sites N` then sends N more requests of the first shape recording the call stack of
+//! every allocation, and prints each distinct site (its innermost frames) with how many
+//! allocations per request it made.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,7 +29,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_bench::alloc_count::{counts, skip_this_thread, CountingAlloc, Counts};
+use sluice_bench::alloc_count::{
+    counts, skip_this_thread, take_sites, trace_sites, CountingAlloc, Counts,
+};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -291,6 +297,76 @@ struct Row {
     secs: f64,
 }
 
+/// Sends `n` requests of the first shape recording every allocation's call stack; returns
+/// the distinct sites, most frequent first, as (allocations, bytes, frames).
+fn sites(port: u16, n: u64, full: bool) -> io::Result<Vec<(u64, u64, String)>> {
+    skip_this_thread();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut buf = Vec::with_capacity(256 * 1024);
+    let req = request(&SHAPES[0], port, full);
+    let mut conn = TcpStream::connect(addr)?;
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    send(&mut conn, &req, &mut buf, 50)?;
+    drop(take_sites());
+    trace_sites(true);
+    let sent = send(&mut conn, &req, &mut buf, n);
+    trace_sites(false);
+    sent?;
+    let mut by_site: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for (size, bt) in take_sites() {
+        let e = by_site.entry(site_frames(&bt.to_string())).or_default();
+        e.0 += 1;
+        e.1 += size as u64;
+    }
+    let mut out: Vec<_> = by_site.into_iter().map(|(k, (a, b))| (a, b, k)).collect();
+    out.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
+    Ok(out)
+}
+
+/// The frames of a rendered backtrace that say where an allocation came from: the last
+/// library frame before the first of this workspace's, and the next few, as
+/// `function (file:line)`.
+fn site_frames(bt: &str) -> String {
+    let root = env!("CARGO_MANIFEST_DIR").trim_end_matches("/bench");
+    let mut frames: Vec<(String, String)> = Vec::new();
+    for line in bt.lines() {
+        let t = line.trim();
+        if let Some(at) = t.strip_prefix("at ") {
+            if let Some(last) = frames.last_mut() {
+                last.1 = at.to_string();
+            }
+        } else if let Some((num, sym)) = t.split_once(": ") {
+            if num.chars().all(|c| c.is_ascii_digit()) {
+                frames.push((sym.to_string(), String::new()));
+            }
+        }
+    }
+    // Workspace files are named relative to the workspace (or under it); libraries' by
+    // absolute paths elsewhere.
+    let ours = |f: &str| {
+        (f.starts_with(root) || !f.starts_with('/'))
+            && !f.is_empty()
+            && !f.contains("alloc_count.rs")
+            && !f.contains("alloc-count.rs")
+    };
+    let first = frames.iter().position(|(_, f)| ours(f)).unwrap_or(0);
+    frames[first.saturating_sub(1)..]
+        .iter()
+        .take(7)
+        .map(|(s, f)| {
+            let s = s.split("::h").next().unwrap_or(s);
+            let f = f.as_str();
+            let f = f.strip_prefix(root).map_or_else(
+                || f.rsplit_once("/src/").map_or(f, |(_, x)| x),
+                |x| x.trim_start_matches('/'),
+            );
+            format!("    {s} ({f})")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn measure(port: u16, requests: u64, warmup: u64, full: bool) -> io::Result<Vec<Row>> {
     skip_this_thread();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -360,6 +436,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let rows = std::thread::spawn(move || measure(port, requests, warmup, full))
         .join()
         .map_err(|_| "the client thread panicked")??;
+    let site_requests = match args.iter().position(|a| a == "--sites") {
+        None => None,
+        Some(_) => Some(arg(&args, "--sites", 10)?),
+    };
+    let site_list = match site_requests {
+        Some(n) => Some((
+            n,
+            std::thread::spawn(move || sites(port, n, full))
+                .join()
+                .map_err(|_| "the client thread panicked")??,
+        )),
+        None => None,
+    };
     let _ = std::fs::remove_dir_all(&dir);
     let mut table = format!(
         "Allocations per proxied request, {} (whole process but the client; {warmup} warm-up, {requests} counted each)\n\n",
@@ -381,6 +470,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             r.counted.allocs as f64 / n,
             r.counted.bytes as f64 / n
         ));
+    }
+    if let Some((n, list)) = site_list {
+        table.push_str(&format!(
+            "\nAllocation sites, {}, over {n} requests (allocations / request, bytes / request):\n",
+            SHAPES[0].name
+        ));
+        for (allocs, bytes, frames) in list {
+            table.push_str(&format!(
+                "\n{:.2} allocs, {:.0} B:\n{frames}\n",
+                allocs as f64 / n as f64,
+                bytes as f64 / n as f64
+            ));
+        }
     }
     // With --full the gateway's access log is on stdout.
     if full {
