@@ -19,6 +19,9 @@
 //! target/release/alloc-count [--requests 2000] [--warmup 200] [--full] [--sites N]
 //! ```
 //!
+//! `--max-allocs N` makes it fail (exit 1) when a non-streaming shape took more than N
+//! allocations per request (bench/tests/alloc_bound.rs holds the gateway to a bound).
+//!
 //! `--sites N` then sends N more requests of the first shape recording the call stack of
 //! every allocation, and prints each distinct site (its innermost frames) with how many
 //! allocations per request it made.
@@ -415,12 +418,18 @@ fn arg(args: &[String], name: &str, default: u64) -> Result<u64, String> {
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: alloc-count [--requests N] [--warmup N] [--full]");
+        println!(
+            "usage: alloc-count [--requests N] [--warmup N] [--full] [--max-allocs N] [--sites N]"
+        );
         return Ok(());
     }
     let requests = arg(&args, "--requests", 2000)?;
     let warmup = arg(&args, "--warmup", 200)?;
     let full = args.iter().any(|a| a == "--full");
+    let max_allocs = match args.iter().position(|a| a == "--max-allocs") {
+        None => None,
+        Some(_) => Some(arg(&args, "--max-allocs", 1)?),
+    };
     let dir = std::env::temp_dir().join(format!("sluice-alloc-count-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (port, mock_port) = (free_port()?, free_port()?);
@@ -461,8 +470,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     table.push_str(
         "| shape | requests | allocations / request | bytes / request |\n|---|--:|--:|--:|\n",
     );
-    for r in rows {
+    let mut over = Vec::new();
+    for (k, r) in rows.iter().enumerate() {
         let n = r.requests as f64;
+        let per_request = r.counted.allocs as f64 / n;
+        let bounded = SHAPES.get(k).is_some_and(|s| !s.stream);
+        if let Some(max) = max_allocs.filter(|_| bounded) {
+            if per_request > max as f64 {
+                over.push(format!("{}: {per_request:.2} > {max}", r.name));
+            }
+        }
         table.push_str(&format!(
             "| {} | {} | {:.2} | {:.0} |\n",
             r.name,
@@ -489,6 +506,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         eprint!("{table}");
     } else {
         print!("{table}");
+    }
+    if !over.is_empty() {
+        return Err(format!(
+            "allocations per request over the bound: {}",
+            over.join("; ")
+        )
+        .into());
     }
     Ok(())
 }
