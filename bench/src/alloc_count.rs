@@ -9,16 +9,56 @@
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::backtrace::Backtrace;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
+/// Whether counted allocations also record where they were made (see [`trace_sites`]).
+static TRACE: AtomicBool = AtomicBool::new(false);
+/// The recorded sites: the size asked for and the call stack.
+static SITES: Mutex<Vec<(usize, Backtrace)>> = Mutex::new(Vec::new());
 
 thread_local! {
     // Const-initialized and without a destructor, so reading it never allocates (which
     // would recurse into the allocator).
     static SKIP: Cell<bool> = const { Cell::new(false) };
+    /// Set while this thread records a site: the recording's own allocations are neither
+    /// counted nor recorded.
+    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Starts (or stops) recording the call stack of every counted allocation. Slow (a
+/// backtrace each): for a handful of requests, to list the allocation sites.
+pub fn trace_sites(on: bool) {
+    TRACE.store(on, Ordering::SeqCst);
+}
+
+/// The sites recorded so far (size asked for, call stack), emptied.
+pub fn take_sites() -> Vec<(usize, Backtrace)> {
+    let _guard = Guard::enter();
+    SITES
+        .lock()
+        .map(|mut s| std::mem::take(&mut *s))
+        .unwrap_or_default()
+}
+
+/// Marks this thread as recording (see `IN_TRACE`) until dropped.
+struct Guard;
+
+impl Guard {
+    fn enter() -> Guard {
+        IN_TRACE.with(|t| t.set(true));
+        Guard
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        IN_TRACE.with(|t| t.set(false));
+    }
 }
 
 /// The system allocator, counting. Install with `#[global_allocator]`.
@@ -60,9 +100,17 @@ pub fn skip_this_thread() {
 
 fn count(size: usize) {
     // `try_with`: during thread teardown the slot may be gone; count then.
-    if !SKIP.try_with(Cell::get).unwrap_or(false) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(size as u64, Ordering::Relaxed);
+    if SKIP.try_with(Cell::get).unwrap_or(false) || IN_TRACE.try_with(Cell::get).unwrap_or(false) {
+        return;
+    }
+    ALLOCS.fetch_add(1, Ordering::Relaxed);
+    BYTES.fetch_add(size as u64, Ordering::Relaxed);
+    if TRACE.load(Ordering::Relaxed) {
+        let _guard = Guard::enter();
+        let bt = Backtrace::force_capture();
+        if let Ok(mut sites) = SITES.lock() {
+            sites.push((size, bt));
+        }
     }
 }
 

@@ -142,15 +142,14 @@ impl Rewrite<'_> {
 /// values are copied unchanged.
 pub fn rewrite(body: &[u8], inspected: &Inspected, edits: Rewrite<'_>, out: &mut Vec<u8>) {
     out.reserve(body.len() + 64);
-    // (position, bytes removed, bytes inserted), applied in order of position.
-    let mut splices: [(usize, usize, Vec<u8>); 2] = Default::default();
+    // (position, bytes removed, what is inserted), applied in order of position.
+    let mut splices: [(usize, usize, Insert<'_>); 2] = Default::default();
     let mut n = 0;
     if let Some(model) = edits.model.filter(|m| *m != inspected.model) {
-        let literal = serde_json::to_vec(model).unwrap_or_default();
         splices[n] = (
             inspected.model_span.start,
             inspected.model_span.len(),
-            literal,
+            Insert::Model(model),
         );
         n += 1;
     }
@@ -162,13 +161,13 @@ pub fn rewrite(body: &[u8], inspected: &Inspected, edits: Rewrite<'_>, out: &mut
                     serde_json::from_slice(raw).unwrap_or_default();
                 opts.insert("include_usage".into(), serde_json::Value::Bool(true));
                 let bytes = serde_json::to_vec(&opts).unwrap_or_default();
-                splices[n] = (span.start, span.len(), bytes);
+                splices[n] = (span.start, span.len(), Insert::Bytes(bytes));
             }
             None => {
                 splices[n] = (
                     inspected.object_start,
                     0,
-                    b"\"stream_options\":{\"include_usage\":true},".to_vec(),
+                    Insert::Static(b"\"stream_options\":{\"include_usage\":true},"),
                 );
             }
         }
@@ -179,10 +178,34 @@ pub fn rewrite(body: &[u8], inspected: &Inspected, edits: Rewrite<'_>, out: &mut
     let mut pos = 0;
     for (at, removed, inserted) in splices.iter() {
         out.extend_from_slice(&body[pos..*at]);
-        out.extend_from_slice(inserted);
+        match inserted {
+            // Written straight into `out` as a JSON string literal (no copy of its own).
+            Insert::Model(m) => {
+                if serde_json::to_writer(&mut *out, m).is_err() {
+                    out.extend_from_slice(b"\"\"");
+                }
+            }
+            Insert::Bytes(b) => out.extend_from_slice(b),
+            Insert::Static(b) => out.extend_from_slice(b),
+            Insert::Empty => {}
+        }
         pos = at + removed;
     }
     out.extend_from_slice(&body[pos..]);
+}
+
+/// What a splice of [`rewrite`] inserts.
+#[derive(Default)]
+enum Insert<'a> {
+    /// A model name, written as a JSON string.
+    Model(&'a str),
+    /// Bytes made for this body.
+    Bytes(Vec<u8>),
+    /// Fixed bytes.
+    Static(&'static [u8]),
+    /// Nothing (an unused slot).
+    #[default]
+    Empty,
 }
 
 /// A cheap estimate of a request's prompt tokens from its body size (about four bytes a

@@ -91,21 +91,22 @@ struct Nested {
 
 /// The top-level fields of a response body or a stream event that usage can hide in.
 #[derive(Deserialize)]
-pub(crate) struct UsageProbe {
+pub(crate) struct UsageProbe<'a> {
     #[serde(default)]
     pub(crate) choices: Option<Vec<IgnoredAny>>,
     #[serde(default)]
     usage: Option<RawUsage>,
     #[serde(default)]
     response: Option<Nested>,
-    /// The answering model (a whole body's top-level `model`).
-    #[serde(default)]
-    model: Option<String>,
+    /// The answering model (a whole body's top-level `model`), borrowed from the body
+    /// unless it has escapes.
+    #[serde(default, borrow)]
+    model: Option<std::borrow::Cow<'a, str>>,
 }
 
-impl UsageProbe {
+impl<'a> UsageProbe<'a> {
     /// Parses a JSON object; `None` when it is not one.
-    pub(crate) fn parse(json: &[u8]) -> Option<UsageProbe> {
+    pub(crate) fn parse(json: &'a [u8]) -> Option<UsageProbe<'a>> {
         serde_json::from_slice(json).ok()
     }
 

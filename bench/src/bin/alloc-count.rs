@@ -16,8 +16,15 @@
 //!
 //! ```text
 //! cargo build --release -p sluice-proxy -p sluice-loadtest -p sluice-bench --bins
-//! target/release/alloc-count [--requests 2000] [--warmup 200] [--full]
+//! target/release/alloc-count [--requests 2000] [--warmup 200] [--full] [--sites N]
 //! ```
+//!
+//! `--max-allocs N` makes it fail (exit 1) when a non-streaming shape took more than N
+//! allocations per request (bench/tests/alloc_bound.rs holds the gateway to a bound).
+//!
+//! `--sites N` then sends N more requests of the first shape recording the call stack of
+//! every allocation, and prints each distinct site (its innermost frames) with how many
+//! allocations per request it made.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,7 +32,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_bench::alloc_count::{counts, skip_this_thread, CountingAlloc, Counts};
+use sluice_bench::alloc_count::{
+    counts, skip_this_thread, take_sites, trace_sites, CountingAlloc, Counts,
+};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -291,6 +300,76 @@ struct Row {
     secs: f64,
 }
 
+/// Sends `n` requests of the first shape recording every allocation's call stack; returns
+/// the distinct sites, most frequent first, as (allocations, bytes, frames).
+fn sites(port: u16, n: u64, full: bool) -> io::Result<Vec<(u64, u64, String)>> {
+    skip_this_thread();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut buf = Vec::with_capacity(256 * 1024);
+    let req = request(&SHAPES[0], port, full);
+    let mut conn = TcpStream::connect(addr)?;
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    send(&mut conn, &req, &mut buf, 50)?;
+    drop(take_sites());
+    trace_sites(true);
+    let sent = send(&mut conn, &req, &mut buf, n);
+    trace_sites(false);
+    sent?;
+    let mut by_site: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for (size, bt) in take_sites() {
+        let e = by_site.entry(site_frames(&bt.to_string())).or_default();
+        e.0 += 1;
+        e.1 += size as u64;
+    }
+    let mut out: Vec<_> = by_site.into_iter().map(|(k, (a, b))| (a, b, k)).collect();
+    out.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
+    Ok(out)
+}
+
+/// The frames of a rendered backtrace that say where an allocation came from: the last
+/// library frame before the first of this workspace's, and the next few, as
+/// `function (file:line)`.
+fn site_frames(bt: &str) -> String {
+    let root = env!("CARGO_MANIFEST_DIR").trim_end_matches("/bench");
+    let mut frames: Vec<(String, String)> = Vec::new();
+    for line in bt.lines() {
+        let t = line.trim();
+        if let Some(at) = t.strip_prefix("at ") {
+            if let Some(last) = frames.last_mut() {
+                last.1 = at.to_string();
+            }
+        } else if let Some((num, sym)) = t.split_once(": ") {
+            if num.chars().all(|c| c.is_ascii_digit()) {
+                frames.push((sym.to_string(), String::new()));
+            }
+        }
+    }
+    // Workspace files are named relative to the workspace (or under it); libraries' by
+    // absolute paths elsewhere.
+    let ours = |f: &str| {
+        (f.starts_with(root) || !f.starts_with('/'))
+            && !f.is_empty()
+            && !f.contains("alloc_count.rs")
+            && !f.contains("alloc-count.rs")
+    };
+    let first = frames.iter().position(|(_, f)| ours(f)).unwrap_or(0);
+    frames[first.saturating_sub(1)..]
+        .iter()
+        .take(7)
+        .map(|(s, f)| {
+            let s = s.split("::h").next().unwrap_or(s);
+            let f = f.as_str();
+            let f = f.strip_prefix(root).map_or_else(
+                || f.rsplit_once("/src/").map_or(f, |(_, x)| x),
+                |x| x.trim_start_matches('/'),
+            );
+            format!("    {s} ({f})")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn measure(port: u16, requests: u64, warmup: u64, full: bool) -> io::Result<Vec<Row>> {
     skip_this_thread();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -339,12 +418,18 @@ fn arg(args: &[String], name: &str, default: u64) -> Result<u64, String> {
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: alloc-count [--requests N] [--warmup N] [--full]");
+        println!(
+            "usage: alloc-count [--requests N] [--warmup N] [--full] [--max-allocs N] [--sites N]"
+        );
         return Ok(());
     }
     let requests = arg(&args, "--requests", 2000)?;
     let warmup = arg(&args, "--warmup", 200)?;
     let full = args.iter().any(|a| a == "--full");
+    let max_allocs = match args.iter().position(|a| a == "--max-allocs") {
+        None => None,
+        Some(_) => Some(arg(&args, "--max-allocs", 1)?),
+    };
     let dir = std::env::temp_dir().join(format!("sluice-alloc-count-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (port, mock_port) = (free_port()?, free_port()?);
@@ -360,6 +445,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let rows = std::thread::spawn(move || measure(port, requests, warmup, full))
         .join()
         .map_err(|_| "the client thread panicked")??;
+    let site_requests = match args.iter().position(|a| a == "--sites") {
+        None => None,
+        Some(_) => Some(arg(&args, "--sites", 10)?),
+    };
+    let site_list = match site_requests {
+        Some(n) => Some((
+            n,
+            std::thread::spawn(move || sites(port, n, full))
+                .join()
+                .map_err(|_| "the client thread panicked")??,
+        )),
+        None => None,
+    };
     let _ = std::fs::remove_dir_all(&dir);
     let mut table = format!(
         "Allocations per proxied request, {} (whole process but the client; {warmup} warm-up, {requests} counted each)\n\n",
@@ -372,8 +470,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     table.push_str(
         "| shape | requests | allocations / request | bytes / request |\n|---|--:|--:|--:|\n",
     );
-    for r in rows {
+    let mut over = Vec::new();
+    for (k, r) in rows.iter().enumerate() {
         let n = r.requests as f64;
+        let per_request = r.counted.allocs as f64 / n;
+        let bounded = SHAPES.get(k).is_some_and(|s| !s.stream);
+        if let Some(max) = max_allocs.filter(|_| bounded) {
+            if per_request > max as f64 {
+                over.push(format!("{}: {per_request:.2} > {max}", r.name));
+            }
+        }
         table.push_str(&format!(
             "| {} | {} | {:.2} | {:.0} |\n",
             r.name,
@@ -382,11 +488,31 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             r.counted.bytes as f64 / n
         ));
     }
+    if let Some((n, list)) = site_list {
+        table.push_str(&format!(
+            "\nAllocation sites, {}, over {n} requests (allocations / request, bytes / request):\n",
+            SHAPES[0].name
+        ));
+        for (allocs, bytes, frames) in list {
+            table.push_str(&format!(
+                "\n{:.2} allocs, {:.0} B:\n{frames}\n",
+                allocs as f64 / n as f64,
+                bytes as f64 / n as f64
+            ));
+        }
+    }
     // With --full the gateway's access log is on stdout.
     if full {
         eprint!("{table}");
     } else {
         print!("{table}");
+    }
+    if !over.is_empty() {
+        return Err(format!(
+            "allocations per request over the bound: {}",
+            over.join("; ")
+        )
+        .into());
     }
     Ok(())
 }

@@ -29,16 +29,33 @@ pub fn pivot_from_whole(
     body: &[u8],
     ctx: &ResponseContext<'_>,
 ) -> Option<StoredAnswer> {
+    pivot_from_whole_with(from, kind, body, ctx, None)
+}
+
+/// [`pivot_from_whole`] for a caller that already read `body`'s usage
+/// (`usage::from_body(body)`, or the usage half of `usage::with_model`): when the pivot is
+/// the body itself (an OpenAI or Azure answer), that usage is kept instead of parsing the
+/// body once more.
+pub fn pivot_from_whole_with(
+    from: Dialect,
+    kind: CallKind,
+    body: &[u8],
+    ctx: &ResponseContext<'_>,
+    body_usage: Option<Option<usage::Usage>>,
+) -> Option<StoredAnswer> {
+    let mut same = false;
     let pivot = match (kind, from) {
         (CallKind::Embeddings, Dialect::OpenAi | Dialect::Azure) => {
             object(body)?;
             serde_json::from_slice::<DataProbe>(body).ok()?.data?;
+            same = true;
             body.to_vec()
         }
         (CallKind::Embeddings, _) => return None,
         (CallKind::Chat | CallKind::Completion, Dialect::OpenAi | Dialect::Azure) => {
             object(body)?;
             serde_json::from_slice::<ChoicesProbe>(body).ok()?.choices?;
+            same = true;
             body.to_vec()
         }
         (CallKind::Completion, _) => return None,
@@ -49,8 +66,12 @@ pub fn pivot_from_whole(
             out
         }
     };
+    let usage = match body_usage {
+        Some(known) if same => known,
+        _ => usage::from_body(&pivot),
+    };
     Some(StoredAnswer {
-        usage: usage::from_body(&pivot),
+        usage,
         body: pivot,
         cost_micros: None,
         kind,
@@ -510,6 +531,27 @@ data: [DONE]\n\n";
             1 << 20,
             ("m", "chatcmpl-x", 1),
         )
+    }
+
+    #[test]
+    fn a_known_usage_is_kept_for_a_body_kept_as_it_is() {
+        let ctx = ResponseContext {
+            model: "m",
+            id: "chatcmpl-x",
+            created: 1,
+            include_usage: true,
+        };
+        let body = br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#;
+        let read = usage::from_body(body);
+        assert_eq!(read.map(|u| u.total_tokens()), Some(5));
+        // Whatever the caller read is what is kept (the body is not parsed again)...
+        let known = pivot_from_whole_with(Dialect::OpenAi, CallKind::Chat, body, &ctx, Some(read));
+        assert_eq!(known.map(|a| a.usage), Some(read));
+        let none = pivot_from_whole_with(Dialect::OpenAi, CallKind::Chat, body, &ctx, Some(None));
+        assert_eq!(none.map(|a| a.usage), Some(None));
+        // ...and without it, the same usage is read as before.
+        let read_again = pivot_from_whole(Dialect::OpenAi, CallKind::Chat, body, &ctx);
+        assert_eq!(read_again.map(|a| a.usage), Some(read));
     }
 
     #[test]

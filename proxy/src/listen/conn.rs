@@ -432,6 +432,14 @@ fn request_id(head: &RequestHead) -> String {
     }
 }
 
+/// `req_` and 16 hex digits, in one allocation (`format!` grows its string twice).
 fn new_request_id() -> String {
-    format!("req_{:016x}", fastrand::u64(..))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = fastrand::u64(..);
+    let mut id = String::with_capacity(20);
+    id.push_str("req_");
+    for k in (0..16).rev() {
+        id.push(char::from(HEX[((n >> (k * 4)) & 0xf) as usize]));
+    }
+    id
 }

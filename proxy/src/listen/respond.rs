@@ -50,19 +50,45 @@ fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A decimal rendering without going through `fmt`.
-pub fn itoa_u64(mut n: u64) -> String {
-    if n == 0 {
-        return "0".to_string();
-    }
-    let mut digits = [0u8; 20];
+/// A decimal rendering without going through `fmt`, on the stack (no allocation: heads
+/// carry two or three numbers per request).
+pub fn itoa_u64(mut n: u64) -> Decimal {
+    let mut digits = [b'0'; 20];
     let mut i = digits.len();
-    while n > 0 {
+    loop {
         i -= 1;
         digits[i] = b'0' + (n % 10) as u8;
         n /= 10;
+        if n == 0 {
+            break;
+        }
     }
-    String::from_utf8_lossy(&digits[i..]).into_owned()
+    Decimal {
+        digits,
+        start: i as u8,
+    }
+}
+
+/// A number's decimal digits (see [`itoa_u64`]).
+#[derive(Clone, Copy)]
+pub struct Decimal {
+    digits: [u8; 20],
+    /// Where the digits start in `digits` (they run to its end).
+    start: u8,
+}
+
+impl Decimal {
+    /// The digits, ASCII.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.digits
+            .get(usize::from(self.start)..)
+            .unwrap_or_default()
+    }
+
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("0")
+    }
 }
 
 /// A whole response with a JSON body.
@@ -137,7 +163,11 @@ mod tests {
             text,
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-request-id: req_1\r\ntransfer-encoding: chunked\r\n\r\n"
         );
-        assert_eq!(itoa_u64(0), "0");
-        assert_eq!(itoa_u64(18446744073709551615), "18446744073709551615");
+        assert_eq!(itoa_u64(0).as_str(), "0");
+        assert_eq!(itoa_u64(7).as_bytes(), b"7");
+        assert_eq!(
+            itoa_u64(18446744073709551615).as_str(),
+            "18446744073709551615"
+        );
     }
 }

@@ -113,7 +113,6 @@ pub fn serve<'a>(
             Err(refused) => return refuse(worker, wr, &call, request, refused, false).await,
         };
         let body = prepared.body;
-        let model = Some(inspected.fields.model.clone());
         let traced = request.trace.is_some();
         let group = inspected.group;
         let plan = match plan::plan(
@@ -130,7 +129,7 @@ pub fn serve<'a>(
                 p
             }
             Err(error) => {
-                let refused = unadmitted(error, key, model);
+                let refused = unadmitted(error, key, Some(inspected.fields.model.clone()));
                 return refuse(worker, wr, &call, request, refused, inspected.fields.stream).await;
             }
         };
@@ -178,7 +177,8 @@ fn admit_and_forward<'a>(
         } = stages;
         let shared = &worker.shared;
         let auth = &shared.auth;
-        let model = Some(plan.inspected.model.clone());
+        // The settlement's model is taken from the plan where the request ends (no copy
+        // while it is under way).
         let group = plan.group;
         let no_sets: [&LimitSet; 0] = [];
         let key_sets = key.as_deref().map(KeyEntry::limit_sets);
@@ -210,6 +210,7 @@ fn admit_and_forward<'a>(
         {
             let stage = admitted.answer_locally();
             let (keep_alive, answer) = count_tokens(wr, call, &request, &plan.body).await;
+            let model = Some(std::mem::take(&mut plan.inspected.model));
             return Served::local(keep_alive, request, stage, model, answer);
         }
         let looked = cache::lookup(
@@ -240,6 +241,7 @@ fn admit_and_forward<'a>(
                     &extra,
                 )
                 .await;
+                let model = Some(std::mem::take(&mut plan.inspected.model));
                 return Served::local(keep_alive, request, stage, model, answer);
             }
         };
@@ -289,6 +291,7 @@ fn admit_and_forward<'a>(
         cache::on_miss(ticket.as_deref(), &mut plan, &mut side.extra_headers);
         let mut done = forward::execute(worker, reserved, &plan, (rd, upload), wr, &side).await;
         cache::after_miss(ticket, &mut done.answer);
+        let model = Some(std::mem::take(&mut plan.inspected.model));
         Served {
             keep_alive: done.keep_alive,
             early: done.early,

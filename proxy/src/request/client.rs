@@ -52,7 +52,8 @@ pub(crate) fn write_response_head(
         .flatten()
         .filter(|v| !v.starts_with(b"W/"))
         .map(|v| [&b"W/"[..], v].concat());
-    let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(24 + client.extra_headers.len());
+    // On the stack for the usual head (no allocation per answer).
+    let mut headers: smallvec::SmallVec<[(&str, &[u8]); 32]> = smallvec::SmallVec::new();
     if let Some(ct) = content_type {
         headers.push(("content-type", ct));
     }

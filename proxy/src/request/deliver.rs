@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 use sluice_core::attempt::Relayed;
-use sluice_core::cache::capture::{pivot_from_whole, PivotCapture};
+use sluice_core::cache::capture::{pivot_from_whole_with, PivotCapture};
 use sluice_core::cache::CallKind;
 use sluice_core::config::{Deployment, Provider};
 use sluice_core::dialect::{self, ResponseContext, StreamTranslator};
@@ -190,8 +190,11 @@ async fn whole(
     };
     let client = d.client;
     let success = (200..300).contains(&sent.head.status);
+    // An answer passed through is parsed once, for usage and the answered model; a cache
+    // miss's capture reuses that usage when it keeps the body as it is.
+    let plain = d.translation.is_none().then(|| usage::with_model(&body));
     if d.plan.capture && success {
-        capture_whole(d, &body, answer);
+        capture_whole(d, &body, plain.as_ref().map(|p| p.0), answer);
     }
     if let Some(t) = d.translation {
         answer.response_model = dialect::answered_model(t.from, sent.head.status, &body);
@@ -206,7 +209,7 @@ async fn whole(
         }
         None => {
             // One parse for both: the answered model (for spans and the access line) and usage.
-            let (used, model) = usage::with_model(&body);
+            let (used, model) = plain.unwrap_or_default();
             answer.response_model = model.filter(|_| success);
             (body, used, None)
         }
@@ -409,7 +412,12 @@ fn pivot_capture(d: &Delivery<'_, '_, '_>, is_sse: bool) -> PivotCapture {
 }
 
 /// The response cache's capture of a whole 2xx answer: its pivot, for settlement to keep.
-fn capture_whole(d: &Delivery<'_, '_, '_>, body: &[u8], answer: &mut Answer) {
+fn capture_whole(
+    d: &Delivery<'_, '_, '_>,
+    body: &[u8],
+    body_usage: Option<Option<Usage>>,
+    answer: &mut Answer,
+) {
     let cfg = &d.worker.shared.config;
     if body.len() as u64 > cfg.cache.max_entry_bytes {
         return;
@@ -422,7 +430,7 @@ fn capture_whole(d: &Delivery<'_, '_, '_>, body: &[u8], answer: &mut Answer) {
         created: crate::clock::unix_s(),
         include_usage: true,
     };
-    if let Some(pivot) = pivot_from_whole(d.provider.kind, kind, body, &ctx) {
+    if let Some(pivot) = pivot_from_whole_with(d.provider.kind, kind, body, &ctx, body_usage) {
         answer
             .cache
             .get_or_insert_with(|| Box::new(CacheNote::new(Mark::Miss)))

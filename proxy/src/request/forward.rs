@@ -310,7 +310,7 @@ async fn exchange(
                     .await;
             }
             Command::PassThrough { attempt } => {
-                break pass_through(plan, &mut sends, attempt, wr, client, answer).await;
+                break pass_through(worker, plan, &mut sends, attempt, wr, client, answer).await;
             }
             Command::Fail(err) => {
                 tracing::debug!(model = %plan.inspected.model, error = %err, "request failed after all attempts");
@@ -517,6 +517,7 @@ async fn read_error_body(
 /// No attempt succeeded and the last one was the upstream's own error answer: pass it
 /// through whole (in the client's dialect).
 async fn pass_through(
+    worker: &Worker,
     plan: &Plan,
     sends: &mut Sends,
     attempt: AttemptId,
@@ -530,7 +531,7 @@ async fn pass_through(
     };
     let launch = launch_of(sends, attempt);
     let translation = launch.and_then(|l| l.translation);
-    let deployment = launch.map_or("", |l| l.label.as_str());
+    let deployment = launch.map_or("", |l| l.label(&worker.shared.config));
     answer.status = head.status;
     let body = match translation {
         None => body,
@@ -574,6 +575,7 @@ fn record_attempts(
     client: &ClientSide<'_>,
     answer: &mut Answer,
 ) {
+    let cfg = &worker.shared.config;
     let since = |t: Instant| t.saturating_duration_since(client.started).as_micros() as u64;
     let now = Instant::now();
     answer.attempts = report
@@ -583,7 +585,7 @@ fn record_attempts(
         .map(|(k, a)| {
             let launch = sends.launched.get(k);
             Attempt {
-                deployment: launch.map_or_else(String::new, |l| l.label.clone()),
+                deployment: launch.map_or_else(String::new, |l| l.label(cfg).to_string()),
                 provider: launch.map_or(0, |l| l.provider),
                 span_id: launch.and_then(|l| l.span_id),
                 start_us: since(a.started),
@@ -598,7 +600,6 @@ fn record_attempts(
             }
         })
         .collect();
-    let cfg = &worker.shared.config;
     answer.route = report.route;
     if let Some((g, Some(i))) = report.route {
         answer.deployment = cfg
@@ -624,7 +625,8 @@ fn record_attempts(
 /// One launched attempt: where it went and what it sent.
 struct Launch {
     provider: usize,
-    label: String,
+    /// The deployment (its label is read from the config when needed, not copied).
+    target: Target,
     request: Vec<u8>,
     span_id: Option<[u8; 8]>,
     translation: Option<Translation>,
@@ -666,11 +668,19 @@ impl Launch {
         };
         Ok(Launch {
             provider,
-            label: dep.map_or_else(String::new, |d| d.label.clone()),
+            target,
             request,
             span_id,
             translation,
         })
+    }
+
+    /// The deployment's label (empty if it vanished).
+    fn label<'c>(&self, cfg: &'c sluice_core::config::Config) -> &'c str {
+        cfg.models
+            .get(self.target.group)
+            .and_then(|g| g.deployments.get(self.target.deployment))
+            .map_or("", |d| d.label.as_str())
     }
 
     /// Stands for an attempt whose request could not be built (it never went out).
@@ -681,7 +691,7 @@ impl Launch {
             .and_then(|g| g.deployments.get(target.deployment));
         Launch {
             provider: dep.map_or(0, |d| d.provider),
-            label: dep.map_or_else(String::new, |d| d.label.clone()),
+            target,
             request: Vec::new(),
             span_id: None,
             translation: None,

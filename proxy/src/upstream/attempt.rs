@@ -241,6 +241,10 @@ pub async fn read_small_body(
     deadline: Instant,
 ) -> Result<(Vec<u8>, bool), UpstreamError> {
     let mut body = Vec::new();
+    if let BodyFraming::Length(n) = sent.head.body {
+        // Sized once (growing it as pieces arrive cost an allocation per doubling).
+        body.reserve_exact((n as usize).min(max.saturating_add(1)));
+    }
     let mut input = std::mem::take(&mut sent.buf);
     let mut pos = sent.body_at;
     let mut decoder = ChunkedDecoder::new(max as u64);
