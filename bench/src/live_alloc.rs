@@ -329,7 +329,7 @@ pub fn traced() -> Vec<(String, i64, i64, i64)> {
     let mut out = match TRACES.lock() {
         Ok(guard) => guard
             .as_ref()
-            .map(|t| t.stacks.iter().cloned().collect::<Vec<_>>())
+            .map(|t| t.stacks.to_vec())
             .unwrap_or_default(),
         Err(_) => Vec::new(),
     };
