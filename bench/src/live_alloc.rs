@@ -4,9 +4,9 @@
 //! mimalloc set aside for them (its size class). Used by the `stream-mem` binary to say what
 //! each concurrent stream holds, and what stays after the load.
 //!
-//! Optionally, allocations in one size range can be traced: the first few thousand of them
-//! (after [`trace_from_now`]) record their call stack, and [`traced_live`] says which stacks
-//! still hold memory. Tracing is slow (a stack capture per traced allocation) and is meant for
+//! Optionally, allocations in one size range can be traced: the next N of them (after
+//! [`trace_from_now`]) record their call stack, and [`traced`] says, by stack, how many were
+//! made and how many still hold memory. Tracing is slow (a stack capture per traced allocation) and is meant for
 //! finding where a size comes from, not for measuring.
 //!
 //! ```ignore
