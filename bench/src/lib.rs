@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod alloc_count;
+pub mod live_alloc;
 pub mod report;
 
 /// A SplitMix64 generator: tiny, seedable and good enough to vary fixture shapes and routing

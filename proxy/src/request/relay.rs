@@ -15,6 +15,7 @@
 //! and is paid for. Pipelined bytes sent during the exchange stay in the socket and are read
 //! by the connection loop afterwards, so nothing is lost.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
@@ -69,6 +70,47 @@ pub struct ClientWatch<'a> {
 /// The upstream read buffer an event stream keeps once its head has been read (the head
 /// itself is read into a larger one).
 const STREAM_READ_BUF: usize = 2048;
+
+/// Spare client buffers an event stream's relay takes between two upstream reads (see
+/// [`take_wire`]); a worker keeps this many at most.
+const SPARE_WIRES: usize = 32;
+
+/// Largest client buffer kept as a spare (a larger one, grown by a large event, is freed).
+const MAX_SPARE_WIRE: usize = 8 * 1024;
+
+/// Capacity of a new client buffer for an event stream (a read's worth of events, framed).
+const WIRE_BUF: usize = STREAM_READ_BUF + 256;
+
+thread_local! {
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty client buffer for the events of one upstream read, from the worker's spares when
+/// it has one.
+///
+/// An event stream spends nearly all its life waiting for the upstream's next event, and its
+/// client buffer is empty all that time: it is needed only from a read's arrival until the
+/// events are written. So between reads the relay gives it back ([`give_back_wire`]) and two
+/// thousand streams hold a handful of buffers, not two thousand (no allocation per event in
+/// steady state: a take and a give are a thread-local pop and push).
+fn take_wire() -> Vec<u8> {
+    SPARE
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(WIRE_BUF))
+}
+
+/// Gives an empty client buffer back to the worker's spares (bounded in count and size).
+fn give_back_wire(mut wire: Vec<u8>) {
+    if wire.capacity() == 0 || wire.capacity() > MAX_SPARE_WIRE {
+        return;
+    }
+    wire.clear();
+    SPARE.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_WIRES {
+            spare.push(wire);
+        }
+    });
+}
 
 /// The watch's read buffer. The read is there to see a close: bytes that do arrive are the
 /// start of a pipelined request, kept as `early`, and the rest of it stays in the socket for
@@ -360,6 +402,9 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         let mut start = body_at;
         let mut eof = false;
         loop {
+            if wire.capacity() == 0 {
+                wire = take_wire();
+            }
             if let Err(e) = self.consume(&mut state, &ubuf[start.min(ubuf.len())..], eof, &mut wire)
             {
                 end.error = Some(e);
@@ -383,6 +428,10 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
                     Some(w) => wire = w,
                     None => return self.cancelled(end),
                 }
+            }
+            if self.is_sse {
+                // Held by the worker, not the stream, while the upstream is silent.
+                give_back_wire(std::mem::take(&mut wire));
             }
             if eof {
                 end.error = Some(UpstreamError::Io {
@@ -529,6 +578,9 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
 
     async fn finish(&mut self, state: Framing, mut wire: Vec<u8>, mut end: RelayEnd) -> RelayEnd {
         end.first_data = self.first_data;
+        if wire.capacity() == 0 && self.is_sse {
+            wire = take_wire();
+        }
         let complete = matches!(state, Framing::Done) && end.error.is_none();
         let chunked_out = self.client_framing == ClientFraming::Chunked;
         let is_sse = self.is_sse;
@@ -555,11 +607,53 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         if !framing_intact || self.client_framing == ClientFraming::Close {
             end.client_reusable = false;
         }
-        if !wire.is_empty() && self.write(wire, &mut end).await.is_none() {
-            end.client_gone = true;
-            end.client_reusable = false;
+        if !wire.is_empty() {
+            match self.write(wire, &mut end).await {
+                Some(w) if self.is_sse => give_back_wire(w),
+                Some(_) => {}
+                None => {
+                    end.client_gone = true;
+                    end.client_reusable = false;
+                }
+            }
+        } else if self.is_sse {
+            give_back_wire(wire);
         }
         end.upstream_reusable = complete && !self.trailing_bytes;
         end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_client_buffers_are_pooled_and_bounded() {
+        let taken: Vec<Vec<u8>> = (0..SPARE_WIRES + 8).map(|_| take_wire()).collect();
+        for w in &taken {
+            assert!(w.is_empty() && w.capacity() >= WIRE_BUF);
+        }
+        let ptrs: Vec<*const u8> = taken.iter().map(|w| w.as_ptr()).collect();
+        for mut w in taken {
+            w.extend_from_slice(b"data: {}\n\n");
+            give_back_wire(w);
+        }
+        assert_eq!(
+            SPARE.with_borrow(Vec::len),
+            SPARE_WIRES,
+            "the spares are bounded"
+        );
+        // A buffer taken again is one given back, empty.
+        let again = take_wire();
+        assert!(again.is_empty());
+        assert!(ptrs.contains(&again.as_ptr()), "reused, not allocated");
+        give_back_wire(again);
+        // A buffer grown past the bound is freed, not kept; one without capacity is ignored.
+        let before = SPARE.with_borrow(Vec::len);
+        let _ = take_wire();
+        give_back_wire(Vec::with_capacity(MAX_SPARE_WIRE + 1));
+        give_back_wire(Vec::new());
+        assert_eq!(SPARE.with_borrow(Vec::len), before - 1);
     }
 }
