@@ -29,12 +29,13 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use sluice_bench::alloc_count::{
     counts, skip_this_thread, take_sites, trace_sites, CountingAlloc, Counts,
 };
+use sluice_bench::fixture::{bare_config, start_mock, wait_port};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -82,53 +83,6 @@ fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_port(addr: SocketAddr) -> io::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if TcpStream::connect(addr).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(io::Error::new(
-        io::ErrorKind::TimedOut,
-        format!("nothing listens on {addr}"),
-    ))
-}
-
-/// The mock as a child process; killed by PID on drop.
-struct Mock(Child);
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_mock(port: u16) -> io::Result<Mock> {
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .map(|d| d.join("sluice-mock"))
-        .unwrap_or_else(|| PathBuf::from("sluice-mock"));
-    let child = Command::new(&bin)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--workers", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot start {} ({e}): build it with cargo build --release -p sluice-loadtest",
-                    bin.display()
-                ),
-            )
-        })?;
-    Ok(Mock(child))
-}
-
 /// The key `--full` requires.
 const FULL_KEY: &str = "sk-sluice-alloc-count-0123456789";
 
@@ -136,39 +90,9 @@ fn config(dir: &std::path::Path, port: u16, mock_port: u16, full: bool) -> io::R
     if full {
         return full_config(dir, port, mock_port);
     }
-    let text = format!(
-        r#"# Written by alloc-count: the bench's bare gateway (no keys, no store, no access log).
-auth = "none"
-
-[server]
-listen = "127.0.0.1:{port}"
-workers = 1
-pin_workers = false
-
-[log]
-level = "warn"
-format = "json"
-access_log = false
-
-[admin]
-enabled = false
-
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:{mock_port}/v1"
-
-[[models]]
-name = "mock-fast"
-deployments = [{{ provider = "mock", model = "mock-model" }}]
-"#
-    );
-    let path = dir.join("alloc-count.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
+    bare_config(dir, "alloc-count.toml", "alloc-count", port, mock_port)
 }
 
-/// The bench's `sluice_full` (bench/compare.sh), on these ports.
 fn full_config(dir: &std::path::Path, port: u16, mock_port: u16) -> io::Result<PathBuf> {
     let store = dir.join("sluice.db");
     let text = format!(
@@ -434,14 +358,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     let (port, mock_port) = (free_port()?, free_port()?);
     let _mock = start_mock(mock_port)?;
-    wait_port(SocketAddr::from(([127, 0, 0, 1], mock_port)))?;
     let path = config(&dir, port, mock_port, full)?;
     let cfg = sluice_proxy::listen::server::load_config(Some(&path))?;
     // The gateway runs until the process exits.
     std::thread::Builder::new()
         .name("alloc-count-gateway".into())
         .spawn(move || sluice_proxy::listen::server::serve(cfg, Some(path)))?;
-    wait_port(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    wait_port(port)?;
     let rows = std::thread::spawn(move || measure(port, requests, warmup, full))
         .join()
         .map_err(|_| "the client thread panicked")??;

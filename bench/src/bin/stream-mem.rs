@@ -28,47 +28,14 @@
 //! ```
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
 
+use sluice_bench::fixture::{bare_config, sibling, start_mock, wait_port, Kid};
 use sluice_bench::live_alloc::{self, LiveAlloc, Snapshot};
 
 #[global_allocator]
 static ALLOC: LiveAlloc = LiveAlloc;
-
-/// A child process, killed by PID on drop.
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sibling(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join(name)))
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
-fn wait_port(port: u16) -> io::Result<()> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if TcpStream::connect(addr).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(io::Error::new(
-        io::ErrorKind::TimedOut,
-        format!("nothing listens on {addr}"),
-    ))
-}
 
 fn rss_kib() -> i64 {
     std::fs::read_to_string("/proc/self/status")
@@ -99,39 +66,6 @@ fn committed_kib() -> i64 {
         );
     }
     (commit / 1024) as i64
-}
-
-fn config(dir: &std::path::Path, port: u16, mock_port: u16) -> io::Result<PathBuf> {
-    let text = format!(
-        r#"# Written by stream-mem: bench/compare.sh's bare gateway.
-auth = "none"
-
-[server]
-listen = "127.0.0.1:{port}"
-workers = 1
-pin_workers = false
-max_connections_per_worker = 16384
-
-[log]
-level = "warn"
-access_log = false
-
-[admin]
-enabled = false
-
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:{mock_port}/v1"
-
-[[models]]
-name = "mock-fast"
-deployments = [{{ provider = "mock", model = "mock-model" }}]
-"#
-    );
-    let path = dir.join("stream-mem.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
 }
 
 fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
@@ -195,20 +129,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             Some((a.parse::<usize>()?, b.parse::<usize>()?))
         }
     };
-    let dir = PathBuf::from(format!("/tmp/s6mem/stream-mem-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sluice-stream-mem-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let _mock = Kid(Command::new(sibling("sluice-mock"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{mock_port}"),
-            "--workers",
-            "1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?);
-    wait_port(mock_port)?;
-    let path = config(&dir, port, mock_port)?;
+    let _mock = start_mock(mock_port)?;
+    let path = bare_config(&dir, "stream-mem.toml", "stream-mem", port, mock_port)?;
     let cfg = sluice_proxy::listen::server::load_config(Some(&path))?;
     std::thread::Builder::new()
         .name("stream-mem-gateway".into())
