@@ -25,6 +25,7 @@ use sluice_core::http1::RequestHead;
 use sluice_core::request::{Admitted, Lookup, Settled};
 
 use crate::listen::client_io::ClientWrite;
+use crate::listen::respond::HeaderValue;
 use crate::listen::respond::{self, ClientFraming};
 use crate::request::auth::KeyEntry;
 use crate::request::compress::{self, Encoded};
@@ -210,11 +211,11 @@ pub async fn lookup(
 pub fn on_miss(
     ticket: Option<&Ticket>,
     plan: &mut Plan,
-    headers: &mut Vec<(&'static str, Vec<u8>)>,
+    headers: &mut Vec<(&'static str, HeaderValue)>,
 ) {
     if let Some(t) = ticket {
         plan.capture = t.write;
-        headers.push(("x-sluice-cache", b"miss".to_vec()));
+        headers.push(("x-sluice-cache", HeaderValue::from_slice(b"miss")));
     }
 }
 
@@ -243,7 +244,7 @@ pub async fn replay(
     keep_alive: bool,
     request_id: &str,
     started: std::time::Instant,
-    extra: &[(&'static str, Vec<u8>)],
+    extra: &[(&'static str, HeaderValue)],
 ) -> (bool, Answer) {
     let prefix = match plan.endpoint {
         ApiEndpoint::Messages => "msg_",
@@ -293,7 +294,7 @@ pub async fn replay(
         headers.push(("vary", b"accept-encoding"));
     }
     for (n, v) in extra {
-        headers.push((n, v));
+        headers.push((n, &v[..]));
     }
     let mut wire = Vec::with_capacity(512 + body.len());
     respond::write_head(

@@ -2,6 +2,10 @@
 
 use sluice_core::error::{reason_phrase, GatewayError};
 
+/// A header value added to an answer (`x-ratelimit-*`, `x-sluice-cache`), inline up to 24
+/// bytes: no allocation per header.
+pub type HeaderValue = smallvec::SmallVec<[u8; 24]>;
+
 /// How a response body is delimited on the client connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientFraming {

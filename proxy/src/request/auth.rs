@@ -37,6 +37,7 @@ use sluice_core::lease::Subject;
 use sluice_core::limiter::{Ask, Denied, Refusal};
 use sluice_core::limits::{self, period_start, BudgetPeriod, LimitSet};
 
+use crate::listen::respond::HeaderValue;
 use crate::store::{LedgerSender, Scope, UsageRecord};
 use crate::telemetry::log::AccessRecord;
 
@@ -507,7 +508,7 @@ impl Auth {
 
     /// OpenAI's `x-ratelimit-*` headers for `key`: its own buckets, else its team's; none when
     /// neither has a request or token limit.
-    pub fn ratelimit_headers(&self, key: &KeyEntry) -> Vec<(&'static str, Vec<u8>)> {
+    pub fn ratelimit_headers(&self, key: &KeyEntry) -> Vec<(&'static str, HeaderValue)> {
         let now = crate::clock::now_ms();
         // With `[shared]` the fleet's view of the buckets (as of this replica's last transfer
         // for them), else this process's.
@@ -520,7 +521,7 @@ impl Auth {
             if headers.capacity() == 0 {
                 headers.reserve_exact(6);
             }
-            headers.push((name, value.to_vec()));
+            headers.push((name, HeaderValue::from_slice(value)));
         });
         headers
     }

@@ -10,7 +10,7 @@ use sluice_core::error::GatewayError;
 use sluice_core::http1::{is_hop_by_hop, ResponseHead};
 
 use crate::listen::client_io::ClientWrite;
-use crate::listen::respond::{self, write_head, ClientFraming};
+use crate::listen::respond::{self, write_head, ClientFraming, HeaderValue};
 use crate::request::settle::Answer;
 
 /// What the client asked of the connection, and what the caller adds to the answer.
@@ -24,7 +24,7 @@ pub struct ClientSide<'r> {
     /// When the request head arrived.
     pub started: Instant,
     /// Headers to add to whatever answer goes out (e.g. `x-ratelimit-*`).
-    pub extra_headers: Vec<(&'static str, Vec<u8>)>,
+    pub extra_headers: Vec<(&'static str, HeaderValue)>,
     /// The request's place in a trace, when traced (each attempt gets a span).
     pub trace: Option<crate::telemetry::context::RequestTrace>,
 }
@@ -89,7 +89,7 @@ pub(crate) fn write_response_head(
         headers.push(("x-sluice-cost-usd", cost.as_bytes()));
     }
     for (name, value) in &client.extra_headers {
-        headers.push((name, value));
+        headers.push((name, &value[..]));
     }
     write_head(
         wire,
@@ -112,7 +112,7 @@ pub(crate) async fn answer_error(
     let extra: Vec<(&str, &[u8])> = client
         .extra_headers
         .iter()
-        .map(|(n, v)| (*n, v.as_slice()))
+        .map(|(n, v)| (*n, &v[..]))
         .collect();
     let bytes = respond::error_with(&err, &extra, keep_alive, client.request_id);
     answer.status = err.status();
