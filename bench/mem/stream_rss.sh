@@ -15,7 +15,7 @@
 # 60 s later (the bench reads it after the other systems' sweeps).
 set -u
 BIN=${1:-target/release}; COUNTS=${2:-2048}; P=${3:-19401}
-W=$(mktemp -d /tmp/s6mem/srss.XXXX); ulimit -n "$(ulimit -Hn)"
+W=$(mktemp -d "${TMPDIR:-/tmp}/sluice-srss.XXXX"); ulimit -n "$(ulimit -Hn)"
 "$BIN/sluice-mock" --listen 127.0.0.1:$P --workers 1 >$W/mock.log 2>&1 & MP=$!
 KEY=sk-sluice-bench-0123456789abcdef
 if [ "${FULL:-0}" = 1 ]; then
