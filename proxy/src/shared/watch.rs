@@ -54,9 +54,6 @@ pub(super) fn spawn(
                         continue;
                     }
                 };
-                // Changes made while unsubscribed are picked up now.
-                rebuild("subscribed");
-                last = Instant::now();
                 let mut pubsub = conn.as_pubsub();
                 if pubsub.subscribe(&channel).is_err()
                     || pubsub
@@ -65,6 +62,11 @@ pub(super) fn spawn(
                 {
                     continue;
                 }
+                // Changes made while unsubscribed are picked up now: after the subscription
+                // is confirmed, so one made in between is announced, not missed until the
+                // backstop (a key made on another replica right after this one started).
+                rebuild("subscribed");
+                last = Instant::now();
                 loop {
                     match pubsub.get_message() {
                         Ok(msg) => {
