@@ -21,7 +21,9 @@
 
 use std::borrow::Cow;
 
-use memchr::memmem;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde_json::Value;
 
 use crate::usage::{Usage, UsageProbe};
@@ -212,7 +214,18 @@ impl<'a> Event<'a> {
     pub fn parse(raw: &'a [u8]) -> Option<Event<'a>> {
         let mut name: &[u8] = b"";
         let mut data: Option<Cow<'_, [u8]>> = None;
-        for line in raw.split(|b| *b == b'\n') {
+        // Lines found with memchr: splitting on a byte predicate walks every byte in Rust,
+        // and every event of every stream comes through here.
+        let mut rest = raw;
+        while !rest.is_empty() {
+            let line = match memchr::memchr(b'\n', rest) {
+                Some(i) => {
+                    let line = rest.get(..i).unwrap_or_default();
+                    rest = rest.get(i + 1..).unwrap_or_default();
+                    line
+                }
+                None => std::mem::take(&mut rest),
+            };
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.is_empty() || line.starts_with(b":") {
                 continue;
@@ -405,14 +418,19 @@ impl Facts {
 /// Copies `event` to `out` without the `"usage":null` member providers add to every chunk
 /// once usage is requested.
 fn write_without_null_usage(event: &[u8], out: &mut Vec<u8>) {
-    const WITH_COMMA_BEFORE: &[u8] = b",\"usage\":null";
-    const WITH_COMMA_AFTER: &[u8] = b"\"usage\":null,";
-    if let Some(i) = memmem::find(event, WITH_COMMA_BEFORE) {
+    // Built once: `memmem::find` builds a searcher on every call, and this runs on every
+    // chunk of every stream whose usage the gateway asked for.
+    static WITH_COMMA_BEFORE: LazyLock<Finder<'static>> =
+        LazyLock::new(|| Finder::new(b",\"usage\":null"));
+    static WITH_COMMA_AFTER: LazyLock<Finder<'static>> =
+        LazyLock::new(|| Finder::new(b"\"usage\":null,"));
+    const CUT: usize = b",\"usage\":null".len();
+    if let Some(i) = WITH_COMMA_BEFORE.find(event) {
         out.extend_from_slice(&event[..i]);
-        out.extend_from_slice(&event[i + WITH_COMMA_BEFORE.len()..]);
-    } else if let Some(i) = memmem::find(event, WITH_COMMA_AFTER) {
+        out.extend_from_slice(&event[i + CUT..]);
+    } else if let Some(i) = WITH_COMMA_AFTER.find(event) {
         out.extend_from_slice(&event[..i]);
-        out.extend_from_slice(&event[i + WITH_COMMA_AFTER.len()..]);
+        out.extend_from_slice(&event[i + CUT..]);
     } else {
         out.extend_from_slice(event);
     }
