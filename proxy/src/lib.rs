@@ -53,6 +53,7 @@ pub mod registry;
 pub mod request;
 pub mod send_now;
 pub mod shared;
+pub mod spares;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -170,6 +170,15 @@ impl Worker {
         }
     }
 
+    /// Gives back the memory of the drain-waiter table once most of it is unused (it grows
+    /// with the idle connections a crowd left behind). Called by the worker's heartbeat.
+    pub fn trim_tables(&self) {
+        let mut waiters = self.counters.drain_waiters.borrow_mut();
+        if waiters.capacity() > 4 * waiters.len().max(16) {
+            waiters.shrink_to_fit();
+        }
+    }
+
     /// Wakes every task waiting in [`Worker::drain_started`]. Call after the draining flag
     /// is set.
     pub fn start_drain(&self) {

@@ -15,7 +15,6 @@
 //! and is paid for. Pipelined bytes sent during the exchange stay in the socket and are read
 //! by the connection loop afterwards, so nothing is lost.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
@@ -31,6 +30,7 @@ use sluice_core::usage::Usage;
 use crate::listen::client_io::{ClientRead, ClientWrite};
 use crate::listen::idle::deadlines::Deadline;
 use crate::listen::respond::ClientFraming;
+use crate::spares::Spares;
 use crate::upstream::attempt::READ_BUF;
 use crate::upstream::pool::{UpstreamConn, UpstreamError};
 
@@ -82,7 +82,7 @@ const MAX_SPARE_WIRE: usize = 8 * 1024;
 const WIRE_BUF: usize = STREAM_READ_BUF + 256;
 
 thread_local! {
-    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SPARE: Spares = const { Spares::new(SPARE_WIRES) };
 }
 
 /// An empty client buffer for the events of one upstream read, from the worker's spares when
@@ -95,8 +95,13 @@ thread_local! {
 /// steady state: a take and a give are a thread-local pop and push).
 fn take_wire() -> Vec<u8> {
     SPARE
-        .with_borrow_mut(Vec::pop)
+        .with(Spares::take)
         .unwrap_or_else(|| Vec::with_capacity(WIRE_BUF))
+}
+
+/// Frees the spare client buffers the last period did not use (see [`Spares::trim`]).
+pub fn trim_spares() {
+    SPARE.with(Spares::trim);
 }
 
 /// Gives an empty client buffer back to the worker's spares (bounded in count and size).
@@ -105,11 +110,7 @@ fn give_back_wire(mut wire: Vec<u8>) {
         return;
     }
     wire.clear();
-    SPARE.with_borrow_mut(|spare| {
-        if spare.len() < SPARE_WIRES {
-            spare.push(wire);
-        }
-    });
+    SPARE.with(|spare| spare.give(wire));
 }
 
 /// The watch's read buffer. The read is there to see a close: bytes that do arrive are the
@@ -640,7 +641,7 @@ mod tests {
             give_back_wire(w);
         }
         assert_eq!(
-            SPARE.with_borrow(Vec::len),
+            SPARE.with(Spares::len),
             SPARE_WIRES,
             "the spares are bounded"
         );
@@ -650,10 +651,10 @@ mod tests {
         assert!(ptrs.contains(&again.as_ptr()), "reused, not allocated");
         give_back_wire(again);
         // A buffer grown past the bound is freed, not kept; one without capacity is ignored.
-        let before = SPARE.with_borrow(Vec::len);
+        let before = SPARE.with(Spares::len);
         let _ = take_wire();
         give_back_wire(Vec::with_capacity(MAX_SPARE_WIRE + 1));
         give_back_wire(Vec::new());
-        assert_eq!(SPARE.with_borrow(Vec::len), before - 1);
+        assert_eq!(SPARE.with(Spares::len), before - 1);
     }
 }

@@ -21,7 +21,6 @@
 
 pub mod deadlines;
 
-use std::cell::RefCell;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -31,6 +30,7 @@ use monoio::net::TcpStream;
 
 use crate::listen::client_io::ClientRead;
 use crate::listen::idle::deadlines::Deadline;
+use crate::spares::Spares;
 use crate::state::Worker;
 
 /// Size of a pooled read buffer (a request head and a small body fit; larger bodies are read
@@ -58,14 +58,19 @@ pub const PARK_AFTER: Duration = Duration::from_millis(100);
 pub const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(500);
 
 thread_local! {
-    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SPARE: Spares = const { Spares::new(SPARE_BUFFERS) };
 }
 
 /// An empty read buffer of [`READ_BUF`] capacity, from the worker's spares when it has one.
 pub fn take_buffer() -> Vec<u8> {
     SPARE
-        .with_borrow_mut(Vec::pop)
+        .with(Spares::take)
         .unwrap_or_else(|| Vec::with_capacity(READ_BUF))
+}
+
+/// Frees the spare read buffers the last period did not use (see [`Spares::trim`]).
+pub fn trim_spares() {
+    SPARE.with(Spares::trim);
 }
 
 /// Gives `buf` back to the worker's spares when it holds nothing the connection still needs
@@ -79,11 +84,7 @@ pub fn give_back(buf: &mut Vec<u8>) {
     if buf.capacity() != READ_BUF {
         return;
     }
-    SPARE.with_borrow_mut(|spare| {
-        if spare.len() < SPARE_BUFFERS {
-            spare.push(buf);
-        }
-    });
+    SPARE.with(|spare| spare.give(buf));
 }
 
 /// Outcome of a read with a time limit.
@@ -314,7 +315,7 @@ mod tests {
                 "given back, the connection holds no buffer"
             );
         }
-        assert_eq!(SPARE.with_borrow(Vec::len), SPARE_BUFFERS);
+        assert_eq!(SPARE.with(Spares::len), SPARE_BUFFERS);
         // A buffer with bytes in it stays with its connection.
         let mut pending = take_buffer();
         pending.extend_from_slice(b"GET / HTTP/1.1\r\n");

@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use crate::state::Shared;
 
-/// How often housekeeping runs.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often housekeeping runs. Every histogram sample waits in a buffer until it is drained
+/// here (1 KiB blocks of 128 samples, allocated by the workers): at 5,000 requests a second
+/// that is about 1 MiB every five seconds, whose blocks also keep the worker's allocator
+/// pages resident after a load. Draining every second keeps a fifth of it.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Housekeeping off the data plane: drains metric histogram buffers (they grow without
 /// bound otherwise) and, once the gateway is idle after a busy spell, hands freed heap memory
@@ -19,9 +22,14 @@ pub(super) fn spawn_upkeep(shared: Arc<Shared>) -> io::Result<()> {
         .name("sluice-upkeep".into())
         .spawn(move || {
             let mut busy_since_trim = false;
+            let mut ticks = 0u64;
             loop {
                 std::thread::sleep(UPKEEP_EVERY);
                 crate::telemetry::metrics::upkeep();
+                ticks += 1;
+                if !ticks.is_multiple_of(5) {
+                    continue;
+                }
                 if shared.active.load(Ordering::Relaxed) > 0 {
                     busy_since_trim = true;
                 } else if busy_since_trim {

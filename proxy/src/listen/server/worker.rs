@@ -48,11 +48,15 @@ pub(super) fn run_worker(
         monoio::spawn(async move {
             for n in 0u64.. {
                 crate::telemetry::access_line::flush();
-                if n % 4 == 0 {
-                    crate::listen::idle::return_free_memory();
-                }
                 // Also moves an idle worker to a new generation (and its health checks).
                 let worker = beat.current();
+                if n % 4 == 0 {
+                    // What the last second did not use goes back, then to the system.
+                    crate::listen::idle::trim_spares();
+                    crate::request::relay::trim_spares();
+                    worker.trim_tables();
+                    crate::listen::idle::return_free_memory();
+                }
                 if let Some(h) = worker.shared.heartbeats.get(id) {
                     h.fetch_add(1, Ordering::Relaxed);
                 }
