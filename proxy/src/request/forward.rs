@@ -387,7 +387,7 @@ async fn wait<F: Future<Output = Result<Sent, UpstreamError>>>(
     let first = flights.next();
     let timer = async {
         match until {
-            Some(t) => monoio::time::sleep(t.saturating_duration_since(Instant::now())).await,
+            Some(t) => crate::clock::sleep(t.saturating_duration_since(Instant::now())).await,
             None => std::future::pending::<()>().await,
         }
     };
