@@ -117,10 +117,13 @@ pub fn within<'a, F: Future + ?Sized>(
 }
 
 /// Runs `fut` until it ends (`Ok`), or until `at` has passed first (`Err`): [`within`] with
-/// a deadline of its own, for a single wait.
-pub async fn before<F: Future>(at: Instant, fut: F) -> Result<F::Output, super::Elapsed> {
+/// a deadline of its own, for a single wait. `fut` is pinned by the caller (see [`within`]).
+pub async fn before<F: Future + ?Sized>(
+    at: Instant,
+    fut: Pin<&mut F>,
+) -> Result<F::Output, super::Elapsed> {
     let mut limit = Deadline::at(at);
-    within(&mut limit, std::pin::pin!(fut)).await
+    within(&mut limit, fut).await
 }
 
 /// The future of [`within`].
@@ -218,11 +221,9 @@ mod tests {
             monoio::spawn(sweep());
             let start = Instant::now();
             // An operation that never ends is cut off once the deadline passes.
-            let never = before(
-                start + Duration::from_millis(30),
-                std::future::pending::<()>(),
-            );
-            assert_eq!(never.await, Err(crate::clock::Elapsed));
+            let never = std::pin::pin!(std::future::pending::<()>());
+            let cut = before(start + Duration::from_millis(30), never).await;
+            assert_eq!(cut, Err(crate::clock::Elapsed));
             assert!(start.elapsed() >= Duration::from_millis(30));
             // One deadline serves a loop of operations; ready ones win even once it passed.
             let mut limit = Deadline::at(Instant::now() + Duration::from_secs(3600));

@@ -71,9 +71,15 @@ pub struct Elapsed;
 /// its own (see the module docs for why): one small allocation when the wait runs. For waits
 /// that are rare, or whose timing matters; a wait every request makes uses a
 /// [`deadlines::Deadline`] (no allocation).
-pub async fn timeout<F: Future>(limit: Duration, fut: F) -> Result<F::Output, Elapsed> {
+///
+/// `fut` is pinned by the caller: taken by value, an async fn stores it twice (the argument
+/// and the pinned local), and a large one (the semantic cache's embedding call) grew every
+/// request's state by as much.
+pub async fn timeout<F: Future + ?Sized>(
+    limit: Duration,
+    mut fut: std::pin::Pin<&mut F>,
+) -> Result<F::Output, Elapsed> {
     let mut timer = Box::pin(monoio::time::sleep(limit));
-    let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(|cx| {
         if let std::task::Poll::Ready(out) = fut.as_mut().poll(cx) {
             return std::task::Poll::Ready(Ok(out));

@@ -22,6 +22,7 @@
 //! (`AttemptLoop::body_spent`), and a streamed request is never hedged. A body that ends
 //! before its `model` field is found was read whole and goes the ordinary way.
 
+use std::pin::pin;
 use std::time::Instant;
 
 use monoio::buf::IoBufMut;
@@ -160,7 +161,7 @@ pub async fn read_form_start(
                 let want = ((n - len) as usize).min(PUMP_BUF);
                 body.reserve(want);
                 let at = body.len();
-                let read = before(deadline, rd.read(body.slice_mut(at..at + want))).await;
+                let read = before(deadline, pin!(rd.read(body.slice_mut(at..at + want)))).await;
                 body = match read {
                     Err(_) => return Err(Stopped::Answer(body_timeout())),
                     Ok((Ok(0), _)) | Ok((Err(_), _)) => return Err(Stopped::Close),
@@ -332,7 +333,7 @@ async fn pump(
             Framing::Length(left) => {
                 let want = (*left as usize).min(PUMP_BUF);
                 buf.clear();
-                let read = before(rest.deadline, rd.read(buf.slice_mut(0..want))).await;
+                let read = before(rest.deadline, pin!(rd.read(buf.slice_mut(0..want)))).await;
                 buf = match read {
                     Err(_) => return Err(UploadError::Client(body_timeout())),
                     Ok((Ok(0), _)) | Ok((Err(_), _)) => return Err(UploadError::ClientGone),
@@ -386,7 +387,7 @@ async fn write(
     provider: &str,
     deadline: Instant,
 ) -> Result<Vec<u8>, UploadError> {
-    match before(deadline, conn.io.write_all(wire)).await {
+    match before(deadline, pin!(conn.io.write_all(wire))).await {
         Err(_) => Err(UploadError::Upstream(UpstreamError::TotalTimeout(
             provider.to_owned(),
         ))),

@@ -274,7 +274,9 @@ pub async fn connect(
     }
     // A coarse deadline (`clock::deadlines`): every stream on a new connection waits here.
     let at = Instant::now() + Duration::from_millis(provider.connect_timeout_ms);
-    match crate::clock::deadlines::before(at, connect_inner(provider, addrs, tls)).await {
+    match crate::clock::deadlines::before(at, std::pin::pin!(connect_inner(provider, addrs, tls)))
+        .await
+    {
         Ok(res) => res,
         Err(_) => Err(UpstreamError::ConnectTimeout(provider.name.clone())),
     }
