@@ -109,7 +109,10 @@ pub async fn follow(
     rx: oneshot::Receiver<Option<Arc<StoredAnswer>>>,
     limit: Duration,
 ) -> Option<Arc<StoredAnswer>> {
-    monoio::time::timeout(limit, rx).await.ok()?.ok()?
+    crate::clock::timeout(limit, std::pin::pin!(rx))
+        .await
+        .ok()?
+        .ok()?
 }
 
 #[cfg(test)]

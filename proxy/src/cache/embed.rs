@@ -119,7 +119,10 @@ pub async fn embed(
     let call = routed(worker, group, text, started + timeout, request_id);
     // The loop ends itself at the deadline (settling what was in flight); this is a net.
     let net = timeout + Duration::from_millis(250);
-    let out = monoio::time::timeout(net, call).await.ok().flatten();
+    let out = crate::clock::timeout(net, std::pin::pin!(call))
+        .await
+        .ok()
+        .flatten();
     let name = cfg.models.get(group).map_or("none", |g| g.name.as_str());
     metrics::histogram!("sluice_cache_embedding_seconds", "model" => name.to_owned())
         .record(started.elapsed().as_secs_f64());
@@ -247,7 +250,7 @@ async fn wait<F: Future<Output = Result<Sent, UpstreamError>>>(
         Some(t) if t < deadline => (t, false),
         _ => (deadline, true),
     };
-    let timer = monoio::time::sleep(at.saturating_duration_since(Instant::now()));
+    let timer = crate::clock::sleep(at.saturating_duration_since(Instant::now()));
     let done = monoio::select! {
         biased;
         done = first => Some(done),

@@ -246,7 +246,11 @@ pub fn store_detail(worker: &Worker) -> Option<serde_json::Value> {
 
 async fn probe(addr: SocketAddr) -> bool {
     matches!(
-        monoio::time::timeout(PROBE_TIMEOUT, monoio::net::TcpStream::connect_addr(addr)).await,
+        crate::clock::timeout(
+            PROBE_TIMEOUT,
+            std::pin::pin!(monoio::net::TcpStream::connect_addr(addr)),
+        )
+        .await,
         Ok(Ok(_))
     )
 }

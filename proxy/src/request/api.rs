@@ -289,7 +289,7 @@ fn admit_and_forward<'a>(
             trace: request.trace,
         };
         cache::on_miss(ticket.as_deref(), &mut plan, &mut side.extra_headers);
-        let mut done = forward::execute(worker, reserved, &plan, (rd, upload), wr, &side).await;
+        let mut done = forward::execute(worker, reserved, &mut plan, (rd, upload), wr, &side).await;
         cache::after_miss(ticket, &mut done.answer);
         let model = Some(std::mem::take(&mut plan.inspected.model));
         Served {

@@ -71,7 +71,7 @@ struct Delivery<'a, 'w, 'c> {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn deliver(
     worker: &Worker,
-    plan: &Plan,
+    plan: &mut Plan,
     sent: Sent,
     translation: Option<Translation>,
     target: Target,
@@ -100,6 +100,12 @@ pub(crate) async fn deliver(
     let success = (200..300).contains(&status);
     let is_sse = sent.head.is_event_stream() && success;
     answer.stream = is_sse;
+    if is_sse {
+        // No attempt follows a delivery: a stream, which holds its plan for its whole life,
+        // lets go of the request's body and forwarded headers now.
+        plan.release_body();
+    }
+    let plan = &*plan;
     let mut d = Delivery {
         worker,
         plan,

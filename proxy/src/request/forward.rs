@@ -71,10 +71,11 @@ pub struct Exchanged {
 ///
 /// The plan and the client side are borrowed: an async fn's by-value arguments are stored
 /// twice in its future (the argument and the local it is bound to), for the whole exchange.
+/// The plan mutably: a stream being delivered frees its body ([`Plan::release_body`]).
 pub async fn execute(
     worker: &Worker,
     reserved: Reserved<Arc<KeyEntry>>,
-    plan: &Plan,
+    plan: &mut Plan,
     (rd, upload): (&mut ClientRead, Option<&mut BodyRest>),
     wr: &mut ClientWrite,
     client: &ClientSide<'_>,
@@ -222,7 +223,7 @@ struct Io<'x, 'w, 'r> {
 async fn exchange(
     worker: &Worker,
     lp: &mut AttemptLoop,
-    plan: &Plan,
+    plan: &mut Plan,
     io: Io<'_, '_, '_>,
     client: &ClientSide<'_>,
     answer: &mut Answer,
@@ -331,7 +332,7 @@ async fn exchange(
 async fn deliver_attempt(
     worker: &Worker,
     lp: &mut AttemptLoop,
-    plan: &Plan,
+    plan: &mut Plan,
     sends: &mut Sends,
     attempt: AttemptId,
     (wr, watch): (&mut ClientWrite, &mut ClientWatch<'_>),
@@ -387,7 +388,7 @@ async fn wait<F: Future<Output = Result<Sent, UpstreamError>>>(
     let first = flights.next();
     let timer = async {
         match until {
-            Some(t) => monoio::time::sleep(t.saturating_duration_since(Instant::now())).await,
+            Some(t) => crate::clock::sleep(t.saturating_duration_since(Instant::now())).await,
             None => std::future::pending::<()>().await,
         }
     };

@@ -122,6 +122,8 @@ pub struct Plan {
     /// `body` is only the start of a form whose rest is streamed from the client after it
     /// (see `request::upload`): how the rest is framed.
     pub(crate) tail: Option<Tail>,
+    /// The prompt scan, kept when `body` was released ([`Plan::release_body`]).
+    scanned: Option<PromptScan>,
 }
 
 /// The rest of a streamed upload, after the part of the body the gateway holds.
@@ -212,6 +214,7 @@ pub fn plan(
         accept_encoding,
         form: None,
         tail: None,
+        scanned: None,
     })
 }
 
@@ -220,10 +223,28 @@ impl Plan {
     /// or images, not text, so only its routing fields count; a JSON body's inline images
     /// count by their size, not their bytes.
     pub fn prompt_scan(&self) -> PromptScan {
-        match &self.form {
-            Some(form) => PromptScan::text(form.model.len()),
-            None => sluice_core::estimate::scan(&self.body),
+        match (&self.form, self.scanned) {
+            (_, Some(scan)) => scan,
+            (Some(form), None) => PromptScan::text(form.model.len()),
+            (None, None) => sluice_core::estimate::scan(&self.body),
         }
+    }
+
+    /// Frees the client's body and the header lines passed upstream, once no attempt will be
+    /// sent again: an event stream being delivered holds its plan for its whole life, and two
+    /// thousand streams need not hold two thousand request bodies. What the settlement still
+    /// reads of the body is kept: its prompt scan (a stream cut short is estimated from it).
+    /// The media endpoints keep their body (their cost is read from it at the end).
+    pub fn release_body(&mut self) {
+        if matches!(
+            self.endpoint,
+            ApiEndpoint::AudioSpeech | ApiEndpoint::AudioTranscriptions
+        ) {
+            return;
+        }
+        self.scanned = Some(self.prompt_scan());
+        self.body = Vec::new();
+        self.forwarded = Vec::new();
     }
 }
 

@@ -27,8 +27,8 @@ use sluice_core::filter::{BodyEnd, Chain};
 use sluice_core::http1::{begin_chunk, end_chunk, BodyFraming, ChunkedDecoder, LAST_CHUNK};
 use sluice_core::usage::Usage;
 
+use crate::clock::deadlines::Deadline;
 use crate::listen::client_io::{ClientRead, ClientWrite};
-use crate::listen::idle::deadlines::Deadline;
 use crate::listen::respond::ClientFraming;
 use crate::spares::Spares;
 use crate::upstream::attempt::READ_BUF;
@@ -120,7 +120,7 @@ const WATCH_BUF: usize = 128;
 
 /// How long an exchange runs before its client is watched (see [`ClientWatch`]); at least
 /// this long: the watch is posted on the worker's next coarse deadline tick after it (see
-/// `listen::idle::deadlines`), so up to one tick later.
+/// `clock::deadlines`), so up to one tick later.
 pub const ARM_AFTER: Duration = Duration::from_millis(20);
 
 impl<'a> ClientWatch<'a> {

@@ -22,7 +22,8 @@
 //! (`AttemptLoop::body_spent`), and a streamed request is never hedged. A body that ends
 //! before its `model` field is found was read whole and goes the ordinary way.
 
-use std::time::{Duration, Instant};
+use std::pin::pin;
+use std::time::Instant;
 
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
@@ -32,6 +33,7 @@ use sluice_core::http1::{
 };
 use sluice_core::multipart::{self, FieldScan, Scanned};
 
+use crate::clock::deadlines::before;
 use crate::listen::client_io::ClientRead;
 use crate::listen::idle::{self, Read};
 use crate::request::plan::{ApiEndpoint, Tail};
@@ -159,9 +161,7 @@ pub async fn read_form_start(
                 let want = ((n - len) as usize).min(PUMP_BUF);
                 body.reserve(want);
                 let at = body.len();
-                let limit = deadline.saturating_duration_since(Instant::now());
-                let read =
-                    monoio::time::timeout(limit, rd.read(body.slice_mut(at..at + want))).await;
+                let read = before(deadline, pin!(rd.read(body.slice_mut(at..at + want)))).await;
                 body = match read {
                     Err(_) => return Err(Stopped::Answer(body_timeout())),
                     Ok((Ok(0), _)) | Ok((Err(_), _)) => return Err(Stopped::Close),
@@ -333,8 +333,7 @@ async fn pump(
             Framing::Length(left) => {
                 let want = (*left as usize).min(PUMP_BUF);
                 buf.clear();
-                let limit = rest.deadline.saturating_duration_since(Instant::now());
-                let read = monoio::time::timeout(limit, rd.read(buf.slice_mut(0..want))).await;
+                let read = before(rest.deadline, pin!(rd.read(buf.slice_mut(0..want)))).await;
                 buf = match read {
                     Err(_) => return Err(UploadError::Client(body_timeout())),
                     Ok((Ok(0), _)) | Ok((Err(_), _)) => return Err(UploadError::ClientGone),
@@ -388,10 +387,7 @@ async fn write(
     provider: &str,
     deadline: Instant,
 ) -> Result<Vec<u8>, UploadError> {
-    let limit = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    match monoio::time::timeout(limit, conn.io.write_all(wire)).await {
+    match before(deadline, pin!(conn.io.write_all(wire))).await {
         Err(_) => Err(UploadError::Upstream(UpstreamError::TotalTimeout(
             provider.to_owned(),
         ))),

@@ -158,7 +158,7 @@ impl SharedCache {
             self.meters.misses.increment(1);
             return None;
         }
-        let found = match monoio::time::timeout(self.timeout, rx).await {
+        let found = match crate::clock::timeout(self.timeout, std::pin::pin!(rx)).await {
             Ok(Ok(found)) => found,
             Ok(Err(_)) => None,
             Err(_) => {

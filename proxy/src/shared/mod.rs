@@ -225,7 +225,7 @@ impl Fleet {
             return false;
         }
         let limit = Duration::from_millis(self.config.timeout_ms);
-        match monoio::time::timeout(limit, rx).await {
+        match crate::clock::timeout(limit, std::pin::pin!(rx)).await {
             Ok(Ok(true)) => {
                 self.limiter.book.health.handle_fetch_ok();
                 false

@@ -5,10 +5,12 @@
 //! a hedged request races two of them against each other. Dropping an attempt closes its
 //! connection, which is how a loser or a request whose client left is cancelled upstream.
 
+use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use sluice_core::http1::{parse_response_head, BodyFraming, ChunkedDecoder, ResponseHead};
 
+use crate::clock::deadlines::{within, Deadline};
 use crate::state::Worker;
 use crate::upstream::pool::{self, UpstreamConn, UpstreamError};
 
@@ -184,6 +186,10 @@ async fn read_head(
 ) -> Result<(ResponseHead, Vec<u8>, usize), HeadError> {
     let mut buf: Vec<u8> = Vec::with_capacity(HEAD_BUF);
     let mut start = 0;
+    // A coarse deadline (`clock::deadlines`), one for the whole head: every request waits
+    // here, and a monoio timer held inline would make the attempt's state (and a request's,
+    // when it reads an error body) 128-byte aligned.
+    let mut limit = Deadline::at(until);
     loop {
         if buf.len() > start {
             match parse_response_head(&buf[start..], MAX_UPSTREAM_HEAD, false) {
@@ -205,8 +211,8 @@ async fn read_head(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_BUF);
         }
-        let wait = until.saturating_duration_since(Instant::now());
-        match monoio::time::timeout(wait, conn.io.read_append(buf)).await {
+        let read = pin!(conn.io.read_append(buf));
+        match within(&mut limit, read).await {
             Err(_) => {
                 return Err(HeadError::Failed(if until_is_deadline {
                     UpstreamError::TotalTimeout(provider.to_string())
@@ -248,6 +254,8 @@ pub async fn read_small_body(
     let mut input = std::mem::take(&mut sent.buf);
     let mut pos = sent.body_at;
     let mut decoder = ChunkedDecoder::new(max as u64);
+    // Coarse, like the head's (see `read_head`); set when the body is read in pieces.
+    let mut limit: Option<Deadline> = None;
     let too_big = || UpstreamError::Protocol {
         provider: provider.to_string(),
         message: format!("error body larger than {max} bytes"),
@@ -290,8 +298,9 @@ pub async fn read_small_body(
             input.reserve(READ_BUF);
         }
         pos = 0;
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match monoio::time::timeout(wait, sent.conn.io.read_append(input)).await {
+        let limit = limit.get_or_insert_with(|| Deadline::at(deadline));
+        let read = pin!(sent.conn.io.read_append(input));
+        match within(limit, read).await {
             Err(_) => return Err(UpstreamError::TotalTimeout(provider.to_string())),
             Ok((Ok(0), _)) if sent.head.body == BodyFraming::UntilClose => {
                 return Ok((body, false))

@@ -272,8 +272,11 @@ pub async fn connect(
     if addrs.is_empty() {
         return Err(UpstreamError::Resolve(provider.endpoint.host.clone()));
     }
-    let timeout = Duration::from_millis(provider.connect_timeout_ms);
-    match monoio::time::timeout(timeout, connect_inner(provider, addrs, tls)).await {
+    // A coarse deadline (`clock::deadlines`): every stream on a new connection waits here.
+    let at = Instant::now() + Duration::from_millis(provider.connect_timeout_ms);
+    match crate::clock::deadlines::before(at, std::pin::pin!(connect_inner(provider, addrs, tls)))
+        .await
+    {
         Ok(res) => res,
         Err(_) => Err(UpstreamError::ConnectTimeout(provider.name.clone())),
     }

@@ -16,10 +16,8 @@
 //!
 //! The request's own state (the exchange future) is allocated by the connection loop only
 //! while a request is under way (see `listen::conn`), and the idle time limits are coarse
-//! per-worker [`deadlines`] rather than timers of their own, so a parked connection is its
-//! socket, its task and this small wait.
-
-pub mod deadlines;
+//! per-worker deadlines (`clock::deadlines`) rather than timers of their own, so a parked
+//! connection is its socket, its task and this small wait.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -28,8 +26,8 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, CancelableAsyncReadRent, Canceller, OwnedReadHalf};
 use monoio::net::TcpStream;
 
+use crate::clock::deadlines::{within, Deadline};
 use crate::listen::client_io::ClientRead;
-use crate::listen::idle::deadlines::Deadline;
 use crate::spares::Spares;
 use crate::state::Worker;
 
@@ -100,7 +98,8 @@ pub enum Read {
     Failed,
 }
 
-/// Reads more bytes, appending to `buf` (a pooled buffer when it has no capacity).
+/// Reads more bytes, appending to `buf` (a pooled buffer when it has no capacity), within
+/// `limit` (a coarse [`Deadline`]: it runs inside every request's state, see `listen::conn`).
 pub async fn read_more(rd: &mut ClientRead, mut buf: Vec<u8>, limit: Duration) -> Read {
     if buf.capacity() == 0 {
         buf = take_buffer();
@@ -108,7 +107,9 @@ pub async fn read_more(rd: &mut ClientRead, mut buf: Vec<u8>, limit: Duration) -
         buf.reserve(READ_BUF);
     }
     let len = buf.len();
-    match monoio::time::timeout(limit, rd.read(buf.slice_mut(len..))).await {
+    let mut deadline = Deadline::at(Instant::now() + limit);
+    let read = std::pin::pin!(rd.read(buf.slice_mut(len..)));
+    match within(&mut deadline, read).await {
         Err(_) => Read::TimedOut,
         Ok((Ok(0), _)) => Read::Eof,
         Ok((Ok(_), slice)) => Read::Data(slice.into_inner()),
@@ -224,7 +225,7 @@ pub fn return_free_memory() {
 /// more. `None` when the time ran out. `wait` is never dropped when the drain starts (it keeps
 /// running), so bytes arriving at that moment are not lost with a cancelled read.
 ///
-/// The time limits are coarse [`Deadline`]s (see [`deadlines`]): a parked connection's whole
+/// The time limits are coarse [`Deadline`]s: a parked connection's whole
 /// wait is this future, so it is kept small.
 async fn until_drained<F: std::future::Future>(
     worker: &Worker,

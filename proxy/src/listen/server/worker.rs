@@ -41,7 +41,7 @@ pub(super) fn run_worker(
         let worker = slot.worker();
         crate::upstream::start_background(&slot, &worker);
         worker.shared.listeners_up.fetch_add(1, Ordering::SeqCst);
-        monoio::spawn(crate::listen::idle::deadlines::sweep());
+        monoio::spawn(crate::clock::deadlines::sweep());
         // Access lines are handed to the log writer in batches (flushed by the heartbeat).
         crate::telemetry::access_line::batch_on_this_thread();
         let beat = slot.clone();

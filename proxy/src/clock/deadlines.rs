@@ -1,13 +1,14 @@
-//! Coarse deadlines for idle connections, checked by one task per worker.
+//! Coarse deadlines, checked by one task per worker: the time limits of the waits that every
+//! request, stream or idle connection makes.
 //!
-//! A monoio timer is 640 bytes (its entry is cache-line padded for the timer wheel), more than
-//! the rest of a parked connection's wait together. Idle timeouts need no such precision: a
-//! keep-alive connection closed 50 ms late, or a posted read parked 50 ms late, changes
-//! nothing. The same holds for the waits every stream holds for its whole life (the relay's
-//! idle and total timeouts on each upstream read, and when the client watch is posted), so
-//! they use these deadlines too. So a waiting connection holds a [`Deadline`] — an index into this worker's table —
-//! and [`sweep`] wakes those whose time has passed, every [`TICK`] while any is set (and not at
-//! all while none is).
+//! A monoio timer is 640 bytes (its entry is cache-line padded for the timer wheel, which also
+//! makes any future holding one 128-byte aligned: see the parent module), more than the rest
+//! of a parked connection's wait together. These limits need no such precision: a keep-alive
+//! connection closed 50 ms late, a posted read parked 50 ms late, an upstream that missed its
+//! first-byte or idle timeout told so 50 ms late, change nothing. So a wait holds a
+//! [`Deadline`] — an index into this worker's table, no allocation — and [`sweep`] wakes those
+//! whose time has passed, every [`TICK`] while any is set (and not at all while none is).
+//! [`within`] races an operation against one.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -15,7 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// How often due deadlines are checked while any is set: the precision of idle timeouts.
+/// How often due deadlines are checked while any is set: how late a deadline may be noticed.
 pub const TICK: Duration = Duration::from_millis(50);
 
 struct Entry {
@@ -37,7 +38,7 @@ thread_local! {
     static TABLE: RefCell<Table> = RefCell::new(Table::default());
 }
 
-/// A point in time on this worker's idle clock: completes (within [`TICK`]) once it has
+/// A point in time on this worker's coarse clock: completes (within [`TICK`]) once it has
 /// passed. Dropping it takes it off the table.
 pub struct Deadline {
     slot: usize,
@@ -100,6 +101,48 @@ impl Drop for Deadline {
                 }
             }
         });
+    }
+}
+
+/// Runs `fut` until it ends (`Ok`), or until `limit` has passed first (`Err`; the caller then
+/// drops `fut`, which cancels it). The operation comes first: when both are ready, it wins.
+///
+/// `fut` is pinned by the caller and `limit` borrowed, so one deadline can serve a loop of
+/// reads (a head or a body read in pieces) and nothing is stored twice.
+pub fn within<'a, F: Future + ?Sized>(
+    limit: &'a mut Deadline,
+    fut: Pin<&'a mut F>,
+) -> Within<'a, F> {
+    Within { limit, fut }
+}
+
+/// Runs `fut` until it ends (`Ok`), or until `at` has passed first (`Err`): [`within`] with
+/// a deadline of its own, for a single wait. `fut` is pinned by the caller (see [`within`]).
+pub async fn before<F: Future + ?Sized>(
+    at: Instant,
+    fut: Pin<&mut F>,
+) -> Result<F::Output, super::Elapsed> {
+    let mut limit = Deadline::at(at);
+    within(&mut limit, fut).await
+}
+
+/// The future of [`within`].
+pub struct Within<'a, F: ?Sized> {
+    limit: &'a mut Deadline,
+    fut: Pin<&'a mut F>,
+}
+
+impl<F: Future + ?Sized> Future for Within<'_, F> {
+    type Output = Result<F::Output, super::Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(out) = this.fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        Pin::new(&mut *this.limit)
+            .poll(cx)
+            .map(|()| Err(super::Elapsed))
     }
 }
 
@@ -169,6 +212,40 @@ mod tests {
             // A slot is reused; a deadline already past completes on the next sweep.
             Deadline::at(Instant::now()).await;
             assert_eq!(TABLE.with_borrow(|t| (t.live, t.entries.len())), (0, 2));
+        });
+    }
+
+    #[test]
+    fn within_a_deadline_the_operation_wins_or_the_deadline_ends_it() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            monoio::spawn(sweep());
+            let start = Instant::now();
+            // An operation that never ends is cut off once the deadline passes.
+            let never = std::pin::pin!(std::future::pending::<()>());
+            let cut = before(start + Duration::from_millis(30), never).await;
+            assert_eq!(cut, Err(crate::clock::Elapsed));
+            assert!(start.elapsed() >= Duration::from_millis(30));
+            // One deadline serves a loop of operations; ready ones win even once it passed.
+            let mut limit = Deadline::at(Instant::now() + Duration::from_secs(3600));
+            for k in 0..3 {
+                let op = std::pin::pin!(async move { k });
+                assert_eq!(within(&mut limit, op).await, Ok(k));
+            }
+            let mut past = Deadline::at(Instant::now());
+            let slow = std::pin::pin!(monoio::time::sleep(Duration::from_secs(3600)));
+            assert!(within(&mut past, slow).await.is_err());
+            let ready = std::pin::pin!(std::future::ready(7));
+            assert_eq!(
+                within(&mut past, ready).await,
+                Ok(7),
+                "the operation comes first"
+            );
+            drop((limit, past));
+            assert_eq!(TABLE.with_borrow(|t| t.live), 0);
         });
     }
 }
