@@ -9,8 +9,8 @@ mod pg_server;
 mod store_suite;
 
 use pg_server::PgDatabase;
-use sluice_proxy::store::migrate::latest;
-use sluice_proxy::store::postgres::{PgTarget, MIGRATIONS};
+use sluice_proxy::store::migrate::{latest, migrate};
+use sluice_proxy::store::postgres::{PgSchema, PgTarget, MIGRATIONS};
 use sluice_proxy::store::{
     LedgerHandle, LedgerSender, LedgerWriter, Scope, SpendGroup, Store, StoreError, StoreTarget,
     WriterOptions,
@@ -62,6 +62,28 @@ impl Fixture for PgFixture {
             &[&v],
         )
         .unwrap();
+    }
+
+    fn migrate_to(&self, version: u32) {
+        let mut c = self.client();
+        let list = &MIGRATIONS[..version as usize];
+        assert_eq!(migrate(&mut PgSchema(&mut c), list).unwrap(), version);
+    }
+
+    fn execute(&self, sql: &str) {
+        self.client().batch_execute(sql).unwrap();
+    }
+
+    fn indexes(&self, table: &str) -> Vec<String> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT indexname::TEXT FROM pg_indexes \
+                 WHERE schemaname = current_schema() AND tablename = $1 ORDER BY indexname",
+                &[&table],
+            )
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
     }
 
     fn keeps_nul(&self) -> bool {
