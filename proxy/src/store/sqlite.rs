@@ -609,20 +609,10 @@ impl Backend for Sqlite {
     }
 
     fn insert_usage(&self, batch: &[UsageRecord]) -> Result<()> {
-        // BEGIN and COMMIT as cached statements: `execute_batch` (what rusqlite's
-        // `Transaction` runs) parses them again for every batch.
-        self.conn.prepare_cached("BEGIN")?.execute([])?;
-        let written = self
-            .write_usage(batch)
-            .and_then(|()| Ok(self.conn.prepare_cached("COMMIT")?.execute([])?));
-        if let Err(e) = written {
-            // Nothing of the batch stays: a failed statement or COMMIT leaves the
-            // transaction open (or already rolled back, then there is nothing to undo).
-            if !self.conn.is_autocommit() {
-                let _ = self.conn.execute_batch("ROLLBACK");
-            }
-            return Err(e);
-        }
+        // Rolled back when dropped uncommitted: on error nothing of the batch stays.
+        let tx = self.conn.unchecked_transaction()?;
+        self.write_usage(batch)?;
+        tx.commit()?;
         Ok(())
     }
 }
