@@ -1,10 +1,14 @@
 #!/bin/bash
-# usage: bash bench/callgrind-request.sh BINARY N OUT
+# usage: bash bench/callgrind-request.sh BINARY N OUT [full]
 # The gateway (bare config, one worker, epoll) under callgrind in front of sluice-mock (next to
 # BINARY), N sequential 1 KB keep-alive chat requests, then SIGINT; prints the collected
-# instruction count. See bench/README.md, "Instructions per request".
+# instruction count. With `full`: compare.sh's sluice_full features (a required key with
+# limits, the SQLite ledger, the JSON access log to a file, metrics), one callgrind file per
+# thread (OUT-01, OUT-02, ...), and the instructions per request of the worker's request
+# future and of the ledger writer's inserts. See bench/README.md, "Instructions per request".
 set -e
-BIN=$1; N=$2; OUT=$3
+BIN=$1; N=$2; OUT=$3; MODE=${4:-bare}
+KEY=sk-sluice-bench-full-0123456789
 D=$(mktemp -d)
 MP=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 GP=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
@@ -13,7 +17,38 @@ MOCK=$!
 GW=
 # Whatever happens, the processes started here are stopped by PID.
 trap 'kill $MOCK $GW 2>/dev/null; rm -rf "$D"' EXIT
-cat > $D/s.toml <<T
+if [ "$MODE" = full ]; then
+  AP=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+  cat > $D/s.toml <<T
+auth = "keys"
+[server]
+listen = "127.0.0.1:$GP"
+workers = 1
+pin_workers = false
+[log]
+level = "info"
+format = "json"
+access_log = true
+[admin]
+enabled = true
+listen = "127.0.0.1:$AP"
+[store]
+path = "$D/sluice.db"
+[[keys]]
+name = "bench"
+key = "$KEY"
+team = "bench"
+rpm = 1000000000
+tpm = 1000000000000
+budget_usd = 1000000000.0
+[prices."mock-model"]
+input_per_mtok = 2.5
+output_per_mtok = 10.0
+T
+  AUTH="authorization: Bearer $KEY"
+  THREADS="--separate-threads=yes"
+else
+  cat > $D/s.toml <<T
 auth = "none"
 [server]
 listen = "127.0.0.1:$GP"
@@ -25,6 +60,11 @@ format = "json"
 access_log = false
 [admin]
 enabled = false
+T
+  AUTH=
+  THREADS=
+fi
+cat >> $D/s.toml <<T
 [[providers]]
 name = "mock"
 kind = "openai"
@@ -33,17 +73,18 @@ base_url = "http://127.0.0.1:$MP/v1"
 name = "mock-fast"
 deployments = [{ provider = "mock", model = "mock-model" }]
 T
-SLUICE_DRIVER=epoll valgrind --tool=callgrind --callgrind-out-file=$OUT --dump-instr=no $BIN serve --config $D/s.toml >$D/out.txt 2>&1 &
+# The access log (stdout) goes to a file; valgrind's own lines to another.
+SLUICE_DRIVER=epoll valgrind --tool=callgrind --callgrind-out-file=$OUT --dump-instr=no $THREADS --log-file=$D/out.txt $BIN serve --config $D/s.toml >$D/access.jsonl 2>&1 &
 GW=$!
-python3 - $GP $N <<'P'
+python3 - $GP $N "$AUTH" <<'P'
 import socket,sys,time
-port=int(sys.argv[1]); n=int(sys.argv[2])
+port=int(sys.argv[1]); n=int(sys.argv[2]); auth=sys.argv[3].encode()+b"\r\n" if sys.argv[3] else b""
 for _ in range(600):
     try:
         s=socket.create_connection(("127.0.0.1",port)); break
     except OSError: time.sleep(0.1)
 body=b'{"model":"mock-fast","stream":false,"messages":[{"role":"user","content":"'+b'x'*900+b'"}]}'
-req=b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: %d\r\nx-mock-chunks: 20\r\nx-mock-chunk-size: 40\r\n\r\n"%len(body)+body
+req=b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"+auth+b"content-type: application/json\r\ncontent-length: %d\r\nx-mock-chunks: 20\r\nx-mock-chunk-size: 40\r\n\r\n"%len(body)+body
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 for i in range(n):
     s.sendall(req)
@@ -59,3 +100,18 @@ kill -INT $GW; wait $GW || true
 GW=
 kill $MOCK; wait $MOCK 2>/dev/null || true
 grep -E "Collected" $D/out.txt | tail -1
+if [ "$MODE" = full ]; then
+  echo "access log lines: $(grep -c 'sluice::access' $D/access.jsonl || true)"
+  # Per thread: its total, and the inclusive count per request of the request future
+  # (worker) and of the ledger's inserts (writer), as bench/README.md describes.
+  for f in "$OUT"-*; do
+    total=$(grep -E '^(summary|totals):' "$f" | head -1 | awk '{print $2}')
+    incl=$(callgrind_annotate --inclusive=yes --threshold=100 "$f" 2>/dev/null)
+    req=$(echo "$incl" | grep -m1 'listen::conn::serve_request::{{closure}}' | awk '{gsub(",","",$1); print $1}')
+    ins=$(echo "$incl" | grep -m1 'Sqlite as sluice_proxy::store::Backend>::insert_usage' | awk '{gsub(",","",$1); print $1}')
+    line="$f: total $total"
+    [ -n "$req" ] && line="$line; serve_request per request $((req / N))"
+    [ -n "$ins" ] && line="$line; insert_usage per row $((ins / N)); thread per row $((total / N))"
+    echo "$line"
+  done
+fi

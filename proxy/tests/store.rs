@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_core::keys::{format_key, hash_hex};
-use sluice_proxy::store::migrate::latest;
-use sluice_proxy::store::sqlite::MIGRATIONS;
+use sluice_proxy::store::migrate::{latest, migrate};
+use sluice_proxy::store::sqlite::{SqliteSchema, MIGRATIONS};
 use sluice_proxy::store::{
     LedgerHandle, LedgerSender, LedgerWriter, Scope, SpendGroup, Store, StoreError, WriterOptions,
 };
@@ -79,6 +79,26 @@ impl Fixture for SqliteFixture {
 
     fn set_schema_version(&self, version: u32) {
         set_user_version(&self.0.db(), version);
+    }
+
+    fn migrate_to(&self, version: u32) {
+        let conn = rusqlite::Connection::open(self.0.db()).unwrap();
+        let list = &MIGRATIONS[..version as usize];
+        assert_eq!(migrate(&mut SqliteSchema(&conn), list).unwrap(), version);
+    }
+
+    fn execute(&self, sql: &str) {
+        let conn = rusqlite::Connection::open(self.0.db()).unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+
+    fn indexes(&self, table: &str) -> Vec<String> {
+        let conn = rusqlite::Connection::open(self.0.db()).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 ORDER BY name")
+            .unwrap();
+        let names = stmt.query_map([table], |r| r.get(0)).unwrap();
+        names.collect::<rusqlite::Result<_>>().unwrap()
     }
 }
 
@@ -202,7 +222,7 @@ fn a_version_2_file_gains_the_cache_columns_and_keeps_its_audit_log() {
     }
     assert_eq!(MIGRATIONS[2].version, 3);
     let store = Store::open(dir.db()).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(store.schema_version().unwrap(), latest(MIGRATIONS));
     let rows = store.ledger(0, u64::MAX, 10).unwrap();
     assert_eq!((rows[0].cache, rows[0].saved_micros), (None, 0));
     let audit = store.audit(0, u64::MAX, 10).unwrap();

@@ -105,6 +105,17 @@ ALTER TABLE ledger ADD COLUMN cache TEXT;
 ALTER TABLE ledger ADD COLUMN saved_micros INTEGER NOT NULL DEFAULT 0;
 "#,
     },
+    Migration {
+        version: 4,
+        name: "ledger: drop the per-key and per-team time indexes no query uses",
+        // Every ledger read selects a time range (`ts_ms`, served by `ledger_ts`) and groups
+        // or filters the rows it gets; these two cost the ledger writer a B-tree insert each
+        // per row.
+        sql: r#"
+DROP INDEX IF EXISTS ledger_key_ts;
+DROP INDEX IF EXISTS ledger_team_ts;
+"#,
+    },
 ];
 
 /// A connection's schema for [`migrate::migrate`]: the version is `PRAGMA user_version`,
@@ -279,34 +290,38 @@ impl Sqlite {
     }
 }
 
-/// Ledger rows per `INSERT` statement. A statement per row spent much of the ledger writer's
-/// time on the statement itself (binding, stepping, resetting, opening and closing a cursor
-/// on the table and each index); a batch goes in as statements of this many rows, its
-/// remainder row by row.
-const ROWS_PER_INSERT: usize = 32;
+/// Ledger rows per `INSERT` statement, largest first. A statement per row spent much of the
+/// ledger writer's time on the statement itself (binding, stepping, resetting, opening and
+/// closing a cursor on the table and each index); a batch goes in as statements of 32 rows,
+/// and its remainder (all of a batch when requests are few) in statements of 8, 4, 2 and 1,
+/// so no batch takes more than six statements. Each size is prepared once per connection.
+const ROWS_PER_INSERT: [usize; 5] = [32, 8, 4, 2, 1];
 /// Parameters of one ledger row.
 const USAGE_PARAMS: usize = 16;
-/// One row's `INSERT`, with a trailing comma (cut off for the one-row statement).
+/// One row's `INSERT`.
 const INSERT_USAGE: &str =
     "INSERT INTO ledger (request_id, ts_ms, key_id, team, model, deployment, \
      input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, \
      cost_micros, status, latency_ms, cache, saved_micros) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?),";
+     VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
-/// The `INSERT` of [`ROWS_PER_INSERT`] rows.
-fn many_rows_sql() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
+/// The `INSERT` of `ROWS_PER_INSERT[size]` rows.
+fn insert_sql(size: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<[String; ROWS_PER_INSERT.len()]> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
         let one = INSERT_USAGE
             .find("VALUES ")
-            .map_or("", |i| &INSERT_USAGE[i + 7..]);
-        let mut sql = INSERT_USAGE.to_string();
-        for _ in 1..ROWS_PER_INSERT {
-            sql.push_str(one);
-        }
-        sql.pop();
-        sql
-    })
+            .map_or("", |i| &INSERT_USAGE[i + 6..]);
+        ROWS_PER_INSERT.map(|n| {
+            let mut sql = INSERT_USAGE.to_string();
+            for _ in 1..n {
+                sql.push(',');
+                sql.push_str(one);
+            }
+            sql
+        })
+    });
+    all.get(size).map_or(INSERT_USAGE, String::as_str)
 }
 
 /// Binds `r` to the parameters after the first `before` of `stmt`.
@@ -333,6 +348,25 @@ fn bind_usage(stmt: &mut rusqlite::Statement<'_>, before: usize, r: &UsageRecord
         stmt.raw_bind_parameter(before + i + 1, v)?;
     }
     Ok(())
+}
+
+/// The spend report's query: ledger rows in `?1 <= ts_ms < ?2` (read through `ledger_ts`),
+/// grouped by `group`.
+pub(super) fn spend_by_sql(group: SpendGroup) -> String {
+    let column = rows::spend_group(group, "CAST(ts_ms / 86400000 AS TEXT)");
+    let select = rows::spend_select(column, |c| format!("SUM({c})"));
+    format!(
+        "SELECT {select} FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 \
+         GROUP BY 1 ORDER BY 7 DESC, 1"
+    )
+}
+
+/// The ledger listing's query: rows in `?1 <= ts_ms < ?2` (through `ledger_ts`), at most `?3`.
+pub(super) fn ledger_sql() -> String {
+    format!(
+        "SELECT {USAGE_COLUMNS} FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 \
+         ORDER BY ts_ms, seq LIMIT ?3"
+    )
 }
 
 impl Backend for Sqlite {
@@ -516,22 +550,13 @@ impl Backend for Sqlite {
     }
 
     fn spend_by(&self, group: SpendGroup, from_ms: u64, to_ms: u64) -> Result<Vec<SpendRow>> {
-        let column = rows::spend_group(group, "CAST(ts_ms / 86400000 AS TEXT)");
-        let select = rows::spend_select(column, |c| format!("SUM({c})"));
-        let sql = format!(
-            "SELECT {select} FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 \
-             GROUP BY 1 ORDER BY 7 DESC, 1"
-        );
+        let sql = spend_by_sql(group);
         self.read(&sql, params![int(from_ms), int(to_ms)], |r| rows::spend(r))
     }
 
     fn ledger(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<UsageRecord>> {
-        let sql = format!(
-            "SELECT {USAGE_COLUMNS} FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 \
-             ORDER BY ts_ms, seq LIMIT ?3"
-        );
         let args = params![int(from_ms), int(to_ms), int(limit as u64)];
-        self.read(&sql, args, |r| rows::usage(r))
+        self.read(&ledger_sql(), args, |r| rows::usage(r))
     }
 
     fn ledger_count(&self) -> Result<u64> {
@@ -584,35 +609,39 @@ impl Backend for Sqlite {
     }
 
     fn insert_usage(&self, batch: &[UsageRecord]) -> Result<()> {
+        // Rolled back when dropped uncommitted: on error nothing of the batch stays.
         let tx = self.conn.unchecked_transaction()?;
-        {
-            let mut chunks = batch.chunks_exact(ROWS_PER_INSERT);
-            if chunks.len() > 0 {
-                let mut insert = tx.prepare_cached(many_rows_sql())?;
-                for chunk in &mut chunks {
-                    for (i, r) in chunk.iter().enumerate() {
-                        bind_usage(&mut insert, i * USAGE_PARAMS, r)?;
-                    }
-                    insert.raw_execute()?;
-                }
+        self.write_usage(batch)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+impl Sqlite {
+    /// The ledger rows of `batch` and their spend, inside the caller's transaction.
+    fn write_usage(&self, batch: &[UsageRecord]) -> Result<()> {
+        let mut rest = batch;
+        for (size, &n) in ROWS_PER_INSERT.iter().enumerate() {
+            if rest.len() < n {
+                continue;
             }
-            let rest = chunks.remainder();
-            if !rest.is_empty() {
-                let mut insert = tx.prepare_cached(&INSERT_USAGE[..INSERT_USAGE.len() - 1])?;
-                for r in rest {
-                    bind_usage(&mut insert, 0, r)?;
-                    insert.raw_execute()?;
+            let mut insert = self.conn.prepare_cached(insert_sql(size))?;
+            while rest.len() >= n {
+                let (chunk, tail) = rest.split_at(n);
+                for (i, r) in chunk.iter().enumerate() {
+                    bind_usage(&mut insert, i * USAGE_PARAMS, r)?;
                 }
-            }
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO spend (scope, id, day_start, micros) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (scope, id, day_start) DO UPDATE SET micros = micros + excluded.micros",
-            )?;
-            for ((scope, id, day), micros) in spend_by_day(batch) {
-                upsert.execute(params![scope.as_str(), id, int(day), int(micros)])?;
+                insert.raw_execute()?;
+                rest = tail;
             }
         }
-        tx.commit()?;
+        let mut upsert = self.conn.prepare_cached(
+            "INSERT INTO spend (scope, id, day_start, micros) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (scope, id, day_start) DO UPDATE SET micros = micros + excluded.micros",
+        )?;
+        for ((scope, id, day), micros) in spend_by_day(batch) {
+            upsert.execute(params![scope.as_str(), id, int(day), int(micros)])?;
+        }
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use sluice_core::keys::{KeyRecord, TeamRecord};
 use sluice_core::usage::Usage;
 
 use super::migrate::{check_list, latest, migrate, Migration};
-use super::sqlite::{SqliteSchema, MIGRATIONS};
+use super::sqlite::{ledger_sql, spend_by_sql, SqliteSchema, MIGRATIONS};
 use super::{
     AuditRecord, Backend, LedgerHandle, LedgerSender, LedgerWriter, Result, Scope, SpendGroup,
     SpendRow, StoreError, UsageRecord, WriterOptions, WriterReport,
@@ -143,6 +143,80 @@ fn migration_lists_are_numbered_without_gaps() {
         Err(StoreError::BadValue(_))
     ));
     assert_eq!(version(&conn), 0);
+}
+
+#[test]
+fn spend_by_day_sums_runs_and_interleaved_rows_alike() {
+    // Runs of one key, then keys, teams and days interleaved, rows without cost or key.
+    let day = 86_400_000;
+    let rows: Vec<UsageRecord> = [
+        ("a", Some("t"), 0, 5),
+        ("a", Some("t"), 1, 7),
+        ("b", Some("t"), 2, 11),
+        ("a", Some("u"), day, 13),
+        ("a", Some("t"), 3, 0),
+        ("b", None, 4, 17),
+        ("a", Some("t"), 5, u64::MAX),
+    ]
+    .into_iter()
+    .map(|(key, team, ts, cost)| UsageRecord {
+        ts_ms: ts,
+        key_id: Some(Arc::from(key)),
+        team: team.map(Arc::from),
+        cost_micros: cost,
+        ..record(0)
+    })
+    .collect();
+    let got = super::spend_by_day(&rows);
+    let want: HashMap<(Scope, &str, u64), u64> = [
+        ((Scope::Key, "a", 0), u64::MAX),
+        ((Scope::Key, "b", 0), 28),
+        ((Scope::Key, "a", 86_400), 13),
+        ((Scope::Team, "t", 0), u64::MAX),
+        ((Scope::Team, "u", 86_400), 13),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want);
+}
+
+/// `EXPLAIN QUERY PLAN` of `sql`, its lines joined.
+fn plan(conn: &Connection, sql: &str) -> String {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let args = rusqlite::params_from_iter(0..stmt.parameter_count() as i64);
+    let lines = stmt.query_map(args, |r| r.get::<_, String>(3)).unwrap();
+    lines.map(|l| l.unwrap()).collect::<Vec<_>>().join("; ")
+}
+
+#[test]
+fn ledger_reads_use_the_time_index_the_schema_keeps() {
+    // Version 4 dropped the per-key and per-team indexes: every ledger read goes through
+    // `ledger_ts`, however it groups.
+    let conn = Connection::open_in_memory().unwrap();
+    migrate(&mut SqliteSchema(&conn), MIGRATIONS).unwrap();
+    let groups = [
+        SpendGroup::Key,
+        SpendGroup::Team,
+        SpendGroup::Model,
+        SpendGroup::Deployment,
+        SpendGroup::Day,
+    ];
+    let queries = groups.map(spend_by_sql).into_iter().chain([ledger_sql()]);
+    for sql in queries {
+        let p = plan(&conn, &sql);
+        assert!(
+            p.contains("USING INDEX ledger_ts (ts_ms>? AND ts_ms<?)"),
+            "{sql}: {p}"
+        );
+    }
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|n| n.unwrap())
+        .collect();
+    assert_eq!(indexes, ["ledger_ts"]);
 }
 
 /// A backend for the writer alone: `insert_usage` fails while `fails_left` > 0, then keeps

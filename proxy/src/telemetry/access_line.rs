@@ -14,7 +14,7 @@ use std::io::Write as _;
 
 use sluice_core::calendar::{Date, DAY_S};
 
-use crate::telemetry::log::{access_writer, AccessRecord};
+use crate::telemetry::log::{access_writer, AccessRecord, Attempt};
 
 /// A field's key as one literal with its punctuation: `,"name":`.
 macro_rules! k {
@@ -93,7 +93,7 @@ thread_local! {
     static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
     static PENDING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static BATCHED: Cell<bool> = const { Cell::new(false) };
-    /// The attempt list's JSON, before it is escaped into the line.
+    /// A deployment name's JSON, before it is escaped into the line.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -161,20 +161,8 @@ fn format(rec: &AccessRecord, unix_us: u64, out: &mut Vec<u8>) {
     }
     opt_str(out, k!("error"), rec.error.as_deref());
     if !rec.attempts.is_empty() {
-        // A string holding the JSON list, as before (log pipelines already parse it so),
-        // serialized into a reused buffer.
-        SCRATCH.with_borrow_mut(|list| {
-            list.clear();
-            if serde_json::to_writer(&mut *list, &rec.attempts).is_err() {
-                list.clear();
-            }
-            key(out, k!("attempts"));
-            // serde_json writes UTF-8 (it only copies `str`s and ASCII).
-            json_str(out, std::str::from_utf8(list).unwrap_or_default());
-            if list.capacity() > 64 * 1024 {
-                *list = Vec::new();
-            }
-        });
+        key(out, k!("attempts"));
+        attempts(out, &rec.attempts);
     }
     bool_field(out, k!("client_cancelled"), rec.client_cancelled);
     opt_str(out, k!("cache"), rec.cache);
@@ -182,6 +170,68 @@ fn format(rec: &AccessRecord, unix_us: u64, out: &mut Vec<u8>) {
         scaled_field(out, k!("saved_usd"), m, 6);
     }
     out.extend_from_slice(b",\"target\":\"sluice::access\"}\n");
+}
+
+/// The attempt list as a JSON string holding the list's JSON, as before (log pipelines
+/// already parse it so): the same text as `serde_json::to_string(attempts)` escaped by
+/// [`json_str`], written straight into `out`. Only the deployment names go through serde_json
+/// and the escape (a name may hold any character); keys and numbers need neither.
+fn attempts(out: &mut Vec<u8>, attempts: &[Attempt]) {
+    out.extend_from_slice(b"\"[");
+    for (i, a) in attempts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{\"deployment\":"#);
+        SCRATCH.with_borrow_mut(|name| {
+            name.clear();
+            if serde_json::to_writer(&mut *name, &a.deployment).is_err() {
+                name.clear();
+            }
+            // serde_json writes UTF-8 (it only copies `str`s and ASCII); without the quotes
+            // `json_str` adds around a whole string.
+            let quoted = std::str::from_utf8(name).unwrap_or_default();
+            let start = out.len();
+            json_str(out, quoted);
+            out.remove(start);
+            out.pop();
+        });
+        out.extend_from_slice(br#",\"start_us\":"#);
+        digits(out, a.start_us, 1);
+        out.extend_from_slice(br#",\"end_us\":"#);
+        digits(out, a.end_us, 1);
+        out.extend_from_slice(br#",\"status\":"#);
+        digits(out, u64::from(a.status), 1);
+        out.extend_from_slice(br#",\"error\":"#);
+        match a.error {
+            // The labels are ours: short ASCII words without quotes or backslashes.
+            Some(e)
+                if !e
+                    .bytes()
+                    .any(|b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f) =>
+            {
+                out.extend_from_slice(br#"\""#);
+                out.extend_from_slice(e.as_bytes());
+                out.extend_from_slice(br#"\""#);
+            }
+            Some(e) => {
+                SCRATCH.with_borrow_mut(|label| {
+                    label.clear();
+                    if serde_json::to_writer(&mut *label, e).is_err() {
+                        label.clear();
+                    }
+                    let quoted = std::str::from_utf8(label).unwrap_or_default();
+                    let start = out.len();
+                    json_str(out, quoted);
+                    out.remove(start);
+                    out.pop();
+                });
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]\"");
 }
 
 /// Writes a field's key, `name` made by `k!` (`,"name":`).
@@ -455,6 +505,38 @@ mod tests {
         digits(&mut out, 42, 4);
         digits(&mut out, u64::MAX, 1);
         assert_eq!(out, b"004218446744073709551615");
+    }
+
+    #[test]
+    fn attempts_read_as_serde_json_writes_them_escaped() {
+        let attempt = |deployment: &str, status, error| Attempt {
+            deployment: deployment.into(),
+            provider: 0,
+            span_id: None,
+            start_us: 12,
+            end_us: 3_456_789,
+            status,
+            error,
+            response_model: None,
+        };
+        let lists = [
+            vec![attempt("openai/gpt-4o", 200, None)],
+            vec![
+                attempt("a/b", 0, Some("connect")),
+                attempt("we\"ird\\na\nme\u{1}\u{7f}é", 503, Some("status")),
+                attempt("", u16::MAX, Some("odd \"label\"\n")),
+            ],
+        ];
+        for list in lists {
+            let mut want = Vec::new();
+            json_str(&mut want, &serde_json::to_string(&list).unwrap());
+            let mut got = Vec::new();
+            attempts(&mut got, &list);
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                String::from_utf8(want).unwrap()
+            );
+        }
     }
 
     #[test]

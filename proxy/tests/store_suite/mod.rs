@@ -25,6 +25,12 @@ pub trait Fixture {
     fn latest_version(&self) -> u32;
     /// Records `version` as the database's schema version, behind the store's back.
     fn set_schema_version(&self, version: u32);
+    /// Migrates the empty database up to `version` only: the schema an older Sluice left.
+    fn migrate_to(&self, version: u32);
+    /// Runs `sql` (statements both backends understand) behind the store's back.
+    fn execute(&self, sql: &str);
+    /// The names of the indexes on `table`, sorted.
+    fn indexes(&self, table: &str) -> Vec<String>;
     /// Whether text columns keep a NUL byte (SQLite) or turn it into U+FFFD (PostgreSQL).
     fn keeps_nul(&self) -> bool {
         true
@@ -48,6 +54,7 @@ macro_rules! store_suite {
                 a_new_store_is_at_the_latest_schema,
                 reopening_is_idempotent,
                 a_newer_schema_is_refused,
+                version_3_store_loses_the_unused_ledger_indexes_and_keeps_its_rows,
                 retention_removes_old_rows_and_keeps_spend,
                 strings_from_clients_never_poison_a_batch,
                 audit_log_round_trip,
@@ -567,6 +574,101 @@ pub fn a_newer_schema_is_refused(f: &dyn Fixture) {
     f.set_schema_version(known);
     let store = f.open().unwrap();
     assert_eq!(store.get_team("core").unwrap(), Some(team_record("core")));
+}
+
+/// One case of the suite: a store an older Sluice left at schema version 3 is upgraded in
+/// place. Version 4 drops the ledger's per-key and per-team time indexes (no query reads
+/// through them; the ledger writer paid a B-tree insert into each per row) and keeps
+/// `ledger_ts`, which every ledger read uses; the rows, spend, keys and teams stay.
+pub fn version_3_store_loses_the_unused_ledger_indexes_and_keeps_its_rows(f: &dyn Fixture) {
+    f.migrate_to(3);
+    let before = f.indexes("ledger");
+    for name in ["ledger_ts", "ledger_key_ts", "ledger_team_ts"] {
+        assert!(before.iter().any(|i| i == name), "{name} at v3: {before:?}");
+    }
+    let key = format_key(&[4; 32]);
+    let hash = hash_hex(&key);
+    f.execute(&format!(
+        "INSERT INTO teams VALUES ('core', 100, NULL, 4, 12.5, 'weekly');
+         INSERT INTO keys VALUES ('key_old', 'old', 'core', NULL, '{hash}', 'sk-sluice-abc',
+             '[]', NULL, NULL, NULL, NULL, 'monthly', NULL, FALSE, 'null', 1700000000);
+         INSERT INTO ledger (request_id, ts_ms, key_id, team, model, deployment, input_tokens,
+             output_tokens, cached_tokens, reasoning_tokens, estimated, cost_micros, status,
+             latency_ms, cache, saved_micros)
+             VALUES ('r1', {T0_MS}, 'key_old', 'core', 'gpt-4o', 'openai-east', 100, 20, 10,
+             5, TRUE, 70, 200, 9, 'hit', 3),
+             ('r2', {T0_MS} + 1, NULL, NULL, 'gpt-4o-mini', NULL, 1, 2, 0, 0, FALSE, 0, 502,
+             1, NULL, 0);
+         INSERT INTO spend VALUES ('key', 'key_old', 1710460800, 70);
+         INSERT INTO spend VALUES ('team', 'core', 1710460800, 70);"
+    ));
+
+    let store = f.open().unwrap();
+    assert_eq!(store.schema_version().unwrap(), f.latest_version());
+    assert!(f.latest_version() >= 4);
+    let after = f.indexes("ledger");
+    assert!(after.iter().any(|i| i == "ledger_ts"), "{after:?}");
+    assert!(
+        !after
+            .iter()
+            .any(|i| i == "ledger_key_ts" || i == "ledger_team_ts"),
+        "{after:?}"
+    );
+    let rows = store.ledger(0, u64::MAX, 10).unwrap();
+    assert_eq!(rows.len(), 2);
+    let r = &rows[0];
+    assert_eq!(
+        (
+            r.request_id.as_str(),
+            r.ts_ms,
+            r.key_id.as_deref(),
+            r.team.as_deref()
+        ),
+        ("r1", T0_MS, Some("key_old"), Some("core"))
+    );
+    assert_eq!(
+        (&*r.model, r.deployment.as_deref(), r.cache, r.saved_micros),
+        ("gpt-4o", Some("openai-east"), Some("hit"), 3)
+    );
+    assert_eq!(
+        (
+            r.usage.input_tokens,
+            r.usage.output_tokens,
+            r.usage.estimated
+        ),
+        (100, 20, true)
+    );
+    assert_eq!((r.cost_micros, r.status, r.latency_ms), (70, 200, 9));
+    assert_eq!(
+        (rows[1].request_id.as_str(), rows[1].key_id.as_deref()),
+        ("r2", None)
+    );
+    assert_eq!(store.spend_since(Scope::Key, "key_old", 0).unwrap(), 70);
+    assert_eq!(store.spend_since(Scope::Team, "core", 0).unwrap(), 70);
+    let by_key = store.spend_by(SpendGroup::Key, 0, u64::MAX).unwrap();
+    assert_eq!(by_key.len(), 2);
+    assert_eq!(
+        (by_key[0].group.as_str(), by_key[0].requests),
+        ("key_old", 1)
+    );
+    let by_team = store.spend_by(SpendGroup::Team, T0_MS, T0_MS + 1).unwrap();
+    assert_eq!((by_team.len(), by_team[0].group.as_str()), (1, "core"));
+    assert_eq!(
+        store.find_key_by_hash(&hash).unwrap().unwrap().id,
+        "key_old"
+    );
+    assert_eq!(
+        store.get_team("core").unwrap().unwrap().limits.rpm,
+        Some(100)
+    );
+
+    // The writer goes on appending to the upgraded table.
+    let (tx, handle) = f.writer(WriterOptions::default()).unwrap();
+    tx.record(usage_record(2, "key_old", "core", 5)).unwrap();
+    drop(tx);
+    assert_eq!(handle.join().committed, 1);
+    assert_eq!(store.ledger_count().unwrap(), 3);
+    assert_eq!(store.spend_since(Scope::Key, "key_old", 0).unwrap(), 75);
 }
 
 /// One case of the suite: with a retention period, the writer deletes older ledger rows when

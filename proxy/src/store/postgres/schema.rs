@@ -93,6 +93,17 @@ ALTER TABLE ledger ADD COLUMN cache TEXT;
 ALTER TABLE ledger ADD COLUMN saved_micros BIGINT NOT NULL DEFAULT 0;
 "#,
     },
+    Migration {
+        version: 4,
+        name: "ledger: drop the per-key and per-team time indexes no query uses",
+        // Every ledger read selects a time range (`ts_ms`, served by `ledger_ts`) and groups
+        // or filters the rows it gets; these two cost the ledger writer a B-tree insert each
+        // per row.
+        sql: r#"
+DROP INDEX IF EXISTS ledger_key_ts;
+DROP INDEX IF EXISTS ledger_team_ts;
+"#,
+    },
 ];
 
 /// The advisory lock key every Sluice takes while migrating (ASCII "sluice" in a bigint).
