@@ -7,6 +7,8 @@
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
+mod scan;
+
 /// Tokens one request used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
@@ -143,6 +145,26 @@ pub fn with_model(body: &[u8]) -> (Option<Usage>, Option<String>) {
     if !mentions_usage_object(body) {
         return (None, crate::answered_model::from_json(body));
     }
+    match top_level(body) {
+        Some((usage, model)) => (usage, model.and_then(crate::answered_model::bounded)),
+        None => serde_with_model(body),
+    }
+}
+
+/// Usage of a non-streaming response body, when it reports one.
+pub fn from_body(body: &[u8]) -> Option<Usage> {
+    if !mentions_usage_object(body) {
+        return None;
+    }
+    match top_level(body) {
+        Some((usage, _)) => usage,
+        None => UsageProbe::parse(body).and_then(UsageProbe::usage),
+    }
+}
+
+/// [`with_model`] after the usage-object test, by a serde parse of the whole body: what the
+/// scanner falls back to for the shapes it leaves to serde.
+fn serde_with_model(body: &[u8]) -> (Option<Usage>, Option<String>) {
     match UsageProbe::parse(body) {
         Some(mut p) => {
             let model = p
@@ -155,12 +177,62 @@ pub fn with_model(body: &[u8]) -> (Option<Usage>, Option<String>) {
     }
 }
 
-/// Usage of a non-streaming response body, when it reports one.
-pub fn from_body(body: &[u8]) -> Option<Usage> {
-    if !mentions_usage_object(body) {
+/// A [`UsageProbe`]'s usage and model, read from a body's top-level members without parsing
+/// the other values (see `scan`): only `usage` (or `response.usage`) is parsed, with serde,
+/// and `model` is taken as written. `None` for everything it leaves to serde: a body the walk
+/// cannot read, a top-level key with escapes, a duplicate of one of the probe's keys, one of
+/// them with a type other than the plain one (`choices` an array, `usage` and `response`
+/// objects serde reads, `model` a string without escapes or control bytes, each or `null`).
+/// So on valid JSON the answer is always the serde parse's.
+fn top_level(body: &[u8]) -> Option<(Option<Usage>, Option<&str>)> {
+    let mut choices = None;
+    let mut usage = None;
+    let mut response = None;
+    let mut model = None;
+    scan::members(body, |m| {
+        if m.key_escaped {
+            return None;
+        }
+        let slot = match m.key {
+            b"choices" => &mut choices,
+            b"usage" => &mut usage,
+            b"response" => &mut response,
+            b"model" => &mut model,
+            _ => return Some(()),
+        };
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(m.value);
+        Some(())
+    })?;
+    let null = |v: Option<&[u8]>| v.is_none_or(|v| v == b"null");
+    if !(null(choices) || choices?.first() == Some(&b'[')) {
         return None;
     }
-    UsageProbe::parse(body).and_then(UsageProbe::usage)
+    let model = match model {
+        Some(v) if v != b"null" => {
+            let text = v.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+            if text.iter().any(|&b| b == b'\\' || b < 0x20) {
+                return None;
+            }
+            Some(std::str::from_utf8(text).ok()?)
+        }
+        _ => None,
+    };
+    let object = |v: Option<&[u8]>| v.is_some_and(|v| v.first() == Some(&b'{'));
+    if !(null(usage) || object(usage)) || !(null(response) || object(response)) {
+        return None;
+    }
+    let usage = match usage.filter(|v| v != b"null") {
+        Some(v) => Some(serde_json::from_slice::<RawUsage>(v).ok()?),
+        None => None,
+    };
+    let response = match response.filter(|v| v != b"null") {
+        Some(v) => serde_json::from_slice::<Nested>(v).ok()?.usage,
+        None => None,
+    };
+    Some((usage.or(response).map(Usage::from), model))
 }
 
 #[cfg(test)]
@@ -227,3 +299,6 @@ mod tests {
         assert!(from_body(b"\"usage\" not json").is_none());
     }
 }
+
+#[cfg(test)]
+mod serde_oracle;

@@ -31,9 +31,11 @@ impl ResponseHead {
 
     /// The first value of header `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        // Bytes compared as they are: no UTF-8 check of every name on every lookup.
+        self.fields
+            .iter()
+            .find(|(n, _)| self.raw[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &self.raw[v.clone()])
     }
 
     /// Whether the body is an event stream: SSE, or the AWS binary event stream of Bedrock's

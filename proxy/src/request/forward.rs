@@ -147,10 +147,15 @@ struct Flights<F> {
 }
 
 impl<F: Future<Output = Result<Sent, UpstreamError>>> Flights<F> {
-    /// Puts `fut` in a free slot (the loop never has more than two attempts in flight).
-    fn start(&mut self, id: AttemptId, fut: F) {
+    /// Puts the future `make` builds in a free slot (the loop never has more than two
+    /// attempts in flight). The box is allocated first and `make` called after, so the
+    /// attempt's state (about 3.5 KB) is built in the box instead of on the stack and then
+    /// copied into it (with the future passed by value, it was copied twice).
+    #[inline(always)]
+    fn start(&mut self, id: AttemptId, make: impl FnOnce() -> F) {
         let k = usize::from(self.ids[0].is_some());
-        self.slots[k] = Some(Box::pin(fut));
+        let slot = Box::new_uninit();
+        self.slots[k] = Some(Box::into_pin(Box::write(slot, make())));
         self.ids[k] = Some(id);
     }
 
@@ -267,8 +272,9 @@ async fn exchange(
                         let provider = launch.provider;
                         sends.launched.push(launch);
                         let Some(rest) = upload.as_deref_mut() else {
-                            let fut = attempt::send(worker, provider, request, deadline);
-                            flights.start(attempt, fut);
+                            flights.start(attempt, || {
+                                attempt::send(worker, provider, request, deadline)
+                            });
                             continue;
                         };
                         // A streamed body: sent here, one attempt at a time.

@@ -1,0 +1,222 @@
+//! A structural walk over a JSON object's top-level members: each key as written and each
+//! value's bytes, without building anything.
+//!
+//! Values are skipped, not parsed: a string with `memchr2` over its contents (to its closing
+//! quote, stepping over escapes), an object or array by counting brackets while skipping the
+//! strings inside, a number or literal up to its delimiter. So a 1 KB answer costs a few hundred
+//! instructions instead of a serde parse of every value; the caller then parses only the few
+//! values it wants (a `usage` object) with serde.
+//!
+//! It checks structure, not grammar: bracket pairs match, strings end, members are
+//! `"key": value` separated by commas, nothing follows the object. Numbers, literals and escapes
+//! inside skipped values are not checked. A body it cannot walk, or nested deeper than
+//! [`MAX_DEPTH`], gives `None` and the caller falls back to serde, which also decides every odd
+//! case (the caller falls back for those too), so the answer on any valid JSON is serde's.
+
+/// Deepest nesting walked (the top-level object is depth 1); deeper gives `None`. Below
+/// serde_json's recursion limit (128), so a body serde refuses for depth is never walked.
+pub(super) const MAX_DEPTH: u32 = 64;
+
+/// One top-level member.
+pub(super) struct Member<'a> {
+    /// The key between its quotes, escapes not decoded.
+    pub(super) key: &'a [u8],
+    /// Whether the key has a backslash (so `key` is not its decoded text).
+    pub(super) key_escaped: bool,
+    /// The value, from its first byte to its last (no surrounding whitespace).
+    pub(super) value: &'a [u8],
+}
+
+/// JSON's four whitespace bytes (not `is_ascii_whitespace`, which adds form feed).
+#[inline]
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\t' | b'\r')
+}
+
+#[inline]
+fn skip_ws(json: &[u8], mut i: usize) -> usize {
+    while i < json.len() && is_ws(json[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// `json[open]` is a `"`: the index after the closing quote, and whether a backslash was seen.
+#[inline]
+fn skip_string(json: &[u8], open: usize) -> Option<(usize, bool)> {
+    let mut i = open + 1;
+    let mut escaped = false;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', json.get(i..)?)?;
+        if json[i] == b'"' {
+            return Some((i + 1, escaped));
+        }
+        escaped = true;
+        // The escaped byte, whatever it is (`\"` included), is part of the string.
+        i += 2;
+    }
+}
+
+/// `json[open]` is `{` or `[` at nesting depth `depth` (its own): the index after its match.
+fn skip_nested(json: &[u8], open: usize, depth: u32) -> Option<usize> {
+    // One bit per open bracket below this one, 1 for an object: at most MAX_DEPTH levels.
+    let mut stack: u64 = u64::from(json[open] == b'{');
+    let mut level = 1u32;
+    let mut i = open + 1;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                i = skip_string(json, i)?.0;
+                continue;
+            }
+            b @ (b'{' | b'[') => {
+                level += 1;
+                if depth + level > MAX_DEPTH + 1 {
+                    return None;
+                }
+                stack = stack << 1 | u64::from(b == b'{');
+            }
+            b @ (b'}' | b']') => {
+                if (stack & 1 == 1) != (b == b'}') {
+                    return None;
+                }
+                stack >>= 1;
+                level -= 1;
+                if level == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The value starting at `json[start]` (not whitespace), one level below the top: the index
+/// after it.
+#[inline]
+fn skip_value(json: &[u8], start: usize) -> Option<usize> {
+    match *json.get(start)? {
+        b'"' => Some(skip_string(json, start)?.0),
+        b'{' | b'[' => skip_nested(json, start, 2),
+        b',' | b'}' | b']' | b':' => None,
+        _ => {
+            // A number or a literal: up to the next delimiter.
+            let len = json[start..]
+                .iter()
+                .position(|&b| matches!(b, b',' | b'}' | b']') || is_ws(b))
+                .unwrap_or(json.len() - start);
+            Some(start + len)
+        }
+    }
+}
+
+/// Calls `each` on every top-level member of `json`, a JSON object, in order; stops with
+/// `None` when `each` does, or when `json` is not an object this walk can read (see the module
+/// comment).
+pub(super) fn members<'a>(
+    json: &'a [u8],
+    mut each: impl FnMut(Member<'a>) -> Option<()>,
+) -> Option<()> {
+    let mut i = skip_ws(json, 0);
+    if json.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(json, i + 1);
+    if json.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            if json.get(i) != Some(&b'"') {
+                return None;
+            }
+            let (key_end, key_escaped) = skip_string(json, i)?;
+            let key = &json[i + 1..key_end - 1];
+            i = skip_ws(json, key_end);
+            if json.get(i) != Some(&b':') {
+                return None;
+            }
+            let start = skip_ws(json, i + 1);
+            let end = skip_value(json, start)?;
+            each(Member {
+                key,
+                key_escaped,
+                value: &json[start..end],
+            })?;
+            i = skip_ws(json, end);
+            match json.get(i) {
+                Some(b',') => i = skip_ws(json, i + 1),
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    (skip_ws(json, i) == json.len()).then_some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walk(json: &[u8]) -> Option<Vec<(String, bool, String)>> {
+        let mut out = Vec::new();
+        members(json, |m| {
+            out.push((
+                String::from_utf8_lossy(m.key).into_owned(),
+                m.key_escaped,
+                String::from_utf8_lossy(m.value).into_owned(),
+            ));
+            Some(())
+        })?;
+        Some(out)
+    }
+
+    #[test]
+    fn walks_top_level_members_only() {
+        let got = walk(
+            br#" { "a" : {"usage":{"x":[1,"]}"]}} ,"b\"usage":"s\\\"}" ,"c":-1.5e3,"d":[[],{}],"e":null}
+"#,
+        )
+        .unwrap();
+        let want = [
+            ("a", false, r#"{"usage":{"x":[1,"]}"]}}"#),
+            (r#"b\"usage"#, true, r#""s\\\"}""#),
+            ("c", false, "-1.5e3"),
+            ("d", false, "[[],{}]"),
+            ("e", false, "null"),
+        ];
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!((g.0.as_str(), g.1, g.2.as_str()), w);
+        }
+        assert_eq!(walk(b"{}").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_walk() {
+        for bad in [
+            &b""[..],
+            b"[]",
+            b"{",
+            b"{\"a\":1",
+            b"{\"a\":1,}",
+            b"{\"a\" 1}",
+            b"{\"a\":[}]}",
+            b"{\"a\":{]}",
+            b"{\"a\":\"unterminated}",
+            b"{\"a\":\"x\\",
+            b"{\"a\":1} x",
+            b"{\"a\":}",
+            b"{a:1}",
+        ] {
+            assert!(walk(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let deep = |n: usize| format!("{{\"a\":{}{}}}", "[".repeat(n), "]".repeat(n));
+        assert!(walk(deep(MAX_DEPTH as usize - 1).as_bytes()).is_some());
+        assert!(walk(deep(MAX_DEPTH as usize).as_bytes()).is_none());
+    }
+}
