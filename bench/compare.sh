@@ -399,7 +399,10 @@ code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$FULL" \
   -H 'content-type: application/json' -d '{"model":"mock-fast","messages":[]}' || true)
 [ "$code" = 401 ] || die "sluice_full answered $code without a key, not 401"
 # ... and serves its metrics (on the admin listener), which count the requests above.
-curl -sf --max-time 5 "http://127.0.0.1:$FULL_ADMIN_PORT/metrics" | grep -q '^sluice_' ||
+# (Read whole first: `grep -q` quits at its first match, and under pipefail curl's next write
+# to the closed pipe would fail the check.)
+metrics=$(curl -sf --max-time 5 "http://127.0.0.1:$FULL_ADMIN_PORT/metrics" || true)
+grep -q '^sluice_' <<<"$metrics" ||
   die "sluice_full serves no metrics on 127.0.0.1:$FULL_ADMIN_PORT/metrics"
 sleep 1
 FULL_RSS_IDLE=$(kib VmRSS "$FULL_PID")
