@@ -514,6 +514,8 @@ fn run_writer(backend: &dyn Backend, rx: Receiver<Msg>, opts: WriterOptions, c: 
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(max_batch);
     let mut acks: Vec<Sender<()>> = Vec::new();
     let mut oldest: Option<Instant> = None;
+    // Whether anything came since the memory was last given back.
+    let mut busy = false;
     loop {
         if w.down && Instant::now() >= w.next_try {
             w.drain();
@@ -530,9 +532,20 @@ fn run_writer(backend: &dyn Backend, rx: Receiver<Msg>, opts: WriterOptions, c: 
             deadline = Some(deadline.map_or(w.next_try, |d| d.min(w.next_try)));
         }
         let msg = match deadline {
+            None if busy => match rx.recv_timeout(RELEASE_AFTER_IDLE) {
+                Err(RecvTimeoutError::Timeout) => {
+                    // Quiet for a while after a busy spell: give the memory back, then wait.
+                    busy = false;
+                    backend.release_memory();
+                    crate::listen::idle::return_free_memory();
+                    continue;
+                }
+                other => other,
+            },
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(t) => next_by(&rx, t),
         };
+        busy = true;
         let closed = match msg {
             Ok(Msg::Record(r)) => {
                 let first = *oldest.get_or_insert_with(Instant::now);
@@ -604,6 +617,9 @@ fn next_by(rx: &Receiver<Msg>, deadline: Instant) -> std::result::Result<Msg, Re
         std::thread::sleep((deadline - now).min(POLL_STEP));
     }
 }
+
+/// How long the writer waits idle, after a busy spell, before it gives memory back.
+pub(super) const RELEASE_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// The longest sleep of the writer between two looks at its channel while a batch is pending.
 const POLL_STEP: Duration = Duration::from_millis(5);

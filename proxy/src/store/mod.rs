@@ -290,6 +290,12 @@ pub trait Backend: Send {
     /// The schema version recorded in the database.
     fn schema_version(&self) -> Result<u32>;
 
+    /// Gives back the memory the connection keeps for speed (SQLite's page cache), called by
+    /// the ledger writer once it has been idle for a while: after a busy spell the cache is
+    /// full (megabytes) and would stay so for as long as the gateway stays quiet. The next
+    /// write reads back what it needs.
+    fn release_memory(&self) {}
+
     /// Adds a key. Its id and its hash must be new.
     fn create_key(&self, k: &KeyRecord) -> Result<()>;
     /// Replaces a key's fields (matched by id). The hash and creation time may not change.

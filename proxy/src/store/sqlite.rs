@@ -374,6 +374,12 @@ impl Backend for Sqlite {
         self.path.display().to_string()
     }
 
+    fn release_memory(&self) {
+        if let Err(e) = self.conn.execute_batch("PRAGMA shrink_memory") {
+            tracing::debug!(error = %e, "store: shrink_memory failed");
+        }
+    }
+
     fn schema_version(&self) -> Result<u32> {
         user_version(&self.conn)
     }

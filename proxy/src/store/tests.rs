@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use rusqlite::Connection;
 use sluice_core::keys::{KeyRecord, TeamRecord};
 use sluice_core::usage::Usage;
 
+use super::ledger::RELEASE_AFTER_IDLE;
 use super::migrate::{check_list, latest, migrate, Migration};
 use super::sqlite::{ledger_sql, spend_by_sql, SqliteSchema, MIGRATIONS};
 use super::{
@@ -226,6 +227,8 @@ struct Flaky {
     /// While set, every insert fails (a database that is down).
     down: Arc<AtomicBool>,
     rows: Arc<Mutex<Vec<UsageRecord>>>,
+    /// Times the writer gave the backend's memory back.
+    released: Arc<AtomicU64>,
 }
 
 impl Backend for Flaky {
@@ -234,6 +237,9 @@ impl Backend for Flaky {
     }
     fn schema_version(&self) -> Result<u32> {
         Ok(1)
+    }
+    fn release_memory(&self) {
+        self.released.fetch_add(1, Ordering::SeqCst);
     }
     fn create_key(&self, _: &KeyRecord) -> Result<()> {
         unimplemented!()
@@ -355,10 +361,52 @@ fn flaky_writer_with(
         fails_left: Mutex::new(fails),
         down,
         rows: rows.clone(),
+        released: Arc::default(),
     };
     let (tx, handle) =
         LedgerWriter::spawn_on(move || Ok(Box::new(backend) as Box<dyn Backend>), opts).unwrap();
     (tx, handle, rows)
+}
+
+#[test]
+fn an_idle_writer_gives_memory_back_once_and_keeps_writing() {
+    let rows = Arc::new(Mutex::new(Vec::new()));
+    let released = Arc::new(AtomicU64::new(0));
+    let backend = Flaky {
+        fails_left: Mutex::new(0),
+        down: Arc::new(AtomicBool::new(false)),
+        rows: rows.clone(),
+        released: released.clone(),
+    };
+    let opts = WriterOptions {
+        flush_interval: Duration::from_millis(5),
+        ..WriterOptions::default()
+    };
+    let (tx, handle) =
+        LedgerWriter::spawn_on(move || Ok(Box::new(backend) as Box<dyn Backend>), opts).unwrap();
+    // Nothing written yet: nothing to give back.
+    std::thread::sleep(RELEASE_AFTER_IDLE + Duration::from_millis(300));
+    assert_eq!(released.load(Ordering::SeqCst), 0);
+    tx.record(record(1)).unwrap();
+    assert!(tx.flush_and_wait(Duration::from_secs(10)));
+    // A busy spell, then quiet: given back once (bounded wait, no timing asserted).
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while released.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(released.load(Ordering::SeqCst), 1);
+    std::thread::sleep(RELEASE_AFTER_IDLE + Duration::from_millis(300));
+    assert_eq!(
+        released.load(Ordering::SeqCst),
+        1,
+        "not again while nothing came"
+    );
+    // And the writer still writes.
+    tx.record(record(2)).unwrap();
+    assert!(tx.flush_and_wait(Duration::from_secs(10)));
+    assert_eq!(rows.lock().unwrap().len(), 2);
+    drop(tx);
+    handle.join();
 }
 
 #[test]
