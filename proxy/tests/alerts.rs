@@ -277,10 +277,7 @@ fn budget_thresholds_post_to_the_webhook_once_each() {
 fn a_webhook_that_never_answers_is_logged_and_counted_and_requests_go_on() {
     let mock = mock();
     // A port nobody listens on.
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refused_port();
     let dir = temp_dir("alerts-dead");
     let extra = format!("[alerts]\nwebhook_url = \"http://{dead}/hook\"\ntimeout_ms = 200\n");
     let cfg = store_config(mock.addr(), &dir.join("s.db"), 1, &extra);

@@ -188,10 +188,7 @@ fn a_really_failing_deployment(driver: &str) {
         .any(|l| l.contains("circuit breaker opened"))));
 
     // One deployment, connection refused: once known down, 503 at once, no connect loop.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refused_port();
     let gw = Gateway::start(&config(&[dead], 1, false, ""), driver);
     let mut c = gw.connect();
     let mut statuses = Vec::new();

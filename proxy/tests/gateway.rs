@@ -414,10 +414,7 @@ fn client_disconnect_cancels_the_upstream(driver: &str) {
 
 fn upstream_down_is_502_and_slow_is_504(driver: &str) {
     // A port nothing listens on.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refused_port();
     let gw = Gateway::start(&config(dead, "", ""), driver);
     let r = gw
         .connect()

@@ -49,6 +49,20 @@ macro_rules! both_drivers {
     };
 }
 
+/// A port on 127.0.0.1 where connections are refused, held for as long as the returned socket
+/// lives: it is bound but not listening. A listener bound and dropped instead frees its port,
+/// and a gateway started next (its admin listener on port 0) could be given that very port,
+/// so the "dead" upstream would answer.
+#[allow(dead_code)]
+pub fn refused_port() -> (socket2::Socket, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    (s, addr)
+}
+
 /// A mock with default behaviour on a free port.
 pub fn mock() -> MockServer {
     mock_with(MockConfig::default())
