@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::types::ToSql;
@@ -324,6 +325,100 @@ fn insert_sql(size: usize) -> &'static str {
     all.get(size).map_or(INSERT_USAGE, String::as_str)
 }
 
+/// Parameters of a [`insert_shared_sql`] statement bound once for all its rows: key, team,
+/// model, deployment (`?1` to `?4`).
+const NAME_PARAMS: usize = 4;
+/// Parameters of one row of a [`insert_shared_sql`] statement: the rest of the row.
+const ROW_PARAMS: usize = USAGE_PARAMS - NAME_PARAMS;
+
+/// The `INSERT` of `ROWS_PER_INSERT[size]` rows that share their key, team, model and
+/// deployment: those four are bound once (`?1` to `?4`, repeated in every row), the rest row by
+/// row ([`bind_row`]). A batch of one key and one model (most batches) then binds and copies
+/// a quarter of the text a [`insert_sql`] statement does. Only sizes above one.
+fn insert_shared_sql(size: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<[String; ROWS_PER_INSERT.len()]> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        let head = INSERT_USAGE
+            .find("VALUES ")
+            .map_or(INSERT_USAGE, |i| &INSERT_USAGE[..i + 7]);
+        ROWS_PER_INSERT.map(|n| {
+            let mut sql = head.to_string();
+            for row in 0..n {
+                let p = NAME_PARAMS + row * ROW_PARAMS;
+                if row > 0 {
+                    sql.push(',');
+                }
+                // The columns' order: request_id, ts_ms, the four names, then ten numbers.
+                sql.push_str(&format!("(?{},?{},?1,?2,?3,?4", p + 1, p + 2));
+                for k in 3..=ROW_PARAMS {
+                    sql.push_str(&format!(",?{}", p + k));
+                }
+                sql.push(')');
+            }
+            sql
+        })
+    });
+    all.get(size).map_or(INSERT_USAGE, String::as_str)
+}
+
+/// Whether every record of `chunk` has the first one's key, team, model and deployment.
+fn shares_names(chunk: &[UsageRecord]) -> bool {
+    fn same(a: Option<&Arc<str>>, b: Option<&Arc<str>>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        }
+    }
+    let Some((first, rest)) = chunk.split_first() else {
+        return false;
+    };
+    rest.iter().all(|r| {
+        same(r.key_id.as_ref(), first.key_id.as_ref())
+            && same(r.team.as_ref(), first.team.as_ref())
+            && same(Some(&r.model), Some(&first.model))
+            && same(r.deployment.as_ref(), first.deployment.as_ref())
+    })
+}
+
+/// Binds `r`'s key, team, model and deployment to `?1` to `?4` of a [`insert_shared_sql`]
+/// statement.
+fn bind_names(stmt: &mut rusqlite::Statement<'_>, r: &UsageRecord) -> Result<()> {
+    let values: [&dyn ToSql; NAME_PARAMS] = [
+        &r.key_id.as_deref(),
+        &r.team.as_deref(),
+        &&*r.model,
+        &r.deployment.as_deref(),
+    ];
+    for (i, v) in values.into_iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, v)?;
+    }
+    Ok(())
+}
+
+/// Binds the rest of `r` (all but [`bind_names`]'s) to the parameters after the first
+/// `before` of a [`insert_shared_sql`] statement.
+fn bind_row(stmt: &mut rusqlite::Statement<'_>, before: usize, r: &UsageRecord) -> Result<()> {
+    let values: [&dyn ToSql; ROW_PARAMS] = [
+        &r.request_id,
+        &int(r.ts_ms),
+        &int(r.usage.input_tokens),
+        &int(r.usage.output_tokens),
+        &int(r.usage.cached_tokens),
+        &int(r.usage.reasoning_tokens),
+        &r.usage.estimated,
+        &int(r.cost_micros),
+        &r.status,
+        &int(r.latency_ms),
+        &r.cache,
+        &int(r.saved_micros),
+    ];
+    for (i, v) in values.into_iter().enumerate() {
+        stmt.raw_bind_parameter(before + i + 1, v)?;
+    }
+    Ok(())
+}
+
 /// Binds `r` to the parameters after the first `before` of `stmt`.
 fn bind_usage(stmt: &mut rusqlite::Statement<'_>, before: usize, r: &UsageRecord) -> Result<()> {
     let values: [&dyn ToSql; USAGE_PARAMS] = [
@@ -628,16 +723,31 @@ impl Sqlite {
     fn write_usage(&self, batch: &[UsageRecord]) -> Result<()> {
         let mut rest = batch;
         for (size, &n) in ROWS_PER_INSERT.iter().enumerate() {
-            if rest.len() < n {
-                continue;
-            }
-            let mut insert = self.conn.prepare_cached(insert_sql(size))?;
+            // Each statement is taken from the cache once per size (the lookup hashes its
+            // text), and only if a chunk needs it.
+            let (mut plain, mut shared) = (None, None);
             while rest.len() >= n {
                 let (chunk, tail) = rest.split_at(n);
-                for (i, r) in chunk.iter().enumerate() {
-                    bind_usage(&mut insert, i * USAGE_PARAMS, r)?;
+                if n > 1 && shares_names(chunk) {
+                    let insert = match &mut shared {
+                        Some(s) => s,
+                        None => shared.insert(self.conn.prepare_cached(insert_shared_sql(size))?),
+                    };
+                    bind_names(insert, &chunk[0])?;
+                    for (i, r) in chunk.iter().enumerate() {
+                        bind_row(insert, NAME_PARAMS + i * ROW_PARAMS, r)?;
+                    }
+                    insert.raw_execute()?;
+                } else {
+                    let insert = match &mut plain {
+                        Some(s) => s,
+                        None => plain.insert(self.conn.prepare_cached(insert_sql(size))?),
+                    };
+                    for (i, r) in chunk.iter().enumerate() {
+                        bind_usage(insert, i * USAGE_PARAMS, r)?;
+                    }
+                    insert.raw_execute()?;
                 }
-                insert.raw_execute()?;
                 rest = tail;
             }
         }

@@ -181,6 +181,61 @@ fn spend_by_day_sums_runs_and_interleaved_rows_alike() {
     assert_eq!(got, want);
 }
 
+#[test]
+fn ledger_rows_read_back_whole_whether_their_names_are_shared_or_not() {
+    // 32 rows of one key and model (one statement binds the names once), 32 alike but for
+    // their deployments, then mixed runs and a remainder: every row back as it went in.
+    let dir = spill_dir("shared-names");
+    let db = super::sqlite::Sqlite::open(&dir.join("ledger.db"), false).unwrap();
+    let shared = (
+        Arc::<str>::from("key_a"),
+        Arc::<str>::from("team"),
+        Arc::<str>::from("gpt"),
+    );
+    let mut rows = Vec::new();
+    for i in 0..101u64 {
+        let mut r = record(i);
+        r.usage = Usage {
+            input_tokens: i,
+            output_tokens: 2 * i,
+            cached_tokens: i / 3,
+            reasoning_tokens: i / 5,
+            estimated: i % 7 == 0,
+            // Not a ledger column: 0 both ways.
+            ..Usage::default()
+        };
+        r.latency_ms = i * 11;
+        r.saved_micros = i * 13;
+        r.status = 200 + (i % 3) as u16;
+        match i {
+            0..32 => {
+                r.key_id = Some(shared.0.clone());
+                r.team = Some(shared.1.clone());
+                r.model = shared.2.clone();
+                r.deployment = Some(Arc::from("openai/gpt"));
+            }
+            32..64 => {
+                // Equal text in distinct allocations; the deployment differs on one row.
+                r.key_id = Some(Arc::from("key_a"));
+                r.team = None;
+                r.model = Arc::from("gpt");
+                r.deployment = (i != 50).then(|| Arc::from("openai/gpt"));
+            }
+            _ => {
+                r.key_id = (i % 4 != 0).then(|| Arc::from(format!("key_{}", i / 9).as_str()));
+                r.team = (i % 2 == 0).then(|| Arc::from("t"));
+                r.model = Arc::from(if i < 90 { "gpt" } else { "claude" });
+                r.deployment = (i % 5 != 0).then(|| Arc::from("p/m"));
+            }
+        }
+        rows.push(r);
+    }
+    db.insert_usage(&rows).unwrap();
+    let back = db.ledger(0, u64::MAX, 1_000).unwrap();
+    assert_eq!(back, rows);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `EXPLAIN QUERY PLAN` of `sql`, its lines joined.
 fn plan(conn: &Connection, sql: &str) -> String {
     let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();

@@ -65,7 +65,7 @@ impl AccessRecord {
 /// this much, and at least every quarter of a second ([`flush`], from the worker's
 /// heartbeat, and when the worker stops). The lines of one buffer are whole and in order;
 /// a full writer drops the buffer and counts one dropped line.
-pub const BATCH_BYTES: usize = 16 * 1024;
+pub const BATCH_BYTES: usize = 64 * 1024;
 
 /// Makes this thread (a data-plane worker) gather its access lines; call [`flush`] on it
 /// from time to time and before it ends.
@@ -255,16 +255,32 @@ fn num_field(out: &mut Vec<u8>, name: &str, value: u64) {
     digits(out, value, 1);
 }
 
-/// `value` in decimal, zero-padded to at least `width` digits (at most 20).
+/// `value` in decimal, zero-padded to at least `width` digits (1 to 20), two digits a step.
 fn digits(out: &mut Vec<u8>, mut value: u64, width: usize) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut buf = [b'0'; 20];
     let mut i = buf.len();
-    while value > 0 || buf.len() - i < width {
-        i -= 1;
-        buf[i] = b'0' + (value % 10) as u8;
-        value /= 10;
+    while value >= 100 {
+        let pair = (value % 100) as usize * 2;
+        value /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
     }
-    out.extend_from_slice(&buf[i..]);
+    if value >= 10 {
+        let pair = value as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else if value > 0 || i == buf.len() {
+        i -= 1;
+        buf[i] = b'0' + value as u8;
+    }
+    // The buffer is zeros: padding is where the number starts further left.
+    let start = buf.len().saturating_sub(width).min(i);
+    out.extend_from_slice(&buf[start..]);
 }
 
 /// Values below this many units print exactly as the `f64` `value / 10^scale` would: with at
@@ -334,6 +350,9 @@ const ESCAPE: [u8; 256] = {
     table[b'\n' as usize] = b'n';
     table[b'\r' as usize] = b'r';
     table[b'\t' as usize] = b't';
+    // As serde_json (and so `tracing`'s JSON) writes them.
+    table[0x08] = b'b';
+    table[0x0c] = b'f';
     table
 };
 
@@ -343,8 +362,9 @@ fn json_str(out: &mut Vec<u8>, value: &str) {
     let bytes = value.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
+    let clean = clean_prefix(bytes);
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    for (i, &b) in bytes.iter().enumerate().skip(clean) {
         let escape = ESCAPE[b as usize];
         if escape == 0 {
             continue;
@@ -362,6 +382,34 @@ fn json_str(out: &mut Vec<u8>, value: &str) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// How many leading bytes of `bytes`, in whole 8-byte words, need no escape: a word at a time
+/// (most values need none, and then `json_str` copies them whole).
+fn clean_prefix(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Whether any byte of `x` is zero (exact for "any").
+    const fn has_zero(x: u64) -> bool {
+        x.wrapping_sub(ONES) & !x & HIGHS != 0
+    }
+    let mut clean = 0;
+    for word in bytes.chunks_exact(8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let x = u64::from_ne_bytes(w);
+        // A byte below 0x20: (x - 0x20 per byte) & !x has its high bit set (exact for "any").
+        let control = x.wrapping_sub(0x20 * ONES) & !x & HIGHS != 0;
+        if control
+            || has_zero(x ^ (u64::from(b'"') * ONES))
+            || has_zero(x ^ (u64::from(b'\\') * ONES))
+            || has_zero(x ^ (0x7f * ONES))
+        {
+            break;
+        }
+        clean += 8;
+    }
+    clean
 }
 
 /// RFC 3339 in UTC with microseconds, as `tracing-subscriber` writes it.
@@ -536,6 +584,56 @@ mod tests {
                 String::from_utf8(got).unwrap(),
                 String::from_utf8(want).unwrap()
             );
+        }
+    }
+
+    #[test]
+    fn strings_escape_as_serde_json_escapes_them_wherever_the_byte_is() {
+        let mut out = Vec::new();
+        for c in (0u32..0x100).filter_map(char::from_u32).chain(['€', '😀']) {
+            for at in 0..20 {
+                let value: String = (0..at)
+                    .map(|_| 'a')
+                    .chain([c])
+                    .chain("bcdefghij".chars())
+                    .collect();
+                out.clear();
+                json_str(&mut out, &value);
+                let text = String::from_utf8(out.clone()).unwrap();
+                // The text serde_json writes, except DEL, which this escapes as well.
+                if c != '\u{7f}' {
+                    assert_eq!(text, serde_json::to_string(&value).unwrap(), "{value:?}");
+                }
+                assert_eq!(serde_json::from_str::<String>(&text).unwrap(), value);
+            }
+        }
+    }
+
+    #[test]
+    fn digits_pad_and_count_as_format_does() {
+        let mut out = Vec::new();
+        for v in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            123_456,
+            1_000_000,
+            u64::MAX,
+        ] {
+            for width in 1..=20 {
+                out.clear();
+                digits(&mut out, v, width);
+                assert_eq!(
+                    String::from_utf8(out.clone()).unwrap(),
+                    format!("{v:0width$}")
+                );
+            }
         }
     }
 
