@@ -21,6 +21,7 @@
 //! alerts    budget alerts: a log line, a counter and a webhook posted from its own thread
 //! cache     the response cache on the request path: lookup, replay, keep at settlement
 //! telemetry log (access line), trace (OTLP, ids in context), metrics (Prometheus)
+//! memory    free heap memory handed back to the system after a busy spell
 //! ops       cli, doctor, sdnotify
 //! state     what the workers share, and what each keeps to itself
 //! registry  the admin side of the store: keys and teams, rebuilt into the key index
@@ -48,6 +49,7 @@ pub mod blocking_http;
 pub mod cache;
 pub mod clock;
 pub mod listen;
+pub mod memory;
 pub mod ops;
 pub mod registry;
 pub mod request;

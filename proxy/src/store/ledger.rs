@@ -537,7 +537,8 @@ fn run_writer(backend: &dyn Backend, rx: Receiver<Msg>, opts: WriterOptions, c: 
                     // Quiet for a while after a busy spell: give the memory back, then wait.
                     busy = false;
                     backend.release_memory();
-                    crate::listen::idle::return_free_memory();
+                    crate::memory::return_free_memory();
+                    crate::memory::release_free_memory();
                     continue;
                 }
                 other => other,

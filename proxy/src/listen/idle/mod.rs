@@ -210,17 +210,6 @@ fn peek(rd: &mut OwnedReadHalf<TcpStream>) -> Peeked {
     }
 }
 
-/// Returns the memory this worker's allocator holds free to the system (mimalloc returns
-/// emptied pages only as its thread allocates and frees; an idle worker after a burst of
-/// connections would otherwise keep their pages). Called by the worker about once a second;
-/// cheap when there is nothing to return.
-pub fn return_free_memory() {
-    // SAFETY: `mi_collect` has no preconditions: it walks the calling thread's mimalloc heap
-    // and releases pages nothing is allocated in. Memory allocated by another allocator (the
-    // library's tests run under the system allocator) is not touched.
-    unsafe { libmimalloc_sys::mi_collect(true) }
-}
-
 /// Runs `wait` for up to `limit`; once the worker drains, for at most [`DRAIN_IDLE_GRACE`]
 /// more. `None` when the time ran out. `wait` is never dropped when the drain starts (it keeps
 /// running), so bytes arriving at that moment are not lost with a cancelled read.
@@ -322,13 +311,5 @@ mod tests {
         pending.extend_from_slice(b"GET / HTTP/1.1\r\n");
         give_back(&mut pending);
         assert!(!pending.is_empty());
-    }
-
-    #[test]
-    fn returning_free_memory_is_safe_to_call_any_time() {
-        let v: Vec<Vec<u8>> = (0..1000).map(|i| vec![0u8; 100 + i]).collect();
-        drop(v);
-        return_free_memory();
-        return_free_memory();
     }
 }

@@ -28,7 +28,6 @@ mod upkeep;
 mod worker;
 
 use signals::wait_for_signal;
-pub use upkeep::release_free_memory;
 use upkeep::{spawn_upkeep, spawn_watchdog};
 use worker::run_worker;
 

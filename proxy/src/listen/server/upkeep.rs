@@ -34,21 +34,11 @@ pub(super) fn spawn_upkeep(shared: Arc<Shared>) -> io::Result<()> {
                     busy_since_trim = true;
                 } else if busy_since_trim {
                     busy_since_trim = false;
-                    release_free_memory();
+                    crate::memory::release_free_memory();
                 }
             }
         })?;
     Ok(())
-}
-
-/// Returns free heap pages to the OS (glibc keeps them in its arenas otherwise).
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks and trims glibc's own arenas under their locks; it takes
-    // no pointer from us and is safe to call from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Feeds the systemd watchdog (WatchdogSec= in the unit) every half period, while every
@@ -87,19 +77,4 @@ pub(super) fn spawn_watchdog(shared: &Arc<Shared>) -> io::Result<()> {
             }
         })?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn releasing_free_memory_is_safe_after_churn() {
-        let blocks: Vec<Vec<u8>> = (0..256).map(|i| vec![i as u8; 64 * 1024]).collect();
-        drop(blocks);
-        release_free_memory();
-        release_free_memory();
-        let again = vec![7u8; 1 << 20];
-        assert_eq!(again[12345], 7);
-    }
 }

@@ -55,7 +55,7 @@ pub(super) fn run_worker(
                     crate::listen::idle::trim_spares();
                     crate::request::relay::trim_spares();
                     worker.trim_tables();
-                    crate::listen::idle::return_free_memory();
+                    crate::memory::return_free_memory();
                 }
                 if let Some(h) = worker.shared.heartbeats.get(id) {
                     h.fetch_add(1, Ordering::Relaxed);
