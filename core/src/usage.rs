@@ -64,6 +64,77 @@ pub(crate) struct RawUsage {
     output_tokens_details: Option<Details>,
 }
 
+impl RawUsage {
+    /// A usage object read by the request body's validating walk (`inspect::walk`) instead of
+    /// serde: its few counts, by hand. `None` for anything it leaves to serde (a repeated
+    /// field, a value of another type than serde reads, grammar it does not settle), so what it
+    /// returns is what serde returns.
+    fn read(json: &[u8]) -> Option<RawUsage> {
+        use crate::inspect::walk::{count, members, once};
+        // serde checks the UTF-8 of every key it reads; the walk compares bytes.
+        std::str::from_utf8(json).ok()?;
+        let mut counts: [Option<Option<u64>>; 4] = [None; 4];
+        let mut details: [Option<Option<Details>>; 4] = [None, None, None, None];
+        members(json, |m| {
+            let v = &json[m.value];
+            let (slot, detail) = match m.key {
+                b"prompt_tokens" => (0, false),
+                b"completion_tokens" => (1, false),
+                b"input_tokens" => (2, false),
+                b"output_tokens" => (3, false),
+                b"prompt_tokens_details" => (0, true),
+                b"input_tokens_details" => (1, true),
+                b"completion_tokens_details" => (2, true),
+                b"output_tokens_details" => (3, true),
+                _ => return Some(()),
+            };
+            if detail {
+                once(&mut details[slot], Details::read(v))
+            } else {
+                once(&mut counts[slot], count(v))
+            }
+        })?;
+        let [prompt_tokens, completion_tokens, input_tokens, output_tokens] =
+            counts.map(Option::flatten);
+        let [prompt_tokens_details, input_tokens_details, completion_tokens_details, output_tokens_details] =
+            details.map(Option::flatten);
+        Some(RawUsage {
+            prompt_tokens,
+            completion_tokens,
+            input_tokens,
+            output_tokens,
+            prompt_tokens_details,
+            input_tokens_details,
+            completion_tokens_details,
+            output_tokens_details,
+        })
+    }
+}
+
+impl Details {
+    /// An `Option<Details>` value (`null` or an object) read as [`RawUsage::read`] reads.
+    fn read(v: &[u8]) -> Option<Option<Details>> {
+        use crate::inspect::walk::{count, members, once};
+        if v == b"null" {
+            return Some(None);
+        }
+        let mut counts: [Option<Option<u64>>; 2] = [None; 2];
+        members(v, |m| {
+            let slot = match m.key {
+                b"cached_tokens" => 0,
+                b"reasoning_tokens" => 1,
+                _ => return Some(()),
+            };
+            once(&mut counts[slot], count(&v[m.value]))
+        })?;
+        let [cached_tokens, reasoning_tokens] = counts.map(Option::flatten);
+        Some(Some(Details {
+            cached_tokens,
+            reasoning_tokens,
+        }))
+    }
+}
+
 impl From<RawUsage> for Usage {
     fn from(r: RawUsage) -> Self {
         let cached = r
@@ -225,7 +296,7 @@ fn top_level(body: &[u8]) -> Option<(Option<Usage>, Option<&str>)> {
         return None;
     }
     let usage = match usage.filter(|v| v != b"null") {
-        Some(v) => Some(serde_json::from_slice::<RawUsage>(v).ok()?),
+        Some(v) => Some(RawUsage::read(v).or_else(|| serde_json::from_slice(v).ok())?),
         None => None,
     };
     let response = match response.filter(|v| v != b"null") {

@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 use super::target::{parse_request_line, valid_authority, TargetForm};
-use super::{parse_content_length, smuggling, trim, BodyFraming, MAX_HEADERS};
+use super::{parse_content_length, proven_ascii, smuggling, trim, BodyFraming, MAX_HEADERS};
 use crate::error::{ErrorKind, GatewayError};
 
 /// A parsed request head. Names and values are kept as offsets into `raw`, one allocation for
@@ -14,6 +14,8 @@ pub struct RequestHead {
     method: Range<usize>,
     /// The path and query, in `raw` (after the head when an absolute-form target had no path).
     target: Range<usize>,
+    /// Where the path ends in `target` (at its `?`, or at its end).
+    path_end: usize,
     raw_target: Range<usize>,
     authority: Option<Range<usize>>,
     host_field: Option<Range<usize>>,
@@ -32,18 +34,20 @@ pub struct RequestHead {
 impl RequestHead {
     /// The method, e.g. `POST`.
     pub fn method(&self) -> &str {
-        std::str::from_utf8(&self.raw[self.method.clone()]).unwrap_or("")
+        // Checked once, by the parser (tchars only).
+        proven_ascii(&self.raw[self.method.clone()])
     }
 
     /// The request target in origin-form, e.g. `/v1/chat/completions?x=1`: as sent, or the
     /// path and query of an absolute-form target (`http://h/v1/models` gives `/v1/models`).
     pub fn target(&self) -> &str {
-        std::str::from_utf8(&self.raw[self.target.clone()]).unwrap_or("")
+        // Checked once, by the parser (visible ASCII only).
+        proven_ascii(&self.raw[self.target.clone()])
     }
 
     /// The request target exactly as sent.
     pub fn raw_target(&self) -> &str {
-        std::str::from_utf8(&self.raw[self.raw_target.clone()]).unwrap_or("")
+        proven_ascii(&self.raw[self.raw_target.clone()])
     }
 
     /// Which of the four forms the target has.
@@ -61,8 +65,7 @@ impl RequestHead {
 
     /// The path without the query.
     pub fn path(&self) -> &str {
-        let t = self.target();
-        t.split_once('?').map_or(t, |(p, _)| p)
+        proven_ascii(&self.raw[self.target.start..self.path_end])
     }
 
     /// The first value of header `name` (ASCII case-insensitive).
@@ -82,10 +85,8 @@ impl RequestHead {
     /// All headers in order, as (name, value).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         self.headers.iter().map(|(n, v)| {
-            (
-                std::str::from_utf8(&self.raw[n.clone()]).unwrap_or(""),
-                &self.raw[v.clone()],
-            )
+            // Names are tokens: httparse checked them.
+            (proven_ascii(&self.raw[n.clone()]), &self.raw[v.clone()])
         })
     }
 }
@@ -182,7 +183,7 @@ pub fn parse_request_head(
     for h in fields.iter() {
         // RFC 9110 §5.5: CR, LF and NUL in a value MUST be refused (httparse does); the other
         // controls are no field-vchar either.
-        if h.value.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
+        if has_control(h.value) {
             return Err(smuggling(
                 "malformed header field: control character in a value",
             ));
@@ -278,10 +279,13 @@ pub fn parse_request_head(
         raw.extend_from_slice(&buf[target.clone()]);
         target = at..raw.len();
     }
+    let path_end =
+        memchr::memchr(b'?', &raw[target.clone()]).map_or(target.end, |i| target.start + i);
     Ok(Some((
         RequestHead {
             method: line.method,
             target,
+            path_end,
             raw_target: line.target,
             authority: line.authority,
             host_field,
@@ -295,6 +299,14 @@ pub fn parse_request_head(
         },
         len,
     )))
+}
+
+/// Whether a field value holds a control byte other than HTAB (DEL included). Written without
+/// an early exit so that it compiles to a vector loop: every request's every value crosses it.
+fn has_control(value: &[u8]) -> bool {
+    value.iter().fold(false, |seen, &b| {
+        seen | ((b < 0x20 && b != b'\t') | (b == 0x7f))
+    })
 }
 
 /// RFC 9112 §6.1 and §7: the codings of a request's Transfer-Encoding. Chunked must be the

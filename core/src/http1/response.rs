@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::{parse_content_length, trim, BodyFraming, MAX_HEADERS};
+use super::{parse_content_length, proven_ascii, trim, BodyFraming, MAX_HEADERS};
 
 /// A parsed upstream response head. Like [`RequestHead`](super::RequestHead), names and values are offsets into
 /// one copy of the raw head.
@@ -22,10 +22,8 @@ impl ResponseHead {
     /// All headers in order, as (name as sent, value).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         self.fields.iter().map(|(n, v)| {
-            (
-                std::str::from_utf8(&self.raw[n.clone()]).unwrap_or(""),
-                &self.raw[v.clone()],
-            )
+            // Names are tokens: httparse checked them.
+            (proven_ascii(&self.raw[n.clone()]), &self.raw[v.clone()])
         })
     }
 

@@ -228,3 +228,81 @@ proptest! {
         let _ = ChunkedDecoder::new(1 << 20).decode_into(&input, &mut Vec::new());
     }
 }
+
+/// The accessors that skip the UTF-8 check (`proven_ascii`) give exactly the bytes of the
+/// head, on every target form, with and without a query, and on bytes the parser refuses
+/// (which never reach them).
+#[test]
+fn accessors_of_parsed_heads_are_their_bytes() {
+    let cases = [
+        (
+            "POST /v1/chat/completions?a=1&b=%C3%A9 HTTP/1.1\r\nHost: x\r\n\r\n",
+            "/v1/chat/completions",
+            "/v1/chat/completions?a=1&b=%C3%A9",
+        ),
+        (
+            "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Weird_Name!: \u{e9}\r\n\r\n",
+            "/v1/models",
+            "/v1/models",
+        ),
+        (
+            "GET http://h:8080 HTTP/1.1\r\nHost: h:8080\r\n\r\n",
+            "/",
+            "/",
+        ),
+        ("GET http://h?q=1 HTTP/1.1\r\nHost: h\r\n\r\n", "/", "/?q=1"),
+        ("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", "*", "*"),
+        ("M-SEARCH /? HTTP/1.0\r\n\r\n", "/", "/?"),
+    ];
+    for (raw, path, target) in cases {
+        let (head, _) = parse_request_head(raw.as_bytes(), &LIMITS)
+            .unwrap()
+            .unwrap();
+        let line = raw.split("\r\n").next().unwrap();
+        let mut parts = line.split(' ');
+        assert_eq!(head.method(), parts.next().unwrap(), "{raw}");
+        assert_eq!(head.raw_target(), parts.next().unwrap(), "{raw}");
+        assert_eq!(head.path(), path, "{raw}");
+        assert_eq!(head.target(), target, "{raw}");
+        for (name, _) in head.headers() {
+            assert!(raw.contains(&format!("\r\n{name}:")), "{raw}: {name}");
+        }
+    }
+    // Bytes outside ASCII in the line never make a head.
+    for bad in [
+        "G\u{e9}T / HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /\u{e9} HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        assert!(parse(bad).is_err(), "{bad}");
+    }
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: \xff\r\n\r\n";
+    let (head, _) = parse_response_head(resp, 1024, false).unwrap().unwrap();
+    let names: Vec<&str> = head.headers().map(|(n, _)| n).collect();
+    assert_eq!(names, ["Content-Length", "X-A"]);
+}
+
+/// RFC 9110 §5.5: a control byte in a field value (other than HTAB) is refused, wherever it
+/// sits in a value of any length; HTAB and obs-text are kept.
+#[test]
+fn control_bytes_in_values_are_refused() {
+    for len in [0usize, 1, 15, 16, 17, 40] {
+        for ctl in [0x01u8, 0x0b, 0x0c, 0x1f, 0x7f] {
+            let mut raw =
+                format!("GET / HTTP/1.1\r\nHost: x\r\nX-A: {}", "v".repeat(len)).into_bytes();
+            raw.push(ctl);
+            raw.extend_from_slice(b"w\r\n\r\n");
+            let got = parse_request_head(&raw, &LIMITS);
+            assert!(got.is_err(), "{len} {ctl:#x}");
+        }
+        let raw = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-A: {}\tw\u{e9}\r\n\r\n",
+            "v".repeat(len)
+        );
+        let (head, _) = parse(&raw).unwrap().unwrap();
+        // (A value starting with HTAB loses it: white space around a value is not part of it.)
+        assert_eq!(
+            head.header("x-a").unwrap().len(),
+            len + 3 + usize::from(len > 0)
+        );
+    }
+}

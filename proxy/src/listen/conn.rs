@@ -123,8 +123,10 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
         }
     }
     // A form whose `model` field is found before its end is streamed upstream from there.
-    let scan = match endpoints::route(head.method(), head.path()) {
-        Ok(Route::Api(endpoint)) => upload::model_scan(endpoint, &head),
+    // Routed once here; a refused route is made again (with its error) only on that path.
+    let route = endpoints::route(head.method(), head.path()).ok();
+    let scan = match route {
+        Some(Route::Api(endpoint)) => upload::model_scan(endpoint, &head),
         _ => None,
     };
     let read = match scan {
@@ -154,7 +156,7 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
     let (keep, mut settlement) = respond_to(
         worker,
         client,
-        &head,
+        (&head, route),
         (body, rest.as_mut()),
         keep_alive,
         request,
@@ -328,14 +330,15 @@ fn body_timeout() -> GatewayError {
 fn respond_to<'a>(
     worker: &'a Worker,
     client: &'a mut Client,
-    head: &'a RequestHead,
+    (head, route): (&'a RequestHead, Option<Route>),
     (body, rest): (Vec<u8>, Option<&'a mut upload::BodyRest>),
     keep_alive: bool,
     request: RequestFacts,
 ) -> impl Future<Output = (bool, Settlement)> + 'a {
     async move {
         let request_id = &request.request_id;
-        let route = match endpoints::route(head.method(), head.path()) {
+        let routed = route.map_or_else(|| endpoints::route(head.method(), head.path()), Ok);
+        let route = match routed {
             Ok(r) => r,
             Err((err, route)) => {
                 let allow = route.map(endpoints::allow_for);

@@ -8,6 +8,8 @@
 
 use std::ops::Range;
 
+pub(crate) mod walk;
+
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
@@ -83,6 +85,17 @@ pub fn inspect(body: &[u8]) -> Result<Inspected, GatewayError> {
         Some(i) if text.as_bytes()[i] == b'{' => i + 1,
         _ => return Err(invalid("request body must be a JSON object")),
     };
+    // Most bodies are settled by the walk, which steps over the prompt without serde's
+    // per-value machinery; any body it leaves (escaped keys, a wrong type, a repeated field,
+    // broken JSON) gets serde's verdict and message.
+    match walked(text, object_start) {
+        Some(found) => Ok(found),
+        None => probed(text, object_start),
+    }
+}
+
+/// The routing fields as serde's borrowed probe reads them.
+fn probed(text: &str, object_start: usize) -> Result<Inspected, GatewayError> {
     let probe: Probe<'_> = serde_json::from_str(text)
         .map_err(|e| invalid(format!("invalid JSON body: {}", bounded(&e.to_string()))))?;
     let raw_model = probe
@@ -117,6 +130,66 @@ pub fn inspect(body: &[u8]) -> Result<Inspected, GatewayError> {
             .max_tokens
             .or(probe.max_completion_tokens)
             .or(probe.max_output_tokens),
+        object_start,
+    })
+}
+
+/// The routing fields as [`walk::members`] finds them, or `None` when serde should decide (the
+/// walk refused the body, or a field is repeated, of a type the serde path refuses, or needs
+/// decoding the walk does not do). What it returns is what the serde path returns.
+fn walked(text: &str, object_start: usize) -> Option<Inspected> {
+    let json = text.as_bytes();
+    let mut model: Option<(Range<usize>, bool)> = None;
+    let mut stream: Option<Option<bool>> = None;
+    let mut stream_options: Option<Range<usize>> = None;
+    // max_tokens, max_completion_tokens, max_output_tokens.
+    let mut limits: [Option<Option<u64>>; 3] = [None; 3];
+    use walk::{count, once};
+    walk::members(json, |m| {
+        let v = &json[m.value.clone()];
+        // A field serde's Probe reads may appear once (serde refuses a repeat).
+        match m.key {
+            b"model" => once(&mut model, Some((m.value, m.escaped))),
+            b"stream" => once(
+                &mut stream,
+                match v {
+                    b"true" => Some(Some(true)),
+                    b"false" => Some(Some(false)),
+                    b"null" => Some(None),
+                    _ => None,
+                },
+            ),
+            b"stream_options" => once(&mut stream_options, Some(m.value)),
+            b"max_tokens" => once(&mut limits[0], count(v)),
+            b"max_completion_tokens" => once(&mut limits[1], count(v)),
+            b"max_output_tokens" => once(&mut limits[2], count(v)),
+            _ => Some(()),
+        }
+    })?;
+    let (model_span, escaped) = model?;
+    let raw = &text[model_span.clone()];
+    let model: String = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(plain) if !escaped => plain.to_owned(),
+        _ => serde_json::from_str(raw).ok()?,
+    };
+    if model.is_empty() {
+        return None;
+    }
+    let include_usage = match &stream_options {
+        None => false,
+        Some(span) => serde_json::from_str::<Option<StreamOptions>>(&text[span.clone()])
+            .ok()?
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+    };
+    let [a, b, c] = limits.map(Option::flatten);
+    Some(Inspected {
+        model,
+        model_span,
+        stream: stream.flatten().unwrap_or(false),
+        include_usage,
+        stream_options_span: stream_options,
+        max_tokens: a.or(b).or(c),
         object_start,
     })
 }
@@ -213,6 +286,9 @@ enum Insert<'a> {
 pub fn estimate_prompt_tokens(body_len: usize) -> u64 {
     (body_len as u64).div_ceil(4).max(1)
 }
+
+#[cfg(test)]
+mod serde_oracle;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,419 @@
+//! A validating walk over a request body's top-level members: each key as written and where
+//! each value is, checking the JSON grammar of every value it steps over, without building
+//! anything.
+//!
+//! The answer scanner in `usage` may skip values unchecked, because an answer is the
+//! upstream's. A request body that is not JSON must be refused with a 400, so this walk checks
+//! what serde's `IgnoredAny` checks: strings end, hold no control byte and only the escapes
+//! JSON has (`\u` with four hex digits), numbers follow the grammar, literals are spelt out,
+//! brackets pair up, members are `"key": value` separated by commas, nothing follows the
+//! object. Strings are skipped with `memchr2` over their contents (32 bytes a step), which is
+//! where a chat body's bytes are.
+//!
+//! `usage` reads an answer's usage object with it too (a few numbers, without serde).
+//!
+//! The caller has already checked that the whole body is UTF-8. Anything this walk does not
+//! settle (escaped keys, nesting deeper than [`MAX_DEPTH`], any grammar error) gives `None`,
+//! and the caller asks serde, whose verdict and error message stand; so on any body this walk
+//! accepts, serde accepts it too (the tests hold it to that).
+
+use std::ops::Range;
+
+/// Deepest nesting walked (the top-level object is depth 1); deeper gives `None`. Below
+/// serde_json's recursion limit (128).
+pub(crate) const MAX_DEPTH: u32 = 64;
+
+/// One top-level member.
+pub(crate) struct Member<'a> {
+    /// The key between its quotes (never escaped: an escaped key ends the walk).
+    pub(crate) key: &'a [u8],
+    /// Where the value is in the body, from its first byte to its last.
+    pub(crate) value: Range<usize>,
+    /// For a string value: whether it has a backslash.
+    pub(crate) escaped: bool,
+}
+
+/// JSON's four whitespace bytes.
+#[inline]
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\t' | b'\r')
+}
+
+#[inline]
+fn skip_ws(json: &[u8], mut i: usize) -> usize {
+    while i < json.len() && is_ws(json[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// Whether `bytes` has a control byte (below 0x20), which a JSON string may not hold raw.
+/// Eight bytes a step: a word has a byte below `n` (`n` ≤ 128) exactly when
+/// `(x - 0x01…01 * n) & !x & 0x80…80` is not zero (the borrow can only mark bytes above one
+/// that is below `n`, so the answer for the word is exact).
+#[inline]
+fn has_control(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |word: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let x = u64::from_le_bytes(w);
+        x.wrapping_sub(ONES * 0x20) & !x & HIGH
+    };
+    // Four words a step, one branch for the four (a prompt is mostly long strings).
+    let mut blocks = bytes.chunks_exact(32);
+    for b in &mut blocks {
+        if below(&b[..8]) | below(&b[8..16]) | below(&b[16..24]) | below(&b[24..]) != 0 {
+            return true;
+        }
+    }
+    let mut words = blocks.remainder().chunks_exact(8);
+    for word in &mut words {
+        if below(word) != 0 {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&b| b < 0x20)
+}
+
+/// `json[open]` is a `"`: the index after the closing quote, and whether a backslash was seen.
+fn string(json: &[u8], open: usize) -> Option<(usize, bool)> {
+    let mut i = open + 1;
+    let mut escaped = false;
+    loop {
+        let run = json.get(i..)?;
+        let at = memchr::memchr2(b'"', b'\\', run)?;
+        if has_control(&run[..at]) {
+            return None;
+        }
+        i += at;
+        if json[i] == b'"' {
+            return Some((i + 1, escaped));
+        }
+        escaped = true;
+        i += match *json.get(i + 1)? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => 2,
+            b'u' if json.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => 6,
+            _ => return None,
+        };
+    }
+}
+
+/// `json[start]` starts a number: the index after it, if it follows the grammar.
+fn number(json: &[u8], start: usize) -> Option<usize> {
+    let digits = |mut i: usize| {
+        let from = i;
+        while json.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        (i > from).then_some(i)
+    };
+    let mut i = start + usize::from(json[start] == b'-');
+    i = match *json.get(i)? {
+        b'0' => i + 1,
+        b'1'..=b'9' => digits(i)?,
+        _ => return None,
+    };
+    if json.get(i) == Some(&b'.') {
+        i = digits(i + 1)?;
+    }
+    if matches!(json.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(json.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = digits(i)?;
+    }
+    Some(i)
+}
+
+/// One scalar (string, number, literal) at `json[start]`: the index after it.
+#[inline]
+fn scalar(json: &[u8], start: usize) -> Option<usize> {
+    match *json.get(start)? {
+        b'"' => Some(string(json, start)?.0),
+        b'-' | b'0'..=b'9' => number(json, start),
+        b't' => json[start..].starts_with(b"true").then_some(start + 4),
+        b'f' => json[start..].starts_with(b"false").then_some(start + 5),
+        b'n' => json[start..].starts_with(b"null").then_some(start + 4),
+        _ => None,
+    }
+}
+
+/// `json[i]` should open an object member: its key string, the colon and the white space
+/// after it; the index of the member's value.
+#[inline]
+fn member_key(json: &[u8], i: usize) -> Option<usize> {
+    if json.get(i) != Some(&b'"') {
+        return None;
+    }
+    let (end, _) = string(json, i)?;
+    let colon = skip_ws(json, end);
+    (json.get(colon) == Some(&b':')).then(|| skip_ws(json, colon + 1))
+}
+
+/// The value starting at `json[start]` (not white space), one level below the top: the index
+/// after it, with every byte inside checked.
+fn value(json: &[u8], start: usize) -> Option<usize> {
+    // One bit per open bracket, 1 for an object; `level` of them open.
+    let mut stack: u64 = 0;
+    let mut level = 0u32;
+    let mut i = start;
+    loop {
+        // A value starts at `i`.
+        match *json.get(i)? {
+            b @ (b'{' | b'[') => {
+                level += 1;
+                if level + 1 > MAX_DEPTH {
+                    return None;
+                }
+                stack = stack << 1 | u64::from(b == b'{');
+                i = skip_ws(json, i + 1);
+                let close = if b == b'{' { b'}' } else { b']' };
+                if json.get(i) != Some(&close) {
+                    if b == b'{' {
+                        i = member_key(json, i)?;
+                    }
+                    continue;
+                }
+                // An empty object or array: a whole value, closed below.
+            }
+            _ => {
+                i = scalar(json, i)?;
+                if level == 0 {
+                    return Some(i);
+                }
+                i = skip_ws(json, i);
+            }
+        }
+        // After a value inside `level` open brackets (or at an empty one's closing bracket):
+        // close what ends here, then expect the next element.
+        loop {
+            let object = stack & 1 == 1;
+            match *json.get(i)? {
+                b'}' if object => {}
+                b']' if !object => {}
+                b',' => {
+                    i = skip_ws(json, i + 1);
+                    if object {
+                        i = member_key(json, i)?;
+                    }
+                    break;
+                }
+                _ => return None,
+            }
+            stack >>= 1;
+            level -= 1;
+            i += 1;
+            if level == 0 {
+                return Some(i);
+            }
+            i = skip_ws(json, i);
+        }
+    }
+}
+
+/// Calls `each` on every top-level member of `json`, a JSON object, in order; stops with
+/// `None` when `each` does, or when the body is not one this walk settles (see the module
+/// comment).
+pub(crate) fn members<'a>(
+    json: &'a [u8],
+    mut each: impl FnMut(Member<'a>) -> Option<()>,
+) -> Option<()> {
+    let mut i = skip_ws(json, 0);
+    if json.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(json, i + 1);
+    if json.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            if json.get(i) != Some(&b'"') {
+                return None;
+            }
+            let (key_end, key_escaped) = string(json, i)?;
+            if key_escaped {
+                return None;
+            }
+            let key = &json[i + 1..key_end - 1];
+            i = skip_ws(json, key_end);
+            if json.get(i) != Some(&b':') {
+                return None;
+            }
+            let start = skip_ws(json, i + 1);
+            let (end, escaped) = match json.get(start) {
+                Some(b'"') => string(json, start)?,
+                _ => (value(json, start)?, false),
+            };
+            each(Member {
+                key,
+                value: start..end,
+                escaped,
+            })?;
+            i = skip_ws(json, end);
+            match json.get(i) {
+                Some(b',') => i = skip_ws(json, i + 1),
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    (skip_ws(json, i) == json.len()).then_some(())
+}
+
+/// Fills `slot` with `value` once: `None` (leave it to serde) when the field is repeated
+/// (serde refuses a repeated field) or `value` is `None`.
+pub(crate) fn once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(value?);
+    Some(())
+}
+
+/// A JSON value read as serde reads an `Option<u64>`: plain digits by hand, anything else by
+/// serde; `None` when serde refuses it.
+pub(crate) fn count(v: &[u8]) -> Option<Option<u64>> {
+    let plain = !v.is_empty()
+        && v.len() <= 19
+        && v.iter().all(u8::is_ascii_digit)
+        && (v.len() == 1 || v[0] != b'0');
+    if plain {
+        return Some(Some(
+            v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+        ));
+    }
+    serde_json::from_slice(v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walk(json: &str) -> Option<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        members(json.as_bytes(), |m| {
+            out.push((
+                String::from_utf8_lossy(m.key).into_owned(),
+                json[m.value].to_owned(),
+            ));
+            Some(())
+        })?;
+        Some(out)
+    }
+
+    #[test]
+    fn walks_top_level_members_and_checks_what_it_skips() {
+        let got = walk(
+            " { \"a\" : {\"b\":[1,-0.5e+3,\"]}\\\"\\u00e9\",{},[],true,false,null]} ,\"c\":\"x\\n\" ,\"d\":[ ],\"e\":{ }}\n",
+        )
+        .unwrap();
+        let want = [
+            (
+                "a",
+                r#"{"b":[1,-0.5e+3,"]}\"\u00e9",{},[],true,false,null]}"#,
+            ),
+            ("c", r#""x\n""#),
+            ("d", "[ ]"),
+            ("e", "{ }"),
+        ];
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!((g.0.as_str(), g.1.as_str()), w);
+        }
+        assert_eq!(walk("{}").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn refuses_what_serde_refuses_and_what_it_leaves_to_serde() {
+        for bad in [
+            "",
+            "[]",
+            "{",
+            "{\"a\":1",
+            "{\"a\":1,}",
+            "{\"a\":[1,]}",
+            "{\"a\":{\"b\":1,}}",
+            "{\"a\":[,1]}",
+            "{\"a\" 1}",
+            "{\"a\":[}]}",
+            "{\"a\":{]}",
+            "{\"a\":{\"b\"}}",
+            "{\"a\":{1:2}}",
+            "{\"a\":\"unterminated}",
+            "{\"a\":\"x\\",
+            "{\"a\":\"x\\q\"}",
+            "{\"a\":\"\\u12g4\"}",
+            "{\"a\":\"tab\there\"}",
+            "{\"a\":\"new\nline\"}",
+            "{\"a\":01}",
+            "{\"a\":1.}",
+            "{\"a\":.5}",
+            "{\"a\":1e}",
+            "{\"a\":-}",
+            "{\"a\":+1}",
+            "{\"a\":tru}",
+            "{\"a\":truex}",
+            "{\"a\":nul}",
+            "{\"a\":[1 2]}",
+            "{\"a\":1} x",
+            "{\"a\":}",
+            "{a:1}",
+            "{\"a\\u0062\":1}",
+        ] {
+            assert!(walk(bad).is_none(), "{bad:?}");
+        }
+        let deep = |n: usize| format!("{{\"a\":{}{}}}", "[".repeat(n), "]".repeat(n));
+        assert!(walk(&deep(MAX_DEPTH as usize - 1)).is_some());
+        assert!(walk(&deep(MAX_DEPTH as usize)).is_none());
+    }
+
+    #[test]
+    fn finds_control_bytes_at_every_place() {
+        for len in 0..80 {
+            let clean: Vec<u8> = (0..len).map(|i| 0x20 + (i * 37 % 224) as u8).collect();
+            assert!(!has_control(&clean), "{len}");
+            for at in 0..len {
+                for ctl in [0u8, 0x01, 0x0a, 0x1f] {
+                    let mut dirty = clean.clone();
+                    dirty[at] = ctl;
+                    assert!(has_control(&dirty), "{len} {at} {ctl}");
+                }
+            }
+        }
+        // Bytes at 0x20 and above, 0x7f and 0x80..=0xff included, are not control bytes here.
+        assert!(!has_control(&[
+            0x20, 0x7f, 0x80, 0xff, 0x21, 0x20, 0xc3, 0xa9, 0x20
+        ]));
+    }
+
+    #[test]
+    fn counts_as_serde_reads_them() {
+        for v in [
+            "0",
+            "7",
+            "256",
+            "9999999999999999999",
+            "18446744073709551615",
+            "18446744073709551616",
+            "01",
+            "-0",
+            "-1",
+            "1.0",
+            "1e2",
+            "null",
+            "\"7\"",
+            "true",
+            " 7",
+            "",
+        ] {
+            let serde: Option<Option<u64>> = serde_json::from_str(v).ok();
+            assert_eq!(count(v.as_bytes()), serde, "{v:?}");
+        }
+    }
+}
