@@ -503,7 +503,13 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
                 }
             }
         }
-        drop(ubuf);
+        if self.is_sse {
+            // The last read's buffer came from the spares: back to them (the stock would
+            // otherwise lose one buffer a stream, and allocate it again).
+            give_back_wire(ubuf);
+        } else {
+            drop(ubuf);
+        }
         self.finish(&state, wire, &mut end).await;
         end
     }
