@@ -13,6 +13,7 @@ both_drivers!(
     non_streaming_round_trip,
     streaming_strips_injected_usage,
     streaming_keeps_usage_the_client_asked_for,
+    stream_events_larger_than_a_read_arrive_whole,
     chunks_reach_the_client_before_the_upstream_finishes,
     keep_alive_reuses_both_sides,
     idle_connections_park,
@@ -105,6 +106,40 @@ fn streaming_strips_injected_usage(driver: &str) {
     assert_eq!(log[0]["output_tokens"], 8);
     assert_eq!(log[0]["tokens_estimated"], false);
     assert_eq!(log[0]["stream"], true);
+}
+
+/// A stream waits for its upstream's next event without a read buffer and takes a small one
+/// from the worker's spares per read (`request::relay`): events several times that size are
+/// read in many pieces and must reach the client whole, in order, and be counted.
+fn stream_events_larger_than_a_read_arrive_whole(driver: &str) {
+    let mock = mock();
+    let gw = Gateway::start(&config(mock.addr(), "", ""), driver);
+    let mut c = gw.connect();
+    for round in 0..2 {
+        let r = c.post(
+            "/v1/chat/completions",
+            &chat("mock-stream", true),
+            "x-mock-chunks: 6\r\nx-mock-chunk-size: 10000\r\n",
+        );
+        assert_eq!(r.status, 200, "round {round}");
+        let data = r.sse_data();
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+        let mut text = 0;
+        for d in &data[..data.len() - 1] {
+            let v: serde_json::Value =
+                serde_json::from_str(d).expect("every event arrives whole, as valid JSON");
+            text += v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map_or(0, str::len);
+        }
+        assert_eq!(text, 6 * 10_000, "round {round}: all of the text");
+    }
+    let log = gw.access_lines(2);
+    for line in &log {
+        assert_eq!(line["stream"], true);
+        assert_eq!(line["output_tokens"], 6, "{line}");
+        assert_eq!(line["tokens_estimated"], false);
+    }
 }
 
 fn streaming_keeps_usage_the_client_asked_for(driver: &str) {

@@ -104,49 +104,39 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
         }
     };
     let _inflight = InflightGuard::new(worker);
-    let mut request = RequestFacts {
-        request_id: request_id(&head),
-        method: head.method().to_string(),
-        path: head.path().to_string(),
-        started,
-        bytes_in: 0,
-        trace: None,
-        start_unix_ns: 0,
-    };
-    if crate::telemetry::trace::enabled() {
-        request.trace = RequestTrace::start(
-            head.header("traceparent"),
-            worker.shared.config.tracing.sample_ratio,
-        );
-        if request.trace.is_some() {
-            request.start_unix_ns = crate::clock::unix_ns_ago(started.elapsed());
-        }
-    }
-    // A form whose `model` field is found before its end is streamed upstream from there.
     // Routed once here; a refused route is made again (with its error) only on that path.
     let route = endpoints::route(head.method(), head.path()).ok();
-    let scan = match route {
-        Some(Route::Api(endpoint)) => upload::model_scan(endpoint, &head),
-        _ => None,
-    };
-    let read = match scan {
-        Some(scan) => read_form_start(worker, client, &head, &limits, scan).await,
-        None => read_body(worker, client, &head, &limits)
-            .await
-            .map(|b| (b, None)),
-    };
-    let (body, mut rest) = match read {
-        Ok(read) => read,
-        Err(stop) => {
-            let mut answer = Answer::default();
-            if let Stop::Answer(err) = stop {
-                let bytes = respond::error(&err, false, &request.request_id);
-                (_, answer) = api::write(&mut client.wr, bytes, err.status(), false).await;
+    // In a block: the scan and the read's result are gone before the exchange is awaited.
+    let (body, mut rest) = {
+        // A form whose `model` field is found before its end is streamed upstream from there.
+        let scan = match route {
+            Some(Route::Api(endpoint)) => upload::model_scan(endpoint, &head),
+            _ => None,
+        };
+        let read = match scan {
+            Some(scan) => read_form_start(worker, client, &head, &limits, scan).await,
+            None => read_body(worker, client, &head, &limits)
+                .await
+                .map(|b| (b, None)),
+        };
+        match read {
+            Ok(read) => read,
+            Err(stop) => {
+                let request = request_facts(worker, &head, started);
+                let mut answer = Answer::default();
+                if let Stop::Answer(err) = stop {
+                    let bytes = respond::error(&err, false, &request.request_id);
+                    (_, answer) = api::write(&mut client.wr, bytes, err.status(), false).await;
+                }
+                settle(worker, Settlement::local(request, answer));
+                return false;
             }
-            settle(worker, Settlement::local(request, answer));
-            return false;
         }
     };
+    // Made once the body is read, by a plain function: a local that lived across the reads
+    // above, or that this future borrowed, would keep its place in every request's state
+    // (a stream's minutes included) after it is moved on to the exchange.
+    let mut request = request_facts(worker, &head, started);
     request.bytes_in = body.len() as u64;
     // The read buffer goes back to the worker's spares for the rest of the exchange (unless
     // it holds the start of a pipelined request): a stream can last minutes, and two thousand
@@ -169,6 +159,29 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
     // A streamed body not read to its end (refused, or the exchange failed before it was
     // sent) leaves the connection's framing unknown.
     keep && rest.is_none_or(|r| r.is_done())
+}
+
+/// What settlement records of a request whose head was read at `started`.
+fn request_facts(worker: &Worker, head: &RequestHead, started: Instant) -> RequestFacts {
+    let mut request = RequestFacts {
+        request_id: request_id(head),
+        method: head.method().to_string(),
+        path: head.path().to_string(),
+        started,
+        bytes_in: 0,
+        trace: None,
+        start_unix_ns: 0,
+    };
+    if crate::telemetry::trace::enabled() {
+        request.trace = RequestTrace::start(
+            head.header("traceparent"),
+            worker.shared.config.tracing.sample_ratio,
+        );
+        if request.trace.is_some() {
+            request.start_unix_ns = crate::clock::unix_ns_ago(started.elapsed());
+        }
+    }
+    request
 }
 
 /// Reads the start of a form body, up to its `model` field (see `request::upload`).

@@ -4,6 +4,7 @@
 //! the pool when it can; says how the answer ended so the attempt loop settles the balancer
 //! and breaker.
 
+use std::future::Future;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
@@ -68,77 +69,83 @@ struct Delivery<'a, 'w, 'c> {
 
 /// Hands a successful (or final) answer to the client: small JSON bodies are buffered so the
 /// cost can go in a header; everything else is relayed as it arrives.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn deliver(
-    worker: &Worker,
-    plan: &mut Plan,
+// Not an `async fn`: an async fn stores each by-value argument twice in its future (the
+// argument and the local it is bound to), and this one lasts as long as the stream.
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+pub(crate) fn deliver<'f, 'w, 'c>(
+    worker: &'f Worker,
+    plan: &'f mut Plan,
     sent: Sent,
     translation: Option<Translation>,
     target: Target,
     started: Instant,
-    wr: &mut ClientWrite,
-    watch: &mut ClientWatch<'_>,
-    client: &ClientSide<'_>,
-    answer: &mut Answer,
+    wr: &'f mut ClientWrite,
+    watch: &'f mut ClientWatch<'w>,
+    client: &'f ClientSide<'c>,
+    answer: &'f mut Answer,
     deadline: Instant,
-) -> Delivered {
-    let cfg = &worker.shared.config;
-    let dep = cfg
-        .models
-        .get(target.group)
-        .and_then(|m| m.deployments.get(target.deployment));
-    let Some((dep, provider)) = dep.and_then(|d| Some((d, cfg.providers.get(d.provider)?))) else {
-        return Delivered {
-            keep_alive: false,
-            relayed: Relayed::ClientGone,
-            latency: Duration::ZERO,
+) -> impl Future<Output = Delivered> + use<'f, 'w, 'c> {
+    async move {
+        let cfg = &worker.shared.config;
+        let dep = cfg
+            .models
+            .get(target.group)
+            .and_then(|m| m.deployments.get(target.deployment));
+        let Some((dep, provider)) = dep.and_then(|d| Some((d, cfg.providers.get(d.provider)?)))
+        else {
+            return Delivered {
+                keep_alive: false,
+                relayed: Relayed::ClientGone,
+                latency: Duration::ZERO,
+            };
         };
-    };
-    let status = sent.head.status;
-    answer.upstream_reused = Some(sent.conn.reuses > 0);
-    answer.status = status;
-    let success = (200..300).contains(&status);
-    let is_sse = sent.head.is_event_stream() && success;
-    answer.stream = is_sse;
-    if is_sse {
-        // No attempt follows a delivery: a stream, which holds its plan for its whole life,
-        // lets go of the request's body and forwarded headers now.
-        plan.release_body();
-    }
-    let plan = &*plan;
-    let mut d = Delivery {
-        worker,
-        plan,
-        dep,
-        provider,
-        upstream_model: if dep.model == "*" {
-            plan.inspected.model.as_str()
-        } else {
-            dep.model.as_str()
-        },
-        translation,
-        started,
-        deadline,
-        wr,
-        watch,
-        client,
-        keep_alive: client.keep_alive && !worker.shared.is_draining(),
-    };
-    // Whole answers, read first and written in one go: another dialect's (any framing; it is
-    // translated), or a small OpenAI JSON body (so its cost can go in a header).
-    // A larger sized body is read whole too when it may be compressed for the client.
-    let compression = &cfg.server.compression;
-    match (translation, is_sse, sent.head.body) {
-        (Some(_), false, _) => whole(&mut d, sent, 16 << 20, answer).await,
-        (None, false, BodyFraming::Length(n)) if success && n <= MAX_BUFFERED_BODY => {
-            whole(&mut d, sent, MAX_BUFFERED_BODY as usize, answer).await
+        let status = sent.head.status;
+        answer.upstream_reused = Some(sent.conn.reuses > 0);
+        answer.status = status;
+        let success = (200..300).contains(&status);
+        let is_sse = sent.head.is_event_stream() && success;
+        answer.stream = is_sse;
+        if is_sse {
+            // No attempt follows a delivery: a stream, which holds its plan for its whole life,
+            // lets go of the request's body and forwarded headers now.
+            plan.release_body();
         }
-        (None, false, BodyFraming::Length(n))
-            if n <= compression.max_bytes && compression.may_compress(&plan.accept_encoding) =>
-        {
-            whole(&mut d, sent, n as usize, answer).await
+        let plan = &*plan;
+        let mut d = Delivery {
+            worker,
+            plan,
+            dep,
+            provider,
+            upstream_model: if dep.model == "*" {
+                plan.inspected.model.as_str()
+            } else {
+                dep.model.as_str()
+            },
+            translation,
+            started,
+            deadline,
+            wr,
+            watch,
+            client,
+            keep_alive: client.keep_alive && !worker.shared.is_draining(),
+        };
+        // Whole answers, read first and written in one go: another dialect's (any framing; it is
+        // translated), or a small OpenAI JSON body (so its cost can go in a header).
+        // A larger sized body is read whole too when it may be compressed for the client.
+        let compression = &cfg.server.compression;
+        match (translation, is_sse, sent.head.body) {
+            (Some(_), false, _) => whole(&mut d, sent, 16 << 20, answer).await,
+            (None, false, BodyFraming::Length(n)) if success && n <= MAX_BUFFERED_BODY => {
+                whole(&mut d, sent, MAX_BUFFERED_BODY as usize, answer).await
+            }
+            (None, false, BodyFraming::Length(n))
+                if n <= compression.max_bytes
+                    && compression.may_compress(&plan.accept_encoding) =>
+            {
+                whole(&mut d, sent, n as usize, answer).await
+            }
+            _ => relay(&mut d, sent, is_sse, answer).await,
         }
-        _ => relay(&mut d, sent, is_sse, answer).await,
     }
 }
 
@@ -290,92 +297,93 @@ async fn whole(
 
 /// Relays the body as it arrives, through the filter chain: a translated or scanned event
 /// stream, or any other body with a bounded copy to read usage from.
-async fn relay(
-    d: &mut Delivery<'_, '_, '_>,
-    sent: Sent,
+// Not an `async fn`: an async fn stores each by-value argument twice in its future (the
+// argument and the local it is bound to), and this one lasts as long as the stream; the
+// block below uses the captured answer in place (its fields, not destructured copies).
+#[allow(clippy::manual_async_fn)]
+fn relay<'f, 'a, 'w, 'c>(
+    d: &'f mut Delivery<'a, 'w, 'c>,
+    mut sent: Sent,
     is_sse: bool,
-    answer: &mut Answer,
-) -> Delivered {
-    let (worker, client) = (d.worker, d.client);
-    let head_wait = d.started.elapsed();
-    let ok = (200..300).contains(&sent.head.status);
-    let client_framing = if client.http10 {
-        ClientFraming::Close
-    } else {
-        match sent.head.body {
-            BodyFraming::Empty => ClientFraming::Length(0),
-            BodyFraming::Length(n) if !is_sse => ClientFraming::Length(n),
-            _ => ClientFraming::Chunked,
-        }
-    };
-    let mut wire = Vec::with_capacity(1024 + sent.buf.len());
-    write_response_head(
-        &mut wire,
-        &sent.head,
-        &d.dep.label,
-        client_framing,
-        d.keep_alive,
-        client,
-        None,
-        d.translation.map(|_| &b"text/event-stream"[..]),
-        Default::default(),
-    );
-    if is_sse {
-        worker.metrics.open_streams.increment(1.0);
-    }
-    let Sent {
-        mut conn,
-        head,
-        buf,
-        body_at,
-    } = sent;
-    // The chain is built straight into the relay: a local that was borrowed keeps its space
-    // in this future beside the relay that owns it, for the whole stream.
-    let limits = BodyLimits {
-        idle: Duration::from_millis(d.provider.idle_timeout_ms),
-        deadline: d.deadline,
-        provider: d.provider.name.clone(),
-    };
-    let mut relay = Relay::new(
-        relay_chain(d, ok, is_sse),
-        limits,
-        client_framing,
-        is_sse,
-        (&mut conn, d.wr, d.watch),
-    );
-    let end = relay.run(head.body, wire, buf, body_at).await;
-    drop(relay);
-    if is_sse {
-        worker.metrics.open_streams.decrement(1.0);
-    }
-    record_relay(d, &end, head_wait, is_sse, answer);
-    if let Some(pivot) = end.pivot {
-        answer
-            .cache
-            .get_or_insert_with(|| Box::new(CacheNote::new(Mark::Miss)))
-            .captured = Some(pivot);
-    }
-    if end.upstream_reusable && head.keep_alive {
-        worker.pool.borrow_mut().put(
-            d.dep.provider,
-            conn,
-            Instant::now(),
-            d.provider.pool_max_idle,
+    answer: &'f mut Answer,
+) -> impl Future<Output = Delivered> + use<'f, 'a, 'w, 'c> {
+    async move {
+        let (worker, client) = (d.worker, d.client);
+        let head_wait = d.started.elapsed();
+        let ok = (200..300).contains(&sent.head.status);
+        let client_framing = if client.http10 {
+            ClientFraming::Close
+        } else {
+            match sent.head.body {
+                BodyFraming::Empty => ClientFraming::Length(0),
+                BodyFraming::Length(n) if !is_sse => ClientFraming::Length(n),
+                _ => ClientFraming::Chunked,
+            }
+        };
+        let mut wire = Vec::with_capacity(1024 + sent.buf.len());
+        write_response_head(
+            &mut wire,
+            &sent.head,
+            &d.dep.label,
+            client_framing,
+            d.keep_alive,
+            client,
+            None,
+            d.translation.map(|_| &b"text/event-stream"[..]),
+            Default::default(),
         );
-    }
-    // The balancer learns time to first token for streams, total time otherwise.
-    let latency = match (is_sse, end.first_data) {
-        (true, Some(t)) => t.saturating_duration_since(d.started),
-        _ => d.started.elapsed(),
-    };
-    Delivered {
-        keep_alive: d.keep_alive && end.client_reusable,
-        relayed: match (&end.error, end.client_gone) {
-            (_, true) => Relayed::ClientGone,
-            (Some(e), false) => Relayed::UpstreamFailed(e.label()),
-            (None, false) => Relayed::Complete,
-        },
-        latency,
+        if is_sse {
+            worker.metrics.open_streams.increment(1.0);
+        }
+        let buf = std::mem::take(&mut sent.buf);
+        // The chain is built straight into the relay: a local that was borrowed keeps its space
+        // in this future beside the relay that owns it, for the whole stream.
+        let limits = BodyLimits {
+            idle: Duration::from_millis(d.provider.idle_timeout_ms),
+            deadline: d.deadline,
+            provider: d.provider.name.clone(),
+        };
+        let mut relay = Relay::new(
+            relay_chain(d, ok, is_sse),
+            limits,
+            client_framing,
+            is_sse,
+            (&mut sent.conn, d.wr, d.watch),
+        );
+        let end = relay.run(sent.head.body, wire, buf, sent.body_at).await;
+        drop(relay);
+        if is_sse {
+            worker.metrics.open_streams.decrement(1.0);
+        }
+        record_relay(d, &end, head_wait, is_sse, answer);
+        if let Some(pivot) = end.pivot {
+            answer
+                .cache
+                .get_or_insert_with(|| Box::new(CacheNote::new(Mark::Miss)))
+                .captured = Some(pivot);
+        }
+        if end.upstream_reusable && sent.head.keep_alive {
+            worker.pool.borrow_mut().put(
+                d.dep.provider,
+                sent.conn,
+                Instant::now(),
+                d.provider.pool_max_idle,
+            );
+        }
+        // The balancer learns time to first token for streams, total time otherwise.
+        let latency = match (is_sse, end.first_data) {
+            (true, Some(t)) => t.saturating_duration_since(d.started),
+            _ => d.started.elapsed(),
+        };
+        Delivered {
+            keep_alive: d.keep_alive && end.client_reusable,
+            relayed: match (&end.error, end.client_gone) {
+                (_, true) => Relayed::ClientGone,
+                (Some(e), false) => Relayed::UpstreamFailed(e.label()),
+                (None, false) => Relayed::Complete,
+            },
+            latency,
+        }
     }
 }
 

@@ -72,48 +72,52 @@ pub struct Exchanged {
 /// The plan and the client side are borrowed: an async fn's by-value arguments are stored
 /// twice in its future (the argument and the local it is bound to), for the whole exchange.
 /// The plan mutably: a stream being delivered frees its body ([`Plan::release_body`]).
-pub async fn execute(
-    worker: &Worker,
+// Not an `async fn` (see above): the block below uses the captured `reserved` in place.
+#[allow(clippy::manual_async_fn)]
+pub fn execute<'f, 'c>(
+    worker: &'f Worker,
     reserved: Reserved<Arc<KeyEntry>>,
-    plan: &mut Plan,
-    (rd, upload): (&mut ClientRead, Option<&mut BodyRest>),
-    wr: &mut ClientWrite,
-    client: &ClientSide<'_>,
-) -> Exchanged {
-    let mut watch = ClientWatch::new(rd);
-    let mut answer = Answer {
-        stream: plan.inspected.stream,
-        ..Answer::default()
-    };
-    // The caller, for the breakers' blast-radius guard: a hash of its key id.
-    let caller = reserved
-        .principal()
-        .map(|k| sluice_core::breaker::caller_id(&k.id));
-    let (mut lp, stage) = with_env(worker, |env| {
-        reserved.attempt(env, client.started, plan.deadline_override, caller)
-    });
-    if upload.is_some() {
-        // The client's socket carries the rest of the body: not watched until it is read.
-        lp.streamed_body();
-        watch.hold();
-    }
-    let io = Io {
-        wr,
-        watch: &mut watch,
-        upload,
-    };
-    let (keep_alive, sends) = exchange(worker, &mut lp, plan, io, client, &mut answer).await;
-    let first_group = lp.first_group();
-    let report = lp.into_report();
-    record_attempts(worker, &sends, first_group, report, client, &mut answer);
-    // A client that closes after its answer was written is not a cancellation: only a race
-    // lost during the exchange (recorded there) is.
-    let (early, gone) = watch.finish().await;
-    Exchanged {
-        keep_alive: keep_alive && !gone,
-        early,
-        answer,
-        stage,
+    plan: &'f mut Plan,
+    (rd, upload): (&'f mut ClientRead, Option<&'f mut BodyRest>),
+    wr: &'f mut ClientWrite,
+    client: &'f ClientSide<'c>,
+) -> impl Future<Output = Exchanged> + use<'f, 'c> {
+    async move {
+        let mut watch = ClientWatch::new(rd);
+        let mut answer = Answer {
+            stream: plan.inspected.stream,
+            ..Answer::default()
+        };
+        // The caller, for the breakers' blast-radius guard: a hash of its key id.
+        let caller = reserved
+            .principal()
+            .map(|k| sluice_core::breaker::caller_id(&k.id));
+        let (mut lp, stage) = with_env(worker, |env| {
+            reserved.attempt(env, client.started, plan.deadline_override, caller)
+        });
+        if upload.is_some() {
+            // The client's socket carries the rest of the body: not watched until it is read.
+            lp.streamed_body();
+            watch.hold();
+        }
+        let io = Io {
+            wr,
+            watch: &mut watch,
+            upload,
+        };
+        let (keep_alive, sends) = exchange(worker, &mut lp, plan, io, client, &mut answer).await;
+        let first_group = lp.first_group();
+        let report = lp.into_report();
+        record_attempts(worker, &sends, first_group, report, client, &mut answer);
+        // A client that closes after its answer was written is not a cancellation: only a race
+        // lost during the exchange (recorded there) is.
+        let (early, gone) = watch.finish().await;
+        Exchanged {
+            keep_alive: keep_alive && !gone,
+            early,
+            answer,
+            stage,
+        }
     }
 }
 
@@ -278,8 +282,12 @@ async fn exchange(
                             continue;
                         };
                         // A streamed body: sent here, one attempt at a time.
-                        let (result, spent) =
-                            upload::send(worker, provider, request, rest, watch, deadline).await;
+                        // Boxed: the upload's state (some 2.8 KB) would otherwise size every
+                        // request's state, a stream's included, for this rare path.
+                        let (result, spent) = Box::pin(upload::send(
+                            worker, provider, request, rest, watch, deadline,
+                        ))
+                        .await;
                         if spent {
                             lp.body_spent();
                         }

@@ -67,8 +67,8 @@ pub struct ClientWatch<'a> {
     early: Vec<u8>,
 }
 
-/// The upstream read buffer an event stream keeps once its head has been read (the head
-/// itself is read into a larger one).
+/// The upstream read buffer an event stream over TLS keeps once its head has been read (a
+/// plain TCP stream holds none while it waits: it takes one from the spares per read).
 const STREAM_READ_BUF: usize = 2048;
 
 /// Spare client buffers an event stream's relay takes between two upstream reads (see
@@ -416,7 +416,12 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
             if matches!(state, Framing::Done) {
                 break;
             }
-            if self.is_sse && ubuf.capacity() > STREAM_READ_BUF {
+            // A plain event stream's read buffer is taken only once the upstream has bytes
+            // to read (see below): it waits with none.
+            let lazy = self.is_sse && self.upstream.io.is_plain();
+            if lazy {
+                give_back_wire(std::mem::take(&mut ubuf));
+            } else if self.is_sse && ubuf.capacity() > STREAM_READ_BUF {
                 // An event stream is many small reads spread over seconds or minutes: a
                 // small buffer (it still grows for an event that needs more).
                 ubuf.shrink_to(STREAM_READ_BUF);
@@ -447,7 +452,19 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
             // A coarse deadline (see `Race`) rather than a monoio timer: 640 bytes less in
             // every stream's state, and an idle timeout late by a few milliseconds.
             let raced = {
-                let mut read = pin!(self.upstream.io.read_append(ubuf));
+                let io = &mut self.upstream.io;
+                // An event stream waits for its upstream's next event most of its life: it
+                // waits for readiness without a buffer and takes one from the worker's spares
+                // when bytes are there, so two thousand silent streams hold no read buffer.
+                let mut read = pin!(async move {
+                    if lazy {
+                        if let Err(e) = io.readable().await {
+                            return (Err(e), Vec::new());
+                        }
+                        ubuf = take_wire();
+                    }
+                    io.read_append(ubuf).await
+                });
                 let mut limit = Deadline::at(now + wait);
                 let mut timed = pin!(std::future::poll_fn(|cx| {
                     if let Poll::Ready(out) = read.as_mut().poll(cx) {
@@ -486,8 +503,15 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
                 }
             }
         }
-        drop(ubuf);
-        self.finish(state, wire, end).await
+        if self.is_sse {
+            // The last read's buffer came from the spares: back to them (the stock would
+            // otherwise lose one buffer a stream, and allocate it again).
+            give_back_wire(ubuf);
+        } else {
+            drop(ubuf);
+        }
+        self.finish(&state, wire, &mut end).await;
+        end
     }
 
     /// Appends the payload of `input` to `wire` (framed for the client), advancing `state`.
@@ -577,7 +601,11 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         end
     }
 
-    async fn finish(&mut self, state: Framing, mut wire: Vec<u8>, mut end: RelayEnd) -> RelayEnd {
+    /// Ends the body for the client: what the filters add at its end, the last chunk.
+    ///
+    /// `end` is borrowed: taken and given back by value it was stored twice in this future,
+    /// and this future is the largest the relay awaits (it sized every stream's state).
+    async fn finish(&mut self, state: &Framing, mut wire: Vec<u8>, end: &mut RelayEnd) {
         end.first_data = self.first_data;
         if wire.capacity() == 0 && self.is_sse {
             wire = take_wire();
@@ -585,17 +613,19 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         let complete = matches!(state, Framing::Done) && end.error.is_none();
         let chunked_out = self.client_framing == ClientFraming::Chunked;
         let is_sse = self.is_sse;
-        let failure = end.error.as_ref().map(UpstreamError::to_gateway);
-        let body_end = match &failure {
-            Some(err) => BodyEnd::Failed(err),
-            None => BodyEnd::Complete,
-        };
-        // What an event stream's filters add at the end (a held event, the error event) is
-        // one more chunk.
-        let at = (chunked_out && is_sse).then(|| begin_chunk(&mut wire));
-        self.chain.finish(body_end, &mut wire);
-        if let Some(at) = at {
-            end_chunk(&mut wire, at);
+        {
+            let failure = end.error.as_ref().map(UpstreamError::to_gateway);
+            let body_end = match &failure {
+                Some(err) => BodyEnd::Failed(err),
+                None => BodyEnd::Complete,
+            };
+            // What an event stream's filters add at the end (a held event, the error event)
+            // is one more chunk.
+            let at = (chunked_out && is_sse).then(|| begin_chunk(&mut wire));
+            self.chain.finish(body_end, &mut wire);
+            if let Some(at) = at {
+                end_chunk(&mut wire, at);
+            }
         }
         end.usage = self.chain.usage();
         end.data_events = self.chain.data_events();
@@ -609,7 +639,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
             end.client_reusable = false;
         }
         if !wire.is_empty() {
-            match self.write(wire, &mut end).await {
+            match self.write(wire, end).await {
                 Some(w) if self.is_sse => give_back_wire(w),
                 Some(_) => {}
                 None => {
@@ -621,7 +651,6 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
             give_back_wire(wire);
         }
         end.upstream_reusable = complete && !self.trailing_bytes;
-        end
     }
 }
 

@@ -123,6 +123,23 @@ impl UpstreamIo {
         (res, slice.into_inner())
     }
 
+    /// Whether the stream is plain TCP (see [`UpstreamIo::readable`]).
+    pub fn is_plain(&self) -> bool {
+        matches!(self, UpstreamIo::Plain(_))
+    }
+
+    /// Waits, without a buffer, until a plain stream has bytes to read (or is closed); a TLS
+    /// stream is always ready (rustls may hold decrypted bytes already: read it).
+    ///
+    /// On the epoll driver the wait is relaxed (it may report ready early); the read that
+    /// follows then waits as it would have.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            UpstreamIo::Plain(s) => s.readable(true).await,
+            UpstreamIo::Tls(_) => Ok(()),
+        }
+    }
+
     /// Writes all of `buf`, returning it.
     pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
