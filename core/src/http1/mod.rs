@@ -111,17 +111,19 @@ pub(crate) fn is_tchar(b: u8) -> bool {
 /// Bytes the parser has already proved ASCII (a method token, a request-target, a field
 /// name), as `&str`, without checking them again on every call.
 ///
-/// Only for ranges of a parsed head whose bytes the parser checked byte by byte: anything
-/// else must go through `std::str::from_utf8`.
+/// # Safety
+///
+/// `bytes` must be ASCII: only ranges of a parsed head whose bytes the parser checked byte
+/// by byte (`parse_request_line` or httparse: a method is tchars, a request-target bytes in
+/// 0x21..=0x7e and the `/` the parser may add, a field name a token), or an empty range.
+/// Anything else goes through `std::str::from_utf8`. The heads' fields are private, so only
+/// the parser makes those ranges; `tests::accessors_of_parsed_heads_are_their_bytes` checks
+/// each accessor against `from_utf8` on heads of every target form, and debug builds check
+/// the bytes here.
 #[inline]
-pub(crate) fn proven_ascii(bytes: &[u8]) -> &str {
+pub(crate) unsafe fn proven_ascii(bytes: &[u8]) -> &str {
     debug_assert!(bytes.is_ascii(), "proven_ascii on non-ASCII bytes");
-    // SAFETY: every caller passes a range of a parsed head that `parse_request_line` or
-    // httparse checked byte by byte: a method is tchars, a request-target bytes in
-    // 0x21..=0x7e (and the `/` the parser may add), a field name a token (httparse hands
-    // names out as `&str` after checking them), or an empty range. ASCII is valid UTF-8.
-    // `tests::accessors_of_parsed_heads_are_their_bytes` checks each accessor against
-    // `from_utf8` on heads of every target form.
+    // SAFETY: ASCII is valid UTF-8, and the caller guarantees ASCII (see # Safety).
     unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 

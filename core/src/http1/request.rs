@@ -34,20 +34,21 @@ pub struct RequestHead {
 impl RequestHead {
     /// The method, e.g. `POST`.
     pub fn method(&self) -> &str {
-        // Checked once, by the parser (tchars only).
-        proven_ascii(&self.raw[self.method.clone()])
+        // SAFETY: the parser checked the method once: tchars only.
+        unsafe { proven_ascii(&self.raw[self.method.clone()]) }
     }
 
     /// The request target in origin-form, e.g. `/v1/chat/completions?x=1`: as sent, or the
     /// path and query of an absolute-form target (`http://h/v1/models` gives `/v1/models`).
     pub fn target(&self) -> &str {
-        // Checked once, by the parser (visible ASCII only).
-        proven_ascii(&self.raw[self.target.clone()])
+        // SAFETY: the parser checked the target once: visible ASCII only.
+        unsafe { proven_ascii(&self.raw[self.target.clone()]) }
     }
 
     /// The request target exactly as sent.
     pub fn raw_target(&self) -> &str {
-        proven_ascii(&self.raw[self.raw_target.clone()])
+        // SAFETY: the parser checked the target once: visible ASCII only.
+        unsafe { proven_ascii(&self.raw[self.raw_target.clone()]) }
     }
 
     /// Which of the four forms the target has.
@@ -65,7 +66,8 @@ impl RequestHead {
 
     /// The path without the query.
     pub fn path(&self) -> &str {
-        proven_ascii(&self.raw[self.target.start..self.path_end])
+        // SAFETY: a prefix of the target, which the parser checked: visible ASCII only.
+        unsafe { proven_ascii(&self.raw[self.target.start..self.path_end]) }
     }
 
     /// The first value of header `name` (ASCII case-insensitive).
@@ -85,8 +87,9 @@ impl RequestHead {
     /// All headers in order, as (name, value).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         self.headers.iter().map(|(n, v)| {
-            // Names are tokens: httparse checked them.
-            (proven_ascii(&self.raw[n.clone()]), &self.raw[v.clone()])
+            // SAFETY: names are tokens: httparse checked them.
+            let name = unsafe { proven_ascii(&self.raw[n.clone()]) };
+            (name, &self.raw[v.clone()])
         })
     }
 }

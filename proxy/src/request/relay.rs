@@ -62,7 +62,9 @@ pub struct ClientWatch<'a> {
     /// When to post the read.
     arm_at: Instant,
     fut: Option<WatchFuture<'a>>,
-    canceller: Canceller,
+    /// Made when the read is posted: most exchanges end before, and a canceller is an
+    /// allocation and a hash set.
+    canceller: Option<Canceller>,
     gone: bool,
     early: Vec<u8>,
 }
@@ -134,7 +136,7 @@ impl<'a> ClientWatch<'a> {
             plain,
             arm_at: Instant::now() + ARM_AFTER,
             fut: None,
-            canceller: Canceller::new(),
+            canceller: None,
             gone: false,
             early: Vec::new(),
         }
@@ -143,7 +145,7 @@ impl<'a> ClientWatch<'a> {
     /// Posts the read (plain TCP; a TLS connection's watch stays disabled).
     fn arm(&mut self) {
         if let Some(rd) = self.rd.take().and_then(ClientRead::watchable) {
-            let handle = self.canceller.handle();
+            let handle = self.canceller.get_or_insert_with(Canceller::new).handle();
             self.fut = Some(Box::pin(
                 rd.cancelable_read(Vec::with_capacity(WATCH_BUF), handle),
             ));
@@ -211,7 +213,9 @@ impl<'a> ClientWatch<'a> {
     /// Cancels the read; returns the bytes the client sent meanwhile and whether it is gone.
     pub async fn finish(mut self) -> (Vec<u8>, bool) {
         if let Some(watch) = self.fut.take() {
-            let _ = std::mem::take(&mut self.canceller).cancel();
+            if let Some(canceller) = self.canceller.take() {
+                let _ = canceller.cancel();
+            }
             let (res, buf) = watch.await;
             self.on_read(res, buf);
         }
