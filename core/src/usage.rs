@@ -261,9 +261,6 @@ fn top_level(body: &[u8]) -> Option<(Option<Usage>, Option<&str>)> {
     let mut response = None;
     let mut model = None;
     scan::members(body, |m| {
-        if m.key_escaped {
-            return None;
-        }
         let slot = match m.key {
             b"choices" => &mut choices,
             b"usage" => &mut usage,
@@ -274,7 +271,7 @@ fn top_level(body: &[u8]) -> Option<(Option<Usage>, Option<&str>)> {
         if slot.is_some() {
             return None;
         }
-        *slot = Some(m.value);
+        *slot = Some(&body[m.value]);
         Some(())
     })?;
     let null = |v: Option<&[u8]>| v.is_none_or(|v| v == b"null");

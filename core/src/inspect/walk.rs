@@ -33,14 +33,14 @@ pub(crate) struct Member<'a> {
     pub(crate) escaped: bool,
 }
 
-/// JSON's four whitespace bytes.
+/// JSON's four whitespace bytes (not `is_ascii_whitespace`, which adds form feed).
 #[inline]
-fn is_ws(b: u8) -> bool {
+pub(crate) fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\n' | b'\t' | b'\r')
 }
 
 #[inline]
-fn skip_ws(json: &[u8], mut i: usize) -> usize {
+pub(crate) fn skip_ws(json: &[u8], mut i: usize) -> usize {
     while i < json.len() && is_ws(json[i]) {
         i += 1;
     }
@@ -219,6 +219,28 @@ fn value(json: &[u8], start: usize) -> Option<usize> {
 /// comment).
 pub(crate) fn members<'a>(
     json: &'a [u8],
+    each: impl FnMut(Member<'a>) -> Option<()>,
+) -> Option<()> {
+    members_with(json, checked_value, each)
+}
+
+/// The value starting at `json[start]`, checked: the index after it, and for a string
+/// whether it has a backslash.
+#[inline]
+fn checked_value(json: &[u8], start: usize) -> Option<(usize, bool)> {
+    match json.get(start) {
+        Some(b'"') => string(json, start),
+        _ => Some((value(json, start)?, false)),
+    }
+}
+
+/// [`members`], with `skip` stepping over each value (it gets the body and where the value
+/// starts, and gives the index after it and, for a string, whether it has a backslash). The
+/// object's own structure and its keys are always checked; an escaped key ends the walk.
+/// The answer scanner in `usage` skips values without checking them.
+pub(crate) fn members_with<'a>(
+    json: &'a [u8],
+    skip: impl Fn(&'a [u8], usize) -> Option<(usize, bool)>,
     mut each: impl FnMut(Member<'a>) -> Option<()>,
 ) -> Option<()> {
     let mut i = skip_ws(json, 0);
@@ -243,10 +265,7 @@ pub(crate) fn members<'a>(
                 return None;
             }
             let start = skip_ws(json, i + 1);
-            let (end, escaped) = match json.get(start) {
-                Some(b'"') => string(json, start)?,
-                _ => (value(json, start)?, false),
-            };
+            let (end, escaped) = skip(json, start)?;
             each(Member {
                 key,
                 value: start..end,

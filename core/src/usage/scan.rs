@@ -7,39 +7,15 @@
 //! instructions instead of a serde parse of every value; the caller then parses only the few
 //! values it wants (a `usage` object) with serde.
 //!
-//! It checks structure, not grammar: bracket pairs match, strings end, members are
-//! `"key": value` separated by commas, nothing follows the object. Numbers, literals and escapes
-//! inside skipped values are not checked. A body it cannot walk, or nested deeper than
-//! [`MAX_DEPTH`], gives `None` and the caller falls back to serde, which also decides every odd
-//! case (the caller falls back for those too), so the answer on any valid JSON is serde's.
+//! The object itself is walked by the request body's walk (`inspect::walk::members_with`:
+//! members are `"key": value` separated by commas, keys end and have no escapes, nothing
+//! follows the object); only the values are skipped here, checking structure, not grammar:
+//! bracket pairs match, strings end. Numbers, literals and escapes inside skipped values are
+//! not checked. A body it cannot walk, or nested deeper than [`MAX_DEPTH`], gives `None` and
+//! the caller falls back to serde, which also decides every odd case (the caller falls back
+//! for those too), so the answer on any valid JSON is serde's.
 
-/// Deepest nesting walked (the top-level object is depth 1); deeper gives `None`. Below
-/// serde_json's recursion limit (128), so a body serde refuses for depth is never walked.
-pub(super) const MAX_DEPTH: u32 = 64;
-
-/// One top-level member.
-pub(super) struct Member<'a> {
-    /// The key between its quotes, escapes not decoded.
-    pub(super) key: &'a [u8],
-    /// Whether the key has a backslash (so `key` is not its decoded text).
-    pub(super) key_escaped: bool,
-    /// The value, from its first byte to its last (no surrounding whitespace).
-    pub(super) value: &'a [u8],
-}
-
-/// JSON's four whitespace bytes (not `is_ascii_whitespace`, which adds form feed).
-#[inline]
-fn is_ws(b: u8) -> bool {
-    matches!(b, b' ' | b'\n' | b'\t' | b'\r')
-}
-
-#[inline]
-fn skip_ws(json: &[u8], mut i: usize) -> usize {
-    while i < json.len() && is_ws(json[i]) {
-        i += 1;
-    }
-    i
-}
+use crate::inspect::walk::{self, is_ws, Member, MAX_DEPTH};
 
 /// `json[open]` is a `"`: the index after the closing quote, and whether a backslash was seen.
 #[inline]
@@ -94,12 +70,12 @@ fn skip_nested(json: &[u8], open: usize, depth: u32) -> Option<usize> {
 }
 
 /// The value starting at `json[start]` (not whitespace), one level below the top: the index
-/// after it.
+/// after it, and for a string whether it has a backslash.
 #[inline]
-fn skip_value(json: &[u8], start: usize) -> Option<usize> {
+fn skip_value(json: &[u8], start: usize) -> Option<(usize, bool)> {
     match *json.get(start)? {
-        b'"' => Some(skip_string(json, start)?.0),
-        b'{' | b'[' => skip_nested(json, start, 2),
+        b'"' => skip_string(json, start),
+        b'{' | b'[' => Some((skip_nested(json, start, 2)?, false)),
         b',' | b'}' | b']' | b':' => None,
         _ => {
             // A number or a literal: up to the next delimiter.
@@ -107,55 +83,19 @@ fn skip_value(json: &[u8], start: usize) -> Option<usize> {
                 .iter()
                 .position(|&b| matches!(b, b',' | b'}' | b']') || is_ws(b))
                 .unwrap_or(json.len() - start);
-            Some(start + len)
+            Some((start + len, false))
         }
     }
 }
 
-/// Calls `each` on every top-level member of `json`, a JSON object, in order; stops with
-/// `None` when `each` does, or when `json` is not an object this walk can read (see the module
-/// comment).
+/// Calls `each` on every top-level member of `json`, a JSON object, in order, with its
+/// value skipped unchecked; stops with `None` when `each` does, or when `json` is not an
+/// object this walk can read (see the module comment).
 pub(super) fn members<'a>(
     json: &'a [u8],
-    mut each: impl FnMut(Member<'a>) -> Option<()>,
+    each: impl FnMut(Member<'a>) -> Option<()>,
 ) -> Option<()> {
-    let mut i = skip_ws(json, 0);
-    if json.get(i) != Some(&b'{') {
-        return None;
-    }
-    i = skip_ws(json, i + 1);
-    if json.get(i) == Some(&b'}') {
-        i += 1;
-    } else {
-        loop {
-            if json.get(i) != Some(&b'"') {
-                return None;
-            }
-            let (key_end, key_escaped) = skip_string(json, i)?;
-            let key = &json[i + 1..key_end - 1];
-            i = skip_ws(json, key_end);
-            if json.get(i) != Some(&b':') {
-                return None;
-            }
-            let start = skip_ws(json, i + 1);
-            let end = skip_value(json, start)?;
-            each(Member {
-                key,
-                key_escaped,
-                value: &json[start..end],
-            })?;
-            i = skip_ws(json, end);
-            match json.get(i) {
-                Some(b',') => i = skip_ws(json, i + 1),
-                Some(b'}') => {
-                    i += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
-    }
-    (skip_ws(json, i) == json.len()).then_some(())
+    walk::members_with(json, skip_value, each)
 }
 
 #[cfg(test)]
@@ -167,8 +107,8 @@ mod tests {
         members(json, |m| {
             out.push((
                 String::from_utf8_lossy(m.key).into_owned(),
-                m.key_escaped,
-                String::from_utf8_lossy(m.value).into_owned(),
+                m.escaped,
+                String::from_utf8_lossy(&json[m.value]).into_owned(),
             ));
             Some(())
         })?;
@@ -178,13 +118,13 @@ mod tests {
     #[test]
     fn walks_top_level_members_only() {
         let got = walk(
-            br#" { "a" : {"usage":{"x":[1,"]}"]}} ,"b\"usage":"s\\\"}" ,"c":-1.5e3,"d":[[],{}],"e":null}
+            br#" { "a" : {"usage":{"x":[1,"]}"]}} ,"b":"s\\\"}" ,"c":-1.5e3,"d":[[],{}],"e":null}
 "#,
         )
         .unwrap();
         let want = [
             ("a", false, r#"{"usage":{"x":[1,"]}"]}}"#),
-            (r#"b\"usage"#, true, r#""s\\\"}""#),
+            ("b", true, r#""s\\\"}""#),
             ("c", false, "-1.5e3"),
             ("d", false, "[[],{}]"),
             ("e", false, "null"),
@@ -212,6 +152,8 @@ mod tests {
             b"{\"a\":1} x",
             b"{\"a\":}",
             b"{a:1}",
+            // An escaped key: left to serde.
+            b"{\"b\\\"usage\":1}",
         ] {
             assert!(walk(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
         }

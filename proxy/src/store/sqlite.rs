@@ -333,7 +333,7 @@ const ROW_PARAMS: usize = USAGE_PARAMS - NAME_PARAMS;
 
 /// The `INSERT` of `ROWS_PER_INSERT[size]` rows that share their key, team, model and
 /// deployment: those four are bound once (`?1` to `?4`, repeated in every row), the rest row by
-/// row ([`bind_row`]). A batch of one key and one model (most batches) then binds and copies
+/// row ([`with_row`]). A batch of one key and one model (most batches) then binds and copies
 /// a quarter of the text a [`insert_sql`] statement does. Only sizes above one.
 fn insert_shared_sql(size: usize) -> &'static str {
     static SQL: std::sync::OnceLock<[String; ROWS_PER_INSERT.len()]> = std::sync::OnceLock::new();
@@ -381,25 +381,21 @@ fn shares_names(chunk: &[UsageRecord]) -> bool {
     })
 }
 
-/// Binds `r`'s key, team, model and deployment to `?1` to `?4` of a [`insert_shared_sql`]
-/// statement.
-fn bind_names(stmt: &mut rusqlite::Statement<'_>, r: &UsageRecord) -> Result<()> {
-    let values: [&dyn ToSql; NAME_PARAMS] = [
+/// Calls `f` with `r`'s key, team, model and deployment: bound once for all rows of a
+/// [`insert_shared_sql`] statement (`?1` to `?4`), in every row of an [`insert_sql`] one.
+fn with_names<T>(r: &UsageRecord, f: impl FnOnce(&[&dyn ToSql; NAME_PARAMS]) -> T) -> T {
+    f(&[
         &r.key_id.as_deref(),
         &r.team.as_deref(),
         &&*r.model,
         &r.deployment.as_deref(),
-    ];
-    for (i, v) in values.into_iter().enumerate() {
-        stmt.raw_bind_parameter(i + 1, v)?;
-    }
-    Ok(())
+    ])
 }
 
-/// Binds the rest of `r` (all but [`bind_names`]'s) to the parameters after the first
-/// `before` of a [`insert_shared_sql`] statement.
-fn bind_row(stmt: &mut rusqlite::Statement<'_>, before: usize, r: &UsageRecord) -> Result<()> {
-    let values: [&dyn ToSql; ROW_PARAMS] = [
+/// Calls `f` with the rest of `r`, in column order: `request_id`, `ts_ms`, then (after the
+/// names, in an [`insert_sql`] row) the ten numbers.
+fn with_row<T>(r: &UsageRecord, f: impl FnOnce(&[&dyn ToSql; ROW_PARAMS]) -> T) -> T {
+    f(&[
         &r.request_id,
         &int(r.ts_ms),
         &int(r.usage.input_tokens),
@@ -412,37 +408,26 @@ fn bind_row(stmt: &mut rusqlite::Statement<'_>, before: usize, r: &UsageRecord) 
         &int(r.latency_ms),
         &r.cache,
         &int(r.saved_micros),
-    ];
-    for (i, v) in values.into_iter().enumerate() {
+    ])
+}
+
+/// Binds `values` to the parameters after the first `before` of `stmt`.
+fn bind(stmt: &mut rusqlite::Statement<'_>, before: usize, values: &[&dyn ToSql]) -> Result<()> {
+    for (i, v) in values.iter().enumerate() {
         stmt.raw_bind_parameter(before + i + 1, v)?;
     }
     Ok(())
 }
 
-/// Binds `r` to the parameters after the first `before` of `stmt`.
+/// Binds all of `r` to the parameters after the first `before` of an [`insert_sql`]
+/// statement: `request_id`, `ts_ms`, the names, then the numbers.
 fn bind_usage(stmt: &mut rusqlite::Statement<'_>, before: usize, r: &UsageRecord) -> Result<()> {
-    let values: [&dyn ToSql; USAGE_PARAMS] = [
-        &r.request_id,
-        &int(r.ts_ms),
-        &r.key_id.as_deref(),
-        &r.team.as_deref(),
-        &&*r.model,
-        &r.deployment.as_deref(),
-        &int(r.usage.input_tokens),
-        &int(r.usage.output_tokens),
-        &int(r.usage.cached_tokens),
-        &int(r.usage.reasoning_tokens),
-        &r.usage.estimated,
-        &int(r.cost_micros),
-        &r.status,
-        &int(r.latency_ms),
-        &r.cache,
-        &int(r.saved_micros),
-    ];
-    for (i, v) in values.into_iter().enumerate() {
-        stmt.raw_bind_parameter(before + i + 1, v)?;
-    }
-    Ok(())
+    with_row(r, |row| {
+        let (id_ts, numbers) = row.split_at(2);
+        bind(stmt, before, id_ts)?;
+        with_names(r, |names| bind(stmt, before + 2, names))?;
+        bind(stmt, before + 2 + NAME_PARAMS, numbers)
+    })
 }
 
 /// The spend report's query: ledger rows in `?1 <= ts_ms < ?2` (read through `ledger_ts`),
@@ -733,9 +718,9 @@ impl Sqlite {
                         Some(s) => s,
                         None => shared.insert(self.conn.prepare_cached(insert_shared_sql(size))?),
                     };
-                    bind_names(insert, &chunk[0])?;
+                    with_names(&chunk[0], |names| bind(insert, 0, names))?;
                     for (i, r) in chunk.iter().enumerate() {
-                        bind_row(insert, NAME_PARAMS + i * ROW_PARAMS, r)?;
+                        with_row(r, |row| bind(insert, NAME_PARAMS + i * ROW_PARAMS, row))?;
                     }
                     insert.raw_execute()?;
                 } else {
