@@ -254,11 +254,22 @@ def log_field(stdout: Path, matches: Callable[[dict], bool], name: str):
     return None
 
 
-def start_gateway(d: Path, config_text: str, env: dict[str, str] | None = None) -> Gateway:
+def readyz_over_http(addr: str) -> bool:
+    """Whether `GET /readyz` on `addr` (host:port, plain HTTP) answers 200."""
+    try:
+        with urllib.request.urlopen(f"http://{addr}/readyz", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_gateway(d: Path, config_text: str, env: dict[str, str] | None = None,
+                  ready: Callable[[str], bool] = readyz_over_http) -> Gateway:
     """Starts `sluice serve` with `config_text` (written to `d`), with `env` added to its
-    environment, and waits until it is ready (and its admin listener, if the config has one,
-    is bound). The caller stops it with `stop(gateway.proc)`; tests use the `gateway` and
-    `launch_gateway` fixtures, which do."""
+    environment, and waits until `ready(listen_addr)` holds (by default: `/readyz` answers
+    200 over plain HTTP) and its admin listener, if the config has one, is bound. The caller
+    stops it with `stop(gateway.proc)`; tests use the `gateway` and `launch_gateway`
+    fixtures, which do."""
     config = d / "sluice.toml"
     config.write_text(config_text)
     stdout, stderr = d / "sluice.stdout", d / "sluice.stderr"
@@ -281,14 +292,7 @@ def start_gateway(d: Path, config_text: str, env: dict[str, str] | None = None) 
 
     addr = wait_for("the gateway's `sluice listening` line", listening, proc, logs)
 
-    def ready():
-        try:
-            with urllib.request.urlopen(f"http://{addr}/readyz", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    wait_for("GET /readyz answering 200", ready, proc, logs)
+    wait_for("GET /readyz answering 200", lambda: ready(addr), proc, logs)
 
     def admin_addr():
         return log_field(stdout, lambda rec: "admin listener" in str(rec.get("message")), "admin")

@@ -4,8 +4,6 @@ only that CA. Covers a completion and a stream end to end through the TLS listen
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import ssl
 import subprocess
@@ -16,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import API_KEY, MOCK_CHUNKS, binary, gateway_config, stop, wait_for
+from conftest import API_KEY, MOCK_CHUNKS, gateway_config, start_gateway, stop
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 
@@ -49,33 +47,10 @@ def tls_gateway(mock, tmp_path_factory):
         f'workers = 2\n\n[server.tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n',
         1,
     )
-    path = d / "sluice.toml"
-    path.write_text(config)
-    stdout, stderr = d / "sluice.stdout", d / "sluice.stderr"
-    env = os.environ.copy()
-    env.pop("RUST_LOG", None)
-    with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        proc = subprocess.Popen(
-            [str(binary("sluice")), "serve", "--config", str(path)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-        )
-    logs = [stdout, stderr]
-
-    def listening():
-        for line in stdout.read_text(errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("message") == "sluice listening" and rec.get("listen"):
-                return rec["listen"]
-        return None
-
-    addr = wait_for("the gateway's `sluice listening` line", listening, proc, logs)
-    port = addr.rsplit(":", 1)[1]
     ctx = ssl.create_default_context(cafile=str(ca))
 
-    def ready():
+    def ready_over_tls(addr: str) -> bool:
+        port = addr.rsplit(":", 1)[1]
         try:
             with urllib.request.urlopen(f"https://localhost:{port}/readyz", timeout=2,
                                         context=ctx) as r:
@@ -83,9 +58,10 @@ def tls_gateway(mock, tmp_path_factory):
         except OSError:
             return False
 
-    wait_for("GET /readyz over TLS answering 200", ready, proc, logs)
+    gw = start_gateway(d, config, ready=ready_over_tls)
+    port = gw.addr.rsplit(":", 1)[1]
     yield f"https://localhost:{port}/v1", ca
-    stop(proc)
+    stop(gw.proc)
 
 
 @pytest.fixture()
