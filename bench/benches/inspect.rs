@@ -7,9 +7,11 @@
 //!   and building nothing: the floor for any serde-based probe.
 //! - `inspect/utf8_only/*` and `inspect/serde_ignored_str/*`: the two passes `probe` makes
 //!   (`std::str::from_utf8`, then serde_json over the `&str`), timed apart.
-//! - `parsers/{serde_probe,sonic_probe,sonic_get,simd_probe}/{1KB,10KB,200KB}`: the same
-//!   routing fields read by serde_json's borrowed probe (`inspect`, what the gateway runs), by
-//!   sonic-rs into the same borrowed struct (`LazyValue`s keep the raw spans the splice
+//! - `parsers/{walk,serde_probe,sonic_probe,sonic_get,simd_probe}/{1KB,10KB,200KB}`: the
+//!   same routing fields read by `inspect` (what the gateway runs: a validating walk over the
+//!   top-level members, serde only for bodies it does not settle), by serde_json's borrowed
+//!   probe (`RawValue`s keep the spans; the path `inspect` used before the walk, and still its
+//!   fallback), by sonic-rs into the same borrowed struct (`LazyValue`s keep the raw spans the splice
 //!   rewrite needs), by sonic-rs's `get_many` (no full validation of the rest of the body),
 //!   and by simd-json (parses in place, so on a copy of the body, copy included; its strings
 //!   then point into the mutated copy, so spans into the original must be found again).
@@ -117,6 +119,23 @@ fn bench_rewrite(c: &mut Criterion) {
     g.finish();
 }
 
+/// The probe's fields, for serde_json: raw borrowed values where the gateway keeps spans.
+#[derive(serde::Deserialize)]
+struct SerdeProbe<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(borrow, default)]
+    stream_options: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+}
+
 /// The probe's fields, for sonic-rs: raw borrowed values where the gateway keeps spans.
 #[derive(serde::Deserialize)]
 struct SonicProbe<'a> {
@@ -159,16 +178,33 @@ fn bench_parsers(c: &mut Criterion) {
     for (label, size) in PARSER_SIZES {
         let body = chat_body(size);
         g.throughput(Throughput::Bytes(body.len() as u64));
-        // All four must read the same model, so none skips the work.
+        // All five must read the same model, so none skips the work.
         let want = inspect(&body).unwrap().model;
+        let serde: SerdeProbe<'_> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(serde.model.unwrap().get(), format!("\"{want}\""));
         let sonic: SonicProbe<'_> = sonic_rs::from_slice(&body).unwrap();
         assert_eq!(sonic.model.unwrap().as_raw_str(), format!("\"{want}\""));
         let mut copy = body.clone();
         let simd: SimdProbe<'_> = simd_json::serde::from_slice(&mut copy).unwrap();
         assert_eq!(simd.model, Some(want.as_str()));
 
-        g.bench_with_input(BenchmarkId::new("serde_probe", label), &body, |b, body| {
+        g.bench_with_input(BenchmarkId::new("walk", label), &body, |b, body| {
             b.iter(|| inspect(black_box(body)).unwrap())
+        });
+        // Over the same `&str` `inspect` makes (UTF-8 checked first, as it does).
+        g.bench_with_input(BenchmarkId::new("serde_probe", label), &body, |b, body| {
+            b.iter(|| {
+                let text = std::str::from_utf8(black_box(body)).unwrap();
+                let p: SerdeProbe<'_> = serde_json::from_str(text).unwrap();
+                black_box((
+                    p.model.map(|m| m.get().len()),
+                    p.stream,
+                    p.stream_options.map(|o| o.get().len()),
+                    p.max_tokens
+                        .or(p.max_completion_tokens)
+                        .or(p.max_output_tokens),
+                ))
+            })
         });
         g.bench_with_input(BenchmarkId::new("sonic_probe", label), &body, |b, body| {
             b.iter(|| {
