@@ -1,0 +1,200 @@
+//! A worker's memo of the keys it authenticated last, so a client that sends the same key on
+//! every request (all of them do) costs a constant-time comparison instead of a SHA-256 and
+//! a map lookup.
+//!
+//! ```text
+//! presented key ─► memo of this worker (same index generation?) ─ hit ─► its entry
+//!                        └─ miss ─► SHA-256 ─► index by hash ─► constant-time check ─► remember
+//! ```
+//!
+//! Each slot holds a presented key's bytes and the entry the index gave for them. A lookup
+//! compares the presented bytes with every slot's in constant time (the time depends on the
+//! lengths only), so it reveals no more than the index lookup did. The memo belongs to the
+//! index it was filled from: every [`Index`](super::auth::Index) has its own generation, and
+//! a memo that meets another generation (the admin thread swapped in a new index: a key was
+//! created, changed, disabled or deleted) forgets everything first. Only keys the index
+//! found are remembered, so unknown keys take the full path every time and cannot evict the
+//! keys in use for long. Expiry and the disabled flag are checked by the caller on every
+//! request, from the entry.
+//!
+//! The key bytes stay in this thread's memory (as they already are in its request buffer);
+//! nothing here is logged or printed (no `Debug`), and they are wiped when replaced.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use super::auth::KeyEntry;
+
+/// Keys remembered per worker: a few clients' keys at once (more distinct keys than this
+/// in turn still work, through the full path).
+const SLOTS: usize = 4;
+
+/// Longest key remembered (Sluice's keys are 53 bytes); longer ones take the full path.
+const MAX_KEY: usize = 96;
+
+/// One remembered key.
+struct Slot {
+    len: usize,
+    bytes: [u8; MAX_KEY],
+    entry: Arc<KeyEntry>,
+}
+
+/// The keys this worker authenticated last, for one index generation.
+#[derive(Default)]
+pub struct KeyMemo {
+    generation: u64,
+    slots: [Option<Slot>; SLOTS],
+    /// The slot the next new key goes to (round robin).
+    next: usize,
+}
+
+impl KeyMemo {
+    /// The entry remembered for `key` under index `generation`; forgets everything when the
+    /// generation changed.
+    pub fn find(&mut self, generation: u64, key: &[u8]) -> Option<&Arc<KeyEntry>> {
+        if generation != self.generation {
+            self.clear();
+            self.generation = generation;
+            return None;
+        }
+        let mut found = None;
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some(s) = slot {
+                // Lengths are not secret (every Sluice key has the same); the bytes are
+                // compared in constant time.
+                if s.len == key.len() && sluice_core::keys::constant_time_eq(&s.bytes[..s.len], key)
+                {
+                    found = Some(i);
+                }
+            }
+        }
+        found.and_then(|i| self.slots[i].as_ref()).map(|s| &s.entry)
+    }
+
+    /// Remembers that `key` is `entry` under index `generation`.
+    pub fn remember(&mut self, generation: u64, key: &[u8], entry: &Arc<KeyEntry>) {
+        if key.len() > MAX_KEY {
+            return;
+        }
+        if generation != self.generation {
+            self.clear();
+            self.generation = generation;
+        }
+        let mut bytes = [0u8; MAX_KEY];
+        bytes[..key.len()].copy_from_slice(key);
+        let slot = &mut self.slots[self.next];
+        wipe(slot);
+        *slot = Some(Slot {
+            len: key.len(),
+            bytes,
+            entry: entry.clone(),
+        });
+        self.next = (self.next + 1) % SLOTS;
+    }
+
+    /// Forgets every key.
+    pub fn clear(&mut self) {
+        for slot in &mut self.slots {
+            wipe(slot);
+        }
+        self.next = 0;
+    }
+}
+
+/// Overwrites a slot's key bytes, then empties it.
+fn wipe(slot: &mut Option<Slot>) {
+    if let Some(s) = slot {
+        s.bytes.fill(0);
+        // The zeroes must be written even though the slot is dropped next.
+        std::hint::black_box(&s.bytes);
+    }
+    *slot = None;
+}
+
+thread_local! {
+    /// This worker's memo (each data-plane worker is a thread of its own).
+    static MEMO: RefCell<KeyMemo> = RefCell::new(KeyMemo::default());
+}
+
+/// Runs `f` with this thread's memo.
+pub fn with_memo<T>(f: impl FnOnce(&mut KeyMemo) -> T) -> T {
+    MEMO.with_borrow_mut(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::auth::{build_index, Index};
+    use crate::store::Scope;
+    use sluice_core::keys::{self, KeyRecord, Limits};
+    use sluice_core::limits::BudgetPeriod;
+
+    fn index(ids: &[&str]) -> Index {
+        let keys = ids
+            .iter()
+            .map(|id| {
+                let secret = format!("sk-sluice-{id}");
+                let record = KeyRecord {
+                    id: (*id).into(),
+                    name: (*id).into(),
+                    team: "t".into(),
+                    user: None,
+                    hash: keys::hash_hex(&secret),
+                    prefix: keys::visible_prefix(&secret),
+                    models: vec![],
+                    limits: Limits::default(),
+                    expires_at_unix: None,
+                    disabled: false,
+                    metadata: serde_json::Value::Null,
+                    created_at_unix: 0,
+                };
+                (record, false)
+            })
+            .collect();
+        let none = |_: Scope, _: &str, _: BudgetPeriod| 0;
+        build_index(keys, vec![], &Index::default(), 1, &none, 0)
+    }
+
+    #[test]
+    fn finds_only_the_same_bytes_of_the_same_generation() {
+        let idx = index(&["a", "b"]);
+        let a = idx.key("a").unwrap().clone();
+        let g = idx.generation();
+        let mut memo = KeyMemo::default();
+        assert!(memo.find(g, b"sk-sluice-a").is_none());
+        memo.remember(g, b"sk-sluice-a", &a);
+        assert!(Arc::ptr_eq(memo.find(g, b"sk-sluice-a").unwrap(), &a));
+        // Another key, a prefix, a longer key: not found.
+        assert!(memo.find(g, b"sk-sluice-b").is_none());
+        assert!(memo.find(g, b"sk-sluice-").is_none());
+        assert!(memo.find(g, b"sk-sluice-aa").is_none());
+        // A new index (another generation) empties the memo, even for the same key.
+        let idx2 = index(&["a", "b"]);
+        assert_ne!(idx2.generation(), g);
+        assert!(memo.find(idx2.generation(), b"sk-sluice-a").is_none());
+        assert!(memo.find(g, b"sk-sluice-a").is_none());
+    }
+
+    #[test]
+    fn keeps_the_last_few_keys_and_skips_long_ones() {
+        let ids: Vec<String> = (0..SLOTS + 1).map(|i| format!("k{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let idx = index(&refs);
+        let g = idx.generation();
+        let mut memo = KeyMemo::default();
+        for id in &ids {
+            let secret = format!("sk-sluice-{id}");
+            memo.remember(g, secret.as_bytes(), idx.key(id).unwrap());
+        }
+        // The first was replaced by the last; the others are there.
+        assert!(memo.find(g, b"sk-sluice-k0").is_none());
+        for id in &ids[1..] {
+            let secret = format!("sk-sluice-{id}");
+            let found = memo.find(g, secret.as_bytes()).unwrap();
+            assert_eq!(&*found.id, id.as_str());
+        }
+        let long = vec![b'x'; MAX_KEY + 1];
+        memo.remember(g, &long, idx.key("k1").unwrap());
+        assert!(memo.find(g, &long).is_none());
+    }
+}
