@@ -38,7 +38,7 @@ use sluice_core::limiter::{Ask, Denied, Refusal};
 use sluice_core::limits::{self, period_start, BudgetPeriod, LimitSet};
 
 use crate::listen::respond::HeaderValue;
-use crate::request::key_memo::with_memo;
+use crate::request::key_memo::KeyMemo;
 use crate::store::{LedgerSender, Scope, UsageRecord};
 use crate::telemetry::log::AccessRecord;
 
@@ -240,6 +240,16 @@ pub fn build_index(
     }
     index.teams = team_map;
     index
+}
+
+thread_local! {
+    /// This worker's memo of the keys it saw last (each data-plane worker is a thread).
+    static MEMO: std::cell::RefCell<KeyMemo<Arc<KeyEntry>>> = std::cell::RefCell::default();
+}
+
+/// Runs `f` with this thread's key memo.
+fn with_memo<T>(f: impl FnOnce(&mut KeyMemo<Arc<KeyEntry>>) -> T) -> T {
+    MEMO.with_borrow_mut(f)
 }
 
 /// Metric handles for admission.

@@ -20,11 +20,6 @@
 //! The key bytes stay in this thread's memory (as they already are in its request buffer);
 //! nothing here is logged or printed (no `Debug`), and they are wiped when replaced.
 
-use std::cell::RefCell;
-use std::sync::Arc;
-
-use super::auth::KeyEntry;
-
 /// Keys remembered per worker: a few clients' keys at once (more distinct keys than this
 /// in turn still work, through the full path).
 const SLOTS: usize = 4;
@@ -32,26 +27,36 @@ const SLOTS: usize = 4;
 /// Longest key remembered (Sluice's keys are 53 bytes); longer ones take the full path.
 const MAX_KEY: usize = 96;
 
-/// One remembered key.
-struct Slot {
+/// One remembered key and what it stands for.
+struct Slot<E> {
     len: usize,
     bytes: [u8; MAX_KEY],
-    entry: Arc<KeyEntry>,
+    entry: E,
 }
 
-/// The keys this worker authenticated last, for one index generation.
-#[derive(Default)]
-pub struct KeyMemo {
+/// The keys this worker authenticated last, for one index generation, each with its entry
+/// (`E`: the index's `Arc<KeyEntry>`).
+pub struct KeyMemo<E> {
     generation: u64,
-    slots: [Option<Slot>; SLOTS],
+    slots: [Option<Slot<E>>; SLOTS],
     /// The slot the next new key goes to (round robin).
     next: usize,
 }
 
-impl KeyMemo {
+impl<E> Default for KeyMemo<E> {
+    fn default() -> Self {
+        KeyMemo {
+            generation: 0,
+            slots: std::array::from_fn(|_| None),
+            next: 0,
+        }
+    }
+}
+
+impl<E: Clone> KeyMemo<E> {
     /// The entry remembered for `key` under index `generation`; forgets everything when the
     /// generation changed.
-    pub fn find(&mut self, generation: u64, key: &[u8]) -> Option<&Arc<KeyEntry>> {
+    pub fn find(&mut self, generation: u64, key: &[u8]) -> Option<&E> {
         if generation != self.generation {
             self.clear();
             self.generation = generation;
@@ -72,7 +77,7 @@ impl KeyMemo {
     }
 
     /// Remembers that `key` is `entry` under index `generation`.
-    pub fn remember(&mut self, generation: u64, key: &[u8], entry: &Arc<KeyEntry>) {
+    pub fn remember(&mut self, generation: u64, key: &[u8], entry: &E) {
         if key.len() > MAX_KEY {
             return;
         }
@@ -102,7 +107,7 @@ impl KeyMemo {
 }
 
 /// Overwrites a slot's key bytes, then empties it.
-fn wipe(slot: &mut Option<Slot>) {
+fn wipe<E>(slot: &mut Option<Slot<E>>) {
     if let Some(s) = slot {
         s.bytes.fill(0);
         // The zeroes must be written even though the slot is dropped next.
@@ -111,23 +116,14 @@ fn wipe(slot: &mut Option<Slot>) {
     *slot = None;
 }
 
-thread_local! {
-    /// This worker's memo (each data-plane worker is a thread of its own).
-    static MEMO: RefCell<KeyMemo> = RefCell::new(KeyMemo::default());
-}
-
-/// Runs `f` with this thread's memo.
-pub fn with_memo<T>(f: impl FnOnce(&mut KeyMemo) -> T) -> T {
-    MEMO.with_borrow_mut(f)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::auth::{build_index, Index};
+    use crate::request::auth::{build_index, Index, KeyEntry};
     use crate::store::Scope;
     use sluice_core::keys::{self, KeyRecord, Limits};
     use sluice_core::limits::BudgetPeriod;
+    use std::sync::Arc;
 
     fn index(ids: &[&str]) -> Index {
         let keys = ids
@@ -160,7 +156,7 @@ mod tests {
         let idx = index(&["a", "b"]);
         let a = idx.key("a").unwrap().clone();
         let g = idx.generation();
-        let mut memo = KeyMemo::default();
+        let mut memo = KeyMemo::<Arc<KeyEntry>>::default();
         assert!(memo.find(g, b"sk-sluice-a").is_none());
         memo.remember(g, b"sk-sluice-a", &a);
         assert!(Arc::ptr_eq(memo.find(g, b"sk-sluice-a").unwrap(), &a));
@@ -181,7 +177,7 @@ mod tests {
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let idx = index(&refs);
         let g = idx.generation();
-        let mut memo = KeyMemo::default();
+        let mut memo = KeyMemo::<Arc<KeyEntry>>::default();
         for id in &ids {
             let secret = format!("sk-sluice-{id}");
             memo.remember(g, secret.as_bytes(), idx.key(id).unwrap());
