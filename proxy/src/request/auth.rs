@@ -719,6 +719,31 @@ mod tests {
     }
 
     #[test]
+    fn every_index_has_its_own_generation_and_keys_are_found_again() {
+        let none = |_: Scope, _: &str, _: BudgetPeriod| 0;
+        let a = build_index(
+            vec![(key("a", "t", None), false)],
+            vec![],
+            &Index::default(),
+            1,
+            &none,
+            0,
+        );
+        let b = build_index(vec![(key("a", "t", None), false)], vec![], &a, 1, &none, 0);
+        assert_ne!(a.generation(), b.generation());
+        assert_ne!(a.generation(), Index::default().generation());
+        // The memo serves a key seen before and is emptied by a new index.
+        let mut memo = KeyMemo::<Arc<KeyEntry>>::default();
+        let entry = a.key("a").unwrap();
+        memo.remember(a.generation(), b"sk-sluice-a", entry);
+        assert!(Arc::ptr_eq(
+            memo.find(a.generation(), b"sk-sluice-a").unwrap(),
+            entry
+        ));
+        assert!(memo.find(b.generation(), b"sk-sluice-a").is_none());
+    }
+
+    #[test]
     fn model_lists() {
         let k = key("a", "t", None);
         assert!(k.allows_model("mock-fast") && k.allows_model("gpt-4o"));

@@ -10,7 +10,7 @@
 //! Each slot holds a presented key's bytes and the entry the index gave for them. A lookup
 //! compares the presented bytes with every slot's in constant time (the time depends on the
 //! lengths only), so it reveals no more than the index lookup did. The memo belongs to the
-//! index it was filled from: every [`Index`](super::auth::Index) has its own generation, and
+//! index it was filled from: every key index has its own generation, and
 //! a memo that meets another generation (the admin thread swapped in a new index: a key was
 //! created, changed, disabled or deleted) forgets everything first. Only keys the index
 //! found are remembered, so unknown keys take the full path every time and cannot evict the
@@ -119,78 +119,41 @@ fn wipe<E>(slot: &mut Option<Slot<E>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::auth::{build_index, Index, KeyEntry};
-    use crate::store::Scope;
-    use sluice_core::keys::{self, KeyRecord, Limits};
-    use sluice_core::limits::BudgetPeriod;
-    use std::sync::Arc;
-
-    fn index(ids: &[&str]) -> Index {
-        let keys = ids
-            .iter()
-            .map(|id| {
-                let secret = format!("sk-sluice-{id}");
-                let record = KeyRecord {
-                    id: (*id).into(),
-                    name: (*id).into(),
-                    team: "t".into(),
-                    user: None,
-                    hash: keys::hash_hex(&secret),
-                    prefix: keys::visible_prefix(&secret),
-                    models: vec![],
-                    limits: Limits::default(),
-                    expires_at_unix: None,
-                    disabled: false,
-                    metadata: serde_json::Value::Null,
-                    created_at_unix: 0,
-                };
-                (record, false)
-            })
-            .collect();
-        let none = |_: Scope, _: &str, _: BudgetPeriod| 0;
-        build_index(keys, vec![], &Index::default(), 1, &none, 0)
-    }
 
     #[test]
     fn finds_only_the_same_bytes_of_the_same_generation() {
-        let idx = index(&["a", "b"]);
-        let a = idx.key("a").unwrap().clone();
-        let g = idx.generation();
-        let mut memo = KeyMemo::<Arc<KeyEntry>>::default();
-        assert!(memo.find(g, b"sk-sluice-a").is_none());
-        memo.remember(g, b"sk-sluice-a", &a);
-        assert!(Arc::ptr_eq(memo.find(g, b"sk-sluice-a").unwrap(), &a));
+        let mut memo = KeyMemo::<u32>::default();
+        assert!(memo.find(7, b"sk-sluice-a").is_none());
+        memo.remember(7, b"sk-sluice-a", &1);
+        assert_eq!(memo.find(7, b"sk-sluice-a"), Some(&1));
         // Another key, a prefix, a longer key: not found.
-        assert!(memo.find(g, b"sk-sluice-b").is_none());
-        assert!(memo.find(g, b"sk-sluice-").is_none());
-        assert!(memo.find(g, b"sk-sluice-aa").is_none());
-        // A new index (another generation) empties the memo, even for the same key.
-        let idx2 = index(&["a", "b"]);
-        assert_ne!(idx2.generation(), g);
-        assert!(memo.find(idx2.generation(), b"sk-sluice-a").is_none());
-        assert!(memo.find(g, b"sk-sluice-a").is_none());
+        assert!(memo.find(7, b"sk-sluice-b").is_none());
+        assert!(memo.find(7, b"sk-sluice-").is_none());
+        assert!(memo.find(7, b"sk-sluice-aa").is_none());
+        // Another generation (a new index) empties the memo, even for the same key.
+        assert!(memo.find(8, b"sk-sluice-a").is_none());
+        assert!(memo.find(7, b"sk-sluice-a").is_none());
+        // Remembering under a new generation forgets the old one's keys too.
+        memo.remember(7, b"sk-sluice-a", &1);
+        memo.remember(9, b"sk-sluice-b", &2);
+        assert_eq!(memo.find(9, b"sk-sluice-b"), Some(&2));
+        assert!(memo.find(9, b"sk-sluice-a").is_none());
     }
 
     #[test]
     fn keeps_the_last_few_keys_and_skips_long_ones() {
-        let ids: Vec<String> = (0..SLOTS + 1).map(|i| format!("k{i}")).collect();
-        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let idx = index(&refs);
-        let g = idx.generation();
-        let mut memo = KeyMemo::<Arc<KeyEntry>>::default();
-        for id in &ids {
-            let secret = format!("sk-sluice-{id}");
-            memo.remember(g, secret.as_bytes(), idx.key(id).unwrap());
+        let keys: Vec<String> = (0..SLOTS + 1).map(|i| format!("sk-sluice-k{i}")).collect();
+        let mut memo = KeyMemo::<usize>::default();
+        for (i, k) in keys.iter().enumerate() {
+            memo.remember(1, k.as_bytes(), &i);
         }
         // The first was replaced by the last; the others are there.
-        assert!(memo.find(g, b"sk-sluice-k0").is_none());
-        for id in &ids[1..] {
-            let secret = format!("sk-sluice-{id}");
-            let found = memo.find(g, secret.as_bytes()).unwrap();
-            assert_eq!(&*found.id, id.as_str());
+        assert!(memo.find(1, keys[0].as_bytes()).is_none());
+        for (i, k) in keys.iter().enumerate().skip(1) {
+            assert_eq!(memo.find(1, k.as_bytes()), Some(&i));
         }
         let long = vec![b'x'; MAX_KEY + 1];
-        memo.remember(g, &long, idx.key("k1").unwrap());
-        assert!(memo.find(g, &long).is_none());
+        memo.remember(1, &long, &99);
+        assert!(memo.find(1, &long).is_none());
     }
 }
