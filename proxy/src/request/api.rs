@@ -88,7 +88,7 @@ pub fn serve<'a>(
     async move {
         let shared = &worker.shared;
         let auth = &shared.auth;
-        let key = match auth.authenticate(call.head, crate::clock::unix_s()) {
+        let key = match auth.authenticate(call.head, crate::clock::unix_s) {
             Ok(k) => k,
             Err(err) => {
                 let bytes = respond::error(&err, call.keep_alive, &request.request_id);

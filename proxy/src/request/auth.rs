@@ -4,7 +4,7 @@
 //! ledger).
 //!
 //! ```text
-//! api ─► authenticate (Bearer / x-api-key → SHA-256 → index)        401
+//! api ─► authenticate (Bearer / x-api-key → worker's memo, else SHA-256 → index)   401
 //!     ─► core stages: inspect 400/404, allows_model 403, admit and reserve 429 + Retry-After
 //!     ─► forward (x-ratelimit-* on the answer)
 //!     ─► settle: the permit with real tokens and cost ─► record ─► ledger (never blocks)
@@ -38,6 +38,7 @@ use sluice_core::limiter::{Ask, Denied, Refusal};
 use sluice_core::limits::{self, period_start, BudgetPeriod, LimitSet};
 
 use crate::listen::respond::HeaderValue;
+use crate::request::key_memo::KeyMemo;
 use crate::store::{LedgerSender, Scope, UsageRecord};
 use crate::telemetry::log::AccessRecord;
 
@@ -84,12 +85,20 @@ impl KeyEntry {
 /// Every key and team, immutable once built.
 #[derive(Default)]
 pub struct Index {
+    /// Unique to each built index (0 for an empty default one): a worker's key memo
+    /// ([`key_memo`](super::key_memo)) is valid for one generation only.
+    generation: u64,
     by_hash: HashMap<[u8; 32], Arc<KeyEntry>>,
     by_id: HashMap<String, Arc<KeyEntry>>,
     teams: HashMap<String, Arc<TeamEntry>>,
 }
 
 impl Index {
+    /// This index's generation: no other index built by this process has the same.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The key with `id`.
     pub fn key(&self, id: &str) -> Option<&Arc<KeyEntry>> {
         self.by_id.get(id)
@@ -192,7 +201,9 @@ pub fn build_index(
         };
         team_map.insert(name, Arc::new(entry));
     }
+    static GENERATIONS: AtomicU64 = AtomicU64::new(1);
     let mut index = Index {
+        generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
         by_hash: HashMap::with_capacity(keys.len()),
         by_id: HashMap::with_capacity(keys.len()),
         teams: HashMap::new(),
@@ -229,6 +240,16 @@ pub fn build_index(
     }
     index.teams = team_map;
     index
+}
+
+thread_local! {
+    /// This worker's memo of the keys it saw last (each data-plane worker is a thread).
+    static MEMO: std::cell::RefCell<KeyMemo<Arc<KeyEntry>>> = std::cell::RefCell::default();
+}
+
+/// Runs `f` with this thread's key memo.
+fn with_memo<T>(f: impl FnOnce(&mut KeyMemo<Arc<KeyEntry>>) -> T) -> T {
+    MEMO.with_borrow_mut(f)
 }
 
 /// Metric handles for admission.
@@ -370,11 +391,12 @@ impl Auth {
     }
 
     /// The key a request presents (`Authorization: Bearer`, `x-api-key` or `api-key`), checked:
-    /// `Ok(None)` when auth is off; 401 when missing, unknown, disabled or expired.
+    /// `Ok(None)` when auth is off; 401 when missing, unknown, disabled or expired. `unix_s`
+    /// reads the wall clock, only for a key with an expiry.
     pub fn authenticate(
         &self,
         head: &RequestHead,
-        unix_s: u64,
+        unix_s: impl FnOnce() -> u64,
     ) -> Result<Option<Arc<KeyEntry>>, GatewayError> {
         if self.mode == AuthMode::None {
             return Ok(None);
@@ -396,16 +418,30 @@ impl Auth {
                 "Missing API key: send it as `Authorization: Bearer sk-sluice-…` or `x-api-key`.",
             ));
         };
-        let hash = keys::hash_key(token);
         let index = self.index.load();
-        // The map finds the entry by hash; the final check is constant-time.
-        let entry = index
-            .by_hash
-            .get(&hash)
-            .filter(|e| keys::constant_time_eq(&e.hash, &hash))
-            .ok_or_else(|| unauthorized("Incorrect API key provided."))?;
-        match entry.record.check_usable(unix_s) {
-            Ok(()) => Ok(Some(entry.clone())),
+        let generation = index.generation;
+        // The key this worker saw last (compared in constant time), else the index's.
+        let entry = match with_memo(|m| m.find(generation, token.as_bytes()).cloned()) {
+            Some(entry) => entry,
+            None => {
+                let hash = keys::hash_key(token);
+                // The map finds the entry by hash; the final check is constant-time.
+                let entry = index
+                    .by_hash
+                    .get(&hash)
+                    .filter(|e| keys::constant_time_eq(&e.hash, &hash))
+                    .ok_or_else(|| unauthorized("Incorrect API key provided."))?;
+                with_memo(|m| m.remember(generation, token.as_bytes(), entry));
+                entry.clone()
+            }
+        };
+        // Without an expiry the time does not matter (and is not read).
+        let now = match entry.record.expires_at_unix {
+            Some(_) => unix_s(),
+            None => 0,
+        };
+        match entry.record.check_usable(now) {
+            Ok(()) => Ok(Some(entry)),
             Err(KeyRefusal::Expired) => Err(unauthorized("This API key has expired.")),
             Err(_) => Err(unauthorized("This API key has been revoked.")),
         }
@@ -680,6 +716,31 @@ mod tests {
         assert!(!Arc::ptr_eq(&kc.limits, &ka.limits));
         assert_eq!(kc.limits.budget.spend(), 17);
         assert_eq!(kc.limits.requests.as_ref().unwrap().capacity(), 9);
+    }
+
+    #[test]
+    fn every_index_has_its_own_generation_and_keys_are_found_again() {
+        let none = |_: Scope, _: &str, _: BudgetPeriod| 0;
+        let a = build_index(
+            vec![(key("a", "t", None), false)],
+            vec![],
+            &Index::default(),
+            1,
+            &none,
+            0,
+        );
+        let b = build_index(vec![(key("a", "t", None), false)], vec![], &a, 1, &none, 0);
+        assert_ne!(a.generation(), b.generation());
+        assert_ne!(a.generation(), Index::default().generation());
+        // The memo serves a key seen before and is emptied by a new index.
+        let mut memo = KeyMemo::<Arc<KeyEntry>>::default();
+        let entry = a.key("a").unwrap();
+        memo.remember(a.generation(), b"sk-sluice-a", entry);
+        assert!(Arc::ptr_eq(
+            memo.find(a.generation(), b"sk-sluice-a").unwrap(),
+            entry
+        ));
+        assert!(memo.find(b.generation(), b"sk-sluice-a").is_none());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod client;
 pub mod compress;
 pub mod deliver;
 pub mod forward;
+pub mod key_memo;
 pub mod media;
 pub mod plan;
 pub mod prepare;

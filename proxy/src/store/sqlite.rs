@@ -325,16 +325,18 @@ fn insert_sql(size: usize) -> &'static str {
     all.get(size).map_or(INSERT_USAGE, String::as_str)
 }
 
-/// Parameters of a [`insert_shared_sql`] statement bound once for all its rows: key, team,
-/// model, deployment (`?1` to `?4`).
-const NAME_PARAMS: usize = 4;
-/// Parameters of one row of a [`insert_shared_sql`] statement: the rest of the row.
-const ROW_PARAMS: usize = USAGE_PARAMS - NAME_PARAMS;
+/// Parameters of a [`insert_shared_sql`] statement bound once for all its rows (`?1` to
+/// `?10`): key, team, model, deployment, and the columns most rows of a batch agree on:
+/// cached and reasoning tokens, estimated, status, cache verdict, saved micro-USD.
+const SHARED_PARAMS: usize = 10;
+/// Parameters of one row of a [`insert_shared_sql`] statement: the rest of the row
+/// (`request_id`, `ts_ms`, input and output tokens, cost, latency).
+const ROW_PARAMS: usize = USAGE_PARAMS - SHARED_PARAMS;
 
-/// The `INSERT` of `ROWS_PER_INSERT[size]` rows that share their key, team, model and
-/// deployment: those four are bound once (`?1` to `?4`, repeated in every row), the rest row by
-/// row ([`with_row`]). A batch of one key and one model (most batches) then binds and copies
-/// a quarter of the text a [`insert_sql`] statement does. Only sizes above one.
+/// The `INSERT` of `ROWS_PER_INSERT[size]` rows that share the [`with_shared`] columns:
+/// those are bound once (`?1` to `?10`, repeated in every row), the rest row by row
+/// ([`with_own`]). A batch of one key and one model whose requests went well (most batches)
+/// then binds six parameters a row instead of sixteen. Only sizes above one.
 fn insert_shared_sql(size: usize) -> &'static str {
     static SQL: std::sync::OnceLock<[String; ROWS_PER_INSERT.len()]> = std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
@@ -344,16 +346,23 @@ fn insert_shared_sql(size: usize) -> &'static str {
         ROWS_PER_INSERT.map(|n| {
             let mut sql = head.to_string();
             for row in 0..n {
-                let p = NAME_PARAMS + row * ROW_PARAMS;
+                let p = SHARED_PARAMS + row * ROW_PARAMS;
                 if row > 0 {
                     sql.push(',');
                 }
-                // The columns' order: request_id, ts_ms, the four names, then ten numbers.
-                sql.push_str(&format!("(?{},?{},?1,?2,?3,?4", p + 1, p + 2));
-                for k in 3..=ROW_PARAMS {
-                    sql.push_str(&format!(",?{}", p + k));
-                }
-                sql.push(')');
+                // The columns' order: request_id, ts_ms, key_id, team, model, deployment,
+                // input, output, cached, reasoning, estimated, cost, status, latency, cache,
+                // saved.
+                let own = |k: usize| format!("?{}", p + k);
+                sql.push_str(&format!(
+                    "({},{},?1,?2,?3,?4,{},{},?5,?6,?7,{},?8,{},?9,?10)",
+                    own(1),
+                    own(2),
+                    own(3),
+                    own(4),
+                    own(5),
+                    own(6)
+                ));
             }
             sql
         })
@@ -361,8 +370,8 @@ fn insert_shared_sql(size: usize) -> &'static str {
     all.get(size).map_or(INSERT_USAGE, String::as_str)
 }
 
-/// Whether every record of `chunk` has the first one's key, team, model and deployment.
-fn shares_names(chunk: &[UsageRecord]) -> bool {
+/// Whether every record of `chunk` has the first one's [`with_shared`] columns.
+fn shares_columns(chunk: &[UsageRecord]) -> bool {
     fn same(a: Option<&Arc<str>>, b: Option<&Arc<str>>) -> bool {
         match (a, b) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
@@ -378,36 +387,42 @@ fn shares_names(chunk: &[UsageRecord]) -> bool {
             && same(r.team.as_ref(), first.team.as_ref())
             && same(Some(&r.model), Some(&first.model))
             && same(r.deployment.as_ref(), first.deployment.as_ref())
+            && r.usage.cached_tokens == first.usage.cached_tokens
+            && r.usage.reasoning_tokens == first.usage.reasoning_tokens
+            && r.usage.estimated == first.usage.estimated
+            && r.status == first.status
+            && r.cache == first.cache
+            && r.saved_micros == first.saved_micros
     })
 }
 
-/// Calls `f` with `r`'s key, team, model and deployment: bound once for all rows of a
-/// [`insert_shared_sql`] statement (`?1` to `?4`), in every row of an [`insert_sql`] one.
-fn with_names<T>(r: &UsageRecord, f: impl FnOnce(&[&dyn ToSql; NAME_PARAMS]) -> T) -> T {
+/// Calls `f` with the columns of `r` a [`insert_shared_sql`] statement binds once for all
+/// its rows (`?1` to `?10`).
+fn with_shared<T>(r: &UsageRecord, f: impl FnOnce(&[&dyn ToSql; SHARED_PARAMS]) -> T) -> T {
     f(&[
         &r.key_id.as_deref(),
         &r.team.as_deref(),
         &&*r.model,
         &r.deployment.as_deref(),
+        &int(r.usage.cached_tokens),
+        &int(r.usage.reasoning_tokens),
+        &r.usage.estimated,
+        &r.status,
+        &r.cache,
+        &int(r.saved_micros),
     ])
 }
 
-/// Calls `f` with the rest of `r`, in column order: `request_id`, `ts_ms`, then (after the
-/// names, in an [`insert_sql`] row) the ten numbers.
-fn with_row<T>(r: &UsageRecord, f: impl FnOnce(&[&dyn ToSql; ROW_PARAMS]) -> T) -> T {
+/// Calls `f` with the rest of `r`, in column order: `request_id`, `ts_ms`, input and output
+/// tokens, cost, latency.
+fn with_own<T>(r: &UsageRecord, f: impl FnOnce(&[&dyn ToSql; ROW_PARAMS]) -> T) -> T {
     f(&[
         &r.request_id,
         &int(r.ts_ms),
         &int(r.usage.input_tokens),
         &int(r.usage.output_tokens),
-        &int(r.usage.cached_tokens),
-        &int(r.usage.reasoning_tokens),
-        &r.usage.estimated,
         &int(r.cost_micros),
-        &r.status,
         &int(r.latency_ms),
-        &r.cache,
-        &int(r.saved_micros),
     ])
 }
 
@@ -420,14 +435,30 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, before: usize, values: &[&dyn ToSql]
 }
 
 /// Binds all of `r` to the parameters after the first `before` of an [`insert_sql`]
-/// statement: `request_id`, `ts_ms`, the names, then the numbers.
+/// statement, in column order.
 fn bind_usage(stmt: &mut rusqlite::Statement<'_>, before: usize, r: &UsageRecord) -> Result<()> {
-    with_row(r, |row| {
-        let (id_ts, numbers) = row.split_at(2);
-        bind(stmt, before, id_ts)?;
-        with_names(r, |names| bind(stmt, before + 2, names))?;
-        bind(stmt, before + 2 + NAME_PARAMS, numbers)
-    })
+    bind(
+        stmt,
+        before,
+        &[
+            &r.request_id,
+            &int(r.ts_ms),
+            &r.key_id.as_deref(),
+            &r.team.as_deref(),
+            &&*r.model,
+            &r.deployment.as_deref(),
+            &int(r.usage.input_tokens),
+            &int(r.usage.output_tokens),
+            &int(r.usage.cached_tokens),
+            &int(r.usage.reasoning_tokens),
+            &r.usage.estimated,
+            &int(r.cost_micros),
+            &r.status,
+            &int(r.latency_ms),
+            &r.cache,
+            &int(r.saved_micros),
+        ],
+    )
 }
 
 /// The spend report's query: ledger rows in `?1 <= ts_ms < ?2` (read through `ledger_ts`),
@@ -713,14 +744,14 @@ impl Sqlite {
             let (mut plain, mut shared) = (None, None);
             while rest.len() >= n {
                 let (chunk, tail) = rest.split_at(n);
-                if n > 1 && shares_names(chunk) {
+                if n > 1 && shares_columns(chunk) {
                     let insert = match &mut shared {
                         Some(s) => s,
                         None => shared.insert(self.conn.prepare_cached(insert_shared_sql(size))?),
                     };
-                    with_names(&chunk[0], |names| bind(insert, 0, names))?;
+                    with_shared(&chunk[0], |columns| bind(insert, 0, columns))?;
                     for (i, r) in chunk.iter().enumerate() {
-                        with_row(r, |row| bind(insert, NAME_PARAMS + i * ROW_PARAMS, row))?;
+                        with_own(r, |row| bind(insert, SHARED_PARAMS + i * ROW_PARAMS, row))?;
                     }
                     insert.raw_execute()?;
                 } else {

@@ -183,8 +183,9 @@ fn spend_by_day_sums_runs_and_interleaved_rows_alike() {
 
 #[test]
 fn ledger_rows_read_back_whole_whether_their_names_are_shared_or_not() {
-    // 32 rows of one key and model (one statement binds the names once), 32 alike but for
-    // their deployments, then mixed runs and a remainder: every row back as it went in.
+    // 32 rows of one key and model that went alike (one statement binds the names, status,
+    // cache and the zero counts once), 32 alike but for their deployments, 8 alike but for
+    // one status, then mixed runs and a remainder: every row back as it went in.
     let dir = spill_dir("shared-names");
     let db = super::sqlite::Sqlite::open(&dir.join("ledger.db"), false).unwrap();
     let shared = (
@@ -213,6 +214,24 @@ fn ledger_rows_read_back_whole_whether_their_names_are_shared_or_not() {
                 r.team = Some(shared.1.clone());
                 r.model = shared.2.clone();
                 r.deployment = Some(Arc::from("openai/gpt"));
+                r.usage.cached_tokens = 3;
+                r.usage.reasoning_tokens = 0;
+                r.usage.estimated = false;
+                r.status = 200;
+                r.cache = Some("miss");
+                r.saved_micros = 0;
+            }
+            64..72 => {
+                r.key_id = Some(shared.0.clone());
+                r.team = Some(shared.1.clone());
+                r.model = shared.2.clone();
+                r.deployment = None;
+                r.usage.cached_tokens = 0;
+                r.usage.reasoning_tokens = 5;
+                r.usage.estimated = true;
+                r.status = if i == 70 { 429 } else { 200 };
+                r.cache = None;
+                r.saved_micros = 7;
             }
             32..64 => {
                 // Equal text in distinct allocations; the deployment differs on one row.
