@@ -46,6 +46,16 @@ pub fn from_json(json: &[u8]) -> Option<String> {
     static KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"model"));
     KEY.find(json)?;
+    // A plain top-level `model` (every OpenAI chunk and answer) is read by the walk: no serde
+    // pass, no `String` for serde's owned `Cow` before the bounded copy.
+    if let Some(m) = top_level_model(json) {
+        return bounded(m);
+    }
+    by_serde(json)
+}
+
+/// [`from_json`] by a serde parse of the whole document.
+pub(crate) fn by_serde(json: &[u8]) -> Option<String> {
     let p: Probe<'_> = serde_json::from_slice(json).ok()?;
     let m = p
         .model
@@ -53,6 +63,51 @@ pub fn from_json(json: &[u8]) -> Option<String> {
         .or_else(|| p.message.and_then(|m| m.model))
         .or_else(|| p.response.and_then(|m| m.model))?;
     bounded(&m)
+}
+
+/// The top-level `model` of a JSON object as [`by_serde`] reads it, when the request body's
+/// validating walk (`inspect::walk`, every skipped value checked) settles it: a string
+/// without escapes or control bytes, no duplicate of the probe's keys (`model`,
+/// `modelVersion`, `message`, `response`), no `message` or `response` other than `null`
+/// (serde would read their inner `model`, or refuse them), `modelVersion` `null` or a
+/// string. `None` leaves it to serde.
+pub(crate) fn top_level_model(json: &[u8]) -> Option<&str> {
+    let mut model = None;
+    let mut version = None;
+    let mut message = None;
+    let mut response = None;
+    crate::inspect::walk::members(json, |m| {
+        let slot = match m.key {
+            b"model" => &mut model,
+            b"modelVersion" => &mut version,
+            b"message" => &mut message,
+            b"response" => &mut response,
+            _ => return Some(()),
+        };
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(&json[m.value]);
+        Some(())
+    })?;
+    let null = |v: Option<&[u8]>| v.is_none_or(|v| v == b"null");
+    if !null(message) || !null(response) {
+        return None;
+    }
+    if !(null(version) || version?.first() == Some(&b'"')) {
+        return None;
+    }
+    plain_string(model?)
+}
+
+/// A string value as written (`"..."`, the quotes included) when it has no escape and no
+/// control byte, so its text is what serde reads; `None` otherwise.
+pub(crate) fn plain_string(v: &[u8]) -> Option<&str> {
+    let text = v.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if text.iter().any(|&b| b == b'\\' || b < 0x20) {
+        return None;
+    }
+    std::str::from_utf8(text).ok()
 }
 
 /// `m` cut to [`MAX_BYTES`] on a character boundary; `None` when empty.
@@ -88,6 +143,11 @@ impl ModelWatch {
     /// The answered model, once seen.
     pub fn model(&self) -> Option<&str> {
         self.model.as_deref()
+    }
+
+    /// The answered model, moved out (the watch then has none).
+    pub fn take(&mut self) -> Option<String> {
+        self.model.take()
     }
 }
 

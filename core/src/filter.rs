@@ -305,6 +305,15 @@ impl Chain {
         self.stages.iter().find_map(|s| s.peek().answered_model())
     }
 
+    /// [`answered_model`](Self::answered_model) once the body is over: a passed-through
+    /// stream's is moved out of its scanner, not copied.
+    pub fn take_answered_model(&mut self) -> Option<String> {
+        self.stages.iter_mut().find_map(|s| match s {
+            Stage::Scan(scanner) => scanner.take_answered_model(),
+            other => other.peek().answered_model(),
+        })
+    }
+
     /// The complete answer a [`Stage::Pivot`] built, if any (after [`Chain::finish`]).
     pub fn take_pivot(&mut self) -> Option<crate::cache::StoredAnswer> {
         self.stages.iter_mut().find_map(|s| match s {

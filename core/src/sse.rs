@@ -26,7 +26,7 @@ use std::sync::LazyLock;
 use memchr::memmem::Finder;
 use serde_json::Value;
 
-use crate::usage::{Usage, UsageProbe};
+use crate::usage::Usage;
 
 /// Largest event the scanner holds back; a longer one is forwarded unscanned.
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
@@ -212,6 +212,14 @@ pub struct Event<'a> {
 impl<'a> Event<'a> {
     /// Reads the fields of one event; `None` when it has no data (comments, keep-alives).
     pub fn parse(raw: &'a [u8]) -> Option<Event<'a>> {
+        if let Some(ev) = Self::one_data_line(raw) {
+            return Some(ev);
+        }
+        Self::parse_general(raw)
+    }
+
+    /// [`Event::parse`] line by line, for any event.
+    fn parse_general(raw: &'a [u8]) -> Option<Event<'a>> {
         let mut name: &[u8] = b"";
         let mut data: Option<Cow<'_, [u8]>> = None;
         // Lines found with memchr: splitting on a byte predicate walks every byte in Rust,
@@ -255,6 +263,24 @@ impl<'a> Event<'a> {
             }
         }
         data.map(|data| Event { name, data })
+    }
+
+    /// The common event, one `data:` line and its blank line (or none, at the end of a
+    /// stream), read with one search: what the general loop reads of it.
+    #[inline]
+    fn one_data_line(raw: &'a [u8]) -> Option<Event<'a>> {
+        let rest = raw.strip_prefix(b"data:")?;
+        let i = memchr::memchr(b'\n', rest)?;
+        let after = rest.get(i + 1..).unwrap_or_default();
+        if !(after.is_empty() || after == b"\n" || after == b"\r\n") {
+            return None;
+        }
+        let line = rest.get(..i).unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        Some(Event {
+            name: b"",
+            data: Cow::Borrowed(line.strip_prefix(b" ").unwrap_or(line)),
+        })
     }
 
     /// `data: [DONE]`.
@@ -313,8 +339,9 @@ impl SseScanner {
         let facts = &mut self.facts;
         self.splitter.handle_bytes(input, |piece| match piece {
             Piece::Event(raw) => {
-                if facts.on_event(raw, strip) && strip {
-                    write_without_null_usage(raw, out);
+                let forward = facts.on_event(raw, strip);
+                if strip {
+                    forward.write(raw, out);
                 }
             }
             // Too long to hold: let it through unscanned.
@@ -342,10 +369,7 @@ impl SseScanner {
         let mut wrote = false;
         self.splitter.finish(|piece| match piece {
             Piece::Event(raw) => {
-                if facts.on_event(raw, true) {
-                    write_without_null_usage(raw, out);
-                    wrote = true;
-                }
+                wrote = facts.on_event(raw, true).write(raw, out);
             }
             Piece::Oversized(raw) => {
                 out.extend_from_slice(raw);
@@ -371,6 +395,11 @@ impl SseScanner {
         self.facts.model.model()
     }
 
+    /// [`answered_model`](Self::answered_model), moved out: the stream is over.
+    pub fn take_answered_model(&mut self) -> Option<String> {
+        self.facts.model.take()
+    }
+
     /// Whether the client has received part of an event whose end has not arrived yet (still
     /// true after [`finish`](Self::finish) when the stream ended so). An error event injected
     /// now must first end that event with a blank line.
@@ -384,35 +413,131 @@ impl SseScanner {
     }
 }
 
-impl Facts {
-    /// Reads one complete event; returns whether strip mode forwards it.
-    fn on_event(&mut self, raw: &[u8], strip: bool) -> bool {
-        let Some(ev) = Event::parse(raw) else {
-            return true;
-        };
-        if ev.is_done() {
-            self.done = true;
-            return true;
-        }
-        self.data_events += 1;
-        self.model.on_data(&ev.data);
-        if !crate::usage::mentions_usage_object(&ev.data) {
-            return true;
-        }
-        let Some(probe) = UsageProbe::parse(&ev.data) else {
-            return true;
-        };
-        let usage_only = probe.choices.as_ref().is_some_and(Vec::is_empty);
-        let Some(u) = probe.usage() else {
-            return true;
-        };
-        self.usage = Some(u);
-        if usage_only && strip {
-            self.data_events -= 1;
-            return false;
+/// What strip mode forwards of an event (passthrough mode forwards every byte as it came).
+#[derive(Debug, PartialEq, Eq)]
+enum Forward {
+    /// Not the usage chunk: the event without its `"usage":null`, found by
+    /// [`write_without_null_usage`].
+    Search,
+    /// Not the usage chunk, its `"usage"` members already looked at: the event without the
+    /// bytes at this range (`,"usage":null` or `"usage":null,`), or whole.
+    Cut(Option<std::ops::Range<usize>>),
+    /// The usage-only chunk the gateway asked for: dropped.
+    Drop,
+}
+
+impl Forward {
+    /// Appends what strip mode forwards of `raw` to `out`; whether anything was.
+    fn write(self, raw: &[u8], out: &mut Vec<u8>) -> bool {
+        match self {
+            Forward::Search => write_without_null_usage(raw, out),
+            Forward::Cut(None) => out.extend_from_slice(raw),
+            Forward::Cut(Some(cut)) => {
+                out.extend_from_slice(raw.get(..cut.start).unwrap_or_default());
+                out.extend_from_slice(raw.get(cut.end..).unwrap_or_default());
+            }
+            Forward::Drop => return false,
         }
         true
     }
+}
+
+/// One pass over an event for its `"usage"` members: whether the data has one whose value is
+/// an object (what [`crate::usage::mentions_usage_object`] says of the data) and where the
+/// `"usage":null` strip mode cuts is (what [`write_without_null_usage`] cuts of the raw
+/// event), found by one search of `"usage"` instead of three.
+struct UsageSpots {
+    object: bool,
+    cut: Option<std::ops::Range<usize>>,
+}
+
+impl UsageSpots {
+    /// `data` is the event's data, borrowed from `raw`, starting at `raw[data_at]`.
+    fn find(raw: &[u8], data_at: usize, data: &[u8]) -> UsageSpots {
+        static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+        const KEY: usize = b"\"usage\"".len();
+        let mut object = false;
+        // The first `,"usage":null` wins over the first `"usage":null,`, as in
+        // `write_without_null_usage`.
+        let mut before: Option<std::ops::Range<usize>> = None;
+        let mut after: Option<std::ops::Range<usize>> = None;
+        // The data is searched as `mentions_usage_object` searches it: from its start, each
+        // search resuming after the last match.
+        let mut mention_from = data_at;
+        let mut from = 0;
+        while let Some(i) = raw.get(from..).and_then(|r| USAGE.find(r)) {
+            let at = from + i;
+            let rest = raw.get(at + KEY..).unwrap_or_default();
+            if rest.starts_with(b":null") {
+                if before.is_none() && at > 0 && raw.get(at - 1) == Some(&b',') {
+                    before = Some(at - 1..at + KEY + 5);
+                }
+                if after.is_none() && rest.get(5) == Some(&b',') {
+                    after = Some(at..at + KEY + 6);
+                }
+            }
+            if !object && at >= mention_from && at + KEY <= data_at + data.len() {
+                let value = data.get(at - data_at + KEY..).unwrap_or_default();
+                object = crate::usage::usage_value_is_object(value);
+                mention_from = at + KEY;
+            }
+            // `"usage"` may start at this one's closing quote.
+            from = at + KEY - 1;
+        }
+        UsageSpots {
+            object,
+            cut: before.or(after),
+        }
+    }
+}
+
+impl Facts {
+    /// Reads one complete event; returns what strip mode (`strip`) forwards of it.
+    fn on_event(&mut self, raw: &[u8], strip: bool) -> Forward {
+        let Some(ev) = Event::parse(raw) else {
+            return Forward::Search;
+        };
+        if ev.is_done() {
+            self.done = true;
+            return Forward::Search;
+        }
+        self.data_events += 1;
+        self.model.on_data(&ev.data);
+        // The data borrowed from the event (one `data:` line, the common case): one search
+        // for both questions; otherwise (several lines joined) the two searches.
+        let (object, forward) = match data_offset(raw, &ev) {
+            Some(at) => {
+                let spots = UsageSpots::find(raw, at, &ev.data);
+                (spots.object, Forward::Cut(spots.cut))
+            }
+            None => (
+                crate::usage::mentions_usage_object(&ev.data),
+                Forward::Search,
+            ),
+        };
+        if !object {
+            return forward;
+        }
+        let Some((usage, usage_only)) = crate::usage::in_event(&ev.data) else {
+            return forward;
+        };
+        self.usage = Some(usage);
+        if usage_only && strip {
+            self.data_events -= 1;
+            return Forward::Drop;
+        }
+        forward
+    }
+}
+
+/// Where the data of `ev` starts in `raw`, the event it was read from, when it is a slice of
+/// it (one `data:` line).
+fn data_offset(raw: &[u8], ev: &Event<'_>) -> Option<usize> {
+    let Cow::Borrowed(data) = &ev.data else {
+        return None;
+    };
+    let at = (data.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+    (at + data.len() <= raw.len()).then_some(at)
 }
 
 /// Copies `event` to `out` without the `"usage":null` member providers add to every chunk
@@ -437,252 +562,4 @@ fn write_without_null_usage(event: &[u8], out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    const STREAM: &str = concat!(
-        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],\"usage\":null}\n\n",
-        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n",
-        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
-        "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n",
-        "data: [DONE]\n\n",
-    );
-
-    fn run(strip: bool, input: &[u8], cuts: &[usize]) -> (Vec<u8>, SseScanner) {
-        let mut s = SseScanner::new(strip);
-        let mut out = Vec::new();
-        let mut start = 0;
-        for &c in cuts.iter().chain(std::iter::once(&input.len())) {
-            let c = c.clamp(start, input.len());
-            s.handle_bytes(&input[start..c], &mut out);
-            start = c;
-        }
-        s.finish(&mut out);
-        (out, s)
-    }
-
-    #[test]
-    fn passthrough_forwards_everything_and_reads_usage() {
-        let (out, s) = run(false, STREAM.as_bytes(), &[]);
-        assert_eq!(out, STREAM.as_bytes());
-        let u = s.usage().unwrap();
-        assert_eq!((u.input_tokens, u.output_tokens), (5, 2));
-        assert!(s.saw_done());
-        assert_eq!(s.data_events(), 4);
-    }
-
-    #[test]
-    fn reads_the_answered_model_from_the_first_chunk() {
-        let input = b"data: {\"id\":\"c\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[]}\n\ndata: {\"id\":\"c\",\"model\":\"other\",\"choices\":[]}\n\ndata: [DONE]\n\n";
-        for strip in [false, true] {
-            let (_, s) = run(strip, input, &[7, 30]);
-            assert_eq!(s.answered_model(), Some("gpt-4o-2024-08-06"));
-        }
-        let (_, none) = run(false, STREAM.as_bytes(), &[]);
-        assert_eq!(none.answered_model(), None);
-    }
-
-    #[test]
-    fn strip_removes_usage_chunk_and_nulls() {
-        let (out, s) = run(true, STREAM.as_bytes(), &[]);
-        let text = String::from_utf8(out).unwrap();
-        assert!(!text.contains("usage"), "{text}");
-        assert!(text.contains("\"content\":\"Hi\""));
-        assert!(text.ends_with("data: [DONE]\n\n"));
-        assert_eq!(text.matches("data: ").count(), 4);
-        assert_eq!(s.usage().unwrap().total_tokens(), 7);
-        assert_eq!(s.data_events(), 3);
-    }
-
-    #[test]
-    fn crlf_events_and_unterminated_tail() {
-        let input = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\r\n\r\ndata: [DONE]";
-        let (out, s) = run(true, input, &[10]);
-        assert_eq!(out, b"data: [DONE]");
-        assert!(s.saw_done());
-        assert_eq!(s.usage().unwrap().total_tokens(), 2);
-    }
-
-    #[test]
-    fn oversized_event_passes_unscanned() {
-        let big = format!(
-            "data: {}\n\ndata: [DONE]\n\n",
-            "x".repeat(MAX_EVENT_BYTES + 10)
-        );
-        let (out, _) = run(
-            true,
-            big.as_bytes(),
-            &[100, MAX_EVENT_BYTES / 2, MAX_EVENT_BYTES + 5],
-        );
-        assert_eq!(out, big.as_bytes());
-    }
-
-    /// Pieces of `input` cut at `cuts`, consecutive oversized pieces joined (how an oversized
-    /// event is chunked depends on the reads; its bounds do not).
-    fn pieces(max: usize, input: &[u8], cuts: &[usize]) -> Vec<(bool, Vec<u8>)> {
-        let mut s = EventSplitter::new(max);
-        let mut got: Vec<(bool, Vec<u8>)> = Vec::new();
-        let mut push = |piece: Piece<'_>| match piece {
-            Piece::Event(raw) => got.push((false, raw.to_vec())),
-            Piece::Oversized(raw) => match got.last_mut() {
-                Some((true, prev)) => prev.extend_from_slice(raw),
-                _ => got.push((true, raw.to_vec())),
-            },
-        };
-        let mut start = 0;
-        for &c in cuts.iter().chain(std::iter::once(&input.len())) {
-            let c = c.clamp(start, input.len());
-            s.handle_bytes(&input[start..c], &mut push);
-            start = c;
-        }
-        s.finish(&mut push);
-        got
-    }
-
-    fn events(chunks: &[&[u8]]) -> Vec<(String, String)> {
-        let mut s = EventSplitter::new(1 << 22);
-        let mut got = Vec::new();
-        let mut push = |ev: &Event<'_>| {
-            got.push((
-                String::from_utf8_lossy(ev.name).into_owned(),
-                String::from_utf8_lossy(&ev.data).into_owned(),
-            ))
-        };
-        for c in chunks {
-            s.handle_events(c, &mut push);
-        }
-        s.finish_events(&mut push);
-        got
-    }
-
-    #[test]
-    fn splits_across_reads_and_line_endings() {
-        let want = vec![
-            ("a".to_owned(), "{\"x\":1}".to_owned()),
-            (String::new(), "l1\nl2".to_owned()),
-            (String::new(), "tail".to_owned()),
-        ];
-        let input =
-            b"event: a\ndata: {\"x\":1}\r\n\r\n: comment\n\ndata: l1\ndata:l2\n\ndata: tail";
-        assert_eq!(events(&[input]), want);
-        let parts: Vec<&[u8]> = input.chunks(1).collect();
-        assert_eq!(events(&parts), want);
-    }
-
-    #[test]
-    fn oversized_event_is_skipped_by_readers() {
-        let big = vec![b'x'; (1 << 22) + 10];
-        let got = events(&[b"data: ", &big, b"\n", b"\ndata: after\n\n"]);
-        assert_eq!(got, vec![(String::new(), "after".to_owned())]);
-    }
-
-    #[test]
-    fn oversized_whatever_the_reads() {
-        let input = b"data: 0123456789\n\ndata: ok\n\n";
-        let want = vec![
-            (true, b"data: 0123456789\n\n".to_vec()),
-            (false, b"data: ok\n\n".to_vec()),
-        ];
-        assert_eq!(pieces(12, input, &[]), want);
-        assert_eq!(pieces(12, input, &[3, 16, 17]), want);
-        // The blank line ending the oversized event straddles two reads.
-        assert_eq!(pieces(12, input, &[17]), want);
-    }
-
-    #[test]
-    fn mid_event_tracks_held_bytes() {
-        let mut s = EventSplitter::new(8);
-        s.handle_bytes(b"data: a\n\nda", |_| {});
-        assert!(s.mid_event() && !s.in_oversized());
-        s.handle_bytes(b"ta: long event\n", |_| {});
-        assert!(s.mid_event() && s.in_oversized());
-        s.handle_bytes(b"\n", |_| {});
-        assert!(!s.mid_event());
-    }
-
-    #[test]
-    fn passthrough_ending_mid_event_stays_mid_event_after_finish() {
-        let mut s = SseScanner::new(false);
-        let mut out = Vec::new();
-        s.handle_bytes(b"data: {\"choices\":[]}\n\ndata: {\"cho", &mut out);
-        assert!(s.client_mid_event());
-        s.finish(&mut out);
-        assert!(s.client_mid_event());
-    }
-
-    /// SSE-shaped bytes: fields, line endings, blank lines, usage chunks, stray bytes.
-    fn sse_bytes() -> impl Strategy<Value = Vec<u8>> {
-        let token = prop::sample::select(vec![
-            &b"data: "[..],
-            b"data:",
-            b"event: e",
-            b": c",
-            b"\n",
-            b"\r\n",
-            b"\r",
-            b"\n\n",
-            b"{\"choices\":[{\"delta\":{}}],\"usage\":null}",
-            b"{\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}",
-            b"[DONE]",
-            b"x",
-            b"0123456789abcdef",
-        ]);
-        prop::collection::vec(token, 0..48).prop_map(|t| t.concat())
-    }
-
-    proptest! {
-        /// However the stream is split across reads, the client receives the same bytes and the
-        /// gateway the same usage.
-        #[test]
-        fn any_split_gives_same_result(cuts in prop::collection::vec(0usize..STREAM.len(), 0..8), strip in any::<bool>()) {
-            let mut cuts = cuts;
-            cuts.sort_unstable();
-            let (whole, s1) = run(strip, STREAM.as_bytes(), &[]);
-            let (split, s2) = run(strip, STREAM.as_bytes(), &cuts);
-            prop_assert_eq!(whole, split);
-            prop_assert_eq!(s1.usage(), s2.usage());
-            prop_assert_eq!(s1.data_events(), s2.data_events());
-        }
-
-        #[test]
-        fn arbitrary_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..512), strip in any::<bool>()) {
-            let (out, _) = run(strip, &input, &[7, 100]);
-            if !strip { prop_assert_eq!(out, input); }
-        }
-
-        /// For any input and any split of it into reads, the splitter hands out the same events
-        /// (and the same oversized runs) as for the whole input, and every byte exactly once.
-        #[test]
-        fn splitter_events_do_not_depend_on_reads(
-            input in prop_oneof![sse_bytes(), prop::collection::vec(any::<u8>(), 0..256)],
-            cuts in prop::collection::vec(0usize..400, 0..12),
-            max in 3usize..64,
-        ) {
-            let mut cuts = cuts;
-            cuts.sort_unstable();
-            let whole = pieces(max, &input, &[]);
-            let split = pieces(max, &input, &cuts);
-            prop_assert_eq!(&whole, &split);
-            let joined: Vec<u8> = whole.into_iter().flat_map(|(_, b)| b).collect();
-            prop_assert_eq!(joined, input);
-        }
-
-        /// The scanner's output and facts do not depend on the reads either.
-        #[test]
-        fn scanner_does_not_depend_on_reads(
-            input in sse_bytes(),
-            cuts in prop::collection::vec(0usize..400, 0..12),
-            strip in any::<bool>(),
-        ) {
-            let mut cuts = cuts;
-            cuts.sort_unstable();
-            let (whole, s1) = run(strip, &input, &[]);
-            let (split, s2) = run(strip, &input, &cuts);
-            prop_assert_eq!(whole, split);
-            prop_assert_eq!(s1.usage(), s2.usage());
-            prop_assert_eq!(s1.data_events(), s2.data_events());
-            prop_assert_eq!(s1.saw_done(), s2.saw_done());
-        }
-    }
-}
+mod tests;

@@ -200,14 +200,19 @@ pub fn mentions_usage_object(json: &[u8]) -> bool {
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
     let mut from = 0;
     while let Some(i) = USAGE.find(&json[from..]) {
-        let after = &json[from + i + 7..];
-        let mut rest = after.iter().skip_while(|b| b.is_ascii_whitespace());
-        if rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        if usage_value_is_object(&json[from + i + 7..]) {
             return true;
         }
         from += i + 7;
     }
     false
+}
+
+/// `after` follows a `"usage"` key: whether its value is an object (`:` then `{`, whitespace
+/// around the colon allowed).
+pub(crate) fn usage_value_is_object(after: &[u8]) -> bool {
+    let mut rest = after.iter().skip_while(|b| b.is_ascii_whitespace());
+    rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 /// Usage and the answering model (bounded) of a non-streaming body in one parse; a body
@@ -217,7 +222,7 @@ pub fn with_model(body: &[u8]) -> (Option<Usage>, Option<String>) {
         return (None, crate::answered_model::from_json(body));
     }
     match top_level(body) {
-        Some((usage, model)) => (usage, model.and_then(crate::answered_model::bounded)),
+        Some(t) => (t.usage, t.model.and_then(crate::answered_model::bounded)),
         None => serde_with_model(body),
     }
 }
@@ -228,7 +233,7 @@ pub fn from_body(body: &[u8]) -> Option<Usage> {
         return None;
     }
     match top_level(body) {
-        Some((usage, _)) => usage,
+        Some(t) => t.usage,
         None => UsageProbe::parse(body).and_then(UsageProbe::usage),
     }
 }
@@ -248,6 +253,16 @@ fn serde_with_model(body: &[u8]) -> (Option<Usage>, Option<String>) {
     }
 }
 
+/// What [`top_level`] reads of a body or an event.
+pub(crate) struct TopLevel<'a> {
+    /// The usage found (`usage`, or `response.usage`).
+    pub(crate) usage: Option<Usage>,
+    /// The top-level `model`, as written (no escapes).
+    pub(crate) model: Option<&'a str>,
+    /// `choices` is an empty array (a stream's usage-only chunk).
+    pub(crate) choices_empty: bool,
+}
+
 /// A [`UsageProbe`]'s usage and model, read from a body's top-level members without parsing
 /// the other values (see `scan`): only `usage` (or `response.usage`) is parsed, with serde,
 /// and `model` is taken as written. `None` for everything it leaves to serde: a body the walk
@@ -255,7 +270,7 @@ fn serde_with_model(body: &[u8]) -> (Option<Usage>, Option<String>) {
 /// them with a type other than the plain one (`choices` an array, `usage` and `response`
 /// objects serde reads, `model` a string without escapes or control bytes, each or `null`).
 /// So on valid JSON the answer is always the serde parse's.
-fn top_level(body: &[u8]) -> Option<(Option<Usage>, Option<&str>)> {
+pub(crate) fn top_level(body: &[u8]) -> Option<TopLevel<'_>> {
     let mut choices = None;
     let mut usage = None;
     let mut response = None;
@@ -278,14 +293,14 @@ fn top_level(body: &[u8]) -> Option<(Option<Usage>, Option<&str>)> {
     if !(null(choices) || choices?.first() == Some(&b'[')) {
         return None;
     }
+    // `[`, whitespace, `]`: serde's `Vec` of no element.
+    let choices_empty = choices.is_some_and(|v| {
+        v.get(1..)
+            .and_then(|inner| inner.iter().find(|&&b| !crate::inspect::walk::is_ws(b)))
+            == Some(&b']')
+    });
     let model = match model {
-        Some(v) if v != b"null" => {
-            let text = v.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-            if text.iter().any(|&b| b == b'\\' || b < 0x20) {
-                return None;
-            }
-            Some(std::str::from_utf8(text).ok()?)
-        }
+        Some(v) if v != b"null" => Some(crate::answered_model::plain_string(v)?),
         _ => None,
     };
     let object = |v: Option<&[u8]>| v.is_some_and(|v| v.first() == Some(&b'{'));
@@ -300,7 +315,24 @@ fn top_level(body: &[u8]) -> Option<(Option<Usage>, Option<&str>)> {
         Some(v) => serde_json::from_slice::<Nested>(v).ok()?.usage,
         None => None,
     };
-    Some((usage.or(response).map(Usage::from), model))
+    Some(TopLevel {
+        usage: usage.or(response).map(Usage::from),
+        model,
+        choices_empty,
+    })
+}
+
+/// The usage a stream event's data reports, and whether the event is the usage-only chunk
+/// (`"choices":[]`): what a [`UsageProbe`] parse says, read by [`top_level`] when it can (no
+/// allocation, no serde pass over the other members) and by serde otherwise. `None` when
+/// the event reports no usage.
+pub(crate) fn in_event(data: &[u8]) -> Option<(Usage, bool)> {
+    if let Some(t) = top_level(data) {
+        return Some((t.usage?, t.choices_empty));
+    }
+    let probe = UsageProbe::parse(data)?;
+    let usage_only = probe.choices.as_ref().is_some_and(Vec::is_empty);
+    Some((probe.usage()?, usage_only))
 }
 
 #[cfg(test)]

@@ -231,11 +231,19 @@ impl ChunkedDecoder {
                     let avail = (input.len() - i) as u64;
                     let take = avail.min(self.remaining) as usize;
                     self.remaining -= take as u64;
+                    let mut consumed = i + take;
                     if self.remaining == 0 {
-                        self.state = S::DataCr;
+                        // The CRLF after the data, when it came with it (a whole chunk in one
+                        // read, the common case), is read now: one call per chunk, not two.
+                        if input.get(consumed..consumed + 2) == Some(b"\r\n") {
+                            consumed += 2;
+                            self.state = S::Size { digits: 0 };
+                        } else {
+                            self.state = S::DataCr;
+                        }
                     }
                     return Ok(ChunkedStep {
-                        consumed: i + take,
+                        consumed,
                         data: i..i + take,
                         done: false,
                     });
@@ -424,3 +432,27 @@ pub fn end_chunk(out: &mut Vec<u8>, at: usize) {
 
 /// The last chunk of a chunked body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_chunk_is_one_step_its_crlf_included() {
+        let mut d = ChunkedDecoder::new(u64::MAX);
+        let wire = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        let step = d.decode(wire).unwrap();
+        assert_eq!((step.consumed, step.data, step.done), (10, 3..8, false));
+        let step = d.decode(&wire[10..]).unwrap();
+        assert_eq!((step.consumed, step.data, step.done), (11, 3..9, false));
+        let step = d.decode(&wire[21..]).unwrap();
+        assert!(step.done && step.data.is_empty() && step.consumed == 5);
+        // The CRLF in the next read, or something else there: as before.
+        let mut d = ChunkedDecoder::new(u64::MAX);
+        assert_eq!(d.decode(b"3\r\nabc").unwrap().consumed, 6);
+        assert_eq!(d.decode(b"\r\n").unwrap().consumed, 2);
+        let mut d = ChunkedDecoder::new(u64::MAX);
+        assert_eq!(d.decode(b"3\r\nabcX\r\n").unwrap().consumed, 6);
+        assert_eq!(d.decode(b"X\r\n"), Err(ChunkedError::BadFraming));
+    }
+}

@@ -211,9 +211,27 @@ fn text(j: &J, ws: &[&str]) -> String {
 fn agrees(body: &[u8]) -> Result<(), TestCaseError> {
     prop_assert_eq!(with_model(body), serde_with_model_gated(body));
     prop_assert_eq!(from_body(body), serde_from_body(body));
-    if let Some((usage, model)) = top_level(body) {
-        let model = model.and_then(crate::answered_model::bounded);
-        prop_assert_eq!((usage, model), serde_with_model(body));
+    if let Some(t) = top_level(body) {
+        let model = t.model.and_then(crate::answered_model::bounded);
+        prop_assert_eq!((t.usage, model), serde_with_model(body));
+    }
+    // A stream event's usage and usage-only flag, and the answered model, as serde reads them.
+    let by_probe = UsageProbe::parse(body).and_then(|p| {
+        let usage_only = p.choices.as_ref().is_some_and(Vec::is_empty);
+        Some((p.usage()?, usage_only))
+    });
+    prop_assert_eq!(in_event(body), by_probe);
+    // `from_json` as it was: the key test, then serde.
+    let has_key = memchr::memmem::find(body, b"\"model").is_some();
+    prop_assert_eq!(
+        crate::answered_model::from_json(body),
+        crate::answered_model::by_serde(body).filter(|_| has_key)
+    );
+    if let Some(m) = crate::answered_model::top_level_model(body) {
+        prop_assert_eq!(
+            crate::answered_model::bounded(m),
+            crate::answered_model::by_serde(body)
+        );
     }
     Ok(())
 }
@@ -276,8 +294,9 @@ fn providers_bodies_take_the_scanner() {
         br#"{"id":"resp_1","object":"response","model":"gpt-4o","output":[],"usage":{"input_tokens":5,"output_tokens":3,"input_tokens_details":{"cached_tokens":1}}}"#,
         br#"{"object":"list","data":[{"object":"embedding","embedding":[0.1,-2e-3]}],"model":"e","usage":{"prompt_tokens":8,"total_tokens":8}}"#,
     ] {
-        let (usage, model) = top_level(body).expect("walked");
-        assert!(usage.is_some() && model.is_some());
+        let t = top_level(body).expect("walked");
+        assert!(t.usage.is_some() && t.model.is_some());
+        assert!(crate::answered_model::top_level_model(body).is_some());
         assert_eq!(with_model(body), serde_with_model(body));
     }
     // Left to serde, with serde's answer: an escaped key, a duplicate, a model with escapes.

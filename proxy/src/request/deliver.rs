@@ -341,7 +341,7 @@ fn relay<'f, 'a, 'w, 'c>(
         let limits = BodyLimits {
             idle: Duration::from_millis(d.provider.idle_timeout_ms),
             deadline: d.deadline,
-            provider: d.provider.name.clone(),
+            provider: &d.provider.name,
         };
         let mut relay = Relay::new(
             relay_chain(d, ok, is_sse),
@@ -350,12 +350,12 @@ fn relay<'f, 'a, 'w, 'c>(
             is_sse,
             (&mut sent.conn, d.wr, d.watch),
         );
-        let end = relay.run(sent.head.body, wire, buf, sent.body_at).await;
+        let mut end = relay.run(sent.head.body, wire, buf, sent.body_at).await;
         drop(relay);
         if is_sse {
             worker.metrics.open_streams.decrement(1.0);
         }
-        record_relay(d, &end, head_wait, is_sse, answer);
+        record_relay(d, &mut end, head_wait, is_sse, answer);
         if let Some(pivot) = end.pivot {
             answer
                 .cache
@@ -456,7 +456,7 @@ fn capture_whole(
 /// short), cost, the upstream's failure.
 fn record_relay(
     d: &Delivery<'_, '_, '_>,
-    end: &RelayEnd,
+    end: &mut RelayEnd,
     head_wait: Duration,
     is_sse: bool,
     answer: &mut Answer,
@@ -468,7 +468,7 @@ fn record_relay(
     answer.upstream_us = Some((head_wait + end.upstream_wait).as_micros() as u64);
     answer.bytes_out = end.bytes_out;
     if (200..300).contains(&answer.status) {
-        answer.response_model.clone_from(&end.answered_model);
+        answer.response_model = end.answered_model.take();
     }
     answer.usage = end.usage.or_else(|| {
         // A stream cut short (or without a usage chunk): estimate what was delivered.

@@ -283,13 +283,13 @@ fn is_cancelled(e: &io::Error) -> bool {
 pub const MAX_CAPTURE: usize = 8 * 1024 * 1024;
 
 /// Timing limits of the body.
-pub struct BodyLimits {
+pub struct BodyLimits<'p> {
     /// Longest silence between two reads.
     pub idle: Duration,
     /// End of the whole exchange.
     pub deadline: Instant,
-    /// Provider name, for errors.
-    pub provider: String,
+    /// Provider name, for errors (borrowed: copied only into an error, not for every relay).
+    pub provider: &'p str,
 }
 
 /// How the relay ended.
@@ -339,7 +339,7 @@ pub struct Relay<'c, 'w, 'a> {
     /// The body is an event stream: its framing to the client stays intact even when the
     /// upstream fails (it ends with an error event).
     is_sse: bool,
-    limits: BodyLimits,
+    limits: BodyLimits<'c>,
     /// The upstream sent bytes past the end of its body: never reuse the connection.
     trailing_bytes: bool,
     /// When the first body byte arrived.
@@ -350,7 +350,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
     /// A relay from `upstream` to `client`.
     pub fn new(
         chain: Chain,
-        limits: BodyLimits,
+        limits: BodyLimits<'c>,
         client_framing: ClientFraming,
         is_sse: bool,
         (upstream, client, watch): (
@@ -445,7 +445,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
             }
             if eof {
                 end.error = Some(UpstreamError::Io {
-                    provider: self.limits.provider.clone(),
+                    provider: self.limits.provider.to_owned(),
                     message: "connection closed before the end of the body".into(),
                 });
                 break;
@@ -483,9 +483,9 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
                 None => return self.cancelled(end),
                 Some(Err(_)) => {
                     end.error = Some(if left <= self.limits.idle {
-                        UpstreamError::TotalTimeout(self.limits.provider.clone())
+                        UpstreamError::TotalTimeout(self.limits.provider.to_owned())
                     } else {
-                        UpstreamError::IdleTimeout(self.limits.provider.clone())
+                        UpstreamError::IdleTimeout(self.limits.provider.to_owned())
                     });
                     ubuf = Vec::new();
                     wire.clear();
@@ -498,7 +498,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
                 Some(Ok((Ok(_), buf))) => ubuf = buf,
                 Some(Ok((Err(e), _))) => {
                     end.error = Some(UpstreamError::Io {
-                        provider: self.limits.provider.clone(),
+                        provider: self.limits.provider.to_owned(),
                         message: e.to_string(),
                     });
                     ubuf = Vec::new();
@@ -548,7 +548,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
                     let step = dec
                         .decode(&input[pos..])
                         .map_err(|e| UpstreamError::Protocol {
-                            provider: self.limits.provider.clone(),
+                            provider: self.limits.provider.to_owned(),
                             message: e.to_string(),
                         })?;
                     if step.done {
@@ -601,7 +601,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         end.upstream_reusable = false;
         end.usage = self.chain.usage();
         end.data_events = self.chain.data_events();
-        end.answered_model = self.chain.answered_model();
+        end.answered_model = self.chain.take_answered_model();
         end
     }
 
@@ -633,7 +633,7 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         }
         end.usage = self.chain.usage();
         end.data_events = self.chain.data_events();
-        end.answered_model = self.chain.answered_model();
+        end.answered_model = self.chain.take_answered_model();
         end.pivot = self.chain.take_pivot();
         let framing_intact = complete || is_sse;
         if chunked_out && framing_intact {
