@@ -67,6 +67,7 @@
 //! ambiguous).
 
 mod chunked;
+mod fields;
 mod request;
 mod response;
 mod target;
