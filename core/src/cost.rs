@@ -491,7 +491,9 @@ pub struct PriceTable {
     /// deployments' models, which nearly every request is priced at, cost one lookup instead
     /// of one per name boundary in both tables (three lookups a request: the reservation at
     /// admission, the media check and the cost at settlement).
-    known: HashMap<Box<str>, Option<Price>>,
+    /// Hashed by foldhash: the names are the config's, and SipHash cost some hundreds of
+    /// instructions on each of those lookups.
+    known: crate::config::FastMap<Box<str>, Option<Price>>,
 }
 
 impl PriceTable {
@@ -499,7 +501,7 @@ impl PriceTable {
     pub fn new(overrides: HashMap<String, Price>) -> Self {
         PriceTable {
             overrides,
-            known: HashMap::new(),
+            known: Default::default(),
         }
     }
 

@@ -46,7 +46,7 @@ pub(super) fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Con
         keys: access.keys,
         cache: crate::cache::settings::validate(raw.cache)?,
         alerts: super::alerts::validate(raw.alerts, secrets)?,
-        exact: routing.exact,
+        exact: routing.exact.into_iter().collect(),
         patterns: routing.patterns,
     };
     // A semantic cache's embeddings come from a model this gateway serves (another group).

@@ -67,6 +67,7 @@
 //! ambiguous).
 
 mod chunked;
+mod fields;
 mod request;
 mod response;
 mod target;
@@ -144,18 +145,20 @@ pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, GatewayError> {
 }
 
 /// Whether a header is hop-by-hop or framing, and so never forwarded as is.
+///
+/// Every forwarded header of every request and answer crosses it: the name's length picks
+/// the one or two names it can be, each compared as a constant.
 pub fn is_hop_by_hop(name: &str) -> bool {
-    const HOP: [&str; 10] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "content-length",
-        "host",
-        "expect",
-    ];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+    let is = |h: &str| name.eq_ignore_ascii_case(h);
+    match name.len() {
+        2 => is("te"),
+        4 => is("host"),
+        6 => is("expect"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        14 => is("content-length"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        _ => false,
+    }
 }

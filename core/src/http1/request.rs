@@ -2,12 +2,13 @@
 
 use std::ops::Range;
 
+use super::fields::FieldTable;
 use super::target::{parse_request_line, valid_authority, TargetForm};
 use super::{parse_content_length, proven_ascii, smuggling, trim, BodyFraming, MAX_HEADERS};
 use crate::error::{ErrorKind, GatewayError};
 
 /// A parsed request head. Names and values are kept as offsets into `raw`, one allocation for
-/// the whole head.
+/// the whole head (its field table included: [`FieldTable`]).
 #[derive(Clone, Debug)]
 pub struct RequestHead {
     raw: Vec<u8>,
@@ -20,7 +21,8 @@ pub struct RequestHead {
     authority: Option<Range<usize>>,
     host_field: Option<Range<usize>>,
     form: TargetForm,
-    headers: Vec<(Range<usize>, Range<usize>)>,
+    /// The fields' offsets, stored in `raw` after the head.
+    headers: FieldTable,
     /// `1` for HTTP/1.1 (or a higher 1.x, read as 1.1), `0` for HTTP/1.0.
     pub version: u8,
     /// How the body is framed.
@@ -73,10 +75,7 @@ impl RequestHead {
     /// The first value of header `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         // Bytes compared as they are: no UTF-8 check of every name on every lookup.
-        self.headers
-            .iter()
-            .find(|(n, _)| self.raw[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| &self.raw[v.clone()])
+        self.headers.find(&self.raw, name)
     }
 
     /// The first value of header `name` as a string, when it is valid UTF-8.
@@ -86,10 +85,10 @@ impl RequestHead {
 
     /// All headers in order, as (name, value).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.headers.iter().map(|(n, v)| {
+        self.headers.iter(&self.raw).map(|(n, v)| {
             // SAFETY: names are tokens: httparse checked them.
-            let name = unsafe { proven_ascii(&self.raw[n.clone()]) };
-            (name, &self.raw[v.clone()])
+            let name = unsafe { proven_ascii(&self.raw[n]) };
+            (name, &self.raw[v])
         })
     }
 }
@@ -168,15 +167,15 @@ pub fn parse_request_head(
         }
     };
     let base = buf.as_ptr() as usize;
-    // Every slice httparse hands out borrows from `buf`; anything else maps to an empty range.
+    // Every slice httparse hands out borrows from the head in `buf`; anything else maps to an
+    // empty range.
     let offset = |s: &[u8]| -> Range<usize> {
         match (s.as_ptr() as usize).checked_sub(base) {
-            Some(start) if start + s.len() <= buf.len() => start..start + s.len(),
+            Some(start) if start + s.len() <= len => start..start + s.len(),
             _ => 0..0,
         }
     };
     let version = line.version;
-    let mut headers = Vec::with_capacity(fields.len());
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut hosts = 0usize;
@@ -191,7 +190,6 @@ pub fn parse_request_head(
                 "malformed header field: control character in a value",
             ));
         }
-        headers.push((offset(h.name.as_bytes()), offset(h.value)));
         let value = trim(h.value);
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(value)?;
@@ -272,16 +270,25 @@ pub fn parse_request_head(
             "an HTTP/1.1 request needs a Host header",
         ));
     }
-    let mut raw = buf[..len].to_vec();
     let mut target = line.path_query.clone();
-    if line.form == TargetForm::Absolute && raw.get(target.start) != Some(&b'/') {
-        // `http://host` and `http://host?q` have the path `/` (RFC 9112 §3.2.2); keep it
-        // after the head so every range stays an offset into one allocation.
+    // `http://host` and `http://host?q` have the path `/` (RFC 9112 §3.2.2); it is kept after
+    // the head, then the field table, so every range stays an offset into one allocation.
+    let add_slash = line.form == TargetForm::Absolute && buf.get(target.start) != Some(&b'/');
+    let extra = if add_slash { 1 + target.len() } else { 0 };
+    let mut raw = Vec::with_capacity(len + extra + fields.len() * FieldTable::ENTRY);
+    raw.extend_from_slice(&buf[..len]);
+    if add_slash {
         let at = raw.len();
         raw.push(b'/');
         raw.extend_from_slice(&buf[target.clone()]);
         target = at..raw.len();
     }
+    let table = fields
+        .iter()
+        .map(|h| (offset(h.name.as_bytes()), offset(h.value)));
+    let Some(headers) = FieldTable::append(&mut raw, table) else {
+        return Err(too_large_head(limits));
+    };
     let path_end =
         memchr::memchr(b'?', &raw[target.clone()]).map_or(target.end, |i| target.start + i);
     Ok(Some((

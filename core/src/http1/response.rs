@@ -2,16 +2,18 @@
 
 use std::ops::Range;
 
+use super::fields::FieldTable;
 use super::{parse_content_length, proven_ascii, trim, BodyFraming, MAX_HEADERS};
 
 /// A parsed upstream response head. Like [`RequestHead`](super::RequestHead), names and values are offsets into
-/// one copy of the raw head.
+/// one copy of the raw head, which holds the field table too ([`FieldTable`]).
 #[derive(Clone, Debug)]
 pub struct ResponseHead {
     /// Status code.
     pub status: u16,
     raw: Vec<u8>,
-    fields: Vec<(Range<usize>, Range<usize>)>,
+    /// The fields' offsets, stored in `raw` after the head.
+    fields: FieldTable,
     /// How the body is framed.
     pub body: BodyFraming,
     /// Whether the upstream connection can be reused after the body.
@@ -21,20 +23,17 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// All headers in order, as (name as sent, value).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.fields.iter().map(|(n, v)| {
+        self.fields.iter(&self.raw).map(|(n, v)| {
             // SAFETY: names are tokens: httparse checked them.
-            let name = unsafe { proven_ascii(&self.raw[n.clone()]) };
-            (name, &self.raw[v.clone()])
+            let name = unsafe { proven_ascii(&self.raw[n]) };
+            (name, &self.raw[v])
         })
     }
 
     /// The first value of header `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         // Bytes compared as they are: no UTF-8 check of every name on every lookup.
-        self.fields
-            .iter()
-            .find(|(n, _)| self.raw[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| &self.raw[v.clone()])
+        self.fields.find(&self.raw, name)
     }
 
     /// Whether the body is an event stream: SSE, or the AWS binary event stream of Bedrock's
@@ -94,7 +93,6 @@ pub fn parse_response_head(
     let mut keep_alive = version == 1;
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
-    let mut fields = Vec::with_capacity(res.headers.len());
     for h in res.headers.iter() {
         let value = trim(h.value);
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -124,7 +122,6 @@ pub fn parse_response_head(
                 }
             }
         }
-        fields.push((offset(h.name.as_bytes()), offset(h.value)));
     }
     let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
         BodyFraming::Empty
@@ -145,10 +142,19 @@ pub fn parse_response_head(
             }
         }
     };
+    let mut raw = Vec::with_capacity(len + res.headers.len() * FieldTable::ENTRY);
+    raw.extend_from_slice(&buf[..len]);
+    let table = res
+        .headers
+        .iter()
+        .map(|h| (offset(h.name.as_bytes()), offset(h.value)));
+    let Some(fields) = FieldTable::append(&mut raw, table) else {
+        return Err(UpstreamFramingError::TooLarge(max_header_bytes));
+    };
     Ok(Some((
         ResponseHead {
             status,
-            raw: buf[..len].to_vec(),
+            raw,
             fields,
             body,
             keep_alive,

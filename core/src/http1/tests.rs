@@ -306,3 +306,40 @@ fn control_bytes_in_values_are_refused() {
         );
     }
 }
+
+#[test]
+fn hop_by_hop_names_are_the_ten_in_any_case() {
+    const HOP: [&str; 10] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        "host",
+        "expect",
+    ];
+    for h in HOP {
+        assert!(super::is_hop_by_hop(h), "{h}");
+        assert!(super::is_hop_by_hop(&h.to_ascii_uppercase()), "{h}");
+    }
+    for other in [
+        "",
+        "t",
+        "tE-",
+        "hosts",
+        "content-type",
+        "accept",
+        "authorization",
+        "x-request-id",
+        "keep_alive",
+        "upgrade-insecure-requests",
+        "trailers",
+        "expected",
+        "connections",
+    ] {
+        assert!(!super::is_hop_by_hop(other), "{other}");
+    }
+}

@@ -273,7 +273,9 @@ async fn read_body(
     limits: &HeadLimits,
 ) -> Result<Vec<u8>, Stop> {
     let cfg = &worker.shared.config.server;
-    let deadline = Instant::now() + Duration::from_millis(cfg.body_read_timeout_ms);
+    // Set when a read is needed: a body that came with its head (most of them) reads no clock
+    // and takes no deadline.
+    let deadline = || Instant::now() + Duration::from_millis(cfg.body_read_timeout_ms);
     send_continue(client, head).await?;
     match head.body {
         BodyFraming::Empty | BodyFraming::UntilClose => Ok(Vec::new()),
@@ -283,22 +285,25 @@ async fn read_body(
             let mut body = Vec::with_capacity(n);
             body.extend_from_slice(&client.buf[..have]);
             client.buf.drain(..have);
-            // A coarse deadline (`clock::deadlines`): no timer held in the request's state.
-            let mut limit = Deadline::at(deadline);
-            while body.len() < n {
-                let len = body.len();
-                let read = pin!(client.rd.read(body.slice_mut(len..n)));
-                body = match within(&mut limit, read).await {
-                    Err(_) => return Err(Stop::Answer(body_timeout())),
-                    Ok((Ok(0), _)) | Ok((Err(_), _)) => return Err(Stop::Close),
-                    Ok((Ok(_), slice)) => slice.into_inner(),
-                };
+            if body.len() < n {
+                // A coarse deadline (`clock::deadlines`): no timer held in the request's state.
+                let mut limit = Deadline::at(deadline());
+                while body.len() < n {
+                    let len = body.len();
+                    let read = pin!(client.rd.read(body.slice_mut(len..n)));
+                    body = match within(&mut limit, read).await {
+                        Err(_) => return Err(Stop::Answer(body_timeout())),
+                        Ok((Ok(0), _)) | Ok((Err(_), _)) => return Err(Stop::Close),
+                        Ok((Ok(_), slice)) => slice.into_inner(),
+                    };
+                }
             }
             Ok(body)
         }
         BodyFraming::Chunked => {
             let mut decoder = ChunkedDecoder::new(limits.max_body_bytes);
             let mut body = Vec::new();
+            let mut until = None;
             loop {
                 let (used, done) =
                     decoder
@@ -316,7 +321,9 @@ async fn read_body(
                 if done {
                     return Ok(body);
                 }
-                let limit = deadline.saturating_duration_since(Instant::now());
+                let limit = until
+                    .get_or_insert_with(deadline)
+                    .saturating_duration_since(Instant::now());
                 let buf = std::mem::take(&mut client.buf);
                 match idle::read_more(&mut client.rd, buf, limit).await {
                     Read::Data(b) => client.buf = b,
@@ -460,14 +467,36 @@ fn request_id(head: &RequestHead) -> String {
     }
 }
 
-/// `req_` and 16 hex digits, in one allocation (`format!` grows its string twice).
+/// `req_` and 16 hex digits, in one allocation (`format!` grows its string twice), written
+/// as bytes first (a `push` per digit checked the capacity and encoded a char each time).
 fn new_request_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = fastrand::u64(..);
-    let mut id = String::with_capacity(20);
-    id.push_str("req_");
-    for k in (0..16).rev() {
-        id.push(char::from(HEX[((n >> (k * 4)) & 0xf) as usize]));
+    let mut id = *b"req_0000000000000000";
+    for (k, b) in id[4..].iter_mut().enumerate() {
+        *b = HEX[((n >> ((15 - k) * 4)) & 0xf) as usize];
     }
-    id
+    // The bytes are ASCII: `from_utf8` cannot fail.
+    String::from(std::str::from_utf8(&id).unwrap_or("req_0000000000000000"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_request_id;
+
+    #[test]
+    fn new_request_ids_are_req_and_16_hex_digits() {
+        let a = new_request_id();
+        assert_eq!(a.len(), 20);
+        assert!(a.starts_with("req_"));
+        assert!(a[4..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_ne!(a, new_request_id());
+        // The digits are the random number's, most significant first.
+        fastrand::seed(7);
+        let n = fastrand::u64(..);
+        fastrand::seed(7);
+        assert_eq!(new_request_id(), format!("req_{n:016x}"));
+    }
 }

@@ -170,6 +170,11 @@ fn answer_id(plan: &Plan, client: &ClientSide<'_>) -> String {
     format!("{prefix}{}", client.request_id)
 }
 
+/// Microseconds from `start` to `at`.
+fn micros_since(start: Instant, at: Instant) -> u64 {
+    at.saturating_duration_since(start).as_micros() as u64
+}
+
 /// Reads the whole body (at most `max` bytes), translates it if needed, prices it, and writes
 /// head and body at once.
 async fn whole(
@@ -227,8 +232,10 @@ async fn whole(
             (body, used, None)
         }
     };
-    answer.upstream_us = Some(d.started.elapsed().as_micros() as u64);
-    answer.first_token_us = Some(client.started.elapsed().as_micros() as u64);
+    // One clock read for both (each read touches the vDSO's page, cold at low rates).
+    let read_at = Instant::now();
+    answer.upstream_us = Some(micros_since(d.started, read_at));
+    answer.first_token_us = Some(micros_since(client.started, read_at));
     let shared = &d.worker.shared;
     let media = super::media::usage(&shared.prices, d.upstream_model, d.plan, Some(&body));
     answer.usage = mark_estimated(used, media.as_ref());
@@ -275,7 +282,10 @@ async fn whole(
     wire.extend_from_slice(&body);
     answer.bytes_out = wire.len() as u64;
     let (res, _) = d.wr.write_all(wire).await;
-    answer.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
+    // One clock read for the answer's end: its first byte's time, the pool's idle clock and
+    // the attempt's latency.
+    let written = Instant::now();
+    answer.ttfb_us = Some(micros_since(client.started, written));
     if res.is_err() {
         answer.client_cancelled = true;
     }
@@ -283,7 +293,7 @@ async fn whole(
         d.worker.pool.borrow_mut().put(
             d.dep.provider,
             sent.conn,
-            Instant::now(),
+            written,
             d.provider.pool_max_idle,
         );
     }
@@ -291,7 +301,7 @@ async fn whole(
     Delivered {
         keep_alive: res.is_ok() && d.keep_alive && !client.http10,
         relayed: Relayed::Complete,
-        latency: d.started.elapsed(),
+        latency: written.saturating_duration_since(d.started),
     }
 }
 

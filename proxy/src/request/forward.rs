@@ -591,6 +591,36 @@ fn record_attempts(
     answer: &mut Answer,
 ) {
     let cfg = &worker.shared.config;
+    answer.route = report.route;
+    // The attempts and the deployment's name are read by the access line and the trace only
+    // (the ledger and the metrics go by `route`): without either, none is copied (an
+    // allocation per attempt and two more a request).
+    let described = cfg.log.access_log || client.trace.is_some();
+    if described {
+        describe_attempts(cfg, sends, &report, client, answer);
+    }
+    if answer.error.is_none() {
+        answer.error = report.error.map(Into::into);
+    }
+    if report.client_gone {
+        answer.client_cancelled = true;
+    }
+    for _ in 0..report.retries {
+        worker.metrics.retry(first_group);
+    }
+    for _ in 0..report.fallbacks {
+        worker.metrics.fallback(first_group);
+    }
+}
+
+/// The attempts and the deployment that answered, by name, for the access line and the trace.
+fn describe_attempts(
+    cfg: &sluice_core::config::Config,
+    sends: &Sends,
+    report: &AttemptReport,
+    client: &ClientSide<'_>,
+    answer: &mut Answer,
+) {
     let since = |t: Instant| t.saturating_duration_since(client.started).as_micros() as u64;
     let now = Instant::now();
     answer.attempts = report
@@ -607,7 +637,8 @@ fn record_attempts(
                 end_us: since(a.ended.unwrap_or(now)),
                 status: a.status,
                 error: a.error,
-                response_model: if answer.delivered_attempt == Some(k) {
+                // Only the trace's attempt spans read it (one allocation less otherwise).
+                response_model: if answer.delivered_attempt == Some(k) && client.trace.is_some() {
                     answer.response_model.clone()
                 } else {
                     None
@@ -615,25 +646,12 @@ fn record_attempts(
             }
         })
         .collect();
-    answer.route = report.route;
     if let Some((g, Some(i))) = report.route {
         answer.deployment = cfg
             .models
             .get(g)
             .and_then(|m| m.deployments.get(i))
             .map(|d| d.label.clone());
-    }
-    if answer.error.is_none() {
-        answer.error = report.error.map(Into::into);
-    }
-    if report.client_gone {
-        answer.client_cancelled = true;
-    }
-    for _ in 0..report.retries {
-        worker.metrics.retry(first_group);
-    }
-    for _ in 0..report.fallbacks {
-        worker.metrics.fallback(first_group);
     }
 }
 
