@@ -18,6 +18,7 @@ both_drivers!(
     keep_alive_reuses_both_sides,
     idle_connections_park,
     pipelined_requests_answer_in_order,
+    pipelined_request_during_a_stream,
     chunked_request_body_and_expect_continue,
     errors_for_paths_methods_models_and_json,
     limits_and_smuggling_are_refused,
@@ -266,6 +267,44 @@ fn pipelined_requests_answer_in_order(driver: &str) {
         })
         .collect();
     assert_eq!(ids, ["one", "two", "three"]);
+}
+
+/// A request pipelined while a stream is under way (after the client watch is posted, 20 ms
+/// in): the watch sees bytes, not a close, so the stream runs to its end and the pipelined
+/// request, left in the socket, is answered after it.
+fn pipelined_request_during_a_stream(driver: &str) {
+    let mock = mock_with(MockConfig {
+        chunks: 8,
+        chunk_delay_ms: 25,
+        ..MockConfig::default()
+    });
+    let gw = Gateway::start(&config(mock.addr(), "", ""), driver);
+    let mut c = gw.connect();
+    c.send_raw(
+        post_bytes(
+            "/v1/chat/completions",
+            &chat("mock-stream", true),
+            "x-request-id: first\r\n",
+        )
+        .as_bytes(),
+    );
+    // Well past the watch's arming (20 ms, plus one deadline tick), mid-stream.
+    std::thread::sleep(Duration::from_millis(120));
+    c.send_raw(b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-request-id: second\r\n\r\n");
+    let first = c.read_response();
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-request-id"), Some("first"));
+    let events = first.sse_data();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    assert!(events.len() >= 8, "{events:?}");
+    let second = c.read_response();
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(second.header("x-request-id"), Some("second"));
+    assert_eq!(mock.stats().streams_cancelled, 0, "{:?}", mock.stats());
 }
 
 fn chunked_request_body_and_expect_continue(driver: &str) {

@@ -111,7 +111,7 @@ pub fn execute<'f, 'c>(
         record_attempts(worker, &sends, first_group, report, client, &mut answer);
         // A client that closes after its answer was written is not a cancellation: only a race
         // lost during the exchange (recorded there) is.
-        let (early, gone) = watch.finish().await;
+        let (early, gone) = watch.finish();
         Exchanged {
             keep_alive: keep_alive && !gone,
             early,

@@ -16,55 +16,56 @@
 //! by the connection loop afterwards, so nothing is lost.
 
 use std::future::Future;
-use std::io;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
-use monoio::BufResult;
+use monoio::io::AsyncWriteRentExt;
 use sluice_core::filter::{BodyEnd, Chain};
 use sluice_core::http1::{begin_chunk, end_chunk, BodyFraming, ChunkedDecoder, LAST_CHUNK};
 use sluice_core::usage::Usage;
 
 use crate::clock::deadlines::Deadline;
 use crate::listen::client_io::{ClientRead, ClientWrite};
+use crate::listen::idle;
 use crate::listen::respond::ClientFraming;
 use crate::spares::Spares;
 use crate::upstream::attempt::READ_BUF;
 use crate::upstream::pool::{UpstreamConn, UpstreamError};
 
-type WatchFuture<'a> = Pin<Box<dyn Future<Output = BufResult<usize, Vec<u8>>> + 'a>>;
+/// The watch's wait: `true` when the client's socket holds bytes (a pipelined request, left
+/// there), `false` when the client closed or reset it.
+type WatchFuture<'a> = Pin<Box<dyn Future<Output = bool> + 'a>>;
 
-/// A read posted on the client connection while an exchange is under way, so a client that
+/// A wait posted on the client connection while an exchange is under way, so a client that
 /// goes away is noticed at once.
 ///
-/// The read is posted only once the exchange has run for [`ARM_AFTER`]: most answers are done
-/// well before, and for them the posted read and its cancel would be two more operations on
-/// the socket for nothing (a client that leaves during those first milliseconds is noticed
+/// The wait is for readiness, with no buffer and nothing read
+/// ([`idle::parked_until_bytes`]): a close or reset ends the exchange; bytes (a pipelined
+/// request) end the watch and stay in the socket for the connection to read after the
+/// exchange. It is posted only once the exchange has run for [`ARM_AFTER`]: most answers are
+/// done well before, and for them the posted wait and its cancel would be two more operations
+/// on the socket for nothing (a client that leaves during those first milliseconds is noticed
 /// then, or when the answer is written to it). Anything that takes longer — a thinking
 /// upstream, a stream — is watched from then on.
 ///
 /// Call order: [`ClientWatch::new`], any number of [`ClientWatch::race`], then
-/// [`ClientWatch::finish`] to cancel the read and recover anything the client sent meanwhile
-/// (a pipelined request).
+/// [`ClientWatch::finish`], which drops the wait (the runtime cancels it) and returns what a
+/// streamed body's reader read past its end (a pipelined request).
 ///
 /// On a TLS connection the watch is disabled: `race` just runs the operation and `finish`
 /// reports nothing (see the module docs for why and what it costs).
 pub struct ClientWatch<'a> {
-    /// The read half until the read is posted (`None` once posted).
+    /// The read half until the wait is posted (`None` once posted).
     rd: Option<&'a mut ClientRead>,
     /// The client's body is still being streamed upstream: nothing is read but that (see
     /// [`ClientWatch::hold`]).
     held: bool,
     /// The connection is plain TCP (a TLS connection's watch stays disabled).
     plain: bool,
-    /// When to post the read.
+    /// When to post the wait.
     arm_at: Instant,
     fut: Option<WatchFuture<'a>>,
-    /// Made when the read is posted: most exchanges end before, and a canceller is an
-    /// allocation and a hash set.
-    canceller: Option<Canceller>,
     gone: bool,
     early: Vec<u8>,
 }
@@ -115,11 +116,6 @@ fn give_back_wire(mut wire: Vec<u8>) {
     SPARE.with(|spare| spare.give(wire));
 }
 
-/// The watch's read buffer. The read is there to see a close: bytes that do arrive are the
-/// start of a pipelined request, kept as `early`, and the rest of it stays in the socket for
-/// the connection to read after the exchange. Held by every stream for its whole life.
-const WATCH_BUF: usize = 128;
-
 /// How long an exchange runs before its client is watched (see [`ClientWatch`]); at least
 /// this long: the watch is posted on the worker's next coarse deadline tick after it (see
 /// `clock::deadlines`), so up to one tick later.
@@ -136,23 +132,19 @@ impl<'a> ClientWatch<'a> {
             plain,
             arm_at: Instant::now() + ARM_AFTER,
             fut: None,
-            canceller: None,
             gone: false,
             early: Vec::new(),
         }
     }
 
-    /// Posts the read (plain TCP; a TLS connection's watch stays disabled).
+    /// Posts the wait (plain TCP; a TLS connection's watch stays disabled).
     fn arm(&mut self) {
         if let Some(rd) = self.rd.take().and_then(ClientRead::watchable) {
-            let handle = self.canceller.get_or_insert_with(Canceller::new).handle();
-            self.fut = Some(Box::pin(
-                rd.cancelable_read(Vec::with_capacity(WATCH_BUF), handle),
-            ));
+            self.fut = Some(Box::pin(idle::parked_until_bytes(rd)));
         }
     }
 
-    /// Keeps the read from being posted while the client's body is streamed upstream (its
+    /// Keeps the wait from being posted while the client's body is streamed upstream (its
     /// bytes are the body, not a close or a pipelined request): until
     /// [`ClientWatch::release`], `race` just runs the operation.
     pub fn hold(&mut self) {
@@ -201,31 +193,16 @@ impl<'a> ClientWatch<'a> {
         }
     }
 
-    fn on_read(&mut self, res: io::Result<usize>, buf: Vec<u8>) {
-        match res {
-            Ok(0) => self.gone = true,
-            Ok(_) => self.early.extend_from_slice(&buf),
-            Err(e) if is_cancelled(&e) => {}
-            Err(_) => self.gone = true,
-        }
-    }
-
-    /// Cancels the read; returns the bytes the client sent meanwhile and whether it is gone.
-    pub async fn finish(mut self) -> (Vec<u8>, bool) {
-        if let Some(watch) = self.fut.take() {
-            if let Some(canceller) = self.canceller.take() {
-                let _ = canceller.cancel();
-            }
-            let (res, buf) = watch.await;
-            self.on_read(res, buf);
-        }
+    /// Ends the watch (a posted wait is dropped, which cancels it; it read nothing): returns
+    /// the bytes read past a streamed body's end and whether the client is gone.
+    pub fn finish(self) -> (Vec<u8>, bool) {
         (self.early, self.gone)
     }
 }
 
 /// The future of [`ClientWatch::race`]: the operation first (biased: when it and the client's
 /// close complete together — a client that hangs up right after reading the whole answer —
-/// the operation wins), then the watch's posted read; before the watch is due, a coarse
+/// the operation wins), then the watch's posted wait; before the watch is due, a coarse
 /// [`Deadline`] (a few bytes, where a monoio timer is 640) says when to post it.
 pub struct Race<'r, 'a, F: ?Sized> {
     watch: &'r mut ClientWatch<'a>,
@@ -262,21 +239,19 @@ impl<F: Future + ?Sized> Future for Race<'_, '_, F> {
             this.due = None;
             watch.arm();
         }
-        if let Some(read) = watch.fut.as_mut() {
-            if let Poll::Ready((res, buf)) = read.as_mut().poll(cx) {
+        if let Some(wait) = watch.fut.as_mut() {
+            if let Poll::Ready(bytes) = wait.as_mut().poll(cx) {
+                // Bytes: a pipelined request, in the socket until the exchange ends; the
+                // watch ends (the socket stays readable). Else the client is gone.
                 watch.fut = None;
-                watch.on_read(res, buf);
-                if watch.gone {
+                if !bytes {
+                    watch.gone = true;
                     return Poll::Ready(None);
                 }
             }
         }
         Poll::Pending
     }
-}
-
-fn is_cancelled(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ECANCELED) || e.kind() == io::ErrorKind::Interrupted
 }
 
 /// Largest body copy kept to read usage from.

@@ -159,14 +159,16 @@ pub async fn wait_for_request(worker: &Worker, rd: &mut ClientRead) -> Waited {
     }
 }
 
-/// Waits, without a buffer, until the socket holds bytes of a request (`true`) or the client
-/// closed or reset it (`false`).
+/// Waits, without a buffer and without consuming anything, until the socket holds bytes of a
+/// request (`true`) or the client closed or reset it (`false`). Also the relay's client watch
+/// (`request::relay::ClientWatch`): there the bytes are a pipelined request, left in the
+/// socket for the connection to read after the exchange.
 ///
 /// Readability alone does not say which: when many parked clients close together, every one
 /// of them turns readable at once, and reading each with a request's buffer and state would
 /// allocate them all only to find EOF. A one-byte `MSG_PEEK` (non-blocking, nothing consumed)
 /// tells a request from a close; a wake-up with nothing to read parks again.
-async fn parked_until_bytes(rd: &mut OwnedReadHalf<TcpStream>) -> bool {
+pub(crate) async fn parked_until_bytes(rd: &mut OwnedReadHalf<TcpStream>) -> bool {
     loop {
         if readable(rd).await.is_err() {
             return false;
@@ -187,7 +189,8 @@ enum Peeked {
 
 fn peek(rd: &mut OwnedReadHalf<TcpStream>) -> Peeked {
     use std::os::fd::AsRawFd;
-    // SAFETY: as in `readable`: the connection's task is parked, nothing else uses the stream.
+    // SAFETY: as in `readable`: a shared reference to the stream, used at once to read the
+    // descriptor's number and dropped before this function returns.
     let fd = unsafe { &*rd.0.get() }.as_raw_fd();
     let mut byte = 0u8;
     // SAFETY: `fd` is the open socket of this connection (owned by the stream, which outlives
@@ -280,11 +283,16 @@ fn is_cancelled(e: &io::Error) -> bool {
 /// Waits until the socket has bytes to read (or is closed), without a buffer.
 async fn readable(rd: &mut OwnedReadHalf<TcpStream>) -> io::Result<()> {
     // SAFETY: the two halves of a plain client connection share the stream through
-    // `Rc<UnsafeCell<_>>`. Only the connection's own task touches either half, and it is
-    // parked here: no operation runs on the write half (nothing is written to an idle
-    // connection) or on the read half while this shared reference lives, and `readable`
-    // only submits a poll on the descriptor. Exercised by every idle keep-alive connection
-    // in the gateway tests (proxy/tests/gateway.rs, idle_connections_park).
+    // `Rc<UnsafeCell<_>>`, and only the connection's own task (one thread) touches either.
+    // No operation on the read half runs while this wait does (`rd` is borrowed mutably for
+    // it). The write half may be used meanwhile (the relay writes an answer while its client
+    // watch waits here), each of its operations through a reference of its own made when it
+    // is polled, never while this future is being polled; and monoio's `readable` uses its
+    // reference only in its first poll, to submit a poll operation holding its own handle on
+    // the descriptor, and never again: no reference made here is used after one made by the
+    // other half. Exercised by every idle keep-alive connection in the gateway tests
+    // (proxy/tests/gateway.rs, idle_connections_park) and by the client watch
+    // (client_disconnect_cancels_the_upstream, pipelined_request_during_a_stream).
     let stream: &TcpStream = unsafe { &*rd.0.get() };
     stream.readable(false).await
 }
