@@ -41,7 +41,7 @@ type WatchFuture<'a> = Pin<Box<dyn Future<Output = bool> + 'a>>;
 /// goes away is noticed at once.
 ///
 /// The wait is for readiness, with no buffer and nothing read
-/// ([`idle::parked_until_bytes`]): a close or reset ends the exchange; bytes (a pipelined
+/// (`listen::idle::parked_until_bytes`): a close or reset ends the exchange; bytes (a pipelined
 /// request) end the watch and stay in the socket for the connection to read after the
 /// exchange. It is posted only once the exchange has run for [`ARM_AFTER`]: most answers are
 /// done well before, and for them the posted wait and its cancel would be two more operations
