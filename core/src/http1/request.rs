@@ -8,7 +8,7 @@ use super::{parse_content_length, proven_ascii, smuggling, trim, BodyFraming, MA
 use crate::error::{ErrorKind, GatewayError};
 
 /// A parsed request head. Names and values are kept as offsets into `raw`, one allocation for
-/// the whole head (its field table included: [`FieldTable`]).
+/// the whole head (its field table included: `FieldTable`).
 #[derive(Clone, Debug)]
 pub struct RequestHead {
     raw: Vec<u8>,

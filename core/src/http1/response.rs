@@ -6,7 +6,7 @@ use super::fields::FieldTable;
 use super::{parse_content_length, proven_ascii, trim, BodyFraming, MAX_HEADERS};
 
 /// A parsed upstream response head. Like [`RequestHead`](super::RequestHead), names and values are offsets into
-/// one copy of the raw head, which holds the field table too ([`FieldTable`]).
+/// one copy of the raw head, which holds the field table too (`FieldTable`).
 #[derive(Clone, Debug)]
 pub struct ResponseHead {
     /// Status code.
