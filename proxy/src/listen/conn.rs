@@ -165,8 +165,8 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
 fn request_facts(worker: &Worker, head: &RequestHead, started: Instant) -> RequestFacts {
     let mut request = RequestFacts {
         request_id: request_id(head),
-        method: head.method().to_string(),
-        path: head.path().to_string(),
+        method: crate::telemetry::log::method_text(head.method()),
+        path: crate::telemetry::log::path_text(head.path()),
         started,
         bytes_in: 0,
         trace: None,
@@ -233,6 +233,9 @@ async fn read_head(
 ) -> Result<(RequestHead, Instant), Stop> {
     let cfg = &worker.shared.config.server;
     let started = Instant::now();
+    // The first read's limit is the whole timeout: `started` was read in this synchronous
+    // stretch (no clock read for what has not elapsed).
+    let mut first = true;
     loop {
         if !client.buf.is_empty() {
             match http1::parse_request_head(&client.buf, limits) {
@@ -245,8 +248,12 @@ async fn read_head(
             }
         }
         let buf = std::mem::take(&mut client.buf);
-        let limit =
-            Duration::from_millis(cfg.header_read_timeout_ms).saturating_sub(started.elapsed());
+        let timeout = Duration::from_millis(cfg.header_read_timeout_ms);
+        let limit = if std::mem::take(&mut first) {
+            timeout
+        } else {
+            timeout.saturating_sub(started.elapsed())
+        };
         let was_empty = buf.is_empty();
         match idle::read_more(&mut client.rd, buf, limit).await {
             Read::Data(b) => client.buf = b,

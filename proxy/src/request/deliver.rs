@@ -46,6 +46,9 @@ pub(crate) struct Delivered {
     pub relayed: Relayed,
     /// What the balancer learns: time to first token for streams, total time otherwise.
     pub latency: Duration,
+    /// When the delivery ended, where it read the clock as it returned (its caller settles
+    /// the attempt in the same synchronous stretch, with this time instead of another read).
+    pub ended: Option<Instant>,
 }
 
 /// What one delivery works with.
@@ -97,6 +100,7 @@ pub(crate) fn deliver<'f, 'w, 'c>(
                 keep_alive: false,
                 relayed: Relayed::ClientGone,
                 latency: Duration::ZERO,
+                ended: None,
             };
         };
         let status = sent.head.status;
@@ -192,6 +196,7 @@ async fn whole(
                 keep_alive: false,
                 relayed: Relayed::ClientGone,
                 latency: d.started.elapsed(),
+                ended: None,
             };
         }
         Some(Ok(x)) => x,
@@ -203,18 +208,27 @@ async fn whole(
                 keep_alive,
                 relayed: Relayed::UpstreamFailed(e.label()),
                 latency,
+                ended: None,
             };
         }
     };
     let client = d.client;
     let success = (200..300).contains(&sent.head.status);
     // An answer passed through is parsed once, for usage and the answered model; a cache
-    // miss's capture reuses that usage when it keeps the body as it is.
-    let plain = d.translation.is_none().then(|| usage::with_model(&body));
+    // miss's capture reuses that usage when it keeps the body as it is. The answered model
+    // is read only by the access line and the trace: not copied out when neither is on.
+    let wants_model = d.worker.shared.config.log.access_log || client.trace.is_some();
+    let plain = d.translation.is_none().then(|| {
+        if wants_model {
+            usage::with_model(&body)
+        } else {
+            (usage::from_body(&body), None)
+        }
+    });
     if d.plan.capture && success {
         capture_whole(d, &body, plain.as_ref().map(|p| p.0), answer);
     }
-    if let Some(t) = d.translation {
+    if let Some(t) = d.translation.filter(|_| wants_model) {
         answer.response_model = dialect::answered_model(t.from, sent.head.status, &body);
     }
     let (body, used, content_type) = match d.translation {
@@ -260,6 +274,7 @@ async fn whole(
             keep_alive,
             relayed: Relayed::Complete,
             latency: d.started.elapsed(),
+            ended: None,
         };
     };
     let framing = if client.http10 {
@@ -302,6 +317,7 @@ async fn whole(
         keep_alive: res.is_ok() && d.keep_alive && !client.http10,
         relayed: Relayed::Complete,
         latency: written.saturating_duration_since(d.started),
+        ended: Some(written),
     }
 }
 
@@ -372,18 +388,21 @@ fn relay<'f, 'a, 'w, 'c>(
                 .get_or_insert_with(|| Box::new(CacheNote::new(Mark::Miss)))
                 .captured = Some(pivot);
         }
+        // One clock read for the relay's end: the pool's idle clock, the latency, and the
+        // attempt's settlement (by the caller).
+        let ended = Instant::now();
         if end.upstream_reusable && sent.head.keep_alive {
             worker.pool.borrow_mut().put(
                 d.dep.provider,
                 sent.conn,
-                Instant::now(),
+                ended,
                 d.provider.pool_max_idle,
             );
         }
         // The balancer learns time to first token for streams, total time otherwise.
         let latency = match (is_sse, end.first_data) {
             (true, Some(t)) => t.saturating_duration_since(d.started),
-            _ => d.started.elapsed(),
+            _ => ended.saturating_duration_since(d.started),
         };
         Delivered {
             keep_alive: d.keep_alive && end.client_reusable,
@@ -393,6 +412,7 @@ fn relay<'f, 'a, 'w, 'c>(
                 (None, false) => Relayed::Complete,
             },
             latency,
+            ended: Some(ended),
         }
     }
 }

@@ -92,7 +92,10 @@ pub fn execute<'f, 'c>(
         let caller = reserved
             .principal()
             .map(|k| sluice_core::breaker::caller_id(&k.id));
-        let (mut lp, stage) = with_env(worker, |env| {
+        // One look at the clock for the synchronous stretch from here to the first attempt on
+        // its way: the loop's start, its first commands, the pool's checkout (see `exchange`).
+        let now = Instant::now();
+        let (mut lp, stage) = with_env_at(worker, now, |env| {
             reserved.attempt(env, client.started, plan.deadline_override, caller)
         });
         if upload.is_some() {
@@ -105,7 +108,8 @@ pub fn execute<'f, 'c>(
             watch: &mut watch,
             upload,
         };
-        let (keep_alive, sends) = exchange(worker, &mut lp, plan, io, client, &mut answer).await;
+        let (keep_alive, sends) =
+            exchange(worker, (&mut lp, now), plan, io, client, &mut answer).await;
         let first_group = lp.first_group();
         let report = lp.into_report();
         record_attempts(worker, &sends, first_group, report, client, &mut answer);
@@ -124,10 +128,19 @@ pub fn execute<'f, 'c>(
 /// Runs `f` with the loop's environment: this worker's routing table, the providers' limits,
 /// the clock and randomness. Breaker changes are published when it returns.
 pub(crate) fn with_env<R>(worker: &Worker, f: impl FnOnce(&mut Env<'_>) -> R) -> R {
+    with_env_at(worker, Instant::now(), f)
+}
+
+/// [`with_env`] with the clock as the caller read it, in the same synchronous stretch (no
+/// await since): a time read before an await would be stale after it.
+pub(crate) fn with_env_at<R>(
+    worker: &Worker,
+    now: Instant,
+    f: impl FnOnce(&mut Env<'_>) -> R,
+) -> R {
     let shared = &worker.shared;
     let mut routes = worker.routes.borrow_mut();
     let mut rng = || fastrand::u64(..);
-    let now = Instant::now();
     let mut env = Env {
         config: &shared.config,
         routes: &mut routes.table,
@@ -229,9 +242,11 @@ struct Io<'x, 'w, 'r> {
 ///
 /// `lp` is borrowed, not moved in: an async fn's by-value argument is stored twice in its
 /// future (as the argument and as the local it is bound to), and the loop is some 1 KiB.
+/// `now` is the caller's clock read, made in the synchronous stretch this starts in.
 async fn exchange(
     worker: &Worker,
-    lp: &mut AttemptLoop,
+    (lp, now): (&mut AttemptLoop, Instant),
+
     plan: &mut Plan,
     io: Io<'_, '_, '_>,
     client: &ClientSide<'_>,
@@ -252,10 +267,15 @@ async fn exchange(
         slots: [None, None],
         ids: [None, None],
     };
-    // An event is handled and the next command polled under one look at the clock.
+    // An event is handled and the next command polled under one look at the clock, and the
+    // clock is read again only after an await: commands that follow one another without
+    // one (a send, then the wait for it) and the checkout of a send's pooled connection (its
+    // future is first polled by that wait) share a read. `None` once an await ran.
+    let mut clock = Some(now);
     let mut event: Option<Event> = None;
     let keep = loop {
-        let command = with_env(worker, |env| {
+        let now = *clock.get_or_insert_with(Instant::now);
+        let command = with_env_at(worker, now, |env| {
             if let Some(e) = event.take() {
                 lp.handle(env, e);
             }
@@ -277,10 +297,11 @@ async fn exchange(
                         sends.launched.push(launch);
                         let Some(rest) = upload.as_deref_mut() else {
                             flights.start(attempt, || {
-                                attempt::send(worker, provider, request, deadline)
+                                attempt::send_at(worker, provider, request, deadline, now)
                             });
                             continue;
                         };
+                        clock = None;
                         // A streamed body: sent here, one attempt at a time.
                         // Boxed: the upload's state (some 2.8 KB) would otherwise size every
                         // request's state, a stream's included, for this rare path.
@@ -315,8 +336,12 @@ async fn exchange(
                 drop(sends.take_answered(attempt));
                 continue;
             }
-            Command::Wait { until } => wait(worker, &mut sends, &mut flights, until, watch).await,
+            Command::Wait { until } => {
+                clock = None;
+                wait(worker, &mut sends, &mut flights, until, watch).await
+            }
             Command::ReadErrorBody { attempt } => {
+                clock = None;
                 read_error_body(worker, &mut sends, attempt, deadline, watch).await
             }
             Command::Deliver { attempt } => {
@@ -380,7 +405,9 @@ async fn deliver_attempt(
     )
     .await;
     let used = answer.usage.map_or(0, |u| u.total_tokens());
-    with_env(worker, |env| {
+    // The delivery's own end time when it read one (no await since).
+    let now = done.ended.unwrap_or_else(Instant::now);
+    with_env_at(worker, now, |env| {
         lp.settle_delivered(env, done.relayed, done.latency, used)
     });
     done.keep_alive
@@ -622,7 +649,8 @@ fn describe_attempts(
     answer: &mut Answer,
 ) {
     let since = |t: Instant| t.saturating_duration_since(client.started).as_micros() as u64;
-    let now = Instant::now();
+    // Read only for an attempt still open (a hedge's loser): most requests have none.
+    let mut now = None;
     answer.attempts = report
         .attempts
         .iter()
@@ -634,7 +662,10 @@ fn describe_attempts(
                 provider: launch.map_or(0, |l| l.provider),
                 span_id: launch.and_then(|l| l.span_id),
                 start_us: since(a.started),
-                end_us: since(a.ended.unwrap_or(now)),
+                end_us: since(
+                    a.ended
+                        .unwrap_or_else(|| *now.get_or_insert_with(Instant::now)),
+                ),
                 status: a.status,
                 error: a.error,
                 // Only the trace's attempt spans read it (one allocation less otherwise).

@@ -9,6 +9,7 @@
 //! connection goes back to its pool where the body was read: those are per-attempt, not
 //! per-request.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -65,10 +66,10 @@ pub struct Answer {
 pub struct RequestFacts {
     /// `x-request-id`.
     pub request_id: String,
-    /// HTTP method.
-    pub method: String,
-    /// Request path.
-    pub path: String,
+    /// HTTP method (see `telemetry::log::method_text`).
+    pub method: Cow<'static, str>,
+    /// Request path (see `telemetry::log::path_text`).
+    pub path: Cow<'static, str>,
     /// When the head arrived.
     pub started: Instant,
     /// Request body bytes.

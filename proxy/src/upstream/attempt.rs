@@ -42,10 +42,22 @@ pub struct Sent {
 pub async fn send(
     worker: &Worker,
     index: usize,
-    mut request: Vec<u8>,
+    request: Vec<u8>,
     deadline: Instant,
 ) -> Result<Sent, UpstreamError> {
-    let mut conn = Some(checkout(worker, index)?);
+    send_at(worker, index, request, deadline, Instant::now()).await
+}
+
+/// [`send`], its pooled connection checked out at `now`: the caller's clock read, made in
+/// the synchronous stretch in which this future is first polled (the attempt loop's).
+pub async fn send_at(
+    worker: &Worker,
+    index: usize,
+    mut request: Vec<u8>,
+    deadline: Instant,
+    now: Instant,
+) -> Result<Sent, UpstreamError> {
+    let mut conn = Some(checkout(worker, index, now)?);
     loop {
         let (mut c, fresh) = match conn.take() {
             Some(Checkout::Pooled(c)) => (c, false),
@@ -84,13 +96,13 @@ enum Checkout {
 }
 
 /// Takes an idle pooled connection to provider `index`, if any.
-fn checkout(worker: &Worker, index: usize) -> Result<Checkout, UpstreamError> {
+fn checkout(worker: &Worker, index: usize, now: Instant) -> Result<Checkout, UpstreamError> {
     let Some(provider) = worker.shared.config.providers.get(index) else {
         return Err(UpstreamError::Resolve(format!("provider #{index}")));
     };
     let conn = worker.pool.borrow_mut().take(
         index,
-        Instant::now(),
+        now,
         Duration::from_millis(provider.pool_idle_timeout_ms),
     );
     Ok(match conn {
