@@ -72,25 +72,10 @@ pub(crate) fn by_serde(json: &[u8]) -> Option<String> {
 /// (serde would read their inner `model`, or refuse them), `modelVersion` `null` or a
 /// string. `None` leaves it to serde.
 pub(crate) fn top_level_model(json: &[u8]) -> Option<&str> {
-    let mut model = None;
-    let mut version = None;
-    let mut message = None;
-    let mut response = None;
-    crate::inspect::walk::members(json, |m| {
-        let slot = match m.key {
-            b"model" => &mut model,
-            b"modelVersion" => &mut version,
-            b"message" => &mut message,
-            b"response" => &mut response,
-            _ => return Some(()),
-        };
-        if slot.is_some() {
-            return None;
-        }
-        *slot = Some(&json[m.value]);
-        Some(())
-    })?;
-    let null = |v: Option<&[u8]>| v.is_none_or(|v| v == b"null");
+    use crate::inspect::walk;
+    let [model, version, message, response] =
+        walk::named(json, [b"model", b"modelVersion", b"message", b"response"])?;
+    let null = walk::absent_or_null;
     if !null(message) || !null(response) {
         return None;
     }

@@ -271,25 +271,9 @@ pub(crate) struct TopLevel<'a> {
 /// objects serde reads, `model` a string without escapes or control bytes, each or `null`).
 /// So on valid JSON the answer is always the serde parse's.
 pub(crate) fn top_level(body: &[u8]) -> Option<TopLevel<'_>> {
-    let mut choices = None;
-    let mut usage = None;
-    let mut response = None;
-    let mut model = None;
-    scan::members(body, |m| {
-        let slot = match m.key {
-            b"choices" => &mut choices,
-            b"usage" => &mut usage,
-            b"response" => &mut response,
-            b"model" => &mut model,
-            _ => return Some(()),
-        };
-        if slot.is_some() {
-            return None;
-        }
-        *slot = Some(&body[m.value]);
-        Some(())
-    })?;
-    let null = |v: Option<&[u8]>| v.is_none_or(|v| v == b"null");
+    let [choices, usage, response, model] =
+        scan::named(body, [b"choices", b"usage", b"response", b"model"])?;
+    let null = crate::inspect::walk::absent_or_null;
     if !(null(choices) || choices?.first() == Some(&b'[')) {
         return None;
     }

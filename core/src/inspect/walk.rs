@@ -224,6 +224,39 @@ pub(crate) fn members<'a>(
     members_with(json, checked_value, each)
 }
 
+/// The values of `json`'s top-level members named `keys` (keys as written), in the order of
+/// `keys`, each value checked; `None` when one of them is repeated or the walk stops.
+pub(crate) fn named<'a, const N: usize>(
+    json: &'a [u8],
+    keys: [&[u8]; N],
+) -> Option<[Option<&'a [u8]>; N]> {
+    named_with(json, keys, checked_value)
+}
+
+/// [`named`], with `skip` stepping over each value (see [`members_with`]).
+pub(crate) fn named_with<'a, const N: usize>(
+    json: &'a [u8],
+    keys: [&[u8]; N],
+    skip: impl Fn(&'a [u8], usize) -> Option<(usize, bool)>,
+) -> Option<[Option<&'a [u8]>; N]> {
+    let mut found = [None; N];
+    members_with(json, skip, |m| {
+        if let Some(k) = keys.iter().position(|&key| key == m.key) {
+            if found[k].is_some() {
+                return None;
+            }
+            found[k] = Some(&json[m.value]);
+        }
+        Some(())
+    })?;
+    Some(found)
+}
+
+/// Whether a member [`named`] found is absent or `null`.
+pub(crate) fn absent_or_null(v: Option<&[u8]>) -> bool {
+    v.is_none_or(|v| v == b"null")
+}
+
 /// The value starting at `json[start]`, checked: the index after it, and for a string
 /// whether it has a backslash.
 #[inline]

@@ -15,7 +15,7 @@
 //! the caller falls back to serde, which also decides every odd case (the caller falls back
 //! for those too), so the answer on any valid JSON is serde's.
 
-use crate::inspect::walk::{self, is_ws, Member, MAX_DEPTH};
+use crate::inspect::walk::{self, is_ws, MAX_DEPTH};
 
 /// `json[open]` is a `"`: the index after the closing quote, and whether a backslash was seen.
 #[inline]
@@ -88,14 +88,13 @@ fn skip_value(json: &[u8], start: usize) -> Option<(usize, bool)> {
     }
 }
 
-/// Calls `each` on every top-level member of `json`, a JSON object, in order, with its
-/// value skipped unchecked; stops with `None` when `each` does, or when `json` is not an
-/// object this walk can read (see the module comment).
-pub(super) fn members<'a>(
+/// The values of `json`'s top-level members named `keys`, skipped unchecked
+/// ([`walk::named`] with this scanner's skipping).
+pub(super) fn named<'a, const N: usize>(
     json: &'a [u8],
-    each: impl FnMut(Member<'a>) -> Option<()>,
-) -> Option<()> {
-    walk::members_with(json, skip_value, each)
+    keys: [&[u8]; N],
+) -> Option<[Option<&'a [u8]>; N]> {
+    walk::named_with(json, keys, skip_value)
 }
 
 #[cfg(test)]
@@ -104,7 +103,7 @@ mod tests {
 
     fn walk(json: &[u8]) -> Option<Vec<(String, bool, String)>> {
         let mut out = Vec::new();
-        members(json, |m| {
+        walk::members_with(json, skip_value, |m| {
             out.push((
                 String::from_utf8_lossy(m.key).into_owned(),
                 m.escaped,
