@@ -166,7 +166,7 @@ fn request_facts(worker: &Worker, head: &RequestHead, started: Instant) -> Reque
     let mut request = RequestFacts {
         request_id: request_id(head),
         method: crate::telemetry::log::method_text(head.method()),
-        path: crate::telemetry::log::path_text(head.path()),
+        path: crate::listen::endpoints::recorded_path(head.path()),
         started,
         bytes_in: 0,
         trace: None,

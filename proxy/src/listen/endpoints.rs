@@ -1,5 +1,6 @@
 //! The gateway's own endpoints and the routing table.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,47 @@ pub fn allow_for(route: Route) -> &'static [u8] {
     }
 }
 
+/// The gateway's fixed paths and where each goes (a model's own path, `/v1/models/{id}`, is
+/// read by [`model_id`]).
+const PATHS: [(&str, Route); 14] = [
+    (
+        "/v1/chat/completions",
+        Route::Api(ApiEndpoint::ChatCompletions),
+    ),
+    ("/v1/responses", Route::Api(ApiEndpoint::Responses)),
+    ("/v1/messages", Route::Api(ApiEndpoint::Messages)),
+    ("/v1/completions", Route::Api(ApiEndpoint::Completions)),
+    ("/v1/embeddings", Route::Api(ApiEndpoint::Embeddings)),
+    (
+        "/v1/messages/count_tokens",
+        Route::Api(ApiEndpoint::CountTokens),
+    ),
+    ("/v1/moderations", Route::Api(ApiEndpoint::Moderations)),
+    (
+        "/v1/images/generations",
+        Route::Api(ApiEndpoint::ImagesGenerations),
+    ),
+    (
+        "/v1/audio/transcriptions",
+        Route::Api(ApiEndpoint::AudioTranscriptions),
+    ),
+    ("/v1/audio/speech", Route::Api(ApiEndpoint::AudioSpeech)),
+    ("/v1/models", Route::Models),
+    ("/healthz", Route::Healthz),
+    ("/readyz", Route::Readyz),
+    ("/metrics", Route::Metrics),
+];
+
+/// A request's path for its record: one of the gateway's fixed paths, exactly as written,
+/// borrowed (no allocation per request); any other (a query, a model id, a trailing slash,
+/// an unknown path) copied.
+pub fn recorded_path(path: &str) -> Cow<'static, str> {
+    match PATHS.iter().find(|(p, _)| *p == path) {
+        Some((p, _)) => Cow::Borrowed(p),
+        None => Cow::Owned(path.to_owned()),
+    }
+}
+
 /// Maps method and path to a route: 404 for an unknown path, 405 (with the route, for its
 /// `Allow` header) for a known path with the wrong method.
 pub fn route(method: &str, path: &str) -> Result<Route, (GatewayError, Option<Route>)> {
@@ -43,23 +85,10 @@ pub fn route(method: &str, path: &str) -> Result<Route, (GatewayError, Option<Ro
         .strip_suffix('/')
         .filter(|p| !p.is_empty())
         .unwrap_or(path);
-    let route = match path {
-        "/healthz" => Route::Healthz,
-        "/readyz" => Route::Readyz,
-        "/v1/models" => Route::Models,
-        "/metrics" => Route::Metrics,
-        "/v1/chat/completions" => Route::Api(ApiEndpoint::ChatCompletions),
-        "/v1/completions" => Route::Api(ApiEndpoint::Completions),
-        "/v1/embeddings" => Route::Api(ApiEndpoint::Embeddings),
-        "/v1/responses" => Route::Api(ApiEndpoint::Responses),
-        "/v1/messages" => Route::Api(ApiEndpoint::Messages),
-        "/v1/messages/count_tokens" => Route::Api(ApiEndpoint::CountTokens),
-        "/v1/moderations" => Route::Api(ApiEndpoint::Moderations),
-        "/v1/images/generations" => Route::Api(ApiEndpoint::ImagesGenerations),
-        "/v1/audio/transcriptions" => Route::Api(ApiEndpoint::AudioTranscriptions),
-        "/v1/audio/speech" => Route::Api(ApiEndpoint::AudioSpeech),
-        p if model_id(p).is_some() => Route::Model,
-        _ => {
+    let route = match PATHS.iter().find(|(p, _)| *p == path) {
+        Some(&(_, route)) => route,
+        None if model_id(path).is_some() => Route::Model,
+        None => {
             return Err((
                 GatewayError::new(
                     ErrorKind::RouteNotFound,
@@ -258,6 +287,22 @@ async fn probe(addr: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_paths_are_recorded_borrowed_others_as_written() {
+        for (p, _) in PATHS {
+            assert!(matches!(recorded_path(p), Cow::Borrowed(b) if b == p));
+        }
+        for odd in [
+            "/v1/chat/completions/",
+            "/v1/models/gpt-4o",
+            "/v1/embeddings?x=1",
+            "/",
+        ] {
+            let r = recorded_path(odd);
+            assert!(matches!(r, Cow::Owned(_)) && r == odd, "{odd}");
+        }
+    }
 
     #[test]
     fn routes() {

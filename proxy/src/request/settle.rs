@@ -68,7 +68,7 @@ pub struct RequestFacts {
     pub request_id: String,
     /// HTTP method (see `telemetry::log::method_text`).
     pub method: Cow<'static, str>,
-    /// Request path (see `telemetry::log::path_text`).
+    /// Request path (see `listen::endpoints::recorded_path`).
     pub path: Cow<'static, str>,
     /// When the head arrived.
     pub started: Instant,
