@@ -1,14 +1,14 @@
 #!/bin/bash
 # usage: bash bench/callgrind-request.sh BINARY N OUT [full|stream]
-# The gateway (bare config, one worker, epoll) under callgrind in front of sluice-mock (next to
+# The gateway (one worker, epoll) under callgrind in front of sluice-mock (next to
 # BINARY), N sequential 1 KB keep-alive chat requests, then SIGINT; prints the collected
 # instruction count. With `stream`: N sequential event streams instead (a small prompt,
 # "stream":true, CHUNKS events of 40 bytes 1 ms apart, default CHUNKS=20, each read to its
 # last chunk), and the request future's instructions per stream.
-# With `full`: compare.sh's sluice_full features (a required key with
-# limits, the SQLite ledger, the JSON access log to a file, metrics), one callgrind file per
-# thread (OUT-01, OUT-02, ...), and the instructions per request of the worker's request
-# future and of the ledger writer's inserts. See bench/README.md, "Instructions per request".
+# The gateway runs bench/configs.sh's `bare` config; with `full`, its `full` config (compare.sh's
+# sluice_full: a required key with limits, the SQLite ledger, the JSON access log to a file,
+# metrics), one callgrind file per thread (OUT-01, OUT-02, ...), and the instructions per
+# request of the worker's request future and of the ledger writer's inserts. See bench/README.md, "Instructions per request".
 set -e
 BIN=$1; N=$2; OUT=$3; MODE=${4:-bare}
 KEY=sk-sluice-bench-full-0123456789
@@ -20,62 +20,17 @@ MOCK=$!
 GW=
 # Whatever happens, the processes started here are stopped by PID.
 trap 'kill $MOCK $GW 2>/dev/null; rm -rf "$D"' EXIT
+AP=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+# shellcheck source=bench/configs.sh
+. "$(dirname "$0")/configs.sh"
+AUTH= THREADS=
 if [ "$MODE" = full ]; then
-  AP=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-  cat > $D/s.toml <<T
-auth = "keys"
-[server]
-listen = "127.0.0.1:$GP"
-workers = 1
-pin_workers = false
-[log]
-level = "info"
-format = "json"
-access_log = true
-[admin]
-enabled = true
-listen = "127.0.0.1:$AP"
-[store]
-path = "$D/sluice.db"
-[[keys]]
-name = "bench"
-key = "$KEY"
-team = "bench"
-rpm = 1000000000
-tpm = 1000000000000
-budget_usd = 1000000000.0
-[prices."mock-model"]
-input_per_mtok = 2.5
-output_per_mtok = 10.0
-T
+  sluice_bench_config full "127.0.0.1:$GP" "127.0.0.1:$AP" "$MP" "$D" "$KEY" >$D/s.toml
   AUTH="authorization: Bearer $KEY"
   THREADS="--separate-threads=yes"
 else
-  cat > $D/s.toml <<T
-auth = "none"
-[server]
-listen = "127.0.0.1:$GP"
-workers = 1
-pin_workers = false
-[log]
-level = "warn"
-format = "json"
-access_log = false
-[admin]
-enabled = false
-T
-  AUTH=
-  THREADS=
+  sluice_bench_config bare "127.0.0.1:$GP" "127.0.0.1:$AP" "$MP" "" "" >$D/s.toml
 fi
-cat >> $D/s.toml <<T
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:$MP/v1"
-[[models]]
-name = "mock-fast"
-deployments = [{ provider = "mock", model = "mock-model" }]
-T
 # The access log (stdout) goes to a file; valgrind's own lines to another.
 SLUICE_DRIVER=epoll valgrind --tool=callgrind --callgrind-out-file=$OUT --dump-instr=no $THREADS --log-file=$D/out.txt $BIN serve --config $D/s.toml >$D/access.jsonl 2>&1 &
 GW=$!

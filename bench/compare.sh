@@ -34,6 +34,8 @@ for arg in "$@"; do
 done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/configs.sh
+. "$ROOT/bench/configs.sh"
 TARGET_DIR=${SLUICE_TARGET_DIR:-$ROOT/target}
 OUT=${SLUICE_BENCH_OUT:-$TARGET_DIR/bench}
 RAW=$OUT/raw
@@ -210,101 +212,16 @@ taskset -c "$XCORE_CORE" "$BIN/sluice-mock" --listen "127.0.0.1:$XCORE_PORT" --w
   >"$WORK/mock-xcore.log" 2>&1 &
 PIDS+=($!)
 
-cat >"$WORK/sluice.toml" <<EOF
-# Written by bench/compare.sh: examples/mock.toml on the bench's ports, without keys (the
-# load generator sends none) and so without a store.
-auth = "none"
-
-[server]
-listen = "127.0.0.1:$SLUICE_PORT"
-workers = $GW_WORKERS
-# Under taskset the worker pins to the one allowed core.
-pin_workers = true
-drain_timeout_ms = 1000
-# The idle-connections phase holds $IDLE_CONNS client connections on the one worker.
-max_connections_per_worker = 16384
-
-[log]
-level = "info"
-format = "json"
-access_log = false
-
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-
-[[models]]
-name = "mock-fast"
-deployments = [{ provider = "mock", model = "mock-model" }]
-
-[[models]]
-name = "mock-stream"
-deployments = [{ provider = "mock", model = "mock-stream-model" }]
-EOF
+BENCH_PIN=true sluice_bench_config bare "127.0.0.1:$SLUICE_PORT" "127.0.0.1:$ADMIN_PORT" \
+  "$MOCK_PORT" "" "" >"$WORK/sluice.toml"
 taskset -c "$GW_CORE" "$BIN/sluice" serve --config "$WORK/sluice.toml" >"$WORK/sluice.log" 2>&1 &
 SLUICE_PID=$!
 PIDS+=("$SLUICE_PID")
 
-# sluice_full: what users run. Keys required (one key with limits far above what the bench
-# sends), the SQLite ledger in the temp dir, the JSON access log to a file (its stdout),
-# metrics on the admin listener. The same core, one worker.
+# sluice_full: what users run (bench/configs.sh says what is on). The same core, one worker.
 mkdir -p "$WORK/full"
-cat >"$WORK/sluice-full.toml" <<EOF
-# Written by bench/compare.sh: the bench's Sluice with the features users run turned on.
-auth = "keys"
-
-[server]
-listen = "127.0.0.1:$FULL_PORT"
-workers = $GW_WORKERS
-pin_workers = true
-drain_timeout_ms = 1000
-max_connections_per_worker = 16384
-
-[log]
-level = "info"
-format = "json"
-access_log = true
-
-[admin]
-enabled = true
-listen = "127.0.0.1:$FULL_ADMIN_PORT"
-
-[store]
-path = "$WORK/full/sluice.db"
-
-[[keys]]
-name = "bench"
-key = "$FULL_KEY"
-team = "bench"
-rpm = 1000000000
-tpm = 1000000000000
-budget_usd = 1000000000.0
-
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-
-[[models]]
-name = "mock-fast"
-deployments = [{ provider = "mock", model = "mock-model" }]
-
-[[models]]
-name = "mock-stream"
-deployments = [{ provider = "mock", model = "mock-stream-model" }]
-
-[prices."mock-model"]
-input_per_mtok = 2.5
-output_per_mtok = 10.0
-
-[prices."mock-stream-model"]
-input_per_mtok = 2.5
-output_per_mtok = 10.0
-EOF
+BENCH_PIN=true sluice_bench_config full "127.0.0.1:$FULL_PORT" "127.0.0.1:$FULL_ADMIN_PORT" \
+  "$MOCK_PORT" "$WORK/full" "$FULL_KEY" >"$WORK/sluice-full.toml"
 # The access log is large (a line per request): it stays in the temp dir; its first
 # 64 KiB are kept in logs/ and its line count in meta.json.
 taskset -c "$GW_CORE" "$BIN/sluice" serve --config "$WORK/sluice-full.toml" \

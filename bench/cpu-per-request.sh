@@ -6,7 +6,7 @@
 # 64 connections, and prints the gateway's user and system CPU per request from
 # /proc/PID/stat, and the req/s. Given several dirs, runs them in turn, three rounds,
 # interleaved, so they share the machine's noise. Everything on 127.0.0.1 (ports 19301,
-# 19380); every process is stopped by PID.
+# 19380, its admin 19381); every process is stopped by PID.
 set -euo pipefail
 
 N=100000
@@ -30,22 +30,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat >"$WORK/sluice.toml" <<EOF
-auth = "none"
-[server]
-listen = "127.0.0.1:19380"
-workers = 1
-pin_workers = true
-[log]
-level = "warn"
-access_log = false
-[[providers]]
-name = "mock"
-base_url = "http://127.0.0.1:19301/v1"
-[[models]]
-name = "mock-fast"
-deployments = [{ provider = "mock", model = "mock-model" }]
-EOF
+# shellcheck source=bench/configs.sh
+. "$ROOT/bench/configs.sh"
+BENCH_PIN=true sluice_bench_config bare 127.0.0.1:19380 127.0.0.1:19381 19301 "" "" >"$WORK/sluice.toml"
 
 taskset -c 1 "$HARNESS/sluice-mock" --listen 127.0.0.1:19301 --workers 1 --pin >"$WORK/mock.log" 2>&1 &
 PIDS+=($!)

@@ -50,36 +50,17 @@ cleanup() {
 }
 trap cleanup EXIT
 KEY=sk-sluice-pgo-0123456789abcdef
-gateway() { # NAME PORT AUTH EXTRA
-  cat >"$W/$1.toml" <<T
-auth = "$3"
-[server]
-listen = "127.0.0.1:$2"
-workers = 1
-[admin]
-listen = "127.0.0.1:$(($2 + 1))"
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:$PORT/v1"
-[[models]]
-name = "mock-fast"
-deployments = [{ provider = "mock", model = "mock-model" }]
-[[models]]
-name = "mock-embed"
-deployments = [{ provider = "mock", model = "mock-embed-model" }]
-[prices."mock-model"]
-input_per_mtok = 2.5
-output_per_mtok = 10.0
-$4
-T
+# shellcheck source=bench/configs.sh
+. "$ROOT/bench/configs.sh"
+gateway() { # MODE PORT (its admin listener on PORT + 1)
+  sluice_bench_config "$1" "127.0.0.1:$2" "127.0.0.1:$(($2 + 1))" "$PORT" "$W" "$KEY" >"$W/$1.toml"
   "$GEN" serve --config "$W/$1.toml" >"$W/$1.log" 2>&1 &
   PIDS+=($!)
 }
 "$MOCK" --listen "127.0.0.1:$PORT" --workers 1 >"$W/mock.log" 2>&1 &
 PIDS+=($!)
-gateway bare $((PORT + 1)) none $'[log]\nlevel = "warn"\naccess_log = false'
-gateway full $((PORT + 3)) keys "$(printf '[log]\nlevel = "info"\nformat = "json"\naccess_log = true\n[store]\npath = "%s/sluice.db"\n[[keys]]\nname = "pgo"\nkey = "%s"\nteam = "pgo"\nrpm = 1000000000\ntpm = 1000000000000\nbudget_usd = 1000000000.0' "$W" "$KEY")"
+gateway bare $((PORT + 1))
+gateway full $((PORT + 3))
 for p in $((PORT + 1)) $((PORT + 3)); do
   for _ in $(seq 50); do
     curl -s -o /dev/null "http://127.0.0.1:$p/healthz" && break

@@ -53,6 +53,8 @@ case "$ROUNDS" in '' | *[!0-9]*) echo "--rounds takes a number" >&2; exit 64 ;; 
 RATE=5000 OUTAGE_RATE=2000 CLOSED_CONNS=64 TRANSITION_D=$((OUTAGE_D + 1))
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/configs.sh
+. "$ROOT/bench/configs.sh"
 TARGET_DIR=${SLUICE_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
 OUT=${SLUICE_BENCH_OUT:-$TARGET_DIR/bench/shared}
@@ -191,42 +193,9 @@ PIDS+=($!)
 
 gateway() { # NAME PORT ADMIN_PORT EXTRA
   mkdir -p "$WORK/$1"
-  cat >"$WORK/$1.toml" <<TOML
-# Written by bench/shared-compare.sh: compare.sh's sluice_full${4:+, with [shared]}.
-auth = "keys"
-[server]
-listen = "127.0.0.1:$2"
-workers = 1
-pin_workers = true
-drain_timeout_ms = 1000
-[log]
-level = "info"
-format = "json"
-access_log = true
-[admin]
-enabled = true
-listen = "127.0.0.1:$3"
-[store]
-path = "$WORK/$1/sluice.db"
-[[keys]]
-name = "bench"
-key = "$KEY"
-team = "bench"
-rpm = 1000000000
-tpm = 1000000000000
-budget_usd = 1000000000.0
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-[[models]]
-name = "mock-fast"
-deployments = [{ provider = "mock", model = "mock-model" }]
-[prices."mock-model"]
-input_per_mtok = 2.5
-output_per_mtok = 10.0
-$4
-TOML
+  # compare.sh's sluice_full (bench/configs.sh), with EXTRA (the [shared] table) after it.
+  { BENCH_PIN=true sluice_bench_config full "127.0.0.1:$2" "127.0.0.1:$3" "$MOCK_PORT" \
+    "$WORK/$1" "$KEY"; printf '%s\n' "$4"; } >"$WORK/$1.toml"
   # The access log (a line per request) stays in the temp dir.
   taskset -c "$GW_CORE" "$BIN/sluice" serve --config "$WORK/$1.toml" \
     >"$WORK/$1/access.jsonl" 2>"$WORK/$1.log" &
