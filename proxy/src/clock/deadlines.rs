@@ -192,14 +192,21 @@ pub async fn sweep() {
 mod tests {
     use super::*;
 
-    #[test]
-    fn deadlines_pass_are_swept_and_leave_the_table() {
+    /// Runs `test` on a worker-like runtime (a timer, the sweep running).
+    fn on_a_worker(test: impl Future<Output = ()>) {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()
             .unwrap();
         rt.block_on(async {
             monoio::spawn(sweep());
+            test.await
+        });
+    }
+
+    #[test]
+    fn deadlines_pass_are_swept_and_leave_the_table() {
+        on_a_worker(async {
             let start = Instant::now();
             let near = Deadline::at(start + Duration::from_millis(30));
             let far = Deadline::at(start + Duration::from_secs(3600));
@@ -217,12 +224,7 @@ mod tests {
 
     #[test]
     fn within_a_deadline_the_operation_wins_or_the_deadline_ends_it() {
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            monoio::spawn(sweep());
+        on_a_worker(async {
             let start = Instant::now();
             // An operation that never ends is cut off once the deadline passes.
             let never = std::pin::pin!(std::future::pending::<()>());
