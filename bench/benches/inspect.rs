@@ -170,6 +170,49 @@ struct SimdProbe<'a> {
     max_output_tokens: Option<u64>,
 }
 
+/// What the gateway takes from a probe: the model's length (its span), the stream flag,
+/// whether stream options were sent, and the first output-token limit given.
+type ProbeRead = (Option<usize>, Option<bool>, bool, Option<u64>);
+
+impl SerdeProbe<'_> {
+    fn read(&self) -> ProbeRead {
+        let limit = self.max_tokens.or(self.max_completion_tokens);
+        let m = self.model.map(|m| m.get().len());
+        (
+            m,
+            self.stream,
+            self.stream_options.is_some(),
+            limit.or(self.max_output_tokens),
+        )
+    }
+}
+
+impl SonicProbe<'_> {
+    fn read(&self) -> ProbeRead {
+        let limit = self.max_tokens.or(self.max_completion_tokens);
+        let m = self.model.as_ref().map(|m| m.as_raw_str().len());
+        (
+            m,
+            self.stream,
+            self.stream_options.is_some(),
+            limit.or(self.max_output_tokens),
+        )
+    }
+}
+
+impl SimdProbe<'_> {
+    fn read(&self) -> ProbeRead {
+        let limit = self.max_tokens.or(self.max_completion_tokens);
+        let m = self.model.map(str::len);
+        (
+            m,
+            self.stream,
+            self.stream_options.is_some(),
+            limit.or(self.max_output_tokens),
+        )
+    }
+}
+
 const PARSER_SIZES: [(&str, usize); 3] =
     [("1KB", 1024), ("10KB", 10 * 1024), ("200KB", 200 * 1024)];
 
@@ -196,27 +239,13 @@ fn bench_parsers(c: &mut Criterion) {
             b.iter(|| {
                 let text = std::str::from_utf8(black_box(body)).unwrap();
                 let p: SerdeProbe<'_> = serde_json::from_str(text).unwrap();
-                black_box((
-                    p.model.map(|m| m.get().len()),
-                    p.stream,
-                    p.stream_options.map(|o| o.get().len()),
-                    p.max_tokens
-                        .or(p.max_completion_tokens)
-                        .or(p.max_output_tokens),
-                ))
+                black_box(p.read())
             })
         });
         g.bench_with_input(BenchmarkId::new("sonic_probe", label), &body, |b, body| {
             b.iter(|| {
                 let p: SonicProbe<'_> = sonic_rs::from_slice(black_box(body)).unwrap();
-                black_box((
-                    p.model.map(|m| m.as_raw_str().len()),
-                    p.stream,
-                    p.stream_options.map(|o| o.as_raw_str().len()),
-                    p.max_tokens
-                        .or(p.max_completion_tokens)
-                        .or(p.max_output_tokens),
-                ))
+                black_box(p.read())
             })
         });
         g.bench_with_input(BenchmarkId::new("sonic_get", label), &body, |b, body| {
@@ -240,14 +269,7 @@ fn bench_parsers(c: &mut Criterion) {
                 scratch.clear();
                 scratch.extend_from_slice(black_box(&body));
                 let p: SimdProbe<'_> = simd_json::serde::from_slice(&mut scratch).unwrap();
-                black_box((
-                    p.model.map(str::len),
-                    p.stream,
-                    p.stream_options.is_some(),
-                    p.max_tokens
-                        .or(p.max_completion_tokens)
-                        .or(p.max_output_tokens),
-                ))
+                black_box(p.read())
             })
         });
     }
