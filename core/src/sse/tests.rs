@@ -44,6 +44,20 @@ fn reads_the_answered_model_from_the_first_chunk() {
     }
     let (_, none) = run(false, STREAM.as_bytes(), &[]);
     assert_eq!(none.answered_model(), None);
+    // Not wanted: not read, and nothing else changes (bytes out, usage, events).
+    for strip in [false, true] {
+        let mut with = SseScanner::new(strip);
+        let mut without = SseScanner::new(strip).without_model();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        with.handle_bytes(input, &mut a);
+        without.handle_bytes(input, &mut b);
+        with.finish(&mut a);
+        without.finish(&mut b);
+        assert_eq!(a, b);
+        assert_eq!(without.answered_model(), None);
+        assert_eq!(with.data_events(), without.data_events());
+        assert_eq!(with.saw_done(), without.saw_done());
+    }
 }
 
 #[test]

@@ -434,7 +434,16 @@ fn relay_chain(d: &Delivery<'_, '_, '_>, ok: bool, is_sse: bool) -> Chain {
                 t.from, t.to, ctx,
             ))));
         }
-        _ if is_sse => chain.push(Stage::Scan(SseScanner::new(plan.strip_usage))),
+        _ if is_sse => {
+            // The answered model is read only by the access line and the trace.
+            let scan = SseScanner::new(plan.strip_usage);
+            let wants_model = d.worker.shared.config.log.access_log || d.client.trace.is_some();
+            chain.push(Stage::Scan(if wants_model {
+                scan
+            } else {
+                scan.without_model()
+            }));
+        }
         _ => chain.push(Stage::Capture(Capture::new(MAX_CAPTURE, true))),
     }
     chain
