@@ -198,6 +198,9 @@ pub(crate) struct StreamPhase {
     pub file: String,
     pub chunks: u64,
     pub gap_ms: u64,
+    /// Streams started per second (open loop); 0 in reports of the closed-loop phase.
+    pub rate: u64,
+    /// Streams in flight (closed loop), in reports written before the phase was open loop.
     pub concurrency: u64,
 }
 

@@ -59,7 +59,7 @@ pub(crate) fn report(run: &Run, targets: &[Check], budget: &[Check]) -> Value {
             "layout": m.layout, "sluice_workers": m.sluice_workers,
             "nginx_workers": m.nginx_workers, "build_s": m.build_s, "suite_s": m.suite_s,
             "rounds": m.rounds,
-            "stream": m.stream.as_ref().map(|s| json!({"chunks": s.chunks, "gap_ms": s.gap_ms, "concurrency": s.concurrency})),
+            "stream": m.stream.as_ref().map(|s| json!({"chunks": s.chunks, "gap_ms": s.gap_ms, "rate": s.rate, "concurrency": s.concurrency})),
             "sweep": m.sweep.as_ref().map(|s| json!({"counts": s.counts, "chunks": s.chunks, "gap_ms": s.gap_ms})),
             "idle_conns": m.idle_conns.as_ref().map(|p| p.connections),
             "sluice_full": m.sluice_full.as_ref().map(|f| json!({"access_log_lines": f.access_log_lines, "store_dir_bytes": f.store_dir_bytes})),

@@ -346,11 +346,13 @@ fn runs(s: &mut String, run: &Run) {
     let conns = m.closed.as_ref().map_or(0, |c| c.conns);
     phases.push((format!("closed {conns} conns"), run.closed.as_ref()));
     if let Some(st) = &m.stream {
+        let load = if st.rate > 0 {
+            format!("{}/s", st.rate)
+        } else {
+            format!("c={}", st.concurrency)
+        };
         phases.push((
-            format!(
-                "stream {}×{} ms, c={}",
-                st.chunks, st.gap_ms, st.concurrency
-            ),
+            format!("stream {}×{} ms, {load}", st.chunks, st.gap_ms),
             run.stream.as_ref(),
         ));
     }
