@@ -40,7 +40,10 @@ fn record(i: u64, shared: &(Arc<str>, Arc<str>, Arc<str>, Arc<str>)) -> UsageRec
     let (key, team, model, deployment) = shared;
     let (input, output) = (230 + i % 7, 20 + i % 13);
     UsageRecord {
-        request_id: format!("req{:016x}", 0x5eed_0000_0000_0000 ^ i.wrapping_mul(0x9e37_79b9)),
+        request_id: format!(
+            "req{:016x}",
+            0x5eed_0000_0000_0000 ^ i.wrapping_mul(0x9e37_79b9)
+        ),
         ts_ms: 1_765_000_000_000 + i / 42,
         key_id: Some(key.clone()),
         team: Some(team.clone()),

@@ -672,8 +672,8 @@ fn a_record_the_store_refuses_is_set_aside_and_the_rest_commits() {
 }
 
 #[test]
-fn an_sqlite_refusal_inside_a_statement_of_many_rows_undoes_the_batch_and_the_writer_sets_it_aside(
-) {
+fn an_sqlite_refusal_inside_a_statement_of_many_rows_undoes_the_batch_and_the_writer_sets_it_aside()
+{
     // The ledger's INSERTs are `OR ROLLBACK`: a row refused in the middle of a 64-row
     // statement ends the whole transaction. Nothing of the batch (rows or spend) stays, the
     // connection keeps working, and the writer's halving still finds the one refused row.
@@ -713,7 +713,10 @@ fn an_sqlite_refusal_inside_a_statement_of_many_rows_undoes_the_batch_and_the_wr
         tx.record(r.clone()).unwrap();
     }
     assert!(tx.flush_and_wait(Duration::from_secs(10)));
-    assert_eq!((tx.committed(), tx.refused(), tx.store_down()), (49, 1, false));
+    assert_eq!(
+        (tx.committed(), tx.refused(), tx.store_down()),
+        (49, 1, false)
+    );
     drop(tx);
     assert_eq!(handle.join().lost, 0);
     let db = super::sqlite::Sqlite::open(&path, false).unwrap();
