@@ -378,7 +378,10 @@ pub fn spend_by_day(batch: &[UsageRecord]) -> HashMap<(Scope, &str, u64), u64> {
             let k = (scope, id, day);
             match run {
                 // Saturating: a bogus cost must not panic the writer or poison the batch.
-                Some((same, micros)) if *same == k => {
+                // Rows of one key share its strings: the pointers tell them apart first.
+                Some(((s, i, d), micros))
+                    if (*s, *d) == (scope, day) && (std::ptr::eq(*i, id) || *i == id) =>
+                {
                     *micros = micros.saturating_add(r.cost_micros)
                 }
                 _ => add(&mut spend, run.replace((k, r.cost_micros))),

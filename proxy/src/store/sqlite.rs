@@ -6,18 +6,19 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::types::ToSql;
 use rusqlite::{params, Connection};
 use sluice_core::keys::{KeyRecord, Limits, TeamRecord};
 
+mod insert;
+
 use super::migrate::{self, Migration, Schema};
 use super::rows::{self, KEY_COLUMNS, TEAM_COLUMNS, USAGE_COLUMNS};
 use super::{
-    int, spend_by_day, uint, AuditRecord, Backend, Result, Scope, SpendGroup, SpendRow, StoreError,
-    UsageRecord, LIMIT_COLUMNS,
+    int, uint, AuditRecord, Backend, Result, Scope, SpendGroup, SpendRow, StoreError, UsageRecord,
+    LIMIT_COLUMNS,
 };
 
 /// SQLite's schema, version by version. Append only: a shipped migration never changes.
@@ -253,6 +254,7 @@ impl Sqlite {
         let sync = if synchronous_full { "FULL" } else { "NORMAL" };
         conn.pragma_update(None, "synchronous", sync)?;
         migrate::migrate(&mut SqliteSchema(&conn), MIGRATIONS)?;
+        conn.set_prepared_statement_cache_capacity(insert::STATEMENT_CACHE);
         Ok(Sqlite {
             conn,
             path: path.to_path_buf(),
@@ -289,176 +291,6 @@ impl Sqlite {
         }
         Ok(out)
     }
-}
-
-/// Ledger rows per `INSERT` statement, largest first. A statement per row spent much of the
-/// ledger writer's time on the statement itself (binding, stepping, resetting, opening and
-/// closing a cursor on the table and each index); a batch goes in as statements of 32 rows,
-/// and its remainder (all of a batch when requests are few) in statements of 8, 4, 2 and 1,
-/// so no batch takes more than six statements. Each size is prepared once per connection.
-const ROWS_PER_INSERT: [usize; 5] = [32, 8, 4, 2, 1];
-/// Parameters of one ledger row.
-const USAGE_PARAMS: usize = 16;
-/// One row's `INSERT`.
-const INSERT_USAGE: &str =
-    "INSERT INTO ledger (request_id, ts_ms, key_id, team, model, deployment, \
-     input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, \
-     cost_micros, status, latency_ms, cache, saved_micros) \
-     VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
-
-/// The `INSERT` of `ROWS_PER_INSERT[size]` rows.
-fn insert_sql(size: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<[String; ROWS_PER_INSERT.len()]> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        let one = INSERT_USAGE
-            .find("VALUES ")
-            .map_or("", |i| &INSERT_USAGE[i + 6..]);
-        ROWS_PER_INSERT.map(|n| {
-            let mut sql = INSERT_USAGE.to_string();
-            for _ in 1..n {
-                sql.push(',');
-                sql.push_str(one);
-            }
-            sql
-        })
-    });
-    all.get(size).map_or(INSERT_USAGE, String::as_str)
-}
-
-/// Parameters of a [`insert_shared_sql`] statement bound once for all its rows (`?1` to
-/// `?10`): key, team, model, deployment, and the columns most rows of a batch agree on:
-/// cached and reasoning tokens, estimated, status, cache verdict, saved micro-USD.
-const SHARED_PARAMS: usize = 10;
-/// Parameters of one row of a [`insert_shared_sql`] statement: the rest of the row
-/// (`request_id`, `ts_ms`, input and output tokens, cost, latency).
-const ROW_PARAMS: usize = USAGE_PARAMS - SHARED_PARAMS;
-
-/// The `INSERT` of `ROWS_PER_INSERT[size]` rows that share the [`with_shared`] columns:
-/// those are bound once (`?1` to `?10`, repeated in every row), the rest row by row
-/// ([`with_own`]). A batch of one key and one model whose requests went well (most batches)
-/// then binds six parameters a row instead of sixteen. Only sizes above one.
-fn insert_shared_sql(size: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<[String; ROWS_PER_INSERT.len()]> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        let head = INSERT_USAGE
-            .find("VALUES ")
-            .map_or(INSERT_USAGE, |i| &INSERT_USAGE[..i + 7]);
-        ROWS_PER_INSERT.map(|n| {
-            let mut sql = head.to_string();
-            for row in 0..n {
-                let p = SHARED_PARAMS + row * ROW_PARAMS;
-                if row > 0 {
-                    sql.push(',');
-                }
-                // The columns' order: request_id, ts_ms, key_id, team, model, deployment,
-                // input, output, cached, reasoning, estimated, cost, status, latency, cache,
-                // saved.
-                let own = |k: usize| format!("?{}", p + k);
-                sql.push_str(&format!(
-                    "({},{},?1,?2,?3,?4,{},{},?5,?6,?7,{},?8,{},?9,?10)",
-                    own(1),
-                    own(2),
-                    own(3),
-                    own(4),
-                    own(5),
-                    own(6)
-                ));
-            }
-            sql
-        })
-    });
-    all.get(size).map_or(INSERT_USAGE, String::as_str)
-}
-
-/// Whether every record of `chunk` has the first one's [`with_shared`] columns.
-fn shares_columns(chunk: &[UsageRecord]) -> bool {
-    fn same(a: Option<&Arc<str>>, b: Option<&Arc<str>>) -> bool {
-        match (a, b) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-            (None, None) => true,
-            _ => false,
-        }
-    }
-    let Some((first, rest)) = chunk.split_first() else {
-        return false;
-    };
-    rest.iter().all(|r| {
-        same(r.key_id.as_ref(), first.key_id.as_ref())
-            && same(r.team.as_ref(), first.team.as_ref())
-            && same(Some(&r.model), Some(&first.model))
-            && same(r.deployment.as_ref(), first.deployment.as_ref())
-            && r.usage.cached_tokens == first.usage.cached_tokens
-            && r.usage.reasoning_tokens == first.usage.reasoning_tokens
-            && r.usage.estimated == first.usage.estimated
-            && r.status == first.status
-            && r.cache == first.cache
-            && r.saved_micros == first.saved_micros
-    })
-}
-
-/// Calls `f` with the columns of `r` a [`insert_shared_sql`] statement binds once for all
-/// its rows (`?1` to `?10`).
-fn with_shared<T>(r: &UsageRecord, f: impl FnOnce(&[&dyn ToSql; SHARED_PARAMS]) -> T) -> T {
-    f(&[
-        &r.key_id.as_deref(),
-        &r.team.as_deref(),
-        &&*r.model,
-        &r.deployment.as_deref(),
-        &int(r.usage.cached_tokens),
-        &int(r.usage.reasoning_tokens),
-        &r.usage.estimated,
-        &r.status,
-        &r.cache,
-        &int(r.saved_micros),
-    ])
-}
-
-/// Calls `f` with the rest of `r`, in column order: `request_id`, `ts_ms`, input and output
-/// tokens, cost, latency.
-fn with_own<T>(r: &UsageRecord, f: impl FnOnce(&[&dyn ToSql; ROW_PARAMS]) -> T) -> T {
-    f(&[
-        &r.request_id,
-        &int(r.ts_ms),
-        &int(r.usage.input_tokens),
-        &int(r.usage.output_tokens),
-        &int(r.cost_micros),
-        &int(r.latency_ms),
-    ])
-}
-
-/// Binds `values` to the parameters after the first `before` of `stmt`.
-fn bind(stmt: &mut rusqlite::Statement<'_>, before: usize, values: &[&dyn ToSql]) -> Result<()> {
-    for (i, v) in values.iter().enumerate() {
-        stmt.raw_bind_parameter(before + i + 1, v)?;
-    }
-    Ok(())
-}
-
-/// Binds all of `r` to the parameters after the first `before` of an [`insert_sql`]
-/// statement, in column order.
-fn bind_usage(stmt: &mut rusqlite::Statement<'_>, before: usize, r: &UsageRecord) -> Result<()> {
-    bind(
-        stmt,
-        before,
-        &[
-            &r.request_id,
-            &int(r.ts_ms),
-            &r.key_id.as_deref(),
-            &r.team.as_deref(),
-            &&*r.model,
-            &r.deployment.as_deref(),
-            &int(r.usage.input_tokens),
-            &int(r.usage.output_tokens),
-            &int(r.usage.cached_tokens),
-            &int(r.usage.reasoning_tokens),
-            &r.usage.estimated,
-            &int(r.cost_micros),
-            &r.status,
-            &int(r.latency_ms),
-            &r.cache,
-            &int(r.saved_micros),
-        ],
-    )
 }
 
 /// The spend report's query: ledger rows in `?1 <= ts_ms < ?2` (read through `ledger_ts`),
@@ -726,54 +558,6 @@ impl Backend for Sqlite {
     }
 
     fn insert_usage(&self, batch: &[UsageRecord]) -> Result<()> {
-        // Rolled back when dropped uncommitted: on error nothing of the batch stays.
-        let tx = self.conn.unchecked_transaction()?;
-        self.write_usage(batch)?;
-        tx.commit()?;
-        Ok(())
-    }
-}
-
-impl Sqlite {
-    /// The ledger rows of `batch` and their spend, inside the caller's transaction.
-    fn write_usage(&self, batch: &[UsageRecord]) -> Result<()> {
-        let mut rest = batch;
-        for (size, &n) in ROWS_PER_INSERT.iter().enumerate() {
-            // Each statement is taken from the cache once per size (the lookup hashes its
-            // text), and only if a chunk needs it.
-            let (mut plain, mut shared) = (None, None);
-            while rest.len() >= n {
-                let (chunk, tail) = rest.split_at(n);
-                if n > 1 && shares_columns(chunk) {
-                    let insert = match &mut shared {
-                        Some(s) => s,
-                        None => shared.insert(self.conn.prepare_cached(insert_shared_sql(size))?),
-                    };
-                    with_shared(&chunk[0], |columns| bind(insert, 0, columns))?;
-                    for (i, r) in chunk.iter().enumerate() {
-                        with_own(r, |row| bind(insert, SHARED_PARAMS + i * ROW_PARAMS, row))?;
-                    }
-                    insert.raw_execute()?;
-                } else {
-                    let insert = match &mut plain {
-                        Some(s) => s,
-                        None => plain.insert(self.conn.prepare_cached(insert_sql(size))?),
-                    };
-                    for (i, r) in chunk.iter().enumerate() {
-                        bind_usage(insert, i * USAGE_PARAMS, r)?;
-                    }
-                    insert.raw_execute()?;
-                }
-                rest = tail;
-            }
-        }
-        let mut upsert = self.conn.prepare_cached(
-            "INSERT INTO spend (scope, id, day_start, micros) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (scope, id, day_start) DO UPDATE SET micros = micros + excluded.micros",
-        )?;
-        for ((scope, id, day), micros) in spend_by_day(batch) {
-            upsert.execute(params![scope.as_str(), id, int(day), int(micros)])?;
-        }
-        Ok(())
+        insert::insert_usage(&self.conn, batch)
     }
 }

@@ -670,3 +670,60 @@ fn a_record_the_store_refuses_is_set_aside_and_the_rest_commits() {
     assert_eq!(handle.join().lost, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_sqlite_refusal_inside_a_statement_of_many_rows_undoes_the_batch_and_the_writer_sets_it_aside()
+{
+    // The ledger's INSERTs are `OR ROLLBACK`: a row refused in the middle of a 64-row
+    // statement ends the whole transaction. Nothing of the batch (rows or spend) stays, the
+    // connection keeps working, and the writer's halving still finds the one refused row.
+    let dir = spill_dir("sqlite-refusal");
+    let path = dir.join("ledger.db");
+    drop(super::sqlite::Sqlite::open(&path, false).unwrap());
+    // A rule the ledger does not have, so that one row can break it.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE UNIQUE INDEX one_id ON ledger(request_id)")
+        .unwrap();
+    let db = super::sqlite::Sqlite::open(&path, false).unwrap();
+    let mut batch: Vec<UsageRecord> = (0..150).map(record).collect();
+    for r in &mut batch {
+        // One verdict for all: statements of rows that share their columns.
+        r.cache = None;
+    }
+    batch[100].request_id = "r3".into();
+    let e = db.insert_usage(&batch).unwrap_err();
+    assert!(e.is_refusal(), "{e}");
+    assert_eq!(db.ledger_count().unwrap(), 0);
+    assert_eq!(db.spend_since(Scope::Key, "k", 0).unwrap(), 0);
+    db.insert_usage(&batch[..100]).unwrap();
+    assert_eq!(db.ledger_count().unwrap(), 100);
+    drop(db);
+
+    let (tx, handle) = LedgerWriter::spawn_with(
+        &path,
+        WriterOptions {
+            flush_interval: Duration::from_secs(30),
+            spill_path: Some(dir.join("ledger.spill")),
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    for r in &batch[100..] {
+        tx.record(r.clone()).unwrap();
+    }
+    assert!(tx.flush_and_wait(Duration::from_secs(10)));
+    assert_eq!(
+        (tx.committed(), tx.refused(), tx.store_down()),
+        (49, 1, false)
+    );
+    drop(tx);
+    assert_eq!(handle.join().lost, 0);
+    let db = super::sqlite::Sqlite::open(&path, false).unwrap();
+    let back = db.ledger(0, u64::MAX, 1_000).unwrap();
+    let want: Vec<&UsageRecord> = batch.iter().take(100).chain(&batch[101..]).collect();
+    assert_eq!(back.iter().collect::<Vec<_>>(), want);
+    let spent: u64 = want.iter().map(|r| r.cost_micros).sum();
+    assert_eq!(db.spend_since(Scope::Key, "k", 0).unwrap(), spent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
