@@ -256,7 +256,8 @@ pub fn format_usd(micros: u64) -> String {
         digits[i] = b'0' + (rest % 10) as u8;
         rest /= 10;
     }
-    digits[i..].iter().map(|&b| char::from(b)).collect()
+    // ASCII digits and a dot: one copy, not a `char` push per digit.
+    String::from(std::str::from_utf8(&digits[i..]).unwrap_or_default())
 }
 
 /// (model, input, output, cached input), USD per million tokens: the providers' public list

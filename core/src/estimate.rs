@@ -98,6 +98,22 @@ impl PromptScan {
 /// Reads what `body` (a JSON request) is made of. Never fails: what is not an image counts as
 /// text, so a body that is not JSON is all text.
 pub fn scan(body: &[u8]) -> PromptScan {
+    // Every image `image_tokens` finds is a string opening `"data` (a data URL, or the value
+    // of a `data` key) or one after a key ending `url"` (`url`, `image_url`): a body holding
+    // neither (most chat bodies) is all text, without the walk over its strings. Built once:
+    // `memmem::find` would build a searcher on every request.
+    static DATA: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"data"));
+    static URL: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"url\""));
+    if DATA.find(body).is_none() && URL.find(body).is_none() {
+        return PromptScan::text(body.len());
+    }
+    scan_strings(body)
+}
+
+/// [`scan`] by a walk over every string literal of `body`.
+fn scan_strings(body: &[u8]) -> PromptScan {
     let mut out = PromptScan::text(body.len());
     // (start, end) of the previous string literal's content, and where it closed.
     let mut prev: Option<(usize, usize)> = None;

@@ -71,8 +71,11 @@ impl RawUsage {
     /// returns is what serde returns.
     fn read(json: &[u8]) -> Option<RawUsage> {
         use crate::inspect::walk::{count, members, once};
-        // serde checks the UTF-8 of every key it reads; the walk compares bytes.
-        std::str::from_utf8(json).ok()?;
+        // serde checks the UTF-8 of every key it reads; the walk compares bytes. (ASCII, a
+        // word at a time, is the usual answer.)
+        if !json.is_ascii() {
+            std::str::from_utf8(json).ok()?;
+        }
         let mut counts: [Option<Option<u64>>; 4] = [None; 4];
         let mut details: [Option<Option<Details>>; 4] = [None, None, None, None];
         members(json, |m| {
@@ -218,10 +221,17 @@ pub(crate) fn usage_value_is_object(after: &[u8]) -> bool {
 /// Usage and the answering model (bounded) of a non-streaming body in one parse; a body
 /// without a usage object is parsed only for its model.
 pub fn with_model(body: &[u8]) -> (Option<Usage>, Option<String>) {
+    // The walk first: when it finds a top-level `usage` object, the body mentions one (its
+    // key is written without escapes, `"usage"`, then `:` and `{`), so the test over the
+    // whole body (a second pass over every byte) can only say yes and is skipped.
+    let top = top_level(body);
+    if let Some(t) = top.as_ref().filter(|t| t.usage_member) {
+        return (t.usage, t.model.and_then(crate::answered_model::bounded));
+    }
     if !mentions_usage_object(body) {
         return (None, crate::answered_model::from_json(body));
     }
-    match top_level(body) {
+    match top {
         Some(t) => (t.usage, t.model.and_then(crate::answered_model::bounded)),
         None => serde_with_model(body),
     }
@@ -229,10 +239,15 @@ pub fn with_model(body: &[u8]) -> (Option<Usage>, Option<String>) {
 
 /// Usage of a non-streaming response body, when it reports one.
 pub fn from_body(body: &[u8]) -> Option<Usage> {
+    // As in `with_model`: a top-level `usage` object settles the usage-object test.
+    let top = top_level(body);
+    if let Some(t) = top.as_ref().filter(|t| t.usage_member) {
+        return t.usage;
+    }
     if !mentions_usage_object(body) {
         return None;
     }
-    match top_level(body) {
+    match top {
         Some(t) => t.usage,
         None => UsageProbe::parse(body).and_then(UsageProbe::usage),
     }
@@ -261,6 +276,8 @@ pub(crate) struct TopLevel<'a> {
     pub(crate) model: Option<&'a str>,
     /// `choices` is an empty array (a stream's usage-only chunk).
     pub(crate) choices_empty: bool,
+    /// `usage` is a top-level member whose value is an object.
+    pub(crate) usage_member: bool,
 }
 
 /// A [`UsageProbe`]'s usage and model, read from a body's top-level members without parsing
@@ -291,6 +308,7 @@ pub(crate) fn top_level(body: &[u8]) -> Option<TopLevel<'_>> {
     if !(null(usage) || object(usage)) || !(null(response) || object(response)) {
         return None;
     }
+    let usage_member = object(usage);
     let usage = match usage.filter(|v| v != b"null") {
         Some(v) => Some(RawUsage::read(v).or_else(|| serde_json::from_slice(v).ok())?),
         None => None,
@@ -303,6 +321,7 @@ pub(crate) fn top_level(body: &[u8]) -> Option<TopLevel<'_>> {
         usage: usage.or(response).map(Usage::from),
         model,
         choices_empty,
+        usage_member,
     })
 }
 
@@ -374,6 +393,45 @@ mod tests {
         assert!(!mentions_usage_object(br#"{"choices":[],"usage":null}"#));
         assert!(!mentions_usage_object(br#"{"content":"\"usage\""}"#));
         assert!(!mentions_usage_object(b"\"usage\""));
+    }
+
+    /// The walk settles a top-level `usage` object without the test over the whole body;
+    /// `usage` elsewhere (in a string, nested, escaped, not an object) still goes through the
+    /// test and gives what it gave.
+    #[test]
+    fn a_top_level_usage_object_is_read_wherever_usage_is_mentioned() {
+        let content = r#"\"usage\":{\"prompt_tokens\":99}"#;
+        for body in [
+            format!(
+                r#"{{"model":"m","choices":[{{"message":{{"content":"{content}"}}}}],"usage":{{"prompt_tokens":3}}}}"#
+            ),
+            r#"{"usage" : {"prompt_tokens":3},"model":"m","x":{"usage":{"prompt_tokens":99}}}"#
+                .to_string(),
+            r#"{"choices":[{"usage":{"prompt_tokens":99}}],"usage":{"prompt_tokens":3},"model":"m"}"#
+                .to_string(),
+        ] {
+            let (u, m) = with_model(body.as_bytes());
+            assert_eq!(u.map(|u| u.input_tokens), Some(3), "{body}");
+            assert_eq!(m.as_deref(), Some("m"));
+            assert_eq!(from_body(body.as_bytes()).map(|u| u.input_tokens), Some(3));
+        }
+        // Only nested or quoted: no usage (a nested one is not the answer's).
+        for body in [
+            format!(r#"{{"model":"m","choices":[{{"message":{{"content":"{content}"}}}}]}}"#),
+            r#"{"model":"m","x":{"usage":{"prompt_tokens":99}},"usage":null}"#.to_string(),
+            r#"{"model":"m","usage":7}"#.to_string(),
+        ] {
+            assert_eq!(
+                with_model(body.as_bytes()),
+                (None, Some("m".into())),
+                "{body}"
+            );
+            assert_eq!(from_body(body.as_bytes()), None, "{body}");
+        }
+        // A repeated `usage` is left to serde, which refuses the body.
+        let twice = br#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#;
+        assert_eq!(with_model(twice), (None, None));
+        assert_eq!(from_body(twice), None);
     }
 
     #[test]

@@ -323,7 +323,7 @@ fn an_upstream_that_refuses_the_body_is_heard(driver: &str) {
 both_drivers!(an_upstream_that_refuses_the_body_is_heard);
 
 fn attempts(line: &serde_json::Value) -> Vec<serde_json::Value> {
-    let list: serde_json::Value = serde_json::from_str(line["attempts"].as_str().unwrap()).unwrap();
+    let list = &line["attempts"];
     list.as_array().unwrap().clone()
 }
 

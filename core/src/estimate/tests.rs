@@ -161,3 +161,49 @@ proptest::proptest! {
         proptest::prop_assert!(s.text_bytes <= body.len() as u64);
     }
 }
+
+/// Pieces of request bodies: keys and strings that are images or look like them.
+fn piece() -> impl proptest::strategy::Strategy<Value = String> {
+    let png = b64(&png(640, 480, 200));
+    proptest::sample::select(vec![
+        "{".to_string(),
+        "}".to_string(),
+        "[".to_string(),
+        "]".to_string(),
+        ",".to_string(),
+        ":".to_string(),
+        " ".to_string(),
+        "\\".to_string(),
+        "\"".to_string(),
+        "\"url\"".to_string(),
+        "\"image_url\"".to_string(),
+        "\"data\"".to_string(),
+        "\"content\"".to_string(),
+        "\"https://example.com/cat.png\"".to_string(),
+        "\"http://x\"".to_string(),
+        format!("\"data:image/png;base64,{png}\""),
+        format!("\"{png}\""),
+        format!("\"{}\"", "QUJD".repeat(30)),
+        "\"detail\":\"low\"".to_string(),
+        "\"hello world\"".to_string(),
+    ])
+}
+
+proptest::proptest! {
+    /// The pre-check skips only bodies the walk would count as all text.
+    #[test]
+    fn the_pre_check_agrees_with_the_walk(
+        pieces in proptest::collection::vec(piece(), 0..40)
+    ) {
+        let body = pieces.concat();
+        proptest::prop_assert_eq!(scan(body.as_bytes()), scan_strings(body.as_bytes()));
+    }
+}
+
+#[test]
+fn a_chat_body_without_images_is_all_text() {
+    let body =
+        br#"{"model":"gpt-4o","messages":[{"role":"user","content":"my data is at the url"}]}"#;
+    assert_eq!(scan(body), PromptScan::text(body.len()));
+    assert_eq!(scan_strings(body), PromptScan::text(body.len()));
+}

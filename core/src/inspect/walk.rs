@@ -77,19 +77,77 @@ fn has_control(bytes: &[u8]) -> bool {
     words.remainder().iter().any(|&b| b < 0x20)
 }
 
+/// The index of the first byte at or after `i` that ends a run of a string's plain bytes:
+/// a `"`, a `\`, or (with `controls`) a control byte; `None` when there is none.
+///
+/// The first 16 bytes are tested a word at a time, in line (keys, ids, model names are
+/// short: a `memchr2` call costs more than the whole run there); longer runs go on in
+/// [`string_stop_far`]. In a word, a byte equal to `b` is found by the zero-byte test of
+/// `x ^ b…b` and a byte below 0x20 as in [`has_control`]; either test can mark a byte above
+/// (after) a marked one, never one before, so the lowest marked byte is the first one that
+/// stops the run.
+#[inline(always)]
+pub(crate) fn string_stop(json: &[u8], mut i: usize, controls: bool) -> Option<usize> {
+    for _ in 0..2 {
+        let Some(stops) = word_stops(json, i, controls) else {
+            break;
+        };
+        if stops != 0 {
+            return Some(i + (stops.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    string_stop_far(json, i, controls)
+}
+
+/// The stop bytes of the word at `json[i..i + 8]`, one high bit each; `None` past the end.
+#[inline(always)]
+fn word_stops(json: &[u8], i: usize, controls: bool) -> Option<u64> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut w = [0u8; 8];
+    w.copy_from_slice(json.get(i..i + 8)?);
+    let x = u64::from_le_bytes(w);
+    let mut stops = zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\')));
+    if controls {
+        stops |= x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+    }
+    Some(stops)
+}
+
+/// [`string_stop`] past its first 16 bytes: two more words, then `memchr2` (32 bytes a
+/// step) and [`has_control`] over what it passed.
+#[inline(never)]
+fn string_stop_far(json: &[u8], mut i: usize, controls: bool) -> Option<usize> {
+    for _ in 0..2 {
+        let Some(stops) = word_stops(json, i, controls) else {
+            break;
+        };
+        if stops != 0 {
+            return Some(i + (stops.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    let run = json.get(i..)?;
+    let at = memchr::memchr2(b'"', b'\\', run).unwrap_or(run.len());
+    if controls && has_control(&run[..at]) {
+        return run[..at].iter().position(|&b| b < 0x20).map(|c| i + c);
+    }
+    (at < run.len()).then_some(i + at)
+}
+
 /// `json[open]` is a `"`: the index after the closing quote, and whether a backslash was seen.
 fn string(json: &[u8], open: usize) -> Option<(usize, bool)> {
     let mut i = open + 1;
     let mut escaped = false;
     loop {
-        let run = json.get(i..)?;
-        let at = memchr::memchr2(b'"', b'\\', run)?;
-        if has_control(&run[..at]) {
-            return None;
-        }
-        i += at;
-        if json[i] == b'"' {
-            return Some((i + 1, escaped));
+        i = string_stop(json, i, true)?;
+        match json[i] {
+            b'"' => return Some((i + 1, escaped)),
+            b'\\' => {}
+            // A control byte, which a string may not hold raw.
+            _ => return None,
         }
         escaped = true;
         i += match *json.get(i + 1)? {
@@ -442,6 +500,42 @@ mod tests {
         assert!(!has_control(&[
             0x20, 0x7f, 0x80, 0xff, 0x21, 0x20, 0xc3, 0xa9, 0x20
         ]));
+    }
+
+    #[test]
+    fn string_stops_where_a_byte_by_byte_search_stops() {
+        let naive = |json: &[u8], from: usize, controls: bool| {
+            json.iter()
+                .skip(from)
+                .position(|&b| b == b'"' || b == b'\\' || (controls && b < 0x20))
+                .map(|p| from + p)
+        };
+        let fillers = [b'a', b' ', 0x7f, 0x80, 0xff, 0x21, 0x5b, 0x5d];
+        for len in 0..80 {
+            for at in 0..=len {
+                for stop in [b'"', b'\\', 0x00, 0x01, 0x1f, b'x'] {
+                    for (f, &fill) in fillers.iter().enumerate() {
+                        let mut json = vec![fill; len];
+                        if at < len {
+                            json[at] = stop;
+                            // Another stop further on must not be taken first.
+                            if at + 3 < len {
+                                json[at + 3] = [b'"', b'\\', 0x02][f % 3];
+                            }
+                        }
+                        for from in [0, 1, 7, 9].into_iter().filter(|&i| i <= len) {
+                            for controls in [false, true] {
+                                assert_eq!(
+                                    string_stop(&json, from, controls),
+                                    naive(&json, from, controls),
+                                    "{json:?} from {from} controls {controls}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -53,16 +53,61 @@ struct State {
 enum Kind {
     /// Admission times, oldest first, all younger than [`WINDOW_MS`] after `prune`.
     Log(VecDeque<u64>),
+    /// A counter per second, above [`EXACT_MAX`].
+    Slots(Box<Ring>),
+}
+
+/// The per-second counters and their running sum.
+///
+/// Invariant after [`State::prune`] at `now`: every counter that is not zero belongs to a
+/// second in `from..=now / SLOT_MS` (`from` the first second still in the window), and
+/// `total` is their sum; so the count is `total`, read without summing the ring on every
+/// request.
+#[derive(Debug)]
+struct Ring {
     /// `(second, admissions)` at `second % SLOTS`.
-    Slots(Box<[(u64, u64); SLOTS]>),
+    slots: [(u64, u64); SLOTS],
+    /// The admissions of every counter.
+    total: u64,
+    /// The oldest second that may still have admissions (counters of older seconds are
+    /// zeroed as they leave the window).
+    from: u64,
+}
+
+impl Ring {
+    fn slot(&mut self, second: u64) -> &mut (u64, u64) {
+        &mut self.slots[(second % SLOTS as u64) as usize]
+    }
 }
 
 impl State {
-    /// Drops what left the window at `now` (the log only: slots are filtered when read).
+    /// Drops what left the window at `now`: the log's old times, the counters of seconds that
+    /// left (each second once, as time passes them).
     fn prune(&mut self, now: u64) {
-        if let Kind::Log(times) = &mut self.kind {
-            while times.front().is_some_and(|&t| now - t >= WINDOW_MS) {
-                times.pop_front();
+        match &mut self.kind {
+            Kind::Log(times) => {
+                while times.front().is_some_and(|&t| now - t >= WINDOW_MS) {
+                    times.pop_front();
+                }
+            }
+            Kind::Slots(ring) => {
+                let first = Self::first_slot(now);
+                if first <= ring.from {
+                    return;
+                }
+                if first - ring.from >= SLOTS as u64 {
+                    ring.slots.iter_mut().for_each(|s| s.1 = 0);
+                    ring.total = 0;
+                } else {
+                    for s in ring.from..first {
+                        let slot = ring.slot(s);
+                        if slot.0 == s {
+                            let n = std::mem::take(&mut slot.1);
+                            ring.total -= n;
+                        }
+                    }
+                }
+                ring.from = first;
             }
         }
     }
@@ -76,9 +121,9 @@ impl State {
     fn count(&self, now: u64) -> u64 {
         match &self.kind {
             Kind::Log(times) => times.len() as u64,
-            Kind::Slots(slots) => {
-                let first = Self::first_slot(now);
-                slots.iter().filter(|s| s.0 >= first).map(|s| s.1).sum()
+            Kind::Slots(ring) => {
+                debug_assert_eq!(ring.from, Self::first_slot(now));
+                ring.total
             }
         }
     }
@@ -90,12 +135,24 @@ impl State {
                 let i = usize::try_from(free.saturating_sub(1)).unwrap_or(usize::MAX);
                 times.get(i).map_or(0, |&t| t + WINDOW_MS - now)
             }
-            Kind::Slots(slots) => {
+            Kind::Slots(ring) => {
+                let newest = now / SLOT_MS;
+                if free >= ring.total {
+                    // Everything (the reset header): when the newest second with admissions
+                    // leaves, found from the newest end (usually the current second).
+                    return (ring.from..=newest)
+                        .rev()
+                        .find(|&s| {
+                            let (second, n) = ring.slots[(s % SLOTS as u64) as usize];
+                            second == s && n > 0
+                        })
+                        .map_or(0, |s| s * SLOT_MS + SLOT_MS - 1 + WINDOW_MS - now);
+                }
                 // The seconds in the window, oldest first, straight from the ring (every
                 // admission is at or before `now`): no list to build and sort.
                 let mut freed = 0;
-                for s in Self::first_slot(now)..=now / SLOT_MS {
-                    let (second, n) = slots[(s % SLOTS as u64) as usize];
+                for s in ring.from..=newest {
+                    let (second, n) = ring.slots[(s % SLOTS as u64) as usize];
                     if second != s || n == 0 {
                         continue;
                     }
@@ -116,7 +173,11 @@ impl RequestWindow {
         let kind = if limit <= EXACT_MAX {
             Kind::Log(VecDeque::new())
         } else {
-            Kind::Slots(Box::new([(0, 0); SLOTS]))
+            Kind::Slots(Box::new(Ring {
+                slots: [(0, 0); SLOTS],
+                total: 0,
+                from: 0,
+            }))
         };
         RequestWindow {
             limit,
@@ -158,13 +219,15 @@ impl RequestWindow {
         }
         match &mut state.kind {
             Kind::Log(times) => times.push_back(now),
-            Kind::Slots(slots) => {
+            Kind::Slots(ring) => {
                 let s = now / SLOT_MS;
-                let slot = &mut slots[(s % SLOTS as u64) as usize];
+                let slot = ring.slot(s);
                 if slot.0 != s {
+                    // The second it held left the window: pruned to 0 already.
                     *slot = (s, 0);
                 }
                 slot.1 += 1;
+                ring.total += 1;
             }
         }
         Ok(Remaining(self.limit - count - 1))
@@ -177,14 +240,15 @@ impl RequestWindow {
             Kind::Log(times) => {
                 times.pop_back();
             }
-            Kind::Slots(slots) => {
-                let first = State::first_slot(now);
-                if let Some(slot) = slots
-                    .iter_mut()
-                    .filter(|(s, n)| *n > 0 && *s >= first)
-                    .max_by_key(|(s, _)| *s)
-                {
-                    slot.1 -= 1;
+            Kind::Slots(ring) => {
+                // The newest second with an admission, newest first.
+                for s in (ring.from..=now / SLOT_MS).rev() {
+                    let slot = ring.slot(s);
+                    if slot.0 == s && slot.1 > 0 {
+                        slot.1 -= 1;
+                        ring.total -= 1;
+                        break;
+                    }
                 }
             }
         }
@@ -390,7 +454,108 @@ mod tests {
         }
     }
 
+    /// The per-second counters as first written (every read sums and scans the whole
+    /// ring): what the running sum must agree with.
+    struct NaiveSlots {
+        limit: u64,
+        newest: u64,
+        seconds: std::collections::BTreeMap<u64, u64>,
+    }
+
+    impl NaiveSlots {
+        fn live(&mut self, now_ms: u64) -> (u64, Vec<(u64, u64)>) {
+            let now = now_ms.max(self.newest);
+            self.newest = now;
+            let first = State::first_slot(now);
+            let live: Vec<_> = self
+                .seconds
+                .range(first..)
+                .filter(|(_, n)| **n > 0)
+                .map(|(s, n)| (*s, *n))
+                .collect();
+            (now, live)
+        }
+
+        fn wait_for(live: &[(u64, u64)], free: u64, now: u64) -> u64 {
+            let mut freed = 0;
+            for &(s, n) in live {
+                freed += n;
+                if freed >= free {
+                    return s * SLOT_MS + SLOT_MS - 1 + WINDOW_MS - now;
+                }
+            }
+            0
+        }
+
+        fn try_take(&mut self, now_ms: u64) -> Result<Remaining, RetryAfter> {
+            let (now, live) = self.live(now_ms);
+            let count: u64 = live.iter().map(|l| l.1).sum();
+            if count >= self.limit {
+                let wait = Self::wait_for(&live, count + 1 - self.limit, now);
+                return Err(RetryAfter(wait.max(1)));
+            }
+            *self.seconds.entry(now / SLOT_MS).or_default() += 1;
+            Ok(Remaining(self.limit - count - 1))
+        }
+
+        fn refund(&mut self, now_ms: u64) {
+            let (_, live) = self.live(now_ms);
+            if let Some(&(s, _)) = live.last() {
+                *self.seconds.entry(s).or_default() -= 1;
+            }
+        }
+
+        fn snapshot(&mut self, now_ms: u64) -> Snapshot {
+            let (now, live) = self.live(now_ms);
+            let count: u64 = live.iter().map(|l| l.1).sum();
+            Snapshot {
+                limit: self.limit,
+                remaining: self.limit.saturating_sub(count),
+                reset_ms: if count == 0 {
+                    0
+                } else {
+                    Self::wait_for(&live, count, now)
+                },
+            }
+        }
+    }
+
     proptest! {
+        /// The counters' running sum answers as summing the ring on every read did: for any
+        /// sequence of bursts of takes, refunds, snapshots and waits (short and past the whole
+        /// ring), and clocks that step back.
+        #[test]
+        fn slots_match_a_naive_model(
+            limit in (EXACT_MAX + 1)..(EXACT_MAX + 40),
+            ops in proptest::collection::vec((0u8..10, 0u64..70_000, 1u64..200), 1..200),
+        ) {
+            let w = RequestWindow::per_minute(limit);
+            let mut model = NaiveSlots { limit, newest: 0, seconds: Default::default() };
+            let mut now = 0u64;
+            for (op, wait, n) in ops {
+                match op {
+                    0..=4 => {
+                        for _ in 0..n * 8 {
+                            prop_assert_eq!(w.try_take(now), model.try_take(now));
+                        }
+                    }
+                    5 => {
+                        // An older clock reading (another worker's) counts as the newest.
+                        let then = now.saturating_sub(n);
+                        prop_assert_eq!(w.try_take(then), model.try_take(then));
+                    }
+                    6 => {
+                        w.refund(now);
+                        model.refund(now);
+                    }
+                    7 => prop_assert_eq!(w.snapshot(now), model.snapshot(now)),
+                    8 => now += wait % 2_000,
+                    _ => now += wait,
+                }
+                prop_assert_eq!(w.snapshot(now), model.snapshot(now));
+            }
+        }
+
         /// For any sequence of takes, refunds and waits, a take is admitted exactly when the
         /// log holds fewer than `limit` admissions of the last 60 s, and `remaining` agrees.
         #[test]

@@ -23,7 +23,7 @@ fn skip_string(json: &[u8], open: usize) -> Option<(usize, bool)> {
     let mut i = open + 1;
     let mut escaped = false;
     loop {
-        i += memchr::memchr2(b'"', b'\\', json.get(i..)?)?;
+        i = walk::string_stop(json, i, false)?;
         if json[i] == b'"' {
             return Some((i + 1, escaped));
         }

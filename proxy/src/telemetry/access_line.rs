@@ -93,8 +93,9 @@ thread_local! {
     static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
     static PENDING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static BATCHED: Cell<bool> = const { Cell::new(false) };
-    /// A deployment name's JSON, before it is escaped into the line.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The last second [`timestamp`] wrote and its text up to the seconds
+    /// (`2025-12-06T12:34:56`): every line of the same second copies it.
+    static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
 }
 
 /// Formats `rec` as one JSON line stamped `unix_us` and passes it to `write` (a whole line,
@@ -172,66 +173,31 @@ fn format(rec: &AccessRecord, unix_us: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"target\":\"sluice::access\"}\n");
 }
 
-/// The attempt list as a JSON string holding the list's JSON, as before (log pipelines
-/// already parse it so): the same text as `serde_json::to_string(attempts)` escaped by
-/// [`json_str`], written straight into `out`. Only the deployment names go through serde_json
-/// and the escape (a name may hold any character); keys and numbers need neither.
+/// The attempt list as a JSON array of objects (`deployment`, `start_us`, `end_us`,
+/// `status`, `error`): the value `serde_json::to_string(attempts)` writes, written straight
+/// into `out`. (Before 0.x it was that text inside a JSON string, escaped; see CHANGELOG.)
 fn attempts(out: &mut Vec<u8>, attempts: &[Attempt]) {
-    out.extend_from_slice(b"\"[");
+    out.push(b'[');
     for (i, a) in attempts.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(br#"{\"deployment\":"#);
-        SCRATCH.with_borrow_mut(|name| {
-            name.clear();
-            if serde_json::to_writer(&mut *name, &a.deployment).is_err() {
-                name.clear();
-            }
-            // serde_json writes UTF-8 (it only copies `str`s and ASCII); without the quotes
-            // `json_str` adds around a whole string.
-            let quoted = std::str::from_utf8(name).unwrap_or_default();
-            let start = out.len();
-            json_str(out, quoted);
-            out.remove(start);
-            out.pop();
-        });
-        out.extend_from_slice(br#",\"start_us\":"#);
+        out.extend_from_slice(br#"{"deployment":"#);
+        json_str(out, &a.deployment);
+        out.extend_from_slice(br#","start_us":"#);
         digits(out, a.start_us, 1);
-        out.extend_from_slice(br#",\"end_us\":"#);
+        out.extend_from_slice(br#","end_us":"#);
         digits(out, a.end_us, 1);
-        out.extend_from_slice(br#",\"status\":"#);
+        out.extend_from_slice(br#","status":"#);
         digits(out, u64::from(a.status), 1);
-        out.extend_from_slice(br#",\"error\":"#);
+        out.extend_from_slice(br#","error":"#);
         match a.error {
-            // The labels are ours: short ASCII words without quotes or backslashes.
-            Some(e)
-                if !e
-                    .bytes()
-                    .any(|b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f) =>
-            {
-                out.extend_from_slice(br#"\""#);
-                out.extend_from_slice(e.as_bytes());
-                out.extend_from_slice(br#"\""#);
-            }
-            Some(e) => {
-                SCRATCH.with_borrow_mut(|label| {
-                    label.clear();
-                    if serde_json::to_writer(&mut *label, e).is_err() {
-                        label.clear();
-                    }
-                    let quoted = std::str::from_utf8(label).unwrap_or_default();
-                    let start = out.len();
-                    json_str(out, quoted);
-                    out.remove(start);
-                    out.pop();
-                });
-            }
+            Some(e) => json_str(out, e),
             None => out.extend_from_slice(b"null"),
         }
         out.push(b'}');
     }
-    out.extend_from_slice(b"]\"");
+    out.push(b']');
 }
 
 /// Writes a field's key, `name` made by `k!` (`,"name":`).
@@ -256,13 +222,22 @@ fn num_field(out: &mut Vec<u8>, name: &str, value: u64) {
 }
 
 /// `value` in decimal, zero-padded to at least `width` digits (1 to 20), two digits a step.
-fn digits(out: &mut Vec<u8>, mut value: u64, width: usize) {
+fn digits(out: &mut Vec<u8>, value: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let i = decimal(&mut buf, value);
+    // The buffer is zeros: padding is where the number starts further left.
+    let start = buf.len().saturating_sub(width).min(i);
+    out.extend_from_slice(&buf[start..]);
+}
+
+/// Writes `value` in decimal at the end of `buf` (at least one digit; `buf` holds 20), two
+/// digits a step; where the digits start. The bytes before them are left as they were.
+fn decimal(buf: &mut [u8], mut value: u64) -> usize {
     const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
         2021222324252627282930313233343536373839\
         4041424344454647484950515253545556575859\
         6061626364656667686970717273747576777879\
         8081828384858687888990919293949596979899";
-    let mut buf = [b'0'; 20];
     let mut i = buf.len();
     while value >= 100 {
         let pair = (value % 100) as usize * 2;
@@ -274,13 +249,11 @@ fn digits(out: &mut Vec<u8>, mut value: u64, width: usize) {
         let pair = value as usize * 2;
         i -= 2;
         buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    } else if value > 0 || i == buf.len() {
+    } else {
         i -= 1;
         buf[i] = b'0' + value as u8;
     }
-    // The buffer is zeros: padding is where the number starts further left.
-    let start = buf.len().saturating_sub(width).min(i);
-    out.extend_from_slice(&buf[start..]);
+    i
 }
 
 /// Values below this many units print exactly as the `f64` `value / 10^scale` would: with at
@@ -295,17 +268,23 @@ fn scaled_field(out: &mut Vec<u8>, name: &str, value: u64, scale: u32) {
         return float_field(out, name, value as f64 / unit as f64);
     }
     key(out, name);
-    digits(out, value / unit, 1);
-    let mut frac = value % unit;
+    // One buffer, one copy: the whole part ends at 20, the point, then `scale` digits of
+    // the fraction (zero-padded: the buffer is zeros) with its trailing zeros cut.
+    let mut buf = [b'0'; 28];
+    let start = decimal(&mut buf[..20], value / unit);
+    let point = 20;
+    let mut end = point + 1 + scale as usize;
+    let frac = value % unit;
     if frac > 0 {
-        let mut width = scale as usize;
-        while frac.is_multiple_of(10) {
-            frac /= 10;
-            width -= 1;
+        buf[point] = b'.';
+        decimal(&mut buf[..end], frac);
+        while buf[end - 1] == b'0' {
+            end -= 1;
         }
-        out.push(b'.');
-        digits(out, frac, width);
+    } else {
+        end = point;
     }
+    out.extend_from_slice(&buf[start..end]);
 }
 
 /// `bytes` as a JSON string of lower-case hex.
@@ -363,6 +342,12 @@ fn json_str(out: &mut Vec<u8>, value: &str) {
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let clean = clean_prefix(bytes);
+    if clean == bytes.len() {
+        // Nothing to escape (every value we write, nearly): one copy.
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate().skip(clean) {
         let escape = ESCAPE[b as usize];
@@ -384,8 +369,9 @@ fn json_str(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
-/// How many leading bytes of `bytes`, in whole 8-byte words, need no escape: a word at a time
-/// (most values need none, and then `json_str` copies them whole).
+/// How many leading bytes of `bytes` need no escape, in whole 8-byte words, or all of them
+/// when none does: a word at a time (most values need none, and then `json_str` copies them
+/// whole); the last part word is padded with spaces.
 fn clean_prefix(bytes: &[u8]) -> usize {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
@@ -393,28 +379,59 @@ fn clean_prefix(bytes: &[u8]) -> usize {
     const fn has_zero(x: u64) -> bool {
         x.wrapping_sub(ONES) & !x & HIGHS != 0
     }
-    let mut clean = 0;
-    for word in bytes.chunks_exact(8) {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
+    let dirty = |w: [u8; 8]| {
         let x = u64::from_ne_bytes(w);
         // A byte below 0x20: (x - 0x20 per byte) & !x has its high bit set (exact for "any").
         let control = x.wrapping_sub(0x20 * ONES) & !x & HIGHS != 0;
-        if control
+        control
             || has_zero(x ^ (u64::from(b'"') * ONES))
             || has_zero(x ^ (u64::from(b'\\') * ONES))
             || has_zero(x ^ (0x7f * ONES))
-        {
-            break;
+    };
+    let mut clean = 0;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        if dirty(w) {
+            return clean;
         }
         clean += 8;
     }
-    clean
+    let tail = words.remainder();
+    let mut w = [b' '; 8];
+    w[..tail.len()].copy_from_slice(tail);
+    if dirty(w) {
+        clean
+    } else {
+        bytes.len()
+    }
 }
 
 /// RFC 3339 in UTC with microseconds, as `tracing-subscriber` writes it.
 fn timestamp(unix_us: u64, out: &mut Vec<u8>) {
     let secs = unix_us / 1_000_000;
+    let (last, text) = SECOND.get();
+    if last == secs {
+        out.extend_from_slice(&text);
+    } else {
+        let start = out.len();
+        date_time(secs, out);
+        let mut text = [0; 19];
+        if let Some(written) = out.get(start..) {
+            if written.len() == text.len() {
+                text.copy_from_slice(written);
+                SECOND.set((secs, text));
+            }
+        }
+    }
+    out.push(b'.');
+    digits(out, unix_us % 1_000_000, 6);
+    out.push(b'Z');
+}
+
+/// `secs` (unix seconds) as `YYYY-MM-DDTHH:MM:SS`.
+fn date_time(secs: u64, out: &mut Vec<u8>) {
     let date = Date::from_unix_s(secs);
     let in_day = secs % DAY_S;
     digits(out, u64::try_from(date.year()).unwrap_or(0), 4);
@@ -428,9 +445,6 @@ fn timestamp(unix_us: u64, out: &mut Vec<u8>) {
     digits(out, in_day / 60 % 60, 2);
     out.push(b':');
     digits(out, in_day % 60, 2);
-    out.push(b'.');
-    digits(out, unix_us % 1_000_000, 6);
-    out.push(b'Z');
 }
 
 #[cfg(test)]
@@ -514,9 +528,8 @@ mod tests {
         assert_eq!(v["overhead_ms"].as_f64(), Some(0.25));
         assert_eq!(v["upstream_reused"], true);
         assert_eq!(v["error"], "timeout");
-        let attempts: serde_json::Value =
-            serde_json::from_str(v["attempts"].as_str().unwrap()).unwrap();
-        assert_eq!(attempts[0]["deployment"], "p/m");
+        assert_eq!(v["attempts"][0]["deployment"], "p/m");
+        assert_eq!(v["attempts"][0]["end_us"], 2);
         assert_eq!(v["client_cancelled"], false);
         assert_eq!(v["cache"], "hit");
         assert_eq!(v["saved_usd"].as_f64(), Some(0.00025));
@@ -556,7 +569,7 @@ mod tests {
     }
 
     #[test]
-    fn attempts_read_as_serde_json_writes_them_escaped() {
+    fn attempts_read_as_serde_json_writes_them() {
         let attempt = |deployment: &str, status, error| Attempt {
             deployment: deployment.into(),
             provider: 0,
@@ -576,13 +589,15 @@ mod tests {
             ],
         ];
         for list in lists {
-            let mut want = Vec::new();
-            json_str(&mut want, &serde_json::to_string(&list).unwrap());
             let mut got = Vec::new();
             attempts(&mut got, &list);
+            let text = String::from_utf8(got).unwrap();
+            // The same value; the same text but for DEL, which `json_str` escapes too.
+            let want = serde_json::to_string(&list).unwrap();
+            assert_eq!(text.replace("\\u007f", "\u{7f}"), want);
             assert_eq!(
-                String::from_utf8(got).unwrap(),
-                String::from_utf8(want).unwrap()
+                serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+                serde_json::to_value(&list).unwrap()
             );
         }
     }
@@ -640,6 +655,10 @@ mod tests {
     #[test]
     fn timestamps_as_tracing_writes_them() {
         for (us, text) in [
+            (1_765_024_496_999_999, "2025-12-06T12:34:56.999999Z"),
+            (1_765_024_497_000_000, "2025-12-06T12:34:57.000000Z"),
+            (1_765_024_497_000_001, "2025-12-06T12:34:57.000001Z"),
+            (1_765_024_496_000_001, "2025-12-06T12:34:56.000001Z"),
             (0, "1970-01-01T00:00:00.000000Z"),
             (1_765_024_496_123_456, "2025-12-06T12:34:56.123456Z"),
             (951_782_400_000_001, "2000-02-29T00:00:00.000001Z"),
