@@ -114,6 +114,19 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// [`constant_time_eq`] for two zero-padded buffers of one size (a multiple of 8), a word at
+/// a time: `subtle` compares 8-byte words, not bytes (about 20 instructions a byte), and
+/// their verdicts are combined without a branch on the data.
+pub fn constant_time_eq_words<const N: usize>(a: &[u8; N], b: &[u8; N]) -> bool {
+    const { assert!(N.is_multiple_of(8), "whole words only") };
+    let word = |w: &[u8]| u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]));
+    let mut same = subtle::Choice::from(1);
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        same &= word(x).ct_eq(&word(y));
+    }
+    same.into()
+}
+
 /// The token of an `Authorization: Bearer <token>` header value (scheme case-insensitive,
 /// surrounding spaces trimmed). `None` for another scheme, an empty token or non-UTF-8 bytes.
 pub fn parse_bearer(authorization: &[u8]) -> Option<&str> {
@@ -453,6 +466,13 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
         assert!(constant_time_eq(b"", b""));
+        let a = [7u8; 24];
+        assert!(constant_time_eq_words(&a, &a));
+        for i in 0..a.len() {
+            let mut b = a;
+            b[i] ^= 0x80;
+            assert!(!constant_time_eq_words(&a, &b), "byte {i}");
+        }
     }
 
     #[test]

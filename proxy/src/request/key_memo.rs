@@ -74,7 +74,9 @@ impl<E: Clone> KeyMemo<E> {
             if let Some(s) = slot {
                 // Lengths are not secret (every Sluice key has the same); the bytes are
                 // compared in constant time.
-                if s.len == key.len() && same_words(&s.bytes, &presented) {
+                if s.len == key.len()
+                    && sluice_core::keys::constant_time_eq_words(&s.bytes, &presented)
+                {
                     found = Some(i);
                 }
             }
@@ -110,19 +112,6 @@ impl<E: Clone> KeyMemo<E> {
         }
         self.next = 0;
     }
-}
-
-/// Whether two padded keys are equal, in time that does not depend on their bytes: every
-/// 8-byte word of both is read and their differences are OR-ed together, with no branch on
-/// the data (`subtle`'s `ct_eq` does the same a byte at a time, some 20 instructions a byte
-/// on every request; `black_box` keeps the compiler from stopping at the first difference).
-fn same_words(a: &[u8; MAX_KEY], b: &[u8; MAX_KEY]) -> bool {
-    let mut diff = 0u64;
-    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        let word = |w: &[u8]| u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]));
-        diff = std::hint::black_box(diff | (word(x) ^ word(y)));
-    }
-    diff == 0
 }
 
 /// Overwrites a slot's key bytes, then empties it.
