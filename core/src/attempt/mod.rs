@@ -310,4 +310,10 @@ impl AttemptLoop {
     pub fn into_report(self) -> AttemptReport {
         self.report
     }
+
+    /// [`AttemptLoop::into_report`] for a loop kept in place (a driver's future): the report
+    /// is taken and the loop left with an empty one, instead of the whole loop moved out.
+    pub fn take_report(&mut self) -> AttemptReport {
+        std::mem::take(&mut self.report)
+    }
 }

@@ -214,7 +214,19 @@ impl Rewrite<'_> {
 /// Copies `body` into `out` with the edits of `rewrite` spliced in. Bytes outside the edited
 /// values are copied unchanged.
 pub fn rewrite(body: &[u8], inspected: &Inspected, edits: Rewrite<'_>, out: &mut Vec<u8>) {
-    out.reserve(body.len() + 64);
+    rewrite_after(body, inspected, edits, out, |_, _| {});
+}
+
+/// [`rewrite`], with `before(out, len)` called first with the length of the rewritten body:
+/// a caller writes the `Content-Length` that precedes it there, and the body goes straight
+/// after (instead of moving a body written first to make room for its length).
+pub fn rewrite_after(
+    body: &[u8],
+    inspected: &Inspected,
+    edits: Rewrite<'_>,
+    out: &mut Vec<u8>,
+    before: impl FnOnce(&mut Vec<u8>, usize),
+) {
     // (position, bytes removed, what is inserted), applied in order of position.
     let mut splices: [(usize, usize, Insert<'_>); 2] = Default::default();
     let mut n = 0;
@@ -248,6 +260,12 @@ pub fn rewrite(body: &[u8], inspected: &Inspected, edits: Rewrite<'_>, out: &mut
     }
     let splices = &mut splices[..n];
     splices.sort_by_key(|s| s.0);
+    let mut len = body.len();
+    for (_, removed, inserted) in splices.iter() {
+        len = len - removed + inserted.len();
+    }
+    before(out, len);
+    out.reserve(len);
     let mut pos = 0;
     for (at, removed, inserted) in splices.iter() {
         out.extend_from_slice(&body[pos..*at]);
@@ -279,6 +297,39 @@ enum Insert<'a> {
     /// Nothing (an unused slot).
     #[default]
     Empty,
+}
+
+impl Insert<'_> {
+    /// How many bytes [`rewrite`] writes for this insert.
+    fn len(&self) -> usize {
+        match self {
+            // As written: serde's JSON string (`""` if that failed).
+            Insert::Model(m) => {
+                let mut count = ByteCount(0);
+                match serde_json::to_writer(&mut count, m) {
+                    Ok(()) => count.0,
+                    Err(_) => 2,
+                }
+            }
+            Insert::Bytes(b) => b.len(),
+            Insert::Static(b) => b.len(),
+            Insert::Empty => 0,
+        }
+    }
+}
+
+/// A writer that only counts what it is given.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A cheap estimate of a request's prompt tokens from its body size (about four bytes a
@@ -320,6 +371,41 @@ mod tests {
         assert!(ins.stream);
         assert!(!ins.include_usage);
         assert_eq!(ins.max_tokens, Some(7));
+    }
+
+    #[test]
+    fn rewrite_after_announces_the_length_it_writes() {
+        let cases: [(&str, Option<&str>, bool); 6] = [
+            (r#"{"model":"a","stream":true}"#, Some("gpt-4o-mini"), false),
+            (r#"{"model":"a","stream":true}"#, Some("q\"u\u{7}é\n"), true),
+            (r#"{"stream_options":{"x":1},"model":"a"}"#, Some("b"), true),
+            (
+                r#"{"model":"a","stream_options":{"include_usage":false}}"#,
+                None,
+                true,
+            ),
+            (r#" {"messages":[],"model":"a"}"#, Some("a"), false),
+            (
+                r#"{"model":"\u0061"}"#,
+                Some("much-longer-model-name"),
+                false,
+            ),
+        ];
+        for (body, model, force) in cases {
+            let ins = inspect(body.as_bytes()).unwrap();
+            let edits = Rewrite {
+                model,
+                force_include_usage: force,
+            };
+            let mut out = b"head|".to_vec();
+            let mut announced = None;
+            rewrite_after(body.as_bytes(), &ins, edits, &mut out, |o, len| {
+                announced = Some(len);
+                o.extend_from_slice(b"|");
+            });
+            assert_eq!(announced, Some(out.len() - 6), "{body}");
+            assert_eq!(&out[6..], apply(body, model, force).as_bytes(), "{body}");
+        }
     }
 
     #[test]

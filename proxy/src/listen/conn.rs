@@ -36,6 +36,9 @@ struct Client {
     /// Bytes received and not yet consumed (the start of the next request); a pooled buffer
     /// while a request is under way, no buffer at all while the connection is idle.
     buf: Vec<u8>,
+    /// The canceller of the read posted between requests, kept while the connection is busy
+    /// (see `idle::wait_for_request`).
+    canceller: Option<monoio::io::Canceller>,
 }
 
 /// Serves one accepted connection (plain, or TLS after its handshake) to its end.
@@ -50,11 +53,12 @@ pub async fn serve_connection(slot: Rc<Slot>, (rd, wr): (ClientRead, ClientWrite
         rd,
         wr,
         buf: Vec::new(),
+        canceller: None,
     };
     loop {
         if client.buf.is_empty() {
             let worker = slot.current();
-            match idle::wait_for_request(&worker, &mut client.rd).await {
+            match idle::wait_for_request(&worker, &mut client.rd, &mut client.canceller).await {
                 Waited::Data(b) => client.buf = b,
                 Waited::Readable => {}
                 Waited::Close => break,
@@ -94,7 +98,7 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
         max_header_bytes: cfg.max_header_bytes,
         max_body_bytes: cfg.max_body_bytes,
     };
-    let (head, started) = match read_head(worker, client, &limits).await {
+    let (head, head_len, started) = match read_head(worker, client, &limits).await {
         Ok(x) => x,
         Err(Stop::Close) => return false,
         Err(Stop::Answer(err)) => {
@@ -114,8 +118,11 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
             _ => None,
         };
         let read = match scan {
-            Some(scan) => read_form_start(worker, client, &head, &limits, scan).await,
-            None => read_body(worker, client, &head, &limits)
+            Some(scan) => {
+                client.buf.drain(..head_len);
+                read_form_start(worker, client, &head, &limits, scan).await
+            }
+            None => read_body(worker, client, (&head, head_len), &limits)
                 .await
                 .map(|b| (b, None)),
         };
@@ -136,20 +143,23 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
     // Made once the body is read, by a plain function: a local that lived across the reads
     // above, or that this future borrowed, would keep its place in every request's state
     // (a stream's minutes included) after it is moved on to the exchange.
-    let mut request = request_facts(worker, &head, started);
-    request.bytes_in = body.len() as u64;
+    // The request's record is made here and filled in place by the stages (borrowed, never
+    // moved: passed and returned by value, its some 450 bytes were copied a dozen times).
+    let mut settlement =
+        Settlement::local(request_facts(worker, &head, started), Answer::default());
+    settlement.request.bytes_in = body.len() as u64;
     // The read buffer goes back to the worker's spares for the rest of the exchange (unless
     // it holds the start of a pipelined request): a stream can last minutes, and two thousand
     // of them should not each hold 8 KiB they will not read into.
     idle::give_back(&mut client.buf);
     let keep_alive = head.keep_alive && !worker.shared.is_draining();
-    let (keep, mut settlement) = respond_to(
+    let keep = respond_to(
         worker,
         client,
         (&head, route),
         (body, rest.as_mut()),
         keep_alive,
-        request,
+        &mut settlement,
     )
     .await;
     if let Some(r) = &rest {
@@ -226,11 +236,14 @@ async fn send_continue(client: &mut Client, head: &RequestHead) -> Result<(), St
 
 /// Reads until a complete request head is buffered, within the header timeout, which runs
 /// from the request's first bytes (they have arrived, or are ready to read, when this runs).
+/// Returns the head and its length: its bytes stay at the front of the buffer, for the body's
+/// reader to consume with the body (a body that came with its head is copied once, not moved
+/// to the buffer's front first).
 async fn read_head(
     worker: &Worker,
     client: &mut Client,
     limits: &HeadLimits,
-) -> Result<(RequestHead, Instant), Stop> {
+) -> Result<(RequestHead, usize, Instant), Stop> {
     let cfg = &worker.shared.config.server;
     let started = Instant::now();
     // The first read's limit is the whole timeout: `started` was read in this synchronous
@@ -239,10 +252,7 @@ async fn read_head(
     loop {
         if !client.buf.is_empty() {
             match http1::parse_request_head(&client.buf, limits) {
-                Ok(Some((head, len))) => {
-                    client.buf.drain(..len);
-                    return Ok((head, started));
-                }
+                Ok(Some((head, len))) => return Ok((head, len, started)),
                 Ok(None) => {}
                 Err(e) => return Err(Stop::Answer(e)),
             }
@@ -272,41 +282,35 @@ async fn read_head(
     }
 }
 
-/// Reads the body the head announced, within the body timeout and size limit.
+/// Reads the body the head announced (the head's `head_len` bytes still lead the buffer),
+/// within the body timeout and size limit.
 async fn read_body(
     worker: &Worker,
     client: &mut Client,
-    head: &RequestHead,
+    (head, head_len): (&RequestHead, usize),
     limits: &HeadLimits,
 ) -> Result<Vec<u8>, Stop> {
     let cfg = &worker.shared.config.server;
     // Set when a read is needed: a body that came with its head (most of them) reads no clock
     // and takes no deadline.
     let deadline = || Instant::now() + Duration::from_millis(cfg.body_read_timeout_ms);
+    if let BodyFraming::Length(n) = head.body {
+        // Copied from behind the head; the drain then moves only what follows the body (a
+        // pipelined request's start, usually nothing).
+        let n = n as usize;
+        let have = (client.buf.len() - head_len).min(n);
+        let mut body = Vec::with_capacity(n);
+        body.extend_from_slice(&client.buf[head_len..head_len + have]);
+        client.buf.drain(..head_len + have);
+        if have == 0 {
+            send_continue(client, head).await?;
+        }
+        return read_body_rest(client, body, n, &deadline).await;
+    }
+    client.buf.drain(..head_len);
     send_continue(client, head).await?;
     match head.body {
-        BodyFraming::Empty | BodyFraming::UntilClose => Ok(Vec::new()),
-        BodyFraming::Length(n) => {
-            let n = n as usize;
-            let have = client.buf.len().min(n);
-            let mut body = Vec::with_capacity(n);
-            body.extend_from_slice(&client.buf[..have]);
-            client.buf.drain(..have);
-            if body.len() < n {
-                // A coarse deadline (`clock::deadlines`): no timer held in the request's state.
-                let mut limit = Deadline::at(deadline());
-                while body.len() < n {
-                    let len = body.len();
-                    let read = pin!(client.rd.read(body.slice_mut(len..n)));
-                    body = match within(&mut limit, read).await {
-                        Err(_) => return Err(Stop::Answer(body_timeout())),
-                        Ok((Ok(0), _)) | Ok((Err(_), _)) => return Err(Stop::Close),
-                        Ok((Ok(_), slice)) => slice.into_inner(),
-                    };
-                }
-            }
-            Ok(body)
-        }
+        BodyFraming::Empty | BodyFraming::UntilClose | BodyFraming::Length(_) => Ok(Vec::new()),
         BodyFraming::Chunked => {
             let mut decoder = ChunkedDecoder::new(limits.max_body_bytes);
             let mut body = Vec::new();
@@ -342,6 +346,30 @@ async fn read_body(
     }
 }
 
+/// Reads the rest of a sized body (`n` bytes, of which `body` holds the start) by `deadline`
+/// (read only when a read is needed).
+async fn read_body_rest(
+    client: &mut Client,
+    mut body: Vec<u8>,
+    n: usize,
+    deadline: &dyn Fn() -> Instant,
+) -> Result<Vec<u8>, Stop> {
+    if body.len() < n {
+        // A coarse deadline (`clock::deadlines`): no timer held in the request's state.
+        let mut limit = Deadline::at(deadline());
+        while body.len() < n {
+            let len = body.len();
+            let read = pin!(client.rd.read(body.slice_mut(len..n)));
+            body = match within(&mut limit, read).await {
+                Err(_) => return Err(Stop::Answer(body_timeout())),
+                Ok((Ok(0), _)) | Ok((Err(_), _)) => return Err(Stop::Close),
+                Ok((Ok(_), slice)) => slice.into_inner(),
+            };
+        }
+    }
+    Ok(body)
+}
+
 fn body_timeout() -> GatewayError {
     GatewayError::new(
         ErrorKind::RequestTimeout,
@@ -349,7 +377,7 @@ fn body_timeout() -> GatewayError {
     )
 }
 
-/// Answers one request; returns whether the connection stays open, and what to settle.
+/// Answers one request, filling in `settlement`; returns whether the connection stays open.
 // Not an `async fn`: an async fn stores each by-value argument twice in its future (the
 // argument and the local it is bound to, for the whole request, a stream's minutes
 // included); the block below uses the captured arguments in place.
@@ -360,10 +388,10 @@ fn respond_to<'a>(
     (head, route): (&'a RequestHead, Option<Route>),
     (body, rest): (Vec<u8>, Option<&'a mut upload::BodyRest>),
     keep_alive: bool,
-    request: RequestFacts,
-) -> impl Future<Output = (bool, Settlement)> + 'a {
+    settlement: &'a mut Settlement,
+) -> impl Future<Output = bool> + 'a {
     async move {
-        let request_id = &request.request_id;
+        let request_id = &settlement.request.request_id;
         let routed = route.map_or_else(|| endpoints::route(head.method(), head.path()), Ok);
         let route = match routed {
             Ok(r) => r,
@@ -371,7 +399,14 @@ fn respond_to<'a>(
                 let allow = route.map(endpoints::allow_for);
                 let extra: Vec<(&str, &[u8])> = allow.map(|a| ("allow", a)).into_iter().collect();
                 let bytes = respond::error_with(&err, &extra, keep_alive, request_id);
-                return local(client, bytes, err.status(), keep_alive, request).await;
+                return local(
+                    client,
+                    bytes,
+                    err.status(),
+                    keep_alive,
+                    &mut settlement.answer,
+                )
+                .await;
             }
         };
         let head_only = head.method() == "HEAD";
@@ -436,17 +471,17 @@ fn respond_to<'a>(
                     worker,
                     call,
                     (body, rest),
-                    request,
+                    settlement,
                     &mut client.rd,
                     &mut client.wr,
                 )
                 .await;
                 // Pipelined bytes that arrived during the exchange follow those read before it.
                 client.buf.extend_from_slice(&served.early);
-                return (served.keep_alive, served.settlement);
+                return served.keep_alive;
             }
         };
-        local(client, bytes, status, keep_alive, request).await
+        local(client, bytes, status, keep_alive, &mut settlement.answer).await
     }
 }
 
@@ -456,10 +491,11 @@ async fn local(
     bytes: Vec<u8>,
     status: u16,
     keep_alive: bool,
-    request: RequestFacts,
-) -> (bool, Settlement) {
-    let (keep, answer) = api::write(&mut client.wr, bytes, status, keep_alive).await;
-    (keep, Settlement::local(request, answer))
+    answer: &mut Answer,
+) -> bool {
+    let keep;
+    (keep, *answer) = api::write(&mut client.wr, bytes, status, keep_alive).await;
+    keep
 }
 
 /// The client's `x-request-id` when it is a sane token, else a new one.

@@ -25,7 +25,7 @@ use crate::request::client::ClientSide;
 use crate::request::forward;
 use crate::request::plan::{self, ApiEndpoint, Plan};
 use crate::request::prepare;
-use crate::request::settle::{Answer, RequestFacts, Settlement};
+use crate::request::settle::{Answer, Settlement};
 use crate::request::upload::BodyRest;
 use crate::state::Worker;
 
@@ -39,35 +39,28 @@ pub struct Call<'h> {
     pub keep_alive: bool,
 }
 
-/// How the call ended.
+/// How the call ended (what settlement needs is written into the caller's [`Settlement`]).
 pub struct Served {
     /// The client connection can carry another request.
     pub keep_alive: bool,
     /// Bytes of the client's next request that arrived meanwhile.
     pub early: Vec<u8>,
-    /// What settlement needs.
-    pub settlement: Settlement,
 }
 
 impl Served {
     /// An authenticated request answered by the gateway itself (a refusal, a stored answer).
     fn local(
         keep_alive: bool,
-        request: RequestFacts,
+        settlement: &mut Settlement,
         stage: Settled<Arc<KeyEntry>>,
         model: Option<String>,
-        answer: Answer,
     ) -> Self {
+        settlement.stage = stage;
+        settlement.model = model;
+        settlement.authenticated = true;
         Served {
             keep_alive,
             early: Vec::new(),
-            settlement: Settlement {
-                request,
-                stage,
-                model,
-                authenticated: true,
-                answer,
-            },
         }
     }
 }
@@ -81,7 +74,7 @@ pub fn serve<'a>(
     worker: &'a Worker,
     call: Call<'a>,
     (body, upload): (Vec<u8>, Option<&'a mut BodyRest>),
-    request: RequestFacts,
+    settlement: &'a mut Settlement,
     rd: &'a mut ClientRead,
     wr: &'a mut ClientWrite,
 ) -> impl Future<Output = Served> + 'a {
@@ -91,12 +84,13 @@ pub fn serve<'a>(
         let key = match auth.authenticate(call.head, crate::clock::unix_s) {
             Ok(k) => k,
             Err(err) => {
-                let bytes = respond::error(&err, call.keep_alive, &request.request_id);
-                let (keep_alive, answer) = write(wr, bytes, err.status(), call.keep_alive).await;
+                let bytes = respond::error(&err, call.keep_alive, &settlement.request.request_id);
+                let keep_alive;
+                (keep_alive, settlement.answer) =
+                    write(wr, bytes, err.status(), call.keep_alive).await;
                 return Served {
                     keep_alive,
                     early: Vec::new(),
-                    settlement: Settlement::local(request, answer),
                 };
             }
         };
@@ -104,16 +98,16 @@ pub fn serve<'a>(
             Ok(p) => p,
             Err(error) => {
                 let refused = unadmitted(error, key, None);
-                return refuse(worker, wr, &call, request, refused, false).await;
+                return refuse(worker, wr, &call, settlement, refused, false).await;
             }
         };
         let probe = prepared.probe.as_deref().unwrap_or(&prepared.body);
         let inspected = match Authenticated::new(key.clone()).inspect(&shared.config, probe) {
             Ok(i) => i,
-            Err(refused) => return refuse(worker, wr, &call, request, refused, false).await,
+            Err(refused) => return refuse(worker, wr, &call, settlement, refused, false).await,
         };
         let body = prepared.body;
-        let traced = request.trace.is_some();
+        let traced = settlement.request.trace.is_some();
         let group = inspected.group;
         let plan = match plan::plan(
             call.head,
@@ -130,14 +124,15 @@ pub fn serve<'a>(
             }
             Err(error) => {
                 let refused = unadmitted(error, key, Some(inspected.fields.model.clone()));
-                return refuse(worker, wr, &call, request, refused, inspected.fields.stream).await;
+                let stream = inspected.fields.stream;
+                return refuse(worker, wr, &call, settlement, refused, stream).await;
             }
         };
         let stages = Stages {
             worker,
             key,
             call: &call,
-            request,
+            settlement,
             upload,
         };
         admit_and_forward(stages, inspected, plan, rd, wr).await
@@ -149,7 +144,8 @@ struct Stages<'a, 'h> {
     worker: &'a Worker,
     key: Option<Arc<KeyEntry>>,
     call: &'a Call<'h>,
-    request: RequestFacts,
+    /// The request's record, filled in as it goes.
+    settlement: &'a mut Settlement,
     /// The rest of a streamed upload, still in the client's socket.
     upload: Option<&'a mut BodyRest>,
 }
@@ -172,7 +168,7 @@ fn admit_and_forward<'a>(
             worker,
             key,
             call,
-            request,
+            settlement,
             upload,
         } = stages;
         let shared = &worker.shared;
@@ -192,26 +188,33 @@ fn admit_and_forward<'a>(
                 limiter = &share;
             }
         }
+        // No set, no bucket to look at: no clock read for the admission either.
+        let now_ms = if sets.is_empty() {
+            0
+        } else {
+            crate::clock::now_ms()
+        };
         let admitted = inspected
             .authorize(|m| key.as_ref().is_none_or(|k| k.record.allows_model(m)))
             .and_then(|i| {
-                i.admit(limiter, sets, crate::clock::now_ms(), |d| {
+                i.admit(limiter, sets, now_ms, |d| {
                     auth.refusal(key.as_deref(), d, 0)
                 })
             });
         let admitted = match admitted {
             Ok(a) => a,
             Err(refused) => {
-                return refuse(worker, wr, call, request, refused, plan.inspected.stream).await
+                let stream = plan.inspected.stream;
+                return refuse(worker, wr, call, settlement, refused, stream).await;
             }
         };
         if call.endpoint == ApiEndpoint::CountTokens
             && prepare::count_tokens_locally(&shared.config, group)
         {
             let stage = admitted.answer_locally();
-            let (keep_alive, answer) = count_tokens(wr, call, &request, &plan.body).await;
+            let keep_alive = count_tokens(wr, call, settlement, &plan.body).await;
             let model = Some(std::mem::take(&mut plan.inspected.model));
-            return Served::local(keep_alive, request, stage, model, answer);
+            return Served::local(keep_alive, settlement, stage, model);
         }
         let looked = cache::lookup(
             worker,
@@ -219,7 +222,7 @@ fn admit_and_forward<'a>(
             &plan,
             key.as_deref(),
             admitted,
-            &request.request_id,
+            &settlement.request.request_id,
         )
         .await;
         let (admitted, ticket) = match looked {
@@ -229,20 +232,21 @@ fn admit_and_forward<'a>(
                     .as_ref()
                     .map(|k| auth.ratelimit_headers(k))
                     .unwrap_or_default();
-                let (keep_alive, answer) = cache::replay(
+                let keep_alive;
+                (keep_alive, settlement.answer) = cache::replay(
                     worker,
                     wr,
                     &plan,
                     &stored,
                     mark,
                     call.keep_alive,
-                    &request.request_id,
-                    request.started,
+                    &settlement.request.request_id,
+                    settlement.request.started,
                     &extra,
                 )
                 .await;
                 let model = Some(std::mem::take(&mut plan.inspected.model));
-                return Served::local(keep_alive, request, stage, model, answer);
+                return Served::local(keep_alive, settlement, stage, model);
             }
         };
         // The prompt estimate (a scan of the whole body) and its cost matter only where they
@@ -276,9 +280,16 @@ fn admit_and_forward<'a>(
         }) {
             Ok(r) => r,
             Err(refused) => {
-                return refuse(worker, wr, call, request, refused, plan.inspected.stream).await
+                let stream = plan.inspected.stream;
+                return refuse(worker, wr, call, settlement, refused, stream).await;
             }
         };
+        let Settlement {
+            request,
+            stage,
+            answer,
+            ..
+        } = &mut *settlement;
         let mut side = ClientSide {
             request_id: &request.request_id,
             http10: call.head.version == 0,
@@ -291,19 +302,15 @@ fn admit_and_forward<'a>(
             trace: request.trace,
         };
         cache::on_miss(ticket.as_deref(), &mut plan, &mut side.extra_headers);
-        let mut done = forward::execute(worker, reserved, &mut plan, (rd, upload), wr, &side).await;
-        cache::after_miss(ticket, &mut done.answer);
-        let model = Some(std::mem::take(&mut plan.inspected.model));
+        let io = (rd, upload);
+        let done =
+            forward::execute(worker, reserved, &mut plan, io, wr, &side, (answer, stage)).await;
+        cache::after_miss(ticket, answer);
+        settlement.model = Some(std::mem::take(&mut plan.inspected.model));
+        settlement.authenticated = true;
         Served {
             keep_alive: done.keep_alive,
             early: done.early,
-            settlement: Settlement {
-                request,
-                stage: done.stage,
-                model,
-                authenticated: true,
-                answer: done.answer,
-            },
         }
     }
 }
@@ -313,23 +320,25 @@ fn admit_and_forward<'a>(
 async fn count_tokens(
     wr: &mut ClientWrite,
     call: &Call<'_>,
-    request: &RequestFacts,
+    settlement: &mut Settlement,
     body: &[u8],
-) -> (bool, Answer) {
+) -> bool {
+    let request_id = &settlement.request.request_id;
     let (status, bytes) = match prepare::count_tokens_body(body) {
         Ok(out) => {
             let headers: [(&str, &[u8]); 1] = [("x-sluice-estimate", b"true")];
-            let bytes = respond::json(200, &out, &headers, call.keep_alive, &request.request_id);
+            let bytes = respond::json(200, &out, &headers, call.keep_alive, request_id);
             (200, bytes)
         }
         Err(err) => (
             err.status(),
-            respond::error(&err, call.keep_alive, &request.request_id),
+            respond::error(&err, call.keep_alive, request_id),
         ),
     };
-    let (keep_alive, mut answer) = write(wr, bytes, status, call.keep_alive).await;
-    answer.cost_micros = Some(0);
-    (keep_alive, answer)
+    let keep_alive;
+    (keep_alive, settlement.answer) = write(wr, bytes, status, call.keep_alive).await;
+    settlement.answer.cost_micros = Some(0);
+    keep_alive
 }
 
 /// The refusal of `key`'s request before admission (no limit counted it yet): `error`, and the
@@ -353,7 +362,7 @@ async fn refuse(
     worker: &Worker,
     wr: &mut ClientWrite,
     call: &Call<'_>,
-    request: RequestFacts,
+    settlement: &mut Settlement,
     refused: Box<Refused<Arc<KeyEntry>>>,
     stream: bool,
 ) -> Served {
@@ -367,11 +376,12 @@ async fn refuse(
         .unwrap_or_default();
     let extra: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
     let keep = call.keep_alive && !err.kind.closes_connection();
-    let bytes = respond::error_with(&err, &extra, keep, &request.request_id);
-    let (keep_alive, mut answer) = write(wr, bytes, err.status(), keep).await;
+    let bytes = respond::error_with(&err, &extra, keep, &settlement.request.request_id);
+    let keep_alive;
+    (keep_alive, settlement.answer) = write(wr, bytes, err.status(), keep).await;
     // The access log and metrics say whether the refused request asked for a stream.
-    answer.stream = stream;
-    Served::local(keep_alive, request, stage, model, answer)
+    settlement.answer.stream = stream;
+    Served::local(keep_alive, settlement, stage, model)
 }
 
 /// Writes a local answer; whether the connection stays open, and what the client got.

@@ -54,20 +54,19 @@ use crate::upstream::pool::UpstreamError;
 /// Largest error body read to decide on a retry (and passed through when it is the answer).
 const MAX_ERROR_BODY: usize = 1 << 20;
 
-/// What the exchange left for the client connection, and for settlement.
+/// What the exchange left for the client connection (what settlement needs is written into
+/// the caller's answer and stage).
 pub struct Exchanged {
     /// The client connection can carry another request.
     pub keep_alive: bool,
     /// Bytes of the client's next request that arrived during the exchange.
     pub early: Vec<u8>,
-    /// What the client got.
-    pub answer: Answer,
-    /// The caller and its permit, to settle.
-    pub stage: Settled<Arc<KeyEntry>>,
 }
 
 /// Runs the exchange: attempts deployments until one answers and relays its answer to the
 /// client. Errors before the response head reached the client are answered as JSON here.
+/// What the client got goes into `answer`; the caller and its permit, to settle, into
+/// `stage`.
 ///
 /// The plan and the client side are borrowed: an async fn's by-value arguments are stored
 /// twice in its future (the argument and the local it is bound to), for the whole exchange.
@@ -81,13 +80,11 @@ pub fn execute<'f, 'c>(
     (rd, upload): (&'f mut ClientRead, Option<&'f mut BodyRest>),
     wr: &'f mut ClientWrite,
     client: &'f ClientSide<'c>,
+    (answer, stage): (&'f mut Answer, &'f mut Settled<Arc<KeyEntry>>),
 ) -> impl Future<Output = Exchanged> + use<'f, 'c> {
     async move {
         let mut watch = ClientWatch::new(rd);
-        let mut answer = Answer {
-            stream: plan.inspected.stream,
-            ..Answer::default()
-        };
+        answer.stream = plan.inspected.stream;
         // The caller, for the breakers' blast-radius guard: a hash of its key id.
         let caller = reserved
             .principal()
@@ -95,9 +92,26 @@ pub fn execute<'f, 'c>(
         // One look at the clock for the synchronous stretch from here to the first attempt on
         // its way: the loop's start, its first commands, the pool's checkout (see `exchange`).
         let now = Instant::now();
-        let (mut lp, stage) = with_env_at(worker, now, |env| {
-            reserved.attempt(env, client.started, plan.deadline_override, caller)
-        });
+        // The loop (some 1 KiB) is made here, with the environment `with_env_at` would give
+        // it: returned through that function's frame, it was copied once more.
+        let (mut lp, settled);
+        {
+            let shared = &worker.shared;
+            let mut routes = worker.routes.borrow_mut();
+            let mut rng = || fastrand::u64(..);
+            let mut env = Env {
+                config: &shared.config,
+                routes: &mut routes.table,
+                limits: &*shared.provider_limits,
+                now,
+                now_ms: crate::clock::ms_at(now),
+                rng: &mut rng,
+            };
+            let deadline = plan.deadline_override;
+            (lp, settled) = reserved.attempt(&mut env, client.started, deadline, caller);
+            routes.publish(&shared.config);
+        }
+        *stage = settled;
         if upload.is_some() {
             // The client's socket carries the rest of the body: not watched until it is read.
             lp.streamed_body();
@@ -108,19 +122,33 @@ pub fn execute<'f, 'c>(
             watch: &mut watch,
             upload,
         };
-        let (keep_alive, sends) =
-            exchange(worker, (&mut lp, now), plan, io, client, &mut answer).await;
+        // Kept here and borrowed by the exchange (returned by value, its ~430 bytes were
+        // copied twice more).
+        let mut sends = Sends {
+            answered: None,
+            launched: SmallVec::new(),
+            error_answer: None,
+        };
+        let keep_alive = exchange(
+            worker,
+            (&mut lp, now),
+            plan,
+            io,
+            client,
+            (&mut sends, &mut *answer),
+        )
+        .await;
         let first_group = lp.first_group();
-        let report = lp.into_report();
-        record_attempts(worker, &sends, first_group, report, client, &mut answer);
+        // Taken, not `into_report`: moving the loop (some 1 KiB) out of this future's state to
+        // consume it was a copy of its own.
+        let report = lp.take_report();
+        record_attempts(worker, &sends, first_group, report, client, answer);
         // A client that closes after its answer was written is not a cancellation: only a race
         // lost during the exchange (recorded there) is.
         let (early, gone) = watch.finish();
         Exchanged {
             keep_alive: keep_alive && !gone,
             early,
-            answer,
-            stage,
         }
     }
 }
@@ -186,13 +214,21 @@ impl<F: Future<Output = Result<Sent, UpstreamError>>> Flights<F> {
         }
     }
 
-    /// The first attempt to finish, and how.
-    async fn next(&mut self) -> (AttemptId, Result<Sent, UpstreamError>) {
+    /// The first attempt to finish, and how. A head is put straight in `answered`, where the
+    /// driver keeps it (returned instead, its ~190 bytes were copied through every future
+    /// between here and there).
+    async fn next(
+        &mut self,
+        answered: &mut Option<(AttemptId, Sent)>,
+    ) -> (AttemptId, Result<(), UpstreamError>) {
         let (k, id, r) = std::future::poll_fn(|cx| {
             for k in 0..2 {
                 let Some(id) = self.ids[k] else { continue };
                 if let Some(fut) = self.slots[k].as_mut() {
                     if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                        // A second head at once would be a hedge partner the loop is about
+                        // to cancel.
+                        let r = r.map(|sent| *answered = Some((id, sent)));
                         return Poll::Ready((k, id, r));
                     }
                 }
@@ -238,7 +274,7 @@ struct Io<'x, 'w, 'r> {
 }
 
 /// Runs the attempt loop to its end and answers the client; returns whether the client
-/// connection can be kept, and what was launched (for the access record).
+/// connection can be kept. What was launched (for the access record) is left in `sends`.
 ///
 /// `lp` is borrowed, not moved in: an async fn's by-value argument is stored twice in its
 /// future (as the argument and as the local it is bound to), and the loop is some 1 KiB.
@@ -250,19 +286,14 @@ async fn exchange(
     plan: &mut Plan,
     io: Io<'_, '_, '_>,
     client: &ClientSide<'_>,
-    answer: &mut Answer,
-) -> (bool, Sends) {
+    (sends, answer): (&mut Sends, &mut Answer),
+) -> bool {
     let Io {
         wr,
         watch,
         mut upload,
     } = io;
     let deadline = lp.deadline();
-    let mut sends = Sends {
-        answered: None,
-        launched: SmallVec::new(),
-        error_answer: None,
-    };
     let mut flights = Flights {
         slots: [None, None],
         ids: [None, None],
@@ -273,7 +304,7 @@ async fn exchange(
     // future is first polled by that wait) share a read. `None` once an await ran.
     let mut clock = Some(now);
     let mut event: Option<Event> = None;
-    let keep = loop {
+    loop {
         let now = *clock.get_or_insert_with(Instant::now);
         let command = with_env_at(worker, now, |env| {
             if let Some(e) = event.take() {
@@ -313,10 +344,10 @@ async fn exchange(
                             lp.body_spent();
                         }
                         match result {
-                            Ok(sent) => head_event(&mut sends, attempt, sent),
+                            Ok(sent) => head_event(sends, attempt, sent),
                             Err(UploadError::Upstream(e)) => Event::Failed {
                                 attempt,
-                                failure: transport_failure(worker, launch_of(&sends, attempt), &e),
+                                failure: transport_failure(worker, launch_of(sends, attempt), &e),
                             },
                             Err(UploadError::Client(error)) => Event::Refused { attempt, error },
                             Err(UploadError::ClientGone) => Event::ClientGone,
@@ -338,19 +369,18 @@ async fn exchange(
             }
             Command::Wait { until } => {
                 clock = None;
-                wait(worker, &mut sends, &mut flights, until, watch).await
+                wait(worker, sends, &mut flights, until, watch).await
             }
             Command::ReadErrorBody { attempt } => {
                 clock = None;
-                read_error_body(worker, &mut sends, attempt, deadline, watch).await
+                read_error_body(worker, sends, attempt, deadline, watch).await
             }
             Command::Deliver { attempt } => {
                 let io = (&mut *wr, &mut *watch);
-                break deliver_attempt(worker, lp, plan, &mut sends, attempt, io, client, answer)
-                    .await;
+                break deliver_attempt(worker, lp, plan, sends, attempt, io, client, answer).await;
             }
             Command::PassThrough { attempt } => {
-                break pass_through(worker, plan, &mut sends, attempt, wr, client, answer).await;
+                break pass_through(worker, plan, sends, attempt, wr, client, answer).await;
             }
             Command::Fail(err) => {
                 tracing::debug!(model = %plan.inspected.model, error = %err, "request failed after all attempts");
@@ -362,8 +392,7 @@ async fn exchange(
                 break false;
             }
         });
-    };
-    (keep, sends)
+    }
 }
 
 /// Hands `attempt`'s answer to the client, then settles the attempt with how the relay ended.
@@ -426,7 +455,7 @@ async fn wait<F: Future<Output = Result<Sent, UpstreamError>>>(
     until: Option<Instant>,
     watch: &mut ClientWatch<'_>,
 ) -> Event {
-    let first = flights.next();
+    let first = flights.next(&mut sends.answered);
     let timer = async {
         match until {
             Some(t) => crate::clock::sleep(t.saturating_duration_since(Instant::now())).await,
@@ -448,7 +477,7 @@ async fn wait<F: Future<Output = Result<Sent, UpstreamError>>>(
         Some(Some(done)) => done,
     };
     match result {
-        Ok(sent) => head_event(sends, id, sent),
+        Ok(()) => answered_event(sends, id),
         Err(e) => Event::Failed {
             attempt: id,
             failure: transport_failure(worker, launch_of(sends, id), &e),
@@ -458,6 +487,23 @@ async fn wait<F: Future<Output = Result<Sent, UpstreamError>>>(
 
 /// The event of `id`'s response head; the answer is kept to read or deliver.
 fn head_event(sends: &mut Sends, id: AttemptId, sent: Sent) -> Event {
+    // A second head at once would be a hedge partner the loop is about to cancel.
+    sends.answered = Some((id, sent));
+    answered_event(sends, id)
+}
+
+/// The event of the response head kept in `sends.answered` (`id`'s).
+fn answered_event(sends: &Sends, id: AttemptId) -> Event {
+    let Some((_, sent)) = &sends.answered else {
+        return Event::Failed {
+            attempt: id,
+            failure: TransportFailure {
+                failure: Failure::Connect,
+                error: GatewayError::new(ErrorKind::Internal, "answer vanished"),
+                label: "internal",
+            },
+        };
+    };
     let retry_after = sent
         .head
         .header("retry-after-ms")
@@ -467,12 +513,9 @@ fn head_event(sends: &mut Sends, id: AttemptId, sent: Sent) -> Event {
                 .header("retry-after")
                 .and_then(retry::parse_retry_after)
         });
-    let status = sent.head.status;
-    // A second head at once would be a hedge partner the loop is about to cancel.
-    sends.answered = Some((id, sent));
     Event::Head {
         attempt: id,
-        status,
+        status: sent.head.status,
         retry_after,
     }
 }

@@ -403,13 +403,10 @@ pub(crate) fn build_request(
         push_content_length(&mut req, plan.body.len());
         req.extend_from_slice(&plan.body);
     } else {
-        // The rewritten body goes straight after the head, and its length is put in front of
-        // it (a move of the body within `req`, not a copy in a buffer of its own).
-        let at = req.len();
-        inspect::rewrite(&plan.body, &plan.inspected, edits, &mut req);
-        let mut field = [0u8; 48];
-        let n = content_length_field(&mut field, (req.len() - at) as u64);
-        req.splice(at..at, field[..n].iter().copied());
+        // The rewritten body's length is known before it is written: the body goes straight
+        // after its `content-length` (no copy in a buffer of its own, no move within `req`).
+        let (body, inspected) = (&plan.body, &plan.inspected);
+        inspect::rewrite_after(body, inspected, edits, &mut req, push_content_length);
     }
     Ok((req, None))
 }
@@ -499,18 +496,6 @@ fn push_header(req: &mut Vec<u8>, name: &str, value: &[u8]) {
 
 fn push_content_length(req: &mut Vec<u8>, len: usize) {
     push_content_length_u64(req, len as u64);
-}
-
-/// `content-length: N` and the head's end, into `out`; how many bytes.
-fn content_length_field(out: &mut [u8; 48], len: u64) -> usize {
-    let digits = respond::itoa_u64(len);
-    let parts: [&[u8]; 3] = [b"content-length: ", digits.as_bytes(), b"\r\n\r\n"];
-    let mut n = 0;
-    for p in parts {
-        out[n..n + p.len()].copy_from_slice(p);
-        n += p.len();
-    }
-    n
 }
 
 fn push_content_length_u64(req: &mut Vec<u8>, len: u64) {

@@ -258,6 +258,17 @@ pub async fn read_small_body(
     max: usize,
     deadline: Instant,
 ) -> Result<(Vec<u8>, bool), UpstreamError> {
+    if let BodyFraming::Length(n) = sent.head.body {
+        // All of it came with the head (the usual small answer): the head's buffer becomes
+        // the body (moved to its front), instead of a new one it is copied into.
+        let at = sent.body_at;
+        if n as usize <= max && sent.buf.len().saturating_sub(at) as u64 >= n {
+            let mut body = std::mem::take(&mut sent.buf);
+            body.truncate(at + n as usize);
+            body.drain(..at);
+            return Ok((body, sent.head.keep_alive));
+        }
+    }
     let mut body = Vec::new();
     if let BodyFraming::Length(n) = sent.head.body {
         // Sized once (growing it as pieces arrive cost an allocation per doubling).

@@ -129,7 +129,15 @@ pub enum Waited {
 
 /// Waits for the first bytes of the next request on an idle keep-alive connection: up to the
 /// keep-alive idle timeout, or, once the worker drains, up to [`DRAIN_IDLE_GRACE`] more.
-pub async fn wait_for_request(worker: &Worker, rd: &mut ClientRead) -> Waited {
+///
+/// `canceller` is the connection's, kept from one wait to the next while the connection is
+/// busy (a new one cost two allocations and a hash table's growth per request) and dropped
+/// when it parks.
+pub async fn wait_for_request(
+    worker: &Worker,
+    rd: &mut ClientRead,
+    canceller: &mut Option<Canceller>,
+) -> Waited {
     let keepalive = Duration::from_millis(worker.shared.config.server.keepalive_idle_timeout_ms);
     let hot = PARK_AFTER.min(keepalive);
     let Some(plain) = rd.watchable() else {
@@ -147,7 +155,7 @@ pub async fn wait_for_request(worker: &Worker, rd: &mut ClientRead) -> Waited {
             _ => Waited::Close,
         };
     };
-    match posted_read(worker, plain, hot).await {
+    match posted_read(worker, plain, hot, canceller).await {
         Posted::Data(b) => return Waited::Data(b),
         Posted::Close => return Waited::Close,
         Posted::Quiet => {}
@@ -247,18 +255,32 @@ enum Posted {
 }
 
 /// A read posted for `hot`, then cancelled: bytes that arrive before the cancel takes effect
-/// are kept, the buffer goes back to the pool otherwise.
-async fn posted_read(worker: &Worker, rd: &mut OwnedReadHalf<TcpStream>, hot: Duration) -> Posted {
-    let canceller = Canceller::new();
-    let read = rd.cancelable_read(take_buffer(), canceller.handle());
+/// are kept, the buffer goes back to the pool otherwise. `canceller` is made when there is
+/// none, kept when the read completes (for the next one), and spent by a cancel.
+///
+/// The drain is not watched: `hot` is shorter than [`DRAIN_IDLE_GRACE`], so a drain that
+/// starts meanwhile would not end the wait any sooner (see [`until_drained`]); a wait that
+/// ends with nothing while the worker drains closes the connection.
+async fn posted_read(
+    worker: &Worker,
+    rd: &mut OwnedReadHalf<TcpStream>,
+    hot: Duration,
+    canceller: &mut Option<Canceller>,
+) -> Posted {
+    debug_assert!(hot <= DRAIN_IDLE_GRACE);
+    let handle = canceller.get_or_insert_with(Canceller::new).handle();
+    let read = rd.cancelable_read(take_buffer(), handle);
     let mut read = std::pin::pin!(read);
-    let done = until_drained(worker, hot, &mut read).await;
-    let (res, mut buf) = match done {
-        Some(out) => out,
-        None => {
-            // The limit (or the drain's grace) passed: cancel, and take what the read ends
-            // with — the kernel may have completed it in the meantime.
-            let _ = canceller.cancel();
+    let mut limit = Deadline::at(Instant::now() + hot);
+    let (res, mut buf) = match within(&mut limit, read.as_mut()).await {
+        Ok(out) => out,
+        Err(_) => {
+            // The limit passed: cancel, and take what the read ends with — the kernel may
+            // have completed it in the meantime. (`cancel` hands back a fresh canceller: a
+            // parked connection keeps none.)
+            if let Some(c) = canceller.take() {
+                drop(c.cancel());
+            }
             read.await
         }
     };
