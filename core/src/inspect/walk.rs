@@ -88,16 +88,24 @@ fn has_control(bytes: &[u8]) -> bool {
 /// stops the run.
 #[inline(always)]
 pub(crate) fn string_stop(json: &[u8], mut i: usize, controls: bool) -> Option<usize> {
-    for _ in 0..2 {
-        let Some(stops) = word_stops(json, i, controls) else {
-            break;
-        };
-        if stops != 0 {
-            return Some(i + (stops.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
+    if let Some(at) = stop_in_two_words(json, &mut i, controls) {
+        return Some(at);
     }
     string_stop_far(json, i, controls)
+}
+
+/// The stop in the two words at `*i`, if one holds it; else `*i` moves past the words
+/// tested (a word that would run past the end is not).
+#[inline(always)]
+fn stop_in_two_words(json: &[u8], i: &mut usize, controls: bool) -> Option<usize> {
+    for _ in 0..2 {
+        let stops = word_stops(json, *i, controls)?;
+        if stops != 0 {
+            return Some(*i + (stops.trailing_zeros() / 8) as usize);
+        }
+        *i += 8;
+    }
+    None
 }
 
 /// The stop bytes of the word at `json[i..i + 8]`, one high bit each; `None` past the end.
@@ -120,14 +128,8 @@ fn word_stops(json: &[u8], i: usize, controls: bool) -> Option<u64> {
 /// step) and [`has_control`] over what it passed.
 #[inline(never)]
 fn string_stop_far(json: &[u8], mut i: usize, controls: bool) -> Option<usize> {
-    for _ in 0..2 {
-        let Some(stops) = word_stops(json, i, controls) else {
-            break;
-        };
-        if stops != 0 {
-            return Some(i + (stops.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
+    if let Some(at) = stop_in_two_words(json, &mut i, controls) {
+        return Some(at);
     }
     let run = json.get(i..)?;
     let at = memchr::memchr2(b'"', b'\\', run).unwrap_or(run.len());

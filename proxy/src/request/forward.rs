@@ -96,20 +96,12 @@ pub fn execute<'f, 'c>(
         // it: returned through that function's frame, it was copied once more.
         let (mut lp, settled);
         {
-            let shared = &worker.shared;
             let mut routes = worker.routes.borrow_mut();
             let mut rng = || fastrand::u64(..);
-            let mut env = Env {
-                config: &shared.config,
-                routes: &mut routes.table,
-                limits: &*shared.provider_limits,
-                now,
-                now_ms: crate::clock::ms_at(now),
-                rng: &mut rng,
-            };
+            let mut env = env_of(&worker.shared, &mut routes.table, now, &mut rng);
             let deadline = plan.deadline_override;
             (lp, settled) = reserved.attempt(&mut env, client.started, deadline, caller);
-            routes.publish(&shared.config);
+            routes.publish(&worker.shared.config);
         }
         *stage = settled;
         if upload.is_some() {
@@ -166,20 +158,34 @@ pub(crate) fn with_env_at<R>(
     now: Instant,
     f: impl FnOnce(&mut Env<'_>) -> R,
 ) -> R {
-    let shared = &worker.shared;
     let mut routes = worker.routes.borrow_mut();
     let mut rng = || fastrand::u64(..);
-    let mut env = Env {
+    let out = f(&mut env_of(
+        &worker.shared,
+        &mut routes.table,
+        now,
+        &mut rng,
+    ));
+    routes.publish(&worker.shared.config);
+    out
+}
+
+/// The loop's environment on this worker: its routing table (the caller publishes breaker
+/// changes once done with it), the providers' limits, the clock as read, randomness.
+fn env_of<'a>(
+    shared: &'a crate::state::Shared,
+    routes: &'a mut sluice_core::route::RouteTable,
+    now: Instant,
+    rng: &'a mut dyn FnMut() -> u64,
+) -> Env<'a> {
+    Env {
         config: &shared.config,
-        routes: &mut routes.table,
+        routes,
         limits: &*shared.provider_limits,
         now,
         now_ms: crate::clock::ms_at(now),
-        rng: &mut rng,
-    };
-    let out = f(&mut env);
-    routes.publish(&shared.config);
-    out
+        rng,
+    }
 }
 
 /// Attempts on their way (the request went out, the head is awaited): at most two, a hedged
