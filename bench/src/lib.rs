@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod alloc_count;
+pub mod cli;
 pub mod fixture;
 pub mod live_alloc;
 pub mod report;

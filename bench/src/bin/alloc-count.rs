@@ -328,17 +328,6 @@ fn measure(port: u16, requests: u64, warmup: u64, full: bool) -> io::Result<Vec<
     Ok(rows)
 }
 
-fn arg(args: &[String], name: &str, default: u64) -> Result<u64, String> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .filter(|v| *v > 0)
-            .ok_or_else(|| format!("{name} needs a positive number")),
-    }
-}
-
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
@@ -347,12 +336,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         );
         return Ok(());
     }
-    let requests = arg(&args, "--requests", 2000)?;
-    let warmup = arg(&args, "--warmup", 200)?;
+    let requests = sluice_bench::cli::number(&args, "--requests", 2000)?;
+    let warmup = sluice_bench::cli::number(&args, "--warmup", 200)?;
     let full = args.iter().any(|a| a == "--full");
     let max_allocs = match args.iter().position(|a| a == "--max-allocs") {
         None => None,
-        Some(_) => Some(arg(&args, "--max-allocs", 1)?),
+        Some(_) => Some(sluice_bench::cli::number(&args, "--max-allocs", 1)?),
     };
     let dir = std::env::temp_dir().join(format!("sluice-alloc-count-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -370,7 +359,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|_| "the client thread panicked")??;
     let site_requests = match args.iter().position(|a| a == "--sites") {
         None => None,
-        Some(_) => Some(arg(&args, "--sites", 10)?),
+        Some(_) => Some(sluice_bench::cli::number(&args, "--sites", 10)?),
     };
     let site_list = match site_requests {
         Some(n) => Some((
@@ -441,11 +430,5 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("alloc-count: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    sluice_bench::cli::exit("alloc-count", run())
 }

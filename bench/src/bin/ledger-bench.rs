@@ -63,20 +63,10 @@ fn record(i: u64, shared: &(Arc<str>, Arc<str>, Arc<str>, Arc<str>)) -> UsageRec
     }
 }
 
-fn arg(args: &[String], name: &str, default: u64) -> Result<u64, String> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{name} needs a number")),
-    }
-}
-
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rows = arg(&args, "--rows", 100_000)?;
-    let batch = arg(&args, "--batch", 1_024)?.max(1);
+    let rows = sluice_bench::cli::number(&args, "--rows", 100_000)?;
+    let batch = sluice_bench::cli::number(&args, "--batch", 1_024)?;
     let direct = args.iter().any(|a| a == "--direct");
     let dir = std::env::temp_dir().join(format!("sluice-ledger-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -142,11 +132,5 @@ fn run() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ledger-bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    sluice_bench::cli::exit("ledger-bench", run())
 }

@@ -275,11 +275,5 @@ fn wait_child(mut kid: Kid) -> Kid {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("stream-mem: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    sluice_bench::cli::exit("stream-mem", run())
 }
