@@ -22,12 +22,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
-use monoio::io::AsyncWriteRentExt;
-use sluice_core::attempt::{
-    AttemptId, AttemptLoop, AttemptReport, Command, Env, Event, TransportFailure,
-};
+use sluice_core::attempt::{AttemptId, AttemptLoop, Command, Env, Event, TransportFailure};
 use sluice_core::config::ModelGroup;
-use sluice_core::dialect::{self, ResponseContext};
 use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::http1::ResponseHead;
 use sluice_core::request::{Reserved, Settled};
@@ -37,17 +33,21 @@ use smallvec::SmallVec;
 
 pub use crate::request::plan::{plan, Plan, Translation};
 
+mod error_answer;
+mod report;
+
+use error_answer::{pass_through, read_error_body, transport_failure};
+use report::record_attempts;
+
 use crate::listen::client_io::{ClientRead, ClientWrite};
-use crate::listen::respond::ClientFraming;
 use crate::request::auth::KeyEntry;
-use crate::request::client::{answer_error, write_response_head, ClientSide};
+use crate::request::client::{answer_error, ClientSide};
 use crate::request::deliver::deliver;
 use crate::request::plan::build_request;
 use crate::request::relay::ClientWatch;
 use crate::request::settle::Answer;
 use crate::request::upload::{self, BodyRest, UploadError};
 use crate::state::Worker;
-use crate::telemetry::log::Attempt;
 use crate::upstream::attempt::{self, Sent};
 use crate::upstream::pool::UpstreamError;
 
@@ -523,215 +523,6 @@ fn answered_event(sends: &Sends, id: AttemptId) -> Event {
         attempt: id,
         status: sent.head.status,
         retry_after,
-    }
-}
-
-/// Classifies an upstream failure for the attempt loop, and counts it.
-fn transport_failure(
-    worker: &Worker,
-    launch: Option<&Launch>,
-    e: &UpstreamError,
-) -> TransportFailure {
-    let cfg = &worker.shared.config;
-    let provider = launch.map_or(0, |l| l.provider);
-    worker.metrics.upstream_error(cfg, provider, e.label());
-    let name = cfg.providers.get(provider).map_or("?", |p| p.name.as_str());
-    tracing::debug!(provider = name, error = %e, "upstream attempt failed");
-    let failure = match e {
-        UpstreamError::ConnectTimeout(_)
-        | UpstreamError::FirstByteTimeout(_)
-        | UpstreamError::IdleTimeout(_)
-        | UpstreamError::TotalTimeout(_) => Failure::Timeout,
-        _ => Failure::Connect,
-    };
-    TransportFailure {
-        failure,
-        error: e.to_gateway(),
-        label: e.label(),
-    }
-}
-
-/// Reads an error answer whole, pools its connection when it can, and keeps the answer to
-/// pass through if it turns out to be the last word.
-async fn read_error_body(
-    worker: &Worker,
-    sends: &mut Sends,
-    attempt: AttemptId,
-    deadline: Instant,
-    watch: &mut ClientWatch<'_>,
-) -> Event {
-    let cfg = &worker.shared.config;
-    let Some(mut sent) = sends.take_answered(attempt) else {
-        return Event::Failed {
-            attempt,
-            failure: transport_failure(
-                worker,
-                None,
-                &UpstreamError::Protocol {
-                    provider: "?".into(),
-                    message: "answer vanished".into(),
-                },
-            ),
-        };
-    };
-    let provider = launch_of(sends, attempt).map_or(0, |l| l.provider);
-    let Some(p) = cfg.providers.get(provider) else {
-        return Event::ClientGone;
-    };
-    let read = attempt::read_small_body(&mut sent, &p.name, MAX_ERROR_BODY, deadline);
-    let raced = watch.race(pin!(read)).await;
-    match raced {
-        None => Event::ClientGone,
-        Some(Ok((body, reusable))) => {
-            let status = sent.head.status;
-            let context_window = status == 400 && retry::is_context_window_error(status, &body);
-            let Sent { conn, head, .. } = sent;
-            if reusable {
-                worker
-                    .pool
-                    .borrow_mut()
-                    .put(provider, conn, Instant::now(), p.pool_max_idle);
-            }
-            sends.error_answer = Some((attempt, head, body));
-            Event::ErrorBody {
-                attempt,
-                context_window,
-            }
-        }
-        Some(Err(e)) => Event::Failed {
-            attempt,
-            failure: transport_failure(worker, launch_of(sends, attempt), &e),
-        },
-    }
-}
-
-/// No attempt succeeded and the last one was the upstream's own error answer: pass it
-/// through whole (in the client's dialect).
-async fn pass_through(
-    worker: &Worker,
-    plan: &Plan,
-    sends: &mut Sends,
-    attempt: AttemptId,
-    wr: &mut ClientWrite,
-    client: &ClientSide<'_>,
-    answer: &mut Answer,
-) -> bool {
-    let Some((_, head, body)) = sends.error_answer.take().filter(|(a, ..)| *a == attempt) else {
-        let err = GatewayError::new(ErrorKind::Internal, "answer vanished");
-        return answer_error(wr, err, client, answer).await;
-    };
-    let launch = launch_of(sends, attempt);
-    let translation = launch.and_then(|l| l.translation);
-    let deployment = launch.map_or("", |l| l.label(&worker.shared.config));
-    answer.status = head.status;
-    let body = match translation {
-        None => body,
-        Some(t) => {
-            let id = format!("gen-{}", client.request_id);
-            let ctx = ResponseContext {
-                model: &plan.inspected.model,
-                id: &id,
-                created: crate::clock::unix_s(),
-                include_usage: false,
-            };
-            dialect::translate_response(t.from, t.to, head.status, &body, &ctx).0
-        }
-    };
-    let mut wire = Vec::with_capacity(512 + body.len());
-    write_response_head(
-        &mut wire,
-        &head,
-        deployment,
-        ClientFraming::Length(body.len() as u64),
-        client.keep_alive,
-        client,
-        None,
-        translation.map(|_| &b"application/json"[..]),
-        Default::default(),
-    );
-    wire.extend_from_slice(&body);
-    answer.bytes_out = wire.len() as u64;
-    let (res, _) = wr.write_all(wire).await;
-    answer.ttfb_us = Some(client.started.elapsed().as_micros() as u64);
-    res.is_ok() && client.keep_alive
-}
-
-/// Writes the loop's report into the access record: each attempt, the deployment that gave
-/// the last word, and the retry, fallback and hedge counts for metrics.
-fn record_attempts(
-    worker: &Worker,
-    sends: &Sends,
-    first_group: usize,
-    report: AttemptReport,
-    client: &ClientSide<'_>,
-    answer: &mut Answer,
-) {
-    let cfg = &worker.shared.config;
-    answer.route = report.route;
-    // The attempts and the deployment's name are read by the access line and the trace only
-    // (the ledger and the metrics go by `route`): without either, none is copied (an
-    // allocation per attempt and two more a request).
-    let described = cfg.log.access_log || client.trace.is_some();
-    if described {
-        describe_attempts(cfg, sends, &report, client, answer);
-    }
-    if answer.error.is_none() {
-        answer.error = report.error.map(Into::into);
-    }
-    if report.client_gone {
-        answer.client_cancelled = true;
-    }
-    for _ in 0..report.retries {
-        worker.metrics.retry(first_group);
-    }
-    for _ in 0..report.fallbacks {
-        worker.metrics.fallback(first_group);
-    }
-}
-
-/// The attempts and the deployment that answered, by name, for the access line and the trace.
-fn describe_attempts(
-    cfg: &sluice_core::config::Config,
-    sends: &Sends,
-    report: &AttemptReport,
-    client: &ClientSide<'_>,
-    answer: &mut Answer,
-) {
-    let since = |t: Instant| t.saturating_duration_since(client.started).as_micros() as u64;
-    // Read only for an attempt still open (a hedge's loser): most requests have none.
-    let mut now = None;
-    answer.attempts = report
-        .attempts
-        .iter()
-        .enumerate()
-        .map(|(k, a)| {
-            let launch = sends.launched.get(k);
-            Attempt {
-                deployment: launch.map_or_else(String::new, |l| l.label(cfg).to_string()),
-                provider: launch.map_or(0, |l| l.provider),
-                span_id: launch.and_then(|l| l.span_id),
-                start_us: since(a.started),
-                end_us: since(
-                    a.ended
-                        .unwrap_or_else(|| *now.get_or_insert_with(Instant::now)),
-                ),
-                status: a.status,
-                error: a.error,
-                // Only the trace's attempt spans read it (one allocation less otherwise).
-                response_model: if answer.delivered_attempt == Some(k) && client.trace.is_some() {
-                    answer.response_model.clone()
-                } else {
-                    None
-                },
-            }
-        })
-        .collect();
-    if let Some((g, Some(i))) = report.route {
-        answer.deployment = cfg
-            .models
-            .get(g)
-            .and_then(|m| m.deployments.get(i))
-            .map(|d| d.label.clone());
     }
 }
 
