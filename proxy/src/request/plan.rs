@@ -349,9 +349,6 @@ pub(crate) fn build_request(
     Ok((req, None))
 }
 
-/// The rest of the request line and the headers of an attempt: host, ours, the provider's
-/// auth and extras, the client's that pass through (unless the provider sets the same one),
-/// `accept` for streams, `traceparent`.
 // The translated and form paths below are out of line (not cold: a deployment that
 // translates takes them on every request): the passthrough every OpenAI-shaped request takes
 // is then a short stretch of code, fewer instruction cache lines per request.
@@ -452,6 +449,9 @@ fn push_form_body(
     }
 }
 
+/// The rest of the request line and the headers of an attempt: host, ours, the provider's
+/// auth and extras, the client's that pass through (unless the provider sets the same one),
+/// `accept` for streams, `traceparent`.
 fn push_headers(
     req: &mut Vec<u8>,
     plan: &Plan,
