@@ -45,6 +45,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod alloc;
 pub mod blocking_http;
 pub mod cache;
 pub mod clock;

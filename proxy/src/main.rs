@@ -10,7 +10,9 @@ use clap::Parser;
 /// the request buffers freed around it), and pages that empty are returned to the system, so
 /// the gateway's memory follows its load down again after a burst of connections.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// Entered by `mi_malloc` when the layout allows, not always `mi_malloc_aligned`
+// (`sluice_proxy::alloc`).
+static ALLOCATOR: sluice_proxy::alloc::Mimalloc = sluice_proxy::alloc::Mimalloc;
 
 fn main() -> ExitCode {
     let cli = sluice_proxy::ops::cli::Cli::parse();

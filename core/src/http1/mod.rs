@@ -100,6 +100,9 @@ pub enum BodyFraming {
     UntilClose,
 }
 
+// Cold: every error of the parsers every request crosses is made out of line.
+#[cold]
+#[inline(never)]
 pub(crate) fn smuggling(msg: &str) -> GatewayError {
     GatewayError::new(ErrorKind::RequestSmuggling, msg)
 }

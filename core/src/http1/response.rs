@@ -1,5 +1,6 @@
 //! Upstream response heads.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::fields::FieldTable;
@@ -69,9 +70,14 @@ pub fn parse_response_head(
     max_header_bytes: usize,
     head_request: bool,
 ) -> Result<Option<(ResponseHead, usize)>, UpstreamFramingError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut slots);
-    let len = match res.parse(buf) {
+    // Uninitialized slots: httparse writes only the ones it fills (an initialized array was
+    // 3.2 KiB of stores, 50 cache lines of stack, on every answer). The default config is
+    // what `Response::parse` uses.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut res, buf, &mut slots);
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             if buf.len() > max_header_bytes {

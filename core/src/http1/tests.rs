@@ -46,6 +46,83 @@ fn partial_head_waits_then_overflows() {
     assert!(ErrorKind::UriTooLong.closes_connection());
 }
 
+/// A head of `n` fields `x-k: k`, Host first; `end` closes it.
+fn head_with_fields(n: usize, end: bool) -> String {
+    let mut s = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for k in 1..n {
+        s.push_str(&format!("x-{k}: {k}\r\n"));
+    }
+    if end {
+        s.push_str("\r\n");
+    }
+    s
+}
+
+#[test]
+fn heads_with_more_fields_than_the_first_slots_parse_whole() {
+    let limits = HeadLimits {
+        max_header_bytes: 8192,
+        max_body_bytes: 1 << 20,
+    };
+    // Around the stack slots tried first (32), and up to the limit.
+    for n in [1, 31, 32, 33, 64, MAX_HEADERS] {
+        let text = head_with_fields(n, true);
+        let (head, len) = parse_request_head(text.as_bytes(), &limits)
+            .unwrap()
+            .unwrap();
+        assert_eq!(len, text.len(), "{n} fields");
+        assert_eq!(head.headers().count(), n);
+        assert_eq!(head.header("host"), Some(&b"x"[..]));
+        if n > 1 {
+            let last = (n - 1).to_string();
+            assert_eq!(head.header(&format!("x-{last}")), Some(last.as_bytes()));
+        }
+        // Unfinished, it waits for more, whatever the count.
+        let partial = head_with_fields(n, false);
+        assert!(parse_request_head(partial.as_bytes(), &limits)
+            .unwrap()
+            .is_none());
+    }
+    let over = head_with_fields(MAX_HEADERS + 1, true);
+    let err = parse_request_head(over.as_bytes(), &limits).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::HeadersTooLarge);
+    let over = head_with_fields(MAX_HEADERS + 1, false);
+    let err = parse_request_head(over.as_bytes(), &limits).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::HeadersTooLarge);
+}
+
+#[test]
+fn response_heads_keep_every_field_up_to_the_limit() {
+    for n in [0, 1, 33, MAX_HEADERS] {
+        let mut text = String::from("HTTP/1.1 200 OK\r\n");
+        for k in 0..n {
+            text.push_str(&format!("x-{k}: {k}\r\n"));
+        }
+        text.push_str("\r\n");
+        let (h, len) = parse_response_head(text.as_bytes(), 8192, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(len, text.len());
+        assert_eq!(h.headers().count(), n);
+        if n > 0 {
+            let last = (n - 1).to_string();
+            assert_eq!(h.header(&format!("x-{last}")), Some(last.as_bytes()));
+        }
+        // Unfinished: more to read.
+        assert!(
+            parse_response_head(&text.as_bytes()[..len - 2], 8192, false)
+                .unwrap()
+                .is_none()
+        );
+    }
+    let mut over = String::from("HTTP/1.1 200 OK\r\n");
+    for k in 0..=MAX_HEADERS {
+        over.push_str(&format!("x-{k}: {k}\r\n"));
+    }
+    over.push_str("\r\n");
+    assert!(parse_response_head(over.as_bytes(), 8192, false).is_err());
+}
+
 #[test]
 fn smuggling_cases_are_refused() {
     let cases = [

@@ -288,28 +288,7 @@ pub(crate) fn build_request(
     let translated = if passthrough {
         None
     } else {
-        let inbound = plan.endpoint.inbound().ok_or_else(|| {
-            GatewayError::new(
-                ErrorKind::InvalidRequest,
-                format!(
-                    "{} is not available on `{}` providers",
-                    plan.endpoint.upstream_suffix(),
-                    dialect.name()
-                ),
-            )
-        })?;
-        let opts = RequestOptions {
-            upstream_model,
-            default_max_tokens: provider.default_max_tokens,
-            extra: provider.extra.as_ref(),
-            azure_deployment: None,
-            azure_api_version: provider.api_version.as_deref(),
-        };
-        let t = dialect::translate_request(inbound, dialect, &plan.body, &opts)?;
-        if !t.dropped_fields.is_empty() {
-            tracing::debug!(dropped = ?t.dropped_fields, dialect = dialect.name(), "fields the upstream dialect has no equivalent for");
-        }
-        Some((t, inbound))
+        Some(translate(plan, provider, dialect, upstream_model)?)
     };
     let mut req = Vec::with_capacity(512 + plan.forwarded.len() + plan.body.len() + 64);
     req.extend_from_slice(b"POST ");
@@ -341,26 +320,7 @@ pub(crate) fn build_request(
         access_token,
     );
     if let Some((t, inbound)) = translated {
-        if let Some(aws) = &provider.aws {
-            // Signed last, over the exact path and body sent.
-            let path = format!("{}{}", provider.endpoint.path_prefix, t.path);
-            let host = &provider.endpoint.host_header;
-            let now = std::time::SystemTime::now();
-            let signed = crate::upstream::sigv4::signature_headers(
-                aws,
-                "POST",
-                host,
-                &path,
-                Some("application/json"),
-                &t.body,
-                now,
-            )?;
-            for (name, value) in signed {
-                push_header(&mut req, name, value.as_bytes());
-            }
-        }
-        push_content_length(&mut req, t.body.len());
-        req.extend_from_slice(&t.body);
+        push_translated_body(&mut req, provider, &t)?;
         return Ok((
             req,
             Some(Translation {
@@ -370,29 +330,7 @@ pub(crate) fn build_request(
         ));
     }
     if let Some(form) = &plan.form {
-        let body = if deployment.model == "*" {
-            std::borrow::Cow::Borrowed(&plan.body[..])
-        } else {
-            std::borrow::Cow::Owned(sluice_core::multipart::splice(
-                &plan.body,
-                &form.model,
-                deployment.model.as_bytes(),
-            ))
-        };
-        match plan.tail {
-            None => {
-                push_content_length(&mut req, body.len());
-                req.extend_from_slice(&body);
-            }
-            Some(Tail::Length(rest)) => {
-                push_content_length_u64(&mut req, body.len() as u64 + rest);
-                req.extend_from_slice(&body);
-            }
-            Some(Tail::Chunked) => {
-                req.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-                sluice_core::http1::encode_chunk(&body, &mut req);
-            }
-        }
+        push_form_body(&mut req, plan, form, deployment);
         return Ok((req, None));
     }
     let edits = Rewrite {
@@ -409,6 +347,106 @@ pub(crate) fn build_request(
         inspect::rewrite_after(body, inspected, edits, &mut req, push_content_length);
     }
     Ok((req, None))
+}
+
+// The translated and form paths below are out of line (not cold: a deployment that
+// translates takes them on every request): the passthrough every OpenAI-shaped request takes
+// is then a short stretch of code, fewer instruction cache lines per request.
+
+/// The request body in `dialect`'s shape (`plan.endpoint` must have an inbound dialect).
+#[inline(never)]
+fn translate(
+    plan: &Plan,
+    provider: &Provider,
+    dialect: Dialect,
+    upstream_model: &str,
+) -> Result<(dialect::Translated, Inbound), GatewayError> {
+    let inbound = plan.endpoint.inbound().ok_or_else(|| {
+        GatewayError::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "{} is not available on `{}` providers",
+                plan.endpoint.upstream_suffix(),
+                dialect.name()
+            ),
+        )
+    })?;
+    let opts = RequestOptions {
+        upstream_model,
+        default_max_tokens: provider.default_max_tokens,
+        extra: provider.extra.as_ref(),
+        azure_deployment: None,
+        azure_api_version: provider.api_version.as_deref(),
+    };
+    let t = dialect::translate_request(inbound, dialect, &plan.body, &opts)?;
+    if !t.dropped_fields.is_empty() {
+        tracing::debug!(dropped = ?t.dropped_fields, dialect = dialect.name(), "fields the upstream dialect has no equivalent for");
+    }
+    Ok((t, inbound))
+}
+
+/// Ends a translated request: its SigV4 headers (Bedrock), its length and its body.
+#[inline(never)]
+fn push_translated_body(
+    req: &mut Vec<u8>,
+    provider: &Provider,
+    t: &dialect::Translated,
+) -> Result<(), GatewayError> {
+    if let Some(aws) = &provider.aws {
+        // Signed last, over the exact path and body sent.
+        let path = format!("{}{}", provider.endpoint.path_prefix, t.path);
+        let host = &provider.endpoint.host_header;
+        let now = std::time::SystemTime::now();
+        let signed = crate::upstream::sigv4::signature_headers(
+            aws,
+            "POST",
+            host,
+            &path,
+            Some("application/json"),
+            &t.body,
+            now,
+        )?;
+        for (name, value) in signed {
+            push_header(req, name, value.as_bytes());
+        }
+    }
+    push_content_length(req, t.body.len());
+    req.extend_from_slice(&t.body);
+    Ok(())
+}
+
+/// Ends a form request: its length (or chunked framing, for an upload still arriving) and
+/// the form read so far, with the deployment's model spliced in.
+#[inline(never)]
+fn push_form_body(
+    req: &mut Vec<u8>,
+    plan: &Plan,
+    form: &sluice_core::multipart::Form,
+    deployment: &Deployment,
+) {
+    let body = if deployment.model == "*" {
+        std::borrow::Cow::Borrowed(&plan.body[..])
+    } else {
+        std::borrow::Cow::Owned(sluice_core::multipart::splice(
+            &plan.body,
+            &form.model,
+            deployment.model.as_bytes(),
+        ))
+    };
+    match plan.tail {
+        None => {
+            push_content_length(req, body.len());
+            req.extend_from_slice(&body);
+        }
+        Some(Tail::Length(rest)) => {
+            push_content_length_u64(req, body.len() as u64 + rest);
+            req.extend_from_slice(&body);
+        }
+        Some(Tail::Chunked) => {
+            req.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+            sluice_core::http1::encode_chunk(&body, req);
+        }
+    }
 }
 
 /// The rest of the request line and the headers of an attempt: host, ours, the provider's

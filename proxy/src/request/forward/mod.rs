@@ -389,7 +389,7 @@ async fn exchange(
                 break pass_through(worker, plan, sends, attempt, wr, client, answer).await;
             }
             Command::Fail(err) => {
-                tracing::debug!(model = %plan.inspected.model, error = %err, "request failed after all attempts");
+                log_failed(plan, &err);
                 break answer_error(wr, err, client, answer).await;
             }
             Command::Abandon => {
@@ -399,6 +399,14 @@ async fn exchange(
             }
         });
     }
+}
+
+/// The debug line of a request that failed after all attempts: out of line, as a log
+/// call's expansion is long and the exchange every request runs should stay short.
+#[cold]
+#[inline(never)]
+fn log_failed(plan: &Plan, err: &GatewayError) {
+    tracing::debug!(model = %plan.inspected.model, error = %err, "request failed after all attempts");
 }
 
 /// Hands `attempt`'s answer to the client, then settles the attempt with how the relay ended.
