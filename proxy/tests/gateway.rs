@@ -26,6 +26,7 @@ both_drivers!(
     upstream_down_is_502_and_slow_is_504,
     stream_broken_midway_ends_with_sse_error,
     sigterm_drains_an_inflight_stream,
+    every_access_line_is_written_whole_by_the_stop,
     models_health_and_readiness,
     passthrough_of_upstream_errors_and_other_endpoints,
 );
@@ -570,6 +571,51 @@ fn sigterm_drains_an_inflight_stream(driver: &str) {
         .expect("exits after draining");
     assert!(status.success(), "{status:?}");
     assert_eq!(mock.stats().streams_completed, 1);
+}
+
+/// The worker gathers access lines and hands them to the log writer in batches: a line must
+/// still reach the log soon when traffic stops, and a graceful stop must write every line
+/// of every request whole.
+fn every_access_line_is_written_whole_by_the_stop(driver: &str) {
+    let mock = mock();
+    let mut gw = Gateway::start(&config(mock.addr(), "", ""), driver);
+    let mut c = gw.connect();
+    let id = |i: usize| format!("batch-req-{i}");
+    let one = |c: &mut Client, i: usize| {
+        let extra = format!("x-request-id: {}\r\n", id(i));
+        let r = c.post("/v1/chat/completions", &chat("mock-fast", false), &extra);
+        assert_eq!(r.status, 200);
+    };
+    // One request, then quiet: its line arrives without a stop (the worker's heartbeat).
+    one(&mut c, 0);
+    assert_eq!(
+        gw.access_lines(1).len(),
+        1,
+        "a lone line never reached the log"
+    );
+    // Many, then a stop right away: every line is written, whole, once.
+    let n = 400;
+    for i in 1..=n {
+        one(&mut c, i);
+    }
+    gw.sigterm();
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after draining");
+    assert!(status.success(), "{status:?}");
+    let mut seen: Vec<String> = gw
+        .lines()
+        .iter()
+        .filter(|l| l.contains("\"sluice::access\""))
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a whole JSON line");
+            v["request_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    seen.sort();
+    let mut want: Vec<String> = (0..=n).map(id).collect();
+    want.sort();
+    assert_eq!(seen, want);
 }
 
 fn models_health_and_readiness(driver: &str) {

@@ -6,8 +6,8 @@
 //! what it had just written, a `String` per attempt list. This writes the same object — the
 //! same keys, `timestamp`, `level`, `message`, the fields, `target`; a field without a value
 //! is left out as `tracing` leaves out a `None` — with one pass over each value, into a
-//! per-worker buffer that is handed to the same background writer the diagnostics use, so
-//! the lines of both never interleave.
+//! per-worker buffer that is handed (moved, not copied) to the same background writer the
+//! diagnostics use ([`super::log_writer`]), so the lines of both never interleave.
 
 use std::cell::{Cell, RefCell};
 use std::io::Write as _;
@@ -50,10 +50,8 @@ impl AccessRecord {
             }
             return;
         }
-        with_line(self, unix_us, |line| {
-            // Lossy like every log line: a full writer drops it and counts the drop.
-            let _ = writer.clone().write_all(line);
-        });
+        // Lossy like every log line: a full writer drops it and counts the drop.
+        with_line(self, unix_us, |line| writer.send_line(line));
     }
 }
 
@@ -63,8 +61,9 @@ impl AccessRecord {
 /// from the worker and a context switch, at thousands of requests a second); a worker
 /// instead appends its lines to a buffer of its own and hands over the buffer when it holds
 /// this much, and at least every quarter of a second ([`flush`], from the worker's
-/// heartbeat, and when the worker stops). The lines of one buffer are whole and in order;
-/// a full writer drops the buffer and counts one dropped line.
+/// heartbeat, and when the worker stops). The buffer itself is handed over (no copy) and a
+/// spare the writer emptied takes its place. The lines of one buffer are whole and in
+/// order; a full writer drops the buffer and counts its lines.
 pub const BATCH_BYTES: usize = 64 * 1024;
 
 /// Makes this thread (a data-plane worker) gather its access lines; call [`flush`] on it
@@ -80,12 +79,14 @@ pub fn flush() {
             return;
         }
         if let Some(writer) = access_writer() {
-            let _ = writer.clone().write_all(pending);
+            writer.hand_over(pending);
         }
         pending.clear();
         if pending.capacity() > 16 * BATCH_BYTES {
-            *pending = Vec::with_capacity(2 * BATCH_BYTES);
+            *pending = Vec::new();
         }
+        // One line past the batch size without growing: a spare, or a new buffer.
+        pending.reserve(BATCH_BYTES + 4 * 1024);
     });
 }
 

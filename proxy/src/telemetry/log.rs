@@ -1,42 +1,43 @@
 //! Logging: diagnostics and one access line per request, through `tracing`, written by a
-//! background thread so a slow terminal or disk never blocks a worker.
+//! background thread ([`super::log_writer`]) so a slow terminal or disk never blocks a worker.
 
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use sluice_core::config::LogConfig;
 use sluice_core::usage::Usage;
-use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+use super::log_writer::{LogGuard, LogWriter, QUEUE_LIMIT_BYTES};
 
-/// The background writer, for access lines formatted without `tracing` (JSON format only).
-static ACCESS_WRITER: OnceLock<tracing_appender::non_blocking::NonBlocking> = OnceLock::new();
+/// The background writer of every log line.
+static WRITER: OnceLock<LogWriter> = OnceLock::new();
 
-/// The background writer when the log is JSON (access lines are written to it directly).
-pub(crate) fn access_writer() -> Option<&'static tracing_appender::non_blocking::NonBlocking> {
-    ACCESS_WRITER.get()
+/// Whether access lines are written without `tracing` (the JSON format).
+static JSON: OnceLock<bool> = OnceLock::new();
+
+/// The background writer when the log is JSON (access lines are handed to it directly).
+pub(crate) fn access_writer() -> Option<&'static LogWriter> {
+    WRITER.get().filter(|_| JSON.get() == Some(&true))
 }
 
-/// Log lines dropped because the writer fell behind (its buffer is bounded).
+/// Log lines dropped because the writer fell behind (its queue is bounded).
 pub fn dropped_lines() -> usize {
-    DROPPED.get().map_or(0, |c| c.dropped_lines())
+    WRITER.get().map_or(0, LogWriter::dropped_lines)
 }
 
-/// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes.
-pub fn init(cfg: &LogConfig) -> Option<WorkerGuard> {
+/// Installs the global subscriber. Keep the guard alive until exit: dropping it writes out
+/// every line queued before.
+pub fn init(cfg: &LogConfig) -> Option<LogGuard> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(64 * 1024)
-        .lossy(true)
-        .finish(std::io::stdout());
-    let _ = DROPPED.set(writer.error_counter());
-    if cfg.json {
-        let _ = ACCESS_WRITER.set(writer.clone());
+    let (writer, guard) = LogWriter::spawn(std::io::stdout(), QUEUE_LIMIT_BYTES).ok()?;
+    if WRITER.set(writer.clone()).is_err() {
+        // Installed before (tests): the first writer stays.
+        return None;
     }
+    let _ = JSON.set(cfg.json);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -4,6 +4,7 @@
 pub mod access_line;
 pub mod context;
 pub mod log;
+pub mod log_writer;
 pub mod metrics;
 pub mod process;
 pub mod trace;
