@@ -35,7 +35,7 @@ use sluice_core::inspect::Inspected;
 use sluice_core::keys::{self, KeyRecord, KeyRefusal, Limits, TeamRecord};
 use sluice_core::lease::Subject;
 use sluice_core::limiter::{Ask, Denied, Refusal};
-use sluice_core::limits::{self, period_start, BudgetPeriod, LimitSet};
+use sluice_core::limits::{period_start, BudgetPeriod, LimitSet, RateLimitHeaders};
 
 use crate::listen::respond::HeaderValue;
 use crate::request::key_memo::KeyMemo;
@@ -542,9 +542,10 @@ impl Auth {
         err
     }
 
-    /// OpenAI's `x-ratelimit-*` headers for `key`: its own buckets, else its team's; none when
-    /// neither has a request or token limit.
-    pub fn ratelimit_headers(&self, key: &KeyEntry) -> Vec<(&'static str, HeaderValue)> {
+    /// OpenAI's `x-ratelimit-*` numbers for `key`: its own buckets, else its team's; none when
+    /// neither has a request or token limit. Rendered into the answer's head when it is
+    /// written ([`RateLimitHeaders::write_lines`]).
+    pub fn rate_limits(&self, key: &KeyEntry) -> RateLimitHeaders {
         let now = crate::clock::now_ms();
         // With `[shared]` the fleet's view of the buckets (as of this replica's last transfer
         // for them), else this process's.
@@ -552,8 +553,17 @@ impl Auth {
             sluice_core::lease::rate_snapshot(&key.limits, tokens, now)
                 .or_else(|| sluice_core::lease::rate_snapshot(&key.team.limits, tokens, now))
         };
+        RateLimitHeaders {
+            requests: snapshot(false),
+            tokens: snapshot(true),
+        }
+    }
+
+    /// [`rate_limits`](Self::rate_limits) as a list of headers (for answers written from a
+    /// list: refusals, cache hits).
+    pub fn ratelimit_headers(&self, key: &KeyEntry) -> Vec<(&'static str, HeaderValue)> {
         let mut headers = Vec::new();
-        limits::each_ratelimit_header(snapshot(false), snapshot(true), |name, value| {
+        self.rate_limits(key).each(|name, value| {
             if headers.capacity() == 0 {
                 headers.reserve_exact(6);
             }
