@@ -296,9 +296,10 @@ fn admit_and_forward<'a>(
             keep_alive: call.keep_alive,
             started: request.started,
             extra_headers: Vec::new(),
+            // At the reservation's time (its clock read: a key always has limit sets).
             rate_limits: key
                 .as_ref()
-                .map(|k| auth.rate_limits(k))
+                .map(|k| auth.rate_limits(k, ask.now_ms))
                 .unwrap_or_default(),
             trace: request.trace,
         };

@@ -545,8 +545,8 @@ impl Auth {
     /// OpenAI's `x-ratelimit-*` numbers for `key`: its own buckets, else its team's; none when
     /// neither has a request or token limit. Rendered into the answer's head when it is
     /// written ([`RateLimitHeaders::write_lines`]).
-    pub fn rate_limits(&self, key: &KeyEntry) -> RateLimitHeaders {
-        let now = crate::clock::now_ms();
+    /// `now` is [`clock::now_ms`](crate::clock::now_ms) (the caller's read of it).
+    pub fn rate_limits(&self, key: &KeyEntry, now: u64) -> RateLimitHeaders {
         // With `[shared]` the fleet's view of the buckets (as of this replica's last transfer
         // for them), else this process's.
         let snapshot = |tokens: bool| {
@@ -563,7 +563,8 @@ impl Auth {
     /// list: refusals, cache hits).
     pub fn ratelimit_headers(&self, key: &KeyEntry) -> Vec<(&'static str, HeaderValue)> {
         let mut headers = Vec::new();
-        self.rate_limits(key).each(|name, value| {
+        let now = crate::clock::now_ms();
+        self.rate_limits(key, now).each(|name, value| {
             if headers.capacity() == 0 {
                 headers.reserve_exact(6);
             }
@@ -573,8 +574,8 @@ impl Auth {
     }
 
     /// Counts `rec`'s cost and hands its usage record, stamped `ts_ms` (wall-clock unix
-    /// milliseconds), to the ledger (never blocking).
-    pub fn record(&self, config: &Config, key: Option<&KeyEntry>, rec: &AccessRecord, ts_ms: u64) {
+    /// milliseconds), to the ledger (never blocking); the row takes `rec`'s request id.
+    pub fn record(&self, config: &Config, key: Option<&KeyEntry>, rec: AccessRecord, ts_ms: u64) {
         let cost = rec.cost_micros.unwrap_or(0);
         if cost > 0 {
             if let Some((group, _)) = rec.route {
@@ -610,7 +611,7 @@ impl Auth {
             _ => Arc::from(requested),
         };
         let usage = UsageRecord {
-            request_id: rec.request_id.clone(),
+            request_id: rec.request_id,
             ts_ms,
             key_id: key.map(|k| k.id.clone()),
             team: key.map(|k| k.team.name.clone()),
