@@ -7,7 +7,6 @@
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-mod ends;
 mod scan;
 
 /// Tokens one request used.
@@ -225,7 +224,7 @@ pub fn with_model(body: &[u8]) -> (Option<Usage>, Option<String>) {
     // The walk first: when it finds a top-level `usage` object, the body mentions one (its
     // key is written without escapes, `"usage"`, then `:` and `{`), so the test over the
     // whole body (a second pass over every byte) can only say yes and is skipped.
-    let top = body_top_level(body);
+    let top = top_level(body);
     if let Some(t) = top.as_ref().filter(|t| t.usage_member) {
         return (t.usage, t.model.and_then(crate::answered_model::bounded));
     }
@@ -241,7 +240,7 @@ pub fn with_model(body: &[u8]) -> (Option<Usage>, Option<String>) {
 /// Usage of a non-streaming response body, when it reports one.
 pub fn from_body(body: &[u8]) -> Option<Usage> {
     // As in `with_model`: a top-level `usage` object settles the usage-object test.
-    let top = body_top_level(body);
+    let top = top_level(body);
     if let Some(t) = top.as_ref().filter(|t| t.usage_member) {
         return t.usage;
     }
@@ -289,22 +288,8 @@ pub(crate) struct TopLevel<'a> {
 /// objects serde reads, `model` a string without escapes or control bytes, each or `null`).
 /// So on valid JSON the answer is always the serde parse's.
 pub(crate) fn top_level(body: &[u8]) -> Option<TopLevel<'_>> {
-    read_top_level(scan::named(body, ends::KEYS)?)
-}
-
-/// [`top_level`] for a whole answer: its members read from both ends when that settles it
-/// (`ends`: the usual answer, with its big array in the middle and `usage` last), else
-/// walked. The same answer on valid JSON.
-pub(crate) fn body_top_level(body: &[u8]) -> Option<TopLevel<'_>> {
-    match ends::named_ends(body) {
-        Some(members) => read_top_level(members),
-        None => top_level(body),
-    }
-}
-
-/// What [`top_level`] makes of the probe's members (`choices`, `usage`, `response`, `model`).
-fn read_top_level(members: [Option<&[u8]>; 4]) -> Option<TopLevel<'_>> {
-    let [choices, usage, response, model] = members;
+    let [choices, usage, response, model] =
+        scan::named(body, [b"choices", b"usage", b"response", b"model"])?;
     let null = crate::inspect::walk::absent_or_null;
     if !(null(choices) || choices?.first() == Some(&b'[')) {
         return None;

@@ -19,7 +19,7 @@ use crate::inspect::walk::{self, is_ws, MAX_DEPTH};
 
 /// `json[open]` is a `"`: the index after the closing quote, and whether a backslash was seen.
 #[inline]
-pub(super) fn skip_string(json: &[u8], open: usize) -> Option<(usize, bool)> {
+fn skip_string(json: &[u8], open: usize) -> Option<(usize, bool)> {
     let mut i = open + 1;
     let mut escaped = false;
     loop {
@@ -72,7 +72,7 @@ fn skip_nested(json: &[u8], open: usize, depth: u32) -> Option<usize> {
 /// The value starting at `json[start]` (not whitespace), one level below the top: the index
 /// after it, and for a string whether it has a backslash.
 #[inline]
-pub(super) fn skip_value(json: &[u8], start: usize) -> Option<(usize, bool)> {
+fn skip_value(json: &[u8], start: usize) -> Option<(usize, bool)> {
     match *json.get(start)? {
         b'"' => skip_string(json, start),
         b'{' | b'[' => Some((skip_nested(json, start, 2)?, false)),
