@@ -136,6 +136,34 @@ pub fn each_ratelimit_header(
     }
 }
 
+/// A key's `x-ratelimit-*` numbers as taken at admission, kept as numbers until the answer's
+/// head is written: [`write_lines`](Self::write_lines) renders them straight into the head
+/// (no list of header values per request).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    /// The requests bucket's numbers (`*-requests`), when there is such a limit.
+    pub requests: Option<Snapshot>,
+    /// The tokens bucket's numbers (`*-tokens`), when there is such a limit.
+    pub tokens: Option<Snapshot>,
+}
+
+impl RateLimitHeaders {
+    /// Each header's name and value, as [`each_ratelimit_header`] passes them.
+    pub fn each(&self, header: impl FnMut(&'static str, &[u8])) {
+        each_ratelimit_header(self.requests, self.tokens, header);
+    }
+
+    /// Appends the headers as head lines (`name: value\r\n`), in [`ratelimit_headers`]'s order.
+    pub fn write_lines(&self, out: &mut Vec<u8>) {
+        self.each(|name, value| {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        });
+    }
+}
+
 /// A duration the way OpenAI writes `x-ratelimit-reset-*`: `20ms`, `1.5s`, `6m0s`, `1h2m3s`.
 pub fn format_duration_ms(ms: u64) -> String {
     let mut text = Text::default();
@@ -330,6 +358,51 @@ mod tests {
         assert_eq!(
             headers[2],
             ("x-ratelimit-reset-requests", "12s".to_string())
+        );
+    }
+
+    /// The head lines are the listed headers, in order, whichever buckets there are.
+    #[test]
+    fn head_lines_are_the_listed_headers() {
+        let r = Snapshot {
+            limit: 60,
+            remaining: 59,
+            reset_ms: 1_000,
+        };
+        let t = Snapshot {
+            limit: 100_000,
+            remaining: 0,
+            reset_ms: 3_723_250,
+        };
+        for (requests, tokens) in [
+            (None, None),
+            (Some(r), None),
+            (None, Some(t)),
+            (Some(r), Some(t)),
+        ] {
+            let h = RateLimitHeaders { requests, tokens };
+            let mut lines = b"HTTP/1.1 200 OK\r\n".to_vec();
+            h.write_lines(&mut lines);
+            let want: String = ratelimit_headers(requests, tokens)
+                .iter()
+                .map(|(n, v)| format!("{n}: {v}\r\n"))
+                .collect();
+            assert_eq!(
+                String::from_utf8(lines).unwrap(),
+                format!("HTTP/1.1 200 OK\r\n{want}")
+            );
+        }
+        let mut lines = Vec::new();
+        RateLimitHeaders {
+            requests: Some(r),
+            tokens: Some(t),
+        }
+        .write_lines(&mut lines);
+        assert_eq!(
+            String::from_utf8(lines).unwrap(),
+            "x-ratelimit-limit-requests: 60\r\nx-ratelimit-remaining-requests: 59\r\n\
+             x-ratelimit-reset-requests: 1s\r\nx-ratelimit-limit-tokens: 100000\r\n\
+             x-ratelimit-remaining-tokens: 0\r\nx-ratelimit-reset-tokens: 1h2m3.25s\r\n"
         );
     }
 }

@@ -27,6 +27,28 @@ pub fn write_head(
     keep_alive: bool,
     request_id: &str,
 ) {
+    write_head_with(
+        out,
+        status,
+        headers,
+        |_| {},
+        framing,
+        keep_alive,
+        request_id,
+    );
+}
+
+/// [`write_head`] with `lines` writing more header lines (each `name: value\r\n`) straight
+/// into the head after `headers`: values rendered in place (`x-ratelimit-*`), not listed.
+pub fn write_head_with(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &[(&str, &[u8])],
+    lines: impl FnOnce(&mut Vec<u8>),
+    framing: ClientFraming,
+    keep_alive: bool,
+    request_id: &str,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa_u64(u64::from(status)).as_bytes());
     out.push(b' ');
@@ -35,6 +57,7 @@ pub fn write_head(
     for (name, value) in headers {
         push_header(out, name, value);
     }
+    lines(out);
     push_header(out, "x-request-id", request_id.as_bytes());
     match framing {
         ClientFraming::Length(n) => push_header(out, "content-length", itoa_u64(n).as_bytes()),

@@ -295,9 +295,11 @@ fn admit_and_forward<'a>(
             http10: call.head.version == 0,
             keep_alive: call.keep_alive,
             started: request.started,
-            extra_headers: key
+            extra_headers: Vec::new(),
+            // At the reservation's time (its clock read: a key always has limit sets).
+            rate_limits: key
                 .as_ref()
-                .map(|k| auth.ratelimit_headers(k))
+                .map(|k| auth.rate_limits(k, ask.now_ms))
                 .unwrap_or_default(),
             trace: request.trace,
         };

@@ -35,7 +35,7 @@ use sluice_core::inspect::Inspected;
 use sluice_core::keys::{self, KeyRecord, KeyRefusal, Limits, TeamRecord};
 use sluice_core::lease::Subject;
 use sluice_core::limiter::{Ask, Denied, Refusal};
-use sluice_core::limits::{self, period_start, BudgetPeriod, LimitSet};
+use sluice_core::limits::{period_start, BudgetPeriod, LimitSet, RateLimitHeaders};
 
 use crate::listen::respond::HeaderValue;
 use crate::request::key_memo::KeyMemo;
@@ -542,18 +542,29 @@ impl Auth {
         err
     }
 
-    /// OpenAI's `x-ratelimit-*` headers for `key`: its own buckets, else its team's; none when
-    /// neither has a request or token limit.
-    pub fn ratelimit_headers(&self, key: &KeyEntry) -> Vec<(&'static str, HeaderValue)> {
-        let now = crate::clock::now_ms();
+    /// OpenAI's `x-ratelimit-*` numbers for `key`: its own buckets, else its team's; none when
+    /// neither has a request or token limit. Rendered into the answer's head when it is
+    /// written ([`RateLimitHeaders::write_lines`]).
+    /// `now` is [`clock::now_ms`](crate::clock::now_ms) (the caller's read of it).
+    pub fn rate_limits(&self, key: &KeyEntry, now: u64) -> RateLimitHeaders {
         // With `[shared]` the fleet's view of the buckets (as of this replica's last transfer
         // for them), else this process's.
         let snapshot = |tokens: bool| {
             sluice_core::lease::rate_snapshot(&key.limits, tokens, now)
                 .or_else(|| sluice_core::lease::rate_snapshot(&key.team.limits, tokens, now))
         };
+        RateLimitHeaders {
+            requests: snapshot(false),
+            tokens: snapshot(true),
+        }
+    }
+
+    /// [`rate_limits`](Self::rate_limits) as a list of headers (for answers written from a
+    /// list: refusals, cache hits).
+    pub fn ratelimit_headers(&self, key: &KeyEntry) -> Vec<(&'static str, HeaderValue)> {
         let mut headers = Vec::new();
-        limits::each_ratelimit_header(snapshot(false), snapshot(true), |name, value| {
+        let now = crate::clock::now_ms();
+        self.rate_limits(key, now).each(|name, value| {
             if headers.capacity() == 0 {
                 headers.reserve_exact(6);
             }
@@ -563,8 +574,8 @@ impl Auth {
     }
 
     /// Counts `rec`'s cost and hands its usage record, stamped `ts_ms` (wall-clock unix
-    /// milliseconds), to the ledger (never blocking).
-    pub fn record(&self, config: &Config, key: Option<&KeyEntry>, rec: &AccessRecord, ts_ms: u64) {
+    /// milliseconds), to the ledger (never blocking); the row takes `rec`'s request id.
+    pub fn record(&self, config: &Config, key: Option<&KeyEntry>, rec: AccessRecord, ts_ms: u64) {
         let cost = rec.cost_micros.unwrap_or(0);
         if cost > 0 {
             if let Some((group, _)) = rec.route {
@@ -600,7 +611,7 @@ impl Auth {
             _ => Arc::from(requested),
         };
         let usage = UsageRecord {
-            request_id: rec.request_id.clone(),
+            request_id: rec.request_id,
             ts_ms,
             key_id: key.map(|k| k.id.clone()),
             team: key.map(|k| k.team.name.clone()),

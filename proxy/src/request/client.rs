@@ -8,9 +8,10 @@ use monoio::io::AsyncWriteRentExt;
 use sluice_core::compress::Decision;
 use sluice_core::error::GatewayError;
 use sluice_core::http1::{is_hop_by_hop, ResponseHead};
+use sluice_core::limits::RateLimitHeaders;
 
 use crate::listen::client_io::ClientWrite;
-use crate::listen::respond::{self, write_head, ClientFraming, HeaderValue};
+use crate::listen::respond::{self, write_head_with, ClientFraming, HeaderValue};
 use crate::request::settle::Answer;
 
 /// What the client asked of the connection, and what the caller adds to the answer.
@@ -23,8 +24,11 @@ pub struct ClientSide<'r> {
     pub keep_alive: bool,
     /// When the request head arrived.
     pub started: Instant,
-    /// Headers to add to whatever answer goes out (e.g. `x-ratelimit-*`).
+    /// Headers to add to whatever answer goes out (e.g. `x-sluice-cache`).
     pub extra_headers: Vec<(&'static str, HeaderValue)>,
+    /// The key's `x-ratelimit-*` numbers, written after `extra_headers` on whatever answer
+    /// goes out.
+    pub rate_limits: RateLimitHeaders,
     /// The request's place in a trace, when traced (each attempt gets a span).
     pub trace: Option<crate::telemetry::context::RequestTrace>,
 }
@@ -91,10 +95,11 @@ pub(crate) fn write_response_head(
     for (name, value) in &client.extra_headers {
         headers.push((name, &value[..]));
     }
-    write_head(
+    write_head_with(
         wire,
         head.status,
         &headers,
+        |out| client.rate_limits.write_lines(out),
         framing,
         keep_alive,
         client.request_id,
@@ -109,9 +114,14 @@ pub(crate) async fn answer_error(
     answer: &mut Answer,
 ) -> bool {
     let keep_alive = client.keep_alive && !err.kind.closes_connection();
+    let mut rate_limits: Vec<(&str, HeaderValue)> = Vec::new();
+    client
+        .rate_limits
+        .each(|n, v| rate_limits.push((n, HeaderValue::from_slice(v))));
     let extra: Vec<(&str, &[u8])> = client
         .extra_headers
         .iter()
+        .chain(&rate_limits)
         .map(|(n, v)| (*n, &v[..]))
         .collect();
     let bytes = respond::error_with(&err, &extra, keep_alive, client.request_id);

@@ -1,8 +1,7 @@
 //! Settlement: everything a finished request changes, in one place, from one
 //! [`Settlement`] — the caller's limits (the permit, settled with the real usage and cost), the
 //! response cache (a miss's complete answer kept), the ledger and cost counters, the request metrics, the trace and the access log. The access
-//! record is what settlement returns, built here from what the stages found; nothing upstream
-//! of this writes it.
+//! record is built here from what the stages found; nothing upstream of this writes it.
 //!
 //! The balancer, breakers and providers' limits of each attempt are settled by the attempt
 //! loop as its attempts end (core decides; see `sluice_core::attempt`), and the upstream
@@ -113,8 +112,9 @@ impl Settlement {
     }
 }
 
-/// Settles a finished request (see the module docs) and returns its access record.
-pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
+/// Settles a finished request (see the module docs): its access record is built here and
+/// ends in the ledger.
+pub fn settle(worker: &Worker, s: Settlement) {
     let shared = &worker.shared;
     let Settlement {
         request,
@@ -183,13 +183,6 @@ pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
     } else {
         0
     };
-    // The ledger has authenticated API requests only (the access log and metrics have them
-    // all), so nobody without a key can grow the database.
-    if authenticated {
-        shared
-            .auth
-            .record(&shared.config, key.as_deref(), &rec, unix_us / 1000);
-    }
     worker.metrics.observe(&shared.config, &rec);
     if rec.trace.is_some() {
         crate::telemetry::trace::export(crate::telemetry::trace::request_spans(
@@ -200,5 +193,12 @@ pub fn settle(worker: &Worker, s: Settlement) -> AccessRecord {
     if shared.config.log.access_log {
         rec.emit_at(unix_us);
     }
-    rec
+    // The ledger has authenticated API requests only (the access log and metrics have them
+    // all), so nobody without a key can grow the database. Last: its row takes the record's
+    // request id (no copy of it).
+    if authenticated {
+        shared
+            .auth
+            .record(&shared.config, key.as_deref(), rec, unix_us / 1000);
+    }
 }

@@ -224,11 +224,21 @@ fn num_field(out: &mut Vec<u8>, name: &str, value: u64) {
 
 /// `value` in decimal, zero-padded to at least `width` digits (1 to 20), two digits a step.
 fn digits(out: &mut Vec<u8>, value: u64, width: usize) {
+    let count = value.checked_ilog10().map_or(1, |l| l as usize + 1);
+    let len = count.max(width).min(20);
+    // The buffer is zeros: the padding is what the number leaves of its first `len` bytes.
     let mut buf = [b'0'; 20];
-    let i = decimal(&mut buf, value);
-    // The buffer is zeros: padding is where the number starts further left.
-    let start = buf.len().saturating_sub(width).min(i);
-    out.extend_from_slice(&buf[start..]);
+    decimal(&mut buf[..len], value);
+    put_cut(out, &buf, len);
+}
+
+/// Appends the first `len` bytes of `buf`: the whole buffer (a copy of fixed size, inlined,
+/// where one of `len` bytes is a call to `memcpy`), then cut back.
+#[inline(always)]
+fn put_cut<const N: usize>(out: &mut Vec<u8>, buf: &[u8; N], len: usize) {
+    let at = out.len();
+    out.extend_from_slice(buf);
+    out.truncate(at + len.min(N));
 }
 
 /// Writes `value` in decimal at the end of `buf` (at least one digit; `buf` holds 20), two
@@ -269,11 +279,12 @@ fn scaled_field(out: &mut Vec<u8>, name: &str, value: u64, scale: u32) {
         return float_field(out, name, value as f64 / unit as f64);
     }
     key(out, name);
-    // One buffer, one copy: the whole part ends at 20, the point, then `scale` digits of
-    // the fraction (zero-padded: the buffer is zeros) with its trailing zeros cut.
+    // One buffer, one copy: the whole part from 0, the point, then `scale` digits of the
+    // fraction (zero-padded: the buffer is zeros) with its trailing zeros cut.
     let mut buf = [b'0'; 28];
-    let start = decimal(&mut buf[..20], value / unit);
-    let point = 20;
+    let whole = value / unit;
+    let point = whole.checked_ilog10().map_or(1, |l| l as usize + 1);
+    decimal(&mut buf[..point], whole);
     let mut end = point + 1 + scale as usize;
     let frac = value % unit;
     if frac > 0 {
@@ -285,7 +296,7 @@ fn scaled_field(out: &mut Vec<u8>, name: &str, value: u64, scale: u32) {
     } else {
         end = point;
     }
-    out.extend_from_slice(&buf[start..end]);
+    put_cut(out, &buf, end);
 }
 
 /// `bytes` as a JSON string of lower-case hex.
@@ -338,19 +349,53 @@ const ESCAPE: [u8; 256] = {
 
 /// `value` as a JSON string: quotes, backslashes and control characters escaped.
 fn json_str(out: &mut Vec<u8>, value: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = value.as_bytes();
-    out.reserve(bytes.len() + 2);
+    let start = out.len();
     out.push(b'"');
-    let clean = clean_prefix(bytes);
-    if clean == bytes.len() {
-        // Nothing to escape (every value we write, nearly): one copy.
-        out.extend_from_slice(bytes);
+    // Nothing to escape (every value we write, nearly): each 8-byte word is copied as it is
+    // checked (copies of fixed size, no call); the last part word is the string's last 8
+    // bytes, over what was written, and a string shorter than a word goes byte by byte.
+    let clean = if bytes.len() < 8 {
+        bytes.iter().all(|&b| ESCAPE[usize::from(b)] == 0) && {
+            bytes.iter().for_each(|&b| out.push(b));
+            true
+        }
+    } else {
+        let mut words = bytes.chunks_exact(8);
+        let clean = words.by_ref().all(|word| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            !dirty(w) && {
+                out.extend_from_slice(&w);
+                true
+            }
+        });
+        let rest = words.remainder().len();
+        clean
+            && (rest == 0 || {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&bytes[bytes.len() - 8..]);
+                !dirty(w) && {
+                    out.truncate(out.len() - (8 - rest));
+                    out.extend_from_slice(&w);
+                    true
+                }
+            })
+    };
+    if clean {
         out.push(b'"');
-        return;
+    } else {
+        out.truncate(start);
+        json_str_escaped(out, bytes);
     }
+}
+
+/// [`json_str`] of a string with something to escape, byte by byte.
+fn json_str_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate().skip(clean) {
+    for (i, &b) in bytes.iter().enumerate() {
         let escape = ESCAPE[b as usize];
         if escape == 0 {
             continue;
@@ -370,43 +415,22 @@ fn json_str(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
-/// How many leading bytes of `bytes` need no escape, in whole 8-byte words, or all of them
-/// when none does: a word at a time (most values need none, and then `json_str` copies them
-/// whole); the last part word is padded with spaces.
-fn clean_prefix(bytes: &[u8]) -> usize {
+/// Whether a word holds a byte a JSON string escapes: a control byte (below 0x20 or 0x7f),
+/// a quote or a backslash (exact for "any").
+fn dirty(w: [u8; 8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     // Whether any byte of `x` is zero (exact for "any").
     const fn has_zero(x: u64) -> bool {
         x.wrapping_sub(ONES) & !x & HIGHS != 0
     }
-    let dirty = |w: [u8; 8]| {
-        let x = u64::from_ne_bytes(w);
-        // A byte below 0x20: (x - 0x20 per byte) & !x has its high bit set (exact for "any").
-        let control = x.wrapping_sub(0x20 * ONES) & !x & HIGHS != 0;
-        control
-            || has_zero(x ^ (u64::from(b'"') * ONES))
-            || has_zero(x ^ (u64::from(b'\\') * ONES))
-            || has_zero(x ^ (0x7f * ONES))
-    };
-    let mut clean = 0;
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
-        if dirty(w) {
-            return clean;
-        }
-        clean += 8;
-    }
-    let tail = words.remainder();
-    let mut w = [b' '; 8];
-    w[..tail.len()].copy_from_slice(tail);
-    if dirty(w) {
-        clean
-    } else {
-        bytes.len()
-    }
+    let x = u64::from_ne_bytes(w);
+    // A byte below 0x20: (x - 0x20 per byte) & !x has its high bit set (exact for "any").
+    let control = x.wrapping_sub(0x20 * ONES) & !x & HIGHS != 0;
+    control
+        || has_zero(x ^ (u64::from(b'"') * ONES))
+        || has_zero(x ^ (u64::from(b'\\') * ONES))
+        || has_zero(x ^ (0x7f * ONES))
 }
 
 /// RFC 3339 in UTC with microseconds, as `tracing-subscriber` writes it.
@@ -621,6 +645,27 @@ mod tests {
                     assert_eq!(text, serde_json::to_string(&value).unwrap(), "{value:?}");
                 }
                 assert_eq!(serde_json::from_str::<String>(&text).unwrap(), value);
+            }
+        }
+    }
+
+    /// Short strings, part words and a byte to escape at every place, after other text.
+    #[test]
+    fn strings_of_any_length_escape_after_what_is_written() {
+        let mut out = Vec::new();
+        for len in 0..26 {
+            for at in 0..=len {
+                for c in ['"', '\\', '\n', '\u{1}', '\u{7f}', 'é', 'a'] {
+                    let value: String = (0..len).map(|i| if i == at { c } else { 'x' }).collect();
+                    out.clear();
+                    out.extend_from_slice(b"{\"k\":");
+                    json_str(&mut out, &value);
+                    let text = String::from_utf8(out.clone()).unwrap();
+                    let want = serde_json::to_string(&value)
+                        .unwrap()
+                        .replace('\u{7f}', "\\u007f");
+                    assert_eq!(text, format!("{{\"k\":{want}"), "{value:?}");
+                }
             }
         }
     }
