@@ -137,10 +137,15 @@ impl<'a> ClientWatch<'a> {
         }
     }
 
-    /// Posts the wait (plain TCP; a TLS connection's watch stays disabled).
+    /// Posts the wait (plain TCP; a TLS connection's watch stays disabled). The exchange
+    /// lasts (a stream, a thinking upstream): the connection's kept canceller is given back
+    /// for the rest of it (see [`ClientRead::release_canceller`]).
     fn arm(&mut self) {
-        if let Some(rd) = self.rd.take().and_then(ClientRead::watchable) {
-            self.fut = Some(Box::pin(idle::parked_until_bytes(rd)));
+        if let Some(rd) = self.rd.take() {
+            rd.release_canceller();
+            if let Some(rd) = rd.watchable() {
+                self.fut = Some(Box::pin(idle::parked_until_bytes(rd)));
+            }
         }
     }
 
@@ -664,5 +669,61 @@ mod tests {
         give_back_wire(Vec::with_capacity(MAX_SPARE_WIRE + 1));
         give_back_wire(Vec::new());
         assert_eq!(SPARE.with(Spares::len), before - 1);
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use monoio::io::Canceller;
+
+    use super::*;
+    use crate::listen::client_io;
+
+    /// Runs `test` on a worker-like runtime (a timer, the coarse deadlines swept).
+    fn on_a_worker(test: impl Future<Output = ()>) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            monoio::spawn(crate::clock::deadlines::sweep());
+            test.await
+        });
+    }
+
+    #[test]
+    fn a_lasting_exchange_gives_back_the_kept_canceller() {
+        on_a_worker(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let conn = monoio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let _peer = listener.accept().unwrap();
+            let (mut rd, _wr) = client_io::plain(conn);
+            let keep = |rd: &mut ClientRead| {
+                if let Some((_, c)) = rd.idle_parts() {
+                    *c = Some(Canceller::new());
+                }
+            };
+
+            // A short exchange (done before the watch is due) keeps it for the next wait.
+            keep(&mut rd);
+            {
+                let mut watch = ClientWatch::new(&mut rd);
+                let quick = pin!(async { 7 });
+                assert_eq!(watch.race(quick).await, Some(7));
+                assert!(!watch.is_gone());
+            }
+            assert!(rd.keeps_canceller());
+
+            // One that lasts (a stream) is watched, and gives it back for the rest.
+            {
+                let mut watch = ClientWatch::new(&mut rd);
+                let slow = pin!(monoio::time::sleep(ARM_AFTER * 6));
+                assert_eq!(watch.race(slow).await, Some(()));
+                assert!(!watch.is_gone());
+            }
+            assert!(!rd.keeps_canceller());
+        });
     }
 }
