@@ -36,9 +36,6 @@ struct Client {
     /// Bytes received and not yet consumed (the start of the next request); a pooled buffer
     /// while a request is under way, no buffer at all while the connection is idle.
     buf: Vec<u8>,
-    /// The canceller of the read posted between requests, kept while the connection is busy
-    /// (see `idle::wait_for_request`).
-    canceller: Option<monoio::io::Canceller>,
 }
 
 /// Serves one accepted connection (plain, or TLS after its handshake) to its end.
@@ -53,12 +50,11 @@ pub async fn serve_connection(slot: Rc<Slot>, (rd, wr): (ClientRead, ClientWrite
         rd,
         wr,
         buf: Vec::new(),
-        canceller: None,
     };
     loop {
         if client.buf.is_empty() {
             let worker = slot.current();
-            match idle::wait_for_request(&worker, &mut client.rd, &mut client.canceller).await {
+            match idle::wait_for_request(&worker, &mut client.rd).await {
                 Waited::Data(b) => client.buf = b,
                 Waited::Readable => {}
                 Waited::Close => break,

@@ -386,7 +386,7 @@ fn relay<'f, 'a, 'w, 'c>(
             answer
                 .cache
                 .get_or_insert_with(|| Box::new(CacheNote::new(Mark::Miss)))
-                .captured = Some(pivot);
+                .captured = Some(*pivot);
         }
         // One clock read for the relay's end: the pool's idle clock, the latency, and the
         // attempt's settlement (by the caller).

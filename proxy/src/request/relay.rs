@@ -137,10 +137,15 @@ impl<'a> ClientWatch<'a> {
         }
     }
 
-    /// Posts the wait (plain TCP; a TLS connection's watch stays disabled).
+    /// Posts the wait (plain TCP; a TLS connection's watch stays disabled). The exchange
+    /// lasts (a stream, a thinking upstream): the connection's kept canceller is given back
+    /// for the rest of it (see [`ClientRead::release_canceller`]).
     fn arm(&mut self) {
-        if let Some(rd) = self.rd.take().and_then(ClientRead::watchable) {
-            self.fut = Some(Box::pin(idle::parked_until_bytes(rd)));
+        if let Some(rd) = self.rd.take() {
+            rd.release_canceller();
+            if let Some(rd) = rd.watchable() {
+                self.fut = Some(Box::pin(idle::parked_until_bytes(rd)));
+            }
         }
     }
 
@@ -290,7 +295,8 @@ pub struct RelayEnd {
     /// Time spent waiting on upstream reads.
     pub upstream_wait: Duration,
     /// The complete answer in the pivot shape, when the chain captured one for the cache.
-    pub pivot: Option<sluice_core::cache::StoredAnswer>,
+    /// Boxed: this record lives in every stream's state, and only a cached answer has one.
+    pub pivot: Option<Box<sluice_core::cache::StoredAnswer>>,
     /// The model the upstream's answer says answered (bounded), when it named one.
     pub answered_model: Option<String>,
 }
@@ -351,146 +357,151 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
     /// holds the body bytes that came with the upstream head.
     ///
     /// Borrowed (`&mut self`), not moved in: an async fn's by-value argument is stored twice in
-    /// its future, and this one lasts as long as the stream.
-    pub async fn run(
-        &mut self,
+    /// its future, and this one lasts as long as the stream. For the same reason this is not
+    /// an `async fn`: the block below uses its captured arguments in place.
+    #[allow(clippy::manual_async_fn)]
+    pub fn run<'r>(
+        &'r mut self,
         framing: BodyFraming,
         mut wire: Vec<u8>,
         mut ubuf: Vec<u8>,
         body_at: usize,
-    ) -> RelayEnd {
-        let mut end = RelayEnd {
-            upstream_reusable: false,
-            client_reusable: true,
-            client_gone: false,
-            usage: None,
-            data_events: 0,
-            bytes_out: 0,
-            error: None,
-            first_write: None,
-            first_data: None,
-            upstream_wait: Duration::ZERO,
-            pivot: None,
-            answered_model: None,
-        };
-        let mut state = match framing {
-            BodyFraming::Empty => Framing::Done,
-            BodyFraming::Length(n) => Framing::Length(n),
-            BodyFraming::Chunked => Framing::Chunked(ChunkedDecoder::new(u64::MAX)),
-            BodyFraming::UntilClose => Framing::UntilClose,
-        };
-        let mut start = body_at;
-        let mut eof = false;
-        loop {
-            if wire.capacity() == 0 {
-                wire = take_wire();
-            }
-            if let Err(e) = self.consume(&mut state, &ubuf[start.min(ubuf.len())..], eof, &mut wire)
-            {
-                end.error = Some(e);
-                break;
-            }
-            ubuf.clear();
-            start = 0;
-            if matches!(state, Framing::Done) {
-                break;
-            }
-            // A plain event stream's read buffer is taken only once the upstream has bytes
-            // to read (see below): it waits with none.
-            let lazy = self.is_sse && self.upstream.io.is_plain();
-            if lazy {
-                give_back_wire(std::mem::take(&mut ubuf));
-            } else if self.is_sse && ubuf.capacity() > STREAM_READ_BUF {
-                // An event stream is many small reads spread over seconds or minutes: a
-                // small buffer (it still grows for an event that needs more).
-                ubuf.shrink_to(STREAM_READ_BUF);
-            } else if !self.is_sse && ubuf.capacity() < READ_BUF {
-                // Any other body is read in full buffers (the head's was a small one).
-                ubuf.reserve(READ_BUF);
-            }
-            if !wire.is_empty() {
-                match self.write(wire, &mut end).await {
-                    Some(w) => wire = w,
+    ) -> impl Future<Output = RelayEnd> + use<'r, 'c, 'w, 'a> {
+        async move {
+            let mut end = RelayEnd {
+                upstream_reusable: false,
+                client_reusable: true,
+                client_gone: false,
+                usage: None,
+                data_events: 0,
+                bytes_out: 0,
+                error: None,
+                first_write: None,
+                first_data: None,
+                upstream_wait: Duration::ZERO,
+                pivot: None,
+                answered_model: None,
+            };
+            let mut state = match framing {
+                BodyFraming::Empty => Framing::Done,
+                BodyFraming::Length(n) => Framing::Length(n),
+                BodyFraming::Chunked => Framing::Chunked(ChunkedDecoder::new(u64::MAX)),
+                BodyFraming::UntilClose => Framing::UntilClose,
+            };
+            let mut start = body_at;
+            let mut eof = false;
+            loop {
+                if wire.capacity() == 0 {
+                    wire = take_wire();
+                }
+                if let Err(e) =
+                    self.consume(&mut state, &ubuf[start.min(ubuf.len())..], eof, &mut wire)
+                {
+                    end.error = Some(e);
+                    break;
+                }
+                ubuf.clear();
+                start = 0;
+                if matches!(state, Framing::Done) {
+                    break;
+                }
+                // A plain event stream's read buffer is taken only once the upstream has bytes
+                // to read (see below): it waits with none.
+                let lazy = self.is_sse && self.upstream.io.is_plain();
+                if lazy {
+                    give_back_wire(std::mem::take(&mut ubuf));
+                } else if self.is_sse && ubuf.capacity() > STREAM_READ_BUF {
+                    // An event stream is many small reads spread over seconds or minutes: a
+                    // small buffer (it still grows for an event that needs more).
+                    ubuf.shrink_to(STREAM_READ_BUF);
+                } else if !self.is_sse && ubuf.capacity() < READ_BUF {
+                    // Any other body is read in full buffers (the head's was a small one).
+                    ubuf.reserve(READ_BUF);
+                }
+                if !wire.is_empty() {
+                    match self.write(wire, &mut end).await {
+                        Some(w) => wire = w,
+                        None => return self.cancelled(end),
+                    }
+                }
+                if self.is_sse {
+                    // Held by the worker, not the stream, while the upstream is silent.
+                    give_back_wire(std::mem::take(&mut wire));
+                }
+                if eof {
+                    end.error = Some(UpstreamError::Io {
+                        provider: self.limits.provider.to_owned(),
+                        message: "connection closed before the end of the body".into(),
+                    });
+                    break;
+                }
+                let now = Instant::now();
+                let left = self.limits.deadline.saturating_duration_since(now);
+                let wait = self.limits.idle.min(left);
+                // A coarse deadline (see `Race`) rather than a monoio timer: 640 bytes less in
+                // every stream's state, and an idle timeout late by a few milliseconds.
+                let raced = {
+                    let io = &mut self.upstream.io;
+                    // An event stream waits for its upstream's next event most of its life: it
+                    // waits for readiness without a buffer and takes one from the worker's spares
+                    // when bytes are there, so two thousand silent streams hold no read buffer.
+                    let mut read = pin!(async move {
+                        if lazy {
+                            if let Err(e) = io.readable().await {
+                                return (Err(e), Vec::new());
+                            }
+                            ubuf = take_wire();
+                        }
+                        io.read_append(ubuf).await
+                    });
+                    let mut limit = Deadline::at(now + wait);
+                    let mut timed = pin!(std::future::poll_fn(|cx| {
+                        if let Poll::Ready(out) = read.as_mut().poll(cx) {
+                            return Poll::Ready(Ok(out));
+                        }
+                        Pin::new(&mut limit).poll(cx).map(Err)
+                    }));
+                    self.watch.race(timed.as_mut()).await
+                };
+                end.upstream_wait += now.elapsed();
+                match raced {
                     None => return self.cancelled(end),
+                    Some(Err(_)) => {
+                        end.error = Some(if left <= self.limits.idle {
+                            UpstreamError::TotalTimeout(self.limits.provider.to_owned())
+                        } else {
+                            UpstreamError::IdleTimeout(self.limits.provider.to_owned())
+                        });
+                        ubuf = Vec::new();
+                        wire.clear();
+                        break;
+                    }
+                    Some(Ok((Ok(0), buf))) => {
+                        ubuf = buf;
+                        eof = true;
+                    }
+                    Some(Ok((Ok(_), buf))) => ubuf = buf,
+                    Some(Ok((Err(e), _))) => {
+                        end.error = Some(UpstreamError::Io {
+                            provider: self.limits.provider.to_owned(),
+                            message: e.to_string(),
+                        });
+                        ubuf = Vec::new();
+                        wire.clear();
+                        break;
+                    }
                 }
             }
             if self.is_sse {
-                // Held by the worker, not the stream, while the upstream is silent.
-                give_back_wire(std::mem::take(&mut wire));
+                // The last read's buffer came from the spares: back to them (the stock would
+                // otherwise lose one buffer a stream, and allocate it again).
+                give_back_wire(ubuf);
+            } else {
+                drop(ubuf);
             }
-            if eof {
-                end.error = Some(UpstreamError::Io {
-                    provider: self.limits.provider.to_owned(),
-                    message: "connection closed before the end of the body".into(),
-                });
-                break;
-            }
-            let now = Instant::now();
-            let left = self.limits.deadline.saturating_duration_since(now);
-            let wait = self.limits.idle.min(left);
-            // A coarse deadline (see `Race`) rather than a monoio timer: 640 bytes less in
-            // every stream's state, and an idle timeout late by a few milliseconds.
-            let raced = {
-                let io = &mut self.upstream.io;
-                // An event stream waits for its upstream's next event most of its life: it
-                // waits for readiness without a buffer and takes one from the worker's spares
-                // when bytes are there, so two thousand silent streams hold no read buffer.
-                let mut read = pin!(async move {
-                    if lazy {
-                        if let Err(e) = io.readable().await {
-                            return (Err(e), Vec::new());
-                        }
-                        ubuf = take_wire();
-                    }
-                    io.read_append(ubuf).await
-                });
-                let mut limit = Deadline::at(now + wait);
-                let mut timed = pin!(std::future::poll_fn(|cx| {
-                    if let Poll::Ready(out) = read.as_mut().poll(cx) {
-                        return Poll::Ready(Ok(out));
-                    }
-                    Pin::new(&mut limit).poll(cx).map(Err)
-                }));
-                self.watch.race(timed.as_mut()).await
-            };
-            end.upstream_wait += now.elapsed();
-            match raced {
-                None => return self.cancelled(end),
-                Some(Err(_)) => {
-                    end.error = Some(if left <= self.limits.idle {
-                        UpstreamError::TotalTimeout(self.limits.provider.to_owned())
-                    } else {
-                        UpstreamError::IdleTimeout(self.limits.provider.to_owned())
-                    });
-                    ubuf = Vec::new();
-                    wire.clear();
-                    break;
-                }
-                Some(Ok((Ok(0), buf))) => {
-                    ubuf = buf;
-                    eof = true;
-                }
-                Some(Ok((Ok(_), buf))) => ubuf = buf,
-                Some(Ok((Err(e), _))) => {
-                    end.error = Some(UpstreamError::Io {
-                        provider: self.limits.provider.to_owned(),
-                        message: e.to_string(),
-                    });
-                    ubuf = Vec::new();
-                    wire.clear();
-                    break;
-                }
-            }
+            self.finish(&state, wire, &mut end).await;
+            end
         }
-        if self.is_sse {
-            // The last read's buffer came from the spares: back to them (the stock would
-            // otherwise lose one buffer a stream, and allocate it again).
-            give_back_wire(ubuf);
-        } else {
-            drop(ubuf);
-        }
-        self.finish(&state, wire, &mut end).await;
-        end
     }
 
     /// Appends the payload of `input` to `wire` (framed for the client), advancing `state`.
@@ -556,16 +567,24 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
         Ok(())
     }
 
-    /// Writes `wire` to the client; `None` when the client is gone.
-    async fn write(&mut self, wire: Vec<u8>, end: &mut RelayEnd) -> Option<Vec<u8>> {
-        let len = wire.len() as u64;
-        let write = pin!(self.client.write_all(wire));
-        let (res, mut wire) = self.watch.race(write).await?;
-        res.ok()?;
-        end.first_write.get_or_insert_with(Instant::now);
-        end.bytes_out += len;
-        wire.clear();
-        Some(wire)
+    /// Writes `wire` to the client; `None` when the client is gone. Not an `async fn` (see
+    /// [`Relay::run`]).
+    #[allow(clippy::manual_async_fn)]
+    fn write<'r>(
+        &'r mut self,
+        wire: Vec<u8>,
+        end: &'r mut RelayEnd,
+    ) -> impl Future<Output = Option<Vec<u8>>> + use<'r, 'c, 'w, 'a> {
+        async move {
+            let len = wire.len() as u64;
+            let write = pin!(self.client.write_all(wire));
+            let (res, mut wire) = self.watch.race(write).await?;
+            res.ok()?;
+            end.first_write.get_or_insert_with(Instant::now);
+            end.bytes_out += len;
+            wire.clear();
+            Some(wire)
+        }
     }
 
     /// The client went away: the upstream connection is dropped (closed, not drained).
@@ -584,52 +603,61 @@ impl<'c, 'w, 'a> Relay<'c, 'w, 'a> {
     ///
     /// `end` is borrowed: taken and given back by value it was stored twice in this future,
     /// and this future is the largest the relay awaits (it sized every stream's state).
-    async fn finish(&mut self, state: &Framing, mut wire: Vec<u8>, end: &mut RelayEnd) {
-        end.first_data = self.first_data;
-        if wire.capacity() == 0 && self.is_sse {
-            wire = take_wire();
-        }
-        let complete = matches!(state, Framing::Done) && end.error.is_none();
-        let chunked_out = self.client_framing == ClientFraming::Chunked;
-        let is_sse = self.is_sse;
-        {
-            let failure = end.error.as_ref().map(UpstreamError::to_gateway);
-            let body_end = match &failure {
-                Some(err) => BodyEnd::Failed(err),
-                None => BodyEnd::Complete,
-            };
-            // What an event stream's filters add at the end (a held event, the error event)
-            // is one more chunk.
-            let at = (chunked_out && is_sse).then(|| begin_chunk(&mut wire));
-            self.chain.finish(body_end, &mut wire);
-            if let Some(at) = at {
-                end_chunk(&mut wire, at);
+    /// Not an `async fn` (see [`Relay::run`]).
+    #[allow(clippy::manual_async_fn)]
+    fn finish<'r>(
+        &'r mut self,
+        state: &'r Framing,
+        mut wire: Vec<u8>,
+        end: &'r mut RelayEnd,
+    ) -> impl Future<Output = ()> + use<'r, 'c, 'w, 'a> {
+        async move {
+            end.first_data = self.first_data;
+            if wire.capacity() == 0 && self.is_sse {
+                wire = take_wire();
             }
-        }
-        end.usage = self.chain.usage();
-        end.data_events = self.chain.data_events();
-        end.answered_model = self.chain.take_answered_model();
-        end.pivot = self.chain.take_pivot();
-        let framing_intact = complete || is_sse;
-        if chunked_out && framing_intact {
-            wire.extend_from_slice(LAST_CHUNK);
-        }
-        if !framing_intact || self.client_framing == ClientFraming::Close {
-            end.client_reusable = false;
-        }
-        if !wire.is_empty() {
-            match self.write(wire, end).await {
-                Some(w) if self.is_sse => give_back_wire(w),
-                Some(_) => {}
-                None => {
-                    end.client_gone = true;
-                    end.client_reusable = false;
+            let complete = matches!(state, Framing::Done) && end.error.is_none();
+            let chunked_out = self.client_framing == ClientFraming::Chunked;
+            let is_sse = self.is_sse;
+            {
+                let failure = end.error.as_ref().map(UpstreamError::to_gateway);
+                let body_end = match &failure {
+                    Some(err) => BodyEnd::Failed(err),
+                    None => BodyEnd::Complete,
+                };
+                // What an event stream's filters add at the end (a held event, the error event)
+                // is one more chunk.
+                let at = (chunked_out && is_sse).then(|| begin_chunk(&mut wire));
+                self.chain.finish(body_end, &mut wire);
+                if let Some(at) = at {
+                    end_chunk(&mut wire, at);
                 }
             }
-        } else if self.is_sse {
-            give_back_wire(wire);
+            end.usage = self.chain.usage();
+            end.data_events = self.chain.data_events();
+            end.answered_model = self.chain.take_answered_model();
+            end.pivot = self.chain.take_pivot().map(Box::new);
+            let framing_intact = complete || is_sse;
+            if chunked_out && framing_intact {
+                wire.extend_from_slice(LAST_CHUNK);
+            }
+            if !framing_intact || self.client_framing == ClientFraming::Close {
+                end.client_reusable = false;
+            }
+            if !wire.is_empty() {
+                match self.write(wire, end).await {
+                    Some(w) if self.is_sse => give_back_wire(w),
+                    Some(_) => {}
+                    None => {
+                        end.client_gone = true;
+                        end.client_reusable = false;
+                    }
+                }
+            } else if self.is_sse {
+                give_back_wire(wire);
+            }
+            end.upstream_reusable = complete && !self.trailing_bytes;
         }
-        end.upstream_reusable = complete && !self.trailing_bytes;
     }
 }
 
@@ -664,5 +692,61 @@ mod tests {
         give_back_wire(Vec::with_capacity(MAX_SPARE_WIRE + 1));
         give_back_wire(Vec::new());
         assert_eq!(SPARE.with(Spares::len), before - 1);
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use monoio::io::Canceller;
+
+    use super::*;
+    use crate::listen::client_io;
+
+    /// Runs `test` on a worker-like runtime (a timer, the coarse deadlines swept).
+    fn on_a_worker(test: impl Future<Output = ()>) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            monoio::spawn(crate::clock::deadlines::sweep());
+            test.await
+        });
+    }
+
+    #[test]
+    fn a_lasting_exchange_gives_back_the_kept_canceller() {
+        on_a_worker(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let conn = monoio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let _peer = listener.accept().unwrap();
+            let (mut rd, _wr) = client_io::plain(conn);
+            let keep = |rd: &mut ClientRead| {
+                if let Some((_, c)) = rd.idle_parts() {
+                    *c = Some(Canceller::new());
+                }
+            };
+
+            // A short exchange (done before the watch is due) keeps it for the next wait.
+            keep(&mut rd);
+            {
+                let mut watch = ClientWatch::new(&mut rd);
+                let quick = pin!(async { 7 });
+                assert_eq!(watch.race(quick).await, Some(7));
+                assert!(!watch.is_gone());
+            }
+            assert!(rd.keeps_canceller());
+
+            // One that lasts (a stream) is watched, and gives it back for the rest.
+            {
+                let mut watch = ClientWatch::new(&mut rd);
+                let slow = pin!(monoio::time::sleep(ARM_AFTER * 6));
+                assert_eq!(watch.race(slow).await, Some(()));
+                assert!(!watch.is_gone());
+            }
+            assert!(!rd.keeps_canceller());
+        });
     }
 }

@@ -113,12 +113,16 @@ pub enum UpstreamIo {
 
 impl UpstreamIo {
     /// Reads into the spare capacity of `buf` (appending), returning the buffer.
+    ///
+    /// A TLS read's future is boxed: held in line it is 720 bytes (a plain read's is 152) in
+    /// every request's state, a plain stream's whole life included; boxed, it is a small
+    /// allocation per TLS read, beside the record's decryption.
     pub async fn read_append(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let len = buf.len();
         let slice = buf.slice_mut(len..);
         let (res, slice) = match self {
             UpstreamIo::Plain(s) => s.read(slice).await,
-            UpstreamIo::Tls(s) => s.read(slice).await,
+            UpstreamIo::Tls(s) => Box::pin(s.read(slice)).await,
         };
         (res, slice.into_inner())
     }

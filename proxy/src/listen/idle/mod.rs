@@ -130,17 +130,13 @@ pub enum Waited {
 /// Waits for the first bytes of the next request on an idle keep-alive connection: up to the
 /// keep-alive idle timeout, or, once the worker drains, up to [`DRAIN_IDLE_GRACE`] more.
 ///
-/// `canceller` is the connection's, kept from one wait to the next while the connection is
-/// busy (a new one cost two allocations and a hash table's growth per request) and dropped
-/// when it parks.
-pub async fn wait_for_request(
-    worker: &Worker,
-    rd: &mut ClientRead,
-    canceller: &mut Option<Canceller>,
-) -> Waited {
+/// The posted read's canceller is the connection's (see [`ClientRead::idle_parts`]), kept
+/// from one wait to the next while the connection is busy (a new one cost two allocations and
+/// a hash table's growth per request) and dropped when it parks.
+pub async fn wait_for_request(worker: &Worker, rd: &mut ClientRead) -> Waited {
     let keepalive = Duration::from_millis(worker.shared.config.server.keepalive_idle_timeout_ms);
     let hot = PARK_AFTER.min(keepalive);
-    let Some(plain) = rd.watchable() else {
+    let Some((plain, canceller)) = rd.idle_parts() else {
         // TLS: the rustls session may hold decrypted bytes the socket no longer shows, so
         // readiness cannot be trusted; the read stays posted (see `listen::client_io`).
         // Boxed: only TLS connections carry this larger wait.
