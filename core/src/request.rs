@@ -5,7 +5,7 @@
 //! Authenticated ─inspect─► Inspected ─admit─► Admitted ─lookup─► Hit (replay) ──────────┐
 //!   (principal)  (400, 404)  (403)     (429: requests,   └─ Miss ─reserve─► Reserved      │
 //!                                       concurrency)       (429: tokens, budget)  │       │
-//!                                                          attempt ◄──────────────┘       │
+//!                                                dispatch, attempt ◄──────────────┘       │
 //!                                                          (AttemptLoop: Routed, Attempting)
 //!                                                          ─► Relaying ─► Settled ◄────────┘
 //! ```
@@ -277,27 +277,49 @@ impl<P> Reserved<P> {
         self.principal.as_ref()
     }
 
-    /// Routes the request: the attempt loop over its group's deployments, answered by the
-    /// client's deadline (`x-sluice-deadline-ms`) or the group's. The loop holds the tokens
-    /// this stage reserved against each deployment's provider limit. `caller` is a stable hash
-    /// of the caller's key id (`None` without keys), for the breakers' blast-radius guard.
-    pub fn attempt(
-        self,
-        env: &mut Env<'_>,
-        started: Instant,
-        client_deadline: Option<Duration>,
-        caller: Option<u64>,
-    ) -> (AttemptLoop, Settled<P>) {
-        let deadline = AttemptLoop::deadline_for(env.config, self.group, started, client_deadline);
-        let lp = AttemptLoop::new(env, self.group, deadline, self.reserve_tokens, caller);
+    /// Leaves the stage for the upstream: what settlement needs, and the [`Dispatch`] the
+    /// attempt loop is built from. Two steps, so the loop (some 1 KiB) is built where its
+    /// caller keeps it: returned in a pair with the settled part, it was copied on the way
+    /// out of each frame (three times per request).
+    pub fn dispatch(self) -> (Dispatch, Settled<P>) {
         (
-            lp,
+            Dispatch {
+                group: self.group,
+                reserve_tokens: self.reserve_tokens,
+            },
             Settled {
                 principal: self.principal,
                 permit: self.permit,
                 group: Some(self.group),
             },
         )
+    }
+}
+
+/// What the attempt loop of a [`Reserved`] request is built from (only a reserved request
+/// gives one): its model group and the tokens it reserved.
+#[derive(Debug)]
+pub struct Dispatch {
+    group: usize,
+    reserve_tokens: u64,
+}
+
+impl Dispatch {
+    /// Routes the request: the attempt loop over its group's deployments, answered by the
+    /// client's deadline (`x-sluice-deadline-ms`) or the group's. The loop holds the tokens
+    /// the request reserved against each deployment's provider limit. `caller` is a stable
+    /// hash of the caller's key id (`None` without keys), for the breakers' blast-radius
+    /// guard. The loop is returned alone, built in the caller's slot: assign it straight to
+    /// where it is kept.
+    pub fn attempt(
+        self,
+        env: &mut Env<'_>,
+        started: Instant,
+        client_deadline: Option<Duration>,
+        caller: Option<u64>,
+    ) -> AttemptLoop {
+        let deadline = AttemptLoop::deadline_for(env.config, self.group, started, client_deadline);
+        AttemptLoop::new(env, self.group, deadline, self.reserve_tokens, caller)
     }
 }
 
@@ -380,6 +402,60 @@ mod tests {
         // The one request of this minute was used.
         let again = Authenticated::new(Some("k1")).inspect(&cfg, body).unwrap();
         assert!(again.admit(&LocalLimiter, &sets, 0, no_words).is_err());
+    }
+
+    #[test]
+    fn dispatch_hands_the_permit_to_settle_and_builds_the_loop_of_the_group() {
+        use crate::attempt::Command;
+        use crate::limiter::DeploymentLimits;
+        use crate::route::{RouteTable, SharedRoutes};
+
+        let cfg = config();
+        let key = LimitSet::new(Some(10), Some(10_000), Some(1), None, 0, 0);
+        let sets = [&key];
+        let body = br#"{"model":"m","max_tokens":10,"messages":[]}"#;
+        let admitted = Authenticated::new(Some("k1"))
+            .inspect(&cfg, body)
+            .unwrap()
+            .admit(&LocalLimiter, &sets, 0, no_words)
+            .unwrap();
+        let Lookup::Miss(admitted) = admitted.lookup(&NoStore, None, 0) else {
+            panic!("NoStore never hits")
+        };
+        let ask = Ask {
+            tokens: 50,
+            cost_micros: 0,
+            now_ms: 0,
+            unix_s: 0,
+        };
+        let reserved = admitted
+            .reserve(&LocalLimiter, &sets, &ask, no_words)
+            .unwrap();
+        let (dispatch, settled) = reserved.dispatch();
+        assert_eq!(settled.principal, Some("k1"));
+        assert_eq!(settled.group, Some(0));
+        assert!(settled.permit.is_some());
+
+        let limiter: Arc<dyn Limiter> = Arc::new(LocalLimiter);
+        let limits = DeploymentLimits::build(&cfg, limiter, None);
+        #[allow(clippy::disallowed_methods)] // a fixed origin for fake time
+        let t0 = Instant::now();
+        let mut routes = RouteTable::new(&cfg, &SharedRoutes::build(&cfg, None, t0));
+        let mut rng = || 0u64;
+        let mut env = Env {
+            config: &cfg,
+            routes: &mut routes,
+            limits: &limits,
+            now: t0,
+            now_ms: 0,
+            rng: &mut rng,
+        };
+        let mut lp = dispatch.attempt(&mut env, t0, Some(Duration::from_secs(7)), None);
+        assert_eq!(lp.first_group(), 0);
+        assert_eq!(lp.deadline(), t0 + Duration::from_secs(7));
+        assert!(matches!(lp.poll(&mut env), Command::Send { .. }));
+        LocalLimiter.settle(&sets, settled.permit.unwrap(), 0, 0, 0);
+        assert_eq!(key.concurrency.as_ref().unwrap().in_flight(), 0);
     }
 
     #[test]

@@ -102,7 +102,8 @@ proptest! {
             };
             let mut rng = || 0u64;
             let mut env = Env { config: &config, routes: &mut routes, limits: &deployments, now, now_ms: ms, rng: &mut rng };
-            let (mut lp, settled) = reserved.attempt(&mut env, now, Some(Duration::from_secs(30)), None);
+            let (dispatch, settled) = reserved.dispatch();
+            let mut lp = dispatch.attempt(&mut env, now, Some(Duration::from_secs(30)), None);
             let mut live: Vec<AttemptId> = Vec::new();
             let mut outcomes = r.outcomes.iter().copied();
             let mut t = now;

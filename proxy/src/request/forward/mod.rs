@@ -92,18 +92,20 @@ pub fn execute<'f, 'c>(
         // One look at the clock for the synchronous stretch from here to the first attempt on
         // its way: the loop's start, its first commands, the pool's checkout (see `exchange`).
         let now = Instant::now();
-        // The loop (some 1 KiB) is made here, with the environment `with_env_at` would give
-        // it: returned through that function's frame, it was copied once more.
-        let (mut lp, settled);
+        let (dispatch, settled) = reserved.dispatch();
+        *stage = settled;
+        // The loop (some 1 KiB) is built in place: assigned straight from the call that makes
+        // it, into this future's state (returned in a pair, or through `with_env_at`'s frame,
+        // it was copied on the way), with the environment `with_env_at` would give it.
+        let mut lp;
         {
             let mut routes = worker.routes.borrow_mut();
             let mut rng = || fastrand::u64(..);
             let mut env = env_of(&worker.shared, &mut routes.table, now, &mut rng);
             let deadline = plan.deadline_override;
-            (lp, settled) = reserved.attempt(&mut env, client.started, deadline, caller);
+            lp = dispatch.attempt(&mut env, client.started, deadline, caller);
             routes.publish(&worker.shared.config);
         }
-        *stage = settled;
         if upload.is_some() {
             // The client's socket carries the rest of the body: not watched until it is read.
             lp.streamed_body();
