@@ -366,6 +366,21 @@ mod tests {
         GatewayError::new(ErrorKind::RateLimited, "limited")
     }
 
+    /// `admitted` after a lookup in a store that never hits, and an ask of `tokens` (no
+    /// cost) at time 0.
+    fn missed<P>(admitted: Admitted<P>, tokens: u64) -> (Admitted<P>, Ask) {
+        let Lookup::Miss(admitted) = admitted.lookup(&NoStore, None, 0) else {
+            panic!("NoStore never hits")
+        };
+        let ask = Ask {
+            tokens,
+            cost_micros: 0,
+            now_ms: 0,
+            unix_s: 0,
+        };
+        (admitted, ask)
+    }
+
     #[test]
     fn stages_in_order_and_refusals_hand_back_the_permit() {
         let cfg = config();
@@ -379,15 +394,7 @@ mod tests {
             .unwrap()
             .admit(&LocalLimiter, &sets, 0, no_words)
             .unwrap();
-        let Lookup::Miss(admitted) = admitted.lookup(&NoStore, None, 0) else {
-            panic!("NoStore never hits")
-        };
-        let ask = Ask {
-            tokens: 500,
-            cost_micros: 0,
-            now_ms: 0,
-            unix_s: 0,
-        };
+        let (admitted, ask) = missed(admitted, 500);
         // More tokens than the key's minute allows: refused, the permit handed back.
         let refused = admitted
             .reserve(&LocalLimiter, &sets, &ask, no_words)
@@ -419,15 +426,7 @@ mod tests {
             .unwrap()
             .admit(&LocalLimiter, &sets, 0, no_words)
             .unwrap();
-        let Lookup::Miss(admitted) = admitted.lookup(&NoStore, None, 0) else {
-            panic!("NoStore never hits")
-        };
-        let ask = Ask {
-            tokens: 50,
-            cost_micros: 0,
-            now_ms: 0,
-            unix_s: 0,
-        };
+        let (admitted, ask) = missed(admitted, 50);
         let reserved = admitted
             .reserve(&LocalLimiter, &sets, &ask, no_words)
             .unwrap();

@@ -189,11 +189,12 @@ pub async fn sweep() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// Runs `test` on a worker-like runtime (a timer, the sweep running).
-    fn on_a_worker(test: impl Future<Output = ()>) {
+    /// Runs `test` on a worker-like runtime (a timer, the sweep running); other modules'
+    /// tests of coarse deadlines use it too.
+    pub(crate) fn on_a_worker(test: impl Future<Output = ()>) {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()

@@ -700,19 +700,8 @@ mod watch_tests {
     use monoio::io::Canceller;
 
     use super::*;
+    use crate::clock::deadlines::tests::on_a_worker;
     use crate::listen::client_io;
-
-    /// Runs `test` on a worker-like runtime (a timer, the coarse deadlines swept).
-    fn on_a_worker(test: impl Future<Output = ()>) {
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            monoio::spawn(crate::clock::deadlines::sweep());
-            test.await
-        });
-    }
 
     #[test]
     fn a_lasting_exchange_gives_back_the_kept_canceller() {
