@@ -194,14 +194,16 @@ fn admit_and_forward<'a>(
         } else {
             crate::clock::now_ms()
         };
-        let admitted = inspected
+        // Stages matched where they are made, never kept in a named local: a local that was
+        // moved out still takes its room in this future until its scope ends, and this
+        // future is part of every request's (and every stream's) allocation.
+        let admitted = match inspected
             .authorize(|m| key.as_ref().is_none_or(|k| k.record.allows_model(m)))
             .and_then(|i| {
                 i.admit(limiter, sets, now_ms, |d| {
                     auth.refusal(key.as_deref(), d, 0)
                 })
-            });
-        let admitted = match admitted {
+            }) {
             Ok(a) => a,
             Err(refused) => {
                 let stream = plan.inspected.stream;
@@ -216,7 +218,7 @@ fn admit_and_forward<'a>(
             let model = Some(std::mem::take(&mut plan.inspected.model));
             return Served::local(keep_alive, settlement, stage, model);
         }
-        let looked = cache::lookup(
+        let (admitted, ticket) = match cache::lookup(
             worker,
             call.head,
             &plan,
@@ -224,8 +226,8 @@ fn admit_and_forward<'a>(
             admitted,
             &settlement.request.request_id,
         )
-        .await;
-        let (admitted, ticket) = match looked {
+        .await
+        {
             cache::Looked::Miss(a, ticket) => (a, ticket),
             cache::Looked::Hit(stage, stored, mark) => {
                 let extra = key
