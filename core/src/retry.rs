@@ -364,6 +364,14 @@ impl RetryBudget {
     }
 }
 
+/// How long an answer asks to be waited for before a retry: OpenAI's `retry-after-ms` when
+/// it is there, else `Retry-After` in delta-seconds.
+pub fn retry_after(head: &crate::http1::ResponseHead) -> Option<Duration> {
+    head.header("retry-after-ms")
+        .and_then(parse_retry_after_ms)
+        .or_else(|| head.header("retry-after").and_then(parse_retry_after))
+}
+
 /// Parses a `Retry-After` value in delta-seconds (`"30"`, leniently `"1.5"`). The HTTP-date
 /// form gives `None`: without a clock we cannot subtract it.
 pub fn parse_retry_after(value: &[u8]) -> Option<Duration> {
@@ -421,6 +429,25 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
     const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn an_answers_wait_prefers_retry_after_ms() {
+        let wait = |head: &[u8]| {
+            let (head, _) = crate::http1::parse_response_head(head, 8192, false)
+                .unwrap()
+                .unwrap();
+            retry_after(&head)
+        };
+        assert_eq!(
+            wait(b"HTTP/1.1 429 x\r\nretry-after: 3\r\nretry-after-ms: 250\r\n\r\n"),
+            Some(250 * MS)
+        );
+        assert_eq!(
+            wait(b"HTTP/1.1 503 x\r\nRetry-After: 3\r\n\r\n"),
+            Some(3 * S)
+        );
+        assert_eq!(wait(b"HTTP/1.1 429 x\r\ncontent-length: 0\r\n\r\n"), None);
+    }
 
     fn status(code: u16) -> Failure {
         Failure::Status {

@@ -30,7 +30,7 @@ use sluice_core::attempt::{AttemptId, AttemptLoop, Command, Event, Relayed, Tran
 use sluice_core::config::{Config, ProviderKind};
 use sluice_core::dialect;
 use sluice_core::error::{ErrorKind, GatewayError};
-use sluice_core::retry::{self, Failure};
+use sluice_core::retry;
 use sluice_core::route::Target;
 use sluice_core::usage;
 
@@ -266,15 +266,7 @@ async fn wait<F: Future<Output = Result<Sent, UpstreamError>>>(
     let (id, provider, _) = flights.swap_remove(k);
     match result {
         Ok(sent) => {
-            let retry_after = sent
-                .head
-                .header("retry-after-ms")
-                .and_then(retry::parse_retry_after_ms)
-                .or_else(|| {
-                    sent.head
-                        .header("retry-after")
-                        .and_then(retry::parse_retry_after)
-                });
+            let retry_after = retry::retry_after(&sent.head);
             let status = sent.head.status;
             *answered = Some((id, provider, sent));
             Event::Head {
@@ -317,18 +309,7 @@ fn transport_failure(worker: &Worker, provider: usize, e: &UpstreamError) -> Tra
     let cfg = &worker.shared.config;
     worker.metrics.upstream_error(cfg, provider, e.label());
     tracing::debug!(error = %e, "semantic cache: embedding attempt failed");
-    let failure = match e {
-        UpstreamError::ConnectTimeout(_)
-        | UpstreamError::FirstByteTimeout(_)
-        | UpstreamError::IdleTimeout(_)
-        | UpstreamError::TotalTimeout(_) => Failure::Timeout,
-        _ => Failure::Connect,
-    };
-    TransportFailure {
-        failure,
-        error: e.to_gateway(),
-        label: e.label(),
-    }
+    e.transport_failure()
 }
 
 /// The gateway's ledger row for an embedding (no key spends anything).

@@ -19,8 +19,10 @@ use monoio::net::TcpStream;
 use monoio_rustls::{ClientTlsStream, TlsConnector};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
+use sluice_core::attempt::TransportFailure;
 use sluice_core::config::{Config, Provider};
 use sluice_core::error::{ErrorKind, GatewayError};
+use sluice_core::retry::Failure;
 
 /// Why talking to an upstream failed. Messages never carry secrets.
 #[derive(Debug, thiserror::Error)]
@@ -75,16 +77,39 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Whether a timeout ended the exchange (as opposed to a failure to reach or read it).
+    fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::ConnectTimeout(_)
+                | UpstreamError::FirstByteTimeout(_)
+                | UpstreamError::IdleTimeout(_)
+                | UpstreamError::TotalTimeout(_)
+        )
+    }
+
     /// The client-facing error: 504 for timeouts, 502 otherwise.
     pub fn to_gateway(&self) -> GatewayError {
-        let kind = match self {
-            UpstreamError::ConnectTimeout(_)
-            | UpstreamError::FirstByteTimeout(_)
-            | UpstreamError::IdleTimeout(_)
-            | UpstreamError::TotalTimeout(_) => ErrorKind::UpstreamTimeout,
-            _ => ErrorKind::UpstreamUnreachable,
+        let kind = if self.is_timeout() {
+            ErrorKind::UpstreamTimeout
+        } else {
+            ErrorKind::UpstreamUnreachable
         };
         GatewayError::new(kind, format!("upstream error: {self}"))
+    }
+
+    /// This failure as an attempt loop reads it: a timeout, or a failure to connect (which
+    /// covers every other transport failure).
+    pub fn transport_failure(&self) -> TransportFailure {
+        TransportFailure {
+            failure: if self.is_timeout() {
+                Failure::Timeout
+            } else {
+                Failure::Connect
+            },
+            error: self.to_gateway(),
+            label: self.label(),
+        }
     }
 
     /// A short label for logs and metrics.
@@ -347,4 +372,21 @@ async fn connect_inner(
         reuses: 0,
         idle_since: Instant::now(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_timeouts_to_the_loop_and_504s_to_the_client() {
+        let slow = UpstreamError::FirstByteTimeout("p".into()).transport_failure();
+        assert_eq!(slow.failure, Failure::Timeout);
+        assert_eq!(slow.error.kind, ErrorKind::UpstreamTimeout);
+        assert_eq!(slow.label, "first_byte_timeout");
+        let gone = UpstreamError::Resolve("p".into()).transport_failure();
+        assert_eq!(gone.failure, Failure::Connect);
+        assert_eq!(gone.error.kind, ErrorKind::UpstreamUnreachable);
+        assert_eq!(gone.label, "resolve");
+    }
 }

@@ -9,7 +9,7 @@ use monoio::io::AsyncWriteRentExt;
 use sluice_core::attempt::{AttemptId, Event, TransportFailure};
 use sluice_core::dialect::{self, ResponseContext};
 use sluice_core::error::{ErrorKind, GatewayError};
-use sluice_core::retry::{self, Failure};
+use sluice_core::retry;
 
 use super::{launch_of, Launch, Plan, Sends, MAX_ERROR_BODY};
 use crate::listen::client_io::ClientWrite;
@@ -32,18 +32,7 @@ pub(super) fn transport_failure(
     worker.metrics.upstream_error(cfg, provider, e.label());
     let name = cfg.providers.get(provider).map_or("?", |p| p.name.as_str());
     tracing::debug!(provider = name, error = %e, "upstream attempt failed");
-    let failure = match e {
-        UpstreamError::ConnectTimeout(_)
-        | UpstreamError::FirstByteTimeout(_)
-        | UpstreamError::IdleTimeout(_)
-        | UpstreamError::TotalTimeout(_) => Failure::Timeout,
-        _ => Failure::Connect,
-    };
-    TransportFailure {
-        failure,
-        error: e.to_gateway(),
-        label: e.label(),
-    }
+    e.transport_failure()
 }
 
 /// Reads an error answer whole, pools its connection when it can, and keeps the answer to

@@ -520,15 +520,7 @@ fn answered_event(sends: &Sends, id: AttemptId) -> Event {
             },
         };
     };
-    let retry_after = sent
-        .head
-        .header("retry-after-ms")
-        .and_then(retry::parse_retry_after_ms)
-        .or_else(|| {
-            sent.head
-                .header("retry-after")
-                .and_then(retry::parse_retry_after)
-        });
+    let retry_after = retry::retry_after(&sent.head);
     Event::Head {
         attempt: id,
         status: sent.head.status,
