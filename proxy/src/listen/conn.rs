@@ -150,7 +150,7 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
                     let bytes = respond::error(&err, false, &request.request_id);
                     (_, answer) = api::write(&mut client.wr, bytes, err.status(), false).await;
                 }
-                settle(worker, Settlement::local(request, answer));
+                settle(worker, &mut Settlement::local(request, answer));
                 return false;
             }
         }
@@ -180,7 +180,7 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
     if let Some(r) = &rest {
         settlement.request.bytes_in += r.received();
     }
-    settle(worker, settlement);
+    settle(worker, &mut settlement);
     // A streamed body not read to its end (refused, or the exchange failed before it was
     // sent) leaves the connection's framing unknown.
     keep && rest.is_none_or(|r| r.is_done())
