@@ -101,7 +101,8 @@ impl ClientWrite {
         if let ClientWrite::Tls(wr) = self {
             let limit = std::time::Duration::from_secs(1);
             // Boxed: a plain connection's task does not carry the TLS shutdown's state.
-            let _ = Box::pin(monoio::time::timeout(limit, wr.shutdown())).await;
+            let _ =
+                crate::listen::cold::boxed(|| monoio::time::timeout(limit, wr.shutdown())).await;
         }
     }
 }
@@ -131,7 +132,7 @@ impl AsyncWriteRent for ClientWrite {
             },
             // Boxed: held in line, the TLS write's future made every request's state (a plain
             // stream's whole life included) some 500 bytes larger (see `UpstreamIo::read_append`).
-            ClientWrite::Tls(wr) => Box::pin(wr.write(buf)).await,
+            ClientWrite::Tls(wr) => crate::listen::cold::boxed(|| wr.write(buf)).await,
         }
     }
 
@@ -141,7 +142,7 @@ impl AsyncWriteRent for ClientWrite {
                 Some(n) => (Ok(n), buf),
                 None => wr.writev(buf).await,
             },
-            ClientWrite::Tls(wr) => Box::pin(wr.writev(buf)).await,
+            ClientWrite::Tls(wr) => crate::listen::cold::boxed(|| wr.writev(buf)).await,
         }
     }
 

@@ -73,6 +73,11 @@ pub async fn serve_connection(slot: Rc<Slot>, (rd, wr): (ClientRead, ClientWrite
             std::mem::align_of_val(&*request),
             std::mem::size_of_val(&*request)
         );
+        debug_assert!(
+            std::mem::size_of_val(&*request) <= REQUEST_STATE_LIMIT,
+            "request state of {} bytes, over mimalloc's {REQUEST_STATE_LIMIT}-byte class",
+            std::mem::size_of_val(&*request)
+        );
         let keep = Box::into_pin(request).await;
         idle::give_back(&mut client.buf);
         if !keep {
@@ -80,6 +85,20 @@ pub async fn serve_connection(slot: Rc<Slot>, (rd, wr): (ClientRead, ClientWrite
         }
     }
     client.wr.close().await;
+}
+
+/// The size class the request state must stay within: mimalloc's 7 KiB class. One byte more
+/// and every request in flight (every stream, for its minutes) holds an 8 KiB block.
+pub const REQUEST_STATE_LIMIT: usize = 7168;
+
+/// Bytes of one request's state: `serve_request`'s future, the one heap allocation each
+/// request in flight holds (see `serve_connection`). Printed by `alloc-count`, bounded by a
+/// test and, in debug builds, at each request.
+pub fn request_state_size() -> usize {
+    fn output_size<A, B, R>(_: fn(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    output_size::<&Rc<Slot>, &mut Client, _>(serve_request)
 }
 
 /// Serves one request whose first bytes have arrived (or are ready to read); returns whether
@@ -131,7 +150,7 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
                     let bytes = respond::error(&err, false, &request.request_id);
                     (_, answer) = api::write(&mut client.wr, bytes, err.status(), false).await;
                 }
-                settle(worker, Settlement::local(request, answer));
+                settle(worker, &mut Settlement::local(request, answer));
                 return false;
             }
         }
@@ -161,7 +180,7 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
     if let Some(r) = &rest {
         settlement.request.bytes_in += r.received();
     }
-    settle(worker, settlement);
+    settle(worker, &mut settlement);
     // A streamed body not read to its end (refused, or the exchange failed before it was
     // sent) leaves the connection's framing unknown.
     keep && rest.is_none_or(|r| r.is_done())
@@ -521,7 +540,16 @@ fn new_request_id() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::new_request_id;
+    use super::{new_request_id, request_state_size, REQUEST_STATE_LIMIT};
+
+    #[test]
+    fn the_request_state_stays_in_its_size_class() {
+        let size = request_state_size();
+        assert!(
+            size <= REQUEST_STATE_LIMIT,
+            "serve_request's future is {size} bytes, over mimalloc's {REQUEST_STATE_LIMIT}-byte class"
+        );
+    }
 
     #[test]
     fn new_request_ids_are_req_and_16_hex_digits() {

@@ -3,6 +3,7 @@
 
 mod access;
 pub mod client_io;
+pub mod cold;
 pub mod conn;
 pub mod endpoints;
 pub mod idle;

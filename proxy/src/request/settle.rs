@@ -114,7 +114,11 @@ impl Settlement {
 
 /// Settles a finished request (see the module docs): its access record is built here and
 /// ends in the ledger.
-pub fn settle(worker: &Worker, s: Settlement) {
+///
+/// The settlement is borrowed and emptied, not moved: it lives in the request's heap state,
+/// and passed by value its 504 bytes were copied to the stack first (and its answer, 272, once
+/// more), some 13 cache lines per request that nothing else touches.
+pub fn settle(worker: &Worker, s: &mut Settlement) {
     let shared = &worker.shared;
     let Settlement {
         request,
@@ -123,12 +127,11 @@ pub fn settle(worker: &Worker, s: Settlement) {
         authenticated,
         answer,
     } = s;
-    let mut answer = answer;
     let cache_note = answer.cache.take();
-    let key = stage.principal;
+    let key = stage.principal.take();
     // One monotonic read for the request's end (its total time and the limiter's clock).
     let ended = Instant::now();
-    if let (Some(k), Some(permit)) = (&key, stage.permit) {
+    if let (Some(k), Some(permit)) = (&key, stage.permit.take()) {
         let tokens = answer.usage.map_or(0, |u| u.total_tokens());
         let cost = answer.cost_micros.unwrap_or(0);
         shared.limiter.settle(
@@ -148,14 +151,14 @@ pub fn settle(worker: &Worker, s: Settlement) {
         }
     }
     let mut rec = AccessRecord {
-        request_id: request.request_id,
-        method: request.method,
-        path: request.path,
+        request_id: std::mem::take(&mut request.request_id),
+        method: std::mem::take(&mut request.method),
+        path: std::mem::take(&mut request.path),
         key_id: key.as_ref().map(|k| k.id.clone()),
         team: key.as_ref().map(|k| k.team.name.clone()),
-        model,
-        deployment: answer.deployment,
-        response_model: answer.response_model,
+        model: model.take(),
+        deployment: answer.deployment.take(),
+        response_model: answer.response_model.take(),
         status: answer.status,
         stream: answer.stream,
         usage: answer.usage,
@@ -168,10 +171,10 @@ pub fn settle(worker: &Worker, s: Settlement) {
         bytes_in: request.bytes_in,
         bytes_out: answer.bytes_out,
         upstream_reused: answer.upstream_reused,
-        error: answer.error,
+        error: answer.error.take(),
         client_cancelled: answer.client_cancelled,
-        attempts: answer.attempts,
-        trace: request.trace,
+        attempts: std::mem::take(&mut answer.attempts),
+        trace: request.trace.take(),
         start_unix_ns: request.start_unix_ns,
         cache: None,
         saved_micros: None,
@@ -196,7 +199,7 @@ pub fn settle(worker: &Worker, s: Settlement) {
     // The ledger has authenticated API requests only (the access log and metrics have them
     // all), so nobody without a key can grow the database. Last: its row takes the record's
     // request id (no copy of it).
-    if authenticated {
+    if *authenticated {
         shared
             .auth
             .record(&shared.config, key.as_deref(), rec, unix_us / 1000);

@@ -139,13 +139,12 @@ pub async fn wait_for_request(worker: &Worker, rd: &mut ClientRead) -> Waited {
     let Some((plain, canceller)) = rd.idle_parts() else {
         // TLS: the rustls session may hold decrypted bytes the socket no longer shows, so
         // readiness cannot be trusted; the read stays posted (see `listen::client_io`).
-        // Boxed: only TLS connections carry this larger wait.
+        // Boxed and out of line (`listen::cold`): only TLS connections carry this larger
+        // wait, or its poll's temporaries.
         let buf = take_buffer();
-        let wait = Box::pin(until_drained(
-            worker,
-            keepalive,
-            read_more(rd, buf, keepalive),
-        ));
+        let wait = crate::listen::cold::boxed(|| {
+            until_drained(worker, keepalive, read_more(rd, buf, keepalive))
+        });
         return match wait.await {
             Some(Read::Data(b)) => Waited::Data(b),
             _ => Waited::Close,
