@@ -727,3 +727,24 @@ fn an_sqlite_refusal_inside_a_statement_of_many_rows_undoes_the_batch_and_the_wr
     assert_eq!(db.spend_since(Scope::Key, "k", 0).unwrap(), spent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_new_database_file_gets_8_kib_pages_and_an_old_one_keeps_its_own() {
+    let dir = spill_dir("page-size");
+    let page_size = |db: &std::path::Path| -> i64 {
+        let conn = Connection::open(db).unwrap();
+        conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap()
+    };
+    let new = dir.join("new.db");
+    drop(super::sqlite::Sqlite::open(&new, false).unwrap());
+    assert_eq!(page_size(&new), 8_192);
+    let old = dir.join("old.db");
+    Connection::open(&old)
+        .unwrap()
+        .execute_batch("PRAGMA page_size = 4096; CREATE TABLE t (x INTEGER);")
+        .unwrap();
+    drop(super::sqlite::Sqlite::open(&old, false).unwrap());
+    assert_eq!(page_size(&old), 4_096);
+    let _ = std::fs::remove_dir_all(&dir);
+}
