@@ -18,7 +18,9 @@
 use crate::inspect::walk::{self, is_ws, MAX_DEPTH};
 
 /// `json[open]` is a `"`: the index after the closing quote, and whether a backslash was seen.
-#[inline]
+/// In line (most strings here are short: a call's saves and restores cost as much as the
+/// string).
+#[inline(always)]
 fn skip_string(json: &[u8], open: usize) -> Option<(usize, bool)> {
     let mut i = open + 1;
     let mut escaped = false;
