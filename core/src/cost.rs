@@ -243,6 +243,12 @@ pub fn estimate_micros(price: &Price, prompt_tokens: u64, max_output_tokens: u64
 
 /// Micro-USD as a decimal USD string with six places, for `x-sluice-cost-usd`: `0.001234`.
 pub fn format_usd(micros: u64) -> String {
+    String::from(usd_text(micros).as_str())
+}
+
+/// [`format_usd`]'s text on the stack, for the cost header of every priced answer (no
+/// allocation): `usd_text(1_234).as_str() == "0.001234"`.
+pub fn usd_text(micros: u64) -> UsdText {
     // Written by hand: `format!` cost some 800 instructions on every priced answer.
     let mut digits = [b'0'; 27];
     let mut i = digits.len();
@@ -256,8 +262,25 @@ pub fn format_usd(micros: u64) -> String {
         digits[i] = b'0' + (rest % 10) as u8;
         rest /= 10;
     }
-    // ASCII digits and a dot: one copy, not a `char` push per digit.
-    String::from(std::str::from_utf8(&digits[i..]).unwrap_or_default())
+    UsdText {
+        digits,
+        start: i as u8,
+    }
+}
+
+/// A [`usd_text`]: at most 20 digits of `u64`, a dot and six places.
+#[derive(Clone, Copy)]
+pub struct UsdText {
+    digits: [u8; 27],
+    /// Where the text starts in `digits` (it runs to the end).
+    start: u8,
+}
+
+impl UsdText {
+    /// The text: ASCII digits and a dot.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.digits[usize::from(self.start)..]).unwrap_or_default()
+    }
 }
 
 /// (model, input, output, cached input), USD per million tokens: the providers' public list

@@ -288,8 +288,7 @@ pub(crate) struct TopLevel<'a> {
 /// objects serde reads, `model` a string without escapes or control bytes, each or `null`).
 /// So on valid JSON the answer is always the serde parse's.
 pub(crate) fn top_level(body: &[u8]) -> Option<TopLevel<'_>> {
-    let [choices, usage, response, model] =
-        scan::named(body, [b"choices", b"usage", b"response", b"model"])?;
+    let [choices, usage, response, model] = scan::probe_members(body)?;
     let null = crate::inspect::walk::absent_or_null;
     if !(null(choices) || choices?.first() == Some(&b'[')) {
         return None;

@@ -374,5 +374,6 @@ fn usd_strings() {
             format_usd(micros),
             format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
         );
+        assert_eq!(usd_text(micros).as_str(), format_usd(micros));
     }
 }

@@ -18,7 +18,9 @@
 use crate::inspect::walk::{self, is_ws, MAX_DEPTH};
 
 /// `json[open]` is a `"`: the index after the closing quote, and whether a backslash was seen.
-#[inline]
+/// In line (most strings here are short: a call's saves and restores cost as much as the
+/// string).
+#[inline(always)]
 fn skip_string(json: &[u8], open: usize) -> Option<(usize, bool)> {
     let mut i = open + 1;
     let mut escaped = false;
@@ -88,13 +90,23 @@ fn skip_value(json: &[u8], start: usize) -> Option<(usize, bool)> {
     }
 }
 
-/// The values of `json`'s top-level members named `keys`, skipped unchecked
-/// ([`walk::named`] with this scanner's skipping).
-pub(super) fn named<'a, const N: usize>(
-    json: &'a [u8],
-    keys: [&[u8]; N],
-) -> Option<[Option<&'a [u8]>; N]> {
-    walk::named_with(json, keys, skip_value)
+/// The values of `json`'s top-level `choices`, `usage`, `response` and `model` members, in
+/// that order, skipped unchecked: [`walk::named_with`] with this scanner's skipping and the
+/// four keys matched as literals (a length switch, no slice comparison per key and name).
+/// `None` when one of them is repeated or the walk stops.
+pub(super) fn probe_members(json: &[u8]) -> Option<[Option<&[u8]>; 4]> {
+    let mut found = [None; 4];
+    walk::members_with(json, skip_value, |m| {
+        let k = match m.key {
+            b"choices" => 0,
+            b"usage" => 1,
+            b"response" => 2,
+            b"model" => 3,
+            _ => return Some(()),
+        };
+        walk::once(&mut found[k], Some(&json[m.value]))
+    })?;
+    Some(found)
 }
 
 #[cfg(test)]
@@ -133,6 +145,30 @@ mod tests {
             assert_eq!((g.0.as_str(), g.1, g.2.as_str()), w);
         }
         assert_eq!(walk(b"{}").unwrap().len(), 0);
+    }
+
+    /// The probe's members are `walk::named_with`'s for the same keys, whatever the body.
+    #[test]
+    fn probe_members_are_named_withs() {
+        let keys: [&[u8]; 4] = [b"choices", b"usage", b"response", b"model"];
+        for body in [
+            &br#"{"id":"x","model":"m","choices":[{"a":"}"}],"usage":{"total_tokens":3}}"#[..],
+            br#"{"response":{"usage":null},"model":null,"modelx":1,"usag":2}"#,
+            br#"{"usage":{},"usage":{}}"#,
+            br#"{"model":"a","choices":[],"model":"b"}"#,
+            br#"{"choices":[1,2],"usage":null,"response":"r","model":"m"}"#,
+            br#"{"mode\u006c":"m"}"#,
+            br#"{}"#,
+            br#"{"a":1,}"#,
+            b"[]",
+        ] {
+            assert_eq!(
+                probe_members(body),
+                walk::named_with(body, keys, skip_value),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use sluice_core::attempt::Relayed;
 use sluice_core::cache::capture::{pivot_from_whole_with, PivotCapture};
 use sluice_core::cache::CallKind;
 use sluice_core::config::{Deployment, Provider};
+use sluice_core::cost::UsdText;
 use sluice_core::dialect::{self, ResponseContext, StreamTranslator};
 use sluice_core::error::{ErrorKind, GatewayError};
 use sluice_core::estimate::ImageRule;
@@ -259,10 +260,6 @@ async fn whole(
         used.as_ref(),
         media.as_ref(),
     );
-    let cost_text = answer
-        .cost_micros
-        .filter(|_| success)
-        .map(sluice_core::cost::format_usd);
     let compression = &d.worker.shared.config.server.compression;
     let accept = &d.plan.accept_encoding;
     let Some(Encoded { body, decision }) =
@@ -290,7 +287,13 @@ async fn whole(
         framing,
         d.keep_alive,
         client,
-        cost_text.as_deref(),
+        // On the stack, a temporary of this statement: not kept in the request future.
+        answer
+            .cost_micros
+            .filter(|_| success)
+            .map(sluice_core::cost::usd_text)
+            .as_ref()
+            .map(UsdText::as_str),
         content_type,
         decision,
     );

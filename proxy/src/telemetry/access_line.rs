@@ -147,14 +147,14 @@ fn format(rec: &AccessRecord, unix_us: u64, out: &mut Vec<u8>) {
         bool_field(out, k!("tokens_estimated"), u.estimated);
     }
     if let Some(m) = rec.cost_micros {
-        scaled_field(out, k!("cost_usd"), m, 6);
+        scaled_field::<6>(out, k!("cost_usd"), m);
     }
     if let Some(us) = rec.ttfb_us {
-        scaled_field(out, k!("ttfb_ms"), us, 3);
+        scaled_field::<3>(out, k!("ttfb_ms"), us);
     }
-    scaled_field(out, k!("total_ms"), rec.total_us, 3);
+    scaled_field::<3>(out, k!("total_ms"), rec.total_us);
     if let Some(us) = rec.upstream_us {
-        scaled_field(out, k!("overhead_ms"), rec.total_us.saturating_sub(us), 3);
+        scaled_field::<3>(out, k!("overhead_ms"), rec.total_us.saturating_sub(us));
     }
     num_field(out, k!("bytes_in"), rec.bytes_in);
     num_field(out, k!("bytes_out"), rec.bytes_out);
@@ -169,7 +169,7 @@ fn format(rec: &AccessRecord, unix_us: u64, out: &mut Vec<u8>) {
     bool_field(out, k!("client_cancelled"), rec.client_cancelled);
     opt_str(out, k!("cache"), rec.cache);
     if let Some(m) = rec.saved_micros {
-        scaled_field(out, k!("saved_usd"), m, 6);
+        scaled_field::<6>(out, k!("saved_usd"), m);
     }
     out.extend_from_slice(b",\"target\":\"sluice::access\"}\n");
 }
@@ -271,10 +271,12 @@ fn decimal(buf: &mut [u8], mut value: u64) -> usize {
 /// most 15 significant digits, the decimal is the shortest that rounds to that `f64`.
 const EXACT_BELOW: u64 = 1_000_000_000_000_000;
 
-/// `value / 10^scale` as a JSON number, the same text as Rust's shortest round-trip form of
+/// `value / 10^SCALE` as a JSON number, the same text as Rust's shortest round-trip form of
 /// that quotient as an `f64` (`1.5`, `0.000125`, `3`), without going through floating point.
-fn scaled_field(out: &mut Vec<u8>, name: &str, value: u64, scale: u32) {
-    let unit = 10u64.pow(scale);
+/// The scale is a constant, so the division and remainder by `10^SCALE` are multiplications.
+fn scaled_field<const SCALE: u32>(out: &mut Vec<u8>, name: &str, value: u64) {
+    let scale = SCALE;
+    let unit = const { 10u64.pow(SCALE) };
     if value >= EXACT_BELOW {
         return float_field(out, name, value as f64 / unit as f64);
     }
@@ -578,7 +580,11 @@ mod tests {
         for v in (0..30_000).chain(random).chain(edges) {
             for scale in [3, 6] {
                 let (mut ours, mut float) = (Vec::new(), Vec::new());
-                scaled_field(&mut ours, k!("x"), v, scale);
+                if scale == 3 {
+                    scaled_field::<3>(&mut ours, k!("x"), v);
+                } else {
+                    scaled_field::<6>(&mut ours, k!("x"), v);
+                }
                 float_field(&mut float, k!("x"), v as f64 / 10u64.pow(scale) as f64);
                 assert_eq!(
                     String::from_utf8_lossy(&ours),
