@@ -24,53 +24,9 @@ pub fn release_free_memory() {
     }
 }
 
-/// Runs the frees that crossbeam-epoch deferred, so the blocks they free stop holding their
-/// pages. The metrics exporter's histogram buckets (metrics-util) free their drained sample
-/// blocks (allocated by the workers) that way; crossbeam-epoch runs a deferred free only once
-/// the global epoch has moved on twice, and moves it on, 8 bags at a time, only when a thread
-/// pins or flushes. After a load nothing does, so the last drain's bags (about one per
-/// histogram, each a 2 KiB node) and the sample blocks they hold stayed for good, each
-/// keeping a page of the worker's heap resident. Called after every upkeep drain: a few
-/// pins and flushes, microseconds, once a second.
-pub fn flush_deferred_frees() {
-    for _ in 0..FLUSHES {
-        crossbeam_epoch::pin().flush();
-    }
-}
-
-/// Flushes per [`flush_deferred_frees`]: two to move the epoch on past a bag, then each
-/// frees up to 8 bags.
-const FLUSHES: usize = 8;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A free deferred and handed to the global queue runs after `flush_deferred_frees`,
-    /// with no other pin. (Other tests may pin at the same moment and hold the epoch back for
-    /// a while: hence the retries.)
-    #[test]
-    fn deferred_frees_run_once_flushed() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
-        let freed = Arc::new(AtomicBool::new(false));
-        let flag = freed.clone();
-        std::thread::spawn(move || {
-            let guard = crossbeam_epoch::pin();
-            guard.defer(move || flag.store(true, Ordering::SeqCst));
-            guard.flush();
-        })
-        .join()
-        .unwrap_or_default();
-        for _ in 0..1000 {
-            if freed.load(Ordering::SeqCst) {
-                break;
-            }
-            flush_deferred_frees();
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert!(freed.load(Ordering::SeqCst));
-    }
 
     #[test]
     fn returning_free_memory_is_safe_to_call_any_time() {

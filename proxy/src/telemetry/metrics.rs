@@ -91,8 +91,6 @@ pub fn render() -> String {
 /// Drains histogram buffers; call periodically or they grow without bound.
 pub fn upkeep() {
     install().run_upkeep();
-    // The drained blocks are freed through crossbeam-epoch: see the function.
-    crate::memory::flush_deferred_frees();
 }
 
 /// The response cache's series (`sluice_cache_*`, counted in `cache::keep` through
