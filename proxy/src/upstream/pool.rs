@@ -254,6 +254,29 @@ impl Pool {
         queue.push_back(conn);
     }
 
+    /// Closes every idle connection that has been idle for its provider's `pool_idle_timeout_ms`
+    /// or longer (`take` would only skip it), and gives back the memory of queues a crowd grew;
+    /// returns how many it closed. The worker calls it about once a second, so an upstream
+    /// sees an unused connection closed soon after the limit, not when the next request comes.
+    pub fn close_expired(&mut self, now: Instant, providers: &[Provider]) -> usize {
+        let mut closed = 0;
+        for (queue, provider) in self.idle.iter_mut().zip(providers) {
+            let max_idle = Duration::from_millis(provider.pool_idle_timeout_ms);
+            // Oldest first: `put` appends.
+            while queue
+                .front()
+                .is_some_and(|c| now.saturating_duration_since(c.idle_since) >= max_idle)
+            {
+                queue.pop_front();
+                closed += 1;
+            }
+            if queue.capacity() > 4 * queue.len().max(4) {
+                queue.shrink_to_fit();
+            }
+        }
+        closed
+    }
+
     /// Idle connections held for `provider`.
     pub fn idle_count(&self, provider: usize) -> usize {
         self.idle.get(provider).map_or(0, VecDeque::len)
@@ -376,6 +399,7 @@ async fn connect_inner(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]
@@ -388,5 +412,92 @@ mod tests {
         assert_eq!(gone.failure, Failure::Connect);
         assert_eq!(gone.error.kind, ErrorKind::UpstreamUnreachable);
         assert_eq!(gone.label, "resolve");
+    }
+
+    /// An idle connection past its provider's `pool_idle_timeout_ms` is closed by
+    /// `close_expired` without another request (the upstream reads its end), a younger one
+    /// is kept.
+    async fn expired_idle_connections_are_closed() {
+        use std::io::Read;
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = upstream.local_addr().unwrap();
+        let text = format!(
+            "[[providers]]\nname = \"p\"\nbase_url = \"http://{addr}/v1\"\n\
+             pool_idle_timeout_ms = 1000\n[[models]]\nname = \"m\"\n\
+             deployments = [{{ provider = \"p\", model = \"m\" }}]\n"
+        );
+        let config = Config::from_toml(&text, &std::collections::HashMap::new()).unwrap();
+        let mut pool = Pool::new(1);
+        let t0 = Instant::now();
+        let mut locals = Vec::new();
+        for at in [t0, t0 + Duration::from_millis(600)] {
+            let stream = TcpStream::connect_addr(addr).await.unwrap();
+            locals.push(stream.local_addr().unwrap());
+            let conn = UpstreamConn {
+                io: UpstreamIo::Plain(stream),
+                reuses: 0,
+                idle_since: at,
+            };
+            pool.put(0, conn, at, 8);
+        }
+        let mut old = None;
+        let mut young = None;
+        for _ in 0..2 {
+            let (s, peer) = upstream.accept().unwrap();
+            if peer == locals[0] {
+                old = Some(s);
+            } else {
+                young = Some(s);
+            }
+        }
+        let (mut old, mut young) = (old.unwrap(), young.unwrap());
+
+        let limit = t0 + Duration::from_millis(1000);
+        assert_eq!(
+            pool.close_expired(limit - Duration::from_millis(1), &config.providers),
+            0
+        );
+        assert_eq!(pool.close_expired(limit, &config.providers), 1);
+        assert_eq!(pool.idle_count(0), 1);
+        // The runtime closes the descriptor (io_uring: on its next turn).
+        monoio::time::sleep(Duration::from_millis(50)).await;
+        old.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(
+            old.read(&mut [0u8; 8]).unwrap(),
+            0,
+            "the upstream sees the close"
+        );
+        young
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        assert!(
+            young.read(&mut [0u8; 8]).is_err(),
+            "the younger one stays open"
+        );
+        // The younger one is taken while fresh, dropped once it too is past the limit.
+        let later = t0 + Duration::from_millis(1600);
+        assert_eq!(pool.close_expired(later, &config.providers), 1);
+        assert_eq!(pool.idle_count(0), 0);
+    }
+
+    #[test]
+    fn expired_idle_connections_are_closed_epoll() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(expired_idle_connections_are_closed());
+    }
+
+    #[test]
+    fn expired_idle_connections_are_closed_io_uring() {
+        if !monoio::utils::detect_uring() {
+            return;
+        }
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(expired_idle_connections_are_closed());
     }
 }

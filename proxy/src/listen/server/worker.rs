@@ -55,6 +55,13 @@ pub(super) fn run_worker(
                     crate::listen::idle::trim_spares();
                     crate::request::relay::trim_spares();
                     worker.trim_tables();
+                    // Idle upstream connections past their limit close now, not when the
+                    // next request looks (their blocks would hold a busy spell's pages).
+                    let providers = &worker.shared.config.providers;
+                    worker
+                        .pool
+                        .borrow_mut()
+                        .close_expired(Instant::now(), providers);
                     crate::memory::return_free_memory();
                 }
                 if let Some(h) = worker.shared.heartbeats.get(id) {
