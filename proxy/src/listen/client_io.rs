@@ -100,7 +100,8 @@ impl ClientWrite {
     pub async fn close(&mut self) {
         if let ClientWrite::Tls(wr) = self {
             let limit = std::time::Duration::from_secs(1);
-            // Boxed: a plain connection's task does not carry the TLS shutdown's state.
+            // Out of line (`cold::boxed`): a plain connection's task carries neither the TLS
+            // shutdown's state nor its poll's frame.
             let _ =
                 crate::listen::cold::boxed(|| monoio::time::timeout(limit, wr.shutdown())).await;
         }
@@ -111,14 +112,16 @@ impl AsyncReadRent for ClientRead {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             ClientRead::Plain(rd, _) => rd.read(buf).await,
-            ClientRead::Tls(rd) => rd.read(buf).await,
+            // Out of line, as the TLS writes below: in line, the TLS read's state and its
+            // poll's frame were part of every plain read of a request's body too.
+            ClientRead::Tls(rd) => crate::listen::cold::boxed(|| rd.read(buf)).await,
         }
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             ClientRead::Plain(rd, _) => rd.readv(buf).await,
-            ClientRead::Tls(rd) => rd.readv(buf).await,
+            ClientRead::Tls(rd) => crate::listen::cold::boxed(|| rd.readv(buf)).await,
         }
     }
 }
@@ -130,8 +133,9 @@ impl AsyncWriteRent for ClientWrite {
                 Some(n) => (Ok(n), buf),
                 None => wr.write(buf).await,
             },
-            // Boxed: held in line, the TLS write's future made every request's state (a plain
-            // stream's whole life included) some 500 bytes larger (see `UpstreamIo::read_append`).
+            // Out of line (`cold::boxed`): held in line, the TLS write's future made every
+            // request's state (a plain stream's whole life included) some 500 bytes larger
+            // (see `UpstreamIo::read_append`), and its poll's frame every plain write's.
             ClientWrite::Tls(wr) => crate::listen::cold::boxed(|| wr.write(buf)).await,
         }
     }

@@ -70,7 +70,8 @@ pub fn write_head_with(
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+/// Appends one `name: value` line to a head.
+pub(crate) fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
