@@ -22,7 +22,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::lease::pool::Subject;
 use crate::limits::{
-    next_period_start, period_start, Concurrency, LimitSet, RequestWindow, RetryAfter, TokenBucket,
+    next_period_start, Concurrency, LimitSet, RequestWindow, RetryAfter, TokenBucket,
 };
 use crate::route::Target;
 
@@ -228,8 +228,7 @@ pub(crate) fn reserve_one(set: &LimitSet, ask: &Ask) -> Result<(), Refusal> {
             .map_err(Refusal::Tokens)?;
     }
     if let Some(limit) = set.budget_limit_micros {
-        set.budget
-            .roll_to(period_start(set.budget_period, ask.unix_s));
+        set.budget.roll_to_period(set.budget_period, ask.unix_s);
         if !set.budget.try_reserve(ask.cost_micros, limit) {
             if let Some(b) = &set.tokens {
                 b.refund(ask.tokens, ask.now_ms);

@@ -555,7 +555,7 @@ impl Breaker {
         let caller = caller.filter(|_| self.config.enabled)?;
         self.callers.isolated(
             caller,
-            self.now_ms(now),
+            || self.now_ms(now),
             self.config.consecutive_failures,
             ms_u32(self.config.cooldown),
             ms_u32(self.config.window),

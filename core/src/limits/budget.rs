@@ -53,6 +53,11 @@ pub struct Budget {
     used: AtomicU64,
     spend: AtomicU64,
     period_start: AtomicU64,
+    /// The end of the period last found current by [`roll_to_period`](Self::roll_to_period),
+    /// times 4, plus that period's kind (`BudgetPeriod as u64`); 0: none yet. Never later than
+    /// the end of the period `period_start` is in (it is stored only after `period_start` was
+    /// seen to hold that period's start, and `period_start` only moves forward).
+    period_end: AtomicU64,
 }
 
 impl Budget {
@@ -62,6 +67,7 @@ impl Budget {
             used: AtomicU64::new(0),
             spend: AtomicU64::new(0),
             period_start: AtomicU64::new(period_start),
+            period_end: AtomicU64::new(0),
         }
     }
 
@@ -71,6 +77,7 @@ impl Budget {
             used: AtomicU64::new(spend_micros),
             spend: AtomicU64::new(spend_micros),
             period_start: AtomicU64::new(period_start),
+            period_end: AtomicU64::new(0),
         }
     }
 
@@ -134,6 +141,27 @@ impl Budget {
         true
     }
 
+    /// [`roll_to`](Self::roll_to)`(`[`period_start`]`(period, unix_s))`, reading the calendar
+    /// only once `unix_s` reaches the end of the period last found current (a monthly
+    /// period's start is a civil-date computation, once a request before this).
+    pub fn roll_to_period(&self, period: BudgetPeriod, unix_s: u64) -> bool {
+        let kind = period as u64;
+        let seen = self.period_end.load(Ordering::Acquire);
+        if seen != 0 && seen & 3 == kind && unix_s < seen >> 2 {
+            // `period_start(period, unix_s)` is at most the current start: nothing to roll.
+            return false;
+        }
+        let start = period_start(period, unix_s);
+        let rolled = self.roll_to(start);
+        if self.period_start.load(Ordering::Acquire) == start {
+            // `Lifetime` (no end) is never kept: its start is 0 without a calendar.
+            if let Some(end) = next_period_start(period, unix_s).checked_mul(4) {
+                self.period_end.store(end | kind, Ordering::Release);
+            }
+        }
+        rolled
+    }
+
     /// Settled spend this period, in micro-USD.
     pub fn spend(&self) -> u64 {
         self.spend.load(Ordering::Acquire)
@@ -155,6 +183,36 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::sync::{Arc, Barrier};
+
+    #[test]
+    fn rolling_by_period_is_rolling_to_the_period_start() {
+        let base = 1_709_251_199 - 3 * DAY_S; // late February 2024
+        for period in [
+            BudgetPeriod::Daily,
+            BudgetPeriod::Weekly,
+            BudgetPeriod::Monthly,
+            BudgetPeriod::Lifetime,
+        ] {
+            let (ours, plain) = (Budget::with_spend(0, 50), Budget::with_spend(0, 50));
+            // Forward in steps of various sizes, a step back, the period changed midway.
+            let mut t = base;
+            for step in (0..400u64).map(|i| (i * 7_919) % (2 * DAY_S)) {
+                t += step;
+                let back = t - (step % 5_000);
+                for (at, p) in [(t, period), (back, period), (t, BudgetPeriod::Daily)] {
+                    assert_eq!(
+                        ours.roll_to_period(p, at),
+                        plain.roll_to(period_start(p, at)),
+                        "{p:?} at {at}"
+                    );
+                    assert_eq!(ours.period_start(), plain.period_start());
+                }
+                ours.add_spend(1);
+                plain.add_spend(1);
+                assert_eq!(ours.spend(), plain.spend());
+            }
+        }
+    }
 
     #[test]
     fn period_starts() {

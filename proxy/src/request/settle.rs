@@ -202,6 +202,6 @@ pub fn settle(worker: &Worker, s: &mut Settlement) {
     if *authenticated {
         shared
             .auth
-            .record(&shared.config, key.as_deref(), rec, unix_us / 1000);
+            .record(&shared.config, key.as_deref(), &mut rec, unix_us / 1000);
     }
 }

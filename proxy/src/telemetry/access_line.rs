@@ -11,6 +11,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::Write as _;
+use std::sync::Arc;
 
 use sluice_core::calendar::{Date, DAY_S};
 
@@ -94,9 +95,67 @@ thread_local! {
     static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
     static PENDING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static BATCHED: Cell<bool> = const { Cell::new(false) };
+    static WHO: RefCell<Who> = RefCell::default();
     /// The last second [`timestamp`] wrote and its text up to the seconds
     /// (`2025-12-06T12:34:56`): every line of the same second copies it.
     static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// The `key_id`, `team`, `model` and `deployment` fields of a worker's last line, as written,
+/// and what they were written from. A client's requests nearly always repeat them (the same
+/// key, team, model and deployment), so they are escaped once and copied after that.
+#[derive(Default)]
+struct Who {
+    key_id: Option<Arc<str>>,
+    team: Option<Arc<str>>,
+    model: Option<Vec<u8>>,
+    deployment: Option<Vec<u8>>,
+    text: Vec<u8>,
+}
+
+impl Who {
+    /// Writes `rec`'s four fields, as [`opt_str`] each would.
+    fn write(&mut self, rec: &AccessRecord, out: &mut Vec<u8>) {
+        let same_arc = |a: &Option<Arc<str>>, b: &Option<Arc<str>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        };
+        let same_text = |a: &Option<Vec<u8>>, b: Option<&str>| a.as_deref() == b.map(str::as_bytes);
+        if !(same_arc(&self.key_id, &rec.key_id)
+            && same_arc(&self.team, &rec.team)
+            && same_text(&self.model, rec.model.as_deref())
+            && same_text(&self.deployment, rec.deployment.as_deref()))
+        {
+            self.key_id.clone_from(&rec.key_id);
+            self.team.clone_from(&rec.team);
+            let keep = |slot: &mut Option<Vec<u8>>, v: Option<&str>| match v {
+                Some(v) => {
+                    let buf = slot.get_or_insert_with(Vec::new);
+                    buf.clear();
+                    buf.extend_from_slice(v.as_bytes());
+                }
+                None => *slot = None,
+            };
+            keep(&mut self.model, rec.model.as_deref());
+            keep(&mut self.deployment, rec.deployment.as_deref());
+            self.text.clear();
+            opt_str(&mut self.text, k!("key_id"), rec.key_id.as_deref());
+            opt_str(&mut self.text, k!("team"), rec.team.as_deref());
+            opt_str(&mut self.text, k!("model"), rec.model.as_deref());
+            opt_str(&mut self.text, k!("deployment"), rec.deployment.as_deref());
+            if self.text.capacity() > 4096 {
+                // A huge model name does not keep its buffers: the next line starts over.
+                *self = Who::default();
+                opt_str(out, k!("key_id"), rec.key_id.as_deref());
+                opt_str(out, k!("team"), rec.team.as_deref());
+                opt_str(out, k!("model"), rec.model.as_deref());
+                opt_str(out, k!("deployment"), rec.deployment.as_deref());
+                return;
+            }
+        }
+        out.extend_from_slice(&self.text);
+    }
 }
 
 /// Formats `rec` as one JSON line stamped `unix_us` and passes it to `write` (a whole line,
@@ -126,10 +185,7 @@ fn format(rec: &AccessRecord, unix_us: u64, out: &mut Vec<u8>) {
     }
     str_field(out, k!("method"), &rec.method);
     str_field(out, k!("path"), &rec.path);
-    opt_str(out, k!("key_id"), rec.key_id.as_deref());
-    opt_str(out, k!("team"), rec.team.as_deref());
-    opt_str(out, k!("model"), rec.model.as_deref());
-    opt_str(out, k!("deployment"), rec.deployment.as_deref());
+    WHO.with_borrow_mut(|who| who.write(rec, out));
     // The model the upstream named, only when it is not the deployment's own (`provider/model`).
     if let Some(answered) = rec.response_model.as_deref() {
         let configured = rec.deployment.as_deref().and_then(|d| d.split_once('/'));
@@ -422,17 +478,20 @@ fn json_str_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
 fn dirty(w: [u8; 8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Whether any byte of `x` is zero (exact for "any").
-    const fn has_zero(x: u64) -> bool {
-        x.wrapping_sub(ONES) & !x & HIGHS != 0
+    // A zero byte in `x` sets the high bit of some byte of this (exact for "any").
+    const fn zero(x: u64) -> u64 {
+        x.wrapping_sub(ONES) & !x
     }
     let x = u64::from_ne_bytes(w);
-    // A byte below 0x20: (x - 0x20 per byte) & !x has its high bit set (exact for "any").
-    let control = x.wrapping_sub(0x20 * ONES) & !x & HIGHS != 0;
-    control
-        || has_zero(x ^ (u64::from(b'"') * ONES))
-        || has_zero(x ^ (u64::from(b'\\') * ONES))
-        || has_zero(x ^ (0x7f * ONES))
+    // A byte below 0x20: (x - 0x20 per byte) & !x has a high bit set (exact for "any").
+    let control = x.wrapping_sub(0x20 * ONES) & !x;
+    // The four tests' high bits together, tested once (no branch per test).
+    (control
+        | zero(x ^ (u64::from(b'"') * ONES))
+        | zero(x ^ (u64::from(b'\\') * ONES))
+        | zero(x ^ (0x7f * ONES)))
+        & HIGHS
+        != 0
 }
 
 /// RFC 3339 in UTC with microseconds, as `tracing-subscriber` writes it.
@@ -475,295 +534,5 @@ fn date_time(secs: u64, out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::telemetry::log::Attempt;
-    use sluice_core::usage::Usage;
-
-    fn line(rec: &AccessRecord) -> serde_json::Value {
-        let mut text = Vec::new();
-        with_line(rec, 1_765_024_496_123_456, |l| text.extend_from_slice(l));
-        assert_eq!(text.last(), Some(&b'\n'));
-        assert_eq!(text.iter().filter(|&&b| b == b'\n').count(), 1);
-        serde_json::from_slice(&text).unwrap()
-    }
-
-    #[test]
-    fn a_full_record_reads_back_field_for_field() {
-        let rec = AccessRecord {
-            request_id: "req_\"1\"\\\n\u{1}é".into(),
-            method: "POST".into(),
-            path: "/v1/chat/completions".into(),
-            key_id: Some("key_1".into()),
-            team: Some("t".into()),
-            model: Some("m".into()),
-            deployment: Some("p/m".into()),
-            status: 200,
-            stream: true,
-            usage: Some(Usage {
-                input_tokens: 11,
-                output_tokens: 3,
-                cached_tokens: 1,
-                reasoning_tokens: 2,
-                estimated: false,
-                ..Usage::default()
-            }),
-            cost_micros: Some(125),
-            ttfb_us: Some(1500),
-            total_us: 2250,
-            upstream_us: Some(2000),
-            bytes_in: 10,
-            bytes_out: 20,
-            upstream_reused: Some(true),
-            error: Some("timeout".into()),
-            attempts: vec![Attempt {
-                deployment: "p/m".into(),
-                provider: 0,
-                span_id: None,
-                start_us: 1,
-                end_us: 2,
-                status: 200,
-                error: None,
-                response_model: None,
-            }],
-            client_cancelled: false,
-            cache: Some("hit"),
-            saved_micros: Some(250),
-            trace: Some(crate::telemetry::context::RequestTrace {
-                trace_id: [0x4b, 0xf9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x47, 0x36],
-                span_id: [0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
-                parent: None,
-            }),
-            ..AccessRecord::default()
-        };
-        let v = line(&rec);
-        assert_eq!(v["timestamp"], "2025-12-06T12:34:56.123456Z");
-        assert_eq!(v["level"], "INFO");
-        assert_eq!(v["message"], "request");
-        assert_eq!(v["target"], "sluice::access");
-        assert_eq!(v["request_id"], "req_\"1\"\\\n\u{1}é");
-        assert_eq!(v["trace_id"], "4bf90000000000000000000000004736");
-        assert_eq!(v["span_id"], "00f067aa0ba902b7");
-        assert_eq!(v["status"], 200);
-        assert_eq!(v["stream"], true);
-        assert_eq!(v["input_tokens"], 11);
-        assert_eq!(v["reasoning_tokens"], 2);
-        assert_eq!(v["tokens_estimated"], false);
-        assert_eq!(v["cost_usd"].as_f64(), Some(0.000125));
-        assert_eq!(v["ttfb_ms"].as_f64(), Some(1.5));
-        assert_eq!(v["total_ms"].as_f64(), Some(2.25));
-        assert_eq!(v["overhead_ms"].as_f64(), Some(0.25));
-        assert_eq!(v["upstream_reused"], true);
-        assert_eq!(v["error"], "timeout");
-        assert_eq!(v["attempts"][0]["deployment"], "p/m");
-        assert_eq!(v["attempts"][0]["end_us"], 2);
-        assert_eq!(v["client_cancelled"], false);
-        assert_eq!(v["cache"], "hit");
-        assert_eq!(v["saved_usd"].as_f64(), Some(0.00025));
-        assert!(v.get("response_model").is_none(), "{v}");
-    }
-
-    #[test]
-    fn scaled_numbers_are_the_text_of_the_float_they_stand_for() {
-        let mut rng = fastrand::Rng::with_seed(15);
-        let random = (0..50_000).map(|_| {
-            let digits = rng.u32(1..=15);
-            rng.u64(..10u64.pow(digits))
-        });
-        let edges = [
-            EXACT_BELOW - 1,
-            EXACT_BELOW,
-            EXACT_BELOW + 7,
-            u64::MAX,
-            1 << 53,
-        ];
-        for v in (0..30_000).chain(random).chain(edges) {
-            for scale in [3, 6] {
-                let (mut ours, mut float) = (Vec::new(), Vec::new());
-                if scale == 3 {
-                    scaled_field::<3>(&mut ours, k!("x"), v);
-                } else {
-                    scaled_field::<6>(&mut ours, k!("x"), v);
-                }
-                float_field(&mut float, k!("x"), v as f64 / 10u64.pow(scale) as f64);
-                assert_eq!(
-                    String::from_utf8_lossy(&ours),
-                    String::from_utf8_lossy(&float),
-                    "{v} / 10^{scale}"
-                );
-            }
-        }
-        let mut out = Vec::new();
-        digits(&mut out, 42, 4);
-        digits(&mut out, u64::MAX, 1);
-        assert_eq!(out, b"004218446744073709551615");
-    }
-
-    #[test]
-    fn attempts_read_as_serde_json_writes_them() {
-        let attempt = |deployment: &str, status, error| Attempt {
-            deployment: deployment.into(),
-            provider: 0,
-            span_id: None,
-            start_us: 12,
-            end_us: 3_456_789,
-            status,
-            error,
-            response_model: None,
-        };
-        let lists = [
-            vec![attempt("openai/gpt-4o", 200, None)],
-            vec![
-                attempt("a/b", 0, Some("connect")),
-                attempt("we\"ird\\na\nme\u{1}\u{7f}é", 503, Some("status")),
-                attempt("", u16::MAX, Some("odd \"label\"\n")),
-            ],
-        ];
-        for list in lists {
-            let mut got = Vec::new();
-            attempts(&mut got, &list);
-            let text = String::from_utf8(got).unwrap();
-            // The same value; the same text but for DEL, which `json_str` escapes too.
-            let want = serde_json::to_string(&list).unwrap();
-            assert_eq!(text.replace("\\u007f", "\u{7f}"), want);
-            assert_eq!(
-                serde_json::from_str::<serde_json::Value>(&text).unwrap(),
-                serde_json::to_value(&list).unwrap()
-            );
-        }
-    }
-
-    #[test]
-    fn strings_escape_as_serde_json_escapes_them_wherever_the_byte_is() {
-        let mut out = Vec::new();
-        for c in (0u32..0x100).filter_map(char::from_u32).chain(['€', '😀']) {
-            for at in 0..20 {
-                let value: String = (0..at)
-                    .map(|_| 'a')
-                    .chain([c])
-                    .chain("bcdefghij".chars())
-                    .collect();
-                out.clear();
-                json_str(&mut out, &value);
-                let text = String::from_utf8(out.clone()).unwrap();
-                // The text serde_json writes, except DEL, which this escapes as well.
-                if c != '\u{7f}' {
-                    assert_eq!(text, serde_json::to_string(&value).unwrap(), "{value:?}");
-                }
-                assert_eq!(serde_json::from_str::<String>(&text).unwrap(), value);
-            }
-        }
-    }
-
-    /// Short strings, part words and a byte to escape at every place, after other text.
-    #[test]
-    fn strings_of_any_length_escape_after_what_is_written() {
-        let mut out = Vec::new();
-        for len in 0..26 {
-            for at in 0..=len {
-                for c in ['"', '\\', '\n', '\u{1}', '\u{7f}', 'é', 'a'] {
-                    let value: String = (0..len).map(|i| if i == at { c } else { 'x' }).collect();
-                    out.clear();
-                    out.extend_from_slice(b"{\"k\":");
-                    json_str(&mut out, &value);
-                    let text = String::from_utf8(out.clone()).unwrap();
-                    let want = serde_json::to_string(&value)
-                        .unwrap()
-                        .replace('\u{7f}', "\\u007f");
-                    assert_eq!(text, format!("{{\"k\":{want}"), "{value:?}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn digits_pad_and_count_as_format_does() {
-        let mut out = Vec::new();
-        for v in [
-            0,
-            1,
-            9,
-            10,
-            99,
-            100,
-            101,
-            999,
-            1000,
-            123_456,
-            1_000_000,
-            u64::MAX,
-        ] {
-            for width in 1..=20 {
-                out.clear();
-                digits(&mut out, v, width);
-                assert_eq!(
-                    String::from_utf8(out.clone()).unwrap(),
-                    format!("{v:0width$}")
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn timestamps_as_tracing_writes_them() {
-        for (us, text) in [
-            (1_765_024_496_999_999, "2025-12-06T12:34:56.999999Z"),
-            (1_765_024_497_000_000, "2025-12-06T12:34:57.000000Z"),
-            (1_765_024_497_000_001, "2025-12-06T12:34:57.000001Z"),
-            (1_765_024_496_000_001, "2025-12-06T12:34:56.000001Z"),
-            (0, "1970-01-01T00:00:00.000000Z"),
-            (1_765_024_496_123_456, "2025-12-06T12:34:56.123456Z"),
-            (951_782_400_000_001, "2000-02-29T00:00:00.000001Z"),
-            (4_102_444_799_999_999, "2099-12-31T23:59:59.999999Z"),
-        ] {
-            let mut out = Vec::new();
-            timestamp(us, &mut out);
-            assert_eq!(String::from_utf8_lossy(&out), text);
-        }
-    }
-
-    #[test]
-    fn response_model_only_when_it_differs_from_the_deployment() {
-        let rec = |answered: &str| AccessRecord {
-            deployment: Some("p/gpt-4o".into()),
-            response_model: Some(answered.into()),
-            ..AccessRecord::default()
-        };
-        assert!(line(&rec("gpt-4o")).get("response_model").is_none());
-        assert_eq!(
-            line(&rec("gpt-4o-2024-08-06"))["response_model"],
-            "gpt-4o-2024-08-06"
-        );
-    }
-
-    #[test]
-    fn fields_without_a_value_are_left_out() {
-        let v = line(&AccessRecord {
-            request_id: "r".into(),
-            method: "GET".into(),
-            path: "/".into(),
-            status: 404,
-            ..AccessRecord::default()
-        });
-        for absent in [
-            "key_id",
-            "team",
-            "model",
-            "deployment",
-            "input_tokens",
-            "cost_usd",
-            "ttfb_ms",
-            "overhead_ms",
-            "upstream_reused",
-            "error",
-            "attempts",
-            "cache",
-            "saved_usd",
-            "trace_id",
-            "span_id",
-        ] {
-            assert!(v.get(absent).is_none(), "{absent} in {v}");
-        }
-        assert_eq!(v["total_ms"].as_f64(), Some(0.0));
-    }
-}
+#[path = "access_line_tests.rs"]
+mod tests;

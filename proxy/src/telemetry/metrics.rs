@@ -22,10 +22,11 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sluice_core::config::Config;
 
+use crate::telemetry::histograms::{self, LocalHistogram};
 use crate::telemetry::log::AccessRecord;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -45,6 +46,16 @@ const TOKEN_BUCKETS: [f64; 14] = [
     1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
     16777216.0, 67108864.0,
 ];
+
+/// The buckets of histogram `name`, as [`install`] sets them for the exporter's (an exact
+/// name first, then the `_seconds` suffix).
+fn buckets_for(name: &str) -> &'static [f64] {
+    match name {
+        "sluice_gateway_overhead_seconds" => &OVERHEAD_BUCKETS,
+        "gen_ai_client_token_usage" => &TOKEN_BUCKETS,
+        _ => &LATENCY_BUCKETS,
+    }
+}
 
 /// Installs the global recorder once; later calls return the same handle.
 pub fn install() -> &'static PrometheusHandle {
@@ -84,6 +95,7 @@ pub fn render() -> String {
     metrics::counter!("sluice_trace_spans_dropped_total")
         .absolute(spans(&crate::telemetry::trace::DROPPED_SPANS));
     let mut text = handle.render();
+    histograms::render(&mut text);
     crate::telemetry::process::render(&mut text);
     text
 }
@@ -136,7 +148,7 @@ fn describe_cache() {
 
 // Longer than ~100 lines on purpose: a flat list, one description per metric family.
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use metrics::{describe_counter, describe_gauge, Unit};
     describe_cache();
     describe_gauge!(
         "sluice_store_up",
@@ -162,27 +174,23 @@ fn describe() {
         "sluice_requests_total",
         "Requests answered, by model group, deployment, provider, status class and stream."
     );
-    describe_histogram!(
+    histograms::describe(
         "sluice_request_duration_seconds",
-        Unit::Seconds,
-        "Time from the request head to the end of the response."
+        "Time from the request head to the end of the response.",
     );
-    describe_histogram!(
+    histograms::describe(
         "gen_ai_server_time_to_first_token_seconds",
-        Unit::Seconds,
-        "Time from the request head to the first byte of the upstream's answer body."
+        "Time from the request head to the first byte of the upstream's answer body.",
     );
-    describe_histogram!(
+    histograms::describe(
         "gen_ai_server_time_per_output_token_seconds",
-        Unit::Seconds,
-        "Streaming: time after the first token divided by the remaining output tokens."
+        "Streaming: time after the first token divided by the remaining output tokens.",
     );
-    describe_histogram!(
+    histograms::describe(
         "sluice_gateway_overhead_seconds",
-        Unit::Seconds,
-        "Time spent in Sluice, excluding waiting on the upstream."
+        "Time spent in Sluice, excluding waiting on the upstream.",
     );
-    describe_histogram!(
+    histograms::describe(
         "gen_ai_client_token_usage",
         "Tokens per request by gen_ai_token_type (input, output), operation, provider and requested model."
     );
@@ -258,9 +266,8 @@ fn describe() {
         "sluice_log_lines_dropped_total",
         "Log lines dropped because the writer fell behind."
     );
-    describe_histogram!(
+    histograms::describe(
         "gen_ai_client_operation_duration_seconds",
-        Unit::Seconds,
         "GenAI operation duration: request head to the end of the response, by operation, provider and requested model."
     );
     describe_counter!(
@@ -339,13 +346,13 @@ struct RequestHandles {
     /// Made on the first request whose model has no price, so priced models show no series.
     unpriced: Option<Counter>,
     requests: Counter,
-    duration: Histogram,
-    operation_duration: Histogram,
-    ttft: Histogram,
-    tpot: Histogram,
-    overhead: Histogram,
-    usage_input: Histogram,
-    usage_output: Histogram,
+    duration: LocalHistogram,
+    operation_duration: LocalHistogram,
+    ttft: LocalHistogram,
+    tpot: LocalHistogram,
+    overhead: LocalHistogram,
+    usage_input: LocalHistogram,
+    usage_output: LocalHistogram,
     tokens: [Counter; 4],
 }
 
@@ -689,6 +696,14 @@ impl RequestHandles {
         };
         let stream = if key.stream { "true" } else { "false" };
         let tokens = |kind: &'static str| metrics::counter!("sluice_tokens_total", "model" => model.clone(), "gen_ai_token_type" => kind);
+        let gen_ai = [
+            ("gen_ai_operation_name", op),
+            ("gen_ai_provider_name", gen_ai_provider),
+            ("gen_ai_request_model", model.as_str()),
+        ];
+        let hist = |name: &'static str, labels: &[(&str, &str)]| {
+            LocalHistogram::new(name, buckets_for(name), labels)
+        };
         RequestHandles {
             model: model.clone(),
             unpriced: None,
@@ -700,13 +715,32 @@ impl RequestHandles {
                 "status_class" => status_class,
                 "stream" => stream
             ),
-            duration: metrics::histogram!("sluice_request_duration_seconds", "model" => model.clone(), "stream" => stream),
-            operation_duration: metrics::histogram!("gen_ai_client_operation_duration_seconds", "gen_ai_operation_name" => op, "gen_ai_provider_name" => gen_ai_provider, "gen_ai_request_model" => model.clone()),
-            ttft: metrics::histogram!("gen_ai_server_time_to_first_token_seconds", "gen_ai_operation_name" => op, "gen_ai_provider_name" => gen_ai_provider, "gen_ai_request_model" => model.clone()),
-            tpot: metrics::histogram!("gen_ai_server_time_per_output_token_seconds", "gen_ai_operation_name" => op, "gen_ai_provider_name" => gen_ai_provider, "gen_ai_request_model" => model.clone()),
-            overhead: metrics::histogram!("sluice_gateway_overhead_seconds", "model" => model.clone()),
-            usage_input: metrics::histogram!("gen_ai_client_token_usage", "gen_ai_operation_name" => op, "gen_ai_provider_name" => gen_ai_provider, "gen_ai_request_model" => model.clone(), "gen_ai_token_type" => "input"),
-            usage_output: metrics::histogram!("gen_ai_client_token_usage", "gen_ai_operation_name" => op, "gen_ai_provider_name" => gen_ai_provider, "gen_ai_request_model" => model.clone(), "gen_ai_token_type" => "output"),
+            duration: hist(
+                "sluice_request_duration_seconds",
+                &[("model", &model), ("stream", stream)],
+            ),
+            operation_duration: hist("gen_ai_client_operation_duration_seconds", &gen_ai),
+            ttft: hist("gen_ai_server_time_to_first_token_seconds", &gen_ai),
+            tpot: hist("gen_ai_server_time_per_output_token_seconds", &gen_ai),
+            overhead: hist("sluice_gateway_overhead_seconds", &[("model", &model)]),
+            usage_input: hist(
+                "gen_ai_client_token_usage",
+                &[
+                    gen_ai[0],
+                    gen_ai[1],
+                    gen_ai[2],
+                    ("gen_ai_token_type", "input"),
+                ],
+            ),
+            usage_output: hist(
+                "gen_ai_client_token_usage",
+                &[
+                    gen_ai[0],
+                    gen_ai[1],
+                    gen_ai[2],
+                    ("gen_ai_token_type", "output"),
+                ],
+            ),
             tokens: [
                 tokens("input"),
                 tokens("output"),

@@ -3,6 +3,7 @@
 
 pub mod access_line;
 pub mod context;
+pub mod histograms;
 pub mod log;
 pub mod log_writer;
 pub mod metrics;
