@@ -25,7 +25,7 @@ fn record(i: u64, ts_ms: u64) -> UsageRecord {
     UsageRecord {
         request_id: format!("r{i}"),
         ts_ms,
-        key_id: Some(Arc::from(if i % 3 == 0 { "k0" } else { "k1" })),
+        key_id: Some(Arc::from(if i.is_multiple_of(3) { "k0" } else { "k1" })),
         team: None,
         model: Arc::from("m"),
         deployment: None,
