@@ -13,11 +13,12 @@ use rusqlite::{params, Connection};
 use sluice_core::keys::{KeyRecord, Limits, TeamRecord};
 
 mod insert;
+pub(super) mod listing;
 #[cfg(test)]
 mod span_tests;
 
 use super::migrate::{self, Migration, Schema};
-use super::rows::{self, KEY_COLUMNS, TEAM_COLUMNS, USAGE_COLUMNS};
+use super::rows::{self, KEY_COLUMNS, TEAM_COLUMNS};
 use super::{
     int, uint, AuditRecord, Backend, Result, Scope, SpendGroup, SpendRow, StoreError, UsageRecord,
     LIMIT_COLUMNS,
@@ -127,7 +128,9 @@ DROP INDEX IF EXISTS ledger_team_ts;
         // insert per row). A span is one batch's rows (`seq` from `first_seq` to `last_seq`,
         // one transaction's, so no two spans share a row) and the lowest and highest `ts_ms`
         // among them; a time range is read through the spans that overlap it ([`SPANS`]).
-        // Rows written before this version get one span per 1,024 `seq`s.
+        // `ledger_span_start` is the usage listing's walk in time order (`listing`), which
+        // stops after the rows it needs. Rows written before this version get one span per
+        // 1,024 `seq`s.
         sql: r#"
 CREATE TABLE ledger_span (
     first_seq INTEGER PRIMARY KEY,
@@ -136,6 +139,7 @@ CREATE TABLE ledger_span (
     max_ts INTEGER NOT NULL
 );
 CREATE INDEX ledger_span_max_ts ON ledger_span(max_ts);
+CREATE INDEX ledger_span_start ON ledger_span(min_ts, first_seq, max_ts, last_seq);
 INSERT INTO ledger_span (first_seq, last_seq, min_ts, max_ts)
     SELECT MIN(seq), MAX(seq), MIN(ts_ms), MAX(ts_ms) FROM ledger GROUP BY seq / 1024;
 DROP INDEX IF EXISTS ledger_ts;
@@ -337,12 +341,6 @@ pub(super) fn spend_by_sql(group: SpendGroup) -> String {
     let column = rows::spend_group(group, "CAST(ts_ms / 86400000 AS TEXT)");
     let select = rows::spend_select(column, |c| format!("SUM({c})"));
     format!("SELECT {select} FROM {SPANS} GROUP BY 1 ORDER BY 7 DESC, 1")
-}
-
-/// The ledger listing's query: rows in `?1 <= ts_ms < ?2` (through the spans, [`SPANS`]), at
-/// most `?3`.
-pub(super) fn ledger_sql() -> String {
-    format!("SELECT {USAGE_COLUMNS} FROM {SPANS} ORDER BY ts_ms, seq LIMIT ?3")
 }
 
 /// Retention's deletes, in one transaction: the rows of `ts_ms < ?1` (found through the spans
@@ -554,8 +552,7 @@ impl Backend for Sqlite {
     }
 
     fn ledger(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<UsageRecord>> {
-        let args = params![int(from_ms), int(to_ms), int(limit as u64)];
-        self.read(&ledger_sql(), args, |r| rows::usage(r))
+        Ok(listing::ledger(&self.conn, from_ms, to_ms, limit)?.records)
     }
 
     fn ledger_count(&self) -> Result<u64> {
