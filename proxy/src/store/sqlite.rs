@@ -552,7 +552,9 @@ impl Backend for Sqlite {
     }
 
     fn ledger(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<UsageRecord>> {
-        Ok(listing::ledger(&self.conn, from_ms, to_ms, limit)?.records)
+        let listing = listing::ledger(&self.conn, from_ms, to_ms, limit)?;
+        tracing::trace!(rows = listing.rows_visited, "ledger listing: rows read");
+        Ok(listing.records)
     }
 
     fn ledger_count(&self) -> Result<u64> {
