@@ -757,3 +757,21 @@ fn a_new_database_file_gets_8_kib_pages_and_an_old_one_keeps_its_own() {
     assert_eq!(page_size(&old), 4_096);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn records_after_a_commit_are_committed_by_the_watch_and_an_idle_writer_still_wakes() {
+    // After a batch the writer watches its channel unwoken until the next deadline: what
+    // comes then commits without a flush, and once a watch finds nothing the next record
+    // wakes the writer again.
+    let (tx, handle, rows) = flaky_writer(0);
+    for i in 0..3 {
+        if i == 2 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        tx.record(record(i)).unwrap();
+        assert!(wait_until(|| tx.committed() == i + 1), "record {i}");
+    }
+    assert_eq!(rows.lock().unwrap().len(), 3);
+    drop(tx);
+    assert_eq!(handle.join().lost, 0);
+}
