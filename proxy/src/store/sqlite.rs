@@ -13,9 +13,12 @@ use rusqlite::{params, Connection};
 use sluice_core::keys::{KeyRecord, Limits, TeamRecord};
 
 mod insert;
+pub(super) mod listing;
+#[cfg(test)]
+mod span_tests;
 
 use super::migrate::{self, Migration, Schema};
-use super::rows::{self, KEY_COLUMNS, TEAM_COLUMNS, USAGE_COLUMNS};
+use super::rows::{self, KEY_COLUMNS, TEAM_COLUMNS};
 use super::{
     int, uint, AuditRecord, Backend, Result, Scope, SpendGroup, SpendRow, StoreError, UsageRecord,
     LIMIT_COLUMNS,
@@ -118,10 +121,42 @@ DROP INDEX IF EXISTS ledger_key_ts;
 DROP INDEX IF EXISTS ledger_team_ts;
 "#,
     },
+    Migration {
+        version: 5,
+        name: "ledger: time ranges per batch instead of the ts_ms index",
+        // `ledger_ts` was a fifth of the ledger writer's instructions per row (a B-tree
+        // insert per row). A span is one batch's rows (`seq` from `first_seq` to `last_seq`,
+        // one transaction's, so no two spans share a row) and the lowest and highest `ts_ms`
+        // among them; a time range is read through the spans that overlap it ([`SPANS`]).
+        // `ledger_span_start` is the usage listing's walk in time order (`listing`), which
+        // stops after the rows it needs. Rows written before this version get one span per
+        // 1,024 `seq`s.
+        sql: r#"
+CREATE TABLE ledger_span (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    min_ts INTEGER NOT NULL,
+    max_ts INTEGER NOT NULL
+);
+CREATE INDEX ledger_span_max_ts ON ledger_span(max_ts);
+CREATE INDEX ledger_span_start ON ledger_span(min_ts, first_seq, max_ts, last_seq);
+INSERT INTO ledger_span (first_seq, last_seq, min_ts, max_ts)
+    SELECT MIN(seq), MAX(seq), MIN(ts_ms), MAX(ts_ms) FROM ledger GROUP BY seq / 1024;
+DROP INDEX IF EXISTS ledger_ts;
+"#,
+    },
 ];
 
 /// The page size of a new database file (SQLite's default is 4 KiB).
 pub(super) const PAGE_SIZE: i64 = 8_192;
+
+/// The ledger rows of a time range `?1 <= ts_ms < ?2`, read through the per-batch spans
+/// (migration 5) that overlap it: the spans first (`CROSS JOIN` keeps that order), then each
+/// one's `seq` range of the table. Every row lies in exactly one span whose `min_ts..=max_ts`
+/// holds its `ts_ms`, so this selects the rows the plain time condition selects.
+pub(super) const SPANS: &str = "ledger_span s CROSS JOIN ledger \
+     WHERE s.max_ts >= ?1 AND s.min_ts < ?2 \
+     AND seq >= s.first_seq AND seq <= s.last_seq AND ts_ms >= ?1 AND ts_ms < ?2";
 
 /// A connection's schema for [`migrate::migrate`]: the version is `PRAGMA user_version`,
 /// which SQLite changes inside the transaction like any other write.
@@ -300,24 +335,30 @@ impl Sqlite {
     }
 }
 
-/// The spend report's query: ledger rows in `?1 <= ts_ms < ?2` (read through `ledger_ts`),
-/// grouped by `group`.
+/// The spend report's query: ledger rows in `?1 <= ts_ms < ?2` (read through the spans,
+/// [`SPANS`]), grouped by `group`.
 pub(super) fn spend_by_sql(group: SpendGroup) -> String {
     let column = rows::spend_group(group, "CAST(ts_ms / 86400000 AS TEXT)");
     let select = rows::spend_select(column, |c| format!("SUM({c})"));
-    format!(
-        "SELECT {select} FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 \
-         GROUP BY 1 ORDER BY 7 DESC, 1"
-    )
+    format!("SELECT {select} FROM {SPANS} GROUP BY 1 ORDER BY 7 DESC, 1")
 }
 
-/// The ledger listing's query: rows in `?1 <= ts_ms < ?2` (through `ledger_ts`), at most `?3`.
-pub(super) fn ledger_sql() -> String {
-    format!(
-        "SELECT {USAGE_COLUMNS} FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 \
-         ORDER BY ts_ms, seq LIMIT ?3"
-    )
-}
+/// Retention's deletes, in one transaction: the rows of `ts_ms < ?1` (found through the spans
+/// that reach below it), the spans left empty, and the other spans' lower bound raised to
+/// `?1` (their rows below it are gone). The first statement's count is the rows removed.
+/// Then [`CLIP_SPANS`].
+const DELETE_BEFORE: [&str; 3] = [
+    "DELETE FROM ledger WHERE seq IN (SELECT seq FROM ledger_span s CROSS JOIN ledger \
+     WHERE s.min_ts < ?1 AND seq >= s.first_seq AND seq <= s.last_seq AND ts_ms < ?1)",
+    "DELETE FROM ledger_span WHERE max_ts < ?1",
+    "UPDATE ledger_span SET min_ts = ?1 WHERE min_ts < ?1",
+];
+
+/// After retention removed the newest rows (old records replayed last), SQLite gives their
+/// `seq`s to the next rows again: the last span must end at the highest `seq` left, or it
+/// would claim rows of the next batch (read twice then).
+const CLIP_SPANS: &str = "UPDATE ledger_span SET last_seq = (SELECT MAX(seq) FROM ledger) \
+     WHERE last_seq > (SELECT MAX(seq) FROM ledger)";
 
 impl Backend for Sqlite {
     fn location(&self) -> String {
@@ -511,8 +552,9 @@ impl Backend for Sqlite {
     }
 
     fn ledger(&self, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<UsageRecord>> {
-        let args = params![int(from_ms), int(to_ms), int(limit as u64)];
-        self.read(&ledger_sql(), args, |r| rows::usage(r))
+        let listing = listing::ledger(&self.conn, from_ms, to_ms, limit)?;
+        tracing::trace!(rows = listing.rows_visited, "ledger listing: rows read");
+        Ok(listing.records)
     }
 
     fn ledger_count(&self) -> Result<u64> {
@@ -523,9 +565,16 @@ impl Backend for Sqlite {
     }
 
     fn delete_ledger_before(&self, ts_ms: u64) -> Result<u64> {
-        let n = self
-            .conn
-            .execute("DELETE FROM ledger WHERE ts_ms < ?1", [int(ts_ms)])?;
+        let tx = self.conn.unchecked_transaction()?;
+        let mut n = 0;
+        for (i, sql) in DELETE_BEFORE.iter().enumerate() {
+            let changed = tx.execute(sql, [int(ts_ms)])?;
+            if i == 0 {
+                n = changed;
+            }
+        }
+        tx.execute(CLIP_SPANS, [])?;
+        tx.commit()?;
         Ok(n as u64)
     }
 

@@ -15,7 +15,8 @@ use sluice_core::usage::Usage;
 
 use super::ledger::RELEASE_AFTER_IDLE;
 use super::migrate::{check_list, latest, migrate, Migration};
-use super::sqlite::{ledger_sql, spend_by_sql, SqliteSchema, MIGRATIONS};
+use super::sqlite::listing::SPANS_BY_START;
+use super::sqlite::{spend_by_sql, SqliteSchema, MIGRATIONS};
 use super::{
     AuditRecord, Backend, LedgerHandle, LedgerSender, LedgerWriter, Result, Scope, SpendGroup,
     SpendRow, StoreError, UsageRecord, WriterOptions, WriterReport,
@@ -264,9 +265,10 @@ fn plan(conn: &Connection, sql: &str) -> String {
 }
 
 #[test]
-fn ledger_reads_use_the_time_index_the_schema_keeps() {
-    // Version 4 dropped the per-key and per-team indexes: every ledger read goes through
-    // `ledger_ts`, however it groups.
+fn ledger_reads_go_through_the_spans_and_the_table_keeps_no_index() {
+    // Version 4 dropped the per-key and per-team indexes, version 5 `ledger_ts`: every ledger
+    // read finds the batches' spans that overlap its range, then reads their `seq` ranges,
+    // however it groups.
     let conn = Connection::open_in_memory().unwrap();
     migrate(&mut SqliteSchema(&conn), MIGRATIONS).unwrap();
     let groups = [
@@ -276,14 +278,21 @@ fn ledger_reads_use_the_time_index_the_schema_keeps() {
         SpendGroup::Deployment,
         SpendGroup::Day,
     ];
-    let queries = groups.map(spend_by_sql).into_iter().chain([ledger_sql()]);
-    for sql in queries {
+    for sql in groups.map(spend_by_sql) {
         let p = plan(&conn, &sql);
         assert!(
-            p.contains("USING INDEX ledger_ts (ts_ms>? AND ts_ms<?)"),
+            p.contains("SEARCH s USING ")
+                && p.contains("SEARCH ledger USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
             "{sql}: {p}"
         );
     }
+    // The listing walks the spans in time order from the index alone, with no sort to wait
+    // for (it stops early), then reads a span's rows by `seq`.
+    let p = plan(&conn, SPANS_BY_START);
+    assert!(
+        p.contains("USING COVERING INDEX ledger_span_start (min_ts<?)") && !p.contains("TEMP"),
+        "{p}"
+    );
     let indexes: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger'")
         .unwrap()
@@ -291,7 +300,7 @@ fn ledger_reads_use_the_time_index_the_schema_keeps() {
         .unwrap()
         .map(|n| n.unwrap())
         .collect();
-    assert_eq!(indexes, ["ledger_ts"]);
+    assert!(indexes.is_empty(), "{indexes:?}");
 }
 
 /// A backend for the writer alone: `insert_usage` fails while `fails_left` > 0, then keeps
@@ -747,4 +756,22 @@ fn a_new_database_file_gets_8_kib_pages_and_an_old_one_keeps_its_own() {
     drop(super::sqlite::Sqlite::open(&old, false).unwrap());
     assert_eq!(page_size(&old), 4_096);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn records_after_a_commit_are_committed_by_the_watch_and_an_idle_writer_still_wakes() {
+    // After a batch the writer watches its channel unwoken until the next deadline: what
+    // comes then commits without a flush, and once a watch finds nothing the next record
+    // wakes the writer again.
+    let (tx, handle, rows) = flaky_writer(0);
+    for i in 0..3 {
+        if i == 2 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        tx.record(record(i)).unwrap();
+        assert!(wait_until(|| tx.committed() == i + 1), "record {i}");
+    }
+    assert_eq!(rows.lock().unwrap().len(), 3);
+    drop(tx);
+    assert_eq!(handle.join().lost, 0);
 }

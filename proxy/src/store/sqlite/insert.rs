@@ -223,6 +223,7 @@ fn write_usage(conn: &Connection, batch: &[UsageRecord]) -> Result<()> {
             rest = tail;
         }
     }
+    add_span(conn, batch)?;
     let mut upsert = conn.prepare_cached(
         "INSERT INTO spend (scope, id, day_start, micros) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (scope, id, day_start) DO UPDATE SET micros = micros + excluded.micros",
@@ -230,6 +231,29 @@ fn write_usage(conn: &Connection, batch: &[UsageRecord]) -> Result<()> {
     for ((scope, id, day), micros) in spend_by_day(batch) {
         upsert.execute(params![scope.as_str(), id, int(day), int(micros)])?;
     }
+    Ok(())
+}
+
+/// Records the span of the rows just inserted (`ledger_span`, migration 5): their `seq`
+/// range and their lowest and highest `ts_ms`, what the time-range reads go through.
+///
+/// The rows' `seq`s are the last `batch.len()` rowids up to `last_insert_rowid`: `seq` is an
+/// `INTEGER PRIMARY KEY` without `AUTOINCREMENT`, so each new row takes the highest rowid
+/// plus one (SQLite picks another only once `i64::MAX` is taken), and this transaction is
+/// the only writer.
+fn add_span(conn: &Connection, batch: &[UsageRecord]) -> Result<()> {
+    let (Some(lo), Some(hi)) = (
+        batch.iter().map(|r| r.ts_ms).min(),
+        batch.iter().map(|r| r.ts_ms).max(),
+    ) else {
+        return Ok(());
+    };
+    let last = conn.last_insert_rowid();
+    let first = last - (batch.len() as i64 - 1);
+    conn.prepare_cached(
+        "INSERT INTO ledger_span (first_seq, last_seq, min_ts, max_ts) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![first, last, int(lo), int(hi)])?;
     Ok(())
 }
 
