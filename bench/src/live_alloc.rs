@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use mimalloc::MiMalloc;
+use sluice_proxy::alloc::Mimalloc as MiMalloc;
 
 /// Exact buckets (8-byte steps) up to this size; log2 buckets above it.
 const EXACT_MAX: usize = 32 * 1024;

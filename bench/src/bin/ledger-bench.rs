@@ -32,7 +32,7 @@ use sluice_proxy::store::{Backend, LedgerWriter, UsageRecord, WriterOptions};
 
 // The gateway's allocator, so the writer's allocations cost what they cost in `sluice`.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: sluice_proxy::alloc::Mimalloc = sluice_proxy::alloc::Mimalloc;
 
 /// Record `i` of the run: what `settle` hands the ledger for a 1 KB chat request through
 /// `sluice_full`'s key, at ~42k requests a second from a fixed start (deterministic).
