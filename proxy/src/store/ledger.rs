@@ -583,13 +583,8 @@ fn run_writer(backend: &dyn Backend, rx: Receiver<Msg>, opts: WriterOptions, c: 
             }
             Err(RecvTimeoutError::Disconnected) => true,
         };
-        let streaming = !batch.is_empty() && !closed;
         w.commit_or_queue(&mut batch);
-        // After a batch, keep watching without being woken ([`next_by`]): records that come
-        // from now on are committed at this moment plus the interval at the latest, by the
-        // one wake-up at that deadline (at a steady rate, one wake-up per batch). A watch
-        // that finds nothing commits nothing and the writer waits in `recv` again.
-        oldest = streaming.then(Instant::now);
+        oldest = None;
         if closed {
             shut_down(&mut w);
             for ack in acks.drain(..) {
@@ -603,11 +598,10 @@ fn run_writer(backend: &dyn Backend, rx: Receiver<Msg>, opts: WriterOptions, c: 
 /// The next message, or a timeout at `deadline`, without being woken by the senders.
 ///
 /// Blocked in `recv_deadline`, this thread was woken by every record a worker sent (a futex
-/// call on the worker and a context switch, once per request). While a batch is pending (or
-/// a watch after one, see `run_writer`) the writer instead takes what is queued, and when
-/// nothing is, sleeps until the deadline in steps of at most [`POLL_STEP`]: the senders'
-/// `try_send` then never has a sleeper to wake. A full batch is committed at once, so a
-/// backlog drains at the commit rate, not a batch per step. Only the first record after an
+/// call on the worker and a context switch, once per request). While a batch is pending the
+/// writer instead takes what is queued, and when nothing is, sleeps in steps ([`POLL_STEP`])
+/// until the deadline: the senders' `try_send` then never has a sleeper to wake, and the
+/// channel (65,536 records) is drained at least every step. Only the first record after an
 /// idle spell wakes the writer (it waits in `recv` then).
 fn next_by(rx: &Receiver<Msg>, deadline: Instant) -> std::result::Result<Msg, RecvTimeoutError> {
     loop {
@@ -630,13 +624,10 @@ fn next_by(rx: &Receiver<Msg>, deadline: Instant) -> std::result::Result<Msg, Re
 pub(super) const RELEASE_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// The longest sleep of the writer between two looks at its channel while a batch is pending:
-/// the default flush interval, so by default it sleeps straight to the batch's deadline.
-/// Each look is a wake-up of the thread, on the core a worker may be using (at 5 ms they were
-/// 200 a second whenever any traffic came; at 25 ms plus the wake-up by a batch's first record,
-/// ~60 a second at 1,000 req/s). It bounds how long a `flush_and_wait` or the senders' close
-/// waits for a look under a longer configured interval. The channel (65,536 records) holds
-/// 50 ms of 1.3M records/s.
-const POLL_STEP: Duration = Duration::from_millis(50);
+/// twice per default flush interval. Each look is a wake-up of the thread, on the core a worker
+/// may be using; at 5 ms they were 200 a second whenever any traffic came (at 1,000 req/s, a
+/// fifth of a wake-up per request). The channel holds 25 ms of 2.6M records/s.
+const POLL_STEP: Duration = Duration::from_millis(25);
 
 /// A commit that stopped because the database could not be reached.
 struct Stalled {

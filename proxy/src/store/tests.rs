@@ -759,10 +759,9 @@ fn a_new_database_file_gets_8_kib_pages_and_an_old_one_keeps_its_own() {
 }
 
 #[test]
-fn records_after_a_commit_are_committed_by_the_watch_and_an_idle_writer_still_wakes() {
-    // After a batch the writer watches its channel unwoken until the next deadline: what
-    // comes then commits without a flush, and once a watch finds nothing the next record
-    // wakes the writer again.
+fn records_after_a_commit_are_committed_and_an_idle_writer_still_wakes() {
+    // What comes right after a batch commits without a flush, and after an idle spell the
+    // next record wakes the writer again.
     let (tx, handle, rows) = flaky_writer(0);
     for i in 0..3 {
         if i == 2 {

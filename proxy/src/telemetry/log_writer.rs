@@ -10,11 +10,10 @@
 //! - a batch is handed over by moving its buffer ([`LogWriter::hand_over`]); the worker gets
 //!   back a spare one the writer has emptied, so batches cost neither a copy nor an
 //!   allocation;
-//! - while lines keep coming more often than every other [`POLL`], the writer thread looks
-//!   at its queue every `POLL` without being woken (a worker's hand-off is then a push under
-//!   a lock, no futex call and no context switch); at sparser hand-offs, and after a look that
-//!   found nothing, it sleeps until the next message wakes it (one wake-up per hand-off, not
-//!   two), so an idle gateway has an idle writer and a lone line is written at once;
+//! - while lines keep coming, the writer thread looks at its queue every [`POLL`] without
+//!   being woken (a worker's hand-off is then a push under a lock, no futex call and no
+//!   context switch); after a look that found nothing it sleeps until the next message wakes
+//!   it, so an idle gateway has an idle writer and a lone line is written at once;
 //! - everything queued when it wakes goes out in as few `writev(2)` calls as the sink takes.
 //!
 //! Bounded and lossy like the appender it replaces: past [`QUEUE_LIMIT_BYTES`] waiting, a
@@ -26,7 +25,7 @@ use std::io::{self, IoSlice, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Bytes that may wait for the sink before messages are dropped: a disk that stalls for a
 /// second at tens of MB/s of access lines loses nothing.
@@ -206,14 +205,12 @@ impl Drop for LogGuard {
 }
 
 /// The writer thread: takes everything queued, writes it, gives the emptied buffers back as
-/// spares, and while messages come more often than every other [`POLL`] naps `POLL` and
-/// looks again; otherwise (or when a look finds nothing) it sleeps until a sender wakes it. Once stopping and drained, it flushes and returns.
+/// spares, naps [`POLL`] and looks again; when a look finds nothing it sleeps until a sender
+/// wakes it. Once stopping and drained, it flushes and returns.
 fn run(shared: &Shared, mut sink: impl Write) {
     let mut taken: Vec<Vec<u8>> = Vec::new();
-    // Whether to nap (look again after `POLL`, unwoken) rather than sleep until woken.
+    // Whether the last look found something: then nap, else sleep until woken.
     let mut busy = false;
-    // When a look last found something.
-    let mut last_found: Option<Instant> = None;
     loop {
         let stopping = {
             let mut q = shared.lock();
@@ -237,17 +234,7 @@ fn run(shared: &Shared, mut sink: impl Write) {
                 q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
                 q.sleeping = false;
             }
-            // Nap only while messages come more often than every other `POLL`: at a hand-off
-            // every 100-250 ms (a worker's size or heartbeat trigger at 1,000 req/s) a nap
-            // finds nothing and is one wasted wake-up per hand-off; the sender's wake-up of
-            // a sleeping writer is then the only one.
-            if q.msgs.is_empty() {
-                busy = false;
-            } else {
-                let now = Instant::now();
-                busy = last_found.is_some_and(|t| now.duration_since(t) < 2 * POLL);
-                last_found = Some(now);
-            }
+            busy = !q.msgs.is_empty();
             std::mem::swap(&mut q.msgs, &mut taken);
             q.bytes = 0;
             q.stopping
