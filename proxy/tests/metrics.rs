@@ -227,6 +227,27 @@ fn metrics_after_known_traffic(driver: &str) {
         ),
         24.0
     );
+    // Each family has its own buckets: token counts in powers of four (8 output tokens a
+    // request: none at or below 4, all three at or below 16), the overhead from 5 µs.
+    let output_tokens = |le| {
+        value(
+            &s,
+            "gen_ai_client_token_usage_bucket",
+            &[
+                ("gen_ai_request_model", "mock-fast"),
+                ("gen_ai_token_type", "output"),
+                ("le", le),
+            ],
+        )
+    };
+    assert_eq!((output_tokens("4"), output_tokens("16")), (0.0, 3.0));
+    assert!(
+        s.keys()
+            .any(|k| k.starts_with("sluice_gateway_overhead_seconds_bucket{")
+                && k.contains("model=\"mock-fast\"")
+                && k.contains("le=\"0.000005\"")),
+        "no overhead bucket at 5 µs"
+    );
     // The GenAI series carry the conventions' label names.
     assert_eq!(
         value(

@@ -47,8 +47,9 @@ const TOKEN_BUCKETS: [f64; 14] = [
     16777216.0, 67108864.0,
 ];
 
-/// The buckets of histogram `name`, as [`install`] sets them for the exporter's (an exact
-/// name first, then the `_seconds` suffix).
+/// The buckets of request histogram `name`: the overhead's and the token counts' own, the
+/// latency buckets for the rest (the exporter's `_seconds` rule in [`install`] gives its
+/// histograms the same).
 fn buckets_for(name: &str) -> &'static [f64] {
     match name {
         "sluice_gateway_overhead_seconds" => &OVERHEAD_BUCKETS,
@@ -60,20 +61,11 @@ fn buckets_for(name: &str) -> &'static [f64] {
 /// Installs the global recorder once; later calls return the same handle.
 pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
+        // The request histograms are counted by the workers (`telemetry::histograms`, with
+        // [`buckets_for`]); what still goes through the exporter is the cache's embedding
+        // latency, a `_seconds` histogram.
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    Matcher::Full("sluice_gateway_overhead_seconds".into()),
-                    &OVERHEAD_BUCKETS,
-                )
-            })
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    Matcher::Full("gen_ai_client_token_usage".into()),
-                    &TOKEN_BUCKETS,
-                )
-            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
