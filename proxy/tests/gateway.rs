@@ -214,8 +214,10 @@ fn keep_alive_reuses_both_sides(driver: &str) {
 /// writes, is still answered; a parked connection still ends at the keep-alive timeout.
 fn idle_connections_park(driver: &str) {
     let mock = mock();
+    // The keep-alive limit leaves room for the 50 requests after the pause on a loaded
+    // machine (each connection must still be open when its turn comes).
     let gw = Gateway::start(
-        &config(mock.addr(), "keepalive_idle_timeout_ms = 1500", ""),
+        &config(mock.addr(), "keepalive_idle_timeout_ms = 4000", ""),
         driver,
     );
     let mut clients: Vec<Client> = (0..50).map(|_| gw.connect()).collect();
@@ -240,7 +242,7 @@ fn idle_connections_park(driver: &str) {
         assert!(!r.closed);
     }
     // Parked past the keep-alive timeout: closed by the gateway.
-    assert!(clients[0].is_closed(Duration::from_secs(5)));
+    assert!(clients[0].is_closed(Duration::from_secs(15)));
     assert_eq!(mock.stats().requests, 100);
 }
 
