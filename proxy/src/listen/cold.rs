@@ -1,13 +1,15 @@
 //! Futures kept out of their caller's stack frame: the TLS-only branches of a plain
-//! connection's task (handshake, idle wait, writes, shutdown).
+//! connection's task (handshake, idle wait, writes, shutdown), and the rare branches of the
+//! request path (local answers, refusals, error answers, uploads; see `listen::conn`,
+//! `request::api`, `request::forward`, `request::deliver`).
 //!
 //! A boxed future keeps its state off the caller's future, but its `poll` is still inlined
 //! into the caller's, and so are its temporaries: the TLS handshake's alone made the
 //! connection task's poll frame some 12 KiB (rustls' session set-up, moved a kilobyte at a
 //! time), and every request of every plain connection ran on top of it, its stack probes and
 //! scattered locals touching a dozen cache lines that nothing else did. Here the future is
-//! made and polled by functions of their own, so their frames exist only while a TLS branch
-//! runs.
+//! made and polled by functions of their own, so their frames exist only while such a
+//! branch runs; the one allocation is paid only there.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -13,6 +13,7 @@ use sluice_core::http1::{self, BodyFraming, ChunkedDecoder, HeadLimits, RequestH
 
 use crate::clock::deadlines::{within, Deadline};
 use crate::listen::client_io::{ClientRead, ClientWrite};
+use crate::listen::cold;
 use crate::listen::endpoints::{self, Route};
 use crate::listen::idle::{self, Read, Waited};
 use crate::listen::respond;
@@ -117,8 +118,10 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
         Ok(x) => x,
         Err(Stop::Close) => return false,
         Err(Stop::Answer(err)) => {
+            // The rare branches are made and polled out of line (`listen::cold`): their code
+            // and temporaries stay out of the path every request runs.
             let bytes = respond::error(&err, false, &new_request_id());
-            let _ = client.wr.write_all(bytes).await;
+            let _ = cold::boxed(|| client.wr.write_all(bytes)).await;
             return false;
         }
     };
@@ -135,7 +138,7 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
         let read = match scan {
             Some(scan) => {
                 client.buf.drain(..head_len);
-                read_form_start(worker, client, &head, &limits, scan).await
+                cold::boxed(|| read_form_start(worker, client, &head, &limits, scan)).await
             }
             None => read_body(worker, client, (&head, head_len), &limits)
                 .await
@@ -148,7 +151,9 @@ async fn serve_request(slot: &Rc<Slot>, client: &mut Client) -> bool {
                 let mut answer = Answer::default();
                 if let Stop::Answer(err) = stop {
                     let bytes = respond::error(&err, false, &request.request_id);
-                    (_, answer) = api::write(&mut client.wr, bytes, err.status(), false).await;
+                    let status = err.status();
+                    (_, answer) =
+                        cold::boxed(|| api::write(&mut client.wr, bytes, status, false)).await;
                 }
                 settle(worker, &mut Settlement::local(request, answer));
                 return false;
@@ -406,98 +411,122 @@ fn respond_to<'a>(
     settlement: &'a mut Settlement,
 ) -> impl Future<Output = bool> + 'a {
     async move {
-        let request_id = &settlement.request.request_id;
         let routed = route.map_or_else(|| endpoints::route(head.method(), head.path()), Ok);
-        let route = match routed {
-            Ok(r) => r,
-            Err((err, route)) => {
-                let allow = route.map(endpoints::allow_for);
-                let extra: Vec<(&str, &[u8])> = allow.map(|a| ("allow", a)).into_iter().collect();
-                let bytes = respond::error_with(&err, &extra, keep_alive, request_id);
-                return local(
-                    client,
-                    bytes,
-                    err.status(),
-                    keep_alive,
-                    &mut settlement.answer,
-                )
-                .await;
-            }
+        let Ok(Route::Api(endpoint)) = routed else {
+            // Made and polled out of line (`listen::cold`): the answers the gateway makes
+            // itself (health, readiness, models, a refused route) keep their code and
+            // temporaries out of the path every API request runs.
+            return cold::boxed(|| {
+                answer_locally(worker, client, head, routed, keep_alive, settlement)
+            })
+            .await;
         };
-        let head_only = head.method() == "HEAD";
-        let json = |status: u16, body: &[u8]| {
-            let mut bytes = respond::json(status, body, &[], keep_alive, request_id);
-            if head_only {
-                bytes.truncate(bytes.len() - body.len());
-            }
-            bytes
+        let call = api::Call {
+            head,
+            endpoint,
+            keep_alive,
         };
-        let (status, bytes) = match route {
-            Route::Healthz => (200, json(200, br#"{"status":"ok"}"#)),
-            Route::Readyz => {
-                let (ready, reason) = endpoints::readiness(worker).await;
-                let status = if ready { 200 } else { 503 };
-                let mut detail = serde_json::json!({
-                    "status": if ready { "ready" } else { "not_ready" },
-                    "reason": reason,
-                });
-                // The store does not decide readiness (requests flow while it is down), but
-                // its state is shown; so is the fleet's shared state.
-                if let Some(store) = endpoints::store_detail(worker) {
-                    detail["store"] = store;
-                }
-                if let Some(f) = worker.shared.fleet.as_ref() {
-                    detail["shared"] = f.status();
-                }
-                let body = serde_json::to_vec(&detail).unwrap_or_default();
-                (status, json(status, &body))
-            }
-            Route::Metrics if worker.shared.config.admin.metrics_on_main => (
-                200,
-                crate::admin::listener::metrics_response(&worker.shared, keep_alive),
-            ),
-            Route::Metrics => {
-                let err = GatewayError::new(
-                    ErrorKind::RouteNotFound,
-                    "Unknown request URL: GET /metrics (metrics are on the admin listener)",
-                );
-                (404, respond::error(&err, keep_alive, request_id))
-            }
-            Route::Models => (200, json(200, &endpoints::models_body(worker))),
-            Route::Model => match endpoints::model_body(worker, head.path()) {
-                Ok(body) => (200, json(200, &body)),
-                Err(err) => {
-                    let mut bytes = respond::error(&err, keep_alive, request_id);
-                    if head_only {
-                        // A HEAD answer has the GET answer's head and no body.
-                        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n");
-                        bytes.truncate(end.map_or(bytes.len(), |i| i + 4));
-                    }
-                    (err.status(), bytes)
-                }
-            },
-            Route::Api(endpoint) => {
-                let call = api::Call {
-                    head,
-                    endpoint,
-                    keep_alive,
-                };
-                let served = api::serve(
-                    worker,
-                    call,
-                    (body, rest),
-                    settlement,
-                    &mut client.rd,
-                    &mut client.wr,
-                )
-                .await;
-                // Pipelined bytes that arrived during the exchange follow those read before it.
-                client.buf.extend_from_slice(&served.early);
-                return served.keep_alive;
-            }
-        };
-        local(client, bytes, status, keep_alive, &mut settlement.answer).await
+        let served = api::serve(
+            worker,
+            call,
+            (body, rest),
+            settlement,
+            &mut client.rd,
+            &mut client.wr,
+        )
+        .await;
+        // Pipelined bytes that arrived during the exchange follow those read before it.
+        client.buf.extend_from_slice(&served.early);
+        served.keep_alive
     }
+}
+
+/// Answers a request the gateway answers itself (anything but an API call), filling in
+/// `settlement`'s answer; returns whether the connection stays open.
+async fn answer_locally(
+    worker: &Worker,
+    client: &mut Client,
+    head: &RequestHead,
+    routed: Result<Route, (GatewayError, Option<Route>)>,
+    keep_alive: bool,
+    settlement: &mut Settlement,
+) -> bool {
+    let request_id = &settlement.request.request_id;
+    let route = match routed {
+        Ok(r) => r,
+        Err((err, route)) => {
+            let allow = route.map(endpoints::allow_for);
+            let extra: Vec<(&str, &[u8])> = allow.map(|a| ("allow", a)).into_iter().collect();
+            let bytes = respond::error_with(&err, &extra, keep_alive, request_id);
+            return local(
+                client,
+                bytes,
+                err.status(),
+                keep_alive,
+                &mut settlement.answer,
+            )
+            .await;
+        }
+    };
+    let head_only = head.method() == "HEAD";
+    let json = |status: u16, body: &[u8]| {
+        let mut bytes = respond::json(status, body, &[], keep_alive, request_id);
+        if head_only {
+            bytes.truncate(bytes.len() - body.len());
+        }
+        bytes
+    };
+    let (status, bytes) = match route {
+        Route::Healthz => (200, json(200, br#"{"status":"ok"}"#)),
+        Route::Readyz => {
+            let (ready, reason) = endpoints::readiness(worker).await;
+            let status = if ready { 200 } else { 503 };
+            let mut detail = serde_json::json!({
+                "status": if ready { "ready" } else { "not_ready" },
+                "reason": reason,
+            });
+            // The store does not decide readiness (requests flow while it is down), but
+            // its state is shown; so is the fleet's shared state.
+            if let Some(store) = endpoints::store_detail(worker) {
+                detail["store"] = store;
+            }
+            if let Some(f) = worker.shared.fleet.as_ref() {
+                detail["shared"] = f.status();
+            }
+            let body = serde_json::to_vec(&detail).unwrap_or_default();
+            (status, json(status, &body))
+        }
+        Route::Metrics if worker.shared.config.admin.metrics_on_main => (
+            200,
+            crate::admin::listener::metrics_response(&worker.shared, keep_alive),
+        ),
+        Route::Metrics => {
+            let err = GatewayError::new(
+                ErrorKind::RouteNotFound,
+                "Unknown request URL: GET /metrics (metrics are on the admin listener)",
+            );
+            (404, respond::error(&err, keep_alive, request_id))
+        }
+        Route::Models => (200, json(200, &endpoints::models_body(worker))),
+        Route::Model => match endpoints::model_body(worker, head.path()) {
+            Ok(body) => (200, json(200, &body)),
+            Err(err) => {
+                let mut bytes = respond::error(&err, keep_alive, request_id);
+                if head_only {
+                    // A HEAD answer has the GET answer's head and no body.
+                    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n");
+                    bytes.truncate(end.map_or(bytes.len(), |i| i + 4));
+                }
+                (err.status(), bytes)
+            }
+        },
+        // `respond_to` serves API calls itself; one that came here is a bug, answered as one.
+        Route::Api(_) => {
+            let err = GatewayError::new(ErrorKind::Internal, "an API call answered locally");
+            (err.status(), respond::error(&err, keep_alive, request_id))
+        }
+    };
+    local(client, bytes, status, keep_alive, &mut settlement.answer).await
 }
 
 /// Writes an answer the gateway makes itself.

@@ -19,6 +19,7 @@ use sluice_core::request::{Authenticated, Inspected, Refused, Settled};
 
 use crate::cache;
 use crate::listen::client_io::{ClientRead, ClientWrite};
+use crate::listen::cold;
 use crate::listen::respond;
 use crate::request::auth::KeyEntry;
 use crate::request::client::ClientSide;
@@ -87,7 +88,7 @@ pub fn serve<'a>(
                 let bytes = respond::error(&err, call.keep_alive, &settlement.request.request_id);
                 let keep_alive;
                 (keep_alive, settlement.answer) =
-                    write(wr, bytes, err.status(), call.keep_alive).await;
+                    cold::boxed(|| write(wr, bytes, err.status(), call.keep_alive)).await;
                 return Served {
                     keep_alive,
                     early: Vec::new(),
@@ -98,13 +99,15 @@ pub fn serve<'a>(
             Ok(p) => p,
             Err(error) => {
                 let refused = unadmitted(error, key, None);
-                return refuse(worker, wr, &call, settlement, refused, false).await;
+                return cold::boxed(|| refuse(worker, wr, &call, settlement, refused, false)).await;
             }
         };
         let probe = prepared.probe.as_deref().unwrap_or(&prepared.body);
         let inspected = match Authenticated::new(key.clone()).inspect(&shared.config, probe) {
             Ok(i) => i,
-            Err(refused) => return refuse(worker, wr, &call, settlement, refused, false).await,
+            Err(refused) => {
+                return cold::boxed(|| refuse(worker, wr, &call, settlement, refused, false)).await
+            }
         };
         let body = prepared.body;
         let traced = settlement.request.trace.is_some();
@@ -125,7 +128,8 @@ pub fn serve<'a>(
             Err(error) => {
                 let refused = unadmitted(error, key, Some(inspected.fields.model.clone()));
                 let stream = inspected.fields.stream;
-                return refuse(worker, wr, &call, settlement, refused, stream).await;
+                return cold::boxed(|| refuse(worker, wr, &call, settlement, refused, stream))
+                    .await;
             }
         };
         let stages = Stages {
@@ -207,14 +211,14 @@ fn admit_and_forward<'a>(
             Ok(a) => a,
             Err(refused) => {
                 let stream = plan.inspected.stream;
-                return refuse(worker, wr, call, settlement, refused, stream).await;
+                return cold::boxed(|| refuse(worker, wr, call, settlement, refused, stream)).await;
             }
         };
         if call.endpoint == ApiEndpoint::CountTokens
             && prepare::count_tokens_locally(&shared.config, group)
         {
             let stage = admitted.answer_locally();
-            let keep_alive = count_tokens(wr, call, settlement, &plan.body).await;
+            let keep_alive = cold::boxed(|| count_tokens(wr, call, settlement, &plan.body)).await;
             let model = Some(std::mem::take(&mut plan.inspected.model));
             return Served::local(keep_alive, settlement, stage, model);
         }
@@ -235,17 +239,19 @@ fn admit_and_forward<'a>(
                     .map(|k| auth.ratelimit_headers(k))
                     .unwrap_or_default();
                 let keep_alive;
-                (keep_alive, settlement.answer) = cache::replay(
-                    worker,
-                    wr,
-                    &plan,
-                    &stored,
-                    mark,
-                    call.keep_alive,
-                    &settlement.request.request_id,
-                    settlement.request.started,
-                    &extra,
-                )
+                (keep_alive, settlement.answer) = cold::boxed(|| {
+                    cache::replay(
+                        worker,
+                        wr,
+                        &plan,
+                        &stored,
+                        mark,
+                        call.keep_alive,
+                        &settlement.request.request_id,
+                        settlement.request.started,
+                        &extra,
+                    )
+                })
                 .await;
                 let model = Some(std::mem::take(&mut plan.inspected.model));
                 return Served::local(keep_alive, settlement, stage, model);
@@ -283,7 +289,7 @@ fn admit_and_forward<'a>(
             Ok(r) => r,
             Err(refused) => {
                 let stream = plan.inspected.stream;
-                return refuse(worker, wr, call, settlement, refused, stream).await;
+                return cold::boxed(|| refuse(worker, wr, call, settlement, refused, stream)).await;
             }
         };
         let Settlement {
@@ -362,6 +368,10 @@ fn unadmitted(
 }
 
 /// Answers a request a stage refused with its error (and the key's `x-ratelimit-*` headers).
+///
+/// Its callers make and poll it out of line (`listen::cold`), as they do the other local
+/// answers (count_tokens, a stored answer's replay): the stages every request runs keep only
+/// the forwarding path's code and temporaries.
 async fn refuse(
     worker: &Worker,
     wr: &mut ClientWrite,

@@ -26,6 +26,7 @@ use sluice_core::usage::{self, Usage};
 
 use crate::cache::note::{CacheNote, Mark};
 use crate::listen::client_io::ClientWrite;
+use crate::listen::cold;
 use crate::listen::respond::ClientFraming;
 use crate::request::client::{answer_error, write_response_head, ClientSide};
 use crate::request::compress::{self, Encoded};
@@ -204,7 +205,10 @@ async fn whole(
         Some(Err(e)) => {
             answer.error = Some(e.label().into());
             let latency = d.started.elapsed();
-            let keep_alive = answer_error(d.wr, e.to_gateway(), d.client, answer).await;
+            // Out of line (`listen::cold`), as below: an error answer's code and temporaries
+            // stay out of the path every whole answer runs.
+            let err = e.to_gateway();
+            let keep_alive = cold::boxed(|| answer_error(d.wr, err, d.client, answer)).await;
             return Delivered {
                 keep_alive,
                 relayed: Relayed::UpstreamFailed(e.label()),
@@ -266,7 +270,7 @@ async fn whole(
         compress::encode_answer(compression, accept, &sent.head, content_type, body).await
     else {
         let err = GatewayError::new(ErrorKind::Internal, "the compressed answer was lost");
-        let keep_alive = answer_error(d.wr, err, client, answer).await;
+        let keep_alive = cold::boxed(|| answer_error(d.wr, err, client, answer)).await;
         return Delivered {
             keep_alive,
             relayed: Relayed::Complete,

@@ -40,6 +40,7 @@ use error_answer::{pass_through, read_error_body, transport_failure};
 use report::record_attempts;
 
 use crate::listen::client_io::{ClientRead, ClientWrite};
+use crate::listen::cold;
 use crate::request::auth::KeyEntry;
 use crate::request::client::{answer_error, ClientSide};
 use crate::request::deliver::deliver;
@@ -342,11 +343,12 @@ async fn exchange(
                         };
                         clock = None;
                         // A streamed body: sent here, one attempt at a time.
-                        // Boxed: the upload's state (some 2.8 KB) would otherwise size every
-                        // request's state, a stream's included, for this rare path.
-                        let (result, spent) = Box::pin(upload::send(
-                            worker, provider, request, rest, watch, deadline,
-                        ))
+                        // Out of line (`listen::cold`): the upload's state (some 2.8 KB) would
+                        // otherwise size every request's state, a stream's included, and its
+                        // poll would sit in this loop's code, for this rare path.
+                        let (result, spent) = cold::boxed(|| {
+                            upload::send(worker, provider, request, rest, watch, deadline)
+                        })
                         .await;
                         if spent {
                             lp.body_spent();
@@ -381,18 +383,23 @@ async fn exchange(
             }
             Command::ReadErrorBody { attempt } => {
                 clock = None;
-                read_error_body(worker, sends, attempt, deadline, watch).await
+                // The rare branches are made and polled out of line (`listen::cold`), so
+                // their code and temporaries stay out of this loop, which every request runs.
+                cold::boxed(|| read_error_body(worker, sends, attempt, deadline, watch)).await
             }
             Command::Deliver { attempt } => {
                 let io = (&mut *wr, &mut *watch);
                 break deliver_attempt(worker, lp, plan, sends, attempt, io, client, answer).await;
             }
             Command::PassThrough { attempt } => {
-                break pass_through(worker, plan, sends, attempt, wr, client, answer).await;
+                break cold::boxed(|| {
+                    pass_through(worker, plan, sends, attempt, wr, client, answer)
+                })
+                .await;
             }
             Command::Fail(err) => {
                 log_failed(plan, &err);
-                break answer_error(wr, err, client, answer).await;
+                break cold::boxed(|| answer_error(wr, err, client, answer)).await;
             }
             Command::Abandon => {
                 answer.client_cancelled = true;
@@ -425,7 +432,7 @@ async fn deliver_attempt(
 ) -> bool {
     let Some(sent) = sends.take_answered(attempt) else {
         let err = GatewayError::new(ErrorKind::Internal, "answer vanished");
-        return answer_error(wr, err, client, answer).await;
+        return cold::boxed(|| answer_error(wr, err, client, answer)).await;
     };
     let translation = launch_of(sends, attempt).and_then(|l| l.translation);
     let target = lp.target(attempt).unwrap_or(Target {
