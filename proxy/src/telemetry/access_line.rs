@@ -299,8 +299,8 @@ fn num_field(out: &mut Vec<u8>, name: &str, value: u64) {
 }
 
 /// `value` in decimal, zero-padded to at least `width` digits (1 to 20), by
-/// [`sluice_core::decimal`]: numbers below 10^8 as digit pairs in one word, without a digit
-/// count by `ilog10` or a loop.
+/// [`sluice_core::decimal`]: numbers below 10^8 as digit pairs in one word, copied whole,
+/// without a loop.
 #[inline(always)]
 fn digits(out: &mut Vec<u8>, value: u64, width: usize) {
     decimal::push(out, value, width);
