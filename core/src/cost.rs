@@ -9,6 +9,7 @@
 //! ([`bundled_price`]); the config wins a tie. A model with no price costs 0
 //! and cannot exhaust a budget: operators should price every model they route.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::Deserialize;
@@ -553,6 +554,16 @@ impl PriceTable {
         match self.known.get(model) {
             Some(known) => *known,
             None => self.search(model),
+        }
+    }
+
+    /// [`price`](Self::price) without copying it out: a resolved name's price (the lookup
+    /// every request makes, up to three times) by reference, another's as computed. A
+    /// `Price` is some 170 bytes.
+    pub fn price_ref(&self, model: &str) -> Option<Cow<'_, Price>> {
+        match self.known.get(model) {
+            Some(known) => known.as_ref().map(Cow::Borrowed),
+            None => self.search(model).map(Cow::Owned),
         }
     }
 

@@ -38,6 +38,7 @@ pub mod catalog;
 pub mod compress;
 pub mod config;
 pub mod cost;
+pub mod decimal;
 pub mod dialect;
 pub mod error;
 pub mod estimate;

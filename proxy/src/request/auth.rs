@@ -661,9 +661,9 @@ pub fn estimate_prompt_and_cost(
             .providers
             .get(d.provider)
             .map_or(ImageRule::OpenAi, |p| ImageRule::of(p.kind));
-        let price = prices.price(if d.model == "*" { model } else { &d.model });
+        let price = prices.price_ref(if d.model == "*" { model } else { &d.model });
         let tokens = scan.tokens(rule);
-        let tokens = price.map_or(tokens, |p| p.cap_prompt(tokens));
+        let tokens = price.as_ref().map_or(tokens, |p| p.cap_prompt(tokens));
         let cost = price.map_or(0, |p| cost::estimate_micros(&p, tokens, output));
         most = (most.0.max(tokens), most.1.max(cost));
     }

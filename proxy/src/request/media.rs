@@ -16,7 +16,7 @@ pub fn usage(
     plan: &Plan,
     body: Option<&[u8]>,
 ) -> Option<MediaUsage> {
-    if !prices.price(model).is_some_and(|p| p.media.is_priced()) {
+    if !prices.price_ref(model).is_some_and(|p| p.media.is_priced()) {
         return None;
     }
     match plan.endpoint {
@@ -69,7 +69,7 @@ pub fn cost(
     if usage.is_none() && media_usage.is_none() {
         return None;
     }
-    let price = prices.price(model)?;
+    let price = prices.price_ref(model)?;
     let tokens = usage.map_or(0, |u| sluice_core::cost::cost_micros(&price, u));
     let media = media_usage.map_or(0, |m| media::cost_micros(&price.media, m));
     Some(tokens.saturating_add(media))

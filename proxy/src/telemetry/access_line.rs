@@ -9,11 +9,13 @@
 //! per-worker buffer that is handed (moved, not copied) to the same background writer the
 //! diagnostics use ([`super::log_writer`]), so the lines of both never interleave.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::io::Write as _;
 use std::sync::Arc;
 
 use sluice_core::calendar::{Date, DAY_S};
+use sluice_core::decimal;
 
 use crate::telemetry::log::{access_writer, AccessRecord, Attempt};
 
@@ -101,11 +103,15 @@ thread_local! {
     static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
 }
 
-/// The `key_id`, `team`, `model` and `deployment` fields of a worker's last line, as written,
-/// and what they were written from. A client's requests nearly always repeat them (the same
-/// key, team, model and deployment), so they are escaped once and copied after that.
+/// The `method`, `path`, `key_id`, `team`, `model` and `deployment` fields of a worker's last
+/// line, as written, and what they were written from. A client's requests nearly always repeat
+/// them (the same endpoint, key, team, model and deployment), so they are escaped once and
+/// copied after that.
 #[derive(Default)]
 struct Who {
+    /// `None` until a line was written (then `text` holds its fields).
+    method: Option<Cow<'static, str>>,
+    path: Cow<'static, str>,
     key_id: Option<Arc<str>>,
     team: Option<Arc<str>>,
     model: Option<Vec<u8>>,
@@ -114,19 +120,30 @@ struct Who {
 }
 
 impl Who {
-    /// Writes `rec`'s four fields, as [`opt_str`] each would.
+    /// Writes `rec`'s six fields, as [`str_field`] and [`opt_str`] each would.
     fn write(&mut self, rec: &AccessRecord, out: &mut Vec<u8>) {
         let same_arc = |a: &Option<Arc<str>>, b: &Option<Arc<str>>| match (a, b) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
             (None, None) => true,
             _ => false,
         };
+        // The gateway's own methods and paths are borrowed statics: the same pointer, mostly.
+        let same_cow = |a: &Cow<'static, str>, b: &Cow<'static, str>| {
+            (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
+        };
         let same_text = |a: &Option<Vec<u8>>, b: Option<&str>| a.as_deref() == b.map(str::as_bytes);
-        if !(same_arc(&self.key_id, &rec.key_id)
+        if !(self
+            .method
+            .as_ref()
+            .is_some_and(|m| same_cow(m, &rec.method))
+            && same_cow(&self.path, &rec.path)
+            && same_arc(&self.key_id, &rec.key_id)
             && same_arc(&self.team, &rec.team)
             && same_text(&self.model, rec.model.as_deref())
             && same_text(&self.deployment, rec.deployment.as_deref()))
         {
+            self.method = Some(rec.method.clone());
+            self.path.clone_from(&rec.path);
             self.key_id.clone_from(&rec.key_id);
             self.team.clone_from(&rec.team);
             let keep = |slot: &mut Option<Vec<u8>>, v: Option<&str>| match v {
@@ -140,22 +157,27 @@ impl Who {
             keep(&mut self.model, rec.model.as_deref());
             keep(&mut self.deployment, rec.deployment.as_deref());
             self.text.clear();
-            opt_str(&mut self.text, k!("key_id"), rec.key_id.as_deref());
-            opt_str(&mut self.text, k!("team"), rec.team.as_deref());
-            opt_str(&mut self.text, k!("model"), rec.model.as_deref());
-            opt_str(&mut self.text, k!("deployment"), rec.deployment.as_deref());
+            write_who(&mut self.text, rec);
             if self.text.capacity() > 4096 {
-                // A huge model name does not keep its buffers: the next line starts over.
+                // A huge model name or path does not keep its buffers: the next line starts
+                // over.
                 *self = Who::default();
-                opt_str(out, k!("key_id"), rec.key_id.as_deref());
-                opt_str(out, k!("team"), rec.team.as_deref());
-                opt_str(out, k!("model"), rec.model.as_deref());
-                opt_str(out, k!("deployment"), rec.deployment.as_deref());
+                write_who(out, rec);
                 return;
             }
         }
         out.extend_from_slice(&self.text);
     }
+}
+
+/// The fields [`Who`] keeps, written from `rec`.
+fn write_who(out: &mut Vec<u8>, rec: &AccessRecord) {
+    str_field(out, k!("method"), &rec.method);
+    str_field(out, k!("path"), &rec.path);
+    opt_str(out, k!("key_id"), rec.key_id.as_deref());
+    opt_str(out, k!("team"), rec.team.as_deref());
+    opt_str(out, k!("model"), rec.model.as_deref());
+    opt_str(out, k!("deployment"), rec.deployment.as_deref());
 }
 
 /// Formats `rec` as one JSON line stamped `unix_us` and passes it to `write` (a whole line,
@@ -183,8 +205,6 @@ fn format(rec: &AccessRecord, unix_us: u64, out: &mut Vec<u8>) {
         hex_field(out, k!("trace_id"), &t.trace_id);
         hex_field(out, k!("span_id"), &t.span_id);
     }
-    str_field(out, k!("method"), &rec.method);
-    str_field(out, k!("path"), &rec.path);
     WHO.with_borrow_mut(|who| who.write(rec, out));
     // The model the upstream named, only when it is not the deployment's own (`provider/model`).
     if let Some(answered) = rec.response_model.as_deref() {
@@ -278,49 +298,12 @@ fn num_field(out: &mut Vec<u8>, name: &str, value: u64) {
     digits(out, value, 1);
 }
 
-/// `value` in decimal, zero-padded to at least `width` digits (1 to 20), two digits a step.
-fn digits(out: &mut Vec<u8>, value: u64, width: usize) {
-    let count = value.checked_ilog10().map_or(1, |l| l as usize + 1);
-    let len = count.max(width).min(20);
-    // The buffer is zeros: the padding is what the number leaves of its first `len` bytes.
-    let mut buf = [b'0'; 20];
-    decimal(&mut buf[..len], value);
-    put_cut(out, &buf, len);
-}
-
-/// Appends the first `len` bytes of `buf`: the whole buffer (a copy of fixed size, inlined,
-/// where one of `len` bytes is a call to `memcpy`), then cut back.
+/// `value` in decimal, zero-padded to at least `width` digits (1 to 20), by
+/// [`sluice_core::decimal`]: numbers below 10^8 as digit pairs in one word, copied whole,
+/// without a loop.
 #[inline(always)]
-fn put_cut<const N: usize>(out: &mut Vec<u8>, buf: &[u8; N], len: usize) {
-    let at = out.len();
-    out.extend_from_slice(buf);
-    out.truncate(at + len.min(N));
-}
-
-/// Writes `value` in decimal at the end of `buf` (at least one digit; `buf` holds 20), two
-/// digits a step; where the digits start. The bytes before them are left as they were.
-fn decimal(buf: &mut [u8], mut value: u64) -> usize {
-    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-        2021222324252627282930313233343536373839\
-        4041424344454647484950515253545556575859\
-        6061626364656667686970717273747576777879\
-        8081828384858687888990919293949596979899";
-    let mut i = buf.len();
-    while value >= 100 {
-        let pair = (value % 100) as usize * 2;
-        value /= 100;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    }
-    if value >= 10 {
-        let pair = value as usize * 2;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    } else {
-        i -= 1;
-        buf[i] = b'0' + value as u8;
-    }
-    i
+fn digits(out: &mut Vec<u8>, value: u64, width: usize) {
+    decimal::push(out, value, width);
 }
 
 /// Values below this many units print exactly as the `f64` `value / 10^scale` would: with at
@@ -331,30 +314,19 @@ const EXACT_BELOW: u64 = 1_000_000_000_000_000;
 /// that quotient as an `f64` (`1.5`, `0.000125`, `3`), without going through floating point.
 /// The scale is a constant, so the division and remainder by `10^SCALE` are multiplications.
 fn scaled_field<const SCALE: u32>(out: &mut Vec<u8>, name: &str, value: u64) {
-    let scale = SCALE;
     let unit = const { 10u64.pow(SCALE) };
     if value >= EXACT_BELOW {
         return float_field(out, name, value as f64 / unit as f64);
     }
     key(out, name);
-    // One buffer, one copy: the whole part from 0, the point, then `scale` digits of the
-    // fraction (zero-padded: the buffer is zeros) with its trailing zeros cut.
-    let mut buf = [b'0'; 28];
-    let whole = value / unit;
-    let point = whole.checked_ilog10().map_or(1, |l| l as usize + 1);
-    decimal(&mut buf[..point], whole);
-    let mut end = point + 1 + scale as usize;
+    // The whole part, then the point and `SCALE` digits of the fraction (zero-padded) with
+    // its trailing zeros cut, when there is a fraction.
+    digits(out, value / unit, 1);
     let frac = value % unit;
     if frac > 0 {
-        buf[point] = b'.';
-        decimal(&mut buf[..end], frac);
-        while buf[end - 1] == b'0' {
-            end -= 1;
-        }
-    } else {
-        end = point;
+        out.push(b'.');
+        decimal::push_fraction(out, frac, SCALE as usize);
     }
-    put_cut(out, &buf, end);
 }
 
 /// `bytes` as a JSON string of lower-case hex.

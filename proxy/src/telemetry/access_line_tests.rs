@@ -247,14 +247,15 @@ fn timestamps_as_tracing_writes_them() {
     }
 }
 
-/// The memo of the key, team, model and deployment fields writes what the fields would,
-/// whatever changes from one line to the next.
+/// The memo of the method, path, key, team, model and deployment fields writes what the
+/// fields would, whatever changes from one line to the next.
 #[test]
 fn who_fields_follow_every_change() {
     let key: Arc<str> = Arc::from("key_1");
     let same_text: Arc<str> = Arc::from("key_1");
     let odd: Arc<str> = Arc::from("k\"2\n");
     let long = "long".repeat(2_000);
+    let chat = "/v1/chat/completions";
     let records = [
         (Some(key.clone()), Some("t"), Some("m"), Some("p/m")),
         (Some(key.clone()), Some("t"), Some("m"), Some("p/m")),
@@ -267,20 +268,38 @@ fn who_fields_follow_every_change() {
         (Some(key), Some("t"), Some(long.as_str()), Some("p/m")),
         (None, Some("t"), Some("m"), Some("p/m")),
     ];
-    for (key_id, team, model, deployment) in records {
-        let rec = AccessRecord {
-            request_id: "r".into(),
-            key_id: key_id.clone(),
-            team: team.map(Arc::from),
-            model: model.map(str::to_owned),
-            deployment: deployment.map(str::to_owned),
-            ..AccessRecord::default()
-        };
-        let v = line(&rec);
-        assert_eq!(v.get("key_id").and_then(|v| v.as_str()), key_id.as_deref());
-        assert_eq!(v.get("team").and_then(|v| v.as_str()), team);
-        assert_eq!(v.get("model").and_then(|v| v.as_str()), model);
-        assert_eq!(v.get("deployment").and_then(|v| v.as_str()), deployment);
+    // Each record under a borrowed and an owned method and path, the same text or another.
+    let ends: [(Cow<'static, str>, Cow<'static, str>); 6] = [
+        ("POST".into(), chat.into()),
+        ("POST".into(), Cow::Owned(chat.to_owned())),
+        (Cow::Owned("POST".to_owned()), chat.into()),
+        ("GET".into(), chat.into()),
+        ("POST".into(), "/v1/embeddings".into()),
+        (
+            Cow::Owned("PO\"ST".to_owned()),
+            Cow::Owned("/a\u{7f}b".repeat(900)),
+        ),
+    ];
+    for (i, (key_id, team, model, deployment)) in records.into_iter().enumerate() {
+        for (method, path) in [&ends[i % ends.len()], &ends[(i + 1) % ends.len()]] {
+            let rec = AccessRecord {
+                request_id: "r".into(),
+                method: method.clone(),
+                path: path.clone(),
+                key_id: key_id.clone(),
+                team: team.map(Arc::from),
+                model: model.map(str::to_owned),
+                deployment: deployment.map(str::to_owned),
+                ..AccessRecord::default()
+            };
+            let v = line(&rec);
+            assert_eq!(v["method"], **method);
+            assert_eq!(v["path"], **path);
+            assert_eq!(v.get("key_id").and_then(|v| v.as_str()), key_id.as_deref());
+            assert_eq!(v.get("team").and_then(|v| v.as_str()), team);
+            assert_eq!(v.get("model").and_then(|v| v.as_str()), model);
+            assert_eq!(v.get("deployment").and_then(|v| v.as_str()), deployment);
+        }
     }
 }
 
