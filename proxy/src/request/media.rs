@@ -16,7 +16,14 @@ pub fn usage(
     plan: &Plan,
     body: Option<&[u8]>,
 ) -> Option<MediaUsage> {
-    if !prices.price_ref(model).is_some_and(|p| p.media.is_priced()) {
+    // The endpoint first: a chat request (nearly all of them) needs no price lookup here.
+    if !matches!(
+        plan.endpoint,
+        ApiEndpoint::ImagesGenerations
+            | ApiEndpoint::AudioSpeech
+            | ApiEndpoint::AudioTranscriptions
+    ) || !prices.price_ref(model).is_some_and(|p| p.media.is_priced())
+    {
         return None;
     }
     match plan.endpoint {
