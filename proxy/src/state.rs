@@ -171,10 +171,12 @@ impl Worker {
     }
 
     /// Gives back the memory of the drain-waiter table once most of it is unused (it grows
-    /// with the idle connections a crowd left behind). Called by the worker's heartbeat.
+    /// with the idle connections a crowd left behind), and all of it once it is empty (a
+    /// table kept for the worker's life would hold a page a busy spell filled). Called by
+    /// the worker's heartbeat.
     pub fn trim_tables(&self) {
         let mut waiters = self.counters.drain_waiters.borrow_mut();
-        if waiters.capacity() > 4 * waiters.len().max(16) {
+        if mostly_unused(waiters.len(), waiters.capacity()) {
             waiters.shrink_to_fit();
         }
     }
@@ -186,6 +188,16 @@ impl Worker {
         for (_, w) in waiters {
             w.wake();
         }
+    }
+}
+
+/// Whether a table of `len` entries with room for `capacity` is worth shrinking: any room once
+/// it is empty, else room for four times its entries (and at least 64).
+fn mostly_unused(len: usize, capacity: usize) -> bool {
+    if len == 0 {
+        capacity > 0
+    } else {
+        capacity > 4 * len.max(16)
     }
 }
 
@@ -348,5 +360,21 @@ pub fn spawn_dns_refresher(generations: Generations) {
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the DNS refresh thread");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_waiter_table_is_given_back_a_busy_one_kept() {
+        assert!(mostly_unused(0, 56), "empty: all of it goes back");
+        assert!(!mostly_unused(0, 0), "nothing to give back");
+        assert!(!mostly_unused(1, 56));
+        assert!(!mostly_unused(16, 64));
+        assert!(mostly_unused(16, 65));
+        assert!(mostly_unused(100, 401));
+        assert!(!mostly_unused(100, 400));
     }
 }

@@ -104,6 +104,24 @@ impl Drop for Deadline {
     }
 }
 
+/// Gives the table's memory back once no deadline is set, whatever its size: a busy spell's
+/// slots are otherwise kept for the worker's life, and with them a page of the allocator that
+/// the spell filled. The parked sweeper stays registered. The worker's heartbeat calls it about
+/// once a second.
+pub fn trim() {
+    // `try_with`: nothing to trim on a thread that is exiting.
+    let _ = TABLE.try_with(|t| {
+        let mut t = t.borrow_mut();
+        if t.live == 0 && (t.entries.capacity() > 0 || t.free.capacity() > 0) {
+            let sweeper = t.sweeper.take();
+            *t = Table {
+                sweeper,
+                ..Table::default()
+            };
+        }
+    });
+}
+
 /// Runs `fut` until it ends (`Ok`), or until `limit` has passed first (`Err`; the caller then
 /// drops `fut`, which cancels it). The operation comes first: when both are ready, it wins.
 ///
@@ -146,6 +164,10 @@ impl<F: Future + ?Sized> Future for Within<'_, F> {
     }
 }
 
+/// The most wakers the sweep keeps room for between ticks (1 KiB); a tick that wakes more
+/// frees its list after.
+const DUE_KEPT: usize = 64;
+
 /// Wakes the deadlines that have passed, every [`TICK`] while any is set. Runs as one task on
 /// each worker for the worker's life.
 pub async fn sweep() {
@@ -181,7 +203,7 @@ pub async fn sweep() {
         for w in due.drain(..) {
             w.wake();
         }
-        if due.capacity() > 1024 {
+        if due.capacity() > DUE_KEPT {
             // A crowd's deadlines passed together: not kept for the worker's life.
             due = Vec::new();
         }
@@ -220,6 +242,28 @@ pub(crate) mod tests {
             // A slot is reused; a deadline already past completes on the next sweep.
             Deadline::at(Instant::now()).await;
             assert_eq!(TABLE.with_borrow(|t| (t.live, t.entries.len())), (0, 2));
+        });
+    }
+
+    #[test]
+    fn an_unused_table_is_given_back_and_the_sweep_still_wakes() {
+        on_a_worker(async {
+            let far = Instant::now() + Duration::from_secs(3600);
+            let crowd: Vec<Deadline> = (0..300).map(|_| Deadline::at(far)).collect();
+            // Set: nothing is given back.
+            trim();
+            assert_eq!(TABLE.with_borrow(|t| (t.live, t.entries.len())), (300, 300));
+            drop(crowd);
+            // Let the sweeper park (no deadline set), then trim under it.
+            monoio::time::sleep(TICK * 3).await;
+            trim();
+            TABLE.with_borrow(|t| {
+                assert_eq!((t.entries.capacity(), t.free.capacity()), (0, 0));
+                assert!(t.sweeper.is_some(), "the parked sweeper stays registered");
+            });
+            let start = Instant::now();
+            Deadline::at(start + Duration::from_millis(30)).await;
+            assert!(start.elapsed() >= Duration::from_millis(30));
         });
     }
 

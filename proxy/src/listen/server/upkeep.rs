@@ -34,6 +34,9 @@ pub(super) fn spawn_upkeep(shared: Arc<Shared>) -> io::Result<()> {
                     busy_since_trim = true;
                 } else if busy_since_trim {
                     busy_since_trim = false;
+                    // This thread's own mimalloc pages (the drained histogram buffers') first:
+                    // a worker's tick collects only the worker's.
+                    crate::memory::return_free_memory();
                     crate::memory::release_free_memory();
                 }
             }

@@ -55,6 +55,7 @@ pub(super) fn run_worker(
                     crate::listen::idle::trim_spares();
                     crate::request::relay::trim_spares();
                     worker.trim_tables();
+                    crate::clock::deadlines::trim();
                     // Idle upstream connections past their limit close now, not when the
                     // next request looks (their blocks would hold a busy spell's pages).
                     let providers = &worker.shared.config.providers;
