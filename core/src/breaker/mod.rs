@@ -508,10 +508,12 @@ impl Breaker {
 
     /// What [`admit`](Self::admit) would answer at `now`, without taking a probe slot.
     pub fn check(&self, now: Instant) -> Admission {
-        if !self.config.enabled {
+        let w = self.word();
+        // Closed (nearly always): no time to read.
+        if !self.config.enabled || w.kind() == KIND_CLOSED {
             return Admission::Allow;
         }
-        self.check_word(self.word(), micros(self.base, now))
+        self.check_word(w, micros(self.base, now))
     }
 
     fn check_word(&self, w: Word, now_us: u64) -> Admission {
@@ -565,11 +567,12 @@ impl Breaker {
     /// Asks to send one request at `now`; a `Probe` takes a probe slot until its outcome is
     /// reported or the slot is released after the current cool-down.
     pub fn admit(&self, now: Instant) -> Admission {
-        if !self.config.enabled {
+        let mut w = self.word();
+        // Closed (nearly always): no time to read.
+        if !self.config.enabled || w.kind() == KIND_CLOSED {
             return Admission::Allow;
         }
         let now_us = micros(self.base, now);
-        let mut w = self.word();
         loop {
             let answer = self.check_word(w, now_us);
             if answer != Admission::Probe {
