@@ -101,8 +101,8 @@ pub fn ratelimit_headers(
     out
 }
 
-/// [`ratelimit_headers`] without an allocation: each header's name and value (ASCII) are
-/// passed to `header`, in the same order.
+/// [`ratelimit_headers`] without a list: each header's name and value (ASCII) are passed to
+/// `header`, in the same order (the values are written into one scratch buffer).
 pub fn each_ratelimit_header(
     requests: Option<Snapshot>,
     tokens: Option<Snapshot>,
@@ -120,19 +120,20 @@ pub fn each_ratelimit_header(
             "x-ratelimit-reset-tokens",
         ],
     ];
+    let mut value = Vec::new();
     for (snapshot, names) in [requests, tokens].into_iter().zip(NAMES) {
         let Some(s) = snapshot else {
             continue;
         };
-        let mut value = Text::default();
-        value.number(s.limit);
-        header(names[0], value.bytes());
-        value.len = 0;
-        value.number(s.remaining);
-        header(names[1], value.bytes());
-        value.len = 0;
-        value.duration_ms(s.reset_ms);
-        header(names[2], value.bytes());
+        value.clear();
+        crate::decimal::push(&mut value, s.limit, 1);
+        header(names[0], &value);
+        value.clear();
+        crate::decimal::push(&mut value, s.remaining, 1);
+        header(names[1], &value);
+        value.clear();
+        push_duration_ms(&mut value, s.reset_ms);
+        header(names[2], &value);
     }
 }
 
@@ -194,8 +195,7 @@ fn snapshot_lines(out: &mut Vec<u8>, names: [&[u8]; 3], s: Snapshot) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// [`format_duration_ms`]'s text appended to `out`, its numbers by [`crate::decimal`] (no
-/// `Text` to copy from).
+/// [`format_duration_ms`]'s text appended to `out`, its numbers by [`crate::decimal`].
 fn push_duration_ms(out: &mut Vec<u8>, ms: u64) {
     use crate::decimal::{push, push_fraction};
     if ms < 1000 {
@@ -221,80 +221,9 @@ fn push_duration_ms(out: &mut Vec<u8>, ms: u64) {
 
 /// A duration the way OpenAI writes `x-ratelimit-reset-*`: `20ms`, `1.5s`, `6m0s`, `1h2m3s`.
 pub fn format_duration_ms(ms: u64) -> String {
-    let mut text = Text::default();
-    text.duration_ms(ms);
-    String::from_utf8_lossy(text.bytes()).into_owned()
-}
-
-/// A header value written on the stack: long enough for any `u64` and any duration.
-struct Text {
-    buf: [u8; 48],
-    len: usize,
-}
-
-impl Default for Text {
-    fn default() -> Self {
-        Text {
-            buf: [0; 48],
-            len: 0,
-        }
-    }
-}
-
-impl Text {
-    fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-
-    fn push(&mut self, b: u8) {
-        if let Some(slot) = self.buf.get_mut(self.len) {
-            *slot = b;
-            self.len += 1;
-        }
-    }
-
-    fn push_str(&mut self, s: &str) {
-        s.bytes().for_each(|b| self.push(b));
-    }
-
-    /// `n` in decimal (all of it, or nothing when it does not fit).
-    fn number(&mut self, n: u64) {
-        let mut decimal = itoa::Buffer::new();
-        let digits = decimal.format(n).as_bytes();
-        if let Some(to) = self.buf.get_mut(self.len..self.len + digits.len()) {
-            to.copy_from_slice(digits);
-            self.len += digits.len();
-        }
-    }
-
-    /// See [`format_duration_ms`].
-    fn duration_ms(&mut self, ms: u64) {
-        if ms < 1000 {
-            self.number(ms);
-            return self.push_str("ms");
-        }
-        let (h, m, s, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
-        if h > 0 {
-            self.number(h);
-            self.push(b'h');
-        }
-        if h > 0 || m > 0 {
-            self.number(m);
-            self.push(b'm');
-        }
-        self.number(s);
-        if milli > 0 {
-            self.push(b'.');
-            let mut rest = milli;
-            let mut unit = 100;
-            while rest > 0 {
-                self.push(b'0' + (rest / unit) as u8);
-                rest %= unit;
-                unit /= 10;
-            }
-        }
-        self.push(b's');
-    }
+    let mut text = Vec::new();
+    push_duration_ms(&mut text, ms);
+    String::from_utf8(text).unwrap_or_default()
 }
 
 /// The limits of one principal: a key, a team or a deployment. Every part is optional.
@@ -397,14 +326,31 @@ mod tests {
         assert_eq!(format_duration_ms(999), "999ms");
         assert_eq!(format_duration_ms(1_050), "1.05s");
         assert_eq!(format_duration_ms(u64::MAX), "5124095576030h25m51.615s");
-        // The head lines' own writer gives the same text.
+        // Against the rule written out with `format!`: hours and minutes only when above
+        // zero (minutes also when hours are), milliseconds as a fraction without trailing zeros.
+        let by_format = |ms: u64| -> String {
+            if ms < 1000 {
+                return format!("{ms}ms");
+            }
+            let (h, m, s, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+            let mut t = String::new();
+            if h > 0 {
+                t += &format!("{h}h");
+            }
+            if h > 0 || m > 0 {
+                t += &format!("{m}m");
+            }
+            t += &format!("{s}");
+            if milli > 0 {
+                t += &format!(".{}", format!("{milli:03}").trim_end_matches('0'));
+            }
+            t + "s"
+        };
         let durations = (0..200_000)
             .step_by(7)
             .chain((0..100).map(|i| 1u64 << (i % 64)));
         for ms in durations.chain([u64::MAX, 3_723_250, 60_001, 1_050]) {
-            let mut text = Vec::new();
-            push_duration_ms(&mut text, ms);
-            assert_eq!(String::from_utf8(text).unwrap(), format_duration_ms(ms));
+            assert_eq!(format_duration_ms(ms), by_format(ms), "{ms} ms");
         }
         let b = TokenBucket::per_minute(10);
         b.try_take(2, 0).unwrap();
