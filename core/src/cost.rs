@@ -551,10 +551,7 @@ impl PriceTable {
     /// region and provider prefixes (`us.anthropic.claude-sonnet-4-5-20250929-v1:0` costs
     /// what `claude-sonnet-4-5` does), so a name the operator priced in full always wins.
     pub fn price(&self, model: &str) -> Option<Price> {
-        match self.known.get(model) {
-            Some(known) => *known,
-            None => self.search(model),
-        }
+        self.price_ref(model).map(Cow::into_owned)
     }
 
     /// [`price`](Self::price) without copying it out: a resolved name's price (the lookup
@@ -585,7 +582,7 @@ impl PriceTable {
 
     /// What `usage` cost on `model`; 0 for an unpriced model.
     pub fn cost_micros(&self, model: &str, usage: &Usage) -> u64 {
-        self.price(model).map_or(0, |p| cost_micros(&p, usage))
+        self.price_ref(model).map_or(0, |p| cost_micros(&p, usage))
     }
 }
 

@@ -262,11 +262,11 @@ fn attempts(out: &mut Vec<u8>, attempts: &[Attempt]) {
         out.extend_from_slice(br#"{"deployment":"#);
         json_str(out, &a.deployment);
         out.extend_from_slice(br#","start_us":"#);
-        digits(out, a.start_us, 1);
+        decimal::push(out, a.start_us, 1);
         out.extend_from_slice(br#","end_us":"#);
-        digits(out, a.end_us, 1);
+        decimal::push(out, a.end_us, 1);
         out.extend_from_slice(br#","status":"#);
-        digits(out, u64::from(a.status), 1);
+        decimal::push(out, u64::from(a.status), 1);
         out.extend_from_slice(br#","error":"#);
         match a.error {
             Some(e) => json_str(out, e),
@@ -295,15 +295,7 @@ fn opt_str(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
 
 fn num_field(out: &mut Vec<u8>, name: &str, value: u64) {
     key(out, name);
-    digits(out, value, 1);
-}
-
-/// `value` in decimal, zero-padded to at least `width` digits (1 to 20), by
-/// [`sluice_core::decimal`]: numbers below 10^8 as digit pairs in one word, copied whole,
-/// without a loop.
-#[inline(always)]
-fn digits(out: &mut Vec<u8>, value: u64, width: usize) {
-    decimal::push(out, value, width);
+    decimal::push(out, value, 1);
 }
 
 /// Values below this many units print exactly as the `f64` `value / 10^scale` would: with at
@@ -321,7 +313,7 @@ fn scaled_field<const SCALE: u32>(out: &mut Vec<u8>, name: &str, value: u64) {
     key(out, name);
     // The whole part, then the point and `SCALE` digits of the fraction (zero-padded) with
     // its trailing zeros cut, when there is a fraction.
-    digits(out, value / unit, 1);
+    decimal::push(out, value / unit, 1);
     let frac = value % unit;
     if frac > 0 {
         out.push(b'.');
@@ -484,7 +476,7 @@ fn timestamp(unix_us: u64, out: &mut Vec<u8>) {
         }
     }
     out.push(b'.');
-    digits(out, unix_us % 1_000_000, 6);
+    decimal::push(out, unix_us % 1_000_000, 6);
     out.push(b'Z');
 }
 
@@ -492,17 +484,17 @@ fn timestamp(unix_us: u64, out: &mut Vec<u8>) {
 fn date_time(secs: u64, out: &mut Vec<u8>) {
     let date = Date::from_unix_s(secs);
     let in_day = secs % DAY_S;
-    digits(out, u64::try_from(date.year()).unwrap_or(0), 4);
+    decimal::push(out, u64::try_from(date.year()).unwrap_or(0), 4);
     out.push(b'-');
-    digits(out, u64::from(date.month()), 2);
+    decimal::push(out, u64::from(date.month()), 2);
     out.push(b'-');
-    digits(out, u64::from(date.day()), 2);
+    decimal::push(out, u64::from(date.day()), 2);
     out.push(b'T');
-    digits(out, in_day / 3600, 2);
+    decimal::push(out, in_day / 3600, 2);
     out.push(b':');
-    digits(out, in_day / 60 % 60, 2);
+    decimal::push(out, in_day / 60 % 60, 2);
     out.push(b':');
-    digits(out, in_day % 60, 2);
+    decimal::push(out, in_day % 60, 2);
 }
 
 #[cfg(test)]
