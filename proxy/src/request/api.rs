@@ -99,15 +99,13 @@ pub fn serve<'a>(
             Ok(p) => p,
             Err(error) => {
                 let refused = unadmitted(error, key, None);
-                return cold::boxed(|| refuse(worker, wr, &call, settlement, refused, false)).await;
+                return refuse(worker, wr, &call, settlement, refused, false).await;
             }
         };
         let probe = prepared.probe.as_deref().unwrap_or(&prepared.body);
         let inspected = match Authenticated::new(key.clone()).inspect(&shared.config, probe) {
             Ok(i) => i,
-            Err(refused) => {
-                return cold::boxed(|| refuse(worker, wr, &call, settlement, refused, false)).await
-            }
+            Err(refused) => return refuse(worker, wr, &call, settlement, refused, false).await,
         };
         let body = prepared.body;
         let traced = settlement.request.trace.is_some();
@@ -128,8 +126,7 @@ pub fn serve<'a>(
             Err(error) => {
                 let refused = unadmitted(error, key, Some(inspected.fields.model.clone()));
                 let stream = inspected.fields.stream;
-                return cold::boxed(|| refuse(worker, wr, &call, settlement, refused, stream))
-                    .await;
+                return refuse(worker, wr, &call, settlement, refused, stream).await;
             }
         };
         let stages = Stages {
@@ -211,7 +208,7 @@ fn admit_and_forward<'a>(
             Ok(a) => a,
             Err(refused) => {
                 let stream = plan.inspected.stream;
-                return cold::boxed(|| refuse(worker, wr, call, settlement, refused, stream)).await;
+                return refuse(worker, wr, call, settlement, refused, stream).await;
             }
         };
         if call.endpoint == ApiEndpoint::CountTokens
@@ -289,7 +286,7 @@ fn admit_and_forward<'a>(
             Ok(r) => r,
             Err(refused) => {
                 let stream = plan.inspected.stream;
-                return cold::boxed(|| refuse(worker, wr, call, settlement, refused, stream)).await;
+                return refuse(worker, wr, call, settlement, refused, stream).await;
             }
         };
         let Settlement {
@@ -367,12 +364,23 @@ fn unadmitted(
     })
 }
 
-/// Answers a request a stage refused with its error (and the key's `x-ratelimit-*` headers).
-///
-/// Its callers make and poll it out of line (`listen::cold`), as they do the other local
-/// answers (count_tokens, a stored answer's replay): the stages every request runs keep only
-/// the forwarding path's code and temporaries.
-async fn refuse(
+/// Answers a request a stage refused with its error (and the key's `x-ratelimit-*` headers),
+/// made and polled out of line (`listen::cold`), as the other local answers are (count_tokens,
+/// a stored answer's replay): the stages every request runs keep only the forwarding path's
+/// code and temporaries.
+fn refuse<'a>(
+    worker: &'a Worker,
+    wr: &'a mut ClientWrite,
+    call: &'a Call<'_>,
+    settlement: &'a mut Settlement,
+    refused: Box<Refused<Arc<KeyEntry>>>,
+    stream: bool,
+) -> impl Future<Output = Served> + 'a {
+    cold::boxed(move || refusal(worker, wr, call, settlement, refused, stream))
+}
+
+/// [`refuse`]'s answer.
+async fn refusal(
     worker: &Worker,
     wr: &mut ClientWrite,
     call: &Call<'_>,
