@@ -219,16 +219,24 @@ fn admit_and_forward<'a>(
             let model = Some(std::mem::take(&mut plan.inspected.model));
             return Served::local(keep_alive, settlement, stage, model);
         }
-        let (admitted, ticket) = match cache::lookup(
-            worker,
-            call.head,
-            &plan,
-            key.as_deref(),
-            admitted,
-            &settlement.request.request_id,
-        )
-        .await
-        {
+        // A request without a cache (most) makes no lookup future: nothing to look up, and
+        // the lookup's state and code stay off its path. Matched in place (see above).
+        let (admitted, ticket) = match match cache::for_request(worker, &plan, key.as_deref()) {
+            None => cache::Looked::Miss(admitted, None),
+            Some(c) => {
+                let request_id = &settlement.request.request_id;
+                cache::lookup(
+                    worker,
+                    c,
+                    call.head,
+                    &plan,
+                    key.as_deref(),
+                    admitted,
+                    request_id,
+                )
+                .await
+            }
+        } {
             cache::Looked::Miss(a, ticket) => (a, ticket),
             cache::Looked::Hit(stage, stored, mark) => {
                 let extra = key

@@ -527,7 +527,12 @@ fn answered_event(sends: &Sends, id: AttemptId) -> Event {
             },
         };
     };
-    let retry_after = retry::retry_after(&sent.head);
+    // Read only for an error answer: the loop looks at it only for a status it may retry,
+    // and config validation keeps `retry_on` within 400..=599 (a success answer, every
+    // request's, skips two header lookups).
+    let retry_after = (sent.head.status >= 400)
+        .then(|| retry::retry_after(&sent.head))
+        .flatten();
     Event::Head {
         attempt: id,
         status: sent.head.status,
