@@ -140,10 +140,9 @@ pub fn execute<'f, 'c>(
         )
         .await;
         let first_group = lp.first_group();
-        // Taken, not `into_report`: moving the loop (some 1 KiB) out of this future's state to
-        // consume it was a copy of its own.
-        let report = lp.take_report();
-        record_attempts(worker, &sends, first_group, report, client, answer);
+        // Borrowed, not `into_report`: moving the loop (some 1 KiB) out of this future's state
+        // to consume it was a copy of its own (and taking its report, one of 224 bytes).
+        record_attempts(worker, &sends, first_group, lp.report(), client, answer);
         // A client that closes after its answer was written is not a cancellation: only a race
         // lost during the exchange (recorded there) is.
         let (early, gone) = watch.finish();
