@@ -72,6 +72,16 @@ impl RequestHead {
         unsafe { proven_ascii(&self.raw[self.target.start..self.path_end]) }
     }
 
+    /// The query: what follows the target's first `?` (`None` without one). Found when the
+    /// head was parsed: no scan of the target.
+    pub fn query(&self) -> Option<&str> {
+        if self.path_end == self.target.end {
+            return None;
+        }
+        // SAFETY: a suffix of the target, which the parser checked: visible ASCII only.
+        Some(unsafe { proven_ascii(&self.raw[self.path_end + 1..self.target.end]) })
+    }
+
     /// The first value of header `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         // Bytes compared as they are: no UTF-8 check of every name on every lookup.

@@ -24,6 +24,7 @@ fn parses_a_post_with_length() {
     assert_eq!(head.method(), "POST");
     assert_eq!(head.path(), "/v1/chat/completions");
     assert_eq!(head.target(), "/v1/chat/completions?a=1");
+    assert_eq!(head.query(), Some("a=1"));
     assert_eq!(head.body, BodyFraming::Length(12));
     assert!(head.keep_alive);
     assert_eq!(head.header("x-thing"), Some(&b"v"[..]));
@@ -330,6 +331,11 @@ fn accessors_of_parsed_heads_are_their_bytes() {
         ("GET http://h?q=1 HTTP/1.1\r\nHost: h\r\n\r\n", "/", "/?q=1"),
         ("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", "*", "*"),
         ("M-SEARCH /? HTTP/1.0\r\n\r\n", "/", "/?"),
+        (
+            "GET /v1/x?a?b=? HTTP/1.1\r\nHost: x\r\n\r\n",
+            "/v1/x",
+            "/v1/x?a?b=?",
+        ),
     ];
     for (raw, path, target) in cases {
         let (head, _) = parse_request_head(raw.as_bytes(), &LIMITS)
@@ -341,6 +347,9 @@ fn accessors_of_parsed_heads_are_their_bytes() {
         assert_eq!(head.raw_target(), parts.next().unwrap(), "{raw}");
         assert_eq!(head.path(), path, "{raw}");
         assert_eq!(head.target(), target, "{raw}");
+        // The query is what follows the target's first `?`, as `split_once` finds it.
+        let query = target.split_once('?').map(|(_, q)| q);
+        assert_eq!(head.query(), query, "{raw}");
         for (name, _) in head.headers() {
             assert!(raw.contains(&format!("\r\n{name}:")), "{raw}: {name}");
         }

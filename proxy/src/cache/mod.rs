@@ -2,8 +2,8 @@
 //! reservation, how a stored answer goes back to the client, and what settlement keeps.
 //!
 //! ```text
-//! Admitted ─► lookup(): group has a cache? ── no ─► Miss (no work at all)
-//!                │ yes: directives, scope, key (core::cache::key)
+//! Admitted ─► for_request(): a cache? ── no ─► reserve, forward (no lookup made at all)
+//!                │ yes: lookup(): directives, scope, key (core::cache::key)
 //!                ├─ store hit ─► replay(): the stored answer in the client's shape ─► Settled
 //!                └─ miss ─► Ticket ─► reserve ─► forward (deliver captures the pivot)
 //!                                                   └─► settle(): insert when complete, 2xx
@@ -86,11 +86,24 @@ pub enum Looked {
     Miss(Admitted<Arc<KeyEntry>>, Option<Box<Ticket>>),
 }
 
-/// Asks the store for an answer to the request (after admission, before reservation): the
-/// exact key first, then, in a group with a semantic cache, the prompt's embedding against the
-/// semantic index. A group without a cache costs one look at the config.
+/// The cache a request is looked up in: its group's, when the group has one its endpoint
+/// uses and the key does not opt out (a key with `cache = false` is served as if its group had
+/// none). Without one the request goes upstream with no lookup and no ticket: the caller
+/// checks this first, so a group without a cache makes no lookup future at all.
+pub fn for_request<'c>(
+    worker: &'c Worker,
+    plan: &Plan,
+    key: Option<&KeyEntry>,
+) -> Option<&'c GroupCache> {
+    group_cache(worker, plan).filter(|_| key.is_none_or(|k| k.record.uses_cache()))
+}
+
+/// Asks the store for an answer to the request (after admission, before reservation), in the
+/// request's `cache` ([`for_request`]): the exact key first, then, in a group with a semantic
+/// cache, the prompt's embedding against the semantic index.
 pub async fn lookup(
     worker: &Worker,
+    cache: &GroupCache,
     head: &RequestHead,
     plan: &Plan,
     key: Option<&KeyEntry>,
@@ -98,15 +111,6 @@ pub async fn lookup(
     request_id: &str,
 ) -> Looked {
     let store = &*worker.shared.responses;
-    // A key with `cache = false` is served as if its group had no cache.
-    let group_cache =
-        group_cache(worker, plan).filter(|_| key.is_none_or(|k| k.record.uses_cache()));
-    let Some(cache) = group_cache else {
-        return match admitted.lookup(store, None, 0) {
-            Lookup::Hit(s, a) => Looked::Hit(s, a, Mark::Hit),
-            Lookup::Miss(a) => Looked::Miss(a, None),
-        };
-    };
     let directives = Directives::from_headers(head.headers());
     let scope = scope_of(cache.scope, key);
     let input = call_kind(plan.endpoint).map(|kind| KeyInput {

@@ -219,40 +219,46 @@ fn admit_and_forward<'a>(
             let model = Some(std::mem::take(&mut plan.inspected.model));
             return Served::local(keep_alive, settlement, stage, model);
         }
-        let (admitted, ticket) = match cache::lookup(
-            worker,
-            call.head,
-            &plan,
-            key.as_deref(),
-            admitted,
-            &settlement.request.request_id,
-        )
-        .await
-        {
-            cache::Looked::Miss(a, ticket) => (a, ticket),
-            cache::Looked::Hit(stage, stored, mark) => {
-                let extra = key
-                    .as_ref()
-                    .map(|k| auth.ratelimit_headers(k))
-                    .unwrap_or_default();
-                let keep_alive;
-                (keep_alive, settlement.answer) = cold::boxed(|| {
-                    cache::replay(
-                        worker,
-                        wr,
-                        &plan,
-                        &stored,
-                        mark,
-                        call.keep_alive,
-                        &settlement.request.request_id,
-                        settlement.request.started,
-                        &extra,
-                    )
-                })
-                .await;
-                let model = Some(std::mem::take(&mut plan.inspected.model));
-                return Served::local(keep_alive, settlement, stage, model);
-            }
+        // A request without a cache (most) makes no lookup future: nothing to look up, and
+        // the lookup's state and code stay off its path.
+        let (admitted, ticket) = match cache::for_request(worker, &plan, key.as_deref()) {
+            None => (admitted, None),
+            Some(c) => match cache::lookup(
+                worker,
+                c,
+                call.head,
+                &plan,
+                key.as_deref(),
+                admitted,
+                &settlement.request.request_id,
+            )
+            .await
+            {
+                cache::Looked::Miss(a, ticket) => (a, ticket),
+                cache::Looked::Hit(stage, stored, mark) => {
+                    let extra = key
+                        .as_ref()
+                        .map(|k| auth.ratelimit_headers(k))
+                        .unwrap_or_default();
+                    let keep_alive;
+                    (keep_alive, settlement.answer) = cold::boxed(|| {
+                        cache::replay(
+                            worker,
+                            wr,
+                            &plan,
+                            &stored,
+                            mark,
+                            call.keep_alive,
+                            &settlement.request.request_id,
+                            settlement.request.started,
+                            &extra,
+                        )
+                    })
+                    .await;
+                    let model = Some(std::mem::take(&mut plan.inspected.model));
+                    return Served::local(keep_alive, settlement, stage, model);
+                }
+            },
         };
         // The prompt estimate (a scan of the whole body) and its cost matter only where they
         // are reserved: a key's or its team's limits and budget, a deployment's tpm, the fleet.

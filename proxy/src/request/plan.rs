@@ -139,24 +139,27 @@ pub enum Tail {
 /// Client headers never forwarded: credentials meant for the gateway, and what the gateway
 /// sets itself. `accept-encoding` is dropped so the upstream answers uncompressed and usage
 /// can be read (the gateway compresses for the client, `request::compress`).
+///
+/// Every client header crosses it: as in `is_hop_by_hop`, the name's length picks the one or
+/// two names it can be (a list scanned per header read the list and each name's literal).
 fn forwardable(name: &str, traced: bool) -> bool {
-    const DROP: [&str; 8] = [
-        "authorization",
-        "x-api-key",
-        "api-key",
-        "proxy-authorization",
-        "cookie",
-        "content-type",
-        "accept-encoding",
-        "x-request-id",
-    ];
-    let dropped = is_hop_by_hop(name)
-        || DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
-        || (traced && name.eq_ignore_ascii_case("traceparent"))
+    let is = |dropped: &str| name.eq_ignore_ascii_case(dropped);
+    let dropped = match name.len() {
+        6 => is("cookie"),
+        7 => is("api-key"),
+        9 => is("x-api-key"),
+        11 => traced && is("traceparent"),
+        12 => is("content-type") || is("x-request-id"),
+        13 => is("authorization"),
+        15 => is("accept-encoding"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    };
+    !(dropped
+        || is_hop_by_hop(name)
         || name
             .get(..9)
-            .is_some_and(|p| p.eq_ignore_ascii_case("x-sluice-"));
-    !dropped
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-sluice-")))
 }
 
 /// What to ask the upstream for a request to model group `group` whose body (`body`) has
@@ -202,7 +205,7 @@ pub fn plan(
         inspected.stream && endpoint.takes_stream_options() && !inspected.include_usage;
     Ok(Plan {
         group,
-        query: head.target().split_once('?').map(|(_, q)| q.to_string()),
+        query: head.query().map(str::to_string),
         inspected,
         body,
         endpoint,
@@ -540,4 +543,77 @@ fn push_content_length_u64(req: &mut Vec<u8>, len: u64) {
     req.extend_from_slice(b"content-length: ");
     req.extend_from_slice(respond::itoa_u64(len).as_bytes());
     req.extend_from_slice(b"\r\n\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwardable;
+
+    /// The rule `forwardable` implements, written as a list: what it drops, in any case.
+    fn dropped_by_the_list(name: &str, traced: bool) -> bool {
+        const DROP: [&str; 8] = [
+            "authorization",
+            "x-api-key",
+            "api-key",
+            "proxy-authorization",
+            "cookie",
+            "content-type",
+            "accept-encoding",
+            "x-request-id",
+        ];
+        sluice_core::http1::is_hop_by_hop(name)
+            || DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
+            || (traced && name.eq_ignore_ascii_case("traceparent"))
+            || name.to_ascii_lowercase().starts_with("x-sluice-")
+    }
+
+    #[test]
+    fn forwardable_drops_exactly_the_listed_headers() {
+        let names = [
+            "Authorization",
+            "x-api-key",
+            "API-Key",
+            "proxy-authorization",
+            "Cookie",
+            "content-type",
+            "Accept-Encoding",
+            "X-Request-Id",
+            "traceparent",
+            "X-Sluice-Deadline-Ms",
+            "x-sluice-",
+            "host",
+            "Connection",
+            "transfer-encoding",
+            "te",
+            "keep-alive",
+            // Forwarded: the same lengths as dropped names, and near misses.
+            "accept",
+            "cookies",
+            "api-keys",
+            "x-api-kez",
+            "content-typo",
+            "x-request-ix",
+            "authorizatio",
+            "accept-language",
+            "proxy-authenticate",
+            "tracestate",
+            "x-sluice",
+            "x-stainless-os",
+            "user-agent",
+            "openai-organization",
+            "anthropic-version",
+            "",
+        ];
+        for name in names {
+            for traced in [false, true] {
+                assert_eq!(
+                    !forwardable(name, traced),
+                    dropped_by_the_list(name, traced),
+                    "{name} (traced: {traced})"
+                );
+            }
+        }
+        assert!(!forwardable("TraceParent", true));
+        assert!(forwardable("traceparent", false));
+    }
 }

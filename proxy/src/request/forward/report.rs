@@ -17,7 +17,7 @@ pub(super) fn record_attempts(
     worker: &Worker,
     sends: &Sends,
     first_group: usize,
-    report: AttemptReport,
+    report: &AttemptReport,
     client: &ClientSide<'_>,
     answer: &mut Answer,
 ) {
@@ -28,7 +28,7 @@ pub(super) fn record_attempts(
     // allocation per attempt and two more a request).
     let described = cfg.log.access_log || client.trace.is_some();
     if described {
-        describe_attempts(cfg, sends, &report, client, answer);
+        describe_attempts(cfg, sends, report, client, answer);
     }
     if answer.error.is_none() {
         answer.error = report.error.map(Into::into);
