@@ -207,3 +207,64 @@ fn a_chat_body_without_images_is_all_text() {
     assert_eq!(scan(body), PromptScan::text(body.len()));
     assert_eq!(scan_strings(body), PromptScan::text(body.len()));
 }
+
+/// Elements of a request's content list: images, things that look like them, text.
+fn element() -> impl proptest::strategy::Strategy<Value = String> {
+    let png = b64(&png(640, 480, 200));
+    proptest::sample::select(vec![
+        format!(r#"{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{png}"}}}}"#),
+        format!(r#"{{"type":"image_url","image_url":"data:image/png;base64,{png}"}}"#),
+        r#"{"type":"image_url","image_url":{"url":"https://example.com/cat.png","detail":"low"}}"#
+            .to_string(),
+        format!(r#"{{"type":"image","source":{{"type":"base64","data":"{png}"}}}}"#),
+        r#"{"type":"image","source":{"type":"url","url":"http://x/y.jpg"}}"#.to_string(),
+        r#"{"type":"text","text":"my data is at the url \"data\" url\"s"}"#.to_string(),
+        r#"{"type":"text","text":"data:image/png;base64,QUJD"}"#.to_string(),
+        r#"{"data":[1,2,{"url":null}],"myurl":"https://a","x":true}"#.to_string(),
+        r#"{"type":"text","text":"hello world"}"#.to_string(),
+        r#"{"type":"text","text":"esc\\aped \u0041 \/"}"#.to_string(),
+    ])
+}
+
+proptest::proptest! {
+    /// A body whose inspection saw no string that could be an image is all text to the scan,
+    /// and one with an image always has such a string.
+    #[test]
+    fn inspection_hints_agree_with_the_scan(
+        elements in proptest::collection::vec(element(), 0..6),
+        top in proptest::sample::select(vec!["", r#","data":"x""#, r#","image_url":"https://a""#, r#","n":[{"k":"v"}]"#]),
+    ) {
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":[{}]}}]{top}}}"#,
+            elements.join(",")
+        );
+        let fields = crate::inspect::inspect(body.as_bytes()).unwrap();
+        let s = scan(body.as_bytes());
+        if !fields.may_hold_images {
+            proptest::prop_assert_eq!(s, PromptScan::text(body.len()));
+        }
+        if s.images > 0 {
+            proptest::prop_assert!(fields.may_hold_images);
+        }
+    }
+}
+
+#[test]
+fn inspection_hints_of_a_chat_body() {
+    let chat = format!(
+        r#"{{"model":"mock-fast","stream":false,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(900)
+    );
+    assert!(!crate::inspect::inspect(chat.as_bytes()).unwrap().may_hold_images);
+    let image = b64(&png(64, 64, 10));
+    for body in [
+        format!(r#"{{"model":"m","messages":[{{"role":"user","content":[{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{image}"}}}}]}}]}}"#),
+        format!(r#"{{"model":"m","data":"{image}"}}"#),
+        r#"{"model":"m","image_url":"https://x"}"#.to_string(),
+        // Left to serde (a repeated field): unknown.
+        r#"{"model":"m","model":"n"}"#.to_string(),
+    ] {
+        let fields = crate::inspect::inspect(body.as_bytes());
+        assert!(fields.is_err() || fields.unwrap().may_hold_images, "{body}");
+    }
+}

@@ -16,8 +16,9 @@ use serde_json::value::RawValue;
 use crate::error::bounded;
 use crate::error::{ErrorKind, GatewayError};
 
-/// What the gateway needs to know about a request body.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the gateway needs to know about a request body. Two are equal when their fields are
+/// (the image hint is how they were read, not what they say: see `may_hold_images`).
+#[derive(Clone, Debug, Eq)]
 pub struct Inspected {
     /// The `model` the client asked for.
     pub model: String,
@@ -33,6 +34,34 @@ pub struct Inspected {
     pub max_tokens: Option<u64>,
     /// Offset just after the opening `{` of the body.
     object_start: usize,
+    /// Whether the body may hold an image the prompt estimate counts: `false` when the walk
+    /// read every string and none could be one (see `walk::ImageHints`), so
+    /// `estimate::scan` of this body would find all text; `true` when unknown.
+    pub may_hold_images: bool,
+}
+
+impl PartialEq for Inspected {
+    fn eq(&self, other: &Self) -> bool {
+        // Every field but the hint (the serde path cannot give it; the walk can).
+        let Inspected {
+            model,
+            model_span,
+            stream,
+            include_usage,
+            stream_options_span,
+            max_tokens,
+            object_start,
+            may_hold_images: _,
+        } = self;
+        (model, model_span, stream, include_usage)
+            == (&other.model, &other.model_span, &other.stream, &other.include_usage)
+            && (stream_options_span, max_tokens, object_start)
+                == (
+                    &other.stream_options_span,
+                    &other.max_tokens,
+                    &other.object_start,
+                )
+    }
 }
 
 fn some_raw<'de, D>(d: D) -> Result<Option<&'de RawValue>, D::Error>
@@ -131,6 +160,7 @@ fn probed(text: &str, object_start: usize) -> Result<Inspected, GatewayError> {
             .or(probe.max_completion_tokens)
             .or(probe.max_output_tokens),
         object_start,
+        may_hold_images: true,
     })
 }
 
@@ -145,7 +175,8 @@ fn walked(text: &str, object_start: usize) -> Option<Inspected> {
     // max_tokens, max_completion_tokens, max_output_tokens.
     let mut limits: [Option<Option<u64>>; 3] = [None; 3];
     use walk::{count, once};
-    walk::members(json, |m| {
+    let hints = walk::ImageHints::default();
+    walk::members_noting(json, &hints, |m| {
         let v = &json[m.value.clone()];
         // A field serde's Probe reads may appear once (serde refuses a repeat).
         match m.key {
@@ -191,6 +222,7 @@ fn walked(text: &str, object_start: usize) -> Option<Inspected> {
         stream_options_span: stream_options,
         max_tokens: a.or(b).or(c),
         object_start,
+        may_hold_images: hints.seen(),
     })
 }
 
