@@ -561,7 +561,9 @@ mod tests {
         // Tokens of whole and part words, with a byte around 0x20 at every place.
         for len in 1..26 {
             for at in 0..len {
-                for x in [b'\t', b'\n', 0x0b, 0x0c, b'\r', b' ', 0x01, 0x1f, 0x21, 0x7f] {
+                for x in [
+                    b'\t', b'\n', 0x0b, 0x0c, b'\r', b' ', 0x01, 0x1f, 0x21, 0x7f,
+                ] {
                     let mut value = b"Bearer ".to_vec();
                     value.extend((0..len).map(|i| if i == at { x } else { b'k' }));
                     assert_eq!(

@@ -255,10 +255,16 @@ fn inspection_hints_of_a_chat_body() {
         r#"{{"model":"mock-fast","stream":false,"messages":[{{"role":"user","content":"{}"}}]}}"#,
         "x".repeat(900)
     );
-    assert!(!crate::inspect::inspect(chat.as_bytes()).unwrap().may_hold_images);
+    assert!(
+        !crate::inspect::inspect(chat.as_bytes())
+            .unwrap()
+            .may_hold_images
+    );
     let image = b64(&png(64, 64, 10));
     for body in [
-        format!(r#"{{"model":"m","messages":[{{"role":"user","content":[{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{image}"}}}}]}}]}}"#),
+        format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":[{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{image}"}}}}]}}]}}"#
+        ),
         format!(r#"{{"model":"m","data":"{image}"}}"#),
         r#"{"model":"m","image_url":"https://x"}"#.to_string(),
         // Left to serde (a repeated field): unknown.

@@ -54,7 +54,12 @@ impl PartialEq for Inspected {
             may_hold_images: _,
         } = self;
         (model, model_span, stream, include_usage)
-            == (&other.model, &other.model_span, &other.stream, &other.include_usage)
+            == (
+                &other.model,
+                &other.model_span,
+                &other.stream,
+                &other.include_usage,
+            )
             && (stream_options_span, max_tokens, object_start)
                 == (
                     &other.stream_options_span,

@@ -297,10 +297,7 @@ impl Line {
         const E8: u64 = 100_000_000;
         let width = width.min(20);
         self.num(value / E8, width.saturating_sub(8).max(1));
-        self.word(
-            u64::from_be_bytes(decimal::eight((value % E8) as u32)),
-            8,
-        );
+        self.word(u64::from_be_bytes(decimal::eight((value % E8) as u32)), 8);
     }
 
     /// A field's key, `name` made by `k!` (`,"name":`).
