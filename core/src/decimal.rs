@@ -90,10 +90,9 @@ fn push_8(out: &mut Vec<u8>, v: u32, width: usize) {
     put_last_8(out, eight(v), count.max(width));
 }
 
-/// All 8 digits of `v` (below 10^8), leading zeros included: for writers that place the
-/// digits themselves (the access line's, into a slice).
+/// All 8 digits of `v` (below 10^8), leading zeros included.
 #[inline(always)]
-pub fn eight(v: u32) -> [u8; 8] {
+fn eight(v: u32) -> [u8; 8] {
     let (hi, lo) = (v / 10_000, v % 10_000);
     let [a, b] = pair(hi / 100);
     let [c, d] = pair(hi % 100);

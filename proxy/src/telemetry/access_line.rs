@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
+use std::io::Write as _;
 use std::sync::Arc;
 
 use sluice_core::calendar::{Date, DAY_S};
@@ -119,8 +120,8 @@ struct Who {
 }
 
 impl Who {
-    /// Writes `rec`'s six fields, as [`Line::str_field`] and [`Line::opt_str`] each would.
-    fn write(&mut self, rec: &AccessRecord, out: &mut Line) {
+    /// Writes `rec`'s six fields, as [`str_field`] and [`opt_str`] each would.
+    fn write(&mut self, rec: &AccessRecord, out: &mut Vec<u8>) {
         let same_arc = |a: &Option<Arc<str>>, b: &Option<Arc<str>>| match (a, b) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
             (None, None) => true,
@@ -156,9 +157,7 @@ impl Who {
             keep(&mut self.model, rec.model.as_deref());
             keep(&mut self.deployment, rec.deployment.as_deref());
             self.text.clear();
-            let mut text = Line::start(&mut self.text);
-            write_who(&mut text, rec);
-            text.finish(&mut self.text);
+            write_who(&mut self.text, rec);
             if self.text.capacity() > 4096 {
                 // A huge model name or path does not keep its buffers: the next line starts
                 // over.
@@ -167,18 +166,18 @@ impl Who {
                 return;
             }
         }
-        out.lit(&self.text);
+        out.extend_from_slice(&self.text);
     }
 }
 
 /// The fields [`Who`] keeps, written from `rec`.
-fn write_who(out: &mut Line, rec: &AccessRecord) {
-    out.str_field(k!("method"), &rec.method);
-    out.str_field(k!("path"), &rec.path);
-    out.opt_str(k!("key_id"), rec.key_id.as_deref());
-    out.opt_str(k!("team"), rec.team.as_deref());
-    out.opt_str(k!("model"), rec.model.as_deref());
-    out.opt_str(k!("deployment"), rec.deployment.as_deref());
+fn write_who(out: &mut Vec<u8>, rec: &AccessRecord) {
+    str_field(out, k!("method"), &rec.method);
+    str_field(out, k!("path"), &rec.path);
+    opt_str(out, k!("key_id"), rec.key_id.as_deref());
+    opt_str(out, k!("team"), rec.team.as_deref());
+    opt_str(out, k!("model"), rec.model.as_deref());
+    opt_str(out, k!("deployment"), rec.deployment.as_deref());
 }
 
 /// Formats `rec` as one JSON line stamped `unix_us` and passes it to `write` (a whole line,
@@ -195,383 +194,157 @@ pub fn with_line(rec: &AccessRecord, unix_us: u64, write: impl FnOnce(&[u8])) {
     });
 }
 
-/// Appends `rec`'s line, stamped `unix_us`, to `out`.
 fn format(rec: &AccessRecord, unix_us: u64, out: &mut Vec<u8>) {
-    let mut line = Line::start(out);
-    line.record(rec, unix_us);
-    line.finish(out);
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    timestamp(unix_us, out);
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
+    str_field(out, k!("request_id"), &rec.request_id);
+    if let Some(t) = &rec.trace {
+        // The ids of the request's server span, as the exported span carries them, so a log
+        // line and its trace join on `trace_id`.
+        hex_field(out, k!("trace_id"), &t.trace_id);
+        hex_field(out, k!("span_id"), &t.span_id);
+    }
+    WHO.with_borrow_mut(|who| who.write(rec, out));
+    // The model the upstream named, only when it is not the deployment's own (`provider/model`).
+    if let Some(answered) = rec.response_model.as_deref() {
+        let configured = rec.deployment.as_deref().and_then(|d| d.split_once('/'));
+        if configured.is_none_or(|(_, m)| m != answered) {
+            str_field(out, k!("response_model"), answered);
+        }
+    }
+    num_field(out, k!("status"), rec.status as u64);
+    bool_field(out, k!("stream"), rec.stream);
+    if let Some(u) = &rec.usage {
+        num_field(out, k!("input_tokens"), u.input_tokens);
+        num_field(out, k!("output_tokens"), u.output_tokens);
+        num_field(out, k!("cached_tokens"), u.cached_tokens);
+        num_field(out, k!("reasoning_tokens"), u.reasoning_tokens);
+        bool_field(out, k!("tokens_estimated"), u.estimated);
+    }
+    if let Some(m) = rec.cost_micros {
+        scaled_field::<6>(out, k!("cost_usd"), m);
+    }
+    if let Some(us) = rec.ttfb_us {
+        scaled_field::<3>(out, k!("ttfb_ms"), us);
+    }
+    scaled_field::<3>(out, k!("total_ms"), rec.total_us);
+    if let Some(us) = rec.upstream_us {
+        scaled_field::<3>(out, k!("overhead_ms"), rec.total_us.saturating_sub(us));
+    }
+    num_field(out, k!("bytes_in"), rec.bytes_in);
+    num_field(out, k!("bytes_out"), rec.bytes_out);
+    if let Some(reused) = rec.upstream_reused {
+        bool_field(out, k!("upstream_reused"), reused);
+    }
+    opt_str(out, k!("error"), rec.error.as_deref());
+    if !rec.attempts.is_empty() {
+        key(out, k!("attempts"));
+        attempts(out, &rec.attempts);
+    }
+    bool_field(out, k!("client_cancelled"), rec.client_cancelled);
+    opt_str(out, k!("cache"), rec.cache);
+    if let Some(m) = rec.saved_micros {
+        scaled_field::<6>(out, k!("saved_usd"), m);
+    }
+    out.extend_from_slice(b",\"target\":\"sluice::access\"}\n");
 }
 
-/// Room made ahead of a line (zeroed, then written over), and the least a [`Line::room`] that
-/// runs short adds: an access line is some 650 bytes.
-const ROOM: usize = 1024;
+/// The attempt list as a JSON array of objects (`deployment`, `start_us`, `end_us`,
+/// `status`, `error`): the value `serde_json::to_string(attempts)` writes, written straight
+/// into `out`. (Before 0.x it was that text inside a JSON string, escaped; see CHANGELOG.)
+fn attempts(out: &mut Vec<u8>, attempts: &[Attempt]) {
+    out.push(b'[');
+    for (i, a) in attempts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"deployment":"#);
+        json_str(out, &a.deployment);
+        out.extend_from_slice(br#","start_us":"#);
+        decimal::push(out, a.start_us, 1);
+        out.extend_from_slice(br#","end_us":"#);
+        decimal::push(out, a.end_us, 1);
+        out.extend_from_slice(br#","status":"#);
+        decimal::push(out, u64::from(a.status), 1);
+        out.extend_from_slice(br#","error":"#);
+        match a.error {
+            Some(e) => json_str(out, e),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// Writes a field's key, `name` made by `k!` (`,"name":`).
+fn key(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(name.as_bytes());
+}
+
+fn str_field(out: &mut Vec<u8>, name: &str, value: &str) {
+    key(out, name);
+    json_str(out, value);
+}
+
+fn opt_str(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        str_field(out, name, v);
+    }
+}
+
+fn num_field(out: &mut Vec<u8>, name: &str, value: u64) {
+    key(out, name);
+    decimal::push(out, value, 1);
+}
 
 /// Values below this many units print exactly as the `f64` `value / 10^scale` would: with at
 /// most 15 significant digits, the decimal is the shortest that rounds to that `f64`.
 const EXACT_BELOW: u64 = 1_000_000_000_000_000;
 
-/// A line being written into a buffer taken whole for the time of it (see [`Line::start`]):
-/// the bytes before `at` are written, those after it are room, made ahead (zeroed) and
-/// written over by index.
-///
-/// Appending to the `Vec` byte run by byte run checked its capacity, and reloaded its length
-/// and pointer from memory, at every write (a byte written through a pointer may be the
-/// `Vec`'s own fields, as far as the compiler knows); here the buffer is a local of its own
-/// and `at` a register, and a write is a bounds check and a copy of fixed size. Numbers are
-/// written as a whole word of digits and `at` moved past the ones that count.
-struct Line {
-    v: Vec<u8>,
-    at: usize,
+/// `value / 10^SCALE` as a JSON number, the same text as Rust's shortest round-trip form of
+/// that quotient as an `f64` (`1.5`, `0.000125`, `3`), without going through floating point.
+/// The scale is a constant, so the division and remainder by `10^SCALE` are multiplications.
+fn scaled_field<const SCALE: u32>(out: &mut Vec<u8>, name: &str, value: u64) {
+    let unit = const { 10u64.pow(SCALE) };
+    if value >= EXACT_BELOW {
+        return float_field(out, name, value as f64 / unit as f64);
+    }
+    key(out, name);
+    // The whole part, then the point and `SCALE` digits of the fraction (zero-padded) with
+    // its trailing zeros cut, when there is a fraction.
+    decimal::push(out, value / unit, 1);
+    let frac = value % unit;
+    if frac > 0 {
+        out.push(b'.');
+        decimal::push_fraction(out, frac, SCALE as usize);
+    }
 }
 
-impl Line {
-    /// Starts writing after what `out` holds; [`finish`](Self::finish) puts the buffer back.
-    fn start(out: &mut Vec<u8>) -> Line {
-        let mut v = std::mem::take(out);
-        let at = v.len();
-        v.resize(at + ROOM, 0);
-        Line { v, at }
+/// `bytes` as a JSON string of lower-case hex.
+fn hex_field(out: &mut Vec<u8>, name: &str, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    key(out, name);
+    out.push(b'"');
+    for &b in bytes {
+        out.push(HEX[(b >> 4) as usize]);
+        out.push(HEX[(b & 0xf) as usize]);
     }
+    out.push(b'"');
+}
 
-    /// Gives the buffer back to `out`, cut after what was written.
-    fn finish(mut self, out: &mut Vec<u8>) {
-        self.v.truncate(self.at);
-        *out = self.v;
-    }
+fn bool_field(out: &mut Vec<u8>, name: &str, value: bool) {
+    key(out, name);
+    out.extend_from_slice(if value { b"true" } else { b"false" });
+}
 
-    /// The next `n` bytes of room, made when short.
-    #[inline(always)]
-    fn room(&mut self, n: usize) -> &mut [u8] {
-        if self.v.len() - self.at < n {
-            self.grow(n);
-        }
-        let at = self.at;
-        &mut self.v[at..at + n]
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn grow(&mut self, n: usize) {
-        self.v.resize(self.at + n + ROOM, 0);
-    }
-
-    #[inline(always)]
-    fn lit(&mut self, bytes: &[u8]) {
-        self.room(bytes.len()).copy_from_slice(bytes);
-        self.at += bytes.len();
-    }
-
-    #[inline(always)]
-    fn byte(&mut self, b: u8) {
-        self.room(1)[0] = b;
-        self.at += 1;
-    }
-
-    /// Writes the 8 bytes of `word` and keeps the first `len` (1 to 8): the others are room,
-    /// written over next.
-    #[inline(always)]
-    fn word(&mut self, word: u64, len: usize) {
-        self.room(8).copy_from_slice(&word.to_be_bytes());
-        self.at += len.clamp(1, 8);
-    }
-
-    /// `value` in decimal, zero-padded to at least `width` digits (as `decimal::push` writes
-    /// it): below 10^8, the digits as one word, shifted so the first leads.
-    #[inline(always)]
-    fn num(&mut self, value: u64, width: usize) {
-        if value < 100_000_000 && width <= 8 {
-            let v = value as u32;
-            let count = v.checked_ilog10().map_or(1, |l| l as usize + 1).max(width);
-            let digits = u64::from_be_bytes(decimal::eight(v));
-            self.word(digits << (8 * (8 - count)), count);
-        } else {
-            self.num_long(value, width);
-        }
-    }
-
-    /// [`num`](Self::num) from 10^8, or padded past 8 digits: the part above the last 8
-    /// digits, then those 8.
-    #[cold]
-    #[inline(never)]
-    fn num_long(&mut self, value: u64, width: usize) {
-        const E8: u64 = 100_000_000;
-        let width = width.min(20);
-        self.num(value / E8, width.saturating_sub(8).max(1));
-        self.word(u64::from_be_bytes(decimal::eight((value % E8) as u32)), 8);
-    }
-
-    /// A field's key, `name` made by `k!` (`,"name":`).
-    #[inline(always)]
-    fn key(&mut self, name: &str) {
-        self.lit(name.as_bytes());
-    }
-
-    #[inline(always)]
-    fn num_field(&mut self, name: &str, value: u64) {
-        self.key(name);
-        self.num(value, 1);
-    }
-
-    #[inline(always)]
-    fn bool_field(&mut self, name: &str, value: bool) {
-        self.key(name);
-        self.lit(if value { b"true" } else { b"false" });
-    }
-
-    fn str_field(&mut self, name: &str, value: &str) {
-        self.key(name);
-        self.json_str(value);
-    }
-
-    fn opt_str(&mut self, name: &str, value: Option<&str>) {
-        if let Some(v) = value {
-            self.str_field(name, v);
-        }
-    }
-
-    /// `value / 10^SCALE` as a JSON number, the same text as Rust's shortest round-trip form
-    /// of that quotient as an `f64` (`1.5`, `0.000125`, `3`), without going through floating
-    /// point. The scale is a constant, so the division and remainder by `10^SCALE` are
-    /// multiplications.
-    #[inline(always)]
-    fn scaled_field<const SCALE: u32>(&mut self, name: &str, value: u64) {
-        const ZEROS: u64 = u64::from_ne_bytes([b'0'; 8]);
-        let unit = const { 10u64.pow(SCALE) };
-        if value >= EXACT_BELOW {
-            return self.float_field(name, value as f64 / unit as f64);
-        }
-        self.key(name);
-        // The whole part, then the point and `SCALE` digits of the fraction (zero-padded)
-        // with its trailing zeros cut, when there is a fraction.
-        self.num(value / unit, 1);
-        let frac = value % unit;
-        if frac > 0 {
-            self.byte(b'.');
-            let digits = u64::from_be_bytes(decimal::eight(frac as u32));
-            // Each trailing '0' is a zero byte at the low end of `digits ^ ZEROS`.
-            let trailing = ((digits ^ ZEROS).trailing_zeros() / 8) as usize;
-            let places = const { SCALE as usize };
-            self.word(
-                digits << (8 * (8 - places)),
-                places.saturating_sub(trailing),
-            );
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn float_field(&mut self, name: &str, value: f64) {
-        self.key(name);
-        if value.is_finite() {
-            // Rust's shortest round-trip form, never an exponent: a valid JSON number.
-            self.lit(value.to_string().as_bytes());
-        } else {
-            self.lit(b"null");
-        }
-    }
-
-    /// `bytes` as a JSON string of lower-case hex.
-    fn hex_field(&mut self, name: &str, bytes: &[u8]) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        self.key(name);
-        let out = self.room(2 * bytes.len() + 2);
-        out[0] = b'"';
-        for (i, &b) in bytes.iter().enumerate() {
-            out[1 + 2 * i] = HEX[(b >> 4) as usize];
-            out[2 + 2 * i] = HEX[(b & 0xf) as usize];
-        }
-        out[1 + 2 * bytes.len()] = b'"';
-        self.at += 2 * bytes.len() + 2;
-    }
-
-    /// `value` as a JSON string: quotes, backslashes and control characters escaped.
-    fn json_str(&mut self, value: &str) {
-        let bytes = value.as_bytes();
-        let n = bytes.len();
-        // The quotes and a word's slack past the end.
-        let out = self.room(n + 2 + 8);
-        out[0] = b'"';
-        // Nothing to escape (every value we write, nearly): each 8-byte word is copied as it
-        // is checked (copies of fixed size, no call); the last part word is the string's last
-        // 8 bytes, over what was written, and a string shorter than a word goes byte by byte.
-        let clean = if n < 8 {
-            bytes.iter().enumerate().all(|(i, &b)| {
-                out[1 + i] = b;
-                ESCAPE[usize::from(b)] == 0
-            })
-        } else {
-            let mut words = bytes.chunks_exact(8);
-            let mut i = 1;
-            words.by_ref().all(|word| {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(word);
-                out[i..i + 8].copy_from_slice(&w);
-                i += 8;
-                !dirty(w)
-            }) && (words.remainder().is_empty() || {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(&bytes[n - 8..]);
-                out[n - 7..n + 1].copy_from_slice(&w);
-                !dirty(w)
-            })
-        };
-        if clean {
-            out[n + 1] = b'"';
-            self.at += n + 2;
-        } else {
-            self.json_str_escaped(bytes);
-        }
-    }
-
-    /// [`json_str`](Self::json_str) of a string with something to escape, byte by byte.
-    #[cold]
-    #[inline(never)]
-    fn json_str_escaped(&mut self, bytes: &[u8]) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        self.byte(b'"');
-        let mut start = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            let escape = ESCAPE[b as usize];
-            if escape == 0 {
-                continue;
-            }
-            self.lit(&bytes[start..i]);
-            if escape == b'u' {
-                self.lit(b"\\u00");
-                self.byte(HEX[(b >> 4) as usize]);
-                self.byte(HEX[(b & 0xf) as usize]);
-            } else {
-                self.byte(b'\\');
-                self.byte(escape);
-            }
-            start = i + 1;
-        }
-        self.lit(&bytes[start..]);
-        self.byte(b'"');
-    }
-
-    /// The whole line of `rec`, stamped `unix_us`.
-    fn record(&mut self, rec: &AccessRecord, unix_us: u64) {
-        self.lit(b"{\"timestamp\":\"");
-        self.timestamp(unix_us);
-        self.lit(b"\",\"level\":\"INFO\",\"message\":\"request\"");
-        self.str_field(k!("request_id"), &rec.request_id);
-        if let Some(t) = &rec.trace {
-            // The ids of the request's server span, as the exported span carries them, so a
-            // log line and its trace join on `trace_id`.
-            self.hex_field(k!("trace_id"), &t.trace_id);
-            self.hex_field(k!("span_id"), &t.span_id);
-        }
-        WHO.with_borrow_mut(|who| who.write(rec, self));
-        // The model the upstream named, only when it is not the deployment's own
-        // (`provider/model`).
-        if let Some(answered) = rec.response_model.as_deref() {
-            let configured = rec.deployment.as_deref().and_then(|d| d.split_once('/'));
-            if configured.is_none_or(|(_, m)| m != answered) {
-                self.str_field(k!("response_model"), answered);
-            }
-        }
-        self.num_field(k!("status"), rec.status as u64);
-        self.bool_field(k!("stream"), rec.stream);
-        if let Some(u) = &rec.usage {
-            self.num_field(k!("input_tokens"), u.input_tokens);
-            self.num_field(k!("output_tokens"), u.output_tokens);
-            self.num_field(k!("cached_tokens"), u.cached_tokens);
-            self.num_field(k!("reasoning_tokens"), u.reasoning_tokens);
-            self.bool_field(k!("tokens_estimated"), u.estimated);
-        }
-        if let Some(m) = rec.cost_micros {
-            self.scaled_field::<6>(k!("cost_usd"), m);
-        }
-        if let Some(us) = rec.ttfb_us {
-            self.scaled_field::<3>(k!("ttfb_ms"), us);
-        }
-        self.scaled_field::<3>(k!("total_ms"), rec.total_us);
-        if let Some(us) = rec.upstream_us {
-            self.scaled_field::<3>(k!("overhead_ms"), rec.total_us.saturating_sub(us));
-        }
-        self.num_field(k!("bytes_in"), rec.bytes_in);
-        self.num_field(k!("bytes_out"), rec.bytes_out);
-        if let Some(reused) = rec.upstream_reused {
-            self.bool_field(k!("upstream_reused"), reused);
-        }
-        self.opt_str(k!("error"), rec.error.as_deref());
-        if !rec.attempts.is_empty() {
-            self.key(k!("attempts"));
-            self.attempts(&rec.attempts);
-        }
-        self.bool_field(k!("client_cancelled"), rec.client_cancelled);
-        self.opt_str(k!("cache"), rec.cache);
-        if let Some(m) = rec.saved_micros {
-            self.scaled_field::<6>(k!("saved_usd"), m);
-        }
-        self.lit(b",\"target\":\"sluice::access\"}\n");
-    }
-
-    /// The attempt list as a JSON array of objects (`deployment`, `start_us`, `end_us`,
-    /// `status`, `error`): the value `serde_json::to_string(attempts)` writes. (Before 0.x it
-    /// was that text inside a JSON string, escaped; see CHANGELOG.)
-    fn attempts(&mut self, attempts: &[Attempt]) {
-        self.byte(b'[');
-        for (i, a) in attempts.iter().enumerate() {
-            if i > 0 {
-                self.byte(b',');
-            }
-            self.lit(br#"{"deployment":"#);
-            self.json_str(&a.deployment);
-            self.lit(br#","start_us":"#);
-            self.num(a.start_us, 1);
-            self.lit(br#","end_us":"#);
-            self.num(a.end_us, 1);
-            self.lit(br#","status":"#);
-            self.num(u64::from(a.status), 1);
-            self.lit(br#","error":"#);
-            match a.error {
-                Some(e) => self.json_str(e),
-                None => self.lit(b"null"),
-            }
-            self.byte(b'}');
-        }
-        self.byte(b']');
-    }
-
-    /// RFC 3339 in UTC with microseconds, as `tracing-subscriber` writes it.
-    fn timestamp(&mut self, unix_us: u64) {
-        let secs = unix_us / 1_000_000;
-        let (last, text) = SECOND.get();
-        if last == secs {
-            self.lit(&text);
-        } else {
-            let start = self.at;
-            self.date_time(secs);
-            let mut text = [0; 19];
-            if let Some(written) = self.v.get(start..self.at) {
-                if written.len() == text.len() {
-                    text.copy_from_slice(written);
-                    SECOND.set((secs, text));
-                }
-            }
-        }
-        self.byte(b'.');
-        self.num(unix_us % 1_000_000, 6);
-        self.byte(b'Z');
-    }
-
-    /// `secs` (unix seconds) as `YYYY-MM-DDTHH:MM:SS`.
-    fn date_time(&mut self, secs: u64) {
-        let date = Date::from_unix_s(secs);
-        let in_day = secs % DAY_S;
-        self.num(u64::try_from(date.year()).unwrap_or(0), 4);
-        self.byte(b'-');
-        self.num(u64::from(date.month()), 2);
-        self.byte(b'-');
-        self.num(u64::from(date.day()), 2);
-        self.byte(b'T');
-        self.num(in_day / 3600, 2);
-        self.byte(b':');
-        self.num(in_day / 60 % 60, 2);
-        self.byte(b':');
-        self.num(in_day % 60, 2);
+fn float_field(out: &mut Vec<u8>, name: &str, value: f64) {
+    key(out, name);
+    if value.is_finite() {
+        // Rust's shortest round-trip form, never an exponent: a valid JSON number.
+        let _ = write!(out, "{value}");
+    } else {
+        out.extend_from_slice(b"null");
     }
 }
 
@@ -596,6 +369,74 @@ const ESCAPE: [u8; 256] = {
     table
 };
 
+/// `value` as a JSON string: quotes, backslashes and control characters escaped.
+fn json_str(out: &mut Vec<u8>, value: &str) {
+    let bytes = value.as_bytes();
+    let start = out.len();
+    out.push(b'"');
+    // Nothing to escape (every value we write, nearly): each 8-byte word is copied as it is
+    // checked (copies of fixed size, no call); the last part word is the string's last 8
+    // bytes, over what was written, and a string shorter than a word goes byte by byte.
+    let clean = if bytes.len() < 8 {
+        bytes.iter().all(|&b| ESCAPE[usize::from(b)] == 0) && {
+            bytes.iter().for_each(|&b| out.push(b));
+            true
+        }
+    } else {
+        let mut words = bytes.chunks_exact(8);
+        let clean = words.by_ref().all(|word| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            !dirty(w) && {
+                out.extend_from_slice(&w);
+                true
+            }
+        });
+        let rest = words.remainder().len();
+        clean
+            && (rest == 0 || {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&bytes[bytes.len() - 8..]);
+                !dirty(w) && {
+                    out.truncate(out.len() - (8 - rest));
+                    out.extend_from_slice(&w);
+                    true
+                }
+            })
+    };
+    if clean {
+        out.push(b'"');
+    } else {
+        out.truncate(start);
+        json_str_escaped(out, bytes);
+    }
+}
+
+/// [`json_str`] of a string with something to escape, byte by byte.
+fn json_str_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = ESCAPE[b as usize];
+        if escape == 0 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        if escape == b'u' {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 0xf) as usize]);
+        } else {
+            out.push(b'\\');
+            out.push(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
 /// Whether a word holds a byte a JSON string escapes: a control byte (below 0x20 or 0x7f),
 /// a quote or a backslash (exact for "any").
 fn dirty(w: [u8; 8]) -> bool {
@@ -615,6 +456,45 @@ fn dirty(w: [u8; 8]) -> bool {
         | zero(x ^ (0x7f * ONES)))
         & HIGHS
         != 0
+}
+
+/// RFC 3339 in UTC with microseconds, as `tracing-subscriber` writes it.
+fn timestamp(unix_us: u64, out: &mut Vec<u8>) {
+    let secs = unix_us / 1_000_000;
+    let (last, text) = SECOND.get();
+    if last == secs {
+        out.extend_from_slice(&text);
+    } else {
+        let start = out.len();
+        date_time(secs, out);
+        let mut text = [0; 19];
+        if let Some(written) = out.get(start..) {
+            if written.len() == text.len() {
+                text.copy_from_slice(written);
+                SECOND.set((secs, text));
+            }
+        }
+    }
+    out.push(b'.');
+    decimal::push(out, unix_us % 1_000_000, 6);
+    out.push(b'Z');
+}
+
+/// `secs` (unix seconds) as `YYYY-MM-DDTHH:MM:SS`.
+fn date_time(secs: u64, out: &mut Vec<u8>) {
+    let date = Date::from_unix_s(secs);
+    let in_day = secs % DAY_S;
+    decimal::push(out, u64::try_from(date.year()).unwrap_or(0), 4);
+    out.push(b'-');
+    decimal::push(out, u64::from(date.month()), 2);
+    out.push(b'-');
+    decimal::push(out, u64::from(date.day()), 2);
+    out.push(b'T');
+    decimal::push(out, in_day / 3600, 2);
+    out.push(b':');
+    decimal::push(out, in_day / 60 % 60, 2);
+    out.push(b':');
+    decimal::push(out, in_day % 60, 2);
 }
 
 #[cfg(test)]
