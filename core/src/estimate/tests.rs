@@ -238,7 +238,7 @@ proptest::proptest! {
             r#"{{"model":"m","messages":[{{"role":"user","content":[{}]}}]{top}}}"#,
             elements.join(",")
         );
-        let fields = crate::inspect::inspect(body.as_bytes()).unwrap();
+        let fields = crate::inspect::inspect_with(body.as_bytes(), true).unwrap();
         let s = scan(body.as_bytes());
         if !fields.may_hold_images {
             proptest::prop_assert_eq!(s, PromptScan::text(body.len()));
@@ -256,7 +256,13 @@ fn inspection_hints_of_a_chat_body() {
         "x".repeat(900)
     );
     assert!(
-        !crate::inspect::inspect(chat.as_bytes())
+        !crate::inspect::inspect_with(chat.as_bytes(), true)
+            .unwrap()
+            .may_hold_images
+    );
+    // Not asked: unknown.
+    assert!(
+        crate::inspect::inspect(chat.as_bytes())
             .unwrap()
             .may_hold_images
     );
@@ -270,7 +276,7 @@ fn inspection_hints_of_a_chat_body() {
         // Left to serde (a repeated field): unknown.
         r#"{"model":"m","model":"n"}"#.to_string(),
     ] {
-        let fields = crate::inspect::inspect(body.as_bytes());
+        let fields = crate::inspect::inspect_with(body.as_bytes(), true);
         assert!(fields.is_err() || fields.unwrap().may_hold_images, "{body}");
     }
 }

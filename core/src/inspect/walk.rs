@@ -214,7 +214,7 @@ fn scalar<N: Notes>(json: &[u8], start: usize, notes: &N) -> Option<usize> {
 
 /// `json[i]` should open an object member: its key string, the colon and the white space
 /// after it; the index of the member's value.
-#[inline]
+#[inline(always)]
 fn member_key<N: Notes>(json: &[u8], i: usize, notes: &N) -> Option<usize> {
     if json.get(i) != Some(&b'"') {
         return None;
