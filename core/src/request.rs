@@ -60,18 +60,7 @@ impl<P> Authenticated<P> {
     /// Reads the routing fields of `body` (borrowed, no full parse) and resolves the model
     /// group: 400 for a body that is not a request, 404 for a model nobody serves.
     pub fn inspect(self, config: &Config, body: &[u8]) -> Result<Inspected<P>, Box<Refused<P>>> {
-        self.inspect_with(config, body, false)
-    }
-
-    /// [`inspect`](Self::inspect), noting with `hints` whether the body may hold an image
-    /// (see `inspect::inspect_with`): for a request whose prompt will be estimated.
-    pub fn inspect_with(
-        self,
-        config: &Config,
-        body: &[u8],
-        hints: bool,
-    ) -> Result<Inspected<P>, Box<Refused<P>>> {
-        let fields = match inspect::inspect_with(body, hints) {
+        let fields = match inspect::inspect(body) {
             Ok(f) => f,
             Err(error) => {
                 return Err(Box::new(Refused {

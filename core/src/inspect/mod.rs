@@ -16,9 +16,8 @@ use serde_json::value::RawValue;
 use crate::error::bounded;
 use crate::error::{ErrorKind, GatewayError};
 
-/// What the gateway needs to know about a request body. Two are equal when their fields are
-/// (the image hint is how they were read, not what they say: see `may_hold_images`).
-#[derive(Clone, Debug, Eq)]
+/// What the gateway needs to know about a request body.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inspected {
     /// The `model` the client asked for.
     pub model: String,
@@ -34,40 +33,6 @@ pub struct Inspected {
     pub max_tokens: Option<u64>,
     /// Offset just after the opening `{` of the body.
     object_start: usize,
-    /// Whether the body may hold an image the prompt estimate counts: `false` when the walk
-    /// read every string and none could be one (see `walk::ImageHints`; asked for with
-    /// [`inspect_with`]), so `estimate::scan` of this body would find all text; `true` when
-    /// unknown.
-    pub may_hold_images: bool,
-}
-
-impl PartialEq for Inspected {
-    fn eq(&self, other: &Self) -> bool {
-        // Every field but the hint (the serde path cannot give it; the walk can).
-        let Inspected {
-            model,
-            model_span,
-            stream,
-            include_usage,
-            stream_options_span,
-            max_tokens,
-            object_start,
-            may_hold_images: _,
-        } = self;
-        (model, model_span, stream, include_usage)
-            == (
-                &other.model,
-                &other.model_span,
-                &other.stream,
-                &other.include_usage,
-            )
-            && (stream_options_span, max_tokens, object_start)
-                == (
-                    &other.stream_options_span,
-                    &other.max_tokens,
-                    &other.object_start,
-                )
-    }
 }
 
 fn some_raw<'de, D>(d: D) -> Result<Option<&'de RawValue>, D::Error>
@@ -115,13 +80,6 @@ fn span_of(outer: &str, inner: &str) -> Option<Range<usize>> {
 /// Fails with 400 when the body is not a JSON object, a field has the wrong type, a field is
 /// repeated, or `model` is missing.
 pub fn inspect(body: &[u8]) -> Result<Inspected, GatewayError> {
-    inspect_with(body, false)
-}
-
-/// [`inspect`], and with `hints` whether the body may hold an image
-/// ([`Inspected::may_hold_images`], else left unknown): for a caller that will estimate the
-/// prompt (a key's limits), at a few instructions a string of the body.
-pub fn inspect_with(body: &[u8], hints: bool) -> Result<Inspected, GatewayError> {
     let text = std::str::from_utf8(body).map_err(|_| invalid("request body is not valid UTF-8"))?;
     let object_start = match text.find(|c: char| !c.is_ascii_whitespace()) {
         Some(i) if text.as_bytes()[i] == b'{' => i + 1,
@@ -130,16 +88,7 @@ pub fn inspect_with(body: &[u8], hints: bool) -> Result<Inspected, GatewayError>
     // Most bodies are settled by the walk, which steps over the prompt without serde's
     // per-value machinery; any body it leaves (escaped keys, a wrong type, a repeated field,
     // broken JSON) gets serde's verdict and message.
-    let found = if hints {
-        let notes = walk::ImageHints::default();
-        walked(text, object_start, &notes).map(|mut found| {
-            found.may_hold_images = notes.seen();
-            found
-        })
-    } else {
-        walked(text, object_start, &())
-    };
-    match found {
+    match walked(text, object_start) {
         Some(found) => Ok(found),
         None => probed(text, object_start),
     }
@@ -182,14 +131,13 @@ fn probed(text: &str, object_start: usize) -> Result<Inspected, GatewayError> {
             .or(probe.max_completion_tokens)
             .or(probe.max_output_tokens),
         object_start,
-        may_hold_images: true,
     })
 }
 
 /// The routing fields as [`walk::members`] finds them, or `None` when serde should decide (the
 /// walk refused the body, or a field is repeated, of a type the serde path refuses, or needs
 /// decoding the walk does not do). What it returns is what the serde path returns.
-fn walked<N: walk::Notes>(text: &str, object_start: usize, notes: &N) -> Option<Inspected> {
+fn walked(text: &str, object_start: usize) -> Option<Inspected> {
     let json = text.as_bytes();
     let mut model: Option<(Range<usize>, bool)> = None;
     let mut stream: Option<Option<bool>> = None;
@@ -197,7 +145,7 @@ fn walked<N: walk::Notes>(text: &str, object_start: usize, notes: &N) -> Option<
     // max_tokens, max_completion_tokens, max_output_tokens.
     let mut limits: [Option<Option<u64>>; 3] = [None; 3];
     use walk::{count, once};
-    walk::members_noting(json, notes, |m| {
+    walk::members(json, |m| {
         let v = &json[m.value.clone()];
         // A field serde's Probe reads may appear once (serde refuses a repeat).
         match m.key {
@@ -243,8 +191,6 @@ fn walked<N: walk::Notes>(text: &str, object_start: usize, notes: &N) -> Option<
         stream_options_span: stream_options,
         max_tokens: a.or(b).or(c),
         object_start,
-        // Unknown here: the caller that noted the strings sets it.
-        may_hold_images: true,
     })
 }
 

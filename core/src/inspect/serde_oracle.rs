@@ -13,7 +13,7 @@ fn both(body: &str) -> Option<(Option<Inspected>, Result<Inspected, GatewayError
         Some(i) if body.as_bytes()[i] == b'{' => i + 1,
         _ => return None,
     };
-    Some((walked(body, object_start, &()), probed(body, object_start)))
+    Some((walked(body, object_start), probed(body, object_start)))
 }
 
 const LEAVES: &[&str] = &[

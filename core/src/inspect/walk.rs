@@ -197,13 +197,9 @@ fn number(json: &[u8], start: usize) -> Option<usize> {
 
 /// One scalar (string, number, literal) at `json[start]`: the index after it.
 #[inline]
-fn scalar<N: Notes>(json: &[u8], start: usize, notes: &N) -> Option<usize> {
+fn scalar(json: &[u8], start: usize) -> Option<usize> {
     match *json.get(start)? {
-        b'"' => {
-            let end = string(json, start)?.0;
-            notes.string(&json[start + 1..end - 1]);
-            Some(end)
-        }
+        b'"' => Some(string(json, start)?.0),
         b'-' | b'0'..=b'9' => number(json, start),
         b't' => json[start..].starts_with(b"true").then_some(start + 4),
         b'f' => json[start..].starts_with(b"false").then_some(start + 5),
@@ -214,20 +210,19 @@ fn scalar<N: Notes>(json: &[u8], start: usize, notes: &N) -> Option<usize> {
 
 /// `json[i]` should open an object member: its key string, the colon and the white space
 /// after it; the index of the member's value.
-#[inline(always)]
-fn member_key<N: Notes>(json: &[u8], i: usize, notes: &N) -> Option<usize> {
+#[inline]
+fn member_key(json: &[u8], i: usize) -> Option<usize> {
     if json.get(i) != Some(&b'"') {
         return None;
     }
     let (end, _) = string(json, i)?;
-    notes.string(&json[i + 1..end - 1]);
     let colon = skip_ws(json, end);
     (json.get(colon) == Some(&b':')).then(|| skip_ws(json, colon + 1))
 }
 
 /// The value starting at `json[start]` (not white space), one level below the top: the index
 /// after it, with every byte inside checked.
-fn value<N: Notes>(json: &[u8], start: usize, notes: &N) -> Option<usize> {
+fn value(json: &[u8], start: usize) -> Option<usize> {
     // One bit per open bracket, 1 for an object; `level` of them open.
     let mut stack: u64 = 0;
     let mut level = 0u32;
@@ -245,14 +240,14 @@ fn value<N: Notes>(json: &[u8], start: usize, notes: &N) -> Option<usize> {
                 let close = if b == b'{' { b'}' } else { b']' };
                 if json.get(i) != Some(&close) {
                     if b == b'{' {
-                        i = member_key(json, i, notes)?;
+                        i = member_key(json, i)?;
                     }
                     continue;
                 }
                 // An empty object or array: a whole value, closed below.
             }
             _ => {
-                i = scalar(json, i, notes)?;
+                i = scalar(json, i)?;
                 if level == 0 {
                     return Some(i);
                 }
@@ -269,7 +264,7 @@ fn value<N: Notes>(json: &[u8], start: usize, notes: &N) -> Option<usize> {
                 b',' => {
                     i = skip_ws(json, i + 1);
                     if object {
-                        i = member_key(json, i, notes)?;
+                        i = member_key(json, i)?;
                     }
                     break;
                 }
@@ -294,57 +289,6 @@ pub(crate) fn members<'a>(
     each: impl FnMut(Member<'a>) -> Option<()>,
 ) -> Option<()> {
     members_with(json, checked_value, each)
-}
-
-/// [`members`], telling `notes` of every string of the body, keys included (as written,
-/// between their quotes).
-pub(crate) fn members_noting<'a, N: Notes>(
-    json: &'a [u8],
-    notes: &N,
-    mut each: impl FnMut(Member<'a>) -> Option<()>,
-) -> Option<()> {
-    members_with(
-        json,
-        |j, start| checked_value_noting(j, start, notes),
-        |m| {
-            notes.string(m.key);
-            each(m)
-        },
-    )
-}
-
-/// What a walk tells of the strings it steps over: nothing (`()`), or what [`ImageHints`]
-/// keeps.
-pub(crate) trait Notes {
-    /// A string literal's content, as written (escapes not decoded).
-    fn string(&self, content: &[u8]);
-}
-
-impl Notes for () {
-    #[inline(always)]
-    fn string(&self, _: &[u8]) {}
-}
-
-/// Whether the walk met a string the prompt estimate (`estimate::scan`) could count as an
-/// image: one whose content starts with `data` (a `data:` URL, a base64 source's `data` key)
-/// or ends with `url` (the `url` and `image_url` keys). A body without one is all text to it.
-#[derive(Default)]
-pub(crate) struct ImageHints(std::cell::Cell<bool>);
-
-impl ImageHints {
-    /// Whether such a string was met.
-    pub(crate) fn seen(&self) -> bool {
-        self.0.get()
-    }
-}
-
-impl Notes for ImageHints {
-    #[inline(always)]
-    fn string(&self, content: &[u8]) {
-        if content.starts_with(b"data") || content.ends_with(b"url") {
-            self.0.set(true);
-        }
-    }
 }
 
 /// The values of `json`'s top-level members named `keys` (keys as written), in the order of
@@ -384,19 +328,9 @@ pub(crate) fn absent_or_null(v: Option<&[u8]>) -> bool {
 /// whether it has a backslash.
 #[inline]
 fn checked_value(json: &[u8], start: usize) -> Option<(usize, bool)> {
-    checked_value_noting(json, start, &())
-}
-
-/// [`checked_value`], telling `notes` of every string in it.
-#[inline]
-fn checked_value_noting<N: Notes>(json: &[u8], start: usize, notes: &N) -> Option<(usize, bool)> {
     match json.get(start) {
-        Some(b'"') => {
-            let found = string(json, start)?;
-            notes.string(&json[start + 1..found.0 - 1]);
-            Some(found)
-        }
-        _ => Some((value(json, start, notes)?, false)),
+        Some(b'"') => string(json, start),
+        _ => Some((value(json, start)?, false)),
     }
 }
 

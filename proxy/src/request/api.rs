@@ -103,14 +103,10 @@ pub fn serve<'a>(
             }
         };
         let probe = prepared.probe.as_deref().unwrap_or(&prepared.body);
-        // A key (its limits and budget) or the fleet reserves a prompt estimate: the walk
-        // notes whether the body may hold an image, so a body without one is not scanned again.
-        let hints = key.is_some() || shared.fleet.is_some();
-        let inspected =
-            match Authenticated::new(key.clone()).inspect_with(&shared.config, probe, hints) {
-                Ok(i) => i,
-                Err(refused) => return refuse(worker, wr, &call, settlement, refused, false).await,
-            };
+        let inspected = match Authenticated::new(key.clone()).inspect(&shared.config, probe) {
+            Ok(i) => i,
+            Err(refused) => return refuse(worker, wr, &call, settlement, refused, false).await,
+        };
         let body = prepared.body;
         let traced = settlement.request.trace.is_some();
         let group = inspected.group;

@@ -226,10 +226,6 @@ impl Plan {
         match (&self.form, self.scanned) {
             (_, Some(scan)) => scan,
             (Some(form), None) => PromptScan::text(form.model.len()),
-            // The walk that read the routing fields saw every string of the body (it is
-            // the body: only a form is inspected through a probe) and none that could be an
-            // image: the scan would find all text.
-            (None, None) if !self.inspected.may_hold_images => PromptScan::text(self.body.len()),
             (None, None) => sluice_core::estimate::scan(&self.body),
         }
     }
