@@ -62,8 +62,8 @@ pub fn looks_like_key(key: &str) -> bool {
 ///
 /// A plain (unsalted) hash is enough because keys carry 256 bits of randomness: there is
 /// nothing to brute-force, and the hash must be deterministic to look keys up.
-pub fn hash_key(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
+pub fn hash_key(key: impl AsRef<[u8]>) -> [u8; 32] {
+    Sha256::digest(key.as_ref()).into()
 }
 
 /// [`hash_key`] as 64 lowercase hex characters.
@@ -131,16 +131,27 @@ pub fn constant_time_eq_words<const N: usize>(a: &[u8; N], b: &[u8; N]) -> bool 
 /// surrounding spaces trimmed). `None` for another scheme, an empty token or non-UTF-8 bytes.
 pub fn parse_bearer(authorization: &[u8]) -> Option<&str> {
     if authorization.is_ascii() {
-        return parse_bearer_ascii(authorization);
+        // ASCII is UTF-8.
+        return parse_bearer_ascii(authorization).and_then(|t| std::str::from_utf8(t).ok());
     }
     parse_bearer_text(authorization)
+}
+
+/// [`parse_bearer`]'s token as the bytes it is, for a caller that compares or hashes them
+/// (the gateway's key check): the same answer, without the UTF-8 check of a token already
+/// known to be ASCII.
+pub fn parse_bearer_bytes(authorization: &[u8]) -> Option<&[u8]> {
+    if authorization.is_ascii() {
+        return parse_bearer_ascii(authorization);
+    }
+    parse_bearer_text(authorization).map(str::as_bytes)
 }
 
 /// [`parse_bearer`] for an ASCII value (every real one), byte by byte: the same answer as
 /// [`parse_bearer_text`] without its UTF-8 check and `char` walks (on every request with keys
 /// on). In ASCII, `char::is_whitespace` is exactly tab, line feed, vertical tab, form feed,
 /// carriage return and space.
-fn parse_bearer_ascii(value: &[u8]) -> Option<&str> {
+fn parse_bearer_ascii(value: &[u8]) -> Option<&[u8]> {
     const fn is_space(b: u8) -> bool {
         matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ')
     }
@@ -165,11 +176,22 @@ fn parse_bearer_ascii(value: &[u8]) -> Option<&str> {
     if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
         return None;
     }
-    if token.iter().any(|&b| is_space(b)) {
-        return None;
-    }
-    // ASCII is UTF-8.
-    std::str::from_utf8(token).ok()
+    // A space is at most 0x20: a token without such a byte (every real one) is looked at a
+    // word at a time; one with some, byte by byte.
+    (!has_byte_to_0x20(token) || !token.iter().any(|&b| is_space(b))).then_some(token)
+}
+
+/// Whether ASCII `bytes` hold a byte at or below 0x20 (exact: no byte is 0x80 or above).
+fn has_byte_to_0x20(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Below 0x21: (x - 0x21 per byte) & !x sets a byte's high bit (exact for "any").
+    let low = |w: &[u8]| {
+        let x = u64::from_ne_bytes(w.try_into().unwrap_or([0xff; 8]));
+        x.wrapping_sub(0x21 * ONES) & !x & HIGHS != 0
+    };
+    let mut words = bytes.chunks_exact(8);
+    words.by_ref().any(low) || words.remainder().iter().any(|&b| b <= 0x20)
 }
 
 /// [`parse_bearer`] for any bytes: UTF-8 or nothing, Unicode whitespace.
@@ -511,7 +533,7 @@ mod tests {
                         let value = [a, b, c, d].concat();
                         assert_eq!(
                             parse_bearer_ascii(&value),
-                            parse_bearer_text(&value),
+                            parse_bearer_text(&value).map(str::as_bytes),
                             "{:?}",
                             String::from_utf8_lossy(&value)
                         );
@@ -531,9 +553,29 @@ mod tests {
             ] {
                 assert_eq!(
                     parse_bearer_ascii(&value),
-                    parse_bearer_text(&value),
+                    parse_bearer_text(&value).map(str::as_bytes),
                     "{value:?}"
                 );
+            }
+        }
+        // Tokens of whole and part words, with a byte around 0x20 at every place.
+        for len in 1..26 {
+            for at in 0..len {
+                for x in [
+                    b'\t', b'\n', 0x0b, 0x0c, b'\r', b' ', 0x01, 0x1f, 0x21, 0x7f,
+                ] {
+                    let mut value = b"Bearer ".to_vec();
+                    value.extend((0..len).map(|i| if i == at { x } else { b'k' }));
+                    assert_eq!(
+                        parse_bearer_ascii(&value),
+                        parse_bearer_text(&value).map(str::as_bytes),
+                        "{value:?}"
+                    );
+                    assert_eq!(
+                        parse_bearer_bytes(&value),
+                        parse_bearer(&value).map(str::as_bytes)
+                    );
+                }
             }
         }
     }

@@ -403,15 +403,17 @@ impl Auth {
         }
         let unauthorized = |msg: &str| GatewayError::new(ErrorKind::Unauthorized, msg);
         // OpenAI clients send `Authorization: Bearer`, Anthropic's `x-api-key`, Azure's `api-key`.
+        // The token's bytes: the memo compares them and the index hashes them (no `&str`).
         let token = head
             .header("authorization")
-            .and_then(keys::parse_bearer)
+            .and_then(keys::parse_bearer_bytes)
             .or_else(|| {
                 ["x-api-key", "api-key"]
                     .iter()
                     .find_map(|h| head.header_str(h))
                     .map(str::trim)
                     .filter(|t| !t.is_empty())
+                    .map(str::as_bytes)
             });
         let Some(token) = token else {
             return Err(unauthorized(
@@ -421,7 +423,7 @@ impl Auth {
         let index = self.index.load();
         let generation = index.generation;
         // The key this worker saw last (compared in constant time), else the index's.
-        let entry = match with_memo(|m| m.find(generation, token.as_bytes()).cloned()) {
+        let entry = match with_memo(|m| m.find(generation, token).cloned()) {
             Some(entry) => entry,
             None => {
                 let hash = keys::hash_key(token);
@@ -431,7 +433,7 @@ impl Auth {
                     .get(&hash)
                     .filter(|e| keys::constant_time_eq(&e.hash, &hash))
                     .ok_or_else(|| unauthorized("Incorrect API key provided."))?;
-                with_memo(|m| m.remember(generation, token.as_bytes(), entry));
+                with_memo(|m| m.remember(generation, token, entry));
                 entry.clone()
             }
         };

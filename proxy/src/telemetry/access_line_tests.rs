@@ -315,3 +315,33 @@ fn fields_without_a_value_are_left_out() {
     }
     assert_eq!(v["total_ms"].as_f64(), Some(0.0));
 }
+
+/// A line far longer than the buffer's first capacity (a request id to escape, a long
+/// attempt list, a long error, numbers past 10^8) is written whole.
+#[test]
+fn long_lines_are_written_whole() {
+    let attempts: Vec<Attempt> = (0..300)
+        .map(|i| Attempt {
+            deployment: format!("p{i}/m\"{i}"),
+            provider: 0,
+            span_id: None,
+            start_us: i,
+            end_us: u64::MAX - i,
+            status: 503,
+            error: Some("status"),
+            response_model: None,
+        })
+        .collect();
+    let rec = AccessRecord {
+        request_id: "\"\n\u{1}x".repeat(2_000),
+        error: Some("e".repeat(5_000)),
+        attempts,
+        bytes_out: u64::MAX,
+        ..AccessRecord::default()
+    };
+    let v = line(&rec);
+    assert_eq!(v["request_id"], *rec.request_id);
+    assert_eq!(v["error"].as_str(), rec.error.as_deref());
+    assert_eq!(v["attempts"], serde_json::to_value(&rec.attempts).unwrap());
+    assert_eq!(v["bytes_out"].as_u64(), Some(u64::MAX));
+}
