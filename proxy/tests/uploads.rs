@@ -274,13 +274,17 @@ fn early_answering_upstream() -> (SocketAddr, std::thread::JoinHandle<String>) {
             if !head.starts_with("POST /v1/audio/transcriptions ") {
                 continue;
             }
-            write!(
-                s,
+            // The whole answer in one write, sent at once (no Nagle): `write!` on the socket
+            // wrote it in five pieces, and a piece still queued when the socket closes below
+            // is discarded with the reset (the body is unread). Under load the gateway then
+            // got a cut head and answered 502: the fixture's fault, not the gateway's.
+            let answer = format!(
                 "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n\
                  content-length: {}\r\nconnection: close\r\n\r\n{EARLY_413}",
                 EARLY_413.len()
-            )
-            .unwrap();
+            );
+            s.set_nodelay(true).unwrap();
+            s.write_all(answer.as_bytes()).unwrap();
             // Dropped here with the body unread.
             return head;
         }
