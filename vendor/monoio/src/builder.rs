@@ -33,7 +33,9 @@ scoped_thread_local!(pub(crate) static BUILD_THREAD_ID: usize);
 
 impl<T> Default for RuntimeBuilder<T> {
     /// Create a default runtime builder
-    #[must_use]
+    // Sluice's copy: `#[must_use]` removed here (vendor/README.md). On a trait method in an
+    // impl it has no effect, and rustc warns (a future-incompatibility warning): as a path
+    // dependency this crate's warnings are not capped, so every build printed it.
     fn default() -> Self {
         RuntimeBuilder::<T>::new()
     }
