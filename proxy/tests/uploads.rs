@@ -275,9 +275,9 @@ fn early_answering_upstream() -> (SocketAddr, std::thread::JoinHandle<String>) {
                 continue;
             }
             // The whole answer in one write, sent at once (no Nagle): `write!` on the socket
-            // wrote it in five pieces, and a piece still queued when the socket closes below
-            // is discarded with the reset (the body is unread). Under load the gateway then
-            // got a cut head and answered 502: the fixture's fault, not the gateway's.
+            // wrote it in four pieces, and a piece still queued when the socket closes below
+            // is discarded with the reset (the body is unread). Under load (CI, once) the
+            // gateway answered 502 here: most likely it got such a cut head.
             let answer = format!(
                 "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n\
                  content-length: {}\r\nconnection: close\r\n\r\n{EARLY_413}",
